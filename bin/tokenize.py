@@ -1,0 +1,38 @@
+"""lm-tokenize: text to token ids and back, with only the tokenizer loaded."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.resolve import DEFAULT_MODEL
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL",
+              help="Model whose tokenizer to use (alias, folder, .gguf, or hub id).")
+@click.option("--tokenizer", default=None, metavar="DIR", help="Load a tokenizer saved with --save instead.")
+@click.option("-f", "--field", default="text", show_default=True, help="Record field holding the text.")
+@click.option("-o", "--out", default=None, help="Put the results under this field (default: top level; `text` with --decode).")
+@click.option("-d", "--decode", is_flag=True, help="Turn each record's `ids` back into text.")
+@click.option("--no-special", is_flag=True, help="Do not add the tokenizer's special tokens (BOS, ...).")
+@click.option("--add-token", multiple=True, help="Add a token to the vocabulary (repeatable).")
+@click.option("--add-special-token", multiple=True, help="Add a special token (repeatable).")
+@click.option("--save", default=None, metavar="DIR", help="Save the (modified) tokenizer to DIR.")
+def main(**options):
+    """Tokenize the text of every JSONL record on stdin: ids, tokens, offsets, flags, count.
+
+    \b
+      echo "Hello, world" | lm-tokenize
+      lm-tokenize --add-token "<tool>" --save my-tok < /dev/null
+      echo '{"ids": [19556, 28]}' | lm-tokenize --decode
+    """
+    from lmpipe.tasks.tokenize import run
+
+    guarded("lm-tokenize", lambda: run(tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty(), **options))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Option bundles shared by several tools, as click decorators. Each option has an envvar."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+from .device import ATTENTIONS, DEVICES, DTYPES
+from .resolve import DEFAULT_MODEL
+
+
+def _stack(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def model_options(f: Callable) -> Callable:
+    """--model, --device, --dtype, --attention."""
+    return _stack(
+        click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL",
+                     help="Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision])."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
+                     help="Where to run the model."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
+                     help="Weight precision; auto is float32 on CPU, bfloat16 or float16 on GPUs."),
+        click.option("--attention", type=click.Choice(ATTENTIONS), default=None, envvar="LMPIPE_ATTENTION",
+                     help="Attention implementation (default: the model's own choice)."),
+    )(f)
+
+
+def field_options(default_out: str) -> Callable:
+    """--field (read) and --out (write)."""
+    return _stack(
+        click.option("-f", "--field", default="text", show_default=True, help="Record field holding the input text."),
+        click.option("-o", "--out", default=default_out, show_default=True, help="Record field to write the result to."),
+    )
+
+
+def batch_option(f: Callable) -> Callable:
+    return click.option("-b", "--batch-size", type=click.IntRange(min=1), default=None, envvar="LMPIPE_BATCH_SIZE",
+                        help="Records per batch (default: 1 on a terminal, 8 in a pipe).")(f)
+
+
+def sampling_options(f: Callable) -> Callable:
+    """--temperature, --top-p, --top-k, --repetition-penalty, --seed, --max-new-tokens, --stop."""
+    return _stack(
+        click.option("-t", "--temperature", type=float, default=0.0, show_default=True, help="0 is greedy."),
+        click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass."),
+        click.option("--top-k", type=int, default=0, show_default=True, help="Sample from the k likeliest (0: off)."),
+        click.option("--repetition-penalty", type=float, default=1.0, show_default=True),
+        click.option("--seed", type=int, default=None, envvar="LMPIPE_SEED",
+                     help="Random seed; recorded in the manifest (drawn at random when not given)."),
+        click.option("-n", "--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--stop", multiple=True, help="Stop at this string, cut from the output (repeatable)."),
+    )(f)
+
+
+def batch_size_for(requested: int | None, tty: bool) -> int:
+    return requested or (1 if tty else 8)

@@ -1,0 +1,26 @@
+"""Where lmpipe keeps its files: the one place that knows these folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """lmpipe's own folder: $LMPIPE_HOME, else $XDG_CACHE_HOME/lmpipe, else ~/.cache/lmpipe."""
+    if env := os.environ.get("LMPIPE_HOME"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lmpipe"
+
+
+def models_dir() -> Path:
+    """Models lmpipe made itself: GGUF files converted to safetensors."""
+    return home() / "models"
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub computes it (HF_HOME, HF_HUB_CACHE)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)

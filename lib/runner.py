@@ -1,0 +1,105 @@
+"""Drives a tool over its input: batches in, records out in input order, nothing lost.
+
+A task's `process` takes a batch of good items and yields `Finished` records (in any order)
+and `Streamed` events (written at once). The runner turns bad items into error records,
+writes finished records in input order, and on Ctrl-C writes what it has plus an
+"interrupted" error record for every item read but not finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from .records import Item, error_record
+
+INTERRUPTED = "interrupted before this record was finished"
+
+
+@dataclass(frozen=True)
+class Finished:
+    item: Item
+    record: dict[str, Any]
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """Anything a task reports while it works: a token, a progress tick."""
+
+    item: Item
+    event: Any
+
+
+class Sink(Protocol):
+    def finished(self, record: dict[str, Any], failed: bool) -> None: ...
+
+    def streamed(self, item: Item, event: Any) -> None: ...
+
+
+Process = Callable[[list[Item]], Iterable[Finished | Streamed]]
+
+
+@dataclass
+class Summary:
+    read: int = 0
+    written: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+
+
+def batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def run(items: Iterable[Item], process: Process, sink: Sink, batch_size: int = 1) -> Summary:
+    summary = Summary()
+    for batch in batched(items, max(1, batch_size)):
+        summary.read += len(batch)
+        done: dict[int, tuple[dict[str, Any], bool]] = {}
+        for item in batch:
+            if not item.ok:
+                done[item.line] = (error_record(item, item.error or "bad record"), True)
+        order = [item.line for item in batch]
+        cursor = 0
+
+        def flush() -> None:
+            nonlocal cursor
+            while cursor < len(order) and order[cursor] in done:
+                record, failed = done.pop(order[cursor])
+                sink.finished(record, failed)
+                summary.written += 1
+                if failed:
+                    summary.failed += 1
+                    summary.failures.append(f"line {record.get('line')}: {record.get('error')}")
+                cursor += 1
+
+        good = [item for item in batch if item.ok]
+        try:
+            flush()
+            for out in process(good) if good else ():
+                if isinstance(out, Streamed):
+                    sink.streamed(out.item, out.event)
+                else:
+                    done[out.item.line] = (out.record, out.failed)
+                    flush()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            for item in batch:
+                done.setdefault(item.line, (error_record(item, INTERRUPTED), True))
+            flush()
+            raise _Interrupted(summary) from None
+        flush()
+    return summary
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying what was done so the edge can report it."""
+
+    def __init__(self, summary: Summary):
+        super().__init__()
+        self.summary = summary

@@ -1,0 +1,1 @@
+"""Tasks: what a tool does to its records, built on the shared library."""

@@ -1,0 +1,167 @@
+"""lm-generate's task: records in, records with generated text, stats and manifest out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator
+
+from ..errors import RecordError
+from ..generation import Completion, Token, generate
+from ..loading import LoadedModel
+from ..manifest import manifest
+from ..prompts import PromptSettings, prompt_ids
+from ..reasoning import split_reasoning
+from ..records import Item, error_record
+from ..runner import Finished, Streamed
+from ..sampling import Sampling
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    sampling: Sampling = field(default_factory=Sampling)
+    out: str = "generated"
+    top_probs: int = 0
+    ttnt: int | None = None
+
+
+def context_length(lm: LoadedModel) -> int | None:
+    config = lm.model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(value := getattr(config, name, None), int):
+            return value
+    return None
+
+
+def stats(c: Completion, ttnt: int | None) -> dict[str, Any]:
+    out = {
+        "input_tokens": c.input_tokens,
+        "output_tokens": c.output_tokens,
+        "ttft_s": c.ttft_s,
+        "tokens_per_s": c.tokens_per_s,
+        "total_s": c.total_s,
+        "finish_reason": c.finish_reason,
+    }
+    if ttnt:
+        out["ttnt"] = ttnt
+        out["ttnt_s"] = round(c.token_seconds[ttnt - 1], 6) if len(c.token_seconds) >= ttnt else None
+    return out
+
+
+def token_record(t: Token) -> dict[str, Any]:
+    return {"id": t.id, "token": t.text, "p": t.p, "top": [asdict(x) for x in t.top]}
+
+
+class GenerateTask:
+    """Holds a loaded model and turns batches of items into finished records and token events."""
+
+    def __init__(self, lm: LoadedModel, settings: GenerateSettings):
+        self.lm = lm
+        self.settings = replace(settings, sampling=settings.sampling.with_seed())
+        self.context = context_length(lm)
+        self.manifest = manifest(
+            lm.identity,
+            {"sampling": self.settings.sampling.manifest(), "raw": settings.prompt.raw, "system": settings.prompt.system},
+            lm.device,
+            lm.dtype,
+        )
+
+    def prepare(self, item: Item) -> list[int]:
+        ids = prompt_ids(item.record or {}, self.lm.tokenizer, self.settings.prompt)
+        if self.context and len(ids) >= self.context:
+            raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
+        return ids
+
+    def output(self, item: Item, c: Completion) -> dict[str, Any]:
+        record = dict(item.record or {})
+        reasoning, answer = split_reasoning(c.text)
+        record[self.settings.out] = answer
+        if reasoning is not None:
+            record["reasoning"] = reasoning
+        if self.settings.top_probs:
+            record["tokens"] = [token_record(t) for t in c.tokens]
+        record["stats"] = stats(c, self.settings.ttnt)
+        record["manifest"] = self.manifest
+        return record
+
+    def process(self, batch: list[Item]) -> Iterator[Finished | Streamed]:
+        ready: list[tuple[Item, list[int]]] = []
+        for item in batch:
+            try:
+                ready.append((item, self.prepare(item)))
+            except RecordError as exc:
+                yield Finished(item, error_record(item, str(exc)), failed=True)
+        if not ready:
+            return
+        sampling = self.settings.sampling
+        if self.context:
+            room = self.context - max(len(ids) for _, ids in ready)
+            sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room))
+        events = generate(
+            self.lm.model,
+            self.lm.tokenizer,
+            [ids for _, ids in ready],
+            sampling,
+            top_probs=self.settings.top_probs,
+            device=self.lm.device,
+        )
+        finished: set[int] = set()
+        try:
+            for event in events:
+                item = ready[event.row][0]
+                if isinstance(event, Token):
+                    yield Streamed(item, event)
+                else:
+                    finished.add(event.row)
+                    yield Finished(item, self.output(item, event))
+        except (RuntimeError, ValueError, IndexError) as exc:
+            # The batch as a whole failed (out of memory, a model bug): every unfinished record says so.
+            for row, (item, _) in enumerate(ready):
+                if row not in finished:
+                    yield Finished(item, error_record(item, f"generation failed: {exc}"), failed=True)
+
+
+def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
+    return GenerateSettings(
+        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"]),
+        sampling=Sampling(
+            temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
+            repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
+            seed=o["seed"], stop=tuple(o["stop"]),
+        ),
+        out=o["out"],
+        top_probs=o["top_probs"],
+        ttnt=o["ttnt"],
+    )
+
+
+def stream_event(item: Item, t: Token) -> dict[str, Any]:
+    event: dict[str, Any] = {"event": "token", "line": item.line, "id": t.id, "text": t.text}
+    if t.p is not None:
+        event["p"] = t.p
+    return event
+
+
+def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
+    """lm-generate: settings and model first (fail fast), then stdin (or PROMPT) to stdout."""
+    import io
+    import sys
+
+    from ..cli import JsonlSink, finish
+    from ..display import GenerateTtySink
+    from ..loading import ModelSettings, load
+    from ..options import batch_size_for
+    from ..records import read_items
+    from ..runner import run as run_items
+
+    settings = settings_from_options(o)
+    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
+    model_settings.ref()  # an unknown model is an error before anything is read
+    task = GenerateTask(load(model_settings), settings)
+    if tty:
+        sink: Any = GenerateTtySink(quiet=o["quiet"], boxes=settings.top_probs > 0, pause_ms=o["display_pause"])
+    else:
+        sink = JsonlSink(stream_events=o["stream"], encode_event=stream_event)
+    source = io.BytesIO(prompt.encode() + b"\n") if prompt is not None else sys.stdin.buffer
+    summary = run_items(read_items(source), task.process, sink, batch_size_for(o["batch_size"], tty))
+    return finish("lm-generate", summary)

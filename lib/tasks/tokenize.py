@@ -1,0 +1,110 @@
+"""lm-tokenize's task: text to ids, tokens, offsets and flags, or ids back to text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import RecordError, UsageError
+from ..prompts import text_of
+from ..records import Item, error_record
+from ..runner import Finished
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    field: str = "text"
+    decode: bool = False
+    special: bool = True  # add the tokenizer's own special tokens (BOS, ...) when encoding
+    out: str | None = None
+
+
+def load(model: str | None, tokenizer_dir: str | None):
+    from ..loading import load_tokenizer
+    from ..resolve import resolve
+
+    if tokenizer_dir:
+        path = Path(tokenizer_dir)
+        if not path.is_dir():
+            raise UsageError(f"--tokenizer {tokenizer_dir}: no such folder")
+        return load_tokenizer(resolve(str(path)))
+    return load_tokenizer(resolve(model))
+
+
+def add_tokens(tokenizer: Any, tokens: tuple[str, ...], special: tuple[str, ...]) -> None:
+    if tokens:
+        tokenizer.add_tokens(list(tokens))
+    if special:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(special)}, replace_extra_special_tokens=False)
+
+
+def encode(tokenizer: Any, text: str, special: bool) -> dict[str, Any]:
+    enc = tokenizer(text, add_special_tokens=special, return_special_tokens_mask=True,
+                    return_offsets_mapping=tokenizer.is_fast)
+    ids = list(enc["input_ids"])
+    added = set(tokenizer.get_added_vocab().values())
+    specials = set(tokenizer.all_special_ids)
+    out: dict[str, Any] = {
+        "ids": ids,
+        "tokens": tokenizer.convert_ids_to_tokens(ids),
+        "count": len(ids),
+        "special": [i in specials for i in ids],
+        "added": [i in added and i not in specials for i in ids],
+    }
+    if tokenizer.is_fast:
+        out["offsets"] = [list(o) for o in enc["offset_mapping"]]
+    return out
+
+
+def decode(tokenizer: Any, record: dict[str, Any]) -> str:
+    ids = record.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise RecordError("--decode needs an `ids` field holding a list of integers")
+    if any(i < 0 or i >= len(tokenizer) for i in ids):
+        raise RecordError(f"token ids must be in [0, {len(tokenizer)})")
+    return tokenizer.decode(ids)
+
+
+class TokenizeTask:
+    def __init__(self, tokenizer: Any, settings: TokenizeSettings):
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    def process(self, batch: list[Item]) -> Iterator[Finished]:
+        for item in batch:
+            record = dict(item.record or {})
+            try:
+                if self.settings.decode:
+                    record[self.settings.out or "text"] = decode(self.tokenizer, record)
+                else:
+                    fields = encode(self.tokenizer, text_of(record, self.settings.field), self.settings.special)
+                    if self.settings.out:
+                        record[self.settings.out] = fields
+                    else:
+                        record.update(fields)
+                yield Finished(item, record)
+            except RecordError as exc:
+                yield Finished(item, error_record(item, str(exc)), failed=True)
+
+
+def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, add_token: tuple[str, ...],
+        add_special_token: tuple[str, ...], save: str | None, **o: Any) -> int:
+    import sys
+
+    from ..cli import JsonlSink, finish, say
+    from ..display import TokenizeTtySink
+    from ..records import read_items
+    from ..runner import run as run_items
+
+    tok = load(model, tokenizer)
+    add_tokens(tok, add_token, add_special_token)
+    if save:
+        tok.save_pretrained(save)
+        say("lm-tokenize", f"saved the tokenizer ({len(tok)} tokens) to {save}")
+        if stdin_tty:
+            return 0
+    settings = TokenizeSettings(field=o["field"], decode=o["decode"], special=not o["no_special"], out=o["out"])
+    task = TokenizeTask(tok, settings)
+    sink: Any = TokenizeTtySink() if tty else JsonlSink()
+    return finish("lm-tokenize", run_items(read_items(sys.stdin.buffer), task.process, sink, batch_size=64))

@@ -1,0 +1,75 @@
+"""Shared fixtures: isolated user folders, the embedded model converted once, tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny_models import build_tiny_llama
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def lmpipe_home(tmp_path_factory) -> Path:
+    # LMPIPE_TEST_HOME keeps the converted embedded model between runs (developers); CI starts empty.
+    if env := os.environ.get("LMPIPE_TEST_HOME"):
+        return Path(env)
+    return tmp_path_factory.mktemp("lmpipe-home")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(lmpipe_home, tmp_path_factory):
+    """Point lmpipe and the hub at test folders; no network."""
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    saved = dict(os.environ)
+    os.environ.update({
+        "LMPIPE_HOME": str(lmpipe_home),
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    })
+    for name in ("LMPIPE_MODEL", "LMPIPE_SERVER", "LMPIPE_DEBUG"):
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def embedded(isolated_env) -> Path:
+    """The embedded SmolLM2, converted into the test LMPIPE_HOME once per session."""
+    from lmpipe.gguf import ensure_converted
+    from lmpipe.resolve import embedded_gguf
+
+    return ensure_converted(embedded_gguf())
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_raw(tmp_path_factory) -> Path:
+    """The same kind of model without a chat template."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-raw"), chat=False)
+
+
+def run_tool(tool: str, *args: str, input: bytes | str = b"", env: dict | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run an installed console script as a shell pipeline would."""
+    data = input.encode() if isinstance(input, str) else input
+    return subprocess.run([str(BIN / tool), *args], input=data, capture_output=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def jsonl(data: bytes) -> list[dict]:
+    import orjson
+
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
