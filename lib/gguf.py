@@ -23,10 +23,15 @@ MARKER = "lmpipe-conversion.json"  # written last, inside the temporary folder, 
 
 
 def cache_key(gguf: Path) -> str:
-    # Path, size and mtime identify the file without reading 100 MB on every start.
-    st = gguf.stat()
-    ident = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+    """A content fingerprint: size plus the first and last MiB. It finds the same conversion
+    wherever the file is installed, without reading 100 MB or more on every start."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
 def converted_folder(gguf: Path) -> Path:
