@@ -71,3 +71,15 @@ def progress_option(f: Callable) -> Callable:
 
 def batch_size_for(requested: int | None, tty: bool) -> int:
     return requested or (1 if tty else 8)
+
+
+def vision_model_options(envvar: str) -> Callable:
+    """--model (no default: there is no embedded vision model), --device, --dtype."""
+    return _stack(
+        click.option("-m", "--model", default=None, envvar=envvar,
+                     help=f"Local folder or hub repo id (org/name[@revision]); or set {envvar}."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
+                     help="Where to run the model."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
+                     help="Weight precision; auto is float32 on CPU, bfloat16 or float16 on GPUs."),
+    )
