@@ -94,7 +94,7 @@ def _forward(detector: LoadedDetector, group: list[tuple[int, dict[str, Any]]], 
     if detector.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    target_sizes = torch.tensor(sizes, dtype=torch.int32)
+    target_sizes = torch.tensor(sizes, dtype=torch.int32, device=detector.device)
     found = detector.image_processor.post_process_object_detection(outputs, threshold=threshold,
                                                                    target_sizes=target_sizes)
     return found, seconds

@@ -226,18 +226,17 @@ def bad_run(detr, photos, tmp_path_factory):
     }
     stream = lines(*({"image": path, "case": case} for case, path in cases.items()), "{not json",
                    {"image_b64": "%%%"})
-    result = run_tool("lm-detect", "-m", str(detr), "--threshold", "0", "-b", "4", input=stream)
-    records = jsonl(result.stdout)
-    assert len(records) == 14, (result.stdout, result.stderr)
+    records, result = detect("-m", str(detr), "--threshold", "0", "-b", "4", input=stream)
+    assert len(records) == 14, result.output
     return {r["case"] if "case" in r else f"line-{r['line']}": r for r in records}, records, result
 
 
 def test_bad_images_keep_order_and_exit_1(bad_run):
     by_case, records, result = bad_run
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert [r.get("case") for r in records][:12] == list(by_case)[:12]
     assert [r.get("line") for r in records[-2:]] == [13, 14]
-    stderr = result.stderr.decode()
+    stderr = result.stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
     assert "8 of 14 records failed" in stderr
     assert "error" not in by_case["good"] and "error" not in by_case["last"]
