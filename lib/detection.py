@@ -4,8 +4,10 @@ It computes what transformers' own pipelines compute, batched:
 - object detection (`pipeline("object-detection")`): each image is processed alone by the model's
   image processor, then images whose tensors have the same shape run as one forward pass, and the
   image processor's own `post_process_object_detection` scales boxes back to original pixels;
-- open-vocabulary detection (`pipeline("zero-shot-object-detection")`): one query per (image, label)
-  pair, the label tokenized alone, pairs of the same shapes batched, scores and boxes per label.
+- open-vocabulary detection (`pipeline("zero-shot-object-detection")`): scores and boxes per label,
+  each label tokenized alone; OWL-ViT and OWLv2 score all of an image's labels in one row (the
+  labels padded together, then post-processed one query at a time), other models run one row
+  per (image, label) pair as the pipeline does.
 Grouping by shape, instead of padding images of different sizes together, keeps every image's
 result the same whatever else is in its batch.
 """
@@ -14,9 +16,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 from .vision import LoadedDetector
+
+MULTI_QUERY = ("owlvit", "owlv2")  # models that score many text queries against one image in one row
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,9 @@ def _image_features(detector: LoadedDetector, image: Any) -> dict[str, Any]:
     return {name: value.to(detector.device) for name, value in features.items()}
 
 
-def _text_features(detector: LoadedDetector, label: str) -> dict[str, Any]:
-    return {name: value.to(detector.device) for name, value in detector.tokenizer(label, return_tensors="pt").items()}
+def _text_features(detector: LoadedDetector, labels: str | list[str]) -> dict[str, Any]:
+    text = detector.tokenizer(labels, padding=True, return_tensors="pt")
+    return {name: value.to(detector.device) for name, value in text.items()}
 
 
 def _key(features: dict[str, Any]) -> tuple:
@@ -84,8 +90,7 @@ def _grouped(rows: list[tuple[int, dict[str, Any]]], size: int) -> Iterator[list
             yield group[start:start + size]
 
 
-def _forward(detector: LoadedDetector, group: list[tuple[int, dict[str, Any]]], sizes: list[tuple[int, int]],
-             threshold: float) -> tuple[list[dict[str, Any]], float]:
+def _forward(detector: LoadedDetector, group: list[tuple[int, dict[str, Any]]]) -> tuple[Any, float]:
     import torch
 
     batch = {name: torch.cat([features[name] for _, features in group]) for name in group[0][1]}
@@ -93,45 +98,77 @@ def _forward(detector: LoadedDetector, group: list[tuple[int, dict[str, Any]]], 
     outputs = detector.model(**batch)
     if detector.device == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    return outputs, time.perf_counter() - started
+
+
+def _post_process(detector: LoadedDetector, outputs: Any, sizes: list[tuple[int, int]], threshold: float,
+                  query: int | None = None) -> list[dict[str, Any]]:
+    """The image processor's own post-processing; `query` keeps only that text query's scores."""
+    import torch
+
+    if query is not None:
+        outputs = SimpleNamespace(logits=outputs.logits[..., query:query + 1], pred_boxes=outputs.pred_boxes)
     target_sizes = torch.tensor(sizes, dtype=torch.int32, device=detector.device)
-    found = detector.image_processor.post_process_object_detection(outputs, threshold=threshold,
-                                                                   target_sizes=target_sizes)
-    return found, seconds
+    return detector.image_processor.post_process_object_detection(outputs, threshold=threshold,
+                                                                  target_sizes=target_sizes)
 
 
-def detect(detector: LoadedDetector, requests: list[Request], threshold: float, batch_size: int = 8) -> list[Result]:
-    """One Result per request, in order; detections above `threshold`, best first."""
-    results = [Result() for _ in requests]
-    # rows: (index into `owners`, model inputs); owners: (request index, label or None)
-    owners: list[tuple[int, str | None]] = []
+def multi_query(detector: LoadedDetector) -> bool:
+    return detector.open_vocabulary and detector.model.config.model_type in MULTI_QUERY
+
+
+def _rows(detector: LoadedDetector, requests: list[Request], per_image: bool):
+    """Model rows and their owners: (request index, the labels the row asks about, or None)."""
+    owners: list[tuple[int, tuple[str, ...] | None]] = []
     rows: list[tuple[int, dict[str, Any]]] = []
     for i, request in enumerate(requests):
         image_features = _image_features(detector, request.image)
-        if detector.open_vocabulary:
-            for label in request.labels:
-                rows.append((len(owners), {**_text_features(detector, label), **image_features}))
-                owners.append((i, label))
+        if not detector.open_vocabulary:
+            queries: list[tuple[str, ...] | None] = [None]
+        elif per_image:
+            queries = [request.labels]
         else:
-            rows.append((len(owners), image_features))
-            owners.append((i, None))
+            queries = [(label,) for label in request.labels]
+        for labels in queries:
+            text = _text_features(detector, list(labels) if per_image else labels[0]) if labels else {}
+            rows.append((len(owners), {**text, **image_features}))
+            owners.append((i, labels))
+    return rows, owners
+
+
+def detect(detector: LoadedDetector, requests: list[Request], threshold: float, batch_size: int = 8,
+           query_batching: bool | None = None) -> list[Result]:
+    """One Result per request, in order; detections above `threshold`, best first.
+
+    `query_batching` (default: for OWL-ViT and OWLv2) scores all of an image's labels in one row, the
+    way those models are built; otherwise each (image, label) pair is a row, as in the pipeline.
+    """
+    per_image = multi_query(detector) if query_batching is None else query_batching and detector.open_vocabulary
+    results = [Result() for _ in requests]
+    rows, owners = _rows(detector, requests, per_image)
     id2label = getattr(detector.model.config, "id2label", {}) or {}
     for group in _grouped(rows, max(1, batch_size)):
         sizes = [(requests[owners[n][0]].image.height, requests[owners[n][0]].image.width) for n, _ in group]
-        found, seconds = _forward(detector, group, sizes, threshold)
-        for (n, _), out, (height, width) in zip(group, found, sizes):
-            i, label = owners[n]
+        outputs, seconds = _forward(detector, group)
+        queries = len(owners[group[0][0]][1] or ()) if per_image else 0
+        passes = [(q, _post_process(detector, outputs, sizes, threshold, q)) for q in range(queries)] or [
+            (None, _post_process(detector, outputs, sizes, threshold))]
+        for row, ((n, _), (height, width)) in enumerate(zip(group, sizes)):
+            i, labels = owners[n]
             result = results[i]
             result.inference_s += seconds / len(group)
             result.rows += 1
             result.batch = max(result.batch, len(group))
-            scores, boxes = out["scores"], out["boxes"]
-            for j in range(len(scores)):
-                score = float(scores[j])
-                if score <= 0.0:  # as the zero-shot pipeline: an exact zero is no detection
-                    continue
-                name = label if label is not None else id2label.get(int(out["labels"][j]), str(int(out["labels"][j])))
-                result.detections.append(Detection(name, score, pixel_box(boxes[j], width, height)))
+            for q, found in passes:
+                out = found[row]
+                for score, box, index in zip(out["scores"].tolist(), out["boxes"], out["labels"].tolist()):
+                    if score <= 0.0:  # as the zero-shot pipeline: an exact zero is no detection
+                        continue
+                    if labels is None:
+                        name = id2label.get(index, str(index))
+                    else:
+                        name = labels[q if q is not None else 0]
+                    result.detections.append(Detection(name, score, pixel_box(box, width, height)))
     for result in results:
         result.detections.sort(key=lambda d: d.score, reverse=True)
     return results
