@@ -56,6 +56,15 @@ class Result:
     inference_s: float = 0.0  # this image's share of the forward passes it took part in
     rows: int = 0  # model rows it ran as (one per label for open-vocabulary models)
     batch: int = 0  # rows in the largest forward pass it took part in
+    error: str | None = None  # this image could not be processed; the others still were
+
+
+FAILURES = (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError)  # from processors and models
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def pixel_box(box: Any, width: int, height: int) -> Box:
@@ -117,12 +126,17 @@ def multi_query(detector: LoadedDetector) -> bool:
     return detector.open_vocabulary and detector.model.config.model_type in MULTI_QUERY
 
 
-def _rows(detector: LoadedDetector, requests: list[Request], per_image: bool):
+def _rows(detector: LoadedDetector, requests: list[Request], results: list[Result], per_image: bool):
     """Model rows and their owners: (request index, the labels the row asks about, or None)."""
     owners: list[tuple[int, tuple[str, ...] | None]] = []
     rows: list[tuple[int, dict[str, Any]]] = []
     for i, request in enumerate(requests):
-        image_features = _image_features(detector, request.image)
+        try:
+            image_features = _image_features(detector, request.image)
+        except FAILURES as exc:
+            width, height = request.image.size
+            results[i].error = f"the model's image processor cannot take this {width}x{height} image: {_first_line(exc)}"
+            continue
         if not detector.open_vocabulary:
             queries: list[tuple[str, ...] | None] = [None]
         elif per_image:
@@ -145,14 +159,19 @@ def detect(detector: LoadedDetector, requests: list[Request], threshold: float, 
     """
     per_image = multi_query(detector) if query_batching is None else query_batching and detector.open_vocabulary
     results = [Result() for _ in requests]
-    rows, owners = _rows(detector, requests, per_image)
+    rows, owners = _rows(detector, requests, results, per_image)
     id2label = getattr(detector.model.config, "id2label", {}) or {}
     for group in _grouped(rows, max(1, batch_size)):
         sizes = [(requests[owners[n][0]].image.height, requests[owners[n][0]].image.width) for n, _ in group]
-        outputs, seconds = _forward(detector, group)
-        queries = len(owners[group[0][0]][1] or ()) if per_image else 0
-        passes = [(q, _post_process(detector, outputs, sizes, threshold, q)) for q in range(queries)] or [
-            (None, _post_process(detector, outputs, sizes, threshold))]
+        try:
+            outputs, seconds = _forward(detector, group)
+            queries = len(owners[group[0][0]][1] or ()) if per_image else 0
+            passes = [(q, _post_process(detector, outputs, sizes, threshold, q)) for q in range(queries)] or [
+                (None, _post_process(detector, outputs, sizes, threshold))]
+        except FAILURES as exc:  # out of memory, a model bug: every image of this forward pass says so
+            for n, _ in group:
+                results[owners[n][0]].error = f"detection failed: {_first_line(exc)}"
+            continue
         for row, ((n, _), (height, width)) in enumerate(zip(group, sizes)):
             i, labels = owners[n]
             result = results[i]

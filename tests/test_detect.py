@@ -222,23 +222,24 @@ def bad_run(detr, photos, tmp_path_factory):
         "palette": str(save_palette(folder / "palette.png")),
         "exif": str(save_exif_rotated(folder / "exif.png")),
         "folder": str(folder),
+        "thin": str(save_rgb(folder / "thin.png", 1, 400)),  # the tiny DETR's processor cannot resize it
         "last": str(photos[1]),
     }
     stream = lines(*({"image": path, "case": case} for case, path in cases.items()), "{not json",
                    {"image_b64": "%%%"})
     records, result = detect("-m", str(detr), "--threshold", "0", "-b", "4", input=stream)
-    assert len(records) == 14, result.output
+    assert len(records) == 15, result.output
     return {r["case"] if "case" in r else f"line-{r['line']}": r for r in records}, records, result
 
 
 def test_bad_images_keep_order_and_exit_1(bad_run):
     by_case, records, result = bad_run
     assert result.exit_code == 1
-    assert [r.get("case") for r in records][:12] == list(by_case)[:12]
-    assert [r.get("line") for r in records[-2:]] == [13, 14]
+    assert [r.get("case") for r in records][:13] == list(by_case)[:13]
+    assert [r.get("line") for r in records[-2:]] == [14, 15]
     stderr = result.stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
-    assert "8 of 14 records failed" in stderr
+    assert "9 of 15 records failed" in stderr
     assert "error" not in by_case["good"] and "error" not in by_case["last"]
 
 
@@ -273,8 +274,14 @@ def test_folder_instead_of_file(bad_run):
 
 
 def test_bad_json_and_bad_base64(bad_run):
-    assert "invalid JSON" in bad_run[0]["line-13"]["error"]
-    assert "not valid base64" in bad_run[0]["line-14"]["error"]
+    assert "invalid JSON" in bad_run[0]["line-14"]["error"]
+    assert "not valid base64" in bad_run[0]["line-15"]["error"]
+
+
+def test_image_the_model_cannot_take_fails_alone(bad_run):
+    # lines 9-12 are one batch: palette, exif, folder, thin; the two images beside it still have detections
+    assert "image processor cannot take this 1x400 image" in _error(bad_run, "thin")
+    assert bad_run[0]["palette"]["detections"] and bad_run[0]["exif"]["detections"]
 
 
 def _converted_matches(bad_run, detr, case: str, expected) -> None:

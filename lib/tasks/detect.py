@@ -118,13 +118,10 @@ class DetectTask:
         if not ready:
             return
         requests = [Request(p.image.image, p.labels if self.detector.open_vocabulary else ()) for p in ready]
-        try:
-            results = detect(self.detector, requests, self.threshold, self.batch_size)
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            for p in ready:  # the batch as a whole failed (out of memory, a model bug): each record says so
-                yield Finished(p.item, error_record(p.item, f"detection failed: {exc}"), failed=True)
-            return
-        for p, result in zip(ready, results):
+        for p, result in zip(ready, detect(self.detector, requests, self.threshold, self.batch_size)):
+            if result.error is not None:
+                yield Finished(p.item, error_record(p.item, result.error), failed=True)
+                continue
             try:
                 yield Finished(p.item, self.output(p, result))
             except OSError as exc:  # --annotate could not write
