@@ -142,6 +142,8 @@ def run(tty: bool, stdin_tty: bool, ids: tuple[str, ...], revision: tuple[str, .
     if not plans:
         if not errors:
             say(TOOL, "nothing to delete")
+        elif not tty:
+            write(errors, failed=True)
         return EXIT_FAILED if errors else EXIT_OK
     if not dry_run and not yes:
         from ..tables import deletion_table, print_out
@@ -160,9 +162,12 @@ def run(tty: bool, stdin_tty: bool, ids: tuple[str, ...], revision: tuple[str, .
 
         print_out(deletion_table(records, dry_run))
     else:
-        writer = RecordWriter(sys.stdout.buffer)
-        for r in records:
-            writer.write(r)
-        for e in errors:
-            writer.write(e, failed=True)
+        write(records)
+        write(errors, failed=True)
     return EXIT_FAILED if errors else EXIT_OK
+
+
+def write(records: list[dict[str, Any]], failed: bool = False) -> None:
+    writer = RecordWriter(sys.stdout.buffer)
+    for r in records:
+        writer.write(r, failed)
