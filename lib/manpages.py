@@ -86,7 +86,7 @@ def _fields(title: str, fields: dict[str, str] | None) -> list[str]:
 
 
 def render(name: str, command: click.Command, module: ModuleType, others: list[str]) -> str:
-    ctx = click.Context(command, info_name=name)
+    ctx = click.Context(command, info_name=name, **command.context_settings)
     description, examples = split_help(command.help or "")
     out = [
         f'.TH {escape(name.upper())} 1 "" "lmpipe {__version__}" "lmpipe manual"',
@@ -113,8 +113,9 @@ def render(name: str, command: click.Command, module: ModuleType, others: list[s
         out += [".TP", f"\\fB{escape(flags)}\\fR", inline(help_text or "")]
     read, written = getattr(module, "FIELDS_READ", None), getattr(module, "FIELDS_WRITTEN", None)
     if read is not None or written is not None:
-        out += [".SH FIELDS", "Records are JSON objects, one a line; every input record is passed through "
-                "with the fields below added, and a record that fails gets \\fBerror\\fR and \\fBline\\fR."]
+        out += [".SH FIELDS", "Records are JSON objects, one a line. \\fBRead\\fR: the fields taken from "
+                "input records; \\fBWritten\\fR: the fields of the records written. A record that fails "
+                "carries \\fBerror\\fR and \\fBline\\fR."]
         out += _fields("Read", read) + _fields("Written", written)
     out.append(".SH EXIT STATUS")
     for code, meaning in EXIT_CODES:
