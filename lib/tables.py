@@ -20,7 +20,8 @@ def _table(*columns: str, right: Iterable[str] = ()):
 
     table = Table(box=None, header_style="bold", pad_edge=False, show_footer=True)
     for name in columns:
-        table.add_column(name, justify="right" if name in right else "left", no_wrap=name != "PATH")
+        table.add_column(name, justify="right" if name in right else "left", no_wrap=name != "PATH",
+                         overflow="fold" if name == "PATH" else "ellipsis")
     return table
 
 
@@ -53,7 +54,7 @@ def deletion_table(records: list[dict[str, Any]], dry_run: bool):
     for r in records:
         what = "whole model" if r["whole"] else ", ".join(h[:12] for h in r["revisions"])
         table.add_row(r["id"], r["kind"], what, human_size(r["freed_bytes"]))
-    table.columns[2].footer = "would free" if dry_run else "total"
+    table.columns[2].footer = "would free" if dry_run else "freed"
     table.columns[3].footer = human_size(sum(r["freed_bytes"] for r in records))
     return table
 

@@ -122,3 +122,46 @@ def test_unknown_and_ambiguous_revisions(caches):
     assert jsonl(done.stdout)[0]["error"] == "acme/tiny has no cached revision 'zzz'"
     by_ref = run_tool("lm-cache-rm", "acme/tiny", "-r", "main", "-n", env=caches.env)
     assert jsonl(by_ref.stdout)[0]["revisions"] == [caches.main]
+
+
+def on_a_terminal(args: list[str], answer: bytes, env: dict) -> tuple[int, str]:
+    """Run lm-cache-rm with a pseudo-terminal as stdin, stdout and stderr; type `answer`."""
+    import os
+    import pty
+    import select
+    import subprocess
+
+    from conftest import BIN
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "lm-cache-rm"), *args], stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, **env, "COLUMNS": "200"}, close_fds=True)
+    os.close(slave)
+    seen, typed = b"", False
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not typed and b"[y/N]" in seen:
+            os.write(master, answer)
+            typed = True
+    os.close(master)
+    return proc.wait(timeout=60), seen.decode(errors="replace")
+
+
+def test_on_a_terminal_it_asks_first(caches):
+    before = everything(caches)
+    code, screen = on_a_terminal(["acme/other"], b"n\n", caches.env)
+    assert code == 0 and "Delete 1 model(s) from the cache? [y/N]" in screen and "nothing deleted" in screen
+    assert everything(caches) == before
+    code, screen = on_a_terminal(["acme/other"], b"y\n", caches.env)
+    assert code == 0 and "freed" in screen
+    assert not (caches.hub / "models--acme--other").exists()

@@ -105,10 +105,10 @@ def ask(question: str, stdin_tty: bool) -> bool:
 
     if stdin_tty:
         return click.confirm(question, default=False, err=True)
-    with open("/dev/tty", "r+") as tty:
-        tty.write(f"{question} [y/N]: ")
-        tty.flush()
-        return tty.readline().strip().lower() in ("y", "yes")
+    with open("/dev/tty", "w") as out, open("/dev/tty") as answer:
+        out.write(f"{question} [y/N]: ")
+        out.flush()
+        return answer.readline().strip().lower() in ("y", "yes")
 
 
 def can_ask(tty: bool, stdin_tty: bool) -> bool:
@@ -117,7 +117,7 @@ def can_ask(tty: bool, stdin_tty: bool) -> bool:
     if stdin_tty:
         return True
     try:
-        with open("/dev/tty", "r+"):
+        with open("/dev/tty"):
             return True
     except OSError:
         return False
