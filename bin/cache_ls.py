@@ -17,6 +17,7 @@ FIELDS_WRITTEN = {
     "last_modified": "Latest change to a file, ISO 8601 UTC.",
     "path": "The model's folder in the cache.",
     "source": "converted: the GGUF file it was converted from.",
+    "alias": "converted: `smollm2` for the embedded default model.",
     "revision": "--model: the commit hash (converted: the GGUF's sha256).",
     "refs": "--model: branches and tags pointing at the revision.",
 }

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import gguf, paths
-from .errors import UsageError
+from .errors import ModelNotFound, UsageError
+from .resolve import DEFAULT_MODEL, embedded_gguf
 
 
 def iso(timestamp: float) -> str:
@@ -48,6 +49,7 @@ class Entry:
     path: Path
     revisions: tuple[Revision, ...]
     source: str | None = None  # converted: the GGUF file it came from
+    alias: str | None = None  # converted: the alias naming it, for the embedded default model
 
     def record(self) -> dict[str, Any]:
         out = {"id": self.id, "kind": self.kind, "size_bytes": self.size_bytes, "revisions": len(self.revisions),
@@ -55,6 +57,8 @@ class Entry:
                "last_modified": iso(self.last_modified), "path": str(self.path)}
         if self.source:
             out["source"] = self.source
+        if self.alias:
+            out["alias"] = self.alias
         return out
 
     def revision_records(self) -> list[dict[str, Any]]:
@@ -120,6 +124,7 @@ def _scan_hub(hub_dir: Path) -> tuple[Any, list[str], list[Entry]]:
 def _scan_converted(models_dir: Path) -> list[Entry]:
     if not models_dir.is_dir():
         return []
+    embedded = _embedded_folder_name()
     entries = []
     for folder in sorted(models_dir.iterdir()):
         if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
@@ -133,8 +138,16 @@ def _scan_converted(models_dir: Path) -> list[Entry]:
         modified = max((s.st_mtime for _, s in files), default=folder.stat().st_mtime)
         revision = Revision(str(info.get("sha256") or ""), (), size, len(files), modified, folder)
         entries.append(Entry(folder.name, "converted", size, len(files), accessed, modified, folder, (revision,),
-                             source=info.get("source")))
+                             source=info.get("source"), alias=DEFAULT_MODEL if folder.name == embedded else None))
     return entries
+
+
+def _embedded_folder_name() -> str | None:
+    """The name the embedded default model's conversion has (a content key, read from the GGUF)."""
+    try:
+        return gguf.converted_folder(embedded_gguf()).name
+    except (ModelNotFound, OSError):
+        return None
 
 
 def regular_files(roots: Iterable[Path]) -> dict[Path, os.stat_result]:

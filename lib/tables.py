@@ -64,8 +64,8 @@ def model_panel(record: dict[str, Any]):
     from rich.table import Table
 
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
 
     def row(label: str, value: Any) -> None:
         if value is not None and value != "":

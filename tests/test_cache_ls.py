@@ -73,3 +73,9 @@ def test_the_terminal_table_agrees_with_the_records(caches, monkeypatch):
 def test_an_empty_or_missing_cache_lists_nothing(tmp_path):
     done = run_tool("lm-cache-ls", env={"HF_HUB_CACHE": str(tmp_path / "none"), "LMPIPE_HOME": str(tmp_path)})
     assert done.returncode == 0 and done.stdout == b"" and done.stderr == b""
+
+
+def test_the_embedded_default_is_named(embedded):
+    done = run_tool("lm-cache-ls", env={"HF_HUB_CACHE": str(embedded.parent / "no-hub")})
+    [record] = [r for r in jsonl(done.stdout) if r["path"] == str(embedded)]
+    assert record["kind"] == "converted" and record["alias"] == "smollm2" and record["id"] == embedded.name
