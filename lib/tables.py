@@ -15,14 +15,30 @@ def human_size(n: int | None) -> str:
     return "" if n is None else decimal(int(n))
 
 
-def _table(*columns: str, right: Iterable[str] = ()):
+def _table(columns: list[str], rows: list[list[str]], footers: dict[int, str], right: Iterable[str] = ()):
+    """A table that fits the terminal: a PATH column, if any, gives way, cut from the left (--json has it whole)."""
+    from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold", pad_edge=False, show_footer=True)
-    for name in columns:
-        table.add_column(name, justify="right" if name in right else "left", no_wrap=name != "PATH",
-                         overflow="fold" if name == "PATH" else "ellipsis")
+    widths = [max([len(name), len(footers.get(i, ""))] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
+    if "PATH" in columns:
+        at = columns.index("PATH")
+        room = Console().width - sum(w for i, w in enumerate(widths) if i != at) - 2 * (len(columns) - 1)
+        if room < 16:  # no room worth showing: leave the column out
+            columns, widths = columns[:at] + columns[at + 1:], widths[:at] + widths[at + 1:]
+            rows = [row[:at] + row[at + 1:] for row in rows]
+        else:
+            rows = [[_cut_left(cell, room) if i == at else cell for i, cell in enumerate(row)] for row in rows]
+    table = Table(box=None, header_style="bold", pad_edge=False, show_footer=bool(footers))
+    for i, name in enumerate(columns):
+        table.add_column(name, footer=footers.get(i, ""), justify="right" if name in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _cut_left(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
 def _day(iso: str) -> str:
@@ -30,33 +46,25 @@ def _day(iso: str) -> str:
 
 
 def cache_table(records: list[dict[str, Any]]):
-    table = _table("ID", "KIND", "SIZE", "REVS", "FILES", "LAST ACCESSED", "PATH", right=("SIZE", "REVS", "FILES"))
-    for r in records:
-        table.add_row(r["id"], r["kind"], human_size(r["size_bytes"]), str(r["revisions"]), str(r["files"]),
-                      _day(r["last_accessed"]), r["path"])
-    total = sum(r["size_bytes"] for r in records)
-    table.columns[0].footer = f"{len(records)} models"
-    table.columns[2].footer = human_size(total)
-    return table
+    rows = [[r["id"], r["kind"], human_size(r["size_bytes"]), str(r["revisions"]), str(r["files"]),
+             _day(r["last_accessed"]), r["path"]] for r in records]
+    footers = {0: f"{len(records)} models", 2: human_size(sum(r["size_bytes"] for r in records))}
+    return _table(["ID", "KIND", "SIZE", "REVS", "FILES", "LAST ACCESSED", "PATH"], rows, footers,
+                  right=("SIZE", "REVS", "FILES"))
 
 
 def revision_table(records: list[dict[str, Any]]):
-    table = _table("ID", "REVISION", "REFS", "SIZE", "FILES", "LAST MODIFIED", right=("SIZE", "FILES"))
-    for r in records:
-        table.add_row(r["id"], r["revision"], ", ".join(r["refs"]), human_size(r["size_bytes"]), str(r["files"]),
-                      _day(r["last_modified"]))
-    table.columns[0].footer = f"{len(records)} revisions"
-    return table
+    rows = [[r["id"], r["revision"], ", ".join(r["refs"]), human_size(r["size_bytes"]), str(r["files"]),
+             _day(r["last_modified"])] for r in records]
+    return _table(["ID", "REVISION", "REFS", "SIZE", "FILES", "LAST MODIFIED"], rows,
+                  {0: f"{len(records)} revisions"}, right=("SIZE", "FILES"))
 
 
 def deletion_table(records: list[dict[str, Any]], dry_run: bool):
-    table = _table("ID", "KIND", "WHAT", "FREES", right=("FREES",))
-    for r in records:
-        what = "whole model" if r["whole"] else ", ".join(h[:12] for h in r["revisions"])
-        table.add_row(r["id"], r["kind"], what, human_size(r["freed_bytes"]))
-    table.columns[2].footer = "would free" if dry_run else "freed"
-    table.columns[3].footer = human_size(sum(r["freed_bytes"] for r in records))
-    return table
+    rows = [[r["id"], r["kind"], "whole model" if r["whole"] else ", ".join(h[:12] for h in r["revisions"]),
+             human_size(r["freed_bytes"])] for r in records]
+    footers = {2: "would free" if dry_run else "freed", 3: human_size(sum(r["freed_bytes"] for r in records))}
+    return _table(["ID", "KIND", "WHAT", "FREES"], rows, footers, right=("FREES",))
 
 
 def model_panel(record: dict[str, Any]):
