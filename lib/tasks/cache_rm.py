@@ -138,7 +138,8 @@ def run(tty: bool, stdin_tty: bool, ids: tuple[str, ...], revision: tuple[str, .
     plans, plan_errors = build_plans(cache, targets)
     errors += plan_errors
     for e in errors:
-        say(TOOL, f"error: {e.get('id') or e.get('path') or 'line ' + str(e.get('line'))}: {e['error']}")
+        where = "" if ids or "line" not in e else f"line {e['line']}: "
+        say(TOOL, f"error: {where}{e['error']}")
     if not plans:
         if not errors:
             say(TOOL, "nothing to delete")
