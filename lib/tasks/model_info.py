@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from ..cli import JsonlSink, each_name, finish
 from ..errors import LmpipeError, RecordError
 from ..modelinfo import model_info
-from ..records import Item, RecordWriter, error_record, read_items
+from ..records import Item, error_record, read_items
 from ..resolve import DEFAULT_MODEL
 from ..runner import Finished, run as run_items
 
@@ -48,15 +48,15 @@ class TtySink:
 
 def run(tty: bool, stdin_tty: bool, models: tuple[str, ...], load: bool, device: str, dtype: str,
         json_out: bool) -> int:
-    people = tty and not json_out
-    one = lambda name: model_info(name, load, device, dtype)  # noqa: E731
+    sink = TtySink() if tty and not json_out else JsonlSink()
+
+    def one(name: str) -> dict[str, Any]:
+        return model_info(name, load, device, dtype)
 
     items = iter(()) if models or stdin_tty else read_items(sys.stdin.buffer)
     first = next(items, None)
     if first is None:  # names as arguments; none at all (nor records) means the default model
-        writer = None if people else RecordWriter(sys.stdout.buffer)
-        show = TtySink().finished if people else (lambda r, failed=False: writer.write(r))
-        return each_name(TOOL, models or (DEFAULT_MODEL,), one, lambda r: show(r, False))
+        return each_name(TOOL, models or (DEFAULT_MODEL,), one, lambda record: sink.finished(record, False))
 
     def process(batch: list[Item]) -> Iterable[Finished]:
         for item in batch:
@@ -65,5 +65,4 @@ def run(tty: bool, stdin_tty: bool, models: tuple[str, ...], load: bool, device:
             except LmpipeError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 
-    sink = TtySink() if people else JsonlSink()
     return finish(TOOL, run_items(itertools.chain([first], items), process, sink, batch_size=1))

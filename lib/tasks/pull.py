@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from ..cli import JsonlSink, each_name, finish, say
 from ..errors import LmpipeError, RecordError, UsageError
 from ..pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
-from ..records import Item, RecordWriter, error_record, read_items
+from ..records import Item, error_record, read_items
 from ..runner import Finished, run as run_items
 
 TOOL = "lm-pull"
@@ -45,6 +45,7 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
     if progress not in PROGRESS_MODES:
         raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}")
     mode = choose_progress(progress, stderr_tty)
+    sink = TtySink() if tty else JsonlSink()
     options = {"include": include, "exclude": exclude, "cache_dir": Path(cache_dir).expanduser() if cache_dir else None}
 
     def one(name: str) -> dict[str, Any]:
@@ -54,9 +55,7 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
     if repos or stdin_tty:
         if not repos:
             raise UsageError("name a repo to pull (org/name[@revision]), or pipe records with an `id` in")
-        writer = RecordWriter(sys.stdout.buffer)
-        show = (lambda r: print(done_line(r), flush=True)) if tty else writer.write
-        return each_name(TOOL, repos, one, show)
+        return each_name(TOOL, repos, one, lambda record: sink.finished(record, False))
 
     def process(batch: list[Item]) -> Iterable[Finished]:
         for item in batch:
@@ -65,4 +64,4 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
             except LmpipeError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 
-    return finish(TOOL, run_items(read_items(sys.stdin.buffer), process, TtySink() if tty else JsonlSink()))
+    return finish(TOOL, run_items(read_items(sys.stdin.buffer), process, sink))
