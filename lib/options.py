@@ -77,7 +77,7 @@ def vision_model_options(envvar: str) -> Callable:
     """--model (no default: there is no embedded vision model), --device, --dtype."""
     return _stack(
         click.option("-m", "--model", default=None, envvar=envvar,
-                     help=f"Local folder or hub repo id (org/name[@revision]); or set {envvar}."),
+                     help="Local folder or hub repo id (org/name[@revision]); required: no vision model is embedded."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
                      help="Where to run the model."),
         click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
