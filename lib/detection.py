@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Iterator
 
+from .loading import _first_line
 from .vision import LoadedDetector
 
 MULTI_QUERY = ("owlvit", "owlv2")  # models that score many text queries against one image in one row
@@ -60,11 +61,6 @@ class Result:
 
 
 FAILURES = (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError)  # from processors and models
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def pixel_box(box: Any, width: int, height: int) -> Box:
@@ -135,7 +131,8 @@ def _rows(detector: LoadedDetector, requests: list[Request], results: list[Resul
             image_features = _image_features(detector, request.image)
         except FAILURES as exc:
             width, height = request.image.size
-            results[i].error = f"the model's image processor cannot take this {width}x{height} image: {_first_line(exc)}"
+            results[i].error = (f"the model's image processor cannot take this {width}x{height} image: "
+                                f"{_first_line(exc)}")
             continue
         if not detector.open_vocabulary:
             queries: list[tuple[str, ...] | None] = [None]
@@ -180,13 +177,14 @@ def detect(detector: LoadedDetector, requests: list[Request], threshold: float, 
             result.batch = max(result.batch, len(group))
             for q, found in passes:
                 out = found[row]
-                for score, box, index in zip(out["scores"].tolist(), out["boxes"], out["labels"].tolist()):
+                scores = out["scores"].tolist()
+                if labels is None:  # a closed-set model: the label is the class the model chose
+                    names = [id2label.get(index, str(index)) for index in out["labels"].tolist()]
+                else:  # open vocabulary: the label this query (or this row) asked about
+                    names = [labels[q if q is not None else 0]] * len(scores)
+                for score, box, name in zip(scores, out["boxes"], names):
                     if score <= 0.0:  # as the zero-shot pipeline: an exact zero is no detection
                         continue
-                    if labels is None:
-                        name = id2label.get(index, str(index))
-                    else:
-                        name = labels[q if q is not None else 0]
                     result.detections.append(Detection(name, score, pixel_box(box, width, height)))
     for result in results:
         result.detections.sort(key=lambda d: d.score, reverse=True)
