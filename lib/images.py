@@ -42,7 +42,7 @@ class LoadedImage:
 def source_of(record: dict[str, Any], field: str = "image") -> tuple[str, bytes | Path]:
     """Where a record's image is: ("path", Path) or ("b64", bytes)."""
     value = record.get(field)
-    if value is None and field == "image" and "image_b64" in record:
+    if value is None and "image_b64" in record:
         return "b64", _b64(record["image_b64"])
     if value is None and "text" in record and set(record) == {"text"}:
         value = record["text"]  # a bare path line
