@@ -13,19 +13,19 @@ from PIL import Image
 from conftest import jsonl, run_tool
 from tiny_images import (noise, save_16bit, save_bomb, save_cmyk, save_corrupt, save_exif_rotated, save_palette,
                          save_rgb, save_truncated, sixteen_bit)
-from tiny_models import DETR_LABELS, build_tiny_detr, build_tiny_owlvit
+from tiny_models import DETR_LABELS
 
 LABELS = ["cat", "remote control"]
 
 
 @pytest.fixture(scope="module")
-def detr(tmp_path_factory):
-    return build_tiny_detr(tmp_path_factory.mktemp("tiny-detr"))
+def detr(tiny_detr):
+    return tiny_detr
 
 
 @pytest.fixture(scope="module")
-def owlvit(tmp_path_factory):
-    return build_tiny_owlvit(tmp_path_factory.mktemp("tiny-owlvit"))
+def owlvit(tiny_owlvit):
+    return tiny_owlvit
 
 
 @pytest.fixture(scope="module")

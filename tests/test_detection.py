@@ -10,17 +10,16 @@ from PIL import Image
 from lmpipe.detection import Box, Request, detect, multi_query, pixel_box
 from lmpipe.vision import VisionSettings, load_detector
 from tiny_images import noise
-from tiny_models import build_tiny_detr, build_tiny_owlvit
 
 
 @pytest.fixture(scope="module")
-def owl(tmp_path_factory):
-    return load_detector(VisionSettings(str(build_tiny_owlvit(tmp_path_factory.mktemp("owl")))))
+def owl(tiny_owlvit):
+    return load_detector(VisionSettings(str(tiny_owlvit)))
 
 
 @pytest.fixture(scope="module")
-def detr(tmp_path_factory):
-    return load_detector(VisionSettings(str(build_tiny_detr(tmp_path_factory.mktemp("detr")))))
+def detr(tiny_detr):
+    return load_detector(VisionSettings(str(tiny_detr)))
 
 
 def images():
