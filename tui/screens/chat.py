@@ -25,6 +25,7 @@ class Turn(Vertical):
     def __init__(self, role: str, text: str = ""):
         super().__init__(classes=f"turn {role}")
         self.role, self.text = role, text
+        self.stats: dict = {}
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.role, style="bold"), classes="turn-role")
@@ -37,6 +38,7 @@ class Turn(Vertical):
         self.query_one(".turn-stats", Static).update(Text(f"{tokens} tokens…", style="dim"))
 
     def finish(self, reply: Reply) -> None:
+        self.stats = reply.stats
         if reply.reasoning:
             self.query_one(".turn-reasoning", Static).update(Text(f"thinking: {reply.reasoning}", style="italic dim"))
         self.query_one(".turn-text", Static).update(Text(reply.text))
