@@ -23,7 +23,7 @@ class LmDash(App):
     TITLE = "lm-dash"
     CSS_PATH = "lmpipe.tcss"
     BINDINGS = [
-        Binding("f1", "switch_mode('pipeline')", "Pipeline"),
+        Binding("f1", "switch_mode('pipeline')", "Pipe"),
         Binding("f2", "switch_mode('chat')", "Chat"),
         Binding("f3", "switch_mode('tokens')", "Tokens"),
         Binding("f4", "switch_mode('models')", "Models"),

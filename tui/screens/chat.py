@@ -54,9 +54,9 @@ def reply_stats(stats: dict) -> str:
 class ChatScreen(Screen):
     TITLE = "Chat"
     BINDINGS = [
-        Binding("ctrl+n", "new", "New chat"),
-        Binding("ctrl+s", "save", "Save chat"),
-        Binding("escape", "stop", "Stop reply"),
+        Binding("ctrl+n", "new", "New"),
+        Binding("ctrl+s", "save", "Save"),
+        Binding("escape", "stop", "Stop"),
     ]
 
     def __init__(self, engine: Engine, model: str = "smollm2"):
@@ -80,7 +80,7 @@ class ChatScreen(Screen):
             yield Input("", id="chat-system", compact=True, placeholder="system prompt (optional)")
         yield VerticalScroll(id="transcript")
         yield Input(placeholder="Message (Enter sends)", id="chat-prompt")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#chat-prompt").focus()

@@ -31,7 +31,7 @@ class ModelsScreen(Screen):
         yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="models-total")
         yield Static("", id="model-info")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#models-table").border_title = "Cached models (largest first)"

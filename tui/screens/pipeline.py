@@ -25,17 +25,17 @@ from .stage_form import StageForm
 class PipelineScreen(Screen):
     TITLE = "Pipeline"
     BINDINGS = [
-        Binding("a", "add", "Add stage"),
-        Binding("e", "configure", "Configure"),
+        Binding("a", "add", "Add"),
+        Binding("e", "configure", "Edit"),
         Binding("x,delete", "remove", "Remove"),
-        Binding("shift+up", "move(-1)", "Move up"),
-        Binding("shift+down", "move(1)", "Move down"),
+        Binding("shift+up", "move(-1)", "Up"),
+        Binding("shift+down", "move(1)", "Down"),
         Binding("ctrl+r", "run", "Run"),
-        Binding("escape", "cancel", "Cancel run"),
+        Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+o", "load", "Load"),
-        Binding("ctrl+f", "input_file", "Input file"),
-        Binding("ctrl+y", "copy", "Copy command"),
+        Binding("ctrl+f", "input_file", "Input"),
+        Binding("ctrl+y", "copy", "Copy"),
     ]
 
     def __init__(self, pipeline: Pipeline | None = None, input_text: str = "", path: str | None = None):
@@ -56,7 +56,7 @@ class PipelineScreen(Screen):
             yield TextArea(self.input_text, id="input", show_line_numbers=False, soft_wrap=False)
             yield Log(id="output", highlight=False)
         yield Static("", id="shell", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#stages").border_title = "Stages"

@@ -26,7 +26,7 @@ class StageForm(ModalScreen[Stage | None]):
             yield Label(f"[b]{self.tool.name}[/]  {self.tool.summary}")
             yield OptionForm(self.tool, values_from_args(self.tool, list(self.stage.args)))
             yield Static(self.stage.shell(), id="form-command", classes="command", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def _stage(self) -> Stage:
         return Stage(self.tool.name, tuple(args_from_values(self.tool, self.query_one(OptionForm).values())))

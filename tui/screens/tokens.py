@@ -45,7 +45,7 @@ class TokensScreen(Screen):
     TITLE = "Tokens"
     BINDINGS = [
         Binding("ctrl+t", "tokenize", "Tokenize"),
-        Binding("ctrl+g", "generate", "Generate with probs"),
+        Binding("ctrl+g", "generate", "Probabilities"),
     ]
 
     def __init__(self, engine: Engine, model: str = "smollm2"):
@@ -66,7 +66,7 @@ class TokensScreen(Screen):
         with Horizontal(id="tok-gen"):
             yield DataTable(id="tok-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="tok-alts")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#tok-text").border_title = "Text"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widgets import Sparkline, Static
 
@@ -36,8 +36,9 @@ class StageMeter(Vertical):
         self.border_title = f"{index + 1} {stage.shell()}"
 
     def compose(self) -> ComposeResult:
-        yield Static("idle", classes="meter-summary")
-        yield Sparkline([0], classes="meter-spark")
+        with Horizontal(classes="meter-top"):
+            yield Static("idle", classes="meter-summary")
+            yield Sparkline([], classes="meter-spark")
         yield Static("", classes="meter-current")
         yield Static("", classes="meter-stream")
         yield Static("", classes="meter-error")
@@ -54,7 +55,7 @@ class StageMeter(Vertical):
 
     def _draw(self, s: StageSnapshot) -> None:
         self.query_one(".meter-summary", Static).update(summary(s))
-        self.query_one(".meter-spark", Sparkline).data = list(s.spark) or [0]
+        self.query_one(".meter-spark", Sparkline).data = list(s.spark) if any(s.spark) else []
         self.query_one(".meter-current", Static).update(Text(f"» {s.current}" if s.current else ""))
         tail = s.streamed.replace("\n", " ")[-200:]
         self.query_one(".meter-stream", Static).update(Text(tail, style="italic"))
@@ -62,4 +63,5 @@ class StageMeter(Vertical):
         last = s.messages[-1] if s.messages else ""
         error = self.query_one(".meter-error", Static)
         error.update(Text(last, style="bold red" if failed or s.errors else "dim"))
+        error.display = bool(last)
         self.set_class(failed, "failed")
