@@ -7,6 +7,7 @@ import sys
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.options import progress_option
 from lmpipe.resolve import DEFAULT_MODEL
 
 
@@ -21,6 +22,7 @@ from lmpipe.resolve import DEFAULT_MODEL
 @click.option("--add-token", multiple=True, help="Add a token to the vocabulary (repeatable).")
 @click.option("--add-special-token", multiple=True, help="Add a special token (repeatable).")
 @click.option("--save", default=None, metavar="DIR", help="Save the (modified) tokenizer to DIR.")
+@progress_option
 def main(**options):
     """Tokenize the text of every JSONL record on stdin: ids, tokens, offsets, flags, count.
 

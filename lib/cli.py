@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, NoReturn
+from typing import IO, Any, Callable, NoReturn
 
 import click
 
@@ -89,9 +89,19 @@ class JsonlSink:
             self.writer.write(self.encode_event(item, event))
 
 
-def run_stdin(tool: str, process: Process, sink: Any, batch_size: int = 1) -> int:
-    """Run `process` over stdin's records into `sink`; report and return the exit code."""
-    summary: Summary = run(read_items(sys.stdin.buffer), process, sink, batch_size)
+def run_records(tool: str, process: Process, sink: Any, batch_size: int = 1, progress: str = "auto",
+                source: IO[bytes] | None = None) -> int:
+    """Run `process` over the records of `source` (stdin) into `sink`, with progress; return the exit code."""
+    from .progress import Progress, ProgressSink, choose_mode, count_remaining_lines
+
+    source = source if source is not None else sys.stdin.buffer
+    mode = choose_mode(progress, stdout_is_tty(), sys.stderr.isatty())
+    total = count_remaining_lines(source) if mode != "none" else None
+    meter = Progress(tool, mode, total)
+    try:
+        summary: Summary = run(read_items(source), process, ProgressSink(sink, meter), batch_size)
+    finally:
+        meter.close()
     return finish(tool, summary)
 
 

@@ -60,5 +60,14 @@ def sampling_options(f: Callable) -> Callable:
     )(f)
 
 
+def progress_option(f: Callable) -> Callable:
+    from .progress import MODES
+
+    return click.option("--progress", type=click.Choice(MODES), default="auto", show_default=True,
+                        envvar="LMPIPE_PROGRESS",
+                        help="Progress on stderr: a bar (auto: when stderr is a terminal and stdout is not), "
+                             "JSON events, or none.")(f)
+
+
 def batch_size_for(requested: int | None, tty: bool) -> int:
     return requested or (1 if tty else 8)

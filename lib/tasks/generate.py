@@ -147,12 +147,10 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     import io
     import sys
 
-    from ..cli import JsonlSink, finish
+    from ..cli import JsonlSink, run_records
     from ..display import GenerateTtySink
     from ..loading import ModelSettings, load
     from ..options import batch_size_for
-    from ..records import read_items
-    from ..runner import run as run_items
 
     settings = settings_from_options(o)
     model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
@@ -163,5 +161,4 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     else:
         sink = JsonlSink(stream_events=o["stream"], encode_event=stream_event)
     source = io.BytesIO(prompt.encode() + b"\n") if prompt is not None else sys.stdin.buffer
-    summary = run_items(read_items(source), task.process, sink, batch_size_for(o["batch_size"], tty))
-    return finish("lm-generate", summary)
+    return run_records("lm-generate", task.process, sink, batch_size_for(o["batch_size"], tty), o["progress"], source)

@@ -90,12 +90,8 @@ class TokenizeTask:
 
 def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, add_token: tuple[str, ...],
         add_special_token: tuple[str, ...], save: str | None, **o: Any) -> int:
-    import sys
-
-    from ..cli import JsonlSink, finish, say
+    from ..cli import JsonlSink, run_records, say
     from ..display import TokenizeTtySink
-    from ..records import read_items
-    from ..runner import run as run_items
 
     tok = load(model, tokenizer)
     add_tokens(tok, add_token, add_special_token)
@@ -107,4 +103,4 @@ def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, ad
     settings = TokenizeSettings(field=o["field"], decode=o["decode"], special=not o["no_special"], out=o["out"])
     task = TokenizeTask(tok, settings)
     sink: Any = TokenizeTtySink() if tty else JsonlSink()
-    return finish("lm-tokenize", run_items(read_items(sys.stdin.buffer), task.process, sink, batch_size=64))
+    return run_records("lm-tokenize", task.process, sink, batch_size=64, progress=o["progress"])
