@@ -51,6 +51,9 @@ def test_build_run_and_compare_with_the_shell(tiny_llama, tmp_path):
     assert [jsonl(line.encode())[0] for line in shown] == records  # the output panel holds the records
     assert [(m.records_in, m.records_out, m.errors) for m in meters] == [(3, 3, 0), (3, 3, 0)]
     assert meters[1].tokens > 0  # tokens were streamed and counted, then kept out of the records
+    # The meters read the tools' progress events (lmpipe.progress JSON on stderr).
+    assert [(m.progress or {}).get("event") for m in meters] == ["finished", "finished"]
+    assert [m.progress["done"] for m in meters] == [3, 3]
 
     # The command line the screen shows, run by a shell, prints the same records.
     by_shell = shell(pipeline.shell(), INPUT.encode())
@@ -72,6 +75,11 @@ def test_cancel_mid_run_leaves_no_child_alive(tiny_llama):
             await wait_for(pilot, lambda: screen.run_ is not None and screen.run_.snapshots()[1].records_in > 0)
             pids = [p.pid for p in screen.run_.procs]
             assert all(alive(pid) for pid in pids)
+            # The interface answers keys while the stages work.
+            stages = screen.query_one("#stages")
+            await pilot.press("down")
+            await pilot.pause()
+            assert stages.index == 1 and screen.running
             await pilot.press("escape")
             await wait_for(pilot, lambda: screen.sub_title == "cancelled")
             return pids, screen.run_.procs

@@ -51,7 +51,11 @@ class CachedModel:
 def _run(tool: str, *args: str, timeout: float = 120) -> list[dict[str, Any]]:
     if not installed(tool):
         raise ToolMissing(tool)
-    proc = subprocess.run([executable(tool), *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    try:
+        proc = subprocess.run([executable(tool), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ToolFailed(f"{tool} took longer than {timeout:.0f} s") from None
     records = []
     for line in proc.stdout.splitlines():
         if line.strip():

@@ -143,6 +143,9 @@ class PipelineRun:
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self._lock = threading.Lock()
+        # Progress as JSON events on stderr (lmpipe.progress): the meters read them; stdout is untouched.
+        # A stage's own --progress wins over the variable.
+        self.env = {**os.environ, "LMPIPE_PROGRESS": "json"}
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -155,7 +158,7 @@ class PipelineRun:
                 proc = subprocess.Popen(
                     [executable(stage.tool), *args],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    start_new_session=True,  # its own process group: cancel reaches everything it started
+                    env=self.env, start_new_session=True,  # its own process group: cancel reaches everything it started
                 )
             except OSError as exc:
                 meter.messages.append(f"cannot start {stage.tool}: {exc.strerror}")

@@ -11,7 +11,6 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
 from lmpipe.display import stats_line
-from lmpipe.errors import LmpipeError
 from lmpipe.records import encode
 
 from ..engine import ChatSettings, Conversation, Engine, Reply, chat_turn
@@ -128,7 +127,7 @@ class ChatScreen(Screen):
             answer = chat_turn(self.engine, messages, settings,
                                on_text=lambda text, n: self.post_message(ReplyStreaming(text, n)),
                                cancelled=lambda: worker.is_cancelled)
-        except (LmpipeError, OSError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, the app stays up
             self.post_message(ReplyFailed(str(exc)))
             return
         self.post_message(ReplyFinished(answer))

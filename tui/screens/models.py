@@ -48,7 +48,7 @@ class ModelsScreen(Screen):
     def load_models(self) -> None:
         try:
             self.post_message(ModelsListed(list_models()))
-        except (ToolMissing, ToolFailed, OSError) as exc:
+        except (ToolMissing, ToolFailed, OSError, ValueError) as exc:
             self.post_message(ModelsFailed(str(exc)))
 
     def on_models_listed(self, message: ModelsListed) -> None:
@@ -82,7 +82,7 @@ class ModelsScreen(Screen):
     def load_info(self, model_id: str) -> None:
         try:
             self.post_message(ModelInfoReady(model_info(model_id)))
-        except (ToolMissing, ToolFailed, OSError) as exc:
+        except (ToolMissing, ToolFailed, OSError, ValueError) as exc:
             self.post_message(ModelsFailed(str(exc)))
 
     def on_model_info_ready(self, message: ModelInfoReady) -> None:
@@ -111,5 +111,5 @@ class ModelsScreen(Screen):
             remove_model(model_id)
             self.app.call_from_thread(self.notify, f"deleted {model_id}")
             self.post_message(ModelsListed(list_models()))
-        except (ToolMissing, ToolFailed, OSError) as exc:
+        except (ToolMissing, ToolFailed, OSError, ValueError) as exc:
             self.post_message(ModelsFailed(str(exc)))

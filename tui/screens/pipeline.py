@@ -125,7 +125,12 @@ class PipelineScreen(Screen):
             if stage is not None:
                 self.set_pipeline(self.pipeline.replace(index, stage), index)
 
-        self.app.push_screen(StageForm(self.pipeline.stages[index]), configured)
+        try:
+            form = StageForm(self.pipeline.stages[index])
+        except LookupError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.app.push_screen(form, configured)
 
     @on(ListView.Selected, "#stages")
     def stage_chosen(self) -> None:

@@ -11,7 +11,6 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static, TextArea
 
 from lmpipe.display import TokenizeTtySink, probability_style, token_box
-from lmpipe.errors import LmpipeError
 
 from ..engine import Engine, generate_with_probs, tokenize
 from ..messages import ProbsReady, TokensFailed, TokensReady
@@ -90,7 +89,7 @@ class TokensScreen(Screen):
     def run_tokenize(self, model: str, text: str) -> None:
         try:
             encoding = tokenize(self.engine, model, text)
-        except (LmpipeError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, the app stays up
             self.post_message(TokensFailed(str(exc)))
             return
         self.post_message(TokensReady({**encoding, "text": text}))
@@ -121,7 +120,7 @@ class TokensScreen(Screen):
             tokens = generate_with_probs(self.engine, model, text, limit, TOP, lambda: worker.is_cancelled)
             tokenizer = self.engine.tokenizer(model)
             texts = [tokenizer.decode([t.id]) for t in tokens]
-        except (LmpipeError, OSError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, the app stays up
             self.post_message(TokensFailed(str(exc)))
             return
         self.post_message(ProbsReady(tokens, texts))

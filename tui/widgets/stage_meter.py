@@ -17,6 +17,9 @@ def summary(s: StageSnapshot) -> Text:
     text.append(f"in {s.records_in}  out {s.records_out}  ")
     text.append(f"err {s.errors}", style="bold red" if s.errors else "")
     text.append(f"  {s.records_per_s:.2f} rec/s")
+    total = (s.progress or {}).get("total")
+    if isinstance(total, int) and total:
+        text.append(f"  {s.records_out}/{total}")
     if s.tokens:
         text.append(f"  {s.tokens_per_s:.1f} tok/s")
     if s.exit_code is not None:
