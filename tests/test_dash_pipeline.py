@@ -124,6 +124,8 @@ def test_saved_pipeline_reloads_identical_and_runs_headless(tmp_path, tiny_llama
 
     model = str(tiny_llama)
     saved = tmp_path / "tok.json"
+    records = tmp_path / "in.jsonl"
+    records.write_text('{"text": "from a file"}\n')
 
     async def build_and_save():
         app = create_app()
@@ -135,6 +137,13 @@ def test_saved_pipeline_reloads_identical_and_runs_headless(tmp_path, tiny_llama
             app.screen.query_one("#path").value = str(saved)
             await pilot.press("enter")
             await pilot.pause()
+            # The input can come from a file too.
+            await pilot.press("ctrl+f")
+            await pilot.pause()
+            app.screen.query_one("#path").value = str(records)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.pipeline_screen.query_one("#input").text == records.read_text()
             return app.pipeline_screen.pipeline
 
     async def load(path):

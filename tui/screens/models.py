@@ -36,7 +36,9 @@ class ModelsScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#models-table").border_title = "Cached models (largest first)"
         self.query_one("#model-info").border_title = "Details"
-        self.query_one("#models-table", DataTable).add_columns("model", "kind", "size", "revs", "files", "accessed")
+        table = self.query_one("#models-table", DataTable)
+        for label, width in (("model", 30), ("kind", 8), ("size", 9), ("revs", 4), ("files", 5), ("accessed", 10)):
+            table.add_column(label, width=width)
         self.action_refresh()
         self.query_one("#models-table").focus()
 
@@ -57,7 +59,7 @@ class ModelsScreen(Screen):
         table.clear()
         for m in self.models:
             table.add_row(Text(m.id), m.kind, Text(human_size(m.size_bytes), justify="right"),
-                          str(m.revisions), str(m.files), str(m.last_accessed or "")[:19])
+                          str(m.revisions), str(m.files), str(m.last_accessed or "")[:10])
         total = sum(m.size_bytes for m in self.models)
         self.query_one("#models-total", Static).update(
             Text(f"{len(self.models)} models · total {human_size(total)}", style="bold"))
