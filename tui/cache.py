@@ -78,7 +78,10 @@ def list_models() -> list[CachedModel]:
 
 
 def model_info(model_id: str) -> dict[str, Any]:
-    records = _run(INFO, model_id)
+    try:
+        records = _run(INFO, model_id)
+    except ToolFailed:
+        records = _run(INFO, "--model", model_id)  # in case the tool takes the id as an option
     if not records:
         raise ToolFailed(f"{INFO} returned nothing for {model_id}")
     if "error" in records[0]:

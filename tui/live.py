@@ -80,7 +80,7 @@ class _Meter:
     first_token: float | None = None
     token_line: int | None = None
     out_times: deque = field(default_factory=lambda: deque(maxlen=4096))
-    current: str = ""
+    pending: deque = field(default_factory=deque)  # previews of records sent in, not yet out
     streamed: str = ""
     messages: deque = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
     progress: dict | None = None
@@ -98,7 +98,7 @@ class _Meter:
         return StageSnapshot(
             self.index, self.tool, self.records_in, self.records_out, self.errors, self.tokens,
             float(rate) if rate is not None else self.records_out / elapsed, tps, tuple(spark),
-            self.current, self.streamed, tuple(self.messages), self.progress, self.exit_code,
+            self.pending[0] if self.pending else "", self.streamed, tuple(self.messages), self.progress, self.exit_code,
             self.exit_code is None,
         )
 
@@ -211,10 +211,7 @@ class PipelineRun:
                 stdin.write(line)
                 stdin.flush()
                 if line.strip():
-                    with self._lock:
-                        meter.records_in += 1
-                        meter.current = preview(line.decode("utf-8", "replace"))
-                    self._report(meter)
+                    self._sent(meter, line)
         except (BrokenPipeError, OSError):
             pass
         finally:
@@ -256,11 +253,16 @@ class PipelineRun:
             _close(target)
             return None
         if _token_event(line) is None and line.strip():
-            with self._lock:
-                meter.records_in += 1
-                meter.current = preview(line.decode("utf-8", "replace"))
-            self._report(meter)
+            self._sent(meter, line)
         return target
+
+    def _sent(self, meter: _Meter, line: bytes) -> None:
+        # One record out for every record in, in order (the record contract): the oldest record
+        # sent and not yet out is the one the stage is working on.
+        with self._lock:
+            meter.records_in += 1
+            meter.pending.append(preview(line.decode("utf-8", "replace")))
+        self._report(meter)
 
     def _record(self, meter: _Meter, line: bytes) -> None:
         if not line.strip():
@@ -275,6 +277,8 @@ class PipelineRun:
         with self._lock:
             meter.records_out += 1
             meter.errors += failed
+            if meter.pending:
+                meter.pending.popleft()
             meter.out_times.append(time.monotonic())
         self._report(meter)
 
