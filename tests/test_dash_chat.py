@@ -68,3 +68,24 @@ def jsonl_line(record: dict) -> bytes:
     import orjson
 
     return orjson.dumps(record) + b"\n"
+
+
+def test_reasoning_is_shown_apart_from_the_answer():
+    from lmpipe.tui.engine import Reply
+
+    stats = {"input_tokens": 9, "output_tokens": 4, "ttft_s": 0.1, "tokens_per_s": 20.0, "total_s": 0.3,
+             "finish_reason": "eos"}
+
+    async def scenario():
+        app = create_app(screen="chat")
+        async with app.run_test(size=(80, 24)) as pilot:
+            turn = Turn("assistant")
+            await app.screen.query_one("#transcript").mount(turn)
+            turn.finish(Reply("Paris.", "The capital of France is Paris.", stats))
+            await pilot.pause()
+            return [str(turn.query_one(c).render()) for c in (".turn-reasoning", ".turn-text", ".turn-stats")]
+
+    reasoning, text, line = asyncio.run(scenario())
+    assert reasoning == "thinking: The capital of France is Paris."
+    assert text == "Paris."
+    assert line == "9 in · 4 out · ttft 100 ms · 20.0 tok/s · 0.30 s · eos"

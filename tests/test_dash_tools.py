@@ -66,3 +66,23 @@ def test_exit_code_is_pipefails():
     assert exit_code([0, 0]) == 0
     assert exit_code([2, 0]) == 2
     assert exit_code([1, 130]) == 130
+
+
+def test_every_binding_is_a_command_in_the_palette():
+    import asyncio
+
+    from lmpipe.tui.app import create_app
+
+    async def scenario():
+        found = {}
+        app = create_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            for mode in ("pipeline", "chat", "tokens", "models"):
+                await app.switch_mode(mode)
+                await pilot.pause()
+                commands = {c.title for c in app.get_system_commands(app.screen)}
+                bindings = {b.description for b in type(app.screen).BINDINGS} | {b.description for b in app.BINDINGS}
+                found[mode] = bindings - commands - {"Quit"}
+        return found
+
+    assert asyncio.run(scenario()) == {"pipeline": set(), "chat": set(), "tokens": set(), "models": set()}
