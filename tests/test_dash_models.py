@@ -15,8 +15,9 @@ from lmpipe.tui import cache
 from lmpipe.tui.app import create_app
 
 MODELS = [
-    {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "kind": "embedded", "size_bytes": 270_000_000, "revisions": 1,
-     "files": 7, "last_accessed": "2026-11-20T10:00:00", "last_modified": "2026-11-20T10:00:00", "path": "/cache/a"},
+    {"id": "SmolLM2-135M-Instruct.Q4_1-747cb1f0195582d0", "kind": "converted", "size_bytes": 270_000_000,
+     "revisions": 1, "files": 7, "last_accessed": "2026-11-20T10:00:00Z", "last_modified": "2026-11-20T10:00:00Z",
+     "path": "/cache/a", "alias": "smollm2"},
     {"id": "org/big", "kind": "hub", "size_bytes": 2_500_000_000, "revisions": ["abc", "def"],
      "files": ["config.json", "model.safetensors"], "last_accessed": "2026-11-21T09:00:00",
      "last_modified": "2026-11-21T09:00:00", "path": "/cache/b"},
@@ -39,8 +40,12 @@ elif tool == "lm-model-info":
                        "layers": 30, "chat_template": True}}))
 elif tool == "lm-cache-rm":
     assert "--yes" in sys.argv
-    state.write_text(" ".join(gone | set(a for a in sys.argv[1:] if not a.startswith("-"))))
-    print(json.dumps({{"id": sys.argv[-1], "deleted": True}}))
+    for line in sys.stdin:
+        record = json.loads(line)
+        assert record in models  # the lm-cache-ls record, as it was written
+        gone.add(record["id"])
+        print(json.dumps({{"id": record["id"], "deleted": True}}))
+    state.write_text(" ".join(sorted(gone)))
 '''
 
 
@@ -80,12 +85,20 @@ def test_models_sorted_with_total_details_and_confirmed_delete(fake_tools):
             return ids, total, info, kept, [m.id for m in screen.models]
 
     ids, total, info, kept, after = asyncio.run(scenario())
-    assert ids == ["org/big", "HuggingFaceTB/SmolLM2-135M-Instruct", "org/small"]
+    assert ids == ["org/big", "SmolLM2-135M-Instruct.Q4_1-747cb1f0195582d0", "org/small"]
     assert total == "3 models · total 2.8 GB"
     assert "id: org/big" in info and "parameters: 134515008" in info
     assert not kept
     assert (fake_tools / "deleted").read_text() == "org/big"
-    assert after == ["HuggingFaceTB/SmolLM2-135M-Instruct", "org/small"]
+    assert after == ["SmolLM2-135M-Instruct.Q4_1-747cb1f0195582d0", "org/small"]
+
+
+def test_model_info_is_asked_for_a_name_it_resolves():
+    from lmpipe.tui.cache import CachedModel
+
+    hub, converted, embedded = (CachedModel.from_record(r) for r in (
+        MODELS[1], {**MODELS[0], "alias": None}, MODELS[0]))
+    assert (hub.target, converted.target, embedded.target) == ("org/big", "/cache/a", "smollm2")
 
 
 def test_a_missing_cache_tool_gives_a_clear_message(monkeypatch):
@@ -99,3 +112,22 @@ def test_a_missing_cache_tool_gives_a_clear_message(monkeypatch):
             return str(status.render())
 
     assert asyncio.run(scenario()) == "lm-cache-ls-not-installed is not installed (it comes with lmpipe's cache tools)"
+
+
+def test_the_real_lm_cache_ls_as_the_screen_shows_it(embedded):
+    from conftest import jsonl, run_tool
+
+    if not cache.installed(cache.LIST):
+        pytest.skip("lm-cache-ls is not installed")
+    listed = jsonl(run_tool("lm-cache-ls").stdout)
+
+    async def scenario():
+        app = create_app(screen="models")
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, lambda: str(screen.query_one("#models-total").render()).endswith("B"))
+            return [m.id for m in screen.models], str(screen.query_one("#models-total").render())
+
+    ids, total = asyncio.run(scenario())
+    assert ids == [r["id"] for r in sorted(listed, key=lambda r: (-r["size_bytes"], r["id"]))]
+    assert total == f"{len(listed)} models · total {cache.human_size(sum(r['size_bytes'] for r in listed))}"

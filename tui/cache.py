@@ -5,10 +5,12 @@ subprocesses, their JSONL read back. A tool that is not installed is reported, n
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from lmpipe.records import encode
 
 from .tools import executable, installed
 
@@ -35,6 +37,14 @@ class CachedModel:
     last_accessed: Any
     last_modified: Any
     path: str
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as lm-cache-ls wrote it
+
+    @property
+    def target(self) -> str:
+        """What lm-model-info is given: the alias or the folder of a converted model, else the id."""
+        if self.record.get("alias"):
+            return str(self.record["alias"])
+        return self.path if self.kind == "converted" and self.path else self.id
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> CachedModel:
@@ -44,16 +54,16 @@ class CachedModel:
             str(r.get("id", "?")), str(r.get("kind", "")), int(r.get("size_bytes") or 0),
             len(revisions) if isinstance(revisions, list) else int(revisions or 0),
             len(files) if isinstance(files, list) else int(files or 0),
-            r.get("last_accessed"), r.get("last_modified"), str(r.get("path", "")),
+            r.get("last_accessed"), r.get("last_modified"), str(r.get("path", "")), dict(r),
         )
 
 
-def _run(tool: str, *args: str, timeout: float = 120) -> list[dict[str, Any]]:
+def _run(tool: str, *args: str, stdin: bytes | None = None, timeout: float = 120) -> list[dict[str, Any]]:
     if not installed(tool):
         raise ToolMissing(tool)
     try:
-        proc = subprocess.run([executable(tool), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout)
+        proc = subprocess.run([executable(tool), *args], input=stdin if stdin is not None else b"",
+                              capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ToolFailed(f"{tool} took longer than {timeout:.0f} s") from None
     records = []
@@ -77,20 +87,22 @@ def list_models() -> list[CachedModel]:
     return sorted(models, key=lambda m: (-m.size_bytes, m.id))
 
 
-def model_info(model_id: str) -> dict[str, Any]:
-    try:
-        records = _run(INFO, model_id)
-    except ToolFailed:
-        records = _run(INFO, "--model", model_id)  # in case the tool takes the id as an option
+def model_info(model: CachedModel) -> dict[str, Any]:
+    records = _run(INFO, model.target)
     if not records:
-        raise ToolFailed(f"{INFO} returned nothing for {model_id}")
+        raise ToolFailed(f"{INFO} returned nothing for {model.target}")
     if "error" in records[0]:
         raise ToolFailed(str(records[0]["error"]))
     return records[0]
 
 
-def remove_model(model_id: str) -> list[dict[str, Any]]:
-    return _run(REMOVE, "--yes", model_id)
+def remove_model(model: CachedModel) -> list[dict[str, Any]]:
+    """Delete a model by handing lm-cache-rm its lm-cache-ls record, as `lm-cache-ls | lm-cache-rm` does."""
+    records = _run(REMOVE, "--yes", stdin=encode(model.record or {"id": model.id}))
+    failed = [r["error"] for r in records if "error" in r]
+    if failed:
+        raise ToolFailed(str(failed[0]))
+    return records
 
 
 def human_size(n: int) -> str:

@@ -78,12 +78,12 @@ class ModelsScreen(Screen):
     def action_info(self) -> None:
         if self.current is not None:
             self.query_one("#model-info", Static).update("reading…")
-            self.load_info(self.current.id)
+            self.load_info(self.current)
 
     @work(thread=True, exclusive=True, group="info")
-    def load_info(self, model_id: str) -> None:
+    def load_info(self, model: CachedModel) -> None:
         try:
-            self.post_message(ModelInfoReady(model_info(model_id)))
+            self.post_message(ModelInfoReady(model_info(model)))
         except (ToolMissing, ToolFailed, OSError, ValueError) as exc:
             self.post_message(ModelsFailed(str(exc)))
 
@@ -103,15 +103,15 @@ class ModelsScreen(Screen):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.delete_model(model.id)
+                self.delete_model(model)
 
         self.app.push_screen(Confirm(f"Delete {model.id} ({human_size(model.size_bytes)}) from the cache?"), answered)
 
     @work(thread=True, exclusive=True, group="models")
-    def delete_model(self, model_id: str) -> None:
+    def delete_model(self, model: CachedModel) -> None:
         try:
-            remove_model(model_id)
-            self.app.call_from_thread(self.notify, f"deleted {model_id}")
+            remove_model(model)
+            self.app.call_from_thread(self.notify, f"deleted {model.id}")
             self.post_message(ModelsListed(list_models()))
         except (ToolMissing, ToolFailed, OSError, ValueError) as exc:
             self.post_message(ModelsFailed(str(exc)))
