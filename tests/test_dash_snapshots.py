@@ -13,12 +13,11 @@ from lmpipe.tui.app import create_app
 from lmpipe.tui.pipeline import Pipeline, Stage
 
 async def steady(pilot) -> None:
-    """No blinking cursors: a snapshot must not depend on when it is taken."""
+    """No text cursor (it blinks): a snapshot must not depend on when it is taken."""
     from textual.widgets import Input, TextArea
 
-    for widget in pilot.app.screen.query("Input, TextArea"):
-        if isinstance(widget, (Input, TextArea)):
-            widget.cursor_blink = False
+    if isinstance(pilot.app.screen.focused, (Input, TextArea)):
+        pilot.app.screen.set_focus(None)
     await pilot.pause()
 
 
