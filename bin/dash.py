@@ -60,7 +60,7 @@ def interactive(pipeline_file: str | None, screen: str, model: str) -> int:
     return 0
 
 
-FIELDS_READ = {"text": "with --run, whatever the pipeline's first tool reads; in a pipe, the input records"}
+FIELDS_READ = {"*": "with --run or in a pipe: whatever the pipeline's first tool reads"}
 FIELDS_WRITTEN = {"*": "with --run, the records the pipeline's last tool writes"}
 
 if __name__ == "__main__":
