@@ -86,3 +86,10 @@ def test_every_binding_is_a_command_in_the_palette():
         return found
 
     assert asyncio.run(scenario()) == {"pipeline": set(), "chat": set(), "tokens": set(), "models": set()}
+
+
+def test_reading_a_form_leaves_the_tools_own_help_alone():
+    from click.testing import CliRunner
+
+    values_from_args(spec("lm-tokenize"), ["--decode"])
+    assert "-h, --help" in CliRunner().invoke(command("lm-tokenize"), ["--help"]).output

@@ -138,7 +138,8 @@ def values_from_args(tool: ToolSpec, args: list[str]) -> dict[str, Any]:
     Raw text is kept so that a bad value shows in the form as typed (and the tool reports it).
     """
     cmd = command(tool.name)
-    ctx = click.Context(cmd, info_name=tool.name, resilient_parsing=True)
+    # The command's own context settings: click caches the help option the first context asks for.
+    ctx = click.Context(cmd, info_name=tool.name, resilient_parsing=True, **cmd.context_settings)
     parser = cmd.make_parser(ctx)
     opts, rest, _order = parser.parse_args(list(args))
     values: dict[str, Any] = {}
