@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import batch_option, field_options, model_options, progress_option, sampling_options
+from lmpipe.options import batch_option, field_options, job_options, model_options, progress_option, sampling_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,12 +15,18 @@ from lmpipe.options import batch_option, field_options, model_options, progress_
 @sampling_options
 @batch_option
 @progress_option
+@job_options
 @click.option("-s", "--system", default=None, help="System prompt for chat models.")
 @click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
 @click.option("--stream", is_flag=True, help="In a pipe, write token events before each record.")
 @click.option("-q", "--quiet", is_flag=True, help="On a terminal, print only the text (no stats line).")
 @click.option("--top-probs", type=click.IntRange(min=0), default=0, help="Add each token's probability and its N likeliest alternatives.")
 @click.option("--display-pause", type=click.IntRange(min=0), default=0, metavar="MS", help="On a terminal with --top-probs, pause between tokens.")
+@click.option("--json-schema", default=None, metavar="FILE|JSON",
+              help="Answer with JSON that validates against this schema (a file or inline); parsed into `json`.")
+@click.option("--regex", default=None, metavar="PATTERN", help="Answer with text that fully matches PATTERN.")
+@click.option("--choice", multiple=True, help="Answer with exactly one of these (repeatable).")
+@click.option("--prefix", default=None, metavar="TEXT", help="Start the answer with TEXT; the model continues it.")
 @click.option("--ttnt", type=click.IntRange(min=1), default=None, metavar="N", help="Also report the time to the N-th token.")
 def main(**options):
     """Generate text for every JSONL record on stdin (or for PROMPT).

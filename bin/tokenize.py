@@ -7,7 +7,7 @@ import sys
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import progress_option
+from lmpipe.options import job_options, progress_option
 from lmpipe.resolve import DEFAULT_MODEL
 
 
@@ -23,6 +23,7 @@ from lmpipe.resolve import DEFAULT_MODEL
 @click.option("--add-special-token", multiple=True, help="Add a special token (repeatable).")
 @click.option("--save", default=None, metavar="DIR", help="Save the (modified) tokenizer to DIR.")
 @progress_option
+@job_options
 def main(**options):
     """Tokenize the text of every JSONL record on stdin: ids, tokens, offsets, flags, count.
 
