@@ -15,6 +15,7 @@ class PromptSettings:
     field: str = "text"
     system: str | None = None
     raw: bool = False
+    prefix: str = ""  # the answer starts with this text (--prefix); the model continues it
 
 
 def messages_of(record: dict[str, Any], settings: PromptSettings) -> list[dict[str, Any]]:
@@ -50,7 +51,7 @@ def prompt_ids(record: dict[str, Any], tokenizer: Any, settings: PromptSettings)
         text = text_of(record, settings.field)
         if settings.system:
             text = f"{settings.system}\n\n{text}"
-        return list(tokenizer(text)["input_ids"])
+        return list(tokenizer(text + settings.prefix)["input_ids"])
     text = tokenizer.apply_chat_template(messages_of(record, settings), add_generation_prompt=True, tokenize=False)
     # The template already holds the special tokens it wants.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text + settings.prefix, add_special_tokens=False)["input_ids"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
+from ..constrain import Constraint, GrammarProcessor, constraint_from_options, ll_tokenizer, parse_answer
 from ..errors import RecordError
 from ..generation import Completion, Token, generate
 from ..loading import LoadedModel
@@ -23,6 +24,7 @@ class GenerateSettings:
     out: str = "generated"
     top_probs: int = 0
     ttnt: int | None = None
+    constraint: Constraint | None = None
 
 
 def context_length(lm: LoadedModel) -> int | None:
@@ -59,12 +61,25 @@ class GenerateTask:
         self.lm = lm
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
-        self.manifest = manifest(
-            lm.identity,
-            {"sampling": self.settings.sampling.manifest(), "raw": settings.prompt.raw, "system": settings.prompt.system},
-            lm.device,
-            lm.dtype,
-        )
+        run_settings: dict[str, Any] = {
+            "sampling": self.settings.sampling.manifest(), "raw": settings.prompt.raw, "system": settings.prompt.system,
+        }
+        if settings.prompt.prefix:
+            run_settings["prefix"] = settings.prompt.prefix
+        if settings.constraint is not None:
+            run_settings.update(settings.constraint.manifest())
+        self.manifest = manifest(lm.identity, run_settings, lm.device, lm.dtype)
+        self.ll_tokenizer = None
+        if settings.constraint is not None:
+            from ..generation import eos_ids
+
+            vocab = lm.model.get_output_embeddings().weight.shape[0]
+            self.ll_tokenizer = ll_tokenizer(lm.tokenizer, vocab, eos_ids(lm.model, lm.tokenizer))
+
+    def constraints(self, rows: int) -> list[Any]:
+        """Fresh grammar matchers for a batch of `rows` (none without a constraint)."""
+        c = self.settings.constraint
+        return [GrammarProcessor(self.ll_tokenizer, c.grammar, rows)] if c is not None else []
 
     def prepare(self, item: Item) -> list[int]:
         ids = prompt_ids(item.record or {}, self.lm.tokenizer, self.settings.prompt)
@@ -74,10 +89,13 @@ class GenerateTask:
 
     def output(self, item: Item, c: Completion) -> dict[str, Any]:
         record = dict(item.record or {})
-        reasoning, answer = split_reasoning(c.text)
-        record[self.settings.out] = answer
+        constraint = self.settings.constraint
+        reasoning, answer = (None, c.text) if constraint is not None else split_reasoning(c.text)
+        record[self.settings.out] = self.settings.prompt.prefix + answer
         if reasoning is not None:
             record["reasoning"] = reasoning
+        if constraint is not None and constraint.kind == "json_schema":
+            record["json"] = parse_answer(constraint, answer, c.finish_reason)
         if self.settings.top_probs:
             record["tokens"] = [token_record(t) for t in c.tokens]
         record["stats"] = stats(c, self.settings.ttnt)
@@ -104,6 +122,7 @@ class GenerateTask:
             sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
+            constraints=self.constraints(len(ready)),
         )
         finished: set[int] = set()
         try:
@@ -113,7 +132,12 @@ class GenerateTask:
                     yield Streamed(item, event)
                 else:
                     finished.add(event.row)
-                    yield Finished(item, self.output(item, event))
+                    try:
+                        done = Finished(item, self.output(item, event))
+                    except RecordError as exc:  # a constrained answer cut short: keep what there is
+                        text = self.settings.prompt.prefix + event.text
+                        done = Finished(item, {**error_record(item, str(exc)), self.settings.out: text}, failed=True)
+                    yield done
         except (RuntimeError, ValueError, IndexError) as exc:
             # The batch as a whole failed (out of memory, a model bug): every unfinished record says so.
             for row, (item, _) in enumerate(ready):
@@ -123,7 +147,7 @@ class GenerateTask:
 
 def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
     return GenerateSettings(
-        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"]),
+        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
         sampling=Sampling(
             temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
             repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
@@ -132,6 +156,7 @@ def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
         out=o["out"],
         top_probs=o["top_probs"],
         ttnt=o["ttnt"],
+        constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
     )
 
 
@@ -149,10 +174,13 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
 
     from ..cli import JsonlSink, run_records
     from ..display import GenerateTtySink
+    from ..job import JobSettings
     from ..loading import ModelSettings, load
     from ..options import batch_size_for
 
     settings = settings_from_options(o)
+    job = JobSettings.from_options(o).open()  # an existing --output without --resume fails here
+    tty = tty and not job.to_file
     model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
     model_settings.ref()  # an unknown model is an error before anything is read
     task = GenerateTask(load(model_settings), settings)
@@ -161,4 +189,4 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     else:
         sink = JsonlSink(stream_events=o["stream"], encode_event=stream_event)
     source = io.BytesIO(prompt.encode() + b"\n") if prompt is not None else sys.stdin.buffer
-    return run_records("lm-generate", task.process, sink, batch_size_for(o["batch_size"], tty), o["progress"], source)
+    return run_records("lm-generate", task.process, sink, batch_size_for(o["batch_size"], tty), o["progress"], source, job)
