@@ -27,6 +27,8 @@ from lmpipe.options import batch_option, field_options, job_options, model_optio
 @click.option("--regex", default=None, metavar="PATTERN", help="Answer with text that fully matches PATTERN.")
 @click.option("--choice", multiple=True, help="Answer with exactly one of these (repeatable).")
 @click.option("--prefix", default=None, metavar="TEXT", help="Start the answer with TEXT; the model continues it.")
+@click.option("--tool-choice", default="auto", show_default=True, metavar="auto|required|none|NAME",
+              help="For records with `tools`: may call (auto), must call (required), must not (none), or must call NAME.")
 @click.option("--ttnt", type=click.IntRange(min=1), default=None, metavar="N", help="Also report the time to the N-th token.")
 def main(**options):
     """Generate text for every JSONL record on stdin (or for PROMPT).

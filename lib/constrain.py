@@ -151,15 +151,16 @@ def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Sequence[int]):
 class GrammarProcessor:
     """A logits processor holding one matcher per row; plug it first in the processor list."""
 
-    def __init__(self, ll_tok: Any, grammar: str, rows: int):
+    def __init__(self, ll_tok: Any, grammars: Sequence[str | None]):
+        """One grammar per row; None leaves that row free."""
         from llguidance import LLMatcher
 
-        self.matchers = [LLMatcher(ll_tok, grammar, log_level=0) for _ in range(rows)]
+        self.matchers = [LLMatcher(ll_tok, g, log_level=0) if g is not None else None for g in grammars]
         for m in self.matchers:
-            if m.is_error():
+            if m is not None and m.is_error():
                 raise UsageError(f"the grammar cannot be compiled: {m.get_error()}")
         self.seen: int | None = None  # history columns already fed to the matchers (first call: the prompts)
-        self.done = [False] * rows
+        self.done = [m is None for m in self.matchers]
 
     def __call__(self, history, scores):
         import numpy as np
@@ -176,7 +177,7 @@ class GrammarProcessor:
                     break
                 if m.is_stopped() or not m.consume_token(token):
                     self.done[r] = True  # EOS taken (or the row ended): later tokens are padding
-            if self.done[r] or m.is_error():
+            if self.done[r] or m is None or m.is_error():
                 bitmask[r, :] = -1  # nothing to enforce any more
                 continue
             m.unsafe_compute_mask_ptr(bitmask[r].ctypes.data, bitmask[r].nbytes)

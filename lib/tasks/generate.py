@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
-from ..constrain import Constraint, GrammarProcessor, constraint_from_options, ll_tokenizer, parse_answer
+from ..answers import Plan, answer_fields, plan_for
+from ..constrain import Constraint, GrammarProcessor, constraint_from_options, ll_tokenizer
 from ..errors import RecordError
+from ..tools import check_choice
 from ..generation import Completion, Token, generate
 from ..loading import LoadedModel
 from ..manifest import manifest
 from ..prompts import PromptSettings, prompt_ids
-from ..reasoning import split_reasoning
 from ..records import Item, error_record
 from ..runner import Finished, Streamed
 from ..sampling import Sampling
@@ -25,6 +26,7 @@ class GenerateSettings:
     top_probs: int = 0
     ttnt: int | None = None
     constraint: Constraint | None = None
+    tool_choice: str = "auto"
 
 
 def context_length(lm: LoadedModel) -> int | None:
@@ -68,45 +70,55 @@ class GenerateTask:
             run_settings["prefix"] = settings.prompt.prefix
         if settings.constraint is not None:
             run_settings.update(settings.constraint.manifest())
+        run_settings["tool_choice"] = settings.tool_choice
         self.manifest = manifest(lm.identity, run_settings, lm.device, lm.dtype)
-        self.ll_tokenizer = None
+        self._ll_tokenizer = None
         if settings.constraint is not None:
+            self.ll_tokenizer()  # built now, so a problem shows before any record is read
+
+    def ll_tokenizer(self) -> Any:
+        if self._ll_tokenizer is None:
             from ..generation import eos_ids
 
-            vocab = lm.model.get_output_embeddings().weight.shape[0]
-            self.ll_tokenizer = ll_tokenizer(lm.tokenizer, vocab, eos_ids(lm.model, lm.tokenizer))
+            vocab = self.lm.model.get_output_embeddings().weight.shape[0]
+            self._ll_tokenizer = ll_tokenizer(self.lm.tokenizer, vocab, eos_ids(self.lm.model, self.lm.tokenizer))
+        return self._ll_tokenizer
 
-    def constraints(self, rows: int) -> list[Any]:
-        """Fresh grammar matchers for a batch of `rows` (none without a constraint)."""
-        c = self.settings.constraint
-        return [GrammarProcessor(self.ll_tokenizer, c.grammar, rows)] if c is not None else []
+    def constraints(self, plans: list[Plan]) -> list[Any]:
+        """Fresh grammar matchers for a batch, one per row (none when no row has a grammar)."""
+        grammars = [p.grammar for p in plans]
+        return [GrammarProcessor(self.ll_tokenizer(), grammars)] if any(g is not None for g in grammars) else []
 
-    def prepare(self, item: Item) -> list[int]:
-        ids = prompt_ids(item.record or {}, self.lm.tokenizer, self.settings.prompt)
+    def prepare(self, item: Item) -> tuple[list[int], Plan]:
+        record = item.record or {}
+        plan = plan_for(record, self.settings.constraint, self.settings.tool_choice)
+        ids = prompt_ids(record, self.lm.tokenizer, self.settings.prompt, plan.tools)
         if self.context and len(ids) >= self.context:
             raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
-        return ids
+        return ids, plan
 
-    def output(self, item: Item, c: Completion) -> dict[str, Any]:
+    def output(self, item: Item, c: Completion, plan: Plan) -> dict[str, Any]:
         record = dict(item.record or {})
-        constraint = self.settings.constraint
-        reasoning, answer = (None, c.text) if constraint is not None else split_reasoning(c.text)
-        record[self.settings.out] = self.settings.prompt.prefix + answer
-        if reasoning is not None:
-            record["reasoning"] = reasoning
-        if constraint is not None and constraint.kind == "json_schema":
-            record["json"] = parse_answer(constraint, answer, c.finish_reason)
+        fields = answer_fields(plan, c.text, c.finish_reason, self.settings.prompt.prefix)
+        record[self.settings.out] = fields.pop("text")
+        finish_reason = fields.pop("finish_reason", None)
+        record.update(fields)
         if self.settings.top_probs:
             record["tokens"] = [token_record(t) for t in c.tokens]
         record["stats"] = stats(c, self.settings.ttnt)
+        if finish_reason:
+            record["stats"]["finish_reason"] = finish_reason
         record["manifest"] = self.manifest
         return record
 
     def process(self, batch: list[Item]) -> Iterator[Finished | Streamed]:
         ready: list[tuple[Item, list[int]]] = []
+        plans: list[Plan] = []
         for item in batch:
             try:
-                ready.append((item, self.prepare(item)))
+                ids, plan = self.prepare(item)
+                ready.append((item, ids))
+                plans.append(plan)
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
         if not ready:
@@ -122,7 +134,7 @@ class GenerateTask:
             sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
-            constraints=self.constraints(len(ready)),
+            constraints=self.constraints(plans),
         )
         finished: set[int] = set()
         try:
@@ -133,7 +145,7 @@ class GenerateTask:
                 else:
                     finished.add(event.row)
                     try:
-                        done = Finished(item, self.output(item, event))
+                        done = Finished(item, self.output(item, event, plans[event.row]))
                     except RecordError as exc:  # a constrained answer cut short: keep what there is
                         text = self.settings.prompt.prefix + event.text
                         done = Finished(item, {**error_record(item, str(exc)), self.settings.out: text}, failed=True)
@@ -157,6 +169,7 @@ def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
         top_probs=o["top_probs"],
         ttnt=o["ttnt"],
         constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
+        tool_choice=check_choice(o.get("tool_choice") or "auto"),
     )
 
 
