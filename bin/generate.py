@@ -10,6 +10,9 @@ from lmpipe.options import batch_option, field_options, job_options, model_optio
 FIELDS_READ = {
     "text": "The prompt (or the field named by --field).",
     "messages": "A chat, [{\"role\": ..., \"content\": ...}, ...], used instead of the text field when present.",
+    "tools": "Tools the model may call, in OpenAI's form [{\"type\": \"function\", \"function\": {name, description, parameters}}].",
+    "tool_choice": "This record's --tool-choice: auto, required, none, a tool name or {\"function\": {\"name\": ...}}.",
+    "id": "With --output --resume: what the record is known by (else the SHA-256 of the whole record).",
 }
 FIELDS_WRITTEN = {
     "generated": "The generated text (or the field named by --out).",
@@ -17,6 +20,10 @@ FIELDS_WRITTEN = {
     "tokens": "With --top-probs: each token's id, text, probability `p` and its likeliest alternatives `top`.",
     "stats": "input_tokens, output_tokens, ttft_s, tokens_per_s, total_s, finish_reason (and ttnt_s with --ttnt).",
     "manifest": "model, kind, revision or sha256, settings, device, dtype and versions: what made the text.",
+    "json": "With --json-schema: the answer parsed, validated against the schema.",
+    "tool_calls": "For records with tools: [{id, type: function, function: {name, arguments (a JSON string)}}]; "
+                  "the text field is then null and stats.finish_reason is tool_calls.",
+    "input_sha256": "With --output, for records without `id`: the SHA-256 of the input record, which --resume matches.",
 }
 
 
@@ -51,6 +58,9 @@ def main(**options):
     \b
       echo "What is the capital of France?" | lm-generate
       lm-generate "Write a haiku about pipes" --temperature 0.8 --seed 7
+      lm-generate --json-schema person.json --output people.jsonl --resume < bios.jsonl
+      lm-generate --choice yes --choice no "Is the sky blue?"
+      lm-generate --shard 0/4 --output part0.jsonl --progress json < big.jsonl
     """
     from lmpipe.tasks.generate import run
 

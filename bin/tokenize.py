@@ -22,6 +22,7 @@ FIELDS_WRITTEN = {
     "added": "For each token, whether it was added to the vocabulary (not special).",
     "count": "Number of tokens.",
     "text": "With --decode: the decoded text (or the field named by --out).",
+    "input_sha256": "With --output, for records without `id`: the SHA-256 of the input record, which --resume matches.",
 }
 
 

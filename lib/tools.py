@@ -66,9 +66,25 @@ def record_choice(record: dict[str, Any], default: str) -> str:
     return choice
 
 
+def closed(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` wherever an object lists its properties and
+    says nothing of others (OpenAI's strict mode): the grammar then writes only declared arguments."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (closed(v) if k in ("items", "anyOf", "oneOf", "allOf", "prefixItems") else v) for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: closed(s) for name, s in schema[key].items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
 def call_schema(tools: list[Tool]) -> dict[str, Any]:
     calls = [{"type": "object",
-              "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+              "properties": {"name": {"const": t.name}, "arguments": closed(t.parameters)},
               "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     return calls[0] if len(calls) == 1 else {"anyOf": calls}
 

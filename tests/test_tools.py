@@ -43,6 +43,17 @@ def generate(model, *args: str, records: list[dict]):
     return result, jsonl(result.stdout_bytes)
 
 
+def test_closed_schemas_write_only_declared_arguments():
+    from lmpipe.tools import closed
+
+    open_schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "where": {"type": "object", "properties": {"x": {}}}}}
+    shut = closed(open_schema)
+    assert shut["additionalProperties"] is False and shut["properties"]["where"]["additionalProperties"] is False
+    assert closed({"type": "object", "properties": {}, "additionalProperties": True})["additionalProperties"] is True
+    assert "additionalProperties" not in open_schema  # the record's own schema is left as it was
+
+
 def test_parse_call():
     tools = parse_tools({"tools": TOOLS})
     call = parse_call('{"name": "add", "arguments": {"a": 1, "b": 2}}', tools)
