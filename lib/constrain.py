@@ -52,14 +52,13 @@ def load_schema(text: str) -> dict[str, Any]:
         raise UsageError(f"--json-schema is not valid JSON: {exc}") from None
     if not isinstance(schema, dict):
         raise UsageError("--json-schema must be a JSON object")
-    try:
-        from jsonschema.validators import validator_for
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
 
+    try:
         validator_for(schema).check_schema(schema)
-    except ImportError:
-        pass
-    except Exception as exc:  # jsonschema.SchemaError
-        raise UsageError(f"--json-schema is not a valid JSON Schema: {getattr(exc, 'message', exc)}") from None
+    except SchemaError as exc:
+        raise UsageError(f"--json-schema is not a valid JSON Schema: {exc.message}") from None
     return schema
 
 
@@ -125,11 +124,7 @@ def parse_answer(constraint: Constraint, text: str, finish_reason: str) -> Any:
     except json.JSONDecodeError:
         why = "the token limit (--max-new-tokens) was reached" if finish_reason == "length" else "generation stopped"
         raise RecordError(f"the JSON answer is incomplete: {why} before it closed") from None
-    try:
-        from jsonschema import validate
-    except ImportError:
-        return value
-    from jsonschema import ValidationError
+    from jsonschema import ValidationError, validate
 
     try:
         validate(value, constraint.schema or {})

@@ -8,7 +8,6 @@ from typing import Any, Iterator
 from ..answers import Plan, answer_fields, plan_for
 from ..constrain import Constraint, GrammarProcessor, constraint_from_options, ll_tokenizer
 from ..errors import RecordError
-from ..tools import check_choice
 from ..generation import Completion, Token, generate
 from ..loading import LoadedModel
 from ..manifest import manifest
@@ -16,6 +15,7 @@ from ..prompts import PromptSettings, prompt_ids
 from ..records import Item, error_record
 from ..runner import Finished, Streamed
 from ..sampling import Sampling
+from ..tools import check_choice
 
 
 @dataclass(frozen=True)
