@@ -84,3 +84,15 @@ def job_options(f: Callable) -> Callable:
         click.option("--shard", default=None, metavar="I/N", envvar="LMPIPE_SHARD",
                      help="Take every N-th input line starting at line I (0-based), for N workers."),
     )(f)
+
+
+def vision_model_options(envvar: str) -> Callable:
+    """--model (no default: there is no embedded vision model), --device, --dtype."""
+    return _stack(
+        click.option("-m", "--model", default=None, envvar=envvar,
+                     help="Local folder or hub repo id (org/name[@revision]); required: no vision model is embedded."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
+                     help="Where to run the model."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
+                     help="Weight precision; auto is float32 on CPU, bfloat16 or float16 on GPUs."),
+    )
