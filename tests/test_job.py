@@ -74,3 +74,17 @@ def test_total_counts_a_regular_file_and_its_shard(tiny_llama, tmp_path, capsys)
     assert ev[0]["total"] == 3 and ev[-1]["done"] == 3 == len(sink.records)
     assert [r["text"] for r in sink.records] == ["t1", "t5", "t9"]
     assert ev[-2]["eta_s"] == 0.0
+
+
+def test_generate_progress_matches_its_output_file(tiny_llama, tmp_path):
+    from lmpipe.bin.generate import main as generate_main
+
+    data = "".join(json.dumps({"id": i, "text": f"pipes {i}"}) + "\n" for i in range(5)) + "{bad\n"
+    out = tmp_path / "gen.jsonl"
+    result = CliRunner().invoke(generate_main, ["--model", str(tiny_llama), "-n", "4", "-b", "2", "--progress", "json",
+                                                "--output", str(out)], input=data, catch_exceptions=False)
+    assert result.exit_code == 1 and result.stdout == ""
+    written = jsonl(out.read_bytes())
+    ev = events(result.stderr.split("lm-generate: 1 of")[0])
+    assert [e["event"] for e in ev] == ["started"] + ["progress"] * 6 + ["finished"]
+    assert ev[-1]["done"] == len(written) == 6 and ev[-1]["failed"] == sum("error" in r for r in written) == 1
