@@ -6,7 +6,7 @@ import click
 
 from lmpipe.cli import guarded, stdout_is_tty
 from lmpipe.images import DEFAULT_MAX_PIXELS
-from lmpipe.options import batch_option, progress_option, vision_model_options
+from lmpipe.options import batch_option, job_options, progress_option, vision_model_options
 
 FIELDS_READ = {
     "image": "path of the image file (a bare input line is taken as a path too)",
@@ -38,6 +38,7 @@ FIELDS_WRITTEN = {
               help="Refuse images with more pixels than this (decompression bombs).")
 @batch_option
 @progress_option
+@job_options
 def main(**options):
     """Detect objects in the image of every JSONL record on stdin (or every path line).
 

@@ -141,12 +141,15 @@ def run(tty: bool, **o: Any) -> int:
     """lm-detect: settings and model first (fail fast), then stdin to stdout."""
     from ..cli import JsonlSink, run_records
     from ..display import DetectTtySink
+    from ..job import JobSettings
     from ..options import batch_size_for
     from ..vision import VisionSettings, load_detector
 
     settings = settings_from_options(o)
+    job = JobSettings.from_options(o).open()
+    tty = tty and not job.to_file
     detector = load_detector(VisionSettings(o["model"], o["device"], o["dtype"]))
     batch_size = batch_size_for(o["batch_size"], tty)
     task = DetectTask(detector, settings, batch_size)
     sink: Any = DetectTtySink() if tty else JsonlSink()
-    return run_records("lm-detect", task.process, sink, batch_size, o["progress"])
+    return run_records("lm-detect", task.process, sink, batch_size, o["progress"], job=job)
