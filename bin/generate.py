@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import batch_option, field_options, model_options, sampling_options
+from lmpipe.options import batch_option, field_options, model_options, sampling_options, server_option, speed_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,6 +14,8 @@ from lmpipe.options import batch_option, field_options, model_options, sampling_
 @field_options("generated")
 @sampling_options
 @batch_option
+@speed_options
+@server_option
 @click.option("-s", "--system", default=None, help="System prompt for chat models.")
 @click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
 @click.option("--stream", is_flag=True, help="In a pipe, write token events before each record.")

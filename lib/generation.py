@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from .errors import UsageError
 from .sampling import Sampling, logits_processors
 from .stops import find_stop, safe_length
 
@@ -54,6 +55,28 @@ class Completion:
 
 
 Event = Token | Completion
+
+CACHES = ("dynamic", "static")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the loop drives the model, gpt-fast style when asked.
+
+    cache "dynamic" grows the KV cache token by token (transformers' default); "static" allocates
+    it once for prompt + max_new_tokens, so every decode step has the same shapes; `compile`
+    compiles that one-token step with torch.compile (static cache only). Greedy output is the
+    same token for token whichever is chosen.
+    """
+
+    cache: str = "dynamic"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHES:
+            raise UsageError(f"--cache must be one of {', '.join(CACHES)}")
+        if self.compile and self.cache != "static":
+            raise UsageError("--compile needs --cache static (fixed shapes)")
 
 
 @dataclass
@@ -101,10 +124,92 @@ def positions(mask):
     return pos.masked_fill(mask == 0, 1)
 
 
-def forward(model: Any, ids, mask, pos, cache, keep_last: bool):
-    kwargs = {"logits_to_keep": 1} if keep_last else {}
+def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=None):
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if keep_last else {}
+    if cache_position is not None:
+        kwargs["cache_position"] = cache_position
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs)
     return out.logits[:, -1, :].float()
+
+
+class _Dynamic:
+    """The KV cache grows by one column per token; the mask grows with it."""
+
+    def __init__(self, model: Any, mask, max_new_tokens: int):
+        from transformers import DynamicCache
+
+        self.model, self.mask = model, mask
+        self.cache = DynamicCache(config=model.config)
+        self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def prefill(self, ids):
+        return forward(self.model, ids, self.mask, positions(self.mask), self.cache, self.keep)
+
+    def step(self, chosen):
+        self.mask = torch_cat_ones(self.mask)
+        return forward(self.model, chosen[:, None], self.mask, positions(self.mask)[:, -1:], self.cache, self.keep)
+
+
+class _Static:
+    """The KV cache allocated once for prompt + new tokens: every step has the same shapes.
+
+    The mask is as wide as the cache from the start (left padding 0, the rest 1); the model's
+    causal mask, built from `cache_position`, hides the columns not written yet.
+    """
+
+    def __init__(self, model: Any, mask, max_new_tokens: int, compiled: bool = False):
+        import torch
+        from transformers import StaticCache
+
+        self.model, self.width = model, mask.shape[1]
+        total = self.width + max_new_tokens
+        self.cache = StaticCache(config=model.config, max_cache_len=total)
+        self.mask = torch.cat([mask, mask.new_ones((mask.shape[0], max_new_tokens))], dim=-1)
+        self.next_pos = mask.long().sum(-1, keepdim=True)  # each row's next position id
+        self.cursor = torch.tensor([self.width], device=mask.device)
+        self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.decode = _compiled_step() if compiled else decode_one
+
+    def prefill(self, ids):
+        import torch
+
+        mask = self.mask[:, : self.width]
+        position = torch.arange(self.width, device=ids.device)
+        return forward(self.model, ids, mask, positions(mask), self.cache, self.keep, position)
+
+    def step(self, chosen):
+        logits = self.decode(self.model, chosen[:, None], self.mask, self.next_pos, self.cache, self.cursor)
+        self.next_pos += 1
+        self.cursor += 1
+        return logits
+
+
+def decode_one(model: Any, ids, mask, pos, cache, cursor):
+    """One token through the model with a static cache; the step torch.compile may compile."""
+    return forward(model, ids, mask, pos, cache, True, cursor)
+
+
+_COMPILED: list[Any] = []
+
+
+def _compiled_step():
+    import torch
+
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(decode_one, fullgraph=False, dynamic=False))
+    return _COMPILED[0]
+
+
+def torch_cat_ones(mask):
+    import torch
+
+    return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+
+
+def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding"):
+    if decoding.cache == "static":
+        return _Static(model, mask, max_new_tokens, decoding.compile)
+    return _Dynamic(model, mask, max_new_tokens)
 
 
 def pick(scores, greedy: bool, generators: list[Any] | None):
@@ -144,12 +249,11 @@ def generate(
     sampling: Sampling,
     top_probs: int = 0,
     device: str = "cpu",
+    decoding: Decoding = Decoding(),
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row."""
     import torch
-    from transformers import DynamicCache
 
-    supports_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     eos = eos_ids(model, tokenizer)
     ids, mask = left_pad(prompts, pad_id(tokenizer, eos), device)
     rows = [_Row(len(p)) for p in prompts]
@@ -158,10 +262,10 @@ def generate(
     if not sampling.greedy:
         generators = [torch.Generator(device=device).manual_seed(sampling.seed or 0) for _ in prompts]
     history = ids  # what the processors see (repetition penalty reads it)
-    cache = DynamicCache(config=model.config)
+    run = decoder(model, mask, sampling.max_new_tokens, decoding)
     started = time.perf_counter()
 
-    logits = forward(model, ids, mask, positions(mask), cache, supports_keep)
+    logits = run.prefill(ids)
     for _step in range(sampling.max_new_tokens):
         scores = processors(history, logits)
         chosen = pick(scores, sampling.greedy, generators)
@@ -177,9 +281,7 @@ def generate(
         if all(row.finish for row in rows):
             break
         history = torch.cat([history, chosen[:, None]], dim=-1)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        pos = positions(mask)[:, -1:]
-        logits = forward(model, chosen[:, None], mask, pos, cache, supports_keep)
+        logits = run.step(chosen)
     for r, row in enumerate(rows):
         if not row.finish:
             row.finish = "length"

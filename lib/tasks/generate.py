@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from ..errors import RecordError
-from ..generation import Completion, Token, generate
+from ..generation import Completion, Decoding, Token, generate
 from ..loading import LoadedModel
 from ..manifest import manifest
 from ..prompts import PromptSettings, prompt_ids
@@ -23,6 +23,7 @@ class GenerateSettings:
     out: str = "generated"
     top_probs: int = 0
     ttnt: int | None = None
+    decoding: Decoding = field(default_factory=Decoding)
 
 
 def context_length(lm: LoadedModel) -> int | None:
@@ -104,6 +105,7 @@ class GenerateTask:
             sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
+            decoding=self.settings.decoding,
         )
         finished: set[int] = set()
         try:
@@ -132,6 +134,7 @@ def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
         out=o["out"],
         top_probs=o["top_probs"],
         ttnt=o["ttnt"],
+        decoding=Decoding(o.get("cache") or "dynamic", bool(o.get("compile"))),
     )
 
 
@@ -155,9 +158,14 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     from ..runner import run as run_items
 
     settings = settings_from_options(o)
-    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
-    model_settings.ref()  # an unknown model is an error before anything is read
-    task = GenerateTask(load(model_settings), settings)
+    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
+    if o.get("server"):
+        from ..client import RemoteGenerateTask, ServerClient
+
+        task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
+    else:
+        model_settings.ref()  # an unknown model is an error before anything is read
+        task = GenerateTask(load(model_settings), settings)
     if tty:
         sink: Any = GenerateTtySink(quiet=o["quiet"], boxes=settings.top_probs > 0, pause_ms=o["display_pause"])
     else:
