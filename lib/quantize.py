@@ -2,8 +2,11 @@
 
 Decoding one token reads every weight once, so on a CPU single-stream speed is a matter of
 bytes per token: int8 reads a quarter of float32, int4 an eighth. Activations stay in the
-model's dtype; torch's own CPU kernels do the mixed matmul (`_weight_int8pack_mm`,
-`_weight_int4pack_mm_for_cpu`), as gpt-fast and torchao do.
+model's dtype outside the layer; torch's own CPU kernels do the mixed matmul
+(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), as gpt-fast and torchao do. Those
+kernels are fast with bfloat16 activations and fall back to a slow path with float32 ones
+(measured: ~10x slower), so a float32 model's activations enter each quantized layer as
+bfloat16 and leave as float32 again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from .errors import UsageError
 
 MODES = ("int8", "int4")
 INT4_GROUP = 32
+KERNEL_DTYPE = "bfloat16"  # what the CPU kernels are fast with
 
 
 def _nn():
@@ -29,7 +33,7 @@ def int8_weights(weight) -> tuple[Any, Any]:
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
     q = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8)
-    return q, scale.to(weight.dtype)
+    return q, scale.to(torch.bfloat16)
 
 
 def int4_weights(weight, group: int = INT4_GROUP) -> tuple[Any, Any]:
@@ -42,7 +46,7 @@ def int4_weights(weight, group: int = INT4_GROUP) -> tuple[Any, Any]:
     scale = ((high - low) / 15).clamp(min=1e-6)
     q = torch.round((w - low) / scale).clamp(0, 15).to(torch.int32).reshape(out_features, in_features)
     zero = low + scale * 8  # the kernel computes (q - 8) * scale + zero
-    scales_and_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous().to(weight.dtype)
+    scales_and_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     return packed, scales_and_zeros
 
@@ -66,12 +70,12 @@ def _linear_class():
             self.bias = linear.bias
 
         def forward(self, x):
-            flat = x.reshape(-1, x.shape[-1])
+            flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
             if self.mode == "int8":
                 y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.qscale)
             else:
                 y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, INT4_GROUP, self.qscale)
-            y = y.reshape(*x.shape[:-1], self.out_features)
+            y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
 
     return QuantizedLinear
@@ -90,8 +94,6 @@ def quantize(model: Any, mode: str, device: str = "cpu") -> int:
         raise UsageError(f"--quantize must be one of {', '.join(MODES)}")
     if device != "cpu":
         raise UsageError(f"--quantize {mode} uses torch's CPU kernels; use --device cpu")
-    if str(next(model.parameters()).dtype) != "torch.float32" and mode == "int4":
-        raise UsageError("--quantize int4 needs --dtype float32 here")
     quantized = _linear_class()
     targets = [
         (parent, name, child)

@@ -61,7 +61,7 @@ def test_compile_needs_a_static_cache():
         Decoding("paged")
 
 
-@pytest.mark.parametrize("mode, tolerance", [("int8", 0.01), ("int4", 0.12)])
+@pytest.mark.parametrize("mode, tolerance", [("int8", 0.01), ("int4", 0.15)])
 def test_quantized_linear_is_close_to_float(mode, tolerance):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=False))
