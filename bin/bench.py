@@ -24,7 +24,8 @@ FIELDS_WRITTEN = {
     "decode_b1": "ratio: lmpipe's single-stream decode over the baseline's",
     "aggregate_bN_vs_baseline_b1_decode": "ratio: lmpipe's aggregate rate at batch N over the baseline's single stream",
     "perplexity": "lmpipe's model on the shipped text (perplexity); baseline_perplexity and change beside it",
-    "seconds": "cold-cli: wall time of the whole command {min, median}",
+    "seconds": "cold-cli and server-ttft: {min, median}; pipeline and pipeline-server: wall time of the pipeline",
+    "records": "pipeline: records through the three stages",
     "manifest": "model, settings, device, dtype and versions (memory record)",
 }
 
@@ -40,6 +41,11 @@ FIELDS_WRITTEN = {
               help="Also measure plain transformers generate (or llama-cpp-python) and print the ratios.")
 @click.option("--perplexity", is_flag=True, help="Also compute perplexity on the shipped public-domain text.")
 @click.option("--cold", is_flag=True, help="Also time a cold `echo hi | lm-generate --max-new-tokens 1`.")
+@click.option("--server", default=None, metavar="URL",
+              help="Also time the first token through this running lm-serve (and --pipeline with it).")
+@click.option("--pipeline", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Also time a three-stage lm-generate pipeline of N records (with and without --server).")
+@click.option("--skip-generate", is_flag=True, help="Only the whole-process cases (--cold, --server, --pipeline).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LMPIPE_THREADS",
               help="torch CPU threads (default: torch's choice).")
 def main(**options):
@@ -52,6 +58,7 @@ def main(**options):
       lm-bench --baseline transformers
       lm-bench --quantize int8 --cache static --baseline transformers --perplexity -b 1 -b 16
       lm-bench --cold -b 1 | jq .
+      lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
     """
     from lmpipe.tasks.bench import run
 

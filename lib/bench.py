@@ -226,3 +226,51 @@ def cold_cli_seconds(repetitions: int) -> dict[str, Any]:
         times.append(time.perf_counter() - start)
     return {"impl": "lmpipe", "case": "cold-cli", "command": "echo hi | lm-generate --max-new-tokens 1",
             "seconds": summary(times), "repetitions": repetitions}
+
+
+def server_ttft(url: str, repetitions: int) -> dict[str, Any]:
+    """Time to the first streamed text of a short chat request to a running server."""
+    import httpx
+    import orjson
+
+    from .client import api_base
+
+    base = api_base(url)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0, "stream": True}
+    times = []
+    with httpx.Client(timeout=120) as http:
+        for i in range(repetitions + 1):  # the first one warms the server (it may load the model)
+            start = time.perf_counter()
+            with http.stream("POST", base + "/chat/completions", json=body) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        choices = orjson.loads(line[6:]).get("choices") or [{}]
+                        if choices[0].get("delta", {}).get("content"):
+                            break
+            if i:
+                times.append(time.perf_counter() - start)
+    return {"impl": "lmpipe", "case": "server-ttft", "server": base, "seconds": summary(times),
+            "repetitions": repetitions}
+
+
+def pipeline_seconds(records: int, server: str | None, model: str | None = None) -> dict[str, Any]:
+    """A three-stage shell pipeline of `records` records, each stage its own lm-generate process."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = shlex.quote(shutil.which("lm-generate") or str(Path(sys.executable).parent / "lm-generate"))
+    extra = f" --server {shlex.quote(server)}" if server else ""
+    extra += f" -m {shlex.quote(model)}" if model else ""
+    stages = [f"{tool} -n 8 -o a{extra}", f"{tool} -f a -n 8 -o b{extra}", f"{tool} -f b -n 8 -o c{extra}"]
+    command = " | ".join(stages)
+    lines = "".join(f"Say something about the number {i}.\n" for i in range(records)).encode()
+    start = time.perf_counter()
+    done = subprocess.run(command, shell=True, input=lines, capture_output=True)
+    seconds = time.perf_counter() - start
+    return {"impl": "lmpipe", "case": "pipeline-server" if server else "pipeline", "records": records,
+            "stages": 3, "seconds": round(seconds, 3), "ok": done.returncode == 0,
+            "command": "lm-generate -n 8 -o a | lm-generate -f a -n 8 -o b | lm-generate -f b -n 8 -o c"
+                       + (" (each with --server)" if server else "")}

@@ -207,3 +207,13 @@ def test_a_server_that_is_not_there_is_one_line():
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lm-generate: error: no server at http://127.0.0.1:")
     assert result.stdout == b""
+
+
+def test_lm_bench_times_the_server_and_a_pipeline_through_it(server, tiny_llama):
+    result = run_tool("lm-bench", "-m", str(tiny_llama), "--skip-generate", "--server", server.url,
+                      "--pipeline", "2", "-r", "1")
+    assert result.returncode == 0, result.stderr
+    records = {r["case"]: r for r in jsonl(result.stdout)}
+    assert records["server-ttft"]["seconds"]["min"] > 0
+    assert records["pipeline"]["ok"] and records["pipeline-server"]["ok"]
+    assert records["pipeline-server"]["records"] == 2

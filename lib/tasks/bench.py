@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..bench import BenchSettings, cold_cli_seconds, run_bench
+from ..bench import BenchSettings, cold_cli_seconds, pipeline_seconds, run_bench, server_ttft
 from ..generation import Decoding
 from ..loading import ModelSettings
 
@@ -65,11 +65,20 @@ def run(tty: bool, **o: Any) -> int:
         if writer is not None:
             writer.write(record)
 
-    for record in run_bench(settings, lambda m: say("lm-bench", m)):
-        emit(record)
+    if not o["skip_generate"]:
+        for record in run_bench(settings, lambda m: say("lm-bench", m)):
+            emit(record)
     if o["cold"]:
         say("lm-bench", "timing a cold lm-generate process")
         emit(cold_cli_seconds(settings.repetitions))
+    if o["server"]:
+        say("lm-bench", f"timing the first token through {o['server']}")
+        emit(server_ttft(o["server"], settings.repetitions))
+    if o["pipeline"]:
+        say("lm-bench", f"timing a three-stage pipeline of {o['pipeline']} records")
+        emit(pipeline_seconds(o["pipeline"], None, o["model"]))
+        if o["server"]:
+            emit(pipeline_seconds(o["pipeline"], o["server"], o["model"]))
     if tty:
         table(records)
     return 0
