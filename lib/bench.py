@@ -117,32 +117,41 @@ def llama_cpp_call(path: str, threads: int | None) -> Call:
     return call
 
 
-def measure(impl: str, call: Call, prompt: list[int], settings: BenchSettings) -> Iterator[dict[str, Any]]:
-    """Per batch size: prompt processing and time to first token, decode and aggregate rates."""
+def measure(calls: dict[str, Call], prompt: list[int], settings: BenchSettings) -> Iterator[dict[str, Any]]:
+    """Per batch size: prompt processing and time to first token, decode and aggregate rates.
+
+    The implementations take turns within every repetition, so a machine whose load drifts
+    (a shared one) weighs on all of them alike and the ratios stay fair.
+    """
     for batch in settings.batches:
         prompts = [list(prompt) for _ in range(batch)]
-        call(prompts, 2)  # warm-up, outside the clock
-        first, decode, aggregate, totals = [], [], [], []
+        for call in calls.values():
+            call(prompts, 2)  # warm-up, outside the clock
+        times: dict[str, dict[str, list[float]]] = {
+            impl: {"ttft": [], "decode": [], "aggregate": [], "total": []} for impl in calls}
         for _ in range(settings.repetitions):
-            start = time.perf_counter()
-            call(prompts, 1)
-            ttft = time.perf_counter() - start
-            start = time.perf_counter()
-            counts = call(prompts, settings.gen_tokens)
-            total = time.perf_counter() - start
-            first.append(ttft)
-            totals.append(total)
-            decode.append((max(counts) - 1) / max(total - ttft, 1e-9))
-            aggregate.append(sum(counts) / total)
-        yield {
-            "impl": impl, "batch": batch, "prompt_tokens": len(prompt), "gen_tokens": settings.gen_tokens,
-            "pp_tok_s": summary([batch * len(prompt) / t for t in first]),
-            "ttft_s": summary(first),
-            "decode_tok_s": summary(decode),
-            "aggregate_tok_s": summary(aggregate),
-            "total_s": summary(totals),
-            "repetitions": settings.repetitions,
-        }
+            for impl, call in calls.items():
+                start = time.perf_counter()
+                call(prompts, 1)
+                ttft = time.perf_counter() - start
+                start = time.perf_counter()
+                counts = call(prompts, settings.gen_tokens)
+                total = time.perf_counter() - start
+                t = times[impl]
+                t["ttft"].append(ttft)
+                t["total"].append(total)
+                t["decode"].append((max(counts) - 1) / max(total - ttft, 1e-9))
+                t["aggregate"].append(sum(counts) / total)
+        for impl, t in times.items():
+            yield {
+                "impl": impl, "batch": batch, "prompt_tokens": len(prompt), "gen_tokens": settings.gen_tokens,
+                "pp_tok_s": summary([batch * len(prompt) / x for x in t["ttft"]]),
+                "ttft_s": summary(t["ttft"]),
+                "decode_tok_s": summary(t["decode"]),
+                "aggregate_tok_s": summary(t["aggregate"]),
+                "total_s": summary(t["total"]),
+                "repetitions": settings.repetitions,
+            }
 
 
 def ratios(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
@@ -176,27 +185,22 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     prompt = bench_prompt(lm.tokenizer, settings.prompt_tokens)
     yield {"impl": "lmpipe", "case": "memory", "model_mb": model_mb(lm.model), "peak_rss_mb": peak_rss_mb(),
            "manifest": info}
-    rows: list[dict[str, Any]] = []
-    notify(f"measuring lmpipe ({settings.decoding.cache} cache, {settings.model.quantize or lm.dtype})")
-    for row in measure("lmpipe", lmpipe_call(lm, settings.decoding), prompt, settings):
-        rows.append(row)
-        yield {**row, "case": "generate"}
+    calls: dict[str, Call] = {"lmpipe": lmpipe_call(lm, settings.decoding)}
     base_model = None
     if settings.baseline == "transformers":
         base_model = lm.model if not settings.model.quantize else load(
             ModelSettings(settings.model.model, settings.model.device, settings.model.dtype)).model
-        notify("measuring transformers generate (baseline)")
-        for row in measure("transformers", transformers_call(base_model, lm.tokenizer), prompt, settings):
-            rows.append(row)
-            yield {**row, "case": "generate"}
+        yield {"impl": "transformers", "case": "memory", "model_mb": model_mb(base_model), "peak_rss_mb": peak_rss_mb()}
+        calls["transformers"] = transformers_call(base_model, lm.tokenizer)
     elif settings.baseline == "llama-cpp":
         if lm.ref.kind not in ("embedded", "gguf"):
             raise UsageError("--baseline llama-cpp needs a GGUF model (the embedded one or a .gguf file)")
-        notify("measuring llama-cpp-python (baseline)")
-        call = llama_cpp_call(str(lm.ref.path), settings.threads)
-        for row in measure("llama-cpp", call, prompt, settings):
-            rows.append(row)
-            yield {**row, "case": "generate"}
+        calls["llama-cpp"] = llama_cpp_call(str(lm.ref.path), settings.threads)
+    notify(f"measuring {', '.join(calls)} ({settings.decoding.cache} cache, {settings.model.quantize or lm.dtype})")
+    rows: list[dict[str, Any]] = []
+    for row in measure(calls, prompt, settings):
+        rows.append(row)
+        yield {**row, "case": "generate"}
     if settings.baseline:
         yield {**ratios(rows, settings.baseline), "case": "ratio"}
     if settings.perplexity:

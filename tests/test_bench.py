@@ -24,19 +24,22 @@ def test_jsonl_with_a_transformers_baseline_and_perplexity(tiny_llama_raw):
     cases = [(r["case"], r["impl"], r.get("batch")) for r in records]
     assert cases == [
         ("memory", "lmpipe", None),
-        ("generate", "lmpipe", 1), ("generate", "lmpipe", 2),
-        ("generate", "transformers", 1), ("generate", "transformers", 2),
+        ("memory", "transformers", None),
+        ("generate", "lmpipe", 1), ("generate", "transformers", 1),
+        ("generate", "lmpipe", 2), ("generate", "transformers", 2),
         ("ratio", "ratio", None),
         ("perplexity", "lmpipe", None),
     ]
     memory = records[0]
     assert memory["manifest"]["quantize"] == "int8" and memory["model_mb"] > 0
+    assert records[1]["model_mb"] > memory["model_mb"]  # float32 beside int8
+    del records[1]
     for r in records[1:5]:
         assert r["prompt_tokens"] == 6 and r["repetitions"] == 2
         for key in ("pp_tok_s", "ttft_s", "decode_tok_s", "aggregate_tok_s", "total_s"):
             assert 0 < r[key]["min"] <= r[key]["median"]
     ratio = records[5]
-    assert ratio["decode_b1"] == round(records[1]["decode_tok_s"]["median"] / records[3]["decode_tok_s"]["median"], 2)
+    assert ratio["decode_b1"] == round(records[1]["decode_tok_s"]["median"] / records[2]["decode_tok_s"]["median"], 2)
     assert {"aggregate_b2_vs_baseline_b1_decode", "aggregate_b2", "ttft_b1"} <= ratio.keys()
     ppl = records[6]
     assert ppl["perplexity"] > 1 and ppl["baseline_perplexity"] > 1 and "change" in ppl

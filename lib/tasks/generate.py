@@ -161,7 +161,10 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
     if o.get("server"):
         from ..client import RemoteGenerateTask, ServerClient
+        from ..errors import UsageError
 
+        if o["stream"]:
+            raise UsageError("--stream needs in-process generation (drop --server)")
         task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
     else:
         model_settings.ref()  # an unknown model is an error before anything is read
