@@ -6,7 +6,8 @@ model's dtype outside the layer; torch's own CPU kernels do the mixed matmul
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), as gpt-fast and torchao do. Those
 kernels are fast with bfloat16 activations and fall back to a slow path with float32 ones
 (measured: ~10x slower), so a float32 model's activations enter each quantized layer as
-bfloat16 and leave as float32 again.
+bfloat16 and leave as float32 again. For many rows at once (prefill, batches past 8) the
+int8 kernel loses to a float matmul over the dequantized weight, which int8 layers use there.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .errors import UsageError
 
 MODES = ("int8", "int4")
 INT4_GROUP = 32
-KERNEL_DTYPE = "bfloat16"  # what the CPU kernels are fast with
+KERNEL_MAX_ROWS = 8  # int8: past this many rows a dequantized float matmul is faster (measured)
 
 
 def _nn():
@@ -70,10 +71,14 @@ def _linear_class():
             self.bias = linear.bias
 
         def forward(self, x):
-            flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            if self.mode == "int8":
-                y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.qscale)
+            flat = x.reshape(-1, x.shape[-1])
+            if self.mode == "int8" and flat.shape[0] > KERNEL_MAX_ROWS:
+                # Many rows (a prompt, a big batch): dequantize into a float matmul, which beats the kernel.
+                y = (flat @ self.qweight.t().to(flat.dtype)) * self.qscale.to(flat.dtype)
+            elif self.mode == "int8":
+                y = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.qweight, self.qscale)
             else:
+                flat = flat.to(torch.bfloat16)
                 y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, INT4_GROUP, self.qscale)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
