@@ -13,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .generation import Completion, Decoding, Token, generate
@@ -38,6 +38,11 @@ class EngineSettings:
     max_batch: int = 8
     max_queue: int = 64
     keep_alive: float = 300.0  # seconds idle before the model is unloaded; 0: never
+
+
+def batch_key(sampling: Sampling) -> Sampling:
+    """Requests that may share a batch: greedy ones whatever their seed (greedy never reads it)."""
+    return replace(sampling, seed=0) if sampling.greedy else sampling
 
 
 class Engine:
@@ -118,7 +123,7 @@ class Engine:
                 continue
             groups: dict[Sampling, list[Job]] = {}
             for job in batch:
-                groups.setdefault(job.sampling, []).append(job)
+                groups.setdefault(batch_key(job.sampling), []).append(job)
             for sampling, jobs in groups.items():
                 self._run(sampling, jobs)
             self.last_used = time.monotonic()
