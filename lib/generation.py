@@ -8,11 +8,11 @@ and it reports every token as it comes with its time, for streaming and for the 
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from .decoding import Decoding, decoder
 from .sampling import Sampling, logits_processors
 from .stops import find_stop, safe_length
 
@@ -96,21 +96,6 @@ def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: str):
     return ids.to(device), mask.to(device)
 
 
-def positions(mask):
-    pos = mask.long().cumsum(-1) - 1
-    return pos.masked_fill(mask == 0, 1)
-
-
-def forward(model: Any, ids, mask, pos, cache, keep_last: bool):
-    import torch
-
-    kwargs = {"logits_to_keep": 1} if keep_last else {}
-    with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                    **kwargs)
-    return out.logits[:, -1, :].float()
-
-
 def pick(scores, greedy: bool, generators: list[Any] | None):
     import torch
 
@@ -149,15 +134,14 @@ def generate(
     top_probs: int = 0,
     device: str = "cpu",
     constraints: Sequence[Any] = (),
+    decoding: Decoding = Decoding(),
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
 
     `constraints`: logits processors for this batch that run before sampling's (a grammar mask).
     """
     import torch
-    from transformers import DynamicCache
 
-    supports_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     eos = eos_ids(model, tokenizer)
     ids, mask = left_pad(prompts, pad_id(tokenizer, eos), device)
     rows = [_Row(len(p)) for p in prompts]
@@ -166,10 +150,10 @@ def generate(
     if not sampling.greedy:
         generators = [torch.Generator(device=device).manual_seed(sampling.seed or 0) for _ in prompts]
     history = ids  # what the processors see (repetition penalty reads it)
-    cache = DynamicCache(config=model.config)
+    run = decoder(model, mask, sampling.max_new_tokens, decoding)
     started = time.perf_counter()
 
-    logits = forward(model, ids, mask, positions(mask), cache, supports_keep)
+    logits = run.prefill(ids)
     for _step in range(sampling.max_new_tokens):
         scores = processors(history, logits)
         chosen = pick(scores, sampling.greedy, generators)
@@ -185,9 +169,7 @@ def generate(
         if all(row.finish for row in rows):
             break
         history = torch.cat([history, chosen[:, None]], dim=-1)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        pos = positions(mask)[:, -1:]
-        logits = forward(model, chosen[:, None], mask, pos, cache, supports_keep)
+        logits = run.step(chosen)
     for r, row in enumerate(rows):
         if not row.finish:
             row.finish = "length"

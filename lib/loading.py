@@ -25,6 +25,7 @@ class ModelSettings:
     device: str = "auto"
     dtype: str = "auto"
     attention: str | None = None
+    quantize: str | None = None  # weight-only "int8" or "int4" (lmpipe.quantize)
 
     def ref(self) -> ModelRef:
         return resolve(self.model)
@@ -99,7 +100,13 @@ def load(settings: ModelSettings, notify: Callable[[str], None] = _stderr) -> Lo
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
     model.to(device).eval()
     torch.set_grad_enabled(False)
-    return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), identity(ref, folder))
+    ident = identity(ref, folder)
+    if settings.quantize:
+        from .quantize import quantize
+
+        quantize(model, settings.quantize, device)
+        ident["quantize"] = settings.quantize
+    return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident)
 
 
 def _first_line(exc: BaseException) -> str:

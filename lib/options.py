@@ -96,3 +96,20 @@ def vision_model_options(envvar: str) -> Callable:
         click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
                      help="Weight precision; auto is float32 on CPU, bfloat16 or float16 on GPUs."),
     )
+
+
+def speed_options(f: Callable) -> Callable:
+    """--quantize, --cache, --compile: the fast decode path (lmpipe.generation.Decoding)."""
+    return _stack(
+        click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None, envvar="LMPIPE_QUANTIZE",
+                     help="Weight-only quantization of the linear layers (CPU)."),
+        click.option("--cache", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
+                     envvar="LMPIPE_CACHE", help="KV cache: grown per token, or allocated once (static)."),
+        click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
+                     help="torch.compile the per-token step (needs --cache static; slow first batch)."),
+    )(f)
+
+
+def server_option(f: Callable) -> Callable:
+    return click.option("--server", default=None, envvar="LMPIPE_SERVER", metavar="URL",
+                        help="Use a running lm-serve (or any OpenAI-compatible server) at URL.")(f)

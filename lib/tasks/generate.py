@@ -8,7 +8,7 @@ from typing import Any, Iterator
 from ..answers import Plan, answer_fields, plan_for
 from ..constrain import Constraint, GrammarProcessor, constraint_from_options, ll_tokenizer
 from ..errors import RecordError
-from ..generation import Completion, Token, generate
+from ..generation import Completion, Decoding, Token, generate
 from ..loading import LoadedModel
 from ..manifest import manifest
 from ..prompts import PromptSettings, prompt_ids
@@ -27,6 +27,7 @@ class GenerateSettings:
     ttnt: int | None = None
     constraint: Constraint | None = None
     tool_choice: str = "auto"
+    decoding: Decoding = field(default_factory=Decoding)
 
 
 def context_length(lm: LoadedModel) -> int | None:
@@ -135,6 +136,7 @@ class GenerateTask:
             top_probs=self.settings.top_probs,
             device=self.lm.device,
             constraints=self.constraints(plans),
+            decoding=self.settings.decoding,
         )
         finished: set[int] = set()
         try:
@@ -170,6 +172,7 @@ def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
         ttnt=o["ttnt"],
         constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
         tool_choice=check_choice(o.get("tool_choice") or "auto"),
+        decoding=Decoding(o.get("cache") or "dynamic", bool(o.get("compile"))),
     )
 
 
@@ -194,9 +197,19 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     settings = settings_from_options(o)
     job = JobSettings.from_options(o).open()  # an existing --output without --resume fails here
     tty = tty and not job.to_file
-    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
-    model_settings.ref()  # an unknown model is an error before anything is read
-    task = GenerateTask(load(model_settings), settings)
+    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
+    if o.get("server"):
+        from ..client import RemoteGenerateTask, ServerClient
+        from ..errors import UsageError
+
+        if o["stream"]:
+            raise UsageError("--stream needs in-process generation (drop --server)")
+        if settings.constraint is not None:
+            raise UsageError("--json-schema, --regex and --choice need in-process generation (drop --server)")
+        task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
+    else:
+        model_settings.ref()  # an unknown model is an error before anything is read
+        task = GenerateTask(load(model_settings), settings)
     if tty:
         sink: Any = GenerateTtySink(quiet=o["quiet"], boxes=settings.top_probs > 0, pause_ms=o["display_pause"])
     else:

@@ -1,0 +1,69 @@
+"""lm-bench: how fast a model runs through lmpipe, beside a baseline, like llama-bench."""
+
+from __future__ import annotations
+
+import click
+
+from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.options import model_options, speed_options
+
+FIELDS_READ: dict[str, str] = {}
+FIELDS_WRITTEN = {
+    "impl": "who was measured: lmpipe, transformers, llama-cpp, or ratio",
+    "case": "generate, memory, ratio, perplexity or cold-cli",
+    "batch": "sequences per call (generate)",
+    "prompt_tokens": "prompt length in tokens (generate)",
+    "gen_tokens": "new tokens asked for per sequence (generate)",
+    "pp_tok_s": "prompt processing: batch x prompt tokens over the time to first token {min, median}",
+    "ttft_s": "time to first token in seconds {min, median}",
+    "decode_tok_s": "per-sequence decode rate after the first token {min, median}",
+    "aggregate_tok_s": "all generated tokens of the batch over the call's time {min, median}",
+    "total_s": "the whole call with gen_tokens new tokens {min, median}",
+    "model_mb": "bytes held by the model's weights and buffers, in MiB (memory)",
+    "peak_rss_mb": "the process's peak resident memory so far, in MiB (memory)",
+    "decode_b1": "ratio: lmpipe's single-stream decode over the baseline's",
+    "aggregate_bN_vs_baseline_b1_decode": "ratio: lmpipe's aggregate rate at batch N over the baseline's single stream",
+    "perplexity": "lmpipe's model on the shipped text (perplexity); baseline_perplexity and change beside it",
+    "seconds": "cold-cli and server-ttft: {min, median}; pipeline and pipeline-server: wall time of the pipeline",
+    "records": "pipeline: records through the three stages",
+    "manifest": "model, settings, device, dtype and versions (memory record)",
+}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@model_options
+@speed_options
+@click.option("-p", "--prompt-tokens", type=int, default=64, show_default=True, help="Prompt length in tokens.")
+@click.option("-g", "--gen-tokens", type=int, default=32, show_default=True, help="New tokens per sequence.")
+@click.option("-b", "--batch", type=int, multiple=True, help="Batch size to measure (repeatable; default 1, 4, 16).")
+@click.option("-r", "--repetitions", type=int, default=3, show_default=True, help="Timed runs per case.")
+@click.option("--baseline", type=click.Choice(["transformers", "llama-cpp"]), default=None,
+              help="Also measure plain transformers generate (or llama-cpp-python) and print the ratios.")
+@click.option("--perplexity", is_flag=True, help="Also compute perplexity on the shipped public-domain text.")
+@click.option("--cold", is_flag=True, help="Also time a cold `echo hi | lm-generate --max-new-tokens 1`.")
+@click.option("--server", default=None, metavar="URL",
+              help="Also time the first token through this running lm-serve (and --pipeline with it).")
+@click.option("--pipeline", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Also time a three-stage lm-generate pipeline of N records (with and without --server).")
+@click.option("--skip-generate", is_flag=True, help="Only the whole-process cases (--cold, --server, --pipeline).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LMPIPE_THREADS",
+              help="torch CPU threads (default: torch's choice).")
+def main(**options):
+    """Measure prompt processing, time to first token, decode and batch throughput, and memory.
+
+    Warm-up runs stay outside the clock; every case runs --repetitions times and reports min
+    and median. JSON Lines in a pipe, a table on a terminal; progress on stderr.
+
+    \b
+      lm-bench --baseline transformers
+      lm-bench --quantize int8 --cache static --baseline transformers --perplexity -b 1 -b 16
+      lm-bench --cold -b 1 | jq .
+      lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
+    """
+    from lmpipe.tasks.bench import run
+
+    guarded("lm-bench", lambda: run(tty=stdout_is_tty(), **options))
+
+
+if __name__ == "__main__":
+    main()

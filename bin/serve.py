@@ -1,0 +1,43 @@
+"""lm-serve: keep a model warm behind an OpenAI-compatible HTTP API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import click
+
+from lmpipe.cli import guarded
+from lmpipe.options import model_options, speed_options
+
+FIELDS_READ: dict[str, str] = {}
+FIELDS_WRITTEN: dict[str, str] = {}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@model_options
+@speed_options
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="LMPIPE_HOST",
+              help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="LMPIPE_PORT")
+@click.option("--keep-alive", type=float, default=300.0, show_default=True, metavar="SECONDS",
+              help="Unload the model after this long without requests (0: never).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Requests that share one forward pass.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests that may wait; past it the server answers 503 with Retry-After.")
+@click.option("--preload", is_flag=True, help="Load the model now rather than at the first request.")
+def main(**options):
+    """Serve a model with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models.
+
+    Tools use it with --server URL or LMPIPE_SERVER=URL and write the same records as in-process.
+
+    \b
+      lm-serve --port 8080 --keep-alive 600 &
+      echo "What is the capital of France?" | lm-generate --server http://127.0.0.1:8080
+      curl -s 127.0.0.1:8080/v1/chat/completions -d '{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}'
+    """
+    from lmpipe.tasks.serve import run
+
+    guarded("lm-serve", lambda: run(**options))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""lm-bench's task: settings from options, measurements out as JSONL or as a table."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..bench import BenchSettings, cold_cli_seconds, pipeline_seconds, run_bench, server_ttft
+from ..generation import Decoding
+from ..loading import ModelSettings
+
+
+def settings_from_options(o: dict[str, Any]) -> BenchSettings:
+    return BenchSettings(
+        model=ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o["quantize"]),
+        decoding=Decoding(o["cache"], o["compile"]),
+        prompt_tokens=o["prompt_tokens"],
+        gen_tokens=o["gen_tokens"],
+        batches=tuple(o["batch"]) or (1, 4, 16),
+        repetitions=o["repetitions"],
+        baseline=o["baseline"],
+        perplexity=o["perplexity"],
+        threads=o["threads"],
+    )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict) and "median" in value:
+        return f"{value['median']:g} (min {value['min']:g})"
+    return "" if value is None else str(value)
+
+
+def table(records: list[dict[str, Any]]) -> None:
+    """The measurements as people read them, on stderr-free stdout (a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    rows = [r for r in records if r.get("case") == "generate"]
+    if rows:
+        t = Table(title="lm-bench: medians (min) over repetitions")
+        for name in ("impl", "batch", "pp tok/s", "ttft s", "decode tok/s", "aggregate tok/s"):
+            t.add_column(name, justify="left" if name == "impl" else "right")
+        for r in rows:
+            t.add_row(r["impl"], str(r["batch"]), _cell(r["pp_tok_s"]), _cell(r["ttft_s"]),
+                      _cell(r["decode_tok_s"]), _cell(r["aggregate_tok_s"]))
+        console.print(t)
+    for r in records:
+        if r.get("case") not in ("generate",):
+            shown = {k: v for k, v in r.items() if k not in ("manifest", "case", "impl")}
+            console.print(f"[bold]{r['case']}[/bold] ({r['impl']}): " + ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()))
+
+
+def run(tty: bool, **o: Any) -> int:
+    from ..cli import say
+    from ..records import RecordWriter
+
+    settings = settings_from_options(o)
+    settings.model.ref()  # an unknown model fails before anything is loaded
+    records: list[dict[str, Any]] = []
+    writer = None if tty else RecordWriter(sys.stdout.buffer)
+
+    def emit(record: dict[str, Any]) -> None:
+        records.append(record)
+        if writer is not None:
+            writer.write(record)
+
+    if not o["skip_generate"]:
+        for record in run_bench(settings, lambda m: say("lm-bench", m)):
+            emit(record)
+    if o["cold"]:
+        say("lm-bench", "timing a cold lm-generate process")
+        emit(cold_cli_seconds(settings.repetitions))
+    if o["server"]:
+        say("lm-bench", f"timing the first token through {o['server']}")
+        emit(server_ttft(o["server"], settings.repetitions))
+    if o["pipeline"]:
+        say("lm-bench", f"timing a three-stage pipeline of {o['pipeline']} records")
+        emit(pipeline_seconds(o["pipeline"], None, o["model"]))
+        if o["server"]:
+            emit(pipeline_seconds(o["pipeline"], o["server"], o["model"]))
+    if tty:
+        table(records)
+    return 0

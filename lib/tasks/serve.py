@@ -1,0 +1,34 @@
+"""lm-serve's task: an engine from the options, then uvicorn until Ctrl-C."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine import Engine, EngineSettings
+from ..generation import Decoding
+from ..loading import ModelSettings
+
+
+def settings_from_options(o: dict[str, Any]) -> EngineSettings:
+    return EngineSettings(
+        model=ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o["quantize"]),
+        decoding=Decoding(o["cache"], o["compile"]),
+        max_batch=o["max_batch"],
+        max_queue=o["max_queue"],
+        keep_alive=o["keep_alive"],
+    )
+
+
+def run(**o: Any) -> int:
+    import uvicorn
+
+    from ..cli import say
+    from ..server import create_app
+
+    engine = Engine(settings_from_options(o), lambda m: say("lm-serve", m))
+    if o["preload"]:
+        engine.model()
+    say("lm-serve", f"serving {engine.model_id} on http://{o['host']}:{o['port']}/v1")
+    uvicorn.run(create_app(engine), host=o["host"], port=o["port"], log_level="warning", access_log=False)
+    engine.close()
+    return 0

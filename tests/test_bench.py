@@ -1,0 +1,74 @@
+"""lm-bench: its records, its ratios and its errors (never its timings)."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+from click.testing import CliRunner
+from rich.console import Console
+
+from lmpipe.bin.bench import main
+from lmpipe.tasks.bench import table
+
+
+def bench(*args: str):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result, [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_jsonl_with_a_transformers_baseline_and_perplexity(tiny_llama_raw):
+    result, records = bench("-m", str(tiny_llama_raw), "-b", "1", "-b", "2", "-r", "2", "-p", "6", "-g", "3",
+                            "--baseline", "transformers", "--perplexity", "--quantize", "int8", "--cache", "static")
+    assert result.exit_code == 0, result.output
+    cases = [(r["case"], r["impl"], r.get("batch")) for r in records]
+    assert cases == [
+        ("memory", "lmpipe", None),
+        ("memory", "transformers", None),
+        ("generate", "lmpipe", 1), ("generate", "transformers", 1),
+        ("generate", "lmpipe", 2), ("generate", "transformers", 2),
+        ("ratio", "ratio", None),
+        ("perplexity", "lmpipe", None),
+    ]
+    memory = records[0]
+    assert memory["manifest"]["quantize"] == "int8" and memory["model_mb"] > 0
+    assert records[1]["model_mb"] > memory["model_mb"]  # float32 beside int8
+    del records[1]
+    for r in records[1:5]:
+        assert r["prompt_tokens"] == 6 and r["repetitions"] == 2
+        for key in ("pp_tok_s", "ttft_s", "decode_tok_s", "aggregate_tok_s", "total_s"):
+            assert 0 < r[key]["min"] <= r[key]["median"]
+    ratio = records[5]
+    assert ratio["decode_b1"] == round(records[1]["decode_tok_s"]["median"] / records[2]["decode_tok_s"]["median"], 2)
+    assert {"aggregate_b2_vs_baseline_b1_decode", "aggregate_b2", "ttft_b1"} <= ratio.keys()
+    ppl = records[6]
+    assert ppl["perplexity"] > 1 and ppl["baseline_perplexity"] > 1 and "change" in ppl
+
+
+def test_bad_settings_are_usage_errors(tiny_llama_raw):
+    result, records = bench("-m", str(tiny_llama_raw), "-g", "1")
+    assert result.exit_code == 2 and records == []
+    assert "--gen-tokens" in result.stderr
+    result, _ = bench("-m", "/no/such/model")
+    assert result.exit_code == 2
+
+
+def test_the_table_for_people():
+    records = [
+        {"case": "generate", "impl": "lmpipe", "batch": 1, "pp_tok_s": {"min": 90, "median": 100},
+         "ttft_s": {"min": 0.1, "median": 0.2}, "decode_tok_s": {"min": 40, "median": 50},
+         "aggregate_tok_s": {"min": 40, "median": 45}},
+        {"case": "ratio", "impl": "ratio", "baseline": "transformers", "decode_b1": 3.1},
+    ]
+    import lmpipe.tasks.bench as module
+
+    buffer = io.StringIO()
+    original = Console.__init__
+    try:
+        Console.__init__ = lambda self, **kw: original(self, file=buffer, width=120, **kw)
+        table(records)
+    finally:
+        Console.__init__ = original
+    shown = buffer.getvalue()
+    assert "lm-bench" in shown and "50 (min 40)" in shown and "decode_b1 3.1" in shown
+    assert module.table is table

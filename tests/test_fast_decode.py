@@ -1,0 +1,119 @@
+"""The fast decode path: static KV cache, weight-only int8/int4, and the perplexity check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lmpipe.errors import UsageError
+from lmpipe.generation import Completion, Decoding, generate
+from lmpipe.perplexity import perplexity, sample_text
+from lmpipe.quantize import quantize
+from lmpipe.sampling import Sampling
+
+PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):\n    return"]
+
+
+def load(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_grad_enabled(False)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def reference(model, tokenizer, prompts, n):
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[:, enc.input_ids.shape[1]:].tolist()
+
+
+def ours(model, tokenizer, prompts, n, decoding):
+    ids = [tokenizer(p).input_ids for p in prompts]
+    done = [e for e in generate(model, tokenizer, ids, Sampling(max_new_tokens=n), decoding=decoding)
+            if isinstance(e, Completion)]
+    return [list(c.ids) for c in sorted(done, key=lambda c: c.row)]
+
+
+def same_tokens(expected, got):
+    # transformers pads finished rows; ours stops them at their end of sequence.
+    for row_expected, row_got in zip(expected, got, strict=True):
+        assert row_got and row_got == row_expected[: len(row_got)]
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_greedy_is_token_identical_to_transformers_on_tiny_llama(tiny_llama_raw, cache):
+    model, tokenizer = load(tiny_llama_raw)
+    expected = reference(model, tokenizer, PROMPTS, 20)
+    same_tokens(expected, ours(model, tokenizer, PROMPTS, 20, Decoding(cache)))
+
+
+def test_static_cache_is_token_identical_on_the_embedded_model(embedded):
+    model, tokenizer = load(embedded)
+    prompts = PROMPTS[:2]
+    same_tokens(reference(model, tokenizer, prompts, 12), ours(model, tokenizer, prompts, 12, Decoding("static")))
+
+
+def test_compile_needs_a_static_cache():
+    with pytest.raises(UsageError, match="--cache static"):
+        Decoding("dynamic", compile=True)
+    with pytest.raises(UsageError):
+        Decoding("paged")
+
+
+@pytest.mark.parametrize("mode, tolerance", [("int8", 0.01), ("int4", 0.15)])
+def test_quantized_linear_is_close_to_float(mode, tolerance):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32, bias=False))
+    x = torch.randn(5, 64)
+    expected = model(x)
+    assert quantize(model, mode) == 2
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    got = model(x)
+    assert ((got - expected).norm() / expected.norm()) < tolerance
+
+
+def test_quantize_refuses_what_it_cannot_do():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    with pytest.raises(UsageError):
+        quantize(model, "int3")
+    with pytest.raises(UsageError, match="--device cpu"):
+        quantize(model, "int8", device="cuda")
+
+
+def test_int8_static_generation_runs_and_stays_close(tiny_llama_raw):
+    model, tokenizer = load(tiny_llama_raw)
+    quantize(model, "int8")
+    got = ours(model, tokenizer, PROMPTS, 8, Decoding("static"))
+    assert [len(row) for row in got] == [8, 8, 8] or all(got)
+
+
+def test_int8_perplexity_is_within_two_percent_of_float32(embedded, monkeypatch):
+    import lmpipe.quantize
+
+    model, tokenizer = load(embedded)
+    text = sample_text()
+    assert text.startswith("It is a truth universally acknowledged")
+    base, windowed = perplexity(model, tokenizer, text), perplexity(model, tokenizer, text, window=128)
+    assert 1 < base < 100
+    quantize(model, "int8")
+    assert abs(perplexity(model, tokenizer, text) / base - 1) < 0.02  # the dequantized matmul (many rows)
+    monkeypatch.setattr(lmpipe.quantize, "KERNEL_MAX_ROWS", 10**9)
+    assert abs(perplexity(model, tokenizer, text, window=128) / windowed - 1) < 0.02  # the int8 kernel decode uses
+
+
+def test_lm_generate_fast_path_writes_the_same_text_and_records_quantize(tiny_llama_raw):
+    from lmpipe.bin.generate import main
+
+    def run(*args):
+        result = CliRunner().invoke(main, ["-m", str(tiny_llama_raw), "-n", "10", *args],
+                                    input="The quick brown fox\n", catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        import orjson
+
+        return orjson.loads(result.stdout.splitlines()[-1])
+
+    plain, fast = run(), run("--cache", "static")
+    assert fast["generated"] == plain["generated"]
+    assert "quantize" not in fast["manifest"]
+    assert run("--quantize", "int8")["manifest"]["quantize"] == "int8"
