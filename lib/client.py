@@ -106,6 +106,8 @@ class RemoteGenerateTask:
             self.model = served[0] if len(served) == 1 else model
 
     def payload(self, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if "tools" in record:
+            raise RecordError("records with `tools` need in-process generation (drop --server)")
         body, chat = request_for(record, self.settings.prompt)
         s = self.settings.sampling
         body.update(model=self.model, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
@@ -116,8 +118,9 @@ class RemoteGenerateTask:
     def manifest(self, response: dict[str, Any]) -> dict[str, Any]:
         part = response.get("lmpipe") or {}
         identity = part.get("identity") or {"model": response.get("model", self.model), "kind": "server"}
-        return {**identity, "sampling": self.settings.sampling.manifest(), "raw": self.settings.prompt.raw,
-                "system": self.settings.prompt.system, "device": part.get("device"), "dtype": part.get("dtype"),
+        from .tasks.generate import run_settings
+
+        return {**identity, **run_settings(self.settings), "device": part.get("device"), "dtype": part.get("dtype"),
                 "versions": part.get("versions")}
 
     def output(self, item: Item, response: dict[str, Any], chat: bool) -> dict[str, Any]:

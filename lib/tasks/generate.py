@@ -57,6 +57,19 @@ def token_record(t: Token) -> dict[str, Any]:
     return {"id": t.id, "token": t.text, "p": t.p, "top": [asdict(x) for x in t.top]}
 
 
+def run_settings(settings: GenerateSettings) -> dict[str, Any]:
+    """The settings part of the manifest: the same in-process and through a server."""
+    out: dict[str, Any] = {
+        "sampling": settings.sampling.manifest(), "raw": settings.prompt.raw, "system": settings.prompt.system,
+    }
+    if settings.prompt.prefix:
+        out["prefix"] = settings.prompt.prefix
+    if settings.constraint is not None:
+        out.update(settings.constraint.manifest())
+    out["tool_choice"] = settings.tool_choice
+    return out
+
+
 class GenerateTask:
     """Holds a loaded model and turns batches of items into finished records and token events."""
 
@@ -64,15 +77,7 @@ class GenerateTask:
         self.lm = lm
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
-        run_settings: dict[str, Any] = {
-            "sampling": self.settings.sampling.manifest(), "raw": settings.prompt.raw, "system": settings.prompt.system,
-        }
-        if settings.prompt.prefix:
-            run_settings["prefix"] = settings.prompt.prefix
-        if settings.constraint is not None:
-            run_settings.update(settings.constraint.manifest())
-        run_settings["tool_choice"] = settings.tool_choice
-        self.manifest = manifest(lm.identity, run_settings, lm.device, lm.dtype)
+        self.manifest = manifest(lm.identity, run_settings(self.settings), lm.device, lm.dtype)
         self._ll_tokenizer = None
         if settings.constraint is not None:
             self.ll_tokenizer()  # built now, so a problem shows before any record is read
@@ -204,8 +209,8 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
 
         if o["stream"]:
             raise UsageError("--stream needs in-process generation (drop --server)")
-        if settings.constraint is not None:
-            raise UsageError("--json-schema, --regex and --choice need in-process generation (drop --server)")
+        if settings.constraint is not None or settings.prompt.prefix:
+            raise UsageError("--json-schema, --regex, --choice and --prefix need in-process generation (drop --server)")
         task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
     else:
         model_settings.ref()  # an unknown model is an error before anything is read
