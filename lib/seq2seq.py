@@ -106,7 +106,7 @@ class Seq2SeqEngine:
     def count(self, text: str) -> int:
         """Tokens the encoder sees for `text`, specials and prefix included."""
         self._set_source()
-        return len(self.tokenizer(self.prefix + text)["input_ids"])
+        return len(self.tokenizer(self.prefix + text, verbose=False)["input_ids"])
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs = self.settings.kwargs()
