@@ -1,0 +1,106 @@
+"""lm-stats: count, errors and p50/p95/max of ttft, tokens/s and total time, per model, from any lmpipe output.
+
+Records are grouped by `manifest.model`; a record without a manifest (most error records: they
+pass their input through) counts under model null. Percentiles interpolate linearly between
+the two nearest values, as numpy's default does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterable
+
+from ..records import Item
+
+METRICS = ("ttft_s", "tokens_per_s", "total_s")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100) of values, linear between closest ranks."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    return {"n": len(values), "p50": round(percentile(values, 50), 6), "p95": round(percentile(values, 95), 6),
+            "max": round(max(values), 6)}
+
+
+@dataclass
+class _Group:
+    count: int = 0
+    errors: int = 0
+    values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
+
+
+def _model(record: dict[str, Any]) -> str | None:
+    manifest = record.get("manifest")
+    return manifest.get("model") if isinstance(manifest, dict) and isinstance(manifest.get("model"), str) else None
+
+
+def collect(items: Iterable[Item]) -> dict[str, Any]:
+    groups: dict[str | None, _Group] = {}
+    total = errors = 0
+    for item in items:
+        total += 1
+        record = item.record or {}
+        group = groups.setdefault(_model(record), _Group())
+        group.count += 1
+        if item.error is not None or "error" in record:
+            group.errors += 1
+            errors += 1
+            continue
+        stats = record.get("stats")
+        if isinstance(stats, dict):
+            for m in METRICS:
+                value = stats.get(m)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    group.values[m].append(float(value))
+    models = [
+        {"model": name, "count": g.count, "errors": g.errors, **{m: summary(g.values[m]) for m in METRICS}}
+        for name, g in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+    ]
+    return {"records": total, "errors": errors, "models": models}
+
+
+def table(report: dict[str, Any]):
+    """One row per model; each metric as p50 / p95 / max in one cell."""
+    from rich.table import Table
+
+    t = Table(title=f"{report['records']} records, {report['errors']} errors", title_justify="left")
+    t.add_column("model", overflow="fold")
+    for name in ("count", "errors", "ttft ms p50/p95/max", "tok/s p50/p95/max", "total s p50/p95/max"):
+        t.add_column(name, justify="right", no_wrap=True)
+
+    def cell(s: dict[str, Any], scale: float, fmt: str) -> str:
+        if not s["n"]:
+            return "–"
+        return " / ".join(format(s[k] * scale, fmt) for k in ("p50", "p95", "max"))
+
+    for g in report["models"]:
+        t.add_row(g["model"] or "(no manifest)", str(g["count"]), str(g["errors"]), cell(g["ttft_s"], 1000, ".0f"),
+                  cell(g["tokens_per_s"], 1, ".1f"), cell(g["total_s"], 1, ".2f"))
+    return t
+
+
+def run(tty: bool, source: IO[bytes]) -> int:
+    import sys
+
+    import orjson
+
+    from ..records import read_items
+
+    report = collect(read_items(source))
+    if tty:
+        from rich.console import Console
+
+        Console().print(table(report))
+    else:
+        sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+        sys.stdout.buffer.flush()
+    return 0
