@@ -87,7 +87,7 @@ def test_embedded_chat_model_summary_is_shorter(embedded):
         "a children's wing, a reading garden on the roof, and rooms that local groups can book for free. "
         "The mayor said the project shows that the town still invests in education and culture."
     )
-    result, out = summarize("-m", "smollm2", "--max-length", "40", texts=[paragraph])
+    result, out = summarize("-m", "smollm2", "--max-length", "24", texts=[paragraph])
     assert result.exit_code == 0, result.stderr
     [record] = out
     assert record["summary"].strip()

@@ -69,22 +69,20 @@ def collect(items: Iterable[Item]) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]):
-    """One row per model; each metric as p50 / p95 / max in one cell."""
+    """Three rows per model (ttft, tokens/s, total), one column per percentile."""
     from rich.table import Table
 
     t = Table(title=f"{report['records']} records, {report['errors']} errors", title_justify="left")
-    t.add_column("model", overflow="fold")
-    for name in ("count", "errors", "ttft ms p50/p95/max", "tok/s p50/p95/max", "total s p50/p95/max"):
+    t.add_column("model", overflow="fold", ratio=1)
+    for name in ("count", "errors", "metric", "p50", "p95", "max"):
         t.add_column(name, justify="right", no_wrap=True)
-
-    def cell(s: dict[str, Any], scale: float, fmt: str) -> str:
-        if not s["n"]:
-            return "–"
-        return " / ".join(format(s[k] * scale, fmt) for k in ("p50", "p95", "max"))
-
+    shown = (("ttft_s", "ttft ms", 1000, ".0f"), ("tokens_per_s", "tok/s", 1, ".1f"), ("total_s", "total s", 1, ".2f"))
     for g in report["models"]:
-        t.add_row(g["model"] or "(no manifest)", str(g["count"]), str(g["errors"]), cell(g["ttft_s"], 1000, ".0f"),
-                  cell(g["tokens_per_s"], 1, ".1f"), cell(g["total_s"], 1, ".2f"))
+        for i, (key, label, scale, fmt) in enumerate(shown):
+            s = g[key]
+            values = [format(s[k] * scale, fmt) if s["n"] else "–" for k in ("p50", "p95", "max")]
+            head = [g["model"] or "(no manifest)", str(g["count"]), str(g["errors"])] if i == 0 else ["", "", ""]
+            t.add_row(*head, label, *values, end_section=i == len(shown) - 1)
     return t
 
 
