@@ -39,6 +39,10 @@ class Seq2SeqAdapter:
     def __init__(self, engine: Any, limit: int | None = None):
         self.engine = engine
         self.limit = min(limit, engine.window) if limit else engine.window
+        if engine.count("") >= self.limit:
+            from .errors import UsageError
+
+            raise UsageError(f"a window of {self.limit} tokens leaves no room for text after the model's prefix")
 
     def count(self, text: str) -> int:
         return self.engine.count(text)

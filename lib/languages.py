@@ -163,6 +163,18 @@ def _coded(family: str, codes: set[str], source: str | None, target: str | None,
     return Languages(family, source, target, src, tgt, target_token=token(tgt))
 
 
+def same_language(a: str, b: str) -> bool:
+    """en and eng (and es_XX, spa_Latn) name one language."""
+    def norm(code: str) -> str:
+        head = code.split("_")[0].lower()
+        for plain, (_, nllb) in LANGUAGES.items():
+            if head == nllb.split("_")[0]:
+                return plain
+        return head
+
+    return norm(a) == norm(b)
+
+
 def marian_pair(tokenizer: Any, model_id: str) -> tuple[str | None, str | None]:
     """The one direction a Marian model was trained for, from its tokenizer or its opus-mt name."""
     src, tgt = getattr(tokenizer, "source_lang", None), getattr(tokenizer, "target_lang", None)
@@ -177,7 +189,7 @@ def _marian(tokenizer: Any, model_id: str, source: str | None, target: str | Non
     targets = {m.group(1): t for t in getattr(tokenizer, "supported_language_codes", []) or []
                if (m := MARIAN_TOKEN.match(t))}
     pair_src, pair_tgt = marian_pair(tokenizer, model_id)
-    if source and pair_src and source != pair_src and pair_src.islower():
+    if source and pair_src and not same_language(source, pair_src) and pair_src.islower():
         raise UsageError(f"this Marian model translates from {pair_src!r}, not {source!r}")
     if targets:  # one model, many targets: the target is a token before the text
         if not target:
@@ -186,6 +198,6 @@ def _marian(tokenizer: Any, model_id: str, source: str | None, target: str | Non
         if code not in targets:
             raise UsageError(f"this Marian model cannot translate into {target!r} (targets: {', '.join(sorted(targets))})")
         return Languages("marian", source or pair_src, target, source or pair_src, code, prefix=f"{targets[code]} ")
-    if target and pair_tgt and target != pair_tgt and pair_tgt.islower():
+    if target and pair_tgt and not same_language(target, pair_tgt) and pair_tgt.islower():
         raise UsageError(f"this Marian model translates {pair_src}->{pair_tgt}; it cannot translate into {target!r}")
     return Languages("marian", source or pair_src, target or pair_tgt, source or pair_src, target or pair_tgt)

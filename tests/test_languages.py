@@ -71,6 +71,10 @@ def test_marian_one_pair_and_many_targets(tiny_marian, tmp_path):
     assert resolve("marian", bare, "Helsinki-NLP/opus-mt-en-de", "en", "de").target_code == "de"
     with pytest.raises(UsageError, match="cannot translate into 'es'"):
         resolve("marian", bare, "Helsinki-NLP/opus-mt-en-de", "en", "es")
+    tatoeba = SimpleNamespace(source_lang="eng", target_lang="deu", supported_language_codes=[])
+    assert resolve("marian", tatoeba, "x", "en", "de").target_code == "de"
+    with pytest.raises(UsageError, match="cannot translate into 'fr'"):
+        resolve("marian", tatoeba, "x", "en", "fr")
     # multi-target models put the target token before the text
     multi = SimpleNamespace(source_lang=None, target_lang=None, supported_language_codes=[">>es<<", ">>por<<"])
     assert resolve("marian", multi, "opus-mt-en-ROMANCE", "en", "es").prefix == ">>es<< "
