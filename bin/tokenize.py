@@ -10,6 +10,20 @@ from lmpipe.cli import guarded, stdout_is_tty
 from lmpipe.options import progress_option
 from lmpipe.resolve import DEFAULT_MODEL
 
+FIELDS_READ = {
+    "text": "The text to tokenize (or the field named by --field).",
+    "ids": "With --decode: the token ids to turn back into text.",
+}
+FIELDS_WRITTEN = {
+    "ids": "Token ids (under --out when given).",
+    "tokens": "The tokens as strings.",
+    "offsets": "[start, end] character offsets of each token in the text (fast tokenizers).",
+    "special": "For each token, whether it is a special token (BOS, EOS, ...).",
+    "added": "For each token, whether it was added to the vocabulary (not special).",
+    "count": "Number of tokens.",
+    "text": "With --decode: the decoded text (or the field named by --out).",
+}
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL",

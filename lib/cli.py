@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any, Callable, NoReturn
+from typing import IO, Any, Callable, Iterable, NoReturn
 
 import click
 
@@ -114,3 +114,19 @@ def finish(tool: str, summary: Summary) -> int:
         say(tool, f"{summary.failed} of {summary.read} records failed (first: {first})")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def each_name(tool: str, names: Iterable[str], one: Callable[[str], dict[str, Any]],
+              show: Callable[[dict[str, Any]], None]) -> int:
+    """Run `one` for every name given as an argument; a failure is one line on stderr and the
+    tool goes on with the next name. Returns the worst exit code."""
+    code = EXIT_OK
+    for name in names:
+        try:
+            show(one(name))
+        except LmpipeError as exc:
+            if debugging():
+                raise
+            say(tool, f"error: {exc}")
+            code = max(code, exc.exit_code)
+    return code

@@ -102,8 +102,12 @@ def positions(mask):
 
 
 def forward(model: Any, ids, mask, pos, cache, keep_last: bool):
+    import torch
+
     kwargs = {"logits_to_keep": 1} if keep_last else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs)
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                    **kwargs)
     return out.logits[:, -1, :].float()
 
 

@@ -91,7 +91,11 @@ def _convert(gguf: Path, out: Path) -> None:
 
     hf_logging.disable_progress_bar()
     if not sys.stderr.isatty():
-        os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own bar: only for people watching
+        # transformers' GGUF reader draws its own tqdm bar, outside its logging switch; in a pipe
+        # stderr is for messages, so hand it a plain iterator instead.
+        from transformers import modeling_gguf_pytorch_utils as reader
+
+        reader.tqdm = lambda iterable, **_: iterable
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are dequantized in memory; drop the GGUF quantizer so they save as plain tensors.

@@ -26,7 +26,7 @@ def count_remaining_lines(stream: IO[bytes]) -> int | None:
         fd = stream.fileno()
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        offset, lines, last = os.lseek(fd, 0, os.SEEK_CUR), 0, b"\n"
+        offset, lines, last = stream.tell(), 0, b"\n"  # tell(): a buffered reader may have read ahead
         while chunk := os.pread(fd, 1 << 20, offset):
             lines += chunk.count(b"\n")
             offset += len(chunk)

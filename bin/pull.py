@@ -1,0 +1,51 @@
+"""lm-pull: download a model snapshot into the Hugging Face cache."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lmpipe.cli import guarded, stdout_is_tty
+
+FIELDS_READ = {"id": "The repo to pull (org/name[@revision]) when no argument names one; also `model` or `text`."}
+FIELDS_WRITTEN = {
+    "id": "The repo id.",
+    "revision": "The commit hash now in the cache.",
+    "ref": "The branch or tag asked for, when not a commit hash.",
+    "path": "The snapshot folder.",
+    "files": "Files in the snapshot folder.",
+    "size_bytes": "Bytes of those files.",
+    "downloaded_bytes": "Bytes fetched by this run (0 when everything was cached).",
+    "seconds": "Wall time of the pull.",
+}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("repos", nargs=-1, metavar="[REPO[@REVISION]]...")
+@click.option("-r", "--revision", default=None, metavar="REV", help="Branch, tag or commit hash (default: main).")
+@click.option("-i", "--include", multiple=True, metavar="GLOB", help="Only files matching this pattern (repeatable).")
+@click.option("-x", "--exclude", multiple=True, metavar="GLOB", help="Skip files matching this pattern (repeatable).")
+@click.option("--cache-dir", default=None, metavar="DIR", envvar="HF_HUB_CACHE",
+              help="The Hugging Face cache (default: $HF_HUB_CACHE, else $HF_HOME/hub).")
+@click.option("--progress", type=click.Choice(["auto", "bar", "json", "none"]), default="auto", show_default=True,
+              envvar="LMPIPE_PROGRESS", help="On stderr: a bar (auto on a terminal) or JSON events (auto otherwise).")
+def main(**options):
+    """Download a model snapshot from the Hugging Face Hub into the cache, resuming cut transfers.
+
+    The token comes from HF_TOKEN, the hub from HF_ENDPOINT; with HF_HUB_OFFLINE=1 it only checks
+    the cache. Files land under their final name only when complete.
+
+    \b
+      lm-pull HuggingFaceTB/SmolLM2-135M-Instruct
+      lm-pull org/name@v1.0 --include '*.json' --include '*.safetensors'
+      lm-pull org/name --progress json 2> progress.jsonl | jq .path
+    """
+    from lmpipe.tasks.pull import run
+
+    guarded("lm-pull", lambda: run(tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty(),
+                                   stderr_tty=sys.stderr.isatty(), **options))
+
+
+if __name__ == "__main__":
+    main()

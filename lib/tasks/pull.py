@@ -1,0 +1,67 @@
+"""lm-pull: download model snapshots into the hub cache, named as arguments or in stdin's records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..cli import JsonlSink, each_name, finish, say
+from ..errors import LmpipeError, RecordError, UsageError
+from ..pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
+from ..records import Item, error_record, read_items
+from ..runner import Finished, run as run_items
+
+TOOL = "lm-pull"
+
+
+def repo_of(record: dict[str, Any]) -> str:
+    name = record.get("id") or record.get("model") or record.get("text")
+    if not name:
+        raise RecordError("the record names no repo (no `id`, `model` or `text` field)")
+    return str(name)
+
+
+def done_line(record: dict[str, Any]) -> str:
+    from ..tables import human_size
+
+    return (f"{record['id']}@{record['revision'][:12]}: {record['files']} files, "
+            f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) in {record['path']}")
+
+
+class TtySink:
+    def finished(self, record: dict[str, Any], failed: bool) -> None:
+        if failed:
+            say(TOOL, f"line {record.get('line')}: {record.get('error')}")
+        else:
+            print(done_line(record), flush=True)
+
+    def streamed(self, item: Item, event: Any) -> None:
+        pass
+
+
+def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], revision: str | None,
+        include: tuple[str, ...], exclude: tuple[str, ...], cache_dir: str | None, progress: str) -> int:
+    if progress not in PROGRESS_MODES:
+        raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}")
+    mode = choose_progress(progress, stderr_tty)
+    sink = TtySink() if tty else JsonlSink()
+    options = {"include": include, "exclude": exclude, "cache_dir": Path(cache_dir).expanduser() if cache_dir else None}
+
+    def one(name: str) -> dict[str, Any]:
+        settings = PullSettings.parse(name, revision, **options)
+        return pull(settings, ByteProgress(TOOL, settings.repo_id, mode))
+
+    if repos or stdin_tty:
+        if not repos:
+            raise UsageError("name a repo to pull (org/name[@revision]), or pipe records with an `id` in")
+        return each_name(TOOL, repos, one, lambda record: sink.finished(record, False))
+
+    def process(batch: list[Item]) -> Iterable[Finished]:
+        for item in batch:
+            try:
+                yield Finished(item, {**item.record, **one(repo_of(item.record))})
+            except LmpipeError as exc:
+                yield Finished(item, error_record(item, str(exc)), failed=True)
+
+    return finish(TOOL, run_items(read_items(sys.stdin.buffer), process, sink))

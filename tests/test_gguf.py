@@ -1,0 +1,52 @@
+"""GGUF conversion: written once, atomically, found again by content."""
+
+import shutil
+
+import pytest
+
+from lmpipe import gguf
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMPIPE_HOME", str(tmp_path / "home"))
+
+
+def fake_gguf(tmp_path, name="m.gguf", data=b"GGUF" + b"x" * 5000):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_an_interrupted_conversion_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
+    src = fake_gguf(tmp_path)
+
+    def half_then_crash(_, out):
+        (out / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf, "_convert", half_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        gguf.ensure_converted(src)
+    target = gguf.converted_folder(src)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # the temporary folder is gone too
+
+
+def test_converts_once_and_records_the_sha256(tmp_path, monkeypatch):
+    src = fake_gguf(tmp_path)
+    calls = []
+    monkeypatch.setattr(gguf, "_convert", lambda g, out: calls.append(out) or (out / "config.json").write_text("{}"))
+    first = gguf.ensure_converted(src)
+    second = gguf.ensure_converted(src)
+    assert first == second and len(calls) == 1
+    assert gguf.conversion_info(first)["sha256"] == gguf.sha256_file(src)
+
+
+def test_the_key_follows_content_not_path(tmp_path):
+    a = fake_gguf(tmp_path, "a.gguf")
+    (tmp_path / "elsewhere").mkdir()
+    b = tmp_path / "elsewhere" / "a.gguf"
+    shutil.copy(a, b)
+    c = fake_gguf(tmp_path, "c.gguf", data=b"GGUF" + b"y" * 5000)
+    assert gguf.cache_key(a) == gguf.cache_key(b) != gguf.cache_key(c)
