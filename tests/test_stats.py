@@ -55,3 +55,11 @@ def test_terminal_table():
     assert rows == [["HuggingFaceTB/SmolLM2-135M-Instruct", "1", "0", "ttft ms", "250", "250", "250"],
                     ["", "", "", "tok/s", "40.0", "40.0", "40.0"],
                     ["", "", "", "total s", "1.50", "1.50", "1.50"]], text
+
+
+def test_group_by_another_field():
+    lines = [orjson.dumps({**record("a", 0.1, 10, 1), "manifest": {"model": "a", "device": d}}).decode()
+             for d in ("cpu", "cpu", "cuda")]
+    result = CliRunner().invoke(main, ["--by", "manifest.device"], input="\n".join(lines) + "\n")
+    [report] = jsonl(result.stdout_bytes)
+    assert [(g["model"], g["count"]) for g in report["models"]] == [("cpu", 2), ("cuda", 1)]

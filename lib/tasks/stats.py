@@ -1,7 +1,7 @@
 """lm-stats: count, errors and p50/p95/max of ttft, tokens/s and total time, per model, from any lmpipe output.
 
 Records are grouped by `manifest.model`; a record without a manifest (most error records: they
-pass their input through) counts under model null. Percentiles interpolate linearly between
+pass their input through) counts under model null. `--by` groups by another field instead. Percentiles interpolate linearly between
 the two nearest values, as numpy's default does.
 """
 
@@ -38,18 +38,23 @@ class _Group:
     values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
 
 
-def _model(record: dict[str, Any]) -> str | None:
-    manifest = record.get("manifest")
-    return manifest.get("model") if isinstance(manifest, dict) and isinstance(manifest.get("model"), str) else None
+def lookup(record: dict[str, Any], path: str) -> str | None:
+    """The value at a dotted path (manifest.model), as a string; None when it is not there."""
+    value: Any = record
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
 
 
-def collect(items: Iterable[Item]) -> dict[str, Any]:
+def collect(items: Iterable[Item], by: str = "manifest.model") -> dict[str, Any]:
     groups: dict[str | None, _Group] = {}
     total = errors = 0
     for item in items:
         total += 1
         record = item.record or {}
-        group = groups.setdefault(_model(record), _Group())
+        group = groups.setdefault(lookup(record, by), _Group())
         group.count += 1
         if item.error is not None or "error" in record:
             group.errors += 1
@@ -86,15 +91,15 @@ def table(report: dict[str, Any]):
     return t
 
 
-def run(tty: bool, source: IO[bytes]) -> int:
+def run(tty: bool, source: IO[bytes], by: str = "manifest.model", as_json: bool = False) -> int:
     import sys
 
     import orjson
 
     from ..records import read_items
 
-    report = collect(read_items(source))
-    if tty:
+    report = collect(read_items(source), by)
+    if tty and not as_json:
         from rich.console import Console
 
         Console().print(table(report))
