@@ -31,9 +31,14 @@ class TextTtySink:
 
 def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int], Any]) -> int:
     """Load the model (an unknown one fails before stdin is read), build the task, run stdin through it."""
+    import warnings
+
     from ..cli import JsonlSink, run_records
     from ..loading import ModelSettings, load
     from ..options import batch_size_for
+
+    # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
+    warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
 
     model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
     model_settings.ref()
