@@ -69,3 +69,12 @@ def test_bad_settings_are_usage_errors(tiny_llama):
     assert result.returncode == 2 and b"--overlap must be at least 0 and less than --max-tokens" in result.stderr
     result = run_tool("lm-chunk", "--tokenizer", "/nonexistent", input=b"x\n")
     assert result.returncode == 2 and b"no tokenizer.json" in result.stderr
+
+
+def test_only_the_tokenizers_library_is_loaded(tiny_llama):
+    code = ("import sys; from lmpipe.tasks.chunk import offsets_encoder; "
+            f"print(len(offsets_encoder(None, {str(tiny_llama)!r})('Hello world')), "
+            "sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    probe = run_tool("python", "-c", code)
+    count, loaded = probe.stdout.decode().split(" ", 1)
+    assert int(count) > 0 and loaded.strip() == "[]", probe.stderr
