@@ -97,7 +97,10 @@ def family_of(model_type: str, is_encoder_decoder: bool, tokenizer: Any) -> str:
 
 
 def special_tokens(tokenizer: Any) -> set[str]:
+    """Special and added tokens, and the language tokens tokenizers keep apart (M2M100's `__xx__`)."""
     tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    tokens.update(str(t) for t in (getattr(tokenizer, "lang_code_to_token", None) or {}).values())
+    tokens.update(str(t) for t in (getattr(tokenizer, "lang_code_to_id", None) or {}))
     tokens.update(str(t) for t in getattr(tokenizer, "additional_special_tokens", []) or [])
     tokens.update(getattr(tokenizer, "get_added_vocab", dict)().keys())
     return tokens

@@ -101,3 +101,17 @@ def tiny_bart(tmp_path_factory) -> Path:
     from tiny_seq2seq import build_bart
 
     return build_bart(tmp_path_factory.mktemp("tiny-bart"))
+
+
+@pytest.fixture(scope="session")
+def tiny_nllb(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_nllb
+
+    return build_nllb(tmp_path_factory.mktemp("tiny-nllb"))
+
+
+@pytest.fixture(scope="session")
+def tiny_m2m100(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_m2m100
+
+    return build_m2m100(tmp_path_factory.mktemp("tiny-m2m100"))

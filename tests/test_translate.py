@@ -52,6 +52,19 @@ def test_mbart50_is_transformers_generate_with_language_codes(tiny_mbart, batch)
     assert out[0]["manifest"]["codes"] == {"from": "en_XX", "to": "es_XX"}
 
 
+@pytest.mark.parametrize("family,source,target,other", [("nllb", "eng_Latn", "spa_Latn", "fra_Latn"),
+                                                        ("m2m100", "en", "__es__", "__de__")])
+def test_nllb_and_m2m100_are_transformers_generate_with_their_codes(request, family, source, target, other):
+    folder = request.getfixturevalue(f"tiny_{family}")
+    result, out = translate("-m", str(folder), "--from", "en", "--to", "es", "--max-length", "12", "-b", "3")
+    assert result.exit_code == 0, result.stderr
+    expected = reference(folder, SHORT, src_lang=source, forced=target, max_length=12)
+    assert texts_of(out) == expected and any(expected)
+    assert reference(folder, SHORT, src_lang=source, forced=other, max_length=12) != expected
+    assert out[0]["manifest"]["family"] == family
+    assert out[0]["manifest"]["codes"] == {"from": source, "to": target.strip("_")}
+
+
 def test_t5_translates_with_its_task_prefix_and_beams(tiny_t5):
     result, out = translate("-m", str(tiny_t5), "--from", "en", "--to", "de", "--max-length", "10", "--num-beams", "2")
     assert result.exit_code == 0, result.stderr

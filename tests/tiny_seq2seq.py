@@ -142,3 +142,62 @@ def build_bart(folder: Path, seed: int = 0) -> Path:
     BartForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+M2M_SIZES = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                 encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=WINDOW, init_std=0.3)
+
+
+def build_nllb(folder: Path, seed: int = 4) -> Path:
+    """NLLB: an M2M100 model with NLLB's own tokenizer class over a BPE vocabulary trained here.
+
+    Seed 4: with the default seed this random model says nothing for the test sentences."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = NllbTokenizer(vocab=model["vocab"], merges=merges, src_lang="eng_Latn", tgt_lang="spa_Latn")
+    codes = tokenizer.convert_tokens_to_ids(["eng_Latn", "spa_Latn", "deu_Latn"])
+    assert len(set(codes)) == 3 and tokenizer.unk_token_id not in codes
+    assert len(tokenizer) == 200 + 202 + 1, len(tokenizer)  # trained BPE, 202 language codes, <mask>
+    tokenizer.model_max_length = WINDOW
+    config = M2M100Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=0,
+                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
+                          **M2M_SIZES)
+    torch.manual_seed(seed)
+    M2M100ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_m2m100(folder: Path, seed: int = 0) -> Path:
+    """M2M100: sentencepiece plus a vocab.json; the tokenizer adds `__xx__` for 100 languages."""
+    import sentencepiece as spm
+    import torch
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, M2M100Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spm_path = _sentencepiece(folder)
+    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = M2M100Tokenizer(str(folder / "vocab.json"), str(spm_path), src_lang="en", tgt_lang="es")
+    assert tokenizer.get_lang_id("es") != tokenizer.get_lang_id("en")
+    size = len(tokenizer)
+    assert size == len(vocab) == 151, size  # the pieces; 100 language ids and 8 made-up words follow them
+    assert tokenizer.get_lang_id("af") == size and tokenizer.convert_tokens_to_ids("__es__") == tokenizer.get_lang_id("es")
+    tokenizer.model_max_length = WINDOW
+    config = M2M100Config(vocab_size=size + 100 + 8, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                          decoder_start_token_id=2, **M2M_SIZES)
+    torch.manual_seed(seed)
+    M2M100ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "spm.model").unlink()
+    return folder
