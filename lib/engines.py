@@ -69,6 +69,10 @@ class ChatEngine:
             raise UsageError(f"--max-length {task.settings.sampling.max_new_tokens} leaves no room in the "
                              f"model's context of {context} tokens")
         self.limit = min(limit, room) if limit else room
+        if self.count("") >= self.limit:
+            from .errors import UsageError
+
+            raise UsageError(f"a window of {self.limit} tokens leaves no room for text after the instruction")
 
     def _item(self, line: int, text: str) -> Item:
         return Item(line, {self.task.settings.prompt.field: self.instruction(text)})

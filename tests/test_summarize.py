@@ -79,6 +79,19 @@ def test_long_text_is_summarized_map_reduce(tiny_bart):
     assert record["stats"]["input_tokens"] > 4 * 64
 
 
+def test_chat_model_map_reduce_goes_through_generate_task(tiny_llama):
+    text = " ".join(TEXTS * 2)
+    result, out = summarize("-m", str(tiny_llama), "--window", "120", "--max-length", "6", texts=[text, "Short."])
+    assert result.exit_code == 0, result.stderr
+    long, short = out
+    assert long["chunks"] >= 3 and long["rounds"] >= 2 and long["summary"]
+    assert short["chunks"] == 1 and short["rounds"] == 1
+    assert long["manifest"]["window"] == 120 and long["manifest"]["sampling"]["max_new_tokens"] == 6
+    assert long["stats"]["output_tokens"] <= 6 * (long["chunks"] + long["rounds"] * 2)
+    result, _ = summarize("-m", str(tiny_llama), "--window", "10", "--max-length", "6", texts=["x"])
+    assert result.exit_code == 2 and "leaves no room for text after the instruction" in result.stderr
+
+
 def test_embedded_chat_model_summary_is_shorter(embedded):
     paragraph = (
         "The city council met on Tuesday evening to discuss the new public library. After two hours of debate, "
