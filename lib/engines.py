@@ -8,6 +8,7 @@ many fit (`limit`), so translation and summarization split and batch the same wa
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -95,10 +96,14 @@ class ChatEngine:
         return [got.get(i + 1, Output(error="no output")) for i in range(len(texts))]
 
 
+_calls = itertools.count()  # numbers every model call in the process, so rounds never share one
+
+
 def run_pieces(engine: Engine, pieces: Sequence[str], batch_size: int) -> list[Output]:
     """Every piece through the engine, `batch_size` at a time, in order; a failed call fails its pieces."""
     outputs: list[Output] = []
-    for call, start in enumerate(range(0, len(pieces), max(1, batch_size))):
+    for start in range(0, len(pieces), max(1, batch_size)):
+        call = next(_calls)
         batch = pieces[start:start + batch_size]
         try:
             got = engine.run(batch)
