@@ -143,8 +143,14 @@ def combine(outputs: Sequence[Output]) -> dict[str, Any]:
     }
 
 
-def chat_task(lm: Any, max_new_tokens: int) -> Any:
+def chat_task(lm: Any, max_new_tokens: int, num_beams: int | None = None, min_length: int | None = None) -> Any:
     """lm-generate's task, greedy, for a chat model that works by instruction."""
+    from .errors import UsageError
+
+    if num_beams and num_beams > 1:
+        raise UsageError("--num-beams needs a seq2seq model; chat models decode greedily here")
+    if min_length:
+        raise UsageError("--min-length needs a seq2seq model")
     from .sampling import Sampling
     from .tasks.generate import GenerateSettings, GenerateTask
 

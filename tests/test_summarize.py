@@ -90,6 +90,8 @@ def test_chat_model_map_reduce_goes_through_generate_task(tiny_llama):
     assert long["stats"]["output_tokens"] <= 6 * (long["chunks"] + long["rounds"] * 2)
     result, _ = summarize("-m", str(tiny_llama), "--window", "10", "--max-length", "6", texts=["x"])
     assert result.exit_code == 2 and "leaves no room for text after the instruction" in result.stderr
+    result, _ = summarize("-m", str(tiny_llama), "--num-beams", "3", texts=["x"])
+    assert result.exit_code == 2 and "--num-beams needs a seq2seq model" in result.stderr
 
 
 def test_embedded_chat_model_summary_is_shorter(embedded):

@@ -56,7 +56,8 @@ class SummarizeTask:
         self.lm, self.settings, self.batch_size = lm, settings, batch_size
         task_settings: dict[str, Any] = {"task": "summarize"}
         if not lm.is_encoder_decoder:
-            generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS)
+            generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
+                                 settings.generation.num_beams, settings.generation.min_length)
             self.engine: Engine = ChatEngine(generate, lambda text: INSTRUCTION.replace("{text}", text), settings.window)
             task_settings |= {"instruction": INSTRUCTION, "sampling": generate.settings.sampling.manifest()}
         else:

@@ -63,7 +63,8 @@ class TranslateTask:
         task_settings = {"task": "translate", **self.languages.manifest()}
         if family == "chat":
             template = instruction(self.languages)
-            generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS)
+            generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
+                                 settings.generation.num_beams)
             self.engine: Engine = ChatEngine(generate, lambda text: template.replace("{text}", text), settings.window)
             task_settings |= {"instruction": template, "sampling": generate.settings.sampling.manifest()}
         else:
