@@ -5,11 +5,14 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import batch_option, field_options, model_options, progress_option, sampling_options
+from lmpipe.options import batch_option, field_options, job_options, model_options, progress_option, sampling_options
 
 FIELDS_READ = {
     "text": "The prompt (or the field named by --field).",
     "messages": "A chat, [{\"role\": ..., \"content\": ...}, ...], used instead of the text field when present.",
+    "tools": "Tools the model may call, in OpenAI's form [{\"type\": \"function\", \"function\": {name, description, parameters}}].",
+    "tool_choice": "This record's --tool-choice: auto, required, none, a tool name or {\"function\": {\"name\": ...}}.",
+    "id": "With --output --resume: what the record is known by (else the SHA-256 of the whole record).",
 }
 FIELDS_WRITTEN = {
     "generated": "The generated text (or the field named by --out).",
@@ -17,6 +20,10 @@ FIELDS_WRITTEN = {
     "tokens": "With --top-probs: each token's id, text, probability `p` and its likeliest alternatives `top`.",
     "stats": "input_tokens, output_tokens, ttft_s, tokens_per_s, total_s, finish_reason (and ttnt_s with --ttnt).",
     "manifest": "model, kind, revision or sha256, settings, device, dtype and versions: what made the text.",
+    "json": "With --json-schema: the answer parsed, validated against the schema.",
+    "tool_calls": "For records with tools: [{id, type: function, function: {name, arguments (a JSON string)}}]; "
+                  "the text field is then null and stats.finish_reason is tool_calls.",
+    "input_sha256": "With --output, for records without `id`: the SHA-256 of the input record, which --resume matches.",
 }
 
 
@@ -27,12 +34,20 @@ FIELDS_WRITTEN = {
 @sampling_options
 @batch_option
 @progress_option
+@job_options
 @click.option("-s", "--system", default=None, help="System prompt for chat models.")
 @click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
 @click.option("--stream", is_flag=True, help="In a pipe, write token events before each record.")
 @click.option("-q", "--quiet", is_flag=True, help="On a terminal, print only the text (no stats line).")
 @click.option("--top-probs", type=click.IntRange(min=0), default=0, help="Add each token's probability and its N likeliest alternatives.")
 @click.option("--display-pause", type=click.IntRange(min=0), default=0, metavar="MS", help="On a terminal with --top-probs, pause between tokens.")
+@click.option("--json-schema", default=None, metavar="FILE|JSON",
+              help="Answer with JSON that validates against this schema (a file or inline); parsed into `json`.")
+@click.option("--regex", default=None, metavar="PATTERN", help="Answer with text that fully matches PATTERN.")
+@click.option("--choice", multiple=True, help="Answer with exactly one of these (repeatable).")
+@click.option("--prefix", default=None, metavar="TEXT", help="Start the answer with TEXT; the model continues it.")
+@click.option("--tool-choice", default="auto", show_default=True, metavar="auto|required|none|NAME",
+              help="For records with `tools`: may call (auto), must call (required), must not (none), or must call NAME.")
 @click.option("--ttnt", type=click.IntRange(min=1), default=None, metavar="N", help="Also report the time to the N-th token.")
 def main(**options):
     """Generate text for every JSONL record on stdin (or for PROMPT).
@@ -43,6 +58,9 @@ def main(**options):
     \b
       echo "What is the capital of France?" | lm-generate
       lm-generate "Write a haiku about pipes" --temperature 0.8 --seed 7
+      lm-generate --json-schema person.json --output people.jsonl --resume < bios.jsonl
+      lm-generate --choice yes --choice no "Is the sky blue?"
+      lm-generate --shard 0/4 --output part0.jsonl --progress json < big.jsonl
     """
     from lmpipe.tasks.generate import run
 

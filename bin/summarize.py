@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import batch_option, field_options, model_options, progress_option
+from lmpipe.options import batch_option, field_options, job_options, model_options, progress_option
 
 FIELDS_READ = {"text": "The text to summarize (choose another field with --field)."}
 FIELDS_WRITTEN = {
@@ -31,6 +31,7 @@ FIELDS_WRITTEN = {
               help="Most input tokens per chunk (default: the model's window).")
 @batch_option
 @progress_option
+@job_options
 def main(**options):
     """Summarize the text of every JSONL record on stdin.
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import progress_option
+from lmpipe.options import job_options, progress_option
 from lmpipe.resolve import DEFAULT_MODEL
 
 FIELDS_READ = {
@@ -22,6 +22,7 @@ FIELDS_WRITTEN = {
     "added": "For each token, whether it was added to the vocabulary (not special).",
     "count": "Number of tokens.",
     "text": "With --decode: the decoded text (or the field named by --out).",
+    "input_sha256": "With --output, for records without `id`: the SHA-256 of the input record, which --resume matches.",
 }
 
 
@@ -37,6 +38,7 @@ FIELDS_WRITTEN = {
 @click.option("--add-special-token", multiple=True, help="Add a special token (repeatable).")
 @click.option("--save", default=None, metavar="DIR", help="Save the (modified) tokenizer to DIR.")
 @progress_option
+@job_options
 def main(**options):
     """Tokenize the text of every JSONL record on stdin: ids, tokens, offsets, flags, count.
 

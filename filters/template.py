@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli import guarded
-from lmpipe.options import progress_option
+from lmpipe.options import job_options, progress_option
 
 FIELDS_READ = {"*": "Every field of the record is a template variable ({{ text }}, {{ title }}, ...).",
                "text": "An agent's user turn when it has no `user` template and no TEMPLATE is given (--field)."}
@@ -26,6 +26,7 @@ FIELDS_WRITTEN = {
 @click.option("-o", "--out", default="text", show_default=True, help="Field for a rendered plain prompt.")
 @click.option("--var", multiple=True, metavar="NAME=VALUE", help="A default variable (records' own fields win).")
 @progress_option
+@job_options
 def main(**options):
     """Render every JSONL record on stdin with a Jinja template; the record's fields are its variables.
 

@@ -90,18 +90,36 @@ class JsonlSink:
 
 
 def run_records(tool: str, process: Process, sink: Any, batch_size: int = 1, progress: str = "auto",
-                source: IO[bytes] | None = None) -> int:
-    """Run `process` over the records of `source` (stdin) into `sink`, with progress; return the exit code."""
+                source: IO[bytes] | None = None, job: Any = None) -> int:
+    """Run `process` over the records of `source` (stdin) into `sink`, with progress; return the exit code.
+
+    `job` (an opened lmpipe.job.Job) narrows the input to a shard, skips what --resume finds done,
+    and sends the records to --output FILE instead of `sink`.
+    """
     from .progress import Progress, ProgressSink, choose_mode, count_remaining_lines
 
     source = source if source is not None else sys.stdin.buffer
-    mode = choose_mode(progress, stdout_is_tty(), sys.stderr.isatty())
+    to_file = job is not None and job.to_file
+    mode = choose_mode(progress, stdout_is_tty() and not to_file, sys.stderr.isatty())
     total = count_remaining_lines(source) if mode != "none" else None
-    meter = Progress(tool, mode, total)
+    items = read_items(source)
+    extra: dict[str, Any] = {}
+    if job is not None:
+        total = job.expected(total)
+        items = job.select(items)
+        sink = job.sink(sink)
+        if job.settings.resume:
+            extra["skipped"] = job.already_done
+    meter = Progress(tool, mode, total, **extra)
     try:
-        summary: Summary = run(read_items(source), process, ProgressSink(sink, meter), batch_size)
+        summary: Summary = run(items, process, ProgressSink(sink, meter), batch_size)
     finally:
         meter.close()
+        if job is not None:
+            job.close()
+    if job is not None and job.settings.resume and summary.read == 0 and job.already_done:
+        say(tool, f"nothing left to do: {job.path} holds all {job.already_done} records")
+        return EXIT_OK
     return finish(tool, summary)
 
 

@@ -111,3 +111,32 @@ class TokenizeTtySink:
         self.out.print(line)
         n_special, n_added = sum(record["special"]), sum(record["added"])
         self.err.print(f"[dim]{record['count']} tokens · {n_special} special · {n_added} added[/]")
+
+
+class DetectTtySink:
+    """lm-detect on a terminal: a table of detections per image."""
+
+    def __init__(self):
+        self.out, self.err = _console(), _console(stderr=True)
+
+    def streamed(self, item: Item, event: Any) -> None:
+        pass
+
+    def finished(self, record: dict[str, Any], failed: bool) -> None:
+        from rich.table import Table
+
+        if failed:
+            self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]", markup=True)
+            return
+        name = record.get("image") or record.get("text") or "image_b64"
+        title = f"{name} · {record['width']}×{record['height']} · {len(record['detections'])} found"
+        table = Table(title=title, title_justify="left", show_edge=False)
+        for column, justify in (("label", "left"), ("score", "right"), ("xmin", "right"), ("ymin", "right"),
+                                ("xmax", "right"), ("ymax", "right")):
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for d in record["detections"]:
+            b = d["box"]
+            table.add_row(d["label"], f"{d['score']:.3f}", *(str(b[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+        self.out.print(table)
+        if record.get("annotated"):
+            self.err.print(f"[dim]annotated: {record['annotated']}[/]", markup=True)

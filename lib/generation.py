@@ -148,8 +148,12 @@ def generate(
     sampling: Sampling,
     top_probs: int = 0,
     device: str = "cpu",
+    constraints: Sequence[Any] = (),
 ) -> Iterator[Event]:
-    """Generate for every prompt (token ids) at once; yield Token events and one Completion per row."""
+    """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
+
+    `constraints`: logits processors for this batch that run before sampling's (a grammar mask).
+    """
     import torch
     from transformers import DynamicCache
 
@@ -157,7 +161,7 @@ def generate(
     eos = eos_ids(model, tokenizer)
     ids, mask = left_pad(prompts, pad_id(tokenizer, eos), device)
     rows = [_Row(len(p)) for p in prompts]
-    processors = logits_processors(sampling)
+    processors = logits_processors(sampling, constraints)
     generators = None
     if not sampling.greedy:
         generators = [torch.Generator(device=device).manual_seed(sampling.seed or 0) for _ in prompts]

@@ -71,3 +71,28 @@ def progress_option(f: Callable) -> Callable:
 
 def batch_size_for(requested: int | None, tty: bool) -> int:
     return requested or (1 if tty else 8)
+
+
+def job_options(f: Callable) -> Callable:
+    """--output FILE, --resume, --shard I/N: batch jobs that survive being killed and split across workers."""
+    return _stack(
+        click.option("--output", default=None, metavar="FILE", envvar="LMPIPE_OUTPUT",
+                     help="Append records to FILE (fsync'd one by one) instead of stdout; "
+                          "an existing FILE is an error without --resume."),
+        click.option("--resume", is_flag=True, envvar="LMPIPE_RESUME",
+                     help="Continue --output FILE: skip the records it holds (by `id`, else `input_sha256`)."),
+        click.option("--shard", default=None, metavar="I/N", envvar="LMPIPE_SHARD",
+                     help="Take every N-th input line starting at line I (0-based), for N workers."),
+    )(f)
+
+
+def vision_model_options(envvar: str) -> Callable:
+    """--model (no default: there is no embedded vision model), --device, --dtype."""
+    return _stack(
+        click.option("-m", "--model", default=None, envvar=envvar,
+                     help="Local folder or hub repo id (org/name[@revision]); required: no vision model is embedded."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
+                     help="Where to run the model."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
+                     help="Weight precision; auto is float32 on CPU, bfloat16 or float16 on GPUs."),
+    )

@@ -5,6 +5,8 @@ JSON events, one object per line (the format lm-dash and any script read):
   {"event": "progress", "tool": ..., "done": 7, "failed": 1, "rate": 3.2, "eta_s": 35.3}
   {"event": "finished", "tool": ..., "done": 120, "failed": 2, "seconds": 41.0}
 `done` counts every record written (failed ones too); `rate` is records per second.
+With --resume, "started" also has "skipped": the records the output file already held, and `total`
+counts only the records left to do (with --shard, those of the shard).
 """
 
 from __future__ import annotations
@@ -46,14 +48,18 @@ def choose_mode(mode: str, stdout_tty: bool, stderr_tty: bool) -> str:
 class Progress:
     """Counts records as they are written and reports them in the chosen mode."""
 
-    def __init__(self, tool: str, mode: str, total: int | None = None, stream: IO[str] | None = None):
+    def __init__(self, tool: str, mode: str, total: int | None = None, stream: IO[str] | None = None,
+                 skipped: int | None = None):
         self.tool, self.mode, self.total = tool, mode, total
         self.stream = stream or sys.stderr
         self.done = self.failed = 0
         self.started = time.perf_counter()
         self._bar: Any = None
         if mode == "json":
-            self._emit({"event": "started", "tool": tool, "total": total})
+            started: dict[str, Any] = {"event": "started", "tool": tool, "total": total}
+            if skipped is not None:
+                started["skipped"] = skipped
+            self._emit(started)
         elif mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 

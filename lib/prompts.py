@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import RecordError
 
@@ -15,6 +15,7 @@ class PromptSettings:
     field: str = "text"
     system: str | None = None
     raw: bool = False
+    prefix: str = ""  # the answer starts with this text (--prefix); the model continues it
 
 
 def messages_of(record: dict[str, Any], settings: PromptSettings) -> list[dict[str, Any]]:
@@ -42,15 +43,24 @@ def text_of(record: dict[str, Any], field: str) -> str:
     return value
 
 
-def prompt_ids(record: dict[str, Any], tokenizer: Any, settings: PromptSettings) -> list[int]:
-    """Token ids of the prompt for one record."""
+def prompt_ids(record: dict[str, Any], tokenizer: Any, settings: PromptSettings, tools: Sequence[Any] = ()) -> list[int]:
+    """Token ids of the prompt for one record; `tools` (lmpipe.tools.Tool) are offered to the model."""
+    from .tools import template_knows_tools, with_instructions
+
     if settings.raw or tokenizer.chat_template is None:
         if "messages" in record and settings.field not in record:
             raise RecordError("`messages` needs a chat model; this one has no chat template (or --raw is set)")
         text = text_of(record, settings.field)
         if settings.system:
             text = f"{settings.system}\n\n{text}"
-        return list(tokenizer(text)["input_ids"])
-    text = tokenizer.apply_chat_template(messages_of(record, settings), add_generation_prompt=True, tokenize=False)
+        if tools:
+            text = with_instructions([], list(tools))[0]["content"] + "\n\n" + text
+        return list(tokenizer(text + settings.prefix)["input_ids"])
+    messages, extra = messages_of(record, settings), {}
+    if tools and template_knows_tools(tokenizer):
+        extra["tools"] = [t.openai() for t in tools]
+    elif tools:
+        messages = with_instructions(messages, list(tools))
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
     # The template already holds the special tokens it wants.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text + settings.prefix, add_special_tokens=False)["input_ids"])

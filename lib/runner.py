@@ -71,12 +71,13 @@ def run(items: Iterable[Item], process: Process, sink: Sink, batch_size: int = 1
             nonlocal cursor
             while cursor < len(order) and order[cursor] in done:
                 record, failed = done.pop(order[cursor])
-                sink.finished(record, failed)
+                # Advance first: a Ctrl-C during the write must not write this record again as unfinished.
+                cursor += 1
                 summary.written += 1
                 if failed:
                     summary.failed += 1
                     summary.failures.append(f"line {record.get('line')}: {record.get('error')}")
-                cursor += 1
+                sink.finished(record, failed)
 
         good = [item for item in batch if item.ok]
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
 
 from .errors import UsageError
 
@@ -48,8 +49,12 @@ class Sampling:
         return {**asdict(self), "stop": list(self.stop)}
 
 
-def logits_processors(sampling: Sampling):
-    """The same processors, in the same order, that transformers' generate builds."""
+def logits_processors(sampling: Sampling, first: Sequence[Callable] = ()):
+    """The same processors, in the same order, that transformers' generate builds.
+
+    `first` (a grammar mask, for one) runs before them, so temperature, top-k and top-p only
+    ever choose among the tokens it allows.
+    """
     from transformers import (
         LogitsProcessorList,
         RepetitionPenaltyLogitsProcessor,
@@ -58,7 +63,7 @@ def logits_processors(sampling: Sampling):
         TopPLogitsWarper,
     )
 
-    processors = LogitsProcessorList()
+    processors = LogitsProcessorList(first)
     if sampling.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
     if not sampling.greedy:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import build_tiny_llama
+from tiny_models import build_tiny_detr, build_tiny_llama, build_tiny_owlvit
 
 BIN = Path(sys.executable).parent
 
@@ -59,6 +59,18 @@ def tiny_llama(tmp_path_factory) -> Path:
 def tiny_llama_raw(tmp_path_factory) -> Path:
     """The same kind of model without a chat template."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-raw"), chat=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_detr(tmp_path_factory) -> Path:
+    """A tiny random DETR (ResNet backbone, no timm) with its image processor."""
+    return build_tiny_detr(tmp_path_factory.mktemp("tiny-detr"))
+
+
+@pytest.fixture(scope="session")
+def tiny_owlvit(tmp_path_factory) -> Path:
+    """A tiny random OWL-ViT with a trained CLIP-style tokenizer and its processor."""
+    return build_tiny_owlvit(tmp_path_factory.mktemp("tiny-owlvit"))
 
 
 def run_tool(tool: str, *args: str, input: bytes | str = b"", env: dict | None = None,

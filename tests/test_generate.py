@@ -176,7 +176,8 @@ def test_ctrl_c_ends_with_one_line_and_keeps_finished_records(tiny_llama):
     rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert orjson.loads(first)["text"] == "first" and rest == b""
-    assert err.decode().strip().splitlines() == ["lm-generate: interrupted"]
+    (line,) = err.decode().strip().splitlines()  # one line, never a traceback
+    assert line.startswith("lm-generate: interrupted")
 
 
 def test_warm_cache_loads_without_converting_again(embedded):

@@ -48,3 +48,21 @@ def test_ctrl_c_keeps_what_was_read_and_marks_the_unfinished():
         {"text": "3", "error": INTERRUPTED, "line": 3},
     ]
     assert info.value.summary.interrupted
+
+
+def test_ctrl_c_while_a_record_is_written_does_not_write_it_twice():
+    class InterruptedSink(ListSink):
+        def finished(self, record, failed):
+            super().finished(record, failed)
+            if len(self.records) == 1:
+                raise KeyboardInterrupt  # lands after the write, before the runner moves on
+
+    def process(batch):
+        for item in batch:
+            yield Finished(item, dict(item.record))
+
+    sink = InterruptedSink()
+    with pytest.raises(KeyboardInterrupt):
+        run(items(3), process, sink, batch_size=3)
+    assert [r.get("text") for r, _ in sink.records] == ["1", "2", "3"]
+    assert sink.records[0] == ({"text": "1"}, False)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
+from ..answers import Plan, answer_fields, plan_for
+from ..constrain import Constraint, GrammarProcessor, constraint_from_options, ll_tokenizer
 from ..errors import RecordError
 from ..generation import Completion, Token, generate
 from ..loading import LoadedModel
 from ..manifest import manifest
 from ..prompts import PromptSettings, prompt_ids
-from ..reasoning import split_reasoning
 from ..records import Item, error_record
 from ..runner import Finished, Streamed
 from ..sampling import Sampling
+from ..tools import check_choice
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class GenerateSettings:
     out: str = "generated"
     top_probs: int = 0
     ttnt: int | None = None
+    constraint: Constraint | None = None
+    tool_choice: str = "auto"
 
 
 def context_length(lm: LoadedModel) -> int | None:
@@ -59,36 +63,62 @@ class GenerateTask:
         self.lm = lm
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
-        self.manifest = manifest(
-            lm.identity,
-            {"sampling": self.settings.sampling.manifest(), "raw": settings.prompt.raw, "system": settings.prompt.system},
-            lm.device,
-            lm.dtype,
-        )
+        run_settings: dict[str, Any] = {
+            "sampling": self.settings.sampling.manifest(), "raw": settings.prompt.raw, "system": settings.prompt.system,
+        }
+        if settings.prompt.prefix:
+            run_settings["prefix"] = settings.prompt.prefix
+        if settings.constraint is not None:
+            run_settings.update(settings.constraint.manifest())
+        run_settings["tool_choice"] = settings.tool_choice
+        self.manifest = manifest(lm.identity, run_settings, lm.device, lm.dtype)
+        self._ll_tokenizer = None
+        if settings.constraint is not None:
+            self.ll_tokenizer()  # built now, so a problem shows before any record is read
 
-    def prepare(self, item: Item) -> list[int]:
-        ids = prompt_ids(item.record or {}, self.lm.tokenizer, self.settings.prompt)
+    def ll_tokenizer(self) -> Any:
+        if self._ll_tokenizer is None:
+            from ..generation import eos_ids
+
+            vocab = self.lm.model.get_output_embeddings().weight.shape[0]
+            self._ll_tokenizer = ll_tokenizer(self.lm.tokenizer, vocab, eos_ids(self.lm.model, self.lm.tokenizer))
+        return self._ll_tokenizer
+
+    def constraints(self, plans: list[Plan]) -> list[Any]:
+        """Fresh grammar matchers for a batch, one per row (none when no row has a grammar)."""
+        grammars = [p.grammar for p in plans]
+        return [GrammarProcessor(self.ll_tokenizer(), grammars)] if any(g is not None for g in grammars) else []
+
+    def prepare(self, item: Item) -> tuple[list[int], Plan]:
+        record = item.record or {}
+        plan = plan_for(record, self.settings.constraint, self.settings.tool_choice)
+        ids = prompt_ids(record, self.lm.tokenizer, self.settings.prompt, plan.tools)
         if self.context and len(ids) >= self.context:
             raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
-        return ids
+        return ids, plan
 
-    def output(self, item: Item, c: Completion) -> dict[str, Any]:
+    def output(self, item: Item, c: Completion, plan: Plan) -> dict[str, Any]:
         record = dict(item.record or {})
-        reasoning, answer = split_reasoning(c.text)
-        record[self.settings.out] = answer
-        if reasoning is not None:
-            record["reasoning"] = reasoning
+        fields = answer_fields(plan, c.text, c.finish_reason, self.settings.prompt.prefix)
+        record[self.settings.out] = fields.pop("text")
+        finish_reason = fields.pop("finish_reason", None)
+        record.update(fields)
         if self.settings.top_probs:
             record["tokens"] = [token_record(t) for t in c.tokens]
         record["stats"] = stats(c, self.settings.ttnt)
+        if finish_reason:
+            record["stats"]["finish_reason"] = finish_reason
         record["manifest"] = self.manifest
         return record
 
     def process(self, batch: list[Item]) -> Iterator[Finished | Streamed]:
         ready: list[tuple[Item, list[int]]] = []
+        plans: list[Plan] = []
         for item in batch:
             try:
-                ready.append((item, self.prepare(item)))
+                ids, plan = self.prepare(item)
+                ready.append((item, ids))
+                plans.append(plan)
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
         if not ready:
@@ -104,6 +134,7 @@ class GenerateTask:
             sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
+            constraints=self.constraints(plans),
         )
         finished: set[int] = set()
         try:
@@ -113,7 +144,12 @@ class GenerateTask:
                     yield Streamed(item, event)
                 else:
                     finished.add(event.row)
-                    yield Finished(item, self.output(item, event))
+                    try:
+                        done = Finished(item, self.output(item, event, plans[event.row]))
+                    except RecordError as exc:  # a constrained answer cut short: keep what there is
+                        text = self.settings.prompt.prefix + event.text
+                        done = Finished(item, {**error_record(item, str(exc)), self.settings.out: text}, failed=True)
+                    yield done
         except (RuntimeError, ValueError, IndexError) as exc:
             # The batch as a whole failed (out of memory, a model bug): every unfinished record says so.
             for row, (item, _) in enumerate(ready):
@@ -123,7 +159,7 @@ class GenerateTask:
 
 def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
     return GenerateSettings(
-        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"]),
+        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
         sampling=Sampling(
             temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
             repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
@@ -132,6 +168,8 @@ def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
         out=o["out"],
         top_probs=o["top_probs"],
         ttnt=o["ttnt"],
+        constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
+        tool_choice=check_choice(o.get("tool_choice") or "auto"),
     )
 
 
@@ -149,10 +187,13 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
 
     from ..cli import JsonlSink, run_records
     from ..display import GenerateTtySink
+    from ..job import JobSettings
     from ..loading import ModelSettings, load
     from ..options import batch_size_for
 
     settings = settings_from_options(o)
+    job = JobSettings.from_options(o).open()  # an existing --output without --resume fails here
+    tty = tty and not job.to_file
     model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
     model_settings.ref()  # an unknown model is an error before anything is read
     task = GenerateTask(load(model_settings), settings)
@@ -161,4 +202,4 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     else:
         sink = JsonlSink(stream_events=o["stream"], encode_event=stream_event)
     source = io.BytesIO(prompt.encode() + b"\n") if prompt is not None else sys.stdin.buffer
-    return run_records("lm-generate", task.process, sink, batch_size_for(o["batch_size"], tty), o["progress"], source)
+    return run_records("lm-generate", task.process, sink, batch_size_for(o["batch_size"], tty), o["progress"], source, job)

@@ -80,9 +80,11 @@ def read_template(template: str | None, file: str | None) -> str | None:
 
 
 def run(template: str | None, file: str | None, agent: str | None, system: str | None, field: str, out: str,
-        var: tuple[str, ...], progress: str) -> int:
+        var: tuple[str, ...], progress: str, **o: Any) -> int:
     from ..cli import JsonlSink, run_records
+    from ..job import JobSettings
 
     settings = TemplateSettings(read_template(template, file), system, agent, field, out, parse_vars(var))
     task = TemplateTask(settings)
-    return run_records("lm-template", task.process, JsonlSink(), batch_size=64, progress=progress)
+    job = JobSettings.from_options(o).open()
+    return run_records("lm-template", task.process, JsonlSink(), batch_size=64, progress=progress, job=job)

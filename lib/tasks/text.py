@@ -34,15 +34,18 @@ def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int]
     import warnings
 
     from ..cli import JsonlSink, run_records
+    from ..job import JobSettings
     from ..loading import ModelSettings, load
     from ..options import batch_size_for
 
     # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
     warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
 
+    job = JobSettings.from_options(o).open()  # --output FILE is checked before the model loads
+    tty = tty and not job.to_file
     model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
     model_settings.ref()
     batch_size = batch_size_for(o["batch_size"], tty)
     task = build(load(model_settings), batch_size)
     sink: Any = TextTtySink(o["out"]) if tty else JsonlSink()
-    return run_records(tool, task.process, sink, batch_size, o["progress"])
+    return run_records(tool, task.process, sink, batch_size, o["progress"], job=job)

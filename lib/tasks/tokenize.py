@@ -92,7 +92,10 @@ def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, ad
         add_special_token: tuple[str, ...], save: str | None, **o: Any) -> int:
     from ..cli import JsonlSink, run_records, say
     from ..display import TokenizeTtySink
+    from ..job import JobSettings
 
+    job = JobSettings.from_options(o).open()
+    tty = tty and not job.to_file
     tok = load(model, tokenizer)
     add_tokens(tok, add_token, add_special_token)
     if save:
@@ -103,4 +106,4 @@ def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, ad
     settings = TokenizeSettings(field=o["field"], decode=o["decode"], special=not o["no_special"], out=o["out"])
     task = TokenizeTask(tok, settings)
     sink: Any = TokenizeTtySink() if tty else JsonlSink()
-    return run_records("lm-tokenize", task.process, sink, batch_size=64, progress=o["progress"])
+    return run_records("lm-tokenize", task.process, sink, batch_size=64, progress=o["progress"], job=job)

@@ -1,0 +1,155 @@
+"""lm-detect's task: records naming images in, records with detections, size, stats, manifest out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..detection import Detection, Request, Result, detect
+from ..errors import RecordError, UsageError
+from ..images import ImageSettings, LoadedImage, load_image
+from ..manifest import manifest
+from ..records import Item, error_record
+from ..runner import Finished
+from ..vision import LoadedDetector
+
+DEFAULT_THRESHOLD = {False: 0.5, True: 0.1}  # the pipelines' defaults: closed set, open vocabulary
+
+
+def parse_labels(value: Any, where: str = "--labels") -> tuple[str, ...]:
+    """`"cat, remote control"` or `["cat", "remote control"]` to a tuple of labels."""
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        parts = list(value)
+    else:
+        raise RecordError(f"{where} must be a comma-separated string or a list of strings")
+    labels = tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    if not labels:
+        raise RecordError(f"{where} names no label")
+    return labels
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    threshold: float | None = None  # None: the pipeline default for the model's task
+    top: int | None = None
+    labels: tuple[str, ...] = ()
+    annotate: str | None = None
+    images: ImageSettings = field(default_factory=ImageSettings)
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise UsageError("--threshold must be between 0 and 1")
+        if self.top is not None and self.top < 1:
+            raise UsageError("--top must be at least 1")
+
+
+@dataclass
+class Prepared:
+    item: Item
+    image: LoadedImage
+    labels: tuple[str, ...]
+    load_s: float
+
+
+class DetectTask:
+    def __init__(self, detector: LoadedDetector, settings: DetectSettings, batch_size: int = 8):
+        from ..annotate import Annotator
+
+        self.detector, self.settings, self.batch_size = detector, settings, batch_size
+        self.threshold = settings.threshold if settings.threshold is not None else DEFAULT_THRESHOLD[
+            detector.open_vocabulary]
+        self.annotator = Annotator(settings.annotate) if settings.annotate else None
+        self.manifest = manifest(
+            detector.identity,
+            {"task": detector.task, "threshold": self.threshold, "top": settings.top,
+             "labels": list(settings.labels) or None},
+            detector.device,
+            detector.dtype,
+        )
+
+    def labels_for(self, record: dict[str, Any]) -> tuple[str, ...]:
+        if "labels" in record:
+            return parse_labels(record["labels"], "`labels`")
+        if self.detector.open_vocabulary and not self.settings.labels:
+            raise RecordError(f"{self.detector.ref.name} is an open-vocabulary model: give --labels "
+                              "\"cat,remote control\" or a `labels` field")
+        return self.settings.labels
+
+    def prepare(self, item: Item) -> Prepared:
+        record = item.record or {}
+        labels = self.labels_for(record)
+        started = time.perf_counter()
+        image = load_image(record, self.settings.images)
+        return Prepared(item, image, labels, time.perf_counter() - started)
+
+    def keep(self, p: Prepared, detections: list[Detection]) -> list[Detection]:
+        if not self.detector.open_vocabulary and p.labels:  # a closed-set model: keep only these labels
+            detections = [d for d in detections if d.label in p.labels]
+        return detections[: self.settings.top] if self.settings.top else detections
+
+    def output(self, p: Prepared, result: Result) -> dict[str, Any]:
+        record = dict(p.item.record or {})
+        detections = self.keep(p, result.detections)
+        record["width"], record["height"] = p.image.image.size
+        record["detections"] = [d.record() for d in detections]
+        if self.annotator is not None:
+            record["annotated"] = self.annotator.write(p.image.image, detections, p.image.source, p.item.line)
+        record["stats"] = {
+            "detections": len(detections),
+            "load_s": round(p.load_s, 6),
+            "inference_s": round(result.inference_s, 6),
+            "total_s": round(p.load_s + result.inference_s, 6),
+            "rows": result.rows,
+            "batch": result.batch,
+        }
+        record["manifest"] = self.manifest
+        return record
+
+    def process(self, batch: list[Item]) -> Iterator[Finished]:
+        ready: list[Prepared] = []
+        for item in batch:
+            try:
+                ready.append(self.prepare(item))
+            except RecordError as exc:
+                yield Finished(item, error_record(item, str(exc)), failed=True)
+        if not ready:
+            return
+        requests = [Request(p.image.image, p.labels if self.detector.open_vocabulary else ()) for p in ready]
+        for p, result in zip(ready, detect(self.detector, requests, self.threshold, self.batch_size)):
+            if result.error is not None:
+                yield Finished(p.item, error_record(p.item, result.error), failed=True)
+                continue
+            try:
+                yield Finished(p.item, self.output(p, result))
+            except OSError as exc:  # --annotate could not write
+                yield Finished(p.item, error_record(p.item, f"cannot write the annotated image: {exc}"), failed=True)
+
+
+def settings_from_options(o: dict[str, Any]) -> DetectSettings:
+    try:
+        labels = parse_labels(o["labels"]) if o.get("labels") else ()
+    except RecordError as exc:
+        raise UsageError(str(exc)) from None
+    return DetectSettings(threshold=o["threshold"], top=o["top"], labels=labels, annotate=o["annotate"],
+                          images=ImageSettings(field=o["field"], max_pixels=o["max_pixels"]))
+
+
+def run(tty: bool, **o: Any) -> int:
+    """lm-detect: settings and model first (fail fast), then stdin to stdout."""
+    from ..cli import JsonlSink, run_records
+    from ..display import DetectTtySink
+    from ..job import JobSettings
+    from ..options import batch_size_for
+    from ..vision import VisionSettings, load_detector
+
+    settings = settings_from_options(o)
+    job = JobSettings.from_options(o).open()
+    tty = tty and not job.to_file
+    detector = load_detector(VisionSettings(o["model"], o["device"], o["dtype"]))
+    batch_size = batch_size_for(o["batch_size"], tty)
+    task = DetectTask(detector, settings, batch_size)
+    sink: Any = DetectTtySink() if tty else JsonlSink()
+    return run_records("lm-detect", task.process, sink, batch_size, o["progress"], job=job)

@@ -1,0 +1,91 @@
+"""lm-dash's chat screen: two turns with memory, stats per reply, a conversation lm-generate reads."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dash_helpers import wait_for
+
+from conftest import jsonl, run_tool
+from lmpipe.tui.app import create_app
+from lmpipe.tui.screens.chat import Turn
+
+MAX = "6"
+
+
+def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
+    model = str(tiny_llama)
+    saved = tmp_path / "chat.jsonl"
+
+    async def scenario():
+        app = create_app(model=model, screen="chat")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            screen.query_one("#chat-max").value = MAX
+            screen.query_one("#chat-system").value = "You are terse."
+            for question in ("Hello, I am Ada.", "What is my name?"):
+                screen.query_one("#chat-prompt").value = question
+                await pilot.press("enter")
+                await wait_for(pilot, lambda: screen.replying is None)
+            replies = [t for t in screen.query(Turn) if t.role == "assistant"]
+            stats = [str(t.query_one(".turn-stats").render()) for t in replies]
+            inputs = [t.stats["input_tokens"] for t in replies]
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            app.screen.query_one("#path").value = str(saved)
+            await pilot.press("enter")
+            await pilot.pause()
+            return screen.conversation, stats, inputs, app.engine
+
+    conversation, stats, inputs, engine = asyncio.run(scenario())
+    roles = [m["role"] for m in conversation.messages()]
+    assert roles == ["system", "user", "assistant", "user", "assistant"]
+    assert len(stats) == 2 and all("ttft" in s and "tok/s" in s and "out" in s for s in stats)
+
+    # The saved conversation is one `messages` record; lm-generate, given it without the last reply,
+    # writes that reply: the second turn saw the first (memory), exactly as the tool would.
+    [record] = jsonl(saved.read_bytes())
+    assert record["messages"] == conversation.messages()
+    question = {"messages": record["messages"][:-1]}
+    result = run_tool("lm-generate", "-m", model, "-n", MAX, input=jsonl_line(question))
+    assert result.returncode == 0, result.stderr
+    assert jsonl(result.stdout)[0]["generated"] == record["messages"][-1]["content"]
+
+    # The second prompt held the whole conversation so far: its token count is the template's.
+    tokenizer = engine.tokenizer(model)
+
+    def prompt_tokens(messages):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    messages = record["messages"]
+    assert inputs == [prompt_tokens(messages[:2]), prompt_tokens(messages[:4])]
+    assert inputs[1] > prompt_tokens([messages[0], messages[3]])
+    assert f"{inputs[1]} in" in stats[1]
+
+
+def jsonl_line(record: dict) -> bytes:
+    import orjson
+
+    return orjson.dumps(record) + b"\n"
+
+
+def test_reasoning_is_shown_apart_from_the_answer():
+    from lmpipe.tui.engine import Reply
+
+    stats = {"input_tokens": 9, "output_tokens": 4, "ttft_s": 0.1, "tokens_per_s": 20.0, "total_s": 0.3,
+             "finish_reason": "eos"}
+
+    async def scenario():
+        app = create_app(screen="chat")
+        async with app.run_test(size=(80, 24)) as pilot:
+            turn = Turn("assistant")
+            await app.screen.query_one("#transcript").mount(turn)
+            turn.finish(Reply("Paris.", "The capital of France is Paris.", stats))
+            await pilot.pause()
+            return [str(turn.query_one(c).render()) for c in (".turn-reasoning", ".turn-text", ".turn-stats")]
+
+    reasoning, text, line = asyncio.run(scenario())
+    assert reasoning == "thinking: The capital of France is Paris."
+    assert text == "Paris."
+    assert line == "9 in · 4 out · ttft 100 ms · 20.0 tok/s · 0.30 s · eos"

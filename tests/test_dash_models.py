@@ -1,0 +1,133 @@
+"""lm-dash's models screen against the cache tools' JSONL (fake tools on PATH stand in for them)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from dash_helpers import wait_for
+
+from lmpipe.tui import cache
+from lmpipe.tui.app import create_app
+
+MODELS = [
+    {"id": "SmolLM2-135M-Instruct.Q4_1-747cb1f0195582d0", "kind": "converted", "size_bytes": 270_000_000,
+     "revisions": 1, "files": 7, "last_accessed": "2026-11-20T10:00:00Z", "last_modified": "2026-11-20T10:00:00Z",
+     "path": "/cache/a", "alias": "smollm2"},
+    {"id": "org/big", "kind": "hub", "size_bytes": 2_500_000_000, "revisions": ["abc", "def"],
+     "files": ["config.json", "model.safetensors"], "last_accessed": "2026-11-21T09:00:00",
+     "last_modified": "2026-11-21T09:00:00", "path": "/cache/b"},
+    {"id": "org/small", "kind": "hub", "size_bytes": 1_000, "revisions": 1, "files": 1,
+     "last_accessed": None, "last_modified": None, "path": "/cache/c"},
+]
+
+SCRIPT = '''#!{python}
+import json, sys, pathlib
+state = pathlib.Path({state!r})
+gone = set(state.read_text().split()) if state.exists() else set()
+models = {models!r}
+tool = pathlib.Path(sys.argv[0]).name
+if tool == "lm-cache-ls":
+    for m in models:
+        if m["id"] not in gone:
+            print(json.dumps(m))
+elif tool == "lm-model-info":
+    print(json.dumps({{"id": sys.argv[1], "architecture": "LlamaForCausalLM", "parameters": 134515008,
+                       "layers": 30, "chat_template": True}}))
+elif tool == "lm-cache-rm":
+    assert "--yes" in sys.argv
+    for line in sys.stdin:
+        record = json.loads(line)
+        assert record in models  # the lm-cache-ls record, as it was written
+        gone.add(record["id"])
+        print(json.dumps({{"id": record["id"], "deleted": True}}))
+    state.write_text(" ".join(sorted(gone)))
+'''
+
+
+@pytest.fixture
+def fake_tools(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    body = SCRIPT.format(python=sys.executable, state=str(tmp_path / "deleted"), models=MODELS)
+    for name in ("lm-cache-ls", "lm-model-info", "lm-cache-rm"):
+        path = folder / name
+        path.write_text(body)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path
+
+
+def test_models_sorted_with_total_details_and_confirmed_delete(fake_tools):
+    async def scenario():
+        app = create_app(screen="models")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, lambda: len(screen.models) == 3)
+            ids = [m.id for m in screen.models]
+            total = str(screen.query_one("#models-total").render())
+            await pilot.press("i")
+            await wait_for(pilot, lambda: "parameters" in str(screen.query_one("#model-info").render()))
+            info = str(screen.query_one("#model-info").render())
+            await pilot.press("d")
+            await pilot.pause()
+            await pilot.press("n")  # declined: nothing is deleted
+            await pilot.pause()
+            kept = (fake_tools / "deleted").exists()
+            await pilot.press("d")
+            await pilot.pause()
+            await pilot.press("y")
+            await wait_for(pilot, lambda: len(screen.models) == 2)
+            return ids, total, info, kept, [m.id for m in screen.models]
+
+    ids, total, info, kept, after = asyncio.run(scenario())
+    assert ids == ["org/big", "SmolLM2-135M-Instruct.Q4_1-747cb1f0195582d0", "org/small"]
+    assert total == "3 models · total 2.8 GB"
+    assert "id: org/big" in info and "parameters: 134515008" in info
+    assert not kept
+    assert (fake_tools / "deleted").read_text() == "org/big"
+    assert after == ["SmolLM2-135M-Instruct.Q4_1-747cb1f0195582d0", "org/small"]
+
+
+def test_model_info_is_asked_for_a_name_it_resolves():
+    from lmpipe.tui.cache import CachedModel
+
+    hub, converted, embedded = (CachedModel.from_record(r) for r in (
+        MODELS[1], {**MODELS[0], "alias": None}, MODELS[0]))
+    assert (hub.target, converted.target, embedded.target) == ("org/big", "/cache/a", "smollm2")
+
+
+def test_a_missing_cache_tool_gives_a_clear_message(monkeypatch):
+    monkeypatch.setattr(cache, "LIST", "lm-cache-ls-not-installed")
+
+    async def scenario():
+        app = create_app(screen="models")
+        async with app.run_test(size=(80, 24)) as pilot:
+            status = app.screen.query_one("#models-total")
+            await wait_for(pilot, lambda: "not installed" in str(status.render()))
+            return str(status.render())
+
+    assert asyncio.run(scenario()) == "lm-cache-ls-not-installed is not installed (it comes with lmpipe's cache tools)"
+
+
+def test_the_real_lm_cache_ls_as_the_screen_shows_it(embedded):
+    from conftest import jsonl, run_tool
+
+    if not cache.installed(cache.LIST):
+        pytest.skip("lm-cache-ls is not installed")
+    listed = jsonl(run_tool("lm-cache-ls").stdout)
+
+    async def scenario():
+        app = create_app(screen="models")
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, lambda: str(screen.query_one("#models-total").render()).endswith("B"))
+            return [m.id for m in screen.models], str(screen.query_one("#models-total").render())
+
+    ids, total = asyncio.run(scenario())
+    assert ids == [r["id"] for r in sorted(listed, key=lambda r: (-r["size_bytes"], r["id"]))]
+    assert total == f"{len(listed)} models · total {cache.human_size(sum(r['size_bytes'] for r in listed))}"

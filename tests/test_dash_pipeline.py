@@ -1,0 +1,175 @@
+"""lm-dash's pipeline screen, driven by its pilot: build, run, compare with the shell, cancel, fail."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from dash_helpers import add_stage, alive, shell, stable, wait_for
+
+from conftest import jsonl
+from lmpipe.tui.app import create_app
+from lmpipe.tui.pipeline import Pipeline, Stage
+from lmpipe.tui.widgets.stage_meter import StageMeter
+
+INPUT = "Hello there\nWhat is a pipe?\n{\"text\": \"Name a color\", \"id\": 3}\n"
+
+
+@pytest.fixture(autouse=True)
+def venv_on_path(monkeypatch):
+    import sys
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def test_build_run_and_compare_with_the_shell(tiny_llama, tmp_path):
+    model = str(tiny_llama)
+
+    async def scenario():
+        app = create_app(input_text=INPUT)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.pipeline_screen
+            await add_stage(pilot, "lm-tokenize", {"model": model})
+            await add_stage(pilot, "lm-generate", {"model": model, "max_new_tokens": "5", "seed": "1"})
+            assert screen.pipeline == Pipeline((
+                Stage("lm-tokenize", ("--model", model)),
+                Stage("lm-generate", ("--model", model, "--seed", "1", "--max-new-tokens", "5")),
+            ))
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: screen.sub_title.startswith("finished"))
+            meters = [s for s in screen.run_.snapshots()]
+            shown = [line for line in screen.query_one("#output").lines]
+            return screen.pipeline, screen.last_output, meters, shown, screen.last_codes
+
+    pipeline, output, meters, shown, codes = asyncio.run(scenario())
+    assert codes == (0, 0)
+    records = jsonl(output)
+    assert [r["text"] for r in records] == ["Hello there", "What is a pipe?", "Name a color"]
+    assert all("generated" in r and "ids" in r for r in records)
+    assert [jsonl(line.encode())[0] for line in shown] == records  # the output panel holds the records
+    assert [(m.records_in, m.records_out, m.errors) for m in meters] == [(3, 3, 0), (3, 3, 0)]
+    assert meters[1].tokens > 0  # tokens were streamed and counted, then kept out of the records
+    # The meters read the tools' progress events (lmpipe.progress JSON on stderr).
+    assert [(m.progress or {}).get("event") for m in meters] == ["finished", "finished"]
+    assert [m.progress["done"] for m in meters] == [3, 3]
+
+    # The command line the screen shows, run by a shell, prints the same records.
+    by_shell = shell(pipeline.shell(), INPUT.encode())
+    assert by_shell.returncode == 0, by_shell.stderr
+    assert stable(jsonl(by_shell.stdout)) == stable(records)
+
+
+def test_cancel_mid_run_leaves_no_child_alive(tiny_llama):
+    model = str(tiny_llama)
+    pipeline = Pipeline((Stage("lm-tokenize", ("--model", model)),
+                         Stage("lm-generate", ("--model", model, "--max-new-tokens", "200"))))
+    lines = "".join(f"record {i}\n" for i in range(50))
+
+    async def scenario():
+        app = create_app(pipeline=pipeline, input_text=lines)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: screen.run_ is not None and screen.run_.snapshots()[1].records_in > 0)
+            pids = [p.pid for p in screen.run_.procs]
+            assert all(alive(pid) for pid in pids)
+            # The interface answers keys while the stages work.
+            stages = screen.query_one("#stages")
+            await pilot.press("down")
+            await pilot.pause()
+            assert stages.index == 1 and screen.running
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: screen.sub_title == "cancelled")
+            return pids, screen.run_.procs
+
+    pids, procs = asyncio.run(scenario())
+    assert len(pids) == 2
+    assert all(p.returncode is not None for p in procs)
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_a_bad_option_shows_its_error_and_the_app_stays_responsive():
+    async def scenario():
+        app = create_app(input_text="hi\n")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            await add_stage(pilot, "lm-generate", {"temperature": "abc"})
+            assert screen.pipeline.stages[0].args == ("--temperature", "abc")
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: screen.sub_title.startswith("finished"))
+            meter = screen.query_one(StageMeter)
+            error = str(meter.query_one(".meter-error").render())
+            # Still answering keys: a dialog opens and closes, the stage can be removed.
+            await pilot.press("a")
+            await pilot.pause()
+            opened = type(app.screen).__name__
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("x")
+            await pilot.pause()
+            return screen.last_codes, error, meter.has_class("failed"), opened, screen.pipeline
+
+    codes, error, failed, opened, pipeline = asyncio.run(scenario())
+    assert codes == (2,)
+    assert "'abc' is not a valid float" in error
+    assert failed
+    assert opened == "PickTool"
+    assert pipeline == Pipeline()
+
+
+def test_saved_pipeline_reloads_identical_and_runs_headless(tmp_path, tiny_llama):
+    from conftest import run_tool
+
+    model = str(tiny_llama)
+    saved = tmp_path / "tok.json"
+    records = tmp_path / "in.jsonl"
+    records.write_text('{"text": "from a file"}\n')
+
+    async def build_and_save():
+        app = create_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await add_stage(pilot, "lm-tokenize", {"model": model, "no_special": True})
+            await add_stage(pilot, "lm-tokenize", {"model": model, "decode": True, "out": "back"})
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            app.screen.query_one("#path").value = str(saved)
+            await pilot.press("enter")
+            await pilot.pause()
+            # The input can come from a file too.
+            await pilot.press("ctrl+f")
+            await pilot.pause()
+            app.screen.query_one("#path").value = str(records)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.pipeline_screen.query_one("#input").text == records.read_text()
+            return app.pipeline_screen.pipeline
+
+    async def load(path):
+        app = create_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("ctrl+o")
+            await pilot.pause()
+            app.screen.query_one("#path").value = str(path)
+            await pilot.press("enter")
+            await pilot.pause()
+            return app.pipeline_screen.pipeline
+
+    built = asyncio.run(build_and_save())
+    assert built.shell() == (f"lm-tokenize --model {model} --no-special | "
+                             f"lm-tokenize --model {model} --out back --decode")
+    assert asyncio.run(load(saved)) == built == Pipeline.load(saved)
+
+    data = "a pipe\n{\"text\": \"two pipes\"}\n"
+    headless = run_tool("lm-dash", "--run", str(saved), input=data)
+    assert headless.returncode == 0, headless.stderr
+    assert [(r["text"], r["back"]) for r in jsonl(headless.stdout)] == [("a pipe", "a pipe"), ("two pipes", "two pipes")]
+    by_shell = shell(built.shell(), data.encode())
+    assert by_shell.stdout == headless.stdout
+
+    # The tools' exit codes come through: a usage error in a stage is 2, as in the shell.
+    Pipeline(built.stages + (Stage("lm-tokenize", ("--bogus",)),)).save(tmp_path / "bad.json")
+    failing = run_tool("lm-dash", "--run", str(tmp_path / "bad.json"), input=data)
+    assert failing.returncode == 2
+    assert b"No such option '--bogus'" in failing.stderr

@@ -1,0 +1,73 @@
+"""Snapshots of every lm-dash screen at 80x24 and 120x40 (no timings, no paths: nothing that varies).
+
+Update them after a deliberate change with: pytest tests/test_dash_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+import pytest
+from dash_helpers import wait_for
+from test_dash_models import fake_tools  # noqa: F401 (fixture)
+
+from lmpipe.tui.app import create_app
+from lmpipe.tui.pipeline import Pipeline, Stage
+
+async def steady(pilot) -> None:
+    """No text cursor (it blinks): a snapshot must not depend on when it is taken."""
+    from textual.widgets import Input, TextArea
+
+    if isinstance(pilot.app.screen.focused, (Input, TextArea)):
+        pilot.app.screen.set_focus(None)
+    await pilot.pause()
+
+
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
+PIPELINE = Pipeline((Stage("lm-tokenize", ("--no-special",)), Stage("lm-generate", ("--max-new-tokens", "8", "--seed", "1"))))
+INPUT = 'What is a pipe?\n{"text": "Name a color", "id": 2}\n'
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_pipeline_screen(snap_compare, size):
+    assert snap_compare(create_app(pipeline=PIPELINE, input_text=INPUT), terminal_size=size, run_before=steady)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_stage_form(snap_compare, size):
+    async def before(pilot):
+        await pilot.press("e")
+        await steady(pilot)
+
+    assert snap_compare(create_app(pipeline=PIPELINE), terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_chat_screen(snap_compare, size):
+    async def before(pilot):
+        pilot.app.screen.query_one("#chat-system").value = "You are terse."
+        pilot.app.screen.query_one("#chat-prompt").value = "Hello"
+        await steady(pilot)
+
+    assert snap_compare(create_app(screen="chat"), terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_tokens_screen(snap_compare, size, embedded):
+    async def before(pilot):
+        screen = pilot.app.screen
+        screen.query_one("#tok-text").text = "Pipes carry <|im_start|> tokens, naïvely."
+        await wait_for(pilot, lambda: str(screen.query_one("#tok-counts").render()))
+        await steady(pilot)
+
+    assert snap_compare(create_app(screen="tokens"), terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_models_screen(snap_compare, size, fake_tools):  # noqa: F811
+    async def before(pilot):
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: len(screen.models) == 3)
+        await pilot.press("i")
+        await wait_for(pilot, lambda: "parameters" in str(screen.query_one("#model-info").render()))
+        await steady(pilot)
+
+    assert snap_compare(create_app(screen="models"), terminal_size=size, run_before=before)

@@ -1,0 +1,68 @@
+"""lm-dash: the Textual dashboard. `create_app()` is shared by the entry point and the tests."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from .engine import Engine
+from .pipeline import Pipeline
+from .screens.chat import ChatScreen
+from .screens.models import ModelsScreen
+from .screens.pipeline import PipelineScreen
+from .screens.tokens import TokensScreen
+
+SCREENS = ("pipeline", "chat", "tokens", "models")
+
+
+class LmDash(App):
+    TITLE = "lm-dash"
+    CSS_PATH = "lmpipe.tcss"
+    BINDINGS = [
+        Binding("f1", "switch_mode('pipeline')", "Pipe"),
+        Binding("f2", "switch_mode('chat')", "Chat"),
+        Binding("f3", "switch_mode('tokens')", "Tokens"),
+        Binding("f4", "switch_mode('models')", "Models"),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(self, pipeline: Pipeline | None = None, input_text: str = "", pipeline_path: str | None = None,
+                 model: str = "smollm2", screen: str = "pipeline", engine: Engine | None = None):
+        self.engine = engine or Engine()
+        self.pipeline_screen = PipelineScreen(pipeline, input_text, pipeline_path)
+        self.MODES = {
+            "pipeline": lambda: self.pipeline_screen,
+            "chat": lambda: ChatScreen(self.engine, model),
+            "tokens": lambda: TokensScreen(self.engine, model),
+            "models": ModelsScreen,
+        }
+        super().__init__()
+        self.first_screen = screen
+
+    def on_mount(self) -> None:
+        self.switch_mode(self.first_screen)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every binding of the screen and the app is also a command in the palette."""
+        yield from super().get_system_commands(screen)
+        seen: set[str] = set()
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if not binding.description or binding.action in seen or binding.action == "quit":
+                continue
+            seen.add(binding.action)
+            keys = binding.key_display or binding.key
+            yield SystemCommand(binding.description, f"{type(active.node).__name__}: {keys}",
+                                partial(self.run_action, binding.action, active.node))
+
+    @property
+    def last_output(self) -> bytes:
+        return self.pipeline_screen.last_output
+
+
+def create_app(**kwargs) -> LmDash:
+    return LmDash(**kwargs)

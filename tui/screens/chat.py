@@ -1,0 +1,179 @@
+"""The chat screen: a multi-turn conversation with memory, its settings, streamed replies."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Label, Static
+
+from lmpipe.display import stats_line
+from lmpipe.records import encode
+
+from ..engine import ChatSettings, Conversation, Engine, Reply, chat_turn
+from ..messages import ReplyFailed, ReplyFinished, ReplyStreaming
+from .dialogs import AskPath
+
+
+class Turn(Vertical):
+    """One message of the transcript; an assistant's shows its reasoning apart and its stats."""
+
+    def __init__(self, role: str, text: str = ""):
+        super().__init__(classes=f"turn {role}")
+        self.role, self.text = role, text
+        self.stats: dict = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(self.role, style="bold"), classes="turn-role")
+        yield Static(Text("", style="italic dim"), classes="turn-reasoning")
+        yield Static(Text(self.text), classes="turn-text")
+        yield Static("", classes="turn-stats")
+
+    def stream(self, text: str, tokens: int) -> None:
+        self.query_one(".turn-text", Static).update(Text(text))
+        self.query_one(".turn-stats", Static).update(Text(f"{tokens} tokens…", style="dim"))
+
+    def finish(self, reply: Reply) -> None:
+        self.stats = reply.stats
+        if reply.reasoning:
+            self.query_one(".turn-reasoning", Static).update(Text(f"thinking: {reply.reasoning}", style="italic dim"))
+        self.query_one(".turn-text", Static).update(Text(reply.text))
+        self.query_one(".turn-stats", Static).update(Text(reply_stats(reply.stats), style="dim"))
+
+
+def reply_stats(stats: dict) -> str:
+    if "ttft_s" in stats:
+        return stats_line(stats)
+    return f"{stats.get('output_tokens', 0)} out · {stats.get('finish_reason', '')}"
+
+
+class ChatScreen(Screen):
+    TITLE = "Chat"
+    BINDINGS = [
+        Binding("ctrl+n", "new", "New"),
+        Binding("ctrl+s", "save", "Save"),
+        Binding("escape", "stop", "Stop"),
+    ]
+
+    def __init__(self, engine: Engine, model: str = "smollm2"):
+        super().__init__()
+        self.engine = engine
+        self.model = model
+        self.conversation = Conversation()
+        self.replying: Turn | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="chat-settings", classes="settings"):
+            yield Label("model")
+            yield Input(self.model, id="chat-model", compact=True)
+            yield Label("temp")
+            yield Input("0", id="chat-temperature", compact=True, type="number")
+            yield Label("max")
+            yield Input("256", id="chat-max", compact=True, type="integer")
+        with Horizontal(id="chat-system-row", classes="settings"):
+            yield Label("system")
+            yield Input("", id="chat-system", compact=True, placeholder="system prompt (optional)")
+        yield VerticalScroll(id="transcript")
+        yield Input(placeholder="Message (Enter sends)", id="chat-prompt")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#chat-prompt").focus()
+
+    def settings(self) -> ChatSettings:
+        def number(id_: str, default: float) -> float:
+            try:
+                return float(self.query_one(id_, Input).value)
+            except ValueError:
+                return default
+
+        return ChatSettings(
+            model=self.query_one("#chat-model", Input).value.strip() or "smollm2",
+            system=self.query_one("#chat-system", Input).value.strip(),
+            temperature=max(0.0, number("#chat-temperature", 0.0)),
+            max_new_tokens=max(1, int(number("#chat-max", 256))),
+        )
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "chat-prompt":
+            return
+        text = event.value.strip()
+        if not text:
+            return
+        if self.replying is not None:
+            self.notify("wait for the reply, or stop it (Esc)", severity="warning")
+            return
+        event.input.value = ""
+        settings = self.settings()
+        self.conversation.system = settings.system
+        self.conversation.turns.append({"role": "user", "content": text})
+        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript.mount(Turn("user", text))
+        self.replying = Turn("assistant")
+        transcript.mount(self.replying)
+        transcript.scroll_end(animate=False)
+        self.reply(self.conversation.messages(), settings)
+
+    @work(thread=True, exclusive=True, group="chat")
+    def reply(self, messages: list[dict[str, str]], settings: ChatSettings) -> None:
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
+        try:
+            answer = chat_turn(self.engine, messages, settings,
+                               on_text=lambda text, n: self.post_message(ReplyStreaming(text, n)),
+                               cancelled=lambda: worker.is_cancelled)
+        except Exception as exc:  # noqa: BLE001 - a worker reports every failure, the app stays up
+            self.post_message(ReplyFailed(str(exc)))
+            return
+        self.post_message(ReplyFinished(answer))
+
+    def on_reply_streaming(self, message: ReplyStreaming) -> None:
+        if self.replying is not None:
+            self.replying.stream(message.text, message.tokens)
+
+    def on_reply_finished(self, message: ReplyFinished) -> None:
+        if self.replying is None:
+            return
+        self.replying.finish(message.reply)
+        self.replying = None
+        self.conversation.turns.append({"role": "assistant", "content": message.reply.text})
+        self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+
+    def on_reply_failed(self, message: ReplyFailed) -> None:
+        self.notify(message.error, severity="error", title="reply failed")
+        if self.replying is not None:
+            self.replying.remove()
+            self.replying = None
+        if self.conversation.turns and self.conversation.turns[-1]["role"] == "user":
+            self.conversation.turns.pop()  # the turn without its reply is not part of the memory
+
+    def action_stop(self) -> None:
+        self.workers.cancel_group(self, "chat")
+
+    def action_new(self) -> None:
+        self.action_stop()
+        self.conversation = Conversation()
+        self.replying = None
+        self.query_one("#transcript", VerticalScroll).remove_children()
+
+    def action_save(self) -> None:
+        def save(path: str | None) -> None:
+            if not path:
+                return
+            try:
+                with open(path, "ab") as f:
+                    f.write(encode(self.conversation.record()))
+            except OSError as exc:
+                self.notify(f"cannot save {path}: {exc.strerror}", severity="error")
+                return
+            self.notify(f"conversation appended to {path}")
+
+        if not self.conversation.turns:
+            self.notify("nothing to save yet", severity="warning")
+            return
+        self.app.push_screen(AskPath("Append the conversation (JSONL `messages`) to", "chat.jsonl"), save)
