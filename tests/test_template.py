@@ -125,3 +125,13 @@ def test_starts_without_torch():
                      "lmpipe.filters.stats, lmpipe.tasks.stats, lmpipe.filters.chunk, lmpipe.tasks.chunk; "
                      "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     assert probe.stdout.strip() == b"[]"
+
+
+def test_output_and_resume_skip_what_is_done(tmp_path):
+    out = tmp_path / "prompts.jsonl"
+    lines = [orjson.dumps({"id": i, "text": f"t{i}"}).decode() for i in range(4)]
+    result, printed = template("Q: {{ text }}", "--output", str(out), lines=lines[:2])
+    assert result.exit_code == 0 and printed == []
+    result, _ = template("Q: {{ text }}", "--output", str(out), "--resume", lines=lines)
+    assert result.exit_code == 0
+    assert [r["text"] for r in jsonl(out.read_bytes())] == ["Q: t0", "Q: t1", "Q: t2", "Q: t3"]
