@@ -85,3 +85,45 @@ def jsonl(data: bytes) -> list[dict]:
     import orjson
 
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_marian(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_marian
+
+    return build_marian(tmp_path_factory.mktemp("tiny-marian"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mbart(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_mbart50
+
+    return build_mbart50(tmp_path_factory.mktemp("tiny-mbart"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_t5
+
+    return build_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_bart
+
+    return build_bart(tmp_path_factory.mktemp("tiny-bart"))
+
+
+@pytest.fixture(scope="session")
+def tiny_nllb(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_nllb
+
+    return build_nllb(tmp_path_factory.mktemp("tiny-nllb"))
+
+
+@pytest.fixture(scope="session")
+def tiny_m2m100(tmp_path_factory) -> Path:
+    from tiny_seq2seq import build_m2m100
+
+    return build_m2m100(tmp_path_factory.mktemp("tiny-m2m100"))

@@ -1,0 +1,116 @@
+"""lm-chunk's task: one record per token-bounded chunk of a long text, with what reassembles it.
+
+Only a tokenizer is loaded: the `tokenizers` library reads the model's tokenizer.json (no torch,
+no transformers); a model without one falls back to transformers' own tokenizer loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from ..chunking import chunk
+from ..errors import RecordError, UsageError
+from ..prompts import text_of
+from ..records import Item, error_record
+from ..runner import Finished
+
+CHUNKS = "\0chunks"  # a finished record that stands for several output records
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    max_tokens: int = 512
+    overlap: int = 64
+    field: str = "text"
+    id_field: str = "id"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+        if not 0 <= self.overlap < self.max_tokens:
+            raise UsageError("--overlap must be at least 0 and less than --max-tokens")
+
+
+def tokenizer_file(model: str | None, tokenizer: str | None) -> Path | None:
+    """The tokenizer.json to read, when there is one, without loading anything."""
+    if tokenizer:
+        path = Path(tokenizer).expanduser()
+        if path.is_file():
+            return path
+        if (path / "tokenizer.json").is_file():
+            return path / "tokenizer.json"
+        raise UsageError(f"--tokenizer {tokenizer}: no tokenizer.json there")
+    from .. import gguf
+    from ..resolve import resolve
+
+    ref = resolve(model)
+    folder = gguf.converted_folder(ref.path) if ref.kind in ("embedded", "gguf") else ref.path
+    return folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None
+
+
+def offsets_encoder(model: str | None, tokenizer: str | None) -> Callable[[str], Sequence[tuple[int, int]]]:
+    """text -> one character span per token, without special tokens."""
+    path = tokenizer_file(model, tokenizer)
+    if path is not None:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path))
+        return lambda text: tok.encode(text, add_special_tokens=False).offsets
+    from ..loading import load_tokenizer
+    from ..resolve import resolve
+
+    hf = load_tokenizer(resolve(model))
+    if not hf.is_fast:
+        raise UsageError(f"{model}: lm-chunk needs a fast tokenizer (tokenizer.json); this one has none")
+    return lambda text: hf(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+
+
+class ChunkTask:
+    def __init__(self, encode: Callable[[str], Sequence[tuple[int, int]]], settings: ChunkSettings):
+        self.encode, self.settings = encode, settings
+
+    def split(self, item: Item) -> list[dict[str, Any]]:
+        record = item.record or {}
+        text = text_of(record, self.settings.field)
+        source = record.get(self.settings.id_field, item.line)
+        spans = chunk(text, self.encode, self.settings.max_tokens, self.settings.overlap)
+        out = []
+        for k, c in enumerate(spans):
+            piece = dict(record)
+            piece[self.settings.field] = text[c.start:c.end]
+            piece.update({"source": source, "chunk": k, "chunks": len(spans), "start": c.start, "end": c.end,
+                          "tokens": c.tokens})
+            out.append(piece)
+        return out
+
+    def process(self, batch: list[Item]) -> Iterator[Finished]:
+        for item in batch:
+            try:
+                yield Finished(item, {CHUNKS: self.split(item)})
+            except RecordError as exc:
+                yield Finished(item, error_record(item, str(exc)), failed=True)
+
+
+class ChunkSink:
+    """Writes each chunk of a finished record as its own line."""
+
+    def __init__(self, sink: Any):
+        self.sink = sink
+
+    def finished(self, record: dict[str, Any], failed: bool) -> None:
+        for piece in record.get(CHUNKS, [record]):
+            self.sink.finished(piece, failed)
+
+    def streamed(self, item: Any, event: Any) -> None:
+        pass
+
+
+def run(model: str | None, tokenizer: str | None, max_tokens: int, overlap: int, field: str, id_field: str,
+        progress: str) -> int:
+    from ..cli import JsonlSink, run_records
+
+    settings = ChunkSettings(max_tokens, overlap, field, id_field)
+    task = ChunkTask(offsets_encoder(model, tokenizer), settings)
+    return run_records("lm-chunk", task.process, ChunkSink(JsonlSink()), batch_size=16, progress=progress)

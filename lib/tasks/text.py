@@ -1,0 +1,51 @@
+"""What lm-translate and lm-summarize share at the edge: load, build the task, pick a sink, run."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class TextTtySink:
+    """On a terminal: each record's result as text, a dim stats line on stderr."""
+
+    def __init__(self, field: str):
+        from ..display import _console
+
+        self.field = field
+        self.out, self.err = _console(), _console(stderr=True)
+
+    def streamed(self, item: Any, event: Any) -> None:
+        pass
+
+    def finished(self, record: dict[str, Any], failed: bool) -> None:
+        from ..display import stats_line
+
+        if failed:
+            self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]")
+            return
+        self.out.print(record.get(self.field, ""), markup=False)
+        chunks = record.get("chunks", 1)
+        extra = f" · {chunks} chunks" if chunks > 1 else ""
+        self.err.print(f"[dim]{stats_line(record['stats'])}{extra}[/]")
+
+
+def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int], Any]) -> int:
+    """Load the model (an unknown one fails before stdin is read), build the task, run stdin through it."""
+    import warnings
+
+    from ..cli import JsonlSink, run_records
+    from ..job import JobSettings
+    from ..loading import ModelSettings, load
+    from ..options import batch_size_for
+
+    # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
+    warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+
+    job = JobSettings.from_options(o).open()  # --output FILE is checked before the model loads
+    tty = tty and not job.to_file
+    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
+    model_settings.ref()
+    batch_size = batch_size_for(o["batch_size"], tty)
+    task = build(load(model_settings), batch_size)
+    sink: Any = TextTtySink(o["out"]) if tty else JsonlSink()
+    return run_records(tool, task.process, sink, batch_size, o["progress"], job=job)
