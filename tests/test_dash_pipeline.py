@@ -24,18 +24,19 @@ def venv_on_path(monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
-def test_build_run_and_compare_with_the_shell(tiny_llama, tmp_path):
-    model = str(tiny_llama)
+def test_build_run_and_compare_with_the_shell(embedded):
+    # The pipeline: lm-template | lm-generate on the embedded SmolLM2.
+    template = "Answer in one short sentence: {{ text }}"
 
     async def scenario():
         app = create_app(input_text=INPUT)
         async with app.run_test(size=(120, 40)) as pilot:
             screen = app.pipeline_screen
-            await add_stage(pilot, "lm-tokenize", {"model": model})
-            await add_stage(pilot, "lm-generate", {"model": model, "max_new_tokens": "5", "seed": "1"})
+            await add_stage(pilot, "lm-template", {"template": template})
+            await add_stage(pilot, "lm-generate", {"max_new_tokens": "5", "seed": "1"})
             assert screen.pipeline == Pipeline((
-                Stage("lm-tokenize", ("--model", model)),
-                Stage("lm-generate", ("--model", model, "--seed", "1", "--max-new-tokens", "5")),
+                Stage("lm-template", (template,)),
+                Stage("lm-generate", ("--seed", "1", "--max-new-tokens", "5")),
             ))
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: screen.sub_title.startswith("finished"))
@@ -46,8 +47,10 @@ def test_build_run_and_compare_with_the_shell(tiny_llama, tmp_path):
     pipeline, output, meters, shown, codes = asyncio.run(scenario())
     assert codes == (0, 0)
     records = jsonl(output)
-    assert [r["text"] for r in records] == ["Hello there", "What is a pipe?", "Name a color"]
-    assert all("generated" in r and "ids" in r for r in records)
+    assert [r["text"] for r in records] == [template.replace("{{ text }}", t)
+                                            for t in ("Hello there", "What is a pipe?", "Name a color")]
+    assert records[2]["id"] == 3
+    assert all(r["generated"] and r["manifest"]["kind"] == "embedded" for r in records)
     assert [jsonl(line.encode())[0] for line in shown] == records  # the output panel holds the records
     assert [(m.records_in, m.records_out, m.errors) for m in meters] == [(3, 3, 0), (3, 3, 0)]
     assert meters[1].tokens > 0  # tokens were streamed and counted, then kept out of the records
