@@ -78,10 +78,30 @@ class GenerateTtySink:
             self.err.print(f"[dim]{stats_line(record['stats'])}[/]")
 
 
+TOKEN_STYLES = ("black on cyan", "black on bright_green", "black on yellow", "black on bright_blue")
+
+
+def token_boxes(encoding: dict[str, Any], separator: str = ""):
+    """lm-tokenize's fields as colored boxes: special tokens red, added ones magenta, the rest alternating."""
+    from rich.text import Text
+
+    line = Text()
+    text = encoding.get("text", "")
+    for i, token in enumerate(encoding["tokens"]):
+        if encoding["special"][i]:
+            style = "bold white on red"
+        elif encoding["added"][i]:
+            style = "bold white on magenta"
+        else:
+            style = TOKEN_STYLES[i % len(TOKEN_STYLES)]
+        piece = text[slice(*encoding["offsets"][i])] if "offsets" in encoding and text else token
+        line.append_text(token_box(piece or token, style))
+        line.append(separator)
+    return line
+
+
 class TokenizeTtySink:
     """lm-tokenize on a terminal: each token a colored box, special and added tokens apart."""
-
-    STYLES = ("black on cyan", "black on bright_green", "black on yellow", "black on bright_blue")
 
     def __init__(self):
         self.out, self.err = _console(), _console(stderr=True)
@@ -90,25 +110,13 @@ class TokenizeTtySink:
         pass
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
-        from rich.text import Text
-
         if failed:
             self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]")
             return
         if "ids" not in record or "tokens" not in record:
             self.out.print(record.get("text", ""), markup=False)
             return
-        line = Text()
-        for i, token in enumerate(record["tokens"]):
-            if record["special"][i]:
-                style = "bold white on red"
-            elif record["added"][i]:
-                style = "bold white on magenta"
-            else:
-                style = self.STYLES[i % len(self.STYLES)]
-            piece = record["text"][slice(*record["offsets"][i])] if "offsets" in record and "text" in record else token
-            line.append_text(token_box(piece or token, style))
-        self.out.print(line)
+        self.out.print(token_boxes(record))
         n_special, n_added = sum(record["special"]), sum(record["added"])
         self.err.print(f"[dim]{record['count']} tokens · {n_special} special · {n_added} added[/]")
 

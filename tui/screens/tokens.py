@@ -10,7 +10,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static, TextArea
 
-from lmpipe.display import TokenizeTtySink, probability_style, token_box
+from lmpipe.display import probability_style, token_box, token_boxes
 
 from ..engine import Engine, generate_with_probs, tokenize
 from ..messages import ProbsReady, TokensFailed, TokensReady
@@ -19,20 +19,8 @@ TOP = 5
 
 
 def boxes(encoding: dict) -> Text:
-    """lm-tokenize's colors: special tokens red, added ones magenta, the rest alternating."""
-    line = Text()
-    text = encoding.get("text", "")
-    for i, token in enumerate(encoding["tokens"]):
-        if encoding["special"][i]:
-            style = "bold white on red"
-        elif encoding["added"][i]:
-            style = "bold white on magenta"
-        else:
-            style = TokenizeTtySink.STYLES[i % len(TokenizeTtySink.STYLES)]
-        piece = text[slice(*encoding["offsets"][i])] if "offsets" in encoding and text else token
-        line.append_text(token_box(piece or token, style))
-        line.append(" ")
-    return line
+    """lm-tokenize's colors, as lm-tokenize draws them, with a space between boxes."""
+    return token_boxes(encoding, separator=" ")
 
 
 def counts(encoding: dict) -> str:
