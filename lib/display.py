@@ -6,13 +6,20 @@ import sys
 import time
 from typing import Any
 
-from .records import Item
+from .records import Item, failure_text
 
 
 def _console(stderr: bool = False):
     from rich.console import Console
 
     return Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=True)
+
+
+def show_failure(console, record: dict[str, Any]) -> None:
+    """A failed record on a terminal: one red line on stderr."""
+    from rich.text import Text
+
+    console.print(Text(failure_text(record), style="red"))
 
 
 def probability_style(p: float | None) -> str:
@@ -69,7 +76,7 @@ class GenerateTtySink:
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
         if failed:
-            self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]")
+            show_failure(self.err, record)
             return
         self.out.print()
         if not self.quiet and "stats" in record:
@@ -111,7 +118,7 @@ class TokenizeTtySink:
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
         if failed:
-            self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]")
+            show_failure(self.err, record)
             return
         if "ids" not in record or "tokens" not in record:
             self.out.print(record.get("text", ""), markup=False)
@@ -134,7 +141,7 @@ class DetectTtySink:
         from rich.table import Table
 
         if failed:
-            self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]", markup=True)
+            show_failure(self.err, record)
             return
         name = record.get("image") or record.get("text") or "image_b64"
         title = f"{name} · {record['width']}×{record['height']} · {len(record['detections'])} found"

@@ -78,12 +78,12 @@ def load_tokenizer(ref: ModelRef):
 
 
 def load(settings: ModelSettings, notify: Callable[[str], None] = _stderr) -> LoadedModel:
+    ref = settings.ref()  # first: an unknown model fails before torch is imported, and before stdin is read
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    ref = settings.ref()
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.dtype, device)
     attention = check_attention(settings.attention, device)

@@ -74,6 +74,11 @@ def error_record(item: Item, message: str) -> dict[str, Any]:
     return out
 
 
+def failure_text(record: dict[str, Any]) -> str:
+    """How a failed record is named to a person: its line and its error."""
+    return f"line {record.get('line')}: {record.get('error')}"
+
+
 def encode(record: dict[str, Any]) -> bytes:
     # Non-string keys and numpy values can come from models; orjson handles both with these options.
     return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY) + b"\n"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from .records import Item, error_record
+from .records import Item, error_record, failure_text
 
 INTERRUPTED = "interrupted before this record was finished"
 
@@ -76,7 +76,7 @@ def run(items: Iterable[Item], process: Process, sink: Sink, batch_size: int = 1
                 summary.written += 1
                 if failed:
                     summary.failed += 1
-                    summary.failures.append(f"line {record.get('line')}: {record.get('error')}")
+                    summary.failures.append(failure_text(record))
                 sink.finished(record, failed)
 
         good = [item for item in batch if item.ok]

@@ -153,6 +153,7 @@ def test_help_and_usage_errors_do_not_import_torch():
             "from lmpipe.bin.generate import main as g\nfrom lmpipe.bin.tokenize import main as t\n"
             "for m in (g, t):\n    assert CliRunner().invoke(m, ['--help']).exit_code == 0\n"
             "assert CliRunner().invoke(g, ['--temperature', 'hot']).exit_code == 2\n"
+            "assert CliRunner().invoke(g, ['--model', 'nobody/nothing'], input=b'hi').exit_code == 2\n"
             "print(sorted(k for k in ('torch', 'transformers') if k in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -213,7 +213,6 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
             raise UsageError("--json-schema, --regex, --choice and --prefix need in-process generation (drop --server)")
         task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
     else:
-        model_settings.ref()  # an unknown model is an error before anything is read
         task = GenerateTask(load(model_settings), settings)
     if tty:
         sink: Any = GenerateTtySink(quiet=o["quiet"], boxes=settings.top_probs > 0, pause_ms=o["display_pause"])

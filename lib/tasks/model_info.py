@@ -35,10 +35,11 @@ class TtySink:
         self.err = Console(file=sys.stderr, highlight=False)
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
+        from ..display import show_failure
         from ..tables import model_panel, print_out
 
         if failed:
-            self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]")
+            show_failure(self.err, record)
         else:
             print_out(model_panel(record))
 

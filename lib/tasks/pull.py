@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from ..cli import JsonlSink, each_name, finish, say
 from ..errors import LmpipeError, RecordError, UsageError
 from ..pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
-from ..records import Item, error_record, read_items
+from ..records import Item, error_record, failure_text, read_items
 from ..runner import Finished, run as run_items
 
 TOOL = "lm-pull"
@@ -32,7 +32,7 @@ def done_line(record: dict[str, Any]) -> str:
 class TtySink:
     def finished(self, record: dict[str, Any], failed: bool) -> None:
         if failed:
-            say(TOOL, f"line {record.get('line')}: {record.get('error')}")
+            say(TOOL, failure_text(record))
         else:
             print(done_line(record), flush=True)
 

@@ -18,10 +18,10 @@ class TextTtySink:
         pass
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
-        from ..display import stats_line
+        from ..display import show_failure, stats_line
 
         if failed:
-            self.err.print(f"[red]line {record.get('line')}: {record.get('error')}[/]")
+            show_failure(self.err, record)
             return
         self.out.print(record.get(self.field, ""), markup=False)
         chunks = record.get("chunks", 1)
@@ -44,7 +44,6 @@ def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int]
     job = JobSettings.from_options(o).open()  # --output FILE is checked before the model loads
     tty = tty and not job.to_file
     model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
-    model_settings.ref()
     batch_size = batch_size_for(o["batch_size"], tty)
     task = build(load(model_settings), batch_size)
     sink: Any = TextTtySink(o["out"]) if tty else JsonlSink()
