@@ -56,45 +56,55 @@ def batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
+class _InOrder:
+    """One batch's records, each written as soon as every record before it is written."""
+
+    def __init__(self, batch: list[Item], sink: Sink, summary: Summary):
+        self.batch, self.sink, self.summary = batch, sink, summary
+        self.done: dict[int, tuple[dict[str, Any], bool]] = {}
+        self.cursor = 0  # batch[:cursor] is written
+
+    def add(self, line: int, record: dict[str, Any], failed: bool) -> None:
+        self.done[line] = (record, failed)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.cursor < len(self.batch) and self.batch[self.cursor].line in self.done:
+            record, failed = self.done.pop(self.batch[self.cursor].line)
+            # Advance first: a Ctrl-C during the write must not write this record again as unfinished.
+            self.cursor += 1
+            self.summary.written += 1
+            if failed:
+                self.summary.failed += 1
+                self.summary.failures.append(failure_text(record))
+            self.sink.finished(record, failed)
+
+    def interrupt(self) -> None:
+        """Write what is finished, and every record not yet written as unfinished."""
+        for item in self.batch[self.cursor:]:
+            self.done.setdefault(item.line, (error_record(item, INTERRUPTED), True))
+        self.flush()
+
+
 def run(items: Iterable[Item], process: Process, sink: Sink, batch_size: int = 1) -> Summary:
     summary = Summary()
     for batch in batched(items, max(1, batch_size)):
         summary.read += len(batch)
-        done: dict[int, tuple[dict[str, Any], bool]] = {}
-        for item in batch:
-            if not item.ok:
-                done[item.line] = (error_record(item, item.error or "bad record"), True)
-        order = [item.line for item in batch]
-        cursor = 0
-
-        def flush() -> None:
-            nonlocal cursor
-            while cursor < len(order) and order[cursor] in done:
-                record, failed = done.pop(order[cursor])
-                # Advance first: a Ctrl-C during the write must not write this record again as unfinished.
-                cursor += 1
-                summary.written += 1
-                if failed:
-                    summary.failed += 1
-                    summary.failures.append(failure_text(record))
-                sink.finished(record, failed)
-
-        good = [item for item in batch if item.ok]
+        in_order = _InOrder(batch, sink, summary)
         try:
-            flush()
+            for item in batch:
+                if not item.ok:
+                    in_order.add(item.line, error_record(item, item.error or "bad record"), True)
+            good = [item for item in batch if item.ok]
             for out in process(good) if good else ():
                 if isinstance(out, Streamed):
                     sink.streamed(out.item, out.event)
                 else:
-                    done[out.item.line] = (out.record, out.failed)
-                    flush()
+                    in_order.add(out.item.line, out.record, out.failed)
         except KeyboardInterrupt:
             summary.interrupted = True
-            for item in batch:
-                done.setdefault(item.line, (error_record(item, INTERRUPTED), True))
-            flush()
+            in_order.interrupt()
             raise _Interrupted(summary) from None
-        flush()
     return summary
 
 

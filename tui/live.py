@@ -170,7 +170,7 @@ class PipelineRun:
                 return
             self.procs.append(proc)
         self._spawn(self._feed)
-        for i, proc in enumerate(self.procs):
+        for i in range(len(self.procs)):
             self._spawn(self._relay, i, strip[i])
             self._spawn(self._read_stderr, i)
         threading.Thread(target=self._finish, daemon=True).start()
