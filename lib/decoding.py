@@ -2,8 +2,10 @@
 
 lmpipe.generation owns the loop (pick a token, report it, stop); this module owns the two
 calls it makes into the model, `prefill(ids)` and `step(chosen)`, gpt-fast style when asked:
-"dynamic" grows transformers' DynamicCache per token; "static" allocates a StaticCache once
-for prompt + new tokens so every step has the same shapes, and may compile that step.
+"fast" runs lmpipe's own forward for Llama-family models (lmpipe.fastpath) and falls back to
+"dynamic" for others; "dynamic" grows transformers' DynamicCache per token; "static" allocates
+a StaticCache once for prompt + new tokens so every step has the same shapes, and may compile
+that step.
 """
 
 from __future__ import annotations
@@ -15,20 +17,22 @@ from typing import Any
 
 from .errors import UsageError
 
-CACHES = ("dynamic", "static")
+CACHES = ("fast", "dynamic", "static")
 
 
 @dataclass(frozen=True)
 class Decoding:
     """How the loop drives the model, gpt-fast style when asked.
 
-    cache "dynamic" grows the KV cache token by token (transformers' default); "static" allocates
-    it once for prompt + max_new_tokens, so every decode step has the same shapes; `compile`
-    compiles that one-token step with torch.compile (static cache only). Greedy output is the
-    same token for token whichever is chosen.
+    cache "fast" is lmpipe's own forward pass with a KV cache allocated once (Llama-family
+    models; others fall back to "dynamic"); "dynamic" grows transformers' KV cache token by
+    token; "static" allocates transformers' StaticCache once for prompt + max_new_tokens, so
+    every decode step has the same shapes; `compile` compiles that one-token step with
+    torch.compile (static cache only). Greedy float32 output is the same token for token
+    whichever is chosen.
     """
 
-    cache: str = "dynamic"
+    cache: str = "fast"
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -126,7 +130,17 @@ def torch_cat_ones(mask):
     return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
 
 
+def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
+    from .fastpath import unsupported
+
+    return decoding.cache == "fast" and unsupported(model) is None
+
+
 def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding"):
+    if uses_fast_path(model, decoding):
+        from .fastpath import FastDecoder, fast_model
+
+        return FastDecoder(fast_model(model), mask, max_new_tokens)
     if decoding.cache == "static":
         return _Static(model, mask, max_new_tokens, decoding.compile)
     return _Dynamic(model, mask, max_new_tokens)

@@ -57,7 +57,9 @@ Event = Token | Completion
 
 
 @dataclass
-class _Row:
+class RowState:
+    """One sequence's progress: its tokens, their times, its text so far, and why it stopped."""
+
     prompt_len: int
     ids: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
@@ -144,7 +146,7 @@ def generate(
 
     eos = eos_ids(model, tokenizer)
     ids, mask = left_pad(prompts, pad_id(tokenizer, eos), device)
-    rows = [_Row(len(p)) for p in prompts]
+    rows = [RowState(len(p)) for p in prompts]
     processors = logits_processors(sampling, constraints)
     generators = None
     if not sampling.greedy:
@@ -163,9 +165,9 @@ def generate(
             if row.finish:
                 chosen[r] = pad_id(tokenizer, eos)
                 continue
-            yield from _advance(r, row, int(chosen[r]), now, tokenizer, eos, sampling, tops)
+            yield from advance(r, row, int(chosen[r]), now, tokenizer, eos, sampling, tops)
             if row.finish:
-                yield _complete(r, row)
+                yield complete(r, row)
         if all(row.finish for row in rows):
             break
         history = torch.cat([history, chosen[:, None]], dim=-1)
@@ -173,10 +175,10 @@ def generate(
     for r, row in enumerate(rows):
         if not row.finish:
             row.finish = "length"
-            yield _complete(r, row)
+            yield complete(r, row)
 
 
-def _advance(r, row: _Row, token_id, now, tokenizer, eos, sampling: Sampling, tops: _Probs | None) -> Iterator[Event]:
+def advance(r, row: RowState, token_id, now, tokenizer, eos, sampling: Sampling, tops: _Probs | None) -> Iterator[Event]:
     row.times.append(now)
     if token_id in eos:
         row.finish = "eos"
@@ -200,7 +202,7 @@ def _advance(r, row: _Row, token_id, now, tokenizer, eos, sampling: Sampling, to
     yield event
 
 
-def _complete(r: int, row: _Row) -> Completion:
+def complete(r: int, row: RowState) -> Completion:
     ttft, end, steps = row.times[0], row.times[-1], len(row.times)
     # Decode speed, as llama.cpp and Ollama report it: tokens after the first, over the time after it.
     rate = (steps - 1) / (end - ttft) if steps > 1 and end > ttft else (steps / end if end > 0 else 0.0)

@@ -103,8 +103,10 @@ def speed_options(f: Callable) -> Callable:
     return _stack(
         click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None, envvar="LMPIPE_QUANTIZE",
                      help="Weight-only quantization of the linear layers (CPU)."),
-        click.option("--cache", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
-                     envvar="LMPIPE_CACHE", help="KV cache: grown per token, or allocated once (static)."),
+        click.option("--cache", type=click.Choice(["fast", "dynamic", "static"]), default="fast", show_default=True,
+                     envvar="LMPIPE_CACHE",
+                     help="fast: lmpipe's own forward, cache allocated once (Llama family; others use dynamic); "
+                          "dynamic or static: transformers' forward with a growing or preallocated cache."),
         click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
                      help="torch.compile the per-token step (needs --cache static; slow first batch)."),
     )(f)

@@ -52,17 +52,30 @@ def int4_weights(weight, group: int = INT4_GROUP) -> tuple[Any, Any]:
     return packed, scales_and_zeros
 
 
-def _linear_class():
+def quantized_linear_class():
+    """The QuantizedLinear module class (built on first use, so importing this module stays torch-free)."""
+    global _QuantizedLinear
+    if _QuantizedLinear is None:
+        _QuantizedLinear = _build_class()
+    return _QuantizedLinear
+
+
+_QuantizedLinear: Any = None
+
+
+def _build_class():
     torch, nn = _nn()
 
     class QuantizedLinear(nn.Module):
         """A Linear whose weight is int8 (per channel) or int4 (per group); bias kept as it was."""
 
-        def __init__(self, linear: Any, mode: str):
+        def __init__(self, linear: Any, mode: str, buffers: tuple[Any, Any] | None = None):
             super().__init__()
             self.mode = mode
             self.in_features, self.out_features = linear.in_features, linear.out_features
-            if mode == "int8":
+            if buffers is not None:
+                q, scale = buffers
+            elif mode == "int8":
                 q, scale = int8_weights(linear.weight)
             else:
                 q, scale = int4_weights(linear.weight)
@@ -86,6 +99,33 @@ def _linear_class():
     return QuantizedLinear
 
 
+def fuse_quantized(layers: list[Any]) -> Any:
+    """One quantized layer computing several that read the same input (outputs side by side).
+
+    Both layouts keep one row (int8) or one column of scales (int4) per output feature, so the
+    fused layer's outputs are exactly the parts' outputs, concatenated.
+    """
+    import torch
+
+    mode = layers[0].mode
+    q = torch.cat([m.qweight for m in layers], dim=0)
+    scale = torch.cat([m.qscale for m in layers], dim=0 if mode == "int8" else 1)
+    biases = [m.bias for m in layers]
+    shape = torch.nn.Linear(layers[0].in_features, sum(m.out_features for m in layers), bias=False, device="meta")
+    fused = quantized_linear_class()(shape, mode, (q, scale))
+    start = 0
+    for m in layers:  # the parts become views of the fused buffers: no second copy of the weights
+        end = start + m.out_features
+        m.qweight = q[start:end]
+        m.qscale = scale[start:end] if mode == "int8" else scale[:, start:end].contiguous()
+        start = end
+    if any(b is not None for b in biases):
+        fused.bias = torch.nn.Parameter(torch.cat([
+            b.detach() if b is not None else q.new_zeros(m.out_features, dtype=torch.float32)
+            for b, m in zip(biases, layers)]), requires_grad=False)
+    return fused
+
+
 def _quantizable(linear: Any, mode: str) -> bool:
     if mode == "int4":
         return linear.in_features % INT4_GROUP == 0 and linear.out_features % 8 == 0
@@ -99,7 +139,7 @@ def quantize(model: Any, mode: str, device: str = "cpu") -> int:
         raise UsageError(f"--quantize must be one of {', '.join(MODES)}")
     if device != "cpu":
         raise UsageError(f"--quantize {mode} uses torch's CPU kernels; use --device cpu")
-    quantized = _linear_class()
+    quantized = quantized_linear_class()
     targets = [
         (parent, name, child)
         for parent in model.modules()

@@ -1,4 +1,4 @@
-"""The fast decode path: static KV cache, weight-only int8/int4, and the perplexity check."""
+"""The fast decode path: lmpipe's own forward, static KV cache, weight-only int8/int4, perplexity."""
 
 from __future__ import annotations
 
@@ -41,17 +41,30 @@ def same_tokens(expected, got):
         assert row_got and row_got == row_expected[: len(row_got)]
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["fast", "dynamic", "static"])
 def test_greedy_is_token_identical_to_transformers_on_tiny_llama(tiny_llama_raw, cache):
     model, tokenizer = load(tiny_llama_raw)
     expected = reference(model, tokenizer, PROMPTS, 20)
     same_tokens(expected, ours(model, tokenizer, PROMPTS, 20, Decoding(cache)))
 
 
-def test_static_cache_is_token_identical_on_the_embedded_model(embedded):
+@pytest.mark.parametrize("cache", ["fast", "static"])
+def test_fast_paths_are_token_identical_on_the_embedded_model(embedded, cache):
     model, tokenizer = load(embedded)
-    prompts = PROMPTS[:2]
-    same_tokens(reference(model, tokenizer, prompts, 12), ours(model, tokenizer, prompts, 12, Decoding("static")))
+    # One at a time and as a left-padded batch: padding must not change a row's tokens.
+    for prompts in ([PROMPTS[1]], PROMPTS):
+        same_tokens(reference(model, tokenizer, prompts, 16), ours(model, tokenizer, prompts, 16, Decoding(cache)))
+
+
+def test_fast_path_is_the_default_for_llama_and_falls_back_for_others(tiny_llama_raw):
+    from lmpipe.decoding import uses_fast_path
+    from lmpipe.fastpath import unsupported
+
+    model, _ = load(tiny_llama_raw)
+    assert Decoding().cache == "fast" and uses_fast_path(model, Decoding())
+    assert not uses_fast_path(model, Decoding("dynamic"))
+    other = type("Other", (), {"config": type("C", (), {"model_type": "gpt2"})()})()
+    assert "gpt2" in unsupported(other)
 
 
 def test_compile_needs_a_static_cache():
@@ -81,11 +94,27 @@ def test_quantize_refuses_what_it_cannot_do():
         quantize(model, "int8", device="cuda")
 
 
-def test_int8_static_generation_runs_and_stays_close(tiny_llama_raw):
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_fast_path_fuses_projections_and_matches_the_unfused_model(tiny_llama_raw, mode):
+    from lmpipe.fastpath import FastModel
+
     model, tokenizer = load(tiny_llama_raw)
-    quantize(model, "int8")
-    got = ours(model, tokenizer, PROMPTS, 8, Decoding("static"))
-    assert [len(row) for row in got] == [8, 8, 8] or all(got)
+    quantize(model, mode)
+    ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+    before = model(input_ids=ids).logits[:, -1]
+    fast = FastModel(model)  # fuses q/k/v and gate/up; the parts become views of the fused buffers
+    assert fast.layers[0].qkv.quantized.out_features == model.config.hidden_size + 2 * (
+        model.config.num_key_value_heads * model.config.hidden_size // model.config.num_attention_heads)
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.qweight.untyped_storage().data_ptr() == fast.layers[0].qkv.quantized.qweight.untyped_storage().data_ptr()
+    assert torch.allclose(model(input_ids=ids).logits[:, -1], before)  # the model itself is unchanged
+    from lmpipe.fastpath import FastDecoder
+
+    mask = torch.ones_like(ids)
+    got = FastDecoder(fast, mask, 4).prefill(ids)
+    assert ((got - before).norm() / before.norm()) < 0.02
+    rows = ours(model, tokenizer, PROMPTS, 8, Decoding("fast"))
+    assert all(rows)
 
 
 def test_int8_perplexity_is_within_two_percent_of_float32(embedded, monkeypatch):

@@ -177,7 +177,7 @@ def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
         ttnt=o["ttnt"],
         constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
         tool_choice=check_choice(o.get("tool_choice") or "auto"),
-        decoding=Decoding(o.get("cache") or "dynamic", bool(o.get("compile"))),
+        decoding=Decoding(o.get("cache") or "fast", bool(o.get("compile"))),
     )
 
 

@@ -1,0 +1,324 @@
+"""lmpipe's own forward pass for Llama-family decoders, gpt-fast style.
+
+transformers' model code is general: per layer it dispatches through attention interfaces,
+mask builders and cache objects, which on a CPU costs more per token than the matmuls of a
+small model. This module runs the same weights through a short list of tensor operations:
+fused q/k/v and gate/up projections, a KV cache allocated once with a row per sequence, and
+the model's own rotary embedding. The operations mirror transformers' Llama code (the same
+RMSNorm arithmetic, SDPA with GQA packed for one query as transformers packs it), so greedy
+float32 output stays token-identical to transformers' (tests/test_fast_decode.py checks it).
+
+Rows of the cache are independent sequences with their own lengths, so the server can admit
+a new request into a free row while the others keep decoding (continuous batching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+FAMILIES = ("llama",)  # others join once a tiny model of theirs is tested token for token
+
+
+def unsupported(model: Any) -> str | None:
+    """Why the fast path cannot run `model`, or None when it can."""
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in FAMILIES:
+        return f"the fast path knows {', '.join(FAMILIES)} models, not {kind}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", kind == "mistral"):
+        return "the fast path has no sliding-window attention"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"the fast path has no {config.hidden_act} activation"
+    if getattr(getattr(model, "model", None), "rotary_emb", None) is None:
+        return "the model has no rotary embedding module"
+    return None
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One matmul: a float weight (with bias), or a quantized one from lmpipe.quantize."""
+
+    weight: Any
+    bias: Any = None
+    quantized: Any = None  # a QuantizedLinear whose buffers this projection uses
+    parts: tuple["Projection", ...] = ()  # float projections run one by one, outputs side by side
+
+    def __call__(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        if self.quantized is not None:
+            return self.quantized(x)
+        if self.parts:
+            return torch.cat([part(x) for part in self.parts], dim=-1)
+        return F.linear(x, self.weight, self.bias)
+
+
+def fuse(linears: list[Any]) -> Projection:
+    """One projection for several linears that read the same input: one matmul where exact."""
+    from .quantize import fuse_quantized, quantized_linear_class
+
+    QuantizedLinear = quantized_linear_class()
+
+    if len(linears) == 1:
+        only = linears[0]
+        if isinstance(only, QuantizedLinear):
+            return Projection(None, None, only)
+        return Projection(only.weight, only.bias)
+    if all(isinstance(m, QuantizedLinear) for m in linears):
+        return Projection(None, None, fuse_quantized(linears))
+    # float weights stay apart: one fused matmul over one row of input rounds differently
+    # from three (measured), and float32 output must stay token-identical to transformers'.
+    return Projection(None, None, None, tuple(fuse([m]) for m in linears))
+
+
+@dataclass(frozen=True)
+class Layer:
+    qkv: Projection
+    o: Projection
+    gate_up: Projection
+    down: Projection
+    norm_in: Any  # RMSNorm weights
+    norm_post: Any
+    eps: float
+
+
+def rms_norm(x, weight, eps: float):
+    """transformers' LlamaRMSNorm, operation for operation, so the numbers match."""
+    import torch
+
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return weight * h.to(dtype)
+
+
+def rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    import torch
+
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class FastModel:
+    """A Llama-family model's weights arranged for the fast path, sharing the model's tensors."""
+
+    def __init__(self, model: Any):
+        import torch
+
+        config = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.rotary = inner.rotary_emb
+        self.norm = inner.norm.weight
+        self.norm_eps = inner.norm.variance_epsilon
+        self.head = fuse([model.lm_head])
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+        self.dtype = self.embed.dtype
+        self.device = self.embed.device
+        self.layers = []
+        for block in inner.layers:
+            attn, mlp = block.self_attn, block.mlp
+            # float32 weights are fused only where that leaves every output number unchanged.
+            self.layers.append(Layer(
+                qkv=fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
+                o=fuse([attn.o_proj]),
+                gate_up=fuse([mlp.gate_proj, mlp.up_proj]),
+                down=fuse([mlp.down_proj]),
+                norm_in=block.input_layernorm.weight,
+                norm_post=block.post_attention_layernorm.weight,
+                eps=block.input_layernorm.variance_epsilon,
+            ))
+        self.q_size = self.heads * self.head_dim
+        self.kv_size = self.kv_heads * self.head_dim
+        self.silu = torch.nn.functional.silu
+
+    def cache(self, rows: int, width: int) -> "KVCache":
+        return KVCache(self, rows, width)
+
+    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend) -> Any:
+        """Run `ids` [B, T] at `positions` [B, T]; write K/V into cache rows `rows` at `columns`.
+
+        `columns`: a slice (prefill: the same columns for every row) or a [B] tensor (one
+        column per row, a decode step). `attend(q, k, v)` does the attention over the cache.
+        Returns the last position's logits, float32 [B, vocab].
+        """
+        import torch
+
+        b, t = ids.shape
+        x = torch.nn.functional.embedding(ids, self.embed)
+        cos, sin = self.rotary(x, positions)
+        cos, sin = cos[:, None], sin[:, None]
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.norm_in, layer.eps)
+            qkv = layer.qkv(h)
+            q = qkv[..., : self.q_size].view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            k = qkv[..., self.q_size: self.q_size + self.kv_size].view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = qkv[..., self.q_size + self.kv_size:].view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            keys, values = cache.write(i, rows, columns, k, v)
+            out = attend(q, keys, values)
+            x = x + layer.o(out.transpose(1, 2).reshape(b, t, self.q_size))
+            h = rms_norm(x, layer.norm_post, layer.eps)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(self.silu(gate) * up)
+        last = rms_norm(x[:, -1, :], self.norm, self.norm_eps)
+        return self.head(last).float()
+
+
+class KVCache:
+    """Keys and values for `rows` sequences, allocated once; each row fills its own columns.
+
+    `valid[r, c]` says column c of row r holds a real token (left padding never does);
+    `fill[r]` is the next column row r writes; `position[r]` its next position id.
+    """
+
+    def __init__(self, fast: FastModel, rows: int, width: int):
+        import torch
+
+        shape = (rows, fast.kv_heads, width, fast.head_dim)
+        self.keys = [torch.zeros(shape, dtype=fast.dtype, device=fast.device) for _ in fast.layers]
+        self.values = [torch.zeros(shape, dtype=fast.dtype, device=fast.device) for _ in fast.layers]
+        self.valid = torch.zeros((rows, width), dtype=torch.bool, device=fast.device)
+        self.fill = torch.zeros(rows, dtype=torch.long, device=fast.device)
+        self.position = torch.zeros(rows, dtype=torch.long, device=fast.device)
+        self.rows, self.width = rows, width
+        self.span = 0  # columns in use by any row: attention reads no further
+
+    def write(self, layer: int, rows: slice, columns, k, v):
+        keys, values = self.keys[layer], self.values[layer]
+        if isinstance(columns, slice):
+            keys[rows, :, columns] = k
+            values[rows, :, columns] = v
+            return keys[rows, :, columns], values[rows, :, columns]
+        import torch
+
+        index = torch.arange(k.shape[0], device=k.device) + (rows.start or 0)
+        keys[index, :, columns] = k[:, :, 0]
+        values[index, :, columns] = v[:, :, 0]
+        return keys[rows, :, : self.span], values[rows, :, : self.span]
+
+    def grown(self, width: int) -> "KVCache":
+        """A wider cache holding this one's rows (the server's rows outgrew it)."""
+        import torch
+
+        wider = KVCache.__new__(KVCache)
+        pad = width - self.width
+
+        def widen(t):
+            return torch.cat([t, t.new_zeros((*t.shape[:2], pad, t.shape[3]))], dim=2)
+
+        wider.keys = [widen(t) for t in self.keys]
+        wider.values = [widen(t) for t in self.values]
+        wider.valid = torch.cat([self.valid, self.valid.new_zeros((self.rows, pad))], dim=1)
+        wider.fill, wider.position = self.fill.clone(), self.position.clone()
+        wider.rows, wider.width, wider.span = self.rows, width, self.span
+        return wider
+
+    def move(self, source: int, target: int) -> None:
+        """Copy row `source` into row `target` (the server packs its live rows to the front)."""
+        for tensors in (self.keys, self.values):
+            for t in tensors:
+                t[target] = t[source]
+        for t in (self.valid, self.fill, self.position):
+            t[target] = t[source]
+
+    def clear(self, row: int) -> None:
+        self.valid[row] = False
+        self.fill[row] = 0
+        self.position[row] = 0
+
+
+def _attention(mask, groups: int) -> Callable:
+    """Attention as transformers' SDPA path computes it, choice for choice, so the numbers match.
+
+    No mask: SDPA's own GQA and causal flag. A mask and one query per row: the query heads
+    packed onto their key/value head. A mask and a prompt: key/value heads repeated.
+    """
+    import torch.nn.functional as F
+
+    def attend(q, k, v):
+        b, heads, t, dim = q.shape
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=groups > 1)
+        if groups == 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if t == 1:
+            packed = q.reshape(b, heads // groups, groups, dim)
+            return F.scaled_dot_product_attention(packed, k, v, attn_mask=mask).reshape(b, heads, 1, dim)
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    return attend
+
+
+def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask):
+    """Fill cache `rows` with left-padded prompts `ids` [B, T] (mask 1 where a token is real).
+
+    Returns the last position's logits [B, vocab].
+    """
+    import torch
+
+    t = ids.shape[1]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    attn_mask = None
+    if bool((mask == 0).any()):
+        causal = torch.ones((t, t), dtype=torch.bool, device=ids.device).tril()
+        # A padding query sees itself, so its (unused) output stays finite: NaN keys would poison real rows.
+        attn_mask = (causal[None] & mask.bool()[:, None, :]) | torch.eye(t, dtype=torch.bool, device=ids.device)
+        attn_mask = attn_mask[:, None]
+    cache.valid[rows] = False
+    cache.valid[rows, :t] = mask.bool()
+    cache.fill[rows] = t
+    cache.position[rows] = mask.long().sum(-1)
+    with torch.no_grad():
+        return fast.forward(ids, positions, cache, rows, slice(0, t), _attention(attn_mask, fast.heads // fast.kv_heads))
+
+
+def step(fast: FastModel, cache: KVCache, rows: slice, chosen):
+    """One new token [B] for each of cache `rows`, each at its own column; returns logits [B, vocab]."""
+    import torch
+
+    columns = cache.fill[rows].clone()
+    cache.valid[torch.arange(rows.start or 0, rows.stop, device=columns.device), columns] = True
+    cache.span = int(columns.max()) + 1
+    valid = cache.valid[rows, : cache.span]
+    mask = None if bool(valid.all()) else valid[:, None, None, :]
+    positions = cache.position[rows][:, None].clone()
+    with torch.no_grad():
+        logits = fast.forward(chosen[:, None], positions, cache, rows, columns,
+                              _attention(mask, fast.heads // fast.kv_heads))
+    cache.fill[rows] += 1
+    cache.position[rows] += 1
+    return logits
+
+
+class FastDecoder:
+    """The generation loop's `prefill`/`step` over the fast path, for one left-padded batch."""
+
+    def __init__(self, fast: FastModel, mask, max_new_tokens: int):
+        self.fast, self.mask = fast, mask
+        rows, width = mask.shape
+        self.cache = fast.cache(rows, width + max_new_tokens)
+        self.rows = slice(0, rows)
+
+    def prefill(self, ids):
+        return prefill(self.fast, self.cache, self.rows, ids, self.mask)
+
+    def step(self, chosen):
+        return step(self.fast, self.cache, self.rows, chosen)
+
+
+def fast_model(model: Any) -> FastModel:
+    """The model's fast-path arrangement, built once per loaded model and kept with it."""
+    built = getattr(model, "_lmpipe_fast", None)
+    if built is None:
+        built = FastModel(model)
+        model._lmpipe_fast = built
+    return built
