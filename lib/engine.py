@@ -1,11 +1,13 @@
 """The server's engine: one model kept warm, a bounded queue, and a worker that batches.
 
-Requests wait in a bounded queue (full: the caller answers 503). One worker thread takes
-what is waiting, up to `max_batch` requests with the same sampling settings, and runs them
-through lmpipe.generation's one loop together, routing each token to its request. A request
-whose client went away is dropped from routing at once, and a batch whose clients all went
-away stops at the next token. After `keep_alive` seconds without a request the model is
-unloaded; the next request loads it again.
+Requests wait in a bounded queue (full: the caller answers 503). One worker thread serves
+them. For models the fast path knows (lmpipe.fastpath), batching is continuous
+(lmpipe.batching): between two decode steps, waiting requests join the running batch up to
+`max_batch` rows, and finished or abandoned ones leave it at once. For other models the
+worker takes what is waiting, up to `max_batch` requests with the same sampling settings,
+and runs them through lmpipe.generation's loop together, routing each token to its request;
+a batch whose clients all went away stops at the next token. After `keep_alive` seconds
+without a request the model is unloaded; the next request loads it again.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Engine:
         self.tokenizer = load_tokenizer(self.ref)  # prompts are checked before they queue
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=settings.max_queue)
         self.lm: LoadedModel | None = None
+        self.batcher: Any = None  # lmpipe.batching.Batcher while a fast-path model is loaded
         self.last_used = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -97,29 +100,56 @@ class Engine:
         if keep and self.lm is not None and time.monotonic() - self.last_used > keep:
             with self._lock:
                 self.lm = None
+                self.batcher = None
             import gc
 
             gc.collect()
             self.notify(f"unloaded {self.ref.name} after {keep:g} s idle")
 
-    def _take(self) -> list[Job]:
-        try:
-            first = self.jobs.get(timeout=0.5)
-        except queue.Empty:
-            return []
-        batch = [first]
-        while len(batch) < self.settings.max_batch:
+    def _take(self, limit: int, wait: bool = True) -> list[Job]:
+        batch: list[Job] = []
+        if wait:
+            try:
+                batch.append(self.jobs.get(timeout=0.5))
+            except queue.Empty:
+                return []
+        while len(batch) < limit:
             try:
                 batch.append(self.jobs.get_nowait())
             except queue.Empty:
                 break
-        return batch
+        return [job for job in batch if not job.cancelled.is_set()]
+
+    def _continuous(self) -> bool:
+        """Whether this engine batches continuously (its model is loaded and the fast path knows it)."""
+        from .decoding import uses_fast_path
+
+        lm = self.lm
+        if lm is None or not uses_fast_path(lm.model, self.settings.decoding):
+            return False
+        if self.batcher is None:
+            from .batching import Batcher
+
+            self.batcher = Batcher(lm.model, lm.tokenizer, self.settings.max_batch)
+        return True
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            batch = [job for job in self._take() if not job.cancelled.is_set()]
+            if self._continuous():
+                self._continue()
+                continue
+            batch = self._take(self.settings.max_batch)
             if not batch:
                 self._unload_if_idle()
+                continue
+            try:
+                self.model()  # loaded now, so the first batch knows whether it may batch continuously
+            except Exception as exc:
+                for job in batch:
+                    job.emit(exc)
+                continue
+            if self._continuous():
+                self._continue(batch)
                 continue
             groups: dict[Sampling, list[Job]] = {}
             for job in batch:
@@ -127,6 +157,26 @@ class Engine:
             for sampling, jobs in groups.items():
                 self._run(sampling, jobs)
             self.last_used = time.monotonic()
+
+    def _continue(self, waiting: list[Job] | None = None) -> None:
+        """Admit what is waiting into free rows, then one decode step for all live rows."""
+        batcher = self.batcher
+        if waiting is None:
+            waiting = self._take(batcher.free, wait=not batcher.live)
+        for job in waiting:
+            try:
+                self.model()  # marks the model used
+                batcher.admit(job)
+            except Exception as exc:  # this request fails; the others go on
+                job.emit(exc)
+        if not batcher.live:
+            self._unload_if_idle()
+            return
+        try:
+            batcher.step()
+        except Exception as exc:  # a failed step fails its requests, never the server
+            batcher.fail(exc)
+        self.last_used = time.monotonic()
 
     def _run(self, sampling: Sampling, jobs: list[Job]) -> None:
         try:

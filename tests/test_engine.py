@@ -71,3 +71,69 @@ def test_the_queue_is_bounded(engine):
         for j in jobs:
             j.cancelled.set()
     assert accepted in (2, 3)  # the worker may have taken one before it blocked
+
+
+def solo(engine: Engine, ids: list[int], sampling: Sampling) -> Completion:
+    from lmpipe.generation import generate
+
+    lm = engine.model()
+    return [e for e in generate(lm.model, lm.tokenizer, [ids], sampling) if isinstance(e, Completion)][0]
+
+
+def submit(engine: Engine, prompt: str, sampling: Sampling):
+    events: list = []
+    done = threading.Event()
+
+    def emit(event):
+        events.append(event)
+        if isinstance(event, (Completion, Exception)):
+            done.set()
+
+    ids = list(engine.tokenizer(prompt)["input_ids"])
+    j = Job(ids, sampling, emit)
+    engine.submit(j)
+    return j, events, done
+
+
+def test_a_request_joins_a_running_batch_and_leaves_it_before_the_long_one_ends(engine):
+    engine.model()
+    long_sampling = Sampling(max_new_tokens=60, stop=("never appears",))
+    long_job, long_events, long_done = submit(engine, "Once upon a time", long_sampling)
+    deadline = time.monotonic() + 60
+    while len(long_events) < 5 and time.monotonic() < deadline:  # the long one is decoding
+        time.sleep(0.01)
+    short_job, short_events, short_done = submit(engine, "The quick brown fox", Sampling(max_new_tokens=4))
+    short = wait_for(short_events, short_done)
+    assert not long_done.is_set()  # continuous: the short request did not wait for the long one
+    long = wait_for(long_events, long_done)
+    assert engine.batcher is not None and not engine.batcher.live  # every row freed
+    # Joining and leaving a batch changes no tokens: each equals its own run alone.
+    assert short.ids == solo(engine, short_job.ids, Sampling(max_new_tokens=4)).ids
+    assert long.ids == solo(engine, long_job.ids, long_sampling).ids
+
+
+def test_rows_keep_their_own_sampling_and_seed(engine):
+    engine.model()
+    sampled = Sampling(temperature=0.9, top_k=20, seed=7, max_new_tokens=12)
+    runs = [submit(engine, "Once upon a time", sampled), submit(engine, "The quick brown fox", Sampling(max_new_tokens=12))]
+    got = [wait_for(events, done) for _, events, done in runs]
+    assert got[0].ids == solo(engine, runs[0][0].ids, sampled).ids
+    assert got[1].ids == solo(engine, runs[1][0].ids, Sampling(max_new_tokens=12)).ids
+
+
+def test_a_cancelled_request_frees_its_row_at_once(tiny_llama):
+    e = Engine(EngineSettings(model=ModelSettings(str(tiny_llama)), max_batch=1, max_queue=4))
+    try:
+        e.model()
+        stuck, stuck_events, stuck_done = submit(e, "Once upon a time", Sampling(max_new_tokens=10_000, stop=("x" * 50,)))
+        deadline = time.monotonic() + 60
+        while not stuck_events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _, events, done = submit(e, "The quick brown fox", Sampling(max_new_tokens=3))
+        time.sleep(0.3)
+        assert not done.is_set()  # one row, and it is taken
+        stuck.cancelled.set()
+        assert isinstance(wait_for(events, done, timeout=60), Completion)
+        assert not stuck_done.is_set()  # an abandoned request gets nothing more
+    finally:
+        e.close()

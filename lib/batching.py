@@ -1,0 +1,156 @@
+"""Continuous batching: requests join and leave the running batch between decode steps.
+
+The fast path's KV cache has a row per sequence, each with its own length. A new request
+is prefilled into the first free row and decodes with the others from the next step on; a
+finished or abandoned one frees its row at once (the last live row moves into the hole, so
+live rows stay packed at the front and each step reads only them). Each row keeps its own
+sampling settings, processors and seed, and reports through lmpipe.generation's row state,
+so its tokens, text, stop strings and stats are exactly what the batch loop would produce.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .fastpath import KVCache, fast_model, prefill, step
+from .generation import RowState, advance, complete, eos_ids, pad_id, pick
+from .sampling import Sampling, logits_processors
+
+WIDTH_STEP = 256  # the cache grows in steps of this many columns
+
+
+class Request(Protocol):
+    ids: list[int]
+    sampling: Sampling
+
+    def emit(self, event: Any) -> None: ...
+
+
+@dataclass
+class Live:
+    request: Any
+    state: RowState
+    processors: Any
+    generator: Any
+    history: list[int]
+    started: float
+    next: int = -1
+    done: bool = False
+    constraints: tuple[Any, ...] = field(default_factory=tuple)
+
+    @property
+    def plain(self) -> bool:
+        return self.request.sampling.greedy and not self.processors
+
+
+class Batcher:
+    """Up to `rows` sequences decoding together over one loaded Llama-family model."""
+
+    def __init__(self, model: Any, tokenizer: Any, rows: int):
+        self.fast = fast_model(model)
+        self.tokenizer = tokenizer
+        self.eos = eos_ids(model, tokenizer)
+        self.pad = pad_id(tokenizer, self.eos)
+        self.rows = rows
+        self.cache: KVCache | None = None
+        self.live: list[Live] = []
+
+    @property
+    def free(self) -> int:
+        return self.rows - len(self.live)
+
+    def _fit(self, width: int) -> KVCache:
+        width = -(-width // WIDTH_STEP) * WIDTH_STEP
+        if self.cache is None:
+            self.cache = self.fast.cache(self.rows, width)
+        elif self.cache.width < width:
+            self.cache = self.cache.grown(width)
+        return self.cache
+
+    def admit(self, request: Any, constraints: tuple[Any, ...] = ()) -> None:
+        """Prefill `request` into the next free row and report its first token."""
+        import torch
+
+        if not self.free:
+            raise RuntimeError("no free row")
+        sampling: Sampling = request.sampling
+        cache = self._fit(len(request.ids) + sampling.max_new_tokens)
+        row = len(self.live)
+        generator = None
+        if not sampling.greedy:
+            generator = torch.Generator(device=str(self.fast.device)).manual_seed(sampling.seed or 0)
+        live = Live(request, RowState(len(request.ids)), logits_processors(sampling, constraints), generator,
+                    list(request.ids), time.perf_counter(), constraints=constraints)
+        ids = torch.tensor([request.ids], dtype=torch.long, device=self.fast.device)
+        self.live.append(live)
+        try:
+            logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids))
+        except BaseException:
+            self.live.pop()
+            raise
+        self._choose([live], logits)
+        self._sweep()
+
+    def step(self) -> None:
+        """One decode step for every live row; finished and abandoned rows leave."""
+        import torch
+
+        self._sweep()
+        if not self.live:
+            return
+        chosen = torch.tensor([live.next for live in self.live], dtype=torch.long, device=self.fast.device)
+        logits = step(self.fast, self.cache, slice(0, len(self.live)), chosen)
+        self._choose(self.live, logits)
+        self._sweep()
+
+    def fail(self, exc: BaseException) -> None:
+        """Every live request gets `exc`; the rows are freed."""
+        for live in self.live:
+            live.request.emit(exc)
+        self.live = []
+
+    def _choose(self, lives: list[Live], logits) -> None:
+        import torch
+
+        if all(live.plain for live in lives):
+            tokens = logits.argmax(dim=-1).tolist()
+        else:
+            tokens = []
+            for i, live in enumerate(lives):
+                history = torch.tensor([live.history], dtype=torch.long, device=logits.device)
+                scores = live.processors(history, logits[i: i + 1])
+                generators = [live.generator] if live.generator is not None else None
+                tokens.append(int(pick(scores, live.request.sampling.greedy, generators)[0]))
+        now = time.perf_counter()
+        for live, token in zip(lives, tokens):
+            sampling = live.request.sampling
+            for event in advance(0, live.state, token, now - live.started, self.tokenizer, self.eos, sampling, None):
+                live.request.emit(event)
+            live.history.append(token)
+            live.next = token
+            if not live.state.finish and len(live.state.times) >= sampling.max_new_tokens:
+                live.state.finish = "length"
+            if live.state.finish:
+                live.request.emit(complete(0, live.state))
+                live.done = True
+
+    def _sweep(self) -> None:
+        """Free the rows of finished and abandoned requests, packing live rows to the front."""
+        i = 0
+        while i < len(self.live):
+            live = self.live[i]
+            if live.done or _cancelled(live.request):
+                last = len(self.live) - 1
+                if i != last:
+                    self.cache.move(last, i)
+                    self.live[i] = self.live[last]
+                self.live.pop()
+                continue
+            i += 1
+
+
+def _cancelled(request: Any) -> bool:
+    cancelled = getattr(request, "cancelled", None)
+    return bool(cancelled is not None and cancelled.is_set())
