@@ -167,13 +167,10 @@ def test_lm_generate_through_the_server_writes_the_same_records(server, tiny_lla
 
 
 def test_what_only_in_process_generation_does_is_refused_through_a_server(server, tiny_llama):
-    tools = {"text": "hi", "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
     args = ("-m", str(tiny_llama), "-n", "4", "--server", server.url)
-    result = run_tool("lm-generate", *args, input=json.dumps(tools) + "\nplain\n")
-    first, second = jsonl(result.stdout)
-    assert result.returncode == 1 and "need in-process generation" in first["error"] and "generated" in second
-    result = run_tool("lm-generate", *args, "--regex", "[a-z]+", input="hi\n")
-    assert result.returncode == 2 and b"need in-process generation" in result.stderr
+    for option in ("--stream", "--top-probs=2"):
+        result = run_tool("lm-generate", *args, option, input="hi\n")
+        assert result.returncode == 2 and b"needs in-process generation" in result.stderr
 
 
 def test_a_server_that_is_not_there_is_one_line():
