@@ -28,11 +28,15 @@ def main(**options):
     """Serve a model with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models.
 
     Tools use it with --server URL or LMPIPE_SERVER=URL and write the same records as in-process.
+    Requests may ask for structured output (`response_format` json_schema or json_object; lmpipe's
+    `regex`, `choice` and `prefix`) and call functions (`tools`, `tool_choice`), as lm-generate does.
 
     \b
       lm-serve --port 8080 --keep-alive 600 &
       echo "What is the capital of France?" | lm-generate --server http://127.0.0.1:8080
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}'
+      curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],
+        "response_format":{"type":"json_object"}}'
     """
     from lmpipe.tasks.serve import run
 

@@ -3,19 +3,22 @@
 A tool uses a server when given `--server URL` or `LMPIPE_SERVER=URL` (URL with or without
 /v1). It sends each record as a chat request (or a plain completion with --raw), a batch's
 records at once so the server can batch them, and rebuilds the record it would have written
-in-process: same text, same `manifest`, `stats` from the server's timings. No torch is
-imported on this side, so a tool in a pipeline starts in a fraction of a second.
+in-process: same text, same `manifest`, `stats` from the server's timings. Constraints go as
+`response_format` (or lmpipe's `regex`, `choice`, `prefix`), a record's tools as `tools` and
+`tool_choice`; the answer becomes `json`, `tool_calls`... through the same code as in-process.
+No torch is imported on this side, so a tool in a pipeline starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Iterator
 
 from .errors import LmpipeError, RecordError, UsageError
+from .answers import Plan, plan_for
 from .prompts import PromptSettings, messages_of, text_of
-from .reasoning import split_reasoning
 from .records import Item, error_record
 from .runner import Finished, Streamed
 
@@ -105,14 +108,15 @@ class RemoteGenerateTask:
         if served and model not in served:
             self.model = served[0] if len(served) == 1 else model
 
-    def payload(self, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        if "tools" in record:
-            raise RecordError("records with `tools` need in-process generation (drop --server)")
+    def payload(self, record: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
         body, chat = request_for(record, self.settings.prompt)
         s = self.settings.sampling
         body.update(model=self.model, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                     repetition_penalty=s.repetition_penalty, max_tokens=s.max_new_tokens, seed=s.seed,
                     stop=list(s.stop))
+        body.update(answer_format(record, plan, self.settings.tool_choice))
+        if self.settings.prompt.prefix:
+            body["prefix"] = self.settings.prompt.prefix  # lmpipe's extension
         return body, chat
 
     def manifest(self, response: dict[str, Any]) -> dict[str, Any]:
@@ -123,22 +127,20 @@ class RemoteGenerateTask:
         return {**identity, **run_settings(self.settings), "device": part.get("device"), "dtype": part.get("dtype"),
                 "versions": part.get("versions")}
 
-    def output(self, item: Item, response: dict[str, Any], chat: bool) -> dict[str, Any]:
-        choice = response["choices"][0]
-        text = choice["message"]["content"] if chat else choice["text"]
-        record = dict(item.record or {})
-        reasoning, answer = split_reasoning(text or "")
-        record[self.settings.out] = answer
-        if reasoning is not None:
-            record["reasoning"] = reasoning
-        record["stats"] = stats_of(response)
-        record["manifest"] = self.manifest(response)
-        return record
+    def output(self, item: Item, response: dict[str, Any], chat: bool, plan: Plan) -> Finished:
+        from .tasks.generate import answer_record
+
+        stats = stats_of(response)
+        text = generated_text(response, chat, self.settings.prompt.prefix)
+        return answer_record(item, self.settings, plan, text, stats.get("finish_reason") or "stop", stats,
+                             self.manifest(response))
 
     def one(self, item: Item) -> Finished:
         try:
-            body, chat = self.payload(item.record or {})
-            return Finished(item, self.output(item, self.client.complete(body, chat), chat))
+            record = item.record or {}
+            plan = plan_for(record, self.settings.constraint, self.settings.tool_choice)
+            body, chat = self.payload(record, plan)
+            return self.output(item, self.client.complete(body, chat), chat, plan)
         except RecordError as exc:
             return Finished(item, error_record(item, str(exc)), failed=True)
 
@@ -147,3 +149,35 @@ class RemoteGenerateTask:
             futures = [pool.submit(self.one, item) for item in batch]
             for future in as_completed(futures):
                 yield future.result()
+
+
+def answer_format(record: dict[str, Any], plan: Plan, tool_choice: str) -> dict[str, Any]:
+    """The request fields for the record's plan: its tools and tool choice, and the format asked for."""
+    from .tools import CHOICES, record_choice
+
+    out: dict[str, Any] = {}
+    if "tools" in record:
+        choice: Any = record_choice(record, tool_choice)
+        if choice not in CHOICES:
+            choice = {"type": "function", "function": {"name": choice}}
+        out.update(tools=record["tools"], tool_choice=choice)
+    c = plan.constraint  # None when the record calls tools
+    if c is not None and c.kind == "json_schema":
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": c.schema}}
+    elif c is not None:
+        out.update({"regex": c.source} if c.kind == "regex" else {"choice": list(c.choices)})
+    return out
+
+
+def generated_text(response: dict[str, Any], chat: bool, prefix: str) -> str:
+    """What the model wrote after the prefix; a tool call as the JSON it was decoded as."""
+    choice = response["choices"][0]
+    if chat and (calls := choice["message"].get("tool_calls")):
+        f = calls[0]["function"]
+        try:
+            arguments = json.loads(f["arguments"])
+        except (json.JSONDecodeError, TypeError):
+            raise RecordError(f"server: tool call arguments are not JSON: {f.get('arguments')!r}") from None
+        return json.dumps({"name": f["name"], "arguments": arguments}, ensure_ascii=False)
+    text = (choice["message"]["content"] if chat else choice["text"]) or ""
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,15 +51,20 @@ def load_schema(text: str) -> dict[str, Any]:
         schema = json.loads(stripped)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--json-schema is not valid JSON: {exc}") from None
+    return schema
+
+
+def check_schema(schema: Any, what: str = "--json-schema") -> dict[str, Any]:
+    """`schema` if it is a valid JSON Schema object; UsageError naming `what` otherwise."""
     if not isinstance(schema, dict):
-        raise UsageError("--json-schema must be a JSON object")
+        raise UsageError(f"{what} must be a JSON object")
     from jsonschema.exceptions import SchemaError
     from jsonschema.validators import validator_for
 
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
-        raise UsageError(f"--json-schema is not a valid JSON Schema: {exc.message}") from None
+        raise UsageError(f"{what} is not a valid JSON Schema: {exc.message}") from None
     return schema
 
 
@@ -67,8 +73,30 @@ def _check(grammar: str, what: str) -> str:
 
     error = LLMatcher.validate_grammar(grammar, None)
     if error and not error.startswith("WARNING"):
-        raise UsageError(f"{what} cannot be compiled: {error.strip().splitlines()[0]}")
+        lines = [line.strip() for line in error.splitlines() if line.strip()]
+        why = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # "regex parse error: ... not supported"
+        raise UsageError(f"{what} cannot be compiled: {why}")
     return grammar
+
+
+def json_constraint(schema: Any, what: str = "--json-schema", source: str = "") -> Constraint:
+    """Answers that validate against `schema`, compiled and checked (UsageError naming `what`)."""
+    schema = check_schema(schema, what)
+    return Constraint("json_schema", _check(json_grammar(schema, what), what), schema=schema, source=source)
+
+
+def regex_constraint(regex: str, what: str = "--regex") -> Constraint:
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise UsageError(f"{what} {regex!r}: {exc}") from None
+    return Constraint("regex", _check(regex_grammar(regex), what), source=regex)
+
+
+def choice_constraint(choices: Sequence[str], what: str = "--choice") -> Constraint:
+    if any(not isinstance(c, str) or not c for c in choices):
+        raise UsageError(f"{what} must be non-empty strings")
+    return Constraint("choice", _check(choice_grammar(choices), what), choices=tuple(choices))
 
 
 def constraint_from_options(json_schema: str | None = None, regex: str | None = None,
@@ -78,28 +106,21 @@ def constraint_from_options(json_schema: str | None = None, regex: str | None = 
     if len(given) > 1:
         raise UsageError(f"{' and '.join(given)} cannot be combined; choose one")
     if json_schema:
-        schema = load_schema(json_schema)
-        return Constraint("json_schema", _check(json_grammar(schema), "--json-schema"), schema=schema, source=json_schema)
+        return json_constraint(load_schema(json_schema), source=json_schema)
     if regex:
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            raise UsageError(f"--regex {regex!r}: {exc}") from None
-        return Constraint("regex", _check(regex_grammar(regex), "--regex"), source=regex)
+        return regex_constraint(regex)
     if choice:
-        if any(not c for c in choice):
-            raise UsageError("--choice must not be empty")
-        return Constraint("choice", _check(choice_grammar(choice), "--choice"), choices=tuple(choice))
+        return choice_constraint(choice)
     return None
 
 
-def json_grammar(schema: dict[str, Any]) -> str:
+def json_grammar(schema: dict[str, Any], what: str = "--json-schema") -> str:
     from llguidance import LLMatcher
 
     try:
         return LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
     except ValueError as exc:
-        raise UsageError(f"--json-schema cannot be compiled: {exc}") from None
+        raise UsageError(f"{what} cannot be compiled: {exc}") from None
 
 
 def regex_grammar(regex: str) -> str:
@@ -141,6 +162,27 @@ def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Sequence[int]):
         return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=sorted(eos))
     except ValueError as exc:
         raise UsageError(f"structured output needs a fast tokenizer: {exc}") from None
+
+
+_LL_TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def model_ll_tokenizer(model: Any, tokenizer: Any) -> Any:
+    """llguidance's tokenizer for a loaded model, built once per model and kept while it lives."""
+    found = _LL_TOKENIZERS.get(model)
+    if found is None:
+        from .generation import eos_ids
+
+        vocab = model.get_output_embeddings().weight.shape[0]
+        found = _LL_TOKENIZERS[model] = ll_tokenizer(tokenizer, vocab, eos_ids(model, tokenizer))
+    return found
+
+
+def grammar_processors(model: Any, tokenizer: Any, grammars: Sequence[str | None]) -> list[Any]:
+    """The `constraints` for one batch of generate(): fresh matchers, one grammar per row (None: free)."""
+    if all(g is None for g in grammars):
+        return []
+    return [GrammarProcessor(model_ll_tokenizer(model, tokenizer), grammars)]
 
 
 class GrammarProcessor:

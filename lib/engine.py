@@ -30,6 +30,7 @@ class Job:
     ids: list[int]
     sampling: Sampling
     emit: Emit
+    grammar: str | None = None  # llguidance's grammar the answer must follow (lmpipe.constrain); None: free
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -180,9 +181,12 @@ class Engine:
 
     def _run(self, sampling: Sampling, jobs: list[Job]) -> None:
         try:
+            from .constrain import grammar_processors
+
             lm = self.model()
+            constraints = grammar_processors(lm.model, lm.tokenizer, [j.grammar for j in jobs])
             events = generate(lm.model, lm.tokenizer, [j.ids for j in jobs], sampling, device=lm.device,
-                              decoding=self.settings.decoding)
+                              constraints=constraints, decoding=self.settings.decoding)
             for event in events:
                 job = jobs[event.row]
                 if not job.cancelled.is_set():

@@ -1,7 +1,8 @@
 """lm-serve's HTTP face: an OpenAI-compatible API over the engine (starlette, run by uvicorn).
 
 /v1/chat/completions, /v1/completions (both with `stream` as server-sent events), /v1/models
-and /health. Every response to a request that cannot be served is JSON
+and /health. Structured output (`response_format`, lmpipe's `regex`, `choice`, `prefix`) and
+function calling (`tools`, `tool_choice`) come from lmpipe.serve_answers. Every response to a request that cannot be served is JSON
 `{"error": {"message", "type", "code"}}`: 400 for a malformed request, 503 with Retry-After
 when the queue is full, 500 if generation itself failed. Besides OpenAI's `usage`, responses
 carry llama.cpp-style `timings` and an `lmpipe` object (stats and manifest parts) from which
@@ -24,6 +25,7 @@ from .errors import LmpipeError, RecordError
 from .generation import Completion, Token
 from .prompts import PromptSettings, messages_of, prompt_ids
 from .sampling import Sampling
+from .serve_answers import Asked, FormatError, asked, tool_calls
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
@@ -84,36 +86,41 @@ class Prepared:
     sampling: Sampling
     stream: bool
     include_usage: bool
+    asked: Asked
 
 
-def chat_ids(engine: Engine, body: dict[str, Any]) -> list[int]:
+def chat_ids(engine: Engine, body: dict[str, Any], asked: Asked) -> list[int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty list", "invalid_type")
-    tok = engine.tokenizer
+    tok, tools = engine.tokenizer, asked.plan.tools
     try:
         if tok.chat_template is not None:
-            return prompt_ids({"messages": messages}, tok, PromptSettings())
+            return prompt_ids({"messages": messages}, tok, PromptSettings(prefix=asked.prefix), tools)
         # No chat template: the tools' own rule, an optional system line and one user text.
         messages_of({"messages": messages}, PromptSettings())
         roles = [m["role"] for m in messages]
         if roles not in (["user"], ["system", "user"]):
             raise BadRequest("this model has no chat template: send one user message (and a system one)")
         system = messages[0]["content"] if roles[0] == "system" else None
-        return prompt_ids({"text": messages[-1]["content"]}, tok, PromptSettings(system=system, raw=True))
+        settings = PromptSettings(system=system, raw=True, prefix=asked.prefix)
+        return prompt_ids({"text": messages[-1]["content"]}, tok, settings, tools)
     except RecordError as exc:
         raise BadRequest(str(exc), "invalid_messages") from None
 
 
-def completion_ids(engine: Engine, body: dict[str, Any]) -> list[int]:
+def completion_ids(engine: Engine, body: dict[str, Any], asked: Asked) -> list[int]:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
-    if isinstance(prompt, str):
-        return list(engine.tokenizer(prompt)["input_ids"])
+    if isinstance(prompt, str):  # as lm-generate --raw: tool instructions first, the prefix last
+        return prompt_ids({"text": prompt}, engine.tokenizer, PromptSettings(raw=True, prefix=asked.prefix),
+                          asked.plan.tools)
     if isinstance(prompt, list) and prompt and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
         if max(prompt) >= len(engine.tokenizer) or min(prompt) < 0:
             raise BadRequest("`prompt` token ids out of the vocabulary", "invalid_value")
+        if asked.prefix or asked.plan.tools:
+            raise BadRequest("`prefix` and `tools` need a text prompt", "unsupported")
         return prompt
     raise BadRequest("`prompt` must be a string or a list of token ids", "invalid_type")
 
@@ -131,14 +138,19 @@ async def prepare(engine: Engine, request: Any, chat: bool) -> Prepared:
     if model is not None and model not in (engine.model_id, engine.ref.name):
         raise BadRequest(f"unknown model {model!r}; this server has {engine.model_id!r}", "model_not_found")
     sampling = sampling_of(body)
-    ids = chat_ids(engine, body) if chat else completion_ids(engine, body)
+    try:
+        wanted = asked(body)
+    except FormatError as exc:
+        raise BadRequest(str(exc), exc.code) from None
+    ids = chat_ids(engine, body, wanted) if chat else completion_ids(engine, body, wanted)
     context = await run_in_threadpool(engine.context_length)
     if context and len(ids) >= context:
         raise BadRequest(f"prompt is {len(ids)} tokens; the model's context is {context}", "context_length_exceeded")
     if context:
         sampling = Sampling(**{**sampling.__dict__, "max_new_tokens": min(sampling.max_new_tokens, context - len(ids))})
     options = _typed(body, "stream_options", (dict,), {})
-    return Prepared(ids, sampling, bool(_typed(body, "stream", (bool,), False)), bool(options.get("include_usage")))
+    return Prepared(ids, sampling, bool(_typed(body, "stream", (bool,), False)), bool(options.get("include_usage")),
+                    wanted)
 
 
 def usage(c: Completion) -> dict[str, int]:
@@ -173,7 +185,7 @@ class Session:
     def __init__(self, engine: Engine, prepared: Prepared):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[Any] = asyncio.Queue()
-        self.job = Job(prepared.ids, prepared.sampling, self._emit)
+        self.job = Job(prepared.ids, prepared.sampling, self._emit, prepared.asked.plan.grammar)
 
     def _emit(self, event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -223,7 +235,7 @@ def create_app(engine: Engine):
                 try:
                     async for event in session:
                         if isinstance(event, Completion):
-                            return _json(whole(engine, event, prepared.sampling, ident, chat))
+                            return _json(whole(engine, event, prepared, ident, chat))
                 finally:
                     session.job.cancelled.set()
                 raise RuntimeError("generation ended without a completion")
@@ -243,44 +255,68 @@ def create_app(engine: Engine):
     return Starlette(routes=routes)
 
 
-def whole(engine: Engine, c: Completion, sampling: Sampling, ident: str, chat: bool) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": FINISH[c.finish_reason], "logprobs": None}
+def answer(prepared: Prepared, c: Completion) -> tuple[str, list[dict[str, Any]] | None, str]:
+    """The answer's text (with the prefix), its tool calls (or None) and OpenAI's finish_reason."""
+    calls = tool_calls(prepared.asked, c.text)
+    return prepared.asked.prefix + c.text, calls, "tool_calls" if calls else FINISH[c.finish_reason]
+
+
+def whole(engine: Engine, c: Completion, prepared: Prepared, ident: str, chat: bool) -> dict[str, Any]:
+    text, calls, finish = answer(prepared, c)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
     if chat:
-        choice["message"] = {"role": "assistant", "content": c.text}
-    else:
-        choice["text"] = c.text
+        choice["message"] = {"role": "assistant", "content": None if calls else text}
+        if calls:
+            choice["message"]["tool_calls"] = calls
+    else:  # lmpipe's extension: the call's text stays in `text`
+        choice["text"] = text
+        if calls:
+            choice["tool_calls"] = calls
     return {
         "id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
         "model": engine.model_id, "choices": [choice], "usage": usage(c), "timings": timings(c),
-        "lmpipe": lmpipe_part(engine, c, sampling),
+        "lmpipe": lmpipe_part(engine, c, prepared.sampling),
     }
 
 
 async def stream(engine: Engine, session: Session, prepared: Prepared, ident: str, chat: bool):
-    """Server-sent events, OpenAI's chunk format; [DONE] last. A client that leaves cancels its job."""
+    """Server-sent events, OpenAI's chunk format; [DONE] last. A client that leaves cancels its job.
+
+    With tools the answer is held back and sent whole at the end, as text or as one tool_calls delta."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     created = int(time.time())
+    held = bool(prepared.asked.plan.tools)
 
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+    def chunk(text: str | None, finish: str | None, first: bool = False,
+              calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
+            if calls:
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
             choice["delta"] = delta
         else:
             choice["text"] = text or ""
+            if calls:
+                choice["tool_calls"] = calls
         return {"id": ident, "object": kind, "created": created, "model": engine.model_id, "choices": [choice]}
 
     try:
         if chat:
             yield _sse(chunk("", None, first=True))
+        if prepared.asked.prefix and not held:
+            yield _sse(chunk(prepared.asked.prefix, None))
         try:
             async for event in session:
-                if isinstance(event, Token) and event.text:
+                if isinstance(event, Token) and event.text and not held:
                     yield _sse(chunk(event.text, None))
                 elif isinstance(event, Completion):
-                    last = chunk(None, FINISH[event.finish_reason])
+                    text, calls, finish = answer(prepared, event)
+                    if held:
+                        yield _sse(chunk(None if calls and chat else text, None, calls=calls))
+                    last = chunk(None, finish)
                     last.update(timings=timings(event), lmpipe=lmpipe_part(engine, event, prepared.sampling))
                     if not prepared.include_usage:
                         last["usage"] = usage(event)

@@ -56,6 +56,19 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_llama(tiny_llama, tmp_path_factory) -> Path:
+    """tiny_llama with room for tool instructions (its byte-level vocabulary spends many tokens)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("long-llama") / "model"
+    shutil.copytree(tiny_llama, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_raw(tmp_path_factory) -> Path:
     """The same kind of model without a chat template."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-raw"), chat=False)

@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import jsonl, run_tool
+from serve_helpers import Server, free_port
 
-BIN = Path(sys.executable).parent
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "Pipes connect small tools", "Hola mundo"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([str(BIN / "lm-serve"), "-m", str(model), "--port", str(self.port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.3)
-        raise AssertionError("lm-serve did not start")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None and httpx.get(self.url + "/health", timeout=5).status_code == 200
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -203,13 +166,10 @@ def test_lm_generate_through_the_server_writes_the_same_records(server, tiny_lla
 
 
 def test_what_only_in_process_generation_does_is_refused_through_a_server(server, tiny_llama):
-    tools = {"text": "hi", "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
     args = ("-m", str(tiny_llama), "-n", "4", "--server", server.url)
-    result = run_tool("lm-generate", *args, input=json.dumps(tools) + "\nplain\n")
-    first, second = jsonl(result.stdout)
-    assert result.returncode == 1 and "need in-process generation" in first["error"] and "generated" in second
-    result = run_tool("lm-generate", *args, "--regex", "[a-z]+", input="hi\n")
-    assert result.returncode == 2 and b"need in-process generation" in result.stderr
+    for option in ("--stream", "--top-probs=2"):
+        result = run_tool("lm-generate", *args, option, input="hi\n")
+        assert result.returncode == 2 and b"needs in-process generation" in result.stderr
 
 
 def test_a_server_that_is_not_there_is_one_line():

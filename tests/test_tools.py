@@ -25,18 +25,6 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 SCHEMAS = {"get_weather": WEATHER, "add": ADD}
 
 
-@pytest.fixture(scope="module")
-def long_llama(tiny_llama, tmp_path_factory):
-    """tiny_llama with room for the tool instructions (its byte-level vocabulary spends many tokens)."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("long-llama") / "model"
-    shutil.copytree(tiny_llama, folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
-    return folder
-
-
 def generate(model, *args: str, records: list[dict]):
     data = "".join(json.dumps(r) + "\n" for r in records)
     result = CliRunner().invoke(main, ["--model", str(model), "-n", "60", *args], input=data, catch_exceptions=False)

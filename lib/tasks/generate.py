@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from ..answers import Plan, answer_fields, plan_for
-from ..constrain import Constraint, GrammarProcessor, constraint_from_options, ll_tokenizer
+from ..constrain import Constraint, constraint_from_options, grammar_processors, model_ll_tokenizer
 from ..errors import RecordError
 from ..generation import Completion, Decoding, Token, generate
 from ..loading import LoadedModel
@@ -70,6 +70,26 @@ def run_settings(settings: GenerateSettings) -> dict[str, Any]:
     return out
 
 
+def answer_record(item: Item, settings: GenerateSettings, plan: Plan, text: str, finish_reason: str,
+                  stats: dict[str, Any], manifest: dict[str, Any], tokens: list[Any] | None = None) -> Finished:
+    """The record an answer becomes, in-process or through a server. A constrained answer cut
+    short (or not the call asked for) is an error record that keeps the text there is."""
+    prefix = settings.prompt.prefix
+    try:
+        fields = answer_fields(plan, text, finish_reason, prefix)
+    except RecordError as exc:
+        return Finished(item, {**error_record(item, str(exc)), settings.out: prefix + text}, failed=True)
+    record = dict(item.record or {})
+    record[settings.out] = fields.pop("text")
+    called = fields.pop("finish_reason", None)
+    record.update(fields)
+    if tokens is not None:
+        record["tokens"] = tokens
+    record["stats"] = {**stats, "finish_reason": called} if called else stats
+    record["manifest"] = manifest
+    return Finished(item, record)
+
+
 class GenerateTask:
     """Holds a loaded model and turns batches of items into finished records and token events."""
 
@@ -78,22 +98,8 @@ class GenerateTask:
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
         self.manifest = manifest(lm.identity, run_settings(self.settings), lm.device, lm.dtype)
-        self._ll_tokenizer = None
         if settings.constraint is not None:
-            self.ll_tokenizer()  # built now, so a problem shows before any record is read
-
-    def ll_tokenizer(self) -> Any:
-        if self._ll_tokenizer is None:
-            from ..generation import eos_ids
-
-            vocab = self.lm.model.get_output_embeddings().weight.shape[0]
-            self._ll_tokenizer = ll_tokenizer(self.lm.tokenizer, vocab, eos_ids(self.lm.model, self.lm.tokenizer))
-        return self._ll_tokenizer
-
-    def constraints(self, plans: list[Plan]) -> list[Any]:
-        """Fresh grammar matchers for a batch, one per row (none when no row has a grammar)."""
-        grammars = [p.grammar for p in plans]
-        return [GrammarProcessor(self.ll_tokenizer(), grammars)] if any(g is not None for g in grammars) else []
+            model_ll_tokenizer(lm.model, lm.tokenizer)  # built now, so a problem shows before any record is read
 
     def prepare(self, item: Item) -> tuple[list[int], Plan]:
         record = item.record or {}
@@ -103,19 +109,10 @@ class GenerateTask:
             raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
         return ids, plan
 
-    def output(self, item: Item, c: Completion, plan: Plan) -> dict[str, Any]:
-        record = dict(item.record or {})
-        fields = answer_fields(plan, c.text, c.finish_reason, self.settings.prompt.prefix)
-        record[self.settings.out] = fields.pop("text")
-        finish_reason = fields.pop("finish_reason", None)
-        record.update(fields)
-        if self.settings.top_probs:
-            record["tokens"] = [token_record(t) for t in c.tokens]
-        record["stats"] = stats(c, self.settings.ttnt)
-        if finish_reason:
-            record["stats"]["finish_reason"] = finish_reason
-        record["manifest"] = self.manifest
-        return record
+    def output(self, item: Item, c: Completion, plan: Plan) -> Finished:
+        tokens = [token_record(t) for t in c.tokens] if self.settings.top_probs else None
+        return answer_record(item, self.settings, plan, c.text, c.finish_reason, stats(c, self.settings.ttnt),
+                             self.manifest, tokens)
 
     def process(self, batch: list[Item]) -> Iterator[Finished | Streamed]:
         ready: list[tuple[Item, list[int]]] = []
@@ -140,7 +137,7 @@ class GenerateTask:
             sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
-            constraints=self.constraints(plans),
+            constraints=grammar_processors(self.lm.model, self.lm.tokenizer, [p.grammar for p in plans]),
             decoding=self.settings.decoding,
         )
         finished: set[int] = set()
@@ -151,12 +148,7 @@ class GenerateTask:
                     yield Streamed(item, event)
                 else:
                     finished.add(event.row)
-                    try:
-                        done = Finished(item, self.output(item, event, plans[event.row]))
-                    except RecordError as exc:  # a constrained answer cut short: keep what there is
-                        text = self.settings.prompt.prefix + event.text
-                        done = Finished(item, {**error_record(item, str(exc)), self.settings.out: text}, failed=True)
-                    yield done
+                    yield self.output(item, event, plans[event.row])
         except (RuntimeError, ValueError, IndexError) as exc:
             # The batch as a whole failed (out of memory, a model bug): every unfinished record says so.
             for row, (item, _) in enumerate(ready):
@@ -209,8 +201,6 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
 
         if o["stream"]:
             raise UsageError("--stream needs in-process generation (drop --server)")
-        if settings.constraint is not None or settings.prompt.prefix:
-            raise UsageError("--json-schema, --regex, --choice and --prefix need in-process generation (drop --server)")
         task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
     else:
         task = GenerateTask(load(model_settings), settings)
