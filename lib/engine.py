@@ -166,8 +166,10 @@ class Engine:
             waiting = self._take(batcher.free, wait=not batcher.live)
         for job in waiting:
             try:
-                self.model()  # marks the model used
-                batcher.admit(job)
+                from .constrain import grammar_processors
+
+                lm = self.model()  # marks the model used
+                batcher.admit(job, tuple(grammar_processors(lm.model, lm.tokenizer, [job.grammar])))
             except Exception as exc:  # this request fails; the others go on
                 job.emit(exc)
         if not batcher.live:

@@ -137,3 +137,25 @@ def test_a_cancelled_request_frees_its_row_at_once(tiny_llama):
         assert not stuck_done.is_set()  # an abandoned request gets nothing more
     finally:
         e.close()
+
+
+def test_a_constrained_request_joins_a_free_one_in_the_running_batch(engine):
+    from lmpipe.constrain import choice_constraint
+
+    engine.model()
+    free_job, free_events, free_done = submit(engine, "Once upon a time", Sampling(max_new_tokens=30))
+    while not free_events:
+        time.sleep(0.01)
+    events: list = []
+    done = threading.Event()
+
+    def emit(event):
+        events.append(event)
+        if isinstance(event, (Completion, Exception)):
+            done.set()
+
+    grammar = choice_constraint(["yes", "no"]).grammar
+    engine.submit(Job(list(engine.tokenizer("Answer:")["input_ids"]), Sampling(max_new_tokens=8), emit, grammar=grammar))
+    answer = wait_for(events, done)
+    assert isinstance(answer, Completion) and answer.text in ("yes", "no")
+    assert wait_for(free_events, free_done).ids == solo(engine, free_job.ids, Sampling(max_new_tokens=30)).ids
