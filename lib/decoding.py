@@ -27,9 +27,10 @@ class Decoding:
     cache "fast" is lmpipe's own forward pass with a KV cache allocated once (Llama-family
     models; others fall back to "dynamic"); "dynamic" grows transformers' KV cache token by
     token; "static" allocates transformers' StaticCache once for prompt + max_new_tokens, so
-    every decode step has the same shapes; `compile` compiles that one-token step with
-    torch.compile (static cache only). Greedy float32 output is the same token for token
-    whichever is chosen.
+    every decode step has the same shapes; `compile` compiles the one-token step with
+    torch.compile (fast or static cache; the first step of each new shape pays the compile).
+    Greedy float32 output is the same token for token whichever cache is chosen; a compiled
+    step fuses operations, so its numbers, and rarely its tokens, may differ.
     """
 
     cache: str = "fast"
@@ -38,8 +39,8 @@ class Decoding:
     def __post_init__(self) -> None:
         if self.cache not in CACHES:
             raise UsageError(f"--cache must be one of {', '.join(CACHES)}")
-        if self.compile and self.cache != "static":
-            raise UsageError("--compile needs --cache static (fixed shapes)")
+        if self.compile and self.cache == "dynamic":
+            raise UsageError("--compile needs --cache fast or static (fixed shapes)")
 
 
 def positions(mask):
@@ -140,7 +141,7 @@ def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding"):
     if uses_fast_path(model, decoding):
         from .fastpath import FastDecoder, fast_model
 
-        return FastDecoder(fast_model(model), mask, max_new_tokens)
+        return FastDecoder(fast_model(model), mask, max_new_tokens, decoding.compile)
     if decoding.cache == "static":
         return _Static(model, mask, max_new_tokens, decoding.compile)
     return _Dynamic(model, mask, max_new_tokens)

@@ -15,6 +15,7 @@ a new request into a free row while the others keep decoding (continuous batchin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache as cache_function
 from typing import Any, Callable
 
 FAMILIES = ("llama",)  # others join once a tiny model of theirs is tested token for token
@@ -281,38 +282,64 @@ def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask):
         return fast.forward(ids, positions, cache, rows, slice(0, t), _attention(attn_mask, fast.heads // fast.kv_heads))
 
 
-def step(fast: FastModel, cache: KVCache, rows: slice, chosen):
-    """One new token [B] for each of cache `rows`, each at its own column; returns logits [B, vocab]."""
+def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False):
+    """One new token [B] for each of cache `rows`, each at its own column; returns logits [B, vocab].
+
+    `compiled`: run the step torch.compile made of it. Its shapes must not change from step to
+    step, so it attends over the cache's whole width (masked) rather than the columns in use.
+    """
     import torch
 
     columns = cache.fill[rows].clone()
     cache.valid[torch.arange(rows.start or 0, rows.stop, device=columns.device), columns] = True
-    cache.span = int(columns.max()) + 1
-    valid = cache.valid[rows, : cache.span]
-    mask = None if bool(valid.all()) else valid[:, None, None, :]
     positions = cache.position[rows][:, None].clone()
-    with torch.no_grad():
-        logits = fast.forward(chosen[:, None], positions, cache, rows, columns,
-                              _attention(mask, fast.heads // fast.kv_heads))
+    if compiled:
+        cache.span = cache.width
+        logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :])
+    else:
+        cache.span = int(columns.max()) + 1
+        valid = cache.valid[rows, : cache.span]
+        mask = None if bool(valid.all()) else valid[:, None, None, :]
+        logits = _step(fast, cache, rows, chosen, positions, columns, mask)
     cache.fill[rows] += 1
     cache.position[rows] += 1
     return logits
 
 
+def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask):
+    import torch
+
+    with torch.no_grad():
+        return fast.forward(chosen[:, None], positions, cache, rows, columns, _attention(mask, fast.heads // fast.kv_heads))
+
+
+@cache_function
+def _compiled_step():
+    import torch
+
+    return torch.compile(_step, dynamic=False)
+
+
+def compiled_width(width: int) -> int:
+    """Cache widths for a compiled step come in steps of 256: each new width is a new compile."""
+    return -(-width // 256) * 256
+
+
 class FastDecoder:
     """The generation loop's `prefill`/`step` over the fast path, for one left-padded batch."""
 
-    def __init__(self, fast: FastModel, mask, max_new_tokens: int):
-        self.fast, self.mask = fast, mask
+    def __init__(self, fast: FastModel, mask, max_new_tokens: int, compiled: bool = False):
+        self.fast, self.mask, self.compiled = fast, mask, compiled
         rows, width = mask.shape
-        self.cache = fast.cache(rows, width + max_new_tokens)
+        width += max_new_tokens
+        self.cache = fast.cache(rows, compiled_width(width) if compiled else width)
         self.rows = slice(0, rows)
 
     def prefill(self, ids):
         return prefill(self.fast, self.cache, self.rows, ids, self.mask)
 
     def step(self, chosen):
-        return step(self.fast, self.cache, self.rows, chosen)
+        return step(self.fast, self.cache, self.rows, chosen, self.compiled)
 
 
 def fast_model(model: Any) -> FastModel:

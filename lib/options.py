@@ -108,7 +108,7 @@ def speed_options(f: Callable) -> Callable:
                      help="fast: lmpipe's own forward, cache allocated once (Llama family; others use dynamic); "
                           "dynamic or static: transformers' forward with a growing or preallocated cache."),
         click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
-                     help="torch.compile the per-token step (needs --cache static; slow first batch)."),
+                     help="torch.compile the per-token step (fast or static cache; the first batch of each shape compiles, about a minute on a CPU)."),
     )(f)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -67,8 +69,8 @@ def test_fast_path_is_the_default_for_llama_and_falls_back_for_others(tiny_llama
     assert "gpt2" in unsupported(other)
 
 
-def test_compile_needs_a_static_cache():
-    with pytest.raises(UsageError, match="--cache static"):
+def test_compile_needs_fixed_shapes():
+    with pytest.raises(UsageError, match="--cache fast or static"):
         Decoding("dynamic", compile=True)
     with pytest.raises(UsageError):
         Decoding("paged")
@@ -146,3 +148,21 @@ def test_lm_generate_fast_path_writes_the_same_text_and_records_quantize(tiny_ll
     assert fast["generated"] == plain["generated"]
     assert "quantize" not in fast["manifest"]
     assert run("--quantize", "int8")["manifest"]["quantize"] == "int8"
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on a CPU builds C++ kernels")
+def test_compiled_fast_step_gives_the_eager_steps_logits(tiny_llama_raw):
+    from lmpipe.fastpath import FastDecoder, fast_model
+
+    model, tokenizer = load(tiny_llama_raw)
+    ids = torch.tensor([tokenizer(PROMPTS[0]).input_ids])
+    mask = torch.ones_like(ids)
+    eager, compiled = (FastDecoder(fast_model(model), mask, 6, c) for c in (False, True))
+    assert compiled.cache.width == 256  # widths come in steps, so a new prompt length rarely recompiles
+    a, b = eager.prefill(ids), compiled.prefill(ids)
+    for _ in range(6):
+        assert torch.allclose(a, b, atol=1e-4)
+        token = a.argmax(-1)  # both are fed the same tokens
+        a, b = eager.step(token), compiled.step(token)
+    assert torch.allclose(a, b, atol=1e-4)
