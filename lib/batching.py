@@ -6,11 +6,16 @@ finished or abandoned one frees its row at once (the last live row moves into th
 live rows stay packed at the front and each step reads only them). Each row keeps its own
 sampling settings, processors and seed, and reports through lmpipe.generation's row state,
 so its tokens, text, stop strings and stats are exactly what the batch loop would produce.
+
+Recent prompts' keys and values are kept (PrefixCache), so a prompt that starts as an earlier
+one did (a chat template's system prompt, a pipeline's shared instruction) computes only the
+rest, as llama.cpp's prompt cache and vLLM's prefix caching do.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +24,7 @@ from .generation import RowState, advance, complete, eos_ids, pad_id, pick
 from .sampling import Sampling, logits_processors
 
 WIDTH_STEP = 256  # the cache grows in steps of this many columns
+MIN_SHARED = 8  # fewer shared tokens than this are cheaper to compute again than to copy
 
 
 class Request(Protocol):
@@ -45,6 +51,44 @@ class Live:
         return self.request.sampling.greedy and not self.processors
 
 
+def shared_length(a: tuple[int, ...], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """Keys and values of recent prompts, at most `max_tokens` columns in all, least recent out first."""
+
+    def __init__(self, max_tokens: int = 4096):
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
+
+    def longest(self, ids: list[int]) -> tuple[tuple[list[Any], list[Any]] | None, int]:
+        """The stored prompt sharing the most leading tokens with `ids`, and how many (short of all)."""
+        best, best_n = None, 0
+        for key in self.entries:
+            n = min(shared_length(key, ids), len(ids) - 1)  # the last token is computed: it gives the logits
+            if n > best_n:
+                best, best_n = key, n
+        if best is None:
+            return None, 0
+        self.entries.move_to_end(best)
+        return self.entries[best], best_n
+
+    def add(self, ids: list[int], keys: list[Any], values: list[Any]) -> None:
+        key = tuple(ids)
+        if len(key) > self.max_tokens:
+            return
+        self.entries[key] = (keys, values)
+        self.entries.move_to_end(key)
+        while sum(len(k) for k in self.entries) > self.max_tokens:
+            self.entries.popitem(last=False)
+
+
 class Batcher:
     """Up to `rows` sequences decoding together over one loaded Llama-family model."""
 
@@ -56,6 +100,7 @@ class Batcher:
         self.rows = rows
         self.cache: KVCache | None = None
         self.live: list[Live] = []
+        self.prefixes = PrefixCache()
 
     @property
     def free(self) -> int:
@@ -86,7 +131,14 @@ class Batcher:
         ids = torch.tensor([request.ids], dtype=torch.long, device=self.fast.device)
         self.live.append(live)
         try:
-            logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids))
+            stored, shared = self.prefixes.longest(request.ids)
+            if shared >= MIN_SHARED:
+                cache.load_prefix(row, *stored, shared)
+                rest = ids[:, shared:]
+                logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared)
+            else:
+                logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids))
+            self.prefixes.add(request.ids, *cache.prefix(row, len(request.ids)))
         except BaseException:
             self.live.pop()
             raise

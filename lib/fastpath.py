@@ -194,10 +194,10 @@ class KVCache:
 
     def write(self, layer: int, rows: slice, columns, k, v):
         keys, values = self.keys[layer], self.values[layer]
-        if isinstance(columns, slice):
+        if isinstance(columns, slice):  # a prompt: it attends to what is before it too (a cached prefix)
             keys[rows, :, columns] = k
             values[rows, :, columns] = v
-            return keys[rows, :, columns], values[rows, :, columns]
+            return keys[rows, :, : columns.stop], values[rows, :, : columns.stop]
         import torch
 
         index = torch.arange(k.shape[0], device=k.device) + (rows.start or 0)
@@ -221,6 +221,20 @@ class KVCache:
         wider.fill, wider.position = self.fill.clone(), self.position.clone()
         wider.rows, wider.width, wider.span = self.rows, width, self.span
         return wider
+
+    def prefix(self, row: int, length: int) -> tuple[list[Any], list[Any]]:
+        """Copies of row `row`'s first `length` columns of keys and values, layer by layer."""
+        return ([k[row, :, :length].clone() for k in self.keys], [v[row, :, :length].clone() for v in self.values])
+
+    def load_prefix(self, row: int, keys: list[Any], values: list[Any], length: int) -> None:
+        """Start row `row` with a stored prefix's first `length` columns."""
+        for cache, stored in ((self.keys, keys), (self.values, values)):
+            for t, part in zip(cache, stored):
+                t[row, :, :length] = part[:, :length]
+        self.valid[row] = False
+        self.valid[row, :length] = True
+        self.fill[row] = length
+        self.position[row] = length
 
     def move(self, source: int, target: int) -> None:
         """Copy row `source` into row `target` (the server packs its live rows to the front)."""
@@ -259,27 +273,36 @@ def _attention(mask, groups: int) -> Callable:
     return attend
 
 
-def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask):
+def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0):
     """Fill cache `rows` with left-padded prompts `ids` [B, T] (mask 1 where a token is real).
 
+    `start`: the row already holds the prompt's first `start` tokens (a cached prefix; one
+    row, no padding): only the rest is computed, attending to those too.
     Returns the last position's logits [B, vocab].
     """
     import torch
 
     t = ids.shape[1]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    end = start + t
     attn_mask = None
-    if bool((mask == 0).any()):
+    if start:
+        positions = torch.arange(start, end, device=ids.device)[None]
+        attn_mask = torch.ones((t, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)[None, None]
+    else:
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    if not start and bool((mask == 0).any()):
         causal = torch.ones((t, t), dtype=torch.bool, device=ids.device).tril()
         # A padding query sees itself, so its (unused) output stays finite: NaN keys would poison real rows.
         attn_mask = (causal[None] & mask.bool()[:, None, :]) | torch.eye(t, dtype=torch.bool, device=ids.device)
         attn_mask = attn_mask[:, None]
-    cache.valid[rows] = False
-    cache.valid[rows, :t] = mask.bool()
-    cache.fill[rows] = t
-    cache.position[rows] = mask.long().sum(-1)
+    if not start:
+        cache.valid[rows] = False
+    cache.valid[rows, start:end] = mask.bool()
+    cache.fill[rows] = end
+    cache.position[rows] = start + mask.long().sum(-1)
     with torch.no_grad():
-        return fast.forward(ids, positions, cache, rows, slice(0, t), _attention(attn_mask, fast.heads // fast.kv_heads))
+        return fast.forward(ids, positions, cache, rows, slice(start, end),
+                            _attention(attn_mask, fast.heads // fast.kv_heads))
 
 
 def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False):

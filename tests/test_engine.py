@@ -159,3 +159,25 @@ def test_a_constrained_request_joins_a_free_one_in_the_running_batch(engine):
     answer = wait_for(events, done)
     assert isinstance(answer, Completion) and answer.text in ("yes", "no")
     assert wait_for(free_events, free_done).ids == solo(engine, free_job.ids, Sampling(max_new_tokens=30)).ids
+
+
+def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(engine, monkeypatch):
+    import lmpipe.batching
+
+    starts: list[int] = []
+    real = lmpipe.batching.prefill
+
+    def recording(*args, start=0):
+        starts.append(start)
+        return real(*args, start=start)
+
+    monkeypatch.setattr(lmpipe.batching, "prefill", recording)
+    engine.model()
+    base = "You are a careful assistant who answers briefly and well. Question:"
+    first = wait_for(*submit(engine, base + " what is a fox?", Sampling(max_new_tokens=10))[1:])
+    assert first.output_tokens
+    job, events, done = submit(engine, base + " what is a dog?", Sampling(max_new_tokens=10))
+    second = wait_for(events, done)
+    shared = lmpipe.batching.shared_length(tuple(engine.tokenizer(base + " what is a fox?")["input_ids"]), job.ids)
+    assert starts == [0, shared] and shared >= 8  # the second prompt computed only what it does not share
+    assert second.ids == solo(engine, job.ids, Sampling(max_new_tokens=10)).ids
