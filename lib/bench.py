@@ -55,6 +55,43 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def memory_probe(impl: str, model: ModelSettings, tokens: int = 8) -> dict[str, Any]:
+    """Peak memory of a fresh process that loads the model and generates `tokens` tokens.
+
+    One process per implementation, so neither's peak hides inside the other's. `import_rss_mb`
+    is that process after importing torch and transformers; `model_peak_mb` is the rest of
+    its peak, the part the model is responsible for.
+    """
+    import json
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    code = "import sys, json; from lmpipe.bench import _probe; _probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))"
+    done = subprocess.run([sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(tokens)],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"the memory probe failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _probe(impl: str, settings: dict[str, Any], tokens: int) -> None:
+    import json
+
+    import torch  # noqa: F401  (imported before the first reading: it is not the model's)
+    import transformers  # noqa: F401
+
+    from .loading import load
+
+    imported = peak_rss_mb()
+    lm = load(ModelSettings(**settings), lambda m: None)
+    prompt = bench_prompt(lm.tokenizer, 16)
+    call = lmpipe_call(lm, Decoding()) if impl == "lmpipe" else transformers_call(lm.model, lm.tokenizer)
+    call([prompt], tokens)
+    peak = peak_rss_mb()
+    print(json.dumps({"peak_rss_mb": peak, "import_rss_mb": imported, "model_peak_mb": round(peak - imported, 1)}))
+
+
 def model_mb(model: Any) -> float:
     tensors = [*model.parameters(), *model.buffers()]
     seen = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}  # tied weights once
@@ -183,14 +220,18 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     info = manifest(lm.identity, {"decoding": {"cache": settings.decoding.cache, "compile": settings.decoding.compile},
                                   "threads": torch.get_num_threads()}, lm.device, lm.dtype)
     prompt = bench_prompt(lm.tokenizer, settings.prompt_tokens)
-    yield {"impl": "lmpipe", "case": "memory", "model_mb": model_mb(lm.model), "peak_rss_mb": peak_rss_mb(),
-           "manifest": info}
+    notify("peak memory, one fresh process each")
+    ours = memory_probe("lmpipe", settings.model)
+    yield {"impl": "lmpipe", "case": "memory", "model_mb": model_mb(lm.model), **ours, "manifest": info}
     calls: dict[str, Call] = {"lmpipe": lmpipe_call(lm, settings.decoding)}
     base_model = None
     if settings.baseline == "transformers":
-        base_model = lm.model if not settings.model.quantize else load(
-            ModelSettings(settings.model.model, settings.model.device, settings.model.dtype)).model
-        yield {"impl": "transformers", "case": "memory", "model_mb": model_mb(base_model), "peak_rss_mb": peak_rss_mb()}
+        plain = ModelSettings(settings.model.model, settings.model.device, settings.model.dtype)
+        base_model = lm.model if not settings.model.quantize else load(plain).model
+        theirs = memory_probe("transformers", plain)
+        yield {"impl": "transformers", "case": "memory", "model_mb": model_mb(base_model), **theirs,
+               "model_peak_ratio": round(ours["model_peak_mb"] / theirs["model_peak_mb"], 2)
+               if theirs["model_peak_mb"] > 0 else None}
         calls["transformers"] = transformers_call(base_model, lm.tokenizer)
     elif settings.baseline == "llama-cpp":
         if lm.ref.kind not in ("embedded", "gguf"):

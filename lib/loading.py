@@ -94,7 +94,17 @@ def load(settings: ModelSettings, notify: Callable[[str], None] = _stderr) -> Lo
         kwargs: dict[str, Any] = {"dtype": dtype}
         if attention:
             kwargs["attn_implementation"] = attention
-        model = auto.from_pretrained(folder, **kwargs)
+        model = None
+        if settings.quantize:
+            from .quantize import check_mode
+            from .quantized_loading import load_quantized
+
+            check_mode(settings.quantize, device)
+            if not attention:
+                model = load_quantized(auto, folder, config, settings.quantize, dtype, notify)
+        quantized = model is not None
+        if model is None:
+            model = auto.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
@@ -102,9 +112,10 @@ def load(settings: ModelSettings, notify: Callable[[str], None] = _stderr) -> Lo
     torch.set_grad_enabled(False)
     ident = identity(ref, folder)
     if settings.quantize:
-        from .quantize import quantize
+        if not quantized:
+            from .quantize import quantize
 
-        quantize(model, settings.quantize, device)
+            quantize(model, settings.quantize, device)
         ident["quantize"] = settings.quantize
     return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident)
 

@@ -15,7 +15,7 @@ def home() -> Path:
 
 
 def models_dir() -> Path:
-    """Models lmpipe made itself: GGUF files converted to safetensors."""
+    """Models lmpipe made itself: GGUF files converted to safetensors, quantized copies."""
     return home() / "models"
 
 

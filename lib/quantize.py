@@ -132,13 +132,17 @@ def _quantizable(linear: Any, mode: str) -> bool:
     return True
 
 
-def quantize(model: Any, mode: str, device: str = "cpu") -> int:
-    """Replace the model's Linear layers (the output head included) in place; return how many."""
-    _, nn = _nn()
+def check_mode(mode: str, device: str) -> None:
     if mode not in MODES:
         raise UsageError(f"--quantize must be one of {', '.join(MODES)}")
     if device != "cpu":
         raise UsageError(f"--quantize {mode} uses torch's CPU kernels; use --device cpu")
+
+
+def quantize(model: Any, mode: str, device: str = "cpu") -> int:
+    """Replace the model's Linear layers (the output head included) in place; return how many."""
+    _, nn = _nn()
+    check_mode(mode, device)
     quantized = quantized_linear_class()
     targets = [
         (parent, name, child)

@@ -33,6 +33,11 @@ def test_jsonl_with_a_transformers_baseline_and_perplexity(tiny_llama_raw):
     memory = records[0]
     assert memory["manifest"]["quantize"] == "int8" and memory["model_mb"] > 0
     assert records[1]["model_mb"] > memory["model_mb"]  # float32 beside int8
+    for r in records[:2]:  # each measured in its own fresh process
+        assert r["peak_rss_mb"] >= r["import_rss_mb"] > 0  # a tiny model may fit in what the imports left
+        assert r["model_peak_mb"] == round(r["peak_rss_mb"] - r["import_rss_mb"], 1)
+    base_peak = records[1]["model_peak_mb"]
+    assert records[1]["model_peak_ratio"] == (round(memory["model_peak_mb"] / base_peak, 2) if base_peak else None)
     del records[1]
     for r in records[1:5]:
         assert r["prompt_tokens"] == 6 and r["repetitions"] == 2
