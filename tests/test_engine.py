@@ -32,7 +32,8 @@ def engine(tiny_llama):
     e.close()
 
 
-def job(engine: Engine, n: int = 6):
+def collector():
+    """A job's events as they come, and an event set when its Completion (or error) arrives."""
     events: list = []
     done = threading.Event()
 
@@ -41,6 +42,11 @@ def job(engine: Engine, n: int = 6):
         if isinstance(event, (Completion, Exception)):
             done.set()
 
+    return events, done, emit
+
+
+def job(engine: Engine, n: int = 6):
+    events, done, emit = collector()
     ids = list(engine.tokenizer("The quick brown fox")["input_ids"])
     return Job(ids, Sampling(max_new_tokens=n), emit), events, done
 
@@ -80,17 +86,10 @@ def solo(engine: Engine, ids: list[int], sampling: Sampling) -> Completion:
     return [e for e in generate(lm.model, lm.tokenizer, [ids], sampling) if isinstance(e, Completion)][0]
 
 
-def submit(engine: Engine, prompt: str, sampling: Sampling):
-    events: list = []
-    done = threading.Event()
-
-    def emit(event):
-        events.append(event)
-        if isinstance(event, (Completion, Exception)):
-            done.set()
-
+def submit(engine: Engine, prompt: str, sampling: Sampling, grammar: str | None = None):
+    events, done, emit = collector()
     ids = list(engine.tokenizer(prompt)["input_ids"])
-    j = Job(ids, sampling, emit)
+    j = Job(ids, sampling, emit, grammar=grammar)
     engine.submit(j)
     return j, events, done
 
@@ -146,16 +145,8 @@ def test_a_constrained_request_joins_a_free_one_in_the_running_batch(engine):
     free_job, free_events, free_done = submit(engine, "Once upon a time", Sampling(max_new_tokens=30))
     while not free_events:
         time.sleep(0.01)
-    events: list = []
-    done = threading.Event()
-
-    def emit(event):
-        events.append(event)
-        if isinstance(event, (Completion, Exception)):
-            done.set()
-
     grammar = choice_constraint(["yes", "no"]).grammar
-    engine.submit(Job(list(engine.tokenizer("Answer:")["input_ids"]), Sampling(max_new_tokens=8), emit, grammar=grammar))
+    _, events, done = submit(engine, "Answer:", Sampling(max_new_tokens=8), grammar)
     answer = wait_for(events, done)
     assert isinstance(answer, Completion) and answer.text in ("yes", "no")
     assert wait_for(free_events, free_done).ids == solo(engine, free_job.ids, Sampling(max_new_tokens=30)).ids

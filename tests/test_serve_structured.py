@@ -16,20 +16,8 @@ import pytest
 
 from conftest import jsonl, run_tool
 from serve_helpers import Server
+from test_constrain import SCHEMA
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "animal": {"type": "string", "enum": ["cat", "dog", "bird"]},
-        "legs": {"type": "integer", "minimum": 0, "maximum": 8},
-        "colors": {"type": "array", "items": {"type": "string", "enum": ["red", "brown", "white"]},
-                   "minItems": 1, "maxItems": 2},
-        "home": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
-                 "required": ["city"], "additionalProperties": False},
-    },
-    "required": ["animal", "legs", "colors", "home"],
-    "additionalProperties": False,
-}
 WEATHER = {"type": "object",
            "properties": {"city": {"type": "string", "maxLength": 20},
                           "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
