@@ -46,14 +46,17 @@ class Projection:
     parts: tuple["Projection", ...] = ()  # float projections run one by one, outputs side by side
 
     def __call__(self, x):
-        import torch
         import torch.nn.functional as F
 
         if self.quantized is not None:
             return self.quantized(x)
-        if self.parts:
-            return torch.cat([part(x) for part in self.parts], dim=-1)
         return F.linear(x, self.weight, self.bias)
+
+    def split(self, x, sizes: list[int]) -> list[Any]:
+        """The outputs of the projections this one stands for, one tensor each."""
+        if self.parts:  # separate matmuls give separate, contiguous outputs: no copy to join them
+            return [part(x) for part in self.parts]
+        return list(self(x).split(sizes, dim=-1))
 
 
 def fuse(linears: list[Any]) -> Projection:
@@ -136,6 +139,7 @@ class FastModel:
                 norm_post=block.post_attention_layernorm.weight,
                 eps=block.input_layernorm.variance_epsilon,
             ))
+        self.intermediate = inner.layers[0].mlp.gate_proj.out_features if len(inner.layers) else 0
         self.q_size = self.heads * self.head_dim
         self.kv_size = self.kv_heads * self.head_dim
         self.silu = torch.nn.functional.silu
@@ -158,16 +162,16 @@ class FastModel:
         cos, sin = cos[:, None], sin[:, None]
         for i, layer in enumerate(self.layers):
             h = rms_norm(x, layer.norm_in, layer.eps)
-            qkv = layer.qkv(h)
-            q = qkv[..., : self.q_size].view(b, t, self.heads, self.head_dim).transpose(1, 2)
-            k = qkv[..., self.q_size: self.q_size + self.kv_size].view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = qkv[..., self.q_size + self.kv_size:].view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = layer.qkv.split(h, [self.q_size, self.kv_size, self.kv_size])
+            q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             keys, values = cache.write(i, rows, columns, k, v)
             out = attend(q, keys, values)
             x = x + layer.o(out.transpose(1, 2).reshape(b, t, self.q_size))
             h = rms_norm(x, layer.norm_post, layer.eps)
-            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            gate, up = layer.gate_up.split(h, [self.intermediate, self.intermediate])
             x = x + layer.down(self.silu(gate) * up)
         last = rms_norm(x[:, -1, :], self.norm, self.norm_eps)
         return self.head(last).float()
