@@ -52,6 +52,18 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory, MiB.
+
+    Linux's VmHWM belongs to the process image, so a child started by lm-bench reports its own
+    peak; ru_maxrss would carry over the parent's from before the exec.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

@@ -74,15 +74,19 @@ def _skeleton(auto: Any, config: Any, dtype: Any, mode: str | None, copy: Path |
     if copy is None:
         return model
     with safe_open(str(copy), "pt") as f:
-        keys = set(f.keys())
-        for name in [k.removesuffix(".qweight") for k in keys if k.endswith(".qweight")]:
-            linear = model.get_submodule(name)
-            shell = quantized_linear_class()(linear, mode, (None, None))
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, shell)
-        for key in keys:
-            if not _assign(model, key, f.get_tensor(key)):
-                return None
+        keys = list(f.keys())
+    for name in [k.removesuffix(".qweight") for k in keys if k.endswith(".qweight")]:
+        linear = model.get_submodule(name)
+        shell = quantized_linear_class()(linear, mode, (None, None))
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, shell)
+    for key in keys:
+        # One mapping per tensor: a tensor the fast path replaces (fused projections) takes its
+        # mapping, and the pages it touched, with it; one mapping for the file would keep them.
+        with safe_open(str(copy), "pt") as f:
+            tensor = f.get_tensor(key)
+        if not _assign(model, key, tensor):
+            return None
     return model
 
 
