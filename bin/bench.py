@@ -59,7 +59,7 @@ def main(**options):
 
     \b
       lm-bench --baseline transformers
-      lm-bench --quantize int8 --cache static --baseline transformers --perplexity -b 1 -b 16
+      lm-bench --quantize int4 --compile --baseline transformers --perplexity -b 1
       lm-bench --cold -b 1 | jq .
       lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
     """
