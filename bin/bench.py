@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import model_options, speed_options
+from lmpipe.options import draft_options, model_options, speed_options
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {
@@ -36,6 +36,7 @@ FIELDS_WRITTEN = {
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
 @speed_options
+@draft_options
 @click.option("-p", "--prompt-tokens", type=int, default=64, show_default=True, help="Prompt length in tokens.")
 @click.option("-g", "--gen-tokens", type=int, default=32, show_default=True, help="New tokens per sequence.")
 @click.option("-b", "--batch", type=int, multiple=True, help="Batch size to measure (repeatable; default 1, 4, 16).")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import (batch_option, field_options, job_options, model_options, progress_option,
-                            sampling_options, server_option, speed_options)
+from lmpipe.options import (batch_option, draft_options, field_options, job_options, model_options,
+                            progress_option, sampling_options, server_option, speed_options)
 
 FIELDS_READ = {
     "text": "The prompt (or the field named by --field).",
@@ -37,6 +37,7 @@ FIELDS_WRITTEN = {
 @progress_option
 @job_options
 @speed_options
+@draft_options
 @server_option
 @click.option("-s", "--system", default=None, help="System prompt for chat models.")
 @click.option("--raw", is_flag=True, help="Plain completion: no chat template.")

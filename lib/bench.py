@@ -120,11 +120,11 @@ def bench_prompt(tokenizer: Any, n: int) -> list[int]:
     return ids[:n]
 
 
-def lmpipe_call(lm: LoadedModel, decoding: Decoding) -> Call:
+def lmpipe_call(lm: LoadedModel, decoding: Decoding, draft: Any = None) -> Call:
     def call(prompts: list[list[int]], new: int) -> list[int]:
         counts = [0] * len(prompts)
         for event in generate(lm.model, lm.tokenizer, prompts, Sampling(max_new_tokens=new), device=lm.device,
-                              decoding=decoding):
+                              decoding=decoding, draft=draft):
             if isinstance(event, Completion):
                 counts[event.row] = event.output_tokens + (event.finish_reason == "eos")
         return counts
@@ -225,17 +225,20 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
 
     from .loading import load
     from .manifest import manifest
+    from .speculative import load_draft, manifest_part
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     lm = load(settings.model)
     info = manifest(lm.identity, {"decoding": {"cache": settings.decoding.cache, "compile": settings.decoding.compile},
                                   "threads": torch.get_num_threads()}, lm.device, lm.dtype)
+    draft = load_draft(settings.decoding, lm, Sampling(), notify)
+    info.update(manifest_part(settings.decoding, draft))
     prompt = bench_prompt(lm.tokenizer, settings.prompt_tokens)
     notify("peak memory, one fresh process each")
     ours = memory_probe("lmpipe", settings.model)
     yield {"impl": "lmpipe", "case": "memory", "model_mb": model_mb(lm.model), **ours, "manifest": info}
-    calls: dict[str, Call] = {"lmpipe": lmpipe_call(lm, settings.decoding)}
+    calls: dict[str, Call] = {"lmpipe": lmpipe_call(lm, settings.decoding, draft.model if draft else None)}
     base_model = None
     if settings.baseline == "transformers":
         plain = ModelSettings(settings.model.model, settings.model.device, settings.model.dtype)

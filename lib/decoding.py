@@ -30,15 +30,22 @@ class Decoding:
     every decode step has the same shapes; `compile` compiles the one-token step with
     torch.compile (fast or static cache; the first step of each new shape pays the compile).
     Greedy float32 output is the same token for token whichever cache is chosen; a compiled
-    step fuses operations, so its numbers, and rarely its tokens, may differ.
+    step fuses operations, so its numbers, and rarely its tokens, may differ. `draft` names a
+    model (optionally quantized) that proposes `draft_tokens` tokens per pass of the model
+    (speculative decoding, greedy).
     """
 
     cache: str = "fast"
     compile: bool = False
+    draft: str | None = None  # a draft model for speculative decoding (lmpipe.speculative)
+    draft_quantize: str | None = None
+    draft_tokens: int = 4
 
     def __post_init__(self) -> None:
         if self.cache not in CACHES:
             raise UsageError(f"--cache must be one of {', '.join(CACHES)}")
+        if self.draft_tokens < 1:
+            raise UsageError("--draft-tokens must be at least 1")
         if self.compile and self.cache == "dynamic":
             raise UsageError("--compile needs --cache fast or static (fixed shapes)")
 
@@ -129,6 +136,12 @@ def torch_cat_ones(mask):
     import torch
 
     return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+
+
+def decoding_from_options(o: dict[str, Any]) -> "Decoding":
+    """The Decoding the speed and draft options ask for (tools without draft options get none)."""
+    return Decoding(o.get("cache") or "fast", bool(o.get("compile")), o.get("draft_model"),
+                    o.get("draft_quantize"), o.get("draft_tokens") or 4)
 
 
 def uses_fast_path(model: Any, decoding: "Decoding") -> bool:

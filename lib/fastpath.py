@@ -147,12 +147,12 @@ class FastModel:
     def cache(self, rows: int, width: int) -> "KVCache":
         return KVCache(self, rows, width)
 
-    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend) -> Any:
+    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend, every: bool = False) -> Any:
         """Run `ids` [B, T] at `positions` [B, T]; write K/V into cache rows `rows` at `columns`.
 
         `columns`: a slice (prefill: the same columns for every row) or a [B] tensor (one
         column per row, a decode step). `attend(q, k, v)` does the attention over the cache.
-        Returns the last position's logits, float32 [B, vocab].
+        Returns the last position's logits, float32 [B, vocab]; with `every`, all positions' [B, T, vocab].
         """
         import torch
 
@@ -173,7 +173,7 @@ class FastModel:
             h = rms_norm(x, layer.norm_post, layer.eps)
             gate, up = layer.gate_up.split(h, [self.intermediate, self.intermediate])
             x = x + layer.down(self.silu(gate) * up)
-        last = rms_norm(x[:, -1, :], self.norm, self.norm_eps)
+        last = rms_norm(x if every else x[:, -1, :], self.norm, self.norm_eps)
         return self.head(last).float()
 
 
@@ -240,6 +240,12 @@ class KVCache:
         self.fill[row] = length
         self.position[row] = length
 
+    def truncate(self, row: int, length: int) -> None:
+        """Forget row `row`'s columns from `length` on (rejected speculative tokens)."""
+        self.valid[row, length:] = False
+        self.fill[row] = length
+        self.position[row] = length
+
     def move(self, source: int, target: int) -> None:
         """Copy row `source` into row `target` (the server packs its live rows to the front)."""
         for tensors in (self.keys, self.values):
@@ -277,12 +283,13 @@ def _attention(mask, groups: int) -> Callable:
     return attend
 
 
-def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0):
+def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False):
     """Fill cache `rows` with left-padded prompts `ids` [B, T] (mask 1 where a token is real).
 
-    `start`: the row already holds the prompt's first `start` tokens (a cached prefix; one
-    row, no padding): only the rest is computed, attending to those too.
-    Returns the last position's logits [B, vocab].
+    `start`: the row already holds the prompt's first `start` tokens (a cached prefix, or the
+    tokens before a speculative draft; one row, no padding): only the rest is computed,
+    attending to those too. Returns the last position's logits [B, vocab]; with `every`, every
+    position's [B, T, vocab].
     """
     import torch
 
@@ -306,7 +313,7 @@ def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int 
     cache.position[rows] = start + mask.long().sum(-1)
     with torch.no_grad():
         return fast.forward(ids, positions, cache, rows, slice(start, end),
-                            _attention(attn_mask, fast.heads // fast.kv_heads))
+                            _attention(attn_mask, fast.heads // fast.kv_heads), every)
 
 
 def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False):

@@ -137,12 +137,22 @@ def generate(
     device: str = "cpu",
     constraints: Sequence[Any] = (),
     decoding: Decoding = Decoding(),
+    draft: Any = None,
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
 
     `constraints`: logits processors for this batch that run before sampling's (a grammar mask).
+    `draft`: a loaded draft model; greedy, unconstrained batches then decode speculatively
+    (lmpipe.speculative, one row at a time), others as usual.
     """
     import torch
+
+    if draft is not None and sampling.greedy and not constraints and not top_probs \
+            and sampling.repetition_penalty == 1.0:
+        from .speculative import speculate
+
+        yield from speculate(model, draft, tokenizer, prompts, sampling, decoding.draft_tokens)
+        return
 
     eos = eos_ids(model, tokenizer)
     ids, mask = left_pad(prompts, pad_id(tokenizer, eos), device)

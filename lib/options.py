@@ -112,6 +112,19 @@ def speed_options(f: Callable) -> Callable:
     )(f)
 
 
+def draft_options(f: Callable) -> Callable:
+    """--draft-model, --draft-quantize, --draft-tokens: speculative decoding (lmpipe.speculative)."""
+    return _stack(
+        click.option("--draft-model", default=None, envvar="LMPIPE_DRAFT_MODEL", metavar="MODEL",
+                     help="Speculative decoding: a smaller model with the same tokenizer (or this one with "
+                          "--draft-quantize) proposes tokens the model checks in one pass. Greedy only."),
+        click.option("--draft-quantize", type=click.Choice(["int8", "int4"]), default=None,
+                     envvar="LMPIPE_DRAFT_QUANTIZE", help="Quantize the draft model."),
+        click.option("--draft-tokens", type=int, default=4, show_default=True, envvar="LMPIPE_DRAFT_TOKENS",
+                     help="Tokens the draft proposes per pass of the model."),
+    )(f)
+
+
 def server_option(f: Callable) -> Callable:
     return click.option("--server", default=None, envvar="LMPIPE_SERVER", metavar="URL",
                         help="Use a running lm-serve (or any OpenAI-compatible server) at URL.")(f)

@@ -166,3 +166,34 @@ def test_compiled_fast_step_gives_the_eager_steps_logits(tiny_llama_raw):
         token = a.argmax(-1)  # both are fed the same tokens
         a, b = eager.step(token), compiled.step(token)
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_speculative_decoding_gives_the_models_own_greedy_tokens(tiny_llama_raw, tmp_path):
+    from tiny_models import build_tiny_llama
+
+    model, tokenizer = load(tiny_llama_raw)
+    other, _ = load(build_tiny_llama(tmp_path / "draft", chat=False, seed=1))  # same tokenizer, other weights
+    plain = ours(model, tokenizer, PROMPTS, 20, Decoding())
+    for draft in (model, other):  # every guess right; most guesses wrong
+        for k in (1, 3):
+            ids = [tokenizer(p).input_ids for p in PROMPTS]
+            done = [e for e in generate(model, tokenizer, ids, Sampling(max_new_tokens=20),
+                                        decoding=Decoding(draft_tokens=k), draft=draft) if isinstance(e, Completion)]
+            assert [list(c.ids) for c in sorted(done, key=lambda c: c.row)] == plain
+            assert all(c.output_tokens + (c.finish_reason == "eos") <= 20 for c in done)
+
+
+def test_lm_generate_with_a_draft_model_records_it_and_refuses_sampling(tiny_llama_raw):
+    from lmpipe.bin.generate import main
+
+    args = ["-m", str(tiny_llama_raw), "-n", "8", "--draft-model", str(tiny_llama_raw), "--draft-quantize", "int8"]
+    result = CliRunner().invoke(main, args, input="The quick brown fox\n", catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    import orjson
+
+    record = orjson.loads(result.stdout.splitlines()[-1])
+    plain = CliRunner().invoke(main, args[:4], input="The quick brown fox\n", catch_exceptions=False)
+    assert record["generated"] == orjson.loads(plain.stdout.splitlines()[-1])["generated"]
+    assert record["manifest"]["draft"]["quantize"] == "int8" and record["manifest"]["draft"]["tokens"] == 4
+    refused = CliRunner().invoke(main, [*args, "--temperature", "0.7"], input="hi\n")
+    assert refused.exit_code == 2 and "--temperature 0" in refused.output

@@ -6,14 +6,14 @@ import sys
 from typing import Any
 
 from ..bench import BenchSettings, cold_cli_seconds, pipeline_seconds, run_bench, server_ttft
-from ..generation import Decoding
+from ..decoding import decoding_from_options
 from ..loading import ModelSettings
 
 
 def settings_from_options(o: dict[str, Any]) -> BenchSettings:
     return BenchSettings(
         model=ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o["quantize"]),
-        decoding=Decoding(o["cache"], o["compile"]),
+        decoding=decoding_from_options(o),
         prompt_tokens=o["prompt_tokens"],
         gen_tokens=o["gen_tokens"],
         batches=tuple(o["batch"]) or (1, 4, 16),

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 from ..answers import Plan, answer_fields, plan_for
 from ..constrain import Constraint, constraint_from_options, grammar_processors, model_ll_tokenizer
 from ..errors import RecordError
+from ..decoding import decoding_from_options
 from ..generation import Completion, Decoding, Token, generate
 from ..loading import LoadedModel
 from ..manifest import manifest
@@ -94,10 +95,14 @@ class GenerateTask:
     """Holds a loaded model and turns batches of items into finished records and token events."""
 
     def __init__(self, lm: LoadedModel, settings: GenerateSettings):
+        from ..speculative import load_draft, manifest_part
+
         self.lm = lm
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
-        self.manifest = manifest(lm.identity, run_settings(self.settings), lm.device, lm.dtype)
+        self.draft = load_draft(settings.decoding, lm, self.settings.sampling)
+        self.manifest = manifest(lm.identity, {**run_settings(self.settings), **manifest_part(settings.decoding, self.draft)},
+                                 lm.device, lm.dtype)
         if settings.constraint is not None:
             model_ll_tokenizer(lm.model, lm.tokenizer)  # built now, so a problem shows before any record is read
 
@@ -139,6 +144,7 @@ class GenerateTask:
             device=self.lm.device,
             constraints=grammar_processors(self.lm.model, self.lm.tokenizer, [p.grammar for p in plans]),
             decoding=self.settings.decoding,
+            draft=self.draft.model if self.draft else None,
         )
         finished: set[int] = set()
         try:
@@ -169,7 +175,7 @@ def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
         ttnt=o["ttnt"],
         constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
         tool_choice=check_choice(o.get("tool_choice") or "auto"),
-        decoding=Decoding(o.get("cache") or "fast", bool(o.get("compile"))),
+        decoding=decoding_from_options(o),
     )
 
 

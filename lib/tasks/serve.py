@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine import Engine, EngineSettings
-from ..generation import Decoding
+from ..decoding import decoding_from_options
 from ..loading import ModelSettings
 
 
 def settings_from_options(o: dict[str, Any]) -> EngineSettings:
     return EngineSettings(
         model=ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o["quantize"]),
-        decoding=Decoding(o["cache"], o["compile"]),
+        decoding=decoding_from_options(o),
         max_batch=o["max_batch"],
         max_queue=o["max_queue"],
         keep_alive=o["keep_alive"],
