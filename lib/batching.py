@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .fastpath import KVCache, fast_model, prefill, step
-from .generation import RowState, advance, complete, eos_ids, pad_id, pick
+from .generation import RowState, advance, complete, eos_ids, pick
 from .sampling import Sampling, logits_processors
 
 WIDTH_STEP = 256  # the cache grows in steps of this many columns
@@ -36,7 +36,7 @@ class Request(Protocol):
 
 @dataclass
 class Live:
-    request: Any
+    request: Request
     state: RowState
     processors: Any
     generator: Any
@@ -44,7 +44,6 @@ class Live:
     started: float
     next: int = -1
     done: bool = False
-    constraints: tuple[Any, ...] = field(default_factory=tuple)
 
     @property
     def plain(self) -> bool:
@@ -96,7 +95,6 @@ class Batcher:
         self.fast = fast_model(model)
         self.tokenizer = tokenizer
         self.eos = eos_ids(model, tokenizer)
-        self.pad = pad_id(tokenizer, self.eos)
         self.rows = rows
         self.cache: KVCache | None = None
         self.live: list[Live] = []
@@ -114,8 +112,11 @@ class Batcher:
             self.cache = self.cache.grown(width)
         return self.cache
 
-    def admit(self, request: Any, constraints: tuple[Any, ...] = ()) -> None:
-        """Prefill `request` into the next free row and report its first token."""
+    def admit(self, request: Request, constraints: tuple[Any, ...] = ()) -> None:
+        """Prefill `request` into the next free row and report its first token.
+
+        `constraints`: logits processors for this request alone (its grammar), run first.
+        """
         import torch
 
         if not self.free:
@@ -127,7 +128,7 @@ class Batcher:
         if not sampling.greedy:
             generator = torch.Generator(device=str(self.fast.device)).manual_seed(sampling.seed or 0)
         live = Live(request, RowState(len(request.ids)), logits_processors(sampling, constraints), generator,
-                    list(request.ids), time.perf_counter(), constraints=constraints)
+                    list(request.ids), time.perf_counter())
         ids = torch.tensor([request.ids], dtype=torch.long, device=self.fast.device)
         self.live.append(live)
         try:

@@ -161,13 +161,13 @@ class Engine:
 
     def _continue(self, waiting: list[Job] | None = None) -> None:
         """Admit what is waiting into free rows, then one decode step for all live rows."""
+        from .constrain import grammar_processors
+
         batcher = self.batcher
         if waiting is None:
             waiting = self._take(batcher.free, wait=not batcher.live)
         for job in waiting:
             try:
-                from .constrain import grammar_processors
-
                 lm = self.model()  # marks the model used
                 batcher.admit(job, tuple(grammar_processors(lm.model, lm.tokenizer, [job.grammar])))
             except Exception as exc:  # this request fails; the others go on

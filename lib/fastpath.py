@@ -2,9 +2,9 @@
 
 transformers' model code is general: per layer it dispatches through attention interfaces,
 mask builders and cache objects, which on a CPU costs more per token than the matmuls of a
-small model. This module runs the same weights through a short list of tensor operations:
-fused q/k/v and gate/up projections, a KV cache allocated once with a row per sequence, and
-the model's own rotary embedding. The operations mirror transformers' Llama code (the same
+small model. This module runs the same weights through a short list of tensor operations: a
+KV cache allocated once with a row per sequence, the model's own rotary embedding, and for
+quantized models q/k/v and gate/up fused into one matmul each. The operations mirror transformers' Llama code (the same
 RMSNorm arithmetic, SDPA with GQA packed for one query as transformers packs it), so greedy
 float32 output stays token-identical to transformers' (tests/test_fast_decode.py checks it).
 
@@ -100,9 +100,10 @@ def rms_norm(x, weight, eps: float):
 
 
 def rotate(x, cos, sin):
-    half = x.shape[-1] // 2
+    """transformers' rotary embedding (rotate_half), applied with the model's own cos and sin."""
     import torch
 
+    half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
@@ -123,7 +124,6 @@ class FastModel:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.scale = self.head_dim**-0.5
         self.dtype = self.embed.dtype
         self.device = self.embed.device
         self.layers = []
@@ -253,11 +253,6 @@ class KVCache:
                 t[target] = t[source]
         for t in (self.valid, self.fill, self.position):
             t[target] = t[source]
-
-    def clear(self, row: int) -> None:
-        self.valid[row] = False
-        self.fill[row] = 0
-        self.position[row] = 0
 
 
 def _attention(mask, groups: int) -> Callable:

@@ -126,7 +126,7 @@ def fuse_quantized(layers: list[Any]) -> Any:
     return fused
 
 
-def _quantizable(linear: Any, mode: str) -> bool:
+def quantizable(linear: Any, mode: str) -> bool:
     if mode == "int4":
         return linear.in_features % INT4_GROUP == 0 and linear.out_features % 8 == 0
     return True
@@ -148,7 +148,7 @@ def quantize(model: Any, mode: str, device: str = "cpu") -> int:
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if isinstance(child, nn.Linear) and _quantizable(child, mode)
+        if isinstance(child, nn.Linear) and quantizable(child, mode)
     ]
     for parent, name, child in targets:
         setattr(parent, name, quantized(child, mode))

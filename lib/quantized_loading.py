@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from . import gguf, paths
 from .fastpath import FAMILIES
-from .quantize import _quantizable, quantized_linear_class
+from .quantize import quantizable, quantized_linear_class
 
 
 def copy_key(folder: Path, mode: str, dtype: Any) -> str:
@@ -47,7 +47,7 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
             return _finish(model, folder)
     notify(f"quantizing {Path(folder).name} to {mode} (once; later loads read the quantized copy)")
     model = _skeleton(auto, config, dtype, None, None)
-    linears = {name: m for name, m in model.named_modules() if _is_linear(m) and _quantizable(m, mode)}
+    linears = {name: m for name, m in model.named_modules() if _is_linear(m) and quantizable(m, mode)}
     try:
         model = _fill(model, files, linears, config, mode, dtype)
     except ValueError:
