@@ -20,7 +20,8 @@ FIELDS_WRITTEN: dict[str, str] = {}
 @click.option("--keep-alive", type=float, default=300.0, show_default=True, metavar="SECONDS",
               help="Unload the model after this long without requests (0: never).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Requests that share one forward pass.")
+              help="Requests decoding together: rows of the KV cache that requests join and leave between "
+                   "steps (continuous batching, Llama family; other models batch per arrival).")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests that may wait; past it the server answers 503 with Retry-After.")
 @click.option("--preload", is_flag=True, help="Load the model now rather than at the first request.")
@@ -30,6 +31,8 @@ def main(**options):
     Tools use it with --server URL or LMPIPE_SERVER=URL and write the same records as in-process.
     Requests may ask for structured output (`response_format` json_schema or json_object; lmpipe's
     `regex`, `choice` and `prefix`) and call functions (`tools`, `tool_choice`), as lm-generate does.
+    Requests join the running batch between decode steps, and a prompt that starts like a recent
+    one (a chat template's system prompt) reuses its keys and values.
 
     \b
       lm-serve --port 8080 --keep-alive 600 &
