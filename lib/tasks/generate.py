@@ -7,8 +7,8 @@ from typing import Any, Iterator
 
 from ..answers import Plan, answer_fields, plan_for
 from ..constrain import Constraint, constraint_from_options, grammar_processors, model_ll_tokenizer
-from ..errors import RecordError
 from ..decoding import decoding_from_options
+from ..errors import RecordError
 from ..generation import Completion, Decoding, Token, generate
 from ..loading import LoadedModel
 from ..manifest import manifest
