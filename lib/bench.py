@@ -152,13 +152,14 @@ def transformers_call(model: Any, tokenizer: Any) -> Call:
 def llama_cpp_call(path: str, threads: int | None) -> Call:
     try:
         from llama_cpp import Llama
-    except ImportError:
-        raise UsageError("--baseline llama-cpp needs llama-cpp-python (pip install llama-cpp-python)") from None
+    except ImportError as exc:  # not installed, or one of its own dependencies missing
+        raise UsageError(f"--baseline llama-cpp needs llama-cpp-python (pip install llama-cpp-python): {exc}") from None
     llm = Llama(model_path=path, n_ctx=2048, n_threads=threads or None, verbose=False)
 
     def call(prompts: list[list[int]], new: int) -> list[int]:
         counts = []
         for p in prompts:  # llama-cpp-python serves one sequence at a time
+            llm.reset()  # it would reuse the last prompt's keys and values: time the prompt, as for the others
             out = llm.create_completion(prompt=p, max_tokens=new, temperature=0.0)
             counts.append(out["usage"]["completion_tokens"])
         return counts
