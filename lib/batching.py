@@ -19,11 +19,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .fastpath import KVCache, fast_model, prefill, step
-from .generation import RowState, advance, complete, eos_ids, pick
+from .fastpath import KVCache, fast_model, prefill, rounded_width, step
+from .generation import RowState, advance_to_end, eos_ids, pick
 from .sampling import Sampling, logits_processors
 
-WIDTH_STEP = 256  # the cache grows in steps of this many columns
 MIN_SHARED = 8  # fewer shared tokens than this are cheaper to compute again than to copy
 
 
@@ -105,7 +104,7 @@ class Batcher:
         return self.rows - len(self.live)
 
     def _fit(self, width: int) -> KVCache:
-        width = -(-width // WIDTH_STEP) * WIDTH_STEP
+        width = rounded_width(width)
         if self.cache is None:
             self.cache = self.fast.cache(self.rows, width)
         elif self.cache.width < width:
@@ -178,16 +177,12 @@ class Batcher:
                 tokens.append(int(pick(scores, live.request.sampling.greedy, generators)[0]))
         now = time.perf_counter()
         for live, token in zip(lives, tokens):
-            sampling = live.request.sampling
-            for event in advance(0, live.state, token, now - live.started, self.tokenizer, self.eos, sampling, None):
+            for event in advance_to_end(0, live.state, token, now - live.started, self.tokenizer, self.eos,
+                                        live.request.sampling):
                 live.request.emit(event)
             live.history.append(token)
             live.next = token
-            if not live.state.finish and len(live.state.times) >= sampling.max_new_tokens:
-                live.state.finish = "length"
-            if live.state.finish:
-                live.request.emit(complete(0, live.state))
-                live.done = True
+            live.done = live.state.finish is not None
 
     def _sweep(self) -> None:
         """Free the rows of finished and abandoned requests, packing live rows to the front."""

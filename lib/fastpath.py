@@ -349,9 +349,12 @@ def _compiled_step():
     return torch.compile(_step, dynamic=False)
 
 
-def compiled_width(width: int) -> int:
-    """Cache widths for a compiled step come in steps of 256: each new width is a new compile."""
-    return -(-width // 256) * 256
+WIDTH_STEP = 256
+
+
+def rounded_width(width: int) -> int:
+    """Cache widths in steps of 256: a compiled step compiles once per width, a growing cache grows seldom."""
+    return -(-width // WIDTH_STEP) * WIDTH_STEP
 
 
 class FastDecoder:
@@ -361,7 +364,7 @@ class FastDecoder:
         self.fast, self.mask, self.compiled = fast, mask, compiled
         rows, width = mask.shape
         width += max_new_tokens
-        self.cache = fast.cache(rows, compiled_width(width) if compiled else width)
+        self.cache = fast.cache(rows, rounded_width(width) if compiled else width)
         self.rows = slice(0, rows)
 
     def prefill(self, ids):

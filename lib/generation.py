@@ -212,6 +212,17 @@ def advance(r, row: RowState, token_id, now, tokenizer, eos, sampling: Sampling,
     yield event
 
 
+def advance_to_end(r, row: RowState, token_id, now, tokenizer, eos, sampling: Sampling) -> Iterator[Event]:
+    """advance(), then the row's Completion if it ends here: end of sequence, a stop string, or
+    max_new_tokens reached. For loops that do not count steps themselves (continuous batching,
+    speculative decoding)."""
+    yield from advance(r, row, token_id, now, tokenizer, eos, sampling, None)
+    if not row.finish and len(row.times) >= sampling.max_new_tokens:
+        row.finish = "length"
+    if row.finish:
+        yield complete(r, row)
+
+
 def complete(r: int, row: RowState) -> Completion:
     ttft, end, steps = row.times[0], row.times[-1], len(row.times)
     # Decode speed, as llama.cpp and Ollama report it: tokens after the first, over the time after it.

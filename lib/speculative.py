@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from .errors import UsageError
 from .fastpath import fast_model, prefill, step, unsupported
-from .generation import Event, RowState, advance, complete, eos_ids
+from .generation import Event, RowState, advance_to_end, eos_ids
 from .sampling import Sampling
 
 
@@ -73,11 +73,8 @@ def _one(model: Any, draft: Any, tokenizer: Any, r: int, prompt: list[int], samp
     pending = [int(logits.argmax(-1))]  # chosen by the model, not yet in either cache
     while True:
         for token in pending:
-            yield from advance(r, row, token, time.perf_counter() - started, tokenizer, eos, sampling, None)
-            if not row.finish and len(row.times) >= sampling.max_new_tokens:
-                row.finish = "length"
+            yield from advance_to_end(r, row, token, time.perf_counter() - started, tokenizer, eos, sampling)
             if row.finish:
-                yield complete(r, row)
                 return
         pending = _round(target, helper, caches, pending[-1], min(k, sampling.max_new_tokens - len(row.times)))
 

@@ -12,7 +12,7 @@ from ..loading import ModelSettings
 
 def settings_from_options(o: dict[str, Any]) -> BenchSettings:
     return BenchSettings(
-        model=ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o["quantize"]),
+        model=ModelSettings.from_options(o),
         decoding=decoding_from_options(o),
         prompt_tokens=o["prompt_tokens"],
         gen_tokens=o["gen_tokens"],

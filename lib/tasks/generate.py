@@ -200,7 +200,7 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     settings = settings_from_options(o)
     job = JobSettings.from_options(o).open()  # an existing --output without --resume fails here
     tty = tty and not job.to_file
-    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
+    model_settings = ModelSettings.from_options(o)
     if o.get("server"):
         from ..client import RemoteGenerateTask, ServerClient
         from ..errors import UsageError

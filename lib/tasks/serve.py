@@ -11,7 +11,7 @@ from ..loading import ModelSettings
 
 def settings_from_options(o: dict[str, Any]) -> EngineSettings:
     return EngineSettings(
-        model=ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o["quantize"]),
+        model=ModelSettings.from_options(o),
         decoding=decoding_from_options(o),
         max_batch=o["max_batch"],
         max_queue=o["max_queue"],

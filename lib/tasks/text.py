@@ -43,7 +43,7 @@ def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int]
 
     job = JobSettings.from_options(o).open()  # --output FILE is checked before the model loads
     tty = tty and not job.to_file
-    model_settings = ModelSettings(o["model"], o["device"], o["dtype"], o["attention"])
+    model_settings = ModelSettings.from_options(o)
     batch_size = batch_size_for(o["batch_size"], tty)
     task = build(load(model_settings), batch_size)
     sink: Any = TextTtySink(o["out"]) if tty else JsonlSink()
