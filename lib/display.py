@@ -107,8 +107,9 @@ def token_boxes(encoding: dict[str, Any], separator: str = ""):
     return line
 
 
-class TokenizeTtySink:
-    """lm-tokenize on a terminal: each token a colored box, special and added tokens apart."""
+class RecordTtySink:
+    """A terminal sink that shows each finished record whole (nothing streams); a failed one is a
+    line on stderr. Subclasses say how a record looks in `show`."""
 
     def __init__(self):
         self.out, self.err = _console(), _console(stderr=True)
@@ -119,7 +120,17 @@ class TokenizeTtySink:
     def finished(self, record: dict[str, Any], failed: bool) -> None:
         if failed:
             show_failure(self.err, record)
-            return
+        else:
+            self.show(record)
+
+    def show(self, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class TokenizeTtySink(RecordTtySink):
+    """lm-tokenize on a terminal: each token a colored box, special and added tokens apart."""
+
+    def show(self, record: dict[str, Any]) -> None:
         if "ids" not in record or "tokens" not in record:
             self.out.print(record.get("text", ""), markup=False)
             return
@@ -128,21 +139,12 @@ class TokenizeTtySink:
         self.err.print(f"[dim]{record['count']} tokens · {n_special} special · {n_added} added[/]")
 
 
-class DetectTtySink:
+class DetectTtySink(RecordTtySink):
     """lm-detect on a terminal: a table of detections per image."""
 
-    def __init__(self):
-        self.out, self.err = _console(), _console(stderr=True)
-
-    def streamed(self, item: Item, event: Any) -> None:
-        pass
-
-    def finished(self, record: dict[str, Any], failed: bool) -> None:
+    def show(self, record: dict[str, Any]) -> None:
         from rich.table import Table
 
-        if failed:
-            show_failure(self.err, record)
-            return
         name = record.get("image") or record.get("text") or "image_b64"
         title = f"{name} · {record['width']}×{record['height']} · {len(record['detections'])} found"
         table = Table(title=title, title_justify="left", show_edge=False)

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..display import RecordTtySink
 
-class TextTtySink:
+
+class TextTtySink(RecordTtySink):
     """On a terminal: each record's result as text, a dim stats line on stderr."""
 
     def __init__(self, field: str):
-        from ..display import _console
-
+        super().__init__()
         self.field = field
-        self.out, self.err = _console(), _console(stderr=True)
 
-    def streamed(self, item: Any, event: Any) -> None:
-        pass
+    def show(self, record: dict[str, Any]) -> None:
+        from ..display import stats_line
 
-    def finished(self, record: dict[str, Any], failed: bool) -> None:
-        from ..display import show_failure, stats_line
-
-        if failed:
-            show_failure(self.err, record)
-            return
         self.out.print(record.get(self.field, ""), markup=False)
         chunks = record.get("chunks", 1)
         extra = f" · {chunks} chunks" if chunks > 1 else ""
