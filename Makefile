@@ -31,7 +31,7 @@ test: setup
 # Regenerate man/<tool>.1 from every lm-* tool's click definitions (commit the result).
 man: setup
 	$(BIN)/python -m pip install -q --no-deps -e .   # tools added since setup get their entry points
-	$(BIN)/python -m lmpipe.manpages man
+	$(BIN)/python -m lmpipe.cli.manpages man
 	mkdir -p $(VENV)/share/man/man1 && cp man/*.1 $(VENV)/share/man/man1/
 
 clean:

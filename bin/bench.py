@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import draft_options, model_options, speed_options
+from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.options import draft_options, model_options, speed_options
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded, stdout_is_tty
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded, stdout_is_tty
 
 FIELDS_READ = {
     "id": "The model to delete (lm-cache-ls records; a plain line is an id too).",

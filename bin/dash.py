@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from lmpipe.cli import guarded
+from lmpipe.cli.edge import guarded
 
 SCREENS = ("pipeline", "chat", "tokens", "models")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.images import DEFAULT_MAX_PIXELS
-from lmpipe.options import batch_option, job_options, progress_option, vision_model_options
+from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.options import batch_option, job_options, progress_option, vision_model_options
+from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ = {
     "image": "path of the image file (a bare input line is taken as a path too)",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import (batch_option, draft_options, field_options, job_options, model_options,
+from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.options import (batch_option, draft_options, field_options, job_options, model_options,
                             progress_option, sampling_options, server_option, speed_options)
 
 FIELDS_READ = {
@@ -66,7 +66,7 @@ def main(**options):
       lm-generate --choice yes --choice no "Is the sky blue?"
       lm-generate --shard 0/4 --output part0.jsonl --progress json < big.jsonl
     """
-    from lmpipe.tasks.generate import run
+    from lmpipe.backends.generate import run
 
     guarded("lm-generate", lambda: run(tty=stdout_is_tty(), **options))
 

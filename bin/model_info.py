@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.device import DEVICES, DTYPES
+from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.models.device import DEVICES, DTYPES
 
 FIELDS_READ = {"model": "The model, when no argument names one; also an lm-cache-ls record's `id` (or `path`)."}
 FIELDS_WRITTEN = {

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded, stdout_is_tty
 
 FIELDS_READ = {"id": "The repo to pull (org/name[@revision]) when no argument names one; also `model` or `text`."}
 FIELDS_WRITTEN = {

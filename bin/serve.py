@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli import guarded
-from lmpipe.options import model_options, speed_options
+from lmpipe.cli.edge import guarded
+from lmpipe.cli.options import model_options, speed_options
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN: dict[str, str] = {}
@@ -41,7 +41,7 @@ def main(**options):
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],
         "response_format":{"type":"json_object"}}'
     """
-    from lmpipe.tasks.serve import run
+    from lmpipe.serve.run import run
 
     guarded("lm-serve", lambda: run(**options))
 

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
-from lmpipe.options import job_options, progress_option
-from lmpipe.resolve import DEFAULT_MODEL
+from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.options import job_options, progress_option
+from lmpipe.models.resolve import DEFAULT_MODEL
 
 FIELDS_READ = {
     "text": "The text to tokenize (or the field named by --field).",

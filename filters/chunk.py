@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli import guarded
-from lmpipe.options import progress_option
-from lmpipe.resolve import DEFAULT_MODEL
+from lmpipe.cli.edge import guarded
+from lmpipe.cli.options import progress_option
+from lmpipe.models.resolve import DEFAULT_MODEL
 
 FIELDS_READ = {"text": "The text to split (--field).", "id": "The source id carried by every chunk (--id-field)."}
 FIELDS_WRITTEN = {

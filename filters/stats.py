@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from lmpipe.cli import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded, stdout_is_tty
 
 FIELDS_READ = {
     "manifest.model": "Groups the records (null for records without a manifest; --by picks another field).",

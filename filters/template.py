@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli import guarded
-from lmpipe.options import job_options, progress_option
+from lmpipe.cli.edge import guarded
+from lmpipe.cli.options import job_options, progress_option
 
 FIELDS_READ = {"*": "Every field of the record is a template variable ({{ text }}, {{ title }}, ...).",
                "text": "An agent's user turn when it has no `user` template and no TEMPLATE is given (--field)."}

@@ -44,8 +44,8 @@ def isolated_env(lmpipe_home, tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded(isolated_env) -> Path:
     """The embedded SmolLM2, converted into the test LMPIPE_HOME once per session."""
-    from lmpipe.gguf import ensure_converted
-    from lmpipe.resolve import embedded_gguf
+    from lmpipe.models.gguf import ensure_converted
+    from lmpipe.models.resolve import embedded_gguf
 
     return ensure_converted(embedded_gguf())
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import hub_cache
 from conftest import jsonl, run_tool
 from hub_cache import OTHER, SHARED, TINY_DEV, TINY_MAIN, disk_bytes
-from lmpipe.tables import human_size
+from lmpipe.terminal.tables import human_size
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from conftest import jsonl, run_tool
 
-from lmpipe.chunking import chunk, reassemble
 from lmpipe.filters.chunk import main
+from lmpipe.text.chunking import chunk, reassemble
 
 TEXT = ("Pipes connect small tools; each tool does one job well.  The quick brown fox jumps over the lazy dog.\n\n"
         "Language models read tokens and write tokens. Ünïcödé, 日本語 and emoji 🎉 must survive!\t"

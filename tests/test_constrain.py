@@ -1,4 +1,4 @@
-"""Structured output (lmpipe.constrain): JSON schema, regex and choices enforced while decoding.
+"""Structured output (lmpipe.engine.constrain): JSON schema, regex and choices enforced while decoding.
 
 The tiny random Llama would never produce valid JSON or a matching string by chance, so when its
 output validates the mask is doing the work; the embedded SmolLM2 runs the acceptance cases.
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import jsonl
 from lmpipe.bin.generate import main
-from lmpipe.constrain import constraint_from_options
+from lmpipe.engine.constrain import constraint_from_options
 from lmpipe.errors import UsageError
 
 SCHEMA = {

@@ -71,7 +71,7 @@ def jsonl_line(record: dict) -> bytes:
 
 
 def test_reasoning_is_shown_apart_from_the_answer():
-    from lmpipe.tui.engine import Reply
+    from lmpipe.tui.pool import Reply
 
     stats = {"input_tokens": 9, "output_tokens": 4, "ttft_s": 0.1, "tokens_per_s": 20.0, "total_s": 0.3,
              "finish_reason": "eos"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dash_helpers import wait_for
 
-from lmpipe.tui import cache
+from lmpipe.tui import cache_tools
 from lmpipe.tui.app import create_app
 
 MODELS = [
@@ -94,7 +94,7 @@ def test_models_sorted_with_total_details_and_confirmed_delete(fake_tools):
 
 
 def test_model_info_is_asked_for_a_name_it_resolves():
-    from lmpipe.tui.cache import CachedModel
+    from lmpipe.tui.cache_tools import CachedModel
 
     hub, converted, embedded = (CachedModel.from_record(r) for r in (
         MODELS[1], {**MODELS[0], "alias": None}, MODELS[0]))
@@ -102,7 +102,7 @@ def test_model_info_is_asked_for_a_name_it_resolves():
 
 
 def test_a_missing_cache_tool_gives_a_clear_message(monkeypatch):
-    monkeypatch.setattr(cache, "LIST", "lm-cache-ls-not-installed")
+    monkeypatch.setattr(cache_tools, "LIST", "lm-cache-ls-not-installed")
 
     async def scenario():
         app = create_app(screen="models")
@@ -117,7 +117,7 @@ def test_a_missing_cache_tool_gives_a_clear_message(monkeypatch):
 def test_the_real_lm_cache_ls_as_the_screen_shows_it(embedded):
     from conftest import jsonl, run_tool
 
-    if not cache.installed(cache.LIST):
+    if not cache_tools.installed(cache_tools.LIST):
         pytest.skip("lm-cache-ls is not installed")
     listed = jsonl(run_tool("lm-cache-ls").stdout)
 
@@ -130,4 +130,4 @@ def test_the_real_lm_cache_ls_as_the_screen_shows_it(embedded):
 
     ids, total = asyncio.run(scenario())
     assert ids == [r["id"] for r in sorted(listed, key=lambda r: (-r["size_bytes"], r["id"]))]
-    assert total == f"{len(listed)} models · total {cache.human_size(sum(r['size_bytes'] for r in listed))}"
+    assert total == f"{len(listed)} models · total {cache_tools.human_size(sum(r['size_bytes'] for r in listed))}"

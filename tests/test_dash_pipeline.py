@@ -54,7 +54,7 @@ def test_build_run_and_compare_with_the_shell(embedded):
     assert [jsonl(line.encode())[0] for line in shown] == records  # the output panel holds the records
     assert [(m.records_in, m.records_out, m.errors) for m in meters] == [(3, 3, 0), (3, 3, 0)]
     assert meters[1].tokens > 0  # tokens were streamed and counted, then kept out of the records
-    # The meters read the tools' progress events (lmpipe.progress JSON on stderr).
+    # The meters read the tools' progress events (lmpipe.records.progress JSON on stderr).
     assert [(m.progress or {}).get("event") for m in meters] == ["finished", "finished"]
     assert [m.progress["done"] for m in meters] == [3, 3]
 

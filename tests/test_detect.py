@@ -347,7 +347,7 @@ def test_help_imports_no_torch():
 
 
 def test_terminal_table(capsys):
-    from lmpipe.display import DetectTtySink
+    from lmpipe.terminal.display import DetectTtySink
 
     DetectTtySink().finished({"image": "cat.jpg", "width": 64, "height": 48, "detections": [
         {"label": "cat", "score": 0.9132, "box": {"xmin": 3, "ymin": 4, "xmax": 50, "ymax": 40}}]}, False)

@@ -1,4 +1,4 @@
-"""lmpipe.detection: batching never changes an image's result; both open-vocabulary paths agree."""
+"""lmpipe.vision.detection: batching never changes an image's result; both open-vocabulary paths agree."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import astuple
 import pytest
 from PIL import Image
 
-from lmpipe.detection import Box, Request, detect, multi_query, pixel_box
-from lmpipe.vision import VisionSettings, load_detector
+from lmpipe.vision.detection import Box, Request, detect, multi_query, pixel_box
+from lmpipe.vision.loading import VisionSettings, load_detector
 from tiny_images import noise
 
 

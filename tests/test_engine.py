@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from lmpipe.engine import Engine, EngineSettings, Job, batch_key
-from lmpipe.generation import Completion
-from lmpipe.loading import ModelSettings
-from lmpipe.sampling import Sampling
+from lmpipe.engine.generation import Completion
+from lmpipe.engine.sampling import Sampling
+from lmpipe.engine.scheduler import Engine, EngineSettings, Job, batch_key
+from lmpipe.models.loading import ModelSettings
 
 
 def test_greedy_requests_share_a_batch_whatever_their_seed():
@@ -80,7 +80,7 @@ def test_the_queue_is_bounded(engine):
 
 
 def solo(engine: Engine, ids: list[int], sampling: Sampling) -> Completion:
-    from lmpipe.generation import generate
+    from lmpipe.engine.generation import generate
 
     lm = engine.model()
     return [e for e in generate(lm.model, lm.tokenizer, [ids], sampling) if isinstance(e, Completion)][0]
@@ -139,7 +139,7 @@ def test_a_cancelled_request_frees_its_row_at_once(tiny_llama):
 
 
 def test_a_constrained_request_joins_a_free_one_in_the_running_batch(engine):
-    from lmpipe.constrain import choice_constraint
+    from lmpipe.engine.constrain import choice_constraint
 
     engine.model()
     free_job, free_events, free_done = submit(engine, "Once upon a time", Sampling(max_new_tokens=30))
@@ -153,22 +153,22 @@ def test_a_constrained_request_joins_a_free_one_in_the_running_batch(engine):
 
 
 def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(engine, monkeypatch):
-    import lmpipe.batching
+    import lmpipe.engine.batching
 
     starts: list[int] = []
-    real = lmpipe.batching.prefill
+    real = lmpipe.engine.batching.prefill
 
     def recording(*args, start=0):
         starts.append(start)
         return real(*args, start=start)
 
-    monkeypatch.setattr(lmpipe.batching, "prefill", recording)
+    monkeypatch.setattr(lmpipe.engine.batching, "prefill", recording)
     engine.model()
     base = "You are a careful assistant who answers briefly and well. Question:"
     first = wait_for(*submit(engine, base + " what is a fox?", Sampling(max_new_tokens=10))[1:])
     assert first.output_tokens
     job, events, done = submit(engine, base + " what is a dog?", Sampling(max_new_tokens=10))
     second = wait_for(events, done)
-    shared = lmpipe.batching.shared_length(tuple(engine.tokenizer(base + " what is a fox?")["input_ids"]), job.ids)
+    shared = lmpipe.engine.batching.shared_length(tuple(engine.tokenizer(base + " what is a fox?")["input_ids"]), job.ids)
     assert starts == [0, shared] and shared >= 8  # the second prompt computed only what it does not share
     assert second.ids == solo(engine, job.ids, Sampling(max_new_tokens=10)).ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmpipe.engines import Output, check, combine, run_pieces
+from lmpipe.backends.text import Output, check, combine, run_pieces
 from lmpipe.errors import RecordError
 
 

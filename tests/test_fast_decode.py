@@ -8,11 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from lmpipe.engine.generation import Completion, Decoding, generate
+from lmpipe.engine.sampling import Sampling
 from lmpipe.errors import UsageError
-from lmpipe.generation import Completion, Decoding, generate
-from lmpipe.perplexity import perplexity, sample_text
-from lmpipe.quantize import quantize
-from lmpipe.sampling import Sampling
+from lmpipe.models.perplexity import perplexity, sample_text
+from lmpipe.models.quantize import quantize
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):\n    return"]
 
@@ -59,8 +59,8 @@ def test_fast_paths_are_token_identical_on_the_embedded_model(embedded, cache):
 
 
 def test_fast_path_is_the_default_for_llama_and_falls_back_for_others(tiny_llama_raw):
-    from lmpipe.decoding import uses_fast_path
-    from lmpipe.fastpath import unsupported
+    from lmpipe.engine.decoding import uses_fast_path
+    from lmpipe.models.fastpath import unsupported
 
     model, _ = load(tiny_llama_raw)
     assert Decoding().cache == "fast" and uses_fast_path(model, Decoding())
@@ -98,7 +98,7 @@ def test_quantize_refuses_what_it_cannot_do():
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantized_fast_path_fuses_projections_and_matches_the_unfused_model(tiny_llama_raw, mode):
-    from lmpipe.fastpath import FastModel
+    from lmpipe.models.fastpath import FastModel
 
     model, tokenizer = load(tiny_llama_raw)
     quantize(model, mode)
@@ -110,7 +110,7 @@ def test_quantized_fast_path_fuses_projections_and_matches_the_unfused_model(tin
     attn = model.model.layers[0].self_attn
     assert attn.k_proj.qweight.untyped_storage().data_ptr() == fast.layers[0].qkv.quantized.qweight.untyped_storage().data_ptr()
     assert torch.allclose(model(input_ids=ids).logits[:, -1], before)  # the model itself is unchanged
-    from lmpipe.fastpath import FastDecoder
+    from lmpipe.models.fastpath import FastDecoder
 
     mask = torch.ones_like(ids)
     got = FastDecoder(fast, mask, 4).prefill(ids)
@@ -120,7 +120,7 @@ def test_quantized_fast_path_fuses_projections_and_matches_the_unfused_model(tin
 
 
 def test_int8_perplexity_is_within_two_percent_of_float32(embedded, monkeypatch):
-    import lmpipe.quantize
+    import lmpipe.models.quantize
 
     model, tokenizer = load(embedded)
     text = sample_text()
@@ -129,7 +129,7 @@ def test_int8_perplexity_is_within_two_percent_of_float32(embedded, monkeypatch)
     assert 1 < base < 100
     quantize(model, "int8")
     assert abs(perplexity(model, tokenizer, text) / base - 1) < 0.02  # the dequantized matmul (many rows)
-    monkeypatch.setattr(lmpipe.quantize, "KERNEL_MAX_ROWS", 10**9)
+    monkeypatch.setattr(lmpipe.models.quantize, "KERNEL_MAX_ROWS", 10**9)
     assert abs(perplexity(model, tokenizer, text, window=128) / windowed - 1) < 0.02  # the int8 kernel decode uses
 
 
@@ -153,7 +153,7 @@ def test_lm_generate_fast_path_writes_the_same_text_and_records_quantize(tiny_ll
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
                     reason="torch.compile on a CPU builds C++ kernels")
 def test_compiled_fast_step_gives_the_eager_steps_logits(tiny_llama_raw):
-    from lmpipe.fastpath import FastDecoder, fast_model
+    from lmpipe.models.fastpath import FastDecoder, fast_model
 
     model, tokenizer = load(tiny_llama_raw)
     ids = torch.tensor([tokenizer(PROMPTS[0]).input_ids])

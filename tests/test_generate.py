@@ -187,8 +187,8 @@ def test_warm_cache_loads_without_converting_again(embedded):
     assert result.returncode == 0, result.stderr
     assert b"converting" not in result.stderr
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in embedded.iterdir()} == before
-    from lmpipe.gguf import conversion_info
-    from lmpipe.resolve import embedded_gguf
+    from lmpipe.models.gguf import conversion_info
+    from lmpipe.models.resolve import embedded_gguf
 
     # No second conversion, no leftovers (other tests' quantized copies of tiny models may sit beside it).
     conversions = [p.name for p in embedded.parent.iterdir()

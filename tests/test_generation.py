@@ -2,9 +2,9 @@
 
 import pytest
 
-from lmpipe.generation import Completion, Token, generate
-from lmpipe.prompts import PromptSettings, prompt_ids
-from lmpipe.sampling import Sampling
+from lmpipe.chat.prompts import PromptSettings, prompt_ids
+from lmpipe.engine.generation import Completion, Token, generate
+from lmpipe.engine.sampling import Sampling
 
 PROMPTS = [
     "What is the capital of France?",

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from lmpipe import gguf
+from lmpipe.models import gguf
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""lmpipe.images: where a record's image is, and decoding it the way a viewer shows it."""
+"""lmpipe.vision.images: where a record's image is, and decoding it the way a viewer shows it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lmpipe.errors import RecordError
-from lmpipe.images import ImageSettings, load_image, source_of
+from lmpipe.vision.images import ImageSettings, load_image, source_of
 from tiny_images import (noise, save_16bit, save_bomb, save_cmyk, save_corrupt, save_exif_rotated, save_palette,
                          save_rgb, save_truncated, sixteen_bit)
 

@@ -1,4 +1,4 @@
-"""The job options together (lmpipe.job via lmpipe.cli.run_records): progress events that match
+"""The job options together (lmpipe.records.job via lmpipe.cli.edge.run_records): progress events that match
 what was written, with --output, --resume and --shard."""
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ class ListSink:
 
 
 def test_total_counts_a_regular_file_and_its_shard(tiny_llama, tmp_path, capsys):
-    from lmpipe.cli import run_records
-    from lmpipe.job import JobSettings
-    from lmpipe.shard import Shard
+    from lmpipe.cli.edge import run_records
+    from lmpipe.records.job import JobSettings
+    from lmpipe.records.shard import Shard
     from lmpipe.tasks.tokenize import TokenizeSettings, TokenizeTask, load
 
     source = tmp_path / "in.jsonl"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from lmpipe.errors import UsageError
-from lmpipe.languages import family_code, family_of, resolve
+from lmpipe.text.languages import family_code, family_of, resolve
 
 
 def tokenizer_with(codes, **attrs):

@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from lmpipe import manpages
+from lmpipe.cli import manpages
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = manpages.tools()

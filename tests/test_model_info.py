@@ -69,8 +69,8 @@ def test_an_unknown_model_is_a_one_line_usage_error():
 def test_the_terminal_panel_shows_the_record(tiny_llama):
     from rich.console import Console
 
-    from lmpipe.modelinfo import model_info
-    from lmpipe.tables import model_panel
+    from lmpipe.models.modelinfo import model_info
+    from lmpipe.terminal.tables import model_panel
 
     record = model_info(str(tiny_llama))
     console = Console(width=120, record=True, file=open("/dev/null", "w"))

@@ -2,7 +2,7 @@ import io
 
 import orjson
 
-from lmpipe.progress import Progress, ProgressSink, choose_mode, count_remaining_lines
+from lmpipe.records.progress import Progress, ProgressSink, choose_mode, count_remaining_lines
 
 
 def test_json_events_count_what_was_written():

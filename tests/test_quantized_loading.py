@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmpipe import gguf, paths
-from lmpipe.loading import ModelSettings, load
-from lmpipe.quantize import quantize
+from lmpipe import paths
+from lmpipe.models import gguf
+from lmpipe.models.loading import ModelSettings, load
+from lmpipe.models.quantize import quantize
 
 from tiny_models import build_tiny_llama
 
@@ -45,10 +46,10 @@ def test_first_load_makes_a_quantized_copy_and_later_loads_read_it(tmp_path, mod
 
 
 def test_a_model_the_quantized_loader_does_not_know_is_quantized_after_loading(tmp_path, monkeypatch):
-    import lmpipe.quantized_loading
+    import lmpipe.models.quantized_loading
 
     folder = build_tiny_llama(tmp_path / "model", chat=False)
-    monkeypatch.setattr(lmpipe.quantized_loading, "FAMILIES", ())
+    monkeypatch.setattr(lmpipe.models.quantized_loading, "FAMILIES", ())
     messages: list[str] = []
     lm = load(ModelSettings(str(folder), quantize="int8"), messages.append)
     assert type(lm.model.lm_head).__name__ == "QuantizedLinear"

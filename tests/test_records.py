@@ -3,7 +3,7 @@ import io
 import orjson
 import pytest
 
-from lmpipe.records import Item, RecordWriter, error_record, parse_line, read_items
+from lmpipe.records.jsonl import Item, RecordWriter, error_record, parse_line, read_items
 
 
 @pytest.mark.parametrize("raw, record", [

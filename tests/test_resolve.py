@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lmpipe.errors import ModelNotFound
-from lmpipe.resolve import EMBEDDED_ID, resolve
+from lmpipe.models.resolve import EMBEDDED_ID, resolve
 
 
 def test_alias_is_the_embedded_gguf():

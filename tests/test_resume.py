@@ -13,9 +13,9 @@ import pytest
 
 from conftest import BIN, jsonl, run_tool
 from lmpipe.errors import UsageError
-from lmpipe.records import Item
-from lmpipe.resume import KEY_FIELD, FileSink, done_keys, item_key, prepare_output, repair
-from lmpipe.runner import INTERRUPTED
+from lmpipe.records.jsonl import Item
+from lmpipe.records.resume import KEY_FIELD, FileSink, done_keys, item_key, prepare_output, repair
+from lmpipe.records.runner import INTERRUPTED
 
 
 def test_repair_cuts_only_a_partial_last_line(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 
-from lmpipe.records import Item
-from lmpipe.runner import INTERRUPTED, Finished, Streamed, run
+from lmpipe.records.jsonl import Item
+from lmpipe.records.runner import INTERRUPTED, Finished, Streamed, run
 
 
 class ListSink:

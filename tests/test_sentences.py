@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmpipe.sentences import pack, sentences
+from lmpipe.text.sentences import pack, sentences
 
 
 def words(text: str) -> int:

@@ -6,8 +6,8 @@ import pytest
 
 from seq2seq_reference import _load
 
+from lmpipe.backends.seq2seq import Seq2SeqEngine, Seq2SeqSettings, window
 from lmpipe.errors import UsageError
-from lmpipe.seq2seq import Seq2SeqEngine, Seq2SeqSettings, window
 
 
 def engine(folder, **settings):

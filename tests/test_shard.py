@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from conftest import jsonl
 from lmpipe.bin.generate import main as generate_main
 from lmpipe.errors import UsageError
-from lmpipe.records import Item
-from lmpipe.shard import Shard
+from lmpipe.records.jsonl import Item
+from lmpipe.records.shard import Shard
 
 
 def test_parse_and_select():

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from conftest import jsonl
 
 from lmpipe.filters.stats import main
-from lmpipe.records import Item
+from lmpipe.records.jsonl import Item
 from lmpipe.tasks.stats import collect, percentile, table
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from lmpipe.reasoning import split_reasoning
-from lmpipe.stops import find_stop, safe_length
+from lmpipe.chat.reasoning import split_reasoning
+from lmpipe.engine.stops import find_stop, safe_length
 
 
 def test_find_stop_finds_the_earliest():

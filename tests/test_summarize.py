@@ -50,9 +50,9 @@ def test_min_length_over_max_length_is_a_usage_error(tiny_bart):
 
 
 def test_long_text_is_summarized_map_reduce(tiny_bart):
-    from lmpipe.loading import ModelSettings, load
-    from lmpipe.records import Item
-    from lmpipe.seq2seq import Seq2SeqSettings
+    from lmpipe.backends.seq2seq import Seq2SeqSettings
+    from lmpipe.models.loading import ModelSettings, load
+    from lmpipe.records.jsonl import Item
     from lmpipe.tasks.summarize import SummarizeSettings, SummarizeTask
 
     lm = load(ModelSettings(str(tiny_bart), device="cpu"))

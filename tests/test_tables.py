@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from lmpipe.tables import cache_table, deletion_table, human_size
+from lmpipe.terminal.tables import cache_table, deletion_table, human_size
 
 RECORDS = [
     {"id": "org/big-model", "kind": "hub", "size_bytes": 2_500_000_000, "revisions": 2, "files": 9,

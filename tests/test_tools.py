@@ -1,4 +1,4 @@
-"""Function calling (lmpipe.tools): records with `tools` get `tool_calls` whose arguments validate."""
+"""Function calling (lmpipe.chat.tools): records with `tools` get `tool_calls` whose arguments validate."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from conftest import jsonl
 from lmpipe.bin.generate import main
+from lmpipe.chat.prompts import PromptSettings, prompt_ids
+from lmpipe.chat.tools import parse_call, parse_tools
 from lmpipe.errors import RecordError
-from lmpipe.prompts import PromptSettings, prompt_ids
-from lmpipe.tools import parse_call, parse_tools
 
 WEATHER = {"type": "object",
            "properties": {"city": {"type": "string", "maxLength": 10},
@@ -32,7 +32,7 @@ def generate(model, *args: str, records: list[dict]):
 
 
 def test_closed_schemas_write_only_declared_arguments():
-    from lmpipe.tools import closed
+    from lmpipe.chat.tools import closed
 
     open_schema = {"type": "object", "properties": {"city": {"type": "string"},
                                                     "where": {"type": "object", "properties": {"x": {}}}}}

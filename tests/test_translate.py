@@ -98,10 +98,10 @@ def long_text(window_multiple: int = 4) -> str:
 
 
 def test_long_text_is_translated_whole_in_order(tiny_marian):
-    from lmpipe.loading import ModelSettings, load
-    from lmpipe.records import Item
+    from lmpipe.backends.seq2seq import Seq2SeqSettings
+    from lmpipe.models.loading import ModelSettings, load
+    from lmpipe.records.jsonl import Item
     from lmpipe.tasks.translate import TranslateSettings, TranslateTask
-    from lmpipe.seq2seq import Seq2SeqSettings
 
     lm = load(ModelSettings(str(tiny_marian), device="cpu"))
     text = long_text()

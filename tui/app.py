@@ -9,8 +9,8 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from .engine import Engine
 from .pipeline import Pipeline
+from .pool import Engine
 from .screens.chat import ChatScreen
 from .screens.models import ModelsScreen
 from .screens.pipeline import PipelineScreen

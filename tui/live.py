@@ -27,7 +27,7 @@ from typing import IO, Callable
 
 import orjson
 
-from lmpipe.records import preview
+from lmpipe.records.jsonl import preview
 
 from .pipeline import Pipeline, exit_code
 from .tools import executable, spec
@@ -143,7 +143,7 @@ class PipelineRun:
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self._lock = threading.Lock()
-        # Progress as JSON events on stderr (lmpipe.progress): the meters read them; stdout is untouched.
+        # Progress as JSON events on stderr (lmpipe.records.progress): the meters read them; stdout is untouched.
         # A stage's own --progress wins over the variable.
         self.env = {**os.environ, "LMPIPE_PROGRESS": "json"}
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from textual.message import Message
 
-from .engine import Reply
 from .live import RunResult, StageSnapshot
+from .pool import Reply
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..bench import BenchSettings, cold_cli_seconds, pipeline_seconds, run_bench, server_ttft
-from ..decoding import decoding_from_options
-from ..loading import ModelSettings
+from ..engine.decoding import decoding_from_options
+from ..models.loading import ModelSettings
+from .bench_cases import BenchSettings, cold_cli_seconds, pipeline_seconds, run_bench, server_ttft
 
 
 def settings_from_options(o: dict[str, Any]) -> BenchSettings:
@@ -52,8 +52,8 @@ def table(records: list[dict[str, Any]]) -> None:
 
 
 def run(tty: bool, **o: Any) -> int:
-    from ..cli import say
-    from ..records import RecordWriter
+    from ..cli.edge import say
+    from ..records.jsonl import RecordWriter
 
     settings = settings_from_options(o)
     settings.model.ref()  # an unknown model fails before anything is loaded

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..cache import scan
-from ..cli import EXIT_FAILED, EXIT_OK, say
-from ..records import RecordWriter
+from ..cli.edge import EXIT_FAILED, EXIT_OK, say
+from ..models.cache import scan
+from ..records.jsonl import RecordWriter
 
 TOOL = "lm-cache-ls"
 
@@ -32,7 +32,7 @@ def listing(models: tuple[str, ...], cache_dir: str | None) -> tuple[list[dict[s
 def run(tty: bool, model: tuple[str, ...], cache_dir: str | None, json_out: bool) -> int:
     records, missing = listing(model, cache_dir)
     if tty and not json_out:
-        from ..tables import cache_table, print_out, revision_table
+        from ..terminal.tables import cache_table, print_out, revision_table
 
         if records:
             print_out(revision_table(records) if model else cache_table(records))

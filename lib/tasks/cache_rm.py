@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache, Deletion, Entry, choose_revisions, execute, inside, plan, scan
-from ..cli import EXIT_FAILED, EXIT_OK, say
+from ..cli.edge import EXIT_FAILED, EXIT_OK, say
 from ..errors import LmpipeError, UsageError
-from ..records import Item, RecordWriter, error_record, read_items
+from ..models.cache import Cache, Deletion, Entry, choose_revisions, execute, inside, plan, scan
+from ..records.jsonl import Item, RecordWriter, error_record, read_items
 
 TOOL = "lm-cache-rm"
 
@@ -147,7 +147,7 @@ def run(tty: bool, stdin_tty: bool, ids: tuple[str, ...], revision: tuple[str, .
             write(errors, failed=True)
         return EXIT_FAILED if errors else EXIT_OK
     if not dry_run and not yes:
-        from ..tables import deletion_table, print_out
+        from ..terminal.tables import deletion_table, print_out
 
         print_out(deletion_table([p.record(True) for p in plans], dry_run=True))
         if not ask(f"Delete {len(plans)} model(s) from the cache?", stdin_tty):
@@ -159,7 +159,7 @@ def run(tty: bool, stdin_tty: bool, ids: tuple[str, ...], revision: tuple[str, .
             execute(p, cache)
         records.append(p.record(dry_run))
     if tty:
-        from ..tables import deletion_table, print_out
+        from ..terminal.tables import deletion_table, print_out
 
         print_out(deletion_table(records, dry_run))
     else:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..chunking import chunk
+from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
-from ..prompts import text_of
-from ..records import Item, error_record
-from ..runner import Finished
+from ..records.jsonl import Item, error_record
+from ..records.runner import Finished
+from ..text.chunking import chunk
 
 CHUNKS = "\0chunks"  # a finished record that stands for several output records
 
@@ -42,8 +42,8 @@ def tokenizer_file(model: str | None, tokenizer: str | None) -> Path | None:
         if (path / "tokenizer.json").is_file():
             return path / "tokenizer.json"
         raise UsageError(f"--tokenizer {tokenizer}: no tokenizer.json there")
-    from .. import gguf
-    from ..resolve import resolve
+    from ..models import gguf
+    from ..models.resolve import resolve
 
     ref = resolve(model)
     folder = gguf.converted_folder(ref.path) if ref.kind in ("embedded", "gguf") else ref.path
@@ -58,8 +58,8 @@ def offsets_encoder(model: str | None, tokenizer: str | None) -> Callable[[str],
 
         tok = Tokenizer.from_file(str(path))
         return lambda text: tok.encode(text, add_special_tokens=False).offsets
-    from ..loading import load_tokenizer
-    from ..resolve import resolve
+    from ..models.loading import load_tokenizer
+    from ..models.resolve import resolve
 
     hf = load_tokenizer(resolve(model))
     if not hf.is_fast:
@@ -109,7 +109,7 @@ class ChunkSink:
 
 def run(model: str | None, tokenizer: str | None, max_tokens: int, overlap: int, field: str, id_field: str,
         progress: str) -> int:
-    from ..cli import JsonlSink, run_records
+    from ..cli.edge import JsonlSink, run_records
 
     settings = ChunkSettings(max_tokens, overlap, field, id_field)
     task = ChunkTask(offsets_encoder(model, tokenizer), settings)

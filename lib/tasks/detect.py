@@ -6,13 +6,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ..detection import Detection, Request, Result, detect
 from ..errors import RecordError, UsageError
-from ..images import ImageSettings, LoadedImage, load_image
-from ..manifest import manifest
-from ..records import Item, error_record
-from ..runner import Finished
-from ..vision import LoadedDetector
+from ..records.jsonl import Item, error_record
+from ..records.manifest import manifest
+from ..records.runner import Finished
+from ..vision.detection import Detection, Request, Result, detect
+from ..vision.images import ImageSettings, LoadedImage, load_image
+from ..vision.loading import LoadedDetector
 
 DEFAULT_THRESHOLD = {False: 0.5, True: 0.1}  # the pipelines' defaults: closed set, open vocabulary
 
@@ -56,7 +56,7 @@ class Prepared:
 
 class DetectTask:
     def __init__(self, detector: LoadedDetector, settings: DetectSettings, batch_size: int = 8):
-        from ..annotate import Annotator
+        from ..vision.annotate import Annotator
 
         self.detector, self.settings, self.batch_size = detector, settings, batch_size
         self.threshold = settings.threshold if settings.threshold is not None else DEFAULT_THRESHOLD[
@@ -139,11 +139,11 @@ def settings_from_options(o: dict[str, Any]) -> DetectSettings:
 
 def run(tty: bool, **o: Any) -> int:
     """lm-detect: settings and model first (fail fast), then stdin to stdout."""
-    from ..cli import JsonlSink, run_records
-    from ..display import DetectTtySink
-    from ..job import JobSettings
-    from ..options import batch_size_for
-    from ..vision import VisionSettings, load_detector
+    from ..cli.edge import JsonlSink, run_records
+    from ..cli.options import batch_size_for
+    from ..records.job import JobSettings
+    from ..terminal.display import DetectTtySink
+    from ..vision.loading import VisionSettings, load_detector
 
     settings = settings_from_options(o)
     job = JobSettings.from_options(o).open()

@@ -6,12 +6,12 @@ import itertools
 import sys
 from typing import Any, Iterable
 
-from ..cli import JsonlSink, each_name, finish
+from ..cli.edge import JsonlSink, each_name, finish
 from ..errors import LmpipeError, RecordError
-from ..modelinfo import model_info
-from ..records import Item, error_record, read_items
-from ..resolve import DEFAULT_MODEL
-from ..runner import Finished, run as run_items
+from ..models.modelinfo import model_info
+from ..models.resolve import DEFAULT_MODEL
+from ..records.jsonl import Item, error_record, read_items
+from ..records.runner import Finished, run as run_items
 
 TOOL = "lm-model-info"
 
@@ -35,8 +35,8 @@ class TtySink:
         self.err = Console(file=sys.stderr, highlight=False)
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
-        from ..display import show_failure
-        from ..tables import model_panel, print_out
+        from ..terminal.display import show_failure
+        from ..terminal.tables import model_panel, print_out
 
         if failed:
             show_failure(self.err, record)

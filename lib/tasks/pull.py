@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..cli import JsonlSink, each_name, finish, say
+from ..cli.edge import JsonlSink, each_name, finish, say
 from ..errors import LmpipeError, RecordError, UsageError
-from ..pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
-from ..records import Item, error_record, failure_text, read_items
-from ..runner import Finished, run as run_items
+from ..models.pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
+from ..records.jsonl import Item, error_record, failure_text, read_items
+from ..records.runner import Finished, run as run_items
 
 TOOL = "lm-pull"
 
@@ -23,7 +23,7 @@ def repo_of(record: dict[str, Any]) -> str:
 
 
 def done_line(record: dict[str, Any]) -> str:
-    from ..tables import human_size
+    from ..terminal.tables import human_size
 
     return (f"{record['id']}@{record['revision'][:12]}: {record['files']} files, "
             f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) in {record['path']}")

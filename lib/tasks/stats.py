@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable
 
-from ..records import Item
+from ..records.jsonl import Item
 
 METRICS = ("ttft_s", "tokens_per_s", "total_s")
 
@@ -96,7 +96,7 @@ def run(tty: bool, source: IO[bytes], by: str = "manifest.model", as_json: bool 
 
     import orjson
 
-    from ..records import read_items
+    from ..records.jsonl import read_items
 
     report = collect(read_items(source), by)
     if tty and not as_json:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..chat.prompts import text_of
+from ..chat.templates import Agent, compile_template, load_agent, render
 from ..errors import RecordError, UsageError
-from ..prompts import text_of
-from ..records import Item, error_record
-from ..runner import Finished
-from ..templates import Agent, compile_template, load_agent, render
+from ..records.jsonl import Item, error_record
+from ..records.runner import Finished
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ def read_template(template: str | None, file: str | None) -> str | None:
 
 def run(template: str | None, file: str | None, agent: str | None, system: str | None, field: str, out: str,
         var: tuple[str, ...], progress: str, **o: Any) -> int:
-    from ..cli import JsonlSink, run_records
-    from ..job import JobSettings
+    from ..cli.edge import JsonlSink, run_records
+    from ..records.job import JobSettings
 
     settings = TemplateSettings(read_template(template, file), system, agent, field, out, parse_vars(var))
     task = TemplateTask(settings)

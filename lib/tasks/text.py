@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..display import RecordTtySink
+from ..terminal.display import RecordTtySink
 
 
 class TextTtySink(RecordTtySink):
@@ -15,7 +15,7 @@ class TextTtySink(RecordTtySink):
         self.field = field
 
     def show(self, record: dict[str, Any]) -> None:
-        from ..display import stats_line
+        from ..terminal.display import stats_line
 
         self.out.print(record.get(self.field, ""), markup=False)
         chunks = record.get("chunks", 1)
@@ -27,10 +27,10 @@ def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int]
     """Load the model (an unknown one fails before stdin is read), build the task, run stdin through it."""
     import warnings
 
-    from ..cli import JsonlSink, run_records
-    from ..job import JobSettings
-    from ..loading import ModelSettings, load
-    from ..options import batch_size_for
+    from ..cli.edge import JsonlSink, run_records
+    from ..cli.options import batch_size_for
+    from ..models.loading import ModelSettings, load
+    from ..records.job import JobSettings
 
     # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
     warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
-from ..prompts import text_of
-from ..records import Item, error_record
-from ..runner import Finished
+from ..records.jsonl import Item, error_record
+from ..records.runner import Finished
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,8 @@ class TokenizeSettings:
 
 
 def load(model: str | None, tokenizer_dir: str | None):
-    from ..loading import load_tokenizer
-    from ..resolve import resolve
+    from ..models.loading import load_tokenizer
+    from ..models.resolve import resolve
 
     if tokenizer_dir:
         path = Path(tokenizer_dir)
@@ -90,9 +90,9 @@ class TokenizeTask:
 
 def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, add_token: tuple[str, ...],
         add_special_token: tuple[str, ...], save: str | None, **o: Any) -> int:
-    from ..cli import JsonlSink, run_records, say
-    from ..display import TokenizeTtySink
-    from ..job import JobSettings
+    from ..cli.edge import JsonlSink, run_records, say
+    from ..records.job import JobSettings
+    from ..terminal.display import TokenizeTtySink
 
     job = JobSettings.from_options(o).open()
     tty = tty and not job.to_file

@@ -10,16 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field as default
 from typing import Any, Iterator
 
-from ..engines import ChatEngine, Engine, Seq2SeqAdapter, chat_task, check, combine, run_pieces
+from ..backends.seq2seq import Seq2SeqEngine, Seq2SeqSettings
+from ..backends.text import ChatEngine, Engine, Seq2SeqAdapter, chat_task, check, combine, run_pieces
+from ..chat.prompts import text_of
 from ..errors import RecordError
-from ..languages import Languages, family_of, name_of, resolve
-from ..loading import LoadedModel
-from ..manifest import manifest
-from ..prompts import text_of
-from ..records import Item, error_record
-from ..runner import Finished
-from ..seq2seq import Seq2SeqEngine, Seq2SeqSettings
-from ..sentences import pack
+from ..models.loading import LoadedModel
+from ..records.jsonl import Item, error_record
+from ..records.manifest import manifest
+from ..records.runner import Finished
+from ..text.languages import Languages, family_of, name_of, resolve
+from ..text.sentences import pack
 
 CHAT_MAX_NEW_TOKENS = 512
 

@@ -10,11 +10,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
-from lmpipe.display import stats_line
-from lmpipe.records import encode
+from lmpipe.records.jsonl import encode
+from lmpipe.terminal.display import stats_line
 
-from ..engine import ChatSettings, Conversation, Engine, Reply, chat_turn
 from ..messages import ReplyFailed, ReplyFinished, ReplyStreaming
+from ..pool import ChatSettings, Conversation, Engine, Reply, chat_turn
 from .dialogs import AskPath
 
 

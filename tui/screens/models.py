@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from ..cache import CachedModel, ToolFailed, ToolMissing, human_size, list_models, model_info, remove_model
+from ..cache_tools import CachedModel, ToolFailed, ToolMissing, human_size, list_models, model_info, remove_model
 from ..messages import ModelInfoReady, ModelsFailed, ModelsListed
 from .dialogs import Confirm
 

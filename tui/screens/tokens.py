@@ -10,10 +10,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Static, TextArea
 
-from lmpipe.display import probability_style, token_box, token_boxes
+from lmpipe.terminal.display import probability_style, token_box, token_boxes
 
-from ..engine import Engine, generate_with_probs, tokenize
 from ..messages import ProbsReady, TokensFailed, TokensReady
+from ..pool import Engine, generate_with_probs, tokenize
 
 TOP = 5
 

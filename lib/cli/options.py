@@ -1,0 +1,130 @@
+"""Option bundles shared by several tools, as click decorators. Each option has an envvar."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+from ..models.device import ATTENTIONS, DEVICES, DTYPES
+from ..models.resolve import DEFAULT_MODEL
+
+
+def _stack(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def model_options(f: Callable) -> Callable:
+    """--model, --device, --dtype, --attention."""
+    return _stack(
+        click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL",
+                     help="Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision])."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
+                     help="Where to run the model."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
+                     help="Weight precision; auto is float32 on CPU, bfloat16 or float16 on GPUs."),
+        click.option("--attention", type=click.Choice(ATTENTIONS), default=None, envvar="LMPIPE_ATTENTION",
+                     help="Attention implementation (default: the model's own choice)."),
+    )(f)
+
+
+def field_options(default_out: str) -> Callable:
+    """--field (read) and --out (write)."""
+    return _stack(
+        click.option("-f", "--field", default="text", show_default=True, help="Record field holding the input text."),
+        click.option("-o", "--out", default=default_out, show_default=True, help="Record field to write the result to."),
+    )
+
+
+def batch_option(f: Callable) -> Callable:
+    return click.option("-b", "--batch-size", type=click.IntRange(min=1), default=None, envvar="LMPIPE_BATCH_SIZE",
+                        help="Records per batch (default: 1 on a terminal, 8 in a pipe).")(f)
+
+
+def sampling_options(f: Callable) -> Callable:
+    """--temperature, --top-p, --top-k, --repetition-penalty, --seed, --max-new-tokens, --stop."""
+    return _stack(
+        click.option("-t", "--temperature", type=float, default=0.0, show_default=True, help="0 is greedy."),
+        click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass."),
+        click.option("--top-k", type=int, default=0, show_default=True, help="Sample from the k likeliest (0: off)."),
+        click.option("--repetition-penalty", type=float, default=1.0, show_default=True),
+        click.option("--seed", type=int, default=None, envvar="LMPIPE_SEED",
+                     help="Random seed; recorded in the manifest (drawn at random when not given)."),
+        click.option("-n", "--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--stop", multiple=True, help="Stop at this string, cut from the output (repeatable)."),
+    )(f)
+
+
+def progress_option(f: Callable) -> Callable:
+    from ..records.progress import MODES
+
+    return click.option("--progress", type=click.Choice(MODES), default="auto", show_default=True,
+                        envvar="LMPIPE_PROGRESS",
+                        help="Progress on stderr: a bar (auto: when stderr is a terminal and stdout is not), "
+                             "JSON events, or none.")(f)
+
+
+def batch_size_for(requested: int | None, tty: bool) -> int:
+    return requested or (1 if tty else 8)
+
+
+def job_options(f: Callable) -> Callable:
+    """--output FILE, --resume, --shard I/N: batch jobs that survive being killed and split across workers."""
+    return _stack(
+        click.option("--output", default=None, metavar="FILE", envvar="LMPIPE_OUTPUT",
+                     help="Append records to FILE (fsync'd one by one) instead of stdout; "
+                          "an existing FILE is an error without --resume."),
+        click.option("--resume", is_flag=True, envvar="LMPIPE_RESUME",
+                     help="Continue --output FILE: skip the records it holds (by `id`, else `input_sha256`)."),
+        click.option("--shard", default=None, metavar="I/N", envvar="LMPIPE_SHARD",
+                     help="Take every N-th input line starting at line I (0-based), for N workers."),
+    )(f)
+
+
+def vision_model_options(envvar: str) -> Callable:
+    """--model (no default: there is no embedded vision model), --device, --dtype."""
+    return _stack(
+        click.option("-m", "--model", default=None, envvar=envvar,
+                     help="Local folder or hub repo id (org/name[@revision]); required: no vision model is embedded."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
+                     help="Where to run the model."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",
+                     help="Weight precision; auto is float32 on CPU, bfloat16 or float16 on GPUs."),
+    )
+
+
+def speed_options(f: Callable) -> Callable:
+    """--quantize, --cache, --compile: the fast decode path (lmpipe.engine.generation.Decoding)."""
+    return _stack(
+        click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None, envvar="LMPIPE_QUANTIZE",
+                     help="Weight-only quantization of the linear layers (CPU)."),
+        click.option("--cache", type=click.Choice(["fast", "dynamic", "static"]), default="fast", show_default=True,
+                     envvar="LMPIPE_CACHE",
+                     help="fast: lmpipe's own forward, cache allocated once (Llama family; others use dynamic); "
+                          "dynamic or static: transformers' forward with a growing or preallocated cache."),
+        click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
+                     help="torch.compile the per-token step (fast or static cache; the first batch of each shape compiles, about a minute on a CPU)."),
+    )(f)
+
+
+def draft_options(f: Callable) -> Callable:
+    """--draft-model, --draft-quantize, --draft-tokens: speculative decoding (lmpipe.engine.speculative)."""
+    return _stack(
+        click.option("--draft-model", default=None, envvar="LMPIPE_DRAFT_MODEL", metavar="MODEL",
+                     help="Speculative decoding: a smaller model with the same tokenizer (or this one with "
+                          "--draft-quantize) proposes tokens the model checks in one pass. Greedy only."),
+        click.option("--draft-quantize", type=click.Choice(["int8", "int4"]), default=None,
+                     envvar="LMPIPE_DRAFT_QUANTIZE", help="Quantize the draft model."),
+        click.option("--draft-tokens", type=int, default=4, show_default=True, envvar="LMPIPE_DRAFT_TOKENS",
+                     help="Tokens the draft proposes per pass of the model."),
+    )(f)
+
+
+def server_option(f: Callable) -> Callable:
+    return click.option("--server", default=None, envvar="LMPIPE_SERVER", metavar="URL",
+                        help="Use a running lm-serve (or any OpenAI-compatible server) at URL.")(f)

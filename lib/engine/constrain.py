@@ -1,0 +1,223 @@
+"""Structured output: a JSON schema, a regex or a fixed set of choices, enforced while decoding.
+
+The grammar engine is llguidance (the one llama.cpp and vLLM use). `Constraint` is compiled and
+checked once, before any record is read; `GrammarProcessor` is a logits processor for the
+generation loop: each step it feeds every row's last token to that row's matcher and masks the
+tokens the grammar does not allow, so it works batched and with any sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import RecordError, UsageError
+
+# Compact JSON: flexible whitespace lets a small model pad forever with newlines.
+JSON_OPTIONS = {"whitespace_flexible": False}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the answer must look like; `grammar` is llguidance's grammar for it."""
+
+    kind: str  # "json_schema", "regex" or "choice"
+    grammar: str
+    schema: dict[str, Any] | None = None
+    choices: tuple[str, ...] = field(default_factory=tuple)
+    source: str = ""  # the option as given, for the manifest
+
+    def manifest(self) -> dict[str, Any]:
+        if self.kind == "json_schema":
+            return {"json_schema": self.schema}
+        if self.kind == "regex":
+            return {"regex": self.source}
+        return {"choice": list(self.choices)}
+
+
+def load_schema(text: str) -> dict[str, Any]:
+    """--json-schema takes a file name or the schema inline."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise UsageError(f"--json-schema {text}: no such file (or give the schema inline as JSON)")
+        stripped = path.read_text()
+    try:
+        schema = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--json-schema is not valid JSON: {exc}") from None
+    return schema
+
+
+def check_schema(schema: Any, what: str = "--json-schema") -> dict[str, Any]:
+    """`schema` if it is a valid JSON Schema object; UsageError naming `what` otherwise."""
+    if not isinstance(schema, dict):
+        raise UsageError(f"{what} must be a JSON object")
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise UsageError(f"{what} is not a valid JSON Schema: {exc.message}") from None
+    return schema
+
+
+def _check(grammar: str, what: str) -> str:
+    from llguidance import LLMatcher
+
+    error = LLMatcher.validate_grammar(grammar, None)
+    if error and not error.startswith("WARNING"):
+        lines = [line.strip() for line in error.splitlines() if line.strip()]
+        why = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # "regex parse error: ... not supported"
+        raise UsageError(f"{what} cannot be compiled: {why}")
+    return grammar
+
+
+def json_constraint(schema: Any, what: str = "--json-schema", source: str = "") -> Constraint:
+    """Answers that validate against `schema`, compiled and checked (UsageError naming `what`)."""
+    schema = check_schema(schema, what)
+    return Constraint("json_schema", _check(json_grammar(schema, what), what), schema=schema, source=source)
+
+
+def regex_constraint(regex: str, what: str = "--regex") -> Constraint:
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise UsageError(f"{what} {regex!r}: {exc}") from None
+    return Constraint("regex", _check(regex_grammar(regex), what), source=regex)
+
+
+def choice_constraint(choices: Sequence[str], what: str = "--choice") -> Constraint:
+    if any(not isinstance(c, str) or not c for c in choices):
+        raise UsageError(f"{what} must be non-empty strings")
+    return Constraint("choice", _check(choice_grammar(choices), what), choices=tuple(choices))
+
+
+def constraint_from_options(json_schema: str | None = None, regex: str | None = None,
+                            choice: Sequence[str] = ()) -> Constraint | None:
+    """The constraint asked for on the command line, compiled and checked, or None."""
+    given = [name for name, value in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice)) if value]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} cannot be combined; choose one")
+    if json_schema:
+        return json_constraint(load_schema(json_schema), source=json_schema)
+    if regex:
+        return regex_constraint(regex)
+    if choice:
+        return choice_constraint(choice)
+    return None
+
+
+def json_grammar(schema: dict[str, Any], what: str = "--json-schema") -> str:
+    from llguidance import LLMatcher
+
+    try:
+        return LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+    except ValueError as exc:
+        raise UsageError(f"{what} cannot be compiled: {exc}") from None
+
+
+def regex_grammar(regex: str) -> str:
+    """A full match of `regex`, with \\d meaning [0-9] as in Python's re.ASCII, not any Unicode digit."""
+    from llguidance import LLMatcher, regex_to_lark
+
+    return LLMatcher.grammar_from_lark(f"start: /{regex_to_lark(regex, 'd')}/")
+
+
+def choice_grammar(choices: Sequence[str]) -> str:
+    from llguidance import LLMatcher
+
+    return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in choices))
+
+
+def parse_answer(constraint: Constraint, text: str, finish_reason: str) -> Any:
+    """The answer's JSON value (json_schema only), validated; RecordError when it is cut short."""
+    if constraint.kind != "json_schema":
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        why = "the token limit (--max-new-tokens) was reached" if finish_reason == "length" else "generation stopped"
+        raise RecordError(f"the JSON answer is incomplete: {why} before it closed") from None
+    from jsonschema import ValidationError, validate
+
+    try:
+        validate(value, constraint.schema or {})
+    except ValidationError as exc:
+        raise RecordError(f"the JSON answer does not validate: {exc.message}") from None
+    return value
+
+
+def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Sequence[int]):
+    """llguidance's view of a transformers tokenizer (about a second to build: cache it)."""
+    import llguidance.hf
+
+    try:
+        return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=sorted(eos))
+    except ValueError as exc:
+        raise UsageError(f"structured output needs a fast tokenizer: {exc}") from None
+
+
+_LL_TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def model_ll_tokenizer(model: Any, tokenizer: Any) -> Any:
+    """llguidance's tokenizer for a loaded model, built once per model and kept while it lives."""
+    found = _LL_TOKENIZERS.get(model)
+    if found is None:
+        from .generation import eos_ids
+
+        vocab = model.get_output_embeddings().weight.shape[0]
+        found = _LL_TOKENIZERS[model] = ll_tokenizer(tokenizer, vocab, eos_ids(model, tokenizer))
+    return found
+
+
+def grammar_processors(model: Any, tokenizer: Any, grammars: Sequence[str | None]) -> list[Any]:
+    """The `constraints` for one batch of generate(): fresh matchers, one grammar per row (None: free)."""
+    if all(g is None for g in grammars):
+        return []
+    return [GrammarProcessor(model_ll_tokenizer(model, tokenizer), grammars)]
+
+
+class GrammarProcessor:
+    """A logits processor holding one matcher per row; plug it first in the processor list."""
+
+    def __init__(self, ll_tok: Any, grammars: Sequence[str | None]):
+        """One grammar per row; None leaves that row free."""
+        from llguidance import LLMatcher
+
+        self.matchers = [LLMatcher(ll_tok, g, log_level=0) if g is not None else None for g in grammars]
+        for m in self.matchers:
+            if m is not None and m.is_error():
+                raise UsageError(f"the grammar cannot be compiled: {m.get_error()}")
+        self.seen: int | None = None  # history columns already fed to the matchers (first call: the prompts)
+        self.done = [m is None for m in self.matchers]
+
+    def __call__(self, history, scores):
+        import numpy as np
+        import torch
+
+        new = history[:, self.seen:].tolist() if self.seen is not None else [[] for _ in self.matchers]
+        self.seen = history.shape[1]
+        vocab = scores.shape[-1]
+        words = (vocab + 31) // 32
+        bitmask = np.zeros((len(self.matchers), words), dtype=np.int32)
+        for r, m in enumerate(self.matchers):
+            for token in new[r]:
+                if self.done[r]:
+                    break
+                if m.is_stopped() or not m.consume_token(token):
+                    self.done[r] = True  # EOS taken (or the row ended): later tokens are padding
+            if self.done[r] or m is None or m.is_error():
+                bitmask[r, :] = -1  # nothing to enforce any more
+                continue
+            m.unsafe_compute_mask_ptr(bitmask[r].ctypes.data, bitmask[r].nbytes)
+        bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab]
+        allowed = torch.from_numpy(bits.astype(bool)).to(scores.device)
+        return scores.masked_fill(~allowed, float("-inf"))

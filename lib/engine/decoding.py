@@ -1,0 +1,160 @@
+"""How the generation loop drives the model: the KV cache strategy and the per-token step.
+
+lmpipe.engine.generation owns the loop (pick a token, report it, stop); this module owns the two
+calls it makes into the model, `prefill(ids)` and `step(chosen)`, gpt-fast style when asked:
+"fast" runs lmpipe's own forward for Llama-family models (lmpipe.models.fastpath) and falls back to
+"dynamic" for others; "dynamic" grows transformers' DynamicCache per token; "static" allocates
+a StaticCache once for prompt + new tokens so every step has the same shapes, and may compile
+that step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from ..errors import UsageError
+
+CACHES = ("fast", "dynamic", "static")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the loop drives the model, gpt-fast style when asked.
+
+    cache "fast" is lmpipe's own forward pass with a KV cache allocated once (Llama-family
+    models; others fall back to "dynamic"); "dynamic" grows transformers' KV cache token by
+    token; "static" allocates transformers' StaticCache once for prompt + max_new_tokens, so
+    every decode step has the same shapes; `compile` compiles the one-token step with
+    torch.compile (fast or static cache; the first step of each new shape pays the compile).
+    Greedy float32 output is the same token for token whichever cache is chosen; a compiled
+    step fuses operations, so its numbers, and rarely its tokens, may differ. `draft` names a
+    model (optionally quantized) that proposes `draft_tokens` tokens per pass of the model
+    (speculative decoding, greedy).
+    """
+
+    cache: str = "fast"
+    compile: bool = False
+    draft: str | None = None  # a draft model for speculative decoding (lmpipe.engine.speculative)
+    draft_quantize: str | None = None
+    draft_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHES:
+            raise UsageError(f"--cache must be one of {', '.join(CACHES)}")
+        if self.draft_tokens < 1:
+            raise UsageError("--draft-tokens must be at least 1")
+        if self.compile and self.cache == "dynamic":
+            raise UsageError("--compile needs --cache fast or static (fixed shapes)")
+
+
+def positions(mask):
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=None):
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if keep_last else {}
+    if cache_position is not None:
+        kwargs["cache_position"] = cache_position
+    import torch
+
+    # no_grad, not inference_mode: a static cache allocated outside it is updated in place here.
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                    **kwargs)
+    return out.logits[:, -1, :].float()
+
+
+class _Dynamic:
+    """The KV cache grows by one column per token; the mask grows with it."""
+
+    def __init__(self, model: Any, mask, max_new_tokens: int):
+        from transformers import DynamicCache
+
+        self.model, self.mask = model, mask
+        self.cache = DynamicCache(config=model.config)
+        self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def prefill(self, ids):
+        return forward(self.model, ids, self.mask, positions(self.mask), self.cache, self.keep)
+
+    def step(self, chosen):
+        self.mask = torch_cat_ones(self.mask)
+        return forward(self.model, chosen[:, None], self.mask, positions(self.mask)[:, -1:], self.cache, self.keep)
+
+
+class _Static:
+    """The KV cache allocated once for prompt + new tokens: every step has the same shapes.
+
+    The mask is as wide as the cache from the start (left padding 0, the rest 1); the model's
+    causal mask, built from `cache_position`, hides the columns not written yet.
+    """
+
+    def __init__(self, model: Any, mask, max_new_tokens: int, compiled: bool = False):
+        import torch
+        from transformers import StaticCache
+
+        self.model, self.width = model, mask.shape[1]
+        total = self.width + max_new_tokens
+        self.cache = StaticCache(config=model.config, max_cache_len=total)
+        self.mask = torch.cat([mask, mask.new_ones((mask.shape[0], max_new_tokens))], dim=-1)
+        self.next_pos = mask.long().sum(-1, keepdim=True)  # each row's next position id
+        self.cursor = torch.tensor([self.width], device=mask.device)
+        self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.decode = _compiled_step() if compiled else decode_one
+
+    def prefill(self, ids):
+        import torch
+
+        mask = self.mask[:, : self.width]
+        position = torch.arange(self.width, device=ids.device)
+        return forward(self.model, ids, mask, positions(mask), self.cache, self.keep, position)
+
+    def step(self, chosen):
+        logits = self.decode(self.model, chosen[:, None], self.mask, self.next_pos, self.cache, self.cursor)
+        self.next_pos += 1
+        self.cursor += 1
+        return logits
+
+
+def decode_one(model: Any, ids, mask, pos, cache, cursor):
+    """One token through the model with a static cache; the step torch.compile may compile."""
+    return forward(model, ids, mask, pos, cache, True, cursor)
+
+
+@cache
+def _compiled_step():
+    import torch
+
+    return torch.compile(decode_one, fullgraph=False, dynamic=False)
+
+
+def torch_cat_ones(mask):
+    import torch
+
+    return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+
+
+def decoding_from_options(o: dict[str, Any]) -> "Decoding":
+    """The Decoding the speed and draft options ask for (tools without draft options get none)."""
+    return Decoding(o.get("cache") or "fast", bool(o.get("compile")), o.get("draft_model"),
+                    o.get("draft_quantize"), o.get("draft_tokens") or 4)
+
+
+def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
+    from ..models.fastpath import unsupported
+
+    return decoding.cache == "fast" and unsupported(model) is None
+
+
+def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding"):
+    if uses_fast_path(model, decoding):
+        from ..models.fastpath import FastDecoder, fast_model
+
+        return FastDecoder(fast_model(model), mask, max_new_tokens, decoding.compile)
+    if decoding.cache == "static":
+        return _Static(model, mask, max_new_tokens, decoding.compile)
+    return _Dynamic(model, mask, max_new_tokens)

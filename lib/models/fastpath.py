@@ -1,0 +1,383 @@
+"""lmpipe's own forward pass for Llama-family decoders, gpt-fast style.
+
+transformers' model code is general: per layer it dispatches through attention interfaces,
+mask builders and cache objects, which on a CPU costs more per token than the matmuls of a
+small model. This module runs the same weights through a short list of tensor operations: a
+KV cache allocated once with a row per sequence, the model's own rotary embedding, and for
+quantized models q/k/v and gate/up fused into one matmul each. The operations mirror transformers' Llama code (the same
+RMSNorm arithmetic, SDPA with GQA packed for one query as transformers packs it), so greedy
+float32 output stays token-identical to transformers' (tests/test_fast_decode.py checks it).
+
+Rows of the cache are independent sequences with their own lengths, so the server can admit
+a new request into a free row while the others keep decoding (continuous batching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache as cache_function
+from typing import Any, Callable
+
+FAMILIES = ("llama",)  # others join once a tiny model of theirs is tested token for token
+
+
+def unsupported(model: Any) -> str | None:
+    """Why the fast path cannot run `model`, or None when it can."""
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in FAMILIES:
+        return f"the fast path knows {', '.join(FAMILIES)} models, not {kind}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", kind == "mistral"):
+        return "the fast path has no sliding-window attention"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"the fast path has no {config.hidden_act} activation"
+    if getattr(getattr(model, "model", None), "rotary_emb", None) is None:
+        return "the model has no rotary embedding module"
+    return None
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One matmul: a float weight (with bias), or a quantized one from lmpipe.models.quantize."""
+
+    weight: Any
+    bias: Any = None
+    quantized: Any = None  # a QuantizedLinear whose buffers this projection uses
+    parts: tuple["Projection", ...] = ()  # float projections run one by one, outputs side by side
+
+    def __call__(self, x):
+        import torch.nn.functional as F
+
+        if self.quantized is not None:
+            return self.quantized(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def split(self, x, sizes: list[int]) -> list[Any]:
+        """The outputs of the projections this one stands for, one tensor each."""
+        if self.parts:  # separate matmuls give separate, contiguous outputs: no copy to join them
+            return [part(x) for part in self.parts]
+        return list(self(x).split(sizes, dim=-1))
+
+
+def fuse(linears: list[Any]) -> Projection:
+    """One projection for several linears that read the same input: one matmul where exact."""
+    from .quantize import fuse_quantized, quantized_linear_class
+
+    QuantizedLinear = quantized_linear_class()
+
+    if len(linears) == 1:
+        only = linears[0]
+        if isinstance(only, QuantizedLinear):
+            return Projection(None, None, only)
+        return Projection(only.weight, only.bias)
+    if all(isinstance(m, QuantizedLinear) for m in linears):
+        return Projection(None, None, fuse_quantized(linears))
+    # float weights stay apart: one fused matmul over one row of input rounds differently
+    # from three (measured), and float32 output must stay token-identical to transformers'.
+    return Projection(None, None, None, tuple(fuse([m]) for m in linears))
+
+
+@dataclass(frozen=True)
+class Layer:
+    qkv: Projection
+    o: Projection
+    gate_up: Projection
+    down: Projection
+    norm_in: Any  # RMSNorm weights
+    norm_post: Any
+    eps: float
+
+
+def rms_norm(x, weight, eps: float):
+    """transformers' LlamaRMSNorm, operation for operation, so the numbers match."""
+    import torch
+
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return weight * h.to(dtype)
+
+
+def rotate(x, cos, sin):
+    """transformers' rotary embedding (rotate_half), applied with the model's own cos and sin."""
+    import torch
+
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class FastModel:
+    """A Llama-family model's weights arranged for the fast path, sharing the model's tensors."""
+
+    def __init__(self, model: Any):
+        import torch
+
+        config = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.rotary = inner.rotary_emb
+        self.norm = inner.norm.weight
+        self.norm_eps = inner.norm.variance_epsilon
+        self.head = fuse([model.lm_head])
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.dtype = self.embed.dtype
+        self.device = self.embed.device
+        self.layers = []
+        for block in inner.layers:
+            attn, mlp = block.self_attn, block.mlp
+            # float32 weights are fused only where that leaves every output number unchanged.
+            self.layers.append(Layer(
+                qkv=fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
+                o=fuse([attn.o_proj]),
+                gate_up=fuse([mlp.gate_proj, mlp.up_proj]),
+                down=fuse([mlp.down_proj]),
+                norm_in=block.input_layernorm.weight,
+                norm_post=block.post_attention_layernorm.weight,
+                eps=block.input_layernorm.variance_epsilon,
+            ))
+        self.intermediate = inner.layers[0].mlp.gate_proj.out_features if len(inner.layers) else 0
+        self.q_size = self.heads * self.head_dim
+        self.kv_size = self.kv_heads * self.head_dim
+        self.silu = torch.nn.functional.silu
+
+    def cache(self, rows: int, width: int) -> "KVCache":
+        return KVCache(self, rows, width)
+
+    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend, every: bool = False) -> Any:
+        """Run `ids` [B, T] at `positions` [B, T]; write K/V into cache rows `rows` at `columns`.
+
+        `columns`: a slice (prefill: the same columns for every row) or a [B] tensor (one
+        column per row, a decode step). `attend(q, k, v)` does the attention over the cache.
+        Returns the last position's logits, float32 [B, vocab]; with `every`, all positions' [B, T, vocab].
+        """
+        import torch
+
+        b, t = ids.shape
+        x = torch.nn.functional.embedding(ids, self.embed)
+        cos, sin = self.rotary(x, positions)
+        cos, sin = cos[:, None], sin[:, None]
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.norm_in, layer.eps)
+            q, k, v = layer.qkv.split(h, [self.q_size, self.kv_size, self.kv_size])
+            q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            keys, values = cache.write(i, rows, columns, k, v)
+            out = attend(q, keys, values)
+            x = x + layer.o(out.transpose(1, 2).reshape(b, t, self.q_size))
+            h = rms_norm(x, layer.norm_post, layer.eps)
+            gate, up = layer.gate_up.split(h, [self.intermediate, self.intermediate])
+            x = x + layer.down(self.silu(gate) * up)
+        last = rms_norm(x if every else x[:, -1, :], self.norm, self.norm_eps)
+        return self.head(last).float()
+
+
+class KVCache:
+    """Keys and values for `rows` sequences, allocated once; each row fills its own columns.
+
+    `valid[r, c]` says column c of row r holds a real token (left padding never does);
+    `fill[r]` is the next column row r writes; `position[r]` its next position id.
+    """
+
+    def __init__(self, fast: FastModel, rows: int, width: int):
+        import torch
+
+        shape = (rows, fast.kv_heads, width, fast.head_dim)
+        self.keys = [torch.zeros(shape, dtype=fast.dtype, device=fast.device) for _ in fast.layers]
+        self.values = [torch.zeros(shape, dtype=fast.dtype, device=fast.device) for _ in fast.layers]
+        self.valid = torch.zeros((rows, width), dtype=torch.bool, device=fast.device)
+        self.fill = torch.zeros(rows, dtype=torch.long, device=fast.device)
+        self.position = torch.zeros(rows, dtype=torch.long, device=fast.device)
+        self.rows, self.width = rows, width
+        self.span = 0  # columns in use by any row: attention reads no further
+
+    def write(self, layer: int, rows: slice, columns, k, v):
+        keys, values = self.keys[layer], self.values[layer]
+        if isinstance(columns, slice):  # a prompt: it attends to what is before it too (a cached prefix)
+            keys[rows, :, columns] = k
+            values[rows, :, columns] = v
+            return keys[rows, :, : columns.stop], values[rows, :, : columns.stop]
+        import torch
+
+        index = torch.arange(k.shape[0], device=k.device) + (rows.start or 0)
+        keys[index, :, columns] = k[:, :, 0]
+        values[index, :, columns] = v[:, :, 0]
+        return keys[rows, :, : self.span], values[rows, :, : self.span]
+
+    def grown(self, width: int) -> "KVCache":
+        """A wider cache holding this one's rows (the server's rows outgrew it)."""
+        import torch
+
+        wider = KVCache.__new__(KVCache)
+        pad = width - self.width
+
+        def widen(t):
+            return torch.cat([t, t.new_zeros((*t.shape[:2], pad, t.shape[3]))], dim=2)
+
+        wider.keys = [widen(t) for t in self.keys]
+        wider.values = [widen(t) for t in self.values]
+        wider.valid = torch.cat([self.valid, self.valid.new_zeros((self.rows, pad))], dim=1)
+        wider.fill, wider.position = self.fill.clone(), self.position.clone()
+        wider.rows, wider.width, wider.span = self.rows, width, self.span
+        return wider
+
+    def prefix(self, row: int, length: int) -> tuple[list[Any], list[Any]]:
+        """Copies of row `row`'s first `length` columns of keys and values, layer by layer."""
+        return ([k[row, :, :length].clone() for k in self.keys], [v[row, :, :length].clone() for v in self.values])
+
+    def load_prefix(self, row: int, keys: list[Any], values: list[Any], length: int) -> None:
+        """Start row `row` with a stored prefix's first `length` columns."""
+        for cache, stored in ((self.keys, keys), (self.values, values)):
+            for t, part in zip(cache, stored):
+                t[row, :, :length] = part[:, :length]
+        self.valid[row] = False
+        self.valid[row, :length] = True
+        self.fill[row] = length
+        self.position[row] = length
+
+    def truncate(self, row: int, length: int) -> None:
+        """Forget row `row`'s columns from `length` on (rejected speculative tokens)."""
+        self.valid[row, length:] = False
+        self.fill[row] = length
+        self.position[row] = length
+
+    def move(self, source: int, target: int) -> None:
+        """Copy row `source` into row `target` (the server packs its live rows to the front)."""
+        for tensors in (self.keys, self.values):
+            for t in tensors:
+                t[target] = t[source]
+        for t in (self.valid, self.fill, self.position):
+            t[target] = t[source]
+
+
+def _attention(mask, groups: int) -> Callable:
+    """Attention as transformers' SDPA path computes it, choice for choice, so the numbers match.
+
+    No mask: SDPA's own GQA and causal flag. A mask and one query per row: the query heads
+    packed onto their key/value head. A mask and a prompt: key/value heads repeated.
+    """
+    import torch.nn.functional as F
+
+    def attend(q, k, v):
+        b, heads, t, dim = q.shape
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=groups > 1)
+        if groups == 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if t == 1:
+            packed = q.reshape(b, heads // groups, groups, dim)
+            return F.scaled_dot_product_attention(packed, k, v, attn_mask=mask).reshape(b, heads, 1, dim)
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    return attend
+
+
+def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False):
+    """Fill cache `rows` with left-padded prompts `ids` [B, T] (mask 1 where a token is real).
+
+    `start`: the row already holds the prompt's first `start` tokens (a cached prefix, or the
+    tokens before a speculative draft; one row, no padding): only the rest is computed,
+    attending to those too. Returns the last position's logits [B, vocab]; with `every`, every
+    position's [B, T, vocab].
+    """
+    import torch
+
+    t = ids.shape[1]
+    end = start + t
+    attn_mask = None
+    if start:
+        positions = torch.arange(start, end, device=ids.device)[None]
+        attn_mask = torch.ones((t, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)[None, None]
+    else:
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    if not start and bool((mask == 0).any()):
+        causal = torch.ones((t, t), dtype=torch.bool, device=ids.device).tril()
+        # A padding query sees itself, so its (unused) output stays finite: NaN keys would poison real rows.
+        attn_mask = (causal[None] & mask.bool()[:, None, :]) | torch.eye(t, dtype=torch.bool, device=ids.device)
+        attn_mask = attn_mask[:, None]
+    if not start:
+        cache.valid[rows] = False
+    cache.valid[rows, start:end] = mask.bool()
+    cache.fill[rows] = end
+    cache.position[rows] = start + mask.long().sum(-1)
+    with torch.no_grad():
+        return fast.forward(ids, positions, cache, rows, slice(start, end),
+                            _attention(attn_mask, fast.heads // fast.kv_heads), every)
+
+
+def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False):
+    """One new token [B] for each of cache `rows`, each at its own column; returns logits [B, vocab].
+
+    `compiled`: run the step torch.compile made of it. Its shapes must not change from step to
+    step, so it attends over the cache's whole width (masked) rather than the columns in use.
+    """
+    import torch
+
+    columns = cache.fill[rows].clone()
+    cache.valid[torch.arange(rows.start or 0, rows.stop, device=columns.device), columns] = True
+    positions = cache.position[rows][:, None].clone()
+    if compiled:
+        cache.span = cache.width
+        logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :])
+    else:
+        cache.span = int(columns.max()) + 1
+        valid = cache.valid[rows, : cache.span]
+        mask = None if bool(valid.all()) else valid[:, None, None, :]
+        logits = _step(fast, cache, rows, chosen, positions, columns, mask)
+    cache.fill[rows] += 1
+    cache.position[rows] += 1
+    return logits
+
+
+def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask):
+    import torch
+
+    with torch.no_grad():
+        return fast.forward(chosen[:, None], positions, cache, rows, columns, _attention(mask, fast.heads // fast.kv_heads))
+
+
+@cache_function
+def _compiled_step():
+    import torch
+
+    return torch.compile(_step, dynamic=False)
+
+
+WIDTH_STEP = 256
+
+
+def rounded_width(width: int) -> int:
+    """Cache widths in steps of 256: a compiled step compiles once per width, a growing cache grows seldom."""
+    return -(-width // WIDTH_STEP) * WIDTH_STEP
+
+
+class FastDecoder:
+    """The generation loop's `prefill`/`step` over the fast path, for one left-padded batch."""
+
+    def __init__(self, fast: FastModel, mask, max_new_tokens: int, compiled: bool = False):
+        self.fast, self.mask, self.compiled = fast, mask, compiled
+        rows, width = mask.shape
+        width += max_new_tokens
+        self.cache = fast.cache(rows, rounded_width(width) if compiled else width)
+        self.rows = slice(0, rows)
+
+    def prefill(self, ids):
+        return prefill(self.fast, self.cache, self.rows, ids, self.mask)
+
+    def step(self, chosen):
+        return step(self.fast, self.cache, self.rows, chosen, self.compiled)
+
+
+def fast_model(model: Any) -> FastModel:
+    """The model's fast-path arrangement, built once per loaded model and kept with it."""
+    built = getattr(model, "_lmpipe_fast", None)
+    if built is None:
+        built = FastModel(model)
+        model._lmpipe_fast = built
+    return built

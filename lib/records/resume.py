@@ -1,0 +1,184 @@
+"""--output FILE [--resume]: results appended to a file durably, and a rerun that skips what is done.
+
+Every record is written whole and fsync'd before the next one is written, so a run killed at any
+moment leaves at most one partial last line; --resume cuts that line off, reads which records the
+file holds, and the rerun processes only the others. A record is known by its `id` when it has one,
+otherwise by the SHA-256 of its input (canonical JSON), which the written record carries in
+`input_sha256`. Identical inputs are counted, so a file with the same record twice stays right.
+Records cut short by Ctrl-C ("interrupted") are not written: the rerun does them.
+Without --resume an existing non-empty FILE is an error, never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import orjson
+
+from ..errors import UsageError
+from .jsonl import Item, encode
+from .runner import INTERRUPTED
+
+KEY_FIELD = "input_sha256"
+
+
+def input_hash(item: Item) -> str:
+    if item.record is not None:
+        data = orjson.dumps(item.record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    else:  # a line that was not a record: known by where it was and what was wrong with it
+        data = f"line {item.line}: {item.error}".encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def item_key(item: Item) -> str:
+    if item.record is not None and "id" in item.record:
+        return "id:" + orjson.dumps(item.record["id"], option=orjson.OPT_SORT_KEYS).decode()
+    return "sha256:" + input_hash(item)
+
+
+def output_key(record: dict[str, Any]) -> str | None:
+    """The key of a record read back from an output file (None: the file did not come from us)."""
+    if "id" in record:
+        return "id:" + orjson.dumps(record["id"], option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(record.get(KEY_FIELD), str):
+        return "sha256:" + record[KEY_FIELD]
+    return None
+
+
+def repair(path: Path) -> int:
+    """Cut a partial last line (a run killed mid-write) off the file; return the bytes cut."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # Walk back to the last newline, a block at a time.
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            f.seek(start)
+            block = f.read(end - start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            end = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+        return size - keep
+
+
+def done_keys(path: Path) -> Counter[str]:
+    """How many times each key is already in the output file."""
+    done: Counter[str] = Counter()
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise UsageError(f"{path} line {number} is not JSON; it is not an lmpipe output to resume") from None
+            key = output_key(record) if isinstance(record, dict) else None
+            if key is None:
+                raise UsageError(f"{path} line {number} has neither `id` nor `{KEY_FIELD}`; cannot resume it")
+            done[key] += 1
+    return done
+
+
+@dataclass
+class ResumeState:
+    """What the output file already holds, and the keys of the items let through, in order."""
+
+    done: Counter[str]
+    pending: deque[str]
+    skipped: int = 0
+
+    def select(self, items: Iterable[Item]) -> Iterator[Item]:
+        """Items not yet in the output; remembers each one's key for the writer, in input order."""
+        left = Counter(self.done)
+        for item in items:
+            key = item_key(item)
+            if left[key] > 0:
+                left[key] -= 1
+                self.skipped += 1
+                continue
+            self.pending.append(key)
+            yield item
+
+
+def prepare_output(path_text: str, resume: bool) -> tuple[Path, ResumeState]:
+    """Check FILE before anything else runs; with --resume, repair it and read what it holds."""
+    path = Path(path_text)
+    if path.is_dir():
+        raise UsageError(f"--output {path}: is a folder")
+    exists = path.exists() and path.stat().st_size > 0
+    if exists and not resume:
+        raise UsageError(f"--output {path} exists; add --resume to continue it, or remove it")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output {path}: no such folder {path.parent}")
+    done: Counter[str] = Counter()
+    if exists:
+        repair(path)
+        done = done_keys(path)
+    return path, ResumeState(done, deque())
+
+
+class FileSink:
+    """Appends finished records to FILE, each written whole and fsync'd; holds a lock while open."""
+
+    def __init__(self, path: Path, state: ResumeState, sync_every: int = 1):
+        import fcntl
+
+        self.path = path
+        self.state = state
+        self.sync_every = max(1, sync_every)
+        self.written = 0
+        self.dropped = 0
+        self._unsynced = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise UsageError(f"--output {path} is being written by another run") from None
+
+    def finished(self, record: dict[str, Any], failed: bool) -> None:
+        key = self.state.pending.popleft() if self.state.pending else None
+        if failed and record.get("error") == INTERRUPTED:
+            self.dropped += 1  # not done: the rerun does it
+            return
+        if key is not None and key.startswith("sha256:") and "id" not in record:
+            record = {**record, KEY_FIELD: key.removeprefix("sha256:")}
+        data = encode(record)
+        view = memoryview(data)
+        while view:  # one record, one write in practice; loop for the rare short write
+            view = view[os.write(self._fd, view):]
+        self.written += 1
+        self._unsynced += 1
+        if self._unsynced >= self.sync_every:
+            self.sync()
+
+    def streamed(self, item: Item, event: Any) -> None:
+        pass  # token events are for pipes and terminals, not for the results file
+
+    def sync(self) -> None:
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,1 @@
+"""lm-serve: the OpenAI-compatible HTTP API over the engine's scheduler."""

@@ -1,0 +1,1 @@
+"""Model-free text handling: sentence splitting and packing, token-bounded chunks, language codes."""

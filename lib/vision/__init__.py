@@ -1,0 +1,1 @@
+"""Vision models: images from records, loading detectors, the detection step, annotated copies."""

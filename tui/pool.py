@@ -1,0 +1,127 @@
+"""In-process model work for the chat and tokens screens, on the library's own functions.
+
+Models and tokenizers load once per name and are shared by the screens. Everything here runs
+in worker threads and knows nothing of the interface: it reports through callbacks.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lmpipe.models.loading import LoadedModel
+
+
+class Engine:
+    """Loaded models and tokenizers, one of each per --model value."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, LoadedModel] = {}
+        self._tokenizers: dict[str, Any] = {}
+
+    def model(self, name: str) -> LoadedModel:
+        from lmpipe.models.loading import ModelSettings, load
+
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = load(ModelSettings(name), notify=lambda _msg: None)
+            return self._models[name]
+
+    def tokenizer(self, name: str) -> Any:
+        from lmpipe.models.loading import load_tokenizer
+        from lmpipe.models.resolve import resolve
+
+        with self._lock:
+            if name in self._models:
+                return self._models[name].tokenizer
+            if name not in self._tokenizers:
+                self._tokenizers[name] = load_tokenizer(resolve(name))
+            return self._tokenizers[name]
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    model: str = "smollm2"
+    system: str = ""
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    reasoning: str | None
+    stats: dict[str, Any]
+
+
+@dataclass
+class Conversation:
+    """A multi-turn chat: what goes to the model each turn, and what `lm-generate` reads back."""
+
+    system: str = ""
+    turns: list[dict[str, str]] = field(default_factory=list)
+
+    def messages(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + list(self.turns)
+
+    def record(self) -> dict[str, Any]:
+        """One JSONL record, `{"messages": [...]}`, as lm-generate accepts it."""
+        return {"messages": self.messages()}
+
+
+def chat_turn(engine: Engine, messages: list[dict[str, str]], settings: ChatSettings,
+              on_text: Callable[[str, int], None], cancelled: Callable[[], bool]) -> Reply:
+    """Generate the assistant's reply to `messages`, reporting the text as it streams."""
+    from lmpipe.backends.generate import stats
+    from lmpipe.chat.prompts import PromptSettings, prompt_ids
+    from lmpipe.chat.reasoning import split_reasoning
+    from lmpipe.engine.generation import Completion, Token, generate
+    from lmpipe.engine.sampling import Sampling
+
+    lm = engine.model(settings.model)
+    ids = prompt_ids({"messages": messages}, lm.tokenizer, PromptSettings())
+    sampling = Sampling(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                        seed=settings.seed).with_seed()
+    text, count = "", 0
+    for event in generate(lm.model, lm.tokenizer, [ids], sampling, device=lm.device):
+        if cancelled():
+            break
+        if isinstance(event, Token):
+            text += event.text
+            count += 1
+            on_text(text, count)
+        elif isinstance(event, Completion):
+            reasoning, answer = split_reasoning(event.text)
+            return Reply(answer, reasoning, stats(event, None))
+    reasoning, answer = split_reasoning(text)
+    return Reply(answer, reasoning, {"output_tokens": count, "finish_reason": "cancelled"})
+
+
+def tokenize(engine: Engine, model: str, text: str) -> dict[str, Any]:
+    """lm-tokenize's fields for `text`: ids, tokens, count, special, added, offsets."""
+    from lmpipe.tasks.tokenize import encode
+
+    return encode(engine.tokenizer(model), text, special=True)
+
+
+def generate_with_probs(engine: Engine, model: str, text: str, max_new_tokens: int, top: int,
+                        cancelled: Callable[[], bool]) -> list[Any]:
+    """The tokens of a greedy generation for `text`, each with its probability and alternatives."""
+    from lmpipe.chat.prompts import PromptSettings, prompt_ids
+    from lmpipe.engine.generation import Token, generate
+    from lmpipe.engine.sampling import Sampling
+
+    lm = engine.model(model)
+    ids = prompt_ids({"text": text}, lm.tokenizer, PromptSettings())
+    tokens = []
+    for event in generate(lm.model, lm.tokenizer, [ids], Sampling(max_new_tokens=max_new_tokens),
+                          top_probs=top, device=lm.device):
+        if cancelled():
+            break
+        if isinstance(event, Token):
+            tokens.append(event)
+    return tokens
