@@ -66,7 +66,7 @@ def main(**options):
       lm-generate --choice yes --choice no "Is the sky blue?"
       lm-generate --shard 0/4 --output part0.jsonl --progress json < big.jsonl
     """
-    from lmpipe.backends.generate import run
+    from lmpipe.tasks.generate import run
 
     guarded("lm-generate", lambda: run(tty=stdout_is_tty(), **options))
 

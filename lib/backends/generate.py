@@ -1,4 +1,8 @@
-"""lm-generate's task: records in, records with generated text, stats and manifest out."""
+"""Records through the in-process generation loop: a record's prompt in, its answer, stats and manifest out.
+
+lm-generate runs on it (lmpipe.tasks.generate), and so do chat models under translate and
+summarize (lmpipe.backends.text); lmpipe.backends.remote gives the same records through a server.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,7 @@ from typing import Any, Iterator
 
 from ..chat.answers import Plan, answer_fields, plan_for
 from ..chat.prompts import PromptSettings, prompt_ids
-from ..chat.tools import check_choice
-from ..engine.constrain import Constraint, constraint_from_options, grammar_processors, model_ll_tokenizer
-from ..engine.decoding import decoding_from_options
+from ..engine.constrain import Constraint, grammar_processors, model_ll_tokenizer
 from ..engine.generation import Completion, Decoding, Token, generate
 from ..engine.sampling import Sampling
 from ..errors import RecordError
@@ -160,59 +162,3 @@ class GenerateTask:
             for row, (item, _) in enumerate(ready):
                 if row not in finished:
                     yield Finished(item, error_record(item, f"generation failed: {exc}"), failed=True)
-
-
-def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
-    return GenerateSettings(
-        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
-        sampling=Sampling(
-            temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
-            repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
-            seed=o["seed"], stop=tuple(o["stop"]),
-        ),
-        out=o["out"],
-        top_probs=o["top_probs"],
-        ttnt=o["ttnt"],
-        constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
-        tool_choice=check_choice(o.get("tool_choice") or "auto"),
-        decoding=decoding_from_options(o),
-    )
-
-
-def stream_event(item: Item, t: Token) -> dict[str, Any]:
-    event: dict[str, Any] = {"event": "token", "line": item.line, "id": t.id, "text": t.text}
-    if t.p is not None:
-        event["p"] = t.p
-    return event
-
-
-def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
-    """lm-generate: settings and model first (fail fast), then stdin (or PROMPT) to stdout."""
-    import io
-    import sys
-
-    from ..cli.edge import JsonlSink, run_records
-    from ..cli.options import batch_size_for
-    from ..models.loading import ModelSettings, load
-    from ..records.job import JobSettings
-    from ..terminal.display import GenerateTtySink
-
-    settings = settings_from_options(o)
-    job = JobSettings.from_options(o).open()  # an existing --output without --resume fails here
-    tty = tty and not job.to_file
-    model_settings = ModelSettings.from_options(o)
-    if o.get("server"):
-        from ..errors import UsageError
-        from .remote import RemoteGenerateTask, ServerClient
-
-        if o["stream"]:
-            raise UsageError("--stream needs in-process generation (drop --server)")
-        task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
-    else:
-        task = GenerateTask(load(model_settings), settings)
-    if tty:
-        sink: Any = GenerateTtySink(quiet=o["quiet"], boxes=settings.top_probs > 0, pause_ms=o["display_pause"])
-    else:
-        sink = JsonlSink(stream_events=o["stream"], encode_event=stream_event)
-    source = io.BytesIO(prompt.encode() + b"\n") if prompt is not None else sys.stdin.buffer
-    return run_records("lm-generate", task.process, sink, batch_size_for(o["batch_size"], tty), o["progress"], source, job)
