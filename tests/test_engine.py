@@ -10,7 +10,7 @@ import pytest
 
 from lmpipe.engine.generation import Completion
 from lmpipe.engine.sampling import Sampling
-from lmpipe.engine.scheduler import Engine, EngineSettings, Job, batch_key
+from lmpipe.engine.scheduler import Scheduler, SchedulerSettings, GenerationRequest, batch_key
 from lmpipe.models.loading import ModelSettings
 
 
@@ -27,7 +27,7 @@ def wait_for(job_events: list, done: threading.Event, timeout: float = 120) -> C
 
 @pytest.fixture
 def engine(tiny_llama):
-    e = Engine(EngineSettings(model=ModelSettings(str(tiny_llama)), max_batch=4, max_queue=2, keep_alive=0.5))
+    e = Scheduler(SchedulerSettings(model=ModelSettings(str(tiny_llama)), max_batch=4, max_queue=2, keep_alive=0.5))
     yield e
     e.close()
 
@@ -45,10 +45,10 @@ def collector():
     return events, done, emit
 
 
-def job(engine: Engine, n: int = 6):
+def job(engine: Scheduler, n: int = 6):
     events, done, emit = collector()
     ids = list(engine.tokenizer("The quick brown fox")["input_ids"])
-    return Job(ids, Sampling(max_new_tokens=n), emit), events, done
+    return GenerationRequest(ids, Sampling(max_new_tokens=n), emit), events, done
 
 
 def test_answers_then_unloads_after_keep_alive_and_reloads(engine):
@@ -79,17 +79,17 @@ def test_the_queue_is_bounded(engine):
     assert accepted in (2, 3)  # the worker may have taken one before it blocked
 
 
-def solo(engine: Engine, ids: list[int], sampling: Sampling) -> Completion:
+def solo(engine: Scheduler, ids: list[int], sampling: Sampling) -> Completion:
     from lmpipe.engine.generation import generate
 
     lm = engine.model()
     return [e for e in generate(lm.model, lm.tokenizer, [ids], sampling) if isinstance(e, Completion)][0]
 
 
-def submit(engine: Engine, prompt: str, sampling: Sampling, grammar: str | None = None):
+def submit(engine: Scheduler, prompt: str, sampling: Sampling, grammar: str | None = None):
     events, done, emit = collector()
     ids = list(engine.tokenizer(prompt)["input_ids"])
-    j = Job(ids, sampling, emit, grammar=grammar)
+    j = GenerationRequest(ids, sampling, emit, grammar=grammar)
     engine.submit(j)
     return j, events, done
 
@@ -121,7 +121,7 @@ def test_rows_keep_their_own_sampling_and_seed(engine):
 
 
 def test_a_cancelled_request_frees_its_row_at_once(tiny_llama):
-    e = Engine(EngineSettings(model=ModelSettings(str(tiny_llama)), max_batch=1, max_queue=4))
+    e = Scheduler(SchedulerSettings(model=ModelSettings(str(tiny_llama)), max_batch=1, max_queue=4))
     try:
         e.model()
         stuck, stuck_events, stuck_done = submit(e, "Once upon a time", Sampling(max_new_tokens=10_000, stop=("x" * 50,)))

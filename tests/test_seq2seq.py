@@ -1,4 +1,4 @@
-"""Seq2SeqEngine: generate's own output, with lmpipe's timing and finish reasons."""
+"""Seq2SeqGenerator: generate's own output, with lmpipe's timing and finish reasons."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 
 from seq2seq_reference import _load
 
-from lmpipe.backends.seq2seq import Seq2SeqEngine, Seq2SeqSettings, window
+from lmpipe.backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings, window
 from lmpipe.errors import UsageError
 
 
 def engine(folder, **settings):
     tokenizer, model = _load(str(folder))
-    return Seq2SeqEngine(model, tokenizer, "cpu", Seq2SeqSettings(**settings)), tokenizer, model
+    return Seq2SeqGenerator(model, tokenizer, "cpu", Seq2SeqSettings(**settings)), tokenizer, model
 
 
 def test_completions_are_generates_tokens(tiny_bart):

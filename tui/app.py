@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from .pipeline import Pipeline
-from .pool import Engine
+from .pool import ModelPool
 from .screens.chat import ChatScreen
 from .screens.models import ModelsScreen
 from .screens.pipeline import PipelineScreen
@@ -31,8 +31,8 @@ class LmDash(App):
     ]
 
     def __init__(self, pipeline: Pipeline | None = None, input_text: str = "", pipeline_path: str | None = None,
-                 model: str = "smollm2", screen: str = "pipeline", engine: Engine | None = None):
-        self.engine = engine or Engine()
+                 model: str = "smollm2", screen: str = "pipeline", engine: ModelPool | None = None):
+        self.engine = engine or ModelPool()
         self.pipeline_screen = PipelineScreen(pipeline, input_text, pipeline_path)
         self.MODES = {
             "pipeline": lambda: self.pipeline_screen,

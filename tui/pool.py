@@ -13,7 +13,7 @@ from typing import Any, Callable
 from lmpipe.models.loading import LoadedModel
 
 
-class Engine:
+class ModelPool:
     """Loaded models and tokenizers, one of each per --model value."""
 
     def __init__(self) -> None:
@@ -73,7 +73,7 @@ class Conversation:
         return {"messages": self.messages()}
 
 
-def chat_turn(engine: Engine, messages: list[dict[str, str]], settings: ChatSettings,
+def chat_turn(engine: ModelPool, messages: list[dict[str, str]], settings: ChatSettings,
               on_text: Callable[[str, int], None], cancelled: Callable[[], bool]) -> Reply:
     """Generate the assistant's reply to `messages`, reporting the text as it streams."""
     from lmpipe.backends.generate import stats
@@ -101,14 +101,14 @@ def chat_turn(engine: Engine, messages: list[dict[str, str]], settings: ChatSett
     return Reply(answer, reasoning, {"output_tokens": count, "finish_reason": "cancelled"})
 
 
-def tokenize(engine: Engine, model: str, text: str) -> dict[str, Any]:
+def tokenize(engine: ModelPool, model: str, text: str) -> dict[str, Any]:
     """lm-tokenize's fields for `text`: ids, tokens, count, special, added, offsets."""
     from lmpipe.tasks.tokenize import encode
 
     return encode(engine.tokenizer(model), text, special=True)
 
 
-def generate_with_probs(engine: Engine, model: str, text: str, max_new_tokens: int, top: int,
+def generate_with_probs(engine: ModelPool, model: str, text: str, max_new_tokens: int, top: int,
                         cancelled: Callable[[], bool]) -> list[Any]:
     """The tokens of a greedy generation for `text`, each with its probability and alternatives."""
     from lmpipe.chat.prompts import PromptSettings, prompt_ids

@@ -70,7 +70,7 @@ class _StepClock:
         pass
 
 
-class Seq2SeqEngine:
+class Seq2SeqGenerator:
     """Runs one language setting and one generation setting over batches of texts."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str, settings: Seq2SeqSettings,

@@ -26,7 +26,7 @@ class Output:
     call: int = 0  # which model call produced it; pieces of one call share its clock
 
 
-class Engine(Protocol):
+class TextBackend(Protocol):
     limit: int  # most tokens `count` may give for one piece
 
     def count(self, text: str) -> int: ...
@@ -34,8 +34,8 @@ class Engine(Protocol):
     def run(self, texts: Sequence[str]) -> list[Output]: ...
 
 
-class Seq2SeqAdapter:
-    """lmpipe.backends.seq2seq.Seq2SeqEngine as an Engine."""
+class Seq2SeqBackend:
+    """lmpipe.backends.seq2seq.Seq2SeqGenerator as a TextBackend."""
 
     def __init__(self, engine: Any, limit: int | None = None):
         self.engine = engine
@@ -54,7 +54,7 @@ class Seq2SeqAdapter:
         return [Output(c.text, stats(c, None)) for c in self.engine.run(texts)]
 
 
-class ChatEngine:
+class ChatBackend:
     """A chat (or plain causal) model told what to do by an instruction around each text."""
 
     OVERHEAD = 8  # tokens of slack for chat-template markup around the instruction
@@ -99,7 +99,7 @@ class ChatEngine:
 _calls = itertools.count()  # numbers every model call in the process, so rounds never share one
 
 
-def run_pieces(engine: Engine, pieces: Sequence[str], batch_size: int) -> list[Output]:
+def run_pieces(engine: TextBackend, pieces: Sequence[str], batch_size: int) -> list[Output]:
     """Every piece through the engine, `batch_size` at a time, in order; a failed call fails its pieces."""
     outputs: list[Output] = []
     for start in range(0, len(pieces), max(1, batch_size)):

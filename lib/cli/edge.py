@@ -93,7 +93,7 @@ def run_records(tool: str, process: Process, sink: Any, batch_size: int = 1, pro
                 source: IO[bytes] | None = None, job: Any = None) -> int:
     """Run `process` over the records of `source` (stdin) into `sink`, with progress; return the exit code.
 
-    `job` (an opened lmpipe.records.job.Job) narrows the input to a shard, skips what --resume finds done,
+    `job` (an opened lmpipe.records.job.BatchJob) narrows the input to a shard, skips what --resume finds done,
     and sends the records to --output FILE instead of `sink`.
     """
     from ..records.progress import Progress, ProgressSink, choose_mode, count_remaining_lines

@@ -26,7 +26,7 @@ from .sampling import Sampling, logits_processors
 MIN_SHARED = 8  # fewer shared tokens than this are cheaper to compute again than to copy
 
 
-class Request(Protocol):
+class BatchRequest(Protocol):
     ids: list[int]
     sampling: Sampling
 
@@ -35,7 +35,7 @@ class Request(Protocol):
 
 @dataclass
 class Live:
-    request: Request
+    request: BatchRequest
     state: RowState
     processors: Any
     generator: Any
@@ -111,7 +111,7 @@ class Batcher:
             self.cache = self.cache.grown(width)
         return self.cache
 
-    def admit(self, request: Request, constraints: tuple[Any, ...] = ()) -> None:
+    def admit(self, request: BatchRequest, constraints: tuple[Any, ...] = ()) -> None:
         """Prefill `request` into the next free row and report its first token.
 
         `constraints`: logits processors for this request alone (its grammar), run first.

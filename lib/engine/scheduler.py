@@ -1,4 +1,4 @@
-"""The server's engine: one model kept warm, a bounded queue, and a worker that batches.
+"""The server's scheduler: one model kept warm, a bounded queue, and a worker that batches.
 
 Requests wait in a bounded queue (full: the caller answers 503). One worker thread serves
 them. For models the fast path knows (lmpipe.models.fastpath), batching is continuous
@@ -26,7 +26,7 @@ Emit = Callable[[Any], None]  # a Token, a Completion, or an Exception; called o
 
 
 @dataclass
-class Job:
+class GenerationRequest:
     ids: list[int]
     sampling: Sampling
     emit: Emit
@@ -35,7 +35,7 @@ class Job:
 
 
 @dataclass(frozen=True)
-class EngineSettings:
+class SchedulerSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     decoding: Decoding = field(default_factory=Decoding)
     max_batch: int = 8
@@ -48,15 +48,15 @@ def batch_key(sampling: Sampling) -> Sampling:
     return replace(sampling, seed=0) if sampling.greedy else sampling
 
 
-class Engine:
-    def __init__(self, settings: EngineSettings, notify: Callable[[str], None] = lambda m: None):
+class Scheduler:
+    def __init__(self, settings: SchedulerSettings, notify: Callable[[str], None] = lambda m: None):
         from ..models.loading import load_tokenizer
 
         self.settings = settings
         self.notify = notify
         self.ref = settings.model.ref()
         self.tokenizer = load_tokenizer(self.ref)  # prompts are checked before they queue
-        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=settings.max_queue)
+        self.jobs: queue.Queue[GenerationRequest] = queue.Queue(maxsize=settings.max_queue)
         self.lm: LoadedModel | None = None
         self.batcher: Any = None  # lmpipe.engine.batching.Batcher while a fast-path model is loaded
         self.last_used = time.monotonic()
@@ -88,7 +88,7 @@ class Engine:
 
         return context_length(self.model())
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: GenerationRequest) -> None:
         """Queue a job; raises queue.Full when the queue is at its bound."""
         self.last_used = time.monotonic()
         self.jobs.put_nowait(job)
@@ -107,8 +107,8 @@ class Engine:
             gc.collect()
             self.notify(f"unloaded {self.ref.name} after {keep:g} s idle")
 
-    def _take(self, limit: int, wait: bool = True) -> list[Job]:
-        batch: list[Job] = []
+    def _take(self, limit: int, wait: bool = True) -> list[GenerationRequest]:
+        batch: list[GenerationRequest] = []
         if wait:
             try:
                 batch.append(self.jobs.get(timeout=0.5))
@@ -152,14 +152,14 @@ class Engine:
             if self._continuous():
                 self._continue(batch)
                 continue
-            groups: dict[Sampling, list[Job]] = {}
+            groups: dict[Sampling, list[GenerationRequest]] = {}
             for job in batch:
                 groups.setdefault(batch_key(job.sampling), []).append(job)
             for sampling, jobs in groups.items():
                 self._run(sampling, jobs)
             self.last_used = time.monotonic()
 
-    def _continue(self, waiting: list[Job] | None = None) -> None:
+    def _continue(self, waiting: list[GenerationRequest] | None = None) -> None:
         """Admit what is waiting into free rows, then one decode step for all live rows."""
         from .constrain import grammar_processors
 
@@ -181,7 +181,7 @@ class Engine:
             batcher.fail(exc)
         self.last_used = time.monotonic()
 
-    def _run(self, sampling: Sampling, jobs: list[Job]) -> None:
+    def _run(self, sampling: Sampling, jobs: list[GenerationRequest]) -> None:
         try:
             from .constrain import grammar_processors
 
@@ -201,4 +201,4 @@ class Engine:
                 job.emit(exc)
 
 
-__all__ = ["Completion", "Engine", "EngineSettings", "Job", "Token"]
+__all__ = ["Completion", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]

@@ -1,7 +1,7 @@
 """Batch-job settings shared by every record tool: --output FILE, --resume, --shard I/N.
 
 `JobSettings.open()` checks them before a model loads (an existing FILE without --resume is a
-usage error), and `Job` puts them between the input and the sink: the shard's lines only, minus
+usage error), and `BatchJob` puts them between the input and the sink: the shard's lines only, minus
 what FILE already holds, results appended to FILE instead of stdout.
 """
 
@@ -31,16 +31,16 @@ class JobSettings:
     def from_options(cls, o: dict[str, Any]) -> "JobSettings":
         return cls(output=o.get("output"), resume=bool(o.get("resume")), shard=Shard.parse(o.get("shard")))
 
-    def open(self) -> "Job":
+    def open(self) -> "BatchJob":
         """Check FILE now (before the model loads) and read what it already holds."""
         if self.output is None:
-            return Job(self, None, None)
+            return BatchJob(self, None, None)
         path, state = prepare_output(self.output, self.resume)
-        return Job(self, path, state)
+        return BatchJob(self, path, state)
 
 
 @dataclass
-class Job:
+class BatchJob:
     settings: JobSettings
     path: Path | None
     state: ResumeState | None

@@ -23,7 +23,7 @@ import orjson
 from ..chat.prompts import PromptSettings, messages_of, prompt_ids
 from ..engine.generation import Completion, Token
 from ..engine.sampling import Sampling
-from ..engine.scheduler import Engine, Job
+from ..engine.scheduler import Scheduler, GenerationRequest
 from ..errors import LmpipeError, RecordError
 from .structured import Asked, FormatError, asked, tool_calls
 
@@ -81,7 +81,7 @@ def sampling_of(body: dict[str, Any]) -> Sampling:
 
 
 @dataclass
-class Prepared:
+class PreparedRequest:
     ids: list[int]
     sampling: Sampling
     stream: bool
@@ -89,7 +89,7 @@ class Prepared:
     asked: Asked
 
 
-def chat_ids(engine: Engine, body: dict[str, Any], asked: Asked) -> list[int]:
+def chat_ids(engine: Scheduler, body: dict[str, Any], asked: Asked) -> list[int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty list", "invalid_type")
@@ -109,7 +109,7 @@ def chat_ids(engine: Engine, body: dict[str, Any], asked: Asked) -> list[int]:
         raise BadRequest(str(exc), "invalid_messages") from None
 
 
-def completion_ids(engine: Engine, body: dict[str, Any], asked: Asked) -> list[int]:
+def completion_ids(engine: Scheduler, body: dict[str, Any], asked: Asked) -> list[int]:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -125,7 +125,7 @@ def completion_ids(engine: Engine, body: dict[str, Any], asked: Asked) -> list[i
     raise BadRequest("`prompt` must be a string or a list of token ids", "invalid_type")
 
 
-async def prepare(engine: Engine, request: Any, chat: bool) -> Prepared:
+async def prepare(engine: Scheduler, request: Any, chat: bool) -> PreparedRequest:
     from starlette.concurrency import run_in_threadpool
 
     try:
@@ -149,7 +149,7 @@ async def prepare(engine: Engine, request: Any, chat: bool) -> Prepared:
     if context:
         sampling = Sampling(**{**sampling.__dict__, "max_new_tokens": min(sampling.max_new_tokens, context - len(ids))})
     options = _typed(body, "stream_options", (dict,), {})
-    return Prepared(ids, sampling, bool(_typed(body, "stream", (bool,), False)), bool(options.get("include_usage")),
+    return PreparedRequest(ids, sampling, bool(_typed(body, "stream", (bool,), False)), bool(options.get("include_usage")),
                     wanted)
 
 
@@ -164,7 +164,7 @@ def timings(c: Completion) -> dict[str, Any]:
             "predicted_ms": round((c.total_s - c.ttft_s) * 1000, 3), "predicted_per_second": c.tokens_per_s}
 
 
-def lmpipe_part(engine: Engine, c: Completion, sampling: Sampling) -> dict[str, Any]:
+def lmpipe_part(engine: Scheduler, c: Completion, sampling: Sampling) -> dict[str, Any]:
     from ..backends.generate import stats
     from ..records.manifest import versions
 
@@ -182,10 +182,10 @@ def lmpipe_part(engine: Engine, c: Completion, sampling: Sampling) -> dict[str, 
 class Session:
     """One request's life: queued, streamed back, cancelled when its client goes away."""
 
-    def __init__(self, engine: Engine, prepared: Prepared):
+    def __init__(self, engine: Scheduler, prepared: PreparedRequest):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[Any] = asyncio.Queue()
-        self.job = Job(prepared.ids, prepared.sampling, self._emit, prepared.asked.plan.grammar)
+        self.job = GenerationRequest(prepared.ids, prepared.sampling, self._emit, prepared.asked.plan.grammar)
 
     def _emit(self, event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -204,7 +204,7 @@ def _sse(data: Any) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
 
 
-def create_app(engine: Engine):
+def create_app(engine: Scheduler):
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import StreamingResponse
@@ -255,13 +255,13 @@ def create_app(engine: Engine):
     return Starlette(routes=routes)
 
 
-def answer(prepared: Prepared, c: Completion) -> tuple[str, list[dict[str, Any]] | None, str]:
+def answer(prepared: PreparedRequest, c: Completion) -> tuple[str, list[dict[str, Any]] | None, str]:
     """The answer's text (with the prefix), its tool calls (or None) and OpenAI's finish_reason."""
     calls = tool_calls(prepared.asked, c.text)
     return prepared.asked.prefix + c.text, calls, "tool_calls" if calls else FINISH[c.finish_reason]
 
 
-def whole(engine: Engine, c: Completion, prepared: Prepared, ident: str, chat: bool) -> dict[str, Any]:
+def whole(engine: Scheduler, c: Completion, prepared: PreparedRequest, ident: str, chat: bool) -> dict[str, Any]:
     text, calls, finish = answer(prepared, c)
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
     if chat:
@@ -279,7 +279,7 @@ def whole(engine: Engine, c: Completion, prepared: Prepared, ident: str, chat: b
     }
 
 
-async def stream(engine: Engine, session: Session, prepared: Prepared, ident: str, chat: bool):
+async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str, chat: bool):
     """Server-sent events, OpenAI's chunk format; [DONE] last. A client that leaves cancels its job.
 
     With tools the answer is held back and sent whole at the end, as text or as one tool_calls delta."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine.decoding import decoding_from_options
-from ..engine.scheduler import Engine, EngineSettings
+from ..engine.scheduler import Scheduler, SchedulerSettings
 from ..models.loading import ModelSettings
 
 
-def settings_from_options(o: dict[str, Any]) -> EngineSettings:
-    return EngineSettings(
+def settings_from_options(o: dict[str, Any]) -> SchedulerSettings:
+    return SchedulerSettings(
         model=ModelSettings.from_options(o),
         decoding=decoding_from_options(o),
         max_batch=o["max_batch"],
@@ -25,7 +25,7 @@ def run(**o: Any) -> int:
     from ..cli.edge import say
     from .app import create_app
 
-    engine = Engine(settings_from_options(o), lambda m: say("lm-serve", m))
+    engine = Scheduler(settings_from_options(o), lambda m: say("lm-serve", m))
     if o["preload"]:
         engine.model()
     say("lm-serve", f"serving {engine.model_id} on http://{o['host']}:{o['port']}/v1")

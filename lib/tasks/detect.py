@@ -47,7 +47,7 @@ class DetectSettings:
 
 
 @dataclass
-class Prepared:
+class PreparedImage:
     item: Item
     image: LoadedImage
     labels: tuple[str, ...]
@@ -78,19 +78,19 @@ class DetectTask:
                               "\"cat,remote control\" or a `labels` field")
         return self.settings.labels
 
-    def prepare(self, item: Item) -> Prepared:
+    def prepare(self, item: Item) -> PreparedImage:
         record = item.record or {}
         labels = self.labels_for(record)
         started = time.perf_counter()
         image = load_image(record, self.settings.images)
-        return Prepared(item, image, labels, time.perf_counter() - started)
+        return PreparedImage(item, image, labels, time.perf_counter() - started)
 
-    def keep(self, p: Prepared, detections: list[Detection]) -> list[Detection]:
+    def keep(self, p: PreparedImage, detections: list[Detection]) -> list[Detection]:
         if not self.detector.open_vocabulary and p.labels:  # a closed-set model: keep only these labels
             detections = [d for d in detections if d.label in p.labels]
         return detections[: self.settings.top] if self.settings.top else detections
 
-    def output(self, p: Prepared, result: Result) -> dict[str, Any]:
+    def output(self, p: PreparedImage, result: Result) -> dict[str, Any]:
         record = dict(p.item.record or {})
         detections = self.keep(p, result.detections)
         record["width"], record["height"] = p.image.image.size
@@ -109,7 +109,7 @@ class DetectTask:
         return record
 
     def process(self, batch: list[Item]) -> Iterator[Finished]:
-        ready: list[Prepared] = []
+        ready: list[PreparedImage] = []
         for item in batch:
             try:
                 ready.append(self.prepare(item))

@@ -28,7 +28,7 @@ def model_of(record: dict[str, Any]) -> str:
     return str(name)
 
 
-class TtySink:
+class ModelInfoTtySink:
     def __init__(self):
         from rich.console import Console
 
@@ -49,7 +49,7 @@ class TtySink:
 
 def run(tty: bool, stdin_tty: bool, models: tuple[str, ...], load: bool, device: str, dtype: str,
         json_out: bool) -> int:
-    sink = TtySink() if tty and not json_out else JsonlSink()
+    sink = ModelInfoTtySink() if tty and not json_out else JsonlSink()
 
     def one(name: str) -> dict[str, Any]:
         return model_info(name, load, device, dtype)

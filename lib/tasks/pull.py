@@ -29,7 +29,7 @@ def done_line(record: dict[str, Any]) -> str:
             f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) in {record['path']}")
 
 
-class TtySink:
+class PullTtySink:
     def finished(self, record: dict[str, Any], failed: bool) -> None:
         if failed:
             say(TOOL, failure_text(record))
@@ -45,7 +45,7 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
     if progress not in PROGRESS_MODES:
         raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}")
     mode = choose_progress(progress, stderr_tty)
-    sink = TtySink() if tty else JsonlSink()
+    sink = PullTtySink() if tty else JsonlSink()
     options = {"include": include, "exclude": exclude, "cache_dir": Path(cache_dir).expanduser() if cache_dir else None}
 
     def one(name: str) -> dict[str, Any]:

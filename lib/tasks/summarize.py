@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field as default
 from typing import Any, Iterator
 
-from ..backends.seq2seq import Seq2SeqEngine, Seq2SeqSettings
-from ..backends.text import ChatEngine, Engine, Output, Seq2SeqAdapter, chat_task, check, combine, run_pieces
+from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
+from ..backends.text import ChatBackend, TextBackend, Output, Seq2SeqBackend, chat_task, check, combine, run_pieces
 from ..chat.prompts import text_of
 from ..errors import RecordError
 from ..models.loading import LoadedModel
@@ -58,12 +58,12 @@ class SummarizeTask:
         if not lm.is_encoder_decoder:
             generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
                                  settings.generation.num_beams, settings.generation.min_length)
-            self.engine: Engine = ChatEngine(generate, lambda text: INSTRUCTION.replace("{text}", text), settings.window)
+            self.engine: TextBackend = ChatBackend(generate, lambda text: INSTRUCTION.replace("{text}", text), settings.window)
             task_settings |= {"instruction": INSTRUCTION, "sampling": generate.settings.sampling.manifest()}
         else:
             prefix = t5_prefix(lm.model.config) if getattr(lm.model.config, "model_type", "") in ("t5", "mt5") else ""
-            seq2seq = Seq2SeqEngine(lm.model, lm.tokenizer, lm.device, settings.generation, prefix=prefix)
-            self.engine = Seq2SeqAdapter(seq2seq, settings.window)
+            seq2seq = Seq2SeqGenerator(lm.model, lm.tokenizer, lm.device, settings.generation, prefix=prefix)
+            self.engine = Seq2SeqBackend(seq2seq, settings.window)
             task_settings |= {"prefix": prefix, "generation": seq2seq.effective()}
         task_settings["window"] = self.engine.limit
         self.manifest = manifest(lm.identity, task_settings, lm.device, lm.dtype)

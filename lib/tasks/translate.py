@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field as default
 from typing import Any, Iterator
 
-from ..backends.seq2seq import Seq2SeqEngine, Seq2SeqSettings
-from ..backends.text import ChatEngine, Engine, Seq2SeqAdapter, chat_task, check, combine, run_pieces
+from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
+from ..backends.text import ChatBackend, TextBackend, Seq2SeqBackend, chat_task, check, combine, run_pieces
 from ..chat.prompts import text_of
 from ..errors import RecordError
 from ..models.loading import LoadedModel
@@ -65,11 +65,11 @@ class TranslateTask:
             template = instruction(self.languages)
             generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
                                  settings.generation.num_beams)
-            self.engine: Engine = ChatEngine(generate, lambda text: template.replace("{text}", text), settings.window)
+            self.engine: TextBackend = ChatBackend(generate, lambda text: template.replace("{text}", text), settings.window)
             task_settings |= {"instruction": template, "sampling": generate.settings.sampling.manifest()}
         else:
-            seq2seq = Seq2SeqEngine(lm.model, lm.tokenizer, lm.device, settings.generation, self.languages)
-            self.engine = Seq2SeqAdapter(seq2seq, settings.window)
+            seq2seq = Seq2SeqGenerator(lm.model, lm.tokenizer, lm.device, settings.generation, self.languages)
+            self.engine = Seq2SeqBackend(seq2seq, settings.window)
             task_settings |= {"generation": seq2seq.effective()}
         task_settings["window"] = self.engine.limit
         self.manifest = manifest(lm.identity, task_settings, lm.device, lm.dtype)

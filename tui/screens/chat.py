@@ -14,7 +14,7 @@ from lmpipe.records.jsonl import encode
 from lmpipe.terminal.display import stats_line
 
 from ..messages import ReplyFailed, ReplyFinished, ReplyStreaming
-from ..pool import ChatSettings, Conversation, Engine, Reply, chat_turn
+from ..pool import ChatSettings, Conversation, ModelPool, Reply, chat_turn
 from .dialogs import AskPath
 
 
@@ -58,7 +58,7 @@ class ChatScreen(Screen):
         Binding("escape", "stop", "Stop"),
     ]
 
-    def __init__(self, engine: Engine, model: str = "smollm2"):
+    def __init__(self, engine: ModelPool, model: str = "smollm2"):
         super().__init__()
         self.engine = engine
         self.model = model

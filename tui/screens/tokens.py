@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, Static, Tex
 from lmpipe.terminal.display import probability_style, token_box, token_boxes
 
 from ..messages import ProbsReady, TokensFailed, TokensReady
-from ..pool import Engine, generate_with_probs, tokenize
+from ..pool import ModelPool, generate_with_probs, tokenize
 
 TOP = 5
 
@@ -35,7 +35,7 @@ class TokensScreen(Screen):
         Binding("ctrl+g", "generate", "Probabilities"),
     ]
 
-    def __init__(self, engine: Engine, model: str = "smollm2"):
+    def __init__(self, engine: ModelPool, model: str = "smollm2"):
         super().__init__()
         self.engine, self.model = engine, model
 
