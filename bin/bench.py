@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import draft_options, model_options, speed_options
+from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {

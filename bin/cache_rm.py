@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
+from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
     "id": "The model to delete (lm-cache-ls records; a plain line is an id too).",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import batch_option, job_options, progress_option, vision_model_options
+from lmpipe.records.pipe import stdout_is_tty
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ = {

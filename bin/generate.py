@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import (batch_option, draft_options, field_options, job_options, model_options,
                             progress_option, sampling_options, server_option, speed_options)
+from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
     "text": "The prompt (or the field named by --field).",

@@ -6,8 +6,9 @@ import sys
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
 from lmpipe.models.device import DEVICES, DTYPES
+from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {"model": "The model, when no argument names one; also an lm-cache-ls record's `id` (or `path`)."}
 FIELDS_WRITTEN = {

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
+from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {"id": "The repo to pull (org/name[@revision]) when no argument names one; also `model` or `text`."}
 FIELDS_WRITTEN = {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import batch_option, field_options, job_options, model_options, progress_option
+from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {"text": "The text to summarize (choose another field with --field)."}
 FIELDS_WRITTEN = {

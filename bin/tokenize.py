@@ -6,9 +6,10 @@ import sys
 
 import click
 
-from lmpipe.cli.edge import guarded, stdout_is_tty
+from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import job_options, progress_option
 from lmpipe.models.resolve import DEFAULT_MODEL
+from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
     "text": "The text to tokenize (or the field named by --field).",

@@ -7,9 +7,9 @@ import shlex
 import click
 import pytest
 
+from lmpipe.cli.commands import args_from_values, command, spec, tool_names, values_from_args
 from lmpipe.errors import UsageError
 from lmpipe.tui.pipeline import Pipeline, Stage, exit_code
-from lmpipe.tui.tools import args_from_values, command, spec, tool_names, values_from_args
 
 
 def test_every_installed_lm_tool_is_found_but_the_dashboard_itself():

@@ -1,4 +1,4 @@
-"""The job options together (lmpipe.records.job via lmpipe.cli.edge.run_records): progress events that match
+"""The job options together (lmpipe.records.job via lmpipe.records.pipe.run_records): progress events that match
 what was written, with --output, --resume and --shard."""
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class ListSink:
 
 
 def test_total_counts_a_regular_file_and_its_shard(tiny_llama, tmp_path, capsys):
-    from lmpipe.cli.edge import run_records
     from lmpipe.records.job import JobSettings
+    from lmpipe.records.pipe import run_records
     from lmpipe.records.shard import Shard
     from lmpipe.tasks.tokenize import TokenizeSettings, TokenizeTask, load
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import orjson
 
+from lmpipe.cli.commands import executable, installed
 from lmpipe.records.jsonl import encode
-
-from .tools import executable, installed
 
 LIST, INFO, REMOVE = "lm-cache-ls", "lm-model-info", "lm-cache-rm"
 

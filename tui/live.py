@@ -27,10 +27,10 @@ from typing import IO, Callable
 
 import orjson
 
+from lmpipe.cli.commands import executable, spec
 from lmpipe.records.jsonl import preview
 
 from .pipeline import Pipeline, exit_code
-from .tools import executable, spec
 
 SPARK_SECONDS = 30  # how many one-second buckets the sparkline shows
 STDERR_LINES = 20

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import orjson
 
+from lmpipe.cli.commands import executable
 from lmpipe.errors import UsageError
-
-from .tools import executable
 
 FORMAT = "lmpipe_pipeline"
 VERSION = 1

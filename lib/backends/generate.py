@@ -15,7 +15,7 @@ from ..engine.constrain import Constraint, grammar_processors, model_ll_tokenize
 from ..engine.generation import Completion, Decoding, Token, generate
 from ..engine.sampling import Sampling
 from ..errors import RecordError
-from ..models.loading import LoadedModel
+from ..models.loading import LoadedModel, context_length
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
 from ..records.runner import Finished, Streamed
@@ -31,14 +31,6 @@ class GenerateSettings:
     constraint: Constraint | None = None
     tool_choice: str = "auto"
     decoding: Decoding = field(default_factory=Decoding)
-
-
-def context_length(lm: LoadedModel) -> int | None:
-    config = lm.model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if isinstance(value := getattr(config, name, None), int):
-            return value
-    return None
 
 
 def stats(c: Completion, ttnt: int | None) -> dict[str, Any]:

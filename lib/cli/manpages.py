@@ -3,7 +3,7 @@
 Each console script named lm-* in the installed package metadata is loaded; its page is made of
 the module docstring (NAME), the usage line (SYNOPSIS), the command's help before the `\\b` line
 (DESCRIPTION), every option with its help, default and environment variable (OPTIONS), the
-module's FIELDS_READ / FIELDS_WRITTEN (FIELDS), lmpipe.cli.edge's exit codes (EXIT STATUS), the help
+module's FIELDS_READ / FIELDS_WRITTEN (FIELDS), lmpipe.records.pipe's exit codes (EXIT STATUS), the help
 after `\\b` (EXAMPLES) and the other tools (SEE ALSO). `make man` writes them to man/.
 
     python -m lmpipe.cli.manpages man      # write man/<tool>.1 for every tool
@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from .edge import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ..records.pipe import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 EXIT_CODES = (
     (EXIT_OK, "Every record succeeded."),

@@ -69,10 +69,6 @@ def progress_option(f: Callable) -> Callable:
                              "JSON events, or none.")(f)
 
 
-def batch_size_for(requested: int | None, tty: bool) -> int:
-    return requested or (1 if tty else 8)
-
-
 def job_options(f: Callable) -> Callable:
     """--output FILE, --resume, --shard I/N: batch jobs that survive being killed and split across workers."""
     return _stack(

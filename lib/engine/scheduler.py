@@ -84,7 +84,7 @@ class Scheduler:
             return self.lm
 
     def context_length(self) -> int | None:
-        from ..backends.generate import context_length
+        from ..models.loading import context_length
 
         return context_length(self.model())
 

@@ -50,6 +50,15 @@ class LoadedModel:
         return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
 
+def context_length(lm: LoadedModel) -> int | None:
+    """How many tokens the model attends to, from its config; None when it does not say."""
+    config = lm.model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(value := getattr(config, name, None), int):
+            return value
+    return None
+
+
 def files_folder(ref: ModelRef, notify: Callable[[str], None] = _stderr) -> Path:
     """The folder holding loadable files for `ref`, converting a GGUF into the cache first."""
     if ref.kind in ("embedded", "gguf"):

@@ -22,7 +22,7 @@ def settings_from_options(o: dict[str, Any]) -> SchedulerSettings:
 def run(**o: Any) -> int:
     import uvicorn
 
-    from ..cli.edge import say
+    from ..records.pipe import say
     from .app import create_app
 
     engine = Scheduler(settings_from_options(o), lambda m: say("lm-serve", m))

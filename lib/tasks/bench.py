@@ -52,8 +52,8 @@ def table(records: list[dict[str, Any]]) -> None:
 
 
 def run(tty: bool, **o: Any) -> int:
-    from ..cli.edge import say
     from ..records.jsonl import RecordWriter
+    from ..records.pipe import say
 
     settings = settings_from_options(o)
     settings.model.ref()  # an unknown model fails before anything is loaded

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..cli.edge import EXIT_FAILED, EXIT_OK, say
 from ..models.cache import scan
 from ..records.jsonl import RecordWriter
+from ..records.pipe import EXIT_FAILED, EXIT_OK, say
 
 TOOL = "lm-cache-ls"
 

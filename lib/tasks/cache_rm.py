@@ -8,12 +8,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from ..cli.edge import EXIT_FAILED, EXIT_OK, say
 from ..errors import LmpipeError, UsageError
 from ..models.cache import Cache, Deletion, Entry, choose_revisions, execute, inside, plan, scan
 from ..records.jsonl import Item, RecordWriter, error_record, read_items
+from ..records.pipe import EXIT_FAILED, EXIT_OK, say
 
 TOOL = "lm-cache-rm"
 
@@ -99,12 +99,26 @@ def build_plans(cache: Cache, targets: list[Target]) -> tuple[list[Deletion], li
     return plans, errors
 
 
+def confirm(question: str, out: TextIO, answer: TextIO) -> bool:
+    """Ask until the answer is yes or no; an empty answer (or none) is no."""
+    while True:
+        out.write(f"{question} [y/N]: ")
+        out.flush()
+        reply = answer.readline()
+        if not reply:
+            return False
+        reply = reply.strip().lower()
+        if reply in ("y", "yes"):
+            return True
+        if reply in ("", "n", "no"):
+            return False
+        out.write("Error: invalid input\n")
+
+
 def ask(question: str, stdin_tty: bool) -> bool:
     """A yes/no question on the terminal, even when stdin is a pipe of records."""
-    import click
-
     if stdin_tty:
-        return click.confirm(question, default=False, err=True)
+        return confirm(question, sys.stderr, sys.stdin)
     with open("/dev/tty", "w") as out, open("/dev/tty") as answer:
         out.write(f"{question} [y/N]: ")
         out.flush()

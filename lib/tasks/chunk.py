@@ -109,7 +109,7 @@ class ChunkSink:
 
 def run(model: str | None, tokenizer: str | None, max_tokens: int, overlap: int, field: str, id_field: str,
         progress: str) -> int:
-    from ..cli.edge import JsonlSink, run_records
+    from ..records.pipe import JsonlSink, run_records
 
     settings = ChunkSettings(max_tokens, overlap, field, id_field)
     task = ChunkTask(offsets_encoder(model, tokenizer), settings)

@@ -139,9 +139,8 @@ def settings_from_options(o: dict[str, Any]) -> DetectSettings:
 
 def run(tty: bool, **o: Any) -> int:
     """lm-detect: settings and model first (fail fast), then stdin to stdout."""
-    from ..cli.edge import JsonlSink, run_records
-    from ..cli.options import batch_size_for
     from ..records.job import JobSettings
+    from ..records.pipe import JsonlSink, batch_size_for, run_records
     from ..terminal.display import DetectTtySink
     from ..vision.loading import VisionSettings, load_detector
 

@@ -43,10 +43,9 @@ def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
     import io
     import sys
 
-    from ..cli.edge import JsonlSink, run_records
-    from ..cli.options import batch_size_for
     from ..models.loading import ModelSettings, load
     from ..records.job import JobSettings
+    from ..records.pipe import JsonlSink, batch_size_for, run_records
     from ..terminal.display import GenerateTtySink
 
     settings = settings_from_options(o)

@@ -6,11 +6,11 @@ import itertools
 import sys
 from typing import Any, Iterable
 
-from ..cli.edge import JsonlSink, each_name, finish
 from ..errors import LmpipeError, RecordError
 from ..models.modelinfo import model_info
 from ..models.resolve import DEFAULT_MODEL
 from ..records.jsonl import Item, error_record, read_items
+from ..records.pipe import JsonlSink, each_name, finish
 from ..records.runner import Finished, run as run_items
 
 TOOL = "lm-model-info"

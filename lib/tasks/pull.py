@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..cli.edge import JsonlSink, each_name, finish, say
 from ..errors import LmpipeError, RecordError, UsageError
 from ..models.pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
 from ..records.jsonl import Item, error_record, failure_text, read_items
+from ..records.pipe import JsonlSink, each_name, finish, say
 from ..records.runner import Finished, run as run_items
 
 TOOL = "lm-pull"

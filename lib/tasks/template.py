@@ -81,8 +81,8 @@ def read_template(template: str | None, file: str | None) -> str | None:
 
 def run(template: str | None, file: str | None, agent: str | None, system: str | None, field: str, out: str,
         var: tuple[str, ...], progress: str, **o: Any) -> int:
-    from ..cli.edge import JsonlSink, run_records
     from ..records.job import JobSettings
+    from ..records.pipe import JsonlSink, run_records
 
     settings = TemplateSettings(read_template(template, file), system, agent, field, out, parse_vars(var))
     task = TemplateTask(settings)

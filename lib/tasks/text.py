@@ -27,10 +27,9 @@ def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int]
     """Load the model (an unknown one fails before stdin is read), build the task, run stdin through it."""
     import warnings
 
-    from ..cli.edge import JsonlSink, run_records
-    from ..cli.options import batch_size_for
     from ..models.loading import ModelSettings, load
     from ..records.job import JobSettings
+    from ..records.pipe import JsonlSink, batch_size_for, run_records
 
     # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
     warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")

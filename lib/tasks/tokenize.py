@@ -90,8 +90,8 @@ class TokenizeTask:
 
 def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, add_token: tuple[str, ...],
         add_special_token: tuple[str, ...], save: str | None, **o: Any) -> int:
-    from ..cli.edge import JsonlSink, run_records, say
     from ..records.job import JobSettings
+    from ..records.pipe import JsonlSink, run_records, say
     from ..terminal.display import TokenizeTtySink
 
     job = JobSettings.from_options(o).open()

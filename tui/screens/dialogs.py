@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
-from ..tools import spec, tool_names
+from lmpipe.cli.commands import spec, tool_names
 
 
 class AskPath(ModalScreen[str | None]):

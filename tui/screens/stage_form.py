@@ -8,8 +8,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Label, Static
 
+from lmpipe.cli.commands import args_from_values, spec, values_from_args
+
 from ..pipeline import Stage
-from ..tools import args_from_values, spec, values_from_args
 from ..widgets.option_form import OptionForm
 
 

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select
 
-from ..tools import OptionSpec, ToolSpec
+from lmpipe.cli.commands import OptionSpec, ToolSpec
 
 
 def field_id(option: OptionSpec) -> str:

@@ -1,5 +1,6 @@
-"""The lm-* tools as the dashboard sees them: found through their console_scripts entry points,
-their options read from their own click definitions (no hand-kept list).
+"""The lm-* tools as their click commands describe them: found through their console_scripts
+entry points, their options read from their own click definitions (no hand-kept list). The
+dashboard (lmpipe.tui) builds its forms and pipelines on these.
 
 Nothing here imports textual or torch: loading a tool's click command imports only its thin
 bin/ module.
