@@ -65,9 +65,10 @@ def main(**options):
       lm-bench --cold -b 1 | jq .
       lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
     """
+    from lmpipe.cli.settings import bench_run
     from lmpipe.tasks.bench import run
 
-    guarded("lm-bench", lambda: run(tty=stdout_is_tty(), **options))
+    guarded("lm-bench", lambda: run(bench_run(options), tty=stdout_is_tty()))
 
 
 if __name__ == "__main__":

@@ -52,9 +52,10 @@ def main(**options):
       echo '{"image": "cat.jpg"}' | lm-detect -m google/owlvit-base-patch32 --labels "cat,remote control"
       ls *.png | lm-detect -m ./my-detr --threshold 0.7 --annotate boxes/
     """
+    from lmpipe.cli.settings import detect_run
     from lmpipe.tasks.detect import run
 
-    guarded("lm-detect", lambda: run(tty=stdout_is_tty(), **options))
+    guarded("lm-detect", lambda: run(detect_run(options), tty=stdout_is_tty()))
 
 
 if __name__ == "__main__":

@@ -67,9 +67,10 @@ def main(**options):
       lm-generate --choice yes --choice no "Is the sky blue?"
       lm-generate --shard 0/4 --output part0.jsonl --progress json < big.jsonl
     """
+    from lmpipe.cli.settings import generate_run
     from lmpipe.tasks.generate import run
 
-    guarded("lm-generate", lambda: run(tty=stdout_is_tty(), **options))
+    guarded("lm-generate", lambda: run(generate_run(options), tty=stdout_is_tty()))
 
 
 if __name__ == "__main__":

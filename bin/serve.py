@@ -41,9 +41,10 @@ def main(**options):
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],
         "response_format":{"type":"json_object"}}'
     """
+    from lmpipe.cli.settings import serve_run
     from lmpipe.serve.run import run
 
-    guarded("lm-serve", lambda: run(**options))
+    guarded("lm-serve", lambda: run(serve_run(options)))
 
 
 if __name__ == "__main__":

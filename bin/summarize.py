@@ -44,9 +44,10 @@ def main(**options):
       lm-summarize < articles.jsonl
       lm-summarize -m facebook/bart-large-cnn --num-beams 4 --max-length 142 < news.jsonl
     """
+    from lmpipe.cli.settings import summarize_run
     from lmpipe.tasks.summarize import run
 
-    guarded("lm-summarize", lambda: run(tty=stdout_is_tty(), **options))
+    guarded("lm-summarize", lambda: run(summarize_run(options), tty=stdout_is_tty()))
 
 
 if __name__ == "__main__":

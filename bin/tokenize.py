@@ -48,9 +48,10 @@ def main(**options):
       lm-tokenize --add-token "<tool>" --save my-tok < /dev/null
       echo '{"ids": [19556, 28]}' | lm-tokenize --decode
     """
+    from lmpipe.cli.settings import tokenize_run
     from lmpipe.tasks.tokenize import run
 
-    guarded("lm-tokenize", lambda: run(tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty(), **options))
+    guarded("lm-tokenize", lambda: run(tokenize_run(options), tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty()))
 
 
 if __name__ == "__main__":

@@ -46,9 +46,10 @@ def main(**options):
       lm-translate -m Helsinki-NLP/opus-mt-en-de < notes.jsonl
       lm-translate -m facebook/nllb-200-distilled-600M --from en --to fr --num-beams 4 < docs.jsonl
     """
+    from lmpipe.cli.settings import translate_run
     from lmpipe.tasks.translate import run
 
-    guarded("lm-translate", lambda: run(tty=stdout_is_tty(), **options))
+    guarded("lm-translate", lambda: run(translate_run(options), tty=stdout_is_tty()))
 
 
 if __name__ == "__main__":

@@ -42,9 +42,10 @@ def main(**options):
       lm-chunk --max-tokens 256 --overlap 32 < book.jsonl | lm-summarize
       lm-chunk --tokenizer my-tok/tokenizer.json -n 128 < docs.jsonl
     """
+    from lmpipe.cli.settings import chunk_run
     from lmpipe.tasks.chunk import run
 
-    guarded("lm-chunk", lambda: run(**options))
+    guarded("lm-chunk", lambda: run(chunk_run(options)))
 
 
 if __name__ == "__main__":

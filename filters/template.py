@@ -37,9 +37,10 @@ def main(**options):
       lm-template --system 'You answer in {{ lang }}.' '{{ text }}' < questions.jsonl
       lm-template --agent translator.toml < docs.jsonl | lm-generate
     """
+    from lmpipe.cli.settings import template_run
     from lmpipe.tasks.template import run
 
-    guarded("lm-template", lambda: run(**options))
+    guarded("lm-template", lambda: run(template_run(options)))
 
 
 if __name__ == "__main__":

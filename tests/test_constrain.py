@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import jsonl
 from lmpipe.bin.generate import main
-from lmpipe.engine.constrain import constraint_from_options
+from lmpipe.cli.settings import constraint_from_options
 from lmpipe.errors import UsageError
 
 SCHEMA = {

@@ -7,7 +7,7 @@ from dataclasses import astuple
 import pytest
 from PIL import Image
 
-from lmpipe.vision.detection import Box, Request, detect, multi_query, pixel_box
+from lmpipe.vision.detection import Box, DetectionRequest, detect, multi_query, pixel_box
 from lmpipe.vision.loading import VisionSettings, load_detector
 from tiny_images import noise
 
@@ -45,7 +45,7 @@ def test_pixel_box_truncates_and_clamps():
 
 
 def test_batch_size_does_not_change_results(detr):
-    requests = [Request(image) for image in images()]
+    requests = [DetectionRequest(image) for image in images()]
     one = detect(detr, requests, threshold=0.0, batch_size=1)
     many = detect(detr, requests, threshold=0.0, batch_size=8)
     assert_same(one, many)
@@ -56,8 +56,8 @@ def test_batch_size_does_not_change_results(detr):
 
 def test_owl_query_batching_equals_one_row_per_label(owl):
     assert multi_query(owl)
-    requests = [Request(image, ("cat", "remote control", "a dog on a couch")) for image in images()]
-    requests.append(Request(images()[0], ("dog",)))
+    requests = [DetectionRequest(image, ("cat", "remote control", "a dog on a couch")) for image in images()]
+    requests.append(DetectionRequest(images()[0], ("dog",)))
     together = detect(owl, requests, threshold=0.0, query_batching=True)
     apart = detect(owl, requests, threshold=0.0, query_batching=False)
     assert [r.rows for r in together] == [1, 1, 1, 1] and [r.rows for r in apart] == [3, 3, 3, 1]

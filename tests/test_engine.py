@@ -10,7 +10,7 @@ import pytest
 
 from lmpipe.engine.generation import Completion
 from lmpipe.engine.sampling import Sampling
-from lmpipe.engine.scheduler import Scheduler, SchedulerSettings, GenerationRequest, batch_key
+from lmpipe.engine.scheduler import GenerationRequest, Scheduler, SchedulerSettings, batch_key
 from lmpipe.models.loading import ModelSettings
 
 

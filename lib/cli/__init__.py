@@ -1,1 +1,2 @@
-"""The command-line layer: click option bundles, one-line errors and exit codes, man pages."""
+"""The command-line layer, the only one that imports click: option bundles, settings built from
+options, one-line errors and exit codes, the tools' click definitions, man pages."""

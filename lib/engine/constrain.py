@@ -99,21 +99,6 @@ def choice_constraint(choices: Sequence[str], what: str = "--choice") -> Constra
     return Constraint("choice", _check(choice_grammar(choices), what), choices=tuple(choices))
 
 
-def constraint_from_options(json_schema: str | None = None, regex: str | None = None,
-                            choice: Sequence[str] = ()) -> Constraint | None:
-    """The constraint asked for on the command line, compiled and checked, or None."""
-    given = [name for name, value in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice)) if value]
-    if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} cannot be combined; choose one")
-    if json_schema:
-        return json_constraint(load_schema(json_schema), source=json_schema)
-    if regex:
-        return regex_constraint(regex)
-    if choice:
-        return choice_constraint(choice)
-    return None
-
-
 def json_grammar(schema: dict[str, Any], what: str = "--json-schema") -> str:
     from llguidance import LLMatcher
 

@@ -138,12 +138,6 @@ def torch_cat_ones(mask):
     return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
 
 
-def decoding_from_options(o: dict[str, Any]) -> "Decoding":
-    """The Decoding the speed and draft options ask for (tools without draft options get none)."""
-    return Decoding(o.get("cache") or "fast", bool(o.get("compile")), o.get("draft_model"),
-                    o.get("draft_quantize"), o.get("draft_tokens") or 4)
-
-
 def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
     from ..models.fastpath import unsupported
 

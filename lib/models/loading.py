@@ -30,11 +30,6 @@ class ModelSettings:
     def ref(self) -> ModelRef:
         return resolve(self.model)
 
-    @classmethod
-    def from_options(cls, o: dict[str, Any]) -> "ModelSettings":
-        """What model_options (and --quantize, where a tool has it) ask for."""
-        return cls(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
-
 
 @dataclass
 class LoadedModel:

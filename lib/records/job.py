@@ -27,10 +27,6 @@ class JobSettings:
         if self.resume and not self.output:
             raise UsageError("--resume needs --output FILE")
 
-    @classmethod
-    def from_options(cls, o: dict[str, Any]) -> "JobSettings":
-        return cls(output=o.get("output"), resume=bool(o.get("resume")), shard=Shard.parse(o.get("shard")))
-
     def open(self) -> "BatchJob":
         """Check FILE now (before the model loads) and read what it already holds."""
         if self.output is None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable
 
-from ..errors import LmpipeError
-from ..records.jsonl import Item, RecordWriter, read_items
-from ..records.runner import Process, Summary, _Interrupted, run
+from ..errors import LmpipeError, UsageError
+from .job import JobSettings
+from .jsonl import Item, RecordWriter, read_items
+from .progress import MODES
+from .runner import Process, Summary, run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,6 +32,22 @@ def say(tool: str, message: str) -> None:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+@dataclass(frozen=True)
+class PipeSettings:
+    """How a record tool runs over its input: records per batch, progress, and the batch job
+    (--output FILE, --resume, --shard I/N)."""
+
+    batch_size: int | None = None  # None: batch_size_for's default
+    progress: str = "auto"
+    job: JobSettings = field(default_factory=JobSettings)
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.progress not in MODES:
+            raise UsageError(f"--progress must be one of {', '.join(MODES)}")
 
 
 def batch_size_for(requested: int | None, tty: bool) -> int:
@@ -59,7 +78,7 @@ def run_records(tool: str, process: Process, sink: Any, batch_size: int = 1, pro
     `job` (an opened lmpipe.records.job.BatchJob) narrows the input to a shard, skips what --resume finds done,
     and sends the records to --output FILE instead of `sink`.
     """
-    from ..records.progress import Progress, ProgressSink, choose_mode, count_remaining_lines
+    from .progress import Progress, ProgressSink, choose_mode, count_remaining_lines
 
     source = source if source is not None else sys.stdin.buffer
     to_file = job is not None and job.to_file

@@ -23,7 +23,7 @@ import orjson
 from ..chat.prompts import PromptSettings, messages_of, prompt_ids
 from ..engine.generation import Completion, Token
 from ..engine.sampling import Sampling
-from ..engine.scheduler import Scheduler, GenerationRequest
+from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError, RecordError
 from .structured import Asked, FormatError, asked, tool_calls
 

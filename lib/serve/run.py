@@ -1,34 +1,32 @@
-"""lm-serve's task: an engine from the options, then uvicorn until Ctrl-C."""
+"""lm-serve's task: a scheduler from the settings, then uvicorn until Ctrl-C."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
-from ..engine.decoding import decoding_from_options
 from ..engine.scheduler import Scheduler, SchedulerSettings
-from ..models.loading import ModelSettings
 
 
-def settings_from_options(o: dict[str, Any]) -> SchedulerSettings:
-    return SchedulerSettings(
-        model=ModelSettings.from_options(o),
-        decoding=decoding_from_options(o),
-        max_batch=o["max_batch"],
-        max_queue=o["max_queue"],
-        keep_alive=o["keep_alive"],
-    )
+@dataclass(frozen=True)
+class ServeRun:
+    """One lm-serve run: the scheduler's settings, where to listen, whether to load the model now."""
+
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    preload: bool = False
 
 
-def run(**o: Any) -> int:
+def run(r: ServeRun) -> int:
     import uvicorn
 
     from ..records.pipe import say
     from .app import create_app
 
-    engine = Scheduler(settings_from_options(o), lambda m: say("lm-serve", m))
-    if o["preload"]:
+    engine = Scheduler(r.scheduler, lambda m: say("lm-serve", m))
+    if r.preload:
         engine.model()
-    say("lm-serve", f"serving {engine.model_id} on http://{o['host']}:{o['port']}/v1")
-    uvicorn.run(create_app(engine), host=o["host"], port=o["port"], log_level="warning", access_log=False)
+    say("lm-serve", f"serving {engine.model_id} on http://{r.host}:{r.port}/v1")
+    uvicorn.run(create_app(engine), host=r.host, port=r.port, log_level="warning", access_log=False)
     engine.close()
     return 0

@@ -1,27 +1,23 @@
-"""lm-bench's task: settings from options, measurements out as JSONL or as a table."""
+"""lm-bench's task: the measurements asked for, out as JSONL or as a table."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.decoding import decoding_from_options
-from ..models.loading import ModelSettings
 from .bench_cases import BenchSettings, cold_cli_seconds, pipeline_seconds, run_bench, server_ttft
 
 
-def settings_from_options(o: dict[str, Any]) -> BenchSettings:
-    return BenchSettings(
-        model=ModelSettings.from_options(o),
-        decoding=decoding_from_options(o),
-        prompt_tokens=o["prompt_tokens"],
-        gen_tokens=o["gen_tokens"],
-        batches=tuple(o["batch"]) or (1, 4, 16),
-        repetitions=o["repetitions"],
-        baseline=o["baseline"],
-        perplexity=o["perplexity"],
-        threads=o["threads"],
-    )
+@dataclass(frozen=True)
+class BenchRun:
+    """One lm-bench run: the generation cases, and which other timings to take."""
+
+    settings: BenchSettings = field(default_factory=BenchSettings)
+    skip_generate: bool = False
+    cold: bool = False  # a cold lm-generate process
+    server: str | None = None  # the first token through this server
+    pipeline: int | None = None  # a three-stage pipeline of this many records
 
 
 def _cell(value: Any) -> str:
@@ -51,11 +47,11 @@ def table(records: list[dict[str, Any]]) -> None:
             console.print(f"[bold]{r['case']}[/bold] ({r['impl']}): " + ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()))
 
 
-def run(tty: bool, **o: Any) -> int:
+def run(r: BenchRun, tty: bool) -> int:
     from ..records.jsonl import RecordWriter
     from ..records.pipe import say
 
-    settings = settings_from_options(o)
+    settings = r.settings
     settings.model.ref()  # an unknown model fails before anything is loaded
     records: list[dict[str, Any]] = []
     writer = None if tty else RecordWriter(sys.stdout.buffer)
@@ -65,20 +61,20 @@ def run(tty: bool, **o: Any) -> int:
         if writer is not None:
             writer.write(record)
 
-    if not o["skip_generate"]:
+    if not r.skip_generate:
         for record in run_bench(settings, lambda m: say("lm-bench", m)):
             emit(record)
-    if o["cold"]:
+    if r.cold:
         say("lm-bench", "timing a cold lm-generate process")
         emit(cold_cli_seconds(settings.repetitions))
-    if o["server"]:
-        say("lm-bench", f"timing the first token through {o['server']}")
-        emit(server_ttft(o["server"], settings.repetitions))
-    if o["pipeline"]:
-        say("lm-bench", f"timing a three-stage pipeline of {o['pipeline']} records")
-        emit(pipeline_seconds(o["pipeline"], None, o["model"]))
-        if o["server"]:
-            emit(pipeline_seconds(o["pipeline"], o["server"], o["model"]))
+    if r.server:
+        say("lm-bench", f"timing the first token through {r.server}")
+        emit(server_ttft(r.server, settings.repetitions))
+    if r.pipeline:
+        say("lm-bench", f"timing a three-stage pipeline of {r.pipeline} records")
+        emit(pipeline_seconds(r.pipeline, None, settings.model.model))
+        if r.server:
+            emit(pipeline_seconds(r.pipeline, r.server, settings.model.model))
     if tty:
         table(records)
     return 0

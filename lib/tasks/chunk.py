@@ -6,13 +6,14 @@ no transformers); a model without one falls back to transformers' own tokenizer 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
+from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 from ..text.chunking import chunk
 
@@ -107,10 +108,19 @@ class ChunkSink:
         pass
 
 
-def run(model: str | None, tokenizer: str | None, max_tokens: int, overlap: int, field: str, id_field: str,
-        progress: str) -> int:
+@dataclass(frozen=True)
+class ChunkRun:
+    """One lm-chunk run: the chunk sizes, whose tokens count (a model's or a tokenizer folder's), the records."""
+
+    settings: ChunkSettings = field(default_factory=ChunkSettings)
+    model: str | None = None
+    tokenizer: str | None = None
+    pipe: PipeSettings = field(default_factory=PipeSettings)
+
+
+def run(r: ChunkRun) -> int:
     from ..records.pipe import JsonlSink, run_records
 
-    settings = ChunkSettings(max_tokens, overlap, field, id_field)
-    task = ChunkTask(offsets_encoder(model, tokenizer), settings)
-    return run_records("lm-chunk", task.process, ChunkSink(JsonlSink()), batch_size=16, progress=progress)
+    task = ChunkTask(offsets_encoder(r.model, r.tokenizer), r.settings)
+    return run_records("lm-chunk", task.process, ChunkSink(JsonlSink()), batch_size=r.pipe.batch_size or 16,
+                       progress=r.pipe.progress)

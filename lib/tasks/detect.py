@@ -9,10 +9,11 @@ from typing import Any, Iterator
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
+from ..records.pipe import PipeSettings
 from ..records.runner import Finished
-from ..vision.detection import Detection, Request, Result, detect
+from ..vision.detection import Detection, DetectionRequest, DetectionResult, detect
 from ..vision.images import ImageSettings, LoadedImage, load_image
-from ..vision.loading import LoadedDetector
+from ..vision.loading import LoadedDetector, VisionSettings
 
 DEFAULT_THRESHOLD = {False: 0.5, True: 0.1}  # the pipelines' defaults: closed set, open vocabulary
 
@@ -90,7 +91,7 @@ class DetectTask:
             detections = [d for d in detections if d.label in p.labels]
         return detections[: self.settings.top] if self.settings.top else detections
 
-    def output(self, p: PreparedImage, result: Result) -> dict[str, Any]:
+    def output(self, p: PreparedImage, result: DetectionResult) -> dict[str, Any]:
         record = dict(p.item.record or {})
         detections = self.keep(p, result.detections)
         record["width"], record["height"] = p.image.image.size
@@ -117,7 +118,7 @@ class DetectTask:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
         if not ready:
             return
-        requests = [Request(p.image.image, p.labels if self.detector.open_vocabulary else ()) for p in ready]
+        requests = [DetectionRequest(p.image.image, p.labels if self.detector.open_vocabulary else ()) for p in ready]
         for p, result in zip(ready, detect(self.detector, requests, self.threshold, self.batch_size)):
             if result.error is not None:
                 yield Finished(p.item, error_record(p.item, result.error), failed=True)
@@ -128,27 +129,25 @@ class DetectTask:
                 yield Finished(p.item, error_record(p.item, f"cannot write the annotated image: {exc}"), failed=True)
 
 
-def settings_from_options(o: dict[str, Any]) -> DetectSettings:
-    try:
-        labels = parse_labels(o["labels"]) if o.get("labels") else ()
-    except RecordError as exc:
-        raise UsageError(str(exc)) from None
-    return DetectSettings(threshold=o["threshold"], top=o["top"], labels=labels, annotate=o["annotate"],
-                          images=ImageSettings(field=o["field"], max_pixels=o["max_pixels"]))
+@dataclass(frozen=True)
+class DetectRun:
+    """One lm-detect run: what to keep, with which model, over which records."""
+
+    settings: DetectSettings
+    model: VisionSettings
+    pipe: PipeSettings = field(default_factory=PipeSettings)
 
 
-def run(tty: bool, **o: Any) -> int:
+def run(r: DetectRun, tty: bool) -> int:
     """lm-detect: settings and model first (fail fast), then stdin to stdout."""
-    from ..records.job import JobSettings
     from ..records.pipe import JsonlSink, batch_size_for, run_records
     from ..terminal.display import DetectTtySink
-    from ..vision.loading import VisionSettings, load_detector
+    from ..vision.loading import load_detector
 
-    settings = settings_from_options(o)
-    job = JobSettings.from_options(o).open()
+    job = r.pipe.job.open()
     tty = tty and not job.to_file
-    detector = load_detector(VisionSettings(o["model"], o["device"], o["dtype"]))
-    batch_size = batch_size_for(o["batch_size"], tty)
-    task = DetectTask(detector, settings, batch_size)
+    detector = load_detector(r.model)
+    batch_size = batch_size_for(r.pipe.batch_size, tty)
+    task = DetectTask(detector, r.settings, batch_size)
     sink: Any = DetectTtySink() if tty else JsonlSink()
-    return run_records("lm-detect", task.process, sink, batch_size, o["progress"], job=job)
+    return run_records("lm-detect", task.process, sink, batch_size, r.pipe.progress, job=job)

@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.generate import GenerateSettings, GenerateTask
-from ..chat.prompts import PromptSettings
-from ..chat.tools import check_choice
-from ..engine.constrain import constraint_from_options
-from ..engine.decoding import decoding_from_options
 from ..engine.generation import Token
-from ..engine.sampling import Sampling
+from ..errors import UsageError
+from ..models.loading import ModelSettings
 from ..records.jsonl import Item
+from ..records.pipe import PipeSettings
 
 
-def settings_from_options(o: dict[str, Any]) -> GenerateSettings:
-    return GenerateSettings(
-        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
-        sampling=Sampling(
-            temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
-            repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
-            seed=o["seed"], stop=tuple(o["stop"]),
-        ),
-        out=o["out"],
-        top_probs=o["top_probs"],
-        ttnt=o["ttnt"],
-        constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
-        tool_choice=check_choice(o.get("tool_choice") or "auto"),
-        decoding=decoding_from_options(o),
-    )
+@dataclass(frozen=True)
+class GenerateRun:
+    """One lm-generate run: what to generate, with which model (or server), over which records,
+    shown how on a terminal."""
+
+    settings: GenerateSettings = field(default_factory=GenerateSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    pipe: PipeSettings = field(default_factory=PipeSettings)
+    prompt: str | None = None  # PROMPT: this one record instead of stdin
+    server: str | None = None  # generate through this server instead of in-process
+    stream: bool = False  # in a pipe, token events before each record
+    quiet: bool = False  # on a terminal, the text only
+    display_pause: int = 0  # ms between tokens on a terminal with --top-probs
+
+    def __post_init__(self) -> None:
+        if self.stream and self.server:
+            raise UsageError("--stream needs in-process generation (drop --server)")
 
 
 def stream_event(item: Item, t: Token) -> dict[str, Any]:
@@ -38,32 +39,27 @@ def stream_event(item: Item, t: Token) -> dict[str, Any]:
     return event
 
 
-def run(tty: bool, prompt: str | None = None, **o: Any) -> int:
+def run(r: GenerateRun, tty: bool) -> int:
     """lm-generate: settings and model first (fail fast), then stdin (or PROMPT) to stdout."""
     import io
     import sys
 
-    from ..models.loading import ModelSettings, load
-    from ..records.job import JobSettings
+    from ..models.loading import load
     from ..records.pipe import JsonlSink, batch_size_for, run_records
     from ..terminal.display import GenerateTtySink
 
-    settings = settings_from_options(o)
-    job = JobSettings.from_options(o).open()  # an existing --output without --resume fails here
+    job = r.pipe.job.open()  # an existing --output without --resume fails here
     tty = tty and not job.to_file
-    model_settings = ModelSettings.from_options(o)
-    if o.get("server"):
+    if r.server:
         from ..backends.remote import RemoteGenerateTask, ServerClient
-        from ..errors import UsageError
 
-        if o["stream"]:
-            raise UsageError("--stream needs in-process generation (drop --server)")
-        task: Any = RemoteGenerateTask(ServerClient(o["server"]), o["model"], settings)
+        task: Any = RemoteGenerateTask(ServerClient(r.server), r.model.model, r.settings)
     else:
-        task = GenerateTask(load(model_settings), settings)
+        task = GenerateTask(load(r.model), r.settings)
     if tty:
-        sink: Any = GenerateTtySink(quiet=o["quiet"], boxes=settings.top_probs > 0, pause_ms=o["display_pause"])
+        sink: Any = GenerateTtySink(quiet=r.quiet, boxes=r.settings.top_probs > 0, pause_ms=r.display_pause)
     else:
-        sink = JsonlSink(stream_events=o["stream"], encode_event=stream_event)
-    source = io.BytesIO(prompt.encode() + b"\n") if prompt is not None else sys.stdin.buffer
-    return run_records("lm-generate", task.process, sink, batch_size_for(o["batch_size"], tty), o["progress"], source, job)
+        sink = JsonlSink(stream_events=r.stream, encode_event=stream_event)
+    source = io.BytesIO(r.prompt.encode() + b"\n") if r.prompt is not None else sys.stdin.buffer
+    return run_records("lm-generate", task.process, sink, batch_size_for(r.pipe.batch_size, tty), r.pipe.progress,
+                       source, job)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field as default
 from typing import Any, Iterator
 
 from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
-from ..backends.text import ChatBackend, TextBackend, Output, Seq2SeqBackend, chat_task, check, combine, run_pieces
+from ..backends.text import ChatBackend, Output, Seq2SeqBackend, TextBackend, chat_task, check, combine, run_pieces
 from ..chat.prompts import text_of
 from ..errors import RecordError
-from ..models.loading import LoadedModel
+from ..models.loading import LoadedModel, ModelSettings
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
+from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 from ..text.sentences import pack
 
@@ -119,12 +120,18 @@ class SummarizeTask:
         return record
 
 
-def run(tty: bool, **o: Any) -> int:
+@dataclass(frozen=True)
+class SummarizeRun:
+    """One lm-summarize run: the summary, the model, the records."""
+
+    settings: SummarizeSettings = default(default_factory=SummarizeSettings)
+    model: ModelSettings = default(default_factory=ModelSettings)
+    pipe: PipeSettings = default(default_factory=PipeSettings)
+
+
+def run(r: SummarizeRun, tty: bool) -> int:
     """lm-summarize: the model first (fail fast), then stdin to stdout."""
     from .text import run_task
 
-    settings = SummarizeSettings(
-        field=o["field"], out=o["out"], window=o["window"],
-        generation=Seq2SeqSettings(o["num_beams"], o["max_length"], o["min_length"]),
-    )
-    return run_task("lm-summarize", tty, o, lambda lm, batch: SummarizeTask(lm, settings, batch))
+    return run_task("lm-summarize", tty, r.model, r.pipe, r.settings.out,
+                    lambda lm, batch: SummarizeTask(lm, r.settings, batch))

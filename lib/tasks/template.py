@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..chat.prompts import text_of
 from ..chat.templates import Agent, compile_template, load_agent, render
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
+from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 
 
@@ -25,16 +25,6 @@ class TemplateSettings:
     def __post_init__(self) -> None:
         if self.template is None and self.agent is None:
             raise UsageError("give a TEMPLATE (or --file), or --agent FILE")
-
-
-def parse_vars(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    out = []
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"--var {pair!r}: use NAME=VALUE")
-        out.append((name.strip(), value))
-    return tuple(out)
 
 
 class TemplateTask:
@@ -68,23 +58,18 @@ class TemplateTask:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 
 
-def read_template(template: str | None, file: str | None) -> str | None:
-    if template is not None and file is not None:
-        raise UsageError("give a TEMPLATE or --file, not both")
-    if file is None:
-        return template
-    try:
-        return Path(file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read template {file}: {exc.strerror or exc}") from None
+@dataclass(frozen=True)
+class TemplateRun:
+    """One lm-template run: the template, and the records it renders."""
+
+    settings: TemplateSettings
+    pipe: PipeSettings = field(default_factory=PipeSettings)
 
 
-def run(template: str | None, file: str | None, agent: str | None, system: str | None, field: str, out: str,
-        var: tuple[str, ...], progress: str, **o: Any) -> int:
-    from ..records.job import JobSettings
+def run(r: TemplateRun) -> int:
     from ..records.pipe import JsonlSink, run_records
 
-    settings = TemplateSettings(read_template(template, file), system, agent, field, out, parse_vars(var))
-    task = TemplateTask(settings)
-    job = JobSettings.from_options(o).open()
-    return run_records("lm-template", task.process, JsonlSink(), batch_size=64, progress=progress, job=job)
+    task = TemplateTask(r.settings)
+    job = r.pipe.job.open()
+    return run_records("lm-template", task.process, JsonlSink(), batch_size=r.pipe.batch_size or 64,
+                       progress=r.pipe.progress, job=job)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..terminal.display import RecordTtySink
+
+if TYPE_CHECKING:
+    from ..models.loading import ModelSettings
+    from ..records.pipe import PipeSettings
 
 
 class TextTtySink(RecordTtySink):
@@ -23,21 +27,20 @@ class TextTtySink(RecordTtySink):
         self.err.print(f"[dim]{stats_line(record['stats'])}{extra}[/]")
 
 
-def run_task(tool: str, tty: bool, o: dict[str, Any], build: Callable[[Any, int], Any]) -> int:
+def run_task(tool: str, tty: bool, model: ModelSettings, pipe: PipeSettings, out: str,
+             build: Callable[[Any, int], Any]) -> int:
     """Load the model (an unknown one fails before stdin is read), build the task, run stdin through it."""
     import warnings
 
-    from ..models.loading import ModelSettings, load
-    from ..records.job import JobSettings
+    from ..models.loading import load
     from ..records.pipe import JsonlSink, batch_size_for, run_records
 
     # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
     warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
 
-    job = JobSettings.from_options(o).open()  # --output FILE is checked before the model loads
+    job = pipe.job.open()  # --output FILE is checked before the model loads
     tty = tty and not job.to_file
-    model_settings = ModelSettings.from_options(o)
-    batch_size = batch_size_for(o["batch_size"], tty)
-    task = build(load(model_settings), batch_size)
-    sink: Any = TextTtySink(o["out"]) if tty else JsonlSink()
-    return run_records(tool, task.process, sink, batch_size, o["progress"], job=job)
+    batch_size = batch_size_for(pipe.batch_size, tty)
+    task = build(load(model), batch_size)
+    sink: Any = TextTtySink(out) if tty else JsonlSink()
+    return run_records(tool, task.process, sink, batch_size, pipe.progress, job=job)

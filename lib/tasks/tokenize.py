@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
+from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 
 
@@ -88,22 +89,33 @@ class TokenizeTask:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 
 
-def run(tty: bool, stdin_tty: bool, model: str | None, tokenizer: str | None, add_token: tuple[str, ...],
-        add_special_token: tuple[str, ...], save: str | None, **o: Any) -> int:
-    from ..records.job import JobSettings
+@dataclass(frozen=True)
+class TokenizeRun:
+    """One lm-tokenize run: which tokenizer (with added tokens), what to do with each record."""
+
+    settings: TokenizeSettings = field(default_factory=TokenizeSettings)
+    model: str | None = None
+    tokenizer: str | None = None  # a tokenizer folder instead of the model's
+    add_tokens: tuple[str, ...] = ()
+    add_special_tokens: tuple[str, ...] = ()
+    save: str | None = None  # save the (modified) tokenizer to this folder
+    pipe: PipeSettings = field(default_factory=PipeSettings)
+
+
+def run(r: TokenizeRun, tty: bool, stdin_tty: bool) -> int:
     from ..records.pipe import JsonlSink, run_records, say
     from ..terminal.display import TokenizeTtySink
 
-    job = JobSettings.from_options(o).open()
+    job = r.pipe.job.open()
     tty = tty and not job.to_file
-    tok = load(model, tokenizer)
-    add_tokens(tok, add_token, add_special_token)
-    if save:
-        tok.save_pretrained(save)
-        say("lm-tokenize", f"saved the tokenizer ({len(tok)} tokens) to {save}")
+    tok = load(r.model, r.tokenizer)
+    add_tokens(tok, r.add_tokens, r.add_special_tokens)
+    if r.save:
+        tok.save_pretrained(r.save)
+        say("lm-tokenize", f"saved the tokenizer ({len(tok)} tokens) to {r.save}")
         if stdin_tty:
             return 0
-    settings = TokenizeSettings(field=o["field"], decode=o["decode"], special=not o["no_special"], out=o["out"])
-    task = TokenizeTask(tok, settings)
+    task = TokenizeTask(tok, r.settings)
     sink: Any = TokenizeTtySink() if tty else JsonlSink()
-    return run_records("lm-tokenize", task.process, sink, batch_size=64, progress=o["progress"], job=job)
+    return run_records("lm-tokenize", task.process, sink, batch_size=r.pipe.batch_size or 64,
+                       progress=r.pipe.progress, job=job)

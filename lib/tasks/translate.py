@@ -11,12 +11,13 @@ from dataclasses import dataclass, field as default
 from typing import Any, Iterator
 
 from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
-from ..backends.text import ChatBackend, TextBackend, Seq2SeqBackend, chat_task, check, combine, run_pieces
+from ..backends.text import ChatBackend, Seq2SeqBackend, TextBackend, chat_task, check, combine, run_pieces
 from ..chat.prompts import text_of
 from ..errors import RecordError
-from ..models.loading import LoadedModel
+from ..models.loading import LoadedModel, ModelSettings
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
+from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 from ..text.languages import Languages, family_of, name_of, resolve
 from ..text.sentences import pack
@@ -99,12 +100,18 @@ class TranslateTask:
             yield Finished(item, record)
 
 
-def run(tty: bool, **o: Any) -> int:
+@dataclass(frozen=True)
+class TranslateRun:
+    """One lm-translate run: the translation, the model, the records."""
+
+    settings: TranslateSettings = default(default_factory=TranslateSettings)
+    model: ModelSettings = default(default_factory=ModelSettings)
+    pipe: PipeSettings = default(default_factory=PipeSettings)
+
+
+def run(r: TranslateRun, tty: bool) -> int:
     """lm-translate: the model and languages first (fail fast), then stdin to stdout."""
     from .text import run_task
 
-    settings = TranslateSettings(
-        source=o["source"], target=o["target"], field=o["field"], out=o["out"],
-        generation=Seq2SeqSettings(o["num_beams"], o["max_length"], None), window=o["window"],
-    )
-    return run_task("lm-translate", tty, o, lambda lm, batch: TranslateTask(lm, settings, batch))
+    return run_task("lm-translate", tty, r.model, r.pipe, r.settings.out,
+                    lambda lm, batch: TranslateTask(lm, r.settings, batch))

@@ -46,13 +46,13 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class Request:
+class DetectionRequest:
     image: Any  # an RGB Pillow image, upright
     labels: tuple[str, ...] = ()  # open-vocabulary models: what to look for
 
 
 @dataclass
-class Result:
+class DetectionResult:
     detections: list[Detection] = field(default_factory=list)
     inference_s: float = 0.0  # this image's share of the forward passes it took part in
     rows: int = 0  # model rows it ran as (one per label for open-vocabulary models)
@@ -122,7 +122,7 @@ def multi_query(detector: LoadedDetector) -> bool:
     return detector.open_vocabulary and detector.model.config.model_type in MULTI_QUERY
 
 
-def _rows(detector: LoadedDetector, requests: list[Request], results: list[Result], per_image: bool):
+def _rows(detector: LoadedDetector, requests: list[DetectionRequest], results: list[DetectionResult], per_image: bool):
     """Model rows and their owners: (request index, the labels the row asks about, or None)."""
     owners: list[tuple[int, tuple[str, ...] | None]] = []
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -147,15 +147,15 @@ def _rows(detector: LoadedDetector, requests: list[Request], results: list[Resul
     return rows, owners
 
 
-def detect(detector: LoadedDetector, requests: list[Request], threshold: float, batch_size: int = 8,
-           query_batching: bool | None = None) -> list[Result]:
-    """One Result per request, in order; detections above `threshold`, best first.
+def detect(detector: LoadedDetector, requests: list[DetectionRequest], threshold: float, batch_size: int = 8,
+           query_batching: bool | None = None) -> list[DetectionResult]:
+    """One DetectionResult per request, in order; detections above `threshold`, best first.
 
     `query_batching` (default: for OWL-ViT and OWLv2) scores all of an image's labels in one row, the
     way those models are built; otherwise each (image, label) pair is a row, as in the pipeline.
     """
     per_image = multi_query(detector) if query_batching is None else query_batching and detector.open_vocabulary
-    results = [Result() for _ in requests]
+    results = [DetectionResult() for _ in requests]
     rows, owners = _rows(detector, requests, results, per_image)
     id2label = getattr(detector.model.config, "id2label", {}) or {}
     for group in _grouped(rows, max(1, batch_size)):

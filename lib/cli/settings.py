@@ -1,0 +1,223 @@
+"""Settings from click options, built once at the edge.
+
+Each tool's options (the dict click hands its command) become the library's settings
+dataclasses here, which check themselves and raise UsageError; nothing below the CLI layer sees
+the dict. Imports happen inside the functions, so that a tool's --help stays torch-free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import RecordError, UsageError
+
+if TYPE_CHECKING:
+    from ..backends.generate import GenerateSettings
+    from ..engine.constrain import Constraint
+    from ..engine.decoding import Decoding
+    from ..models.loading import ModelSettings
+    from ..records.job import JobSettings
+    from ..records.pipe import PipeSettings
+    from ..serve.run import ServeRun
+    from ..tasks.bench import BenchRun
+    from ..tasks.chunk import ChunkRun
+    from ..tasks.detect import DetectRun
+    from ..tasks.generate import GenerateRun
+    from ..tasks.summarize import SummarizeRun
+    from ..tasks.template import TemplateRun
+    from ..tasks.tokenize import TokenizeRun
+    from ..tasks.translate import TranslateRun
+
+Options = dict[str, Any]
+
+
+# The option bundles of lmpipe.cli.options, each to its settings.
+
+def model_settings(o: Options) -> "ModelSettings":
+    """What model_options (and --quantize, where a tool has it) ask for."""
+    from ..models.loading import ModelSettings
+
+    return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
+
+
+def decoding(o: Options) -> "Decoding":
+    """The Decoding the speed and draft options ask for (tools without draft options get none)."""
+    from ..engine.decoding import Decoding
+
+    return Decoding(o.get("cache") or "fast", bool(o.get("compile")), o.get("draft_model"),
+                    o.get("draft_quantize"), o.get("draft_tokens") or 4)
+
+
+def job_settings(o: Options) -> "JobSettings":
+    """--output FILE, --resume, --shard I/N (job_options)."""
+    from ..records.job import JobSettings
+    from ..records.shard import Shard
+
+    return JobSettings(output=o.get("output"), resume=bool(o.get("resume")), shard=Shard.parse(o.get("shard")))
+
+
+def pipe_settings(o: Options) -> "PipeSettings":
+    """--batch-size, --progress and the job options, where a tool has them."""
+    from ..records.pipe import PipeSettings
+
+    return PipeSettings(batch_size=o.get("batch_size"), progress=o.get("progress") or "auto", job=job_settings(o))
+
+
+def constraint_from_options(json_schema: str | None = None, regex: str | None = None,
+                            choice: Sequence[str] = ()) -> "Constraint | None":
+    """The constraint asked for on the command line, compiled and checked, or None."""
+    from ..engine.constrain import choice_constraint, json_constraint, load_schema, regex_constraint
+
+    given = [name for name, value in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice)) if value]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} cannot be combined; choose one")
+    if json_schema:
+        return json_constraint(load_schema(json_schema), source=json_schema)
+    if regex:
+        return regex_constraint(regex)
+    if choice:
+        return choice_constraint(choice)
+    return None
+
+
+# One function per tool: its options to what its task's run() takes.
+
+def generate_settings(o: Options) -> "GenerateSettings":
+    from ..backends.generate import GenerateSettings
+    from ..chat.prompts import PromptSettings
+    from ..chat.tools import check_choice
+    from ..engine.sampling import Sampling
+
+    return GenerateSettings(
+        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
+        sampling=Sampling(
+            temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
+            repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
+            seed=o["seed"], stop=tuple(o["stop"]),
+        ),
+        out=o["out"],
+        top_probs=o["top_probs"],
+        ttnt=o["ttnt"],
+        constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
+        tool_choice=check_choice(o.get("tool_choice") or "auto"),
+        decoding=decoding(o),
+    )
+
+
+def generate_run(o: Options) -> "GenerateRun":
+    from ..tasks.generate import GenerateRun
+
+    return GenerateRun(settings=generate_settings(o), model=model_settings(o), pipe=pipe_settings(o),
+                       prompt=o.get("prompt"), server=o.get("server"), stream=o["stream"], quiet=o["quiet"],
+                       display_pause=o["display_pause"])
+
+
+def detect_run(o: Options) -> "DetectRun":
+    from ..tasks.detect import DetectRun, DetectSettings, parse_labels
+    from ..vision.images import ImageSettings
+    from ..vision.loading import VisionSettings
+
+    try:
+        labels = parse_labels(o["labels"]) if o.get("labels") else ()
+    except RecordError as exc:
+        raise UsageError(str(exc)) from None
+    settings = DetectSettings(threshold=o["threshold"], top=o["top"], labels=labels, annotate=o["annotate"],
+                              images=ImageSettings(field=o["field"], max_pixels=o["max_pixels"]))
+    return DetectRun(settings, VisionSettings(o["model"], o["device"], o["dtype"]), pipe_settings(o))
+
+
+def translate_run(o: Options) -> "TranslateRun":
+    from ..backends.seq2seq import Seq2SeqSettings
+    from ..tasks.translate import TranslateRun, TranslateSettings
+
+    settings = TranslateSettings(
+        source=o["source"], target=o["target"], field=o["field"], out=o["out"],
+        generation=Seq2SeqSettings(o["num_beams"], o["max_length"], None), window=o["window"],
+    )
+    return TranslateRun(settings, model_settings(o), pipe_settings(o))
+
+
+def summarize_run(o: Options) -> "SummarizeRun":
+    from ..backends.seq2seq import Seq2SeqSettings
+    from ..tasks.summarize import SummarizeRun, SummarizeSettings
+
+    settings = SummarizeSettings(
+        field=o["field"], out=o["out"], window=o["window"],
+        generation=Seq2SeqSettings(o["num_beams"], o["max_length"], o["min_length"]),
+    )
+    return SummarizeRun(settings, model_settings(o), pipe_settings(o))
+
+
+def parse_vars(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """--var NAME=VALUE, repeated."""
+    out = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--var {pair!r}: use NAME=VALUE")
+        out.append((name.strip(), value))
+    return tuple(out)
+
+
+def read_template(template: str | None, file: str | None) -> str | None:
+    """TEMPLATE, or the text of --file."""
+    if template is not None and file is not None:
+        raise UsageError("give a TEMPLATE or --file, not both")
+    if file is None:
+        return template
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read template {file}: {exc.strerror or exc}") from None
+
+
+def template_run(o: Options) -> "TemplateRun":
+    from ..tasks.template import TemplateRun, TemplateSettings
+
+    settings = TemplateSettings(read_template(o["template"], o["file"]), o["system"], o["agent"], o["field"],
+                                o["out"], parse_vars(o["var"]))
+    return TemplateRun(settings, pipe_settings(o))
+
+
+def tokenize_run(o: Options) -> "TokenizeRun":
+    from ..tasks.tokenize import TokenizeRun, TokenizeSettings
+
+    settings = TokenizeSettings(field=o["field"], decode=o["decode"], special=not o["no_special"], out=o["out"])
+    return TokenizeRun(settings, model=o["model"], tokenizer=o["tokenizer"], add_tokens=o["add_token"],
+                       add_special_tokens=o["add_special_token"], save=o["save"], pipe=pipe_settings(o))
+
+
+def chunk_run(o: Options) -> "ChunkRun":
+    from ..tasks.chunk import ChunkRun, ChunkSettings
+
+    settings = ChunkSettings(o["max_tokens"], o["overlap"], o["field"], o["id_field"])
+    return ChunkRun(settings, model=o["model"], tokenizer=o["tokenizer"], pipe=pipe_settings(o))
+
+
+def bench_run(o: Options) -> "BenchRun":
+    from ..tasks.bench import BenchRun
+    from ..tasks.bench_cases import BenchSettings
+
+    settings = BenchSettings(
+        model=model_settings(o),
+        decoding=decoding(o),
+        prompt_tokens=o["prompt_tokens"],
+        gen_tokens=o["gen_tokens"],
+        batches=tuple(o["batch"]) or (1, 4, 16),
+        repetitions=o["repetitions"],
+        baseline=o["baseline"],
+        perplexity=o["perplexity"],
+        threads=o["threads"],
+    )
+    return BenchRun(settings, skip_generate=o["skip_generate"], cold=o["cold"], server=o["server"],
+                    pipeline=o["pipeline"])
+
+
+def serve_run(o: Options) -> "ServeRun":
+    from ..engine.scheduler import SchedulerSettings
+    from ..serve.run import ServeRun
+
+    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
+                                  max_queue=o["max_queue"], keep_alive=o["keep_alive"])
+    return ServeRun(scheduler, host=o["host"], port=o["port"], preload=o["preload"])
