@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..records.pipe import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 EXIT_CODES = (

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__, paths
+from .. import paths
+from ..version import __version__
 
 MARKER = "lmpipe-conversion.json"  # written last, inside the temporary folder, before the rename
 

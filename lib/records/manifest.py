@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 
 
 @cache
