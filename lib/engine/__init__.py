@@ -1,1 +1,2 @@
-"""The generation loop (prefill, pick, step; batching, speculative decoding, sampling, stops, grammars) and the server's scheduler over it."""
+"""The generation loop (prefill, pick, step; batching, speculative decoding, sampling, stops,
+grammars) and the server's scheduler over it."""

@@ -1,1 +1,2 @@
-"""Models: what a --model names, where it lies on disk, how it loads (and quantizes), what it is, and lmpipe's own forward pass."""
+"""Models: what a --model names, where it lies on disk, how it loads (and quantizes), what it is,
+and lmpipe's own forward pass."""
