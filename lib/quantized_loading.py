@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from . import gguf, paths
 from .fastpath import FAMILIES
-from .quantize import QuantizedWeight, install, quantizable, quantize_weight
+from .quantize import QuantizedWeight, install, owned, quantizable, quantize_weight
 
 # The copy's layout: 1 held torch's packed int4 buffers (CPU-specific); 2 holds plain values.
 FORMAT = 2
@@ -64,7 +64,7 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
         return None
     _save(model, weights, target, {"source": str(Path(folder).resolve()), "quantize": mode, "dtype": str(dtype),
                                    "format": FORMAT})
-    install(model, weights, _biases(model, weights))
+    install(model, weights, _biases(model, weights))  # consumes `weights`
     return _finish(model, folder)
 
 
@@ -97,10 +97,14 @@ def _read_copy(auto: Any, config: Any, dtype: Any, mode: str, copy: Path) -> Any
             tensor = f.get_tensor(key)
         owner, _, leaf = key.rpartition(".")
         if leaf in ("qvalues", "qscales", "qzeros"):
-            quantized.setdefault(owner, {})[key] = tensor
+            # Copied out of the mapping at once (packing needs memory of its own anyway), so
+            # the mapping and its pages go now, not after the whole model is read.
+            quantized.setdefault(owner, {})[key] = owned(tensor)
         elif not _assign(model, key, tensor):
             return None
+        del tensor
     weights = {name: QuantizedWeight.from_tensors(mode, tensors, name) for name, tensors in quantized.items()}
+    del quantized
     try:
         install(model, weights, _biases(model, weights))
     except (AttributeError, KeyError):
