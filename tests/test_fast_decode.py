@@ -104,11 +104,13 @@ def test_quantized_fast_path_fuses_projections_and_matches_the_unfused_model(tin
     quantize(model, mode)
     ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
     before = model(input_ids=ids).logits[:, -1]
-    fast = FastModel(model)  # fuses q/k/v and gate/up; the parts become views of the fused buffers
+    fast = FastModel(model)  # q/k/v and gate/up were fused when packed: the fast path runs the fused layers
     assert fast.layers[0].qkv.quantized.out_features == model.config.hidden_size + 2 * (
         model.config.num_key_value_heads * model.config.hidden_size // model.config.num_attention_heads)
     attn = model.model.layers[0].self_attn
-    assert attn.k_proj.qweight.untyped_storage().data_ptr() == fast.layers[0].qkv.quantized.qweight.untyped_storage().data_ptr()
+    # The parts hold no weights of their own (no packed buffer is ever sliced): they are the fused layer's columns.
+    assert attn.k_proj.fused is fast.layers[0].qkv.quantized and not list(attn.k_proj.buffers(recurse=False))
+    assert (attn.k_proj.start, attn.k_proj.end) == (attn.q_proj.out_features, attn.q_proj.out_features + attn.k_proj.out_features)
     assert torch.allclose(model(input_ids=ids).logits[:, -1], before)  # the model itself is unchanged
     from lmpipe.models.fastpath import FastDecoder
 

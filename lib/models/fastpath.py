@@ -38,11 +38,11 @@ def unsupported(model: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Projection:
-    """One matmul: a float weight (with bias), or a quantized one from lmpipe.models.quantize."""
+    """One matmul: a float weight (with bias), or a quantized layer from lmpipe.models.quantize."""
 
     weight: Any
     bias: Any = None
-    quantized: Any = None  # a QuantizedLinear whose buffers this projection uses
+    quantized: Any = None  # a QuantizedLinear (or one part of a fused one) that computes it
     parts: tuple["Projection", ...] = ()  # float projections run one by one, outputs side by side
 
     def __call__(self, x):
@@ -60,21 +60,37 @@ class Projection:
 
 
 def fuse(linears: list[Any]) -> Projection:
-    """One projection for several linears that read the same input: one matmul where exact."""
-    from .quantize import fuse_quantized, quantized_linear_class
+    """One projection for several linears that read the same input: one matmul where exact.
 
-    QuantizedLinear = quantized_linear_class()
+    Quantized layers were fused when they were packed (lmpipe.quantize.install): the parts of
+    one fused layer, in order, are that layer. Packed buffers are never joined here.
+    """
+    from .quantize import quantized_linear_class, quantized_part_class
+
+    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
 
     if len(linears) == 1:
         only = linears[0]
-        if isinstance(only, QuantizedLinear):
+        if isinstance(only, (QuantizedLinear, QuantizedPart)):
             return Projection(None, None, only)
         return Projection(only.weight, only.bias)
-    if all(isinstance(m, QuantizedLinear) for m in linears):
-        return Projection(None, None, fuse_quantized(linears))
+    fused = {id(m.fused) for m in linears if isinstance(m, QuantizedPart)}
+    if len(fused) == 1 and all(isinstance(m, QuantizedPart) for m in linears):
+        whole = linears[0].fused
+        if [(m.start, m.end) for m in linears] == _consecutive([m.out_features for m in linears]) \
+                and linears[-1].end == whole.out_features:
+            return Projection(None, None, whole)
     # float weights stay apart: one fused matmul over one row of input rounds differently
     # from three (measured), and float32 output must stay token-identical to transformers'.
     return Projection(None, None, None, tuple(fuse([m]) for m in linears))
+
+
+def _consecutive(sizes: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for size in sizes:
+        spans.append((start, start + size))
+        start += size
+    return spans
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,28 @@
-"""Weight-only quantization of a loaded model's linear layers: int8 per channel, int4 per group.
+"""Weight-only quantization of a model's linear layers: int8 per channel, int4 per group.
 
 Decoding one token reads every weight once, so on a CPU single-stream speed is a matter of
-bytes per token: int8 reads a quarter of float32, int4 an eighth. Activations stay in the
-model's dtype outside the layer; torch's own CPU kernels do the mixed matmul
-(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), as gpt-fast and torchao do. Those
-kernels are fast with bfloat16 activations and fall back to a slow path with float32 ones
-(measured: ~10x slower), so a float32 model's activations enter each quantized layer as
-bfloat16 and leave as float32 again. For many rows at once (prefill, batches past 8) the
-int8 kernel loses to a float matmul over the dequantized weight, which int8 layers use there.
+bytes per token: int8 reads a quarter of float32, int4 an eighth. torch's own CPU kernels do
+the mixed matmul (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), as gpt-fast and
+torchao do. Those kernels are fast with bfloat16 activations and slow with float32 ones
+(measured: ~10x), so a float32 model's activations enter each quantized layer as bfloat16 and
+leave as float32 again. For many rows at once (prefill, batches past 8) the int8 kernel loses
+to a float matmul over the dequantized weight, which int8 layers use there.
+
+Two representations, kept strictly apart:
+- `QuantizedWeight` is portable: plain int8 values, or int4 values two to a byte in row
+  order, with their bfloat16 scales (and zeros). It is what the quantized copy on disk holds,
+  and the only thing that is ever joined (q/k/v, gate/up) or saved.
+- `QuantizedLinear` packs one for the CPU that runs, at load time. The int4 kernel's packed
+  layout is private to torch and differs by CPU (blocks of 64 output rows with AVX-512, 32
+  with AVX2), and the int8 kernel's AVX-512 path reads its operands with aligned loads. So
+  packed buffers are made fresh (owned, 64-byte aligned, contiguous), never sliced, joined,
+  saved or read from a file mapping, and each distinct shape is checked once against the
+  dequantized weight before it is trusted.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
@@ -19,117 +30,259 @@ from ..errors import UsageError
 MODES = ("int8", "int4")
 INT4_GROUP = 32
 KERNEL_MAX_ROWS = 8  # int8: past this many rows a dequantized float matmul is faster (measured)
+ALIGN = 64  # bytes: the kernels' widest aligned load is 32; allocations give 64
+CHECK_TOLERANCE = 0.03  # relative error of a kernel product against the dequantized weight (bf16 activations: ~0.5%)
+
+# Fused together before packing: layers that read the same input, outputs side by side.
+FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _nn():
-    import torch
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """A quantized weight in a portable layout: nothing in it depends on the CPU or on torch's kernels.
 
-    return torch, torch.nn
+    int8: `values` int8 [N, K], `scales` bfloat16 [N]; weight ≈ values * scales[:, None].
+    int4: `values` uint8 [N, K/2], column 2j in the low nibble of byte j and 2j+1 in the high
+    one; `scales`, `zeros` bfloat16 [N, K/32]; weight ≈ (q - 8) * scale + zero per group of 32.
+    """
+
+    mode: str
+    values: Any
+    scales: Any
+    zeros: Any = None
+
+    @property
+    def out_features(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.values.shape[1]) * (2 if self.mode == "int4" else 1)
+
+    def int4_values(self):
+        """int4: the values one per column, int32 [N, K], 0..15."""
+        import torch
+
+        low, high = (self.values & 0x0F).to(torch.int32), (self.values >> 4).to(torch.int32)
+        return torch.stack([low, high], dim=-1).reshape(self.out_features, self.in_features)
+
+    def dequantized(self):
+        """The float32 weight these values stand for, computed as the kernels compute it."""
+        if self.mode == "int8":
+            return self.values.float() * self.scales.float()[:, None]
+        groups = self.scales.shape[1]
+        q = self.int4_values().float().reshape(self.out_features, groups, -1)
+        w = (q - 8) * self.scales.float()[..., None] + self.zeros.float()[..., None]
+        return w.reshape(self.out_features, self.in_features)
+
+    def row_slices(self, rows: int) -> list["QuantizedWeight"]:
+        """The same weight in pieces of `rows` output rows (plain values slice freely; packed ones never do)."""
+        return [QuantizedWeight(self.mode, self.values[i:i + rows], self.scales[i:i + rows],
+                                None if self.zeros is None else self.zeros[i:i + rows])
+                for i in range(0, self.out_features, rows)]
+
+    def tensors(self, prefix: str) -> dict[str, Any]:
+        """The tensors to save, named under `prefix` (a module path)."""
+        out = {f"{prefix}.qvalues": self.values, f"{prefix}.qscales": self.scales}
+        if self.zeros is not None:
+            out[f"{prefix}.qzeros"] = self.zeros
+        return out
+
+    @classmethod
+    def from_tensors(cls, mode: str, tensors: dict[str, Any], prefix: str) -> "QuantizedWeight":
+        return cls(mode, tensors[f"{prefix}.qvalues"], tensors[f"{prefix}.qscales"], tensors.get(f"{prefix}.qzeros"))
+
+    @classmethod
+    def join(cls, parts: list["QuantizedWeight"]) -> "QuantizedWeight":
+        """Several weights' rows stacked: one layer computing them all, outputs side by side."""
+        import torch
+
+        zeros = None if parts[0].zeros is None else torch.cat([p.zeros for p in parts])
+        return cls(parts[0].mode, torch.cat([p.values for p in parts]), torch.cat([p.scales for p in parts]), zeros)
 
 
-def int8_weights(weight) -> tuple[Any, Any]:
-    """Symmetric per-output-channel int8: weight ≈ q * scale[:, None]."""
+def quantize_weight(weight: Any, mode: str) -> QuantizedWeight:
+    """`weight` [N, K] quantized: int8 symmetric per output channel, int4 asymmetric per group of 32."""
     import torch
 
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
-    q = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8)
-    return q, scale.to(torch.bfloat16)
-
-
-def int4_weights(weight, group: int = INT4_GROUP) -> tuple[Any, Any]:
-    """Asymmetric int4 per group of `group` input columns, packed for torch's CPU kernel."""
-    import torch
-
-    out_features, in_features = weight.shape
-    w = weight.detach().float().reshape(out_features, in_features // group, group)
+    if mode == "int8":
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
+        q = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8)
+        return QuantizedWeight(mode, q, scale.to(torch.bfloat16))
+    out_features, in_features = w.shape
+    w = w.reshape(out_features, in_features // INT4_GROUP, INT4_GROUP)
     low, high = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
     scale = ((high - low) / 15).clamp(min=1e-6)
-    q = torch.round((w - low) / scale).clamp(0, 15).to(torch.int32).reshape(out_features, in_features)
+    q = torch.round((w - low) / scale).clamp(0, 15).to(torch.uint8).reshape(out_features, in_features)
+    values = q[:, 0::2] | (q[:, 1::2] << 4)
     zero = low + scale * 8  # the kernel computes (q - 8) * scale + zero
-    scales_and_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-    return packed, scales_and_zeros
+    return QuantizedWeight(mode, values.contiguous(), scale[..., 0].to(torch.bfloat16),
+                           zero[..., 0].to(torch.bfloat16))
+
+
+def owned(tensor: Any) -> Any:
+    """`tensor` in memory of its own: contiguous, not a view, aligned for the kernels' loads.
+
+    A tensor read from a safetensors file maps the file at the tensor's offset (8-byte
+    aligned at best), and a view starts wherever its base's slice does; the int8 kernel's
+    AVX-512 path faults on such an address.
+    """
+    import torch
+
+    if tensor.is_contiguous() and tensor.storage_offset() == 0 and tensor.data_ptr() % ALIGN == 0 \
+            and tensor.untyped_storage().nbytes() == tensor.nbytes:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def pack(weight: QuantizedWeight) -> tuple[Any, Any]:
+    """The kernel operands for this CPU: fresh buffers, made from the portable values at load time."""
+    import torch
+
+    if weight.mode == "int8":
+        return owned(weight.values), owned(weight.scales)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.int4_values().contiguous(), 1)
+    scales_and_zeros = torch.stack([weight.scales, weight.zeros], dim=-1).transpose(0, 1).contiguous()
+    return owned(packed), owned(scales_and_zeros)
+
+
+def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
+    """x [M, K] times the packed weight, through torch's kernel; bfloat16 [M, N]."""
+    import torch
+
+    a = owned(x.to(torch.bfloat16))
+    if mode == "int8":
+        return torch.ops.aten._weight_int8pack_mm(a, packed, scales)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, INT4_GROUP, scales)
+
+
+_checked: set[tuple[str, int, int]] = set()
+
+
+def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any) -> None:
+    """Once per distinct shape: one product through the kernel against the dequantized weight.
+
+    A CPU whose kernel reads the packing differently gives garbage here, not in the output.
+    """
+    import torch
+
+    key = (weight.mode, weight.out_features, weight.in_features)
+    if key in _checked:
+        return
+    x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))  # 5 rows: a full block and a tail
+    got = kernel_product(weight.mode, x, packed, scales).float()
+    a = x.to(torch.bfloat16).float()
+    # The reference a slice of output rows at a time: a whole float32 output head would be 113 MB more at peak.
+    expected = torch.cat([a @ part.dequantized().t() for part in weight.row_slices(4096)], dim=-1)
+    error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
+    if not error < CHECK_TOLERANCE:
+        raise UsageError(
+            f"--quantize {weight.mode}: torch's {weight.mode} kernel gives wrong products on this CPU "
+            f"({cpu_name()}; relative error {error:.2g} for a {weight.out_features}x{weight.in_features} "
+            f"weight); use {'--quantize int8 or ' if weight.mode == 'int4' else ''}no --quantize")
+    _checked.add(key)
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the instruction set torch's kernels dispatch to, for messages and the README."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def quantized_linear_class():
     """The QuantizedLinear module class (built on first use, so importing this module stays torch-free)."""
-    global _QuantizedLinear
-    if _QuantizedLinear is None:
-        _QuantizedLinear = _build_class()
-    return _QuantizedLinear
+    global _classes
+    if _classes is None:
+        _classes = _build_classes()
+    return _classes[0]
 
 
-_QuantizedLinear: Any = None
+def quantized_part_class():
+    """The QuantizedPart module class: one part of a fused QuantizedLinear."""
+    quantized_linear_class()
+    return _classes[1]
 
 
-def _build_class():
-    torch, nn = _nn()
+_classes: Any = None
+
+
+def _build_classes():
+    import torch
+    from torch import nn
 
     class QuantizedLinear(nn.Module):
-        """A Linear whose weight is int8 (per channel) or int4 (per group); bias kept as it was."""
+        """A Linear whose weight is int8 (per channel) or int4 (per group), packed for this CPU.
 
-        def __init__(self, linear: Any, mode: str, buffers: tuple[Any, Any] | None = None):
+        The packed buffers are not saved with the module (they are not portable): the quantized
+        copy on disk holds the QuantizedWeight it was packed from.
+        """
+
+        def __init__(self, weight: QuantizedWeight, bias: Any = None):
             super().__init__()
-            self.mode = mode
-            self.in_features, self.out_features = linear.in_features, linear.out_features
-            if buffers is not None:
-                q, scale = buffers
-            elif mode == "int8":
-                q, scale = int8_weights(linear.weight)
-            else:
-                q, scale = int4_weights(linear.weight)
-            self.register_buffer("qweight", q)
-            self.register_buffer("qscale", scale)
-            self.bias = linear.bias
+            self.mode = weight.mode
+            self.in_features, self.out_features = weight.in_features, weight.out_features
+            packed, scales = pack(weight)
+            check_kernel(weight, packed, scales)
+            self.register_buffer("packed", packed, persistent=False)
+            self.register_buffer("packed_scales", scales, persistent=False)
+            self.bias = bias
+            self._memo: tuple[Any, int, Any] | None = None
 
         def forward(self, x):
             flat = x.reshape(-1, x.shape[-1])
             if self.mode == "int8" and flat.shape[0] > KERNEL_MAX_ROWS:
                 # Many rows (a prompt, a big batch): dequantize into a float matmul, which beats the kernel.
-                y = (flat @ self.qweight.t().to(flat.dtype)) * self.qscale.to(flat.dtype)
-            elif self.mode == "int8":
-                y = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.qweight, self.qscale)
+                # int8's packing is its plain layout, so this reads the same buffer the kernel does.
+                y = (flat @ self.packed.t().to(flat.dtype)) * self.packed_scales.to(flat.dtype)
             else:
-                flat = flat.to(torch.bfloat16)
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, INT4_GROUP, self.qscale)
+                y = kernel_product(self.mode, flat, self.packed, self.packed_scales)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
 
-    return QuantizedLinear
+        def shared_forward(self, x):
+            """forward(x), computed once for the parts that all read the same `x` (q, k and v)."""
+            memo = self._memo
+            if memo is not None and memo[0] is x and memo[1] == x._version:
+                return memo[2]
+            y = self(x)
+            self._memo = (x, x._version, y)
+            return y
 
+    class QuantizedPart(nn.Module):
+        """One of the layers fused into `fused` (q_proj of q/k/v): its columns of the fused output.
 
-def fuse_quantized(layers: list[Any]) -> Any:
-    """One quantized layer computing several that read the same input (outputs side by side).
+        It holds no weights: fusing joined the portable values and packed them once, so the
+        part's own would be a second copy. transformers' forward calls q, k and v on the same
+        input one after another; the fused product is computed once for the three.
+        """
 
-    Both layouts keep one row (int8) or one column of scales (int4) per output feature, so the
-    fused layer's outputs are exactly the parts' outputs, concatenated.
-    """
-    import torch
+        def __init__(self, fused: QuantizedLinear, start: int, end: int):
+            super().__init__()
+            self.fused = fused
+            self.start, self.end = start, end
+            self.mode, self.in_features, self.out_features = fused.mode, fused.in_features, end - start
 
-    mode = layers[0].mode
-    q = torch.cat([m.qweight for m in layers], dim=0)
-    scale = torch.cat([m.qscale for m in layers], dim=0 if mode == "int8" else 1)
-    biases = [m.bias for m in layers]
-    shape = torch.nn.Linear(layers[0].in_features, sum(m.out_features for m in layers), bias=False, device="meta")
-    fused = quantized_linear_class()(shape, mode, (q, scale))
-    start = 0
-    for m in layers:  # the parts become views of the fused buffers: no second copy of the weights
-        end = start + m.out_features
-        m.qweight = q[start:end]
-        m.qscale = scale[start:end] if mode == "int8" else scale[:, start:end].contiguous()
-        start = end
-    if any(b is not None for b in biases):
-        fused.bias = torch.nn.Parameter(torch.cat([
-            b.detach() if b is not None else q.new_zeros(m.out_features, dtype=torch.float32)
-            for b, m in zip(biases, layers)]), requires_grad=False)
-    return fused
+        def forward(self, x):
+            return self.fused.shared_forward(x)[..., self.start:self.end]
+
+    return QuantizedLinear, QuantizedPart
 
 
 def quantizable(linear: Any, mode: str) -> bool:
+    """Whether torch's kernel takes this shape: its AVX-512 paths step K by 16 (int8) and N by 16 (int4)."""
     if mode == "int4":
-        return linear.in_features % INT4_GROUP == 0 and linear.out_features % 8 == 0
-    return True
+        return linear.in_features % INT4_GROUP == 0 and linear.out_features % 16 == 0
+    return linear.in_features % 16 == 0
 
 
 def check_mode(mode: str, device: str) -> None:
@@ -139,18 +292,56 @@ def check_mode(mode: str, device: str) -> None:
         raise UsageError(f"--quantize {mode} uses torch's CPU kernels; use --device cpu")
 
 
-def quantize(model: Any, mode: str, device: str = "cpu") -> int:
+def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, Any], fuse: bool = True) -> None:
+    """Put packed layers in place of the model's linears named in `weights`, consuming it.
+
+    With `fuse`, the layers of FUSED_GROUPS under one module (q/k/v, gate/up) are joined
+    *before* packing into one QuantizedLinear, and each becomes a QuantizedPart of it. Each
+    portable weight leaves `weights` as it is packed, so a caller holding nothing else keeps
+    one layer's values beside the packed model at a time, not the whole model's.
+    """
+    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
+    if fuse:
+        for owner_name, owner in list(model.named_modules()):
+            for group in FUSED_GROUPS:
+                names = [f"{owner_name}.{leaf}" if owner_name else leaf for leaf in group]
+                parts = [weights.get(n) for n in names]
+                if any(p is None for p in parts) or len({(p.mode, p.in_features) for p in parts}) != 1:
+                    continue
+                for n in names:
+                    del weights[n]
+                fused = QuantizedLinear(QuantizedWeight.join(parts), _joined_bias([biases.get(n) for n in names], parts))
+                del parts
+                start = 0
+                for leaf in group:
+                    size = getattr(owner, leaf).out_features
+                    setattr(owner, leaf, QuantizedPart(fused, start, start + size))
+                    start += size
+    for name in list(weights):
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, QuantizedLinear(weights.pop(name), biases.get(name)))
+
+
+def _joined_bias(biases: list[Any], parts: list[QuantizedWeight]) -> Any:
+    import torch
+
+    if all(b is None for b in biases):
+        return None
+    return torch.nn.Parameter(torch.cat([
+        b.detach() if b is not None else torch.zeros(p.out_features, dtype=torch.float32)
+        for b, p in zip(biases, parts)]), requires_grad=False)
+
+
+def quantize(model: Any, mode: str, device: str = "cpu", fuse: bool = True) -> int:
     """Replace the model's Linear layers (the output head included) in place; return how many."""
-    _, nn = _nn()
+    from torch import nn
+
     check_mode(mode, device)
-    quantized = quantized_linear_class()
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.Linear) and quantizable(child, mode)
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, quantized(child, mode))
+    targets = {
+        name: module for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and quantizable(module, mode)
+    }
+    weights = {name: quantize_weight(m.weight, mode) for name, m in targets.items()}
+    install(model, weights, {name: m.bias for name, m in targets.items()}, fuse)
     # A tied output head shared its weight with the embedding: the embedding keeps the float copy.
     return len(targets)

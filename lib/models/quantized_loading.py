@@ -5,7 +5,10 @@ however small the result. So the first `--quantize` of a model builds it on the 
 (no memory) and fills it from its safetensors files tensor by tensor, each Linear's weight
 quantized as it arrives, then saves the quantized weights (atomically, with lmpipe's
 conversion marker, so lm-cache-ls lists them and lm-cache-rm removes them) under
-lmpipe.paths.models_dir(), keyed by the source files. Later loads read that copy: a
+lmpipe.paths.models_dir(), keyed by the source files and the copy's format. The copy holds
+the portable values (lmpipe.quantize.QuantizedWeight), never a kernel's packed buffers: a
+cache shared by machines with different CPUs serves each of them, and every load packs
+for the CPU that runs. A copy of another format is rebuilt, never misread. Later loads read that copy: a
 quarter (int8) or an eighth (int4) of the bytes, and a peak to match, as llama.cpp's
 quantized GGUF files give. What this cannot do exactly (checkpoint names that need
 transformers' renaming, buffers it cannot rebuild) it reports as None, and the caller loads
@@ -20,14 +23,18 @@ from typing import Any, Callable
 from .. import paths
 from . import gguf
 from .fastpath import FAMILIES
-from .quantize import quantizable, quantized_linear_class
+from .quantize import QuantizedWeight, install, owned, quantizable, quantize_weight
+
+# The copy's layout: 1 held torch's packed int4 buffers (CPU-specific); 2 holds plain values.
+FORMAT = 2
 
 
 def copy_key(folder: Path, mode: str, dtype: Any) -> str:
-    """Names the quantized copy after the source files (path, size, time), so a changed model gets a new one."""
+    """Names the quantized copy after the source files (path, size, time) and the format, so a
+    changed model or an older layout gets a new one."""
     import hashlib
 
-    h = hashlib.sha256(f"{Path(folder).resolve()}|{mode}|{dtype}".encode())
+    h = hashlib.sha256(f"{Path(folder).resolve()}|{mode}|{dtype}|format {FORMAT}".encode())
     for f in sorted(Path(folder).glob("*.safetensors")):
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -42,21 +49,24 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
         return None
     target = paths.models_dir() / copy_key(folder, mode, dtype)
     copy = target / "model.safetensors"
-    if gguf.conversion_info(target) is not None and copy.exists():
-        model = _skeleton(auto, config, dtype, mode, copy)
+    info = gguf.conversion_info(target)
+    if info is not None and info.get("format") == FORMAT and copy.exists():
+        model = _read_copy(auto, config, dtype, mode, copy)
         if model is not None:
             return _finish(model, folder)
     notify(f"quantizing {Path(folder).name} to {mode} (once; later loads read the quantized copy)")
-    model = _skeleton(auto, config, dtype, None, None)
+    model = _skeleton(auto, config, dtype)
     linears = {name: m for name, m in model.named_modules() if _is_linear(m) and quantizable(m, mode)}
     try:
-        model = _fill(model, files, linears, config, mode, dtype)
+        weights = _fill(model, files, linears, config, mode, dtype)
     except ValueError:
         return None
-    if model is not None:
-        _save(model, target, {"source": str(Path(folder).resolve()), "quantize": mode, "dtype": str(dtype)})
-        model = _finish(model, folder)
-    return model
+    if weights is None:
+        return None
+    _save(model, weights, target, {"source": str(Path(folder).resolve()), "quantize": mode, "dtype": str(dtype),
+                                   "format": FORMAT})
+    install(model, weights, _biases(model, weights))  # consumes `weights`
+    return _finish(model, folder)
 
 
 def _is_linear(module: Any) -> bool:
@@ -65,33 +75,55 @@ def _is_linear(module: Any) -> bool:
     return isinstance(module, torch.nn.Linear)
 
 
-def _skeleton(auto: Any, config: Any, dtype: Any, mode: str | None, copy: Path | None) -> Any | None:
-    """The model on the meta device; with `copy`, its linears as quantized shells filled from it."""
+def _skeleton(auto: Any, config: Any, dtype: Any) -> Any:
+    """The model on the meta device: no memory until each tensor is filled."""
     import torch
-    from safetensors import safe_open
 
     with torch.device("meta"):
-        model = auto.from_config(config, dtype=dtype)
-    if copy is None:
-        return model
+        return auto.from_config(config, dtype=dtype)
+
+
+def _read_copy(auto: Any, config: Any, dtype: Any, mode: str, copy: Path) -> Any | None:
+    """The model filled from a quantized copy: its tensors assigned, its quantized linears packed here."""
+    from safetensors import safe_open
+
+    model = _skeleton(auto, config, dtype)
     with safe_open(str(copy), "pt") as f:
         keys = list(f.keys())
-    for name in [k.removesuffix(".qweight") for k in keys if k.endswith(".qweight")]:
-        linear = model.get_submodule(name)
-        shell = quantized_linear_class()(linear, mode, (None, None))
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, shell)
+    quantized: dict[str, dict[str, Any]] = {}
     for key in keys:
-        # One mapping per tensor: a tensor the fast path replaces (fused projections) takes its
-        # mapping, and the pages it touched, with it; one mapping for the file would keep them.
+        # One mapping per tensor: a quantized one is packed into fresh memory and its mapping
+        # dropped with it; one mapping for the file would keep every page it touched.
         with safe_open(str(copy), "pt") as f:
             tensor = f.get_tensor(key)
-        if not _assign(model, key, tensor):
+        owner, _, leaf = key.rpartition(".")
+        if leaf in ("qvalues", "qscales", "qzeros"):
+            # Copied out of the mapping at once (packing needs memory of its own anyway), so
+            # the mapping and its pages go now, not after the whole model is read.
+            quantized.setdefault(owner, {})[key] = owned(tensor)
+        elif not _assign(model, key, tensor):
             return None
+        del tensor
+    weights = {name: QuantizedWeight.from_tensors(mode, tensors, name) for name, tensors in quantized.items()}
+    del quantized
+    try:
+        install(model, weights, _biases(model, weights))
+    except (AttributeError, KeyError):
+        return None  # a copy that does not fit this model's layers: make it again
     return model
 
 
-def _save(model: Any, target: Path, info: dict[str, Any]) -> None:
+def _biases(model: Any, weights: dict[str, QuantizedWeight]) -> dict[str, Any]:
+    biases = {}
+    for name in weights:
+        bias = getattr(model.get_submodule(name), "bias", None)
+        if bias is not None and bias.is_meta:
+            raise ValueError(f"{name} has no bias in the files")
+        biases[name] = bias
+    return biases
+
+
+def _save(model: Any, weights: dict[str, QuantizedWeight], target: Path, info: dict[str, Any]) -> None:
     """Write the copy into a temporary folder, marker last, then rename it into place (atomic)."""
     import json
     import shutil
@@ -99,14 +131,17 @@ def _save(model: Any, target: Path, info: dict[str, Any]) -> None:
 
     from safetensors.torch import save_file
 
+    tensors = {k: v for k, v in model.state_dict().items() if not v.is_meta}  # the linears' weights are not loaded
+    for name, weight in weights.items():
+        tensors.update(weight.tensors(name))
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         (tmp / gguf.MARKER).write_text(json.dumps(info, indent=2))
         if target.exists():
-            shutil.rmtree(target)  # an unfinished copy (a finished one would have been read)
+            shutil.rmtree(target)  # an unfinished copy, or one of another format
         tmp.rename(target)
     except OSError:
         pass  # no copy this time (a read-only cache, a full disk, a race): the model in memory is still good
@@ -128,28 +163,27 @@ def _finish(model: Any, folder: Path) -> Any | None:
     return model.eval()
 
 
-def _fill(model: Any, files: list[Path], linears: dict[str, Any], config: Any, mode: str, dtype: Any):
+def _fill(model: Any, files: list[Path], linears: dict[str, Any], config: Any, mode: str,
+          dtype: Any) -> dict[str, QuantizedWeight] | None:
+    """Assign every tensor of the files to `model`, quantizing each linear's weight as it arrives
+    (its float weight is never kept); the quantized weights by module name, or None."""
     from safetensors import safe_open
 
-    pending: dict[str, Any] = {}  # linear name -> its float weight, until its bias (if any) is read
+    weights: dict[str, QuantizedWeight] = {}
     for file in files:
         with safe_open(str(file), "pt") as f:
             for key in f.keys():
                 owner, _, leaf = key.rpartition(".")
                 if owner in linears and leaf == "weight":
-                    pending[owner] = f.get_tensor(key).to(dtype)
-                    if linears[owner].bias is None:
-                        _quantize_into(model, owner, linears.pop(owner), pending.pop(owner), mode)
+                    weights[owner] = quantize_weight(f.get_tensor(key).to(dtype), mode)
                     continue
                 if not _assign(model, key, f.get_tensor(key).to(dtype)):
                     return None
-    if getattr(config, "tie_word_embeddings", False) and "lm_head" in linears:
-        _quantize_into(model, "lm_head", linears.pop("lm_head"), model.get_input_embeddings().weight, mode)
-    for name in list(pending):
-        _quantize_into(model, name, linears.pop(name), pending.pop(name), mode)
-    if linears:
+    if getattr(config, "tie_word_embeddings", False) and "lm_head" in linears and "lm_head" not in weights:
+        weights["lm_head"] = quantize_weight(model.get_input_embeddings().weight, mode)
+    if set(linears) - set(weights):
         return None  # a weight the files do not hold
-    return model
+    return weights
 
 
 def _assign(model: Any, key: str, tensor: Any) -> bool:
@@ -167,16 +201,3 @@ def _assign(model: Any, key: str, tensor: Any) -> bool:
     else:
         return False
     return True
-
-
-def _quantize_into(model: Any, name: str, linear: Any, weight: Any, mode: str) -> None:
-    import torch
-
-    if linear.bias is not None and linear.bias.is_meta:
-        raise ValueError(f"{name} has no bias in the files")
-    shell = torch.nn.Linear(linear.in_features, linear.out_features, bias=False, device="meta")
-    shell.weight = torch.nn.Parameter(weight, requires_grad=False)
-    quantized = quantized_linear_class()(shell, mode)
-    quantized.bias = linear.bias
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, quantized)
