@@ -6,11 +6,13 @@ import asyncio
 import os
 from pathlib import Path
 
+import orjson
 import pytest
 from dash_helpers import add_stage, alive, shell, stable, wait_for
 
 from conftest import jsonl
 from lmpipe.tui.app import create_app
+from lmpipe.tui.messages import OutputLine
 from lmpipe.tui.pipeline import Pipeline, Stage
 from lmpipe.tui.widgets.stage_meter import StageMeter
 
@@ -41,7 +43,7 @@ def test_build_run_and_compare_with_the_shell(embedded):
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: screen.sub_title.startswith("finished"))
             meters = [s for s in screen.run_.snapshots()]
-            shown = [line for line in screen.query_one("#output").lines]
+            shown = list(screen.query_one("#output").lines_out)
             return screen.pipeline, screen.last_output, meters, shown, screen.last_codes
 
     pipeline, output, meters, shown, codes = asyncio.run(scenario())
@@ -51,7 +53,7 @@ def test_build_run_and_compare_with_the_shell(embedded):
                                             for t in ("Hello there", "What is a pipe?", "Name a color")]
     assert records[2]["id"] == 3
     assert all(r["generated"] and r["manifest"]["kind"] == "embedded" for r in records)
-    assert [jsonl(line.encode())[0] for line in shown] == records  # the output panel holds the records
+    assert [jsonl(line)[0] for line in shown] == records  # the output panel holds the records
     assert [(m.records_in, m.records_out, m.errors) for m in meters] == [(3, 3, 0), (3, 3, 0)]
     assert meters[1].tokens > 0  # tokens were streamed and counted, then kept out of the records
     # The meters read the tools' progress events (lmpipe.records.progress JSON on stderr).
@@ -176,3 +178,34 @@ def test_saved_pipeline_reloads_identical_and_runs_headless(tmp_path, tiny_llama
     failing = run_tool("lm-dash", "--run", str(tmp_path / "bad.json"), input=data)
     assert failing.returncode == 2
     assert b"No such option '--bogus'" in failing.stderr
+
+
+def test_output_panel_shows_the_answers_wrapped_and_the_raw_lines_on_a_key():
+    long = "Rome is the capital of Italy, on the Tiber; the Forum and the Colosseum stand in its centre."
+    lines = [orjson.dumps(r) + b"\n" for r in ({"text": "Capital of Italy?", "answer": long},
+                                               {"text": "x", "error": "prompt too long", "line": 2},
+                                               {"id": 3, "text": "Name a color", "answer": "Blue."})]
+
+    async def scenario():
+        app = create_app(pipeline=Pipeline((Stage("lm-generate", ("--out", "answer")),)))
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            output = screen.query_one("#output")  # shows the last stage's --out
+            for line in lines:
+                screen.post_message(OutputLine(line))
+            await pilot.pause()
+            readable = [strip.text.rstrip() for strip in output.lines]
+            title = output.border_title
+            await pilot.press("ctrl+l")
+            await pilot.pause()
+            raw = "".join(strip.text.rstrip() for strip in output.lines)
+            return readable, title, raw, output.border_title, output.size.width
+
+    readable, title, raw, raw_title, width = asyncio.run(scenario())
+    assert title == "Output: answer" and raw_title == "Output: raw JSONL"
+    first = readable[:readable.index("2 line 2: prompt too long")]
+    assert len(first) > 1 and all(len(line) <= width for line in readable)  # wrapped, not cut
+    assert first[0].startswith("1 Rome") and " ".join(line[2:] for line in first) == long
+    assert readable[len(first):] == ["2 line 2: prompt too long", "3 Blue."]
+    expected = b"".join(lines).decode()
+    assert "".join(raw.split()) == "".join(expected.split())  # every byte of every line, wrapped

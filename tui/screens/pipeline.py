@@ -10,13 +10,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, ListItem, ListView, Log, Static, TextArea
+from textual.widgets import Footer, Header, Label, ListItem, ListView, Static, TextArea
 
 from lmpipe.errors import LmpipeError
 
 from ..live import PipelineRun, StageSnapshot
 from ..messages import OutputLine, RunFinished, StageUpdated
 from ..pipeline import Pipeline, Stage
+from ..widgets.output_view import OutputView
 from ..widgets.stage_meter import StageMeter
 from .dialogs import AskPath, PickTool
 from .stage_form import StageForm
@@ -31,6 +32,7 @@ class PipelineScreen(Screen):
         Binding("shift+up", "move(-1)", "Up"),
         Binding("shift+down", "move(1)", "Down"),
         Binding("ctrl+r", "run", "Run"),
+        Binding("ctrl+l", "toggle_raw", "Raw"),
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+o", "load", "Load"),
@@ -54,7 +56,7 @@ class PipelineScreen(Screen):
             yield VerticalScroll(id="meters")
         with Horizontal(id="pipe-io"):
             yield TextArea(self.input_text, id="input", show_line_numbers=False, soft_wrap=False)
-            yield Log(id="output", highlight=False)
+            yield OutputView(id="output")
         yield Static("", id="shell", markup=False)
         yield Footer(compact=True)
 
@@ -62,7 +64,6 @@ class PipelineScreen(Screen):
         self.query_one("#stages").border_title = "Stages"
         self.query_one("#meters").border_title = "Meters"
         self.query_one("#input").border_title = "Input: text or JSONL, a record a line"
-        self.query_one("#output").border_title = "Output"
         self.redraw()
         self.query_one("#stages").focus()
 
@@ -79,6 +80,9 @@ class PipelineScreen(Screen):
         meters = self.query_one("#meters", VerticalScroll)
         meters.remove_children()
         meters.mount_all([StageMeter(i, s) for i, s in enumerate(self.pipeline.stages)])
+        if not self.running:
+            last = self.pipeline.stages[-1] if self.pipeline.stages else None
+            self.query_one("#output", OutputView).show_field(last.out_field() if last else None)
         shell = self.pipeline.shell()
         self.query_one("#shell", Static).update(f"$ {shell}" if shell else "$ (add a stage with a)")
 
@@ -190,7 +194,7 @@ class PipelineScreen(Screen):
             return
         for meter in self.query(StageMeter):
             meter.show(StageSnapshot(meter.index, self.pipeline.stages[meter.index].tool))
-        self.query_one("#output", Log).clear()
+        self.query_one("#output", OutputView).reset(self.pipeline.stages[-1].out_field())
         self.last_output, self.last_codes = b"", ()
         data = self.query_one("#input", TextArea).text.encode("utf-8")
         self.run_ = PipelineRun(self.pipeline, data, on_update=lambda s: self.post_message(StageUpdated(s)),
@@ -198,6 +202,9 @@ class PipelineScreen(Screen):
                                 on_finished=lambda r: self.post_message(RunFinished(r)))
         self.sub_title = "running"
         self.run_.start()
+
+    def action_toggle_raw(self) -> None:
+        self.query_one("#output", OutputView).toggle_raw()
 
     def action_cancel(self) -> None:
         if self.running and self.run_ is not None:
@@ -213,7 +220,7 @@ class PipelineScreen(Screen):
                 meter.show(message.snapshot)
 
     def on_output_line(self, message: OutputLine) -> None:
-        self.query_one("#output", Log).write_line(message.line.decode("utf-8", "replace").rstrip("\n"))
+        self.query_one("#output", OutputView).add(message.line)
 
     def on_run_finished(self, message: RunFinished) -> None:
         result = message.result
