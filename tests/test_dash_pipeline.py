@@ -11,6 +11,8 @@ import pytest
 from dash_helpers import add_stage, alive, shell, stable, wait_for
 
 from conftest import jsonl
+from textual import events
+
 from lmpipe.tui.app import create_app
 from lmpipe.tui.messages import OutputLine
 from lmpipe.tui.pipeline import Pipeline, Stage
@@ -107,12 +109,12 @@ def test_a_bad_option_shows_its_error_and_the_app_stays_responsive():
             meter = screen.query_one(StageMeter)
             error = str(meter.query_one(".meter-error").render())
             # Still answering keys: a dialog opens and closes, the stage can be removed.
-            await pilot.press("a")
+            await pilot.press("ctrl+n")
             await pilot.pause()
             opened = type(app.screen).__name__
             await pilot.press("escape")
             await pilot.pause()
-            await pilot.press("x")
+            await pilot.press("delete")
             await pilot.pause()
             return screen.last_codes, error, meter.has_class("failed"), opened, screen.pipeline
 
@@ -178,6 +180,63 @@ def test_saved_pipeline_reloads_identical_and_runs_headless(tmp_path, tiny_llama
     failing = run_tool("lm-dash", "--run", str(tmp_path / "bad.json"), input=data)
     assert failing.returncode == 2
     assert b"No such option '--bogus'" in failing.stderr
+
+
+def bound_letters() -> set[str]:
+    """Every single printable key bound anywhere in lm-dash (screens, dialogs, the app), and the
+    letters the pipeline screen once bound (a, e, x)."""
+    import importlib
+
+    from textual.app import App
+    from textual.binding import Binding
+    from textual.screen import Screen
+
+    letters = set("aex")
+    for name in ("app", "screens.pipeline", "screens.chat", "screens.tokens", "screens.models",
+                 "screens.dialogs", "screens.stage_form"):
+        module = importlib.import_module(f"lmpipe.tui.{name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, (App, Screen)) and obj.__module__ == module.__name__:
+                for binding in obj.BINDINGS:
+                    keys = binding.key if isinstance(binding, Binding) else binding[0]
+                    letters.update(k.lower() for k in keys.split(",") if len(k) == 1 and k.isalpha())
+    return letters
+
+
+SENTENCE = "What is the capital of Italy? Explain it, yes, and don't index guesses."
+
+
+def test_typing_is_typing_even_when_the_stage_list_has_focus():
+    # The issue: after adding a stage, typing a question opened "Add a stage" (the `a` of "What").
+    assert bound_letters() <= set(SENTENCE.lower())
+
+    async def scenario():
+        app = create_app(input_text="first record\n")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            await add_stage(pilot, "lm-template", {})
+            assert screen.focused is screen.query_one("#stages")
+            await pilot.press(*SENTENCE)
+            await pilot.pause()
+            typed = screen.query_one("#input").text
+            top, focused = type(app.screen).__name__, screen.focused.id
+            # A paste outside a text field lands in the input box too.
+            screen.set_focus(screen.query_one("#stages"))
+            app.post_message(events.Paste(" Briefly."))
+            await pilot.pause()
+            pasted = screen.query_one("#input").text
+            # The footer says how to reach the input; the commands are chords.
+            shown = {b.binding.key_display or b.binding.key: b.binding.description
+                     for b in screen.active_bindings.values() if b.binding.show}
+            return typed, pasted, top, focused, screen.pipeline, shown
+
+    typed, pasted, top, focused, pipeline, shown = asyncio.run(scenario())
+    assert top == "PipelineScreen" and focused == "input"  # no dialog opened
+    assert typed == "first record\n" + SENTENCE  # appended where the records end
+    assert pasted == typed + " Briefly."
+    assert pipeline == Pipeline((Stage("lm-template"),))  # no stage added, edited or removed
+    assert shown["type"] == "to Input"
+    assert not [k for k in shown if len(k) == 1]
 
 
 def test_output_panel_shows_the_answers_wrapped_and_the_raw_lines_on_a_key():

@@ -57,7 +57,7 @@ def test_output_panel(snap_compare, size):
 @pytest.mark.parametrize("size", SIZES)
 def test_stage_form(snap_compare, size):
     async def before(pilot):
-        await pilot.press("e")
+        await pilot.press("ctrl+e")
         await steady(pilot)
 
     assert snap_compare(create_app(pipeline=PIPELINE), terminal_size=size, run_before=before)
