@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (batch_option, draft_options, field_options, job_options, model_options,
-                            progress_option, sampling_options, server_option, speed_options)
+from lmpipe.cli.options import (batch_option, draft_options, field_options, given_on_command_line, job_options,
+                                model_options, progress_option, sampling_options, server_option, speed_options)
 from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
@@ -15,13 +15,17 @@ FIELDS_READ = {
     "tools": "Tools the model may call, in OpenAI's form [{\"type\": \"function\", \"function\": {name, description, parameters}}].",
     "tool_choice": "This record's --tool-choice: auto, required, none, a tool name or {\"function\": {\"name\": ...}}.",
     "id": "With --output --resume: what the record is known by (else the SHA-256 of the whole record).",
+    "agent": "From lm-template --agent: {file, model, run}: generate with that model and those [run] settings "
+             "(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop); options typed on the "
+             "command line win. Another key in run is an error record.",
 }
 FIELDS_WRITTEN = {
     "generated": "The generated text (or the field named by --out).",
     "reasoning": "The model's reasoning, when it wrote some apart from the answer.",
     "tokens": "With --top-probs: each token's id, text, probability `p` and its likeliest alternatives `top`.",
     "stats": "input_tokens, output_tokens, ttft_s, tokens_per_s, total_s, finish_reason (and ttnt_s with --ttnt).",
-    "manifest": "model, kind, revision or sha256, settings, device, dtype and versions: what made the text.",
+    "manifest": "model, kind, revision or sha256, settings, device, dtype and versions: what made the text; "
+                "for a record with an agent, `agent`: {file, applied, overridden}.",
     "json": "With --json-schema: the answer parsed, validated against the schema.",
     "tool_calls": "For records with tools: [{id, type: function, function: {name, arguments (a JSON string)}}]; "
                   "the text field is then null and stats.finish_reason is tool_calls.",
@@ -58,7 +62,8 @@ def main(**options):
     """Generate text for every JSONL record on stdin (or for PROMPT).
 
     Reads the text from --field, or a chat from `messages`; writes the record back with the
-    text in --out, plus `stats` and `manifest`.
+    text in --out, plus `stats` and `manifest`. A record from `lm-template --agent` runs with
+    its agent's model and [run] settings, except options typed on this command line.
 
     \b
       echo "What is the capital of France?" | lm-generate
@@ -66,11 +71,12 @@ def main(**options):
       lm-generate --json-schema person.json --output people.jsonl --resume < bios.jsonl
       lm-generate --choice yes --choice no "Is the sky blue?"
       lm-generate --shard 0/4 --output part0.jsonl --progress json < big.jsonl
+      lm-template --agent translator.toml < texts.jsonl | lm-generate
     """
     from lmpipe.cli.settings import generate_run
     from lmpipe.tasks.generate import run
 
-    guarded("lm-generate", lambda: run(generate_run(options), tty=stdout_is_tty()))
+    guarded("lm-generate", lambda: run(generate_run(options, given_on_command_line()), tty=stdout_is_tty()))
 
 
 if __name__ == "__main__":

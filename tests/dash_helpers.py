@@ -41,12 +41,12 @@ async def set_inputs(pilot, values: dict[str, str]) -> None:
 
 
 async def add_stage(pilot, tool: str, values: dict[str, str]) -> None:
-    await pilot.press("a")
+    await pilot.press("ctrl+n")
     await pilot.pause()
     await pilot.press(*tool)
     await pilot.press("enter")
     await pilot.pause()
-    await pilot.press("e")
+    await pilot.press("ctrl+e")
     await pilot.pause()
     await set_inputs(pilot, values)
 

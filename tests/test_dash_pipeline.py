@@ -6,11 +6,15 @@ import asyncio
 import os
 from pathlib import Path
 
+import orjson
 import pytest
 from dash_helpers import add_stage, alive, shell, stable, wait_for
 
 from conftest import jsonl
+from textual import events
+
 from lmpipe.tui.app import create_app
+from lmpipe.tui.messages import OutputLine
 from lmpipe.tui.pipeline import Pipeline, Stage
 from lmpipe.tui.widgets.stage_meter import StageMeter
 
@@ -41,7 +45,7 @@ def test_build_run_and_compare_with_the_shell(embedded):
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: screen.sub_title.startswith("finished"))
             meters = [s for s in screen.run_.snapshots()]
-            shown = [line for line in screen.query_one("#output").lines]
+            shown = list(screen.query_one("#output").lines_out)
             return screen.pipeline, screen.last_output, meters, shown, screen.last_codes
 
     pipeline, output, meters, shown, codes = asyncio.run(scenario())
@@ -51,7 +55,7 @@ def test_build_run_and_compare_with_the_shell(embedded):
                                             for t in ("Hello there", "What is a pipe?", "Name a color")]
     assert records[2]["id"] == 3
     assert all(r["generated"] and r["manifest"]["kind"] == "embedded" for r in records)
-    assert [jsonl(line.encode())[0] for line in shown] == records  # the output panel holds the records
+    assert [jsonl(line)[0] for line in shown] == records  # the output panel holds the records
     assert [(m.records_in, m.records_out, m.errors) for m in meters] == [(3, 3, 0), (3, 3, 0)]
     assert meters[1].tokens > 0  # tokens were streamed and counted, then kept out of the records
     # The meters read the tools' progress events (lmpipe.records.progress JSON on stderr).
@@ -105,12 +109,12 @@ def test_a_bad_option_shows_its_error_and_the_app_stays_responsive():
             meter = screen.query_one(StageMeter)
             error = str(meter.query_one(".meter-error").render())
             # Still answering keys: a dialog opens and closes, the stage can be removed.
-            await pilot.press("a")
+            await pilot.press("ctrl+n")
             await pilot.pause()
             opened = type(app.screen).__name__
             await pilot.press("escape")
             await pilot.pause()
-            await pilot.press("x")
+            await pilot.press("delete")
             await pilot.pause()
             return screen.last_codes, error, meter.has_class("failed"), opened, screen.pipeline
 
@@ -176,3 +180,91 @@ def test_saved_pipeline_reloads_identical_and_runs_headless(tmp_path, tiny_llama
     failing = run_tool("lm-dash", "--run", str(tmp_path / "bad.json"), input=data)
     assert failing.returncode == 2
     assert b"No such option '--bogus'" in failing.stderr
+
+
+def bound_letters() -> set[str]:
+    """Every single printable key bound anywhere in lm-dash (screens, dialogs, the app), and the
+    letters the pipeline screen once bound (a, e, x)."""
+    import importlib
+
+    from textual.app import App
+    from textual.binding import Binding
+    from textual.screen import Screen
+
+    letters = set("aex")
+    for name in ("app", "screens.pipeline", "screens.chat", "screens.tokens", "screens.models",
+                 "screens.dialogs", "screens.stage_form"):
+        module = importlib.import_module(f"lmpipe.tui.{name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, (App, Screen)) and obj.__module__ == module.__name__:
+                for binding in obj.BINDINGS:
+                    keys = binding.key if isinstance(binding, Binding) else binding[0]
+                    letters.update(k.lower() for k in keys.split(",") if len(k) == 1 and k.isalpha())
+    return letters
+
+
+SENTENCE = "What is the capital of Italy? Explain it, yes, and don't index guesses."
+
+
+def test_typing_is_typing_even_when_the_stage_list_has_focus():
+    # The issue: after adding a stage, typing a question opened "Add a stage" (the `a` of "What").
+    assert bound_letters() <= set(SENTENCE.lower())
+
+    async def scenario():
+        app = create_app(input_text="first record\n")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            await add_stage(pilot, "lm-template", {})
+            assert screen.focused is screen.query_one("#stages")
+            await pilot.press(*SENTENCE)
+            await pilot.pause()
+            typed = screen.query_one("#input").text
+            top, focused = type(app.screen).__name__, screen.focused.id
+            # A paste outside a text field lands in the input box too.
+            screen.set_focus(screen.query_one("#stages"))
+            app.post_message(events.Paste(" Briefly."))
+            await pilot.pause()
+            pasted = screen.query_one("#input").text
+            # The footer says how to reach the input; the commands are chords.
+            shown = {b.binding.key_display or b.binding.key: b.binding.description
+                     for b in screen.active_bindings.values() if b.binding.show}
+            return typed, pasted, top, focused, screen.pipeline, shown
+
+    typed, pasted, top, focused, pipeline, shown = asyncio.run(scenario())
+    assert top == "PipelineScreen" and focused == "input"  # no dialog opened
+    assert typed == "first record\n" + SENTENCE  # appended where the records end
+    assert pasted == typed + " Briefly."
+    assert pipeline == Pipeline((Stage("lm-template"),))  # no stage added, edited or removed
+    assert shown["type"] == "to Input"
+    assert not [k for k in shown if len(k) == 1]
+
+
+def test_output_panel_shows_the_answers_wrapped_and_the_raw_lines_on_a_key():
+    long = "Rome is the capital of Italy, on the Tiber; the Forum and the Colosseum stand in its centre."
+    lines = [orjson.dumps(r) + b"\n" for r in ({"text": "Capital of Italy?", "answer": long},
+                                               {"text": "x", "error": "prompt too long", "line": 2},
+                                               {"id": 3, "text": "Name a color", "answer": "Blue."})]
+
+    async def scenario():
+        app = create_app(pipeline=Pipeline((Stage("lm-generate", ("--out", "answer")),)))
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            output = screen.query_one("#output")  # shows the last stage's --out
+            for line in lines:
+                screen.post_message(OutputLine(line))
+            await pilot.pause()
+            readable = [strip.text.rstrip() for strip in output.lines]
+            title = output.border_title
+            await pilot.press("ctrl+l")
+            await pilot.pause()
+            raw = "".join(strip.text.rstrip() for strip in output.lines)
+            return readable, title, raw, output.border_title, output.size.width
+
+    readable, title, raw, raw_title, width = asyncio.run(scenario())
+    assert title == "Output: answer" and raw_title == "Output: raw JSONL"
+    first = readable[:readable.index("2 line 2: prompt too long")]
+    assert len(first) > 1 and all(len(line) <= width for line in readable)  # wrapped, not cut
+    assert first[0].startswith("1 Rome") and " ".join(line[2:] for line in first) == long
+    assert readable[len(first):] == ["2 line 2: prompt too long", "3 Blue."]
+    expected = b"".join(lines).decode()
+    assert "".join(raw.split()) == "".join(expected.split())  # every byte of every line, wrapped

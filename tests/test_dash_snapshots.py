@@ -32,9 +32,32 @@ def test_pipeline_screen(snap_compare, size):
 
 
 @pytest.mark.parametrize("size", SIZES)
+def test_output_panel(snap_compare, size):
+    """Each record's generated text, wrapped under its number; an error record in red."""
+    import orjson
+
+    from lmpipe.tui.messages import OutputLine
+
+    records = [
+        {"text": "What is a pipe?", "generated": "A pipe connects the output of one program to the input of "
+                                                  "the next, so small tools can be joined into larger ones."},
+        {"text": "Name a color", "id": 2, "error": "prompt too long", "line": 2},
+        {"text": "What is the capital of Italy?", "generated": "The capital of Italy is Rome."},
+    ]
+
+    async def before(pilot):
+        screen = pilot.app.screen
+        for record in records:
+            screen.post_message(OutputLine(orjson.dumps(record) + b"\n"))
+        await steady(pilot)
+
+    assert snap_compare(create_app(pipeline=PIPELINE, input_text=INPUT), terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_stage_form(snap_compare, size):
     async def before(pilot):
-        await pilot.press("e")
+        await pilot.press("ctrl+e")
         await steady(pilot)
 
     assert snap_compare(create_app(pipeline=PIPELINE), terminal_size=size, run_before=before)

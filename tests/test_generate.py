@@ -195,3 +195,69 @@ def test_warm_cache_loads_without_converting_again(embedded):
                    if (conversion_info(p) or {}).get("source") == str(embedded_gguf())]
     assert conversions == [embedded.name]
     assert not [p.name for p in embedded.parent.iterdir() if p.name.startswith(".")]
+
+
+AGENT = """
+[agent]
+role = "You are terse."
+
+[engine]
+model_id = "{model}"
+
+[run]
+max_new_tokens = 5
+temperature = 0
+"""
+
+
+def test_an_agent_file_runs_as_written(tmp_path, tiny_llama, embedded):
+    # lm-template --agent copies [engine] and [run] into the record; lm-generate applies them.
+    terse, beams = tmp_path / "terse.toml", tmp_path / "beams.toml"
+    terse.write_text(AGENT.format(model=tiny_llama))
+    beams.write_text(AGENT.format(model=tiny_llama) + "num_beams = 4\n")
+    first, last = run_tool("lm-template", "--agent", str(terse), input="The quick\nbrown fox\n").stdout.splitlines()
+    wrong = run_tool("lm-template", "--agent", str(beams), input="jumps\n").stdout.strip()
+    data = b"\n".join([first, b'{"text": "What is the capital of France?"}', wrong, last]) + b"\n"
+    result = invoke("--seed", "1", input=data)
+    assert result.exit_code == 1
+    a, plain, error, b = jsonl(result.stdout_bytes)
+    for record in (a, b):  # batched together with their own model, not the running one
+        m = record["manifest"]
+        assert (m["model"], m["kind"]) == (str(tiny_llama), "folder")
+        assert (m["sampling"]["max_new_tokens"], m["sampling"]["temperature"], m["sampling"]["seed"]) == (5, 0.0, 1)
+        assert m["agent"] == {"file": str(terse), "overridden": [],
+                              "applied": {"model": str(tiny_llama), "max_new_tokens": 5, "temperature": 0.0}}
+        assert record["stats"]["output_tokens"] <= 5
+    assert (a["text"], b["text"]) == ("The quick", "brown fox")
+    assert plain["manifest"]["kind"] == "embedded" and "agent" not in plain["manifest"]
+    assert plain["manifest"]["sampling"]["max_new_tokens"] == 256 and plain["generated"]
+    assert error["line"] == 3 and error["text"] == "jumps" and "generated" not in error
+    assert error["error"].startswith("agent [run] num_beams: not a setting lmpipe knows (max_new_tokens,")
+    assert "1 of 4 records failed (first: line 3: agent [run] num_beams" in result.stderr
+
+
+def test_options_typed_on_the_command_line_win_over_the_agent(tiny):
+    agent = {"file": "a.toml", "model": "smollm2", "run": {"max_new_tokens": 5, "seed": 3, "top_k": 2, "temperature": 0.7}}
+    result = CliRunner().invoke(main, tiny, input=orjson.dumps({"text": "The quick", "agent": agent}),
+                                env={"LMPIPE_SEED": "7"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    m = jsonl(result.stdout_bytes)[0]["manifest"]
+    assert m["model"] == tiny[1] and m["sampling"]["max_new_tokens"] == 6  # -m and -n were typed
+    # An environment variable is a default, not a choice made for this run: the agent's seed wins.
+    assert (m["sampling"]["seed"], m["sampling"]["top_k"], m["sampling"]["temperature"]) == (3, 2, 0.7)
+    assert m["agent"] == {"file": "a.toml", "overridden": ["model", "max_new_tokens"],
+                          "applied": {"seed": 3, "top_k": 2, "temperature": 0.7}}
+
+
+def test_a_model_an_agent_names_that_cannot_load_fails_its_records_only(tiny_llama):
+    lines = [{"text": "a", "agent": {"model": "nobody/nothing"}}, {"text": "b"},
+             {"text": "c", "agent": {"model": "nobody/nothing", "run": {"max_new_tokens": 2}}}]
+    data = b"".join(orjson.dumps(r) + b"\n" for r in lines)
+    result = CliRunner().invoke(main, ["-n", "3"], input=data, env={"LMPIPE_MODEL": str(tiny_llama)},
+                                catch_exceptions=False)
+    assert result.exit_code == 1
+    a, b, c = jsonl(result.stdout_bytes)
+    assert (a["line"], c["line"]) == (1, 3) and a["error"] == c["error"]
+    assert a["error"] == ("agent model nobody/nothing: model 'nobody/nothing' is not in the Hugging Face cache; "
+                          "fetch it with: lm-pull nobody/nothing")
+    assert b["manifest"]["model"] == str(tiny_llama) and "error" not in b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -163,6 +164,21 @@ def test_lm_generate_through_the_server_writes_the_same_records(server, tiny_lla
     raw = run_tool("lm-generate", *args, "--raw", "--server", server.url, input=lines)
     assert [r.get("generated") for r in jsonl(raw.stdout)][:2] == [
         r.get("generated") for r in jsonl(run_tool("lm-generate", *args, "--raw", input=lines).stdout)][:2]
+
+
+def test_a_model_an_agent_names_is_sent_by_name(server, tiny_llama):
+    # The server serves one model: a record without an agent gets it, whatever -m says; a record
+    # whose agent names another model is sent with that name (and refused), never quietly re-routed.
+    lines = [{"text": "The quick"}, {"text": "brown", "agent": {"file": "a.toml", "model": "someone/else"}},
+             {"text": "fox", "agent": {"file": "a.toml", "model": str(tiny_llama), "run": {"max_new_tokens": 2}}}]
+    data = "".join(json.dumps(r) + "\n" for r in lines)
+    result = run_tool("lm-generate", "--seed", "3", "--server", server.url, input=data)
+    assert result.returncode == 1
+    plain, other, named = jsonl(result.stdout)
+    assert plain["manifest"]["model"] == named["manifest"]["model"] == str(tiny_llama)
+    assert other["line"] == 2 and "unknown model 'someone/else'" in other["error"]
+    assert named["manifest"]["sampling"]["max_new_tokens"] == 2 and named["stats"]["output_tokens"] <= 2
+    assert named["manifest"]["agent"]["applied"] == {"model": str(tiny_llama), "max_new_tokens": 2}
 
 
 def test_what_only_in_process_generation_does_is_refused_through_a_server(server, tiny_llama):

@@ -118,6 +118,9 @@ def test_agent_output_drives_lm_generate(tmp_path, tiny_llama):
     [record] = jsonl(generated.stdout)
     assert record["messages"][1]["content"] == "Hello there" and "generated" in record
     assert record["stats"]["input_tokens"] > 20  # the system prompt reached the model
+    # The agent asks for smollm2 and 64 tokens; -m and -n typed on the command line win, and say so.
+    assert record["manifest"]["model"] == str(tiny_llama) and record["manifest"]["sampling"]["max_new_tokens"] == 4
+    assert record["manifest"]["agent"] == {"file": str(agent), "applied": {}, "overridden": ["model", "max_new_tokens"]}
 
 
 def test_starts_without_torch():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from lmpipe.cli.commands import executable
+from lmpipe.cli.commands import executable, spec, values_from_args
 from lmpipe.errors import UsageError
 
 FORMAT = "lmpipe_pipeline"
@@ -32,6 +32,16 @@ class Stage:
 
     def shell(self) -> str:
         return shlex.join(self.argv())
+
+    def out_field(self) -> str | None:
+        """The field this stage writes its answer to (its `--out`), or None when it has none."""
+        try:
+            tool = spec(self.tool)
+        except LookupError:
+            return None
+        if not any(o.name == "out" for o in tool.options):
+            return None
+        return values_from_args(tool, list(self.args)).get("out") or None
 
 
 @dataclass(frozen=True)

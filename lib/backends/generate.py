@@ -88,13 +88,19 @@ def answer_record(item: Item, settings: GenerateSettings, plan: Plan, text: str,
 class GenerateTask:
     """Holds a loaded model and turns batches of items into finished records and token events."""
 
-    def __init__(self, lm: LoadedModel, settings: GenerateSettings):
-        from ..engine.speculative import load_draft, manifest_part
+    def __init__(self, lm: LoadedModel, settings: GenerateSettings, draft: LoadedModel | None = None):
+        """`draft`: the draft model another task already loaded (checked again for this model and
+        these settings); without it, the one `settings.decoding` names is loaded."""
+        from ..engine.speculative import check_draft, load_draft, manifest_part
 
         self.lm = lm
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
-        self.draft = load_draft(settings.decoding, lm, self.settings.sampling)
+        if draft is not None:
+            check_draft(lm.model, draft.model, lm.tokenizer, draft.tokenizer, self.settings.sampling)
+            self.draft: LoadedModel | None = draft
+        else:
+            self.draft = load_draft(settings.decoding, lm, self.settings.sampling)
         self.manifest = manifest(lm.identity, {**run_settings(self.settings), **manifest_part(settings.decoding, self.draft)},
                                  lm.device, lm.dtype)
         if settings.constraint is not None:

@@ -97,16 +97,19 @@ def stats_of(response: dict[str, Any]) -> dict[str, Any]:
 class RemoteGenerateTask:
     """GenerateTask's twin for a server: the same `process` contract, the same records."""
 
-    def __init__(self, client: ServerClient, model: str, settings: Any):
+    def __init__(self, client: ServerClient, model: str, settings: Any, by_name: bool = False):
+        """`by_name`: send `model` as it is (a record's agent named it); otherwise a server that
+        serves one model under another name is sent that name."""
         from dataclasses import replace
 
         self.client, self.model = client, model
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         if settings.top_probs:
             raise UsageError("--top-probs needs in-process generation (drop --server)")
-        served = client.models()
-        if served and model not in served:
-            self.model = served[0] if len(served) == 1 else model
+        if not by_name:
+            served = client.models()
+            if served and model not in served:
+                self.model = served[0] if len(served) == 1 else model
 
     def payload(self, record: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
         body, chat = request_for(record, self.settings.prompt)

@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Callable
 
 import click
+from click.core import ParameterSource
 
 from ..models.device import ATTENTIONS, DEVICES, DTYPES
 from ..models.resolve import DEFAULT_MODEL
+
+
+def given_on_command_line() -> frozenset[str]:
+    """The running command's options typed on its command line (not defaults, not environment
+    variables): what a record may not change (lm-generate and a record's agent)."""
+    ctx = click.get_current_context()
+    return frozenset(name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE)
 
 
 def _stack(*decorators: Callable) -> Callable:

@@ -105,12 +105,14 @@ def generate_settings(o: Options) -> "GenerateSettings":
     )
 
 
-def generate_run(o: Options) -> "GenerateRun":
+def generate_run(o: Options, given: frozenset[str] = frozenset()) -> "GenerateRun":
+    """`given`: the options typed on the command line (given_on_command_line), which a record's
+    agent may not change."""
     from ..tasks.generate import GenerateRun
 
     return GenerateRun(settings=generate_settings(o), model=model_settings(o), pipe=pipe_settings(o),
                        prompt=o.get("prompt"), server=o.get("server"), stream=o["stream"], quiet=o["quiet"],
-                       display_pause=o["display_pause"])
+                       display_pause=o["display_pause"], given=given)
 
 
 def detect_run(o: Options) -> "DetectRun":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends.agent import AgentTasks, in_process, through_server
 from ..backends.generate import GenerateSettings, GenerateTask
 from ..engine.generation import Token
 from ..errors import UsageError
@@ -26,6 +27,7 @@ class GenerateRun:
     stream: bool = False  # in a pipe, token events before each record
     quiet: bool = False  # on a terminal, the text only
     display_pause: int = 0  # ms between tokens on a terminal with --top-probs
+    given: frozenset[str] = frozenset()  # options typed on the command line: they win over a record's agent
 
     def __post_init__(self) -> None:
         if self.stream and self.server:
@@ -53,9 +55,11 @@ def run(r: GenerateRun, tty: bool) -> int:
     if r.server:
         from ..backends.remote import RemoteGenerateTask, ServerClient
 
-        task: Any = RemoteGenerateTask(ServerClient(r.server), r.model.model, r.settings)
+        base: Any = RemoteGenerateTask(ServerClient(r.server), r.model.model, r.settings)
+        task = AgentTasks(base, through_server(base), r.given)
     else:
-        task = GenerateTask(load(r.model), r.settings)
+        base = GenerateTask(load(r.model), r.settings)
+        task = AgentTasks(base, in_process(base, r.model), r.given)
     if tty:
         sink: Any = GenerateTtySink(quiet=r.quiet, boxes=r.settings.top_probs > 0, pause_ms=r.display_pause)
     else:

@@ -5,37 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, ListItem, ListView, Log, Static, TextArea
+from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Static, TextArea
 
 from lmpipe.errors import LmpipeError
 
 from ..live import PipelineRun, StageSnapshot
 from ..messages import OutputLine, RunFinished, StageUpdated
 from ..pipeline import Pipeline, Stage
+from ..widgets.output_view import OutputView
 from ..widgets.stage_meter import StageMeter
 from .dialogs import AskPath, PickTool
 from .stage_form import StageForm
 
 
 class PipelineScreen(Screen):
+    """Typing is typing: printable keys pressed outside a text field go to the input box, so every
+    command is a chord (or Enter/Delete on the stage list), never a letter."""
+
     TITLE = "Pipeline"
     BINDINGS = [
-        Binding("a", "add", "Add"),
-        Binding("e", "configure", "Edit"),
-        Binding("x,delete", "remove", "Remove"),
-        Binding("shift+up", "move(-1)", "Up"),
-        Binding("shift+down", "move(1)", "Down"),
+        Binding("ctrl+t", "focus_input", "to Input", key_display="type"),
+        Binding("ctrl+n", "add", "Add"),
+        Binding("ctrl+e", "configure", "Edit"),
+        Binding("delete", "remove", "Remove"),
         Binding("ctrl+r", "run", "Run"),
+        Binding("ctrl+l", "toggle_raw", "Raw"),
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+o", "load", "Load"),
-        Binding("ctrl+f", "input_file", "Input"),
+        Binding("ctrl+f", "input_file", "Input file"),
         Binding("ctrl+y", "copy", "Copy"),
+        Binding("shift+up", "move(-1)", "Up", show=False),
+        Binding("shift+down", "move(1)", "Down", show=False),
     ]
 
     def __init__(self, pipeline: Pipeline | None = None, input_text: str = "", path: str | None = None):
@@ -54,7 +60,7 @@ class PipelineScreen(Screen):
             yield VerticalScroll(id="meters")
         with Horizontal(id="pipe-io"):
             yield TextArea(self.input_text, id="input", show_line_numbers=False, soft_wrap=False)
-            yield Log(id="output", highlight=False)
+            yield OutputView(id="output")
         yield Static("", id="shell", markup=False)
         yield Footer(compact=True)
 
@@ -62,7 +68,6 @@ class PipelineScreen(Screen):
         self.query_one("#stages").border_title = "Stages"
         self.query_one("#meters").border_title = "Meters"
         self.query_one("#input").border_title = "Input: text or JSONL, a record a line"
-        self.query_one("#output").border_title = "Output"
         self.redraw()
         self.query_one("#stages").focus()
 
@@ -79,8 +84,11 @@ class PipelineScreen(Screen):
         meters = self.query_one("#meters", VerticalScroll)
         meters.remove_children()
         meters.mount_all([StageMeter(i, s) for i, s in enumerate(self.pipeline.stages)])
+        if not self.running:
+            last = self.pipeline.stages[-1] if self.pipeline.stages else None
+            self.query_one("#output", OutputView).show_field(last.out_field() if last else None)
         shell = self.pipeline.shell()
-        self.query_one("#shell", Static).update(f"$ {shell}" if shell else "$ (add a stage with a)")
+        self.query_one("#shell", Static).update(f"$ {shell}" if shell else "$ (add a stage with Ctrl+N)")
 
     def set_pipeline(self, pipeline: Pipeline, select: int | None = None) -> None:
         if self.running:
@@ -97,6 +105,36 @@ class PipelineScreen(Screen):
     def selected(self) -> int | None:
         index = self.query_one("#stages", ListView).index
         return index if index is not None and index < len(self.pipeline.stages) else None
+
+    # -- typing ------------------------------------------------------------------------------
+
+    def _typing_elsewhere(self) -> bool:
+        """Whether keys typed now would land outside any text field."""
+        return not isinstance(self.focused, (Input, TextArea))
+
+    def _type(self, text: str) -> None:
+        """Append to the input box and put the focus there (at once: keys already queued follow)."""
+        box = self.query_one("#input", TextArea)
+        self.set_focus(box)
+        box.move_cursor(box.document.end)
+        box.insert(text)
+
+    def on_key(self, event: events.Key) -> None:
+        # Runs before the screen's and the app's bindings: a letter is never a command here.
+        if event.is_printable and event.character and self._typing_elsewhere():
+            event.stop()
+            event.prevent_default()
+            self._type(event.character)
+
+    def on_paste(self, event: events.Paste) -> None:
+        if self._typing_elsewhere():
+            event.stop()
+            self._type(event.text)
+
+    def action_focus_input(self) -> None:
+        box = self.query_one("#input", TextArea)
+        self.set_focus(box)
+        box.move_cursor(box.document.end)
 
     # -- stage editing -----------------------------------------------------------------------
 
@@ -186,11 +224,11 @@ class PipelineScreen(Screen):
             self.notify("already running", severity="warning")
             return
         if not self.pipeline.stages:
-            self.notify("add a stage first (a)", severity="warning")
+            self.notify("add a stage first (Ctrl+N)", severity="warning")
             return
         for meter in self.query(StageMeter):
             meter.show(StageSnapshot(meter.index, self.pipeline.stages[meter.index].tool))
-        self.query_one("#output", Log).clear()
+        self.query_one("#output", OutputView).reset(self.pipeline.stages[-1].out_field())
         self.last_output, self.last_codes = b"", ()
         data = self.query_one("#input", TextArea).text.encode("utf-8")
         self.run_ = PipelineRun(self.pipeline, data, on_update=lambda s: self.post_message(StageUpdated(s)),
@@ -198,6 +236,9 @@ class PipelineScreen(Screen):
                                 on_finished=lambda r: self.post_message(RunFinished(r)))
         self.sub_title = "running"
         self.run_.start()
+
+    def action_toggle_raw(self) -> None:
+        self.query_one("#output", OutputView).toggle_raw()
 
     def action_cancel(self) -> None:
         if self.running and self.run_ is not None:
@@ -213,7 +254,7 @@ class PipelineScreen(Screen):
                 meter.show(message.snapshot)
 
     def on_output_line(self, message: OutputLine) -> None:
-        self.query_one("#output", Log).write_line(message.line.decode("utf-8", "replace").rstrip("\n"))
+        self.query_one("#output", OutputView).add(message.line)
 
     def on_run_finished(self, message: RunFinished) -> None:
         result = message.result
