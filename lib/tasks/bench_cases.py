@@ -14,8 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from ..engine.generation import Completion, Decoding, generate
+from ..engine.decoding import Decoding
+from ..engine.events import Completion
+from ..engine.generation import generate
 from ..engine.sampling import Sampling
+from ..engine.timing import decode_rate
 from ..errors import UsageError
 from ..models.loading import LoadedModel, ModelSettings
 
@@ -190,7 +193,7 @@ def measure(calls: dict[str, Call], prompt: list[int], settings: BenchSettings) 
                 t = times[impl]
                 t["ttft"].append(ttft)
                 t["total"].append(total)
-                t["decode"].append((max(counts) - 1) / max(total - ttft, 1e-9))
+                t["decode"].append(decode_rate(max(counts) - 1, total - ttft))
                 t["aggregate"].append(sum(counts) / total)
         for impl, t in times.items():
             yield {
