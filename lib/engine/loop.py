@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
+from . import timing
 from .events import Completion, Event, Token, TopToken
 from .sampling import Sampling, logits_processors
 from .stops import find_stop, safe_length
-from .timing import Clock, rates
 
 
 class Backend(Protocol):
@@ -165,7 +165,7 @@ def advance(r: int, row: RowState, token_id: int, now: float, tokenizer: Any, eo
 
 def complete(r: int, row: RowState) -> Completion:
     """The Completion of a finished row; its stats are lmpipe.engine.timing's."""
-    stats = rates(row.times)
+    stats = timing.rates(row.times)
     return Completion(
         row=r,
         ids=tuple(row.ids),
@@ -188,7 +188,7 @@ class _Row:
     processors: Any  # None: greedy with nothing to apply, the argmax
     generator: Any
     history: list[int]
-    clock: Clock | None = None
+    clock: timing.Clock | None = None
     handle: Any = None
     drafting: Any = None  # the row's draft model state while it decodes speculatively
     next: int = -1  # chosen, not yet fed to the model
@@ -217,7 +217,7 @@ class Loop:
         if len(requests) > self.free:
             raise RuntimeError("no free row")
         rows = [self._row(r) for r in requests]
-        clock = Clock()  # a row's times count from its admission: its prefill is in its first token's time
+        clock = timing.Clock()  # a row's times count from its admission: its prefill is in its first token's time
         together = [row for row in rows if not row.request.speculates]
         groups = ([together] if together else []) + [[row] for row in rows if row.request.speculates]
         for group in groups:

@@ -3,9 +3,9 @@
 Every loop reads its token times from a `Clock` and every Completion's `ttft_s`, `total_s` and
 `tokens_per_s` come from `rates` (lm-generate, lm-serve, speculative decoding, the seq2seq
 tasks, the dashboard); a record made of several model calls combines its pieces with
-`combined_rate`, and the dashboard's live meter and lm-bench use `decode_rate`, so "tokens per
-second" means one thing everywhere: decode speed, as llama.cpp and Ollama report it, tokens
-after the first over the time after the first.
+`combined_rate`. "tokens_per_s" means one thing everywhere: decode speed, as llama.cpp and
+Ollama report it, tokens after the first over the time after the first. Any other count per
+second (lm-bench's rates, the dashboard's live meter) is `per_second` too.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ class Rates:
     tokens_per_s: float
 
 
-def decode_rate(tokens: float, seconds: float) -> float:
-    """Decode speed: `tokens` after the first over the `seconds` after it (0 when none passed)."""
-    return round(tokens / seconds, 3) if seconds > 0 else 0.0
+def per_second(count: float, seconds: float) -> float:
+    """`count` over `seconds` (0 when no time passed): decode speed when given the tokens after
+    the first and the time after it."""
+    return round(count / seconds, 3) if seconds > 0 else 0.0
 
 
 def rates(token_seconds: Sequence[float]) -> Rates:
@@ -45,7 +46,7 @@ def rates(token_seconds: Sequence[float]) -> Rates:
         return Rates(0.0, 0.0, 0.0)
     ttft, end, steps = token_seconds[0], token_seconds[-1], len(token_seconds)
     if steps > 1 and end > ttft:
-        rate = decode_rate(steps - 1, end - ttft)
+        rate = per_second(steps - 1, end - ttft)
     else:
         rate = round(steps / end, 3) if end > 0 else 0.0
     return Rates(round(ttft, 6), round(end, 6), rate)
@@ -56,4 +57,4 @@ def combined_rate(pieces: Sequence[tuple[int, float, float]]) -> float:
     over their decode time, summed."""
     tokens = sum(max(out - 1, 0) for out, _, _ in pieces)
     seconds = sum(max(total - ttft, 0.0) for _, ttft, total in pieces)
-    return decode_rate(tokens, seconds)
+    return per_second(tokens, seconds)
