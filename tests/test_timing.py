@@ -91,6 +91,9 @@ def test_the_same_token_times_give_the_same_stats_in_every_loop(tiny_llama, tiny
                 if isinstance(e, Completion)][0]
 
     fast, static = one(), one(decoding=Decoding("dynamic"))
+    other = list(lm.tokenizer("The quick brown fox")["input_ids"])
+    batch = [e for e in generate(lm.model, lm.tokenizer, [ids, other], sampling, device=lm.device)
+             if isinstance(e, Completion)]
     server = served(str(tiny_llama), ids, sampling)
     drafted = one(decoding=Decoding(draft_tokens=3), draft=lm.model)
     texts = ["Rain is expected tomorrow.", "Hola mundo."]
@@ -103,7 +106,10 @@ def test_the_same_token_times_give_the_same_stats_in_every_loop(tiny_llama, tiny
     assert fast.token_seconds == static.token_seconds == server.token_seconds
     assert fast.token_seconds == tuple(0.25 * (k + 1) for k in range(len(fast.token_seconds)))
     assert astuple(fast)[6:9] == astuple(static)[6:9] == astuple(server)[6:9]
-    for c in (fast, static, server, drafted, *beams, *steps):
+    # Rows of one batch read the clock once per step: their k-th tokens share a time.
+    shared = min(len(c.token_seconds) for c in batch)
+    assert batch[0].token_seconds[:shared] == batch[1].token_seconds[:shared] == fast.token_seconds[:shared]
+    for c in (fast, static, server, drafted, *batch, *beams, *steps):
         assert from_the_clock(c), c.token_seconds
         assert (c.ttft_s, c.total_s, c.tokens_per_s) == astuple(rates(c.token_seconds))
     assert drafted.ids == fast.ids

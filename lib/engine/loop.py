@@ -246,12 +246,6 @@ class Loop:
                 self._take(row, tokens, row.clock())
         self._sweep()
 
-    def run(self, requests: Sequence[Request]) -> None:
-        """Admit `requests`, then step until every row is done."""
-        self.admit(requests)
-        while self.live:
-            self.step()
-
     def fail(self, exc: BaseException) -> None:
         """Every live request gets `exc`; the rows are freed."""
         for row in self.live:
@@ -290,9 +284,11 @@ class Loop:
                 scores = row.processors(history, own)
                 generators = [row.generator] if row.generator is not None else None
                 tokens.append(int(pick(scores, row.request.sampling.greedy, generators)[0]))
-        times: dict[int, float] = {}  # one reading of each clock per step
+        times: dict[int, float] = {}  # one reading of each clock per step: rows admitted together share it
         for row, token, p in zip(rows, tokens, probs):
-            self._take(row, [token], times.setdefault(id(row.clock), row.clock()), p)
+            if id(row.clock) not in times:
+                times[id(row.clock)] = row.clock()
+            self._take(row, [token], times[id(row.clock)], p)
 
     def _take(self, row: _Row, tokens: list[int], now: float, probs: Probs | None = None) -> None:
         request = row.request
