@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 import torch
 
 from lmpipe.chat.prompts import PromptSettings, prompt_ids
@@ -203,3 +202,23 @@ def test_a_static_batch_admits_its_rows_together_and_ends_with_its_last_row(tiny
     # Each row keeps its own length, and its tokens are its own (the fast path's, alone).
     for c, prompt, sampling in zip(done, prompts, (short, long)):
         assert c.ids == completions(generate(model, tokenizer, [prompt], sampling))[0].ids
+
+
+def test_a_row_is_freed_before_its_completion_is_reported(tiny_llama_raw):
+    """Whoever gets a Completion (lm-serve's client) may count on the row being back already."""
+    from lmpipe.engine.batching import FastRows
+    from lmpipe.engine.loop import Request, eos_ids
+
+    model, tokenizer = load_raw(tiny_llama_raw)
+    loop = Loop(FastRows(model, 2), tokenizer, eos_ids(model, tokenizer))
+    seen: list[tuple[str, int]] = []
+
+    def emit(event):
+        seen.append((type(event).__name__, len(loop.live)))
+
+    loop.admit([Request(tokenizer("The quick").input_ids, Sampling(max_new_tokens=3), emit),
+                Request(tokenizer("Paris is").input_ids, Sampling(max_new_tokens=9, stop=("never",)), emit, row=1)])
+    while loop.live:
+        loop.step()
+    finished = [live for name, live in seen if name == "Completion"]
+    assert finished == [1, 0]  # the short row had left when it was reported, then the long one

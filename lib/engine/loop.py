@@ -200,6 +200,7 @@ class Loop:
     def __init__(self, backend: Backend, tokenizer: Any, eos: set[int]):
         self.backend, self.tokenizer, self.eos = backend, tokenizer, eos
         self.live: list[_Row] = []
+        self._events: list[tuple[Request, Event]] = []  # this step's, reported once finished rows are freed
 
     @property
     def free(self) -> int:
@@ -220,31 +221,35 @@ class Loop:
         clock = timing.Clock()  # a row's times count from its admission: its prefill is in its first token's time
         together = [row for row in rows if not row.request.speculates]
         groups = ([together] if together else []) + [[row] for row in rows if row.request.speculates]
-        for group in groups:
-            room = max(row.request.sampling.max_new_tokens + (row.request.draft.extra if row.request.speculates else 0)
-                       for row in group)
-            handles, logits = self.backend.prefill([row.request.ids for row in group], room)
-            for row, handle in zip(group, handles):
-                row.clock, row.handle = clock, handle
-                if row.request.speculates:
-                    row.drafting = row.request.draft.start(row.request.ids, room)
-                self.live.append(row)
-            self._choose(group, logits)
-        self._sweep()
+        try:
+            for group in groups:
+                room = max(row.request.sampling.max_new_tokens
+                           + (row.request.draft.extra if row.request.speculates else 0) for row in group)
+                handles, logits = self.backend.prefill([row.request.ids for row in group], room)
+                for row, handle in zip(group, handles):
+                    row.clock, row.handle = clock, handle
+                    if row.request.speculates:
+                        row.drafting = row.request.draft.start(row.request.ids, room)
+                    self.live.append(row)
+                self._choose(group, logits)
+        finally:
+            self._report()
 
     def step(self) -> None:
         """One decode step for every live row (a speculative round for those that draft);
         finished and abandoned rows leave."""
         self._sweep()
-        plain = [row for row in self.live if row.drafting is None]
-        if plain:
-            self._choose(plain, self.backend.step([row.handle for row in plain], [row.next for row in plain]))
-        for row in self.live:
-            if row.drafting is not None and not row.state.finish:
-                left = row.request.sampling.max_new_tokens - len(row.state.times)
-                tokens = row.drafting.round(self.backend, row.handle, row.next, left)
-                self._take(row, tokens, row.clock())
-        self._sweep()
+        try:
+            plain = [row for row in self.live if row.drafting is None]
+            if plain:
+                self._choose(plain, self.backend.step([row.handle for row in plain], [row.next for row in plain]))
+            for row in self.live:
+                if row.drafting is not None and not row.state.finish:
+                    left = row.request.sampling.max_new_tokens - len(row.state.times)
+                    tokens = row.drafting.round(self.backend, row.handle, row.next, left)
+                    self._take(row, tokens, row.clock())
+        finally:
+            self._report()
 
     def fail(self, exc: BaseException) -> None:
         """Every live request gets `exc`; the rows are freed."""
@@ -294,11 +299,20 @@ class Loop:
         request = row.request
         for token in tokens:
             for event in advance(request.row, row.state, token, now, self.tokenizer, self.eos, request.sampling, probs):
-                request.emit(event)
+                self._events.append((request, event))
             row.history.append(token)
             row.next = token
             if row.state.finish:
                 return
+
+    def _report(self) -> None:
+        """Free finished rows, then report the step's events in order: a request that has its
+        Completion has its row back already, and an abandoned one gets nothing more."""
+        self._sweep()
+        events, self._events = self._events, []
+        for request, event in events:
+            if not request.cancelled():
+                request.emit(event)
 
     def _sweep(self) -> None:
         """Free the rows of finished and abandoned requests."""
