@@ -105,7 +105,7 @@ def test_a_request_joins_a_running_batch_and_leaves_it_before_the_long_one_ends(
     short = wait_for(short_events, short_done)
     assert not long_done.is_set()  # continuous: the short request did not wait for the long one
     long = wait_for(long_events, long_done)
-    assert engine.batcher is not None and not engine.batcher.live  # every row freed
+    assert engine.loop is not None and not engine.loop.live  # every row freed
     # Joining and leaving a batch changes no tokens: each equals its own run alone.
     assert short.ids == solo(engine, short_job.ids, Sampling(max_new_tokens=4)).ids
     assert long.ids == solo(engine, long_job.ids, long_sampling).ids

@@ -28,6 +28,7 @@ from typing import IO, Callable
 import orjson
 
 from lmpipe.cli.commands import executable, spec
+from lmpipe.engine.timing import per_second
 from lmpipe.records.jsonl import preview
 
 from .pipeline import Pipeline, exit_code
@@ -94,7 +95,7 @@ class _Meter:
             if 0 <= age < SPARK_SECONDS:
                 spark[SPARK_SECONDS - 1 - age] += 1
         rate = self.progress.get("rate") if self.progress and isinstance(self.progress.get("rate"), (int, float)) else None
-        tps = self.tokens / max(now - self.first_token, 1e-6) if self.first_token and self.tokens > 1 else 0.0
+        tps = per_second(self.tokens - 1, now - self.first_token) if self.first_token and self.tokens > 1 else 0.0
         return StageSnapshot(
             self.index, self.tool, self.records_in, self.records_out, self.errors, self.tokens,
             float(rate) if rate is not None else self.records_out / elapsed, tps, tuple(spark),

@@ -55,6 +55,7 @@ class Reply:
     text: str
     reasoning: str | None
     stats: dict[str, Any]
+    ids: tuple[int, ...] = ()  # the reply's tokens, as generated
 
 
 @dataclass
@@ -79,26 +80,27 @@ def chat_turn(engine: ModelPool, messages: list[dict[str, str]], settings: ChatS
     from lmpipe.backends.generate import stats
     from lmpipe.chat.prompts import PromptSettings, prompt_ids
     from lmpipe.chat.reasoning import split_reasoning
-    from lmpipe.engine.generation import Completion, Token, generate
+    from lmpipe.engine.events import Completion, Token
+    from lmpipe.engine.generation import generate
     from lmpipe.engine.sampling import Sampling
 
     lm = engine.model(settings.model)
     ids = prompt_ids({"messages": messages}, lm.tokenizer, PromptSettings())
     sampling = Sampling(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                         seed=settings.seed).with_seed()
-    text, count = "", 0
+    text, got = "", []
     for event in generate(lm.model, lm.tokenizer, [ids], sampling, device=lm.device):
         if cancelled():
             break
         if isinstance(event, Token):
             text += event.text
-            count += 1
-            on_text(text, count)
+            got.append(event.id)
+            on_text(text, len(got))
         elif isinstance(event, Completion):
             reasoning, answer = split_reasoning(event.text)
-            return Reply(answer, reasoning, stats(event, None))
+            return Reply(answer, reasoning, stats(event, None), event.ids)
     reasoning, answer = split_reasoning(text)
-    return Reply(answer, reasoning, {"output_tokens": count, "finish_reason": "cancelled"})
+    return Reply(answer, reasoning, {"output_tokens": len(got), "finish_reason": "cancelled"}, tuple(got))
 
 
 def tokenize(engine: ModelPool, model: str, text: str) -> dict[str, Any]:
@@ -112,7 +114,8 @@ def generate_with_probs(engine: ModelPool, model: str, text: str, max_new_tokens
                         cancelled: Callable[[], bool]) -> list[Any]:
     """The tokens of a greedy generation for `text`, each with its probability and alternatives."""
     from lmpipe.chat.prompts import PromptSettings, prompt_ids
-    from lmpipe.engine.generation import Token, generate
+    from lmpipe.engine.events import Token
+    from lmpipe.engine.generation import generate
     from lmpipe.engine.sampling import Sampling
 
     lm = engine.model(model)

@@ -11,8 +11,10 @@ from typing import Any, Iterator
 
 from ..chat.answers import Plan, answer_fields, plan_for
 from ..chat.prompts import PromptSettings, prompt_ids
-from ..engine.constrain import Constraint, grammar_processors, model_ll_tokenizer
-from ..engine.generation import Completion, Decoding, Token, generate
+from ..engine.constrain import Constraint, model_ll_tokenizer, row_constraints
+from ..engine.decoding import Decoding
+from ..engine.events import Completion, Token
+from ..engine.generation import generate
 from ..engine.sampling import Sampling
 from ..errors import RecordError
 from ..models.loading import LoadedModel, context_length
@@ -142,7 +144,7 @@ class GenerateTask:
             sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
-            constraints=grammar_processors(self.lm.model, self.lm.tokenizer, [p.grammar for p in plans]),
+            constraints=[row_constraints(self.lm.model, self.lm.tokenizer, p.grammar) for p in plans],
             decoding=self.settings.decoding,
             draft=self.draft.model if self.draft else None,
         )

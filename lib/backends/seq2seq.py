@@ -3,16 +3,19 @@
 transformers 5 has no translation or summarization pipelines; this is the thin layer lmpipe
 puts in their place: pad a batch, call `generate` with the settings and language codes, decode,
 and time the steps (a streamer sees every step when there is one beam; beam search gives its
-tokens only at the end, so then the first token comes when all do).
+tokens only at the end, so then the first token comes when all do). Beam search stays
+transformers' loop; its rows end as the one loop's do (lmpipe.engine.loop.complete: the same
+Completion events, the same stats from lmpipe.engine.timing).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from ..engine.generation import Completion
+from ..engine.events import Completion
+from ..engine.loop import RowState, complete
+from ..engine.timing import Clock
 from ..errors import UsageError
 from ..text.languages import Languages
 
@@ -55,8 +58,8 @@ def window(model: Any, tokenizer: Any) -> int:
 class _StepClock:
     """A streamer that only notes when each decoding step's tokens arrive, and what they are."""
 
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.steps: list[tuple[float, list[int]]] = []
         self._prompt_seen = False
 
@@ -64,7 +67,7 @@ class _StepClock:
         if not self._prompt_seen:  # the first call carries the decoder's start tokens
             self._prompt_seen = True
             return
-        self.steps.append((time.perf_counter() - self.started, value.reshape(-1).tolist()))
+        self.steps.append((self.clock(), value.reshape(-1).tolist()))
 
     def end(self) -> None:
         pass
@@ -123,10 +126,10 @@ class Seq2SeqGenerator:
         inputs = self.encode(texts)
         kwargs = self.generate_kwargs()
         beams = kwargs.get("num_beams") or getattr(self.model.generation_config, "num_beams", 1) or 1
-        clock = _StepClock() if beams == 1 else None
-        started = time.perf_counter()
+        started = Clock()
+        clock = _StepClock(started) if beams == 1 else None
         out = self.model.generate(**inputs, **kwargs, streamer=clock)
-        total = time.perf_counter() - started
+        total = started()
         lengths = inputs["attention_mask"].sum(dim=-1).tolist()
         return [self._completion(r, row, lengths[r], clock, total) for r, row in enumerate(out.tolist())]
 
@@ -144,11 +147,8 @@ class Seq2SeqGenerator:
             times = [t for t, _ in clock.steps[:steps]] or [clock.steps[0][0]]
         else:
             times = [total] * max(steps, 1)
-        ttft, end = times[0], times[-1]
-        rate = (len(times) - 1) / (end - ttft) if len(times) > 1 and end > ttft else (len(ids) / end if end else 0.0)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Completion(r, tuple(ids), text, finish, input_tokens, len(ids), round(ttft, 6), round(end, 6),
-                          round(rate, 3), tuple(times))
+        return complete(r, RowState(input_tokens, ids, times, text=text, finish=finish))
 
 
 def _ids(value: Any) -> set[int]:

@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from ..engine.timing import combined_rate
 from ..errors import RecordError
 from ..records.jsonl import Item
 
@@ -130,14 +131,12 @@ def combine(outputs: Sequence[Output]) -> dict[str, Any]:
     for o in outputs:
         by_call.setdefault(o.call, []).append(o.stats or {})
     total = sum(max(s["total_s"] for s in group) for group in by_call.values())
-    decode_tokens = sum(max(s["output_tokens"] - 1, 0) for s in stats)
-    decode_time = sum(max(s["total_s"] - s["ttft_s"], 0.0) for s in stats)
     reasons = [s["finish_reason"] for s in stats]
     return {
         "input_tokens": sum(s["input_tokens"] for s in stats),
         "output_tokens": sum(s["output_tokens"] for s in stats),
         "ttft_s": stats[0]["ttft_s"],
-        "tokens_per_s": round(decode_tokens / decode_time, 3) if decode_time > 0 else 0.0,
+        "tokens_per_s": combined_rate([(s["output_tokens"], s["ttft_s"], s["total_s"]) for s in stats]),
         "total_s": round(total, 6),
         "finish_reason": "length" if "length" in reasons else reasons[-1],
     }

@@ -1,52 +1,27 @@
-"""Continuous batching: requests join and leave the running batch between decode steps.
+"""The fast path's rows: sequences join and leave the running batch between decode steps.
 
-The fast path's KV cache has a row per sequence, each with its own length. A new request
-is prefilled into the first free row and decodes with the others from the next step on; a
-finished or abandoned one frees its row at once (the last live row moves into the hole, so
-live rows stay packed at the front and each step reads only them). Each row keeps its own
-sampling settings, processors and seed, and reports through lmpipe.engine.generation's row state,
-so its tokens, text, stop strings and stats are exactly what the batch loop would produce.
+lmpipe.engine.loop's backend over lmpipe.models.fastpath's KV cache, which has a row per sequence, each with
+its own length. A new request is prefilled into the first free row and decodes with the others
+from the next step on; a finished or abandoned one frees its row at once (the last live row
+moves into the hole, so live rows stay packed at the front and each step reads only them).
+Prompts admitted together (an lm-generate batch) are prefilled as one left-padded batch. A row
+can also take several tokens in one pass and forget some of them again (speculative decoding's
+check, lmpipe.engine.speculative).
 
-Recent prompts' keys and values are kept (PrefixCache), so a prompt that starts as an earlier
-one did (a chat template's system prompt, a pipeline's shared instruction) computes only the
-rest, as llama.cpp's prompt cache and vLLM's prefix caching do.
+Recent prompts' keys and values may be kept (PrefixCache, lm-serve), so a prompt that starts as
+an earlier one did (a chat template's system prompt, a pipeline's shared instruction) computes
+only the rest, as llama.cpp's prompt cache and vLLM's prefix caching do.
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Sequence
 
 from ..models.fastpath import KVCache, fast_model, prefill, rounded_width, step
-from .generation import RowState, advance_to_end, eos_ids, pick
-from .sampling import Sampling, logits_processors
+from .decoding import left_pad
 
 MIN_SHARED = 8  # fewer shared tokens than this are cheaper to compute again than to copy
-
-
-class BatchRequest(Protocol):
-    ids: list[int]
-    sampling: Sampling
-
-    def emit(self, event: Any) -> None: ...
-
-
-@dataclass
-class Live:
-    request: BatchRequest
-    state: RowState
-    processors: Any
-    generator: Any
-    history: list[int]
-    started: float
-    next: int = -1
-    done: bool = False
-
-    @property
-    def plain(self) -> bool:
-        return self.request.sampling.greedy and not self.processors
 
 
 def shared_length(a: tuple[int, ...], b: list[int]) -> int:
@@ -87,118 +62,121 @@ class PrefixCache:
             self.entries.popitem(last=False)
 
 
-class Batcher:
-    """Up to `rows` sequences decoding together over one loaded Llama-family model."""
+class Slot:
+    """A request's row in the cache; `index` changes when rows are packed."""
 
-    def __init__(self, model: Any, tokenizer: Any, rows: int):
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+class FastRows:
+    """Up to `capacity` sequences of one Llama-family model decoding together (lmpipe.engine.loop's backend)."""
+
+    joins = True
+
+    def __init__(self, model: Any, capacity: int, prefixes: PrefixCache | None = None, pad: int = 0):
         self.fast = fast_model(model)
-        self.tokenizer = tokenizer
-        self.eos = eos_ids(model, tokenizer)
-        self.rows = rows
+        self.capacity = capacity
+        self.prefixes = prefixes
+        self.pad = pad
         self.cache: KVCache | None = None
-        self.live: list[Live] = []
-        self.prefixes = PrefixCache()
+        self.order: list[Slot] = []  # order[i] holds row i of the cache
 
     @property
-    def free(self) -> int:
-        return self.rows - len(self.live)
+    def device(self) -> Any:
+        return self.fast.device
 
     def _fit(self, width: int) -> KVCache:
         width = rounded_width(width)
         if self.cache is None:
-            self.cache = self.fast.cache(self.rows, width)
+            self.cache = self.fast.cache(self.capacity, width)
         elif self.cache.width < width:
             self.cache = self.cache.grown(width)
         return self.cache
 
-    def admit(self, request: BatchRequest, constraints: tuple[Any, ...] = ()) -> None:
-        """Prefill `request` into the next free row and report its first token.
-
-        `constraints`: logits processors for this request alone (its grammar), run first.
-        """
-        import torch
-
-        if not self.free:
+    def prefill(self, prompts: Sequence[Sequence[int]], room: int):
+        row, n = len(self.order), len(prompts)
+        if row + n > self.capacity:
             raise RuntimeError("no free row")
-        sampling: Sampling = request.sampling
-        cache = self._fit(len(request.ids) + sampling.max_new_tokens)
-        row = len(self.live)
-        generator = None
-        if not sampling.greedy:
-            generator = torch.Generator(device=str(self.fast.device)).manual_seed(sampling.seed or 0)
-        live = Live(request, RowState(len(request.ids)), logits_processors(sampling, constraints), generator,
-                    list(request.ids), time.perf_counter())
-        ids = torch.tensor([request.ids], dtype=torch.long, device=self.fast.device)
-        self.live.append(live)
-        try:
-            stored, shared = self.prefixes.longest(request.ids)
-            if shared >= MIN_SHARED:
-                cache.load_prefix(row, *stored, shared)
-                rest = ids[:, shared:]
-                logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared)
-            else:
-                logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids))
-            self.prefixes.add(request.ids, *cache.prefix(row, len(request.ids)))
-        except BaseException:
-            self.live.pop()
-            raise
-        self._choose([live], logits)
-        self._sweep()
-
-    def step(self) -> None:
-        """One decode step for every live row; finished and abandoned rows leave."""
-        import torch
-
-        self._sweep()
-        if not self.live:
-            return
-        chosen = torch.tensor([live.next for live in self.live], dtype=torch.long, device=self.fast.device)
-        logits = step(self.fast, self.cache, slice(0, len(self.live)), chosen)
-        self._choose(self.live, logits)
-        self._sweep()
-
-    def fail(self, exc: BaseException) -> None:
-        """Every live request gets `exc`; the rows are freed."""
-        for live in self.live:
-            live.request.emit(exc)
-        self.live = []
-
-    def _choose(self, lives: list[Live], logits) -> None:
-        import torch
-
-        if all(live.plain for live in lives):
-            tokens = logits.argmax(dim=-1).tolist()
+        if n == 1:
+            logits = self._prefill_one(row, list(prompts[0]), room)
         else:
-            tokens = []
-            for i, live in enumerate(lives):
-                history = torch.tensor([live.history], dtype=torch.long, device=logits.device)
-                scores = live.processors(history, logits[i: i + 1])
-                generators = [live.generator] if live.generator is not None else None
-                tokens.append(int(pick(scores, live.request.sampling.greedy, generators)[0]))
-        now = time.perf_counter()
-        for live, token in zip(lives, tokens):
-            for event in advance_to_end(0, live.state, token, now - live.started, self.tokenizer, self.eos,
-                                        live.request.sampling):
-                live.request.emit(event)
-            live.history.append(token)
-            live.next = token
-            live.done = live.state.finish is not None
+            ids, mask = left_pad(prompts, self.pad, self.fast.device)
+            cache = self._fit(ids.shape[1] + room)
+            logits = prefill(self.fast, cache, slice(row, row + n), ids, mask)
+        slots = [Slot(row + i) for i in range(n)]
+        self.order += slots
+        return slots, logits
 
-    def _sweep(self) -> None:
-        """Free the rows of finished and abandoned requests, packing live rows to the front."""
-        i = 0
-        while i < len(self.live):
-            live = self.live[i]
-            if live.done or _cancelled(live.request):
-                last = len(self.live) - 1
-                if i != last:
-                    self.cache.move(last, i)
-                    self.live[i] = self.live[last]
-                self.live.pop()
-                continue
-            i += 1
+    def _prefill_one(self, row: int, prompt: list[int], room: int):
+        import torch
 
+        cache = self._fit(len(prompt) + room)
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.fast.device)
+        stored, shared = self.prefixes.longest(prompt) if self.prefixes is not None else (None, 0)
+        if shared >= MIN_SHARED:
+            cache.load_prefix(row, *stored, shared)
+            rest = ids[:, shared:]
+            logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared)
+        else:
+            logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids))
+        if self.prefixes is not None:
+            self.prefixes.add(prompt, *cache.prefix(row, len(prompt)))
+        return logits
 
-def _cancelled(request: Any) -> bool:
-    cancelled = getattr(request, "cancelled", None)
-    return bool(cancelled is not None and cancelled.is_set())
+    def step(self, handles: Sequence[Slot], tokens: Sequence[int]):
+        """One decode step for `handles`' rows; contiguous runs of rows step together (all of
+        them at once, unless rows decoding speculatively sit between them)."""
+        import torch
+
+        device = self.fast.device
+        rows = [h.index for h in handles]
+        if rows == list(range(len(rows))):
+            chosen = torch.tensor(list(tokens), dtype=torch.long, device=device)
+            return step(self.fast, self.cache, slice(0, len(rows)), chosen)
+        order = sorted(range(len(rows)), key=rows.__getitem__)
+        out: list[Any] = [None] * len(rows)
+        run: list[int] = []
+        for k, position in enumerate(order):
+            run.append(position)
+            last = k + 1 == len(order) or rows[order[k + 1]] != rows[position] + 1
+            if last:
+                chosen = torch.tensor([tokens[p] for p in run], dtype=torch.long, device=device)
+                first = rows[run[0]]
+                logits = step(self.fast, self.cache, slice(first, first + len(run)), chosen)
+                for j, p in enumerate(run):
+                    out[p] = logits[j]
+                run = []
+        return torch.stack(out)
+
+    def filled(self, handle: Slot) -> int:
+        """Columns the row holds."""
+        return int(self.cache.fill[handle.index])
+
+    def extend(self, handle: Slot, tokens: Sequence[int]):
+        """Feed the row several tokens in one pass: the logits after each [len(tokens), vocab].
+        The row must hold no padding (it was prefilled alone)."""
+        import torch
+
+        i = handle.index
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.fast.device)
+        return prefill(self.fast, self.cache, slice(i, i + 1), ids, torch.ones_like(ids), start=self.filled(handle),
+                       every=True)[0]
+
+    def truncate(self, handle: Slot, length: int) -> None:
+        """Forget the row's columns from `length` on (rejected speculative tokens)."""
+        self.cache.truncate(handle.index, length)
+
+    def release(self, handle: Slot) -> None:
+        i, last = handle.index, len(self.order) - 1
+        if i != last:
+            self.cache.move(last, i)
+            moved = self.order[last]
+            moved.index = i
+            self.order[i] = moved
+        self.order.pop()
+
+    def reset(self) -> None:
+        self.order = []

@@ -2,8 +2,8 @@
 
 The grammar engine is llguidance (the one llama.cpp and vLLM use). `Constraint` is compiled and
 checked once, before any record is read; `GrammarProcessor` is a logits processor for the
-generation loop: each step it feeds every row's last token to that row's matcher and masks the
-tokens the grammar does not allow, so it works batched and with any sampling.
+generation loop: each step it feeds a row's last token to that row's matcher and masks the
+tokens the grammar does not allow, so it works with any sampling, a policy of its row.
 """
 
 from __future__ import annotations
@@ -156,18 +156,19 @@ def model_ll_tokenizer(model: Any, tokenizer: Any) -> Any:
     """llguidance's tokenizer for a loaded model, built once per model and kept while it lives."""
     found = _LL_TOKENIZERS.get(model)
     if found is None:
-        from .generation import eos_ids
+        from .loop import eos_ids
 
         vocab = model.get_output_embeddings().weight.shape[0]
         found = _LL_TOKENIZERS[model] = ll_tokenizer(tokenizer, vocab, eos_ids(model, tokenizer))
     return found
 
 
-def grammar_processors(model: Any, tokenizer: Any, grammars: Sequence[str | None]) -> list[Any]:
-    """The `constraints` for one batch of generate(): fresh matchers, one grammar per row (None: free)."""
-    if all(g is None for g in grammars):
-        return []
-    return [GrammarProcessor(model_ll_tokenizer(model, tokenizer), grammars)]
+def row_constraints(model: Any, tokenizer: Any, grammar: str | None) -> tuple[Any, ...]:
+    """The `constraints` of one row of the generation loop (lmpipe.loop.Request): a fresh matcher
+    for its grammar, or none for a free row."""
+    if grammar is None:
+        return ()
+    return (GrammarProcessor(model_ll_tokenizer(model, tokenizer), [grammar]),)
 
 
 class GrammarProcessor:

@@ -1,11 +1,12 @@
 """How the generation loop drives the model: the KV cache strategy and the per-token step.
 
-lmpipe.engine.generation owns the loop (pick a token, report it, stop); this module owns the two
-calls it makes into the model, `prefill(ids)` and `step(chosen)`, gpt-fast style when asked:
-"fast" runs lmpipe's own forward for Llama-family models (lmpipe.models.fastpath) and falls back to
-"dynamic" for others; "dynamic" grows transformers' DynamicCache per token; "static" allocates
-a StaticCache once for prompt + new tokens so every step has the same shapes, and may compile
-that step.
+lmpipe.engine.loop owns the loop (pick a token, report it, stop); this module owns the two calls a
+left-padded batch makes into the model, `prefill(ids)` and `step(chosen)`, gpt-fast style when
+asked: "fast" runs lmpipe's own forward for Llama-family models (lmpipe.models.fastpath) and falls
+back to "dynamic" for others; "dynamic" grows transformers' DynamicCache per token; "static"
+allocates a StaticCache once for prompt + new tokens so every step has the same shapes, and may
+compile that step. `StaticBatch` is the loop's backend over them: a batch admitted whole (rows
+that join and leave between steps are lmpipe.engine.batching's).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import UsageError
 
@@ -152,3 +153,62 @@ def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding"):
     if decoding.cache == "static":
         return _Static(model, mask, max_new_tokens, decoding.compile)
     return _Dynamic(model, mask, max_new_tokens)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: Any):
+    """A batch of prompts as transformers pads it for decoder-only models: on the left, with its mask."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+class StaticBatch:
+    """The loop's backend over one left-padded batch (transformers' own forward with a dynamic or
+    static cache, or the compiled fast step, whose shapes must not change).
+
+    Its rows are admitted together and cannot join later; a finished row is fed padding until
+    the last one is released, and then the next batch may be admitted.
+    """
+
+    joins = False
+
+    def __init__(self, model: Any, decoding: Decoding, capacity: int, device: Any, pad: int):
+        self.model, self.decoding, self.capacity, self.device, self.pad = model, decoding, capacity, device, pad
+        self.run: Any = None  # the batch's decoder while it runs
+        self.live: list[bool] = []
+
+    def prefill(self, prompts: Sequence[Sequence[int]], room: int):
+        if self.run is not None:
+            raise RuntimeError("a static batch admits its rows together")
+        ids, mask = left_pad(prompts, self.pad, self.device)
+        run = decoder(self.model, mask, room, self.decoding)
+        logits = run.prefill(ids)
+        self.run, self.live = run, [True] * len(prompts)
+        return list(range(len(prompts))), logits
+
+    def step(self, handles: Sequence[int], tokens: Sequence[int]):
+        import torch
+
+        everyone = list(handles) == list(range(len(self.live)))
+        if everyone:
+            chosen = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
+        else:
+            chosen = torch.full((len(self.live),), self.pad, dtype=torch.long, device=self.device)
+            chosen[list(handles)] = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
+        logits = self.run.step(chosen)
+        return logits if everyone else logits[list(handles)]
+
+    def release(self, handle: int) -> None:
+        self.live[handle] = False
+        if not any(self.live):
+            self.reset()
+
+    def reset(self) -> None:
+        self.run, self.live = None, []

@@ -1,13 +1,15 @@
-"""The server's scheduler: one model kept warm, a bounded queue, and a worker that batches.
+"""The server's scheduler: one model kept warm, a bounded queue, and a worker that feeds the one loop.
 
 Requests wait in a bounded queue (full: the caller answers 503). One worker thread serves
-them. For models the fast path knows (lmpipe.models.fastpath), batching is continuous
-(lmpipe.engine.batching): between two decode steps, waiting requests join the running batch up to
-`max_batch` rows, and finished or abandoned ones leave it at once. For other models the
-worker takes what is waiting, up to `max_batch` requests with the same sampling settings,
-and runs them through lmpipe.engine.generation's loop together, routing each token to its request;
-a batch whose clients all went away stops at the next token. After `keep_alive` seconds
-without a request the model is unloaded; the next request loads it again.
+them through lmpipe.engine.loop's generation loop, each request a row with its own sampling, stop
+strings and grammar. For models the fast path knows (lmpipe.models.fastpath), batching is continuous
+(lmpipe.engine.batching's rows): between two decode steps, waiting requests join the running batch up
+to `max_batch` rows, and finished or abandoned ones leave it at once; recent prompts' keys and
+values are kept for the next prompt that shares their start. For other models the backend is a
+left-padded batch (lmpipe.engine.decoding): the worker admits what is waiting, up to `max_batch`
+requests with the same sampling settings, and steps them together to the end; an abandoned
+request's row leaves it, and a batch whose clients all went away stops at the next token.
+After `keep_alive` seconds without a request the model is unloaded; the next request loads it again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..models.loading import LoadedModel, ModelSettings
-from .generation import Completion, Decoding, Token, generate
+from .decoding import Decoding
+from .events import Completion, Token
 from .sampling import Sampling
 
 Emit = Callable[[Any], None]  # a Token, a Completion, or an Exception; called on the worker thread
@@ -58,7 +61,8 @@ class Scheduler:
         self.tokenizer = load_tokenizer(self.ref)  # prompts are checked before they queue
         self.jobs: queue.Queue[GenerationRequest] = queue.Queue(maxsize=settings.max_queue)
         self.lm: LoadedModel | None = None
-        self.batcher: Any = None  # lmpipe.engine.batching.Batcher while a fast-path model is loaded
+        self.loop: Any = None  # lmpipe.engine.loop.Loop over the loaded model's rows
+        self.held: list[GenerationRequest] = []  # taken from the queue, waiting for a batch of their own (static batches)
         self.last_used = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -101,15 +105,16 @@ class Scheduler:
         if keep and self.lm is not None and time.monotonic() - self.last_used > keep:
             with self._lock:
                 self.lm = None
-                self.batcher = None
+                self.loop = None
             import gc
 
             gc.collect()
             self.notify(f"unloaded {self.ref.name} after {keep:g} s idle")
 
     def _take(self, limit: int, wait: bool = True) -> list[GenerationRequest]:
-        batch: list[GenerationRequest] = []
-        if wait:
+        batch: list[GenerationRequest] = self.held[:limit]
+        del self.held[:limit]
+        if wait and not batch:
             try:
                 batch.append(self.jobs.get(timeout=0.5))
             except queue.Empty:
@@ -121,84 +126,78 @@ class Scheduler:
                 break
         return [job for job in batch if not job.cancelled.is_set()]
 
-    def _continuous(self) -> bool:
-        """Whether this engine batches continuously (its model is loaded and the fast path knows it)."""
-        from .decoding import uses_fast_path
+    def _rows(self) -> Any:
+        """The generation loop over the loaded model (loaded now if it is not)."""
+        lm = self.model()
+        with self._lock:
+            if self.loop is None:
+                from .batching import PrefixCache
+                from .generation import backend_for
+                from .loop import Loop, eos_ids, pad_id
 
-        lm = self.lm
-        if lm is None or not uses_fast_path(lm.model, self.settings.decoding):
-            return False
-        if self.batcher is None:
-            from .batching import Batcher
-
-            self.batcher = Batcher(lm.model, lm.tokenizer, self.settings.max_batch)
-        return True
+                eos = eos_ids(lm.model, lm.tokenizer)
+                backend = backend_for(lm.model, self.settings.decoding, self.settings.max_batch, lm.device,
+                                      pad_id(lm.tokenizer, eos), prefixes=PrefixCache())
+                self.loop = Loop(backend, lm.tokenizer, eos)
+            return self.loop
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            if self._continuous():
-                self._continue()
-                continue
-            batch = self._take(self.settings.max_batch)
-            if not batch:
+            loop = self.loop
+            busy = loop is not None and bool(loop.live)
+            room = loop.free if loop is not None else self.settings.max_batch
+            waiting = self._take(room, wait=not busy) if room else []
+            if waiting:
+                self._admit(waiting)
+            elif not busy:
                 self._unload_if_idle()
                 continue
-            try:
-                self.model()  # loaded now, so the first batch knows whether it may batch continuously
-            except Exception as exc:
-                for job in batch:
-                    job.emit(exc)
-                continue
-            if self._continuous():
-                self._continue(batch)
-                continue
-            groups: dict[Sampling, list[GenerationRequest]] = {}
-            for job in batch:
-                groups.setdefault(batch_key(job.sampling), []).append(job)
-            for sampling, jobs in groups.items():
-                self._run(sampling, jobs)
+            loop = self.loop
+            if loop is not None and loop.live:
+                try:
+                    loop.step()
+                except Exception as exc:  # a failed step fails its requests, never the server
+                    loop.fail(exc)
             self.last_used = time.monotonic()
 
-    def _continue(self, waiting: list[GenerationRequest] | None = None) -> None:
-        """Admit what is waiting into free rows, then one decode step for all live rows."""
-        from .constrain import grammar_processors
-
-        batcher = self.batcher
-        if waiting is None:
-            waiting = self._take(batcher.free, wait=not batcher.live)
+    def _admit(self, waiting: list[GenerationRequest]) -> None:
+        """Waiting jobs into the loop: one by one where rows join a running batch (one request's
+        failure is its own), else those sharing the first one's sampling settings as one batch."""
+        try:
+            loop = self._rows()
+        except Exception as exc:
+            for job in waiting:
+                job.emit(exc)
+            return
+        joins = loop.backend.joins
+        if not joins:
+            key = batch_key(waiting[0].sampling)
+            self.held[:0] = [job for job in waiting if batch_key(job.sampling) != key]
+            waiting = [job for job in waiting if batch_key(job.sampling) == key]
+        batch: list[tuple[GenerationRequest, Any]] = []
         for job in waiting:
             try:
-                lm = self.model()  # marks the model used
-                batcher.admit(job, tuple(grammar_processors(lm.model, lm.tokenizer, [job.grammar])))
+                request = self._request(job)
+                if joins:
+                    loop.admit([request])
+                else:
+                    batch.append((job, request))
             except Exception as exc:  # this request fails; the others go on
                 job.emit(exc)
-        if not batcher.live:
-            self._unload_if_idle()
-            return
-        try:
-            batcher.step()
-        except Exception as exc:  # a failed step fails its requests, never the server
-            batcher.fail(exc)
-        self.last_used = time.monotonic()
+        if batch:
+            try:
+                loop.admit([request for _, request in batch])
+            except Exception as exc:  # a failed batch fails its requests, never the server
+                for job, _ in batch:
+                    job.emit(exc)
 
-    def _run(self, sampling: Sampling, jobs: list[GenerationRequest]) -> None:
-        try:
-            from .constrain import grammar_processors
+    def _request(self, job: GenerationRequest) -> Any:
+        from .constrain import row_constraints
+        from .loop import Request
 
-            lm = self.model()
-            constraints = grammar_processors(lm.model, lm.tokenizer, [j.grammar for j in jobs])
-            events = generate(lm.model, lm.tokenizer, [j.ids for j in jobs], sampling, device=lm.device,
-                              constraints=constraints, decoding=self.settings.decoding)
-            for event in events:
-                job = jobs[event.row]
-                if not job.cancelled.is_set():
-                    job.emit(event)
-                if all(j.cancelled.is_set() for j in jobs):
-                    events.close()  # nobody is listening: free the worker now
-                    break
-        except Exception as exc:  # a failed batch fails its requests, never the server
-            for job in jobs:
-                job.emit(exc)
+        lm = self.model()  # marks the model used
+        constraints = row_constraints(lm.model, lm.tokenizer, job.grammar)
+        return Request(job.ids, job.sampling, job.emit, constraints=constraints, cancelled=job.cancelled.is_set)
 
 
 __all__ = ["Completion", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]

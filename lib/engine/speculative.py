@@ -8,17 +8,20 @@ kept, plus the model's own token after it: each round yields between 1 and k+1 t
 pass of the model. Under greedy decoding the tokens are the model's own (a pass over several
 tokens rounds differently from one over a single token, so a near-tie may rarely resolve the
 other way, as with transformers' assisted generation). Rejected tokens are dropped from both
-KV caches. Greedy only, one sequence at a time, on the fast path (lmpipe.models.fastpath) for both.
+KV caches. Greedy only, on the fast path (lmpipe.models.fastpath) for both.
+
+It is a policy of a row in lmpipe.engine.loop's one loop, not a loop of its own: a row with a `Draft`
+is prefilled alone into lmpipe.engine.batching's rows, and each step of the loop runs one round for it
+(`Drafting.round`) beside the plain rows' batched step.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from ..errors import UsageError
-from ..models.fastpath import fast_model, prefill, step, unsupported
-from .generation import Event, RowState, advance_to_end, eos_ids
+from ..models.fastpath import FastModel, KVCache, fast_model, prefill, step, unsupported
 from .sampling import Sampling
 
 
@@ -50,54 +53,53 @@ def check_draft(model: Any, draft: Any, tokenizer: Any, draft_tokenizer: Any, sa
         raise UsageError("--draft-model decodes greedily: use --temperature 0")
 
 
-def speculate(model: Any, draft: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], sampling: Sampling,
-              k: int = 4) -> Iterator[Event]:
-    """Like lmpipe.engine.generation.generate, greedy, with `draft` proposing `k` tokens per pass."""
-    for r, prompt in enumerate(prompts):
-        yield from _one(model, draft, tokenizer, r, list(prompt), sampling, k)
+@dataclass(frozen=True)
+class Draft:
+    """A row's speculative decoding: `model` (loaded, on the fast path) proposes `tokens` tokens per pass."""
+
+    model: Any
+    tokens: int = 4
+
+    @property
+    def extra(self) -> int:
+        """Columns a round may write into the model's row beyond the tokens it keeps."""
+        return self.tokens + 1
+
+    def start(self, prompt: Sequence[int], room: int) -> "Drafting":
+        """The draft's own cache for one row, holding the prompt."""
+        import torch
+
+        helper = fast_model(self.model)
+        cache = helper.cache(1, len(prompt) + room)
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=helper.device)
+        prefill(helper, cache, slice(0, 1), ids, torch.ones_like(ids))
+        return Drafting(helper, cache, self.tokens)
 
 
-def _one(model: Any, draft: Any, tokenizer: Any, r: int, prompt: list[int], sampling: Sampling,
-         k: int) -> Iterator[Event]:
-    import torch
+class Drafting:
+    """One row's draft model state while it decodes speculatively."""
 
-    target, helper = fast_model(model), fast_model(draft)
-    width = len(prompt) + sampling.max_new_tokens + k + 1
-    caches = target.cache(1, width), helper.cache(1, width)
-    row, eos = RowState(len(prompt)), eos_ids(model, tokenizer)
-    rows = slice(0, 1)
-    ids = torch.tensor([prompt], dtype=torch.long, device=target.device)
-    started = time.perf_counter()
-    logits = prefill(target, caches[0], rows, ids, torch.ones_like(ids))
-    prefill(helper, caches[1], rows, ids.to(helper.device), torch.ones_like(ids).to(helper.device))
-    pending = [int(logits.argmax(-1))]  # chosen by the model, not yet in either cache
-    while True:
-        for token in pending:
-            yield from advance_to_end(r, row, token, time.perf_counter() - started, tokenizer, eos, sampling)
-            if row.finish:
-                return
-        pending = _round(target, helper, caches, pending[-1], min(k, sampling.max_new_tokens - len(row.times)))
+    def __init__(self, helper: FastModel, cache: KVCache, k: int):
+        self.helper, self.cache, self.k = helper, cache, k
 
+    def round(self, rows: Any, handle: Any, last: int, left: int) -> list[int]:
+        """One draft-and-check round after token `last` (chosen by the model, in neither cache yet),
+        with at most `left` new tokens to go; the tokens it settles on. `rows`: lmpipe.engine.batching.FastRows."""
+        import torch
 
-def _round(target: Any, helper: Any, caches: tuple[Any, Any], last: int, k: int) -> list[int]:
-    """One draft-and-check round after token `last`; the tokens it settles on."""
-    import torch
-
-    big, small = caches
-    base = int(big.fill[0])  # columns both caches hold; `last` goes next
-    guesses, token = [], last
-    for _ in range(k):
-        token = int(step(helper, small, slice(0, 1), torch.tensor([token], device=helper.device)).argmax(-1))
-        guesses.append(token)
-    run = torch.tensor([[last, *guesses]], device=target.device)
-    checked = prefill(target, big, slice(0, 1), run, torch.ones_like(run), start=base, every=True)[0].argmax(-1)
-    checked = checked.tolist()
-    agreed = 0
-    while agreed < k and guesses[agreed] == checked[agreed]:
-        agreed += 1
-    kept = base + 1 + agreed  # `last` and the agreed guesses
-    big.truncate(0, kept)
-    small.truncate(0, min(kept, int(small.fill[0])))
-    if int(small.fill[0]) < kept:  # every guess agreed: the draft has not seen its own last one
-        step(helper, small, slice(0, 1), torch.tensor([guesses[-1]], device=helper.device))
-    return [*guesses[:agreed], checked[agreed]]
+        helper, small = self.helper, self.cache
+        base = rows.filled(handle)  # columns both caches hold; `last` goes next
+        guesses, token = [], last
+        for _ in range(min(self.k, left)):
+            token = int(step(helper, small, slice(0, 1), torch.tensor([token], device=helper.device)).argmax(-1))
+            guesses.append(token)
+        checked = rows.extend(handle, [last, *guesses]).argmax(-1).tolist()
+        agreed = 0
+        while agreed < len(guesses) and guesses[agreed] == checked[agreed]:
+            agreed += 1
+        kept = base + 1 + agreed  # `last` and the agreed guesses
+        rows.truncate(handle, kept)
+        small.truncate(0, min(kept, int(small.fill[0])))
+        if int(small.fill[0]) < kept:  # every guess agreed: the draft has not seen its own last one
+            step(helper, small, slice(0, 1), torch.tensor([guesses[-1]], device=helper.device))
+        return [*guesses[:agreed], checked[agreed]]

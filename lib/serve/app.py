@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..chat.prompts import PromptSettings, messages_of, prompt_ids
-from ..engine.generation import Completion, Token
+from ..engine.events import Completion, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError, RecordError

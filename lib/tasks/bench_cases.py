@@ -14,8 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from ..engine.generation import Completion, Decoding, generate
+from ..engine.decoding import Decoding
+from ..engine.events import Completion
+from ..engine.generation import generate
 from ..engine.sampling import Sampling
+from ..engine.timing import per_second
 from ..errors import UsageError
 from ..models.loading import LoadedModel, ModelSettings
 
@@ -190,12 +193,12 @@ def measure(calls: dict[str, Call], prompt: list[int], settings: BenchSettings) 
                 t = times[impl]
                 t["ttft"].append(ttft)
                 t["total"].append(total)
-                t["decode"].append((max(counts) - 1) / max(total - ttft, 1e-9))
-                t["aggregate"].append(sum(counts) / total)
+                t["decode"].append(per_second(max(counts) - 1, max(total - ttft, 1e-9)))
+                t["aggregate"].append(per_second(sum(counts), total))
         for impl, t in times.items():
             yield {
                 "impl": impl, "batch": batch, "prompt_tokens": len(prompt), "gen_tokens": settings.gen_tokens,
-                "pp_tok_s": summary([batch * len(prompt) / x for x in t["ttft"]]),
+                "pp_tok_s": summary([per_second(batch * len(prompt), x) for x in t["ttft"]]),
                 "ttft_s": summary(t["ttft"]),
                 "decode_tok_s": summary(t["decode"]),
                 "aggregate_tok_s": summary(t["aggregate"]),
