@@ -164,7 +164,7 @@ def model_ll_tokenizer(model: Any, tokenizer: Any) -> Any:
 
 
 def row_constraints(model: Any, tokenizer: Any, grammar: str | None) -> tuple[Any, ...]:
-    """The `constraints` of one row of the generation loop (lmpipe.loop.Request): a fresh matcher
+    """The `constraints` of one row of the generation loop (lmpipe.engine.loop.Request): a fresh matcher
     for its grammar, or none for a free row."""
     if grammar is None:
         return ()

@@ -62,7 +62,7 @@ class Projection:
 def fuse(linears: list[Any]) -> Projection:
     """One projection for several linears that read the same input: one matmul where exact.
 
-    Quantized layers were fused when they were packed (lmpipe.quantize.install): the parts of
+    Quantized layers were fused when they were packed (lmpipe.models.quantize.install): the parts of
     one fused layer, in order, are that layer. Packed buffers are never joined here.
     """
     from .quantize import quantized_linear_class, quantized_part_class

@@ -6,7 +6,7 @@ however small the result. So the first `--quantize` of a model builds it on the 
 quantized as it arrives, then saves the quantized weights (atomically, with lmpipe's
 conversion marker, so lm-cache-ls lists them and lm-cache-rm removes them) under
 lmpipe.paths.models_dir(), keyed by the source files and the copy's format. The copy holds
-the portable values (lmpipe.quantize.QuantizedWeight), never a kernel's packed buffers: a
+the portable values (lmpipe.models.quantize.QuantizedWeight), never a kernel's packed buffers: a
 cache shared by machines with different CPUs serves each of them, and every load packs
 for the CPU that runs. A copy of another format is rebuilt, never misread. Later loads read that copy: a
 quarter (int8) or an eighth (int4) of the bytes, and a peak to match, as llama.cpp's
