@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -230,3 +231,26 @@ def test_int4_values_are_two_to_a_byte_in_row_order():
     assert torch.equal(q.values[:, 0] & 0x0F, values[:, 0].to(torch.uint8))
     assert torch.equal(q.values[:, 0] >> 4, values[:, 1].to(torch.uint8))
     assert float((q.dequantized() - weight).abs().max()) < 0.5 * float((weight.amax() - weight.amin()) / 15) + 0.05
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on a CPU builds C++ kernels")
+def test_the_compiled_quantized_step_has_no_graph_break_and_matches_eager(tiny_llama_raw):
+    """--quantize with --compile: the eager path's alignment check must not split the compiled step."""
+    from torch._dynamo.utils import counters
+
+    from lmpipe.models.fastpath import FastDecoder, fast_model
+    from lmpipe.models.quantize import quantize
+
+    model, _ = plain_model(tiny_llama_raw)
+    quantize(model, "int8")
+    ids = torch.tensor([[5, 17, 42, 9, 3]])
+    eager, compiled = (FastDecoder(fast_model(model), torch.ones_like(ids), 4, c) for c in (False, True))
+    token = eager.prefill(ids).argmax(-1)
+    compiled.prefill(ids)
+    counters.clear()
+    for _ in range(2):
+        a, b = eager.step(token), compiled.step(token)
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+        token = a.argmax(-1)
+    assert not counters["graph_break"]

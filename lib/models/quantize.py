@@ -151,7 +151,10 @@ def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
     """x [M, K] times the packed weight, through torch's kernel; bfloat16 [M, N]."""
     import torch
 
-    a = owned(x.to(torch.bfloat16))
+    a = x.to(torch.bfloat16)
+    # Eager: make sure of the alignment. Compiled (--compile), the check would break the graph;
+    # inductor hands extern kernels buffers of its own, allocated aligned.
+    a = a.contiguous() if torch.compiler.is_compiling() else owned(a)
     if mode == "int8":
         return torch.ops.aten._weight_int8pack_mm(a, packed, scales)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, INT4_GROUP, scales)
