@@ -77,20 +77,12 @@ def fuse(linears: list[Any]) -> Projection:
     fused = {id(m.fused) for m in linears if isinstance(m, QuantizedPart)}
     if len(fused) == 1 and all(isinstance(m, QuantizedPart) for m in linears):
         whole = linears[0].fused
-        if [(m.start, m.end) for m in linears] == _consecutive([m.out_features for m in linears]) \
-                and linears[-1].end == whole.out_features:
+        if linears[0].start == 0 and linears[-1].end == whole.out_features \
+                and all(a.end == b.start for a, b in zip(linears, linears[1:])):
             return Projection(None, None, whole)
     # float weights stay apart: one fused matmul over one row of input rounds differently
     # from three (measured), and float32 output must stay token-identical to transformers'.
     return Projection(None, None, None, tuple(fuse([m]) for m in linears))
-
-
-def _consecutive(sizes: list[int]) -> list[tuple[int, int]]:
-    spans, start = [], 0
-    for size in sizes:
-        spans.append((start, start + size))
-        start += size
-    return spans
 
 
 @dataclass(frozen=True)
