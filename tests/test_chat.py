@@ -314,3 +314,27 @@ def test_a_scripted_chat_is_a_jsonl_transcript_that_replays_with_its_seed(tiny_l
     assert [(r["manifest"]["sampling"]["temperature"], r["manifest"]["sampling"]["seed"]) for r in a] == [
         (1.0, 3), (1.0, 3), (0.5, 3)]
     assert all(r["stats"]["output_tokens"] <= 8 for r in a)
+
+
+def test_through_a_server_the_transcript_is_the_in_process_one(tiny_llama):
+    from serve_helpers import Server
+
+    script = "The quick\nbrown fox\n"
+    local = run_tool("lm-chat", "--model", str(tiny_llama), "-n", "6", "--seed", "1", input=script)
+    server = Server(tiny_llama)
+    try:
+        remote = run_tool("lm-chat", "--server", server.url, "--model", str(tiny_llama), "-n", "6", "--seed", "1",
+                          input=script)
+    finally:
+        server.stop()
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    mine, theirs = jsonl(local.stdout), jsonl(remote.stdout)
+    assert [(r["messages"], r["generated"]) for r in theirs] == [(r["messages"], r["generated"]) for r in mine]
+    assert [r["stats"]["input_tokens"] for r in theirs] == [r["stats"]["input_tokens"] for r in mine]
+
+
+def test_no_server_is_one_line_and_exit_1():
+    result = run_tool("lm-chat", "--server", "http://127.0.0.1:1", input="hi\n")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().startswith("lm-chat: error: no server at http://127.0.0.1:1/v1")
+    assert len(result.stderr.splitlines()) == 1

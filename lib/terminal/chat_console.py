@@ -9,6 +9,8 @@ from typing import Any
 
 from .display import _console, stats_line
 
+TIMED = ("input_tokens", "output_tokens", "ttft_s", "tokens_per_s", "total_s", "finish_reason")  # what stats_line shows
+
 
 class ChatConsole:
     PROMPT, MORE = ">>> ", "... "  # Ollama's prompts: a message, and the lines of a \"\"\" block
@@ -70,8 +72,10 @@ class ChatConsole:
                     self.piece(record["reasoning"], True)
                 self.piece(record.get(field) or "", False)
             self._end_line()
-            if not self.quiet and record.get("stats"):
-                self.err.print(f"[dim]{stats_line(record['stats'])}[/]")
+            stats = record.get("stats") or {}
+            # Another OpenAI-compatible server may leave times out: no line rather than a wrong one.
+            if not self.quiet and all(stats.get(k) is not None for k in TIMED):
+                self.err.print(f"[dim]{stats_line(stats)}[/]")
         self.thinking = self.streamed = False
 
     def stopped(self) -> None:
