@@ -177,6 +177,106 @@ def test_a_pipe_gets_the_transcript_and_error_records_with_their_lines():
     assert records[5]["messages"][-1] == user("two\nlines")
 
 
+class ThinkingTask(ShoutTask):
+    """Thinks first, in pieces that split the tags."""
+
+    def process(self, batch):
+        item = batch[0]
+        for piece in ["<th", "ink>hm", "m</think>", "Hi", "!"]:
+            yield Streamed(item, Token(0, 0, piece, 0.0))
+        yield Finished(item, {**item.record, "generated": "Hi!", "reasoning": "hmm", "stats": {}})
+
+
+class ScriptedConsole:
+    """ChatConsole's part, typed from a list (KeyboardInterrupt where it says so), shown into a list."""
+
+    def __init__(self, typed, interrupt_after_pieces=None):
+        self.typed, self.shown = list(typed), []
+        self.interrupt_after = interrupt_after_pieces
+
+    def read(self, more=False):
+        self.shown.append(("prompt", more))
+        if not self.typed:
+            raise EOFError
+        line = self.typed.pop(0)
+        if line is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return line
+
+    def piece(self, text, reasoning):
+        self.shown.append(("reasoning" if reasoning else "answer", text))
+        if self.interrupt_after is not None and sum(k in ("reasoning", "answer") for k, _ in self.shown) == self.interrupt_after:
+            raise KeyboardInterrupt
+
+    def finished(self, record, failed, field="generated"):
+        self.shown.append(("finished", record[field]))
+
+    def stopped(self):
+        self.shown.append(("stopped", None))
+
+    def note(self, text):
+        self.shown.append(("note", text))
+
+    def error(self, text):
+        self.shown.append(("error", text))
+
+
+def test_at_the_prompt_reasoning_streams_apart_commands_answer_and_ctrl_d_leaves_with_0():
+    from lmpipe.tasks.chat_session import converse
+
+    session = ChatSession(lambda s, _old: ThinkingTask(s), GenerateSettings())
+    console = ScriptedConsole(["hello", '"""', "half a block", KeyboardInterrupt, "/system Be kind.", "/nope"])
+    assert converse(session, console) == 0
+    assert console.shown == [
+        ("prompt", False), ("reasoning", "hm"), ("reasoning", "m"), ("answer", "Hi"), ("answer", "!"),
+        ("finished", "Hi!"),
+        ("prompt", False), ("prompt", True), ("prompt", True),  # the block, dropped by Ctrl-C
+        ("note", "\nUse Ctrl-D or /bye to leave."),
+        ("prompt", False), ("note", "Set system prompt."),
+        ("prompt", False), ("error", "unknown command /nope (/help lists them)"),
+        ("prompt", False), ("note", "")]
+    assert session.conversation.turns == [user("hello"), assistant("Hi!")]
+
+
+def test_ctrl_c_in_a_reply_returns_to_the_prompt_and_bye_leaves_with_0():
+    from lmpipe.tasks.chat_session import converse
+
+    session = shouting()
+    console = ScriptedConsole(["stop me", "/bye", "never read"], interrupt_after_pieces=2)
+    assert converse(session, console) == 0
+    assert console.shown == [("prompt", False), ("answer", "S"), ("answer", "T"), ("stopped", None),
+                             ("prompt", False)]
+    assert session.conversation.turns == [user("stop me")]
+    assert console.typed == ["never read"]
+
+
+def test_the_terminal_shows_reasoning_dim_and_the_stats_line_unless_quiet():
+    import io
+
+    from rich.console import Console
+
+    from lmpipe.terminal.chat_console import ChatConsole
+
+    stats = {"input_tokens": 9, "output_tokens": 2, "ttft_s": 0.25, "tokens_per_s": 40.0, "total_s": 0.3,
+             "finish_reason": "eos"}
+    for quiet in (False, True):
+        console = ChatConsole(history=None, quiet=quiet)
+        out, err = io.StringIO(), io.StringIO()
+        console.out = Console(file=out, force_terminal=True, color_system="standard", soft_wrap=True)
+        console.err = Console(file=err, force_terminal=False, soft_wrap=True)
+        console.piece("hmm", True)
+        console.piece("Hi", False)
+        console.finished({"generated": "Hi", "stats": stats}, failed=False)
+        assert out.getvalue() == "\x1b[2;3mhmm\x1b[0m\nHi\n"
+        assert err.getvalue() == ("" if quiet else "9 in · 2 out · ttft 250 ms · 40.0 tok/s · 0.30 s · eos\n")
+
+
+def test_a_bad_load_file_fails_before_the_model_loads(tmp_path):
+    result = run_tool("lm-chat", "--load", str(tmp_path / "missing.jsonl"), input="hi\n")
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode().startswith(f"lm-chat: error: cannot read {tmp_path / 'missing.jsonl'}")
+
+
 # The real thing: the embedded model at a terminal, and in pipes.
 
 @pytest.fixture(scope="module")
