@@ -253,22 +253,24 @@ def test_ctrl_c_in_a_reply_returns_to_the_prompt_and_bye_leaves_with_0():
 def test_the_terminal_shows_reasoning_dim_and_the_stats_line_unless_quiet():
     import io
 
-    from rich.console import Console
-
     from lmpipe.terminal.chat_console import ChatConsole
 
     stats = {"input_tokens": 9, "output_tokens": 2, "ttft_s": 0.25, "tokens_per_s": 40.0, "total_s": 0.3,
              "finish_reason": "eos"}
-    for quiet in (False, True):
-        console = ChatConsole(history=None, quiet=quiet)
+    for quiet, color in ((False, True), (True, True), (False, False)):
         out, err = io.StringIO(), io.StringIO()
-        console.out = Console(file=out, force_terminal=True, color_system="standard", soft_wrap=True)
-        console.err = Console(file=err, force_terminal=False, soft_wrap=True)
+        console = ChatConsole(history=None, quiet=quiet, out=out, err=err, color=color)
         console.piece("hmm", True)
         console.piece("Hi", False)
         console.finished({"generated": "Hi", "stats": stats}, failed=False)
-        assert out.getvalue() == "\x1b[2;3mhmm\x1b[0m\nHi\n"
-        assert err.getvalue() == ("" if quiet else "9 in · 2 out · ttft 250 ms · 40.0 tok/s · 0.30 s · eos\n")
+        console.piece("cut", False)
+        console.stopped()
+        console.finished({"error": "too long", "line": 3}, failed=True)
+        dim, plain = "\x1b[2;3mhmm\x1b[0m", "hmm"
+        assert out.getvalue() == (dim if color else plain) + "\nHi\ncut\n"
+        line = "9 in · 2 out · ttft 250 ms · 40.0 tok/s · 0.30 s · eos"
+        shown = ("" if quiet else (f"\x1b[2m{line}\x1b[0m\n" if color else f"{line}\n"))
+        assert err.getvalue() == shown + ("\x1b[31mtoo long\x1b[0m\n" if color else "too long\n")
 
 
 def test_a_bad_load_file_fails_before_the_model_loads(tmp_path):

@@ -247,6 +247,7 @@ def run(r: ChatRun, tty: bool) -> int:
 def converse(session: ChatSession, console: Any) -> int:
     """The conversation at a terminal, until Ctrl-D or /bye (exit 0)."""
     from ..chat.reasoning import ReasoningStream
+    from ..records.pipe import EXIT_OK
 
     lines = InputAssembler()
     number = 0
@@ -255,7 +256,7 @@ def converse(session: ChatSession, console: Any) -> int:
             typed = console.read(more=lines.open)
         except EOFError:
             console.note("")
-            return 0
+            return EXIT_OK
         except KeyboardInterrupt:
             lines.drop()
             console.note("\nUse Ctrl-D or /bye to leave.")
@@ -271,7 +272,7 @@ def converse(session: ChatSession, console: Any) -> int:
                 console.error(str(exc))
                 continue
             if said is None:
-                return 0
+                return EXIT_OK
             console.note(said)
             continue
         thinking = ReasoningStream()

@@ -4,10 +4,14 @@ above (lmpipe.tasks.chat_session); this only reads lines and shows things."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .display import _console, stats_line
+from rich.color import ColorSystem
+from rich.style import Style
+
+from .display import stats_line
 
 TIMED = ("input_tokens", "output_tokens", "ttft_s", "tokens_per_s", "total_s", "finish_reason")  # what stats_line shows
 
@@ -15,8 +19,12 @@ TIMED = ("input_tokens", "output_tokens", "ttft_s", "tokens_per_s", "total_s", "
 class ChatConsole:
     PROMPT, MORE = ">>> ", "... "  # Ollama's prompts: a message, and the lines of a \"\"\" block
 
-    def __init__(self, history: Path | None = None, quiet: bool = False):
-        self.out, self.err = _console(), _console(stderr=True)
+    def __init__(self, history: Path | None = None, quiet: bool = False, out: IO[str] | None = None,
+                 err: IO[str] | None = None, color: bool | None = None):
+        """`color`: style the text (None: as rich finds the terminal, NO_COLOR and TERM=dumb included)."""
+        self.out, self.err = out or sys.stdout, err or sys.stderr
+        self.out_color = _colors(self.out, color)
+        self.err_color = _colors(self.err, color)
         self.quiet = quiet
         self.history = history
         self.readline: Any = None
@@ -52,13 +60,10 @@ class ChatConsole:
 
     def piece(self, text: str, reasoning: bool) -> None:
         """Part of the reply as it streams; reasoning dim and italic, the answer on its own line after it."""
-        from rich.text import Text
-
         if self.thinking and not reasoning:
-            self.out.print()
+            self._write(self.out, "\n")
         self.thinking = reasoning
-        self.out.print(Text(text, style="dim italic" if reasoning else ""), end="")
-        self.out.file.flush()
+        self._write(self.out, _styled(text, THINKING, self.out_color) if reasoning else text)
         self.streamed = True
 
     def finished(self, record: dict[str, Any], failed: bool, field: str = "generated") -> None:
@@ -75,7 +80,7 @@ class ChatConsole:
             stats = record.get("stats") or {}
             # Another OpenAI-compatible server may leave times out: no line rather than a wrong one.
             if not self.quiet and all(stats.get(k) is not None for k in TIMED):
-                self.err.print(f"[dim]{stats_line(stats)}[/]")
+                self._write(self.err, _styled(stats_line(stats), Style(dim=True), self.err_color) + "\n")
         self.thinking = self.streamed = False
 
     def stopped(self) -> None:
@@ -85,12 +90,32 @@ class ChatConsole:
 
     def _end_line(self) -> None:
         if self.streamed:
-            self.out.print()
+            self._write(self.out, "\n")
 
     def note(self, text: str) -> None:
-        self.out.print(text, markup=False, highlight=False)
+        self._write(self.out, text + "\n")
 
     def error(self, text: str) -> None:
-        from rich.text import Text
+        self._write(self.err, _styled(text, Style(color="red"), self.err_color) + "\n")
 
-        self.err.print(Text(text, style="red"))
+    @staticmethod
+    def _write(file: IO[str], text: str) -> None:
+        # Plain writes, not rich's print: a Ctrl-C inside rich's flush leaves the text in its
+        # buffer, and the next print shows it again after the prompt.
+        file.write(text)
+        file.flush()
+
+
+THINKING = Style(dim=True, italic=True)
+
+
+def _colors(file: IO[str], color: bool | None) -> bool:
+    if color is not None:
+        return color
+    from rich.console import Console
+
+    return Console(file=file).color_system is not None
+
+
+def _styled(text: str, style: Style, color: bool) -> str:
+    return style.render(text, color_system=ColorSystem.STANDARD) if color else text
