@@ -124,7 +124,7 @@ def test_save_writes_one_record_lm_generate_reads_and_load_takes_what_the_tools_
     assert Conversation.load(path) == conversation
     # The dashboard appends a record per save: the last is the conversation.
     dash = tmp_path / "dash.jsonl"
-    dash.write_bytes(orjson.dumps({"messages": [user("old")]}) + b"\n" + orjson.dumps({"messages": [user("new")]}) + b"\n\n")
+    dash.write_bytes(b"".join(orjson.dumps({"messages": [user(t)]}) + b"\n" for t in ("old", "new")) + b"\n")
     assert Conversation.load(dash) == Conversation("", [user("new")])
     # lm-generate's output record (and lm-chat's transcript line): its reply is the last turn.
     generated = tmp_path / "generated.jsonl"
@@ -205,7 +205,8 @@ class ScriptedConsole:
 
     def piece(self, text, reasoning):
         self.shown.append(("reasoning" if reasoning else "answer", text))
-        if self.interrupt_after is not None and sum(k in ("reasoning", "answer") for k, _ in self.shown) == self.interrupt_after:
+        pieces = sum(kind in ("reasoning", "answer") for kind, _ in self.shown)
+        if pieces == self.interrupt_after:
             raise KeyboardInterrupt
 
     def finished(self, record, failed, field="generated"):

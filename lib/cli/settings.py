@@ -127,8 +127,9 @@ def chat_run(o: Options) -> "ChatRun":
     from ..backends.generate import GenerateSettings
     from ..tasks.chat_session import ChatRun
 
-    return ChatRun(settings=GenerateSettings(sampling=sampling_settings(o), decoding=decoding(o)), model=model_settings(o),
-                   server=o.get("server"), system=o.get("system") or "", load=o.get("load"), quiet=o["quiet"])
+    settings = GenerateSettings(sampling=sampling_settings(o), decoding=decoding(o))
+    return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"), system=o.get("system") or "",
+                   load=o.get("load"), quiet=o["quiet"])
 
 
 def detect_run(o: Options) -> "DetectRun":
@@ -215,7 +216,6 @@ def chunk_run(o: Options) -> "ChunkRun":
 
 def bench_run(o: Options) -> "BenchRun":
     from ..tasks.bench import BenchRun
-    from ..tasks.chat_session import ChatRun
     from ..tasks.bench_cases import BenchSettings
 
     settings = BenchSettings(

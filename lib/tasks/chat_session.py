@@ -207,7 +207,8 @@ class ChatSession:
             try:
                 new = kind(value)
             except ValueError:
-                raise UsageError(f"/set {key}: {value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+                wanted = "a whole number" if kind is int else "a number"
+                raise UsageError(f"/set {key}: {value!r} is not {wanted}") from None
         changed = replace(sampling, **{key: new})  # Sampling checks the value
         self.task = self.build(replace(self.settings, sampling=changed), self.task)
         return f"Set {key} to {new!r}."
