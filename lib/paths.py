@@ -24,3 +24,8 @@ def hub_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
+
+
+def chat_history_file() -> Path:
+    """lm-chat's line history (readline's file), kept between sessions."""
+    return home() / "chat_history"

@@ -7,7 +7,7 @@ in worker threads and knows nothing of the interface: it reports through callbac
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from lmpipe.models.loading import LoadedModel
@@ -56,22 +56,6 @@ class Reply:
     reasoning: str | None
     stats: dict[str, Any]
     ids: tuple[int, ...] = ()  # the reply's tokens, as generated
-
-
-@dataclass
-class Conversation:
-    """A multi-turn chat: what goes to the model each turn, and what `lm-generate` reads back."""
-
-    system: str = ""
-    turns: list[dict[str, str]] = field(default_factory=list)
-
-    def messages(self) -> list[dict[str, str]]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + list(self.turns)
-
-    def record(self) -> dict[str, Any]:
-        """One JSONL record, `{"messages": [...]}`, as lm-generate accepts it."""
-        return {"messages": self.messages()}
 
 
 def chat_turn(engine: ModelPool, messages: list[dict[str, str]], settings: ChatSettings,

@@ -1,4 +1,4 @@
-"""Reasoning models think inside <think>…</think>; split that out of the answer."""
+"""Reasoning models think inside <think>…</think>; split that out of the answer (whole, or as it streams)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,38 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     start = text.find(OPEN)
     begin = start + len(OPEN) if 0 <= start < end else 0
     return text[begin:end].strip(), text[end + len(CLOSE):].lstrip()
+
+
+class ReasoningStream:
+    """Streamed text cut into reasoning and answer pieces as it comes, so a terminal can show the
+    thinking apart while it streams. A tag split across tokens is held back until it is whole.
+    (A template that opens <think> in the prompt streams its thinking as answer: only the
+    finished reply, through split_reasoning, knows.)"""
+
+    def __init__(self) -> None:
+        self.thinking = False
+        self.held = ""
+
+    def feed(self, text: str) -> list[tuple[bool, str]]:
+        """(is_reasoning, text) pieces of what can be shown now."""
+        pieces: list[tuple[bool, str]] = []
+        text = self.held + text
+        self.held = ""
+        while text:
+            tag = CLOSE if self.thinking else OPEN
+            at = text.find(tag)
+            if at >= 0:
+                pieces.append((self.thinking, text[:at]))
+                self.thinking = not self.thinking
+                text = text[at + len(tag):]
+                continue
+            keep = next((n for n in range(len(tag) - 1, 0, -1) if text.endswith(tag[:n])), 0)
+            self.held = text[len(text) - keep:] if keep else ""
+            pieces.append((self.thinking, text[:len(text) - keep]))
+            break
+        return [(r, t) for r, t in pieces if t]
+
+    def flush(self) -> list[tuple[bool, str]]:
+        """What was held back at the end of the reply."""
+        held, self.held = self.held, ""
+        return [(self.thinking, held)] if held else []

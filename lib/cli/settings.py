@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from ..backends.generate import GenerateSettings
     from ..engine.constrain import Constraint
     from ..engine.decoding import Decoding
+    from ..engine.sampling import Sampling
     from ..models.loading import ModelSettings
     from ..records.job import JobSettings
     from ..records.pipe import PipeSettings
     from ..serve.run import ServeRun
     from ..tasks.bench import BenchRun
+    from ..tasks.chat_session import ChatRun
     from ..tasks.chunk import ChunkRun
     from ..tasks.detect import DetectRun
     from ..tasks.generate import GenerateRun
@@ -47,6 +49,15 @@ def decoding(o: Options) -> "Decoding":
 
     return Decoding(o.get("cache") or "fast", bool(o.get("compile")), o.get("draft_model"),
                     o.get("draft_quantize"), o.get("draft_tokens") or 4)
+
+
+def sampling_settings(o: Options) -> "Sampling":
+    """What sampling_options ask for."""
+    from ..engine.sampling import Sampling
+
+    return Sampling(temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
+                    repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
+                    seed=o["seed"], stop=tuple(o["stop"]))
 
 
 def job_settings(o: Options) -> "JobSettings":
@@ -87,15 +98,10 @@ def generate_settings(o: Options) -> "GenerateSettings":
     from ..backends.generate import GenerateSettings
     from ..chat.prompts import PromptSettings
     from ..chat.tools import check_choice
-    from ..engine.sampling import Sampling
 
     return GenerateSettings(
         prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
-        sampling=Sampling(
-            temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
-            repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
-            seed=o["seed"], stop=tuple(o["stop"]),
-        ),
+        sampling=sampling_settings(o),
         out=o["out"],
         top_probs=o["top_probs"],
         ttnt=o["ttnt"],
@@ -113,6 +119,17 @@ def generate_run(o: Options, given: frozenset[str] = frozenset()) -> "GenerateRu
     return GenerateRun(settings=generate_settings(o), model=model_settings(o), pipe=pipe_settings(o),
                        prompt=o.get("prompt"), server=o.get("server"), stream=o["stream"], quiet=o["quiet"],
                        display_pause=o["display_pause"], given=given)
+
+
+def chat_run(o: Options) -> "ChatRun":
+    """lm-chat: lm-generate's model, sampling, speed and server options; the system prompt goes
+    into the conversation (so /save keeps it), not into the prompt settings."""
+    from ..backends.generate import GenerateSettings
+    from ..tasks.chat_session import ChatRun
+
+    settings = GenerateSettings(sampling=sampling_settings(o), decoding=decoding(o))
+    return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"), system=o.get("system") or "",
+                   load=o.get("load"), quiet=o["quiet"])
 
 
 def detect_run(o: Options) -> "DetectRun":

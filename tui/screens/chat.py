@@ -10,11 +10,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
+from lmpipe.chat.conversation import Conversation
 from lmpipe.records.jsonl import encode
 from lmpipe.terminal.display import stats_line
 
 from ..messages import ReplyFailed, ReplyFinished, ReplyStreaming
-from ..pool import ChatSettings, Conversation, ModelPool, Reply, chat_turn
+from ..pool import ChatSettings, ModelPool, Reply, chat_turn
 from .dialogs import AskPath
 
 
