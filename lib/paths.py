@@ -24,3 +24,8 @@ def hub_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
+
+
+def servers_dir() -> Path:
+    """Running lm-serve instances, one file each (lmpipe.backends.warm)."""
+    return home() / "servers"

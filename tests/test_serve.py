@@ -151,7 +151,7 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_llama):
 def test_lm_generate_through_the_server_writes_the_same_records(server, tiny_llama):
     lines = "The quick brown fox\n" + '{"text": "Paris is the capital of", "id": 7}\n' + "{broken\n"
     args = ("-m", str(tiny_llama), "-n", "10", "--seed", "3")
-    local = run_tool("lm-generate", *args, input=lines)
+    local = run_tool("lm-generate", *args, "--no-server", input=lines)  # not the warm server
     remote = run_tool("lm-generate", *args, "--server", server.url, input=lines)
     assert local.returncode == remote.returncode == 1  # the broken line is an error record in both
     ours, theirs = jsonl(local.stdout), jsonl(remote.stdout)
