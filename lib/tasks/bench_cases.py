@@ -275,23 +275,6 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
         yield record
 
 
-def cold_cli_seconds(repetitions: int) -> dict[str, Any]:
-    """A whole process: `echo hi | lm-generate --max-new-tokens 1`, start-up and load included."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tool = shutil.which("lm-generate") or str(Path(sys.executable).parent / "lm-generate")
-    times = []
-    for _ in range(repetitions):
-        start = time.perf_counter()
-        subprocess.run([tool, "--max-new-tokens", "1"], input=b"hi\n", capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return {"impl": "lmpipe", "case": "cold-cli", "command": "echo hi | lm-generate --max-new-tokens 1",
-            "seconds": summary(times), "repetitions": repetitions}
-
-
 def server_ttft(url: str, repetitions: int) -> dict[str, Any]:
     """Time to the first streamed text of a short chat request to a running, otherwise idle server."""
     import httpx
@@ -327,7 +310,8 @@ def pipeline_seconds(records: int, server: str | None, model: str | None = None)
     from pathlib import Path
 
     tool = shlex.quote(shutil.which("lm-generate") or str(Path(sys.executable).parent / "lm-generate"))
-    extra = f" --server {shlex.quote(server)}" if server else ""
+    # In-process means it: a warm lm-serve recorded in lmpipe's home would otherwise answer instead.
+    extra = f" --server {shlex.quote(server)}" if server else " --no-server"
     extra += f" -m {shlex.quote(model)}" if model else ""
     stages = [f"{tool} -n 8 -o a{extra}", f"{tool} -f a -n 8 -o b{extra}", f"{tool} -f b -n 8 -o c{extra}"]
     command = " | ".join(stages)
