@@ -55,9 +55,11 @@ def test_the_probe_sees_torch_when_a_tool_loads_a_model(tiny_llama):
 def test_lm_tokenize(which, request):
     model = "smollm2" if which == "embedded" else str(request.getfixturevalue("tiny_llama"))
     request.getfixturevalue("embedded")
-    proc, heavy = probe("lm-tokenize", "-m", model, input=b'{"text": "Hello, world"}\n')
+    chat = b'{"messages": [{"role": "user", "content": "Hello"}]}\n'  # rendered with the chat template
+    proc, heavy = probe("lm-tokenize", "-m", model, input=b'{"text": "Hello, world"}\n' + chat)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert jsonl(proc.stdout)[0]["count"] > 0
+    text, chat_record = jsonl(proc.stdout)
+    assert text["count"] > 0 and chat_record["prompt"].endswith("assistant\n")
     assert heavy == ""
 
 

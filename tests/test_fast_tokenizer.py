@@ -119,3 +119,23 @@ def test_a_gguf_not_yet_converted_takes_the_slow_path_and_says_so(embedded, tmp_
     gguf = embedded_gguf()
     hf = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     assert jsonl(result.stdout)[0]["ids"] == hf("Hello, world")["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["embedded", "tiny_llama"])
+def test_a_chat_is_tokenized_as_lm_generate_prompts_the_model(name, request):
+    """A `messages` record: the template rendered with jinja2 (no transformers), the ids lm-generate feeds."""
+    from transformers import AutoTokenizer
+
+    from lmpipe.chat.prompts import PromptSettings, prompt_ids
+
+    folder = request.getfixturevalue(name)
+    hf = AutoTokenizer.from_pretrained(folder)
+    chat = {"messages": [{"role": "system", "content": "Réponds en français."},
+                         {"role": "user", "content": "Où est Köln? 東京?"}]}
+    result = CliRunner().invoke(main, ["-m", str(folder)], input=orjson.dumps(chat) + b"\n", catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    record = jsonl(result.stdout_bytes)[0]
+    assert record["prompt"] == hf.apply_chat_template(chat["messages"], add_generation_prompt=True, tokenize=False)
+    assert record["ids"] == prompt_ids(chat, hf, PromptSettings())
+    assert [record["prompt"][a:b] for a, b in record["offsets"]][-3:] == \
+        [hf.decode([i]) for i in record["ids"][-3:]]

@@ -62,6 +62,15 @@ def encode(tokenizer: Any, text: str, special: bool) -> dict[str, Any]:
     return out
 
 
+def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
+    """A record's `messages` as the model's chat template renders them for generation (with jinja2,
+    as transformers does: lmpipe.chat.chat_template)."""
+    from ..chat.chat_template import apply_chat_template
+    from ..chat.prompts import PromptSettings, messages_of
+
+    return apply_chat_template(tokenizer, messages_of(record, PromptSettings()), add_generation_prompt=True)
+
+
 def decode(tokenizer: Any, record: dict[str, Any]) -> str:
     ids = record.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
@@ -76,18 +85,25 @@ class TokenizeTask:
         self.tokenizer = tokenizer
         self.settings = settings
 
+    def encoded(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The token fields for a record's text, or for its `messages` (a chat without the text
+        field) as lm-generate would prompt the model: the template's rendering, kept in `prompt`
+        (the offsets point into it), tokenized without adding special tokens (the template wrote them)."""
+        if "messages" in record and self.settings.field not in record:
+            record["prompt"] = chat_prompt(self.tokenizer, record)
+            return encode(self.tokenizer, record["prompt"], special=False)
+        return encode(self.tokenizer, text_of(record, self.settings.field), self.settings.special)
+
     def process(self, batch: list[Item]) -> Iterator[Finished]:
         for item in batch:
             record = dict(item.record or {})
             try:
                 if self.settings.decode:
                     record[self.settings.out or "text"] = decode(self.tokenizer, record)
+                elif self.settings.out:
+                    record[self.settings.out] = self.encoded(record)
                 else:
-                    fields = encode(self.tokenizer, text_of(record, self.settings.field), self.settings.special)
-                    if self.settings.out:
-                        record[self.settings.out] = fields
-                    else:
-                        record.update(fields)
+                    record.update(self.encoded(record))
                 yield Finished(item, record)
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
