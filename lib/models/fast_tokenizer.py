@@ -113,7 +113,7 @@ class JsonTokenizer:
 
     def _add_missing(self, decoder: dict[str, Any]) -> None:
         """Added tokens the config knows and the file lacks, then special tokens not yet in the vocabulary."""
-        have = {str(t) for t in self.backend.get_added_tokens_decoder().values()}
+        have = {t.content for t in self.backend.get_added_tokens_decoder().values()}
         to_add = [_added_token(t, special=True) for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0]))
                   if _content(t) not in have]
         names = {_content(v) for v in self.named.values()}
