@@ -204,3 +204,5 @@ def test_lm_bench_times_the_server_and_a_pipeline_through_it(server, tiny_llama)
     assert records["server-ttft"]["seconds"]["min"] > 0
     assert records["pipeline"]["ok"] and records["pipeline-server"]["ok"]
     assert records["pipeline-server"]["records"] == 2
+    assert records["pipeline"]["command"].endswith("(each with --no-server)")
+    assert records["pipeline-server"]["command"].endswith("(each finding the warm server)")  # it holds -m's model

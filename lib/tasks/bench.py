@@ -78,7 +78,10 @@ def run(r: BenchRun, tty: bool) -> int:
         say("lm-bench", f"timing a three-stage pipeline of {r.pipeline} records")
         emit(pipeline_seconds(r.pipeline, None, settings.model.model))
         if r.server:
-            emit(pipeline_seconds(r.pipeline, r.server, settings.model.model))
+            from .bench_cold import found_warm
+
+            found = found_warm(settings.model.model, r.server)
+            emit(pipeline_seconds(r.pipeline, r.server, settings.model.model, found))
     if tty:
         table(records)
     return 0
