@@ -11,7 +11,7 @@ from lmpipe.records.pipe import stdout_is_tty
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {
     "impl": "who was measured: lmpipe, transformers, llama-cpp, or ratio",
-    "case": "generate, memory, ratio, perplexity or cold-cli",
+    "case": "generate, memory, ratio, perplexity, cold, cold-ratio, server-ttft, pipeline or pipeline-server",
     "batch": "sequences per call (generate)",
     "prompt_tokens": "prompt length in tokens (generate)",
     "gen_tokens": "new tokens asked for per sequence (generate)",
@@ -28,7 +28,10 @@ FIELDS_WRITTEN = {
     "decode_b1": "ratio: lmpipe's single-stream decode over the baseline's",
     "aggregate_bN_vs_baseline_b1_decode": "ratio: lmpipe's aggregate rate at batch N over the baseline's single stream",
     "perplexity": "lmpipe's model on the shipped text (perplexity); baseline_perplexity and change beside it",
-    "seconds": "cold-cli and server-ttft: {min, median}; pipeline and pipeline-server: wall time of the pipeline",
+    "seconds": "cold and server-ttft: {min, median}; pipeline and pipeline-server: wall time of the pipeline",
+    "command": "cold: the command timed, as typed in a shell (python -c ... baselines beside lmpipe's tools)",
+    "ok": "cold and pipeline: whether every run exited 0",
+    "medians": "cold-ratio: each lmpipe command's median over python -c \"import tokenizers\"'s",
     "records": "pipeline: records through the three stages",
     "manifest": "model, settings, device, dtype and versions (memory record)",
 }
@@ -45,7 +48,9 @@ FIELDS_WRITTEN = {
 @click.option("--baseline", type=click.Choice(["transformers", "llama-cpp"]), default=None,
               help="Also measure plain transformers generate (or llama-cpp-python) and print the ratios.")
 @click.option("--perplexity", is_flag=True, help="Also compute perplexity on the shipped public-domain text.")
-@click.option("--cold", is_flag=True, help="Also time a cold `echo hi | lm-generate --max-new-tokens 1`.")
+@click.option("--cold", is_flag=True,
+              help="Also time fresh processes: echo hi | lm-tokenize, echo hi | lm-generate -n 1 (in-process, and "
+                   "through --server when given), beside python -c \"import click\" and \"import tokenizers\".")
 @click.option("--server", default=None, metavar="URL",
               help="Also time the first token through this running lm-serve (and --pipeline with it).")
 @click.option("--pipeline", type=click.IntRange(min=1), default=None, metavar="N",

@@ -14,6 +14,8 @@ from lmpipe.records.pipe import stdout_is_tty
 FIELDS_READ = {
     "text": "The text to tokenize (or the field named by --field).",
     "ids": "With --decode: the token ids to turn back into text.",
+    "messages": "A chat (when the record has no text field): tokenized as lm-generate prompts the model, "
+                "rendered by the model's chat template with the generation prompt.",
 }
 FIELDS_WRITTEN = {
     "ids": "Token ids (under --out when given).",
@@ -22,6 +24,7 @@ FIELDS_WRITTEN = {
     "special": "For each token, whether it is a special token (BOS, EOS, ...).",
     "added": "For each token, whether it was added to the vocabulary (not special).",
     "count": "Number of tokens.",
+    "prompt": "For a `messages` record: the chat as the template rendered it (the offsets point into it).",
     "text": "With --decode: the decoded text (or the field named by --out).",
     "input_sha256": "With --output, for records without `id`: the SHA-256 of the input record, which --resume matches.",
 }

@@ -29,3 +29,8 @@ def hub_cache_dir() -> Path:
 def chat_history_file() -> Path:
     """lm-chat's line history (readline's file), kept between sessions."""
     return home() / "chat_history"
+
+
+def servers_dir() -> Path:
+    """Running lm-serve instances, one file each (lmpipe.backends.warm)."""
+    return home() / "servers"

@@ -34,7 +34,7 @@ def isolated_env(lmpipe_home, tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     })
-    for name in ("LMPIPE_MODEL", "LMPIPE_SERVER", "LMPIPE_DEBUG"):
+    for name in ("LMPIPE_MODEL", "LMPIPE_SERVER", "LMPIPE_NO_SERVER", "LMPIPE_DEBUG"):
         os.environ.pop(name, None)
     yield
     os.environ.clear()

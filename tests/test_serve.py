@@ -151,7 +151,7 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_llama):
 def test_lm_generate_through_the_server_writes_the_same_records(server, tiny_llama):
     lines = "The quick brown fox\n" + '{"text": "Paris is the capital of", "id": 7}\n' + "{broken\n"
     args = ("-m", str(tiny_llama), "-n", "10", "--seed", "3")
-    local = run_tool("lm-generate", *args, input=lines)
+    local = run_tool("lm-generate", *args, "--no-server", input=lines)  # not the warm server
     remote = run_tool("lm-generate", *args, "--server", server.url, input=lines)
     assert local.returncode == remote.returncode == 1  # the broken line is an error record in both
     ours, theirs = jsonl(local.stdout), jsonl(remote.stdout)
@@ -204,3 +204,5 @@ def test_lm_bench_times_the_server_and_a_pipeline_through_it(server, tiny_llama)
     assert records["server-ttft"]["seconds"]["min"] > 0
     assert records["pipeline"]["ok"] and records["pipeline-server"]["ok"]
     assert records["pipeline-server"]["records"] == 2
+    assert records["pipeline"]["command"].endswith("(each with --no-server)")
+    assert records["pipeline-server"]["command"].endswith("(each finding the warm server)")  # it holds -m's model

@@ -162,7 +162,7 @@ def test_lm_generate_through_the_server_writes_the_same_structured_records(serve
     ]
     lines = "".join(json.dumps(r) + "\n" for r in records)
     args = ("-m", str(embedded), "-n", "60", "--seed", "3", "--json-schema", json.dumps(SCHEMA))
-    local = run_tool("lm-generate", *args, input=lines)
+    local = run_tool("lm-generate", *args, "--no-server", input=lines)  # not the warm server
     remote = run_tool("lm-generate", *args, "--server", server.url, input=lines)
     assert local.returncode == remote.returncode == 0, remote.stderr
     ours, theirs = without_timings(jsonl(local.stdout)), without_timings(jsonl(remote.stdout))

@@ -130,5 +130,12 @@ def draft_options(f: Callable) -> Callable:
 
 
 def server_option(f: Callable) -> Callable:
-    return click.option("--server", default=None, envvar="LMPIPE_SERVER", metavar="URL",
-                        help="Use a running lm-serve (or any OpenAI-compatible server) at URL.")(f)
+    """--server URL, and --no-server: without either, a running lm-serve that holds the same model
+    with the same settings (recorded in lmpipe's home) answers instead of loading the model here."""
+    return _stack(
+        click.option("--server", default=None, envvar="LMPIPE_SERVER", metavar="URL",
+                     help="Use a running lm-serve (or any OpenAI-compatible server) at URL. Without it, an "
+                          "lm-serve running here with the same model and settings is used when there is one."),
+        click.option("--no-server", is_flag=True, envvar="LMPIPE_NO_SERVER",
+                     help="Load the model here, even when an lm-serve running here holds it."),
+    )(f)

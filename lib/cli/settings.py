@@ -117,7 +117,8 @@ def generate_run(o: Options, given: frozenset[str] = frozenset()) -> "GenerateRu
     from ..tasks.generate import GenerateRun
 
     return GenerateRun(settings=generate_settings(o), model=model_settings(o), pipe=pipe_settings(o),
-                       prompt=o.get("prompt"), server=o.get("server"), stream=o["stream"], quiet=o["quiet"],
+                       prompt=o.get("prompt"), server=o.get("server"), no_server=bool(o.get("no_server")),
+                       stream=o["stream"], quiet=o["quiet"],
                        display_pause=o["display_pause"], given=given)
 
 

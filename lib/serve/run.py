@@ -1,4 +1,9 @@
-"""lm-serve's task: a scheduler from the settings, then uvicorn until Ctrl-C."""
+"""lm-serve's task: a scheduler from the settings, then uvicorn until Ctrl-C.
+
+The listening socket is bound here, before uvicorn starts, so that the server is recorded in
+lmpipe's home (lmpipe.backends.warm) only once it truly listens, with the port it got (--port 0
+picks a free one), and the record is removed when it stops.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +23,45 @@ class ServeRun:
 
 
 def run(r: ServeRun) -> int:
+    import signal
+    import socket
+
     import uvicorn
 
+    from ..backends import warm
+    from ..errors import UsageError
     from ..records.pipe import say
     from .app import create_app
 
     engine = Scheduler(r.scheduler, lambda m: say("lm-serve", m))
     if r.preload:
         engine.model()
-    say("lm-serve", f"serving {engine.model_id} on http://{r.host}:{r.port}/v1")
-    uvicorn.run(create_app(engine), host=r.host, port=r.port, log_level="warning", access_log=False)
-    engine.close()
+    family = socket.AF_INET6 if ":" in r.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((r.host, r.port))
+        sock.listen(2048)  # before the record: a tool that finds it must find it listening
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {r.host}:{r.port}: {exc.strerror or exc}") from None
+    port = sock.getsockname()[1]
+    local = "127.0.0.1" if r.host in ("0.0.0.0", "") else "[::1]" if r.host == "::" else r.host
+    url = f"http://{local}:{port}"
+    entry = warm.register(url, warm.holds(engine.model_id, r.scheduler.model, r.scheduler.decoding))
+    say("lm-serve", f"serving {engine.model_id} on http://{r.host}:{port}/v1")
+
+    def stopped(sig: int, _frame: object) -> None:
+        # uvicorn shuts down on SIGTERM, then raises it again for the exit status: the record goes first.
+        warm.unregister(entry)
+        signal.signal(sig, signal.SIG_DFL)
+        signal.raise_signal(sig)
+
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        config = uvicorn.Config(create_app(engine), log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        warm.unregister(entry)
+        engine.close()
     return 0

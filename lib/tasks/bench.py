@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bench_cases import BenchSettings, cold_cli_seconds, pipeline_seconds, run_bench, server_ttft
+from .bench_cases import BenchSettings, pipeline_seconds, run_bench, server_ttft
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class BenchRun:
 
     settings: BenchSettings = field(default_factory=BenchSettings)
     skip_generate: bool = False
-    cold: bool = False  # a cold lm-generate process
+    cold: bool = False  # whole processes, beside Python's own start-up (lmpipe.tasks.bench_cold)
     server: str | None = None  # the first token through this server
     pipeline: int | None = None  # a three-stage pipeline of this many records
 
@@ -65,8 +65,12 @@ def run(r: BenchRun, tty: bool) -> int:
         for record in run_bench(settings, lambda m: say("lm-bench", m)):
             emit(record)
     if r.cold:
-        say("lm-bench", "timing a cold lm-generate process")
-        emit(cold_cli_seconds(settings.repetitions))
+        from .bench_cold import cold_commands, cold_records
+
+        commands = cold_commands(settings.model.model, r.server)
+        say("lm-bench", f"timing {len(commands)} cold processes side by side")
+        for record in cold_records(commands, settings.repetitions):
+            emit(record)
     if r.server:
         say("lm-bench", f"timing the first token through {r.server}")
         emit(server_ttft(r.server, settings.repetitions))
@@ -74,7 +78,10 @@ def run(r: BenchRun, tty: bool) -> int:
         say("lm-bench", f"timing a three-stage pipeline of {r.pipeline} records")
         emit(pipeline_seconds(r.pipeline, None, settings.model.model))
         if r.server:
-            emit(pipeline_seconds(r.pipeline, r.server, settings.model.model))
+            from .bench_cold import found_warm
+
+            found = found_warm(settings.model.model, r.server)
+            emit(pipeline_seconds(r.pipeline, r.server, settings.model.model, found))
     if tty:
         table(records)
     return 0

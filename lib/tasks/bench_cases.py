@@ -275,23 +275,6 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
         yield record
 
 
-def cold_cli_seconds(repetitions: int) -> dict[str, Any]:
-    """A whole process: `echo hi | lm-generate --max-new-tokens 1`, start-up and load included."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tool = shutil.which("lm-generate") or str(Path(sys.executable).parent / "lm-generate")
-    times = []
-    for _ in range(repetitions):
-        start = time.perf_counter()
-        subprocess.run([tool, "--max-new-tokens", "1"], input=b"hi\n", capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return {"impl": "lmpipe", "case": "cold-cli", "command": "echo hi | lm-generate --max-new-tokens 1",
-            "seconds": summary(times), "repetitions": repetitions}
-
-
 def server_ttft(url: str, repetitions: int) -> dict[str, Any]:
     """Time to the first streamed text of a short chat request to a running, otherwise idle server."""
     import httpx
@@ -318,8 +301,10 @@ def server_ttft(url: str, repetitions: int) -> dict[str, Any]:
             "repetitions": repetitions}
 
 
-def pipeline_seconds(records: int, server: str | None, model: str | None = None) -> dict[str, Any]:
-    """A three-stage shell pipeline of `records` records, each stage its own lm-generate process."""
+def pipeline_seconds(records: int, server: str | None, model: str | None = None,
+                     found: bool = False) -> dict[str, Any]:
+    """A three-stage shell pipeline of `records` records, each stage its own lm-generate process:
+    in-process, or through `server` (`found`: the warm server each stage finds with no flags)."""
     import shlex
     import shutil
     import subprocess
@@ -327,7 +312,12 @@ def pipeline_seconds(records: int, server: str | None, model: str | None = None)
     from pathlib import Path
 
     tool = shlex.quote(shutil.which("lm-generate") or str(Path(sys.executable).parent / "lm-generate"))
-    extra = f" --server {shlex.quote(server)}" if server else ""
+    if server and found:
+        extra, how = "", " (each finding the warm server)"
+    elif server:
+        extra, how = f" --server {shlex.quote(server)}", " (each with --server)"
+    else:  # in-process means it: a warm lm-serve recorded in lmpipe's home would otherwise answer instead
+        extra, how = " --no-server", " (each with --no-server)"
     extra += f" -m {shlex.quote(model)}" if model else ""
     stages = [f"{tool} -n 8 -o a{extra}", f"{tool} -f a -n 8 -o b{extra}", f"{tool} -f b -n 8 -o c{extra}"]
     command = " | ".join(stages)
@@ -337,5 +327,4 @@ def pipeline_seconds(records: int, server: str | None, model: str | None = None)
     seconds = time.perf_counter() - start
     return {"impl": "lmpipe", "case": "pipeline-server" if server else "pipeline", "records": records,
             "stages": 3, "seconds": round(seconds, 3), "ok": done.returncode == 0,
-            "command": "lm-generate -n 8 -o a | lm-generate -f a -n 8 -o b | lm-generate -f b -n 8 -o c"
-                       + (" (each with --server)" if server else "")}
+            "command": "lm-generate -n 8 -o a | lm-generate -f a -n 8 -o b | lm-generate -f b -n 8 -o c" + how}

@@ -1,7 +1,8 @@
 """lm-chunk's task: one record per token-bounded chunk of a long text, with what reassembles it.
 
-Only a tokenizer is loaded: the `tokenizers` library reads the model's tokenizer.json (no torch,
-no transformers); a model without one falls back to transformers' own tokenizer loader.
+Only a tokenizer is loaded: the `tokenizers` library reads the model's tokenizer.json with its
+tokenizer_config.json applied (lmpipe.models.fast_tokenizer: no torch, no transformers); a model
+without one falls back to transformers' own tokenizer loader, and says so.
 """
 
 from __future__ import annotations
@@ -34,38 +35,31 @@ class ChunkSettings:
             raise UsageError("--overlap must be at least 0 and less than --max-tokens")
 
 
-def tokenizer_file(model: str | None, tokenizer: str | None) -> Path | None:
-    """The tokenizer.json to read, when there is one, without loading anything."""
-    if tokenizer:
-        path = Path(tokenizer).expanduser()
-        if path.is_file():
-            return path
-        if (path / "tokenizer.json").is_file():
-            return path / "tokenizer.json"
-        raise UsageError(f"--tokenizer {tokenizer}: no tokenizer.json there")
-    from ..models import gguf
-    from ..models.resolve import resolve
-
-    ref = resolve(model)
-    folder = gguf.converted_folder(ref.path) if ref.kind in ("embedded", "gguf") else ref.path
-    return folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None
+def tokenizer_file(tokenizer: str) -> Path:
+    """The tokenizer.json --tokenizer names (the file, or a folder holding one)."""
+    path = Path(tokenizer).expanduser()
+    if path.is_file():
+        return path
+    if (path / "tokenizer.json").is_file():
+        return path / "tokenizer.json"
+    raise UsageError(f"--tokenizer {tokenizer}: no tokenizer.json there")
 
 
 def offsets_encoder(model: str | None, tokenizer: str | None) -> Callable[[str], Sequence[tuple[int, int]]]:
     """text -> one character span per token, without special tokens."""
-    path = tokenizer_file(model, tokenizer)
-    if path is not None:
+    if tokenizer:
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(tokenizer_file(tokenizer)))
         return lambda text: tok.encode(text, add_special_tokens=False).offsets
-    from ..models.loading import load_tokenizer
+    from ..models.fast_tokenizer import load_any
     from ..models.resolve import resolve
+    from ..records.pipe import say
 
-    hf = load_tokenizer(resolve(model))
-    if not hf.is_fast:
+    model_tok = load_any(resolve(model), lambda message: say("lm-chunk", message))
+    if model_tok.encode("x", add_special_tokens=False).offsets is None:
         raise UsageError(f"{model}: lm-chunk needs a fast tokenizer (tokenizer.json); this one has none")
-    return lambda text: hf(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    return lambda text: model_tok.encode(text, add_special_tokens=False).offsets
 
 
 class ChunkTask:

@@ -24,6 +24,7 @@ class GenerateRun:
     pipe: PipeSettings = field(default_factory=PipeSettings)
     prompt: str | None = None  # PROMPT: this one record instead of stdin
     server: str | None = None  # generate through this server instead of in-process
+    no_server: bool = False  # never through a server, not even a warm one recorded in lmpipe's home
     stream: bool = False  # in a pipe, token events before each record
     quiet: bool = False  # on a terminal, the text only
     display_pause: int = 0  # ms between tokens on a terminal with --top-probs
@@ -41,22 +42,49 @@ def stream_event(item: Item, t: Token) -> dict[str, Any]:
     return event
 
 
+@dataclass(frozen=True)
+class WarmServer:
+    url: str
+    model_id: str
+
+
+def warm_server(r: GenerateRun) -> WarmServer | None:
+    """A running lm-serve holding the model this run would load, with the same settings; None when
+    there is none, or when the run asks for what only in-process generation does."""
+    from ..backends import warm
+
+    if r.stream or r.settings.top_probs:
+        return None
+    model_id = r.model.ref().id
+    url = warm.find(warm.holds(model_id, r.model, r.settings.decoding))
+    return WarmServer(url, model_id) if url else None
+
+
 def run(r: GenerateRun, tty: bool) -> int:
     """lm-generate: settings and model first (fail fast), then stdin (or PROMPT) to stdout."""
     import io
     import sys
 
     from ..models.loading import load
-    from ..records.pipe import JsonlSink, batch_size_for, run_records
+    from ..records.pipe import JsonlSink, batch_size_for, run_records, say
     from ..terminal.display import GenerateTtySink
 
     job = r.pipe.job.open()  # an existing --output without --resume fails here
     tty = tty and not job.to_file
-    if r.server:
+    warm = None if r.server or r.no_server else warm_server(r)
+    if r.server and not r.no_server:
         from ..backends.remote import RemoteGenerateTask, ServerClient
 
         base: Any = RemoteGenerateTask(ServerClient(r.server), r.model.model, r.settings)
         task = AgentTasks(base, through_server(base), r.given)
+    elif warm:
+        from ..backends.remote import RemoteGenerateTask, ServerClient
+        from ..backends.warm import agent_variants
+
+        base = RemoteGenerateTask(ServerClient(warm.url), r.model.model, r.settings)
+        task = AgentTasks(base, agent_variants(base, r.model, warm.model_id), r.given)
+        if sys.stderr.isatty():
+            say("lm-generate", f"answering through the lm-serve running at {warm.url} (--no-server: load the model here)")
     else:
         base = GenerateTask(load(r.model), r.settings)
         task = AgentTasks(base, in_process(base, r.model), r.given)

@@ -21,29 +21,33 @@ class TokenizeSettings:
     out: str | None = None
 
 
-def load(model: str | None, tokenizer_dir: str | None):
-    from ..models.loading import load_tokenizer
+def load(model: str | None, tokenizer_dir: str | None) -> Any:
+    """The tokenizer from tokenizer.json (no torch, no transformers); transformers' slow one, said
+    on stderr, only for a model without that file."""
+    from ..models.fast_tokenizer import load_any
     from ..models.resolve import resolve
+    from ..records.pipe import say
 
     if tokenizer_dir:
         path = Path(tokenizer_dir)
         if not path.is_dir():
             raise UsageError(f"--tokenizer {tokenizer_dir}: no such folder")
-        return load_tokenizer(resolve(str(path)))
-    return load_tokenizer(resolve(model))
+        ref = resolve(str(path))
+    else:
+        ref = resolve(model)
+    return load_any(ref, lambda message: say("lm-tokenize", message))
 
 
 def add_tokens(tokenizer: Any, tokens: tuple[str, ...], special: tuple[str, ...]) -> None:
     if tokens:
         tokenizer.add_tokens(list(tokens))
     if special:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(special)}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(list(special))
 
 
 def encode(tokenizer: Any, text: str, special: bool) -> dict[str, Any]:
-    enc = tokenizer(text, add_special_tokens=special, return_special_tokens_mask=True,
-                    return_offsets_mapping=tokenizer.is_fast)
-    ids = list(enc["input_ids"])
+    enc = tokenizer.encode(text, add_special_tokens=special)
+    ids = list(enc.ids)
     added = set(tokenizer.get_added_vocab().values())
     specials = set(tokenizer.all_special_ids)
     out: dict[str, Any] = {
@@ -53,9 +57,18 @@ def encode(tokenizer: Any, text: str, special: bool) -> dict[str, Any]:
         "special": [i in specials for i in ids],
         "added": [i in added and i not in specials for i in ids],
     }
-    if tokenizer.is_fast:
-        out["offsets"] = [list(o) for o in enc["offset_mapping"]]
+    if enc.offsets is not None:
+        out["offsets"] = [list(o) for o in enc.offsets]
     return out
+
+
+def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
+    """A record's `messages` as the model's chat template renders them for generation (with jinja2,
+    as transformers does: lmpipe.chat.chat_template)."""
+    from ..chat.chat_template import apply_chat_template
+    from ..chat.prompts import PromptSettings, messages_of
+
+    return apply_chat_template(tokenizer, messages_of(record, PromptSettings()), add_generation_prompt=True)
 
 
 def decode(tokenizer: Any, record: dict[str, Any]) -> str:
@@ -72,18 +85,25 @@ class TokenizeTask:
         self.tokenizer = tokenizer
         self.settings = settings
 
+    def encoded(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The token fields for a record's text, or for its `messages` (a chat without the text
+        field) as lm-generate would prompt the model: the template's rendering, kept in `prompt`
+        (the offsets point into it), tokenized without adding special tokens (the template wrote them)."""
+        if "messages" in record and self.settings.field not in record:
+            record["prompt"] = chat_prompt(self.tokenizer, record)
+            return encode(self.tokenizer, record["prompt"], special=False)
+        return encode(self.tokenizer, text_of(record, self.settings.field), self.settings.special)
+
     def process(self, batch: list[Item]) -> Iterator[Finished]:
         for item in batch:
             record = dict(item.record or {})
             try:
                 if self.settings.decode:
                     record[self.settings.out or "text"] = decode(self.tokenizer, record)
+                elif self.settings.out:
+                    record[self.settings.out] = self.encoded(record)
                 else:
-                    fields = encode(self.tokenizer, text_of(record, self.settings.field), self.settings.special)
-                    if self.settings.out:
-                        record[self.settings.out] = fields
-                    else:
-                        record.update(fields)
+                    record.update(self.encoded(record))
                 yield Finished(item, record)
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
@@ -111,7 +131,7 @@ def run(r: TokenizeRun, tty: bool, stdin_tty: bool) -> int:
     tok = load(r.model, r.tokenizer)
     add_tokens(tok, r.add_tokens, r.add_special_tokens)
     if r.save:
-        tok.save_pretrained(r.save)
+        tok.save(r.save)
         say("lm-tokenize", f"saved the tokenizer ({len(tok)} tokens) to {r.save}")
         if stdin_tty:
             return 0
