@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..tasks.bench import BenchRun
     from ..tasks.chunk import ChunkRun
     from ..tasks.detect import DetectRun
+    from ..tasks.embed import EmbedRun
     from ..tasks.generate import GenerateRun
     from ..tasks.summarize import SummarizeRun
     from ..tasks.template import TemplateRun
@@ -223,3 +224,13 @@ def serve_run(o: Options) -> "ServeRun":
     scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
                                   max_queue=o["max_queue"], keep_alive=o["keep_alive"])
     return ServeRun(scheduler, host=o["host"], port=o["port"], preload=o["preload"])
+
+
+def embed_run(o: Options) -> "EmbedRun":
+    from ..backends.embedding import EmbedSettings
+    from ..models.loading import ModelSettings
+    from ..tasks.embed import EmbedRun
+
+    return EmbedRun(EmbedSettings(normalize=o["normalize"], chunk=o["chunk"]),
+                    ModelSettings(o["model"], o["device"], o["dtype"]), pipe_settings(o),
+                    field=o["field"], out=o["out"], encoding=o["encoding"])

@@ -65,7 +65,7 @@ def identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
     ident: dict[str, Any] = {"model": ref.id, "kind": ref.kind}
     if ref.revision:
         ident["revision"] = ref.revision
-    if ref.kind in ("embedded", "gguf"):
+    if ref.kind in ("embedded", "gguf", "packaged"):
         info = gguf.conversion_info(folder) or {}
         ident["sha256"] = info.get("sha256")
     return ident
