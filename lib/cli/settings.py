@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..tasks.chunk import ChunkRun
     from ..tasks.detect import DetectRun
     from ..tasks.embed import EmbedRun
+    from ..tasks.similar import SimilarRun
     from ..tasks.generate import GenerateRun
     from ..tasks.summarize import SummarizeRun
     from ..tasks.template import TemplateRun
@@ -230,7 +231,15 @@ def embed_run(o: Options) -> "EmbedRun":
     from ..backends.embedding import EmbedSettings
     from ..models.loading import ModelSettings
     from ..tasks.embed import EmbedRun
+    from ..tasks.similar import SimilarRun
 
     return EmbedRun(EmbedSettings(normalize=o["normalize"], chunk=o["chunk"]),
                     ModelSettings(o["model"], o["device"], o["dtype"]), pipe_settings(o),
                     field=o["field"], out=o["out"], encoding=o["encoding"])
+
+
+def similar_run(o: Options) -> "SimilarRun":
+    from ..tasks.similar import SimilarRun
+
+    return SimilarRun(text=o["query"], vector=o["vector"], record=o["record"], top=o["top"], field=o["field"],
+                      model=o["model"])
