@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import RecordError, UsageError
-from ..models.loading import ModelSettings, files_folder, identity
+from ..models.loading import LOAD_LOCK, ModelSettings, files_folder, identity
 
 ENCODINGS = ("float", "base64")
 
@@ -60,9 +60,7 @@ class Embedder:
 
     def __init__(self, settings: ModelSettings, notify: Callable[[str], None] = lambda _: None):
         ref = settings.ref()  # first: an unknown model fails before torch loads
-        import torch
-        from sentence_transformers import SentenceTransformer
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+        from sentence_transformers.sentence_transformer.modules import Normalize
         from transformers.utils import logging as hf_logging
 
         from ..models.device import choose_device, choose_dtype
@@ -72,6 +70,24 @@ class Embedder:
         device = choose_device(settings.device)
         dtype = choose_dtype(settings.dtype, device)
         folder = files_folder(ref, notify)
+        with LOAD_LOCK:  # never beside another load in this process (lm-serve's request threads)
+            model = self._build(ref, folder, device, dtype)
+        model.eval()
+        self.model, self.ref, self.device = model, ref, device
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.tokenizer = model.tokenizer
+        if self.tokenizer.pad_token is None:  # decoders often have none; padding is masked out anyway
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.normalizes = any(isinstance(m, Normalize) for m in model)
+        self.dimension = int(model.get_embedding_dimension())
+        self.window = int(model.max_seq_length or self.tokenizer.model_max_length)
+        self.prefix, self.suffix = self._special_tokens()
+        self.identity = {**identity(ref, folder), "pooling": self.pooling}
+
+    def _build(self, ref: Any, folder: Any, device: str, dtype: Any) -> Any:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
         kwargs = {"model_kwargs": {"dtype": dtype}, "local_files_only": True}
         try:
             if (folder / "modules.json").is_file():
@@ -88,18 +104,7 @@ class Embedder:
                 model = SentenceTransformer(modules=[body, pool], device=device)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load {ref.name} as an embedding model: {str(exc).splitlines()[0]}") from None
-        model.eval()
-        torch.set_grad_enabled(False)
-        self.model, self.ref, self.device = model, ref, device
-        self.dtype = str(dtype).removeprefix("torch.")
-        self.tokenizer = model.tokenizer
-        if self.tokenizer.pad_token is None:  # decoders often have none; padding is masked out anyway
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.normalizes = any(isinstance(m, Normalize) for m in model)
-        self.dimension = int(model.get_embedding_dimension())
-        self.window = int(model.max_seq_length or self.tokenizer.model_max_length)
-        self.prefix, self.suffix = self._special_tokens()
-        self.identity = {**identity(ref, folder), "pooling": self.pooling}
+        return model
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         """What the tokenizer puts around a text's tokens ([CLS] ... [SEP], <bos> ..., ... <eos>):
