@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..models.loading import ModelSettings
     from ..records.job import JobSettings
     from ..records.pipe import PipeSettings
+    from ..serve.batch import BatchRun
     from ..serve.run import ServeRun
     from ..tasks.bench import BenchRun
     from ..tasks.chunk import ChunkRun
@@ -243,3 +244,14 @@ def similar_run(o: Options) -> "SimilarRun":
 
     return SimilarRun(text=o["query"], vector=o["vector"], record=o["record"], top=o["top"], field=o["field"],
                       model=o["model"])
+
+
+def batch_run(o: Options) -> "BatchRun":
+    from dataclasses import replace
+
+    from ..engine.scheduler import SchedulerSettings
+    from ..serve.batch import KEY, BatchRun
+
+    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"])
+    pipe = pipe_settings(o)
+    return BatchRun(scheduler, replace(pipe, job=replace(pipe.job, key=KEY)), server=o.get("server"))
