@@ -31,7 +31,7 @@ FIELDS_WRITTEN = {
               help="In-process: requests decoding together, as lm-serve's --max-batch.")
 @batch_option
 @progress_option
-@job_options
+@job_options(key="custom_id")
 @server_option
 def main(**options):
     """Run an OpenAI batch file on stdin: each line's body posted to its url, one output line each.

@@ -95,21 +95,21 @@ def test_parses_with_the_openai_packages_types(full_run):
 
     # The openai package has no type for a batch output line itself: its envelope, from the package's
     # BaseModel, around the package's own types for each body and for a line's error.
-    class Response(BaseModel):
+    class BatchResponse(BaseModel):
         status_code: int
         request_id: str
         body: dict
 
-    class OutputLine(BaseModel):
+    class BatchOutputLine(BaseModel):
         id: str
         custom_id: Optional[str]
-        response: Optional[Response]
+        response: Optional[BatchResponse]
         error: Optional[BatchError]
 
     kinds = {"/v1/chat/completions": ChatCompletion, "/v1/completions": Completion,
              "/v1/embeddings": CreateEmbeddingResponse}
     for line, data in zip(batch_lines(), full_run):
-        parsed = OutputLine.model_validate(data, strict=True)
+        parsed = BatchOutputLine.model_validate(data, strict=True)
         if parsed.response and parsed.response.status_code == 200:
             body = kinds[line["url"]].model_validate(parsed.response.body, strict=True)
             assert body.model_dump(exclude_unset=True).keys() <= parsed.response.body.keys()

@@ -151,19 +151,19 @@ class Embedder:
 
         self.check_dimensions(settings.dimensions)
         windows: list[list[int]] = []
-        owners: list[int] = []
-        for n, ids in enumerate(inputs):
+        parts_of: list[list[int]] = []  # each input's windows, as indices into `windows`
+        for ids in inputs:
             ids = list(ids)
             if len(ids) > self.room and not settings.chunk:
                 raise RecordError(f"text is {len(ids) + len(self.prefix) + len(self.suffix)} tokens; "
                                   f"{self.ref.name} reads at most {self.window} (--chunk averages windows)")
+            parts_of.append([])
             for start in range(0, max(len(ids), 1), self.room):
+                parts_of[-1].append(len(windows))
                 windows.append(self.prefix + ids[start:start + self.room] + self.suffix)
-                owners.append(n)
         vectors = self._forward(windows, batch_size)
         out = []
-        for n in range(len(inputs)):
-            parts = [k for k, owner in enumerate(owners) if owner == n]
+        for parts in parts_of:
             if len(parts) == 1:
                 vector = vectors[parts[0]]
             else:
