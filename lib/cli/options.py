@@ -77,14 +77,17 @@ def progress_option(f: Callable) -> Callable:
                              "JSON events, or none.")(f)
 
 
-def job_options(f: Callable) -> Callable:
-    """--output FILE, --resume, --shard I/N: batch jobs that survive being killed and split across workers."""
+def job_options(f: Callable | None = None, *, key: str = "id") -> Callable:
+    """--output FILE, --resume, --shard I/N: batch jobs that survive being killed and split across workers.
+    `key`: the field --resume knows records by (`@job_options(key="custom_id")`)."""
+    if f is None:
+        return lambda g: job_options(g, key=key)
     return _stack(
         click.option("--output", default=None, metavar="FILE", envvar="LMPIPE_OUTPUT",
                      help="Append records to FILE (fsync'd one by one) instead of stdout; "
                           "an existing FILE is an error without --resume."),
         click.option("--resume", is_flag=True, envvar="LMPIPE_RESUME",
-                     help="Continue --output FILE: skip the records it holds (by `id`, else `input_sha256`)."),
+                     help=f"Continue --output FILE: skip the records it holds (by `{key}`, else `input_sha256`)."),
         click.option("--shard", default=None, metavar="I/N", envvar="LMPIPE_SHARD",
                      help="Take every N-th input line starting at line I (0-based), for N workers."),
     )(f)

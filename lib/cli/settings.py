@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     from ..models.loading import ModelSettings
     from ..records.job import JobSettings
     from ..records.pipe import PipeSettings
+    from ..serve.batch import BatchRun
     from ..serve.run import ServeRun
     from ..tasks.bench import BenchRun
     from ..tasks.chat_session import ChatRun
     from ..tasks.chunk import ChunkRun
     from ..tasks.detect import DetectRun
+    from ..tasks.embed import EmbedRun
+    from ..tasks.similar import SimilarRun
     from ..tasks.generate import GenerateRun
     from ..tasks.summarize import SummarizeRun
     from ..tasks.template import TemplateRun
@@ -241,3 +244,32 @@ def serve_run(o: Options) -> "ServeRun":
     scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
                                   max_queue=o["max_queue"], keep_alive=o["keep_alive"])
     return ServeRun(scheduler, host=o["host"], port=o["port"], preload=o["preload"])
+
+
+def embed_run(o: Options) -> "EmbedRun":
+    from ..backends.embedding import EmbedSettings
+    from ..models.loading import ModelSettings
+    from ..tasks.embed import EmbedRun
+    from ..tasks.similar import SimilarRun
+
+    return EmbedRun(EmbedSettings(normalize=o["normalize"], chunk=o["chunk"]),
+                    ModelSettings(o["model"], o["device"], o["dtype"]), pipe_settings(o),
+                    field=o["field"], out=o["out"], encoding=o["encoding"])
+
+
+def similar_run(o: Options) -> "SimilarRun":
+    from ..tasks.similar import SimilarRun
+
+    return SimilarRun(text=o["query"], vector=o["vector"], record=o["record"], top=o["top"], field=o["field"],
+                      model=o["model"])
+
+
+def batch_run(o: Options) -> "BatchRun":
+    from dataclasses import replace
+
+    from ..engine.scheduler import SchedulerSettings
+    from ..serve.batch import KEY, BatchRun
+
+    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"])
+    pipe = pipe_settings(o)
+    return BatchRun(scheduler, replace(pipe, job=replace(pipe.job, key=KEY)), server=o.get("server"))

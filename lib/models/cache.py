@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from .. import paths
 from ..errors import ModelNotFound, UsageError
 from . import gguf
-from .resolve import DEFAULT_MODEL, embedded_gguf
+from .resolve import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, embedded_gguf
 
 
 def iso(timestamp: float) -> str:
@@ -125,7 +125,7 @@ def _scan_hub(hub_dir: Path) -> tuple[Any, list[str], list[Entry]]:
 def _scan_converted(models_dir: Path) -> list[Entry]:
     if not models_dir.is_dir():
         return []
-    embedded = _embedded_folder_name()
+    aliases = _alias_by_folder_name()
     entries = []
     for folder in sorted(models_dir.iterdir()):
         if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
@@ -139,16 +139,22 @@ def _scan_converted(models_dir: Path) -> list[Entry]:
         modified = max((s.st_mtime for _, s in files), default=folder.stat().st_mtime)
         revision = Revision(str(info.get("sha256") or ""), (), size, len(files), modified, folder)
         entries.append(Entry(folder.name, "converted", size, len(files), accessed, modified, folder, (revision,),
-                             source=info.get("source"), alias=DEFAULT_MODEL if folder.name == embedded else None))
+                             source=info.get("source"), alias=aliases.get(folder.name)))
     return entries
 
 
-def _embedded_folder_name() -> str | None:
-    """The name the embedded default model's conversion has (a content key, read from the GGUF)."""
-    try:
-        return gguf.converted_folder(embedded_gguf()).name
-    except (ModelNotFound, OSError):
-        return None
+def _alias_by_folder_name() -> dict[str, str]:
+    """The names the embedded models' folders have (content keys, read from the GGUF and the zip), to their aliases."""
+    from .packaged import packaged_zip, unzipped_folder
+
+    found = {}
+    for alias, folder in ((DEFAULT_MODEL, lambda: gguf.converted_folder(embedded_gguf())),
+                          (DEFAULT_EMBEDDING_MODEL, lambda: unzipped_folder(packaged_zip()))):
+        try:
+            found[folder().name] = alias
+        except (ModelNotFound, OSError):
+            pass
+    return found
 
 
 def regular_files(roots: Iterable[Path]) -> dict[Path, os.stat_result]:

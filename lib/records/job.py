@@ -22,6 +22,7 @@ class JobSettings:
     output: str | None = None
     resume: bool = False
     shard: Shard = field(default_factory=Shard)
+    key: str = "id"  # the field --resume knows records by (lm-batch: custom_id)
 
     def __post_init__(self) -> None:
         if self.resume and not self.output:
@@ -31,7 +32,7 @@ class JobSettings:
         """Check FILE now (before the model loads) and read what it already holds."""
         if self.output is None:
             return BatchJob(self, None, None)
-        path, state = prepare_output(self.output, self.resume)
+        path, state = prepare_output(self.output, self.resume, self.key)
         return BatchJob(self, path, state)
 
 

@@ -75,8 +75,17 @@ def error_record(item: Item, message: str) -> dict[str, Any]:
 
 
 def failure_text(record: dict[str, Any]) -> str:
-    """How a failed record is named to a person: its line and its error."""
-    return f"line {record.get('line')}: {record.get('error')}"
+    """How a failed record is named to a person: its line and its error (or, for a line of OpenAI's
+    batch output, its custom_id and the error its response or its `error` holds)."""
+    error, response = record.get("error"), record.get("response")
+    if isinstance(error, dict):
+        return f"line {error.get('line')}: {error.get('message')}"
+    if isinstance(response, dict):
+        body = response.get("body")
+        problem = body.get("error") if isinstance(body, dict) else None
+        message = problem.get("message") if isinstance(problem, dict) else body
+        return f"custom_id {record.get('custom_id')}: status {response.get('status_code')}: {message}"
+    return f"line {record.get('line')}: {error}"
 
 
 def encode(record: dict[str, Any]) -> bytes:

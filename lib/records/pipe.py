@@ -72,11 +72,13 @@ class JsonlSink:
 
 
 def run_records(tool: str, process: Process, sink: Any, batch_size: int = 1, progress: str = "auto",
-                source: IO[bytes] | None = None, job: Any = None) -> int:
+                source: IO[bytes] | None = None, job: Any = None,
+                whole_input: Callable[[Iterable[Item]], Iterable[Item]] | None = None) -> int:
     """Run `process` over the records of `source` (stdin) into `sink`, with progress; return the exit code.
 
     `job` (an opened lmpipe.records.job.BatchJob) narrows the input to a shard, skips what --resume finds done,
-    and sends the records to --output FILE instead of `sink`.
+    and sends the records to --output FILE instead of `sink`. `whole_input` sees every item before
+    that narrowing (lm-batch finds duplicate custom_ids across shards and resumed runs).
     """
     from .progress import Progress, ProgressSink, choose_mode, count_remaining_lines
 
@@ -84,7 +86,9 @@ def run_records(tool: str, process: Process, sink: Any, batch_size: int = 1, pro
     to_file = job is not None and job.to_file
     mode = choose_mode(progress, stdout_is_tty() and not to_file, sys.stderr.isatty())
     total = count_remaining_lines(source) if mode != "none" else None
-    items = read_items(source)
+    items: Iterable[Item] = read_items(source)
+    if whole_input is not None:
+        items = whole_input(items)
     extra: dict[str, Any] = {}
     if job is not None:
         total = job.expected(total)

@@ -2,8 +2,8 @@
 
 Every record is written whole and fsync'd before the next one is written, so a run killed at any
 moment leaves at most one partial last line; --resume cuts that line off, reads which records the
-file holds, and the rerun processes only the others. A record is known by its `id` when it has one,
-otherwise by the SHA-256 of its input (canonical JSON), which the written record carries in
+file holds, and the rerun processes only the others. A record is known by its `id` when it has one
+(a tool may name another key field: lm-batch's `custom_id`), otherwise by the SHA-256 of its input (canonical JSON), which the written record carries in
 `input_sha256`. Identical inputs are counted, so a file with the same record twice stays right.
 Records cut short by Ctrl-C ("interrupted") are not written: the rerun does them.
 Without --resume an existing non-empty FILE is an error, never overwritten.
@@ -35,16 +35,16 @@ def input_hash(item: Item) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def item_key(item: Item) -> str:
-    if item.record is not None and "id" in item.record:
-        return "id:" + orjson.dumps(item.record["id"], option=orjson.OPT_SORT_KEYS).decode()
+def item_key(item: Item, key: str = "id") -> str:
+    if item.record is not None and item.record.get(key) is not None:
+        return f"{key}:" + orjson.dumps(item.record[key], option=orjson.OPT_SORT_KEYS).decode()
     return "sha256:" + input_hash(item)
 
 
-def output_key(record: dict[str, Any]) -> str | None:
+def output_key(record: dict[str, Any], key: str = "id") -> str | None:
     """The key of a record read back from an output file (None: the file did not come from us)."""
-    if "id" in record:
-        return "id:" + orjson.dumps(record["id"], option=orjson.OPT_SORT_KEYS).decode()
+    if record.get(key) is not None:
+        return f"{key}:" + orjson.dumps(record[key], option=orjson.OPT_SORT_KEYS).decode()
     if isinstance(record.get(KEY_FIELD), str):
         return "sha256:" + record[KEY_FIELD]
     return None
@@ -78,7 +78,7 @@ def repair(path: Path) -> int:
         return size - keep
 
 
-def done_keys(path: Path) -> Counter[str]:
+def done_keys(path: Path, key: str = "id") -> Counter[str]:
     """How many times each key is already in the output file."""
     done: Counter[str] = Counter()
     with open(path, "rb") as f:
@@ -89,10 +89,10 @@ def done_keys(path: Path) -> Counter[str]:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 raise UsageError(f"{path} line {number} is not JSON; it is not an lmpipe output to resume") from None
-            key = output_key(record) if isinstance(record, dict) else None
-            if key is None:
-                raise UsageError(f"{path} line {number} has neither `id` nor `{KEY_FIELD}`; cannot resume it")
-            done[key] += 1
+            found = output_key(record, key) if isinstance(record, dict) else None
+            if found is None:
+                raise UsageError(f"{path} line {number} has neither `{key}` nor `{KEY_FIELD}`; cannot resume it")
+            done[found] += 1
     return done
 
 
@@ -103,12 +103,13 @@ class ResumeState:
     done: Counter[str]
     pending: deque[str]
     skipped: int = 0
+    key: str = "id"  # the field records are known by
 
     def select(self, items: Iterable[Item]) -> Iterator[Item]:
         """Items not yet in the output; remembers each one's key for the writer, in input order."""
         left = Counter(self.done)
         for item in items:
-            key = item_key(item)
+            key = item_key(item, self.key)
             if left[key] > 0:
                 left[key] -= 1
                 self.skipped += 1
@@ -117,7 +118,7 @@ class ResumeState:
             yield item
 
 
-def prepare_output(path_text: str, resume: bool) -> tuple[Path, ResumeState]:
+def prepare_output(path_text: str, resume: bool, key: str = "id") -> tuple[Path, ResumeState]:
     """Check FILE before anything else runs; with --resume, repair it and read what it holds."""
     path = Path(path_text)
     if path.is_dir():
@@ -130,8 +131,8 @@ def prepare_output(path_text: str, resume: bool) -> tuple[Path, ResumeState]:
     done: Counter[str] = Counter()
     if exists:
         repair(path)
-        done = done_keys(path)
-    return path, ResumeState(done, deque())
+        done = done_keys(path, key)
+    return path, ResumeState(done, deque(), key=key)
 
 
 class FileSink:
@@ -158,7 +159,7 @@ class FileSink:
         if failed and record.get("error") == INTERRUPTED:
             self.dropped += 1  # not done: the rerun does it
             return
-        if key is not None and key.startswith("sha256:") and "id" not in record:
+        if key is not None and key.startswith("sha256:") and record.get(self.state.key) is None:
             record = {**record, KEY_FIELD: key.removeprefix("sha256:")}
         data = encode(record)
         view = memoryview(data)

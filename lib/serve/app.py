@@ -25,23 +25,11 @@ from ..engine.events import Completion, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError, RecordError
+from .embeddings import embeddings_route
+from .refusals import BadRequest, error_response
 from .structured import Asked, FormatError, asked, tool_calls
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, code: str = "invalid_request", status: int = 400):
-        super().__init__(message)
-        self.code, self.status = code, status
-
-
-def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None):
-    from starlette.responses import Response
-
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    body = orjson.dumps({"error": {"message": message, "type": kind, "code": code}})
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _json(data: Any, status: int = 200):
@@ -251,6 +239,7 @@ def create_app(engine: Scheduler):
         Route("/health", health),
         Route("/v1/chat/completions", handler(True), methods=["POST"]),
         Route("/v1/completions", handler(False), methods=["POST"]),
+        embeddings_route(engine),
     ]
     return Starlette(routes=routes)
 
