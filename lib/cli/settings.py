@@ -93,7 +93,8 @@ def generate_settings(o: Options) -> "GenerateSettings":
         prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
         sampling=Sampling(
             temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
-            repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
+            repetition_penalty=o["repetition_penalty"], presence_penalty=o["presence_penalty"],
+            frequency_penalty=o["frequency_penalty"], max_new_tokens=o["max_new_tokens"],
             seed=o["seed"], stop=tuple(o["stop"]),
         ),
         out=o["out"],
