@@ -259,6 +259,8 @@ class Loop:
         alone = [row for row in rows if row.request.speculates or row.request.echo]
         together = [row for row in rows if row not in alone]
         groups = ([together] if together else []) + [[row] for row in alone]
+        if len(groups) > 1 and not self.backend.joins:
+            raise RuntimeError("rows prefilled alone (speculative, echo) need a backend whose rows join")
         try:
             for group in groups:
                 room = max(row.request.sampling.max_new_tokens
