@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from conftest import jsonl, run_tool
 from serve_helpers import Server
 
 PROMPT = "The quick brown fox"
@@ -196,7 +197,7 @@ def test_no_ops_are_accepted(client, model):
     assert answer.choices[0].finish_reason in ("stop", "length")
 
 
-def test_penalties_are_applied_to_the_generated_tokens(client, model, hf):
+def test_penalties_are_applied_to_the_generated_tokens(client, model, hf, tiny_llama):
     """Greedy with OpenAI's penalties, as vLLM computes them, step by step with transformers."""
     import torch
 
@@ -214,6 +215,12 @@ def test_penalties_are_applied_to_the_generated_tokens(client, model, hf):
     assert answer.choices[0].logprobs.tokens == [tok.decode([t]) for t in out]
     plain = client.completions.create(model=model, prompt=ids, max_tokens=10, temperature=0)
     assert plain.choices[0].text != answer.choices[0].text
+    local = run_tool("lm-generate", "-m", str(tiny_llama), "--raw", "-n", "10", "--frequency-penalty", "0.5",
+                     "--presence-penalty", "1.5", input=PROMPT + "\n")
+    record = jsonl(local.stdout)[0]
+    assert record["generated"] == answer.choices[0].text
+    assert (record["manifest"]["sampling"]["presence_penalty"], record["manifest"]["sampling"]["frequency_penalty"]) == (
+        1.5, 0.5)
 
 
 def test_streamed_completions_carry_usage(server, client, model):
