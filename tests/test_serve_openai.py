@@ -183,6 +183,7 @@ def test_content_parts_are_joined(client, model):
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
      "'image_url'"),
     ({"top_logprobs": 2}, "`top_logprobs`"),
+    ({"n": 65}, "`n` 65"),  # more rows than --max-queue (64): never a 503 that a retry could cure
 ])
 def test_what_is_not_supported_is_a_400_naming_it(client, model, options, named):
     options.setdefault("messages", [{"role": "user", "content": PROMPT}])

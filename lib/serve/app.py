@@ -167,6 +167,9 @@ async def prepare(engine: Scheduler, request: Any, chat: bool) -> PreparedReques
     except FormatError as exc:
         raise BadRequest(str(exc), exc.code) from None
     prompts = [chat_prompt(engine.tokenizer, body, wanted)] if chat else completion_prompts(engine.tokenizer, body, wanted)
+    if len(prompts) * n > engine.settings.max_queue:  # it could never be queued whole: not a busy server's 503
+        raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
+                         f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
     context = await run_in_threadpool(engine.context_length)
     rows = []
     for prompt in prompts:
