@@ -187,6 +187,12 @@ def usage(prepared: PreparedRequest, done: dict[int, Completion]) -> dict[str, i
     return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
 
+def choice_usage(c: Completion) -> dict[str, int]:
+    """One choice's own: its prompt's tokens and its answer's."""
+    return {"prompt_tokens": c.input_tokens, "completion_tokens": c.output_tokens,
+            "total_tokens": c.input_tokens + c.output_tokens}
+
+
 def timings(c: Completion) -> dict[str, Any]:
     """llama.cpp server's names, so tools written for it read them too."""
     return {"prompt_n": c.input_tokens, "prompt_ms": round(c.ttft_s * 1000, 3), "predicted_n": c.output_tokens,
@@ -407,7 +413,7 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
                     last = chunk(index, None, finish)
                     last.update(timings=timings(event), lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
                     if not prepared.include_usage:
-                        last["usage"] = usage(prepared, {index: event})
+                        last["usage"] = choice_usage(event)
                     yield _sse(last)
             if prepared.include_usage:
                 yield _sse({"id": ident, "object": kind, "created": created, "model": engine.model_id,
