@@ -51,7 +51,8 @@ FIELDS_WRITTEN = {
 @click.option("--top-probs", type=click.IntRange(min=0), default=0, help="Add each token's probability and its N likeliest alternatives.")
 @click.option("--display-pause", type=click.IntRange(min=0), default=0, metavar="MS", help="On a terminal with --top-probs, pause between tokens.")
 @click.option("--json-schema", default=None, metavar="FILE|JSON",
-              help="Answer with JSON that validates against this schema (a file or inline); parsed into `json`.")
+              help="Answer with JSON that validates against this schema (a file or inline); parsed into `json`. "
+                   "Strict: an object without additionalProperties gets only its listed properties.")
 @click.option("--regex", default=None, metavar="PATTERN", help="Answer with text that fully matches PATTERN.")
 @click.option("--choice", multiple=True, help="Answer with exactly one of these (repeatable).")
 @click.option("--prefix", default=None, metavar="TEXT", help="Start the answer with TEXT; the model continues it.")

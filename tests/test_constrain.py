@@ -123,3 +123,17 @@ def test_embedded_model_acceptance(embedded):
     assert [r["generated"] for r in batched] == [r["generated"] for r in single]
     _, choices = generate("--choice", "yes", "--choice", "no", "-b", "3", input=few)
     assert [r["generated"] in ("yes", "no") for r in choices] == [True] * 3
+
+
+def test_schemas_are_strict_unless_opened(tiny_llama):
+    """An object that lists its properties gets only those (OpenAI's strict mode, vLLM's default);
+    `additionalProperties: true` opens it. The hot random model writes more keys whenever it may."""
+    one = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a"]}
+    prompts = lines([f"Pipes and tools {i}" for i in range(12)])
+    model = ["--model", str(tiny_llama), "-b", "12", "-t", "1.5", "--seed", "2", "-n", "40"]
+    result, records = generate(*model, "--json-schema", json.dumps(one), input=prompts)
+    assert result.exit_code == 0, result.stderr
+    assert all(re.fullmatch(r'\{"a":[0-9]\}', r["generated"]) for r in records), records
+    assert records[0]["manifest"]["json_schema"] == one  # as given
+    _, records = generate(*model, "--json-schema", json.dumps({**one, "additionalProperties": True}), input=prompts)
+    assert any(not re.fullmatch(r'\{"a":[0-9]\}', r.get("generated", "")) for r in records)

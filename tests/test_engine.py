@@ -158,9 +158,9 @@ def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(eng
     starts: list[int] = []
     real = lmpipe.engine.batching.prefill
 
-    def recording(*args, start=0):
+    def recording(*args, start=0, **kwargs):
         starts.append(start)
-        return real(*args, start=start)
+        return real(*args, start=start, **kwargs)
 
     monkeypatch.setattr(lmpipe.engine.batching, "prefill", recording)
     engine.model()

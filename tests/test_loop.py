@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 
 from lmpipe.chat.prompts import PromptSettings, prompt_ids
@@ -222,3 +223,35 @@ def test_a_row_is_freed_before_its_completion_is_reported(tiny_llama_raw):
         loop.step()
     finished = [live for name, live in seen if name == "Completion"]
     assert finished == [1, 0]  # the short row had left when it was reported, then the long one
+
+
+def test_echo_scores_the_prompt_in_its_prefill_on_every_backend(tiny_llama):
+    """A row that scores its prompt (lm-serve's echo) gets transformers' own log-probabilities for
+    each prompt token, from the fast path's rows and from a left-padded batch over transformers' forward."""
+    from lmpipe.engine.events import ScoredPrompt
+    from lmpipe.engine.generation import backend_for
+    from lmpipe.engine.loop import Request, eos_ids, pad_id
+
+    lm = load(ModelSettings(str(tiny_llama)))
+    ids = prompt_ids({"messages": MESSAGES}, lm.tokenizer, PromptSettings())
+    with torch.no_grad():
+        want = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    eos = eos_ids(lm.model, lm.tokenizer)
+    for cache in ("fast", "dynamic"):
+        events: list = []
+        backend = backend_for(lm.model, Decoding(cache=cache), 2, lm.device, pad_id(lm.tokenizer, eos))
+        loop = Loop(backend, lm.tokenizer, eos)
+        loop.admit([Request(ids, Sampling(max_new_tokens=4), events.append, top_probs=2, echo=True, generates=False)])
+        if cache == "fast":  # rows join: a plain row decodes beside it
+            loop.admit([Request(ids, Sampling(max_new_tokens=4), events.append, row=1)])
+        while loop.live:
+            loop.step()
+        scored = next(e for e in events if isinstance(e, ScoredPrompt))
+        assert [t.id for t in scored.tokens] == ids and scored.tokens[0].logprob is None
+        assert [t.logprob for t in scored.tokens[1:]] == pytest.approx(
+            [float(want[i - 1, ids[i]]) for i in range(1, len(ids))], abs=1e-4)
+        assert [[x.id for x in t.top] for t in scored.tokens[1:]] == [want[i].topk(2).indices.tolist()
+                                                                      for i in range(len(ids) - 1)]
+        done = {e.row: e for e in events if isinstance(e, Completion)}
+        assert done[0].ids == () and done[0].prompt_tokens == scored.tokens
+        assert cache != "fast" or len(done[1].ids) == 4

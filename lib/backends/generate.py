@@ -6,7 +6,7 @@ summarize (lmpipe.backends.text); lmpipe.backends.remote gives the same records 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from ..chat.answers import Plan, answer_fields, plan_for
@@ -51,7 +51,7 @@ def stats(c: Completion, ttnt: int | None) -> dict[str, Any]:
 
 
 def token_record(t: Token) -> dict[str, Any]:
-    return {"id": t.id, "token": t.text, "p": t.p, "top": [asdict(x) for x in t.top]}
+    return {"id": t.id, "token": t.text, "p": t.p, "top": [{"id": x.id, "token": x.token, "p": x.p} for x in t.top]}
 
 
 def run_settings(settings: GenerateSettings) -> dict[str, Any]:

@@ -115,7 +115,8 @@ class RemoteGenerateTask:
         body, chat = request_for(record, self.settings.prompt)
         s = self.settings.sampling
         body.update(model=self.model, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                    repetition_penalty=s.repetition_penalty, max_tokens=s.max_new_tokens, seed=s.seed,
+                    repetition_penalty=s.repetition_penalty, presence_penalty=s.presence_penalty,
+                    frequency_penalty=s.frequency_penalty, max_tokens=s.max_new_tokens, seed=s.seed,
                     stop=list(s.stop))
         body.update(answer_format(record, plan, self.settings.tool_choice))
         if self.settings.prompt.prefix:

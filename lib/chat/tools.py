@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.constrain import closed
 from ..errors import RecordError, UsageError
 
 CHOICES = ("auto", "required", "none")
@@ -64,22 +65,6 @@ def record_choice(record: dict[str, Any], default: str) -> str:
     if not isinstance(choice, str):
         raise RecordError("`tool_choice` must be auto, required, none, a tool name or {function: {name}}")
     return choice
-
-
-def closed(schema: Any) -> Any:
-    """The schema with `additionalProperties: false` wherever an object lists its properties and
-    says nothing of others (OpenAI's strict mode): the grammar then writes only declared arguments."""
-    if isinstance(schema, list):
-        return [closed(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: (closed(v) if k in ("items", "anyOf", "oneOf", "allOf", "prefixItems") else v) for k, v in schema.items()}
-    for key in ("properties", "$defs", "definitions"):
-        if isinstance(schema.get(key), dict):
-            out[key] = {name: closed(s) for name, s in schema[key].items()}
-    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
-        out["additionalProperties"] = False
-    return out
 
 
 def call_schema(tools: list[Tool]) -> dict[str, Any]:

@@ -59,7 +59,8 @@ def sampling_settings(o: Options) -> "Sampling":
     from ..engine.sampling import Sampling
 
     return Sampling(temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
-                    repetition_penalty=o["repetition_penalty"], max_new_tokens=o["max_new_tokens"],
+                    repetition_penalty=o["repetition_penalty"], presence_penalty=o["presence_penalty"],
+                    frequency_penalty=o["frequency_penalty"], max_new_tokens=o["max_new_tokens"],
                     seed=o["seed"], stop=tuple(o["stop"]))
 
 

@@ -96,12 +96,14 @@ class FastRows:
             self.cache = self.cache.grown(width)
         return self.cache
 
-    def prefill(self, prompts: Sequence[Sequence[int]], room: int):
+    def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False):
+        """With `every` (one prompt), its logits after each token [1, len, vocab]: it is computed
+        whole, not from a cached prefix."""
         row, n = len(self.order), len(prompts)
         if row + n > self.capacity:
             raise RuntimeError("no free row")
         if n == 1:
-            logits = self._prefill_one(row, list(prompts[0]), room)
+            logits = self._prefill_one(row, list(prompts[0]), room, every)
         else:
             ids, mask = left_pad(prompts, self.pad, self.fast.device)
             cache = self._fit(ids.shape[1] + room)
@@ -110,18 +112,18 @@ class FastRows:
         self.order += slots
         return slots, logits
 
-    def _prefill_one(self, row: int, prompt: list[int], room: int):
+    def _prefill_one(self, row: int, prompt: list[int], room: int, every: bool = False):
         import torch
 
         cache = self._fit(len(prompt) + room)
         ids = torch.tensor([prompt], dtype=torch.long, device=self.fast.device)
-        stored, shared = self.prefixes.longest(prompt) if self.prefixes is not None else (None, 0)
+        stored, shared = self.prefixes.longest(prompt) if self.prefixes is not None and not every else (None, 0)
         if shared >= MIN_SHARED:
             cache.load_prefix(row, *stored, shared)
             rest = ids[:, shared:]
             logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared)
         else:
-            logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids))
+            logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids), every=every)
         if self.prefixes is not None:
             self.prefixes.add(prompt, *cache.prefix(row, len(prompt)))
         return logits

@@ -79,10 +79,30 @@ def _check(grammar: str, what: str) -> str:
     return grammar
 
 
+def closed(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` wherever an object lists its properties and
+    says nothing of others (OpenAI's strict mode, vLLM's default): the grammar then writes only
+    the declared properties; `additionalProperties: true` keeps an object open."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (closed(v) if k in ("items", "anyOf", "oneOf", "allOf", "prefixItems") else v) for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: closed(s) for name, s in schema[key].items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
 def json_constraint(schema: Any, what: str = "--json-schema", source: str = "") -> Constraint:
-    """Answers that validate against `schema`, compiled and checked (UsageError naming `what`)."""
+    """Answers that validate against `schema`, compiled and checked (UsageError naming `what`).
+
+    Strict, as OpenAI's strict mode and vLLM: an object that lists its properties and says
+    nothing of others gets only those (`closed`); the manifest keeps the schema as given."""
     schema = check_schema(schema, what)
-    return Constraint("json_schema", _check(json_grammar(schema, what), what), schema=schema, source=source)
+    return Constraint("json_schema", _check(json_grammar(closed(schema), what), what), schema=schema, source=source)
 
 
 def regex_constraint(regex: str, what: str = "--regex") -> Constraint:

@@ -56,8 +56,9 @@ def positions(mask):
     return pos.masked_fill(mask == 0, 1)
 
 
-def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=None):
-    kwargs: dict[str, Any] = {"logits_to_keep": 1} if keep_last else {}
+def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=None, every: bool = False):
+    """The last position's logits [B, vocab]; with `every`, every position's [B, T, vocab]."""
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if keep_last and not every else {}
     if cache_position is not None:
         kwargs["cache_position"] = cache_position
     import torch
@@ -66,7 +67,7 @@ def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=N
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                     **kwargs)
-    return out.logits[:, -1, :].float()
+    return out.logits.float() if every else out.logits[:, -1, :].float()
 
 
 class _Dynamic:
@@ -79,8 +80,8 @@ class _Dynamic:
         self.cache = DynamicCache(config=model.config)
         self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def prefill(self, ids):
-        return forward(self.model, ids, self.mask, positions(self.mask), self.cache, self.keep)
+    def prefill(self, ids, every: bool = False):
+        return forward(self.model, ids, self.mask, positions(self.mask), self.cache, self.keep, every=every)
 
     def step(self, chosen):
         self.mask = torch_cat_ones(self.mask)
@@ -107,12 +108,12 @@ class _Static:
         self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.decode = _compiled_step() if compiled else decode_one
 
-    def prefill(self, ids):
+    def prefill(self, ids, every: bool = False):
         import torch
 
         mask = self.mask[:, : self.width]
         position = torch.arange(self.width, device=ids.device)
-        return forward(self.model, ids, mask, positions(mask), self.cache, self.keep, position)
+        return forward(self.model, ids, mask, positions(mask), self.cache, self.keep, position, every)
 
     def step(self, chosen):
         logits = self.decode(self.model, chosen[:, None], self.mask, self.next_pos, self.cache, self.cursor)
@@ -184,12 +185,12 @@ class StaticBatch:
         self.run: Any = None  # the batch's decoder while it runs
         self.live: list[bool] = []
 
-    def prefill(self, prompts: Sequence[Sequence[int]], room: int):
+    def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False):
         if self.run is not None:
             raise RuntimeError("a static batch admits its rows together")
         ids, mask = left_pad(prompts, self.pad, self.device)
         run = decoder(self.model, mask, room, self.decoding)
-        logits = run.prefill(ids)
+        logits = run.prefill(ids, every)
         self.run, self.live = run, [True] * len(prompts)
         return list(range(len(prompts))), logits
 

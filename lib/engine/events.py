@@ -13,7 +13,8 @@ from dataclasses import dataclass
 class TopToken:
     id: int
     token: str
-    p: float
+    p: float  # rounded to 6 places, as records show it
+    logprob: float  # the model's own log-probability, unrounded (OpenAI's logprobs)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Token:
     seconds: float  # since the row's start
     p: float | None = None
     top: tuple[TopToken, ...] = ()
+    logprob: float | None = None  # unrounded; None where nothing was asked (or a prompt's first token)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,17 @@ class Completion:
     tokens_per_s: float
     token_seconds: tuple[float, ...] = ()
     tokens: tuple[Token, ...] = ()  # with probabilities, when asked for
+    prompt_tokens: tuple[Token, ...] = ()  # the prompt's own tokens, scored (echo); `text` is each one's
+    end: Token | None = None  # the end-of-sequence token that ended it, with probabilities when asked for
 
 
-Event = Token | Completion
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """Row `row`'s prompt tokens scored by its prefill (echo), before its first token: each
+    Token's `text` is its own text, and the first has no probability."""
+
+    row: int
+    tokens: tuple[Token, ...]
+
+
+Event = Token | Completion | ScoredPrompt

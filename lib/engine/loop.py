@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from . import timing
-from .events import Completion, Event, Token, TopToken
+from .events import Completion, Event, ScoredPrompt, Token, TopToken
 from .sampling import Sampling, logits_processors
 from .stops import find_stop, safe_length
 
@@ -37,9 +37,10 @@ class Backend(Protocol):
     capacity: int  # rows it holds at once
     device: Any
 
-    def prefill(self, prompts: Sequence[Sequence[int]], room: int) -> tuple[list[Any], Any]:
+    def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False) -> tuple[list[Any], Any]:
         """Admit `prompts` together, each with `room` columns to grow by: their handles, and the
-        logits of each one's next token [n, vocab]."""
+        logits of each one's next token [n, vocab]; with `every` (one prompt), the logits after
+        each of its tokens [1, len, vocab]."""
 
     def step(self, handles: Sequence[Any], tokens: Sequence[int]) -> Any:
         """Feed each row its next token: the logits of the token after it [n, vocab], in `handles` order."""
@@ -64,6 +65,9 @@ class Request:
     row: int = 0  # the number its events carry
     constraints: tuple[Any, ...] = ()  # logits processors of this row alone (its grammar), run first
     top_probs: int = 0  # report each token's probability and the `top_probs` likeliest
+    logprobs: bool = False  # report each token's probability even with no `top_probs`
+    echo: bool = False  # score the prompt's own tokens too, in its prefill's one pass (Completion.prompt_tokens)
+    generates: bool = True  # False: score the prompt only (echo), no new token
     draft: Any = None  # lmpipe.engine.speculative.Draft: speculative rounds, for greedy plain rows
     cancelled: Callable[[], bool] = _never  # its client went away: free the row
 
@@ -71,8 +75,13 @@ class Request:
     def speculates(self) -> bool:
         """A draft applies to greedy rows that nothing else constrains (their tokens are the argmax)."""
         s = self.sampling
-        return (self.draft is not None and s.greedy and not self.constraints and not self.top_probs
-                and s.repetition_penalty == 1.0)
+        return (self.draft is not None and s.greedy and not self.constraints and not self.reports and not self.echo
+                and s.repetition_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty)
+
+    @property
+    def reports(self) -> bool:
+        """Its tokens carry their probabilities."""
+        return self.logprobs or self.top_probs > 0
 
 
 @dataclass
@@ -83,6 +92,8 @@ class RowState:
     ids: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     probs: list[Token] = field(default_factory=list)
+    prompt_scores: list[Token] = field(default_factory=list)
+    end: Token | None = None  # the end-of-sequence token, when probabilities are reported
     text: str = ""
     shown: int = 0
     finish: str | None = None
@@ -92,18 +103,39 @@ class RowState:
 class Probs:
     """The model's own distribution for one row's step (before sampling settings), and its top-n."""
 
-    probs: Any  # [vocab]
+    logprobs: Any  # [vocab], float32
     top: tuple[TopToken, ...]
+
+    def of(self, token_id: int) -> tuple[float, float]:
+        """The token's probability (rounded, as records show it) and log-probability."""
+        import math
+
+        logprob = float(self.logprobs[token_id])
+        return round(math.exp(logprob), 6), logprob
 
 
 def top_tokens(logits, tokenizer: Any, n: int) -> Probs:
     """For logits [1, vocab]."""
+    import math
+
     import torch
 
-    probs = torch.softmax(logits[0], dim=-1)
-    values, indices = probs.topk(n, dim=-1)
-    top = tuple(TopToken(i, tokenizer.decode([i]), round(v, 6)) for v, i in zip(values.tolist(), indices.tolist()))
-    return Probs(probs, top)
+    logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+    values, indices = logprobs.topk(n, dim=-1)
+    top = tuple(TopToken(i, tokenizer.decode([i]), round(math.exp(v), 6), v)
+                for v, i in zip(values.tolist(), indices.tolist()))
+    return Probs(logprobs, top)
+
+
+def prompt_scores(ids: Sequence[int], logits, tokenizer: Any, n: int) -> list[Token]:
+    """The prompt's own tokens, each scored by the logits before it [len, vocab] (the first by
+    nothing), with the `n` likeliest there, as vLLM's echo reports them."""
+    scores = [Token(0, ids[0], tokenizer.decode([ids[0]]), 0.0)] if ids else []
+    for i in range(1, len(ids)):
+        probs = top_tokens(logits[i - 1: i], tokenizer, n)
+        p, logprob = probs.of(ids[i])
+        scores.append(Token(0, ids[i], tokenizer.decode([ids[i]]), 0.0, p, probs.top, logprob))
+    return scores
 
 
 def pick(scores, greedy: bool, generators: list[Any] | None):
@@ -139,6 +171,9 @@ def advance(r: int, row: RowState, token_id: int, now: float, tokenizer: Any, eo
     row.times.append(now)
     if token_id in eos:
         row.finish = "eos"
+        if probs is not None:  # not an event, not in the text; its probability is still the model's
+            (p, logprob), top = probs.of(token_id), probs.top
+            row.end = Token(r, token_id, "", now, p, top, logprob)
     else:
         row.ids.append(token_id)
         text = tokenizer.decode(row.ids, skip_special_tokens=True)
@@ -150,10 +185,10 @@ def advance(r: int, row: RowState, token_id: int, now: float, tokenizer: Any, eo
         visible = len(text) if row.finish else safe_length(text, sampling.stop)
         delta = text[row.shown:visible] if visible > row.shown else ""
         row.shown = max(row.shown, visible)
-        p, top = None, ()
+        p, top, logprob = None, (), None
         if probs is not None:
-            p, top = round(float(probs.probs[token_id]), 6), probs.top
-        event = Token(r, token_id, delta, now, p, top)
+            (p, logprob), top = probs.of(token_id), probs.top
+        event = Token(r, token_id, delta, now, p, top, logprob)
         if probs is not None:
             row.probs.append(event)
         yield event
@@ -178,6 +213,8 @@ def complete(r: int, row: RowState) -> Completion:
         tokens_per_s=stats.tokens_per_s,
         token_seconds=tuple(row.times),
         tokens=tuple(row.probs),
+        prompt_tokens=tuple(row.prompt_scores),
+        end=row.end,
     )
 
 
@@ -212,25 +249,34 @@ class Loop:
     def admit(self, requests: Sequence[Request]) -> None:
         """Prefill `requests` into free rows and report each one's first token.
 
-        Rows that decode speculatively are prefilled one by one (their rows hold no padding),
-        the others together.
+        Rows that decode speculatively or score their prompt (echo) are prefilled one by one
+        (their rows hold no padding), the others together.
         """
         if len(requests) > self.free:
             raise RuntimeError("no free row")
         rows = [self._row(r) for r in requests]
         clock = timing.Clock()  # a row's times count from its admission: its prefill is in its first token's time
-        together = [row for row in rows if not row.request.speculates]
-        groups = ([together] if together else []) + [[row] for row in rows if row.request.speculates]
+        alone = [row for row in rows if row.request.speculates or row.request.echo]
+        together = [row for row in rows if row not in alone]
+        groups = ([together] if together else []) + [[row] for row in alone]
+        if len(groups) > 1 and not self.backend.joins:
+            raise RuntimeError("rows prefilled alone (speculative, echo) need a backend whose rows join")
         try:
             for group in groups:
                 room = max(row.request.sampling.max_new_tokens
                            + (row.request.draft.extra if row.request.speculates else 0) for row in group)
-                handles, logits = self.backend.prefill([row.request.ids for row in group], room)
+                echo = group[0].request.echo
+                handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo)
                 for row, handle in zip(group, handles):
                     row.clock, row.handle = clock, handle
                     if row.request.speculates:
                         row.drafting = row.request.draft.start(row.request.ids, room)
                     self.live.append(row)
+                if echo:
+                    self._score_prompt(group[0], logits[0])
+                    logits = logits[:, -1, :]
+                    if group[0].state.finish:
+                        continue
                 self._choose(group, logits)
         finally:
             self._report()
@@ -258,11 +304,20 @@ class Loop:
         self.live = []
         self.backend.reset()
 
+    def _score_prompt(self, row: _Row, logits) -> None:
+        """The prompt's tokens scored from its prefill's logits; a row that only scores ends here."""
+        request = row.request
+        row.state.prompt_scores = prompt_scores(request.ids, logits, self.tokenizer, request.top_probs)
+        self._events.append((request, ScoredPrompt(request.row, tuple(row.state.prompt_scores))))
+        if not request.generates:  # no token: no times, and stats of zeros
+            row.state.finish = "length"
+            self._events.append((request, complete(request.row, row.state)))
+
     def _row(self, request: Request) -> _Row:
         import torch
 
         sampling = request.sampling
-        processors = logits_processors(sampling, request.constraints)
+        processors = logits_processors(sampling, request.constraints, len(request.ids))
         generator = None
         if not sampling.greedy:
             generator = torch.Generator(device=str(self.backend.device)).manual_seed(sampling.seed or 0)
@@ -273,15 +328,14 @@ class Loop:
         """Each row's next token from its logits, under its own policies; report them."""
         import torch
 
-        if all(row.processors is None and not row.request.top_probs for row in rows):
+        if all(row.processors is None and not row.request.reports for row in rows):
             tokens = logits.argmax(dim=-1).tolist()
             probs: list[Probs | None] = [None] * len(rows)
         else:
             tokens, probs = [], []
             for i, row in enumerate(rows):
                 own = logits[i: i + 1]
-                n = row.request.top_probs
-                probs.append(top_tokens(own, self.tokenizer, n) if n else None)
+                probs.append(top_tokens(own, self.tokenizer, row.request.top_probs) if row.request.reports else None)
                 if row.processors is None:
                     tokens.append(int(own.argmax(dim=-1)))
                     continue

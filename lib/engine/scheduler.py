@@ -35,6 +35,10 @@ class GenerationRequest:
     emit: Emit
     grammar: str | None = None  # llguidance's grammar the answer must follow (lmpipe.engine.constrain); None: free
     cancelled: threading.Event = field(default_factory=threading.Event)
+    logprobs: bool = False  # as lmpipe.engine.loop.Request's: tokens carry their log-probabilities,
+    top_probs: int = 0  # with the `top_probs` likeliest alternatives
+    echo: bool = False  # the prompt's own tokens scored too
+    generates: bool = True  # False: the prompt is only scored
 
 
 @dataclass(frozen=True)
@@ -170,10 +174,11 @@ class Scheduler:
                 job.emit(exc)
             return
         joins = loop.backend.joins
-        if not joins:
-            key = batch_key(waiting[0].sampling)
-            self.held[:0] = [job for job in waiting if batch_key(job.sampling) != key]
-            waiting = [job for job in waiting if batch_key(job.sampling) == key]
+        if not joins:  # one batch: the same sampling; a row that scores its prompt is prefilled alone
+            key = (batch_key(waiting[0].sampling), waiting[0].echo)
+            same = [job for job in waiting if (batch_key(job.sampling), job.echo) == key][: 1 if key[1] else None]
+            self.held[:0] = [job for job in waiting if all(job is not kept for kept in same)]
+            waiting = same
         batch: list[tuple[GenerationRequest, Any]] = []
         for job in waiting:
             try:
@@ -197,7 +202,8 @@ class Scheduler:
 
         lm = self.model()  # marks the model used
         constraints = row_constraints(lm.model, lm.tokenizer, job.grammar)
-        return Request(job.ids, job.sampling, job.emit, constraints=constraints, cancelled=job.cancelled.is_set)
+        return Request(job.ids, job.sampling, job.emit, constraints=constraints, cancelled=job.cancelled.is_set,
+                       top_probs=job.top_probs, logprobs=job.logprobs, echo=job.echo, generates=job.generates)
 
 
 __all__ = ["Completion", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]

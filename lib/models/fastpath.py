@@ -375,8 +375,8 @@ class FastDecoder:
         self.cache = fast.cache(rows, rounded_width(width) if compiled else width)
         self.rows = slice(0, rows)
 
-    def prefill(self, ids):
-        return prefill(self.fast, self.cache, self.rows, ids, self.mask)
+    def prefill(self, ids, every: bool = False):
+        return prefill(self.fast, self.cache, self.rows, ids, self.mask, every=every)
 
     def step(self, chosen):
         return step(self.fast, self.cache, self.rows, chosen, self.compiled)

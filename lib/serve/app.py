@@ -1,8 +1,13 @@
 """lm-serve's HTTP face: an OpenAI-compatible API over the engine (starlette, run by uvicorn).
 
 /v1/chat/completions, /v1/completions (both with `stream` as server-sent events), /v1/models
-and /health. Structured output (`response_format`, lmpipe's `regex`, `choice`, `prefix`) and
-function calling (`tools`, `tool_choice`) come from lmpipe.serve.structured. Every response to a request that cannot be served is JSON
+and /health. Requests are read as vLLM's protocol reads them: every field is implemented or
+refused by name (lmpipe.serve.fields); chat content parts are joined (lmpipe.serve.prompts);
+`prompt` may be one or several texts or token-id lists; `n` choices per prompt run as rows of
+one batch; log-probabilities come in OpenAI's chat and legacy formats (lmpipe.serve.logprobs),
+with `echo` scoring the prompt itself. Structured output (`response_format`, lmpipe's `regex`,
+`choice`, `prefix`) and function calling (`tools`, `tool_choice`) come from
+lmpipe.serve.structured. Every response to a request that cannot be served is JSON
 `{"error": {"message", "type", "code"}}`: 400 for a malformed request, 503 with Retry-After
 when the queue is full, 500 if generation itself failed. Besides OpenAI's `usage`, responses
 carry llama.cpp-style `timings` and an `lmpipe` object (stats and manifest parts) from which
@@ -15,21 +20,25 @@ import asyncio
 import queue
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Callable
 
 import orjson
 
-from ..chat.prompts import PromptSettings, messages_of, prompt_ids
-from ..engine.events import Completion, Token
+from ..engine.events import Completion, ScoredPrompt, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
-from ..errors import LmpipeError, RecordError
+from ..errors import LmpipeError
 from .embeddings import embeddings_route
-from .refusals import BadRequest, error_response
+from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
+from .logprobs import chat_entries, legacy
+from .prompts import Prompt, chat_prompt, completion_prompts
 from .structured import Asked, FormatError, asked, tool_calls
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+DEFAULT_MAX_TOKENS = 256
+MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
 
 def _json(data: Any, status: int = 200):
@@ -38,110 +47,141 @@ def _json(data: Any, status: int = 200):
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def _typed(body: dict[str, Any], name: str, kinds: tuple[type, ...], default: Any) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise BadRequest(f"`{name}` must be {' or '.join(k.__name__ for k in kinds)}", "invalid_type")
-    return value
+def max_tokens_of(body: dict[str, Any], chat: bool, echo: bool) -> tuple[int, bool]:
+    """How many tokens to generate (at least 1 for the engine), and whether to generate at all:
+    `max_tokens: 0` scores the prompt only, which needs `echo`."""
+    limit = typed(body, "max_completion_tokens", (int,), None) if chat else None
+    name = "max_completion_tokens" if limit is not None else "max_tokens"
+    limit = typed(body, "max_tokens", (int,), DEFAULT_MAX_TOKENS) if limit is None else limit
+    if limit == 0 and echo:
+        return 1, False
+    if limit < 1:
+        raise BadRequest(f"`{name}` must be at least 1" + ("" if chat else " (or 0 with `echo`)"), "invalid_value")
+    return limit, True
 
 
-def sampling_of(body: dict[str, Any]) -> Sampling:
-    stop = _typed(body, "stop", (str, list), [])
+def sampling_of(body: dict[str, Any], max_new_tokens: int) -> Sampling:
+    stop = typed(body, "stop", (str, list), [])
     stop = [stop] if isinstance(stop, str) else stop
     if not all(isinstance(s, str) for s in stop):
         raise BadRequest("`stop` must be a string or a list of strings", "invalid_type")
-    if _typed(body, "n", (int,), 1) != 1:
-        raise BadRequest("only n=1 is supported", "unsupported")
     try:
         return Sampling(
-            temperature=float(_typed(body, "temperature", (int, float), 1.0)),
-            top_p=float(_typed(body, "top_p", (int, float), 1.0)),
-            top_k=_typed(body, "top_k", (int,), 0),
-            repetition_penalty=float(_typed(body, "repetition_penalty", (int, float), 1.0)),
-            max_new_tokens=_typed(body, "max_tokens", (int,), _typed(body, "max_completion_tokens", (int,), 256)),
-            seed=_typed(body, "seed", (int,), None),
+            temperature=float(typed(body, "temperature", (int, float), 1.0)),
+            top_p=float(typed(body, "top_p", (int, float), 1.0)),
+            top_k=typed(body, "top_k", (int,), 0),
+            repetition_penalty=float(typed(body, "repetition_penalty", (int, float), 1.0)),
+            presence_penalty=float(typed(body, "presence_penalty", (int, float), 0.0)),
+            frequency_penalty=float(typed(body, "frequency_penalty", (int, float), 0.0)),
+            max_new_tokens=max_new_tokens,
+            seed=typed(body, "seed", (int,), None),
             stop=tuple(stop),
         ).with_seed()
     except LmpipeError as exc:
         raise BadRequest(str(exc).replace("--", "").replace("-", "_"), "invalid_value") from None
 
 
+def logprobs_of(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives each token's log-probability comes with; None: no log-probabilities.
+    Chat: `logprobs: true` with `top_logprobs: k`; completions: `logprobs: k`."""
+    if chat:
+        top = typed(body, "top_logprobs", (int,), None)
+        if not typed(body, "logprobs", (bool,), False):
+            if top is not None:
+                raise BadRequest("`top_logprobs` needs `logprobs: true`", "invalid_value")
+            return None
+        top = top or 0
+        name = "top_logprobs"
+    else:
+        top = typed(body, "logprobs", (int,), None)
+        name = "logprobs"
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise BadRequest(f"`{name}` must be from 0 to {MAX_LOGPROBS}", "invalid_value")
+    return top
+
+
+def streaming_of(body: dict[str, Any]) -> tuple[bool, bool]:
+    """`stream`, and `stream_options.include_usage` (a last chunk with the usage of every choice)."""
+    stream = typed(body, "stream", (bool,), False)
+    options = typed(body, "stream_options", (dict,), {})
+    if options and not stream:
+        raise BadRequest("`stream_options` needs `stream: true`", "invalid_value")
+    for name, value in options.items():
+        if name != "include_usage" and value is not None:
+            raise unsupported(f"stream_options.{name}", "not supported (include_usage is)")
+    return stream, bool(typed(options, "include_usage", (bool,), False))
+
+
 @dataclass
 class PreparedRequest:
-    ids: list[int]
-    sampling: Sampling
+    prompts: list[Prompt]
+    n: int  # choices per prompt; choice i answers prompt i // n
+    sampling: list[Sampling]  # per prompt (its length bounded by the context left)
+    generates: bool
     stream: bool
     include_usage: bool
     asked: Asked
+    logprobs: int | None  # alternatives per token; None: no log-probabilities
+    echo: bool
+    chat: bool
 
-
-def chat_ids(engine: Scheduler, body: dict[str, Any], asked: Asked) -> list[int]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("`messages` must be a non-empty list", "invalid_type")
-    tok, tools = engine.tokenizer, asked.plan.tools
-    try:
-        if tok.chat_template is not None:
-            return prompt_ids({"messages": messages}, tok, PromptSettings(prefix=asked.prefix), tools)
-        # No chat template: the tools' own rule, an optional system line and one user text.
-        messages_of({"messages": messages}, PromptSettings())
-        roles = [m["role"] for m in messages]
-        if roles not in (["user"], ["system", "user"]):
-            raise BadRequest("this model has no chat template: send one user message (and a system one)")
-        system = messages[0]["content"] if roles[0] == "system" else None
-        settings = PromptSettings(system=system, raw=True, prefix=asked.prefix)
-        return prompt_ids({"text": messages[-1]["content"]}, tok, settings, tools)
-    except RecordError as exc:
-        raise BadRequest(str(exc), "invalid_messages") from None
-
-
-def completion_ids(engine: Scheduler, body: dict[str, Any], asked: Asked) -> list[int]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if isinstance(prompt, str):  # as lm-generate --raw: tool instructions first, the prefix last
-        return prompt_ids({"text": prompt}, engine.tokenizer, PromptSettings(raw=True, prefix=asked.prefix),
-                          asked.plan.tools)
-    if isinstance(prompt, list) and prompt and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
-        if max(prompt) >= len(engine.tokenizer) or min(prompt) < 0:
-            raise BadRequest("`prompt` token ids out of the vocabulary", "invalid_value")
-        if asked.prefix or asked.plan.tools:
-            raise BadRequest("`prefix` and `tools` need a text prompt", "unsupported")
-        return prompt
-    raise BadRequest("`prompt` must be a string or a list of token ids", "invalid_type")
+    def jobs(self, emit: Callable[[int, Any], None]) -> list[GenerationRequest]:
+        """One row per choice, in choice order: a prompt's `n` rows follow one another, so they
+        are admitted into the same batch and share its prompt cache; sampled ones differ by seed."""
+        out = []
+        for p, (prompt, sampling) in enumerate(zip(self.prompts, self.sampling)):
+            for j in range(self.n):
+                own = replace(sampling, seed=(sampling.seed + j) % 2 ** 31) if j else sampling
+                out.append(GenerationRequest(
+                    prompt.ids, own, partial(emit, p * self.n + j), self.asked.plan.grammar,
+                    logprobs=self.logprobs is not None, top_probs=self.logprobs or 0,
+                    echo=self.echo and self.logprobs is not None, generates=self.generates))
+        return out
 
 
 async def prepare(engine: Scheduler, request: Any, chat: bool) -> PreparedRequest:
     from starlette.concurrency import run_in_threadpool
 
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object", "invalid_json")
+    body = await read_body(request)
+    check_fields(body, CHAT if chat else COMPLETIONS, "/v1/chat/completions" if chat else "/v1/completions")
     model = body.get("model")
     if model is not None and model not in (engine.model_id, engine.ref.name):
         raise BadRequest(f"unknown model {model!r}; this server has {engine.model_id!r}", "model_not_found")
-    sampling = sampling_of(body)
+    echo = typed(body, "echo", (bool,), False)
+    limit, generates = max_tokens_of(body, chat, echo)
+    sampling = sampling_of(body, limit)
+    n = typed(body, "n", (int,), 1)
+    if n < 1:
+        raise BadRequest("`n` must be at least 1", "invalid_value")
+    logprobs = logprobs_of(body, chat)
+    stream, include_usage = streaming_of(body)
     try:
         wanted = asked(body)
     except FormatError as exc:
         raise BadRequest(str(exc), exc.code) from None
-    ids = chat_ids(engine, body, wanted) if chat else completion_ids(engine, body, wanted)
+    prompts = [chat_prompt(engine.tokenizer, body, wanted)] if chat else completion_prompts(engine.tokenizer, body, wanted)
+    if len(prompts) * n > engine.settings.max_queue:  # it could never be queued whole: not a busy server's 503
+        raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
+                         f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
     context = await run_in_threadpool(engine.context_length)
-    if context and len(ids) >= context:
-        raise BadRequest(f"prompt is {len(ids)} tokens; the model's context is {context}", "context_length_exceeded")
-    if context:
-        sampling = Sampling(**{**sampling.__dict__, "max_new_tokens": min(sampling.max_new_tokens, context - len(ids))})
-    options = _typed(body, "stream_options", (dict,), {})
-    return PreparedRequest(ids, sampling, bool(_typed(body, "stream", (bool,), False)), bool(options.get("include_usage")),
-                    wanted)
+    rows = []
+    for prompt in prompts:
+        if context and len(prompt.ids) >= context:
+            raise BadRequest(f"prompt is {len(prompt.ids)} tokens; the model's context is {context}",
+                             "context_length_exceeded")
+        rows.append(replace(sampling, max_new_tokens=min(limit, context - len(prompt.ids))) if context else sampling)
+    return PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat)
 
 
-def usage(c: Completion) -> dict[str, int]:
+def usage(prepared: PreparedRequest, done: dict[int, Completion]) -> dict[str, int]:
+    """Every prompt's tokens once (a prompt's `n` choices share it), every choice's tokens."""
+    prompt = sum(len(p.ids) for p in prepared.prompts)
+    out = sum(c.output_tokens for c in done.values())
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
+def choice_usage(c: Completion) -> dict[str, int]:
+    """One choice's own: its prompt's tokens and its answer's."""
     return {"prompt_tokens": c.input_tokens, "completion_tokens": c.output_tokens,
             "total_tokens": c.input_tokens + c.output_tokens}
 
@@ -168,24 +208,39 @@ def lmpipe_part(engine: Scheduler, c: Completion, sampling: Sampling) -> dict[st
 
 
 class Session:
-    """One request's life: queued, streamed back, cancelled when its client goes away."""
+    """One request's life: its choices queued as rows, their events streamed back as
+    (choice index, event), all cancelled when its client goes away."""
 
-    def __init__(self, engine: Scheduler, prepared: PreparedRequest):
+    def __init__(self, prepared: PreparedRequest):
         self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[Any] = asyncio.Queue()
-        self.job = GenerationRequest(prepared.ids, prepared.sampling, self._emit, prepared.asked.plan.grammar)
+        self.events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self.jobs = prepared.jobs(self._emit)
 
-    def _emit(self, event: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+    def _emit(self, index: int, event: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
+
+    def submit(self, engine: Scheduler) -> None:
+        """Queue every choice's row, or none (queue.Full)."""
+        try:
+            for job in self.jobs:
+                engine.submit(job)
+        except queue.Full:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancelled.set()
 
     async def __aiter__(self):
-        while True:
-            event = await self.events.get()
+        left = len(self.jobs)
+        while left:
+            index, event = await self.events.get()
             if isinstance(event, Exception):
                 raise event
-            yield event
+            yield index, event
             if isinstance(event, Completion):
-                return
+                left -= 1
 
 
 def _sse(data: Any) -> bytes:
@@ -210,23 +265,23 @@ def create_app(engine: Scheduler):
         async def serve(request: Request):
             try:
                 prepared = await prepare(engine, request, chat)
-                session = Session(engine, prepared)
+                session = Session(prepared)
                 try:
-                    engine.submit(session.job)
+                    session.submit(engine)
                 except queue.Full:
                     return error_response(503, "the server is busy: its queue is full", "queue_full",
                                           {"Retry-After": "1"})
                 ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
                 if prepared.stream:
-                    return StreamingResponse(stream(engine, session, prepared, ident, chat),
-                                             media_type="text/event-stream")
+                    return StreamingResponse(stream(engine, session, prepared, ident), media_type="text/event-stream")
+                done: dict[int, Completion] = {}
                 try:
-                    async for event in session:
+                    async for index, event in session:
                         if isinstance(event, Completion):
-                            return _json(whole(engine, event, prepared, ident, chat))
+                            done[index] = event
                 finally:
-                    session.job.cancelled.set()
-                raise RuntimeError("generation ended without a completion")
+                    session.cancel()
+                return _json(whole(engine, done, prepared, ident))
             except BadRequest as exc:
                 return error_response(exc.status, str(exc), exc.code)
             except Exception as exc:  # the server answers and carries on
@@ -250,35 +305,59 @@ def answer(prepared: PreparedRequest, c: Completion) -> tuple[str, list[dict[str
     return prepared.asked.prefix + c.text, calls, "tool_calls" if calls else FINISH[c.finish_reason]
 
 
-def whole(engine: Scheduler, c: Completion, prepared: PreparedRequest, ident: str, chat: bool) -> dict[str, Any]:
-    text, calls, finish = answer(prepared, c)
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": None if calls else text}
-        if calls:
-            choice["message"]["tool_calls"] = calls
-    else:  # lmpipe's extension: the call's text stays in `text`
-        choice["text"] = text
-        if calls:
-            choice["tool_calls"] = calls
+def scored(c: Completion, prompt: bool) -> list[Token]:
+    """The tokens whose log-probabilities a choice reports: the prompt's (echo), the answer's,
+    and the end-of-sequence token that ended it, as vLLM reports them."""
+    return [*(c.prompt_tokens if prompt else ()), *c.tokens, *((c.end,) if c.end is not None else ())]
+
+
+def whole(engine: Scheduler, done: dict[int, Completion], prepared: PreparedRequest, ident: str) -> dict[str, Any]:
+    chat, tok, choices = prepared.chat, engine.tokenizer, []
+    for index in sorted(done):
+        c = done[index]
+        text, calls, finish = answer(prepared, c)
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": None if calls else text}
+            if calls:
+                choice["message"]["tool_calls"] = calls
+            if prepared.logprobs is not None:
+                choice["logprobs"] = {"content": chat_entries(tok, scored(c, False), prepared.logprobs)}
+        else:  # lmpipe's extension: the call's text stays in `text`
+            echoed = prepared.prompts[index // prepared.n].text if prepared.echo else ""
+            choice["text"] = echoed + (text if prepared.generates else "")
+            if calls:
+                choice["tool_calls"] = calls
+            if prepared.logprobs is not None:
+                choice["logprobs"] = legacy(tok, scored(c, prepared.echo))[0]
+        choices.append(choice)
+    first = done[0]
     return {
         "id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-        "model": engine.model_id, "choices": [choice], "usage": usage(c), "timings": timings(c),
-        "lmpipe": lmpipe_part(engine, c, prepared.sampling),
+        "model": engine.model_id, "choices": choices, "usage": usage(prepared, done), "timings": timings(first),
+        "lmpipe": lmpipe_part(engine, first, prepared.sampling[0]),
     }
 
 
-async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str, chat: bool):
-    """Server-sent events, OpenAI's chunk format; [DONE] last. A client that leaves cancels its job.
+async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str):
+    """Server-sent events, OpenAI's chunk format, each chunk one choice's; [DONE] last. A client
+    that leaves cancels its rows.
 
-    With tools the answer is held back and sent whole at the end, as text or as one tool_calls delta."""
+    With tools the answer is held back and sent whole at the end, as text or as one tool_calls
+    delta. A token's log-probabilities go with the chunk that shows its text (or the next one,
+    while its text is held back)."""
+    chat, tok = prepared.chat, engine.tokenizer
     kind = "chat.completion.chunk" if chat else "text_completion"
     created = int(time.time())
     held = bool(prepared.asked.plan.tools)
+    pending: dict[int, list[Token]] = {}  # per choice, tokens whose log-probabilities are not sent yet
+    offsets: dict[int, int] = {}  # per choice, where its next legacy token starts in its text
+    shown: dict[int, int] = {}  # per choice, how much of its text was sent
 
-    def chunk(text: str | None, finish: str | None, first: bool = False,
+    def chunk(index: int, text: str | None, finish: str | None, first: bool = False,
               calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
+        tokens = pending.pop(index, [])
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
@@ -286,36 +365,60 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
             if calls:
                 delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
             choice["delta"] = delta
+            if prepared.logprobs is not None and tokens:
+                choice["logprobs"] = {"content": chat_entries(tok, tokens, prepared.logprobs)}
         else:
             choice["text"] = text or ""
             if calls:
                 choice["tool_calls"] = calls
+            if prepared.logprobs is not None and tokens:
+                choice["logprobs"], offsets[index] = legacy(tok, tokens, offsets.get(index, 0))
         return {"id": ident, "object": kind, "created": created, "model": engine.model_id, "choices": [choice]}
 
+    done: dict[int, Completion] = {}
     try:
-        if chat:
-            yield _sse(chunk("", None, first=True))
-        if prepared.asked.prefix and not held:
-            yield _sse(chunk(prepared.asked.prefix, None))
+        for index in range(len(session.jobs)):
+            if chat:
+                yield _sse(chunk(index, "", None, first=True))
+            elif prepared.echo and prepared.logprobs is None:
+                yield _sse(chunk(index, prepared.prompts[index // prepared.n].text, None))
+            if prepared.asked.prefix and not held:
+                yield _sse(chunk(index, prepared.asked.prefix, None))
         try:
-            async for event in session:
-                if isinstance(event, Token) and event.text and not held:
-                    yield _sse(chunk(event.text, None))
+            async for index, event in session:
+                if isinstance(event, ScoredPrompt):  # echo with log-probabilities: the prompt, scored
+                    pending[index] = list(event.tokens)
+                    yield _sse(chunk(index, prepared.prompts[index // prepared.n].text, None))
+                elif isinstance(event, Token):
+                    if prepared.logprobs is not None:
+                        pending.setdefault(index, []).append(event)
+                    if event.text and not held:
+                        shown[index] = shown.get(index, 0) + len(event.text)
+                        yield _sse(chunk(index, event.text, None))
                 elif isinstance(event, Completion):
+                    done[index] = event
                     text, calls, finish = answer(prepared, event)
+                    if event.end is not None and prepared.logprobs is not None:
+                        pending.setdefault(index, []).append(event.end)
                     if held:
-                        yield _sse(chunk(None if calls and chat else text, None, calls=calls))
-                    last = chunk(None, finish)
-                    last.update(timings=timings(event), lmpipe=lmpipe_part(engine, event, prepared.sampling))
+                        yield _sse(chunk(index, None if calls and chat else text, None, calls=calls))
+                    elif len(event.text) > shown.get(index, 0):  # what was held back at the end (half a character)
+                        yield _sse(chunk(index, event.text[shown.get(index, 0):], None))
+                    last = chunk(index, None, finish)
+                    last.update(timings=timings(event), lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
                     if not prepared.include_usage:
-                        last["usage"] = usage(event)
+                        last["usage"] = choice_usage(event)
                     yield _sse(last)
-                    if prepared.include_usage:
-                        yield _sse({"id": ident, "object": kind, "created": created, "model": engine.model_id,
-                                    "choices": [], "usage": usage(event)})
+            if prepared.include_usage:
+                yield _sse({"id": ident, "object": kind, "created": created, "model": engine.model_id,
+                            "choices": [], "usage": usage(prepared, done)})
         except Exception as exc:
             yield _sse({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error",
                                   "code": "generation_failed"}})
         yield b"data: [DONE]\n\n"
     finally:
-        session.job.cancelled.set()
+        session.cancel()
+
+
+def event_sampling(prepared: PreparedRequest, index: int) -> Sampling:
+    return prepared.sampling[index // prepared.n]

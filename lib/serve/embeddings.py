@@ -21,7 +21,7 @@ from ..engine.scheduler import Scheduler
 from ..errors import LmpipeError, RecordError, UsageError
 from ..models.loading import ModelSettings
 from ..models.resolve import DEFAULT_EMBEDDING_MODEL
-from .refusals import BadRequest, error_response, json_object
+from .fields import EMBEDDINGS, BadRequest, check_fields, error_response, read_body
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
@@ -106,7 +106,8 @@ def embeddings_route(engine: Scheduler):
 
     async def embeddings(request):
         try:
-            body = json_object(await request.body())
+            body = await read_body(request)
+            check_fields(body, EMBEDDINGS, "/v1/embeddings")
             data = await run_in_threadpool(answer, models, body)
             return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
         except BadRequest as exc:

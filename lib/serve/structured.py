@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..chat.answers import Plan, plan_for
-from ..chat.tools import closed, parse_call
+from ..chat.tools import parse_call
 from ..engine.constrain import Constraint, choice_constraint, json_constraint, regex_constraint
 from ..errors import RecordError, UsageError
 
@@ -50,8 +50,8 @@ def response_format(body: dict[str, Any]) -> Constraint | None:
     inner = spec.get("json_schema")
     if not isinstance(inner, dict) or not isinstance(inner.get("schema"), dict):
         raise FormatError("`response_format.json_schema.schema` must be a JSON Schema object", "invalid_response_format")
-    schema = closed(inner["schema"]) if inner.get("strict") else inner["schema"]  # strict: declared properties only
-    return json_constraint(schema, "response_format.json_schema")
+    # Strict whether or not `strict` is set, as vLLM: additionalProperties: true opens an object.
+    return json_constraint(inner["schema"], "response_format.json_schema")
 
 
 def constraint_of(body: dict[str, Any]) -> Constraint | None:

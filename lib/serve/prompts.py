@@ -1,0 +1,96 @@
+"""A request's prompts as token ids: chat messages (content parts joined), or completions'
+`prompt` in each of its four forms (a string, strings, token ids, lists of token ids)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..chat.prompts import PromptSettings, messages_of, prompt_ids
+from ..errors import RecordError
+from .fields import BadRequest
+from .structured import Asked
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    text: str  # what `echo` gives back: the prompt as sent (token ids decoded)
+
+
+def message_text(content: Any, where: str) -> str:
+    """A message's content as one string: text parts joined by newlines, as vLLM joins them.
+    Other parts (images, audio) are refused by name: this server reads text."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise BadRequest(f"`{where}.content` must be a string or a list of content parts", "invalid_messages")
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            raise BadRequest(f"`{where}.content[{i}]`: content part type {kind!r} is not supported (text only)",
+                             "unsupported_parameter")
+        if not isinstance(part.get("text"), str):
+            raise BadRequest(f"`{where}.content[{i}].text` must be a string", "invalid_messages")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def plain_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("`messages` must be a non-empty list", "invalid_type")
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m, dict) and "content" in m:
+            m = {**m, "content": message_text(m["content"], f"messages[{i}]")}
+        out.append(m)
+    return out
+
+
+def chat_prompt(tokenizer: Any, body: dict[str, Any], asked: Asked) -> Prompt:
+    messages = plain_messages(body.get("messages"))
+    tools = asked.plan.tools
+    try:
+        if tokenizer.chat_template is not None:
+            ids = prompt_ids({"messages": messages}, tokenizer, PromptSettings(prefix=asked.prefix), tools)
+            return Prompt(ids, "")
+        # No chat template: the tools' own rule, an optional system line and one user text.
+        messages_of({"messages": messages}, PromptSettings())
+        roles = [m["role"] for m in messages]
+        if roles not in (["user"], ["system", "user"]):
+            raise BadRequest("this model has no chat template: send one user message (and a system one)")
+        system = messages[0]["content"] if roles[0] == "system" else None
+        settings = PromptSettings(system=system, raw=True, prefix=asked.prefix)
+        return Prompt(prompt_ids({"text": messages[-1]["content"]}, tokenizer, settings, tools), "")
+    except RecordError as exc:
+        raise BadRequest(str(exc), "invalid_messages") from None
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def completion_prompts(tokenizer: Any, body: dict[str, Any], asked: Asked) -> list[Prompt]:
+    """Every prompt of the request, in order: choices come back in this order."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) or _token_ids(prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and (all(isinstance(p, str) for p in prompt)
+                                                  or all(_token_ids(p) for p in prompt)):
+        prompts = prompt
+    else:
+        raise BadRequest("`prompt` must be a string, a list of strings, a list of token ids or a list of lists "
+                         "of token ids", "invalid_type")
+    return [_one(tokenizer, p, asked) for p in prompts]
+
+
+def _one(tokenizer: Any, prompt: str | list[int], asked: Asked) -> Prompt:
+    if isinstance(prompt, str):  # as lm-generate --raw: tool instructions first, the prefix last
+        ids = prompt_ids({"text": prompt}, tokenizer, PromptSettings(raw=True, prefix=asked.prefix), asked.plan.tools)
+        return Prompt(ids, prompt)
+    if max(prompt) >= len(tokenizer) or min(prompt) < 0:
+        raise BadRequest("`prompt` token ids out of the vocabulary", "invalid_value")
+    if asked.prefix or asked.plan.tools:
+        raise BadRequest("`prefix` and `tools` need a text prompt", "unsupported_parameter")
+    return Prompt(list(prompt), tokenizer.decode(prompt))
