@@ -121,10 +121,16 @@ def finish_reason(kind: ServerKind, choice: dict[str, Any], stopped_by: Any, ask
 
 
 def output_tokens(kind: ServerKind, completion_tokens: int | None, finish: str) -> int | None:
-    """Generated tokens counted as in-process (the end token is not counted); vLLM counts it."""
-    if completion_tokens is not None and kind.name == "vllm" and finish == "eos":
+    """Generated tokens counted as in-process (the end token is not counted); vLLM and llama.cpp count it."""
+    if completion_tokens is not None and kind.name in ("vllm", "llama.cpp") and finish == "eos":
         return completion_tokens - 1
     return completion_tokens
+
+
+def streams_tools(kind: ServerKind) -> bool:
+    """Whether answers that may call tools can be streamed (llama.cpp's server answers 500
+    "Cannot use tools with stream"); unstreamed ones have no time to first token."""
+    return kind.name != "llama.cpp"
 
 
 def describe(kind: ServerKind) -> str:

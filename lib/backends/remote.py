@@ -29,7 +29,8 @@ from ..errors import LmpipeError, RecordError
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from ..version import __version__
-from .dialects import KINDS, ServerKind, constraint_fields, describe, detect, finish_reason, output_tokens, sampling_fields
+from .dialects import (KINDS, ServerKind, constraint_fields, describe, detect, finish_reason, output_tokens,
+                       sampling_fields, streams_tools)
 
 
 class ServerUnavailable(LmpipeError):
@@ -345,7 +346,7 @@ class RemoteGenerateTask:
             text = compact_json(text)
         done = answer_record(item, self.settings, plan, text, stats.get("finish_reason") or "stop", stats,
                              self.manifest(a))
-        if done.failed and self.kind.name != "lmpipe" and (plan.constraint is not None or plan.tools):
+        if done.failed and not a.lmpipe and (plan.constraint is not None or plan.tools):
             why = done.record["error"]
             record = {**done.record, "error": f"{describe(self.kind)} did not enforce the constraint: {why}"}
             return Finished(item, record, failed=True)
@@ -356,7 +357,8 @@ class RemoteGenerateTask:
             record = item.record or {}
             plan = plan_for(record, self.settings.constraint, self.settings.tool_choice)
             body, chat = self.payload(record, plan)
-            return self.output(item, self.client.complete(body, chat, self.stream), chat, plan)
+            stream = self.stream and (not plan.tools or streams_tools(self.kind))
+            return self.output(item, self.client.complete(body, chat, stream), chat, plan)
         except RecordError as exc:
             return Finished(item, error_record(item, str(exc)), failed=True)
 
