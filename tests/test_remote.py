@@ -54,12 +54,14 @@ def in_process(args: tuple[str, ...], data: str) -> list[dict]:
     return _local[(args, data)]
 
 
+# llama.cpp multiplies Q4_1 weights with 8-bit activations, lmpipe in float32: greedy text parts
+# where two tokens are nearly tied. Among the recorded prompts that happens for "color" in chat and
+# for most raw completions (tests/data/replay/README.md); the rest must match exactly.
+AGREEING = "".join(line + "\n" for line in PROMPTS.splitlines() if '"color"' not in line)
 CASES = {
-    "chat": (("-n", "24"), PROMPTS),
-    "completion": (("-n", "16", "--raw"), PROMPTS),
-    "stop": (("-n", "24", "--stop", "."), PROMPTS),
+    "chat": (("-n", "24"), AGREEING),
+    "stop": (("-n", "24", "--stop", "."), AGREEING),
     "choice": (("-n", "8", "--choice", "yes", "--choice", "no"), "Is the sky blue? Answer yes or no.\n"),
-    "json": (("-n", "60", "--json-schema", SCHEMA), "Describe a dog as JSON.\n"),
 }
 
 
@@ -76,6 +78,18 @@ def test_greedy_records_through_a_server_equal_in_process_ones(replay, embedded,
         assert server["kind"] == replay.kind and server["url"] == replay.url + "/v1" and server["version"]
         assert r["stats"]["ttft_s"] <= r["stats"]["total_s"] and r["stats"]["tokens_per_s"] is not None
         assert r["stats"]["finish_reason"] in ("eos", "stop", "length")
+
+
+def test_a_json_answer_is_checked_and_written_compactly(replay):
+    # The server's own grammar lets it space its JSON as it likes (so its answer is not lmpipe's
+    # token for token); the record holds it compact and validated, as in-process.
+    result = run_tool("lm-generate", "--server", replay.url, "--seed", "1", "-n", "60", "--json-schema", SCHEMA,
+                      input="Describe a dog as JSON.\n")
+    assert result.returncode == 0, result.stderr
+    [record] = jsonl(result.stdout)
+    assert set(record["json"]) == {"animal", "legs"} and isinstance(record["json"]["legs"], int)
+    assert record["generated"] == json.dumps(record["json"], separators=(",", ":"))
+    assert record["manifest"]["json_schema"] == json.loads(SCHEMA)
 
 
 def test_finish_reasons_and_counts_are_lmpipes(replay, embedded):
@@ -160,12 +174,32 @@ def test_a_connection_cut_mid_stream_is_retried_then_an_error_record(replay):
     replay.faults.clear()
 
 
-def test_tool_arguments_are_checked_against_the_tools_parameters(replay):
+def test_a_required_tool_call_comes_back_as_lmpipes_tool_calls(replay):
+    # llama.cpp enforces tool_choice required with its own grammar; the call is checked against
+    # the tool's parameters here. Its server cannot stream tools, so only the total time is known.
     result = run_tool("lm-generate", "--server", replay.url, "--seed", "1", "-n", "40", "--tool-choice", "required",
                       input=TOOLS)
+    assert result.returncode == 0, result.stderr
     [record] = jsonl(result.stdout)
-    if result.returncode == 0:  # the server enforced the call: arguments that validate
-        assert record["tool_calls"][0]["function"]["name"] == "get_weather"
-        assert isinstance(json.loads(record["tool_calls"][0]["function"]["arguments"])["city"], str)
-    else:
-        assert "did not enforce the constraint" in record["error"]
+    [call] = record["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert record["generated"] is None and record["stats"]["finish_reason"] == "tool_calls"
+    assert record["stats"]["ttft_s"] is None and record["stats"]["total_s"] > 0
+
+
+def test_concurrency_keeps_every_record_in_input_order(tiny_llama):
+    from serve_helpers import Server
+
+    server = Server(tiny_llama, "--max-batch", "8", "--preload")
+    try:
+        lines = "".join(json.dumps({"id": i, "text": f"Record number {i} says"}) + "\n" for i in range(20))
+        runs = {}
+        for n in ("1", "8"):
+            result = run_tool("lm-generate", "-m", str(tiny_llama), "-n", "6", "--seed", "3", "--server", server.url,
+                              "--concurrency", n, input=lines)
+            assert result.returncode == 0, result.stderr
+            runs[n] = [comparable(r) for r in jsonl(result.stdout)]
+        assert [r["id"] for r in runs["8"]] == list(range(20))
+        assert runs["8"] == runs["1"]
+    finally:
+        server.stop()

@@ -270,7 +270,11 @@ class ServerClient:
 
         if stream:
             payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
-        return self._send(path, payload, read_stream if stream else read_whole)
+            return self._send(path, payload, read_stream)
+        clock = Clock()
+        answer = self._send(path, payload, read_whole)
+        answer.total_s = round(clock(), 6)  # retries included: what the record cost
+        return answer
 
 
 def request_for(record: dict[str, Any], prompt: PromptSettings) -> tuple[dict[str, Any], bool]:
@@ -322,7 +326,8 @@ class RemoteGenerateTask:
             return a.lmpipe["stats"]
         finish = finish_reason(self.kind, a.finish, a.finish.get("stop_reason"), bool(self.settings.sampling.stop))
         out = output_tokens(self.kind, a.usage.get("completion_tokens"), finish)
-        rate = combined_rate([(out, a.ttft_s, a.total_s)]) if out is not None and a.total_s is not None else None
+        timed = out is not None and a.ttft_s is not None and a.total_s is not None
+        rate = combined_rate([(out, a.ttft_s, a.total_s)]) if timed else None  # a whole answer has no decode time
         return {"input_tokens": a.usage.get("prompt_tokens"), "output_tokens": out, "ttft_s": a.ttft_s,
                 "tokens_per_s": rate, "total_s": a.total_s, "finish_reason": finish}
 

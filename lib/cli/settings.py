@@ -101,7 +101,6 @@ def constraint_from_options(json_schema: str | None = None, regex: str | None = 
 
 def generate_settings(o: Options) -> "GenerateSettings":
     from ..backends.generate import GenerateSettings
-    from ..backends.remote import ServerSettings
     from ..chat.prompts import PromptSettings
     from ..chat.tools import check_choice
 
