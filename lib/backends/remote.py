@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
-from ..engine.timing import Clock, combined_rate
+from ..engine.timing import Clock, combined_rate, per_second
 from ..errors import LmpipeError, RecordError
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
@@ -327,7 +327,9 @@ class RemoteGenerateTask:
         finish = finish_reason(self.kind, a.finish, a.finish.get("stop_reason"), bool(self.settings.sampling.stop))
         out = output_tokens(self.kind, a.usage.get("completion_tokens"), finish)
         timed = out is not None and a.ttft_s is not None and a.total_s is not None
-        rate = combined_rate([(out, a.ttft_s, a.total_s)]) if timed else None  # a whole answer has no decode time
+        rate = None  # a whole answer has no decode time
+        if timed:  # one token has no time after the first: rated over the whole, as in-process
+            rate = combined_rate([(out, a.ttft_s, a.total_s)]) if out > 1 else per_second(out, a.total_s)
         return {"input_tokens": a.usage.get("prompt_tokens"), "output_tokens": out, "ttft_s": a.ttft_s,
                 "tokens_per_s": rate, "total_s": a.total_s, "finish_reason": finish}
 
