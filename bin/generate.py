@@ -6,7 +6,8 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import (batch_option, draft_options, field_options, given_on_command_line, job_options,
-                                model_options, progress_option, sampling_options, server_option, speed_options)
+                                model_options, progress_option, remote_options, sampling_options, server_option,
+                                speed_options)
 from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
@@ -44,6 +45,7 @@ FIELDS_WRITTEN = {
 @speed_options
 @draft_options
 @server_option
+@remote_options
 @click.option("-s", "--system", default=None, help="System prompt for chat models.")
 @click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
 @click.option("--stream", is_flag=True, help="In a pipe, write token events before each record.")

@@ -1,11 +1,16 @@
 """Tools talking to a server: lm-serve, or any OpenAI-compatible one (vLLM, llama.cpp, Ollama).
 
 A tool uses a server when given `--server URL` or `LMPIPE_SERVER=URL` (URL with or without
-/v1). It sends each record as a chat request (or a plain completion with --raw), a batch's
-records at once so the server can batch them, and rebuilds the record it would have written
-in-process: same text, same `manifest`, `stats` from the server's timings. Constraints go as
-`response_format` (or lmpipe's `regex`, `choice`, `prefix`), a record's tools as `tools` and
-`tool_choice`; the answer becomes `json`, `tool_calls`... through the same code as in-process.
+/v1). It sends each record as a chat request (or a plain completion with --raw), up to
+`--concurrency` at once so the server can batch them, and rebuilds the record it would have
+written in-process: same text, same `manifest`, the same `stats` fields. What differs between
+kinds of server (constraint fields, finish reasons, token counts) is `dialects`' business.
+lm-serve sends its own stats and manifest; another server's answer is streamed, so the client
+times it itself. Every answer is checked here as in-process (the regex, the choices, the
+schema, the tool's parameters): a server that did not enforce a constraint gives an error
+record, never a record that looks fine. Whatever a server answers (an error status, a body that
+is not JSON, a dropped connection) is that record's error alone; 429, 503 and lost connections
+are retried (`--retries`), after Retry-After when the server gives one.
 No torch is imported on this side, so a tool in a pipeline starts in a fraction of a second.
 """
 
@@ -14,17 +19,41 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
-from ..errors import LmpipeError, RecordError, UsageError
+from ..engine.timing import Clock, combined_rate, per_second
+from ..errors import LmpipeError, RecordError
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
+from ..version import __version__
+from .dialects import (KINDS, ServerKind, constraint_fields, describe, detect, finish_reason, output_tokens,
+                       sampling_fields, streams_tools)
 
 
 class ServerUnavailable(LmpipeError):
     """No server answers at the URL given (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    url: str
+    kind: str | None = None  # one of dialects.KINDS; None: asked of the server once
+    concurrency: int = 8  # requests in flight at once
+    retries: int = 3  # more tries after a 429, a 503 or a lost connection
+    timeout: float = 600.0  # seconds a request may take
+
+    def __post_init__(self) -> None:
+        from ..errors import UsageError
+
+        if self.kind is not None and self.kind not in KINDS:
+            raise UsageError(f"--server-kind must be one of {', '.join(KINDS)}")
+        if self.concurrency < 1:
+            raise UsageError("--concurrency must be at least 1")
+        if self.retries < 0:
+            raise UsageError("--retries must be 0 or more")
 
 
 def api_base(url: str) -> str:
@@ -34,43 +63,218 @@ def api_base(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
+RETRIED = (429, 503)
+MAX_WAIT_S = 30.0
+
+
+def backoff(attempt: int) -> float:
+    return min(0.5 * 2**attempt, 8.0)
+
+
+def retry_after(headers: Any, attempt: int) -> float:
+    try:
+        return min(max(float(headers.get("Retry-After", "")), 0.0), MAX_WAIT_S)
+    except ValueError:
+        return backoff(attempt)
+
+
+def error_message(status: int, body: bytes) -> str:
+    """One line for any error body: OpenAI's {"error": {"message"}}, a plain {"error": "..."},
+    FastAPI's {"detail"}, or text that is not JSON at all."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    message: Any = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or data.get("detail") or data.get("message")
+    if not message:
+        message = " ".join(text.split())[:300] or "(empty body)"
+    return f"server answered {status}: {message if isinstance(message, str) else json.dumps(message)}"
+
+
+@dataclass
+class Answer:
+    """One choice of a chat or completion answer, however it came (whole or streamed)."""
+
+    model: str | None
+    text: str
+    tool_calls: list[dict[str, Any]]
+    finish: dict[str, Any]  # the choice's finish_reason and (vLLM) stop_reason
+    usage: dict[str, Any]
+    lmpipe: dict[str, Any] | None = None  # lm-serve's own part: stats, identity, device...
+    ttft_s: float | None = None  # measured by the client from the stream
+    total_s: float | None = None
+
+
+def sse_data(lines: Iterator[str]) -> Iterator[Any]:
+    """The JSON payloads of a server-sent event stream, up to `[DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+class StreamedAnswer:
+    """Pieces of a streamed answer gathered into one `Answer`, timed as they arrive."""
+
+    def __init__(self, chat: bool):
+        self.chat, self.clock = chat, Clock()
+        self.model: str | None = None
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish: dict[str, Any] = {}
+        self.usage: dict[str, Any] = {}
+        self.first: float | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        if isinstance(chunk.get("error"), (dict, str)):  # an error sent inside the stream
+            raise RecordError(error_message(200, json.dumps(chunk).encode()))
+        self.model = chunk.get("model") or self.model
+        self.usage = chunk.get("usage") or self.usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {} if self.chat else choice
+            piece = (delta.get("content") if self.chat else delta.get("text")) or ""
+            calls = delta.get("tool_calls") or []
+            if (piece or calls) and self.first is None:
+                self.first = self.clock()
+            self.text.append(piece)
+            for call in calls:
+                slot = self.calls.setdefault(call.get("index", 0), {"name": "", "arguments": ""})
+                f = call.get("function") or {}
+                slot["name"] += f.get("name") or ""
+                slot["arguments"] += f.get("arguments") or ""
+            if choice.get("finish_reason"):
+                self.finish = {"finish_reason": choice["finish_reason"], "stop_reason": choice.get("stop_reason")}
+
+    def answer(self) -> Answer:
+        if not self.finish:
+            raise RecordError("server: the stream ended before the answer did")
+        total = self.clock()
+        calls = [{"function": c} for _, c in sorted(self.calls.items())]
+        return Answer(self.model, "".join(self.text), calls, self.finish, self.usage,
+                      ttft_s=round(self.first if self.first is not None else total, 6), total_s=round(total, 6))
+
+
+def whole_answer(data: dict[str, Any], chat: bool) -> Answer:
+    try:
+        choice = data["choices"][0]
+        message = choice["message"] if chat else choice
+        text = (message.get("content") if chat else message.get("text")) or ""
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise RecordError(f"server: the answer has no choice: {json.dumps(data)[:200]}") from None
+    return Answer(data.get("model"), text, (message.get("tool_calls") or []) if chat else [],
+                  {"finish_reason": choice.get("finish_reason"), "stop_reason": choice.get("stop_reason")},
+                  data.get("usage") or {}, data.get("lmpipe"))
+
+
 class ServerClient:
-    def __init__(self, url: str, timeout: float = 600.0, retries: int = 30):
+    def __init__(self, settings: ServerSettings | str):
         import httpx
 
-        self.base = api_base(url)
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), limits=httpx.Limits(max_connections=64))
-        self.retries = retries
+        self.settings = settings if isinstance(settings, ServerSettings) else ServerSettings(settings)
+        self.base = api_base(self.settings.url)
+        self.root = self.base[: -len("/v1")]
+        self.http = httpx.Client(timeout=httpx.Timeout(self.settings.timeout, connect=5.0),
+                                 limits=httpx.Limits(max_connections=max(64, self.settings.concurrency)))
+        self._models: list[dict[str, Any]] | None = None
+        self._kind: ServerKind | None = ServerKind(self.settings.kind) if self.settings.kind else None
 
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def model_entries(self) -> list[dict[str, Any]]:
         import httpx
 
-        for _ in range(self.retries):
+        if self._models is None:
             try:
-                response = self.http.post(self.base + path, json=payload)
-            except httpx.TransportError as exc:
+                response = self.http.get(self.base + "/models")
+                response.raise_for_status()
+                data = response.json().get("data", [])
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
                 raise ServerUnavailable(f"no server at {self.base} ({type(exc).__name__}: {exc})") from None
-            if response.status_code == 503:  # busy: wait as it asks, then try again
-                time.sleep(float(response.headers.get("Retry-After", "1") or 1))
-                continue
-            data = response.json()
-            if response.status_code != 200:
-                raise RecordError(f"server: {data.get('error', {}).get('message', response.text)}")
-            return data
-        raise RecordError(f"server: still busy after {self.retries} tries")
+            self._models = [m for m in data if isinstance(m, dict)]
+        return self._models
 
     def models(self) -> list[str]:
+        return [str(m.get("id")) for m in self.model_entries()]
+
+    def _get_json(self, path: str) -> Any:
         import httpx
 
         try:
-            response = self.http.get(self.base + "/models")
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise ServerUnavailable(f"no server at {self.base} ({type(exc).__name__}: {exc})") from None
-        return [m["id"] for m in response.json().get("data", [])]
+            response = self.http.get(self.root + path, timeout=5.0)
+            return response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
-    def complete(self, payload: dict[str, Any], chat: bool) -> dict[str, Any]:
-        return self._post("/chat/completions" if chat else "/completions", payload)
+    @property
+    def kind(self) -> ServerKind:
+        """What kind of server this is, asked once (or as --server-kind says)."""
+        if self._kind is None:
+            self._kind = detect(self.model_entries(), self._get_json)
+        return self._kind
+
+    def manifest(self) -> dict[str, Any]:
+        return {"url": self.base, **self.kind.manifest()}
+
+    def _send(self, path: str, payload: dict[str, Any], read: Callable[[Any], Answer]) -> Answer:
+        """POST with retries; `read` turns a 200 response into the answer."""
+        import httpx
+
+        for attempt in range(self.settings.retries + 1):
+            last = attempt == self.settings.retries
+            try:
+                with self.http.stream("POST", self.base + path, json=payload) as response:
+                    if response.status_code in RETRIED and not last:
+                        wait = retry_after(response.headers, attempt)
+                        response.close()
+                        time.sleep(wait)
+                        continue
+                    if response.status_code != 200:
+                        raise RecordError(error_message(response.status_code, response.read()))
+                    return read(response)
+            except httpx.TimeoutException as exc:
+                raise RecordError(f"server: no answer within {self.settings.timeout:g} s ({type(exc).__name__})") from None
+            except (httpx.TransportError, httpx.StreamError) as exc:  # refused, reset, cut mid-stream
+                if last:
+                    raise RecordError(f"server: connection lost ({type(exc).__name__}: {exc}), "
+                                      f"{attempt + 1} tries") from None
+                time.sleep(backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def complete(self, payload: dict[str, Any], chat: bool, stream: bool) -> Answer:
+        path = "/chat/completions" if chat else "/completions"
+
+        def read_whole(response: Any) -> Answer:
+            body = response.read()
+            try:
+                data = json.loads(body)
+            except json.JSONDecodeError:
+                raise RecordError(f"server: the answer is not JSON: {body[:200].decode('utf-8', 'replace')}") from None
+            if not isinstance(data, dict):
+                raise RecordError(f"server: the answer is not an object: {body[:200].decode('utf-8', 'replace')}")
+            return whole_answer(data, chat)
+
+        def read_stream(response: Any) -> Answer:
+            gathered = StreamedAnswer(chat)
+            try:
+                for chunk in sse_data(response.iter_lines()):
+                    gathered.add(chunk)
+            except json.JSONDecodeError:
+                raise RecordError("server: a streamed piece is not JSON") from None
+            return gathered.answer()
+
+        if stream:
+            payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+            return self._send(path, payload, read_stream)
+        clock = Clock()
+        answer = self._send(path, payload, read_whole)
+        answer.total_s = round(clock(), 6)  # retries included: what the record cost
+        return answer
 
 
 def request_for(record: dict[str, Any], prompt: PromptSettings) -> tuple[dict[str, Any], bool]:
@@ -81,19 +285,6 @@ def request_for(record: dict[str, Any], prompt: PromptSettings) -> tuple[dict[st
     return {"messages": messages_of(record, prompt)}, True
 
 
-def stats_of(response: dict[str, Any]) -> dict[str, Any]:
-    ours = response.get("lmpipe", {}).get("stats")
-    if ours:
-        return ours
-    u, t = response.get("usage", {}), response.get("timings", {})  # another OpenAI-compatible server
-    return {
-        "input_tokens": u.get("prompt_tokens"), "output_tokens": u.get("completion_tokens"),
-        "ttft_s": round(t["prompt_ms"] / 1000, 6) if "prompt_ms" in t else None,
-        "tokens_per_s": t.get("predicted_per_second"), "total_s": None,
-        "finish_reason": response["choices"][0].get("finish_reason"),
-    }
-
-
 class RemoteGenerateTask:
     """GenerateTask's twin for a server: the same `process` contract, the same records."""
 
@@ -101,6 +292,8 @@ class RemoteGenerateTask:
         """`by_name`: send `model` as it is (a record's agent named it); otherwise a server that
         serves one model under another name is sent that name."""
         from dataclasses import replace
+
+        from ..errors import UsageError
 
         self.client, self.model = client, model
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
@@ -110,52 +303,81 @@ class RemoteGenerateTask:
             served = client.models()
             if served and model not in served:
                 self.model = served[0] if len(served) == 1 else model
+        self.kind = client.kind
+        self.sampling = sampling_fields(self.kind, self.settings.sampling)  # a field it cannot take fails now
+        if settings.constraint is not None:
+            constraint_fields(self.kind, settings.constraint)
+        self.stream = self.kind.name != "lmpipe"  # lm-serve sends its own stats; others are timed here
 
     def payload(self, record: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
         body, chat = request_for(record, self.settings.prompt)
-        s = self.settings.sampling
-        body.update(model=self.model, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                    repetition_penalty=s.repetition_penalty, presence_penalty=s.presence_penalty,
-                    frequency_penalty=s.frequency_penalty, max_tokens=s.max_new_tokens, seed=s.seed,
-                    stop=list(s.stop))
-        body.update(answer_format(record, plan, self.settings.tool_choice))
+        body.update(model=self.model, **self.sampling)
+        body.update(answer_format(record, plan, self.settings.tool_choice, self.kind))
         if self.settings.prompt.prefix:
+            if self.kind.name != "lmpipe":
+                from ..errors import UsageError
+
+                raise UsageError(f"--prefix needs lm-serve ({describe(self.kind)} has no such field)")
             body["prefix"] = self.settings.prompt.prefix  # lmpipe's extension
         return body, chat
 
-    def manifest(self, response: dict[str, Any]) -> dict[str, Any]:
-        part = response.get("lmpipe") or {}
-        identity = part.get("identity") or {"model": response.get("model", self.model), "kind": "server"}
+    def stats(self, a: Answer) -> dict[str, Any]:
+        if a.lmpipe and a.lmpipe.get("stats"):
+            return a.lmpipe["stats"]
+        finish = finish_reason(self.kind, a.finish, a.finish.get("stop_reason"), bool(self.settings.sampling.stop))
+        out = output_tokens(self.kind, a.usage.get("completion_tokens"), finish)
+        timed = out is not None and a.ttft_s is not None and a.total_s is not None
+        rate = None  # a whole answer has no decode time
+        if timed:  # one token has no time after the first: rated over the whole, as in-process
+            rate = combined_rate([(out, a.ttft_s, a.total_s)]) if out > 1 else per_second(out, a.total_s)
+        return {"input_tokens": a.usage.get("prompt_tokens"), "output_tokens": out, "ttft_s": a.ttft_s,
+                "tokens_per_s": rate, "total_s": a.total_s, "finish_reason": finish}
+
+    def manifest(self, a: Answer) -> dict[str, Any]:
         from .generate import run_settings
 
-        return {**identity, **run_settings(self.settings), "device": part.get("device"), "dtype": part.get("dtype"),
-                "versions": part.get("versions")}
+        part = a.lmpipe or {}
+        if part:
+            identity = part.get("identity") or {"model": a.model or self.model, "kind": "server"}
+            return {**identity, **run_settings(self.settings), "device": part.get("device"),
+                    "dtype": part.get("dtype"), "versions": part.get("versions")}
+        return {"model": a.model or self.model, "kind": "server", "server": self.client.manifest(),
+                **run_settings(self.settings), "device": None, "dtype": None, "versions": {"lmpipe": __version__}}
 
-    def output(self, item: Item, response: dict[str, Any], chat: bool, plan: Plan) -> Finished:
+    def output(self, item: Item, a: Answer, chat: bool, plan: Plan) -> Finished:
         from .generate import answer_record
 
-        stats = stats_of(response)
-        text = generated_text(response, chat, self.settings.prompt.prefix)
-        return answer_record(item, self.settings, plan, text, stats.get("finish_reason") or "stop", stats,
-                             self.manifest(response))
+        stats = self.stats(a)
+        text = generated_text(a, chat, self.settings.prompt.prefix)
+        if plan.constraint is not None and plan.constraint.kind == "json_schema" and not a.lmpipe:
+            text = compact_json(text)
+        done = answer_record(item, self.settings, plan, text, stats.get("finish_reason") or "stop", stats,
+                             self.manifest(a))
+        if done.failed and not a.lmpipe and (plan.constraint is not None or plan.tools):
+            why = done.record["error"]
+            record = {**done.record, "error": f"{describe(self.kind)} did not enforce the constraint: {why}"}
+            return Finished(item, record, failed=True)
+        return done
 
     def one(self, item: Item) -> Finished:
         try:
             record = item.record or {}
             plan = plan_for(record, self.settings.constraint, self.settings.tool_choice)
             body, chat = self.payload(record, plan)
-            return self.output(item, self.client.complete(body, chat), chat, plan)
+            stream = self.stream and (not plan.tools or streams_tools(self.kind))
+            return self.output(item, self.client.complete(body, chat, stream), chat, plan)
         except RecordError as exc:
             return Finished(item, error_record(item, str(exc)), failed=True)
 
     def process(self, batch: list[Item]) -> Iterator[Finished | Streamed]:
-        with ThreadPoolExecutor(max_workers=max(1, len(batch))) as pool:
+        workers = max(1, min(len(batch), self.client.settings.concurrency))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(self.one, item) for item in batch]
             for future in as_completed(futures):
                 yield future.result()
 
 
-def answer_format(record: dict[str, Any], plan: Plan, tool_choice: str) -> dict[str, Any]:
+def answer_format(record: dict[str, Any], plan: Plan, tool_choice: str, kind: ServerKind) -> dict[str, Any]:
     """The request fields for the record's plan: its tools and tool choice, and the format asked for."""
     from ..chat.tools import CHOICES, record_choice
 
@@ -165,23 +387,26 @@ def answer_format(record: dict[str, Any], plan: Plan, tool_choice: str) -> dict[
         if choice not in CHOICES:
             choice = {"type": "function", "function": {"name": choice}}
         out.update(tools=record["tools"], tool_choice=choice)
-    c = plan.constraint  # None when the record calls tools
-    if c is not None and c.kind == "json_schema":
-        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": c.schema}}
-    elif c is not None:
-        out.update({"regex": c.source} if c.kind == "regex" else {"choice": list(c.choices)})
+    if plan.constraint is not None:  # None when the record calls tools
+        out.update(constraint_fields(kind, plan.constraint))
     return out
 
 
-def generated_text(response: dict[str, Any], chat: bool, prefix: str) -> str:
+def compact_json(text: str) -> str:
+    """A JSON answer written compactly, as in-process answers are (some servers pretty-print)."""
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    except json.JSONDecodeError:
+        return text  # incomplete: the record's error says so
+
+
+def generated_text(a: Answer, chat: bool, prefix: str) -> str:
     """What the model wrote after the prefix; a tool call as the JSON it was decoded as."""
-    choice = response["choices"][0]
-    if chat and (calls := choice["message"].get("tool_calls")):
-        f = calls[0]["function"]
+    if chat and a.tool_calls:
+        f = a.tool_calls[0].get("function") or {}
         try:
-            arguments = json.loads(f["arguments"])
+            arguments = json.loads(f.get("arguments") or "")
         except (json.JSONDecodeError, TypeError):
             raise RecordError(f"server: tool call arguments are not JSON: {f.get('arguments')!r}") from None
-        return json.dumps({"name": f["name"], "arguments": arguments}, ensure_ascii=False)
-    text = (choice["message"]["content"] if chat else choice["text"]) or ""
-    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+        return json.dumps({"name": f.get("name"), "arguments": arguments}, ensure_ascii=False)
+    return a.text[len(prefix):] if prefix and a.text.startswith(prefix) else a.text

@@ -43,8 +43,9 @@ def answer_fields(plan: Plan, text: str, finish_reason: str, prefix: str = "") -
         return {"text": prefix + text}
     if plan.constraint is not None:
         out: dict[str, Any] = {"text": prefix + text}
+        value = parse_answer(plan.constraint, text, finish_reason)
         if plan.constraint.kind == "json_schema":
-            out["json"] = parse_answer(plan.constraint, text, finish_reason)
+            out["json"] = value
         return out
     reasoning, answer = split_reasoning(text)
     out = {"text": prefix + answer}

@@ -147,3 +147,18 @@ def server_option(f: Callable) -> Callable:
         click.option("--no-server", is_flag=True, envvar="LMPIPE_NO_SERVER",
                      help="Load the model here, even when an lm-serve running here holds it."),
     )(f)
+
+
+def remote_options(f: Callable) -> Callable:
+    """How to talk to a server: --server-kind, --concurrency, --retries (lmpipe.backends.remote)."""
+    from ..backends.dialects import KINDS
+
+    return _stack(
+        click.option("--server-kind", type=click.Choice(KINDS), default=None, envvar="LMPIPE_SERVER_KIND",
+                     help="What the server is (lm-serve, vLLM, llama.cpp, Ollama, another), for the fields it reads "
+                          "and how it counts  [default: asked of the server]"),
+        click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+                     envvar="LMPIPE_CONCURRENCY", help="Requests in flight at once to a server (output keeps input order)."),
+        click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, envvar="LMPIPE_RETRIES",
+                     help="More tries for a request that got 429, 503 or a lost connection, with backoff."),
+    )(f)

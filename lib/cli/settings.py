@@ -14,6 +14,7 @@ from ..errors import RecordError, UsageError
 
 if TYPE_CHECKING:
     from ..backends.generate import GenerateSettings
+    from ..backends.remote import ServerSettings
     from ..engine.constrain import Constraint
     from ..engine.decoding import Decoding
     from ..engine.sampling import Sampling
@@ -115,13 +116,22 @@ def generate_settings(o: Options) -> "GenerateSettings":
     )
 
 
+def server_settings(o: Options) -> "ServerSettings | None":
+    from ..backends.remote import ServerSettings
+
+    if not o.get("server"):
+        return None
+    return ServerSettings(o["server"], kind=o.get("server_kind"), concurrency=o.get("concurrency") or 8,
+                          retries=o["retries"] if o.get("retries") is not None else 3)
+
+
 def generate_run(o: Options, given: frozenset[str] = frozenset()) -> "GenerateRun":
     """`given`: the options typed on the command line (given_on_command_line), which a record's
     agent may not change."""
     from ..tasks.generate import GenerateRun
 
     return GenerateRun(settings=generate_settings(o), model=model_settings(o), pipe=pipe_settings(o),
-                       prompt=o.get("prompt"), server=o.get("server"), no_server=bool(o.get("no_server")),
+                       prompt=o.get("prompt"), server=server_settings(o), no_server=bool(o.get("no_server")),
                        stream=o["stream"], quiet=o["quiet"],
                        display_pause=o["display_pause"], given=given)
 

@@ -142,8 +142,17 @@ def choice_grammar(choices: Sequence[str]) -> str:
 
 
 def parse_answer(constraint: Constraint, text: str, finish_reason: str) -> Any:
-    """The answer's JSON value (json_schema only), validated; RecordError when it is cut short."""
-    if constraint.kind != "json_schema":
+    """The answer's JSON value (json_schema; None for the others), checked against the constraint:
+    RecordError when it is cut short or does not hold. In-process the grammar makes it hold; an
+    answer from a server is checked by this same code, whether the server enforced it or not."""
+    if constraint.kind == "choice":
+        if text not in constraint.choices:
+            raise RecordError(f"the answer is not one of the choices: {_shown(text)}")
+        return None
+    if constraint.kind == "regex":
+        if re.fullmatch(constraint.source, text, re.ASCII) is None:  # \d as the grammar reads it
+            why = " (the token limit was reached)" if finish_reason == "length" else ""
+            raise RecordError(f"the answer does not match the regex{why}: {_shown(text)}")
         return None
     try:
         value = json.loads(text)
@@ -157,6 +166,10 @@ def parse_answer(constraint: Constraint, text: str, finish_reason: str) -> Any:
     except ValidationError as exc:
         raise RecordError(f"the JSON answer does not validate: {exc.message}") from None
     return value
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Sequence[int]):

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..backends.agent import AgentTasks, in_process, through_server
 from ..backends.generate import GenerateSettings, GenerateTask
+from ..backends.remote import ServerSettings
 from ..engine.generation import Token
 from ..errors import UsageError
 from ..models.loading import ModelSettings
@@ -23,7 +24,7 @@ class GenerateRun:
     model: ModelSettings = field(default_factory=ModelSettings)
     pipe: PipeSettings = field(default_factory=PipeSettings)
     prompt: str | None = None  # PROMPT: this one record instead of stdin
-    server: str | None = None  # generate through this server instead of in-process
+    server: ServerSettings | None = None  # generate through this server instead of in-process
     no_server: bool = False  # never through a server, not even a warm one recorded in lmpipe's home
     stream: bool = False  # in a pipe, token events before each record
     quiet: bool = False  # on a terminal, the text only
@@ -72,11 +73,13 @@ def run(r: GenerateRun, tty: bool) -> int:
     job = r.pipe.job.open()  # an existing --output without --resume fails here
     tty = tty and not job.to_file
     warm = None if r.server or r.no_server else warm_server(r)
+    batch_size = batch_size_for(r.pipe.batch_size, tty)
     if r.server and not r.no_server:
         from ..backends.remote import RemoteGenerateTask, ServerClient
 
         base: Any = RemoteGenerateTask(ServerClient(r.server), r.model.model, r.settings)
         task = AgentTasks(base, through_server(base), r.given)
+        batch_size = r.pipe.batch_size or r.server.concurrency  # a batch's requests are in flight at once
     elif warm:
         from ..backends.remote import RemoteGenerateTask, ServerClient
         from ..backends.warm import agent_variants
@@ -93,5 +96,5 @@ def run(r: GenerateRun, tty: bool) -> int:
     else:
         sink = JsonlSink(stream_events=r.stream, encode_event=stream_event)
     source = io.BytesIO(r.prompt.encode() + b"\n") if r.prompt is not None else sys.stdin.buffer
-    return run_records("lm-generate", task.process, sink, batch_size_for(r.pipe.batch_size, tty), r.pipe.progress,
+    return run_records("lm-generate", task.process, sink, batch_size, r.pipe.progress,
                        source, job)
