@@ -99,3 +99,19 @@ def test_a_server_gone_without_stopping_costs_one_refused_connect(home, tiny_lla
     assert result.returncode == 1 and records(result.stdout) == records(local.stdout)
     assert result.stderr == local.stderr  # nothing about servers
     assert entries(home) == []  # removed by the run that found it dead
+
+
+def test_lm_chat_finds_the_running_server_too(home, tiny_llama):
+    script = b"The quick\nbrown fox\n"
+    chat = ("-m", str(tiny_llama), "-n", "6", "--seed", "3")
+    local = run_tool("lm-chat", *chat, "--no-server", input=script)
+    assert local.returncode == 0, local.stderr
+    server = Server(tiny_llama)
+    try:
+        proc, heavy = probe("lm-chat", *chat, input=script)
+        assert proc.returncode == 0 and heavy == ""  # answered without loading anything here
+        assert records(proc.stdout) == records(local.stdout)
+        forced, heavy = probe("lm-chat", *chat, "--no-server", input=script)
+        assert forced.returncode == 0 and heavy == "torch,transformers"
+    finally:
+        server.stop()

@@ -143,7 +143,8 @@ def chat_run(o: Options) -> "ChatRun":
     from ..tasks.chat_session import ChatRun
 
     settings = GenerateSettings(sampling=sampling_settings(o), decoding=decoding(o))
-    return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"), system=o.get("system") or "",
+    return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"),
+                   no_server=bool(o.get("no_server")), system=o.get("system") or "",
                    load=o.get("load"), quiet=o["quiet"])
 
 

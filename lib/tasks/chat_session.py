@@ -53,6 +53,7 @@ class ChatRun:
     settings: GenerateSettings = field(default_factory=GenerateSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     server: str | None = None  # chat through this server instead of in-process
+    no_server: bool = False  # never through a server, not even a warm one recorded in lmpipe's home
     system: str = ""  # the system prompt to start with
     load: str | None = None  # a saved conversation to continue
     quiet: bool = False  # at a terminal, no stats line
@@ -219,10 +220,15 @@ def open_session(r: ChatRun) -> ChatSession:
     conversation = Conversation.load(r.load) if r.load else Conversation()
     if r.system:
         conversation.system = r.system
-    if r.server:
+    server = r.server if not r.no_server else None
+    if server is None and not r.no_server:  # a running lm-serve holding this model, as lm-generate finds it
+        from ..backends import warm
+
+        server = warm.find(warm.holds(r.model.ref().id, r.model, r.settings.decoding))
+    if server:
         from ..backends.remote import RemoteGenerateTask, ServerClient
 
-        client = ServerClient(r.server)
+        client = ServerClient(server)
         return ChatSession(lambda s, _old: RemoteGenerateTask(client, r.model.model, s), r.settings, conversation)
     from ..backends.generate import GenerateTask
     from ..models.loading import load
