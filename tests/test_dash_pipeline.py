@@ -81,7 +81,7 @@ def test_cancel_mid_run_leaves_no_child_alive(tiny_llama):
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: screen.run_ is not None and screen.run_.snapshots()[1].records_in > 0)
             pids = [p.pid for p in screen.run_.procs]
-            assert all(alive(pid) for pid in pids)
+            assert alive(pids[-1])  # lm-generate works on (lm-tokenize, torch-free, may be done already)
             # The interface answers keys while the stages work.
             stages = screen.query_one("#stages")
             await pilot.press("down")

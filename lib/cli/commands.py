@@ -54,10 +54,15 @@ class ToolSpec:
         return next(o for o in self.options if o.name == name)
 
 
+def ours(ep: Any) -> bool:
+    return ep.value.split(":")[0].split(".")[0] == "lmpipe"
+
+
 @lru_cache(maxsize=1)
 def tool_names() -> tuple[str, ...]:
-    """Every installed lm-* console script except the dashboard itself, sorted."""
-    names = {ep.name for ep in entry_points(group="console_scripts") if ep.name.startswith(PREFIX)}
+    """Every installed lm-* console script of lmpipe's except the dashboard itself, sorted (others
+    share the prefix: lm-evaluation-harness installs `lm-eval`)."""
+    names = {ep.name for ep in entry_points(group="console_scripts") if ep.name.startswith(PREFIX) and ours(ep)}
     names.discard(SELF)
     return tuple(sorted(names))
 
@@ -65,6 +70,8 @@ def tool_names() -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def command(tool: str) -> click.Command:
     for ep in entry_points(group="console_scripts", name=tool):
+        if not ours(ep):
+            continue
         obj = ep.load()
         if isinstance(obj, click.Command):
             return obj
