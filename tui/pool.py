@@ -30,14 +30,14 @@ class ModelPool:
             return self._models[name]
 
     def tokenizer(self, name: str) -> Any:
-        from lmpipe.models.loading import load_tokenizer
+        """lm-tokenize's tokenizer for the model (tokenizer.json, no torch), so the Tokens screen
+        shows exactly what lm-tokenize writes."""
+        from lmpipe.models.fast_tokenizer import load_any
         from lmpipe.models.resolve import resolve
 
         with self._lock:
-            if name in self._models:
-                return self._models[name].tokenizer
             if name not in self._tokenizers:
-                self._tokenizers[name] = load_tokenizer(resolve(name))
+                self._tokenizers[name] = load_any(resolve(name), lambda _msg: None)
             return self._tokenizers[name]
 
 
