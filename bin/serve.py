@@ -34,6 +34,8 @@ def main(**options):
     Requests join the running batch between decode steps, and a prompt that starts like a recent
     one (a chat template's system prompt) reuses its keys and values. /v1/embeddings embeds with
     the request's `model` (default: the embedded all-MiniLM-L6-v2), loaded on its first request.
+    /tokenize and /detokenize answer as vLLM's do: a `prompt` (or chat `messages`) to `tokens`,
+    `count` and `max_model_len`, and `tokens` back to `prompt`, with the server's own tokenizer.
 
     \b
       lm-serve --port 8080 --keep-alive 600 &
@@ -42,6 +44,7 @@ def main(**options):
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],
         "response_format":{"type":"json_object"}}'
       curl -s 127.0.0.1:8080/v1/embeddings -d '{"model":"all-minilm-l6-v2","input":["a cat","a dog"]}'
+      curl -s 127.0.0.1:8080/tokenize -d '{"prompt":"Hello, world"}'
     """
     from lmpipe.cli.settings import serve_run
     from lmpipe.serve.run import run

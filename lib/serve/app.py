@@ -1,7 +1,7 @@
 """lm-serve's HTTP face: an OpenAI-compatible API over the engine (starlette, run by uvicorn).
 
 /v1/chat/completions, /v1/completions (both with `stream` as server-sent events), /v1/models
-and /health. Requests are read as vLLM's protocol reads them: every field is implemented or
+and /health; vLLM's /tokenize and /detokenize (lmpipe.serve.tokens). Requests are read as vLLM's protocol reads them: every field is implemented or
 refused by name (lmpipe.serve.fields); chat content parts are joined (lmpipe.serve.prompts);
 `prompt` may be one or several texts or token-id lists; `n` choices per prompt run as rows of
 one batch; log-probabilities come in OpenAI's chat and legacy formats (lmpipe.serve.logprobs),
@@ -31,10 +31,11 @@ from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError
 from .embeddings import embeddings_route
-from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
+from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, check_model, error_response, read_body, typed, unsupported
 from .logprobs import chat_entries, legacy
 from .prompts import Prompt, chat_prompt, completion_prompts
 from .structured import Asked, FormatError, asked, tool_calls
+from .tokens import token_routes
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 DEFAULT_MAX_TOKENS = 256
@@ -144,9 +145,7 @@ async def prepare(engine: Scheduler, request: Any, chat: bool) -> PreparedReques
 
     body = await read_body(request)
     check_fields(body, CHAT if chat else COMPLETIONS, "/v1/chat/completions" if chat else "/v1/completions")
-    model = body.get("model")
-    if model is not None and model not in (engine.model_id, engine.ref.name):
-        raise BadRequest(f"unknown model {model!r}; this server has {engine.model_id!r}", "model_not_found")
+    check_model(body, (engine.model_id, engine.ref.name), engine.model_id)
     echo = typed(body, "echo", (bool,), False)
     limit, generates = max_tokens_of(body, chat, echo)
     sampling = sampling_of(body, limit)
@@ -295,6 +294,7 @@ def create_app(engine: Scheduler):
         Route("/v1/chat/completions", handler(True), methods=["POST"]),
         Route("/v1/completions", handler(False), methods=["POST"]),
         embeddings_route(engine),
+        *token_routes(engine),
     ]
     return Starlette(routes=routes)
 
