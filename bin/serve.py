@@ -37,6 +37,17 @@ def main(**options):
     /tokenize and /detokenize answer as vLLM's do: a `prompt` (or chat `messages`) to `tokens`,
     `count` and `max_model_len`, and `tokens` back to `prompt`, with the server's own tokenizer.
 
+    GET /metrics is Prometheus text with vLLM's metric names, types and buckets, each series
+    labelled model_name (the served id) and engine ("0"), so a vLLM dashboard reads it. Gauges:
+    vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc (running rows'
+    tokens over --max-batch x the model's context). Counters: vllm:prefix_cache_queries_total and
+    vllm:prefix_cache_hits_total (prompt tokens looked up in the prefix cache, and served by it),
+    vllm:prompt_tokens_total, vllm:generation_tokens_total, vllm:request_success_total (by
+    finished_reason: stop, length, abort). Histograms: vllm:time_to_first_token_seconds,
+    vllm:inter_token_latency_seconds (each token from the one before),
+    vllm:e2e_request_latency_seconds. Times count from a request's admission into the batch, not
+    its arrival; each of `n` choices counts as a request.
+
     \b
       lm-serve --port 8080 --keep-alive 600 &
       echo "What is the capital of France?" | lm-generate --server http://127.0.0.1:8080

@@ -1,7 +1,8 @@
 """lm-serve's HTTP face: an OpenAI-compatible API over the engine (starlette, run by uvicorn).
 
 /v1/chat/completions, /v1/completions (both with `stream` as server-sent events), /v1/models
-and /health; vLLM's /tokenize and /detokenize (lmpipe.serve.tokens). Requests are read as vLLM's protocol reads them: every field is implemented or
+and /health; vLLM's /tokenize and /detokenize (lmpipe.serve.tokens) and /metrics
+(lmpipe.serve.metrics). Requests are read as vLLM's protocol reads them: every field is implemented or
 refused by name (lmpipe.serve.fields); chat content parts are joined (lmpipe.serve.prompts);
 `prompt` may be one or several texts or token-id lists; `n` choices per prompt run as rows of
 one batch; log-probabilities come in OpenAI's chat and legacy formats (lmpipe.serve.logprobs),
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -33,6 +35,7 @@ from ..errors import LmpipeError
 from .embeddings import embeddings_route
 from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, check_model, error_response, read_body, typed, unsupported
 from .logprobs import chat_entries, legacy
+from .metrics import ServerMetrics
 from .prompts import Prompt, chat_prompt, completion_prompts
 from .structured import Asked, FormatError, asked, tool_calls
 from .tokens import token_routes
@@ -208,14 +211,24 @@ def lmpipe_part(engine: Scheduler, c: Completion, sampling: Sampling) -> dict[st
 
 class Session:
     """One request's life: its choices queued as rows, their events streamed back as
-    (choice index, event), all cancelled when its client goes away."""
+    (choice index, event), all cancelled when its client goes away; each finished row is
+    counted in the metrics as it finishes, and rows left unfinished as aborted."""
 
-    def __init__(self, prepared: PreparedRequest):
+    def __init__(self, prepared: PreparedRequest, metrics: ServerMetrics):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self.jobs = prepared.jobs(self._emit)
+        self.metrics = metrics
+        self.submitted = self.closed = False
+        self.finished = 0  # rows counted finished; a row finishing as its client leaves is one or the other
+        self.counting = threading.Lock()
 
     def _emit(self, index: int, event: Any) -> None:
+        if isinstance(event, Completion):
+            with self.counting:
+                if not self.closed:
+                    self.finished += 1
+                    self.metrics.finished(event, FINISH[event.finish_reason])
         self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
 
     def submit(self, engine: Scheduler) -> None:
@@ -226,10 +239,16 @@ class Session:
         except queue.Full:
             self.cancel()
             raise
+        self.submitted = True
 
     def cancel(self) -> None:
+        """Called once the response is over, whole or cut short: rows not finished are aborted."""
         for job in self.jobs:
             job.cancelled.set()
+        with self.counting:
+            if self.submitted and not self.closed:
+                self.metrics.aborted(len(self.jobs) - self.finished)
+            self.closed = True
 
     async def __aiter__(self):
         left = len(self.jobs)
@@ -252,6 +271,14 @@ def create_app(engine: Scheduler):
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
+    metrics = ServerMetrics(engine)
+
+    async def metrics_page(request: Request):
+        from starlette.responses import Response
+
+        page, kind = metrics.exposition()
+        return Response(page, media_type=kind)
+
     async def models(request: Request):
         return _json({"object": "list", "data": [
             {"id": engine.model_id, "object": "model", "created": 0, "owned_by": "lmpipe", "loaded": engine.loaded}]})
@@ -264,7 +291,7 @@ def create_app(engine: Scheduler):
         async def serve(request: Request):
             try:
                 prepared = await prepare(engine, request, chat)
-                session = Session(prepared)
+                session = Session(prepared, metrics)
                 try:
                     session.submit(engine)
                 except queue.Full:
@@ -291,6 +318,7 @@ def create_app(engine: Scheduler):
     routes = [
         Route("/v1/models", models),
         Route("/health", health),
+        Route("/metrics", metrics_page),
         Route("/v1/chat/completions", handler(True), methods=["POST"]),
         Route("/v1/completions", handler(False), methods=["POST"]),
         embeddings_route(engine),
