@@ -58,7 +58,7 @@ class Occupancy:
 
     running: int
     waiting: int
-    kv_cache_usage: float  # tokens held by running rows over max_batch × the model's context (0 to 1)
+    kv_cache_usage: float  # running rows' tokens over max_batch × the context (0 to 1); rows over max_batch without one
     prefix_queries: int
     prefix_hits: int
 

@@ -22,7 +22,8 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Callable
 
@@ -269,7 +270,8 @@ class Heard:
 
     request: Any
     endpoint: str
-    time: str = ""
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                      .replace("+00:00", "Z"))
     raw: bytes = b""  # the body as sent
 
     async def read(self) -> None:
@@ -277,11 +279,6 @@ class Heard:
             self.raw = await self.request.body()  # starlette keeps it: prepare() reads it again
         except Exception:  # the client left while sending: prepare() answers that
             self.raw = b""
-
-    def __post_init__(self) -> None:
-        from datetime import datetime, timezone
-
-        self.time = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     @property
     def client(self) -> str | None:

@@ -15,8 +15,6 @@ KV-cache use is the running rows' tokens over max_batch × the model's context.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..engine.events import Completion
 from ..engine.scheduler import Scheduler
 from ..engine.timing import gaps
@@ -47,23 +45,38 @@ METRICS = {
 }
 
 
-def _metric_types() -> dict[str, Any]:
-    from prometheus_client import Counter, Gauge, Histogram
+class OccupancyCollector:
+    """The scheduler's gauges and prefix-cache counts, read when the page is (prometheus_client's
+    custom collector)."""
 
-    return {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+    NAMES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+             "vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
+
+    def __init__(self, engine: Scheduler, labels: tuple[str, str]):
+        self.engine, self.labels = engine, labels
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        now = self.engine.occupancy()
+        values = (now.running, now.waiting, now.kv_cache_usage, now.prefix_queries, now.prefix_hits)
+        for name, value in zip(self.NAMES, values):
+            kind, text = METRICS[name]
+            family = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, text, labels=LABELS)
+            family.add_metric(self.labels, value)
+            yield family
 
 
 class ServerMetrics:
     """One app's metrics: `finished` observes each row's Completion, `exposition` is the page."""
 
     def __init__(self, engine: Scheduler):
-        from prometheus_client import CollectorRegistry, disable_created_metrics
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
         disable_created_metrics()  # no `_created` series, as vLLM serves none
         self.registry = CollectorRegistry(auto_describe=True)
         self.labels = (engine.model_id, "0")
-        kinds = _metric_types()
+        kinds = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
         def made(name: str, buckets: tuple[float, ...] = (), extra: tuple[str, ...] = ()):
             kind, text = METRICS[name]
@@ -78,24 +91,7 @@ class ServerMetrics:
         self.ttft = made("vllm:time_to_first_token_seconds", TTFT_BUCKETS).labels(*self.labels)
         self.itl = made("vllm:inter_token_latency_seconds", TOKEN_BUCKETS).labels(*self.labels)
         self.e2e = made("vllm:e2e_request_latency_seconds", REQUEST_BUCKETS).labels(*self.labels)
-        labels = self.labels
-
-        class Held:
-            """The scheduler's gauges and prefix counts, read when scraped."""
-
-            def collect(self):
-                now = engine.occupancy()
-                for name, value in (("vllm:num_requests_running", now.running),
-                                    ("vllm:num_requests_waiting", now.waiting),
-                                    ("vllm:kv_cache_usage_perc", now.kv_cache_usage),
-                                    ("vllm:prefix_cache_queries", now.prefix_queries),
-                                    ("vllm:prefix_cache_hits", now.prefix_hits)):
-                    kind, text = METRICS[name]
-                    family = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, text, labels=LABELS)
-                    family.add_metric(labels, value)
-                    yield family
-
-        self.registry.register(Held())
+        self.registry.register(OccupancyCollector(engine, self.labels))
 
     def finished(self, c: Completion, reason: str) -> None:
         """A finished row, with its finish reason as the API reports it (stop, length). A row
