@@ -8,7 +8,19 @@ from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import model_options, speed_options
 
 FIELDS_READ: dict[str, str] = {}
-FIELDS_WRITTEN: dict[str, str] = {}
+FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generation request
+    "time": "With --log: when the request came (UTC, ISO 8601).",
+    "client": "The client's address, host:port.",
+    "endpoint": "/v1/chat/completions or /v1/completions.",
+    "status": "The HTTP status answered (499: the client left a stream before its end).",
+    "id": "The response's id.",
+    "model, messages, prompt": "The request's own, as sent.",
+    "generated": "The answer: the first choice's text (`choices`: every one, when there are several).",
+    "stats": "The first choice's stats, as lm-generate's records have them (ttft_s, tokens_per_s, total_s, ...).",
+    "usage": "The response's usage.",
+    "manifest": "The model's identity, sampling, device, dtype and versions (an error's: the model only).",
+    "error, code": "Why the request was refused or failed, and the error's code.",
+}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +37,11 @@ FIELDS_WRITTEN: dict[str, str] = {}
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests that may wait; past it the server answers 503 with Retry-After.")
 @click.option("--preload", is_flag=True, help="Load the model now rather than at the first request.")
+@click.option("--log", default=None, metavar="FILE",
+              help="Append every request and its answer (or error) to FILE as a JSONL record, fsync'd; "
+                   "lm-stats < FILE summarises them per model.")
+@click.option("--log-rotate", type=click.FloatRange(min=0), default=100.0, show_default=True, metavar="MB",
+              help="Rotate the --log file past this size (FILE.1 ... FILE.5 kept; 0: never).")
 def main(**options):
     """Serve a model with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
@@ -34,6 +51,24 @@ def main(**options):
     Requests join the running batch between decode steps, and a prompt that starts like a recent
     one (a chat template's system prompt) reuses its keys and values. /v1/embeddings embeds with
     the request's `model` (default: the embedded all-MiniLM-L6-v2), loaded on its first request.
+    /tokenize and /detokenize answer as vLLM's do: a `prompt` (or chat `messages`) to `tokens`,
+    `count` and `max_model_len`, and `tokens` back to `prompt`, with the server's own tokenizer.
+
+    GET /metrics is Prometheus text with vLLM's metric names, types and buckets, each series
+    labelled model_name (the served id) and engine ("0"), so a vLLM dashboard reads it. Gauges:
+    vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc (running rows'
+    tokens over --max-batch x the model's context). Counters: vllm:prefix_cache_queries_total and
+    vllm:prefix_cache_hits_total (prompt tokens looked up in the prefix cache, and served by it),
+    vllm:prompt_tokens_total, vllm:generation_tokens_total, vllm:request_success_total (by
+    finished_reason: stop, length, abort). Histograms: vllm:time_to_first_token_seconds,
+    vllm:inter_token_latency_seconds (each token from the one before),
+    vllm:e2e_request_latency_seconds. Times count from a request's admission into the batch, not
+    its arrival; each of `n` choices counts as a request.
+
+    --log FILE appends each generation request and its answer, or its error, to FILE as one JSONL
+    record (see FIELDS), fsync'd (a whole answer's before it is sent, a stream's when it ends), so
+    `lm-stats < FILE` gives the server's time to first token per model; the file rotates past
+    --log-rotate MB.
 
     \b
       lm-serve --port 8080 --keep-alive 600 &
@@ -42,6 +77,9 @@ def main(**options):
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],
         "response_format":{"type":"json_object"}}'
       curl -s 127.0.0.1:8080/v1/embeddings -d '{"model":"all-minilm-l6-v2","input":["a cat","a dog"]}'
+      curl -s 127.0.0.1:8080/tokenize -d '{"prompt":"Hello, world"}'
+      curl -s 127.0.0.1:8080/metrics | grep vllm:time_to_first_token_seconds_count
+      lm-serve --log serve.log & ... ; lm-stats < serve.log
     """
     from lmpipe.cli.settings import serve_run
     from lmpipe.serve.run import run

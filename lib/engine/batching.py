@@ -16,6 +16,7 @@ only the rest, as llama.cpp's prompt cache and vLLM's prefix caching do.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..models.fastpath import KVCache, fast_model, prefill, rounded_width, step
@@ -33,12 +34,23 @@ def shared_length(a: tuple[int, ...], b: list[int]) -> int:
     return n
 
 
+@dataclass
+class PrefixCounts:
+    """Prompt tokens looked up in a prefix cache, and those it served, as vLLM counts them
+    (prefix_cache_queries, prefix_cache_hits); kept by whoever outlives the caches (lm-serve's
+    scheduler makes a new cache each time it loads the model)."""
+
+    queries: int = 0
+    hits: int = 0
+
+
 class PrefixCache:
     """Keys and values of recent prompts, at most `max_tokens` columns in all, least recent out first."""
 
-    def __init__(self, max_tokens: int = 4096):
+    def __init__(self, max_tokens: int = 4096, counts: PrefixCounts | None = None):
         self.max_tokens = max_tokens
         self.entries: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
+        self.counts = counts if counts is not None else PrefixCounts()
 
     def longest(self, ids: list[int]) -> tuple[tuple[list[Any], list[Any]] | None, int]:
         """The stored prompt sharing the most leading tokens with `ids`, and how many (short of all)."""
@@ -118,6 +130,9 @@ class FastRows:
         cache = self._fit(len(prompt) + room)
         ids = torch.tensor([prompt], dtype=torch.long, device=self.fast.device)
         stored, shared = self.prefixes.longest(prompt) if self.prefixes is not None and not every else (None, 0)
+        if self.prefixes is not None and not every:
+            self.prefixes.counts.queries += len(prompt)
+            self.prefixes.counts.hits += shared if shared >= MIN_SHARED else 0
         if shared >= MIN_SHARED:
             cache.load_prefix(row, *stored, shared)
             rest = ids[:, shared:]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..models.loading import LoadedModel, ModelSettings
+from .batching import PrefixCounts
 from .decoding import Decoding
 from .events import Completion, Token
 from .sampling import Sampling
@@ -50,6 +51,18 @@ class SchedulerSettings:
     keep_alive: float = 300.0  # seconds idle before the model is unloaded; 0: never
 
 
+@dataclass(frozen=True)
+class Occupancy:
+    """What the scheduler holds now (lm-serve's /metrics): requests decoding and waiting, the
+    share of the KV cache their tokens fill, and the prefix cache's counts since it started."""
+
+    running: int
+    waiting: int
+    kv_cache_usage: float  # running rows' tokens over max_batch × the context (0 to 1); rows over max_batch without one
+    prefix_queries: int
+    prefix_hits: int
+
+
 def batch_key(sampling: Sampling) -> Sampling:
     """Requests that may share a batch: greedy ones whatever their seed (greedy never reads it)."""
     return replace(sampling, seed=0) if sampling.greedy else sampling
@@ -68,6 +81,8 @@ class Scheduler:
         self.loop: Any = None  # lmpipe.engine.loop.Loop over the loaded model's rows
         self.held: list[GenerationRequest] = []  # taken from the queue, waiting for a batch of their own (static batches)
         self.last_used = time.monotonic()
+        self.prefix_counts = PrefixCounts()  # across loads: the caches go with the model
+        self._context: int | None = None  # the loaded model's, once read
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="lmpipe-engine", daemon=True)
@@ -95,6 +110,16 @@ class Scheduler:
         from ..models.loading import context_length
 
         return context_length(self.model())
+
+    def occupancy(self) -> Occupancy:
+        """Read from any thread: the live rows are copied before they are counted."""
+        loop = self.loop
+        rows = list(loop.live) if loop is not None else []
+        held = sum(row.state.prompt_len + len(row.state.times) for row in rows)
+        room = self.settings.max_batch * (self._context or 0)
+        usage = held / room if room else len(rows) / self.settings.max_batch
+        return Occupancy(len(rows), self.jobs.qsize() + len(self.held), min(usage, 1.0),
+                         self.prefix_counts.queries, self.prefix_counts.hits)
 
     def submit(self, job: GenerationRequest) -> None:
         """Queue a job; raises queue.Full when the queue is at its bound."""
@@ -135,13 +160,15 @@ class Scheduler:
         lm = self.model()
         with self._lock:
             if self.loop is None:
+                from ..models.loading import context_length
                 from .batching import PrefixCache
                 from .generation import backend_for
                 from .loop import Loop, eos_ids, pad_id
 
                 eos = eos_ids(lm.model, lm.tokenizer)
                 backend = backend_for(lm.model, self.settings.decoding, self.settings.max_batch, lm.device,
-                                      pad_id(lm.tokenizer, eos), prefixes=PrefixCache())
+                                      pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts))
+                self._context = context_length(lm)
                 self.loop = Loop(backend, lm.tokenizer, eos)
             return self.loop
 
@@ -206,4 +233,4 @@ class Scheduler:
                        top_probs=job.top_probs, logprobs=job.logprobs, echo=job.echo, generates=job.generates)
 
 
-__all__ = ["Completion", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]
+__all__ = ["Completion", "Occupancy", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]

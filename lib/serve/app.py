@@ -1,7 +1,8 @@
 """lm-serve's HTTP face: an OpenAI-compatible API over the engine (starlette, run by uvicorn).
 
 /v1/chat/completions, /v1/completions (both with `stream` as server-sent events), /v1/models
-and /health. Requests are read as vLLM's protocol reads them: every field is implemented or
+and /health; vLLM's /tokenize and /detokenize (lmpipe.serve.tokens) and /metrics
+(lmpipe.serve.metrics). Requests are read as vLLM's protocol reads them: every field is implemented or
 refused by name (lmpipe.serve.fields); chat content parts are joined (lmpipe.serve.prompts);
 `prompt` may be one or several texts or token-id lists; `n` choices per prompt run as rows of
 one batch; log-probabilities come in OpenAI's chat and legacy formats (lmpipe.serve.logprobs),
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Callable
 
@@ -31,12 +34,16 @@ from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError
 from .embeddings import embeddings_route
-from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
+from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, check_model, error_response, read_body, typed, unsupported
 from .logprobs import chat_entries, legacy
+from .metrics import ServerMetrics
+from .requestlog import RequestLog, request_fields
 from .prompts import Prompt, chat_prompt, completion_prompts
 from .structured import Asked, FormatError, asked, tool_calls
+from .tokens import token_routes
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+CLIENT_CLOSED = 499  # a streamed answer its client left before the end (nginx's status)
 DEFAULT_MAX_TOKENS = 256
 MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
@@ -144,9 +151,7 @@ async def prepare(engine: Scheduler, request: Any, chat: bool) -> PreparedReques
 
     body = await read_body(request)
     check_fields(body, CHAT if chat else COMPLETIONS, "/v1/chat/completions" if chat else "/v1/completions")
-    model = body.get("model")
-    if model is not None and model not in (engine.model_id, engine.ref.name):
-        raise BadRequest(f"unknown model {model!r}; this server has {engine.model_id!r}", "model_not_found")
+    check_model(body, (engine.model_id, engine.ref.name), engine.model_id)
     echo = typed(body, "echo", (bool,), False)
     limit, generates = max_tokens_of(body, chat, echo)
     sampling = sampling_of(body, limit)
@@ -209,14 +214,24 @@ def lmpipe_part(engine: Scheduler, c: Completion, sampling: Sampling) -> dict[st
 
 class Session:
     """One request's life: its choices queued as rows, their events streamed back as
-    (choice index, event), all cancelled when its client goes away."""
+    (choice index, event), all cancelled when its client goes away; each finished row is
+    counted in the metrics as it finishes, and rows left unfinished as aborted."""
 
-    def __init__(self, prepared: PreparedRequest):
+    def __init__(self, prepared: PreparedRequest, metrics: ServerMetrics):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self.jobs = prepared.jobs(self._emit)
+        self.metrics = metrics
+        self.submitted = self.closed = False
+        self.finished = 0  # rows counted finished; a row finishing as its client leaves is one or the other
+        self.counting = threading.Lock()
 
     def _emit(self, index: int, event: Any) -> None:
+        if isinstance(event, Completion):
+            with self.counting:
+                if not self.closed:
+                    self.finished += 1
+                    self.metrics.finished(event, FINISH[event.finish_reason])
         self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
 
     def submit(self, engine: Scheduler) -> None:
@@ -227,10 +242,16 @@ class Session:
         except queue.Full:
             self.cancel()
             raise
+        self.submitted = True
 
     def cancel(self) -> None:
+        """Called once the response is over, whole or cut short: rows not finished are aborted."""
         for job in self.jobs:
             job.cancelled.set()
+        with self.counting:
+            if self.submitted and not self.closed:
+                self.metrics.aborted(len(self.jobs) - self.finished)
+            self.closed = True
 
     async def __aiter__(self):
         left = len(self.jobs)
@@ -243,15 +264,79 @@ class Session:
                 left -= 1
 
 
+@dataclass
+class Heard:
+    """A request as the log records it: when it came, from whom, to which endpoint."""
+
+    request: Any
+    endpoint: str
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+                      .replace("+00:00", "Z"))
+    raw: bytes = b""  # the body as sent
+
+    async def read(self) -> None:
+        try:
+            self.raw = await self.request.body()  # starlette keeps it: prepare() reads it again
+        except Exception:  # the client left while sending: prepare() answers that
+            self.raw = b""
+
+    @property
+    def client(self) -> str | None:
+        client = self.request.client
+        return f"{client.host}:{client.port}" if client else None
+
+    def head(self, status: int) -> dict[str, Any]:
+        return {"time": self.time, "client": self.client, "endpoint": self.endpoint, "status": status}
+
+
+def answered_record(engine: Scheduler, heard: Heard, prepared: PreparedRequest, ident: str,
+                    done: dict[int, Completion], status: int) -> dict[str, Any]:
+    """The log's record of an answer (the body was read: starlette keeps it)."""
+    record = {"id": ident, **heard.head(status), **request_fields(heard.raw)}
+    texts = [answer(prepared, done[i])[0] for i in sorted(done)]
+    if status == CLIENT_CLOSED:
+        record["error"] = "the client left before the answer was complete"
+    if texts:
+        record["generated"] = texts[0]
+        if prepared.n * len(prepared.prompts) > 1:
+            record["choices"] = texts
+        first = done[min(done)]
+        part = lmpipe_part(engine, first, event_sampling(prepared, min(done)))
+        record["stats"] = part["stats"]
+        record["usage"] = usage(prepared, done)
+        record["manifest"] = {**part["identity"], "sampling": part["sampling"], "device": part["device"],
+                              "dtype": part["dtype"], "versions": part["versions"]}
+    else:
+        record["manifest"] = {"model": engine.model_id}
+    return record
+
+
+def failed_record(engine: Scheduler, heard: Heard, status: int, message: str, code: str) -> dict[str, Any]:
+    """The log's record of a request answered with an error: under the served model, so lm-stats
+    counts it there."""
+    return {**heard.head(status), **request_fields(heard.raw), "error": message, "code": code,
+            "manifest": {"model": engine.model_id}}
+
+
 def _sse(data: Any) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
 
 
-def create_app(engine: Scheduler):
+def create_app(engine: Scheduler, log: RequestLog | None = None):
+    """The app; with `log`, every generation request and its answer or error is a record there."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
+
+    metrics = ServerMetrics(engine)
+
+    async def metrics_page(request: Request):
+        from starlette.responses import Response
+
+        page, kind = metrics.exposition()
+        return Response(page, media_type=kind)
 
     async def models(request: Request):
         return _json({"object": "list", "data": [
@@ -262,18 +347,24 @@ def create_app(engine: Scheduler):
                       "queued": engine.jobs.qsize()})
 
     def handler(chat: bool):
+        endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+
         async def serve(request: Request):
+            heard = Heard(request, endpoint)
             try:
+                if log is not None:
+                    await heard.read()
                 prepared = await prepare(engine, request, chat)
-                session = Session(prepared)
+                session = Session(prepared, metrics)
                 try:
                     session.submit(engine)
                 except queue.Full:
-                    return error_response(503, "the server is busy: its queue is full", "queue_full",
-                                          {"Retry-After": "1"})
+                    raise BadRequest("the server is busy: its queue is full", "queue_full", 503) from None
                 ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
                 if prepared.stream:
-                    return StreamingResponse(stream(engine, session, prepared, ident), media_type="text/event-stream")
+                    ended = partial(logged_stream, heard, prepared, ident) if log else None
+                    return StreamingResponse(stream(engine, session, prepared, ident, ended),
+                                             media_type="text/event-stream")
                 done: dict[int, Completion] = {}
                 try:
                     async for index, event in session:
@@ -281,20 +372,42 @@ def create_app(engine: Scheduler):
                             done[index] = event
                 finally:
                     session.cancel()
-                return _json(whole(engine, done, prepared, ident))
+                data = whole(engine, done, prepared, ident)
+                if log is not None:
+                    await write(answered_record(engine, heard, prepared, ident, done, 200))
+                return _json(data)
             except BadRequest as exc:
-                return error_response(exc.status, str(exc), exc.code)
+                await write(failed_record(engine, heard, exc.status, str(exc), exc.code))
+                headers = {"Retry-After": "1"} if exc.status == 503 else None
+                return error_response(exc.status, str(exc), exc.code, headers)
             except Exception as exc:  # the server answers and carries on
-                return error_response(500, f"{type(exc).__name__}: {exc}", "generation_failed")
+                message = f"{type(exc).__name__}: {exc}"
+                await write(failed_record(engine, heard, 500, message, "generation_failed"))
+                return error_response(500, message, "generation_failed")
 
         return serve
+
+    async def write(record: dict[str, Any]) -> None:
+        """On disk before the client has its answer."""
+        if log is not None:
+            await run_in_threadpool(log.write, record)
+
+    def logged_stream(heard: Heard, prepared: PreparedRequest, ident: str, done: dict[int, Completion],
+                      whole_answer: bool) -> None:
+        """A stream's record, once it ended: written off the event loop, even when the stream was
+        cut short (its task is being cancelled then, so it is not awaited)."""
+        status = 200 if whole_answer else CLIENT_CLOSED
+        record = answered_record(engine, heard, prepared, ident, done, status)
+        asyncio.get_running_loop().run_in_executor(None, log.write, record)
 
     routes = [
         Route("/v1/models", models),
         Route("/health", health),
+        Route("/metrics", metrics_page),
         Route("/v1/chat/completions", handler(True), methods=["POST"]),
         Route("/v1/completions", handler(False), methods=["POST"]),
         embeddings_route(engine),
+        *token_routes(engine),
     ]
     return Starlette(routes=routes)
 
@@ -339,9 +452,10 @@ def whole(engine: Scheduler, done: dict[int, Completion], prepared: PreparedRequ
     }
 
 
-async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str):
+async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str,
+                 ended: Callable[[dict[int, Completion], bool], None] | None = None):
     """Server-sent events, OpenAI's chunk format, each chunk one choice's; [DONE] last. A client
-    that leaves cancels its rows.
+    that leaves cancels its rows. `ended` hears what finished, and whether the stream got to its end.
 
     With tools the answer is held back and sent whole at the end, as text or as one tool_calls
     delta. A token's log-probabilities go with the chunk that shows its text (or the next one,
@@ -376,6 +490,7 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
         return {"id": ident, "object": kind, "created": created, "model": engine.model_id, "choices": [choice]}
 
     done: dict[int, Completion] = {}
+    finished = False
     try:
         for index in range(len(session.jobs)):
             if chat:
@@ -416,8 +531,11 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
             yield _sse({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error",
                                   "code": "generation_failed"}})
         yield b"data: [DONE]\n\n"
+        finished = True
     finally:
         session.cancel()
+        if ended is not None:
+            ended(done, finished)
 
 
 def event_sampling(prepared: PreparedRequest, index: int) -> Sampling:

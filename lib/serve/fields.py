@@ -31,6 +31,11 @@ GENERATION = frozenset({
 CHAT = GENERATION | {"messages", "max_completion_tokens", "top_logprobs"}
 COMPLETIONS = GENERATION | {"prompt", "echo"}
 EMBEDDINGS = frozenset({"model", "input", "encoding_format", "dimensions"})
+# vLLM's /tokenize (its text and chat forms) and /detokenize (vllm/entrypoints/openai/protocol.py).
+TOKENIZE_TEXT = frozenset({"model", "prompt", "add_special_tokens", "return_token_strs"})
+TOKENIZE_CHAT = frozenset({"model", "messages", "add_generation_prompt", "continue_final_message",
+                           "add_special_tokens", "return_token_strs"})
+DETOKENIZE = frozenset({"model", "tokens"})
 
 
 class BadRequest(Exception):
@@ -67,6 +72,14 @@ def check_fields(body: dict[str, Any], implemented: Iterable[str], endpoint: str
     for name, value in body.items():
         if value is not None and name not in known:
             raise BadRequest(f"`{name}` is not supported by {endpoint}", "unsupported_parameter")
+
+
+def check_model(body: dict[str, Any], names: Iterable[str], served: str) -> None:
+    """A 400 unless the request's `model`, when it names one, is one of `names` (the served
+    model's id or the name it was asked by)."""
+    model = body.get("model")
+    if model is not None and model not in set(names):
+        raise BadRequest(f"unknown model {model!r}; this server has {served!r}", "model_not_found")
 
 
 def typed(body: dict[str, Any], name: str, kinds: tuple[type, ...], default: Any) -> Any:

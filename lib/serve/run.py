@@ -1,4 +1,4 @@
-"""lm-serve's task: a scheduler from the settings, then uvicorn until Ctrl-C.
+"""lm-serve's task: a scheduler from the settings (and the request log, --log), then uvicorn until Ctrl-C.
 
 The listening socket is bound here, before uvicorn starts, so that the server is recorded in
 lmpipe's home (lmpipe.backends.warm) only once it truly listens, with the port it got (--port 0
@@ -20,6 +20,8 @@ class ServeRun:
     host: str = "127.0.0.1"
     port: int = 8080
     preload: bool = False
+    log: str | None = None  # a file every request and its answer is appended to (lmpipe.serve.requestlog)
+    log_max_bytes: int = 0  # past this size the log rotates; 0: never
 
 
 def run(r: ServeRun) -> int:
@@ -34,6 +36,14 @@ def run(r: ServeRun) -> int:
     from .app import create_app
 
     engine = Scheduler(r.scheduler, lambda m: say("lm-serve", m))
+    log = None
+    if r.log:
+        from .requestlog import RequestLog
+
+        try:
+            log = RequestLog(r.log, r.log_max_bytes, failed=lambda m: say("lm-serve", m))
+        except OSError as exc:
+            raise UsageError(f"--log {r.log}: {exc.strerror or exc}") from None
     if r.preload:
         engine.model()
     family = socket.AF_INET6 if ":" in r.host else socket.AF_INET
@@ -59,9 +69,11 @@ def run(r: ServeRun) -> int:
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        config = uvicorn.Config(create_app(engine), log_level="warning", access_log=False)
+        config = uvicorn.Config(create_app(engine, log), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         warm.unregister(entry)
         engine.close()
+        if log is not None:
+            log.close()
     return 0
