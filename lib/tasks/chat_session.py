@@ -244,7 +244,14 @@ def run(r: ChatRun, tty: bool) -> int:
 
     session = open_session(r)
     if tty:
+        import signal
+
         from ..paths import chat_history_file
+
+        # Ctrl-C stops a reply. A program started in the background by a shell without job control
+        # (a script, `cmd &`, some CI runners) inherits SIGINT ignored, and Python then leaves it so:
+        # at a terminal lm-chat takes the key back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from ..terminal.chat_console import ChatConsole
 
         return converse(session, ChatConsole(chat_history_file(), r.quiet))
