@@ -35,9 +35,9 @@ def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
             app.screen.query_one("#path").value = str(saved)
             await pilot.press("enter")
             await pilot.pause()
-            return screen.conversation, stats, inputs, app.engine
+            return screen.conversation, stats, inputs
 
-    conversation, stats, inputs, engine = asyncio.run(scenario())
+    conversation, stats, inputs = asyncio.run(scenario())
     roles = [m["role"] for m in conversation.messages()]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
     assert len(stats) == 2 and all("ttft" in s and "tok/s" in s and "out" in s for s in stats)
@@ -51,8 +51,10 @@ def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
     assert result.returncode == 0, result.stderr
     assert jsonl(result.stdout)[0]["generated"] == record["messages"][-1]["content"]
 
-    # The second prompt held the whole conversation so far: its token count is the template's.
-    tokenizer = engine.tokenizer(model)
+    # The second prompt held the whole conversation so far: its token count is transformers' own.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
 
     def prompt_tokens(messages):
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
