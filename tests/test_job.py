@@ -47,7 +47,7 @@ def test_resume_reports_skipped_and_the_rest(tiny_llama, tmp_path):
     assert sorted(r["id"] for r in jsonl(out.read_bytes())) == list(range(9))
 
 
-class ListSink:
+class RecordListSink:
     def __init__(self):
         self.records = []
 
@@ -66,7 +66,7 @@ def test_total_counts_a_regular_file_and_its_shard(tiny_llama, tmp_path, capsys)
 
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"".join(orjson.dumps({"text": f"t{i}"}) + b"\n" for i in range(10)))
-    task, sink = TokenizeTask(load(str(tiny_llama), None), TokenizeSettings()), ListSink()
+    task, sink = TokenizeTask(load(str(tiny_llama), None), TokenizeSettings()), RecordListSink()
     job = JobSettings(shard=Shard(1, 4)).open()
     with open(source, "rb") as stdin:
         assert run_records("lm-tokenize", task.process, sink, 2, "json", stdin, job) == 0
