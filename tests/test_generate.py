@@ -167,9 +167,16 @@ def test_closed_pipe_exits_quietly(tiny_llama):
     assert out.stderr == "" and orjson.loads(out.stdout)["text"] == "record 0"
 
 
+def foreground_sigint() -> None:
+    """Ctrl-C as a tool in a terminal's foreground gets it: a suite started as a background job
+    (`cmd &` in a script) runs with SIGINT ignored, and a child inherits that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_with_one_line_and_keeps_finished_records(tiny_llama):
     proc = subprocess.Popen([str(BIN / "lm-generate"), "--model", str(tiny_llama), "-n", "4", "-b", "1"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=foreground_sigint)
     proc.stdin.write(b"first\n")
     proc.stdin.flush()
     first = proc.stdout.readline()  # stdin stays open: the tool is now waiting for more
