@@ -78,7 +78,7 @@ class JsonTokenizer:
         from tokenizers import Tokenizer, processors
 
         self.folder = Path(folder)
-        self.backend = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
+        self.backend = Tokenizer.from_file(str(self.folder.joinpath(TOKENIZER_FILE)))
         self.backend.no_truncation()  # transformers encodes one text untruncated and unpadded unless asked
         self.backend.no_padding()
         config = _read_json(self.folder / CONFIG_FILE)
@@ -185,7 +185,7 @@ class JsonTokenizer:
         a folder that both this class and AutoTokenizer load to the same tokenizer."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(out / TOKENIZER_FILE))
+        self.backend.save(str(out.joinpath(TOKENIZER_FILE)))
         config = {k: v for k, v in self.config.items() if k not in ("chat_template", "added_tokens_decoder")}
         config["extra_special_tokens"] = [_content(t) for t in self.extra]
         config["added_tokens_decoder"] = {
@@ -264,7 +264,7 @@ def load_any(ref: Any, notify: Callable[[str], None]) -> JsonTokenizer | SlowTok
     """`ref`'s tokenizer: from tokenizer.json when there is one (no torch, no transformers), else
     through transformers, after saying why."""
     folder = tokenizer_folder(ref)
-    if folder is not None and (folder / TOKENIZER_FILE).is_file():
+    if folder is not None and folder.joinpath(TOKENIZER_FILE).is_file():
         try:
             return JsonTokenizer(folder)
         except Exception as exc:  # tokenizers reports a malformed file as a plain Exception
