@@ -124,8 +124,9 @@ def sse_data(lines: Iterator[str]) -> Iterator[Any]:
 class StreamedAnswer:
     """Pieces of a streamed answer gathered into one `Answer`, timed as they arrive."""
 
-    def __init__(self, chat: bool):
-        self.chat, self.clock = chat, Clock()
+    def __init__(self, chat: bool, clock: Clock):
+        """`clock`: started when the request was first sent, so the times include the wait."""
+        self.chat, self.clock = chat, clock
         self.model: str | None = None
         self.text: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
@@ -259,8 +260,10 @@ class ServerClient:
                 raise RecordError(f"server: the answer is not an object: {body[:200].decode('utf-8', 'replace')}")
             return whole_answer(data, chat)
 
+        clock = Clock()
+
         def read_stream(response: Any) -> Answer:
-            gathered = StreamedAnswer(chat)
+            gathered = StreamedAnswer(chat, clock)
             try:
                 for chunk in sse_data(response.iter_lines()):
                     gathered.add(chunk)
@@ -271,7 +274,6 @@ class ServerClient:
         if stream:
             payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
             return self._send(path, payload, read_stream)
-        clock = Clock()
         answer = self._send(path, payload, read_whole)
         answer.total_s = round(clock(), 6)  # retries included: what the record cost
         return answer
