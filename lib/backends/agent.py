@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 from ..engine.sampling import Sampling
-from ..errors import LmpipeError, RecordError
+from ..errors import LmpipeError, RecordError, UsageError
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from .generate import GenerateSettings, GenerateTask
@@ -151,7 +151,7 @@ class AgentTasks:
         for key, items in groups.items():
             try:
                 task = self._task(key)
-            except RecordError as exc:
+            except (RecordError, UsageError) as exc:  # an agent's settings are its records' data
                 for item in items:
                     yield Finished(item, error_record(item, str(exc)), failed=True)
                 continue

@@ -309,6 +309,8 @@ class RemoteGenerateTask:
         self.sampling = sampling_fields(self.kind, self.settings.sampling)  # a field it cannot take fails now
         if settings.constraint is not None:
             constraint_fields(self.kind, settings.constraint)
+        if settings.prompt.prefix and self.kind.name != "lmpipe":
+            raise UsageError(f"--prefix needs lm-serve ({describe(self.kind)} has no such field)")
         self.stream = self.kind.name != "lmpipe"  # lm-serve sends its own stats; others are timed here
 
     def payload(self, record: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
@@ -316,10 +318,6 @@ class RemoteGenerateTask:
         body.update(model=self.model, **self.sampling)
         body.update(answer_format(record, plan, self.settings.tool_choice, self.kind))
         if self.settings.prompt.prefix:
-            if self.kind.name != "lmpipe":
-                from ..errors import UsageError
-
-                raise UsageError(f"--prefix needs lm-serve ({describe(self.kind)} has no such field)")
             body["prefix"] = self.settings.prompt.prefix  # lmpipe's extension
         return body, chat
 
