@@ -108,7 +108,7 @@ def sampling_fields(kind: ServerKind, s: Any) -> dict[str, Any]:
     return out
 
 
-def finish_reason(kind: ServerKind, choice: dict[str, Any], stopped_by: Any, asked_stop: bool) -> str:
+def finish_reason(kind: ServerKind, choice: dict[str, Any], asked_stop: bool) -> str:
     """lmpipe's finish reason (eos, stop, length, tool_calls) for a server's choice. OpenAI's "stop"
     covers both the end token and a stop string; vLLM tells them apart in `stop_reason`, and with
     no stop strings asked there is only the end token."""
@@ -116,7 +116,7 @@ def finish_reason(kind: ServerKind, choice: dict[str, Any], stopped_by: Any, ask
     if reason != "stop":
         return reason
     if kind.name == "vllm" or kind.name == "lmpipe":
-        return "eos" if stopped_by is None else "stop"
+        return "eos" if choice.get("stop_reason") is None else "stop"
     return "stop" if asked_stop else "eos"
 
 

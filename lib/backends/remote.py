@@ -324,7 +324,7 @@ class RemoteGenerateTask:
     def stats(self, a: Answer) -> dict[str, Any]:
         if a.lmpipe and a.lmpipe.get("stats"):
             return a.lmpipe["stats"]
-        finish = finish_reason(self.kind, a.finish, a.finish.get("stop_reason"), bool(self.settings.sampling.stop))
+        finish = finish_reason(self.kind, a.finish, bool(self.settings.sampling.stop))
         out = output_tokens(self.kind, a.usage.get("completion_tokens"), finish)
         timed = out is not None and a.ttft_s is not None and a.total_s is not None
         rate = None  # a whole answer has no decode time
