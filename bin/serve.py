@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import model_options, speed_options
+from lmpipe.cli.options import served_models_options, speed_options
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generation request
@@ -24,28 +24,38 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@model_options
+@served_models_options
 @speed_options
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="LMPIPE_HOST",
               help="Address to listen on (127.0.0.1: this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="LMPIPE_PORT")
 @click.option("--keep-alive", type=float, default=300.0, show_default=True, metavar="SECONDS",
-              help="Unload the model after this long without requests (0: never).")
+              help="Unload a model after this long without requests (0: never); per model: --model-option.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Requests decoding together: rows of the KV cache that requests join and leave between "
                    "steps (continuous batching, Llama family; other models batch per arrival).")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests that may wait; past it the server answers 503 with Retry-After.")
-@click.option("--preload", is_flag=True, help="Load the model now rather than at the first request.")
+@click.option("--preload", is_flag=True, help="Load the -m models now (up to --max-models) rather than at their first request.")
 @click.option("--log", default=None, metavar="FILE",
               help="Append every request and its answer (or error) to FILE as a JSONL record, fsync'd; "
                    "lm-stats < FILE summarises them per model.")
 @click.option("--log-rotate", type=click.FloatRange(min=0), default=100.0, show_default=True, metavar="MB",
               help="Rotate the --log file past this size (FILE.1 ... FILE.5 kept; 0: never).")
 def main(**options):
-    """Serve a model with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+    """Serve models with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
     Tools use it with --server URL or LMPIPE_SERVER=URL and write the same records as in-process.
+
+    Several models: `-m A -m B` serves both (A answers requests that name no `model`); a request
+    naming another model that resolves here as --model would (an alias, a folder, a .gguf file,
+    a hub repo in the cache) loads it with the server's settings, unless --listed-only; any
+    other name is a 404, as vLLM answers. Each model unloads after its own --keep-alive idle;
+    with --max-models N, loading one more first unloads the least recently used idle model (or
+    waits for one to become idle). --model-option MODEL KEY=VALUE sets quantize, cache,
+    compile, device, dtype, attention, keep-alive or max-batch for one -m model. /v1/models lists
+    every model the server holds or has held, the default first, with `loaded`,
+    `keep_alive_s` and, while loaded, `expires_in_s`.
     Requests may ask for structured output (`response_format` json_schema or json_object; lmpipe's
     `regex`, `choice` and `prefix`) and call functions (`tools`, `tool_choice`), as lm-generate does.
     Requests join the running batch between decode steps, and a prompt that starts like a recent
@@ -72,6 +82,7 @@ def main(**options):
 
     \b
       lm-serve --port 8080 --keep-alive 600 &
+      lm-serve -m smollm2 -m ./my-model --model-option ./my-model quantize=int8 --max-models 1 &
       echo "What is the capital of France?" | lm-generate --server http://127.0.0.1:8080
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}'
       curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],

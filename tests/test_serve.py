@@ -100,7 +100,6 @@ def test_64_concurrent_requests_all_answered_correctly(server, tiny_llama, expec
     (b"[1, 2]", "invalid_json"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "invalid_type"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "invalid_value"),
-    (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}', "model_not_found"),
     (b'{"messages": "hi"}', "invalid_type"),
     (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "invalid_messages"),
 ])
@@ -108,6 +107,15 @@ def test_malformed_requests_are_400s_and_the_server_carries_on(server, body, cod
     response = httpx.post(server.url + "/v1/chat/completions", content=body, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
+    assert server.alive()
+
+
+def test_a_model_that_does_not_resolve_is_a_404_as_vllm_answers(server):
+    response = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                          json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 404
+    assert response.json()["error"] == {"message": "The model `no-such-model` does not exist.",
+                                        "type": "invalid_request_error", "code": "model_not_found"}
     assert server.alive()
 
 
@@ -176,7 +184,7 @@ def test_a_model_an_agent_names_is_sent_by_name(server, tiny_llama):
     assert result.returncode == 1
     plain, other, named = jsonl(result.stdout)
     assert plain["manifest"]["model"] == named["manifest"]["model"] == str(tiny_llama)
-    assert other["line"] == 2 and "unknown model 'someone/else'" in other["error"]
+    assert other["line"] == 2 and "The model `someone/else` does not exist." in other["error"]
     assert named["manifest"]["sampling"]["max_new_tokens"] == 2 and named["stats"]["output_tokens"] <= 2
     assert named["manifest"]["agent"]["applied"] == {"model": str(tiny_llama), "max_new_tokens": 2}
 

@@ -156,20 +156,21 @@ def test_a_client_that_leaves_mid_stream_is_an_abort(server):
 
 def test_each_app_has_its_own_registry(long_llama):
     """Two apps in one process (lm-batch's in-process app beside another): each page counts its own."""
-    from lmpipe.engine.scheduler import Scheduler, SchedulerSettings
+    from lmpipe.engine.scheduler import SchedulerSettings
     from lmpipe.models.loading import ModelSettings
     from lmpipe.serve.metrics import ServerMetrics
+    from lmpipe.serve.roster import ModelRoster, RosterSettings
 
-    engine = Scheduler(SchedulerSettings(model=ModelSettings(str(long_llama))))
+    roster = ModelRoster(RosterSettings((SchedulerSettings(model=ModelSettings(str(long_llama))),)))
     try:
-        one, two = ServerMetrics(engine), ServerMetrics(engine)
-        one.aborted(2)
+        one, two = ServerMetrics(roster), ServerMetrics(roster)
+        one.of(roster.default).aborted(2)
         assert b'vllm:request_success_total{engine="0",finished_reason="abort"' in one.exposition()[0]
         assert b'finished_reason="abort",model_name=' in one.exposition()[0]
         page = two.exposition()[0].decode()
         assert [line for line in page.splitlines() if 'finished_reason="abort"' in line][0].endswith(" 0.0")
     finally:
-        engine.close()
+        roster.close()
 
 
 def test_the_man_page_lists_every_metric_under_its_type():

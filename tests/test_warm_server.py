@@ -51,7 +51,7 @@ def test_a_plain_run_answers_through_the_running_server(home, tiny_llama):
     try:
         (entry,) = entries(home)
         assert entry["url"] == server.url and entry["pid"] == server.proc.pid
-        assert entry["holds"]["model"] == str(tiny_llama)
+        assert [held["model"] for held in entry["holds"]] == [str(tiny_llama)]
 
         proc, heavy = probe("lm-generate", *args(tiny_llama), input=LINES)
         assert proc.returncode == 1 and heavy == ""  # answered without loading anything here

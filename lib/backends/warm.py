@@ -3,9 +3,10 @@ and a tool that would load the same model with the same settings answers through
 
 Each server writes one JSON file in paths.servers_dir() (written whole under a temporary name,
 then renamed, so a reader never sees half of one) and removes it when it stops. The file holds
-the URL, the server's pid and `holds`: the model's resolved id and every setting that could change
-a token (device, dtype, attention, quantization, the decoding settings), exactly as `holds()`
-computes them on both sides, so a tool uses a server only where its records would be the same.
+the URL, the server's pid and `holds`: for each model it serves, the model's resolved id and every
+setting that could change a token (device, dtype, attention, quantization, the decoding settings),
+exactly as `holds()` computes them on both sides, so a tool uses a server only where its records
+would be the same (and names the model in its requests: a server may serve several).
 A server killed without stopping leaves its file behind: the next tool that finds it connects
 once, is refused, and removes it. Like Ollama's daemon, but opt-in: nothing starts a server.
 """
@@ -33,8 +34,9 @@ def holds(model_id: str, model: Any, decoding: Any) -> dict[str, Any]:
             "quantize": model.quantize, "decoding": asdict(decoding)}
 
 
-def register(url: str, held: dict[str, Any]) -> Path:
-    """Record a server that now listens at `url`; returns its file (remove it with `unregister`)."""
+def register(url: str, held: list[dict[str, Any]]) -> Path:
+    """Record a server that now listens at `url`, holding `held` (one `holds()` per model); returns
+    its file (remove it with `unregister`)."""
     folder = paths.servers_dir()
     folder.mkdir(parents=True, exist_ok=True)
     where = urlsplit(url)
@@ -75,7 +77,8 @@ def find(held: dict[str, Any]) -> str | None:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # being replaced by its server right now, or not ours
-        if entry.get("holds") != held:
+        models = entry.get("holds")
+        if held not in (models if isinstance(models, list) else [models]):
             continue
         if listening(entry["url"]):
             return entry["url"]

@@ -27,11 +27,39 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
+MODEL_HELP = "Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision])."
+
+
 def model_options(f: Callable) -> Callable:
     """--model, --device, --dtype, --attention."""
     return _stack(
-        click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL",
-                     help="Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision])."),
+        click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL", help=MODEL_HELP),
+        device_options,
+    )(f)
+
+
+def served_models_options(f: Callable) -> Callable:
+    """lm-serve's --model (repeatable), --model-option, --max-models, --listed-only, then --device, --dtype, --attention."""
+    return _stack(
+        click.option("-m", "--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
+                     envvar="LMPIPE_MODEL", metavar="MODEL",
+                     help=MODEL_HELP + " Repeat to serve several; the first answers requests that name none."),
+        click.option("--model-option", "model_option", nargs=2, multiple=True, metavar="MODEL KEY=VALUE",
+                     help="A setting for one -m model only: quantize, cache, compile, device, dtype, attention, "
+                          "keep-alive or max-batch (e.g. --model-option ./tiny quantize=int8)."),
+        click.option("--max-models", type=click.IntRange(min=0), default=0, show_default=True,
+                     envvar="LMPIPE_MAX_MODELS",
+                     help="Models loaded at once (0: no bound); past it the least recently used idle one unloads."),
+        click.option("--listed-only", is_flag=True,
+                     help="Serve only the -m models: a request naming another gets a 404 (by default it is "
+                          "loaded when it resolves here, as --model would; nothing is downloaded)."),
+        device_options,
+    )(f)
+
+
+def device_options(f: Callable) -> Callable:
+    """--device, --dtype, --attention."""
+    return _stack(
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
                      help="Where to run the model."),
         click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True, envvar="LMPIPE_DTYPE",

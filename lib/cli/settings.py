@@ -249,13 +249,57 @@ def bench_run(o: Options) -> "BenchRun":
                     pipeline=o["pipeline"])
 
 
+# --model-option KEY: the option bundle entry it replaces for one model, and how its value is read.
+MODEL_OPTION_KEYS: dict[str, tuple[str, Any]] = {
+    "quantize": ("quantize", ("int8", "int4")), "cache": ("cache", ("fast", "dynamic", "static")),
+    "compile": ("compile", bool), "device": ("device", None), "dtype": ("dtype", None),
+    "attention": ("attention", None), "keep-alive": ("keep_alive", float), "max-batch": ("max_batch", int),
+}
+
+
+def model_option(o: Options, model: str, pair: str) -> Options:
+    """`o` with one --model-option KEY=VALUE applied (a UsageError names what is wrong)."""
+    from ..models.device import ATTENTIONS, DEVICES, DTYPES
+
+    key, sep, value = pair.partition("=")
+    if not sep or key not in MODEL_OPTION_KEYS:
+        raise UsageError(f"--model-option {model} {pair}: expected KEY=VALUE with KEY one of "
+                         f"{', '.join(MODEL_OPTION_KEYS)}")
+    name, kind = MODEL_OPTION_KEYS[key]
+    kind = kind or {"device": DEVICES, "dtype": DTYPES, "attention": ATTENTIONS}[key]
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise UsageError(f"--model-option {model} {pair}: {key} must be one of {', '.join(kind)}")
+        return {**o, name: value}
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise UsageError(f"--model-option {model} {pair}: {key} must be true or false")
+        return {**o, name: value.lower() in ("true", "1", "yes")}
+    try:
+        return {**o, name: kind(value)}
+    except ValueError:
+        raise UsageError(f"--model-option {model} {pair}: {key} must be a number") from None
+
+
 def serve_run(o: Options) -> "ServeRun":
     from ..engine.scheduler import SchedulerSettings
+    from ..serve.roster import RosterSettings
     from ..serve.run import ServeRun
 
-    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
-                                  max_queue=o["max_queue"], keep_alive=o["keep_alive"])
-    return ServeRun(scheduler, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
+    def scheduler(options: Options) -> "SchedulerSettings":
+        return SchedulerSettings(model=model_settings(options), decoding=decoding(options),
+                                 max_batch=options["max_batch"], max_queue=options["max_queue"],
+                                 keep_alive=options["keep_alive"])
+
+    models = tuple(dict.fromkeys(o["models"]))
+    per_model: dict[str, Options] = {m: {**o, "model": m} for m in models}
+    for model, pair in o["model_option"]:
+        if model not in per_model:
+            raise UsageError(f"--model-option {model}: not one of the -m models ({', '.join(models)})")
+        per_model[model] = model_option(per_model[model], model, pair)
+    on_request = None if o["listed_only"] else scheduler({**o, "model": None})
+    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models), on_request, o["max_models"])
+    return ServeRun(roster, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
                     log_max_bytes=int(o["log_rotate"] * 1024 * 1024))
 
 

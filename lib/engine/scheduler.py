@@ -10,6 +10,9 @@ left-padded batch (lmpipe.engine.decoding): the worker admits what is waiting, u
 requests with the same sampling settings, and steps them together to the end; an abandoned
 request's row leaves it, and a batch whose clients all went away stops at the next token.
 After `keep_alive` seconds without a request the model is unloaded; the next request loads it again.
+A server holding several models (lmpipe.serve.roster) gives each its own scheduler and a `gate`
+that every load passes first, which may evict another scheduler's model (`evict`: only when
+that one is idle) to keep the number loaded within bounds.
 """
 
 from __future__ import annotations
@@ -69,11 +72,14 @@ def batch_key(sampling: Sampling) -> Sampling:
 
 
 class Scheduler:
-    def __init__(self, settings: SchedulerSettings, notify: Callable[[str], None] = lambda m: None):
+    def __init__(self, settings: SchedulerSettings, notify: Callable[[str], None] = lambda m: None,
+                 gate: Callable[["Scheduler"], None] = lambda s: None):
         from ..models.loading import load_tokenizer
 
         self.settings = settings
         self.notify = notify
+        self.gate = gate  # called before each load, holding this scheduler's lock (lmpipe.serve.roster)
+        self.loading = False  # a load is under way (the gate counts it as loaded)
         self.ref = settings.model.ref()
         self.tokenizer = load_tokenizer(self.ref)  # prompts are checked before they queue
         self.jobs: queue.Queue[GenerationRequest] = queue.Queue(maxsize=settings.max_queue)
@@ -101,10 +107,49 @@ class Scheduler:
             if self.lm is None:
                 from ..models.loading import load
 
-                self.notify(f"loading {self.ref.name}")
-                self.lm = load(self.settings.model, self.notify)
+                self.gate(self)
+                self.loading = True
+                try:
+                    self.notify(f"loading {self.ref.name}")
+                    self.lm = load(self.settings.model, self.notify)
+                finally:
+                    self.loading = False
             self.last_used = time.monotonic()
             return self.lm
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running, queued or held back."""
+        loop = self.loop
+        return not (loop is not None and loop.live) and not self.jobs.qsize() and not self.held
+
+    def evict(self, why: str) -> bool:
+        """Unload the model now if it is loaded and idle, without waiting for this scheduler's lock
+        (whoever holds it is loading or admitting: not idle); whether it was unloaded. A request
+        that slips in after is served by loading the model again."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.lm is None or not self.idle:
+                return False
+            self._drop()
+        finally:
+            self._lock.release()
+        self.notify(f"unloaded {self.ref.name} ({why})")
+        return True
+
+    def _drop(self) -> None:
+        """Let the model go (the caller holds the lock); its memory returns once nothing holds it."""
+        import gc
+
+        self.lm = None
+        self.loop = None
+        gc.collect()
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The model's context, once it has been loaded (None before)."""
+        return self._context
 
     def context_length(self) -> int | None:
         from ..models.loading import context_length
@@ -133,11 +178,7 @@ class Scheduler:
         keep = self.settings.keep_alive
         if keep and self.lm is not None and time.monotonic() - self.last_used > keep:
             with self._lock:
-                self.lm = None
-                self.loop = None
-            import gc
-
-            gc.collect()
+                self._drop()
             self.notify(f"unloaded {self.ref.name} after {keep:g} s idle")
 
     def _take(self, limit: int, wait: bool = True) -> list[GenerationRequest]:

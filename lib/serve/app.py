@@ -34,11 +34,12 @@ from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError
 from .embeddings import embeddings_route
-from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, check_model, error_response, read_body, typed, unsupported
+from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
 from .logprobs import chat_entries, legacy
-from .metrics import ServerMetrics
+from .metrics import ModelMetrics, ServerMetrics
 from .requestlog import RequestLog, request_fields
 from .prompts import Prompt, chat_prompt, completion_prompts
+from .roster import ModelRoster
 from .structured import Asked, FormatError, asked, tool_calls
 from .tokens import token_routes
 
@@ -146,12 +147,13 @@ class PreparedRequest:
         return out
 
 
-async def prepare(engine: Scheduler, request: Any, chat: bool) -> PreparedRequest:
+async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Scheduler, PreparedRequest]:
+    """The request's model (its scheduler) and the request read, or BadRequest."""
     from starlette.concurrency import run_in_threadpool
 
     body = await read_body(request)
     check_fields(body, CHAT if chat else COMPLETIONS, "/v1/chat/completions" if chat else "/v1/completions")
-    check_model(body, (engine.model_id, engine.ref.name), engine.model_id)
+    engine = await run_in_threadpool(roster.get, body.get("model"))
     echo = typed(body, "echo", (bool,), False)
     limit, generates = max_tokens_of(body, chat, echo)
     sampling = sampling_of(body, limit)
@@ -175,7 +177,7 @@ async def prepare(engine: Scheduler, request: Any, chat: bool) -> PreparedReques
             raise BadRequest(f"prompt is {len(prompt.ids)} tokens; the model's context is {context}",
                              "context_length_exceeded")
         rows.append(replace(sampling, max_new_tokens=min(limit, context - len(prompt.ids))) if context else sampling)
-    return PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat)
+    return engine, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat)
 
 
 def usage(prepared: PreparedRequest, done: dict[int, Completion]) -> dict[str, int]:
@@ -217,7 +219,7 @@ class Session:
     (choice index, event), all cancelled when its client goes away; each finished row is
     counted in the metrics as it finishes, and rows left unfinished as aborted."""
 
-    def __init__(self, prepared: PreparedRequest, metrics: ServerMetrics):
+    def __init__(self, prepared: PreparedRequest, metrics: ModelMetrics):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self.jobs = prepared.jobs(self._emit)
@@ -311,26 +313,27 @@ def answered_record(engine: Scheduler, heard: Heard, prepared: PreparedRequest, 
     return record
 
 
-def failed_record(engine: Scheduler, heard: Heard, status: int, message: str, code: str) -> dict[str, Any]:
-    """The log's record of a request answered with an error: under the served model, so lm-stats
-    counts it there."""
+def failed_record(model_id: str, heard: Heard, status: int, message: str, code: str) -> dict[str, Any]:
+    """The log's record of a request answered with an error: under the model it asked for (the
+    default one when it named none, or before that was known), so lm-stats counts it there."""
     return {**heard.head(status), **request_fields(heard.raw), "error": message, "code": code,
-            "manifest": {"model": engine.model_id}}
+            "manifest": {"model": model_id}}
 
 
 def _sse(data: Any) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
 
 
-def create_app(engine: Scheduler, log: RequestLog | None = None):
-    """The app; with `log`, every generation request and its answer or error is a record there."""
+def create_app(roster: ModelRoster, log: RequestLog | None = None):
+    """The app over the models of `roster`; with `log`, every generation request and its answer or
+    error is a record there."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
-    metrics = ServerMetrics(engine)
+    metrics = ServerMetrics(roster)
 
     async def metrics_page(request: Request):
         from starlette.responses import Response
@@ -339,30 +342,32 @@ def create_app(engine: Scheduler, log: RequestLog | None = None):
         return Response(page, media_type=kind)
 
     async def models(request: Request):
-        return _json({"object": "list", "data": [
-            {"id": engine.model_id, "object": "model", "created": 0, "owned_by": "lmpipe", "loaded": engine.loaded}]})
+        return _json({"object": "list", "data": await run_in_threadpool(model_list, roster)})
 
     async def health(request: Request):
+        engine = roster.default
         return _json({"status": "ok", "model": engine.model_id, "loaded": engine.loaded,
-                      "queued": engine.jobs.qsize()})
+                      "queued": sum(s.jobs.qsize() for s in roster.all()),
+                      "models": [{"id": s.model_id, "loaded": s.loaded} for s in roster.all()]})
 
     def handler(chat: bool):
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
 
         async def serve(request: Request):
             heard = Heard(request, endpoint)
+            engine = roster.default  # until the request names its model
             try:
                 if log is not None:
                     await heard.read()
-                prepared = await prepare(engine, request, chat)
-                session = Session(prepared, metrics)
+                engine, prepared = await prepare(roster, request, chat)
+                session = Session(prepared, metrics.of(engine))
                 try:
                     session.submit(engine)
                 except queue.Full:
                     raise BadRequest("the server is busy: its queue is full", "queue_full", 503) from None
                 ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
                 if prepared.stream:
-                    ended = partial(logged_stream, heard, prepared, ident) if log else None
+                    ended = partial(logged_stream, engine, heard, prepared, ident) if log else None
                     return StreamingResponse(stream(engine, session, prepared, ident, ended),
                                              media_type="text/event-stream")
                 done: dict[int, Completion] = {}
@@ -377,12 +382,12 @@ def create_app(engine: Scheduler, log: RequestLog | None = None):
                     await write(answered_record(engine, heard, prepared, ident, done, 200))
                 return _json(data)
             except BadRequest as exc:
-                await write(failed_record(engine, heard, exc.status, str(exc), exc.code))
+                await write(failed_record(asked_model(heard, engine), heard, exc.status, str(exc), exc.code))
                 headers = {"Retry-After": "1"} if exc.status == 503 else None
                 return error_response(exc.status, str(exc), exc.code, headers)
             except Exception as exc:  # the server answers and carries on
                 message = f"{type(exc).__name__}: {exc}"
-                await write(failed_record(engine, heard, 500, message, "generation_failed"))
+                await write(failed_record(engine.model_id, heard, 500, message, "generation_failed"))
                 return error_response(500, message, "generation_failed")
 
         return serve
@@ -392,8 +397,8 @@ def create_app(engine: Scheduler, log: RequestLog | None = None):
         if log is not None:
             await run_in_threadpool(log.write, record)
 
-    def logged_stream(heard: Heard, prepared: PreparedRequest, ident: str, done: dict[int, Completion],
-                      whole_answer: bool) -> None:
+    def logged_stream(engine: Scheduler, heard: Heard, prepared: PreparedRequest, ident: str,
+                      done: dict[int, Completion], whole_answer: bool) -> None:
         """A stream's record, once it ended: written off the event loop, even when the stream was
         cut short (its task is being cancelled then, so it is not awaited)."""
         status = 200 if whole_answer else CLIENT_CLOSED
@@ -406,10 +411,36 @@ def create_app(engine: Scheduler, log: RequestLog | None = None):
         Route("/metrics", metrics_page),
         Route("/v1/chat/completions", handler(True), methods=["POST"]),
         Route("/v1/completions", handler(False), methods=["POST"]),
-        embeddings_route(engine),
-        *token_routes(engine),
+        embeddings_route(roster.default.settings.model),
+        *token_routes(roster),
     ]
     return Starlette(routes=routes)
+
+
+def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
+    """OpenAI's model objects, the default first: every model the server holds or has held, whether
+    it is loaded now, and, when loaded, its keep-alive and how long until it unloads (Ollama's
+    /api/ps tells the same); `max_model_len` once known, as vLLM's."""
+    now = time.monotonic()
+    out = []
+    for s in roster.all():
+        entry: dict[str, Any] = {"id": s.model_id, "object": "model", "created": 0, "owned_by": "lmpipe",
+                                 "root": str(s.ref.path), "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive}
+        if s.loaded and s.settings.keep_alive:
+            entry["expires_in_s"] = round(max(0.0, s.settings.keep_alive - (now - s.last_used)), 3)
+        if s.max_model_len:
+            entry["max_model_len"] = s.max_model_len
+        out.append(entry)
+    return out
+
+
+def asked_model(heard: Heard, engine: Scheduler) -> str:
+    """The model a refused request named, as far as it could be read; else the one it went to."""
+    try:
+        name = orjson.loads(heard.raw).get("model") if heard.raw else None
+    except (orjson.JSONDecodeError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name else engine.model_id
 
 
 def answer(prepared: PreparedRequest, c: Completion) -> tuple[str, list[dict[str, Any]] | None, str]:

@@ -108,7 +108,7 @@ class BatchTask:
         yield from self.loop.run_until_complete(all_of())
 
 
-def client_for(r: BatchRun, engine: Any) -> Any:
+def client_for(r: BatchRun, roster: Any) -> Any:
     import httpx
 
     timeout = httpx.Timeout(None, connect=30)
@@ -117,21 +117,23 @@ def client_for(r: BatchRun, engine: Any) -> Any:
         return httpx.AsyncClient(base_url=base, timeout=timeout)
     from .app import create_app
 
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(engine)), base_url="http://lm-serve",
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(roster)), base_url="http://lm-serve",
                              timeout=timeout)
 
 
 def run(r: BatchRun) -> int:
     from dataclasses import replace
 
-    from ..engine.scheduler import Scheduler
     from ..records.pipe import JsonlSink, run_records, say
+    from .roster import ModelRoster, RosterSettings
 
     job = r.pipe.job.open()  # an existing --output without --resume fails here, before the model loads
     # In-process the generation model loads at the first chat or completion line, and stays.
-    engine = None if r.server else Scheduler(replace(r.scheduler, keep_alive=0), lambda m: say("lm-batch", m))
+    # A line naming another model loads it beside the first, as lm-serve would (lmpipe.serve.roster).
+    kept = replace(r.scheduler, keep_alive=0)
+    roster = None if r.server else ModelRoster(RosterSettings((kept,), on_request=kept), lambda m: say("lm-batch", m))
     loop = asyncio.new_event_loop()
-    client = client_for(r, engine)
+    client = client_for(r, roster)
     try:
         task = BatchTask(client, loop)
         return run_records("lm-batch", task.process, JsonlSink(), r.pipe.batch_size or 8, r.pipe.progress,
@@ -139,5 +141,5 @@ def run(r: BatchRun) -> int:
     finally:
         loop.run_until_complete(client.aclose())
         loop.close()
-        if engine is not None:
-            engine.close()
+        if roster is not None:
+            roster.close()

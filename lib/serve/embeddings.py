@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 
 from ..backends.embedding import ENCODINGS, Embedder, EmbedSettings, encoded
-from ..engine.scheduler import Scheduler
 from ..errors import LmpipeError, RecordError, UsageError
 from ..models.loading import ModelSettings
 from ..models.resolve import DEFAULT_EMBEDDING_MODEL
@@ -39,7 +38,7 @@ class EmbeddingModels:
             try:
                 self.loaded[name] = Embedder(ModelSettings(name, self.device, self.dtype))
             except UsageError as exc:
-                raise BadRequest(f"model {name!r}: {exc}", "model_not_found") from None
+                raise BadRequest(f"The model `{name}` does not exist: {exc}", "model_not_found", 404) from None
         return self.loaded[name]
 
 
@@ -95,13 +94,13 @@ def answer(models: EmbeddingModels, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def embeddings_route(engine: Scheduler):
-    """The route; embedding models load on their first request, on the generation model's device."""
+def embeddings_route(settings: ModelSettings):
+    """The route; embedding models load on their first request, on the device and dtype of
+    `settings` (the default generation model's)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
     from starlette.routing import Route
 
-    settings = engine.settings.model
     models = EmbeddingModels(settings.device, settings.dtype)
 
     async def embeddings(request):

@@ -74,14 +74,6 @@ def check_fields(body: dict[str, Any], implemented: Iterable[str], endpoint: str
             raise BadRequest(f"`{name}` is not supported by {endpoint}", "unsupported_parameter")
 
 
-def check_model(body: dict[str, Any], names: Iterable[str], served: str) -> None:
-    """A 400 unless the request's `model`, when it names one, is one of `names` (the served
-    model's id or the name it was asked by)."""
-    model = body.get("model")
-    if model is not None and model not in set(names):
-        raise BadRequest(f"unknown model {model!r}; this server has {served!r}", "model_not_found")
-
-
 def typed(body: dict[str, Any], name: str, kinds: tuple[type, ...], default: Any) -> Any:
     """The field's value if it has one of `kinds` (a bool is not an int), `default` if absent or null."""
     value = body.get(name, default)

@@ -4,7 +4,8 @@ The names, types, labels (`model_name`, `engine`) and histogram buckets are vLLM
 (vllm/v1/metrics/loggers.py), so a dashboard made for vLLM reads lm-serve. Nothing is measured
 here a second time: each finished row's numbers are its Completion's (lmpipe.engine.timing's
 stats: ttft_s, total_s, the token times), and the gauges and prefix counts are read from the
-scheduler when scraped (lmpipe.engine.scheduler.Occupancy). Each app has its own registry, so
+scheduler when scraped (lmpipe.engine.scheduler.Occupancy). Every series is labelled with its
+model's id (model_name), one per model the server holds (lmpipe.serve.roster). Each app has its own registry, so
 several apps in one process (tests, lm-batch's in-process one) do not share counts.
 
 Where lm-serve differs from vLLM: times count from a row's admission into the batch, as the
@@ -15,9 +16,13 @@ KV-cache use is the running rows' tokens over max_batch × the model's context.
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from ..engine.events import Completion
 from ..engine.scheduler import Scheduler
 from ..engine.timing import gaps
+from .roster import ModelRoster
 
 LABELS = ("model_name", "engine")
 FINISHED_REASONS = ("stop", "length", "abort")
@@ -46,52 +51,44 @@ METRICS = {
 
 
 class OccupancyCollector:
-    """The scheduler's gauges and prefix-cache counts, read when the page is (prometheus_client's
-    custom collector)."""
+    """Each model's gauges and prefix-cache counts, read from its scheduler when the page is
+    (prometheus_client's custom collector)."""
 
     NAMES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
              "vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
 
-    def __init__(self, engine: Scheduler, labels: tuple[str, str]):
-        self.engine, self.labels = engine, labels
+    def __init__(self, roster: ModelRoster):
+        self.roster = roster
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        now = self.engine.occupancy()
-        values = (now.running, now.waiting, now.kv_cache_usage, now.prefix_queries, now.prefix_hits)
-        for name, value in zip(self.NAMES, values):
+        families = []
+        for name in self.NAMES:
             kind, text = METRICS[name]
-            family = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, text, labels=LABELS)
-            family.add_metric(self.labels, value)
-            yield family
+            families.append((GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, text, labels=LABELS))
+        for scheduler in self.roster.all():
+            now = scheduler.occupancy()
+            values = (now.running, now.waiting, now.kv_cache_usage, now.prefix_queries, now.prefix_hits)
+            for family, value in zip(families, values):
+                family.add_metric((scheduler.model_id, "0"), value)
+        yield from families
 
 
-class ServerMetrics:
-    """One app's metrics: `finished` observes each row's Completion, `exposition` is the page."""
+class ModelMetrics:
+    """One model's series: `finished` observes each of its rows' Completion, `aborted` its rows
+    whose client went away."""
 
-    def __init__(self, engine: Scheduler):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-
-        disable_created_metrics()  # no `_created` series, as vLLM serves none
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.labels = (engine.model_id, "0")
-        kinds = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
-
-        def made(name: str, buckets: tuple[float, ...] = (), extra: tuple[str, ...] = ()):
-            kind, text = METRICS[name]
-            options = {"buckets": buckets} if buckets else {}
-            return kinds[kind](name, text, [*LABELS, *extra], registry=self.registry, **options)
-
-        self.prompt_tokens = made("vllm:prompt_tokens").labels(*self.labels)
-        self.generation_tokens = made("vllm:generation_tokens").labels(*self.labels)
-        self.success = made("vllm:request_success", extra=("finished_reason",))
+    def __init__(self, families: dict[str, Any], model_id: str):
+        self.labels = (model_id, "0")
+        self.prompt_tokens = families["vllm:prompt_tokens"].labels(*self.labels)
+        self.generation_tokens = families["vllm:generation_tokens"].labels(*self.labels)
+        self.success = families["vllm:request_success"]
         for reason in FINISHED_REASONS:  # every series from the start, as vLLM's
             self.success.labels(*self.labels, reason)
-        self.ttft = made("vllm:time_to_first_token_seconds", TTFT_BUCKETS).labels(*self.labels)
-        self.itl = made("vllm:inter_token_latency_seconds", TOKEN_BUCKETS).labels(*self.labels)
-        self.e2e = made("vllm:e2e_request_latency_seconds", REQUEST_BUCKETS).labels(*self.labels)
-        self.registry.register(OccupancyCollector(engine, self.labels))
+        self.ttft = families["vllm:time_to_first_token_seconds"].labels(*self.labels)
+        self.itl = families["vllm:inter_token_latency_seconds"].labels(*self.labels)
+        self.e2e = families["vllm:e2e_request_latency_seconds"].labels(*self.labels)
 
     def finished(self, c: Completion, reason: str) -> None:
         """A finished row, with its finish reason as the API reports it (stop, length). A row
@@ -109,6 +106,37 @@ class ServerMetrics:
         """Rows whose client went away before they finished."""
         if rows:
             self.success.labels(*self.labels, "abort").inc(rows)
+
+
+class ServerMetrics:
+    """One app's metrics: `of(scheduler)` is a model's series (made on its first request, or at
+    the start for the models served from it), `exposition` is the page."""
+
+    def __init__(self, roster: ModelRoster):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # no `_created` series, as vLLM serves none
+        self.registry = CollectorRegistry(auto_describe=True)
+        kinds = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+        buckets = {"vllm:time_to_first_token_seconds": TTFT_BUCKETS, "vllm:inter_token_latency_seconds": TOKEN_BUCKETS,
+                   "vllm:e2e_request_latency_seconds": REQUEST_BUCKETS}
+        self.families: dict[str, Any] = {}
+        for name in ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success", *buckets):
+            kind, text = METRICS[name]
+            extra = ("finished_reason",) if name == "vllm:request_success" else ()
+            options = {"buckets": buckets[name]} if name in buckets else {}
+            self.families[name] = kinds[kind](name, text, [*LABELS, *extra], registry=self.registry, **options)
+        self.registry.register(OccupancyCollector(roster))
+        self._models: dict[str, ModelMetrics] = {}
+        self._lock = threading.Lock()
+        for scheduler in roster.all():
+            self.of(scheduler)
+
+    def of(self, scheduler: Scheduler) -> ModelMetrics:
+        with self._lock:
+            if scheduler.model_id not in self._models:
+                self._models[scheduler.model_id] = ModelMetrics(self.families, scheduler.model_id)
+            return self._models[scheduler.model_id]
 
     def exposition(self) -> tuple[bytes, str]:
         """The page and its content type."""

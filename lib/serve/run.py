@@ -1,4 +1,4 @@
-"""lm-serve's task: a scheduler from the settings (and the request log, --log), then uvicorn until Ctrl-C.
+"""lm-serve's task: the models' schedulers from the settings (and the request log, --log), then uvicorn until Ctrl-C.
 
 The listening socket is bound here, before uvicorn starts, so that the server is recorded in
 lmpipe's home (lmpipe.backends.warm) only once it truly listens, with the port it got (--port 0
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..engine.scheduler import Scheduler, SchedulerSettings
+from .roster import RosterSettings
 
 
 @dataclass(frozen=True)
 class ServeRun:
-    """One lm-serve run: the scheduler's settings, where to listen, whether to load the model now."""
+    """One lm-serve run: the models and their settings, where to listen, whether to load them now."""
 
-    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    models: RosterSettings = field(default_factory=RosterSettings)
     host: str = "127.0.0.1"
     port: int = 8080
     preload: bool = False
@@ -34,8 +34,9 @@ def run(r: ServeRun) -> int:
     from ..errors import UsageError
     from ..records.pipe import say
     from .app import create_app
+    from .roster import ModelRoster
 
-    engine = Scheduler(r.scheduler, lambda m: say("lm-serve", m))
+    roster = ModelRoster(r.models, lambda m: say("lm-serve", m))
     log = None
     if r.log:
         from .requestlog import RequestLog
@@ -44,8 +45,9 @@ def run(r: ServeRun) -> int:
             log = RequestLog(r.log, r.log_max_bytes, failed=lambda m: say("lm-serve", m))
         except OSError as exc:
             raise UsageError(f"--log {r.log}: {exc.strerror or exc}") from None
-    if r.preload:
-        engine.model()
+    if r.preload:  # as many as may be loaded at once, in the order given
+        for scheduler in roster.all()[:r.models.max_models or None]:
+            scheduler.model()
     family = socket.AF_INET6 if ":" in r.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -58,8 +60,8 @@ def run(r: ServeRun) -> int:
     port = sock.getsockname()[1]
     local = "127.0.0.1" if r.host in ("0.0.0.0", "") else "[::1]" if r.host == "::" else r.host
     url = f"http://{local}:{port}"
-    entry = warm.register(url, warm.holds(engine.model_id, r.scheduler.model, r.scheduler.decoding))
-    say("lm-serve", f"serving {engine.model_id} on http://{r.host}:{port}/v1")
+    entry = warm.register(url, [warm.holds(s.model_id, s.settings.model, s.settings.decoding) for s in roster.all()])
+    say("lm-serve", f"serving {', '.join(s.model_id for s in roster.all())} on http://{r.host}:{port}/v1")
 
     def stopped(sig: int, _frame: object) -> None:
         # uvicorn shuts down on SIGTERM, then raises it again for the exit status: the record goes first.
@@ -69,11 +71,11 @@ def run(r: ServeRun) -> int:
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        config = uvicorn.Config(create_app(engine, log), log_level="warning", access_log=False)
+        config = uvicorn.Config(create_app(roster, log), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         warm.unregister(entry)
-        engine.close()
+        roster.close()
         if log is not None:
             log.close()
     return 0

@@ -20,9 +20,9 @@ import orjson
 from ..chat.prompts import PromptSettings, messages_of
 from ..engine.scheduler import Scheduler
 from ..errors import RecordError
-from .fields import (DETOKENIZE, TOKENIZE_CHAT, TOKENIZE_TEXT, BadRequest, check_fields, check_model, error_response,
-                     read_body, typed)
+from .fields import DETOKENIZE, TOKENIZE_CHAT, TOKENIZE_TEXT, BadRequest, check_fields, error_response, read_body, typed
 from .prompts import plain_messages
+from .roster import ModelRoster
 
 
 def _ids(value: Any) -> bool:
@@ -55,7 +55,6 @@ def tokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     context length: call it off the event loop."""
     chat = "messages" in body and body["messages"] is not None
     check_fields(body, TOKENIZE_CHAT if chat else TOKENIZE_TEXT, "/tokenize")
-    check_model(body, (engine.model_id, engine.ref.name), engine.model_id)
     tok = engine.tokenizer
     if chat:
         text, special = chat_text(tok, body), typed(body, "add_special_tokens", (bool,), False)
@@ -73,7 +72,6 @@ def tokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
 def detokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     """The response body for a /detokenize request body, or BadRequest."""
     check_fields(body, DETOKENIZE, "/detokenize")
-    check_model(body, (engine.model_id, engine.ref.name), engine.model_id)
     ids = body.get("tokens")
     if not _ids(ids):
         raise BadRequest("`tokens` must be a list of token ids", "invalid_type")
@@ -82,8 +80,9 @@ def detokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": engine.tokenizer.decode(ids)}
 
 
-def token_routes(engine: Scheduler) -> list[Any]:
-    """The two routes, answering errors as every endpoint does (lmpipe.serve.fields)."""
+def token_routes(roster: ModelRoster) -> list[Any]:
+    """The two routes, each with the tokenizer of the request's `model` (lmpipe.serve.roster),
+    answering errors as every endpoint does (lmpipe.serve.fields)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
     from starlette.routing import Route
@@ -92,8 +91,10 @@ def token_routes(engine: Scheduler) -> list[Any]:
         async def serve(request):
             try:
                 body = await read_body(request)
-                return Response(orjson.dumps(await run_in_threadpool(work, engine, body)),
-                                media_type="application/json")
+                def answer() -> dict[str, Any]:
+                    return work(roster.get(body.get("model")), body)
+
+                return Response(orjson.dumps(await run_in_threadpool(answer)), media_type="application/json")
             except BadRequest as exc:
                 return error_response(exc.status, str(exc), exc.code)
             except Exception as exc:  # the server answers and carries on

@@ -220,16 +220,17 @@ def open_session(r: ChatRun) -> ChatSession:
     conversation = Conversation.load(r.load) if r.load else Conversation()
     if r.system:
         conversation.system = r.system
-    server = r.server if not r.no_server else None
+    server, name = (r.server if not r.no_server else None), r.model.model
     if server is None and not r.no_server:  # a running lm-serve holding this model, as lm-generate finds it
         from ..backends import warm
 
-        server = warm.find(warm.holds(r.model.ref().id, r.model, r.settings.decoding))
+        name = r.model.ref().id  # asked for by id: the server may serve several
+        server = warm.find(warm.holds(name, r.model, r.settings.decoding))
     if server:
         from ..backends.remote import RemoteGenerateTask, ServerClient
 
         client = ServerClient(server)
-        return ChatSession(lambda s, _old: RemoteGenerateTask(client, r.model.model, s), r.settings, conversation)
+        return ChatSession(lambda s, _old: RemoteGenerateTask(client, name, s), r.settings, conversation)
     from ..backends.generate import GenerateTask
     from ..models.loading import load
 

@@ -84,7 +84,7 @@ def run(r: GenerateRun, tty: bool) -> int:
         from ..backends.remote import RemoteGenerateTask, ServerClient
         from ..backends.warm import agent_variants
 
-        base = RemoteGenerateTask(ServerClient(warm.url), r.model.model, r.settings)
+        base = RemoteGenerateTask(ServerClient(warm.url), warm.model_id, r.settings)  # by id: it may serve several
         task = AgentTasks(base, agent_variants(base, r.model, warm.model_id), r.given)
         if sys.stderr.isatty():
             say("lm-generate", f"answering through the lm-serve running at {warm.url} (--no-server: load the model here)")

@@ -1,0 +1,128 @@
+"""The models one lm-serve holds: a scheduler per model, loaded on first use, evicted when idle.
+
+`lm-serve -m A -m B` serves both; the first is the default (a request that names no model). A
+request may also name a model the server was not started with: when it resolves as lmpipe's
+--model does (an alias, a local folder or .gguf file, a hub repo already in the cache: nothing
+is downloaded on a request's behalf), it gets a scheduler with the server's own settings, as
+Ollama loads what a request names. Anything else is vLLM's 404. Each model keeps its own
+keep-alive (lmpipe.engine.scheduler unloads it after that long idle), and with `max_models`
+at most that many are loaded at once: loading one more first evicts the least recently used
+idle model, or waits for one to become idle (Ollama's OLLAMA_MAX_LOADED_MODELS).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from ..engine.scheduler import Scheduler, SchedulerSettings
+from ..errors import LmpipeError, UsageError
+from ..models.resolve import resolve
+from .fields import BadRequest
+
+WAIT_S = 0.05  # between two looks for an idle model to evict
+
+
+@dataclass(frozen=True)
+class RosterSettings:
+    """The models to serve (the first is the default), how a model only a request names is served
+    (its settings with that name; None: such requests get a 404), and how many may be loaded at once."""
+
+    models: tuple[SchedulerSettings, ...] = (SchedulerSettings(),)
+    on_request: SchedulerSettings | None = None
+    max_models: int = 0  # 0: no bound
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise UsageError("lm-serve needs at least one model")
+        if self.max_models < 0:
+            raise UsageError("--max-models must be 0 (no bound) or more")
+
+
+def not_found(name: str) -> BadRequest:
+    """vLLM's answer for a model it does not serve."""
+    return BadRequest(f"The model `{name}` does not exist.", "model_not_found", 404)
+
+
+@dataclass
+class ModelRoster:
+    settings: RosterSettings
+    notify: Callable[[str], None] = lambda m: None
+    schedulers: dict[str, Scheduler] = field(default_factory=dict)  # by resolved model id, in the order served
+    names: dict[str, str] = field(default_factory=dict)  # what a request may call a model -> its id
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        for settings in self.settings.models:
+            ref = settings.model.ref()
+            if ref.id not in self.schedulers:
+                self._add(settings)
+            self.names.setdefault(settings.model.model or ref.name, ref.id)
+
+    @property
+    def default(self) -> Scheduler:
+        return next(iter(self.schedulers.values()))
+
+    def _add(self, settings: SchedulerSettings) -> Scheduler:
+        scheduler = Scheduler(settings, self.notify, self._gate)
+        self.schedulers[scheduler.model_id] = scheduler
+        for name in (scheduler.model_id, scheduler.ref.name):
+            self.names.setdefault(name, scheduler.model_id)
+        return scheduler
+
+    def get(self, name: str | None) -> Scheduler:
+        """The scheduler for a request's `model` (None: the default), made on first use; a 404
+        (BadRequest) when no model of that name can be served. Resolving may read the disk: call
+        it off the event loop."""
+        if name is None:
+            return self.default
+        if not isinstance(name, str) or not name.strip():
+            raise BadRequest("`model` must be a model's name", "invalid_type")
+        with self._lock:
+            if name in self.names:
+                return self.schedulers[self.names[name]]
+            base = self.settings.on_request
+            try:
+                ref = resolve(name)  # another name for a model served already, or one to load
+                if ref.id not in self.schedulers:
+                    if base is None:
+                        raise not_found(name)
+                    self._add(replace(base, model=replace(base.model, model=name)))
+            except LmpipeError:
+                raise not_found(name) from None
+            self.names[name] = ref.id
+            return self.schedulers[ref.id]
+
+    def known(self, name: str | None) -> Scheduler | None:
+        """The scheduler a name already stands for (None: the default), without making one."""
+        if name is None:
+            return self.default
+        with self._lock:
+            model_id = self.names.get(name) if isinstance(name, str) else None
+            return self.schedulers.get(model_id) if model_id else None
+
+    def all(self) -> list[Scheduler]:
+        with self._lock:
+            return list(self.schedulers.values())
+
+    def _gate(self, loading: Scheduler) -> None:
+        """Before `loading` loads: with max_models, make room by evicting the least recently used
+        idle model, waiting while every loaded one is busy. Called holding `loading`'s lock, so it
+        never waits for another scheduler's lock (evict only tries it)."""
+        bound = self.settings.max_models
+        while bound:
+            with self._lock:
+                held = [s for s in self.schedulers.values() if s is not loading and (s.loaded or s.loading)]
+                if len(held) < bound:
+                    loading.loading = True  # counted from now on, before its lock is let go
+                    return
+                for other in sorted(held, key=lambda s: s.last_used):
+                    if other.evict(f"to make room for {loading.ref.name}: --max-models {bound}"):
+                        break
+            time.sleep(WAIT_S)
+
+    def close(self) -> None:
+        for scheduler in self.all():
+            scheduler.close()

@@ -1,0 +1,138 @@
+"""lm-serve with several models: each answers by name, keep-alive per model, --max-models evicts,
+a model named only by a request loads (or is a 404), and /metrics labels every series by model."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from conftest import run_tool
+from serve_helpers import Server
+
+
+def greedy(folder, prompt: str, n: int = 8) -> str:
+    """transformers' own greedy answer, chat template applied."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def chat(server: Server, model: str | None, prompt: str, n: int = 8) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": n, "temperature": 0}
+    if model is not None:
+        body["model"] = model
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+
+
+def listed(server: Server) -> dict[str, dict]:
+    return {m["id"]: m for m in httpx.get(server.url + "/v1/models", timeout=30).json()["data"]}
+
+
+def wait_for(condition, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def finished_by_model(page: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(page):
+        if family.name == "vllm:request_success":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    model = sample.labels["model_name"]
+                    out[model] = out.get(model, 0) + sample.value
+    return out
+
+
+def test_two_models_answer_by_name_and_the_idle_one_unloads_after_its_keep_alive(embedded, tiny_llama):
+    s = Server(embedded, "-m", str(tiny_llama), "--model-option", str(tiny_llama), "keep-alive=1")
+    try:
+        models = listed(s)
+        assert list(models) == [str(embedded), str(tiny_llama)]  # the first -m is the default, listed first
+        assert not any(m["loaded"] for m in models.values())
+        tiny = chat(s, str(tiny_llama), "Paris is")
+        big = chat(s, None, "What is the capital of France?")  # no model: the default
+        assert tiny.status_code == big.status_code == 200
+        assert tiny.json()["model"] == str(tiny_llama) and big.json()["model"] == str(embedded)
+        assert tiny.json()["choices"][0]["message"]["content"] == greedy(tiny_llama, "Paris is")
+        assert big.json()["choices"][0]["message"]["content"] == greedy(embedded, "What is the capital of France?")
+        models = listed(s)
+        assert models[str(embedded)]["loaded"] and models[str(embedded)]["keep_alive_s"] == 300
+        assert models[str(embedded)]["max_model_len"] == 8192
+        # The tiny one's keep-alive is 1 s, the embedded one's the server's 300 s.
+        assert wait_for(lambda: not listed(s)[str(tiny_llama)]["loaded"])
+        assert listed(s)[str(embedded)]["loaded"]
+        assert chat(s, str(tiny_llama), "Paris is").json()["choices"][0]["message"]["content"] == tiny.json()[
+            "choices"][0]["message"]["content"]  # loaded again on its next request
+    finally:
+        s.stop()
+
+
+def test_max_models_evicts_the_least_recently_used_idle_model(tiny_llama, tiny_llama_raw):
+    s = Server(tiny_llama, "-m", str(tiny_llama_raw), "--max-models", "1")
+    try:
+        assert chat(s, str(tiny_llama), "Paris is").status_code == 200
+        assert {k: m["loaded"] for k, m in listed(s).items()} == {str(tiny_llama): True, str(tiny_llama_raw): False}
+        completion = httpx.post(s.url + "/v1/completions", timeout=120,
+                                json={"model": str(tiny_llama_raw), "prompt": "Paris is", "max_tokens": 4})
+        assert completion.status_code == 200
+        assert {k: m["loaded"] for k, m in listed(s).items()} == {str(tiny_llama): False, str(tiny_llama_raw): True}
+        assert chat(s, str(tiny_llama), "Paris is").status_code == 200  # and back
+        assert {k: m["loaded"] for k, m in listed(s).items()} == {str(tiny_llama): True, str(tiny_llama_raw): False}
+    finally:
+        s.stop()
+    said = s.proc.stderr.read().decode()
+    assert f"unloaded {tiny_llama} (to make room for {tiny_llama_raw}: --max-models 1)" in said
+
+
+def test_a_model_only_a_request_names_loads_unless_listed_only(tiny_llama, long_llama):
+    s = Server(tiny_llama)
+    try:
+        other = chat(s, str(long_llama), "Paris is")
+        assert other.status_code == 200 and other.json()["model"] == str(long_llama)
+        assert list(listed(s)) == [str(tiny_llama), str(long_llama)]
+        # Tokens come from the model asked for: long_llama is tiny_llama with a longer context.
+        tokens = httpx.post(s.url + "/tokenize", json={"model": str(long_llama), "prompt": "Paris"}, timeout=60).json()
+        assert tokens["max_model_len"] == 2048
+        counts = finished_by_model(httpx.get(s.url + "/metrics", timeout=30).text)
+        assert counts == {str(tiny_llama): 0, str(long_llama): 1}
+    finally:
+        s.stop()
+    strict = Server(tiny_llama, "--listed-only")
+    try:
+        refused = chat(strict, str(long_llama), "Paris is")
+        assert refused.status_code == 404
+        assert refused.json()["error"]["message"] == f"The model `{long_llama}` does not exist."
+        assert list(listed(strict)) == [str(tiny_llama)]
+    finally:
+        strict.stop()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--model-option", "other", "quantize=int8"), "lm-serve: error: --model-option other: not one of the -m models"),
+    (("--model-option", "MODEL", "speed=fast"), "lm-serve: error: --model-option MODEL speed=fast: expected KEY=VALUE with KEY one of"),
+    (("--model-option", "MODEL", "quantize=int3"), "lm-serve: error: --model-option MODEL quantize=int3: quantize must be one of int8, int4"),
+    (("--model-option", "MODEL", "keep-alive=soon"), "lm-serve: error: --model-option MODEL keep-alive=soon: keep-alive must be a number"),
+])
+def test_a_bad_model_option_is_a_usage_error(tiny_llama, args, message):
+    args = tuple(str(tiny_llama) if a == "MODEL" else a for a in args)
+    result = run_tool("lm-serve", "-m", str(tiny_llama), "--port", "0", *args)
+    assert result.returncode == 2
+    said = result.stderr.decode()
+    assert said.startswith(message.replace("MODEL", str(tiny_llama))) and said.count("\n") == 1, said
