@@ -136,3 +136,63 @@ def test_a_bad_model_option_is_a_usage_error(tiny_llama, args, message):
     assert result.returncode == 2
     said = result.stderr.decode()
     assert said.startswith(message.replace("MODEL", str(tiny_llama))) and said.count("\n") == 1, said
+
+
+def test_load_64_concurrent_requests_over_two_models_with_8_clients_killed_mid_stream(embedded, long_llama):
+    """Mixed streaming and whole answers to both models at once; eight clients (four per model)
+    leave after their first token. Every other request gets transformers' greedy answer, the
+    server goes on serving, and /metrics counts each model's finished rows and its aborts."""
+    import asyncio
+
+    import orjson
+
+    prompts = ["Paris is", "The quick brown fox", "Pipes connect", "What is the capital of France?"]
+    expected = {str(m): [greedy(m, p) for p in prompts] for m in (embedded, long_llama)}
+    s = Server(embedded, "-m", str(long_llama), "--max-queue", "128", "--max-batch", "8")
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[str, str | None]:
+        model = str(embedded if i % 2 else long_llama)
+        body = {"model": model, "messages": [{"role": "user", "content": prompts[i // 2 % 4]}], "temperature": 0}
+        if i % 16 < 2:  # a client that leaves (4 per model): a grammar that forbids the end keeps its row decoding
+            body.update(max_tokens=1500, regex="a{2000}", stream=True)
+            async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: ") and '"content":"a' in line:
+                        break  # the connection closes with the block: the client is gone
+            return model, None
+        body["max_tokens"] = 8
+        if i % 4 >= 2:
+            async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+                parts = [orjson.loads(line[6:]) for line in [x async for x in r.aiter_lines()]
+                         if line.startswith("data: ") and line != "data: [DONE]"]
+            return model, "".join(p["choices"][0]["delta"].get("content") or "" for p in parts if p["choices"])
+        r = await client.post("/v1/chat/completions", json=body)
+        return model, r.json()["choices"][0]["message"]["content"]
+
+    async def load() -> list[tuple[str, str | None]]:
+        limits = httpx.Limits(max_connections=80, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=s.url, timeout=300, limits=limits) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(64)))
+
+    try:
+        answers = asyncio.run(load())
+        for i, (model, text) in enumerate(answers):
+            if i % 16 >= 2:
+                assert text == expected[model][i // 2 % 4], (i, model)
+        assert s.alive() and chat(s, str(long_llama), prompts[0]).json()["choices"][0]["message"]["content"] == \
+            expected[str(long_llama)][0]
+        from prometheus_client.parser import text_string_to_metric_families
+
+        rows: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(httpx.get(s.url + "/metrics", timeout=30).text):
+            if family.name == "vllm:request_success":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = (sample.labels["model_name"], sample.labels["finished_reason"])
+                        rows[key] = rows.get(key, 0) + sample.value
+        for model in (str(embedded), str(long_llama)):
+            assert rows[(model, "abort")] == 4
+        assert rows[(str(embedded), "stop")] + rows[(str(embedded), "length")] == 28
+        assert rows[(str(long_llama), "stop")] + rows[(str(long_llama), "length")] == 29  # with the one after
+    finally:
+        s.stop()
