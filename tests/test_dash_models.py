@@ -131,3 +131,27 @@ def test_the_real_lm_cache_ls_as_the_screen_shows_it(embedded):
     ids, total = asyncio.run(scenario())
     assert ids == [r["id"] for r in sorted(listed, key=lambda r: (-r["size_bytes"], r["id"]))]
     assert total == f"{len(listed)} models · total {cache_tools.human_size(sum(r['size_bytes'] for r in listed))}"
+
+
+def test_the_screen_shows_what_a_running_lm_serve_holds(tiny_llama, long_llama):
+    import httpx
+    from serve_helpers import Server
+
+    server = Server(tiny_llama, "-m", str(long_llama))
+    try:
+        reply = httpx.post(server.url + "/v1/completions", timeout=120,
+                           json={"model": str(long_llama), "prompt": "Paris is", "max_tokens": 2})
+        assert reply.status_code == 200
+
+        async def scenario():
+            app = create_app(screen="models")
+            async with app.run_test(size=(120, 40)) as pilot:
+                table = app.screen.query_one("#served-table")
+                await wait_for(pilot, lambda: table.row_count >= 2)
+                return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+        rows = [r for r in asyncio.run(scenario()) if r[0] == server.url.removeprefix("http://")]
+    finally:
+        server.stop()
+    assert [r[1] for r in rows] == [str(tiny_llama), str(long_llama)]
+    assert rows[0][2] == "not loaded" and rows[1][2].startswith("loaded, unloads in ")

@@ -73,6 +73,12 @@ class ModelsListed(Message):
 
 
 @dataclass
+class ServedListed(Message):
+    models: list[Any]  # lmpipe.tui.served.ServedModel
+    error: str | None = None  # the servers could not be listed: why
+
+
+@dataclass
 class ModelInfoReady(Message):
     info: dict[str, Any]
 

@@ -19,7 +19,7 @@ import socket
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .. import paths
@@ -66,24 +66,36 @@ def listening(url: str) -> bool:
         return False
 
 
-def find(held: dict[str, Any]) -> str | None:
-    """The URL of a running server that holds exactly `held`, or None. Files of servers that are
-    gone are removed on the way (one refused local connect each)."""
+def running(wanted: Callable[[dict[str, Any]], bool] = lambda entry: True) -> list[dict[str, Any]]:
+    """The entries (url, pid, holds) of the servers running now that `wanted` accepts; only those
+    are connected to. Files of servers that are gone are removed on the way (one refused local
+    connect each)."""
     folder = paths.servers_dir()
     if not folder.is_dir():
-        return None
+        return []
+    out = []
     for path in sorted(folder.glob("*.json")):
         try:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # being replaced by its server right now, or not ours
-        models = entry.get("holds")
-        if held not in (models if isinstance(models, list) else [models]):
+        if not wanted(entry):
             continue
         if listening(entry["url"]):
-            return entry["url"]
-        path.unlink(missing_ok=True)
-    return None
+            out.append(entry)
+        else:
+            path.unlink(missing_ok=True)
+    return out
+
+
+def find(held: dict[str, Any]) -> str | None:
+    """The URL of a running server that holds exactly `held`, or None."""
+    def holding(entry: dict[str, Any]) -> bool:
+        models = entry.get("holds")
+        return held in (models if isinstance(models, list) else [models])
+
+    found = running(holding)
+    return found[0]["url"] if found else None
 
 
 def agent_variants(base: Any, model_settings: Any, served_id: str):

@@ -1,4 +1,5 @@
-"""The models screen: the cache as lm-cache-ls sees it, details from lm-model-info, deletion."""
+"""The models screen: what running lm-serve processes hold, the cache as lm-cache-ls sees it,
+details from lm-model-info, deletion."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from ..cache_tools import CachedModel, ToolFailed, ToolMissing, human_size, list_models, model_info, remove_model
-from ..messages import ModelInfoReady, ModelsFailed, ModelsListed
+from ..messages import ModelInfoReady, ModelsFailed, ModelsListed, ServedListed
+from ..served import served_models
 from .dialogs import Confirm
+
+
+SERVED_REFRESH_S = 5.0  # the served models' states (loaded, unloading in ...) change on their own
 
 
 class ModelsScreen(Screen):
@@ -28,6 +33,7 @@ class ModelsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield DataTable(id="served-table", cursor_type="none", zebra_stripes=True)
         yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="models-total")
         yield Static("", id="model-info")
@@ -35,6 +41,11 @@ class ModelsScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#models-table").border_title = "Cached models (largest first)"
+        self.query_one("#served-table").border_title = "Served (lm-serve)"
+        served = self.query_one("#served-table", DataTable)
+        for label, width in (("server", 22), ("model", 30), ("state", 24)):
+            served.add_column(label, width=width)
+        self.set_interval(SERVED_REFRESH_S, self.load_served)
         self.query_one("#model-info").border_title = "Details"
         table = self.query_one("#models-table", DataTable)
         for label, width in (("model", 30), ("kind", 8), ("size", 9), ("revs", 4), ("files", 5), ("accessed", 10)):
@@ -45,6 +56,22 @@ class ModelsScreen(Screen):
     def action_refresh(self) -> None:
         self.query_one("#models-total", Static).update("reading the cache…")
         self.load_models()
+        self.load_served()
+
+    @work(thread=True, exclusive=True, group="served")
+    def load_served(self) -> None:
+        try:
+            self.post_message(ServedListed(served_models()))
+        except OSError as exc:  # lmpipe's home unreadable: said where the servers would be
+            self.post_message(ServedListed([], f"{exc.strerror or exc}"))
+
+    def on_served_listed(self, message: ServedListed) -> None:
+        table = self.query_one("#served-table", DataTable)
+        table.clear()
+        for m in message.models:
+            table.add_row(m.server.removeprefix("http://"), Text(m.id), m.state)
+        table.border_title = ("Served (lm-serve)" if message.models else
+                              f"Served (lm-serve): {message.error or 'none running'}")
 
     @work(thread=True, exclusive=True, group="models")
     def load_models(self) -> None:

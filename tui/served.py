@@ -1,0 +1,56 @@
+"""The models screen's view of running servers: every lm-serve recorded in lmpipe's home (and
+LMPIPE_SERVER, when set), asked for its /v1/models. A server that does not answer is named with
+why, not raised.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+PROBE_TIMEOUT = 2.0  # seconds; these are local servers
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    server: str  # its base URL
+    id: str
+    loaded: bool
+    keep_alive_s: float | None = None
+    expires_in_s: float | None = None
+    error: str | None = None  # the server did not answer: why (id is then "?")
+
+    @property
+    def state(self) -> str:
+        if self.error:
+            return self.error
+        if not self.loaded:
+            return "not loaded"
+        return f"loaded, unloads in {self.expires_in_s:.0f} s" if self.expires_in_s is not None else "loaded"
+
+
+def servers() -> list[str]:
+    """The base URLs to ask: LMPIPE_SERVER first, then the servers running here."""
+    from lmpipe.backends import warm
+
+    urls = [os.environ["LMPIPE_SERVER"].rstrip("/").removesuffix("/v1")] if os.environ.get("LMPIPE_SERVER") else []
+    return list(dict.fromkeys([*urls, *(entry["url"] for entry in warm.running())]))
+
+
+def served_models(urls: list[str] | None = None) -> list[ServedModel]:
+    import httpx
+
+    out: list[ServedModel] = []
+    for url in servers() if urls is None else urls:
+        try:
+            response = httpx.get(url + "/v1/models", timeout=PROBE_TIMEOUT)
+            response.raise_for_status()
+            data: list[dict[str, Any]] = response.json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            out.append(ServedModel(url, "?", False, error=f"no answer ({type(exc).__name__})"))
+            continue
+        for m in data:
+            out.append(ServedModel(url, str(m.get("id")), bool(m.get("loaded", True)), m.get("keep_alive_s"),
+                                   m.get("expires_in_s")))
+    return out
