@@ -259,7 +259,8 @@ def serve_run(o: Options) -> "ServeRun":
     scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
                                   max_queue=o["max_queue"], keep_alive=o["keep_alive"])
     return ServeRun(scheduler, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
-                    log_max_bytes=int(o["log_rotate"] * 1024 * 1024))
+                    log_max_bytes=int(o["log_rotate"] * 1024 * 1024),
+                    allow_local_images=bool(o.get("allow_local_images")))
 
 
 def embed_run(o: Options) -> "EmbedRun":
