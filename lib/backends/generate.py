@@ -18,6 +18,7 @@ from ..engine.generation import generate
 from ..engine.sampling import Sampling
 from ..errors import RecordError
 from ..models.loading import LoadedModel, context_length
+from ..models.processors import image_token_count
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
 from ..records.runner import Finished, Streamed
@@ -132,17 +133,9 @@ class GenerateTask:
             raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
         return ids, plan, image
 
-    def image_tokens(self, ids: list[int]) -> int | None:
-        if self.lm.processor is None:
-            return None
-        from ..models.processors import image_token_ids
-
-        marks = image_token_ids(self.lm.processor)
-        return sum(1 for i in ids if i in marks)
-
     def output(self, item: Item, c: Completion, plan: Plan, ids: list[int] | None = None) -> Finished:
         tokens = [token_record(t) for t in c.tokens] if self.settings.top_probs else None
-        counted = self.image_tokens(ids) if ids is not None else None
+        counted = image_token_count(self.lm.processor, ids) if ids is not None else None
         return answer_record(item, self.settings, plan, c.text, c.finish_reason,
                              stats(c, self.settings.ttnt, counted), self.manifest, tokens)
 

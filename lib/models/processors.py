@@ -80,3 +80,11 @@ def image_token_ids(processor: Any) -> set[int]:
         if isinstance(value, int) and value != tokenizer.unk_token_id:
             ids.add(value)
     return ids
+
+
+def image_token_count(processor: Any, ids: Any) -> int | None:
+    """How many of a prompt's ids stand for images (stats' image_tokens); None for a text model."""
+    if processor is None:
+        return None
+    marks = image_token_ids(processor)
+    return sum(1 for i in ids if i in marks)
