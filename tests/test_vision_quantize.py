@@ -16,7 +16,8 @@ from lmpipe.models.loading import ModelSettings, load
 def prefill_logits(lm, path, text="Describe this image."):
     from PIL import Image
 
-    from lmpipe.engine.multimodal import ImageRows, image_prompt
+    from lmpipe.engine.decoding import ImageRows
+    from lmpipe.engine.multimodal import image_prompt
 
     content = [{"type": "image"}, {"type": "text", "text": text}]
     prompt = lm.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,

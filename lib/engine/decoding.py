@@ -149,6 +149,43 @@ def torch_cat_ones(mask):
     return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
 
 
+class ImageRows:
+    """The decoder of a batch with images: transformers' forward with a dynamic cache, the
+    processor's inputs at prefill, plain steps after (lmpipe.engine.multimodal says how)."""
+
+    def __init__(self, model: Any, inputs: dict[str, Any], device: Any):
+        from transformers import DynamicCache
+
+        self.model = model
+        moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        self.ids, self.mask = moved.pop("input_ids"), moved.pop("attention_mask")
+        if (pixels := moved.get("pixel_values")) is not None and pixels.is_floating_point():
+            moved["pixel_values"] = pixels.to(model.dtype)
+        self.extras = moved
+        self.cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+        self.positions = model._prepare_position_ids_for_generation(
+            self.ids, {"attention_mask": self.mask, "cache": self.cache, **moved})
+
+    def prefill(self, ids, every: bool = False):
+        return forward(self.model, self.ids, self.mask, self.positions, self.cache, True, every=every,
+                       extras=self.extras)
+
+    def step(self, chosen):
+        import torch
+
+        from .multimodal import PER_TOKEN
+
+        self.mask = torch_cat_ones(self.mask)
+        self.positions = self.positions[..., -1:] + 1
+        step: dict[str, Any] = {}
+        for key in PER_TOKEN:
+            if (value := self.extras.get(key)) is not None:
+                grown = value[:, -1:] if key == "token_type_ids" else torch.zeros_like(value[:, -1:])
+                self.extras[key] = torch.cat([value, grown], dim=-1)
+                step[key] = grown
+        return forward(self.model, chosen[:, None], self.mask, self.positions, self.cache, True, extras=step)
+
+
 def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
     from ..models.fastpath import unsupported
 
@@ -201,7 +238,7 @@ class StaticBatch:
         if self.run is not None:
             raise RuntimeError("a static batch admits its rows together")
         if inputs and any(x is not None for x in inputs):
-            from .multimodal import ImageRows, batch_inputs
+            from .multimodal import batch_inputs
 
             if self.processor is None or any(x is None for x in inputs):
                 raise RuntimeError("rows with images need the model's processor, and every row of the batch its inputs")

@@ -12,6 +12,8 @@ the batch is what transformers' own `generate(**processor(...))` would be given.
   or Qwen2-VL's M-RoPE positions with their rope deltas), and grow by one per step;
 - decode steps feed the token, the grown mask and positions, and only the per-token inputs
   (token_type_ids repeat their last value, mm_token_type_ids are 0: text), never the pixels.
+
+lmpipe.engine.decoding.ImageRows runs those forwards; this module makes their inputs.
 """
 
 from __future__ import annotations
@@ -53,42 +55,3 @@ def batch_inputs(processor: Any, prompts: Sequence[ImagePrompt]) -> dict[str, An
         if row != p.ids:
             raise RuntimeError(f"the processor gave row {i} other ids in a batch than alone")
     return dict(out)
-
-
-class ImageRows:
-    """The decoder of a batch with images (lmpipe.engine.decoding's role for text): transformers'
-    forward with a dynamic cache, the processor's inputs at prefill."""
-
-    def __init__(self, model: Any, inputs: dict[str, Any], device: Any):
-        from transformers import DynamicCache
-
-        self.model = model
-        moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        self.ids, self.mask = moved.pop("input_ids"), moved.pop("attention_mask")
-        if (pixels := moved.get("pixel_values")) is not None and pixels.is_floating_point():
-            moved["pixel_values"] = pixels.to(model.dtype)
-        self.extras = moved
-        self.cache = DynamicCache(config=model.config.get_text_config(decoder=True))
-        self.positions = model._prepare_position_ids_for_generation(
-            self.ids, {"attention_mask": self.mask, "cache": self.cache, **moved})
-
-    def prefill(self, ids, every: bool = False):
-        from .decoding import forward
-
-        return forward(self.model, self.ids, self.mask, self.positions, self.cache, True, every=every,
-                       extras=self.extras)
-
-    def step(self, chosen):
-        import torch
-
-        from .decoding import forward, torch_cat_ones
-
-        self.mask = torch_cat_ones(self.mask)
-        self.positions = self.positions[..., -1:] + 1
-        step: dict[str, Any] = {}
-        for key in PER_TOKEN:
-            if (value := self.extras.get(key)) is not None:
-                grown = value[:, -1:] if key == "token_type_ids" else torch.zeros_like(value[:, -1:])
-                self.extras[key] = torch.cat([value, grown], dim=-1)
-                step[key] = grown
-        return forward(self.model, chosen[:, None], self.mask, self.positions, self.cache, True, extras=step)
