@@ -9,10 +9,16 @@ from lmpipe.cli.options import (batch_option, draft_options, field_options, give
                                 model_options, progress_option, remote_options, sampling_options, server_option,
                                 speed_options)
 from lmpipe.records.pipe import stdout_is_tty
+from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ = {
     "text": "The prompt (or the field named by --field).",
-    "messages": "A chat, [{\"role\": ..., \"content\": ...}, ...], used instead of the text field when present.",
+    "messages": "A chat, [{\"role\": ..., \"content\": ...}, ...], used instead of the text field when present; "
+                "content may be a list of OpenAI parts: text, and image_url (a data: URL or a path) for a "
+                "vision-language model.",
+    "image": "For a vision-language model: an image path or data: URL (or a list of them), put before the prompt.",
+    "images": "For a vision-language model: a list of image paths or data: URLs.",
+    "image_b64": "For a vision-language model: an image as base64 (or a list of them).",
     "tools": "Tools the model may call, in OpenAI's form [{\"type\": \"function\", \"function\": {name, description, parameters}}].",
     "tool_choice": "This record's --tool-choice: auto, required, none, a tool name or {\"function\": {\"name\": ...}}.",
     "id": "With --output --resume: what the record is known by (else the SHA-256 of the whole record).",
@@ -24,7 +30,8 @@ FIELDS_WRITTEN = {
     "generated": "The generated text (or the field named by --out).",
     "reasoning": "The model's reasoning, when it wrote some apart from the answer.",
     "tokens": "With --top-probs: each token's id, text, probability `p` and its likeliest alternatives `top`.",
-    "stats": "input_tokens, output_tokens, ttft_s, tokens_per_s, total_s, finish_reason (and ttnt_s with --ttnt).",
+    "stats": "input_tokens, output_tokens, ttft_s, tokens_per_s, total_s, finish_reason (and ttnt_s with --ttnt); "
+             "for a vision-language model image_tokens: how many of the input tokens stand for images.",
     "manifest": "model, kind, revision or sha256, settings, device, dtype and versions: what made the text; "
                 "for a record with an agent, `agent`: {file, applied, overridden}.",
     "json": "With --json-schema: the answer parsed, validated against the schema.",
@@ -61,6 +68,10 @@ FIELDS_WRITTEN = {
 @click.option("--tool-choice", default="auto", show_default=True, metavar="auto|required|none|NAME",
               help="For records with `tools`: may call (auto), must call (required), must not (none), or must call NAME.")
 @click.option("--ttnt", type=click.IntRange(min=1), default=None, metavar="N", help="Also report the time to the N-th token.")
+@click.option("--image", "images", multiple=True, metavar="PATH",
+              help="An image for a vision-language model, given with every record (repeatable; a path or a data: URL).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images with more pixels than this (decompression bombs).")
 def main(**options):
     """Generate text for every JSONL record on stdin (or for PROMPT).
 
@@ -75,6 +86,7 @@ def main(**options):
       lm-generate --choice yes --choice no "Is the sky blue?"
       lm-generate --shard 0/4 --output part0.jsonl --progress json < big.jsonl
       lm-template --agent translator.toml < texts.jsonl | lm-generate
+      lm-generate -m HuggingFaceTB/SmolVLM-256M-Instruct --image cat.jpg "Describe this image"
     """
     from lmpipe.cli.settings import generate_run
     from lmpipe.tasks.generate import run

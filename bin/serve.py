@@ -42,6 +42,8 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
                    "lm-stats < FILE summarises them per model.")
 @click.option("--log-rotate", type=click.FloatRange(min=0), default=100.0, show_default=True, metavar="MB",
               help="Rotate the --log file past this size (FILE.1 ... FILE.5 kept; 0: never).")
+@click.option("--allow-local-images", is_flag=True,
+              help="A chat's image_url may be a path on this machine (file:// or plain); else only data: URLs.")
 def main(**options):
     """Serve models with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 

@@ -140,3 +140,35 @@ def tiny_m2m100(tmp_path_factory) -> Path:
     from tiny_seq2seq import build_m2m100
 
     return build_m2m100(tmp_path_factory.mktemp("tiny-m2m100"))
+
+
+# Vision-language models (tests/tiny_vlms.py): real configs and processors, random weights.
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    from tiny_vlms import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3(tmp_path_factory) -> Path:
+    from tiny_vlms import build_tiny_idefics3
+
+    return build_tiny_idefics3(tmp_path_factory.mktemp("tiny-idefics3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(tmp_path_factory) -> Path:
+    from tiny_vlms import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """Good images of different sizes and shapes (noise, so each one looks different to a model)."""
+    from tiny_images import save_rgb
+
+    folder = tmp_path_factory.mktemp("photos")
+    return {"wide": save_rgb(folder / "wide.png", 40, 30, seed=1), "tall": save_rgb(folder / "tall.jpg", 20, 60, seed=2),
+            "square": save_rgb(folder / "square.png", 64, 64, seed=3)}

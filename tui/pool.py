@@ -58,7 +58,7 @@ class Reply:
     ids: tuple[int, ...] = ()  # the reply's tokens, as generated
 
 
-def chat_turn(engine: ModelPool, messages: list[dict[str, str]], settings: ChatSettings,
+def chat_turn(engine: ModelPool, messages: list[dict[str, Any]], settings: ChatSettings,
               on_text: Callable[[str, int], None], cancelled: Callable[[], bool]) -> Reply:
     """Generate the assistant's reply to `messages`, reporting the text as it streams."""
     from lmpipe.backends.generate import stats
@@ -67,13 +67,22 @@ def chat_turn(engine: ModelPool, messages: list[dict[str, str]], settings: ChatS
     from lmpipe.engine.events import Completion, Token
     from lmpipe.engine.generation import generate
     from lmpipe.engine.sampling import Sampling
+    from lmpipe.models.processors import image_token_count
 
     lm = engine.model(settings.model)
-    ids = prompt_ids({"messages": messages}, lm.tokenizer, PromptSettings())
+    images: list[Any] = []
+    if lm.processor is not None:  # a vision-language model: the messages' image_url parts are its images
+        from lmpipe.backends.vision_prompts import ImageSource, vision_prompt
+
+        images = [vision_prompt({"messages": messages}, lm.processor, PromptSettings(), ImageSource())]
+        ids = images[0].ids
+    else:
+        ids = prompt_ids({"messages": messages}, lm.tokenizer, PromptSettings())
     sampling = Sampling(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                         seed=settings.seed).with_seed()
     text, got = "", []
-    for event in generate(lm.model, lm.tokenizer, [ids], sampling, device=lm.device):
+    for event in generate(lm.model, lm.tokenizer, [ids], sampling, device=lm.device, inputs=images,
+                          processor=lm.processor):
         if cancelled():
             break
         if isinstance(event, Token):
@@ -82,7 +91,7 @@ def chat_turn(engine: ModelPool, messages: list[dict[str, str]], settings: ChatS
             on_text(text, len(got))
         elif isinstance(event, Completion):
             reasoning, answer = split_reasoning(event.text)
-            return Reply(answer, reasoning, stats(event, None), event.ids)
+            return Reply(answer, reasoning, stats(event, None, image_token_count(lm.processor, ids)), event.ids)
     reasoning, answer = split_reasoning(text)
     return Reply(answer, reasoning, {"output_tokens": len(got), "finish_reason": "cancelled"}, tuple(got))
 

@@ -18,9 +18,11 @@ from ..engine.generation import generate
 from ..engine.sampling import Sampling
 from ..errors import RecordError
 from ..models.loading import LoadedModel, context_length
+from ..models.processors import image_token_count
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
 from ..records.runner import Finished, Streamed
+from .vision_prompts import ImageSource, vision_prompt
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,11 @@ class GenerateSettings:
     constraint: Constraint | None = None
     tool_choice: str = "auto"
     decoding: Decoding = field(default_factory=Decoding)
+    images: ImageSource = field(default_factory=ImageSource)  # a vision-language model's images
 
 
-def stats(c: Completion, ttnt: int | None) -> dict[str, Any]:
+def stats(c: Completion, ttnt: int | None, image_tokens: int | None = None) -> dict[str, Any]:
+    """`image_tokens`: for a vision-language model, how many of the input tokens stand for images."""
     out = {
         "input_tokens": c.input_tokens,
         "output_tokens": c.output_tokens,
@@ -44,6 +48,8 @@ def stats(c: Completion, ttnt: int | None) -> dict[str, Any]:
         "total_s": c.total_s,
         "finish_reason": c.finish_reason,
     }
+    if image_tokens is not None:
+        out["image_tokens"] = image_tokens
     if ttnt:
         out["ttnt"] = ttnt
         out["ttnt_s"] = round(c.token_seconds[ttnt - 1], 6) if len(c.token_seconds) >= ttnt else None
@@ -94,7 +100,12 @@ class GenerateTask:
         """`draft`: the draft model another task already loaded (checked again for this model and
         these settings); without it, the one `settings.decoding` names is loaded."""
         from ..engine.speculative import check_draft, load_draft, manifest_part
+        from ..errors import UsageError
 
+        if settings.images.images and lm.processor is None:
+            raise UsageError(f"--image needs a vision-language model; {lm.ref.name} reads text only")
+        if lm.processor is not None and (draft is not None or settings.decoding.draft):
+            raise UsageError("a vision-language model decodes without a draft model (drop --draft-model)")
         self.lm = lm
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
@@ -108,27 +119,36 @@ class GenerateTask:
         if settings.constraint is not None:
             model_ll_tokenizer(lm.model, lm.tokenizer)  # built now, so a problem shows before any record is read
 
-    def prepare(self, item: Item) -> tuple[list[int], Plan]:
+    def prepare(self, item: Item) -> tuple[list[int], Plan, Any]:
+        """The record's prompt ids, its answer's plan, and (a vision-language model) its ImagePrompt."""
         record = item.record or {}
         plan = plan_for(record, self.settings.constraint, self.settings.tool_choice)
-        ids = prompt_ids(record, self.lm.tokenizer, self.settings.prompt, plan.tools)
+        image = None
+        if self.lm.processor is not None:
+            image = vision_prompt(record, self.lm.processor, self.settings.prompt, self.settings.images, plan.tools)
+            ids = image.ids
+        else:
+            ids = prompt_ids(record, self.lm.tokenizer, self.settings.prompt, plan.tools)
         if self.context and len(ids) >= self.context:
             raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
-        return ids, plan
+        return ids, plan, image
 
-    def output(self, item: Item, c: Completion, plan: Plan) -> Finished:
+    def output(self, item: Item, c: Completion, plan: Plan, ids: list[int] | None = None) -> Finished:
         tokens = [token_record(t) for t in c.tokens] if self.settings.top_probs else None
-        return answer_record(item, self.settings, plan, c.text, c.finish_reason, stats(c, self.settings.ttnt),
-                             self.manifest, tokens)
+        counted = image_token_count(self.lm.processor, ids) if ids is not None else None
+        return answer_record(item, self.settings, plan, c.text, c.finish_reason,
+                             stats(c, self.settings.ttnt, counted), self.manifest, tokens)
 
     def process(self, batch: list[Item]) -> Iterator[Finished | Streamed]:
         ready: list[tuple[Item, list[int]]] = []
         plans: list[Plan] = []
+        images: list[Any] = []
         for item in batch:
             try:
-                ids, plan = self.prepare(item)
+                ids, plan, image = self.prepare(item)
                 ready.append((item, ids))
                 plans.append(plan)
+                images.append(image)
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
         if not ready:
@@ -147,6 +167,8 @@ class GenerateTask:
             constraints=[row_constraints(self.lm.model, self.lm.tokenizer, p.grammar) for p in plans],
             decoding=self.settings.decoding,
             draft=self.draft.model if self.draft else None,
+            inputs=images if self.lm.processor is not None else (),
+            processor=self.lm.processor,
         )
         finished: set[int] = set()
         try:
@@ -156,7 +178,7 @@ class GenerateTask:
                     yield Streamed(item, event)
                 else:
                     finished.add(event.row)
-                    yield self.output(item, event, plans[event.row])
+                    yield self.output(item, event, plans[event.row], ready[event.row][1])
         except (RuntimeError, ValueError, IndexError) as exc:
             # The batch as a whole failed (out of memory, a model bug): every unfinished record says so.
             for row, (item, _) in enumerate(ready):

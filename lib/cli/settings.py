@@ -101,8 +101,10 @@ def constraint_from_options(json_schema: str | None = None, regex: str | None = 
 
 def generate_settings(o: Options) -> "GenerateSettings":
     from ..backends.generate import GenerateSettings
+    from ..backends.vision_prompts import ImageSource
     from ..chat.prompts import PromptSettings
     from ..chat.tools import check_choice
+    from ..vision.images import DEFAULT_MAX_PIXELS
 
     return GenerateSettings(
         prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
@@ -113,6 +115,7 @@ def generate_settings(o: Options) -> "GenerateSettings":
         constraint=constraint_from_options(o.get("json_schema"), o.get("regex"), o.get("choice") or ()),
         tool_choice=check_choice(o.get("tool_choice") or "auto"),
         decoding=decoding(o),
+        images=ImageSource(images=tuple(o.get("images") or ()), max_pixels=o.get("max_pixels") or DEFAULT_MAX_PIXELS),
     )
 
 
@@ -300,7 +303,8 @@ def serve_run(o: Options) -> "ServeRun":
     on_request = None if o["listed_only"] else scheduler({**o, "model": None})
     roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models), on_request, o["max_models"])
     return ServeRun(roster, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
-                    log_max_bytes=int(o["log_rotate"] * 1024 * 1024))
+                    log_max_bytes=int(o["log_rotate"] * 1024 * 1024),
+                    allow_local_images=bool(o.get("allow_local_images")))
 
 
 def embed_run(o: Options) -> "EmbedRun":

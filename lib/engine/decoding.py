@@ -56,18 +56,27 @@ def positions(mask):
     return pos.masked_fill(mask == 0, 1)
 
 
-def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=None, every: bool = False):
-    """The last position's logits [B, vocab]; with `every`, every position's [B, T, vocab]."""
+def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=None, every: bool = False,
+            extras: dict[str, Any] | None = None):
+    """The last position's logits [B, vocab]; with `every`, every position's [B, T, vocab].
+    `extras`: more model inputs (a vision-language model's pixels, lmpipe.engine.multimodal)."""
     kwargs: dict[str, Any] = {"logits_to_keep": 1} if keep_last and not every else {}
     if cache_position is not None:
         kwargs["cache_position"] = cache_position
+    kwargs.update(extras or {})
     import torch
 
+    kwargs[cache_keyword(type(model))] = cache
     # no_grad, not inference_mode: a static cache allocated outside it is updated in place here.
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                    **kwargs)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
     return out.logits.float() if every else out.logits[:, -1, :].float()
+
+
+@cache
+def cache_keyword(model_class: type) -> str:
+    """transformers 5.24 renames `past_key_values` to `cache`, model by model (the old name warns)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 class _Dynamic:
@@ -140,6 +149,43 @@ def torch_cat_ones(mask):
     return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
 
 
+class ImageRows:
+    """The decoder of a batch with images: transformers' forward with a dynamic cache, the
+    processor's inputs at prefill, plain steps after (lmpipe.engine.multimodal says how)."""
+
+    def __init__(self, model: Any, inputs: dict[str, Any], device: Any):
+        from transformers import DynamicCache
+
+        self.model = model
+        moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        self.ids, self.mask = moved.pop("input_ids"), moved.pop("attention_mask")
+        if (pixels := moved.get("pixel_values")) is not None and pixels.is_floating_point():
+            moved["pixel_values"] = pixels.to(model.dtype)
+        self.extras = moved
+        self.cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+        self.positions = model._prepare_position_ids_for_generation(
+            self.ids, {"attention_mask": self.mask, "cache": self.cache, **moved})
+
+    def prefill(self, ids, every: bool = False):
+        return forward(self.model, self.ids, self.mask, self.positions, self.cache, True, every=every,
+                       extras=self.extras)
+
+    def step(self, chosen):
+        import torch
+
+        from .multimodal import PER_TOKEN
+
+        self.mask = torch_cat_ones(self.mask)
+        self.positions = self.positions[..., -1:] + 1
+        step: dict[str, Any] = {}
+        for key in PER_TOKEN:
+            if (value := self.extras.get(key)) is not None:
+                grown = value[:, -1:] if key == "token_type_ids" else torch.zeros_like(value[:, -1:])
+                self.extras[key] = torch.cat([value, grown], dim=-1)
+                step[key] = grown
+        return forward(self.model, chosen[:, None], self.mask, self.positions, self.cache, True, extras=step)
+
+
 def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
     from ..models.fastpath import unsupported
 
@@ -175,19 +221,31 @@ class StaticBatch:
     static cache, or the compiled fast step, whose shapes must not change).
 
     Its rows are admitted together and cannot join later; a finished row is fed padding until
-    the last one is released, and then the next batch may be admitted.
+    the last one is released, and then the next batch may be admitted. With a `processor` (a
+    vision-language model), rows that carry images are prefilled as lmpipe.engine.multimodal says.
     """
 
     joins = False
 
-    def __init__(self, model: Any, decoding: Decoding, capacity: int, device: Any, pad: int):
+    def __init__(self, model: Any, decoding: Decoding, capacity: int, device: Any, pad: int, processor: Any = None):
         self.model, self.decoding, self.capacity, self.device, self.pad = model, decoding, capacity, device, pad
+        self.processor = processor
         self.run: Any = None  # the batch's decoder while it runs
         self.live: list[bool] = []
 
-    def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False):
+    def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False,
+                inputs: Sequence[Any] | None = None):
         if self.run is not None:
             raise RuntimeError("a static batch admits its rows together")
+        if inputs and any(x is not None for x in inputs):
+            from .multimodal import batch_inputs
+
+            if self.processor is None or any(x is None for x in inputs):
+                raise RuntimeError("rows with images need the model's processor, and every row of the batch its inputs")
+            run: Any = ImageRows(self.model, batch_inputs(self.processor, inputs), self.device)
+            logits = run.prefill(None, every)
+            self.run, self.live = run, [True] * len(prompts)
+            return list(range(len(prompts))), logits
         ids, mask = left_pad(prompts, self.pad, self.device)
         run = decoder(self.model, mask, room, self.decoding)
         logits = run.prefill(ids, every)

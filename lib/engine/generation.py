@@ -17,12 +17,17 @@ __all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "backend_for"
 
 
 def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int, drafting: bool = False,
-                prefixes: Any = None) -> Any:
+                prefixes: Any = None, processor: Any = None) -> Any:
     """The loop's backend for `rows` rows: the fast path's rows (lmpipe.engine.batching) for models it
     knows and for speculative rows; else one left-padded batch over transformers' forward, or over
     the compiled fast step, whose shapes must not change (lmpipe.engine.decoding). lm-serve's rows, with
     a prompt cache (`prefixes`), join and leave a running batch, so they never compile (each
-    batch size would compile anew)."""
+    batch size would compile anew). A vision-language model (its `processor` given) runs
+    transformers' forward over a batch, its images in the prefill (lmpipe.engine.multimodal)."""
+    if processor is not None:
+        from .decoding import StaticBatch
+
+        return StaticBatch(model, decoding, rows, device, pad, processor)
     fast = uses_fast_path(model, decoding)
     if drafting or (fast and (prefixes is not None or not decoding.compile)):
         from .batching import FastRows
@@ -43,12 +48,16 @@ def generate(
     constraints: Sequence[Sequence[Any]] = (),
     decoding: Decoding = Decoding(),
     draft: Any = None,
+    inputs: Sequence[Any] = (),
+    processor: Any = None,
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
 
     `constraints`: per prompt, logits processors of its row alone that run before sampling's (a
     grammar mask; lmpipe.engine.constrain.row_constraints). `draft`: a loaded draft model; greedy,
     unconstrained rows then decode speculatively (lmpipe.engine.speculative), others as usual.
+    `inputs`: per prompt, its lmpipe.engine.multimodal.ImagePrompt, for a vision-language model
+    (`processor`: its processor).
     """
     eos = eos_ids(model, tokenizer)
     events: list[Event] = []
@@ -59,11 +68,11 @@ def generate(
         policy = Draft(draft, decoding.draft_tokens)
     requests = [
         Request(list(ids), sampling, events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
-                top_probs=top_probs, draft=policy)
+                top_probs=top_probs, draft=policy, inputs=inputs[r] if inputs else None)
         for r, ids in enumerate(prompts)
     ]
     backend = backend_for(model, decoding, len(requests), device, pad_id(tokenizer, eos),
-                          drafting=any(r.speculates for r in requests))
+                          drafting=any(r.speculates for r in requests), processor=processor)
     loop = Loop(backend, tokenizer, eos)
     loop.admit(requests)
     yield from _drain(events)

@@ -40,7 +40,8 @@ class Backend(Protocol):
     def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False) -> tuple[list[Any], Any]:
         """Admit `prompts` together, each with `room` columns to grow by: their handles, and the
         logits of each one's next token [n, vocab]; with `every` (one prompt), the logits after
-        each of its tokens [1, len, vocab]."""
+        each of its tokens [1, len, vocab]. A backend that takes images (StaticBatch with a
+        processor) also takes `inputs=`: each prompt's lmpipe.engine.multimodal.ImagePrompt."""
 
     def step(self, handles: Sequence[Any], tokens: Sequence[int]) -> Any:
         """Feed each row its next token: the logits of the token after it [n, vocab], in `handles` order."""
@@ -70,6 +71,7 @@ class Request:
     generates: bool = True  # False: score the prompt only (echo), no new token
     draft: Any = None  # lmpipe.engine.speculative.Draft: speculative rounds, for greedy plain rows
     cancelled: Callable[[], bool] = _never  # its client went away: free the row
+    inputs: Any = None  # lmpipe.engine.multimodal.ImagePrompt: its images, for the prefill's forward
 
     @property
     def speculates(self) -> bool:
@@ -266,7 +268,9 @@ class Loop:
                 room = max(row.request.sampling.max_new_tokens
                            + (row.request.draft.extra if row.request.speculates else 0) for row in group)
                 echo = group[0].request.echo
-                handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo)
+                images = {"inputs": [row.request.inputs for row in group]} if any(
+                    row.request.inputs is not None for row in group) else {}
+                handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo, **images)
                 for row, handle in zip(group, handles):
                     row.clock, row.handle = clock, handle
                     if row.request.speculates:

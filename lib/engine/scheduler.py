@@ -43,6 +43,7 @@ class GenerationRequest:
     top_probs: int = 0  # with the `top_probs` likeliest alternatives
     echo: bool = False  # the prompt's own tokens scored too
     generates: bool = True  # False: the prompt is only scored
+    inputs: Any = None  # a vision-language model's ImagePrompt (lmpipe.engine.multimodal)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ class Scheduler:
 
                 eos = eos_ids(lm.model, lm.tokenizer)
                 backend = backend_for(lm.model, self.settings.decoding, self.settings.max_batch, lm.device,
-                                      pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts))
+                                      pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts),
+                                      processor=lm.processor)
                 self._context = context_length(lm)
                 self.loop = Loop(backend, lm.tokenizer, eos)
             return self.loop
@@ -242,9 +244,12 @@ class Scheduler:
                 job.emit(exc)
             return
         joins = loop.backend.joins
-        if not joins:  # one batch: the same sampling; a row that scores its prompt is prefilled alone
-            key = (batch_key(waiting[0].sampling), waiting[0].echo)
-            same = [job for job in waiting if (batch_key(job.sampling), job.echo) == key][: 1 if key[1] else None]
+        if not joins:  # one batch: the same sampling, with images or not; a row that scores its prompt is prefilled alone
+            def key_of(job: GenerationRequest) -> tuple[Any, ...]:
+                return batch_key(job.sampling), job.echo, job.inputs is None
+
+            key = key_of(waiting[0])
+            same = [job for job in waiting if key_of(job) == key][: 1 if key[1] else None]
             self.held[:0] = [job for job in waiting if all(job is not kept for kept in same)]
             waiting = same
         batch: list[tuple[GenerationRequest, Any]] = []
@@ -271,7 +276,8 @@ class Scheduler:
         lm = self.model()  # marks the model used
         constraints = row_constraints(lm.model, lm.tokenizer, job.grammar)
         return Request(job.ids, job.sampling, job.emit, constraints=constraints, cancelled=job.cancelled.is_set,
-                       top_probs=job.top_probs, logprobs=job.logprobs, echo=job.echo, generates=job.generates)
+                       top_probs=job.top_probs, logprobs=job.logprobs, echo=job.echo, generates=job.generates,
+                       inputs=job.inputs)
 
 
 __all__ = ["Completion", "Occupancy", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from ..errors import ModelNotFound, UsageError
 from . import gguf
 from .device import check_attention, choose_device, choose_dtype
+from .processors import is_vision_language, load_processor
 from .resolve import ModelRef, resolve
 
 
@@ -46,6 +47,7 @@ class LoadedModel:
     device: str
     dtype: str
     identity: dict[str, Any] = field(default_factory=dict)  # id, revision or sha256, for manifests
+    processor: Any = None  # a vision-language model's processor (lmpipe.models.processors); None for text models
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -115,8 +117,12 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         kwargs: dict[str, Any] = {"dtype": dtype}
         if attention:
             kwargs["attn_implementation"] = attention
-        model = None
-        if settings.quantize:
+        model, processor = None, None
+        if is_vision_language(config, folder):
+            from transformers import AutoModelForImageTextToText
+
+            auto, processor = AutoModelForImageTextToText, load_processor(folder, config)
+        elif settings.quantize:
             from .quantize import check_mode
             from .quantized_loading import load_quantized
 
@@ -126,8 +132,8 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         quantized = model is not None
         if model is None:
             model = auto.from_pretrained(folder, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
+        tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, ImportError) as exc:
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
     model.to(device).eval()
     torch.set_grad_enabled(False)
@@ -136,9 +142,17 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         if not quantized:
             from .quantize import quantize
 
-            quantize(model, settings.quantize, device)
+            # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
+            quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())
         ident["quantize"] = settings.quantize
-    return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident)
+    return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor)
+
+
+def language_parts(model: Any) -> tuple[str, ...]:
+    """The names of a vision-language model's language model and output head."""
+    decoder = model.get_decoder()
+    names = tuple(name for name, module in model.named_modules() if module is decoder and name)
+    return names[:1] + (("lm_head",) if getattr(model, "lm_head", None) is not None else ())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -335,14 +335,16 @@ def _joined_bias(biases: list[Any], parts: list[QuantizedWeight]) -> Any:
         for b, p in zip(biases, parts)]), requires_grad=False)
 
 
-def quantize(model: Any, mode: str, device: str = "cpu", fuse: bool = True) -> int:
-    """Replace the model's Linear layers (the output head included) in place; return how many."""
+def quantize(model: Any, mode: str, device: str = "cpu", fuse: bool = True, under: tuple[str, ...] = ()) -> int:
+    """Replace the model's Linear layers (the output head included) in place; return how many.
+    `under`: only those inside these submodules (a vision-language model's language model)."""
     from torch import nn
 
     check_mode(mode, device)
     targets = {
         name: module for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and quantizable(module, mode)
+        and (not under or any(name == u or name.startswith(u + ".") for u in under))
     }
     weights = {name: quantize_weight(m.weight, mode) for name, m in targets.items()}
     install(model, weights, {name: m.bias for name, m in targets.items()}, fuse)

@@ -38,7 +38,7 @@ from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response,
 from .logprobs import chat_entries, legacy
 from .metrics import ModelMetrics, ServerMetrics
 from .requestlog import RequestLog, request_fields
-from .prompts import Prompt, chat_prompt, completion_prompts
+from .prompts import ImageRules, Prompt, chat_prompt, completion_prompts
 from .roster import ModelRoster
 from .structured import Asked, FormatError, asked, tool_calls
 from .tokens import token_routes
@@ -143,7 +143,7 @@ class PreparedRequest:
                 out.append(GenerationRequest(
                     prompt.ids, own, partial(emit, p * self.n + j), self.asked.plan.grammar,
                     logprobs=self.logprobs is not None, top_probs=self.logprobs or 0,
-                    echo=self.echo and self.logprobs is not None, generates=self.generates))
+                    echo=self.echo and self.logprobs is not None, generates=self.generates, inputs=prompt.inputs))
         return out
 
 
@@ -166,7 +166,12 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
         wanted = asked(body)
     except FormatError as exc:
         raise BadRequest(str(exc), exc.code) from None
-    prompts = [chat_prompt(engine.tokenizer, body, wanted)] if chat else completion_prompts(engine.tokenizer, body, wanted)
+    if chat:  # a vision-language model's chats go through its processor (images read off the event loop)
+        lm = await run_in_threadpool(engine.model)
+        images = ImageRules(lm.processor, request.app.state.allow_local_images) if lm.processor is not None else None
+        prompts = [await run_in_threadpool(chat_prompt, engine.tokenizer, body, wanted, images)]
+    else:
+        prompts = completion_prompts(engine.tokenizer, body, wanted)
     if len(prompts) * n > engine.settings.max_queue:  # it could never be queued whole: not a busy server's 503
         raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
                          f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
@@ -324,9 +329,9 @@ def _sse(data: Any) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
 
 
-def create_app(roster: ModelRoster, log: RequestLog | None = None):
+def create_app(roster: ModelRoster, log: RequestLog | None = None, allow_local_images: bool = False):
     """The app over the models of `roster`; with `log`, every generation request and its answer or
-    error is a record there."""
+    error is a record there; `allow_local_images`: a chat's image_url may name a file on this machine."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -414,7 +419,9 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None):
         embeddings_route(roster.default.settings.model),
         *token_routes(roster),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.allow_local_images = allow_local_images
+    return app
 
 
 def model_list(roster: ModelRoster) -> list[dict[str, Any]]:

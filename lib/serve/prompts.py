@@ -1,5 +1,10 @@
 """A request's prompts as token ids: chat messages (content parts joined), or completions'
-`prompt` in each of its four forms (a string, strings, token ids, lists of token ids)."""
+`prompt` in each of its four forms (a string, strings, token ids, lists of token ids).
+
+For a vision-language model, a chat's `image_url` parts are its images: `data:` URLs, or local
+paths (`file://` or plain) when lm-serve runs with --allow-local-images. A remote URL is refused:
+the server fetches nothing.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,57 @@ from .structured import Asked
 class Prompt:
     ids: list[int]
     text: str  # what `echo` gives back: the prompt as sent (token ids decoded)
+    inputs: Any = None  # a vision-language model's ImagePrompt (lmpipe.engine.multimodal): its images
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """A vision-language model's processor, and where its images may come from."""
+
+    processor: Any
+    allow_local: bool = False  # --allow-local-images
+
+
+REMOTE = ("`{where}`: a remote image URL; send the image inline as a data: URL "
+          "(data:image/png;base64,...): the server fetches nothing")
+LOCAL = ("`{where}`: a local image path, refused: send the image inline as a data: URL, "
+         "or start lm-serve with --allow-local-images")
+
+
+def image_urls(messages: Any) -> list[tuple[str, str]]:
+    """Each image_url part's (where, url), checked against the rules before any is read."""
+    found = []
+    for i, m in enumerate(messages if isinstance(messages, list) else []):
+        content = m.get("content") if isinstance(m, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                where = f"messages[{i}].content[{j}].image_url.url"
+                if not isinstance(url, str) or not url:
+                    raise BadRequest(f"`{where}` must be a string", "invalid_messages")
+                found.append((where, url))
+    return found
+
+
+def vision_chat_prompt(rules: ImageRules, body: dict[str, Any], asked: Asked) -> Prompt:
+    from ..backends.vision_prompts import ImageSource, vision_prompt
+
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("`messages` must be a non-empty list", "invalid_type")
+    for where, url in image_urls(messages):
+        scheme = url.partition(":")[0].lower()
+        if scheme in ("http", "https", "ftp"):
+            raise BadRequest(REMOTE.format(where=where), "invalid_image_url")
+        if scheme != "data" and not rules.allow_local:
+            raise BadRequest(LOCAL.format(where=where), "invalid_image_url")
+    try:
+        image = vision_prompt({"messages": messages}, rules.processor, PromptSettings(prefix=asked.prefix),
+                              ImageSource(allow_paths=rules.allow_local), asked.plan.tools)
+    except RecordError as exc:
+        raise BadRequest(str(exc), "invalid_messages") from None
+    return Prompt(image.ids, "", image)
 
 
 def message_text(content: Any, where: str) -> str:
@@ -48,7 +104,10 @@ def plain_messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def chat_prompt(tokenizer: Any, body: dict[str, Any], asked: Asked) -> Prompt:
+def chat_prompt(tokenizer: Any, body: dict[str, Any], asked: Asked, images: ImageRules | None = None) -> Prompt:
+    """`images`: the model takes images (every chat prompt then goes through its processor)."""
+    if images is not None:
+        return vision_chat_prompt(images, body, asked)
     messages = plain_messages(body.get("messages"))
     tools = asked.plan.tools
     try:

@@ -22,6 +22,7 @@ class ServeRun:
     preload: bool = False
     log: str | None = None  # a file every request and its answer is appended to (lmpipe.serve.requestlog)
     log_max_bytes: int = 0  # past this size the log rotates; 0: never
+    allow_local_images: bool = False  # a chat's image_url may name a file on this machine
 
 
 def run(r: ServeRun) -> int:
@@ -71,7 +72,7 @@ def run(r: ServeRun) -> int:
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        config = uvicorn.Config(create_app(roster, log), log_level="warning", access_log=False)
+        config = uvicorn.Config(create_app(roster, log, r.allow_local_images), log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         warm.unregister(entry)

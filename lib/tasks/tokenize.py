@@ -66,9 +66,9 @@ def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
     """A record's `messages` as the model's chat template renders them for generation (with jinja2,
     as transformers does: lmpipe.chat.chat_template)."""
     from ..chat.chat_template import apply_chat_template
-    from ..chat.prompts import PromptSettings, messages_of
+    from ..chat.prompts import PromptSettings, messages_of, text_messages
 
-    return apply_chat_template(tokenizer, messages_of(record, PromptSettings()), add_generation_prompt=True)
+    return apply_chat_template(tokenizer, text_messages(messages_of(record, PromptSettings())), add_generation_prompt=True)
 
 
 def decode(tokenizer: Any, record: dict[str, Any]) -> str:

@@ -1,9 +1,13 @@
 """Images from records, decoded the way a viewer shows them, or a one-line RecordError.
 
-A record names its image by a path in `image` (or the field given), by base64 in `image_b64`, or,
-for a bare line such as `ls *.jpg | lm-detect` gives, by the line itself (`text`). Every image
-comes out as an upright 8-bit RGB Pillow image: EXIF orientation applied, CMYK, 16-bit, palette,
-grey and alpha modes converted, and a decompression-bomb guard on the pixel count.
+The one image reader of lmpipe: lm-detect's images and the images of a vision-language prompt
+(lm-generate, lm-serve, the dashboard's chat) come through it. An image is named by a path, a
+`file://` URL, a `data:` URL, or base64 (`image_b64`). For lm-detect a record names its image by a
+path in `image` (or the field given), by base64 in `image_b64`, or, for a bare line such as
+`ls *.jpg | lm-detect` gives, by the line itself (`text`); a prompt's images are in `image`,
+`images` or `image_b64` (`record_images`). Every image comes out as an upright 8-bit RGB Pillow
+image: EXIF orientation applied, CMYK, 16-bit, palette, grey and alpha modes converted, and a
+decompression-bomb guard on the pixel count. A remote URL is refused: lmpipe fetches nothing.
 """
 
 from __future__ import annotations
@@ -53,30 +57,86 @@ def source_of(record: dict[str, Any], field: str = "image") -> tuple[str, bytes 
     return "path", Path(value.strip()).expanduser()
 
 
-def _b64(value: Any) -> bytes:
+def _b64(value: Any, name: str = "`image_b64`") -> bytes:
     if not isinstance(value, str) or not value:
-        raise RecordError("`image_b64` must be a non-empty base64 string")
+        raise RecordError(f"{name} must be a non-empty base64 string")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise RecordError(f"`image_b64` is not valid base64: {exc}") from None
+        raise RecordError(f"{name} is not valid base64: {exc}") from None
 
 
 def load_image(record: dict[str, Any], settings: ImageSettings = ImageSettings()) -> LoadedImage:
+    """lm-detect's image: one per record."""
     kind, where = source_of(record, settings.field)
     if kind == "path":
         assert isinstance(where, Path)
-        if not where.exists():
-            raise RecordError(f"no such file: {where}")
-        if where.is_dir():
-            raise RecordError(f"{where} is a folder, not an image")
-        image = decode(where, str(where), settings.max_pixels)
-        return LoadedImage(image[0], str(where), image[1])
+        return open_path(where, settings.max_pixels)
     assert isinstance(where, bytes)
-    image = decode(io.BytesIO(where), "image_b64", settings.max_pixels)
-    return LoadedImage(image[0], "image_b64", image[1])
+    return open_bytes(where, "image_b64", settings.max_pixels)
+
+
+REMOTE = "a remote image URL ({url}): send the image inline as a data: URL; lmpipe fetches nothing"
+LOCAL_REFUSED = "a local image path ({path}) is refused here: send the image inline as a data: URL"
+
+
+def read_image(ref: Any, max_pixels: int = DEFAULT_MAX_PIXELS, allow_paths: bool = True,
+               name: str = "image") -> LoadedImage:
+    """One image named by a string: a path, a `file://` URL, a `data:` URL (base64). A remote URL
+    is refused, and so is a path when `allow_paths` is False (lm-serve without --allow-local-images)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise RecordError(f"`{name}` must be a non-empty string: a path or a data: URL")
+    ref = ref.strip()
+    scheme = ref.partition(":")[0].lower()
+    if scheme == "data":
+        head, comma, _ = ref.partition(",")
+        if not comma or not head.endswith(";base64"):
+            raise RecordError("a data: URL image must be base64 (data:image/png;base64,...)")
+        return open_bytes(_b64(ref, "data: URL"), "data: URL", max_pixels)
+    if scheme in ("http", "https", "ftp"):
+        raise RecordError(REMOTE.format(url=ref if len(ref) < 80 else ref[:77] + "..."))
+    if scheme == "file":
+        from urllib.parse import unquote, urlparse
+
+        ref = unquote(urlparse(ref).path)
+    if not allow_paths:
+        raise RecordError(LOCAL_REFUSED.format(path=ref))
+    return open_path(Path(ref).expanduser(), max_pixels)
+
+
+def record_images(record: dict[str, Any], field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+                  allow_paths: bool = True) -> list[LoadedImage]:
+    """A prompt's images named by a record: `field` (a path or data: URL, or a list of them),
+    `images` (a list), `image_b64` (base64, or a list of it), in that order."""
+    images: list[LoadedImage] = []
+    for key in dict.fromkeys((field, "images")):
+        value = record.get(key)
+        for ref in ([value] if isinstance(value, str) else value if isinstance(value, list) else []):
+            images.append(read_image(ref, max_pixels, allow_paths, key))
+        if value is not None and not isinstance(value, (str, list)):
+            raise RecordError(f"`{key}` must be a path, a data: URL, or a list of them")
+    b64 = record.get("image_b64")
+    for value in ([b64] if isinstance(b64, str) else b64 if isinstance(b64, list) else []):
+        images.append(open_bytes(_b64(value), "image_b64", max_pixels))
+    if b64 is not None and not isinstance(b64, (str, list)):
+        raise RecordError("`image_b64` must be a base64 string or a list of them")
+    return images
+
+
+def open_path(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    if not path.exists():
+        raise RecordError(f"no such file: {path}")
+    if path.is_dir():
+        raise RecordError(f"{path} is a folder, not an image")
+    image, mode = decode(path, str(path), max_pixels)
+    return LoadedImage(image, str(path), mode)
+
+
+def open_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    image, mode = decode(io.BytesIO(data), name, max_pixels)
+    return LoadedImage(image, name, mode)
 
 
 def decode(source: Any, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Any, str]:

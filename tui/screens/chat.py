@@ -65,6 +65,7 @@ class ChatScreen(Screen):
         self.model = model
         self.conversation = Conversation()
         self.replying: Turn | None = None
+        self.image: str | None = None  # attached by `/image PATH`, sent with the next message
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -79,7 +80,7 @@ class ChatScreen(Screen):
             yield Label("system")
             yield Input("", id="chat-system", compact=True, placeholder="system prompt (optional)")
         yield VerticalScroll(id="transcript")
-        yield Input(placeholder="Message (Enter sends)", id="chat-prompt")
+        yield Input(placeholder="Message (Enter sends; /image PATH attaches an image)", id="chat-prompt")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -105,22 +106,48 @@ class ChatScreen(Screen):
         text = event.value.strip()
         if not text:
             return
+        if text.startswith("/image"):
+            event.input.value = ""
+            self.attach(text.removeprefix("/image").strip())
+            return
         if self.replying is not None:
             self.notify("wait for the reply, or stop it (Esc)", severity="warning")
             return
         event.input.value = ""
         settings = self.settings()
         self.conversation.system = settings.system
-        self.conversation.turns.append({"role": "user", "content": text})
+        content: str | list = text
+        shown = text
+        if self.image is not None:  # OpenAI's parts, as lm-generate and lm-serve read them
+            content = [{"type": "image_url", "image_url": {"url": self.image}}, {"type": "text", "text": text}]
+            shown = f"[image {self.image}]\n{text}"
+            self.image = None
+        self.conversation.turns.append({"role": "user", "content": content})
         transcript = self.query_one("#transcript", VerticalScroll)
-        transcript.mount(Turn("user", text))
+        transcript.mount(Turn("user", shown))
         self.replying = Turn("assistant")
         transcript.mount(self.replying)
         transcript.scroll_end(animate=False)
         self.reply(self.conversation.messages(), settings)
 
+    def attach(self, path: str) -> None:
+        """`/image PATH`: read now (a bad image is said at once), sent with the next message."""
+        from lmpipe.errors import RecordError
+        from lmpipe.vision.images import read_image
+
+        if not path:
+            self.notify("/image PATH: name an image file", severity="warning")
+            return
+        try:
+            read_image(path)
+        except RecordError as exc:
+            self.notify(str(exc), severity="error", title="image not attached")
+            return
+        self.image = path
+        self.notify(f"image attached: {path} (sent with your next message)")
+
     @work(thread=True, exclusive=True, group="chat")
-    def reply(self, messages: list[dict[str, str]], settings: ChatSettings) -> None:
+    def reply(self, messages: list[dict], settings: ChatSettings) -> None:
         from textual.worker import get_current_worker
 
         worker = get_current_worker()

@@ -1,0 +1,77 @@
+"""lm-serve with a vision-language model, through the openai client: an image_url data: URL gives
+lm-generate's text; a remote URL is a 400 naming the rule; local paths only with --allow-local-images."""
+
+from __future__ import annotations
+
+import base64
+
+import openai
+import pytest
+from click.testing import CliRunner
+from conftest import jsonl
+from serve_helpers import Server
+
+from lmpipe.bin.generate import main as generate
+
+N = 8
+QUESTION = "Describe this image."
+
+
+def chat(client, url, text=QUESTION):
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    return client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=N, temperature=0,
+                                          messages=[{"role": "user", "content": content}])
+
+
+def data_url(path) -> str:
+    return f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def lm_generate(folder, path) -> dict:
+    result = CliRunner().invoke(generate, ["-m", str(folder), "-n", str(N), "--no-server", "--image", str(path),
+                                           QUESTION], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return jsonl(result.stdout_bytes)[0]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_qwen2_vl):
+    s = Server(tiny_qwen2_vl, "--preload")
+    yield openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    s.stop()
+
+
+def test_a_data_url_gives_the_text_lm_generate_gives(served, tiny_qwen2_vl, photos):
+    for name in ("wide", "tall"):
+        answer = chat(served, data_url(photos[name]))
+        record = lm_generate(tiny_qwen2_vl, photos[name])
+        assert answer.choices[0].message.content == record["generated"] != ""
+        assert answer.usage.prompt_tokens == record["stats"]["input_tokens"]
+        assert answer.usage.completion_tokens == record["stats"]["output_tokens"]
+    assert chat(served, data_url(photos["wide"])).choices[0].message.content != chat(
+        served, data_url(photos["tall"])).choices[0].message.content
+
+
+def test_a_remote_url_is_a_400_that_says_to_send_the_image_inline(served):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(served, "https://example.com/cat.jpg")
+    assert "send the image inline as a data: URL" in str(caught.value)
+    assert "the server fetches nothing" in str(caught.value)
+
+
+def test_local_paths_are_refused_unless_allowed(served, tiny_qwen2_vl, photos):
+    for url in (str(photos["wide"]), photos["wide"].as_uri()):
+        with pytest.raises(openai.BadRequestError) as caught:
+            chat(served, url)
+        assert "--allow-local-images" in str(caught.value)
+    expected = chat(served, data_url(photos["wide"])).choices[0].message.content
+    s = Server(tiny_qwen2_vl, "--allow-local-images")
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        for url in (str(photos["wide"]), photos["wide"].as_uri()):
+            assert chat(client, url).choices[0].message.content == expected
+        with pytest.raises(openai.BadRequestError) as caught:  # still the server's own rule for remote URLs
+            chat(client, "http://example.com/cat.jpg")
+        assert "the server fetches nothing" in str(caught.value)
+    finally:
+        s.stop()
