@@ -214,3 +214,16 @@ def test_lm_bench_times_the_server_and_a_pipeline_through_it(server, tiny_llama)
     assert records["pipeline-server"]["records"] == 2
     assert records["pipeline"]["command"].endswith("(each with --no-server)")
     assert records["pipeline-server"]["command"].endswith("(each finding the warm server)")  # it holds -m's model
+
+
+def test_a_text_model_server_leaves_a_records_image_fields_alone_as_in_process(server, tiny_llama):
+    lines = json.dumps({"text": "The quick", "image": "/no/such/photo.png"}) + "\n"
+    args = ("-m", str(tiny_llama), "-n", "4", "--seed", "2")
+    here = run_tool("lm-generate", *args, "--no-server", input=lines)
+    there = run_tool("lm-generate", *args, "--server", server.url, input=lines)
+    assert here.returncode == there.returncode == 0
+    assert jsonl(there.stdout)[0]["generated"] == jsonl(here.stdout)[0]["generated"]
+    refused = run_tool("lm-generate", *args, "--server", server.url, "--image", "photo.png", input=lines)
+    assert refused.returncode == 2
+    assert refused.stderr.decode().strip() == \
+        f"lm-generate: error: --image needs a vision-language model; the server's {tiny_llama} reads text only"

@@ -75,3 +75,29 @@ def test_local_paths_are_refused_unless_allowed(served, tiny_qwen2_vl, photos):
         assert "the server fetches nothing" in str(caught.value)
     finally:
         s.stop()
+
+
+def test_lm_generate_through_the_server_sends_a_records_images_and_writes_the_same_records(served, tiny_qwen2_vl,
+                                                                                          photos):
+    import json
+
+    url = str(served.base_url)
+    records = [{"text": QUESTION, "image": str(photos["wide"])},
+               {"text": QUESTION, "images": [str(photos["tall"]), str(photos["wide"])]},
+               {"text": QUESTION, "image": "/no/such/photo.png"}]
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+
+    def run(*args):
+        result = CliRunner().invoke(generate, ["-m", str(tiny_qwen2_vl), "-n", str(N), "--seed", "1", *args],
+                                    input=lines, catch_exceptions=False)
+        assert result.exit_code == 1, result.stderr  # the missing photo
+        return jsonl(result.stdout_bytes)
+
+    here, there = run("--no-server"), run("--server", url)
+    assert [r.get("generated") for r in there] == [r.get("generated") for r in here]
+    assert there[0]["generated"] and there[2]["error"] == here[2]["error"] == "no such file: /no/such/photo.png"
+    assert [r["image"] for r in (here[0], there[0])] == [str(photos["wide"])] * 2  # the record as it came
+    assert there[1]["stats"]["input_tokens"] == here[1]["stats"]["input_tokens"]
+    one = CliRunner().invoke(generate, ["-m", str(tiny_qwen2_vl), "-n", str(N), "--server", url, "--image",
+                                        str(photos["wide"]), QUESTION], catch_exceptions=False)
+    assert one.exit_code == 0 and jsonl(one.stdout_bytes)[0]["generated"] == here[0]["generated"]

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
+from ..vision.images import data_url, read_image, record_images
+from .vision_prompts import ImageSource
 from ..engine.timing import Clock, combined_rate, per_second
 from ..errors import LmpipeError, RecordError
 from ..records.jsonl import Item, error_record
@@ -279,12 +281,34 @@ class ServerClient:
         return answer
 
 
-def request_for(record: dict[str, Any], prompt: PromptSettings) -> tuple[dict[str, Any], bool]:
-    """The request body for one record (without model and sampling), and whether it is chat."""
+def request_for(record: dict[str, Any], prompt: PromptSettings, images: ImageSource = ImageSource(),
+                vision: bool = True) -> tuple[dict[str, Any], bool]:
+    """The request body for one record (without model and sampling), and whether it is chat.
+
+    The images named outside the messages (--image, the record's image, images and image_b64
+    fields) are read here, with in-process generation's checks, and go as `data:` URL image_url
+    parts before the first user message's text, where in-process generation puts them; a server
+    whose model reads no images refuses them, and the record is an error, never answered without them.
+    `vision` False: the server says its model reads text only; the record's image fields are then
+    left alone, as a text model in-process leaves them."""
+    named = [read_image(ref, images.max_pixels, True, "--image") for ref in images.images]
+    named += record_images(record, images.field, images.max_pixels) if vision else []
     if prompt.raw:
+        if named:
+            raise RecordError("images go to a server in chat messages: drop --raw")
         text = text_of(record, prompt.field)
         return {"prompt": f"{prompt.system}\n\n{text}" if prompt.system else text}, False
-    return {"messages": messages_of(record, prompt)}, True
+    messages = messages_of(record, prompt)
+    if named:
+        first = next((k for k, m in enumerate(messages) if m["role"] == "user"), None)
+        if first is None:
+            raise RecordError("images need a user message to go with")
+        content = messages[first]["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        messages = list(messages)  # the record's own stay as they came: they are written back out
+        messages[first] = {**messages[first],
+                           "content": [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in named] + parts}
+    return {"messages": messages}, True
 
 
 class RemoteGenerateTask:
@@ -306,6 +330,13 @@ class RemoteGenerateTask:
             if served and model not in served:
                 self.model = served[0] if len(served) == 1 else model
         self.kind = client.kind
+        # A server that names its model's capabilities (lm-serve, Ollama) and leaves out "vision":
+        # --image is refused, as in-process; a record's image fields stay data, as in-process.
+        entry = next((m for m in client.model_entries() if m.get("id") == self.model), {})
+        capabilities = entry.get("capabilities")
+        self.vision = not isinstance(capabilities, list) or "vision" in capabilities
+        if settings.images.images and not self.vision:
+            raise UsageError(f"--image needs a vision-language model; the server's {self.model} reads text only")
         self.sampling = sampling_fields(self.kind, self.settings.sampling)  # a field it cannot take fails now
         if settings.constraint is not None:
             constraint_fields(self.kind, settings.constraint)
@@ -314,7 +345,7 @@ class RemoteGenerateTask:
         self.stream = self.kind.name != "lmpipe"  # lm-serve sends its own stats; others are timed here
 
     def payload(self, record: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
-        body, chat = request_for(record, self.settings.prompt)
+        body, chat = request_for(record, self.settings.prompt, self.settings.images, self.vision)
         body.update(model=self.model, **self.sampling)
         body.update(answer_format(record, plan, self.settings.tool_choice, self.kind))
         if self.settings.prompt.prefix:

@@ -17,6 +17,18 @@ def is_vision_language(config: Any, folder: Path) -> bool:
     return any((folder / name).exists() for name in ("processor_config.json", "preprocessor_config.json"))
 
 
+def takes_images(folder: Path) -> bool:
+    """is_vision_language for a model folder, from its config.json alone (no transformers config
+    object is built): what lm-serve tells clients before the model is loaded."""
+    from types import SimpleNamespace
+
+    try:
+        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return is_vision_language(SimpleNamespace(model_type=model_type), Path(folder))
+
+
 def load_processor(folder: Path, config: Any) -> Any:
     """transformers' processor for the model; for images alone when its video processor cannot load.
 

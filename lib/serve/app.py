@@ -33,6 +33,7 @@ from ..engine.events import Completion, ScoredPrompt, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError
+from ..models.processors import takes_images
 from .embeddings import embeddings_route
 from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
 from .logprobs import chat_entries, legacy
@@ -427,12 +428,15 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, allow_local_i
 def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
     """OpenAI's model objects, the default first: every model the server holds or has held, whether
     it is loaded now, and, when loaded, its keep-alive and how long until it unloads (Ollama's
-    /api/ps tells the same); `max_model_len` once known, as vLLM's."""
+    /api/ps tells the same); `max_model_len` once known, as vLLM's; `capabilities` as Ollama's
+    /api/show names them ("vision": it reads images)."""
     now = time.monotonic()
     out = []
     for s in roster.all():
+        vision = s.ref.path.is_dir() and takes_images(s.ref.path)
         entry: dict[str, Any] = {"id": s.model_id, "object": "model", "created": 0, "owned_by": "lmpipe",
-                                 "root": str(s.ref.path), "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive}
+                                 "root": str(s.ref.path), "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive,
+                                 "capabilities": ["completion", "vision"] if vision else ["completion"]}
         if s.loaded and s.settings.keep_alive:
             entry["expires_in_s"] = round(max(0.0, s.settings.keep_alive - (now - s.last_used)), 3)
         if s.max_model_len:

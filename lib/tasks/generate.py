@@ -34,8 +34,6 @@ class GenerateRun:
     def __post_init__(self) -> None:
         if self.stream and self.server:
             raise UsageError("--stream needs in-process generation (drop --server)")
-        if self.settings.images.images and self.server:
-            raise UsageError("--image needs in-process generation (drop --server; a record's image_url parts go through)")
 
 
 def stream_event(item: Item, t: Token) -> dict[str, Any]:
@@ -56,7 +54,7 @@ def warm_server(r: GenerateRun) -> WarmServer | None:
     there is none, or when the run asks for what only in-process generation does."""
     from ..backends import warm
 
-    if r.stream or r.settings.top_probs or r.settings.images.images:  # --image is read in-process only
+    if r.stream or r.settings.top_probs:
         return None
     model_id = r.model.ref().id
     url = warm.find(warm.holds(model_id, r.model, r.settings.decoding))

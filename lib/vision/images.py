@@ -78,6 +78,14 @@ def load_image(record: dict[str, Any], settings: ImageSettings = ImageSettings()
     return open_bytes(where, "image_b64", settings.max_pixels)
 
 
+def data_url(loaded: LoadedImage) -> str:
+    """The image as it was read (upright RGB) in a PNG `data:` URL: what a server is sent, so it
+    decodes the very pixels in-process generation would use (PNG is lossless)."""
+    buffer = io.BytesIO()
+    loaded.image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 REMOTE = "a remote image URL ({url}): send the image inline as a data: URL; lmpipe fetches nothing"
 LOCAL_REFUSED = "a local image path ({path}) is refused here: send the image inline as a data: URL"
 
