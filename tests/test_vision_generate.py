@@ -149,3 +149,12 @@ def test_bad_images_are_error_records_and_the_others_come_out_in_order(tiny_llav
     assert "send the image inline as a data: URL" in errors["remote"]
     assert "base64" in errors["bad-b64"]
     assert f"{len(bad)} of {len(rows)} records failed" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("option, message", [
+    (("--cache", "static"), "drop --cache static"), (("--cache", "fast", "--compile"), "drop --compile")])
+def test_what_a_vision_language_model_cannot_decode_with_is_refused(tiny_llava, option, message):
+    result = CliRunner().invoke(main, ["-m", str(tiny_llava), "--no-server", *option, "hi"])
+    assert result.exit_code == 2
+    assert result.stderr == ("lm-generate: error: a vision-language model decodes with transformers' "
+                             f"dynamic cache: {message}\n")

@@ -106,6 +106,10 @@ class GenerateTask:
             raise UsageError(f"--image needs a vision-language model; {lm.ref.name} reads text only")
         if lm.processor is not None and (draft is not None or settings.decoding.draft):
             raise UsageError("a vision-language model decodes without a draft model (drop --draft-model)")
+        if lm.processor is not None:
+            from ..engine.generation import check_vision_decoding
+
+            check_vision_decoding(settings.decoding)
         self.lm = lm
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)

@@ -27,6 +27,7 @@ def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int
     if processor is not None:
         from .decoding import StaticBatch
 
+        check_vision_decoding(decoding)
         return StaticBatch(model, decoding, rows, device, pad, processor)
     fast = uses_fast_path(model, decoding)
     if drafting or (fast and (prefixes is not None or not decoding.compile)):
@@ -36,6 +37,17 @@ def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int
     from .decoding import StaticBatch
 
     return StaticBatch(model, decoding, rows, device, pad)
+
+
+def check_vision_decoding(decoding: Decoding) -> None:
+    """A vision-language model decodes with transformers' dynamic cache: what asks for another way
+    is refused, never quietly run the usual way (`--cache fast`, the default, falls back to
+    dynamic for every model the fast path does not know)."""
+    from ..errors import UsageError
+
+    if decoding.cache == "static" or decoding.compile:
+        raise UsageError("a vision-language model decodes with transformers' dynamic cache: drop "
+                         + ("--compile" if decoding.compile else "--cache static"))
 
 
 def generate(
