@@ -17,7 +17,7 @@ RECORDED = Path(__file__).parent / "data" / "replay"
 PROMPTS = (RECORDED / "prompts.jsonl").read_text()
 TOOLS = (RECORDED / "tools.jsonl").read_text()
 SCHEMA = '{"type":"object","properties":{"animal":{"type":"string"},"legs":{"type":"integer"}},"required":["animal","legs"]}'
-KINDS = ["llama.cpp"]  # vLLM and Ollama: see tests/data/replay/README.md
+KINDS = ["llama.cpp", "vllm"]  # Ollama: see tests/data/replay/README.md
 
 # What a server cannot give exactly as in-process (README, "Scaling out"): times are the client's,
 # the manifest names the server instead of the weights and their device.
@@ -179,6 +179,15 @@ def test_a_required_tool_call_comes_back_as_lmpipes_tool_calls(replay):
     # the tool's parameters here. Its server cannot stream tools, so only the total time is known.
     result = run_tool("lm-generate", "--server", replay.url, "--seed", "1", "-n", "40", "--tool-choice", "required",
                       input=TOOLS)
+    if replay.kind == "vllm":
+        # vLLM 0.32 streamed a call whose arguments are the string "Paris" (its JSON grammar ran to
+        # max_tokens, finish_reason "length"), as the issue saw: that is no call to get_weather.
+        assert result.returncode == 1
+        [record] = jsonl(result.stdout)
+        assert record["line"] == 1 and record["error"] == (
+            "vLLM 0.32.0 did not enforce the constraint: tool_choice required needs a tool call, "
+            "but the token limit was reached")
+        return
     assert result.returncode == 0, result.stderr
     [record] = jsonl(result.stdout)
     [call] = record["tool_calls"]
