@@ -11,8 +11,8 @@ requests with the same sampling settings, and steps them together to the end; an
 request's row leaves it, and a batch whose clients all went away stops at the next token.
 After `keep_alive` seconds without a request the model is unloaded; the next request loads it again.
 A server holding several models (lmpipe.serve.roster) gives each its own scheduler and a `gate`
-that every load passes first, which may evict another scheduler's model (`evict`: only when
-that one is idle) to keep the number loaded within bounds.
+that every load passes first, which may ask another scheduler to unload its model (`eviction`:
+its worker does it at its next idle moment) to keep the number loaded within bounds.
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ class Scheduler:
         self.notify = notify
         self.gate = gate  # called before each load, holding this scheduler's lock (lmpipe.serve.roster)
         self.loading = False  # a load is under way (the gate counts it as loaded)
+        # Why another model needs this one's room (lmpipe.serve.roster); the worker unloads the
+        # model at its next idle moment, as it does after keep_alive: only the worker admits and
+        # steps rows, so only it can tell that none is on its way into the loop.
+        self.eviction: str | None = None
         self.ref = settings.model.ref()
         self.tokenizer = load_tokenizer(self.ref)  # prompts are checked before they queue
         self.jobs: queue.Queue[GenerationRequest] = queue.Queue(maxsize=settings.max_queue)
@@ -124,21 +128,6 @@ class Scheduler:
         loop = self.loop
         return not (loop is not None and loop.live) and not self.jobs.qsize() and not self.held
 
-    def evict(self, why: str) -> bool:
-        """Unload the model now if it is loaded and idle, without waiting for this scheduler's lock
-        (whoever holds it is loading or admitting: not idle); whether it was unloaded. A request
-        that slips in after is served by loading the model again."""
-        if not self._lock.acquire(blocking=False):
-            return False
-        try:
-            if self.lm is None or not self.idle:
-                return False
-            self._drop()
-        finally:
-            self._lock.release()
-        self.notify(f"unloaded {self.ref.name} ({why})")
-        return True
-
     def _drop(self) -> None:
         """Let the model go (the caller holds the lock); its memory returns once nothing holds it."""
         import gc
@@ -176,11 +165,14 @@ class Scheduler:
         self._stop.set()
 
     def _unload_if_idle(self) -> None:
-        keep = self.settings.keep_alive
-        if keep and self.lm is not None and time.monotonic() - self.last_used > keep:
+        """Called by the worker with nothing running or waiting: unload after keep_alive, or when evicted."""
+        keep, why = self.settings.keep_alive, self.eviction
+        expired = keep and time.monotonic() - self.last_used > keep
+        if self.lm is not None and (why or expired):
             with self._lock:
                 self._drop()
-            self.notify(f"unloaded {self.ref.name} after {keep:g} s idle")
+            self.notify(f"unloaded {self.ref.name} ({why})" if why else f"unloaded {self.ref.name} after {keep:g} s idle")
+        self.eviction = None
 
     def _take(self, limit: int, wait: bool = True) -> list[GenerationRequest]:
         batch: list[GenerationRequest] = self.held[:limit]

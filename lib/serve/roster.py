@@ -6,8 +6,8 @@ request may also name a model the server was not started with: when it resolves 
 is downloaded on a request's behalf), it gets a scheduler with the server's own settings, as
 Ollama loads what a request names. Anything else is vLLM's 404. Each model keeps its own
 keep-alive (lmpipe.engine.scheduler unloads it after that long idle), and with `max_models`
-at most that many are loaded at once: loading one more first evicts the least recently used
-idle model, or waits for one to become idle (Ollama's OLLAMA_MAX_LOADED_MODELS).
+at most that many are loaded at once: loading one more first has the least recently used idle
+model unloaded, or waits for one to become idle (Ollama's OLLAMA_MAX_LOADED_MODELS).
 """
 
 from __future__ import annotations
@@ -108,19 +108,22 @@ class ModelRoster:
             return list(self.schedulers.values())
 
     def _gate(self, loading: Scheduler) -> None:
-        """Before `loading` loads: with max_models, make room by evicting the least recently used
-        idle model, waiting while every loaded one is busy. Called holding `loading`'s lock, so it
-        never waits for another scheduler's lock (evict only tries it)."""
+        """Before `loading` loads: with max_models, make room by asking the least recently used
+        idle model to unload (its own worker does, at once if it stays idle), waiting while every
+        loaded one is busy. Called holding `loading`'s lock; it never takes another scheduler's."""
         bound = self.settings.max_models
         while bound:
             with self._lock:
                 held = [s for s in self.schedulers.values() if s is not loading and (s.loaded or s.loading)]
                 if len(held) < bound:
                     loading.loading = True  # counted from now on, before its lock is let go
+                    for other in held:
+                        other.eviction = None  # room was made: nobody else needs to go
                     return
-                for other in sorted(held, key=lambda s: s.last_used):
-                    if other.evict(f"to make room for {loading.ref.name}: --max-models {bound}"):
-                        break
+                idle = [s for s in held if s.loaded and s.idle]
+                if idle:
+                    min(idle, key=lambda s: s.last_used).eviction = \
+                        f"to make room for {loading.ref.name}: --max-models {bound}"
             time.sleep(WAIT_S)
 
     def close(self) -> None:
