@@ -165,3 +165,31 @@ def test_through_lm_serve_the_same_bodies(tiny_llama, full_run):
         server.stop()
     assert code == 1, err
     assert [comparable(o) for o in out] == [comparable(o) for o in full_run]
+
+
+def test_a_running_lm_serve_for_the_model_answers_unless_no_server(tiny_llama, tmp_path, monkeypatch):
+    """As lm-generate finds it: a server recorded in lmpipe's home whose default model is this one,
+    with the same settings; --no-server answers in this process. The outputs are the same."""
+    import httpx
+
+    monkeypatch.setenv("LMPIPE_HOME", str(tmp_path / "home"))  # no other test's server
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"messages": [{"role": "user", "content": text}], "max_tokens": 6, "temperature": 0}}
+             for i, text in enumerate(["The quick brown fox", "Paris is"])]
+    server = Server(tiny_llama)
+
+    def answered() -> float:
+        page = httpx.get(server.url + "/metrics", timeout=30).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                   if line.startswith("vllm:request_success_total{"))
+
+    try:
+        code, through, err = run_batch("-m", str(tiny_llama), input=as_input(lines))
+        assert code == 0, err
+        assert answered() == 2
+        code, here, err = run_batch("-m", str(tiny_llama), "--no-server", input=as_input(lines))
+        assert code == 0, err
+        assert answered() == 2  # nothing more reached the server
+    finally:
+        server.stop()
+    assert [comparable(x) for x in through] == [comparable(x) for x in here]

@@ -333,4 +333,5 @@ def batch_run(o: Options) -> "BatchRun":
 
     scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"])
     pipe = pipe_settings(o)
-    return BatchRun(scheduler, replace(pipe, job=replace(pipe.job, key=KEY)), server=o.get("server"))
+    return BatchRun(scheduler, replace(pipe, job=replace(pipe.job, key=KEY)), server=o.get("server"),
+                    no_server=bool(o.get("no_server")))

@@ -37,6 +37,7 @@ class BatchRun:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     pipe: PipeSettings = field(default_factory=PipeSettings)
     server: str | None = None  # post to this server instead of the app in this process
+    no_server: bool = False  # never a warm lm-serve found in lmpipe's home: the app in this process
 
     def __post_init__(self) -> None:
         if self.pipe.job.key != KEY:
@@ -121,13 +122,33 @@ def client_for(r: BatchRun, roster: Any) -> Any:
                              timeout=timeout)
 
 
+def warm_server(r: BatchRun) -> str | None:
+    """A running lm-serve whose default model is this run's, with the same settings: a line that
+    names no model must get the same model there as here (lmpipe.backends.warm)."""
+    from ..backends import warm
+
+    held = warm.holds(r.scheduler.model.ref().id, r.scheduler.model, r.scheduler.decoding)
+
+    def serves_it_first(entry: dict[str, Any]) -> bool:
+        models = entry.get("holds")
+        return (models[0] if isinstance(models, list) and models else models) == held
+
+    found = warm.running(serves_it_first)
+    return found[0]["url"] if found else None
+
+
 def run(r: BatchRun) -> int:
+    import sys
     from dataclasses import replace
 
     from ..records.pipe import JsonlSink, run_records, say
     from .roster import ModelRoster, RosterSettings
 
     job = r.pipe.job.open()  # an existing --output without --resume fails here, before the model loads
+    if r.server is None and not r.no_server and (url := warm_server(r)):
+        r = replace(r, server=url)
+        if sys.stderr.isatty():
+            say("lm-batch", f"posting to the lm-serve running at {url} (--no-server: load the model here)")
     # In-process the generation model loads at the first chat or completion line, and stays.
     # A line naming another model loads it beside the first, as lm-serve would (lmpipe.serve.roster).
     kept = replace(r.scheduler, keep_alive=0)
