@@ -24,15 +24,15 @@ from typing import Any, Callable, Iterator
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
-from ..vision.images import data_url, read_image, record_images
-from .vision_prompts import ImageSource
 from ..engine.timing import Clock, combined_rate, per_second
 from ..errors import LmpipeError, RecordError
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from ..version import __version__
+from ..vision.images import data_url, read_image, record_images
 from .dialects import (KINDS, ServerKind, constraint_fields, describe, detect, finish_reason, output_tokens,
                        sampling_fields, streams_tools)
+from .vision_prompts import ImageSource
 
 
 class ServerUnavailable(LmpipeError):
@@ -330,7 +330,7 @@ class RemoteGenerateTask:
             if served and model not in served:
                 self.model = served[0] if len(served) == 1 else model
         self.kind = client.kind
-        # A server that names its model's capabilities (lm-serve, Ollama) and leaves out "vision":
+        # A server that names its model's capabilities (lm-serve does) and leaves out "vision":
         # --image is refused, as in-process; a record's image fields stay data, as in-process.
         entry = next((m for m in client.model_entries() if m.get("id") == self.model), {})
         capabilities = entry.get("capabilities")

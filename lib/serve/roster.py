@@ -95,14 +95,6 @@ class ModelRoster:
             self.names[name] = ref.id
             return self.schedulers[ref.id]
 
-    def known(self, name: str | None) -> Scheduler | None:
-        """The scheduler a name already stands for (None: the default), without making one."""
-        if name is None:
-            return self.default
-        with self._lock:
-            model_id = self.names.get(name) if isinstance(name, str) else None
-            return self.schedulers.get(model_id) if model_id else None
-
     def all(self) -> list[Scheduler]:
         with self._lock:
             return list(self.schedulers.values())
