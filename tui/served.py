@@ -31,20 +31,23 @@ class ServedModel:
 
 
 def servers() -> list[str]:
-    """The base URLs to ask: LMPIPE_SERVER first, then the servers running here."""
+    """The API bases to ask (lmpipe.backends.remote.api_base, as --server takes a URL):
+    LMPIPE_SERVER first, then the servers running here."""
     from lmpipe.backends import warm
+    from lmpipe.backends.remote import api_base
 
-    urls = [os.environ["LMPIPE_SERVER"].rstrip("/").removesuffix("/v1")] if os.environ.get("LMPIPE_SERVER") else []
-    return list(dict.fromkeys([*urls, *(entry["url"] for entry in warm.running())]))
+    urls = [os.environ["LMPIPE_SERVER"]] if os.environ.get("LMPIPE_SERVER") else []
+    return list(dict.fromkeys(api_base(url) for url in [*urls, *(entry["url"] for entry in warm.running())]))
 
 
-def served_models(urls: list[str] | None = None) -> list[ServedModel]:
+def served_models(bases: list[str] | None = None) -> list[ServedModel]:
     import httpx
 
     out: list[ServedModel] = []
-    for url in servers() if urls is None else urls:
+    for base in servers() if bases is None else bases:
+        url = base.removesuffix("/v1")  # shown as the server's root, as lm-serve says where it listens
         try:
-            response = httpx.get(url + "/v1/models", timeout=PROBE_TIMEOUT)
+            response = httpx.get(base + "/models", timeout=PROBE_TIMEOUT)
             response.raise_for_status()
             data: list[dict[str, Any]] = response.json()["data"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:

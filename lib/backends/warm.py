@@ -88,11 +88,13 @@ def running(wanted: Callable[[dict[str, Any]], bool] = lambda entry: True) -> li
     return out
 
 
-def find(held: dict[str, Any]) -> str | None:
-    """The URL of a running server that holds exactly `held`, or None."""
+def find(held: dict[str, Any], default: bool = False) -> str | None:
+    """The URL of a running server that holds exactly `held`, or None; with `default`, only one
+    whose first model (the one a request naming none gets) is `held`."""
     def holding(entry: dict[str, Any]) -> bool:
         models = entry.get("holds")
-        return held in (models if isinstance(models, list) else [models])
+        models = models if isinstance(models, list) else [models]  # a server of one model wrote it bare
+        return held in (models[:1] if default else models)
 
     found = running(holding)
     return found[0]["url"] if found else None

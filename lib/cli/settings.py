@@ -252,24 +252,25 @@ def bench_run(o: Options) -> "BenchRun":
                     pipeline=o["pipeline"])
 
 
-# --model-option KEY: the option bundle entry it replaces for one model, and how its value is read.
-MODEL_OPTION_KEYS: dict[str, tuple[str, Any]] = {
-    "quantize": ("quantize", ("int8", "int4")), "cache": ("cache", ("fast", "dynamic", "static")),
-    "compile": ("compile", bool), "device": ("device", None), "dtype": ("dtype", None),
-    "attention": ("attention", None), "keep-alive": ("keep_alive", float), "max-batch": ("max_batch", int),
-}
+# --model-option KEYs, and the option each replaces for one model.
+MODEL_OPTION_KEYS = {"quantize": "quantize", "cache": "cache", "compile": "compile", "device": "device",
+                     "dtype": "dtype", "attention": "attention", "keep-alive": "keep_alive", "max-batch": "max_batch"}
 
 
 def model_option(o: Options, model: str, pair: str) -> Options:
-    """`o` with one --model-option KEY=VALUE applied (a UsageError names what is wrong)."""
+    """`o` with one --model-option KEY=VALUE applied (a UsageError names what is wrong); a value
+    is checked against the choices its command-line option has."""
+    from ..engine.decoding import CACHES
     from ..models.device import ATTENTIONS, DEVICES, DTYPES
+    from ..models.quantize import MODES
 
     key, sep, value = pair.partition("=")
     if not sep or key not in MODEL_OPTION_KEYS:
         raise UsageError(f"--model-option {model} {pair}: expected KEY=VALUE with KEY one of "
                          f"{', '.join(MODEL_OPTION_KEYS)}")
-    name, kind = MODEL_OPTION_KEYS[key]
-    kind = kind or {"device": DEVICES, "dtype": DTYPES, "attention": ATTENTIONS}[key]
+    name = MODEL_OPTION_KEYS[key]
+    kind: Any = {"quantize": MODES, "cache": CACHES, "device": DEVICES, "dtype": DTYPES, "attention": ATTENTIONS,
+                 "compile": bool, "keep-alive": float, "max-batch": int}[key]
     if isinstance(kind, tuple):
         if value not in kind:
             raise UsageError(f"--model-option {model} {pair}: {key} must be one of {', '.join(kind)}")

@@ -127,14 +127,7 @@ def warm_server(r: BatchRun) -> str | None:
     names no model must get the same model there as here (lmpipe.backends.warm)."""
     from ..backends import warm
 
-    held = warm.holds(r.scheduler.model.ref().id, r.scheduler.model, r.scheduler.decoding)
-
-    def serves_it_first(entry: dict[str, Any]) -> bool:
-        models = entry.get("holds")
-        return (models[0] if isinstance(models, list) and models else models) == held
-
-    found = warm.running(serves_it_first)
-    return found[0]["url"] if found else None
+    return warm.find(warm.holds(r.scheduler.model.ref().id, r.scheduler.model, r.scheduler.decoding), default=True)
 
 
 def run(r: BatchRun) -> int:
