@@ -112,3 +112,16 @@ def test_palette_with_transparency_on_white(tmp_path):
     assert (indices == 0).any() and (got[indices == 0] == 255).all()  # transparent: white
     opaque = np.asarray(Image.open(path).convert("RGB"))[indices != 0]
     assert (got[indices != 0] == opaque).all()
+
+
+def test_pillows_guard_comes_back_after_decodes_on_several_threads(tmp_path):
+    # lm-serve reads a request's images in its thread pool: overlapping decodes must not leave
+    # Pillow's global bomb guard off (each once saved the other's None and restored it).
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [save_rgb(tmp_path / f"{i}.png", 64, 48) for i in range(8)]
+    before = Image.MAX_IMAGE_PIXELS
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(20):
+            list(pool.map(lambda p: load_image({"image": str(p)}), paths))
+    assert Image.MAX_IMAGE_PIXELS == before is not None

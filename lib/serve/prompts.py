@@ -13,6 +13,7 @@ from typing import Any
 
 from ..chat.prompts import PromptSettings, messages_of, prompt_ids
 from ..errors import RecordError
+from ..vision.images import ref_kind
 from .fields import BadRequest
 from .structured import Asked
 
@@ -61,10 +62,10 @@ def vision_chat_prompt(rules: ImageRules, body: dict[str, Any], asked: Asked) ->
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty list", "invalid_type")
     for where, url in image_urls(messages):
-        scheme = url.partition(":")[0].lower()
-        if scheme in ("http", "https", "ftp"):
+        kind = ref_kind(url.strip())
+        if kind == "remote":
             raise BadRequest(REMOTE.format(where=where), "invalid_image_url")
-        if scheme != "data" and not rules.allow_local:
+        if kind == "path" and not rules.allow_local:
             raise BadRequest(LOCAL.format(where=where), "invalid_image_url")
     try:
         image = vision_prompt({"messages": messages}, rules.processor, PromptSettings(prefix=asked.prefix),

@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,13 @@ REMOTE = "a remote image URL ({url}): send the image inline as a data: URL; lmpi
 LOCAL_REFUSED = "a local image path ({path}) is refused here: send the image inline as a data: URL"
 
 
+def ref_kind(ref: str) -> str:
+    """What an image reference names: "data" (a data: URL), "remote" (a URL lmpipe never fetches)
+    or "path" (a file here: a plain path or a file:// URL)."""
+    scheme = ref.partition(":")[0].lower()
+    return "data" if scheme == "data" else "remote" if scheme in ("http", "https", "ftp") else "path"
+
+
 def read_image(ref: Any, max_pixels: int = DEFAULT_MAX_PIXELS, allow_paths: bool = True,
                name: str = "image") -> LoadedImage:
     """One image named by a string: a path, a `file://` URL, a `data:` URL (base64). A remote URL
@@ -97,15 +106,15 @@ def read_image(ref: Any, max_pixels: int = DEFAULT_MAX_PIXELS, allow_paths: bool
     if not isinstance(ref, str) or not ref.strip():
         raise RecordError(f"`{name}` must be a non-empty string: a path or a data: URL")
     ref = ref.strip()
-    scheme = ref.partition(":")[0].lower()
-    if scheme == "data":
+    kind = ref_kind(ref)
+    if kind == "data":
         head, comma, _ = ref.partition(",")
         if not comma or not head.endswith(";base64"):
             raise RecordError("a data: URL image must be base64 (data:image/png;base64,...)")
         return open_bytes(_b64(ref, "data: URL"), "data: URL", max_pixels)
-    if scheme in ("http", "https", "ftp"):
+    if kind == "remote":
         raise RecordError(REMOTE.format(url=ref if len(ref) < 80 else ref[:77] + "..."))
-    if scheme == "file":
+    if ref.partition(":")[0].lower() == "file":
         from urllib.parse import unquote, urlparse
 
         ref = unquote(urlparse(ref).path)
@@ -147,12 +156,41 @@ def open_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return LoadedImage(image, name, mode)
 
 
+_decoding = 0  # decodes under way, in any thread: Pillow's own guard is off while there are any
+_decoding_lock = threading.Lock()
+_pillow_limit: Any = None  # Pillow's MAX_IMAGE_PIXELS, kept while its guard is off
+
+
+@contextmanager
+def _own_pixel_limit():
+    """Pillow's global bomb guard off while decodes run (each checks its own --max-pixels), and
+    back on when the last one ends. Each decode saving and restoring the global itself lost it
+    when two overlapped (lm-serve reads images on several threads): the second saved None."""
+    from PIL import Image
+
+    global _decoding, _pillow_limit
+    with _decoding_lock:
+        if _decoding == 0:
+            _pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _decoding += 1
+    try:
+        yield
+    finally:
+        with _decoding_lock:
+            _decoding -= 1
+            if _decoding == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit
+
+
 def decode(source: Any, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Any, str]:
     """Open, check the size, decode fully, turn upright and convert to RGB: (image, original mode)."""
+    with _own_pixel_limit():
+        return _decoded(source, name, max_pixels)
+
+
+def _decoded(source: Any, name: str, max_pixels: int) -> tuple[Any, str]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # the guard below, with the limit this run asked for
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -173,8 +211,6 @@ def decode(source: Any, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tupl
         raise RecordError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise RecordError(f"{name}: cannot decode the image: {exc}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def to_rgb(image: Any) -> Any:
