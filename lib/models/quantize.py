@@ -1,12 +1,17 @@
 """Weight-only quantization of a model's linear layers: int8 per channel, int4 per group.
 
 Decoding one token reads every weight once, so on a CPU single-stream speed is a matter of
-bytes per token: int8 reads a quarter of float32, int4 an eighth. torch's own CPU kernels do
-the mixed matmul (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), as gpt-fast and
-torchao do. Those kernels are fast with bfloat16 activations and slow with float32 ones
-(measured: ~10x), so a float32 model's activations enter each quantized layer as bfloat16 and
-leave as float32 again. For many rows at once (prefill, batches past 8) the int8 kernel loses
-to a float matmul over the dequantized weight, which int8 layers use there.
+bytes per token: int8 reads a quarter of float32, int4 an eighth.
+
+- int8 keeps float32's accuracy. Each row of activations is split into two int8 parts (the
+  row's values in steps of max/127, then what that leaves in steps 127 times finer) and both
+  go through torch's exact int8 matmul (`torch._int_mm`, oneDNN's VNNI or AMX kernels), so a
+  layer is within ~1e-4 of its dequantized float32 product; torch's `_weight_int8pack_mm`
+  takes and returns bfloat16, which put int8 logits 0.6-10% from the dequantized model. A
+  bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
+- int4 uses torch's `_weight_int4pack_mm_for_cpu`, as gpt-fast and torchao do. It is fast with
+  bfloat16 activations and ~40x slower with float32 ones (measured), so activations enter it
+  as bfloat16 and leave as float32 again.
 
 Two representations, kept strictly apart:
 - `QuantizedWeight` is portable: plain int8 values, or int4 values two to a byte in row
@@ -29,9 +34,11 @@ from ..errors import UsageError
 
 MODES = ("int8", "int4")
 INT4_GROUP = 32
-KERNEL_MAX_ROWS = 8  # int8: past this many rows a dequantized float matmul is faster (measured)
+KERNEL_MAX_ROWS = 8  # bfloat16 int8 kernel: past this many rows the split int8 product is faster (measured)
 ALIGN = 64  # bytes: the kernels' widest aligned load is 32; allocations give 64
 CHECK_TOLERANCE = 0.03  # relative error of a kernel product against the dequantized weight (bf16 activations: ~0.5%)
+EXACT_TOLERANCE = 1e-3  # the same for the split int8 product (measured: ~1e-4)
+CHECK_ROWS = 1024  # output rows the load check compares (its first ones, and the last 64)
 
 # Fused together before packing: layers that read the same input, outputs side by side.
 FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -75,11 +82,10 @@ class QuantizedWeight:
         w = (q - 8) * self.scales.float()[..., None] + self.zeros.float()[..., None]
         return w.reshape(self.out_features, self.in_features)
 
-    def row_slices(self, rows: int) -> list["QuantizedWeight"]:
-        """The same weight in pieces of `rows` output rows (plain values slice freely; packed ones never do)."""
-        return [QuantizedWeight(self.mode, self.values[i:i + rows], self.scales[i:i + rows],
-                                None if self.zeros is None else self.zeros[i:i + rows])
-                for i in range(0, self.out_features, rows)]
+    def rows(self, index: Any) -> "QuantizedWeight":
+        """The output rows `index` of this weight (plain values index freely; packed ones never do)."""
+        return QuantizedWeight(self.mode, self.values[index], self.scales[index],
+                               None if self.zeros is None else self.zeros[index])
 
     def tensors(self, prefix: str) -> dict[str, Any]:
         """The tensors to save, named under `prefix` (a module path)."""
@@ -89,8 +95,13 @@ class QuantizedWeight:
         return out
 
     @classmethod
-    def from_tensors(cls, mode: str, tensors: dict[str, Any], prefix: str) -> "QuantizedWeight":
-        return cls(mode, tensors[f"{prefix}.qvalues"], tensors[f"{prefix}.qscales"], tensors.get(f"{prefix}.qzeros"))
+    def from_tensors(cls, tensors: dict[str, Any], prefix: str) -> "QuantizedWeight":
+        """The weight saved under `prefix`; its values' dtype says its mode (int8, or uint8 for int4's pairs)."""
+        import torch
+
+        values = tensors[f"{prefix}.qvalues"]
+        mode = "int8" if values.dtype == torch.int8 else "int4"
+        return cls(mode, values, tensors[f"{prefix}.qscales"], tensors.get(f"{prefix}.qzeros"))
 
     @classmethod
     def join(cls, parts: list["QuantizedWeight"]) -> "QuantizedWeight":
@@ -148,7 +159,7 @@ def pack(weight: QuantizedWeight) -> tuple[Any, Any]:
 
 
 def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
-    """x [M, K] times the packed weight, through torch's kernel; bfloat16 [M, N]."""
+    """x [M, K] times the packed weight, through torch's bfloat16 kernel; bfloat16 [M, N]."""
     import torch
 
     a = x.to(torch.bfloat16)
@@ -160,31 +171,82 @@ def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
     return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, INT4_GROUP, scales)
 
 
-_checked: set[tuple[str, int, int]] = set()
+def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
+    """x [M, K] float32 times the int8 weight `values` [N, K] with per-row `scales`: float32 [M, N].
+
+    Each row of x is max/127 times int8 `high` (truncated, so |x/step - high| < 1) plus
+    step/127 times int8 `low`, the rest rounded: within max/32258 of x everywhere. The int32
+    sums are exact, so the product is as close to float32's as that split is (~1e-4 relative).
+    """
+    import torch
+
+    step = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp(min=1e-30) / 127
+    u = x / step
+    high = torch.round(u)
+    low = torch.round((u - high) * 254).to(torch.int8)
+    high = high.to(torch.int8)
+    values_t = values.t()
+    if x.shape[0] == 1:  # one row: two calls take torch's matrix-vector path, ~3x faster than one of two rows (measured)
+        high_sums, low_sums = torch._int_mm(high, values_t), torch._int_mm(low, values_t)
+    else:
+        sums = torch._int_mm(torch.cat([high, low]), values_t)
+        high_sums, low_sums = sums[:x.shape[0]], sums[x.shape[0]:]
+    return torch.add(high_sums.float(), low_sums, alpha=1 / 254) * step * scales
 
 
-def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any) -> None:
-    """Once per distinct shape: one product through the kernel against the dequantized weight.
+_checked: dict[tuple[str, int, int], bool] = {}
+
+
+def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any) -> bool:
+    """Once per distinct shape: one product against the dequantized weight; whether int8 splits.
 
     A CPU whose kernel reads the packing differently gives garbage here, not in the output.
+    int8 tries the split product first: oneDNN without VNNI (AVX2, ONEDNN_MAX_CPU_ISA=AVX2)
+    gives wrong int8 sums for large values, so its extreme rows are checked exactly, and such a
+    CPU falls back to the bfloat16 kernel.
     """
     import torch
 
     key = (weight.mode, weight.out_features, weight.in_features)
     if key in _checked:
-        return
+        return _checked[key]
     x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))  # 5 rows: a full block and a tail
-    got = kernel_product(weight.mode, x, packed, scales).float()
-    a = x.to(torch.bfloat16).float()
-    # The reference a slice of output rows at a time: a whole float32 output head would be 113 MB more at peak.
-    expected = torch.cat([a @ part.dequantized().t() for part in weight.row_slices(4096)], dim=-1)
-    error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
-    if not error < CHECK_TOLERANCE:
-        raise UsageError(
-            f"--quantize {weight.mode}: torch's {weight.mode} kernel gives wrong products on this CPU "
-            f"({cpu_name()}; relative error {error:.2g} for a {weight.out_features}x{weight.in_features} "
-            f"weight); use {'--quantize int8 or ' if weight.mode == 'int4' else ''}no --quantize")
-    _checked.add(key)
+    # The product runs over the whole weight; it is compared on its first and last output rows
+    # (a wrong packing scrambles every block), since a float32 copy of a whole output head would
+    # be 113 MB more at peak.
+    first = min(CHECK_ROWS, weight.out_features)
+    sample = torch.cat([torch.arange(first), torch.arange(max(first, weight.out_features - 64), weight.out_features)])
+    reference = weight.rows(sample).dequantized().t()
+    split = weight.mode == "int8" and _split_is_exact(packed, scales.float(), x, x @ reference, sample)
+    if not split:
+        got = kernel_product(weight.mode, x, packed, scales).float()[:, sample]
+        expected = x.to(torch.bfloat16).float() @ reference
+        error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
+        if not error < CHECK_TOLERANCE:
+            raise UsageError(
+                f"--quantize {weight.mode}: torch's {weight.mode} kernel gives wrong products on this CPU "
+                f"({cpu_name()}; relative error {error:.2g} for a {weight.out_features}x{weight.in_features} "
+                f"weight); use {'--quantize int8 or ' if weight.mode == 'int4' else ''}no --quantize")
+    _checked[key] = split
+    return split
+
+
+def _split_is_exact(values: Any, scales: Any, x: Any, expected: Any, sample: Any) -> bool:
+    import torch
+
+    extreme = torch.full((2, values.shape[1]), 127, dtype=torch.int8)
+    extreme[1] = -127
+    # What rows of +-127 give, a slice at a time: an int32 copy of a whole output head would be 113 MB.
+    sums = torch.cat([part.sum(dim=1, dtype=torch.int32) for part in values.split(1024)]) * 127
+    expected_sums = torch.stack([sums, -sums])
+    for rows in (1, 2):  # one row and several take different paths
+        if not torch.equal(torch._int_mm(extreme[:rows], values.t()), expected_sums[:rows]):
+            return False
+    for rows in (x[:1], x):
+        got, want = split_int8_product(rows, values, scales)[:, sample], expected[:rows.shape[0]]
+        if not float((got - want).norm() / want.norm().clamp(min=1e-12)) < EXACT_TOLERANCE:
+            return False
+    return True
 
 
 def cpu_name() -> str:
@@ -235,7 +297,9 @@ def _build_classes():
             self.mode = weight.mode
             self.in_features, self.out_features = weight.in_features, weight.out_features
             packed, scales = pack(weight)
-            check_kernel(weight, packed, scales)
+            self.split = check_kernel(weight, packed, scales)
+            if self.split:
+                scales = scales.float()  # bfloat16 values, exact in float32: the split product's own dtype
             self.register_buffer("packed", packed, persistent=False)
             self.register_buffer("packed_scales", scales, persistent=False)
             self.bias = bias
@@ -243,9 +307,11 @@ def _build_classes():
 
         def forward(self, x):
             flat = x.reshape(-1, x.shape[-1])
-            if self.mode == "int8" and flat.shape[0] > KERNEL_MAX_ROWS:
-                # Many rows (a prompt, a big batch): dequantize into a float matmul, which beats the kernel.
-                # int8's packing is its plain layout, so this reads the same buffer the kernel does.
+            rows = flat.shape[0]
+            if self.split and not (x.dtype == torch.bfloat16 and rows <= KERNEL_MAX_ROWS):
+                y = split_int8_product(flat.float(), self.packed, self.packed_scales)
+            elif self.mode == "int8" and rows > KERNEL_MAX_ROWS:
+                # A CPU without exact int8 sums, many rows: a float matmul over the dequantized weight beats the kernel.
                 y = (flat @ self.packed.t().to(flat.dtype)) * self.packed_scales.to(flat.dtype)
             else:
                 y = kernel_product(self.mode, flat, self.packed, self.packed_scales)
@@ -335,18 +401,34 @@ def _joined_bias(biases: list[Any], parts: list[QuantizedWeight]) -> Any:
         for b, p in zip(biases, parts)]), requires_grad=False)
 
 
+HEAD_MODES = {"int4": "int8"}  # the output head's own mode, where it differs from the layers'
+
+
+def layer_modes(model: Any, names: Any, mode: str) -> dict[str, str]:
+    """The mode each named linear is quantized to: `mode`, except an int4 model's output head, which is int8.
+
+    The head turns the last hidden state into every token's score, and each weight of it is
+    one token's: SmolLM2's int4 head alone cost +9.3% perplexity of int4's +9.75%, int8 +0.25%
+    (measured). llama.cpp's 4-bit files keep their output tensors at 6 or 8 bits for the same reason.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_name = next((n for n, m in model.named_modules() if head is not None and m is head), None)
+    return {name: HEAD_MODES.get(mode, mode) if name == head_name else mode for name in names}
+
+
 def quantize(model: Any, mode: str, device: str = "cpu", fuse: bool = True, under: tuple[str, ...] = ()) -> int:
     """Replace the model's Linear layers (the output head included) in place; return how many.
     `under`: only those inside these submodules (a vision-language model's language model)."""
     from torch import nn
 
     check_mode(mode, device)
-    targets = {
+    linears = {
         name: module for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and quantizable(module, mode)
-        and (not under or any(name == u or name.startswith(u + ".") for u in under))
+        if isinstance(module, nn.Linear) and (not under or any(name == u or name.startswith(u + ".") for u in under))
     }
-    weights = {name: quantize_weight(m.weight, mode) for name, m in targets.items()}
+    modes = layer_modes(model, linears, mode)
+    targets = {name: m for name, m in linears.items() if quantizable(m, modes[name])}
+    weights = {name: quantize_weight(m.weight, modes[name]) for name, m in targets.items()}
     install(model, weights, {name: m.bias for name, m in targets.items()}, fuse)
     # A tied output head shared its weight with the embedding: the embedding keeps the float copy.
     return len(targets)

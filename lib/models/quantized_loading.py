@@ -23,10 +23,11 @@ from typing import Any, Callable
 from .. import paths
 from . import gguf
 from .fastpath import FAMILIES
-from .quantize import QuantizedWeight, install, quantizable, quantize_weight
+from .quantize import QuantizedWeight, install, layer_modes, quantizable, quantize_weight
 
-# The copy's layout: 1 held torch's packed int4 buffers (CPU-specific); 2 holds plain values.
-FORMAT = 2
+# The copy's layout: 1 held torch's packed int4 buffers (CPU-specific); 2 holds plain values;
+# 3: int4 copies of a GGUF's Q4_0/Q4_1 tensors hold the file's own blocks (lmpipe.models.gguf_blocks).
+FORMAT = 3
 
 
 def copy_key(folder: Path, mode: str, dtype: Any) -> str:
@@ -51,20 +52,25 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
     copy = target / "model.safetensors"
     info = gguf.conversion_info(target)
     if info is not None and info.get("format") == FORMAT and copy.exists():
-        model = _read_copy(auto, config, dtype, mode, copy)
+        model = _read_copy(auto, config, dtype, copy)
         if model is not None:
             return _finish(model, folder)
     notify(f"quantizing {Path(folder).name} to {mode} (once; later loads read the quantized copy)")
     model = _skeleton(auto, config, dtype)
-    linears = {name: m for name, m in model.named_modules() if _is_linear(m) and quantizable(m, mode)}
+    modes = layer_modes(model, [name for name, m in model.named_modules() if _is_linear(m)], mode)
+    linears = {name: m for name, m in model.named_modules() if name in modes and quantizable(m, modes[name])}
+    blocks = _gguf_blocks(folder, model) if mode == "int4" else {}
+    taken: set[str] = set()
     try:
-        weights = _fill(model, files, linears, config, mode, dtype)
+        weights = _fill(model, files, linears, config, modes, dtype, blocks, taken)
     except ValueError:
         return None
     if weights is None:
         return None
-    _save(model, weights, target, {"source": str(Path(folder).resolve()), "quantize": mode, "dtype": str(dtype),
-                                   "format": FORMAT})
+    info = {"source": str(Path(folder).resolve()), "quantize": mode, "dtype": str(dtype), "format": FORMAT}
+    if blocks:
+        info["gguf_blocks"] = len(taken)  # layers running the file's own blocks
+    _save(model, weights, target, info)
     install(model, weights, _biases(model, weights))  # consumes `weights`
     return _finish(model, folder)
 
@@ -83,7 +89,7 @@ def _skeleton(auto: Any, config: Any, dtype: Any) -> Any:
         return auto.from_config(config, dtype=dtype)
 
 
-def _read_copy(auto: Any, config: Any, dtype: Any, mode: str, copy: Path) -> Any | None:
+def _read_copy(auto: Any, config: Any, dtype: Any, copy: Path) -> Any | None:
     """The model filled from a quantized copy: its tensors assigned, its quantized linears packed here."""
     from safetensors import safe_open
 
@@ -105,7 +111,7 @@ def _read_copy(auto: Any, config: Any, dtype: Any, mode: str, copy: Path) -> Any
         elif not _assign(model, key, tensor):
             return None
         del tensor
-    weights = {name: QuantizedWeight.from_tensors(mode, tensors, name) for name, tensors in quantized.items()}
+    weights = {name: QuantizedWeight.from_tensors(tensors, name) for name, tensors in quantized.items()}
     del quantized
     try:
         install(model, weights, _biases(model, weights))
@@ -164,10 +170,27 @@ def _finish(model: Any, folder: Path) -> Any | None:
     return model.eval()
 
 
-def _fill(model: Any, files: list[Path], linears: dict[str, Any], config: Any, mode: str,
-          dtype: Any) -> dict[str, QuantizedWeight] | None:
-    """Assign every tensor of the files to `model`, quantizing each linear's weight as it arrives
-    (its float weight is never kept); the quantized weights by module name, or None."""
+def _gguf_blocks(folder: Path, model: Any) -> dict[str, Any]:
+    """The 4-bit blocks of the GGUF `folder` was converted from, by module name; none for other folders."""
+    from .gguf_blocks import int4_blocks
+
+    source = (gguf.conversion_info(Path(folder)) or {}).get("source", "")
+    if not source.endswith(".gguf") or not Path(source).is_file():
+        return {}
+    try:
+        return int4_blocks(Path(source), model)
+    except (ImportError, KeyError, ValueError, NotImplementedError):
+        return {}  # a file or architecture transformers' reader names differently: quantize the floats
+
+
+def _fill(model: Any, files: list[Path], linears: dict[str, Any], config: Any, modes: dict[str, str],
+          dtype: Any, blocks: dict[str, Any], taken: set[str]) -> dict[str, QuantizedWeight] | None:
+    """Assign every tensor of the files to `model`, quantizing each linear's weight to its mode in
+    `modes` as it arrives (its float weight is never kept); the quantized weights by module name, or None.
+
+    A weight in `blocks` (a GGUF's own 4-bit blocks) is taken as it is, and its name added to
+    `taken`, where it dequantizes to exactly the float tensor of the files."""
+    import torch
     from safetensors import safe_open
 
     weights: dict[str, QuantizedWeight] = {}
@@ -176,12 +199,18 @@ def _fill(model: Any, files: list[Path], linears: dict[str, Any], config: Any, m
             for key in f.keys():
                 owner, _, leaf = key.rpartition(".")
                 if owner in linears and leaf == "weight":
-                    weights[owner] = quantize_weight(f.get_tensor(key).to(dtype), mode)
+                    tensor = f.get_tensor(key).to(dtype)
+                    block = blocks.get(owner)
+                    if block is not None and modes[owner] == "int4" and torch.equal(block.dequantized(), tensor):
+                        weights[owner] = block.weight()
+                        taken.add(owner)
+                    else:
+                        weights[owner] = quantize_weight(tensor, modes[owner])
                     continue
                 if not _assign(model, key, f.get_tensor(key).to(dtype)):
                     return None
     if getattr(config, "tie_word_embeddings", False) and "lm_head" in linears and "lm_head" not in weights:
-        weights["lm_head"] = quantize_weight(model.get_input_embeddings().weight, mode)
+        weights["lm_head"] = quantize_weight(model.get_input_embeddings().weight, modes["lm_head"])
     if set(linears) - set(weights):
         return None  # a weight the files do not hold
     return weights
