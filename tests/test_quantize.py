@@ -116,6 +116,21 @@ def test_the_split_int8_product_is_float32s_within_its_bound_for_every_row_count
     assert torch.equal(split_int8_product(zero, weight.values, weight.scales.float()), torch.zeros(2, 96))
 
 
+def test_a_bfloat16_model_takes_the_bfloat16_kernel_for_few_rows_and_the_split_for_many(tiny_llama_raw):
+    from lmpipe.models.quantize import quantize
+
+    model, _ = plain_model(tiny_llama_raw)
+    model = model.to(torch.bfloat16)
+    reference = model.model.layers[0].mlp.down_proj.weight.float().clone()
+    quantize(model, "int8", fuse=False)
+    layer = model.model.layers[0].mlp.down_proj
+    for rows in (1, 9):
+        x = torch.randn(rows, layer.in_features).to(torch.bfloat16)
+        got = layer(x)
+        expected = x.float() @ reference.t()
+        assert got.dtype == torch.bfloat16 and float((got.float() - expected).norm() / expected.norm()) < 0.02, rows
+
+
 def test_a_cpu_whose_int8_sums_are_wrong_falls_back_to_the_bfloat16_kernel(monkeypatch):
     """oneDNN without VNNI gives wrong sums for large int8 values (ONEDNN_MAX_CPU_ISA=AVX2 shows it)."""
     import lmpipe.models.quantize as q
@@ -132,7 +147,7 @@ def test_a_cpu_whose_int8_sums_are_wrong_falls_back_to_the_bfloat16_kernel(monke
     model = torch.nn.Sequential(linear)
     expected = linear(x := torch.randn(3, 64))
     assert q.quantize(model, "int8") == 1
-    assert not model[0].split and model[0].packed_scales.dtype == torch.bfloat16
+    assert not model[0].split and model[0].split_scales is None
     assert float((model(x) - expected).norm() / expected.norm()) < 0.03
 
 
@@ -184,6 +199,15 @@ def test_an_int4_head_is_int8_in_memory_too(tiny_llama_raw):
     model, _ = plain_model(tiny_llama_raw)
     quantize(model, "int4")
     assert model.lm_head.mode == "int8" and model.model.layers[0].mlp.down_proj.mode == "int4"
+    # Decoding in bfloat16 like the int4 layers: one pass over the head, not the split's two.
+    calls = []
+    real = torch.ops.aten._weight_int8pack_mm
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.ops.aten, "_weight_int8pack_mm", lambda *a: calls.append(a) or real(*a))
+        model.lm_head(torch.randn(1, model.config.hidden_size))
+        assert len(calls) == 1
+        model.lm_head(torch.randn(9, model.config.hidden_size))  # many rows: the split product
+        assert len(calls) == 1
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
@@ -213,7 +237,7 @@ def test_the_copy_on_disk_holds_plain_values_and_every_load_packs_them_for_this_
     head = again.model.lm_head
     assert head.mode == "int8"  # int4 models keep their output head int8
     packed, scales = pack(QuantizedWeight.from_tensors(saved, "lm_head"))
-    assert torch.equal(head.packed, packed) and torch.equal(head.packed_scales, scales.to(head.packed_scales.dtype))
+    assert torch.equal(head.packed, packed) and torch.equal(head.packed_scales, scales)
     assert "lm_head.packed" not in again.model.state_dict()  # packed buffers are never saved
 
 
