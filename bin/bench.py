@@ -11,14 +11,17 @@ from lmpipe.records.pipe import stdout_is_tty
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {
     "impl": "who was measured: lmpipe, transformers, llama-cpp, or ratio",
-    "case": "generate, memory, ratio, perplexity, cold, cold-ratio, server-ttft, pipeline or pipeline-server",
+    "case": "generate, memory, ratio, perplexity, cold, cold-ratio, server-ttft, server-load, pipeline or pipeline-server",
     "batch": "sequences per call (generate)",
     "prompt_tokens": "prompt length in tokens (generate)",
     "gen_tokens": "new tokens asked for per sequence (generate)",
     "pp_tok_s": "prompt processing: batch x prompt tokens over the time to first token {min, median}",
-    "ttft_s": "time to first token in seconds {min, median}",
+    "ttft_s": "time to first token in seconds {min, median}; server-load: over the requests",
     "decode_tok_s": "per-sequence decode rate after the first token {min, median}",
-    "aggregate_tok_s": "all generated tokens of the batch over the call's time {min, median}",
+    "aggregate_tok_s": "all generated tokens of the batch over the call's time {min, median}; server-load: "
+                       "completion tokens of every request over the load's wall time",
+    "concurrency": "server-load: requests in flight at a time (twice as many in all)",
+    "tokens": "server-load: completion tokens of all requests, from each stream's usage",
     "total_s": "the whole call with gen_tokens new tokens {min, median}",
     "model_mb": "bytes held by the model's weights and buffers, in MiB (memory)",
     "peak_rss_mb": "peak resident memory of a fresh process that loads the model and generates 8 tokens, MiB (memory)",
@@ -28,7 +31,10 @@ FIELDS_WRITTEN = {
     "decode_b1": "ratio: lmpipe's single-stream decode over the baseline's",
     "aggregate_bN_vs_baseline_b1_decode": "ratio: lmpipe's aggregate rate at batch N over the baseline's single stream",
     "perplexity": "lmpipe's model on the shipped text (perplexity); baseline_perplexity and change beside it",
-    "seconds": "cold and server-ttft: {min, median}; pipeline and pipeline-server: wall time of the pipeline",
+    "seconds": "cold and server-ttft: {min, median}; pipeline and pipeline-server: wall time of the pipeline; "
+               "server-load: wall time of the load",
+    "requests": "server-load: chat requests sent",
+    "server": "server-ttft and server-load: the server's API base",
     "command": "cold: the command timed, as typed in a shell (python -c ... baselines beside lmpipe's tools)",
     "ok": "cold and pipeline: whether every run exited 0",
     "medians": "cold-ratio: each lmpipe command's median over python -c \"import tokenizers\"'s",
@@ -55,6 +61,9 @@ FIELDS_WRITTEN = {
               help="Also time the first token through this running lm-serve (and --pipeline with it).")
 @click.option("--pipeline", type=click.IntRange(min=1), default=None, metavar="N",
               help="Also time a three-stage lm-generate pipeline of N records (with and without --server).")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), multiple=True, metavar="C",
+              help="With --server: also send 2C streamed greedy chats of --gen-tokens tokens, C at a time, and "
+                   "report the server's aggregate tokens/s (any OpenAI-compatible server; repeatable).")
 @click.option("--skip-generate", is_flag=True, help="Only the whole-process cases (--cold, --server, --pipeline).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LMPIPE_THREADS",
               help="torch CPU threads (default: torch's choice).")
@@ -69,6 +78,7 @@ def main(**options):
       lm-bench --quantize int4 --compile --baseline transformers --perplexity -b 1
       lm-bench --cold -b 1 | jq .
       lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
+      lm-bench --skip-generate --server http://127.0.0.1:8000 -c 1 -c 16 -g 64
     """
     from lmpipe.cli.settings import bench_run
     from lmpipe.tasks.bench import run

@@ -77,3 +77,38 @@ def test_the_table_for_people():
     shown = buffer.getvalue()
     assert "lm-bench" in shown and "50 (min 40)" in shown and "decode_b1 3.1" in shown
     assert module.table is table
+
+
+def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_llama):
+    """lm-bench -c: any OpenAI-compatible server; here a real lm-serve, whose /metrics counts the same tokens."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serve_helpers import Server
+
+    def generated(server) -> float:
+        page = httpx.get(server.url + "/metrics").text
+        return sum(s.value for f in text_string_to_metric_families(page) for s in f.samples
+                   if s.name == "vllm:generation_tokens_total")
+
+    s = Server(tiny_llama)
+    try:
+        result, records = bench("--skip-generate", "--server", s.url, "-c", "1", "-c", "3", "-g", "5", "-r", "1",
+                                "-m", str(tiny_llama))
+        assert result.exit_code == 0, result.output
+        assert [(r["case"], r.get("concurrency")) for r in records] == [
+            ("server-ttft", None), ("server-load", 1), ("server-load", 3)]
+        loads = records[1:]
+        assert [r["requests"] for r in loads] == [2, 6] and all(r["gen_tokens"] == 5 for r in loads)
+        assert all(0 < r["tokens"] <= r["requests"] * 5 for r in loads)
+        assert all(r["aggregate_tok_s"] == round(r["tokens"] / r["seconds"], 2) for r in loads)
+        # Every token the load counted is one the server generated: the warm-ups' and the ttft case's besides.
+        before = generated(s)
+        _, again = bench("--skip-generate", "--server", s.url, "-c", "2", "-g", "5", "-r", "1", "-m", str(tiny_llama))
+        load = again[-1]
+        ttft_and_warmups = generated(s) - before - load["tokens"]
+        assert 0 < ttft_and_warmups <= 2 * 8 + 2  # ttft: a warm-up and a timed request of 8 tokens; the load's warm-up: 2
+    finally:
+        s.stop()
+    result, records = bench("--skip-generate", "-c", "4", "-m", str(tiny_llama))
+    assert result.exit_code == 2 and "--concurrency" in result.stderr and records == []

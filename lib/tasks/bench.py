@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UsageError
 from .bench_cases import BenchSettings, pipeline_seconds, run_bench, server_ttft
 
 
@@ -18,6 +19,11 @@ class BenchRun:
     cold: bool = False  # whole processes, beside Python's own start-up (lmpipe.tasks.bench_cold)
     server: str | None = None  # the first token through this server
     pipeline: int | None = None  # a three-stage pipeline of this many records
+    concurrency: tuple[int, ...] = ()  # the server's throughput with this many chats at a time (lmpipe.tasks.bench_load)
+
+    def __post_init__(self) -> None:
+        if self.concurrency and not self.server:
+            raise UsageError("--concurrency measures a running server: give its --server URL")
 
 
 def _cell(value: Any) -> str:
@@ -74,6 +80,11 @@ def run(r: BenchRun, tty: bool) -> int:
     if r.server:
         say("lm-bench", f"timing the first token through {r.server}")
         emit(server_ttft(r.server, settings.repetitions))
+        for concurrency in r.concurrency:
+            from .bench_load import server_load
+
+            say("lm-bench", f"{2 * concurrency} chats through {r.server}, {concurrency} at a time")
+            emit(server_load(r.server, concurrency, settings.gen_tokens, settings.model.model or "smollm2"))
     if r.pipeline:
         say("lm-bench", f"timing a three-stage pipeline of {r.pipeline} records")
         emit(pipeline_seconds(r.pipeline, None, settings.model.model))
