@@ -227,3 +227,19 @@ def test_a_text_model_server_leaves_a_records_image_fields_alone_as_in_process(s
     assert refused.returncode == 2
     assert refused.stderr.decode().strip() == \
         f"lm-generate: error: --image needs a vision-language model; the server's {tiny_llama} reads text only"
+
+
+def test_the_engine_leaves_a_core_to_the_event_loop_unless_told(monkeypatch, tiny_llama):
+    import os
+
+    from lmpipe.serve.run import engine_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert engine_threads(None) == 1 and engine_threads(3) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0}, raising=False)
+    assert engine_threads(None) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert engine_threads(None) == 15
+    s = Server(tiny_llama, "--threads", "2")
+    s.stop()
+    assert "(2 torch threads)" in s.proc.stderr.read().decode()

@@ -305,7 +305,7 @@ def serve_run(o: Options) -> "ServeRun":
     roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models), on_request, o["max_models"])
     return ServeRun(roster, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
                     log_max_bytes=int(o["log_rotate"] * 1024 * 1024),
-                    allow_local_images=bool(o.get("allow_local_images")))
+                    allow_local_images=bool(o.get("allow_local_images")), threads=o["threads"])
 
 
 def embed_run(o: Options) -> "EmbedRun":
