@@ -364,3 +364,26 @@ def test_the_compiled_quantized_step_has_no_graph_break_and_matches_eager(tiny_l
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
         token = a.argmax(-1)
     assert not counters["graph_break"]
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
+def test_gguf_blocks_dequantize_as_gguf_py_does_and_become_the_same_int4_values(kind):
+    """Q4_0 (no GGUF of that kind ships here) and Q4_1 blocks made by gguf-py's own quantizer."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    from lmpipe.models.gguf_blocks import Int4Blocks
+
+    x = np.random.RandomState(0).randn(48, 96).astype(np.float32)
+    data = quants.quantize(x, GGMLQuantizationType[kind])
+    order = np.arange(48)[::-1].copy()  # a reordering of rows, as Llama's q and k get
+    blocks = Int4Blocks(kind, data, order)
+    expected = torch.from_numpy(quants.dequantize(data, GGMLQuantizationType[kind]))[torch.from_numpy(order)]
+    assert torch.equal(blocks.dequantized(), expected)  # bit for bit
+    weight = blocks.weight()
+    assert weight.mode == "int4" and weight.values.shape == (48, 48) and weight.scales.shape == (48, 3)
+    # The same values; only the scales and zeros are rounded to bfloat16, as the kernel takes them.
+    nibbles = torch.from_numpy(data[order].reshape(48, 3, -1)[..., -16:].copy())  # each block's last 16 bytes
+    file_values = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).reshape(48, 96)  # weight j low, j + 16 high
+    assert torch.equal(weight.int4_values(), file_values.int())
+    assert float((weight.dequantized() - expected).abs().max()) < 0.02 * float(expected.abs().max())

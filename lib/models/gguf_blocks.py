@@ -2,9 +2,10 @@
 
 Q4_0 and Q4_1 tensors are blocks of 32 weights along a row, each with a float16 scale d (and,
 for Q4_1, a minimum m): w = d * (q - 8), or w = d * q + m. That is the int4 kernel's group of
-32 with a scale and a zero, (q - 8) * scale + zero, with zero = m + 8d. Re-quantizing the
-dequantized floats instead rounds every weight a second time (SmolLM2's Q4_1: perplexity
-+9.75% against the file's own +0.4%, measured).
+32 with a scale and a zero, (q - 8) * scale + zero, with zero = m + 8d. Taken as they are,
+they are the file's values by construction; quantizing the dequantized floats again gives
+the same values only for blocks whose weights span their whole range (SmolLM2's Q4_1 blocks
+do: the same perplexity either way, measured), and costs a pass over every weight.
 
 transformers names the tensors and reorders the rows of some (Llama's q and k, which
 llama.cpp's converter permutes); lmpipe takes both from transformers' own GGUF reader, and

@@ -4,7 +4,7 @@ Decoding one token reads every weight once, so on a CPU single-stream speed is a
 bytes per token: int8 reads a quarter of float32, int4 an eighth.
 
 - int8 keeps float32's accuracy. Each row of activations is split into two int8 parts (the
-  row's values in steps of max/127, then what that leaves in steps 127 times finer) and both
+  row's values in steps of max/127, then what that leaves in steps 254 times finer) and both
   go through torch's exact int8 matmul (`torch._int_mm`, oneDNN's VNNI or AMX kernels), so a
   layer is within ~1e-4 of its dequantized float32 product; torch's `_weight_int8pack_mm`
   takes and returns bfloat16, which put int8 logits 0.6-10% from the dequantized model. A
@@ -174,9 +174,9 @@ def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
 def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
     """x [M, K] float32 times the int8 weight `values` [N, K] with per-row `scales`: float32 [M, N].
 
-    Each row of x is max/127 times int8 `high` (truncated, so |x/step - high| < 1) plus
-    step/127 times int8 `low`, the rest rounded: within max/32258 of x everywhere. The int32
-    sums are exact, so the product is as close to float32's as that split is (~1e-4 relative).
+    Each row of x is step = max/127 times int8 `high` (rounded, so |x/step - high| <= 1/2) plus
+    step/254 times int8 `low` (rounded again): within max/64516 of x everywhere. The int32 sums
+    are exact, so the product is as close to float32's as that split is (~1e-4 relative).
     """
     import torch
 
