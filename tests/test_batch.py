@@ -158,7 +158,11 @@ def test_shards_union_is_the_full_run(tiny_llama, full_run, tmp_path):
 
 
 def test_through_lm_serve_the_same_bodies(tiny_llama, full_run):
-    server = Server(tiny_llama)
+    import torch
+
+    # This process's thread count: how many threads split a float sum decides its last bits,
+    # and lm-serve leaves a core to its event loop unless told.
+    server = Server(tiny_llama, "--threads", str(torch.get_num_threads()))
     try:
         code, out, err = run_batch("--server", server.url, input=as_input(batch_lines()))
     finally:

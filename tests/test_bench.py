@@ -84,6 +84,7 @@ def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_ll
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
+    from lmpipe.engine.timing import per_second
     from serve_helpers import Server
 
     def generated(server) -> float:
@@ -101,7 +102,7 @@ def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_ll
         loads = records[1:]
         assert [r["requests"] for r in loads] == [2, 6] and all(r["gen_tokens"] == 5 for r in loads)
         assert all(0 < r["tokens"] <= r["requests"] * 5 for r in loads)
-        assert all(r["aggregate_tok_s"] == round(r["tokens"] / r["seconds"], 2) for r in loads)
+        assert all(r["aggregate_tok_s"] == per_second(r["tokens"], r["seconds"]) for r in loads)
         # Every token the load counted is one the server generated: the warm-ups' and the ttft case's besides.
         before = generated(s)
         _, again = bench("--skip-generate", "--server", s.url, "-c", "2", "-g", "5", "-r", "1", "-m", str(tiny_llama))

@@ -32,6 +32,7 @@ def server_load(url: str, concurrency: int, gen_tokens: int, model: str) -> dict
     import httpx
 
     from ..backends.remote import api_base
+    from ..engine.timing import per_second
     from .bench_cases import summary
 
     base = api_base(url)
@@ -65,4 +66,4 @@ def server_load(url: str, concurrency: int, gen_tokens: int, model: str) -> dict
     tokens = sum(t for _, t in done)
     return {"impl": "server", "case": "server-load", "server": base, "concurrency": concurrency,
             "requests": len(requests), "gen_tokens": gen_tokens, "tokens": tokens, "seconds": seconds,
-            "aggregate_tok_s": round(tokens / seconds, 2), "ttft_s": summary([f for f, _ in done])}
+            "aggregate_tok_s": per_second(tokens, seconds), "ttft_s": summary([f for f, _ in done])}
