@@ -37,7 +37,7 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests that may wait; past it the server answers 503 with Retry-After.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LMPIPE_THREADS",
-              help="torch CPU threads for the models (default: every core but one, which streams the answers).")
+              help="torch CPU threads for the models (default: one fewer than torch's own, leaving a core to stream the answers).")
 @click.option("--preload", is_flag=True, help="Load the -m models now (up to --max-models) rather than at their first request.")
 @click.option("--log", default=None, metavar="FILE",
               help="Append every request and its answer (or error) to FILE as a JSONL record, fsync'd; "

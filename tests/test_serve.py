@@ -230,15 +230,15 @@ def test_a_text_model_server_leaves_a_records_image_fields_alone_as_in_process(s
 
 
 def test_the_engine_leaves_a_core_to_the_event_loop_unless_told(monkeypatch, tiny_llama):
-    import os
+    import torch
 
     from lmpipe.serve.run import engine_threads
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch's default: the cores it may use
     assert engine_threads(None) == 1 and engine_threads(3) == 3
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert engine_threads(None) == 1
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     assert engine_threads(None) == 15
     s = Server(tiny_llama, "--threads", "2")
     s.stop()
