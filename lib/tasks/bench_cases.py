@@ -277,27 +277,14 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
 
 def server_ttft(url: str, repetitions: int) -> dict[str, Any]:
     """Time to the first streamed text of a short chat request to a running, otherwise idle server."""
-    import httpx
-    import orjson
+    from ..backends.remote import ServerClient, ServerSettings
 
-    from ..backends.remote import api_base
-
-    base = api_base(url)
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0, "stream": True}
-    times = []
-    with httpx.Client(timeout=120) as http:
-        for i in range(repetitions + 1):  # the first one warms the server (it may load the model)
-            start, first = time.perf_counter(), None
-            with http.stream("POST", base + "/chat/completions", json=body) as response:
-                # Read to the end, so the next request finds the server idle rather than finishing this one.
-                for line in response.iter_lines():
-                    if first is None and line.startswith("data: {"):
-                        choices = orjson.loads(line[6:]).get("choices") or [{}]
-                        if choices[0].get("delta", {}).get("content"):
-                            first = time.perf_counter() - start
-            if i and first is not None:
-                times.append(first)
-    return {"impl": "lmpipe", "case": "server-ttft", "server": base, "seconds": summary(times),
+    client = ServerClient(ServerSettings(url, retries=0))
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+    # Each answer is read to its end, so the next request finds the server idle rather than finishing this one;
+    # the first one warms the server (it may load the model).
+    times = [client.complete(body, chat=True, stream=True).ttft_s for _ in range(repetitions + 1)][1:]
+    return {"impl": "lmpipe", "case": "server-ttft", "server": client.base, "seconds": summary(times),
             "repetitions": repetitions}
 
 

@@ -21,42 +21,28 @@ TOPICS = ("the sea", "a lighthouse", "winter", "a library", "the moon", "a marke
 
 def load_requests(concurrency: int, gen_tokens: int, model: str) -> list[dict[str, Any]]:
     """Twice `concurrency` chat requests, each with its own prompt (a server's prompt cache shares only the template)."""
-    return [{"model": model, "max_tokens": gen_tokens, "temperature": 0, "stream": True,
-             "stream_options": {"include_usage": True},
+    return [{"model": model, "max_tokens": gen_tokens, "temperature": 0,
              "messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]} "
                                                       f"(number {i + 1})."}]}
             for i in range(2 * concurrency)]
 
 
 def server_load(url: str, concurrency: int, gen_tokens: int, model: str) -> dict[str, Any]:
-    import httpx
-
-    from ..backends.remote import api_base
+    from ..backends.remote import ServerClient, ServerSettings
     from ..engine.timing import per_second
     from .bench_cases import summary
 
-    base = api_base(url)
+    # lmpipe's own client streams each request with its usage and times its first token; no
+    # retries, so a refused request fails the load rather than hiding in its time.
+    client = ServerClient(ServerSettings(url, concurrency=concurrency, retries=0))
     requests = load_requests(concurrency, gen_tokens, model)
 
     def one(body: dict[str, Any]) -> tuple[float, int]:
-        import orjson
-
-        start, first, tokens = time.perf_counter(), None, None
-        with httpx.Client(timeout=600) as http, http.stream("POST", base + "/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                raise UsageError(f"--concurrency: {base} answered {response.status_code}: "
-                                 f"{response.read().decode(errors='replace')[:200]}")
-            for line in response.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = orjson.loads(line[6:])
-                if first is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices") or []):
-                    first = time.perf_counter() - start
-                if chunk.get("usage"):
-                    tokens = chunk["usage"].get("completion_tokens")
-        if tokens is None:
-            raise UsageError(f"--concurrency: {base} sent no usage (stream_options.include_usage)")
-        return (first if first is not None else time.perf_counter() - start), tokens
+        answer = client.complete(body, chat=True, stream=True)
+        tokens = answer.usage.get("completion_tokens")
+        if not isinstance(tokens, int):
+            raise UsageError(f"--concurrency: {client.base} sent no usage (stream_options.include_usage)")
+        return answer.ttft_s, tokens
 
     one(requests[0] | {"max_tokens": 2})  # warms the server (it may load the model), off the clock
     start = time.perf_counter()
@@ -64,6 +50,6 @@ def server_load(url: str, concurrency: int, gen_tokens: int, model: str) -> dict
         done = list(pool.map(one, requests))
     seconds = round(time.perf_counter() - start, 3)
     tokens = sum(t for _, t in done)
-    return {"impl": "server", "case": "server-load", "server": base, "concurrency": concurrency,
+    return {"impl": "server", "case": "server-load", "server": client.base, "concurrency": concurrency,
             "requests": len(requests), "gen_tokens": gen_tokens, "tokens": tokens, "seconds": seconds,
             "aggregate_tok_s": per_second(tokens, seconds), "ttft_s": summary([f for f, _ in done])}
