@@ -167,6 +167,32 @@ def test_compiled_fast_step_gives_the_eager_steps_logits(tiny_llama_raw):
     assert torch.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on a CPU builds C++ kernels")
+def test_the_compiled_step_gives_each_model_its_own_logits(tiny_llama_raw):
+    """The compiled step checks few guards on the model (fastpath._step_guards): a model of the
+    same shapes with other weights must still read its own, one with another eps must compile anew."""
+    from lmpipe.models.fastpath import FastDecoder, fast_model
+
+    first, tokenizer = load(tiny_llama_raw)
+    heavier, _ = load(tiny_llama_raw)
+    heavier.model.layers[1].mlp.down_proj.weight.mul_(3)
+    smoother, _ = load(tiny_llama_raw)
+    for block in smoother.model.layers:
+        block.input_layernorm.variance_epsilon = 0.5
+    ids = torch.tensor([tokenizer(PROMPTS[1]).input_ids])
+    steps = {}
+    for name, model in (("first", first), ("heavier", heavier), ("smoother", smoother), ("first again", first)):
+        eager, compiled = (FastDecoder(fast_model(model), torch.ones_like(ids), 3, c) for c in (False, True))
+        token = eager.prefill(ids).argmax(-1)
+        compiled.prefill(ids)
+        a, b = eager.step(token), compiled.step(token)
+        assert torch.allclose(a, b, atol=1e-4), name
+        steps[name] = a
+    assert not torch.allclose(steps["first"], steps["heavier"], atol=1e-2)
+    assert not torch.allclose(steps["first"], steps["smoother"], atol=1e-2)
+
+
 def test_speculative_decoding_gives_the_models_own_greedy_tokens(tiny_llama_raw, tmp_path):
     from tiny_models import build_tiny_llama
 

@@ -332,7 +332,8 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
     positions = cache.position[rows][:, None].clone()
     if compiled:
         cache.span = cache.width
-        logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :])
+        logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :],
+                                  _whole_cache_attention)
     else:
         cache.span = int(columns.max()) + 1
         valid = cache.valid[rows, : cache.span]
@@ -343,18 +344,52 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
     return logits
 
 
-def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask):
+def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask, attention=None):
     import torch
 
     with torch.no_grad():
-        return fast.forward(chosen[:, None], positions, cache, rows, columns, _attention(mask, fast.heads // fast.kv_heads))
+        return fast.forward(chosen[:, None], positions, cache, rows, columns,
+                            (attention or _attention)(mask, fast.heads // fast.kv_heads))
+
+
+def _whole_cache_attention(mask, groups: int) -> Callable:
+    """The compiled step's attention of one query per row over the cache's whole masked width:
+    two matmuls and a masked softmax, which inductor fuses. SDPA's CPU kernel costs more per
+    call than a single query's arithmetic (30 calls a token); measured 5% of a token's time."""
+
+    def attend(q, k, v):
+        b, heads, _, dim = q.shape
+        packed = q.reshape(b, heads // groups, groups, dim)  # each key/value head's queries together
+        scores = (packed @ k.transpose(-1, -2)) * dim ** -0.5
+        weights = scores.float().masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)
+        return (weights @ v).reshape(b, heads, 1, dim)
+
+    return attend
+
+
+def _step_guards(entries: list[Any]) -> list[bool]:
+    """Which of the compiled step's guards dynamo checks before every step (torch.compile's
+    `guard_filter_fn`).
+
+    Dynamo guards everything the step read: on a 30-layer model about 3,500 checks of the
+    FastModel's layers (their types, module hook dicts, each weight's tensor metadata), which
+    cost about 1 ms a token here, an eighth of it. A FastModel's arrangement never changes once
+    built, and the step takes its weights as inputs read at each call, never as constants. So
+    of the guards on `fast` only those on its values stay: sizes, counts, eps, quantization
+    modes (constant, equality and length checks) and the embedding's shape. A model differing
+    in any of them compiles anew; one equal in all of them is the same computation on other
+    weights. Guards on the cache, the step's own inputs and torch's global state all stay.
+    """
+    kept = ("CONSTANT_MATCH", "EQUALS_MATCH", "SEQUENCE_LENGTH")
+    return [not (entry.name == "fast" or entry.name.startswith(("fast.", "fast["))) or entry.guard_type in kept
+            or entry.name == "fast.embed" for entry in entries]
 
 
 @cache_function
 def _compiled_step():
     import torch
 
-    return torch.compile(_step, dynamic=False)
+    return torch.compile(_step, dynamic=False, options={"guard_filter_fn": _step_guards})
 
 
 WIDTH_STEP = 256
