@@ -39,8 +39,9 @@ def dequantized(folder, mode):
     modes = layer_modes(model, [name for name, _ in model.named_modules()], mode)  # an int4 model's head is int8
     for name, module in list(model.named_modules()):
         if isinstance(module, torch.nn.Linear) and quantizable(module, modes[name]):
-            # A new Parameter: a tied head must not change the embedding, which stays float in the quantized model.
             module.weight = torch.nn.Parameter(quantize_weight(module.weight, modes[name]).dequantized(), requires_grad=False)
+    if model.config.tie_word_embeddings:  # the quantized model looks its embedding up from the int8 head
+        model.get_input_embeddings().weight = model.get_output_embeddings().weight
     return model, tokenizer
 
 
@@ -221,8 +222,9 @@ def test_the_copy_on_disk_holds_plain_values_and_every_load_packs_them_for_this_
     load(ModelSettings(str(folder), quantize=mode))
     copy = next(d for d in paths.models_dir().iterdir()
                 if (gguf.conversion_info(d) or {}).get("source") == str(folder.resolve()))
-    assert gguf.conversion_info(copy)["format"] == 3
+    assert gguf.conversion_info(copy)["format"] == 4
     saved = load_file(str(copy / "model.safetensors"))
+    assert "model.embed_tokens.weight" not in saved  # tied: the embedding is the int8 head's values
     # Nothing packed or CPU-specific: each linear is its quantized values, scales and zeros, as quantize_weight makes them.
     assert not [k for k in saved if k.endswith((".weight", ".qweight")) and "proj" in k]
     source, _ = plain_model(folder)
@@ -240,6 +242,11 @@ def test_the_copy_on_disk_holds_plain_values_and_every_load_packs_them_for_this_
     packed, scales = pack(QuantizedWeight.from_tensors(saved, "lm_head"))
     assert torch.equal(head.packed, packed) and torch.equal(head.packed_scales, scales)
     assert "lm_head.packed" not in again.model.state_dict()  # packed buffers are never saved
+    # The tied embedding: each row the head's row dequantized, read from the head's own buffer.
+    embedding = again.model.get_input_embeddings()
+    assert embedding.values.data_ptr() == head.packed.data_ptr()
+    ids = torch.tensor([[0, 5, 17, 42]])
+    assert torch.equal(embedding(ids), QuantizedWeight.from_tensors(saved, "lm_head").dequantized()[ids])
 
 
 def test_a_copy_of_another_format_is_rebuilt_not_misread(tmp_path):

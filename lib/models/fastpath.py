@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import cache as cache_function
 from typing import Any, Callable
 
+from .quantize import lookup
+
 FAMILIES = ("llama",)  # others join once a tiny model of theirs is tested token for token
 
 
@@ -124,7 +126,12 @@ class FastModel:
 
         config = model.config
         inner = model.model
-        self.embed = inner.embed_tokens.weight
+        # A quantized tied model's embedding is the int8 head's values and scales (QuantizedEmbedding).
+        embedding = inner.embed_tokens
+        self.embed = getattr(embedding, "values", None)
+        self.embed_scales = getattr(embedding, "scales", None)
+        if self.embed is None:
+            self.embed = embedding.weight
         self.rotary = inner.rotary_emb
         self.norm = inner.norm.weight
         self.norm_eps = inner.norm.variance_epsilon
@@ -132,7 +139,7 @@ class FastModel:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.dtype = self.embed.dtype
+        self.dtype = inner.norm.weight.dtype
         self.device = self.embed.device
         self.layers = []
         for block in inner.layers:
@@ -165,7 +172,10 @@ class FastModel:
         import torch
 
         b, t = ids.shape
-        x = torch.nn.functional.embedding(ids, self.embed)
+        if self.embed_scales is None:
+            x = torch.nn.functional.embedding(ids, self.embed)
+        else:
+            x = lookup(ids, self.embed, self.embed_scales, self.dtype)
         cos, sin = self.rotary(x, positions)
         cos, sin = cos[:, None], sin[:, None]
         for i, layer in enumerate(self.layers):

@@ -296,6 +296,12 @@ def quantized_part_class():
     return _classes[1]
 
 
+def quantized_embedding_class():
+    """The QuantizedEmbedding module class: a tied embedding read from the int8 head."""
+    quantized_linear_class()
+    return _classes[2]
+
+
 _classes: Any = None
 
 
@@ -367,7 +373,32 @@ def _build_classes():
         def forward(self, x):
             return self.fused.shared_forward(x)[..., self.start:self.end]
 
-    return QuantizedLinear, QuantizedPart
+    class QuantizedEmbedding(nn.Module):
+        """A tied model's input embedding, looked up from its int8 output head's values.
+
+        A tied head and embedding are one matrix; once the head is int8, a float copy kept for
+        the lookup alone is the largest tensor of a small model (SmolLM2: 113 MiB of its 360).
+        Each row looked up is the head's row dequantized: what the quantized model's head
+        computes with, so the two stay one matrix.
+        """
+
+        def __init__(self, head: QuantizedLinear, dtype: Any):
+            super().__init__()
+            self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+            self.dtype = dtype
+            # The head's own buffers, not copies (an int8 pack is the plain values); not saved.
+            self.register_buffer("values", head.packed, persistent=False)
+            self.register_buffer("scales", head.packed_scales, persistent=False)
+
+        def forward(self, ids):
+            return lookup(ids, self.values, self.scales, self.dtype)
+
+    return QuantizedLinear, QuantizedPart, QuantizedEmbedding
+
+
+def lookup(ids: Any, values: Any, scales: Any, dtype: Any) -> Any:
+    """Rows `ids` of an int8 matrix with per-row scales, dequantized as QuantizedWeight.dequantized does."""
+    return values[ids].to(dtype) * scales[ids].to(dtype)[..., None]
 
 
 def quantizable(linear: Any, mode: str) -> bool:
@@ -384,7 +415,24 @@ def check_mode(mode: str, device: str) -> None:
         raise UsageError(f"--quantize {mode} uses torch's CPU kernels; use --device cpu")
 
 
-def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, Any], fuse: bool = True) -> None:
+def tied_head(model: Any, weights: dict[str, QuantizedWeight]) -> str | None:
+    """The name of the output head in `weights` that install will share with the input embedding
+    (QuantizedEmbedding): a tied model's head, int8 (an int4 model's head is int8 too); else None."""
+    from torch import nn
+
+    if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    name = next((n for n, m in model.named_modules() if head is not None and m is head), None)
+    weight = weights.get(name) if name is not None else None
+    if weight is None or weight.mode != "int8" or not isinstance(embedding, nn.Embedding):
+        return None
+    return name if tuple(embedding.weight.shape) == (weight.out_features, weight.in_features) else None
+
+
+def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, Any], fuse: bool = True,
+            share_embedding: bool = True) -> None:
     """Put packed layers in place of the model's linears named in `weights`, consuming it.
 
     With `fuse`, the layers of FUSED_GROUPS under one module (q/k/v, gate/up) are joined
@@ -397,8 +445,12 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
     instead of the split product's two: int4 decode 110 -> 127 tok/s, perplexity the same
     (measured on SmolLM2). Their largest outputs are then made exact (refined_top), so the
     head's bfloat16 resolution never decides between two near-tied tokens.
+
+    With `share_embedding`, a tied model's input embedding is then looked up from the int8
+    head's values (QuantizedEmbedding) and its float copy let go.
     """
     QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
+    shared = tied_head(model, weights) if share_embedding else None
     bfloat16_rows = any(w.mode == "int4" for w in weights.values())
     if fuse:
         for owner_name, owner in list(model.named_modules()):
@@ -421,6 +473,9 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf,
                 QuantizedLinear(weights.pop(name), biases.get(name), bfloat16_rows))
+    if shared is not None:
+        dtype = model.get_input_embeddings().weight.dtype
+        model.set_input_embeddings(quantized_embedding_class()(model.get_submodule(shared), dtype))
 
 
 def _joined_bias(biases: list[Any], parts: list[QuantizedWeight]) -> Any:
@@ -461,6 +516,7 @@ def quantize(model: Any, mode: str, device: str = "cpu", fuse: bool = True, unde
     modes = layer_modes(model, linears, mode)
     targets = {name: m for name, m in linears.items() if quantizable(m, modes[name])}
     weights = {name: quantize_weight(m.weight, modes[name]) for name, m in targets.items()}
-    install(model, weights, {name: m.bias for name, m in targets.items()}, fuse)
-    # A tied output head shared its weight with the embedding: the embedding keeps the float copy.
+    # A tied head's embedding is looked up from its int8 values (a language model's own; a
+    # vision-language model's embedding also takes image features, and stays as it is).
+    install(model, weights, {name: m.bias for name, m in targets.items()}, fuse, share_embedding=not under)
     return len(targets)
