@@ -96,7 +96,9 @@ def load_tokenizer(ref: ModelRef):
 
 
 def load(settings: ModelSettings, notify: Callable[[str], None] = _stderr) -> LoadedModel:
-    with LOAD_LOCK:
+    from .allocator import returning_freed_memory
+
+    with LOAD_LOCK, returning_freed_memory():
         return _load(settings, notify)
 
 
