@@ -151,6 +151,45 @@ def test_lm_generate_fast_path_writes_the_same_text_and_records_quantize(tiny_ll
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
                     reason="torch.compile on a CPU builds C++ kernels")
+@pytest.mark.parametrize("every", [False, True])
+def test_a_long_prompt_prefilled_in_passes_gives_one_passs_logits_and_cache(tiny_llama_raw, monkeypatch, every):
+    from lmpipe.models import fastpath
+
+    model, tokenizer = load(tiny_llama_raw)
+    fast = fastpath.fast_model(model)
+    ids = torch.tensor([tokenizer(" ".join(PROMPTS)).input_ids])
+    passes = []
+    one_pass = fastpath._prefill_pass
+    monkeypatch.setattr(fastpath, "_prefill_pass", lambda *a, **k: passes.append(a[3].shape[1]) or one_pass(*a, **k))
+
+    def prefilled(chunk):
+        monkeypatch.setattr(fastpath, "PREFILL_CHUNK", chunk)
+        cache = fast.cache(1, ids.shape[1] + 4)
+        return fastpath.prefill(fast, cache, slice(0, 1), ids, torch.ones_like(ids), every=every), cache
+
+    whole, whole_cache = prefilled(ids.shape[1])
+    assert passes == [ids.shape[1]]
+    passes.clear()
+    split, split_cache = prefilled(7)
+    assert passes == [7] * (ids.shape[1] // 7) + ([ids.shape[1] % 7] if ids.shape[1] % 7 else [])
+    assert len(passes) >= 3
+    assert split.shape == whole.shape and torch.allclose(split, whole, atol=1e-5)
+    for a, b in zip(whole_cache.keys + whole_cache.values, split_cache.keys + split_cache.values, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    for name in ("valid", "fill", "position"):
+        assert torch.equal(getattr(whole_cache, name), getattr(split_cache, name)), name
+
+
+def test_greedy_after_a_prompt_prefilled_in_passes_is_transformers_own(tiny_llama_raw, monkeypatch):
+    from lmpipe.models import fastpath
+
+    monkeypatch.setattr(fastpath, "PREFILL_CHUNK", 5)
+    model, tokenizer = load(tiny_llama_raw)
+    prompt = " ".join(PROMPTS)
+    assert len(tokenizer(prompt).input_ids) > 3 * 5
+    same_tokens(reference(model, tokenizer, [prompt], 12), ours(model, tokenizer, [prompt], 12, Decoding("fast")))
+
+
 def test_compiled_fast_step_gives_the_eager_steps_logits(tiny_llama_raw):
     from lmpipe.models.fastpath import FastDecoder, fast_model
 
