@@ -149,8 +149,6 @@ def test_lm_generate_fast_path_writes_the_same_text_and_records_quantize(tiny_ll
     assert run("--quantize", "int8")["manifest"]["quantize"] == "int8"
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
-                    reason="torch.compile on a CPU builds C++ kernels")
 @pytest.mark.parametrize("every", [False, True])
 def test_a_long_prompt_prefilled_in_passes_gives_one_passs_logits_and_cache(tiny_llama_raw, monkeypatch, every):
     from lmpipe.models import fastpath
@@ -190,6 +188,8 @@ def test_greedy_after_a_prompt_prefilled_in_passes_is_transformers_own(tiny_llam
     same_tokens(reference(model, tokenizer, [prompt], 12), ours(model, tokenizer, [prompt], 12, Decoding("fast")))
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on a CPU builds C++ kernels")
 def test_compiled_fast_step_gives_the_eager_steps_logits(tiny_llama_raw):
     from lmpipe.models.fastpath import FastDecoder, fast_model
 
