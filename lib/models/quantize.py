@@ -415,6 +415,11 @@ def check_mode(mode: str, device: str) -> None:
         raise UsageError(f"--quantize {mode} uses torch's CPU kernels; use --device cpu")
 
 
+def module_name(model: Any, module: Any) -> str | None:
+    """`module`'s name inside `model`, or None (also for None)."""
+    return next((n for n, m in model.named_modules() if module is not None and m is module), None)
+
+
 def tied_head(model: Any, weights: dict[str, QuantizedWeight]) -> str | None:
     """The name of the output head in `weights` that install will share with the input embedding
     (QuantizedEmbedding): a tied model's head, int8 (an int4 model's head is int8 too); else None."""
@@ -424,7 +429,7 @@ def tied_head(model: Any, weights: dict[str, QuantizedWeight]) -> str | None:
         return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    name = next((n for n, m in model.named_modules() if head is not None and m is head), None)
+    name = module_name(model, head)
     weight = weights.get(name) if name is not None else None
     if weight is None or weight.mode != "int8" or not isinstance(embedding, nn.Embedding):
         return None
@@ -499,7 +504,7 @@ def layer_modes(model: Any, names: Any, mode: str) -> dict[str, str]:
     (measured). llama.cpp's 4-bit files keep their output tensors at 6 or 8 bits for the same reason.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    head_name = next((n for n, m in model.named_modules() if head is not None and m is head), None)
+    head_name = module_name(model, head)
     return {name: HEAD_MODES.get(mode, mode) if name == head_name else mode for name in names}
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .. import paths
 from . import gguf
 from .fastpath import FAMILIES
-from .quantize import QuantizedWeight, install, layer_modes, quantizable, quantize_weight, tied_head
+from .quantize import QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight, tied_head
 
 # The copy's layout: 1 held torch's packed int4 buffers (CPU-specific); 2 holds plain values;
 # 3: int4 copies keep the output head int8, and hold a GGUF's own Q4_0/Q4_1 blocks (lmpipe.models.gguf_blocks);
@@ -141,8 +141,7 @@ def _save(model: Any, weights: dict[str, QuantizedWeight], target: Path, info: d
 
     tensors = {k: v for k, v in model.state_dict().items() if not v.is_meta}  # the linears' weights are not loaded
     if tied_head(model, weights) is not None:  # install looks the embedding up from the head's values
-        embedding = model.get_input_embeddings()
-        tensors.pop(next(f"{n}.weight" for n, m in model.named_modules() if m is embedding), None)
+        tensors.pop(f"{module_name(model, model.get_input_embeddings())}.weight", None)
     for name, weight in weights.items():
         tensors.update(weight.tensors(name))
     tmp = None
