@@ -6,10 +6,10 @@ blocks over its mmap threshold (128 KiB at start) with mmap and returns them on 
 every such free raises the threshold to that block's size, up to 32 MiB. After the first few
 layers the temporaries come from the heap, where the packed weights kept between them pin it:
 an int4 SmolLM2 (90 MiB) left 40 to 180 MiB of freed heap resident, differing from run to
-run (peak 591.6 to 727.9 MiB in four runs, 549 with the threshold fixed). So while a model loads the threshold stays at 128
-KiB, and afterwards it is set where glibc's own adjustment would end (32 MiB), so decode
-steps keep reusing heap memory rather than mapping fresh zeroed pages each time, and what
-the load freed is trimmed.
+run (peak 591.6 to 727.9 MiB in four runs, 549 with the threshold fixed). So while a model
+loads the threshold stays at 128 KiB, and afterwards it is set where glibc's own adjustment
+would end (32 MiB), so decode steps keep reusing heap memory rather than mapping fresh
+zeroed pages each time, and what the load freed is trimmed.
 
 The setting is process-wide: in lm-serve, other models' steps run with it while one loads.
 Other C libraries (macOS, musl) have their own policies: there this does nothing.
