@@ -50,6 +50,34 @@ def test_jsonl_with_a_transformers_baseline_and_perplexity(tiny_llama_raw):
     assert ppl["perplexity"] > 1 and ppl["baseline_perplexity"] > 1 and "change" in ppl
 
 
+def test_the_decode_rate_is_timed_inside_the_call_that_generates():
+    """Each call reports its own decode time; the rate is count - 1 over it, not a difference of two calls' times
+    (which came out near 1e10 tok/s when a long prompt outweighed a few new tokens)."""
+    from lmpipe.tasks.bench_cases import BenchSettings, Timed, measure
+
+    def call(prompts, new):
+        return Timed([new] * len(prompts), 0.5)
+
+    rows = list(measure({"lmpipe": call}, [1, 2, 3], BenchSettings(batches=(2,), gen_tokens=11, repetitions=2)))
+    assert rows[0]["decode_tok_s"] == {"min": 20.0, "median": 20.0}
+
+
+def test_each_implementation_times_its_own_first_token(tiny_llama_raw):
+    import time
+
+    from lmpipe.engine.decoding import Decoding
+    from lmpipe.models.loading import ModelSettings, load
+    from lmpipe.tasks.bench_cases import lmpipe_call, transformers_call
+
+    lm = load(ModelSettings(str(tiny_llama_raw)))
+    for call in (lmpipe_call(lm, Decoding()), transformers_call(lm.model, lm.tokenizer)):
+        start = time.perf_counter()
+        done = call([[5, 6, 7, 8], [9, 10, 11, 12]], 6)
+        total = time.perf_counter() - start
+        assert len(done.counts) == 2 and max(done.counts) >= 2
+        assert 0 < done.decode_s < total  # the clock started at a new token, inside the call
+
+
 def test_bad_settings_are_usage_errors(tiny_llama_raw):
     result, records = bench("-m", str(tiny_llama_raw), "-g", "1")
     assert result.exit_code == 2 and records == []

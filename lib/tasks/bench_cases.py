@@ -1,9 +1,11 @@
 """lm-bench's measurements, llama-bench style: the same cases for lmpipe and for a baseline.
 
 Each case times whole calls, the same way for every implementation, so the ratios compare
-like with like: a call with one new token gives the time to first token (prompt processing),
-a call with `gen_tokens` new tokens gives the rest. Warm-up runs happen before any clock is
-read; every case is repeated and reported as min and median.
+like with like: a call with one new token gives the time to first token (prompt processing);
+a call with `gen_tokens` new tokens gives the aggregate rate, and its decode rate is timed
+inside that same call, from its first new token to its end (subtracting two calls' times
+instead gives noise, or a rate near infinity when the prompt outweighs the new tokens). Warm-up
+runs happen before any clock is read; every case is repeated and reported as min and median.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from ..engine.decoding import Decoding
-from ..engine.events import Completion
+from ..engine.events import Completion, Token
 from ..engine.generation import generate
 from ..engine.sampling import Sampling
 from ..engine.timing import per_second
@@ -23,8 +25,34 @@ from ..errors import UsageError
 from ..models.loading import LoadedModel, ModelSettings
 
 BASELINES = ("transformers", "llama-cpp")
-# A call: (prompts as token ids, new tokens) -> generated token count per row.
-Call = Callable[[list[list[int]], int], list[int]]
+
+
+@dataclass(frozen=True)
+class Timed:
+    """What one call generated, and when: `counts` new tokens per row; `decode_s` from the
+    call's first new token (any row's) to its end, in which the other max(counts) - 1 came."""
+
+    counts: list[int]
+    decode_s: float
+
+
+# A call: (prompts as token ids, new tokens) -> what it generated.
+Call = Callable[[list[list[int]], int], Timed]
+
+
+class FirstToken:
+    """perf_counter at the first new token, for calls whose tokens arrive as they come."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def seen(self) -> None:
+        if self.at is None:
+            self.at = time.perf_counter()
+
+    def timed(self, counts: list[int]) -> Timed:
+        end = time.perf_counter()
+        return Timed(counts, end - (self.at if self.at is not None else end))
 
 
 @dataclass(frozen=True)
@@ -124,13 +152,17 @@ def bench_prompt(tokenizer: Any, n: int) -> list[int]:
 
 
 def lmpipe_call(lm: LoadedModel, decoding: Decoding, draft: Any = None) -> Call:
-    def call(prompts: list[list[int]], new: int) -> list[int]:
+    def call(prompts: list[list[int]], new: int) -> Timed:
         counts = [0] * len(prompts)
+        first = FirstToken()
         for event in generate(lm.model, lm.tokenizer, prompts, Sampling(max_new_tokens=new), device=lm.device,
                               decoding=decoding, draft=draft):
-            if isinstance(event, Completion):
+            if isinstance(event, Token):
+                first.seen()
+            elif isinstance(event, Completion):
+                first.seen()  # a row whose only token ended it has no Token event
                 counts[event.row] = event.output_tokens + (event.finish_reason == "eos")
-        return counts
+        return first.timed(counts)
 
     return call
 
@@ -141,13 +173,30 @@ def transformers_call(model: Any, tokenizer: Any) -> Call:
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def call(prompts: list[list[int]], new: int) -> list[int]:
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        """generate's streamer gets the prompt first, then each step's new tokens."""
+
+        def __init__(self) -> None:
+            self.first, self.prompt_seen = FirstToken(), False
+
+        def put(self, value: Any) -> None:
+            if self.prompt_seen:
+                self.first.seen()
+            self.prompt_seen = True
+
+        def end(self) -> None:
+            pass
+
+    def call(prompts: list[list[int]], new: int) -> Timed:
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        clock = Clock()
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                             pad_token_id=pad)
-        return [int((row != pad).sum()) for row in out[:, width:]]
+                             pad_token_id=pad, streamer=clock)
+        return clock.first.timed([int((row != pad).sum()) for row in out[:, width:]])
 
     return call
 
@@ -159,13 +208,21 @@ def llama_cpp_call(path: str, threads: int | None) -> Call:
         raise UsageError(f"--baseline llama-cpp needs llama-cpp-python (pip install llama-cpp-python): {exc}") from None
     llm = Llama(model_path=path, n_ctx=2048, n_threads=threads or None, verbose=False)
 
-    def call(prompts: list[list[int]], new: int) -> list[int]:
-        counts = []
-        for p in prompts:  # llama-cpp-python serves one sequence at a time
+    def call(prompts: list[list[int]], new: int) -> Timed:
+        counts, decode_s = [], 0.0
+        for p in prompts:  # llama-cpp-python serves one sequence at a time: each one's decode time adds up
             llm.reset()  # it would reuse the last prompt's keys and values: time the prompt, as for the others
-            out = llm.create_completion(prompt=p, max_tokens=new, temperature=0.0)
-            counts.append(out["usage"]["completion_tokens"])
-        return counts
+            first, count = FirstToken(), 0
+            # generate yields one token id at a time (greedy at temp 0), as llama.cpp decodes them;
+            # create_completion's streamed chunks may hold several tokens' text
+            for token in llm.generate(p, temp=0.0):
+                first.seen()
+                count += 1
+                if count >= new or token == llm.token_eos():
+                    break
+            counts.append(count)
+            decode_s += first.timed([count]).decode_s
+        return Timed(counts, decode_s)
 
     return call
 
@@ -188,13 +245,13 @@ def measure(calls: dict[str, Call], prompt: list[int], settings: BenchSettings) 
                 call(prompts, 1)
                 ttft = time.perf_counter() - start
                 start = time.perf_counter()
-                counts = call(prompts, settings.gen_tokens)
+                done = call(prompts, settings.gen_tokens)
                 total = time.perf_counter() - start
                 t = times[impl]
                 t["ttft"].append(ttft)
                 t["total"].append(total)
-                t["decode"].append(per_second(max(counts) - 1, max(total - ttft, 1e-9)))
-                t["aggregate"].append(per_second(sum(counts), total))
+                t["decode"].append(per_second(max(done.counts) - 1, done.decode_s))
+                t["aggregate"].append(per_second(sum(done.counts), total))
         for impl, t in times.items():
             yield {
                 "impl": impl, "batch": batch, "prompt_tokens": len(prompt), "gen_tokens": settings.gen_tokens,
