@@ -175,7 +175,7 @@ def transformers_call(model: Any, tokenizer: Any) -> Call:
 
     from transformers.generation.streamers import BaseStreamer
 
-    class Clock(BaseStreamer):
+    class TokenClock(BaseStreamer):
         """generate's streamer gets the prompt first, then each step's new tokens."""
 
         def __init__(self) -> None:
@@ -193,7 +193,7 @@ def transformers_call(model: Any, tokenizer: Any) -> Call:
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        clock = Clock()
+        clock = TokenClock()
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
                              pad_token_id=pad, streamer=clock)
         return clock.first.timed([int((row != pad).sum()) for row in out[:, width:]])
