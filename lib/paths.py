@@ -19,6 +19,11 @@ def models_dir() -> Path:
     return home() / "models"
 
 
+def kernels_dir() -> Path:
+    """lmpipe's own compiled kernels (lmpipe.models.kernels), built on first use, one folder per torch version."""
+    return home() / "kernels"
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache, as huggingface_hub computes it (HF_HOME, HF_HUB_CACHE)."""
     from huggingface_hub import constants

@@ -304,17 +304,20 @@ def test_kernel_operands_own_aligned_memory_when_read_from_a_copy(tmp_path, mode
     assert layers
     for layer in layers:
         for t in (layer.packed, layer.packed_scales):
+            if t is None:  # lmpipe's int4 kernel: its scales are inside its one buffer
+                continue
             assert t.is_contiguous() and t.storage_offset() == 0 and t.data_ptr() % ALIGN == 0
             assert t.untyped_storage().nbytes() == t.nbytes  # its own memory, not a view of a file or a fused buffer
     view = torch.zeros(100, dtype=torch.int8)[3:67]
     assert view.data_ptr() % ALIGN != 0 and owned(view).data_ptr() % ALIGN == 0 and torch.equal(owned(view), view)
 
 
-def test_a_kernel_that_disagrees_with_the_dequantized_weight_is_a_one_line_error(monkeypatch):
+@pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: lmpipe's own kernel where the CPU has VNNI, else torch's
+def test_a_kernel_that_disagrees_with_the_dequantized_weight_is_a_one_line_error(monkeypatch, mode):
     import lmpipe.models.quantize as q
 
-    def scrambled(weight):  # a packing the kernel reads differently: rows in another order
-        packed, scales = original(weight)
+    def scrambled(weight, vnni=False):  # a packing the kernel reads differently: rows in another order
+        packed, scales = original(weight, vnni)
         return packed.flip(0).contiguous(), scales
 
     original = q.pack
@@ -322,7 +325,7 @@ def test_a_kernel_that_disagrees_with_the_dequantized_weight_is_a_one_line_error
     monkeypatch.setattr(q, "_checked", set())
     model = torch.nn.Sequential(torch.nn.Linear(64, 48))
     with pytest.raises(UsageError) as caught:
-        q.quantize(model, "int8")
+        q.quantize(model, mode)
     message = str(caught.value)
     assert "\n" not in message and "this CPU" in message and "no --quantize" in message
     assert torch.backends.cpu.get_cpu_capability() in message

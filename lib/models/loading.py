@@ -147,6 +147,10 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
             quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())
         ident["quantize"] = settings.quantize
+        if settings.quantize == "int4":  # the two kernels round differently: say which one computed
+            from .quantize import int4_kernel_name
+
+            ident["int4_kernel"] = int4_kernel_name(model)
     return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor)
 
 

@@ -1,0 +1,156 @@
+// int4 weights times float32 activations with AVX-512 VNNI integer dot products, as llama.cpp
+// computes its 4-bit blocks: registered as torch.ops.lmpipe.int4_mm (lmpipe.models.int4_vnni).
+//
+// Activations are split per group of 32 into two int8 parts (the group's values in steps of
+// max/127, then what that leaves in steps 254 times finer), so each group's sums are exact
+// integers and a product is within ~1e-5 of the dequantized float32 weight's.
+//
+// Packed layout, built by lmpipe from its portable int4 values at load time: for each block of
+// 16 output rows and each group of 32 columns, 320 bytes: 4 x 64 bytes of values (byte 4r + c
+// of part p holds row r's column 8p + c in its low nibble and column 8p + 4 + c in its high
+// one), then the 16 rows' bfloat16 scales, then their bfloat16 zeros. A weight is
+// (q - 8) * scale + zero, as lmpipe.models.quantize.QuantizedWeight defines it.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t GROUP = 32;
+constexpr int64_t ROWS = 16;
+constexpr int64_t BLOCK = 320;
+
+bool supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+// One row of activations, per group: high and low int8 parts, the step, the float sum.
+// Rounding is to nearest even, as torch.round.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void split_row(
+    const float* x, int64_t k, int8_t* high, int8_t* low, float* step, float* sum) {
+  constexpr int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  for (int64_t g = 0; g < k / GROUP; ++g) {
+    const __m512 a = _mm512_loadu_ps(x + g * GROUP), b = _mm512_loadu_ps(x + g * GROUP + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const float s = amax / 127.f;
+    const __m512 inverse = _mm512_set1_ps(s > 0.f ? 1.f / s : 0.f);
+    const __m512 ua = _mm512_mul_ps(a, inverse), ub = _mm512_mul_ps(b, inverse);
+    const __m512 ha = _mm512_roundscale_ps(ua, nearest), hb = _mm512_roundscale_ps(ub, nearest);
+    const __m512 fine = _mm512_set1_ps(254.f);
+    const __m512 la = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(ua, ha), fine), nearest);
+    const __m512 lb = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(ub, hb), fine), nearest);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(high + g * GROUP), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(ha)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(high + g * GROUP + 16), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(hb)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(low + g * GROUP), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(la)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(low + g * GROUP + 16), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(lb)));
+    step[g] = s;
+    sum[g] = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) inline __m512 bfloat16s(const uint8_t* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+struct Split {  // the activations of all rows, split (split_row), row-major
+  std::vector<int8_t> high, low;
+  std::vector<float> step, sum;
+};
+
+// Outputs of one block of 16 weight rows for activation rows [r0, r0 + MR): each 64 bytes of
+// values are unpacked once and used by every row. Separate accumulators for the low and high
+// nibbles keep the integer dot products' dependency chains short.
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
+    const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  const int64_t groups = k / GROUP;
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g, w += BLOCK) {
+    __m512i ih[MR][2], il[MR][2];
+    for (int i = 0; i < MR; ++i) ih[i][0] = ih[i][1] = il[i][0] = il[i][1] = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+      const __m512i v = _mm512_loadu_si512(w + p * 64);
+      const __m512i lo = _mm512_and_si512(v, nibble);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      for (int i = 0; i < MR; ++i) {
+        const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
+        const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
+        int32_t h0, h1, l0, l1;
+        std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
+        ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], lo, _mm512_set1_epi32(h0));
+        ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], hi, _mm512_set1_epi32(h1));
+        il[i][0] = _mm512_dpbusd_epi32(il[i][0], lo, _mm512_set1_epi32(l0));
+        il[i][1] = _mm512_dpbusd_epi32(il[i][1], hi, _mm512_set1_epi32(l1));
+      }
+    }
+    const __m512 scale = bfloat16s(w + 256), zero = bfloat16s(w + 288);
+    for (int i = 0; i < MR; ++i) {
+      const int64_t at = (r0 + i) * groups + g;
+      // sum over the group of x * q, from the exact integer sums of both parts
+      const __m512 high = _mm512_cvtepi32_ps(_mm512_add_epi32(ih[i][0], ih[i][1]));
+      const __m512 low = _mm512_cvtepi32_ps(_mm512_add_epi32(il[i][0], il[i][1]));
+      const __m512 xq = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high),
+                                      _mm512_set1_ps(a.step[at]));
+      const __m512 xs = _mm512_set1_ps(a.sum[at]);
+      // sum of x * ((q - 8) * scale + zero) = scale * (xq - 8 * xs) + zero * xs
+      acc[i] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(_mm512_set1_ps(8.f), xs, xq), acc[i]);
+      acc[i] = _mm512_fmadd_ps(zero, xs, acc[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out + (r0 + i) * n, acc[i]);
+}
+
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  TORCH_CHECK(supported(), "lmpipe::int4_mm needs AVX-512 VNNI");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "packed: contiguous uint8");
+  const int64_t m = x.size(0), k = x.size(1), groups = k / GROUP;
+  TORCH_CHECK(k % GROUP == 0 && n % ROWS == 0, "K must be a multiple of 32 and N of 16");
+  TORCH_CHECK(packed.numel() == n / ROWS * groups * BLOCK, "packed does not hold an [N, K] weight");
+  at::Tensor out = at::empty({m, n}, x.options());
+  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m * groups),
+          std::vector<float>(m * groups)};
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      split_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, a.step.data() + r * groups,
+                a.sum.data() + r * groups);
+  });
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const uint8_t* wb = w + b * groups * BLOCK;
+      float* ob = o + b * ROWS;
+      int64_t r = 0;
+      for (; r + 4 <= m; r += 4) block_rows<4>(wb, a, r, k, n, ob);
+      for (; r < m; ++r) block_rows<1>(wb, a, r, k, n, ob);
+    }
+  });
+  return out;
+}
+
+bool vnni() { return supported(); }
+
+}  // namespace
+
+TORCH_LIBRARY(lmpipe, m) {
+  m.def("int4_mm(Tensor x, Tensor packed, int n) -> Tensor");
+  m.def("int4_mm_supported() -> bool", &vnni);
+}
+
+TORCH_LIBRARY_IMPL(lmpipe, CPU, m) { m.impl("int4_mm", &int4_mm); }

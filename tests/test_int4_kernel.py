@@ -1,0 +1,90 @@
+"""lmpipe's int4 kernel (AVX-512 VNNI): built from source on first use, as exact as int8's split
+product, and where it cannot run, torch's kernel instead with the reason kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmpipe.models.kernels import int4
+from lmpipe.models.quantize import quantize_weight
+
+needs_kernel = pytest.mark.skipif(not int4.available(), reason=f"lmpipe's int4 kernel cannot run here: {int4.reason}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])  # blocks of 4 activation rows, and the rows after them
+def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(rows):
+    torch.manual_seed(0)
+    weight = quantize_weight(torch.randn(48, 128) * 0.05, "int4")
+    packed = int4.pack(weight.int4_values(), weight.scales, weight.zeros)
+    x = torch.randn(rows, 128) * torch.logspace(-3, 3, 128)  # outlier-heavy rows, as residual streams have
+    x[0, :32] = 0  # a group of zeros has no step to scale by, and must not divide by zero
+    got = int4.product(x, packed, 48)
+    want = x.double() @ weight.dequantized().double().t()
+    assert got.dtype == torch.float32 and got.shape == (rows, 48)
+    assert float((got.double() - want).norm() / want.norm()) < 1e-4
+    # torch's kernel, fed bfloat16 as lmpipe fed it, is ~2e-3 off: the bound above is 20x finer
+    a = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.int4_values().contiguous(), 1)
+    scales = torch.stack([weight.scales, weight.zeros], dim=-1).transpose(0, 1).contiguous()
+    theirs = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), a, 32, scales).double()
+    assert float((theirs - want).norm() / want.norm()) > 1e-3
+
+
+@needs_kernel
+def test_each_output_row_reads_its_own_values_scale_and_zero():
+    """A packing that mixed rows, groups or nibbles up would move these one-hot products."""
+    values = torch.zeros(32, 64, dtype=torch.int32)
+    values[5, 40] = 15  # row 5, group 1, part 1, high nibble
+    values[17, 3] = 1  # row 17 (second block), group 0, part 0, low nibble
+    scales = torch.ones(32, 2, dtype=torch.bfloat16)
+    scales[5, 1] = 2
+    zeros = torch.zeros(32, 2).to(torch.bfloat16) + 8 * scales.float().to(torch.bfloat16)  # weight = q * scale
+    zeros[17, 0] = 9  # weight = q - 8 + 9 over that group
+    x = torch.zeros(1, 64)
+    x[0, 40], x[0, 3], x[0, 4] = 1.0, 2.0, 3.0
+    got = int4.product(x, int4.pack(values, scales, zeros), 32)[0]
+    want = torch.zeros(32)
+    want[5] = 15 * 2
+    want[17] = 2 * (1 + 1) + 3 * (0 + 1)
+    assert torch.allclose(got, want, rtol=1e-4, atol=0)  # the split activations: 2 is 3/127 * (85 - 85/254)
+
+
+@needs_kernel
+def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw):
+    from lmpipe.models.loading import ModelSettings, load
+    from lmpipe.models.quantize import quantized_linear_class
+
+    lm = load(ModelSettings(str(tiny_llama_raw), quantize="int4"))
+    assert lm.identity["int4_kernel"] == "lmpipe-vnni"  # records' manifests say which kernel computed them
+    model = lm.model
+    layers = [m for m in model.modules() if isinstance(m, quantized_linear_class())]
+    assert {layer.mode for layer in layers if layer.vnni} == {"int4"}
+    assert all(layer.vnni for layer in layers if layer.mode == "int4")
+
+
+def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path):
+    """No compiler (or a failed build): int4 still works, on torch's kernel, and the reason is kept."""
+    import lmpipe.models.quantize as q
+
+    def fails():
+        raise RuntimeError("error: command 'c++' failed\nno C++ compiler found")
+
+    monkeypatch.setattr(int4, "reason", int4.reason)  # put back afterwards, as the cached answer is
+    monkeypatch.setattr(int4, "_build", fails)
+    monkeypatch.setattr(int4, "_cpu_flags", lambda: set(int4.CPU_FLAGS))
+    monkeypatch.setattr(int4, "available", int4.available.__wrapped__)
+    assert not int4.available()
+    assert int4.reason == "building lmpipe's int4 kernel failed: no C++ compiler found"
+    monkeypatch.setattr(int4, "_cpu_flags", lambda: {"avx2"})
+    assert not int4.available() and int4.reason.startswith("the CPU lacks")
+    monkeypatch.setattr(q, "_checked", {})
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32, bias=False)
+    reference = quantize_weight(linear.weight, "int4").dequantized()
+    model = torch.nn.Sequential(linear)
+    assert q.quantize(model, "int4") == 1
+    assert not model[0].vnni and model[0].packed_scales is not None and q.int4_kernel_name(model) == "torch"
+    x = torch.randn(2, 64)
+    want = x @ reference.t()
+    assert float((model[0](x) - want).norm() / want.norm()) < q.CHECK_TOLERANCE  # torch's bfloat16 kernel
