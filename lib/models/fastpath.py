@@ -423,7 +423,10 @@ def _step_guards(entries: list[Any]) -> list[bool]:
 def _compiled_step():
     import torch
 
-    return torch.compile(_step, dynamic=False, options={"guard_filter_fn": _step_guards})
+    # size_asserts off: inductor's wrapper otherwise checks every input's sizes and strides at
+    # each call, ~370 checks (0.4 ms) a token on SmolLM2, all of them weights whose shapes the
+    # kept guards on the model's sizes already fix. Decode 6.11 -> 5.73 ms a token (best of 8).
+    return torch.compile(_step, dynamic=False, options={"guard_filter_fn": _step_guards, "size_asserts": False})
 
 
 WIDTH_STEP = 256
