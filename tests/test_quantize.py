@@ -14,6 +14,7 @@ import torch
 
 from lmpipe import paths
 from lmpipe.models import gguf
+from lmpipe.models.kernels import vnni
 from lmpipe.errors import UsageError
 from lmpipe.engine.generation import Completion, Decoding, generate
 from lmpipe.models.loading import ModelSettings, load
@@ -67,10 +68,11 @@ def packed_layers(model):
 
 # int8 splits float32 activations into two exact int8 products: each layer is within ~1e-4 of
 # its dequantized float32 product, and the last logits within 0.5% (measured: 0.08-0.48%).
-# int4's kernel takes bfloat16 activations and gives bfloat16 outputs: each layer within ~0.3%,
-# which 30 layers amplify to 1-3% in the last logits for most prompts; its int8 head makes its
-# best logits exact. Both bounds sit far below what a wrong packing gives (relative error ~1).
-@pytest.mark.parametrize("mode, tolerance", [("int8", 0.02), ("int4", 0.08)])
+# int4 on lmpipe's VNNI kernels splits them the same way (head included): within 0.5% too. On
+# torch's kernel it takes bfloat16 activations and gives bfloat16 outputs: each layer within
+# ~0.3%, which 30 layers amplify to 1-3% in the last logits for most prompts; its int8 head makes
+# its best logits exact. All bounds sit far below what a wrong packing gives (relative error ~1).
+@pytest.mark.parametrize("mode, tolerance", [("int8", 0.02), ("int4", 0.02 if vnni.available() else 0.08)])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 def test_the_embedded_model_quantized_computes_what_its_dequantized_weights_do(embedded, mode, tolerance, fuse):
     from lmpipe.models.quantize import quantize
@@ -188,9 +190,27 @@ def test_int4_of_the_q4_1_gguf_runs_its_own_blocks_within_one_percent_of_its_per
     assert abs(perplexity(quantized.model, quantized.tokenizer, text) / base - 1) < 0.01
 
 
-def test_an_int4_head_is_int8_in_memory_too(tiny_llama_raw):
+def test_an_int4_head_is_int8_in_memory_too_and_exact_through_lmpipes_kernel(tiny_llama_raw):
     from lmpipe.models.quantize import quantize
 
+    if not vnni.available():
+        pytest.skip(f"lmpipe's VNNI kernels cannot run here: {vnni.reason}")
+    model, _ = plain_model(tiny_llama_raw)
+    quantize(model, "int4")
+    head = model.lm_head
+    assert head.mode == "int8" and model.model.layers[0].mlp.down_proj.mode == "int4" and head.vnni
+    weight = vnni.int8_rows(head.packed, torch.arange(head.out_features)).float() * head.packed_scales[:, None]
+    for rows in (1, 9):  # one pass over the head for any rows, every logit within the split product's bound
+        x = torch.randn(rows, model.config.hidden_size)
+        got, exact = head(x), x.double() @ weight.double().t()
+        assert float((got.double() - exact).norm() / exact.norm()) < 1e-4, rows
+
+
+def test_an_int4_head_is_int8_in_memory_too(tiny_llama_raw, monkeypatch):
+    """Without lmpipe's kernels (a CPU without VNNI): torch's bfloat16 kernel for few rows, its best logits made exact."""
+    from lmpipe.models.quantize import quantize
+
+    monkeypatch.setattr(vnni, "available", lambda: False)
     model, _ = plain_model(tiny_llama_raw)
     quantize(model, "int4")
     assert model.lm_head.mode == "int8" and model.model.layers[0].mlp.down_proj.mode == "int4"
@@ -239,7 +259,7 @@ def test_the_copy_on_disk_holds_plain_values_and_every_load_packs_them_for_this_
     again = load(ModelSettings(str(folder), quantize=mode))
     head = again.model.lm_head
     assert head.mode == "int8"  # int4 models keep their output head int8
-    packed, scales = pack(QuantizedWeight.from_tensors(saved, "lm_head"))
+    packed, scales = pack(QuantizedWeight.from_tensors(saved, "lm_head"), head.vnni)
     assert torch.equal(head.packed, packed) and torch.equal(head.packed_scales, scales)
     assert "lm_head.packed" not in again.model.state_dict()  # packed buffers are never saved
     # The tied embedding: each row the head's row dequantized, read from the head's own buffer.

@@ -9,7 +9,7 @@ bytes per token: int8 reads a quarter of float32, int4 an eighth.
   layer is within ~1e-4 of its dequantized float32 product; torch's `_weight_int8pack_mm`
   takes and returns bfloat16, which put int8 logits 0.6-10% from the dequantized model. A
   bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
-- int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI (lmpipe.models.kernels.int4):
+- int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI (lmpipe.models.kernels.vnni):
   integer dot products over activations split as int8's are, within ~1e-5 of the dequantized
   weight's product, and faster. Elsewhere torch's `_weight_int4pack_mm_for_cpu`, as gpt-fast
   and torchao do. It is fast with bfloat16 activations and ~40x slower with float32 ones
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from .kernels import int4 as int4_kernel
+from .kernels import vnni as vnni_kernels
 
 MODES = ("int8", "int4")
 INT4_GROUP = 32
@@ -154,12 +154,15 @@ def owned(tensor: Any) -> Any:
 def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
     """The kernel operands for this CPU: fresh buffers, made from the portable values at load time.
 
-    `vnni`: an int4 weight for lmpipe's own kernel (lmpipe.models.kernels.int4), one buffer, no scales apart.
+    `vnni`: for lmpipe's own kernels (lmpipe.models.kernels.vnni): int4 as one buffer with its
+    scales inside; int8 in blocks of 16 rows, with float32 scales.
     """
     import torch
 
+    if vnni and weight.mode == "int4":
+        return vnni_kernels.int4_pack(weight.int4_values(), weight.scales, weight.zeros), None
     if vnni:
-        return int4_kernel.pack(weight.int4_values(), weight.scales, weight.zeros), None
+        return vnni_kernels.int8_pack(weight.values), weight.scales.float()
     if weight.mode == "int8":
         return owned(weight.values), owned(weight.scales)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.int4_values().contiguous(), 1)
@@ -178,6 +181,13 @@ def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
     if mode == "int8":
         return torch.ops.aten._weight_int8pack_mm(a, packed, scales)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, INT4_GROUP, scales)
+
+
+def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int) -> Any:
+    """x [M, K] float times a weight packed for lmpipe's VNNI kernels: float32 [M, N]."""
+    if mode == "int4":
+        return vnni_kernels.int4_product(x, packed, out_features)
+    return vnni_kernels.int8_product(x, packed, scales)
 
 
 def refined_top(y: Any, x: Any, values: Any, scales: Any) -> Any:
@@ -229,8 +239,8 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
     A CPU whose kernel reads the packing differently gives garbage here, not in the output.
     int8 tries the split product first: oneDNN without VNNI (AVX2, ONEDNN_MAX_CPU_ISA=AVX2)
     gives wrong int8 sums for large values, so its extreme rows are checked exactly, and such a
-    CPU falls back to the bfloat16 kernel. lmpipe's int4 kernel (`vnni`) is held to the split
-    product's tolerance: its activations are split the same way.
+    CPU falls back to the bfloat16 kernel. lmpipe's kernels (`vnni`) are held to the split
+    product's tolerance: their activations are split the same way.
     """
     import torch
 
@@ -244,15 +254,19 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
     first = min(CHECK_ROWS, weight.out_features)
     sample = torch.cat([torch.arange(first), torch.arange(max(first, weight.out_features - 64), weight.out_features)])
     reference = weight.rows(sample).dequantized().t()
-    split = weight.mode == "int8" and _split_is_exact(packed, scales.float(), x, x @ reference, sample)
     if vnni:
-        got, expected = int4_kernel.product(x, packed, weight.out_features)[:, sample], x @ reference
+        got = product(weight.mode, x, packed, scales, weight.out_features)[:, sample]
+        expected = x @ reference
         error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
         if not error < EXACT_TOLERANCE:
-            raise UsageError(f"--quantize int4: lmpipe's int4 kernel gives wrong products on this CPU ({cpu_name()}; "
-                             f"relative error {error:.2g} for a {weight.out_features}x{weight.in_features} weight); "
-                             "use --quantize int8 or no --quantize")
-    elif not split:
+            raise UsageError(
+                f"--quantize {weight.mode}: lmpipe's {weight.mode} kernel gives wrong products on this CPU "
+                f"({cpu_name()}; relative error {error:.2g} for a {weight.out_features}x{weight.in_features} "
+                f"weight); use {'--quantize int8 or ' if weight.mode == 'int4' else ''}no --quantize")
+        _checked[key] = False
+        return False
+    split = weight.mode == "int8" and _split_is_exact(packed, scales.float(), x, x @ reference, sample)
+    if not split:
         got = kernel_product(weight.mode, x, packed, scales).float()[:, sample]
         expected = x.to(torch.bfloat16).float() @ reference
         error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
@@ -339,8 +353,11 @@ def _build_classes():
             self.mode = weight.mode
             self.bfloat16_rows = bfloat16_rows
             self.in_features, self.out_features = weight.in_features, weight.out_features
-            # int4 goes through lmpipe's own kernel where the CPU has VNNI (lmpipe.models.kernels.int4).
-            self.vnni = weight.mode == "int4" and int4_kernel.available()
+            # int4, and an int4 model's int8 head, go through lmpipe's own kernels where the CPU has
+            # VNNI (lmpipe.models.kernels.vnni). int8 models keep the split product: at 16 rows and
+            # more oneDNN's int8 GEMM beats the kernel, and one layout is kept, not two.
+            self.vnni = vnni_kernels.available() and (
+                weight.mode == "int4" or (bfloat16_rows and vnni_kernels.int8_fits(self.out_features, self.in_features)))
             packed, scales = pack(weight, self.vnni)
             self.split = check_kernel(weight, packed, scales, self.vnni)
             self.register_buffer("packed", packed, persistent=False)
@@ -354,7 +371,7 @@ def _build_classes():
             flat = x.reshape(-1, x.shape[-1])
             rows = flat.shape[0]
             if self.vnni:
-                y = int4_kernel.product(flat, self.packed, self.out_features)
+                y = product(self.mode, flat, self.packed, self.packed_scales, self.out_features)
             elif self.split and not ((self.bfloat16_rows or x.dtype == torch.bfloat16) and rows <= KERNEL_MAX_ROWS):
                 y = split_int8_product(flat.float(), self.packed, self.split_scales)
             elif self.mode == "int8" and rows > KERNEL_MAX_ROWS:
@@ -417,12 +434,16 @@ def _build_classes():
 
 
 def lookup(ids: Any, values: Any, scales: Any, dtype: Any) -> Any:
-    """Rows `ids` of an int8 matrix with per-row scales, dequantized as QuantizedWeight.dequantized does."""
-    return values[ids].to(dtype) * scales[ids].to(dtype)[..., None]
+    """Rows `ids` of an int8 matrix with per-row scales, dequantized as QuantizedWeight.dequantized does;
+    `values` plain [N, K] int8, or packed for the VNNI kernel (uint8)."""
+    import torch
+
+    rows = vnni_kernels.int8_rows(values, ids) if values.dtype == torch.uint8 else values[ids]
+    return rows.to(dtype) * scales[ids].to(dtype)[..., None]
 
 
 def int4_kernel_name(model: Any) -> str:
-    """Which kernel computes the model's int4 layers: "lmpipe-vnni" (lmpipe.models.kernels.int4) or "torch"."""
+    """Which kernel computes the model's int4 layers: "lmpipe-vnni" (lmpipe.models.kernels.vnni) or "torch"."""
     return "lmpipe-vnni" if any(getattr(m, "vnni", False) for m in model.modules()) else "torch"
 
 

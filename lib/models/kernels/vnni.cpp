@@ -1,11 +1,13 @@
-// int4 weights times float32 activations with AVX-512 VNNI integer dot products, as llama.cpp
-// computes its 4-bit blocks: registered as torch.ops.lmpipe.int4_mm (lmpipe.models.int4_vnni).
+// int4 and int8 weights times float32 activations with AVX-512 VNNI integer dot products, as
+// llama.cpp computes its blocks: torch.ops.lmpipe.int4_mm and int8_mm (lmpipe.models.kernels.vnni).
 //
-// Activations are split per group of 32 into two int8 parts (the group's values in steps of
-// max/127, then what that leaves in steps 254 times finer), so each group's sums are exact
-// integers and a product is within ~1e-5 of the dequantized float32 weight's.
+// Activations are split into two int8 parts (the values in steps of max/127, then what that
+// leaves in steps 254 times finer), per group of 32 for int4 and per row for int8 (whose weight
+// has one scale per row), so the sums are exact integers and a product is within ~1e-5 (int4)
+// or ~1e-4 (int8) of the dequantized float32 weight's: lmpipe.models.quantize.split_int8_product's
+// arithmetic, with the weight read once instead of once per part.
 //
-// Packed layout, built by lmpipe from its portable int4 values at load time: for each block of
+// int4's packed layout, built by lmpipe from its portable int4 values at load time: for each block of
 // 16 output rows and each group of 32 columns, 320 bytes: 4 x 64 bytes of values (byte 4r + c
 // of part p holds row r's column 8p + c in its low nibble and column 8p + 4 + c in its high
 // one), then the 16 rows' bfloat16 scales, then their bfloat16 zeros. A weight is
@@ -144,13 +146,107 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
   return out;
 }
 
+
+// int8's packed layout: blocks of 16 output rows; in each, for every 4 columns, 64 bytes: row r's
+// 4 values at 4r, each stored plus 128 (unsigned, as VNNI's first operand must be). The
+// activations are the signed operand, broadcast 4 at a time; 128 times each activation part's
+// sum comes off again. Scales are float32 per output row.
+struct RowSplit {
+  std::vector<int8_t> high, low;
+  std::vector<float> step;
+  std::vector<int32_t> high_sum, low_sum;
+};
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void split_whole_row(
+    const float* x, int64_t k, int8_t* high, int8_t* low, float* step, int32_t* high_sum, int32_t* low_sum) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < k; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  const float s = amax / 127.f, inverse = s > 0.f ? 1.f / s : 0.f;
+  int32_t hs = 0, ls = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const float u = x[i] * inverse, h = std::nearbyint(u);
+    high[i] = static_cast<int8_t>(h);
+    low[i] = static_cast<int8_t>(std::nearbyint((u - h) * 254.f));
+    hs += high[i];
+    ls += low[i];
+  }
+  *step = s;
+  *high_sum = hs;
+  *low_sum = ls;
+}
+
+// 16 outputs (one block of weight rows) for activation rows [r0, r0 + MR). Two accumulators per
+// part (even and odd groups of 4 columns) keep the dot products' dependency chains short.
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
+    const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  __m512i ih[MR][2], il[MR][2];
+  for (int i = 0; i < MR; ++i) ih[i][0] = ih[i][1] = il[i][0] = il[i][1] = _mm512_setzero_si512();
+  for (int64_t c = 0; c < k; c += 8, w += 128) {
+    const __m512i v0 = _mm512_loadu_si512(w), v1 = _mm512_loadu_si512(w + 64);
+    for (int i = 0; i < MR; ++i) {
+      const int8_t* h = a.high.data() + (r0 + i) * k + c;
+      const int8_t* l = a.low.data() + (r0 + i) * k + c;
+      int32_t h0, h1, l0, l1;
+      std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
+      ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], v0, _mm512_set1_epi32(h0));
+      ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], v1, _mm512_set1_epi32(h1));
+      il[i][0] = _mm512_dpbusd_epi32(il[i][0], v0, _mm512_set1_epi32(l0));
+      il[i][1] = _mm512_dpbusd_epi32(il[i][1], v1, _mm512_set1_epi32(l1));
+    }
+  }
+  const __m512 scale = _mm512_loadu_ps(scales);
+  for (int i = 0; i < MR; ++i) {
+    const int64_t r = r0 + i;
+    const __m512i high = _mm512_sub_epi32(_mm512_add_epi32(ih[i][0], ih[i][1]), _mm512_set1_epi32(128 * a.high_sum[r]));
+    const __m512i low = _mm512_sub_epi32(_mm512_add_epi32(il[i][0], il[i][1]), _mm512_set1_epi32(128 * a.low_sum[r]));
+    const __m512 sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), _mm512_set1_ps(1.f / 254.f), _mm512_cvtepi32_ps(high));
+    _mm512_storeu_ps(out + r * n, _mm512_mul_ps(_mm512_mul_ps(sum, _mm512_set1_ps(a.step[r])), scale));
+  }
+}
+
+at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
+  TORCH_CHECK(supported(), "lmpipe::int8_mm needs AVX-512 VNNI");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(2) == ROWS && packed.size(3) == 4,
+              "packed: contiguous uint8 [N/16, K/4, 16, 4]");
+  const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * ROWS;
+  TORCH_CHECK(packed.size(1) * 4 == k && k % 8 == 0, "x and packed differ in K, or K is not a multiple of 8");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == n && scales.is_contiguous(), "scales: float32 [N]");
+  at::Tensor out = at::empty({m, n}, x.options());
+  RowSplit a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m),
+             std::vector<int32_t>(m), std::vector<int32_t>(m)};
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      split_whole_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, &a.step[r], &a.high_sum[r],
+                      &a.low_sum[r]);
+  });
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const float* sc = scales.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t r = 0;
+      for (; r + 4 <= m; r += 4) int8_block<4>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+      for (; r < m; ++r) int8_block<1>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+    }
+  });
+  return out;
+}
+
 bool vnni() { return supported(); }
 
 }  // namespace
 
 TORCH_LIBRARY(lmpipe, m) {
   m.def("int4_mm(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("int4_mm_supported() -> bool", &vnni);
+  m.def("int8_mm(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("vnni_supported() -> bool", &vnni);
 }
 
-TORCH_LIBRARY_IMPL(lmpipe, CPU, m) { m.impl("int4_mm", &int4_mm); }
+TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
+  m.impl("int4_mm", &int4_mm);
+  m.impl("int8_mm", &int8_mm);
+}

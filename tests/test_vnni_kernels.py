@@ -1,15 +1,15 @@
-"""lmpipe's int4 kernel (AVX-512 VNNI): built from source on first use, as exact as int8's split
-product, and where it cannot run, torch's kernel instead with the reason kept."""
+"""lmpipe's int4 and int8 kernels (AVX-512 VNNI): built from source on first use, as exact as
+int8's split product, and where they cannot run, torch's kernels instead with the reason kept."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lmpipe.models.kernels import int4
+from lmpipe.models.kernels import vnni
 from lmpipe.models.quantize import quantize_weight
 
-needs_kernel = pytest.mark.skipif(not int4.available(), reason=f"lmpipe's int4 kernel cannot run here: {int4.reason}")
+needs_kernel = pytest.mark.skipif(not vnni.available(), reason=f"lmpipe's int4 kernel cannot run here: {vnni.reason}")
 
 
 @needs_kernel
@@ -17,10 +17,10 @@ needs_kernel = pytest.mark.skipif(not int4.available(), reason=f"lmpipe's int4 k
 def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(rows):
     torch.manual_seed(0)
     weight = quantize_weight(torch.randn(48, 128) * 0.05, "int4")
-    packed = int4.pack(weight.int4_values(), weight.scales, weight.zeros)
+    packed = vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros)
     x = torch.randn(rows, 128) * torch.logspace(-3, 3, 128)  # outlier-heavy rows, as residual streams have
     x[0, :32] = 0  # a group of zeros has no step to scale by, and must not divide by zero
-    got = int4.product(x, packed, 48)
+    got = vnni.int4_product(x, packed, 48)
     want = x.double() @ weight.dequantized().double().t()
     assert got.dtype == torch.float32 and got.shape == (rows, 48)
     assert float((got.double() - want).norm() / want.norm()) < 1e-4
@@ -29,6 +29,26 @@ def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(
     scales = torch.stack([weight.scales, weight.zeros], dim=-1).transpose(0, 1).contiguous()
     theirs = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), a, 32, scales).double()
     assert float((theirs - want).norm() / want.norm()) > 1e-3
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_packing(rows):
+    from lmpipe.models.quantize import split_int8_product
+
+    torch.manual_seed(0)
+    weight = quantize_weight(torch.randn(48, 136), "int8")  # K = 136: 17 groups of 8 columns
+    packed, scales = vnni.int8_pack(weight.values), weight.scales.float()
+    x = torch.randn(rows + 1, 136) * torch.logspace(-3, 3, 136)
+    x[-1] = 0  # a zero row has no step to scale by
+    got = vnni.int8_product(x, packed, scales)[:rows]
+    want = x[:rows].double() @ weight.dequantized().double().t()
+    assert got.shape == (rows, 48) and float((got.double() - want).norm() / want.norm()) < 1e-4
+    assert torch.equal(vnni.int8_product(x, packed, scales)[-1], torch.zeros(48))
+    # the same arithmetic as the split product over torch._int_mm, up to float rounding
+    assert torch.allclose(got, split_int8_product(x[:rows], weight.values, scales), rtol=1e-5, atol=1e-5)
+    ids = torch.tensor([[0, 47], [16, 5]])  # an embedding lookup reads rows back out of the blocks of 16
+    assert torch.equal(vnni.int8_rows(packed, ids), weight.values[ids].to(torch.int16))
 
 
 @needs_kernel
@@ -43,7 +63,7 @@ def test_each_output_row_reads_its_own_values_scale_and_zero():
     zeros[17, 0] = 9  # weight = q - 8 + 9 over that group
     x = torch.zeros(1, 64)
     x[0, 40], x[0, 3], x[0, 4] = 1.0, 2.0, 3.0
-    got = int4.product(x, int4.pack(values, scales, zeros), 32)[0]
+    got = vnni.int4_product(x, vnni.int4_pack(values, scales, zeros), 32)[0]
     want = torch.zeros(32)
     want[5] = 15 * 2
     want[17] = 2 * (1 + 1) + 3 * (0 + 1)
@@ -59,8 +79,8 @@ def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw):
     assert lm.identity["int4_kernel"] == "lmpipe-vnni"  # records' manifests say which kernel computed them
     model = lm.model
     layers = [m for m in model.modules() if isinstance(m, quantized_linear_class())]
-    assert {layer.mode for layer in layers if layer.vnni} == {"int4"}
-    assert all(layer.vnni for layer in layers if layer.mode == "int4")
+    assert all(layer.vnni for layer in layers)  # the int4 layers, and the int8 head with them
+    assert {layer.mode for layer in layers} == {"int4", "int8"}
 
 
 def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path):
@@ -70,14 +90,14 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
     def fails():
         raise RuntimeError("error: command 'c++' failed\nno C++ compiler found")
 
-    monkeypatch.setattr(int4, "reason", int4.reason)  # put back afterwards, as the cached answer is
-    monkeypatch.setattr(int4, "_build", fails)
-    monkeypatch.setattr(int4, "_cpu_flags", lambda: set(int4.CPU_FLAGS))
-    monkeypatch.setattr(int4, "available", int4.available.__wrapped__)
-    assert not int4.available()
-    assert int4.reason == "building lmpipe's int4 kernel failed: no C++ compiler found"
-    monkeypatch.setattr(int4, "_cpu_flags", lambda: {"avx2"})
-    assert not int4.available() and int4.reason.startswith("the CPU lacks")
+    monkeypatch.setattr(vnni, "reason", vnni.reason)  # put back afterwards, as the cached answer is
+    monkeypatch.setattr(vnni, "_build", fails)
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: set(vnni.CPU_FLAGS))
+    monkeypatch.setattr(vnni, "available", vnni.available.__wrapped__)
+    assert not vnni.available()
+    assert vnni.reason == "building lmpipe's VNNI kernels failed: no C++ compiler found"
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx2"})
+    assert not vnni.available() and vnni.reason.startswith("the CPU lacks")
     monkeypatch.setattr(q, "_checked", {})
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32, bias=False)
