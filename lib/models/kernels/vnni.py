@@ -33,7 +33,8 @@ SOURCE = Path(__file__).with_name("vnni.cpp")
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
 
 reason: str | None = None  # why the kernels are not available, once available() said so
-_lock = threading.Lock()
+_lock = threading.Lock()  # one build and registration per process, whichever thread asks first
+_built = False
 
 
 def _cpu_flags() -> set[str]:
@@ -72,11 +73,14 @@ def available() -> bool:
 
 
 def _build() -> None:
+    global _built
     import torch
     from torch.utils.cpp_extension import load
 
     from ...paths import kernels_dir
 
+    if _built:
+        return
     build = kernels_dir() / f"torch-{torch.__version__}"
     build.mkdir(parents=True, exist_ok=True)
     # The source's hash is part of the build, so an edited kernel is rebuilt; the CPU's
@@ -91,6 +95,8 @@ def _build() -> None:
     @torch.library.register_fake("lmpipe::int8_mm")
     def _(x, packed, scales):
         return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
+
+    _built = True
 
 
 def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
