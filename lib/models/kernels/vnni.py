@@ -140,12 +140,13 @@ def int8_pack(values: Any) -> Any:
     return torch.bitwise_xor(blocks, 0x80, out=packed)
 
 
-def int8_rows(packed: Any, ids: Any) -> Any:
-    """Rows `ids` of the int8 values packed by int8_pack, int16 [*ids.shape, K] (an embedding lookup)."""
+def int8_rows(packed: Any, index: Any) -> Any:
+    """Rows `index` (a tensor of row numbers) of the int8 values packed by int8_pack, int16
+    [*index.shape, K]: an embedding lookup."""
     import torch
 
-    rows = packed[ids // ROWS, :, ids % ROWS, :]  # [*ids.shape, K/4, 4]
-    return rows.reshape(*ids.shape, -1).to(torch.int16) - 128
+    rows = packed[index // ROWS, :, index % ROWS, :]  # [*index.shape, K/4, 4]
+    return rows.reshape(*index.shape, -1).to(torch.int16) - 128
 
 
 def int8_product(x: Any, packed: Any, scales: Any) -> Any:
