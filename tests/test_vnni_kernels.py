@@ -52,6 +52,24 @@ def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_pa
 
 
 @needs_kernel
+@pytest.mark.parametrize("groups", [1, 3])
+def test_one_querys_attention_reads_only_the_unmasked_columns(groups):
+    """The compiled step's attention: what its two matmuls and masked softmax give, for rows of different lengths."""
+    from lmpipe.models.fastpath import _whole_cache_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 3 * groups, 1, 40), torch.randn(3, 3, 256, 40), torch.randn(3, 3, 256, 40)
+    mask = torch.zeros(3, 1, 1, 256, dtype=torch.bool)
+    mask[0, ..., :1] = True  # one column: its value, whatever the score
+    mask[1, ..., 30:200] = True
+    mask[2, ..., ::7] = True
+    k[1, :, 200:] = float("nan")  # masked columns are never read: garbage there changes nothing
+    got = vnni.attend_one(q, k, v, mask)
+    assert torch.allclose(got, _whole_cache_attention(mask, groups)(q, k.nan_to_num(), v), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got[0, :, 0], v[0, torch.arange(3 * groups) // groups, 0], rtol=1e-6, atol=1e-7)
+
+
+@needs_kernel
 def test_each_output_row_reads_its_own_values_scale_and_zero():
     """A packing that mixed rows, groups or nibbles up would move these one-hot products."""
     values = torch.zeros(32, 64, dtype=torch.int32)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cache as cache_function
 from typing import Any, Callable
 
+from .kernels import vnni as vnni_kernels
 from .quantize import lookup
 
 FAMILIES = ("llama",)  # others join once a tiny model of theirs is tested token for token
@@ -366,8 +367,10 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
     positions = cache.position[rows][:, None].clone()
     if compiled:
         cache.span = cache.width
+        # chosen here, outside the compiled step: asking whether the kernels run would break its graph
+        kernel = fast.dtype == torch.float32 and vnni_kernels.available()
         logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :],
-                                  _whole_cache_attention)
+                                  _kernel_attention if kernel else _whole_cache_attention)
     else:
         cache.span = int(columns.max()) + 1
         valid = cache.valid[rows, : cache.span]
@@ -384,6 +387,16 @@ def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, colum
     with torch.no_grad():
         return fast.forward(chosen[:, None], positions, cache, rows, columns,
                             (attention or _attention)(mask, fast.heads // fast.kv_heads))
+
+
+def _kernel_attention(mask, groups: int) -> Callable:
+    """The compiled step's float32 attention where lmpipe's kernels run (lmpipe.models.kernels.vnni):
+    one call of theirs per layer, which reads only the unmasked columns of the cache."""
+
+    def attend(q, k, v):
+        return vnni_kernels.attend_one(q, k, v, mask)
+
+    return attend
 
 
 def _whole_cache_attention(mask, groups: int) -> Callable:
