@@ -276,7 +276,8 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   const bool* mp = mask.data_ptr<bool>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, b * kv, 64, [&](int64_t begin, int64_t end) {
+  // One row (3 key/value heads for SmolLM2) stays on one thread; batches spread.
+  at::parallel_for(0, b * kv, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(width);
     std::vector<int32_t> used;
     used.reserve(width);
