@@ -11,7 +11,7 @@ bytes per token: int8 reads a quarter of float32, int4 an eighth.
   bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
 - int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI (lmpipe.models.kernels.vnni):
   integer dot products over activations split as int8's are, within ~1e-5 of the dequantized
-  weight's product, and faster. Elsewhere torch's `_weight_int4pack_mm_for_cpu`, as gpt-fast
+  weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's `_weight_int4pack_mm_for_cpu`, as gpt-fast
   and torchao do. It is fast with bfloat16 activations and ~40x slower with float32 ones
   (measured), so activations enter it as bfloat16 and leave as float32 again.
 
@@ -347,8 +347,8 @@ def _build_classes():
         """
 
         def __init__(self, weight: QuantizedWeight, bias: Any = None, bfloat16_rows: bool = False):
-            """`bfloat16_rows`: an int8 layer of an int4 model takes the bfloat16 kernel for few rows, as
-            the int4 layers do (see install)."""
+            """`bfloat16_rows`: an int8 layer of an int4 model (its output head): on lmpipe's kernels it
+            takes their int8 one like the int4 layers, elsewhere the bfloat16 kernel for few rows (see install)."""
             super().__init__()
             self.mode = weight.mode
             self.bfloat16_rows = bfloat16_rows
@@ -491,11 +491,13 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
     portable weight leaves `weights` as it is packed, so a caller holding nothing else keeps
     one layer's values beside the packed model at a time, not the whole model's.
 
-    A model with int4 layers computes them from bfloat16 activations; its int8 layers (the
-    output head) then take the bfloat16 kernel for few rows too, one pass over the weight
-    instead of the split product's two: int4 decode 110 -> 127 tok/s, perplexity the same
-    (measured on SmolLM2). Their largest outputs are then made exact (refined_top), so the
-    head's bfloat16 resolution never decides between two near-tied tokens.
+    A model with int4 layers runs its int8 layers (the output head) on lmpipe's int8 kernel
+    where its int4 ones run on lmpipe's (one pass over the weight, exact). Elsewhere the int4
+    layers compute from bfloat16 activations, and the int8 ones take the bfloat16 kernel for
+    few rows too, one pass over the weight instead of the split product's two: int4 decode
+    110 -> 127 tok/s, perplexity the same (measured on SmolLM2). Their largest outputs are
+    then made exact (refined_top), so the head's bfloat16 resolution never decides between
+    two near-tied tokens.
 
     With `share_embedding`, a tied model's input embedding is then looked up from the int8
     head's values (QuantizedEmbedding) and its float copy let go.
