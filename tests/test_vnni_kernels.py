@@ -67,6 +67,10 @@ def test_one_querys_attention_reads_only_the_unmasked_columns(groups):
     got = vnni.attend_one(q, k, v, mask)
     assert torch.allclose(got, _whole_cache_attention(mask, groups)(q, k.nan_to_num(), v), rtol=1e-5, atol=1e-6)
     assert torch.allclose(got[0, :, 0], v[0, torch.arange(3 * groups) // groups, 0], rtol=1e-6, atol=1e-7)
+    # a view of a wider cache's columns in use (the eager step's), read in place
+    wide_k, wide_v = torch.randn(3, 3, 300, 40), torch.randn(3, 3, 300, 40)
+    wide_k[:, :, :256], wide_v[:, :, :256] = k, v
+    assert torch.equal(vnni.attend_one(q, wide_k[:, :, :256], wide_v[:, :, :256], mask), got)
 
 
 @needs_kernel

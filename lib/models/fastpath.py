@@ -156,6 +156,7 @@ class FastModel:
                 eps=block.input_layernorm.variance_epsilon,
             ))
         self.intermediate = inner.layers[0].mlp.gate_proj.out_features if len(inner.layers) else 0
+        self.quantized = any(layer.o.quantized is not None for layer in self.layers)
         self.q_size = self.heads * self.head_dim
         self.kv_size = self.kv_heads * self.head_dim
         self.silu = torch.nn.functional.silu
@@ -371,6 +372,13 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
         kernel = fast.dtype == torch.float32 and vnni_kernels.available()
         logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :],
                                   _kernel_attention if kernel else _whole_cache_attention)
+    elif fast.quantized and fast.dtype == torch.float32 and vnni_kernels.available():
+        # A quantized model promises no bit-identity with transformers: lmpipe's attention
+        # kernel, not SDPA (lm-serve's eager batches, 16 rows of SmolLM2 int8 on one thread:
+        # 49.3 -> 46.1 ms a step, best of 12 taken in turn).
+        cache.span = int(columns.max()) + 1
+        logits = _step(fast, cache, rows, chosen, positions, columns, cache.valid[rows, : cache.span][:, None, None, :],
+                       _kernel_attention)
     else:
         cache.span = int(columns.max()) + 1
         valid = cache.valid[rows, : cache.span]

@@ -265,7 +265,10 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   TORCH_CHECK(supported(), "lmpipe::attend_one needs AVX-512");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "float32 queries, keys and values");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && mask.is_contiguous(), "contiguous operands");
+  // Keys and values may be a view of a wider cache (its columns in use): any strides, but
+  // each column's D values side by side.
+  TORCH_CHECK(q.is_contiguous() && mask.is_contiguous() && k.stride(3) == 1 && v.stride(3) == 1,
+              "contiguous queries and mask; keys' and values' last dimension contiguous");
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && k.dim() == 4 && v.sizes() == k.sizes(), "q [B, H, 1, D], k and v [B, KV, W, D]");
   TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == k.size(0) * k.size(2), "mask: bool [B, 1, 1, W]");
   const int64_t b = q.size(0), heads = q.size(1), dim = q.size(3), kv = k.size(1), width = k.size(2);
@@ -288,16 +291,18 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
       for (int64_t w = 0; w < width; ++w)
         if (m[w]) used.push_back(static_cast<int32_t>(w));
       if (used.empty()) continue;  // a row with nothing to attend to: zeros, never NaN
-      const float* keys = kp + bh * width * dim;
-      const float* values = vp + bh * width * dim;
+      const int64_t head = bh % kv;
+      const float* keys = kp + row * k.stride(0) + head * k.stride(1);
+      const float* values = vp + row * v.stride(0) + head * v.stride(1);
+      const int64_t ks = k.stride(2), vs = v.stride(2);
       for (int64_t g = 0; g < groups; ++g) {
-        const float* query = qp + (row * heads + (bh % kv) * groups + g) * dim;
+        const float* query = qp + (row * heads + head * groups + g) * dim;
         float top = -INFINITY;
-        for (int32_t w : used) top = std::fmax(top, scores[w] = dot(query, keys + w * dim, dim) * scale);
+        for (int32_t w : used) top = std::fmax(top, scores[w] = dot(query, keys + w * ks, dim) * scale);
         float total = 0.f;
         for (int32_t w : used) total += scores[w] = std::exp(scores[w] - top);
-        float* o = op + (row * heads + (bh % kv) * groups + g) * dim;
-        for (int32_t w : used) add_scaled(scores[w] / total, values + w * dim, o, dim);
+        float* o = op + (row * heads + head * groups + g) * dim;
+        for (int32_t w : used) add_scaled(scores[w] / total, values + w * vs, o, dim);
       }
     }
   });

@@ -166,11 +166,8 @@ def int8_product(x: Any, packed: Any, scales: Any) -> Any:
 
 def attend_one(q: Any, k: Any, v: Any, mask: Any) -> Any:
     """One query per row [B, H, 1, D] over keys and values [B, KV, W, D] where `mask` [B, 1, 1, W]
-    is true: softmax(q k^T / sqrt(D)) v, float32, each query head on its group's key/value head."""
-    return torch_ops().attend_one(q.contiguous(), k.contiguous(), v.contiguous(), mask.contiguous())
-
-
-def torch_ops() -> Any:
+    is true: softmax(q k^T / sqrt(D)) v, float32, each query head on its group's key/value head.
+    Keys and values go as they are: a view of a cache's columns in use needs no copy."""
     import torch
 
-    return torch.ops.lmpipe
+    return torch.ops.lmpipe.attend_one(q.contiguous(), k, v, mask.contiguous())
