@@ -256,27 +256,25 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
     reference = weight.rows(sample).dequantized().t()
     if vnni:
         got = product(weight.mode, x, packed, scales, weight.out_features)[:, sample]
-        expected = x @ reference
-        error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
-        if not error < EXACT_TOLERANCE:
-            raise UsageError(
-                f"--quantize {weight.mode}: lmpipe's {weight.mode} kernel gives wrong products on this CPU "
-                f"({cpu_name()}; relative error {error:.2g} for a {weight.out_features}x{weight.in_features} "
-                f"weight); use {'--quantize int8 or ' if weight.mode == 'int4' else ''}no --quantize")
+        _require_close(weight, "lmpipe's", got, x @ reference, EXACT_TOLERANCE)
         _checked[key] = False
         return False
     split = weight.mode == "int8" and _split_is_exact(packed, scales.float(), x, x @ reference, sample)
     if not split:
         got = kernel_product(weight.mode, x, packed, scales).float()[:, sample]
-        expected = x.to(torch.bfloat16).float() @ reference
-        error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
-        if not error < CHECK_TOLERANCE:
-            raise UsageError(
-                f"--quantize {weight.mode}: torch's {weight.mode} kernel gives wrong products on this CPU "
-                f"({cpu_name()}; relative error {error:.2g} for a {weight.out_features}x{weight.in_features} "
-                f"weight); use {'--quantize int8 or ' if weight.mode == 'int4' else ''}no --quantize")
+        _require_close(weight, "torch's", got, x.to(torch.bfloat16).float() @ reference, CHECK_TOLERANCE)
     _checked[key] = split
     return split
+
+
+def _require_close(weight: QuantizedWeight, whose: str, got: Any, expected: Any, tolerance: float) -> None:
+    """A kernel's product against the dequantized weight's: a one-line UsageError naming the CPU when it is off."""
+    error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
+    if not error < tolerance:
+        raise UsageError(
+            f"--quantize {weight.mode}: {whose} {weight.mode} kernel gives wrong products on this CPU "
+            f"({cpu_name()}; relative error {error:.2g} for a {weight.out_features}x{weight.in_features} "
+            f"weight); use {'--quantize int8 or ' if weight.mode == 'int4' else ''}no --quantize")
 
 
 def _split_is_exact(values: Any, scales: Any, x: Any, expected: Any, sample: Any) -> bool:
