@@ -11,6 +11,16 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 
 
+def cpuinfo(field: str) -> str | None:
+    """The first value of `field` in Linux's /proc/cpuinfo ("model name", "flags"); None elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.split(":", 1)[0].strip() == field),
+                        None)
+    except OSError:
+        return None
+
+
 def choose_device(name: str = "auto") -> str:
     import torch
 

@@ -309,15 +309,12 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return out;
 }
 
-bool vnni() { return supported(); }
-
 }  // namespace
 
 TORCH_LIBRARY(lmpipe, m) {
   m.def("int4_mm(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("int8_mm(Tensor x, Tensor packed, Tensor scales) -> Tensor");
   m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
-  m.def("vnni_supported() -> bool", &vnni);
 }
 
 TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {

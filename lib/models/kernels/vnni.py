@@ -31,6 +31,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..device import cpuinfo
+
 GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
 SOURCE = Path(__file__).with_name("vnni.cpp")
@@ -42,14 +44,7 @@ _built = False
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo("flags") or "").split())
 
 
 @cache
@@ -68,11 +63,6 @@ def available() -> bool:
             lines = str(exc).strip().splitlines()
             reason = f"building lmpipe's VNNI kernels failed: {lines[-1] if lines else type(exc).__name__}"
             return False
-    import torch
-
-    if not torch.ops.lmpipe.vnni_supported():
-        reason = "the CPU lacks AVX-512 VNNI"
-        return False
     return True
 
 
