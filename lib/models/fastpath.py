@@ -366,24 +366,23 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
     columns = cache.fill[rows].clone()
     cache.valid[torch.arange(rows.start or 0, rows.stop, device=columns.device), columns] = True
     positions = cache.position[rows][:, None].clone()
+    # chosen here, outside the compiled step: asking whether the kernels run would break its graph
+    kernel = fast.dtype == torch.float32 and vnni_kernels.available()
     if compiled:
         cache.span = cache.width
-        # chosen here, outside the compiled step: asking whether the kernels run would break its graph
-        kernel = fast.dtype == torch.float32 and vnni_kernels.available()
         logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :],
                                   _kernel_attention if kernel else _whole_cache_attention)
-    elif fast.quantized and fast.dtype == torch.float32 and vnni_kernels.available():
-        # A quantized model promises no bit-identity with transformers: lmpipe's attention
-        # kernel, not SDPA (lm-serve's eager batches, 16 rows of SmolLM2 int8 on one thread:
-        # 49.3 -> 46.1 ms a step, best of 12 taken in turn).
-        cache.span = int(columns.max()) + 1
-        logits = _step(fast, cache, rows, chosen, positions, columns, cache.valid[rows, : cache.span][:, None, None, :],
-                       _kernel_attention)
     else:
         cache.span = int(columns.max()) + 1
         valid = cache.valid[rows, : cache.span]
-        mask = None if bool(valid.all()) else valid[:, None, None, :]
-        logits = _step(fast, cache, rows, chosen, positions, columns, mask)
+        if kernel and fast.quantized:
+            # A quantized model promises no bit-identity with transformers: lmpipe's attention
+            # kernel, not SDPA (lm-serve's eager batches, 16 rows of SmolLM2 int8 on one thread:
+            # 49.3 -> 46.1 ms a step, best of 12 taken in turn).
+            logits = _step(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], _kernel_attention)
+        else:
+            mask = None if bool(valid.all()) else valid[:, None, None, :]
+            logits = _step(fast, cache, rows, chosen, positions, columns, mask)
     cache.fill[rows] += 1
     cache.position[rows] += 1
     return logits
