@@ -103,8 +103,9 @@ def test_cut_short_json_is_an_error_record_with_the_text(tiny_llama):
 def test_batched_equals_unbatched_under_greedy(tiny_llama):
     prompts = lines([f"The quick brown fox {i}" for i in range(3)] + ["Paris is the capital of France."])
     for constraint in (["--json-schema", json.dumps(SCHEMA)], ["--regex", r"[a-z]{2,8}( [a-z]{2,8}){2}"]):
-        _, one = generate("--model", str(tiny_llama), "-b", "1", "-n", "60", *constraint, input=prompts)
-        _, four = generate("--model", str(tiny_llama), "-b", "4", "-n", "60", *constraint, input=prompts)
+        first, one = generate("--model", str(tiny_llama), "-b", "1", "-n", "60", *constraint, input=prompts)
+        second, four = generate("--model", str(tiny_llama), "-b", "4", "-n", "60", *constraint, input=prompts)
+        assert (first.exit_code, second.exit_code, len(one), len(four)) == (0, 0, 4, 4), first.stderr + second.stderr
         assert [r["generated"] for r in one] == [r["generated"] for r in four]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dash_helpers import wait_for
 
 from lmpipe.tui.app import create_app
@@ -44,6 +45,20 @@ def test_tokens_counts_and_generation_probabilities(tiny_llama):
         assert len(t.top) == 5 and 0 < t.p <= 1
         assert t.top[0].id == t.id  # greedy: the chosen token is the likeliest
         assert [a.p for a in t.top] == sorted((a.p for a in t.top), reverse=True)
+    # Each probability is the model's own softmax after the prompt and the tokens before it.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmpipe.chat.prompts import PromptSettings, prompt_ids
+
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    ids = prompt_ids({"text": TEXT}, AutoTokenizer.from_pretrained(model), PromptSettings())
+    for i, t in enumerate(tokens):
+        with torch.no_grad():
+            probs = lm(torch.tensor([ids + [x.id for x in tokens[:i]]])).logits[0, -1].softmax(-1)
+        assert t.p == pytest.approx(float(probs[t.id]), abs=1e-5)
+        assert [a.p for a in t.top] == pytest.approx(probs.topk(5).values.tolist(), abs=1e-5)
+        assert [a.p for a in t.top] == pytest.approx([float(probs[a.id]) for a in t.top], abs=1e-5)
     assert first.startswith("▶ ") and f"{tokens[0].top[0].p:.3f}" in first
     if len(tokens) > 1:
         assert f"{tokens[1].top[1].p:.3f}" in second  # stepping moved to the second token

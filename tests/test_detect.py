@@ -67,7 +67,7 @@ def assert_same(ours: dict, theirs: list[dict]) -> None:
     got, want = canonical(ours["detections"], ours["width"], ours["height"]), canonical(theirs, ours["width"],
                                                                                         ours["height"])
     assert len(got) == len(want) > 0
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g[:5] == w[:5]
         assert g[5] == pytest.approx(w[5], abs=1e-5)
     scores = [d["score"] for d in ours["detections"]]
@@ -82,7 +82,8 @@ def test_detr_matches_object_detection_pipeline(detr, photos, batch):
                              input=lines(*({"image": str(p)} for p in photos)))
     assert result.exit_code == 0, result.output
     detector = pipe("object-detection", detr)
-    for record, path in zip(records, photos):
+    assert len(records) == len(photos)
+    for record, path in zip(records, photos, strict=True):
         image = Image.open(path)
         assert (record["width"], record["height"]) == image.size
         assert record["image"] == str(path)
@@ -94,9 +95,11 @@ def test_detr_matches_object_detection_pipeline(detr, photos, batch):
 
 
 def test_detr_matches_batched_pipeline(detr, photos):
-    records, _ = detect("-m", str(detr), "--threshold", "0", "-b", "2", input=lines(str(photos[0]), str(photos[1])))
+    records, result = detect("-m", str(detr), "--threshold", "0", "-b", "2",
+                             input=lines(str(photos[0]), str(photos[1])))
+    assert result.exit_code == 0 and len(records) == 2, result.output
     batched = pipe("object-detection", detr)([str(photos[0]), str(photos[1])], threshold=0.0, batch_size=2)
-    for record, theirs in zip(records, batched):
+    for record, theirs in zip(records, batched, strict=True):
         assert_same(record, theirs)
 
 
@@ -105,8 +108,9 @@ def test_owlvit_matches_zero_shot_pipeline(owlvit, photos, batch):
     records, result = detect("-m", str(owlvit), "--labels", "cat, remote control", "--threshold", "0", "-b", batch,
                              input=lines(*(str(p) for p in photos), {"image": str(photos[2]), "labels": ["dog"]}))
     assert result.exit_code == 0, result.output
+    assert len(records) == len(photos) + 1
     detector = pipe("zero-shot-object-detection", owlvit)
-    for record, path in zip(records, photos):
+    for record, path in zip(records[:-1], photos, strict=True):
         assert_same(record, detector(str(path), candidate_labels=LABELS, threshold=0.0))
         assert {d["label"] for d in record["detections"]} == set(LABELS)
         assert record["stats"]["rows"] == 1  # OWL-ViT: one row scores both labels
@@ -115,12 +119,13 @@ def test_owlvit_matches_zero_shot_pipeline(owlvit, photos, batch):
 
 
 def test_owlvit_matches_batched_pipeline(owlvit, photos):
-    records, _ = detect("-m", str(owlvit), "-l", "cat,remote control", "-t", "0.3", "-b", "4",
-                        input=lines(str(photos[0]), str(photos[1])))
+    records, result = detect("-m", str(owlvit), "-l", "cat,remote control", "-t", "0.3", "-b", "4",
+                             input=lines(str(photos[0]), str(photos[1])))
+    assert result.exit_code == 0 and len(records) == 2, result.output
     batched = pipe("zero-shot-object-detection", owlvit)(
         [{"image": str(photos[0]), "candidate_labels": LABELS}, {"image": str(photos[1]), "candidate_labels": LABELS}],
         threshold=0.3, batch_size=4)
-    for record, theirs in zip(records, batched):
+    for record, theirs in zip(records, batched, strict=True):
         assert_same(record, theirs)
         assert min(d["score"] for d in record["detections"]) > 0.3
 

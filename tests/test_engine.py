@@ -172,3 +172,26 @@ def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(eng
     shared = lmpipe.engine.batching.shared_length(tuple(engine.tokenizer(base + " what is a fox?")["input_ids"]), job.ids)
     assert starts == [0, shared] and shared >= 8  # the second prompt computed only what it does not share
     assert second.ids == solo(engine, job.ids, Sampling(max_new_tokens=10)).ids
+
+
+def test_a_prompt_from_the_prefix_cache_scores_within_the_readmes_bound(tiny_llama):
+    """README, "Replaying a record": keys and values reused from the prompt cache leave only the
+    last tokens to compute, over fewer rows; their logits stay within 1e-4 of a cold prefill's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmpipe.engine.batching import FastRows, PrefixCache
+
+    torch.set_grad_enabled(False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(tiny_llama)("You are a careful assistant who answers briefly.").input_ids
+    cache = PrefixCache()
+    rows = FastRows(model, 2, prefixes=cache)
+    _, cold = rows.prefill([ids], room=4)
+    hits = cache.counts.hits
+    _, warm = rows.prefill([ids], room=4)
+    assert cache.counts.hits - hits == len(ids) - 1  # every token but the last came from the cache
+    assert cold.shape == warm.shape == (1, model.config.vocab_size)
+    cold, warm = torch.log_softmax(cold[0], -1), torch.log_softmax(warm[0], -1)
+    assert float((cold - warm).abs().max()) <= 1e-4
+    assert int(cold.argmax()) == int(warm.argmax())

@@ -42,10 +42,11 @@ def test_cli_greedy_equals_transformers_and_batching_changes_nothing(embedded):
 
     prompts = ["What is the capital of France?", "Name a fruit.", "What is 2+2?"]
     data = "".join(orjson.dumps({"text": p}).decode() + "\n" for p in prompts)
-    one = jsonl(invoke("-n", "12", "-b", "1", input=data).stdout_bytes)
-    three = jsonl(invoke("-n", "12", "-b", "3", input=data).stdout_bytes)
+    results = [invoke("-n", "12", "-b", batch, input=data) for batch in ("1", "3")]
+    assert [r.exit_code for r in results] == [0, 0], results[0].stderr + results[1].stderr
+    one, three = (jsonl(r.stdout_bytes) for r in results)
     model, tok = AutoModelForCausalLM.from_pretrained(embedded), AutoTokenizer.from_pretrained(embedded)
-    for p, a, b in zip(prompts, one, three):
+    for p, a, b in zip(prompts, one, three, strict=True):
         enc = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
@@ -109,13 +110,23 @@ def test_unknown_model_and_unknown_option_are_usage_errors():
     assert result.exit_code == 2 and "No such option" in result.stderr
 
 
-def test_messages_system_and_raw(tiny):
-    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                         {"role": "user", "content": "Bye"}]}
-    out = jsonl(invoke(*tiny, "--system", "Be brief.", input=orjson.dumps(chat)).stdout_bytes)[0]
-    plain = jsonl(invoke(*tiny, input=orjson.dumps({"messages": chat["messages"][2:]})).stdout_bytes)[0]
-    # system prompt + three turns in the template: longer than the last turn alone
-    assert out["stats"]["input_tokens"] > plain["stats"]["input_tokens"]
+def test_messages_system_and_raw(tiny, tiny_llama):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+             {"role": "user", "content": "Bye"}]
+
+    def prompt_tokens(messages):
+        return len(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+                   ["input_ids"])
+
+    out = jsonl(invoke(*tiny, "--system", "Be brief.", input=orjson.dumps({"messages": turns})).stdout_bytes)[0]
+    plain = jsonl(invoke(*tiny, input=orjson.dumps({"messages": turns})).stdout_bytes)[0]
+    # The template's own prompt, with --system as the first turn and without it.
+    assert out["stats"]["input_tokens"] == prompt_tokens([{"role": "system", "content": "Be brief."}, *turns])
+    assert plain["stats"]["input_tokens"] == prompt_tokens(turns)
+    assert out["manifest"]["system"] == "Be brief." and plain["manifest"]["system"] is None
     raw = jsonl(invoke(*tiny, "--raw", input=b"The quick\n").stdout_bytes)[0]
     chat_one = jsonl(invoke(*tiny, input=b"The quick\n").stdout_bytes)[0]
     assert raw["stats"]["input_tokens"] < chat_one["stats"]["input_tokens"]

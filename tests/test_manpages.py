@@ -105,7 +105,11 @@ def test_sections_fields_examples_and_escapes():
 
 def test_generated_pages_are_current(tmp_path):
     """`make man` output equals what is committed (for the tools this checkout has)."""
-    for path in manpages.write_all(tmp_path):
+    written = manpages.write_all(tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in (ROOT / "man").glob("lm-*.1"))
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {p.stem for p in written} == {name for name in scripts if name.startswith("lm-")}
+    for path in written:
         assert path.read_text() == (ROOT / "man" / path.name).read_text(), f"{path.name} is stale: run `make man`"
 
 

@@ -113,18 +113,26 @@ def test_the_split_int8_product_is_float32s_within_its_bound_for_every_row_count
     assert torch.equal(split_int8_product(zero, weight.values, weight.scales.float()), torch.zeros(2, 96))
 
 
-def test_a_bfloat16_model_takes_the_bfloat16_kernel_for_few_rows_and_the_split_for_many(tiny_llama_raw):
-    from lmpipe.models.quantize import quantize
+def test_a_bfloat16_model_takes_the_bfloat16_kernel_for_few_rows_and_the_split_for_many(tiny_llama_raw, monkeypatch):
+    import lmpipe.models.quantize as q
 
     model, _ = plain_model(tiny_llama_raw)
     model = model.to(torch.bfloat16)
     reference = model.model.layers[0].mlp.down_proj.weight.float().clone()
-    quantize(model, "int8", fuse=False)
+    q.quantize(model, "int8", fuse=False)
     layer = model.model.layers[0].mlp.down_proj
-    for rows in (1, 9):
+    ran: list[str] = []
+    for name in ("kernel_product", "split_int8_product"):
+        real = getattr(q, name)
+        monkeypatch.setattr(q, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
+    # Many rows: the split product where this CPU's int8 sums are exact, else a float matmul over
+    # the dequantized weight; never the bfloat16 kernel.
+    for rows, kernel in ((1, ["kernel_product"]), (9, ["split_int8_product"] if layer.split else [])):
+        ran.clear()
         x = torch.randn(rows, layer.in_features).to(torch.bfloat16)
         got = layer(x)
         expected = x.float() @ reference.t()
+        assert ran == kernel, rows
         assert got.dtype == torch.bfloat16 and float((got.float() - expected).norm() / expected.norm()) < 0.02, rows
 
 

@@ -95,8 +95,19 @@ def test_a_json_answer_is_checked_and_written_compactly(replay):
 def test_finish_reasons_and_counts_are_lmpipes(replay, embedded):
     # vLLM's "stop" at the end token is "eos", and its count drops the end token: as in-process.
     result = run_tool("lm-generate", "--server", replay.url, "--seed", "1", "-n", "24", input=PROMPTS)
-    reasons = [r["stats"]["finish_reason"] for r in jsonl(result.stdout)]
+    assert result.returncode == 0, result.stderr
+    remote, local = jsonl(result.stdout), in_process(("-n", "24"), PROMPTS)
+    assert len(remote) == len(local) == len(PROMPTS.splitlines())
+    reasons = [r["stats"]["finish_reason"] for r in remote]
     assert "eos" in reasons and "stop" not in reasons
+    same = 0
+    for r, mine in zip(remote, local, strict=True):
+        assert r["stats"]["input_tokens"] == mine["stats"]["input_tokens"]
+        if r["generated"] == mine["generated"]:  # near-tied prompts may part (see AGREEING)
+            same += 1
+            assert (r["stats"]["output_tokens"], r["stats"]["finish_reason"]) == (
+                mine["stats"]["output_tokens"], mine["stats"]["finish_reason"])
+    assert same >= len(AGREEING.splitlines())
     stopped = run_tool("lm-generate", "--server", replay.url, "--seed", "1", "-n", "24", "--stop", ".", input=PROMPTS)
     assert "stop" in [r["stats"]["finish_reason"] for r in jsonl(stopped.stdout)]
 

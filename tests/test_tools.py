@@ -74,9 +74,11 @@ def test_required_and_named_calls_validate(long_llama):
 
 def test_none_gives_text_and_auto_gives_a_valid_call_or_text(long_llama):
     records = [{"text": f"Weather {i}?", "tools": TOOLS} for i in range(4)]
-    _, out = generate(long_llama, "--tool-choice", "none", "-n", "8", records=records)
+    result, out = generate(long_llama, "--tool-choice", "none", "-n", "8", records=records)
+    assert result.exit_code == 0 and len(out) == 4, result.stderr
     assert all("tool_calls" not in r and isinstance(r["generated"], str) for r in out)
-    _, out = generate(long_llama, "-t", "1", "--seed", "2", "-b", "4", records=records)
+    result, out = generate(long_llama, "-t", "1", "--seed", "2", "-b", "4", records=records)
+    assert result.exit_code == 0 and len(out) == 4, result.stderr
     for r in out:
         if "tool_calls" in r:
             call = r["tool_calls"][0]["function"]

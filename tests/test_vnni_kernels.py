@@ -23,12 +23,8 @@ def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(
     got = vnni.int4_product(x, packed, 48)
     want = x.double() @ weight.dequantized().double().t()
     assert got.dtype == torch.float32 and got.shape == (rows, 48)
+    # The split product's bound, far finer than bfloat16 activations (torch's kernel) could meet.
     assert float((got.double() - want).norm() / want.norm()) < 1e-4
-    # torch's kernel, fed bfloat16 as lmpipe fed it, is ~2e-3 off: the bound above is 20x finer
-    a = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.int4_values().contiguous(), 1)
-    scales = torch.stack([weight.scales, weight.zeros], dim=-1).transpose(0, 1).contiguous()
-    theirs = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), a, 32, scales).double()
-    assert float((theirs - want).norm() / want.norm()) > 1e-3
 
 
 @needs_kernel
