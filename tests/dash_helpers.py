@@ -51,6 +51,17 @@ async def add_stage(pilot, tool: str, values: dict[str, str]) -> None:
     await set_inputs(pilot, values)
 
 
+def burst(app, text: str) -> None:
+    """Post a key per character to the app at once, as a terminal delivers a fast typist or
+    `tmux send-keys`: nothing runs between the keys (pilot.press settles after each one)."""
+    from textual import events
+    from textual.keys import _character_to_key  # how pilot.press names a character's key
+
+    for character in text:
+        key = character if character.isalnum() else _character_to_key(character)
+        app.post_message(events.Key(key, character))
+
+
 def shell(command: str, data: bytes) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-o", "pipefail", "-c", command], input=data, capture_output=True,
                           env=dict(os.environ), timeout=600)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from dash_helpers import wait_for
+from dash_helpers import burst, wait_for
+from textual import events
 
 from conftest import jsonl, run_tool
 from lmpipe.tui.app import create_app
@@ -91,3 +92,40 @@ def test_reasoning_is_shown_apart_from_the_answer():
     assert reasoning == "thinking: The capital of France is Paris."
     assert text == "Paris."
     assert line == "9 in · 4 out · ttft 100 ms · 20.0 tok/s · 0.30 s · eos"
+
+
+BURST = "Name three colours and say which is warm"  # 40 keys at once, as tmux or a fast typist sends them
+PASTED = "First line of a note,\nits second line,\r\nand the last.\n"
+
+
+def test_typing_and_pasting_reach_the_prompt_while_the_transcript_has_focus():
+    async def scenario():
+        app = create_app(screen="chat")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            prompt = screen.query_one("#chat-prompt")
+            prompt.value = "Hi."
+            screen.set_focus(screen.query_one("#transcript"))
+            await pilot.pause()
+            burst(app, " " + BURST)
+            await pilot.pause()
+            typed = prompt.value
+            screen.set_focus(screen.query_one("#transcript"))
+            await pilot.pause()
+            burst(app, " ")
+            app.post_message(events.Paste(PASTED))
+            await pilot.pause()
+            # A settings field keeps its own typing.
+            model = screen.query_one("#chat-model")
+            screen.set_focus(model)
+            await pilot.pause()
+            model.cursor_position = len(model.value)
+            burst(app, "-x")
+            await pilot.pause()
+            return typed, prompt.value, model.value, screen.focused.id
+
+    typed, pasted, model, focused = asyncio.run(scenario())
+    assert typed == "Hi. " + BURST
+    # The prompt is one line: the paste's lines arrive whole, joined by spaces.
+    assert pasted == typed + " First line of a note, its second line, and the last."
+    assert model == "smollm2-x" and focused == "chat-model"

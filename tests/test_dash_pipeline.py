@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from dash_helpers import add_stage, alive, shell, stable, wait_for
+from dash_helpers import add_stage, alive, burst, shell, stable, wait_for
 
 from conftest import jsonl
 from textual import events
@@ -237,6 +237,101 @@ def test_typing_is_typing_even_when_the_stage_list_has_focus():
     assert pipeline == Pipeline((Stage("lm-template"),))  # no stage added, edited or removed
     assert shown["type"] == "to Input"
     assert not [k for k in shown if len(k) == 1]
+
+
+BURST = "Name three colours and say which is warm"  # 40 keys, as tmux or a fast typist sends them
+PASTED = '{"text": "Name a color", "id": 1}\n{"text": "What is a pipe?", "id": 2}\nplain text, a record too\n'
+
+
+def test_a_burst_of_keys_arrives_whole_while_the_stage_list_has_focus():
+    # The issue: the first key moved the focus and the keys already on their way were dropped,
+    # so the run answered the prompt "N".
+    async def scenario():
+        app = create_app(pipeline=Pipeline((Stage("lm-template"),)), input_text="first record\n")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            assert screen.focused is screen.query_one("#stages")
+            burst(app, BURST)
+            await pilot.pause()
+            return screen.query_one("#input").text, type(app.screen).__name__, screen.focused.id, screen.pipeline
+
+    text, top, focused, pipeline = asyncio.run(scenario())
+    assert len(BURST) == 40
+    assert text == "first record\n" + BURST
+    assert top == "PipelineScreen" and focused == "input"
+    assert pipeline == Pipeline((Stage("lm-template"),))
+
+
+def test_a_paste_arrives_whole_while_the_output_panel_has_focus():
+    async def scenario():
+        app = create_app(input_text="first record\n")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            screen.set_focus(screen.query_one("#output"))
+            await pilot.pause()
+            burst(app, "x")  # a key and a paste in one go: both arrive, in order
+            app.post_message(events.Paste(PASTED))
+            app.post_message(events.Paste(PASTED))
+            await pilot.pause()
+            return screen.query_one("#input").text, screen.focused.id
+
+    text, focused = asyncio.run(scenario())
+    assert text == "first record\nx" + PASTED + PASTED
+    assert focused == "input"
+
+
+def test_typing_in_the_stage_form_fills_its_first_field_when_no_field_has_focus():
+    async def scenario():
+        app = create_app(pipeline=Pipeline((Stage("lm-generate", ("--max-new-tokens", "5")),)))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("ctrl+e")
+            await pilot.pause()
+            form = app.screen
+            opened_on = type(form.focused).__name__  # the form itself, not a field
+            burst(app, BURST)
+            app.post_message(events.Paste(" and why"))
+            await pilot.pause()
+            first = form.query_one("#opt-prompt").value
+            # A field with the focus keeps its own typing.
+            tokens = form.query_one("#opt-max_new_tokens")
+            form.set_focus(tokens)
+            await pilot.pause()
+            tokens.cursor_position = len(tokens.value)
+            burst(app, "0")
+            await pilot.pause()
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            return opened_on, first, app.pipeline_screen.pipeline
+
+    opened_on, first, pipeline = asyncio.run(scenario())
+    assert opened_on == "OptionForm"
+    assert first == BURST + " and why"
+    assert pipeline == Pipeline((Stage("lm-generate", ("--max-new-tokens", "50", BURST + " and why")),))
+
+
+def test_typing_during_a_run_edits_the_next_input_and_never_cancels_it(tiny_llama):
+    model = str(tiny_llama)
+    pipeline = Pipeline((Stage("lm-generate", ("--model", model, "--max-new-tokens", "200")),))
+    lines = "".join(f"record {i}\n" for i in range(20))
+
+    async def scenario():
+        app = create_app(pipeline=pipeline, input_text=lines)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.pipeline_screen
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: screen.run_ is not None and screen.run_.snapshots()[0].records_in > 0)
+            burst(app, BURST)
+            app.post_message(events.Paste(PASTED))
+            await pilot.pause()
+            typed, running = screen.query_one("#input").text, screen.running
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: screen.sub_title == "cancelled")
+            return typed, running, screen.last_codes
+
+    typed, running, codes = asyncio.run(scenario())
+    assert typed == lines + BURST + PASTED
+    assert running  # still going after the typing; only Esc cancelled it
+    assert len(codes) == 1
 
 
 def test_output_panel_shows_the_answers_wrapped_and_the_raw_lines_on_a_key():

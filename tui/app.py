@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterable
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -15,6 +16,7 @@ from .screens.chat import ChatScreen
 from .screens.models import ModelsScreen
 from .screens.pipeline import PipelineScreen
 from .screens.tokens import TokensScreen
+from .typing import focus_at_end, typing_target
 
 SCREENS = ("pipeline", "chat", "tokens", "models")
 
@@ -45,6 +47,18 @@ class LmDash(App):
 
     def on_mount(self) -> None:
         self.switch_mode(self.first_screen)
+
+    async def on_event(self, event: events.Event) -> None:
+        """Keys and pastes from the terminal come through here one at a time, in the order typed,
+        before Textual sends each to the focused widget: a printable key or a paste that belongs in
+        the screen's typing box gets the box focused first, so that it and every one after it go
+        straight there. (Moving the focus later, from a handler the key reached through another
+        widget, lost the keys already on their way to that widget.)"""
+        if isinstance(event, (events.Key, events.Paste)) and not event.is_forwarded:
+            box = typing_target(self.screen, event)
+            if box is not None:
+                focus_at_end(self.screen, box)
+        await super().on_event(event)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every binding of the screen and the app is also a command in the palette."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -16,6 +16,7 @@ from lmpipe.terminal.display import stats_line
 
 from ..messages import ReplyFailed, ReplyFinished, ReplyStreaming
 from ..pool import ChatSettings, ModelPool, Reply, chat_turn
+from ..typing import TypingBox
 from .dialogs import AskPath
 
 
@@ -51,7 +52,24 @@ def reply_stats(stats: dict) -> str:
     return f"{stats.get('output_tokens', 0)} out · {stats.get('finish_reason', '')}"
 
 
-class ChatScreen(Screen):
+class MessageBox(Input):
+    """The message box: one line, so a pasted text's lines arrive joined by spaces (Textual's Input
+    keeps the first line of a paste and drops the rest)."""
+
+    def on_paste(self, event: events.Paste) -> None:
+        event.stop()
+        event.prevent_default()  # not Input's paste too
+        text = " ".join(event.text.splitlines())
+        if self.selection.is_empty:
+            self.insert_text_at_cursor(text)
+        else:
+            self.replace(text, *self.selection)
+
+
+class ChatScreen(TypingBox, Screen):
+    """Typing is typing: printable keys and pastes typed outside a text field go to the message box
+    (lmpipe.tui.typing)."""
+
     TITLE = "Chat"
     BINDINGS = [
         Binding("ctrl+n", "new", "New"),
@@ -80,11 +98,14 @@ class ChatScreen(Screen):
             yield Label("system")
             yield Input("", id="chat-system", compact=True, placeholder="system prompt (optional)")
         yield VerticalScroll(id="transcript")
-        yield Input(placeholder="Message (Enter sends; /image PATH attaches an image)", id="chat-prompt")
+        yield MessageBox(placeholder="Message (Enter sends; /image PATH attaches an image)", id="chat-prompt")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#chat-prompt").focus()
+
+    def typing_box(self) -> Input:
+        return self.query_one("#chat-prompt", Input)
 
     def settings(self) -> ChatSettings:
         def number(id_: str, default: float) -> float:

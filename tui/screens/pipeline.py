@@ -5,27 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
-from textual import events, on
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Static, TextArea
+from textual.widgets import Footer, Header, Label, ListItem, ListView, Static, TextArea
 
 from lmpipe.errors import LmpipeError
 
 from ..live import PipelineRun, StageSnapshot
 from ..messages import OutputLine, RunFinished, StageUpdated
 from ..pipeline import Pipeline, Stage
+from ..typing import TypingBox, focus_at_end
 from ..widgets.output_view import OutputView
 from ..widgets.stage_meter import StageMeter
 from .dialogs import AskPath, PickTool
 from .stage_form import StageForm
 
 
-class PipelineScreen(Screen):
-    """Typing is typing: printable keys pressed outside a text field go to the input box, so every
-    command is a chord (or Enter/Delete on the stage list), never a letter."""
+class PipelineScreen(TypingBox, Screen):
+    """Typing is typing: printable keys and pastes typed outside a text field go to the input box
+    (lmpipe.tui.typing), so every command is a chord (or Enter/Delete on the stage list), never a letter."""
 
     TITLE = "Pipeline"
     BINDINGS = [
@@ -108,33 +109,11 @@ class PipelineScreen(Screen):
 
     # -- typing ------------------------------------------------------------------------------
 
-    def _typing_elsewhere(self) -> bool:
-        """Whether keys typed now would land outside any text field."""
-        return not isinstance(self.focused, (Input, TextArea))
-
-    def _type(self, text: str) -> None:
-        """Append to the input box and put the focus there (at once: keys already queued follow)."""
-        box = self.query_one("#input", TextArea)
-        self.set_focus(box)
-        box.move_cursor(box.document.end)
-        box.insert(text)
-
-    def on_key(self, event: events.Key) -> None:
-        # Runs before the screen's and the app's bindings: a letter is never a command here.
-        if event.is_printable and event.character and self._typing_elsewhere():
-            event.stop()
-            event.prevent_default()
-            self._type(event.character)
-
-    def on_paste(self, event: events.Paste) -> None:
-        if self._typing_elsewhere():
-            event.stop()
-            self._type(event.text)
+    def typing_box(self) -> TextArea:
+        return self.query_one("#input", TextArea)
 
     def action_focus_input(self) -> None:
-        box = self.query_one("#input", TextArea)
-        self.set_focus(box)
-        box.move_cursor(box.document.end)
+        focus_at_end(self, self.typing_box())
 
     # -- stage editing -----------------------------------------------------------------------
 

@@ -6,15 +6,19 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Footer, Input, Label, Static
 
 from lmpipe.cli.commands import args_from_values, spec, values_from_args
 
 from ..pipeline import Stage
+from ..typing import TypingBox
 from ..widgets.option_form import OptionForm
 
 
-class StageForm(ModalScreen[Stage | None]):
+class StageForm(TypingBox, ModalScreen[Stage | None]):
+    """Typing while no field has the focus (the form itself has it when it opens) fills the first
+    text field (lmpipe.tui.typing)."""
+
     BINDINGS = [Binding("ctrl+s", "save", "Apply"), Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, stage: Stage):
@@ -28,6 +32,9 @@ class StageForm(ModalScreen[Stage | None]):
             yield OptionForm(self.tool, values_from_args(self.tool, list(self.stage.args)))
             yield Static(self.stage.shell(), id="form-command", classes="command", markup=False)
         yield Footer(compact=True)
+
+    def typing_box(self) -> Input | None:
+        return next(iter(self.query_one(OptionForm).query(Input)), None)
 
     def _stage(self) -> Stage:
         return Stage(self.tool.name, tuple(args_from_values(self.tool, self.query_one(OptionForm).values())))
