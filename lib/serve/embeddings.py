@@ -5,14 +5,15 @@
 (others answer 400 unless it is their own size). Which model embeds: the request's `model`,
 resolved as --model is (the embedded all-minilm-l6-v2, a folder, a hub id in the cache) and
 loaded on first use; without `model`, the embedded all-MiniLM-L6-v2. It is not the server's
-generation model unless the request names it (a decoder then pools its last token). Models
-stay loaded for the server's life, and one request embeds at a time.
+generation model unless the request names it (a decoder then pools its last token). Requests
+may name the models they may name for generation (lmpipe.serve.roster: --listed-only,
+--allow-model-paths). Models stay loaded for the server's life, and one request embeds at a time.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -26,15 +27,18 @@ MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 
 class EmbeddingModels:
-    """The embedding models this server has loaded, by the name requests use."""
+    """The embedding models this server has loaded, by the name requests use; a name other than
+    the default embedding model's must be one the roster lets requests load (ModelRoster.admitted)."""
 
-    def __init__(self, device: str = "auto", dtype: str = "auto"):
-        self.device, self.dtype = device, dtype
+    def __init__(self, device: str = "auto", dtype: str = "auto", admitted: Callable[[str], Any] = lambda n: n):
+        self.device, self.dtype, self.admitted = device, dtype, admitted
         self.loaded: dict[str, Embedder] = {}
         self.lock = threading.Lock()  # one load or forward pass at a time: torch's threads are shared
 
     def get(self, name: str) -> Embedder:
         if name not in self.loaded:
+            if name != DEFAULT_EMBEDDING_MODEL:
+                self.admitted(name)
             try:
                 self.loaded[name] = Embedder(ModelSettings(name, self.device, self.dtype))
             except UsageError as exc:
@@ -94,14 +98,15 @@ def answer(models: EmbeddingModels, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def embeddings_route(settings: ModelSettings):
-    """The route; embedding models load on their first request, on the device and dtype of
-    `settings` (the default generation model's)."""
+def embeddings_route(roster: Any):
+    """The route; embedding models load on their first request, on the device and dtype of the
+    roster's default model, as far as its rules let requests name models."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
     from starlette.routing import Route
 
-    models = EmbeddingModels(settings.device, settings.dtype)
+    settings = roster.default.settings.model
+    models = EmbeddingModels(settings.device, settings.dtype, roster.admitted)
 
     async def embeddings(request):
         try:
