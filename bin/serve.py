@@ -92,7 +92,8 @@ def main(**options):
     `regex`, `choice` and `prefix`) and call functions (`tools`, `tool_choice`), as lm-generate does.
     Requests join the running batch between decode steps, and a prompt that starts like a recent
     one (a chat template's system prompt) reuses its keys and values. /v1/embeddings embeds with
-    the request's `model` (default: the embedded all-MiniLM-L6-v2), loaded on its first request.
+    the request's `model` (default: the embedded all-MiniLM-L6-v2), loaded on its first request,
+    counted against --max-models and unloaded after --keep-alive like the generation models.
     /tokenize and /detokenize answer as vLLM's do: a `prompt` (or chat `messages`) to `tokens`,
     `count` and `max_model_len`, and `tokens` back to `prompt`, with the server's own tokenizer.
 

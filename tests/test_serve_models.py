@@ -217,3 +217,23 @@ def test_load_64_concurrent_requests_over_two_models_with_8_clients_killed_mid_s
         assert rows[(str(long_llama), "stop")] + rows[(str(long_llama), "length")] == 29  # with the one after
     finally:
         s.stop()
+
+
+def test_embedding_models_count_against_max_models_and_keep_alive(tiny_llama):
+    """An embedding model is a loaded model like the others: it makes room under --max-models,
+    is made room for, and unloads after the keep-alive."""
+    s = Server(tiny_llama, "--max-models", "1", "--keep-alive", "3", "--preload")
+    try:
+        embedded = httpx.post(s.url + "/v1/embeddings", json={"input": "a cat"}, timeout=120)
+        assert embedded.status_code == 200
+        assert not listed(s)[str(tiny_llama)]["loaded"]  # unloaded to make room for the embedding model
+        assert chat(s, None, "Paris is").status_code == 200  # and the embedding model for it
+        assert wait_for(lambda: not listed(s)[str(tiny_llama)]["loaded"], 60)  # its keep-alive
+        assert httpx.post(s.url + "/v1/embeddings", json={"input": "a dog"}, timeout=120).status_code == 200
+        time.sleep(5)  # the embedding model's keep-alive passes too
+    finally:
+        s.stop()
+    said = s.proc.stderr.read().decode()
+    assert f"unloaded {tiny_llama} (to make room for all-minilm-l6-v2: --max-models 1)" in said
+    assert f"unloaded all-minilm-l6-v2 (to make room for {tiny_llama}: --max-models 1)" in said
+    assert "unloaded all-minilm-l6-v2 after 3 s idle" in said

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from ..engine.scheduler import Scheduler, SchedulerSettings
 from ..errors import LmpipeError, UsageError
@@ -24,6 +24,7 @@ from .fields import BadRequest
 
 WAIT_S = 0.05  # between two looks for an idle model to evict
 PATH_KINDS = ("folder", "gguf")  # models named by a path on this machine
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ModelRoster:
     notify: Callable[[str], None] = lambda m: None
     schedulers: dict[str, Scheduler] = field(default_factory=dict)  # by resolved model id, in the order served
     names: dict[str, str] = field(default_factory=dict)  # what a request may call a model -> its id
+    others: list = field(default_factory=list)  # embedding models, counted by the gate with the schedulers
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -107,18 +109,27 @@ class ModelRoster:
             raise not_found(name)
         return ref
 
+    def hold(self, make: Callable[[Callable[[object], None], Callable[[str], None]], T]) -> T:
+        """Count another kind of model (an embedding model: lmpipe.serve.embeddings.HeldEmbedder)
+        against max_models: `make(gate, notify)` builds it; it offers the attributes the gate reads."""
+        other = make(self._gate, self.notify)
+        with self._lock:
+            self.others.append(other)
+        return other
+
     def all(self) -> list[Scheduler]:
         with self._lock:
             return list(self.schedulers.values())
 
-    def _gate(self, loading: Scheduler) -> None:
+    def _gate(self, loading: Any) -> None:
         """Before `loading` loads: with max_models, make room by asking the least recently used
         idle model to unload (its own worker does, at once if it stays idle), waiting while every
         loaded one is busy. Called holding `loading`'s lock; it never takes another scheduler's."""
         bound = self.settings.max_models
         while bound:
             with self._lock:
-                held = [s for s in self.schedulers.values() if s is not loading and (s.loaded or s.loading)]
+                held = [s for s in (*self.schedulers.values(), *self.others)
+                        if s is not loading and (s.loaded or s.loading)]
                 if len(held) < bound:
                     loading.loading = True  # counted from now on, before its lock is let go
                     for other in held:
