@@ -13,7 +13,7 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
     "time": "With --log: when the request came (UTC, ISO 8601).",
     "client": "The client's address, host:port.",
     "endpoint": "/v1/chat/completions or /v1/completions.",
-    "status": "The HTTP status answered (499: the client left a stream before its end).",
+    "status": "The HTTP status answered (499: the client left before the answer's end, streamed or not).",
     "id": "The response's id.",
     "model, messages, prompt": "The request's own, as sent.",
     "generated": "The answer: the first choice's text (`choices`: every one, when there are several).",
