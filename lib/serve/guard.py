@@ -17,7 +17,8 @@ read whole. In the order a request meets them:
   from Content-Length before reading, or as soon as a chunked body passes it), read whole
   within `read_timeout_s` (408).
 
-Every refusal is OpenAI's error shape (lmpipe.serve.fields.error_response).
+Every refusal is OpenAI's error shape (lmpipe.serve.fields.error_response). Before all of them,
+`header_deadline` gives uvicorn's protocol a deadline for a request's headers (slowloris).
 """
 
 from __future__ import annotations
