@@ -62,7 +62,7 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
 @click.option("--max-n", type=click.IntRange(min=1), default=16, show_default=True,
               help="The most choices (`n`) a request may ask for (more: 400).")
 @click.option("--limit-concurrency", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Connections and requests at once; past it uvicorn answers 503.")
+              help="Requests in the server at once; past it a 503 with Retry-After (open connections: 4x this).")
 @click.option("--max-images-per-request", type=click.IntRange(min=0), default=8, show_default=True,
               help="Images one chat request may carry; more is a 400 before any is read.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,

@@ -141,3 +141,21 @@ def test_a_client_sending_its_headers_a_byte_at_a_time_is_cut_off(server):
             time.sleep(0.1)
     assert closed and sent < len(head)  # cut off before its headers were complete (--read-timeout 2)
     assert server.alive()
+
+
+def test_past_the_concurrency_limit_a_503_in_openais_shape(tiny_llama):
+    s = Server(tiny_llama, "--limit-concurrency", "1")
+    try:
+        head = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            sock.sendall(head)  # in the server, its body still to come: the one request allowed
+            statuses = [httpx.get(s.url + "/v1/models", timeout=30) for _ in range(3)]
+            busy = statuses[-1]
+            assert busy.status_code == 503  # (the first ones may come before the server reads `head`)
+            assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "server_busy"
+            assert httpx.get(s.url + "/health", timeout=30).status_code == 200
+        answered = [httpx.get(s.url + "/v1/models", timeout=30).status_code for _ in range(50)]
+        assert 200 in answered  # once the first is gone, the next is served
+    finally:
+        s.stop()

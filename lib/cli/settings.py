@@ -7,6 +7,7 @@ the dict. Imports happen inside the functions, so that a tool's --help stays tor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -131,8 +132,6 @@ def server_settings(o: Options) -> "ServerSettings | None":
 def client_key(o: Options) -> str | None:
     """The key a tool sends to --server: --api-key (LMPIPE_API_KEY), else OPENAI_API_KEY, as
     OpenAI's own clients read it; none without --server (a warm server gives its own token)."""
-    import os
-
     if not o.get("server"):
         return None
     return o.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
@@ -318,11 +317,11 @@ def serve_run(o: Options) -> "ServeRun":
                             allow_paths=o["allow_model_paths"])
     guard = GuardSettings(api_keys=api_keys(o["api_key"], o["api_key_file"]), loopback_only=is_loopback(o["host"]),
                           allowed_origins=tuple(o["allowed_origins"]), max_body=int(o["max_body"] * 1024 * 1024),
-                          read_timeout_s=o["read_timeout"])
+                          read_timeout_s=o["read_timeout"], max_requests=o["limit_concurrency"])
     return ServeRun(roster, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
                     log_max_bytes=int(o["log_rotate"] * 1024 * 1024),
-                    images=ImagePolicy(o["allow_local_images"], o["max_images_per_request"], o["max_pixels"]), threads=o["threads"],
-                    guard=guard, max_n=o["max_n"], limit_concurrency=o["limit_concurrency"])
+                    images=ImagePolicy(o["allow_local_images"], o["max_images_per_request"], o["max_pixels"]),
+                    threads=o["threads"], guard=guard, max_n=o["max_n"])
 
 
 def api_keys(given: tuple[str, ...], file: str | None) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ read whole. In the order a request meets them:
   "simple" request browsers send without asking) and at most `max_body` bytes (413, answered
   from Content-Length before reading, or as soon as a chunked body passes it), read whole
   within `read_timeout_s` (408).
+- Load: past `max_requests` requests at once, a 503 with Retry-After (/health still answers).
 
 Every refusal is OpenAI's error shape (lmpipe.serve.fields.error_response). Before all of them,
 `header_deadline` gives uvicorn's protocol a deadline for a request's headers (slowloris).
@@ -43,6 +44,7 @@ class GuardSettings:
     allowed_origins: tuple[str, ...] = ()  # browser origins served, with CORS ("*": any)
     max_body: int = 32 * MIB
     read_timeout_s: float = 30.0  # the request's headers, then its body, each within this
+    max_requests: int = 512  # requests in the server at once (--limit-concurrency); past it a 503
 
     def __post_init__(self) -> None:
         if any(not k or k != k.strip() for k in self.api_keys):
@@ -51,6 +53,8 @@ class GuardSettings:
             raise UsageError("--max-body must be more than 0")
         if self.read_timeout_s <= 0:
             raise UsageError("--read-timeout must be more than 0")
+        if self.max_requests < 1:
+            raise UsageError("--limit-concurrency must be at least 1")
 
 
 def is_loopback(host: str) -> bool:
@@ -87,6 +91,7 @@ class Guard:
         # The warm-server token (lmpipe.backends.warm) opens a server that asks for keys; one that
         # asks for none is open to every local client already.
         self.keys = settings.api_keys + ((token,) if token and settings.api_keys else ())
+        self.inflight = 0  # requests past the guard and not yet answered (one event loop: no lock)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -95,14 +100,22 @@ class Guard:
         refusal = self.refusal(scope, headers)
         if refusal is not None:
             return await error_response(*refusal)(scope, receive, send)
-        if scope["method"] == "POST":
-            body = await self.body(headers, receive)
-            if isinstance(body, tuple):
-                return await error_response(*body, {"Connection": "close"})(scope, receive, send)
-            if body is None:  # the client left while sending
-                return
-            receive = replayed(body, receive)
-        await self.app(scope, receive, send)
+        if self.inflight >= self.settings.max_requests and scope["path"] not in OPEN_PATHS:
+            return await error_response(503, f"the server is busy: {self.inflight} requests at once "
+                                             "(lm-serve --limit-concurrency)", "server_busy",
+                                        {"Retry-After": "1"})(scope, receive, send)
+        self.inflight += 1
+        try:
+            if scope["method"] == "POST":
+                body = await self.body(headers, receive)
+                if isinstance(body, tuple):
+                    return await error_response(*body, {"Connection": "close"})(scope, receive, send)
+                if body is None:  # the client left while sending
+                    return
+                receive = replayed(body, receive)
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
     def refusal(self, scope: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, str] | None:
         """(status, message, code) for a request refused on its headers alone, else None."""

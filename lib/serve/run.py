@@ -14,6 +14,7 @@ from .prompts import ImagePolicy
 from .roster import RosterSettings
 
 MAX_N = 16  # choices per request unless --max-n says otherwise (one request cannot fill the queue)
+CONNECTIONS_PER_REQUEST = 4  # uvicorn's bound on connections, over the guard's on requests
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,6 @@ class ServeRun:
     threads: int | None = None  # torch's CPU threads; None: engine_threads()
     guard: GuardSettings = field(default_factory=GuardSettings)  # keys, origins, body limits
     max_n: int = MAX_N  # `n` at most this
-    limit_concurrency: int = 512  # connections and requests at once; past it uvicorn answers 503
 
 
 def engine_threads(requested: int | None) -> int:
@@ -105,7 +105,9 @@ def run(r: ServeRun) -> int:
     signal.signal(signal.SIGTERM, stopped)
     try:
         app = guarded(create_app(roster, log, r.images, r.max_n), r.guard, token)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=r.limit_concurrency,
+        # uvicorn's own bound counts open connections too (idle keep-alives): a backstop past the guard's
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
+                                limit_concurrency=CONNECTIONS_PER_REQUEST * r.guard.max_requests,
                                 http=header_deadline(r.guard.read_timeout_s))
         uvicorn.Server(config).run(sockets=[sock])
     finally:
