@@ -6,13 +6,14 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import served_models_options, speed_options
+from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generation request
     "time": "With --log: when the request came (UTC, ISO 8601).",
     "client": "The client's address, host:port.",
     "endpoint": "/v1/chat/completions or /v1/completions.",
-    "status": "The HTTP status answered (499: the client left a stream before its end).",
+    "status": "The HTTP status answered (499: the client left before the answer's end, streamed or not).",
     "id": "The response's id.",
     "model, messages, prompt": "The request's own, as sent.",
     "generated": "The answer: the first choice's text (`choices`: every one, when there are several).",
@@ -44,16 +45,43 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
                    "lm-stats < FILE summarises them per model.")
 @click.option("--log-rotate", type=click.FloatRange(min=0), default=100.0, show_default=True, metavar="MB",
               help="Rotate the --log file past this size (FILE.1 ... FILE.5 kept; 0: never).")
-@click.option("--allow-local-images", is_flag=True,
-              help="A chat's image_url may be a path on this machine (file:// or plain); else only data: URLs.")
+@click.option("--allow-local-images", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
+              help="A chat's image_url may be a path (file:// or plain) to a file under DIR; else only data: URLs.")
+@click.option("--api-key", "api_key", multiple=True, envvar="LMPIPE_API_KEY", metavar="KEY",
+              help="Require `Authorization: Bearer KEY` on every route but /health (401 without it); repeat for "
+                   "several keys (LMPIPE_API_KEY: space-separated).")
+@click.option("--api-key-file", default=None, metavar="FILE", help="Keys accepted, one a line (with or besides --api-key).")
+@click.option("--allowed-origins", "allowed_origins", multiple=True, envvar="LMPIPE_ALLOWED_ORIGINS", metavar="ORIGIN",
+              help="A browser origin (https://app.example) served, with CORS; repeat for several, * for any. "
+                   "Requests from other origins get 403.")
+@click.option("--max-body", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True, metavar="MB",
+              help="Largest request body; past it the answer is 413, before the body is read.")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS", help="A client has this long to send a request's headers, then as long for its body "
+                                      "(slow clients are cut off: 408).")
+@click.option("--max-n", type=click.IntRange(min=1), default=16, show_default=True,
+              help="The most choices (`n`) a request may ask for (more: 400).")
+@click.option("--limit-concurrency", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Requests in the server at once; past it a 503 with Retry-After (open connections: 4x this).")
+@click.option("--max-images-per-request", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Images one chat request may carry; more is a 400 before any is read.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Pixels an image may have (width x height), checked before it is decoded; more is a 400.")
 def main(**options):
     """Serve models with an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
     Tools use it with --server URL or LMPIPE_SERVER=URL and write the same records as in-process.
 
+    On a network: --api-key wants `Authorization: Bearer KEY` on every route but /health (401);
+    bound to loopback, only loopback Host headers are answered (400: DNS rebinding); a browser's
+    Origin must be in --allowed-origins (403), which also turns on CORS; POST bodies must be
+    application/json (415) of at most --max-body MB (413, before reading it); a request's headers,
+    then its body, must arrive within --read-timeout seconds; `n` is at most --max-n. TLS is a
+    reverse proxy's job.
+
     Several models: `-m A -m B` serves both (A answers requests that name no `model`); a request
-    naming another model that resolves here as --model would (an alias, a folder, a .gguf file,
-    a hub repo in the cache) loads it with the server's settings, unless --listed-only; any
+    naming another model that is an alias or a hub repo in the cache loads it with the server's
+    settings, unless --listed-only; a folder or .gguf file only with --allow-model-paths; any
     other name is a 404, as vLLM answers. Each model unloads after its own --keep-alive idle;
     with --max-models N, loading one more first unloads the least recently used idle model (or
     waits for one to become idle). --model-option MODEL KEY=VALUE sets quantize, cache,
@@ -64,7 +92,8 @@ def main(**options):
     `regex`, `choice` and `prefix`) and call functions (`tools`, `tool_choice`), as lm-generate does.
     Requests join the running batch between decode steps, and a prompt that starts like a recent
     one (a chat template's system prompt) reuses its keys and values. /v1/embeddings embeds with
-    the request's `model` (default: the embedded all-MiniLM-L6-v2), loaded on its first request.
+    the request's `model` (default: the embedded all-MiniLM-L6-v2), loaded on its first request,
+    counted against --max-models and unloaded after --keep-alive like the generation models.
     /tokenize and /detokenize answer as vLLM's do: a `prompt` (or chat `messages`) to `tokens`,
     `count` and `max_model_len`, and `tokens` back to `prompt`, with the server's own tokenizer.
 
@@ -88,11 +117,11 @@ def main(**options):
       lm-serve --port 8080 --keep-alive 600 &
       lm-serve -m smollm2 -m ./my-model --model-option ./my-model quantize=int8 --max-models 1 &
       echo "What is the capital of France?" | lm-generate --server http://127.0.0.1:8080
-      curl -s 127.0.0.1:8080/v1/chat/completions -d '{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}'
-      curl -s 127.0.0.1:8080/v1/chat/completions -d '{"messages":[{"role":"user","content":"A cat as JSON"}],
+      curl -s 127.0.0.1:8080/v1/chat/completions --json '{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}'
+      curl -s 127.0.0.1:8080/v1/chat/completions --json '{"messages":[{"role":"user","content":"A cat as JSON"}],
         "response_format":{"type":"json_object"}}'
-      curl -s 127.0.0.1:8080/v1/embeddings -d '{"model":"all-minilm-l6-v2","input":["a cat","a dog"]}'
-      curl -s 127.0.0.1:8080/tokenize -d '{"prompt":"Hello, world"}'
+      curl -s 127.0.0.1:8080/v1/embeddings --json '{"model":"all-minilm-l6-v2","input":["a cat","a dog"]}'
+      curl -s 127.0.0.1:8080/tokenize --json '{"prompt":"Hello, world"}'
       curl -s 127.0.0.1:8080/metrics | grep vllm:time_to_first_token_seconds_count
       lm-serve --log serve.log & ... ; lm-stats < serve.log
     """

@@ -20,7 +20,7 @@ def models_dir() -> Path:
 
 
 def kernels_dir() -> Path:
-    """lmpipe's own compiled kernels (lmpipe.models.kernels), built on first use, one folder per torch version."""
+    """lmpipe's own compiled kernels (lmpipe.models.kernels), built on first use, one folder per source and torch version."""
     return home() / "kernels"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+JSON = {"Content-Type": "application/json"}  # lm-serve answers 415 to a POST body of any other type
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ def test_the_commands_side_by_side(tmp_path, monkeypatch, tiny_llama):
         listener.listen()
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         settings = ModelSettings(model)
-        entry = warm.register(url, warm.holds(settings.ref().id, settings, Decoding()))
+        entry = warm.register(url, warm.holds(settings.ref().id, settings, Decoding()), warm.new_token())
         try:
             last = cold_commands(model, url + "/v1")[-1]
         finally:

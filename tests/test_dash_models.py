@@ -137,9 +137,9 @@ def test_the_screen_shows_what_a_running_lm_serve_holds(tiny_llama, long_llama):
     import httpx
     from serve_helpers import Server
 
-    server = Server(tiny_llama, "-m", str(long_llama))
+    server = Server(tiny_llama, "-m", str(long_llama), "--api-key", "sk-dash")  # the screen sends its entry's token
     try:
-        reply = httpx.post(server.url + "/v1/completions", timeout=120,
+        reply = httpx.post(server.url + "/v1/completions", timeout=120, headers={"Authorization": "Bearer sk-dash"},
                            json={"model": str(long_llama), "prompt": "Paris is", "max_tokens": 2})
         assert reply.status_code == 200
 

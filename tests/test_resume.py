@@ -81,6 +81,24 @@ def test_a_second_writer_is_refused(tmp_path):
         first.close()
 
 
+def test_a_second_resume_on_a_running_job_stops_and_cuts_nothing(tmp_path):
+    """The running job's last line is half written: a --resume started by mistake must not repair it."""
+    import fcntl
+    import os
+
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"text": "a", "generated": "x"}\n{"text": "b", "gener')
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the running job's lock, as its FileSink holds it
+    try:
+        r = run_tool("lm-template", "{{ text }}!", "--output", str(out), "--resume", input='{"text": "c"}\n')
+        assert r.returncode == 2
+        assert r.stderr.decode() == f"lm-template: error: --output {out} is being written by another run\n"
+        assert out.read_bytes() == b'{"text": "a", "generated": "x"}\n{"text": "b", "gener'
+    finally:
+        os.close(fd)
+
+
 def test_cli_refuses_to_overwrite_before_loading(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_bytes(b'{"id": 1}\n')

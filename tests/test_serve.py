@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conftest import jsonl, run_tool
-from serve_helpers import Server, free_port
+from serve_helpers import JSON, Server, free_port
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "Pipes connect small tools", "Hola mundo"]
 
@@ -104,7 +104,7 @@ def test_64_concurrent_requests_all_answered_correctly(server, tiny_llama, expec
     (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "invalid_messages"),
 ])
 def test_malformed_requests_are_400s_and_the_server_carries_on(server, body, code):
-    response = httpx.post(server.url + "/v1/chat/completions", content=body, timeout=60)
+    response = httpx.post(server.url + "/v1/chat/completions", content=body, headers=JSON, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
     assert server.alive()

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import jsonl
-from serve_helpers import Server
+from serve_helpers import JSON, Server
 
 TEXTS = ["The cat sat on the mat.", "Paris is the capital of France.", "Ünïcödé and emoji 🎉.", "x",
          "Pipes connect small tools; each tool does one job well."]
@@ -82,7 +82,7 @@ def test_errors_in_openais_shape(client, server):
     with pytest.raises(NotFoundError) as missing:  # vLLM's 404 for a model it lacks
         client.embeddings.create(model="no/such-model", input="hi")
     assert missing.value.code == "model_not_found"
-    raw = httpx.post(server.url + "/v1/embeddings", content=b"{not json", timeout=30)
+    raw = httpx.post(server.url + "/v1/embeddings", content=b"{not json", headers=JSON, timeout=30)
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
     # Its own size is always allowed; the default model needs no `model`.
     same = httpx.post(server.url + "/v1/embeddings", json={"input": "hi", "dimensions": 384}, timeout=60)

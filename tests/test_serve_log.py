@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from conftest import jsonl, run_tool
-from serve_helpers import Server
+from serve_helpers import JSON, Server
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -49,7 +49,7 @@ def test_one_record_per_request_and_lm_stats_reads_them(logged):
     many = httpx.post(url + "/v1/completions", json={"prompt": "A dog", "max_tokens": 3, "n": 2, "seed": 2},
                       timeout=300).json()
     refused = httpx.post(url + "/v1/chat/completions", json={"messages": CHAT, "logit_bias": {"1": 1}}, timeout=60)
-    broken = httpx.post(url + "/v1/completions", content=b"{not json", timeout=60)
+    broken = httpx.post(url + "/v1/completions", content=b"{not json", headers=JSON, timeout=60)
     assert refused.status_code == broken.status_code == 400
     # A client that leaves mid-stream (the grammar forbids an early end).
     with httpx.stream("POST", url + "/v1/completions", json={"prompt": "a", "max_tokens": 1500, "regex": "a{2000}",

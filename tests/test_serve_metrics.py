@@ -154,6 +154,33 @@ def test_a_client_that_leaves_mid_stream_is_an_abort(server):
     assert value(after, "vllm:num_requests_running") == 0
 
 
+def test_a_client_that_leaves_before_a_whole_answer_is_an_abort(server):
+    """Not streamed: the rows stop when the client goes, rather than generate for nobody."""
+    import json
+    import socket
+
+    before = scrape(server)
+    body = json.dumps({"prompt": "a", "max_tokens": 1500, "regex": "a{2000}"}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + body)
+        deadline = time.monotonic() + 120
+        while value(scrape(server), "vllm:num_requests_running") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # until its row decodes; then leave
+    deadline = time.monotonic() + 120
+    while True:
+        after = scrape(server)
+        if value(after, "vllm:num_requests_running") == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    success = "vllm:request_success_total"
+    assert value(after, "vllm:request_success", success, finished_reason="abort") == 1 + value(
+        before, "vllm:request_success", success, finished_reason="abort")
+    assert value(after, "vllm:request_success", success, finished_reason="length") == value(
+        before, "vllm:request_success", success, finished_reason="length")
+
+
 def test_each_app_has_its_own_registry(long_llama):
     """Two apps in one process (lm-batch's in-process app beside another): each page counts its own."""
     from lmpipe.engine.scheduler import SchedulerSettings

@@ -101,8 +101,27 @@ def test_max_models_evicts_the_least_recently_used_idle_model(tiny_llama, tiny_l
     assert f"unloaded {tiny_llama} (to make room for {tiny_llama_raw}: --max-models 1)" in said
 
 
-def test_a_model_only_a_request_names_loads_unless_listed_only(tiny_llama, long_llama):
+def test_a_path_a_request_names_is_a_404_unless_allowed(tiny_llama, long_llama):
+    """A request must not make the server read (or convert into its cache) whatever file it names."""
+    from lmpipe.models.resolve import embedded_gguf
+
     s = Server(tiny_llama)
+    try:
+        for name in (str(long_llama), "/etc", str(embedded_gguf()), str(tiny_llama) + "/../" + long_llama.name):
+            refused = chat(s, name, "Paris is")
+            assert refused.status_code == 404, name
+            assert refused.json()["error"]["message"] == f"The model `{name}` does not exist."
+            embedded = httpx.post(s.url + "/v1/embeddings", json={"model": name, "input": "hi"}, timeout=60)
+            assert embedded.status_code == 404, name
+        assert chat(s, str(tiny_llama) + "/", "Paris is").status_code == 200  # a listed model by another spelling
+        assert list(listed(s)) == [str(tiny_llama)]
+        assert [m["root"] for m in httpx.get(s.url + "/v1/models", timeout=30).json()["data"]] == [str(tiny_llama)]
+    finally:
+        s.stop()
+
+
+def test_a_model_only_a_request_names_loads_unless_listed_only(tiny_llama, long_llama):
+    s = Server(tiny_llama, "--allow-model-paths")
     try:
         other = chat(s, str(long_llama), "Paris is")
         assert other.status_code == 200 and other.json()["model"] == str(long_llama)
@@ -114,12 +133,14 @@ def test_a_model_only_a_request_names_loads_unless_listed_only(tiny_llama, long_
         assert counts == {str(tiny_llama): 0, str(long_llama): 1}
     finally:
         s.stop()
-    strict = Server(tiny_llama, "--listed-only")
+    strict = Server(tiny_llama, "--listed-only", "--allow-model-paths")
     try:
         refused = chat(strict, str(long_llama), "Paris is")
         assert refused.status_code == 404
         assert refused.json()["error"]["message"] == f"The model `{long_llama}` does not exist."
         assert list(listed(strict)) == [str(tiny_llama)]
+        alias = httpx.post(strict.url + "/v1/embeddings", json={"model": "smollm2", "input": "hi"}, timeout=60)
+        assert alias.status_code == 404 and alias.json()["error"]["code"] == "model_not_found"
     finally:
         strict.stop()
 
@@ -196,3 +217,23 @@ def test_load_64_concurrent_requests_over_two_models_with_8_clients_killed_mid_s
         assert rows[(str(long_llama), "stop")] + rows[(str(long_llama), "length")] == 29  # with the one after
     finally:
         s.stop()
+
+
+def test_embedding_models_count_against_max_models_and_keep_alive(tiny_llama):
+    """An embedding model is a loaded model like the others: it makes room under --max-models,
+    is made room for, and unloads after the keep-alive."""
+    s = Server(tiny_llama, "--max-models", "1", "--keep-alive", "3", "--preload")
+    try:
+        embedded = httpx.post(s.url + "/v1/embeddings", json={"input": "a cat"}, timeout=120)
+        assert embedded.status_code == 200
+        assert not listed(s)[str(tiny_llama)]["loaded"]  # unloaded to make room for the embedding model
+        assert chat(s, None, "Paris is").status_code == 200  # and the embedding model for it
+        assert wait_for(lambda: not listed(s)[str(tiny_llama)]["loaded"], 60)  # its keep-alive
+        assert httpx.post(s.url + "/v1/embeddings", json={"input": "a dog"}, timeout=120).status_code == 200
+        time.sleep(5)  # the embedding model's keep-alive passes too
+    finally:
+        s.stop()
+    said = s.proc.stderr.read().decode()
+    assert f"unloaded {tiny_llama} (to make room for all-minilm-l6-v2: --max-models 1)" in said
+    assert f"unloaded all-minilm-l6-v2 (to make room for {tiny_llama}: --max-models 1)" in said
+    assert "unloaded all-minilm-l6-v2 after 3 s idle" in said

@@ -1,6 +1,7 @@
 """lm-serve answers the real openai client as vLLM does: every field implemented or refused by
 name, content parts, prompts in every form, log-probabilities (chat and legacy, streamed and
-not) equal to transformers' own, echo scoring the prompt, n choices, penalties, streamed usage."""
+not) equal to transformers' own, echo scoring the prompt, n choices, penalties, streamed usage;
+with --api-key, as a server on a network runs."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ from serve_helpers import Server
 
 PROMPT = "The quick brown fox"
 CACHED_BOUND = 1e-4  # README, "Replaying a record": a prompt served from the prompt cache
+KEY = "sk-lmpipe-test"  # the server wants it, as a server on a network should
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama):
-    s = Server(tiny_llama, "--max-batch", "8", "--preload")
+    s = Server(tiny_llama, "--max-batch", "8", "--preload", "--api-key", KEY)
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def test_content_parts_are_joined(client, model):
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
      "'image_url'"),
     ({"top_logprobs": 2}, "`top_logprobs`"),
-    ({"n": 65}, "`n` 65"),  # more rows than --max-queue (64): never a 503 that a retry could cure
+    ({"n": 17}, "`n` must be from 1 to 16 (lm-serve --max-n)"),  # never a 503 that a retry could cure
 ])
 def test_what_is_not_supported_is_a_400_naming_it(client, model, options, named):
     options.setdefault("messages", [{"role": "user", "content": PROMPT}])
@@ -243,6 +245,13 @@ def test_streamed_completions_carry_usage(server, client, model):
                                             stream_options={"include_usage": True}))
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
     assert chunks[-1].usage.prompt_tokens > 0
-    response = httpx.post(server.url + "/v1/completions", timeout=60,
+    response = httpx.post(server.url + "/v1/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
                           json={"prompt": PROMPT, "stream": True, "stream_options": {"continuous_usage_stats": True}})
     assert response.status_code == 400 and "stream_options.continuous_usage_stats" in response.json()["error"]["message"]
+
+
+def test_a_wrong_key_is_openais_authentication_error(server, model):
+    wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"

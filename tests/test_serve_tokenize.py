@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import jsonl
-from serve_helpers import Server
+from serve_helpers import JSON, Server
 
 SAMPLES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -112,5 +112,5 @@ def test_errors_in_openais_shape(server, path, body, code):
 
 
 def test_malformed_json_is_a_400(server):
-    response = httpx.post(server.url + "/tokenize", content=b"{", timeout=30)
+    response = httpx.post(server.url + "/tokenize", content=b"{", headers=JSON, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"

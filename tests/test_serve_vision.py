@@ -65,11 +65,25 @@ def test_local_paths_are_refused_unless_allowed(served, tiny_qwen2_vl, photos):
             chat(served, url)
         assert "--allow-local-images" in str(caught.value)
     expected = chat(served, data_url(photos["wide"])).choices[0].message.content
-    s = Server(tiny_qwen2_vl, "--allow-local-images")
+    s = Server(tiny_qwen2_vl, "--allow-local-images", str(photos["wide"].parent), "--max-images-per-request", "4",
+               "--max-pixels", "2000")
     try:
         client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=300)
         for url in (str(photos["wide"]), photos["wide"].as_uri()):
             assert chat(client, url).choices[0].message.content == expected
+        for outside in (str(photos["wide"].parent / ".." / "elsewhere.png"), "/etc/passwd"):
+            with pytest.raises(openai.BadRequestError) as caught:
+                chat(client, outside)
+            assert "outside the folder lm-serve's --allow-local-images allows" in str(caught.value)
+        with pytest.raises(openai.BadRequestError) as caught:  # 64 x 64 pixels: over --max-pixels
+            chat(client, str(photos["square"]))
+        assert "2000" in str(caught.value)
+        garbage = "data:image/png;base64," + base64.b64encode(b"not an image").decode()
+        content = [{"type": "image_url", "image_url": {"url": garbage}} for _ in range(5)]
+        with pytest.raises(openai.BadRequestError) as caught:  # refused on the count, before any is decoded
+            client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=N,
+                                           messages=[{"role": "user", "content": content}])
+        assert caught.value.code == "too_many_images"
         with pytest.raises(openai.BadRequestError) as caught:  # still the server's own rule for remote URLs
             chat(client, "http://example.com/cat.jpg")
         assert "the server fetches nothing" in str(caught.value)

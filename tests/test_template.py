@@ -138,3 +138,18 @@ def test_output_and_resume_skip_what_is_done(tmp_path):
     result, _ = template("Q: {{ text }}", "--output", str(out), "--resume", lines=lines)
     assert result.exit_code == 0
     assert [r["text"] for r in jsonl(out.read_bytes())] == ["Q: t0", "Q: t1", "Q: t2", "Q: t3"]
+
+
+ESCAPE = '{{ cycler.__init__.__globals__.os.popen("echo escaped").read() }}'
+
+
+def test_a_template_reaching_python_internals_is_an_error_record_not_code_run(tmp_path):
+    result, out = template(ESCAPE, lines=['{"text": "x"}'])
+    assert result.exit_code == 1 and "escaped" not in result.stdout
+    assert out == [{"text": "x", "line": 1, "error": "template: unsafe template, refused: access to attribute "
+                                                     "'__init__' of 'type' object is unsafe."}]
+    agent = tmp_path / "shared.toml"
+    agent.write_text(f"[agent]\ntask = '{ESCAPE}'\n")
+    result, out = template("--agent", str(agent), lines=['{"text": "x"}'])
+    assert result.exit_code == 1 and "escaped" not in result.stdout
+    assert out[0]["error"].startswith(f"{agent} [agent] task: unsafe template, refused: access to attribute '__init__'")

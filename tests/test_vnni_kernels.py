@@ -126,3 +126,32 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
     x = torch.randn(2, 64)
     want = x @ reference.t()
     assert float((model[0](x) - want).norm() / want.norm()) < q.CHECK_TOLERANCE  # torch's bfloat16 kernel
+
+
+def test_the_build_folder_is_named_by_the_source_and_torch_and_is_this_users_alone(tmp_path):
+    import hashlib
+    import stat
+
+    digest = hashlib.sha256(vnni.SOURCE.read_bytes()).hexdigest()[:16]
+    planted = tmp_path / f"vnni-{digest}-torch-{torch.__version__}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)  # made by a lax umask, or by someone hoping to write a library into it
+    build = vnni.build_folder(tmp_path)
+    assert build == planted and stat.S_IMODE(build.stat().st_mode) == 0o700
+    fresh = vnni.build_folder(tmp_path / "other")
+    assert fresh.name == planted.name and stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+def test_a_stale_torch_lock_left_by_a_killed_build_is_cleared_not_waited_on(monkeypatch, tmp_path):
+    import torch.utils.cpp_extension as extension
+
+    build = vnni.build_folder(tmp_path)
+    (build / "lock").write_text("")  # torch's baton, left behind when its build was killed
+    seen = []
+
+    def load(name, sources, build_directory, **kwargs):  # torch's load would wait while `lock` exists
+        seen.append((build_directory, (build / "lock").exists()))
+
+    monkeypatch.setattr(extension, "load", load)
+    vnni._compile(build)
+    assert seen == [(str(build), False)]

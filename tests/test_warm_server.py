@@ -1,6 +1,6 @@
 """A warm server found without flags (issue 18, acceptance 4): a running lm-serve records itself in
 lmpipe's home; a plain lm-generate for the same model and settings answers through it with the
-same records, says so once on a terminal, and loads nothing; --no-server loads the model here; a
+same records, says so once on stderr (even in a pipe), and loads nothing; --no-server loads the model here; a
 server killed without stopping leaves a record that the next run removes, working in-process."""
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def test_a_plain_run_answers_through_the_running_server(home, tiny_llama):
         proc, heavy = probe("lm-generate", *args(tiny_llama), input=LINES)
         assert proc.returncode == 1 and heavy == ""  # answered without loading anything here
         assert records(proc.stdout) == records(local.stdout)
-        assert b"lm-serve" not in proc.stderr  # in a pipe it says nothing
+        # Even in a pipe it says once where the records came from.
+        said = f"lm-generate: answering through the lm-serve running at {server.url} (--no-server: load the model here)"
+        assert proc.stderr.decode().splitlines()[0] == said and proc.stderr.decode().count("lm-serve") == 1
 
         forced, heavy = probe("lm-generate", *args(tiny_llama), "--no-server", input=b"hi\n")
         assert forced.returncode == 0 and heavy == "torch,transformers"
@@ -113,5 +115,71 @@ def test_lm_chat_finds_the_running_server_too(home, tiny_llama):
         assert records(proc.stdout) == records(local.stdout)
         forced, heavy = probe("lm-chat", *chat, "--no-server", input=script)
         assert forced.returncode == 0 and heavy == "torch,transformers"
+    finally:
+        server.stop()
+
+
+def plant(home, name: str, url: str, pid: int, mode: int = 0o600) -> "os.PathLike":
+    folder = home / "servers"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps({"url": url, "pid": pid, "token": "t", "holds": []}))
+    path.chmod(mode)
+    return path
+
+
+def test_only_entries_of_this_user_mode_0600_live_and_loopback_are_used(home):
+    import socket
+
+    from lmpipe.backends import warm
+
+    with socket.socket() as listener:  # something listens at each planted URL: only the checks can refuse them
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        good = plant(home, "good.json", url, os.getpid())
+        assert [e["url"] for e in warm.running()] == [url]
+        good.unlink()
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        gone = plant(home, "dead.json", url, dead.pid)
+        plant(home, "lax.json", url, os.getpid(), mode=0o644)
+        plant(home, "remote.json", "http://192.0.2.1:8080", os.getpid())
+        if os.geteuid() == 0:  # only root can give a file to another user
+            os.chown(plant(home, "other-owner.json", url, os.getpid()), 65534, -1)
+        assert warm.running() == []
+        assert not gone.exists()  # a dead server's entry is removed on the way
+        assert sorted(p.name for p in (home / "servers").iterdir()) == sorted(
+            ["lax.json", "remote.json"] + (["other-owner.json"] if os.geteuid() == 0 else []))
+        (home / "servers").chmod(0o777)
+        plant(home, "good.json", url, os.getpid())
+        assert [e["url"] for e in warm.running()] == [url]
+        assert oct((home / "servers").stat().st_mode & 0o777) == "0o700"  # put back to this user's alone
+
+
+def test_a_server_with_an_api_key_serves_the_tools_that_found_it(home, tiny_llama):
+    import httpx
+
+    server = Server(tiny_llama, "--api-key", "sk-secret")
+    try:
+        (entry,) = entries(home)
+        assert oct((home / "servers").stat().st_mode & 0o777) == "0o700"
+        assert oct(next((home / "servers").glob("*.json")).stat().st_mode & 0o777) == "0o600"
+        assert httpx.get(server.url + "/v1/models", timeout=30).status_code == 401
+        assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {entry['token']}"},
+                         timeout=30).status_code == 200
+        proc, heavy = probe("lm-generate", *args(tiny_llama), input=b"hi\n")
+        assert proc.returncode == 0 and heavy == ""  # answered there, with the entry's token
+        assert len(jsonl(proc.stdout)) == 1 and "error" not in jsonl(proc.stdout)[0]
+        given = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "--api-key", "sk-secret", "-n", "2", input=b"hi\n")
+        assert given.returncode == 0 and "error" not in jsonl(given.stdout)[0]
+        env = {"LMPIPE_API_KEY": "", "OPENAI_API_KEY": "sk-secret"}
+        from_openai = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "-n", "2", input=b"hi\n", env=env)
+        assert from_openai.returncode == 0 and "error" not in jsonl(from_openai.stdout)[0]
+        refused = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "-n", "2", input=b"hi\n",
+                           env={"LMPIPE_API_KEY": "", "OPENAI_API_KEY": ""})
+        assert refused.returncode == 1 and refused.stdout == b""
+        assert refused.stderr.decode() == (f"lm-generate: error: the server at {server.url}/v1 wants an API key: give "
+                                           "it with --api-key (or LMPIPE_API_KEY, or OPENAI_API_KEY)\n")
     finally:
         server.stop()

@@ -30,24 +30,31 @@ class ServedModel:
         return f"loaded, unloads in {self.expires_in_s:.0f} s" if self.expires_in_s is not None else "loaded"
 
 
-def servers() -> list[str]:
-    """The API bases to ask (lmpipe.backends.remote.api_base, as --server takes a URL):
-    LMPIPE_SERVER first, then the servers running here."""
+def servers() -> dict[str, str | None]:
+    """The API bases to ask (lmpipe.backends.remote.api_base, as --server takes a URL), each with
+    the key to send: LMPIPE_SERVER first (LMPIPE_API_KEY's), then the servers running here (the
+    token of their entry in lmpipe's home)."""
     from lmpipe.backends import warm
     from lmpipe.backends.remote import api_base
 
-    urls = [os.environ["LMPIPE_SERVER"]] if os.environ.get("LMPIPE_SERVER") else []
-    return list(dict.fromkeys(api_base(url) for url in [*urls, *(entry["url"] for entry in warm.running())]))
+    found: dict[str, str | None] = {}
+    if os.environ.get("LMPIPE_SERVER"):
+        found[api_base(os.environ["LMPIPE_SERVER"])] = os.environ.get("LMPIPE_API_KEY") or None
+    for entry in warm.running():
+        found.setdefault(api_base(entry["url"]), entry.get("token"))
+    return found
 
 
-def served_models(bases: list[str] | None = None) -> list[ServedModel]:
+def served_models(bases: dict[str, str | None] | list[str] | None = None) -> list[ServedModel]:
     import httpx
 
     out: list[ServedModel] = []
-    for base in servers() if bases is None else bases:
+    keys = servers() if bases is None else bases if isinstance(bases, dict) else dict.fromkeys(bases)
+    for base, key in keys.items():
         url = base.removesuffix("/v1")  # shown as the server's root, as lm-serve says where it listens
+        headers = {"Authorization": f"Bearer {key}"} if key else None
         try:
-            response = httpx.get(base + "/models", timeout=PROBE_TIMEOUT)
+            response = httpx.get(base + "/models", timeout=PROBE_TIMEOUT, headers=headers)
             response.raise_for_status()
             data: list[dict[str, Any]] = response.json()["data"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:

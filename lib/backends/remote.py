@@ -46,6 +46,7 @@ class ServerSettings:
     concurrency: int = 8  # requests in flight at once
     retries: int = 3  # more tries after a 429, a 503 or a lost connection
     timeout: float = 600.0  # seconds a request may take
+    api_key: str | None = None  # sent as `Authorization: Bearer KEY`
 
     def __post_init__(self) -> None:
         from ..errors import UsageError
@@ -184,8 +185,10 @@ class ServerClient:
         self.settings = settings if isinstance(settings, ServerSettings) else ServerSettings(settings)
         self.base = api_base(self.settings.url)
         self.root = self.base[: -len("/v1")]
+        key = self.settings.api_key
         self.http = httpx.Client(timeout=httpx.Timeout(self.settings.timeout, connect=5.0),
-                                 limits=httpx.Limits(max_connections=max(64, self.settings.concurrency)))
+                                 limits=httpx.Limits(max_connections=max(64, self.settings.concurrency)),
+                                 headers={"Authorization": f"Bearer {key}"} if key else None)
         self._models: list[dict[str, Any]] | None = None
         self._kind: ServerKind | None = ServerKind(self.settings.kind) if self.settings.kind else None
 
@@ -195,6 +198,9 @@ class ServerClient:
         if self._models is None:
             try:
                 response = self.http.get(self.base + "/models")
+                if response.status_code == 401:
+                    raise ServerUnavailable(f"the server at {self.base} wants an API key: give it with --api-key "
+                                            "(or LMPIPE_API_KEY, or OPENAI_API_KEY)")
                 response.raise_for_status()
                 data = response.json().get("data", [])
             except (httpx.HTTPError, ValueError, AttributeError) as exc:

@@ -31,29 +31,37 @@ AGENT_KEYS = {"name", "role", "task", "instructions", "rules", "user"}
 
 
 def environment():
-    from jinja2 import Environment, StrictUndefined
+    """Sandboxed, as transformers renders chat templates: an agent file is meant to be shared, and
+    a template must not reach Python's internals (`cycler.__init__.__globals__.os`) to run code."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
 
-    return Environment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 def compile_template(source: str, what: str = "template"):
-    """A compiled template; a syntax error is a one-line UsageError naming the line."""
+    """A compiled template named `what` (for its errors); a syntax error is a one-line UsageError naming the line."""
     from jinja2 import TemplateSyntaxError
 
     try:
-        return environment().from_string(source)
+        template = environment().from_string(source)
     except TemplateSyntaxError as exc:
         raise UsageError(f"{what}: syntax error on line {exc.lineno}: {exc.message}") from None
+    template.name = what
+    return template
 
 
 def render(template: Any, variables: dict[str, Any]) -> str:
-    """Render; a missing variable (or any error inside the template) is this record's error."""
+    """Render; a missing variable, an unsafe access (or any error inside the template) is this record's error."""
     from jinja2 import TemplateError, UndefinedError
+    from jinja2.exceptions import SecurityError
 
     try:
         return template.render(**variables)
     except UndefinedError as exc:
         raise RecordError(f"missing template variable: {exc.message}") from None
+    except SecurityError as exc:
+        raise RecordError(f"{template.name or 'template'}: unsafe template, refused: {exc.message or exc}") from None
     except TemplateError as exc:
         raise RecordError(f"template error: {exc.message or exc}") from None
 

@@ -39,7 +39,8 @@ def model_options(f: Callable) -> Callable:
 
 
 def served_models_options(f: Callable) -> Callable:
-    """lm-serve's --model (repeatable), --model-option, --max-models, --listed-only, then --device, --dtype, --attention."""
+    """lm-serve's --model (repeatable), --model-option, --max-models, --listed-only, --allow-model-paths, then
+    --device, --dtype, --attention."""
     return _stack(
         click.option("-m", "--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
                      envvar="LMPIPE_MODEL", metavar="MODEL",
@@ -51,8 +52,11 @@ def served_models_options(f: Callable) -> Callable:
                      envvar="LMPIPE_MAX_MODELS",
                      help="Models loaded at once (0: no bound); past it the least recently used idle one unloads."),
         click.option("--listed-only", is_flag=True,
-                     help="Serve only the -m models: a request naming another gets a 404 (by default it is "
-                          "loaded when it resolves here, as --model would; nothing is downloaded)."),
+                     help="Serve only the -m models: a request naming another gets a 404 (by default an alias or "
+                          "a hub repo in the cache is loaded; nothing is downloaded). Embeddings too."),
+        click.option("--allow-model-paths", is_flag=True,
+                     help="A request may name a model folder or .gguf file on this machine (by default only "
+                          "the -m models, aliases and hub repos in the cache: anything else is a 404)."),
         device_options,
     )(f)
 
@@ -168,14 +172,18 @@ def draft_options(f: Callable) -> Callable:
 
 
 def server_option(f: Callable) -> Callable:
-    """--server URL, and --no-server: without either, a running lm-serve that holds the same model
-    with the same settings (recorded in lmpipe's home) answers instead of loading the model here."""
+    """--server URL, --no-server and --api-key: without --server or --no-server, a running lm-serve
+    that holds the same model with the same settings (recorded in lmpipe's home) answers instead
+    of loading the model here."""
     return _stack(
         click.option("--server", default=None, envvar="LMPIPE_SERVER", metavar="URL",
                      help="Use a running lm-serve (or any OpenAI-compatible server) at URL. Without it, an "
                           "lm-serve running here with the same model and settings is used when there is one."),
         click.option("--no-server", is_flag=True, envvar="LMPIPE_NO_SERVER",
                      help="Load the model here, even when an lm-serve running here holds it."),
+        click.option("--api-key", default=None, envvar="LMPIPE_API_KEY", metavar="KEY",
+                     help="The key --server wants (lm-serve --api-key), sent as a Bearer token; default: "
+                          "OPENAI_API_KEY for --server. A server found running here needs none."),
     )(f)
 
 

@@ -7,6 +7,7 @@ the dict. Imports happen inside the functions, so that a tool's --help stays tor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -125,7 +126,15 @@ def server_settings(o: Options) -> "ServerSettings | None":
     if not o.get("server"):
         return None
     return ServerSettings(o["server"], kind=o.get("server_kind"), concurrency=o.get("concurrency") or 8,
-                          retries=o["retries"] if o.get("retries") is not None else 3)
+                          retries=o["retries"] if o.get("retries") is not None else 3, api_key=client_key(o))
+
+
+def client_key(o: Options) -> str | None:
+    """The key a tool sends to --server: --api-key (LMPIPE_API_KEY), else OPENAI_API_KEY, as
+    OpenAI's own clients read it; none without --server (a warm server gives its own token)."""
+    if not o.get("server"):
+        return None
+    return o.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
 
 
 def generate_run(o: Options, given: frozenset[str] = frozenset()) -> "GenerateRun":
@@ -146,7 +155,7 @@ def chat_run(o: Options) -> "ChatRun":
     from ..tasks.chat_session import ChatRun
 
     settings = GenerateSettings(sampling=sampling_settings(o), decoding=decoding(o))
-    return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"),
+    return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"), api_key=client_key(o),
                    no_server=bool(o.get("no_server")), system=o.get("system") or "",
                    load=o.get("load"), quiet=o["quiet"])
 
@@ -287,6 +296,8 @@ def model_option(o: Options, model: str, pair: str) -> Options:
 
 def serve_run(o: Options) -> "ServeRun":
     from ..engine.scheduler import SchedulerSettings
+    from ..serve.guard import GuardSettings, is_loopback
+    from ..serve.prompts import ImagePolicy
     from ..serve.roster import RosterSettings
     from ..serve.run import ServeRun
 
@@ -302,10 +313,29 @@ def serve_run(o: Options) -> "ServeRun":
             raise UsageError(f"--model-option {model}: not one of the -m models ({', '.join(models)})")
         per_model[model] = model_option(per_model[model], model, pair)
     on_request = None if o["listed_only"] else scheduler({**o, "model": None})
-    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models), on_request, o["max_models"])
+    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models), on_request, o["max_models"],
+                            allow_paths=o["allow_model_paths"])
+    guard = GuardSettings(api_keys=api_keys(o["api_key"], o["api_key_file"]), loopback_only=is_loopback(o["host"]),
+                          allowed_origins=tuple(o["allowed_origins"]), max_body=int(o["max_body"] * 1024 * 1024),
+                          read_timeout_s=o["read_timeout"], max_requests=o["limit_concurrency"])
     return ServeRun(roster, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
                     log_max_bytes=int(o["log_rotate"] * 1024 * 1024),
-                    allow_local_images=bool(o.get("allow_local_images")), threads=o["threads"])
+                    images=ImagePolicy(o["allow_local_images"], o["max_images_per_request"], o["max_pixels"]),
+                    threads=o["threads"], guard=guard, max_n=o["max_n"])
+
+
+def api_keys(given: tuple[str, ...], file: str | None) -> tuple[str, ...]:
+    """--api-key's keys and --api-key-file's (one a line; blank lines and # comments skipped)."""
+    keys = list(given)
+    if file:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise UsageError(f"--api-key-file {file}: {exc.strerror or exc}") from None
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise UsageError(f"--api-key-file {file} holds no key")
+    return tuple(dict.fromkeys(keys))
 
 
 def embed_run(o: Options) -> "EmbedRun":
@@ -335,4 +365,4 @@ def batch_run(o: Options) -> "BatchRun":
     scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"])
     pipe = pipe_settings(o)
     return BatchRun(scheduler, replace(pipe, job=replace(pipe.job, key=KEY)), server=o.get("server"),
-                    no_server=bool(o.get("no_server")))
+                    no_server=bool(o.get("no_server")), api_key=client_key(o))

@@ -104,6 +104,7 @@ class ResumeState:
     pending: deque[str]
     skipped: int = 0
     key: str = "id"  # the field records are known by
+    fd: int | None = None  # the output file, open and locked, until its FileSink takes it
 
     def select(self, items: Iterable[Item]) -> Iterator[Item]:
         """Items not yet in the output; remembers each one's key for the writer, in input order."""
@@ -119,7 +120,7 @@ class ResumeState:
 
 
 def prepare_output(path_text: str, resume: bool, key: str = "id") -> tuple[Path, ResumeState]:
-    """Check FILE before anything else runs; with --resume, repair it and read what it holds."""
+    """Check FILE before anything else runs and lock it; with --resume, then repair it and read what it holds."""
     path = Path(path_text)
     if path.is_dir():
         raise UsageError(f"--output {path}: is a folder")
@@ -128,31 +129,43 @@ def prepare_output(path_text: str, resume: bool, key: str = "id") -> tuple[Path,
         raise UsageError(f"--output {path} exists; add --resume to continue it, or remove it")
     if not path.parent.is_dir():
         raise UsageError(f"--output {path}: no such folder {path.parent}")
+    fd = lock_output(path)  # before repairing or reading: a running job's last line may be half written
     done: Counter[str] = Counter()
-    if exists:
-        repair(path)
-        done = done_keys(path, key)
-    return path, ResumeState(done, deque(), key=key)
+    try:
+        if exists:
+            repair(path)
+            done = done_keys(path, key)
+    except BaseException:
+        os.close(fd)
+        raise
+    return path, ResumeState(done, deque(), key=key, fd=fd)
+
+
+def lock_output(path: Path) -> int:
+    """FILE opened for appending (made if missing) and locked for this run alone, or a UsageError."""
+    import fcntl
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UsageError(f"--output {path} is being written by another run") from None
+    return fd
 
 
 class FileSink:
     """Appends finished records to FILE, each written whole and fsync'd; holds a lock while open."""
 
     def __init__(self, path: Path, state: ResumeState, sync_every: int = 1):
-        import fcntl
-
         self.path = path
         self.state = state
         self.sync_every = max(1, sync_every)
         self.written = 0
         self.dropped = 0
         self._unsynced = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._fd)
-            raise UsageError(f"--output {path} is being written by another run") from None
+        fd, state.fd = state.fd, None  # the lock prepare_output took, else a lock of its own
+        self._fd = fd if fd is not None else lock_output(path)
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
         key = self.state.pending.popleft() if self.state.pending else None

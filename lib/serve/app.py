@@ -39,13 +39,13 @@ from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response,
 from .logprobs import chat_entries, legacy
 from .metrics import ModelMetrics, ServerMetrics
 from .requestlog import RequestLog, request_fields
-from .prompts import ImageRules, Prompt, chat_prompt, completion_prompts
+from .prompts import ImagePolicy, ImageRules, Prompt, chat_prompt, completion_prompts
 from .roster import ModelRoster
 from .structured import Asked, FormatError, asked, tool_calls
 from .tokens import token_routes
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-CLIENT_CLOSED = 499  # a streamed answer its client left before the end (nginx's status)
+CLIENT_CLOSED = 499  # an answer its client left before the end, streamed or not (nginx's status)
 DEFAULT_MAX_TOKENS = 256
 MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
@@ -159,20 +159,20 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     limit, generates = max_tokens_of(body, chat, echo)
     sampling = sampling_of(body, limit)
     n = typed(body, "n", (int,), 1)
-    if n < 1:
-        raise BadRequest("`n` must be at least 1", "invalid_value")
+    if not 1 <= n <= request.app.state.max_n:
+        raise BadRequest(f"`n` must be from 1 to {request.app.state.max_n} (lm-serve --max-n)", "invalid_value")
     logprobs = logprobs_of(body, chat)
     stream, include_usage = streaming_of(body)
-    try:
-        wanted = asked(body)
+    try:  # a schema becomes a grammar here: off the event loop, as tokenizing is
+        wanted = await run_in_threadpool(asked, body)
     except FormatError as exc:
         raise BadRequest(str(exc), exc.code) from None
     if chat:  # a vision-language model's chats go through its processor (images read off the event loop)
         lm = await run_in_threadpool(engine.model)
-        images = ImageRules(lm.processor, request.app.state.allow_local_images) if lm.processor is not None else None
+        images = ImageRules(lm.processor, request.app.state.images) if lm.processor is not None else None
         prompts = [await run_in_threadpool(chat_prompt, engine.tokenizer, body, wanted, images)]
     else:
-        prompts = completion_prompts(engine.tokenizer, body, wanted)
+        prompts = await run_in_threadpool(completion_prompts, engine.tokenizer, body, wanted)
     if len(prompts) * n > engine.settings.max_queue:  # it could never be queued whole: not a busy server's 503
         raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
                          f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
@@ -330,9 +330,11 @@ def _sse(data: Any) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
 
 
-def create_app(roster: ModelRoster, log: RequestLog | None = None, allow_local_images: bool = False):
+def create_app(roster: ModelRoster, log: RequestLog | None = None, images: ImagePolicy = ImagePolicy(),
+               max_n: int = 16):
     """The app over the models of `roster`; with `log`, every generation request and its answer or
-    error is a record there; `allow_local_images`: a chat's image_url may name a file on this machine."""
+    error is a record there; `images`: where a chat's images may come from, how many and how
+    large; `max_n`: the most choices a request may ask for."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -378,11 +380,14 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, allow_local_i
                                              media_type="text/event-stream")
                 done: dict[int, Completion] = {}
                 try:
-                    async for index, event in session:
-                        if isinstance(event, Completion):
-                            done[index] = event
+                    whole_answer = await until_client_leaves(request, collect(session, done))
                 finally:
-                    session.cancel()
+                    session.cancel()  # a client that left has its rows aborted (and counted so)
+                if not whole_answer:
+                    if log is not None:
+                        await write(answered_record(engine, heard, prepared, ident, done, CLIENT_CLOSED))
+                    return error_response(CLIENT_CLOSED, "the client left before the answer was complete",
+                                          "client_closed")
                 data = whole(engine, done, prepared, ident)
                 if log is not None:
                     await write(answered_record(engine, heard, prepared, ident, done, 200))
@@ -417,12 +422,41 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, allow_local_i
         Route("/metrics", metrics_page),
         Route("/v1/chat/completions", handler(True), methods=["POST"]),
         Route("/v1/completions", handler(False), methods=["POST"]),
-        embeddings_route(roster.default.settings.model),
+        embeddings_route(roster),
         *token_routes(roster),
     ]
     app = Starlette(routes=routes)
-    app.state.allow_local_images = allow_local_images
+    app.state.images = images
+    app.state.max_n = max_n
     return app
+
+
+async def collect(session: Session, done: dict[int, Completion]) -> None:
+    async for index, event in session:
+        if isinstance(event, Completion):
+            done[index] = event
+
+
+async def until_client_leaves(request: Any, work: Any) -> bool:
+    """Run `work` (a coroutine) until it ends (True) or the client disconnects first (False: it
+    is cancelled). Its body was read, so the next message uvicorn gives is the disconnect."""
+    async def left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(left())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        return False
+    task.result()  # its exception, if it failed
+    return True
 
 
 def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
@@ -435,7 +469,7 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
     for s in roster.all():
         vision = s.ref.path.is_dir() and takes_images(s.ref.path)
         entry: dict[str, Any] = {"id": s.model_id, "object": "model", "created": 0, "owned_by": "lmpipe",
-                                 "root": str(s.ref.path), "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive,
+                                 "root": s.model_id, "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive,
                                  "capabilities": ["completion", "vision"] if vision else ["completion"]}
         if s.loaded and s.settings.keep_alive:
             entry["expires_in_s"] = round(max(0.0, s.settings.keep_alive - (now - s.last_used)), 3)

@@ -38,6 +38,7 @@ class BatchRun:
     pipe: PipeSettings = field(default_factory=PipeSettings)
     server: str | None = None  # post to this server instead of the app in this process
     no_server: bool = False  # never a warm lm-serve found in lmpipe's home: the app in this process
+    api_key: str | None = None  # sent to the server as `Authorization: Bearer KEY`
 
     def __post_init__(self) -> None:
         if self.pipe.job.key != KEY:
@@ -115,14 +116,15 @@ def client_for(r: BatchRun, roster: Any) -> Any:
     timeout = httpx.Timeout(None, connect=30)
     if r.server:
         base = r.server.rstrip("/").removesuffix("/v1")
-        return httpx.AsyncClient(base_url=base, timeout=timeout)
+        headers = {"Authorization": f"Bearer {r.api_key}"} if r.api_key else None
+        return httpx.AsyncClient(base_url=base, timeout=timeout, headers=headers)
     from .app import create_app
 
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(roster)), base_url="http://lm-serve",
                              timeout=timeout)
 
 
-def warm_server(r: BatchRun) -> str | None:
+def warm_server(r: BatchRun) -> Any:
     """A running lm-serve whose default model is this run's, with the same settings: a line that
     names no model must get the same model there as here (lmpipe.backends.warm)."""
     from ..backends import warm
@@ -131,17 +133,15 @@ def warm_server(r: BatchRun) -> str | None:
 
 
 def run(r: BatchRun) -> int:
-    import sys
     from dataclasses import replace
 
     from ..records.pipe import JsonlSink, run_records, say
     from .roster import ModelRoster, RosterSettings
 
     job = r.pipe.job.open()  # an existing --output without --resume fails here, before the model loads
-    if r.server is None and not r.no_server and (url := warm_server(r)):
-        r = replace(r, server=url)
-        if sys.stderr.isatty():
-            say("lm-batch", f"posting to the lm-serve running at {url} (--no-server: load the model here)")
+    if r.server is None and not r.no_server and (found := warm_server(r)):
+        r = replace(r, server=found.url, api_key=found.token)
+        say("lm-batch", f"posting to the lm-serve running at {found.url} (--no-server: load the model here)")
     # In-process the generation model loads at the first chat or completion line, and stays.
     # A line naming another model loads it beside the first, as lm-serve would (lmpipe.serve.roster).
     kept = replace(r.scheduler, keep_alive=0)

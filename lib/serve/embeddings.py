@@ -5,14 +5,19 @@
 (others answer 400 unless it is their own size). Which model embeds: the request's `model`,
 resolved as --model is (the embedded all-minilm-l6-v2, a folder, a hub id in the cache) and
 loaded on first use; without `model`, the embedded all-MiniLM-L6-v2. It is not the server's
-generation model unless the request names it (a decoder then pools its last token). Models
-stay loaded for the server's life, and one request embeds at a time.
+generation model unless the request names it (a decoder then pools its last token). Requests
+may name the models they may name for generation (lmpipe.serve.roster: --listed-only,
+--allow-model-paths). Embedding models count with the generation models against --max-models
+and unload after the default model's keep-alive idle (HeldEmbedder); one request embeds at a time.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -23,23 +28,96 @@ from ..models.resolve import DEFAULT_EMBEDDING_MODEL
 from .fields import EMBEDDINGS, BadRequest, check_fields, error_response, read_body
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+WATCH_S = 0.1  # between two looks at whether an embedding model should unload
+
+
+class HeldEmbedder:
+    """One embedding model as the roster counts it beside the generation models (the attributes
+    its gate reads: loaded, loading, idle, last_used, eviction): loaded on first use through the
+    gate (--max-models), unloaded by its own watcher after the server's keep-alive idle, or when
+    the gate asks (`eviction`), as a scheduler's worker does."""
+
+    def __init__(self, settings: ModelSettings, keep_alive: float, gate: Callable[[Any], None],
+                 notify: Callable[[str], None]):
+        self.settings, self.keep_alive, self.gate, self.notify = settings, keep_alive, gate, notify
+        self.ref = settings.ref()
+        self.name = self.ref.name
+        self.embedder: Embedder | None = None
+        self.loading = False
+        self.busy = False
+        self.eviction: str | None = None
+        self.last_used = time.monotonic()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._watch, name="lmpipe-embedder", daemon=True).start()
+
+    @property
+    def loaded(self) -> bool:
+        return self.embedder is not None
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy
+
+    @contextmanager
+    def use(self) -> Iterator[Embedder]:
+        """The model, loaded if it is not (after the gate made room), held while in use."""
+        with self.lock:
+            self.busy = True
+            try:
+                if self.embedder is None:
+                    self.gate(self)
+                    self.loading = True
+                    try:
+                        self.notify(f"loading {self.name}")
+                        self.embedder = Embedder(self.settings)
+                    finally:
+                        self.loading = False
+                yield self.embedder
+            finally:
+                self.busy = False
+                self.last_used = time.monotonic()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(WATCH_S)
+            keep, why = self.keep_alive, self.eviction
+            expired = keep and time.monotonic() - self.last_used > keep
+            if self.embedder is None or not (why or expired) or not self.lock.acquire(blocking=False):
+                continue
+            try:
+                self.embedder = None
+                self.eviction = None
+                gc.collect()
+            finally:
+                self.lock.release()
+            self.notify(f"unloaded {self.name} ({why})" if why else f"unloaded {self.name} after {keep:g} s idle")
 
 
 class EmbeddingModels:
-    """The embedding models this server has loaded, by the name requests use."""
+    """The embedding models this server has loaded, by the name requests use; a name other than
+    the default embedding model's must be one the roster lets requests load (ModelRoster.admitted).
+    With a roster, its keep-alive and --max-models count them too."""
 
-    def __init__(self, device: str = "auto", dtype: str = "auto"):
-        self.device, self.dtype = device, dtype
-        self.loaded: dict[str, Embedder] = {}
+    def __init__(self, device: str = "auto", dtype: str = "auto", roster: Any = None):
+        self.device, self.dtype, self.roster = device, dtype, roster
+        self.held: dict[str, HeldEmbedder] = {}
         self.lock = threading.Lock()  # one load or forward pass at a time: torch's threads are shared
 
-    def get(self, name: str) -> Embedder:
-        if name not in self.loaded:
+    def get(self, name: str) -> HeldEmbedder:
+        if name not in self.held:
+            if name != DEFAULT_EMBEDDING_MODEL and self.roster is not None:
+                self.roster.admitted(name)
+            settings = ModelSettings(name, self.device, self.dtype)
             try:
-                self.loaded[name] = Embedder(ModelSettings(name, self.device, self.dtype))
+                settings.ref()
             except UsageError as exc:
                 raise BadRequest(f"The model `{name}` does not exist: {exc}", "model_not_found", 404) from None
-        return self.loaded[name]
+            if self.roster is None:
+                self.held[name] = HeldEmbedder(settings, 0, lambda _: None, lambda _: None)
+            else:
+                self.held[name] = self.roster.hold(lambda gate, notify: HeldEmbedder(
+                    settings, self.roster.default.settings.keep_alive, gate, notify))
+        return self.held[name]
 
 
 def inputs_of(value: Any) -> list[str | list[int]]:
@@ -73,8 +151,7 @@ def answer(models: EmbeddingModels, body: dict[str, Any]) -> dict[str, Any]:
     name = body.get("model") or DEFAULT_EMBEDDING_MODEL
     if not isinstance(name, str):
         raise BadRequest("`model` must be a string", "invalid_type")
-    with models.lock:
-        embedder = models.get(name)
+    with models.lock, models.get(name).use() as embedder:
         try:
             ids = [embedder.token_ids(v) if isinstance(v, str) else v for v in inputs]
             vocabulary = len(embedder.tokenizer)
@@ -94,14 +171,15 @@ def answer(models: EmbeddingModels, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def embeddings_route(settings: ModelSettings):
-    """The route; embedding models load on their first request, on the device and dtype of
-    `settings` (the default generation model's)."""
+def embeddings_route(roster: Any):
+    """The route; embedding models load on their first request, on the device and dtype of the
+    roster's default model, as far as its rules let requests name models."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
     from starlette.routing import Route
 
-    models = EmbeddingModels(settings.device, settings.dtype)
+    settings = roster.default.settings.model
+    models = EmbeddingModels(settings.device, settings.dtype, roster)
 
     async def embeddings(request):
         try:

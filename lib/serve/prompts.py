@@ -2,18 +2,20 @@
 `prompt` in each of its four forms (a string, strings, token ids, lists of token ids).
 
 For a vision-language model, a chat's `image_url` parts are its images: `data:` URLs, or local
-paths (`file://` or plain) when lm-serve runs with --allow-local-images. A remote URL is refused:
-the server fetches nothing.
+paths (`file://` or plain) under the folder lm-serve's --allow-local-images names. A remote URL
+is refused: the server fetches nothing. How many images a request may carry, and how many pixels
+each, are checked before any is decoded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..chat.prompts import PromptSettings, messages_of, prompt_ids
-from ..errors import RecordError
-from ..vision.images import ref_kind
+from ..errors import RecordError, UsageError
+from ..vision.images import DEFAULT_MAX_PIXELS, ref_kind
 from .fields import BadRequest
 from .structured import Asked
 
@@ -26,17 +28,43 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class ImagePolicy:
+    """Where a request's images may come from and how many and how large they may be."""
+
+    local_dir: str | None = None  # --allow-local-images DIR: paths under it; None: data: URLs only
+    max_images: int = 8  # --max-images-per-request
+    max_pixels: int = DEFAULT_MAX_PIXELS  # --max-pixels: each image's, checked before it is decoded
+
+    def __post_init__(self) -> None:
+        if self.max_images < 0:
+            raise UsageError("--max-images-per-request must be 0 or more")
+        if self.max_pixels < 1:
+            raise UsageError("--max-pixels must be at least 1")
+
+    def allows(self, path: str) -> bool:
+        """A path (a file:// URL's or plain) inside local_dir once links are followed."""
+        if self.local_dir is None:
+            return False
+        if path.partition(":")[0].lower() == "file":
+            from urllib.parse import unquote, urlparse
+
+            path = unquote(urlparse(path).path)
+        return Path(path).expanduser().resolve().is_relative_to(Path(self.local_dir).resolve())
+
+
+@dataclass(frozen=True)
 class ImageRules:
-    """A vision-language model's processor, and where its images may come from."""
+    """A vision-language model's processor, and the server's rules for images."""
 
     processor: Any
-    allow_local: bool = False  # --allow-local-images
+    policy: ImagePolicy = ImagePolicy()
 
 
 REMOTE = ("`{where}`: a remote image URL; send the image inline as a data: URL "
           "(data:image/png;base64,...): the server fetches nothing")
 LOCAL = ("`{where}`: a local image path, refused: send the image inline as a data: URL, "
-         "or start lm-serve with --allow-local-images")
+         "or start lm-serve with --allow-local-images DIR")
+OUTSIDE = "`{where}`: a local image path outside the folder lm-serve's --allow-local-images allows"
 
 
 def image_urls(messages: Any) -> list[tuple[str, str]]:
@@ -61,15 +89,23 @@ def vision_chat_prompt(rules: ImageRules, body: dict[str, Any], asked: Asked) ->
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty list", "invalid_type")
-    for where, url in image_urls(messages):
+    policy = rules.policy
+    urls = image_urls(messages)
+    if len(urls) > policy.max_images:  # before any is read or decoded
+        raise BadRequest(f"{len(urls)} images in one request; at most {policy.max_images} "
+                         "(lm-serve --max-images-per-request)", "too_many_images")
+    for where, url in urls:
         kind = ref_kind(url.strip())
         if kind == "remote":
             raise BadRequest(REMOTE.format(where=where), "invalid_image_url")
-        if kind == "path" and not rules.allow_local:
+        if kind == "path" and policy.local_dir is None:
             raise BadRequest(LOCAL.format(where=where), "invalid_image_url")
+        if kind == "path" and not policy.allows(url.strip()):
+            raise BadRequest(OUTSIDE.format(where=where), "invalid_image_url")
     try:
         image = vision_prompt({"messages": messages}, rules.processor, PromptSettings(prefix=asked.prefix),
-                              ImageSource(allow_paths=rules.allow_local), asked.plan.tools)
+                              ImageSource(max_pixels=policy.max_pixels, allow_paths=policy.local_dir is not None),
+                              asked.plan.tools)
     except RecordError as exc:
         raise BadRequest(str(exc), "invalid_messages") from None
     return Prompt(image.ids, "", image)

@@ -2,9 +2,9 @@
 
 `lm-serve -m A -m B` serves both; the first is the default (a request that names no model). A
 request may also name a model the server was not started with: when it resolves as lmpipe's
---model does (an alias, a local folder or .gguf file, a hub repo already in the cache: nothing
-is downloaded on a request's behalf), it gets a scheduler with the server's own settings, as
-Ollama loads what a request names. Anything else is vLLM's 404. Each model keeps its own
+--model does (an alias or a hub repo already in the cache: nothing is downloaded on a request's
+behalf; a local folder or .gguf file only with --allow-model-paths), it gets a scheduler with the
+server's own settings, as Ollama loads what a request names. Anything else is vLLM's 404. Each model keeps its own
 keep-alive (lmpipe.engine.scheduler unloads it after that long idle), and with `max_models`
 at most that many are loaded at once: loading one more first has the least recently used idle
 model unloaded, or waits for one to become idle (Ollama's OLLAMA_MAX_LOADED_MODELS).
@@ -15,14 +15,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from ..engine.scheduler import Scheduler, SchedulerSettings
 from ..errors import LmpipeError, UsageError
-from ..models.resolve import resolve
+from ..models.resolve import ModelRef, resolve
 from .fields import BadRequest
 
 WAIT_S = 0.05  # between two looks for an idle model to evict
+PATH_KINDS = ("folder", "gguf")  # models named by a path on this machine
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class RosterSettings:
     models: tuple[SchedulerSettings, ...] = (SchedulerSettings(),)
     on_request: SchedulerSettings | None = None
     max_models: int = 0  # 0: no bound
+    allow_paths: bool = False  # a request may name a folder or .gguf file (--allow-model-paths)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -52,6 +55,7 @@ class ModelRoster:
     notify: Callable[[str], None] = lambda m: None
     schedulers: dict[str, Scheduler] = field(default_factory=dict)  # by resolved model id, in the order served
     names: dict[str, str] = field(default_factory=dict)  # what a request may call a model -> its id
+    others: list = field(default_factory=list)  # embedding models, counted by the gate with the schedulers
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -83,30 +87,49 @@ class ModelRoster:
         with self._lock:
             if name in self.names:
                 return self.schedulers[self.names[name]]
-            base = self.settings.on_request
-            try:
-                ref = resolve(name)  # another name for a model served already, or one to load
-                if ref.id not in self.schedulers:
-                    if base is None:
-                        raise not_found(name)
-                    self._add(replace(base, model=replace(base.model, model=name)))
-            except LmpipeError:
-                raise not_found(name) from None
+            ref = self.admitted(name)
+            if ref.id not in self.schedulers:
+                base = self.settings.on_request
+                self._add(replace(base, model=replace(base.model, model=name)))
             self.names[name] = ref.id
             return self.schedulers[ref.id]
+
+    def admitted(self, name: str) -> ModelRef:
+        """What a request's model name resolves to, when requests may have it: a model served
+        already (by any of its names), else, unless --listed-only, an alias or a hub repo in the
+        cache; a folder or .gguf file only with --allow-model-paths (a request must not make the
+        server read, or convert into its cache, whatever file it names). Else a 404."""
+        try:
+            ref = resolve(name)
+        except LmpipeError:
+            raise not_found(name) from None
+        if ref.id in self.schedulers:
+            return ref
+        if self.settings.on_request is None or ref.kind in PATH_KINDS and not self.settings.allow_paths:
+            raise not_found(name)
+        return ref
+
+    def hold(self, make: Callable[[Callable[[object], None], Callable[[str], None]], T]) -> T:
+        """Count another kind of model (an embedding model: lmpipe.serve.embeddings.HeldEmbedder)
+        against max_models: `make(gate, notify)` builds it; it offers the attributes the gate reads."""
+        other = make(self._gate, self.notify)
+        with self._lock:
+            self.others.append(other)
+        return other
 
     def all(self) -> list[Scheduler]:
         with self._lock:
             return list(self.schedulers.values())
 
-    def _gate(self, loading: Scheduler) -> None:
+    def _gate(self, loading: Any) -> None:
         """Before `loading` loads: with max_models, make room by asking the least recently used
         idle model to unload (its own worker does, at once if it stays idle), waiting while every
         loaded one is busy. Called holding `loading`'s lock; it never takes another scheduler's."""
         bound = self.settings.max_models
         while bound:
             with self._lock:
-                held = [s for s in self.schedulers.values() if s is not loading and (s.loaded or s.loading)]
+                held = [s for s in (*self.schedulers.values(), *self.others)
+                        if s is not loading and (s.loaded or s.loading)]
                 if len(held) < bound:
                     loading.loading = True  # counted from now on, before its lock is let go
                     for other in held:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .guard import GuardSettings
+from .prompts import ImagePolicy
 from .roster import RosterSettings
+
+MAX_N = 16  # choices per request unless --max-n says otherwise (one request cannot fill the queue)
+CONNECTIONS_PER_REQUEST = 4  # uvicorn's bound on connections, over the guard's on requests
 
 
 @dataclass(frozen=True)
@@ -22,8 +27,10 @@ class ServeRun:
     preload: bool = False
     log: str | None = None  # a file every request and its answer is appended to (lmpipe.serve.requestlog)
     log_max_bytes: int = 0  # past this size the log rotates; 0: never
-    allow_local_images: bool = False  # a chat's image_url may name a file on this machine
+    images: ImagePolicy = field(default_factory=ImagePolicy)  # where a chat's images may come from, how many
     threads: int | None = None  # torch's CPU threads; None: engine_threads()
+    guard: GuardSettings = field(default_factory=GuardSettings)  # keys, origins, body limits
+    max_n: int = MAX_N  # `n` at most this
 
 
 def engine_threads(requested: int | None) -> int:
@@ -52,6 +59,7 @@ def run(r: ServeRun) -> int:
     from ..errors import UsageError
     from ..records.pipe import say
     from .app import create_app
+    from .guard import guarded, header_deadline
     from .roster import ModelRoster
 
     import torch
@@ -82,7 +90,9 @@ def run(r: ServeRun) -> int:
     port = sock.getsockname()[1]
     local = "127.0.0.1" if r.host in ("0.0.0.0", "") else "[::1]" if r.host == "::" else r.host
     url = f"http://{local}:{port}"
-    entry = warm.register(url, [warm.holds(s.model_id, s.settings.model, s.settings.decoding) for s in roster.all()])
+    token = warm.new_token()
+    entry = warm.register(url, [warm.holds(s.model_id, s.settings.model, s.settings.decoding) for s in roster.all()],
+                          token)
     say("lm-serve", f"serving {', '.join(s.model_id for s in roster.all())} on http://{r.host}:{port}/v1 "
                     f"({threads} torch thread{'s' if threads > 1 else ''})")
 
@@ -94,7 +104,11 @@ def run(r: ServeRun) -> int:
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        config = uvicorn.Config(create_app(roster, log, r.allow_local_images), log_level="warning", access_log=False)
+        app = guarded(create_app(roster, log, r.images, r.max_n), r.guard, token)
+        # uvicorn's own bound counts open connections too (idle keep-alives): a backstop past the guard's
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
+                                limit_concurrency=CONNECTIONS_PER_REQUEST * r.guard.max_requests,
+                                http=header_deadline(r.guard.read_timeout_s))
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         warm.unregister(entry)

@@ -65,8 +65,8 @@ def found_warm(model: str | None, server: str) -> bool:
     from ..models.loading import ModelSettings
 
     settings = ModelSettings(model)
-    url = warm.find(warm.holds(settings.ref().id, settings, Decoding()))
-    return url is not None and api_base(url) == api_base(server)
+    found = warm.find(warm.holds(settings.ref().id, settings, Decoding()))
+    return found is not None and api_base(found.url) == api_base(server)
 
 
 def run_once(command: ColdCommand) -> tuple[float, bool]:

@@ -53,6 +53,7 @@ class ChatRun:
     settings: GenerateSettings = field(default_factory=GenerateSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     server: str | None = None  # chat through this server instead of in-process
+    api_key: str | None = None  # sent to --server as `Authorization: Bearer KEY`
     no_server: bool = False  # never through a server, not even a warm one recorded in lmpipe's home
     system: str = ""  # the system prompt to start with
     load: str | None = None  # a saved conversation to continue
@@ -220,16 +221,20 @@ def open_session(r: ChatRun) -> ChatSession:
     conversation = Conversation.load(r.load) if r.load else Conversation()
     if r.system:
         conversation.system = r.system
-    server, name = (r.server if not r.no_server else None), r.model.model
+    server, key, name = (r.server if not r.no_server else None), r.api_key, r.model.model
     if server is None and not r.no_server:  # a running lm-serve holding this model, as lm-generate finds it
         from ..backends import warm
+        from ..records.pipe import say
 
         name = r.model.ref().id  # asked for by id: the server may serve several
-        server = warm.find(warm.holds(name, r.model, r.settings.decoding))
+        found = warm.find(warm.holds(name, r.model, r.settings.decoding))
+        if found:
+            server, key = found.url, found.token
+            say("lm-chat", f"answering through the lm-serve running at {server} (--no-server: load the model here)")
     if server:
-        from ..backends.remote import RemoteGenerateTask, ServerClient
+        from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
 
-        client = ServerClient(server)
+        client = ServerClient(ServerSettings(server, api_key=key))
         return ChatSession(lambda s, _old: RemoteGenerateTask(client, name, s), r.settings, conversation)
     from ..backends.generate import GenerateTask
     from ..models.loading import load

@@ -47,6 +47,7 @@ def stream_event(item: Item, t: Token) -> dict[str, Any]:
 class WarmServer:
     url: str
     model_id: str
+    token: str | None = None  # the server's, from its entry in lmpipe's home
 
 
 def warm_server(r: GenerateRun) -> WarmServer | None:
@@ -57,8 +58,8 @@ def warm_server(r: GenerateRun) -> WarmServer | None:
     if r.stream or r.settings.top_probs:
         return None
     model_id = r.model.ref().id
-    url = warm.find(warm.holds(model_id, r.model, r.settings.decoding))
-    return WarmServer(url, model_id) if url else None
+    found = warm.find(warm.holds(model_id, r.model, r.settings.decoding))
+    return WarmServer(found.url, model_id, found.token) if found else None
 
 
 def run(r: GenerateRun, tty: bool) -> int:
@@ -81,13 +82,14 @@ def run(r: GenerateRun, tty: bool) -> int:
         task = AgentTasks(base, through_server(base), r.given)
         batch_size = r.pipe.batch_size or r.server.concurrency  # a batch's requests are in flight at once
     elif warm:
-        from ..backends.remote import RemoteGenerateTask, ServerClient
+        from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
         from ..backends.warm import agent_variants
 
-        base = RemoteGenerateTask(ServerClient(warm.url), warm.model_id, r.settings)  # by id: it may serve several
+        client = ServerClient(ServerSettings(warm.url, api_key=warm.token))
+        base = RemoteGenerateTask(client, warm.model_id, r.settings)  # by id: it may serve several
         task = AgentTasks(base, agent_variants(base, r.model, warm.model_id), r.given)
-        if sys.stderr.isatty():
-            say("lm-generate", f"answering through the lm-serve running at {warm.url} (--no-server: load the model here)")
+        # Even in a pipe: where the records came from is never a silent redirect.
+        say("lm-generate", f"answering through the lm-serve running at {warm.url} (--no-server: load the model here)")
     else:
         base = GenerateTask(load(r.model), r.settings)
         task = AgentTasks(base, in_process(base, r.model), r.given)

@@ -6,9 +6,10 @@ the exact alternative, int8's split product over `torch._int_mm`, reads the weig
 CPU with AVX-512 VNNI one instruction does 64 multiply-adds of 8-bit numbers, which is how
 llama.cpp runs its blocks. torchao's x86 kernels of that kind are not in its PyPI wheel, so
 lmpipe carries its own: two short C++ kernels, compiled with torch's extension builder into
-lmpipe's cache the first time a quantized model loads (about 10 s, once per torch version), and
+lmpipe's cache the first time a quantized model loads (once per source and torch version), and
 registered as torch.ops.lmpipe.int4_mm and int8_mm, so a compiled decode step calls them like
-any torch operator.
+any torch operator. The build folder is named by the source's hash and torch's version, and is
+this user's alone (build_folder); builds take a lock of lmpipe's own (_compile).
 
 The activations are split into two int8 parts (see vnni.cpp), so a product is within ~1e-5
 (int4) or ~1e-4 (int8) of the dequantized float32 weight's; torch's kernels, fed bfloat16, are
@@ -26,6 +27,8 @@ portable values at load time, never saved; int8 reads the portable values as the
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from functools import cache
 from pathlib import Path
@@ -69,18 +72,12 @@ def available() -> bool:
 def _build() -> None:
     global _built
     import torch
-    from torch.utils.cpp_extension import load
 
     from ...paths import kernels_dir
 
     if _built:
         return
-    build = kernels_dir() / f"torch-{torch.__version__}"
-    build.mkdir(parents=True, exist_ok=True)
-    # The source's hash is part of the build, so an edited kernel is rebuilt; the CPU's
-    # instruction set is chosen per function (target attributes), so one build serves any x86-64.
-    load(name="lmpipe_vnni", sources=[str(SOURCE)], extra_cflags=["-O3"], is_python_module=False,
-         build_directory=str(build), verbose=False)
+    _compile(build_folder(kernels_dir()))
 
     @torch.library.register_fake("lmpipe::int4_mm")
     def _(x, packed, n):
@@ -95,6 +92,45 @@ def _build() -> None:
         return torch.empty_like(q)
 
     _built = True
+
+
+def build_folder(kernels: Path) -> Path:
+    """The build's folder under `kernels`, named by the source's sha256 and torch's version (an
+    edited kernel or another torch builds afresh, never loads a library built from other code),
+    this user's alone: mode 0700, and refused if another user owns it (they could plant the library)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    build = kernels / f"vnni-{digest}-torch-{torch.__version__}"
+    build.mkdir(mode=0o700, parents=True, exist_ok=True)
+    facts = build.lstat()
+    if facts.st_uid != os.getuid() or not stat.S_ISDIR(facts.st_mode):
+        raise RuntimeError(f"{build} is not a folder of this user's: remove it to build the kernels")
+    if stat.S_IMODE(facts.st_mode) != 0o700:
+        build.chmod(0o700)
+    return build
+
+
+def _compile(build: Path) -> None:
+    """torch's extension build into `build`, under a lock of lmpipe's own: torch's (`lock`, a
+    file it makes and waits on while it exists) outlives a build that was killed, and every
+    later load would wait on it forever. lmpipe's is an flock, which dies with its process:
+    holding it, no live build holds torch's, so a `lock` found then is stale and removed."""
+    import fcntl
+
+    from torch.utils.cpp_extension import load
+
+    fd = os.open(build / "lmpipe.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's build: wait for it, then load what it built
+        (build / "lock").unlink(missing_ok=True)
+        # The CPU's instruction set is chosen per function (target attributes), so one build serves any x86-64.
+        load(name="lmpipe_vnni", sources=[str(SOURCE)], extra_cflags=["-O3"], is_python_module=False,
+             build_directory=str(build), verbose=False)
+    finally:
+        os.close(fd)
 
 
 def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
