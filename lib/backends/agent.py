@@ -22,7 +22,7 @@ from .generate import GenerateSettings, GenerateTask
 
 # [run] keys lmpipe applies: the sampling settings, named as lm-generate's options are.
 RUN_KEYS: dict[str, type] = {
-    "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
+    "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int, "min_p": float,
     "repetition_penalty": float, "seed": int, "stop": tuple,
 }
 # avalan's switches for what lmpipe always does: true is accepted (and recorded), false is an error.

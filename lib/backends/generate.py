@@ -111,6 +111,7 @@ class GenerateTask:
 
             check_vision_decoding(settings.decoding)
         self.lm = lm
+        settings.sampling.check_vocabulary(lm.model.get_output_embeddings().weight.shape[0])
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         self.context = context_length(lm)
         if draft is not None:

@@ -83,17 +83,23 @@ def batch_option(f: Callable) -> Callable:
 
 
 def sampling_options(f: Callable) -> Callable:
-    """--temperature, --top-p, --top-k, --repetition-penalty, --presence-penalty, --frequency-penalty,
-    --seed, --max-new-tokens, --stop."""
+    """--temperature, --top-p, --top-k, --min-p, --repetition-penalty, --presence-penalty,
+    --frequency-penalty, --logit-bias, --seed, --max-new-tokens, --stop."""
     return _stack(
         click.option("-t", "--temperature", type=float, default=0.0, show_default=True, help="0 is greedy."),
         click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass."),
         click.option("--top-k", type=int, default=0, show_default=True, help="Sample from the k likeliest (0: off)."),
+        click.option("--min-p", type=float, default=0.0, show_default=True,
+                     help="Sample only tokens at least this fraction as likely as the likeliest (0: off; "
+                          "llama.cpp's default is 0.05)."),
         click.option("--repetition-penalty", type=float, default=1.0, show_default=True),
         click.option("--presence-penalty", type=float, default=0.0, show_default=True,
                      help="OpenAI's: subtracted from every token already generated (-2 to 2)."),
         click.option("--frequency-penalty", type=float, default=0.0, show_default=True,
                      help="OpenAI's: subtracted per time a token was generated (-2 to 2)."),
+        click.option("--logit-bias", multiple=True, metavar="ID=BIAS",
+                     help="OpenAI's logit_bias: add BIAS (-100 to 100) to token ID's logit; -100 bans it, "
+                          "100 forces it (repeatable; greedy too)."),
         click.option("--seed", type=int, default=None, envvar="LMPIPE_SEED",
                      help="Random seed; recorded in the manifest (drawn at random when not given)."),
         click.option("-n", "--max-new-tokens", type=int, default=256, show_default=True),

@@ -57,12 +57,12 @@ def decoding(o: Options) -> "Decoding":
 
 def sampling_settings(o: Options) -> "Sampling":
     """What sampling_options ask for."""
-    from ..engine.sampling import Sampling
+    from ..engine.sampling import Sampling, parse_logit_bias
 
-    return Sampling(temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
+    return Sampling(temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"], min_p=o["min_p"],
                     repetition_penalty=o["repetition_penalty"], presence_penalty=o["presence_penalty"],
                     frequency_penalty=o["frequency_penalty"], max_new_tokens=o["max_new_tokens"],
-                    seed=o["seed"], stop=tuple(o["stop"]))
+                    seed=o["seed"], stop=tuple(o["stop"]), logit_bias=parse_logit_bias(o["logit_bias"]))
 
 
 def job_settings(o: Options) -> "JobSettings":

@@ -78,7 +78,8 @@ class Request:
         """A draft applies to greedy rows that nothing else constrains (their tokens are the argmax)."""
         s = self.sampling
         return (self.draft is not None and s.greedy and not self.constraints and not self.reports and not self.echo
-                and s.repetition_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty)
+                and s.repetition_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty
+                and not s.logit_bias and s.reasoning_budget is None)
 
     @property
     def reports(self) -> bool:

@@ -79,15 +79,30 @@ def sampling_of(body: dict[str, Any], max_new_tokens: int) -> Sampling:
             temperature=float(typed(body, "temperature", (int, float), 1.0)),
             top_p=float(typed(body, "top_p", (int, float), 1.0)),
             top_k=typed(body, "top_k", (int,), 0),
+            min_p=float(typed(body, "min_p", (int, float), 0.0)),
             repetition_penalty=float(typed(body, "repetition_penalty", (int, float), 1.0)),
             presence_penalty=float(typed(body, "presence_penalty", (int, float), 0.0)),
             frequency_penalty=float(typed(body, "frequency_penalty", (int, float), 0.0)),
             max_new_tokens=max_new_tokens,
             seed=typed(body, "seed", (int,), None),
             stop=tuple(stop),
+            logit_bias=logit_bias_of(body),
         ).with_seed()
     except LmpipeError as exc:
         raise BadRequest(str(exc).replace("--", "").replace("-", "_"), "invalid_value") from None
+
+
+def logit_bias_of(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias`: a map of token ids (as strings, JSON's keys) to biases in [-100, 100]."""
+    bias = typed(body, "logit_bias", (dict,), {})
+    out = []
+    for token, value in bias.items():
+        if not token.isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadRequest("`logit_bias` maps token ids to numbers (from -100 to 100)", "invalid_type")
+        if not -100 <= value <= 100:
+            raise BadRequest(f"`logit_bias` {token}: {value} is not from -100 to 100", "invalid_value")
+        out.append((int(token), float(value)))
+    return tuple(out)
 
 
 def logprobs_of(body: dict[str, Any], chat: bool) -> int | None:
@@ -177,6 +192,12 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
         raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
                          f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
     context = await run_in_threadpool(engine.context_length)
+    if sampling.logit_bias:
+        lm = await run_in_threadpool(engine.model)
+        try:
+            sampling.check_vocabulary(lm.model.get_output_embeddings().weight.shape[0])
+        except LmpipeError as exc:
+            raise BadRequest(str(exc).replace("--logit-bias", "`logit_bias`"), "invalid_value") from None
     rows = []
     for prompt in prompts:
         if context and len(prompt.ids) >= context:

@@ -30,7 +30,7 @@ TOOL = "lm-chat"
 HELP = """\
 Commands:
   /system TEXT     set the system prompt for the next turns (/system alone shows it)
-  /set NAME VALUE  set a sampling setting: temperature, top_p, top_k, repetition_penalty,
+  /set NAME VALUE  set a sampling setting: temperature, top_p, top_k, min_p, repetition_penalty,
                    seed, max_new_tokens, stop (/set alone shows them)
   /save FILE       write the conversation as one JSONL record {"messages": [...]} (lm-generate reads it)
   /load FILE       continue a saved conversation (lm-chat's /save, lm-dash's Ctrl-S, an lm-generate record)
@@ -41,7 +41,7 @@ Write \"\"\" to begin and end a message of several lines. Ctrl-C stops a reply; 
 
 # What /set may change: Sampling's fields, each with the type its value is read as.
 SETTABLE: dict[str, type] = {
-    "temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float,
+    "temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float,
     "seed": int, "max_new_tokens": int, "stop": str,
 }
 
