@@ -7,7 +7,7 @@ import click
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import (batch_option, draft_options, field_options, given_on_command_line, job_options,
                                 model_options, progress_option, remote_options, sampling_options, server_option,
-                                speed_options)
+                                speed_options, template_options)
 from lmpipe.records.pipe import stdout_is_tty
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
@@ -46,6 +46,7 @@ FIELDS_WRITTEN = {
 @model_options
 @field_options("generated")
 @sampling_options
+@template_options
 @batch_option
 @progress_option
 @job_options

@@ -44,6 +44,9 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
                    "lm-stats < FILE summarises them per model.")
 @click.option("--log-rotate", type=click.FloatRange(min=0), default=100.0, show_default=True, metavar="MB",
               help="Rotate the --log file past this size (FILE.1 ... FILE.5 kept; 0: never).")
+@click.option("--chat-template", default=None, metavar="FILE|NAME", envvar="LMPIPE_CHAT_TEMPLATE",
+              help="Render chats with this Jinja chat template (a file) or the model's template of this name, "
+                   "in place of the model's own; per model: --model-option MODEL chat-template=FILE.")
 @click.option("--allow-local-images", is_flag=True,
               help="A chat's image_url may be a path on this machine (file:// or plain); else only data: URLs.")
 def main(**options):

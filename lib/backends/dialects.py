@@ -97,11 +97,12 @@ def sampling_fields(kind: ServerKind, s: Any) -> dict[str, Any]:
         out["stop"] = list(s.stop)
     if s.logit_bias:  # OpenAI's own field: every kind reads it
         out["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    if s.min_p and kind.name in ("lmpipe", "vllm"):  # off is both servers' default: sent only when on
+        out["min_p"] = s.min_p
     if kind.name == "lmpipe":
-        return {**out, "top_k": s.top_k, "min_p": s.min_p, "repetition_penalty": s.repetition_penalty}
+        return {**out, "top_k": s.top_k, "repetition_penalty": s.repetition_penalty}
     if kind.name == "vllm":
-        return {**out, "top_k": s.top_k if s.top_k > 0 else -1, "min_p": s.min_p,
-                "repetition_penalty": s.repetition_penalty}
+        return {**out, "top_k": s.top_k if s.top_k > 0 else -1, "repetition_penalty": s.repetition_penalty}
     if kind.name == "llama.cpp":
         return {**out, "top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repetition_penalty}
     for name, value, off in (("top_k", s.top_k, 0), ("min_p", s.min_p, 0.0),

@@ -46,7 +46,7 @@ def served_models_options(f: Callable) -> Callable:
                      help=MODEL_HELP + " Repeat to serve several; the first answers requests that name none."),
         click.option("--model-option", "model_option", nargs=2, multiple=True, metavar="MODEL KEY=VALUE",
                      help="A setting for one -m model only: quantize, cache, compile, device, dtype, attention, "
-                          "keep-alive or max-batch (e.g. --model-option ./tiny quantize=int8)."),
+                          "keep-alive, max-batch or chat-template (e.g. --model-option ./tiny quantize=int8)."),
         click.option("--max-models", type=click.IntRange(min=0), default=0, show_default=True,
                      envvar="LMPIPE_MAX_MODELS",
                      help="Models loaded at once (0: no bound); past it the least recently used idle one unloads."),
@@ -104,6 +104,24 @@ def sampling_options(f: Callable) -> Callable:
                      help="Random seed; recorded in the manifest (drawn at random when not given)."),
         click.option("-n", "--max-new-tokens", type=int, default=256, show_default=True),
         click.option("--stop", multiple=True, help="Stop at this string, cut from the output (repeatable)."),
+    )(f)
+
+
+def template_options(f: Callable) -> Callable:
+    """--chat-template, --think/--no-think, --reasoning-effort, --reasoning-budget: how the chat
+    template renders the prompt, and how long a reasoning model may think."""
+    return _stack(
+        click.option("--chat-template", default=None, metavar="FILE|NAME", envvar="LMPIPE_CHAT_TEMPLATE",
+                     help="Render prompts with this Jinja chat template (a file) or the model's template of "
+                          "this name (e.g. tool_use), in place of the model's default; its sha256 is in the manifest."),
+        click.option("--think/--no-think", "think", default=None,
+                     help="Turn a reasoning model's thinking on or off: the template's enable_thinking (Qwen3, "
+                          "DeepSeek), reasoning_effort low for gpt-oss's --no-think  [default: the template's]"),
+        click.option("--reasoning-effort", type=click.Choice(["low", "medium", "high"]), default=None,
+                     help="The template's reasoning_effort (gpt-oss)."),
+        click.option("--reasoning-budget", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Close the think block after N thinking tokens, then let the model answer "
+                          "(as llama.cpp's; 0: no thinking)."),
     )(f)
 
 

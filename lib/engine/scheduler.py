@@ -53,6 +53,7 @@ class SchedulerSettings:
     max_batch: int = 8
     max_queue: int = 64
     keep_alive: float = 300.0  # seconds idle before the model is unloaded; 0: never
+    chat_template: str | None = None  # --chat-template: a template's source or a name of the model's (lmpipe.serve renders it)
 
 
 @dataclass(frozen=True)

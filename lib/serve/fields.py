@@ -28,7 +28,8 @@ GENERATION = frozenset({
     "logit_bias", "logprobs", "response_format", "tools", "tool_choice",
     "regex", "choice", "prefix",  # lmpipe's extensions
 })
-CHAT = GENERATION | {"messages", "max_completion_tokens", "top_logprobs"}
+CHAT = GENERATION | {"messages", "max_completion_tokens", "top_logprobs",
+                     "chat_template_kwargs", "reasoning_effort", "include_reasoning"}  # vLLM's
 COMPLETIONS = GENERATION | {"prompt", "echo"}
 EMBEDDINGS = frozenset({"model", "input", "encoding_format", "dimensions"})
 # vLLM's /tokenize (its text and chat forms) and /detokenize (vllm/entrypoints/openai/protocol.py).

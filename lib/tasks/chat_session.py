@@ -221,7 +221,8 @@ def open_session(r: ChatRun) -> ChatSession:
     if r.system:
         conversation.system = r.system
     server, name = (r.server if not r.no_server else None), r.model.model
-    if server is None and not r.no_server:  # a running lm-serve holding this model, as lm-generate finds it
+    in_process = r.settings.prompt.chat_template is not None or r.settings.sampling.reasoning_budget is not None
+    if server is None and not r.no_server and not in_process:  # a running lm-serve holding this model, as lm-generate finds it
         from ..backends import warm
 
         name = r.model.ref().id  # asked for by id: the server may serve several

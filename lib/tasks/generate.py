@@ -54,7 +54,9 @@ def warm_server(r: GenerateRun) -> WarmServer | None:
     there is none, or when the run asks for what only in-process generation does."""
     from ..backends import warm
 
-    if r.stream or r.settings.top_probs:
+    in_process_only = (r.stream, r.settings.top_probs, r.settings.prompt.chat_template is not None,
+                       r.settings.sampling.reasoning_budget is not None)
+    if any(in_process_only):
         return None
     model_id = r.model.ref().id
     url = warm.find(warm.holds(model_id, r.model, r.settings.decoding))
