@@ -47,6 +47,9 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
 @click.option("--chat-template", default=None, metavar="FILE|NAME", envvar="LMPIPE_CHAT_TEMPLATE",
               help="Render chats with this Jinja chat template (a file) or the model's template of this name, "
                    "in place of the model's own; per model: --model-option MODEL chat-template=FILE.")
+@click.option("--lora", multiple=True, metavar="NAME=PATH[:SCALE]",
+              help="Serve the first -m model with this LoRA adapter (PEFT format) as model NAME: a request whose "
+                   "`model` is NAME gets it; /v1/models lists it with its `parent`. Repeatable.")
 @click.option("--allow-local-images", is_flag=True,
               help="A chat's image_url may be a path on this machine (file:// or plain); else only data: URLs.")
 def main(**options):

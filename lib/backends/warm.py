@@ -34,7 +34,8 @@ def holds(model_id: str, model: Any, decoding: Any, chat_template: str | None = 
     sha256 of a --chat-template, which a tool never sends: a server with one is not the model's)."""
     template = hashlib.sha256(chat_template.encode("utf-8")).hexdigest() if chat_template is not None else None
     return {"model": model_id, "device": model.device, "dtype": model.dtype, "attention": model.attention,
-            "quantize": model.quantize, "decoding": asdict(decoding), "chat_template": template}
+            "quantize": model.quantize, "decoding": asdict(decoding), "chat_template": template,
+            "adapters": [[str(Path(a.path).resolve()), a.scale] for a in getattr(model, "adapters", ())]}
 
 
 def register(url: str, held: list[dict[str, Any]]) -> Path:

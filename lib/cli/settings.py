@@ -42,9 +42,11 @@ Options = dict[str, Any]
 
 def model_settings(o: Options) -> "ModelSettings":
     """What model_options (and --quantize, where a tool has it) ask for."""
+    from ..models.adapters import Adapter
     from ..models.loading import ModelSettings
 
-    return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
+    return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"),
+                         tuple(Adapter.parse(a) for a in o.get("adapter") or ()))
 
 
 def decoding(o: Options) -> "Decoding":
@@ -314,7 +316,22 @@ def model_option(o: Options, model: str, pair: str) -> Options:
         raise UsageError(f"--model-option {model} {pair}: {key} must be a number") from None
 
 
+def parse_loras(pairs: Sequence[str], models: Sequence[str]) -> list[tuple[str, str]]:
+    """lm-serve's --lora NAME=PATH[:SCALE], repeated: names that are not a served model's."""
+    out: list[tuple[str, str]] = []
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path:
+            raise UsageError(f"--lora {pair!r}: use NAME=PATH[:SCALE]")
+        if name in models or name in (n for n, _ in out):
+            raise UsageError(f"--lora {name}: the name is taken")
+        out.append((name, path))
+    return out
+
+
 def serve_run(o: Options) -> "ServeRun":
+    from dataclasses import replace
+
     from ..engine.scheduler import SchedulerSettings
     from ..serve.roster import RosterSettings
     from ..serve.run import ServeRun
@@ -332,7 +349,9 @@ def serve_run(o: Options) -> "ServeRun":
             raise UsageError(f"--model-option {model}: not one of the -m models ({', '.join(models)})")
         per_model[model] = model_option(per_model[model], model, pair)
     on_request = None if o["listed_only"] else scheduler({**o, "model": None})
-    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models), on_request, o["max_models"])
+    loras = tuple(replace(scheduler({**per_model[models[0]], "adapter": (path,)}), name=name)
+                  for name, path in parse_loras(o.get("lora") or (), models))
+    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models) + loras, on_request, o["max_models"])
     return ServeRun(roster, host=o["host"], port=o["port"], preload=o["preload"], log=o["log"],
                     log_max_bytes=int(o["log_rotate"] * 1024 * 1024),
                     allow_local_images=bool(o.get("allow_local_images")), threads=o["threads"])

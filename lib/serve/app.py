@@ -488,6 +488,8 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
             entry["expires_in_s"] = round(max(0.0, s.settings.keep_alive - (now - s.last_used)), 3)
         if s.max_model_len:
             entry["max_model_len"] = s.max_model_len
+        if s.settings.name is not None and s.settings.model.adapters:  # a LoRA adapter, as vLLM lists one
+            entry.update(root=str(s.settings.model.adapters[-1].path), parent=s.ref.id)
         out.append(entry)
     return out
 

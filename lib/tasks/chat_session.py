@@ -222,6 +222,8 @@ def open_session(r: ChatRun) -> ChatSession:
         conversation.system = r.system
     server, name = (r.server if not r.no_server else None), r.model.model
     in_process = r.settings.prompt.chat_template is not None or r.settings.sampling.reasoning_budget is not None
+    if r.model.adapters and server:
+        raise UsageError("--adapter applies in-process (drop --server, or serve it with lm-serve --lora)")
     if server is None and not r.no_server and not in_process:  # a running lm-serve holding this model, as lm-generate finds it
         from ..backends import warm
 

@@ -34,6 +34,8 @@ class GenerateRun:
     def __post_init__(self) -> None:
         if self.stream and self.server:
             raise UsageError("--stream needs in-process generation (drop --server)")
+        if self.model.adapters and self.server:
+            raise UsageError("--adapter applies in-process (drop --server, or serve it with lm-serve --lora)")
 
 
 def stream_event(item: Item, t: Token) -> dict[str, Any]:
