@@ -211,3 +211,21 @@ def test_serve_chat_template(served, tok):
                                             temperature=0)
     text = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False, chat_template=CHATML)
     assert answer.usage.prompt_tokens == len(tok(text, add_special_tokens=False).input_ids) != len(expected_ids(tok))
+
+
+def test_lm_batch_chat_template_and_kwargs(thinker, tok, tmp_path):
+    import json
+
+    path = tmp_path / "other.jinja"
+    path.write_text(OTHER)
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": QUESTION, "max_tokens": 2, "chat_template_kwargs": {"enable_thinking": False}}}
+    done = run_tool("lm-batch", "-m", str(thinker), "--no-server", input=json.dumps(line) + "\n")
+    assert done.returncode == 0, done.stderr.decode()
+    usage = jsonl(done.stdout)[0]["response"]["body"]["usage"]
+    assert usage["prompt_tokens"] == len(expected_ids(tok, enable_thinking=False))
+    done = run_tool("lm-batch", "-m", str(thinker), "--no-server", "--chat-template", str(path),
+                    input=json.dumps(line) + "\n")
+    text = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False, chat_template=OTHER)
+    usage = jsonl(done.stdout)[0]["response"]["body"]["usage"]
+    assert usage["prompt_tokens"] == len(tok(text, add_special_tokens=False).input_ids)

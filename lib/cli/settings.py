@@ -381,7 +381,8 @@ def batch_run(o: Options) -> "BatchRun":
     from ..engine.scheduler import SchedulerSettings
     from ..serve.batch import KEY, BatchRun
 
-    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"])
+    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
+                                  chat_template=read_chat_template(o.get("chat_template")))
     pipe = pipe_settings(o)
     return BatchRun(scheduler, replace(pipe, job=replace(pipe.job, key=KEY)), server=o.get("server"),
                     no_server=bool(o.get("no_server")))
