@@ -229,3 +229,19 @@ def test_lm_batch_chat_template_and_kwargs(thinker, tok, tmp_path):
     text = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False, chat_template=OTHER)
     usage = jsonl(done.stdout)[0]["response"]["body"]["usage"]
     assert usage["prompt_tokens"] == len(tok(text, add_special_tokens=False).input_ids)
+
+
+GPT_OSS = "Reasoning: {{ reasoning_effort | default('medium') }}\n{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "Reasoning: medium"),
+    (["--no-think"], "Reasoning: low"),  # gpt-oss always reasons: --no-think is its least
+    (["--no-think", "--reasoning-effort", "high"], "Reasoning: high"),
+    (["--reasoning-effort", "low"], "Reasoning: low"),
+])
+def test_reasoning_effort_reaches_templates_that_take_it(tok, tmp_path, args, expected):
+    path = tmp_path / "gpt-oss.jinja"
+    path.write_text(GPT_OSS)
+    ids, _ = cli_prompt_ids(tok, "--chat-template", str(path), *args)
+    assert tok.decode(ids).startswith(expected + "\n")
