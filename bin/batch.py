@@ -33,6 +33,9 @@ FIELDS_WRITTEN = {
 @progress_option
 @job_options(key="custom_id")
 @server_option
+@click.option("--chat-template", default=None, metavar="FILE|NAME", envvar="LMPIPE_CHAT_TEMPLATE",
+              help="Render chat lines with this Jinja chat template (a file) or the model's template of this name, "
+                   "as lm-serve --chat-template does (in this process only).")
 def main(**options):
     """Run an OpenAI batch file on stdin: each line's body posted to its url, one output line each.
 

@@ -7,7 +7,8 @@ import sys
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import draft_options, model_options, sampling_options, server_option, speed_options
+from lmpipe.cli.options import (adapter_option, draft_options, model_options, sampling_options, server_option, speed_options,
+                                template_options)
 from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
@@ -24,7 +25,9 @@ FIELDS_WRITTEN = {
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
+@adapter_option
 @sampling_options
+@template_options
 @speed_options
 @draft_options
 @server_option

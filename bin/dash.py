@@ -8,6 +8,7 @@ import sys
 import click
 
 from lmpipe.cli.edge import guarded
+from lmpipe.cli.options import template_options
 
 SCREENS = ("pipeline", "chat", "tokens", "models")
 
@@ -19,7 +20,8 @@ SCREENS = ("pipeline", "chat", "tokens", "models")
 @click.option("--screen", type=click.Choice(SCREENS), default="pipeline", show_default=True, help="Screen to open on.")
 @click.option("-m", "--model", default="smollm2", show_default=True, envvar="LMPIPE_MODEL",
               help="Model for the chat and tokens screens.")
-def main(pipeline_file: str | None, run_file: str | None, screen: str, model: str):
+@template_options
+def main(pipeline_file: str | None, run_file: str | None, screen: str, model: str, **chat: object):
     """Build, run and watch pipelines of lm-* tools; chat; see tokens; manage cached models.
 
     In a pipe, lm-dash reads stdin as the pipeline's input, then takes the keyboard from the
@@ -34,13 +36,19 @@ def main(pipeline_file: str | None, run_file: str | None, screen: str, model: st
 
     if run_file:
         guarded("lm-dash", lambda: run_headless(Pipeline.load(run_file)))
-    guarded("lm-dash", lambda: interactive(pipeline_file, screen, model))
+    guarded("lm-dash", lambda: interactive(pipeline_file, screen, model, chat))
 
 
-def interactive(pipeline_file: str | None, screen: str, model: str) -> int:
+def interactive(pipeline_file: str | None, screen: str, model: str, chat: dict) -> int:
+    from lmpipe.chat.prompts import PromptSettings
+    from lmpipe.cli.settings import template_settings
     from lmpipe.errors import UsageError
     from lmpipe.tui.app import create_app
     from lmpipe.tui.pipeline import Pipeline
+    from lmpipe.tui.pool import ChatSettings
+
+    defaults = ChatSettings(template=PromptSettings(**template_settings(chat)),
+                            reasoning_budget=chat.get("reasoning_budget"))
 
     pipeline = Pipeline.load(pipeline_file) if pipeline_file else None
     text = ""
@@ -52,7 +60,8 @@ def interactive(pipeline_file: str | None, screen: str, model: str) -> int:
             raise UsageError("stdin is a pipe and there is no terminal to read keys from; use --run") from None
         os.dup2(tty, 0)
         os.close(tty)
-    app = create_app(pipeline=pipeline, input_text=text, pipeline_path=pipeline_file, model=model, screen=screen)
+    app = create_app(pipeline=pipeline, input_text=text, pipeline_path=pipeline_file, model=model, screen=screen,
+                     chat=defaults)
     app.run()
     if not sys.stdout.isatty() and app.last_output:
         sys.stdout.buffer.write(app.last_output)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (batch_option, draft_options, field_options, given_on_command_line, job_options,
+from lmpipe.cli.options import (adapter_option, batch_option, draft_options, field_options, given_on_command_line, job_options,
                                 model_options, progress_option, remote_options, sampling_options, server_option,
-                                speed_options)
+                                speed_options, template_options)
 from lmpipe.records.pipe import stdout_is_tty
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
@@ -44,8 +44,10 @@ FIELDS_WRITTEN = {
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("prompt", required=False)
 @model_options
+@adapter_option
 @field_options("generated")
 @sampling_options
+@template_options
 @batch_option
 @progress_option
 @job_options

@@ -45,6 +45,12 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
                    "lm-stats < FILE summarises them per model.")
 @click.option("--log-rotate", type=click.FloatRange(min=0), default=100.0, show_default=True, metavar="MB",
               help="Rotate the --log file past this size (FILE.1 ... FILE.5 kept; 0: never).")
+@click.option("--chat-template", default=None, metavar="FILE|NAME", envvar="LMPIPE_CHAT_TEMPLATE",
+              help="Render chats with this Jinja chat template (a file) or the model's template of this name, "
+                   "in place of the model's own; per model: --model-option MODEL chat-template=FILE.")
+@click.option("--lora", multiple=True, metavar="NAME=PATH[:SCALE]",
+              help="Serve the first -m model with this LoRA adapter (PEFT format) as model NAME: a request whose "
+                   "`model` is NAME gets it; /v1/models lists it with its `parent`. Repeatable.")
 @click.option("--allow-local-images", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
               help="A chat's image_url may be a path (file:// or plain) to a file under DIR; else only data: URLs.")
 @click.option("--api-key", "api_key", multiple=True, envvar="LMPIPE_API_KEY", metavar="KEY",

@@ -54,12 +54,15 @@ class Model:
         return ids
 
     def generate(self, prompt: Prompt, *, system: str | None = None, raw: bool = False, max_new_tokens: int = 256,
-                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+                 repetition_penalty: float = 1.0, logit_bias: Mapping[int, float] | None = None,
                  seed: int | None = None, stop: Sequence[str] = (), top_probs: int = 0) -> Iterator[Event]:
-        """Yield a Token for each generated token, then one Completion. Greedy unless `temperature`."""
+        """Yield a Token for each generated token, then one Completion. Greedy unless `temperature`;
+        `logit_bias` maps token ids to biases (-100 to 100), as OpenAI's does."""
         ids = self.prompt_ids(prompt, system, raw)
-        sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                            max_new_tokens=max_new_tokens, seed=seed, stop=tuple(stop)).with_seed()
+        sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                            repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, seed=seed,
+                            stop=tuple(stop), logit_bias=tuple((logit_bias or {}).items())).with_seed()
         if self.context:
             sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, self.context - len(ids)))
         yield from generate(self.lm.model, self.lm.tokenizer, [ids], sampling, top_probs=top_probs,

@@ -48,7 +48,7 @@ def test_one_record_per_request_and_lm_stats_reads_them(logged):
     stream = streamed(url + "/v1/completions", {"prompt": "The cat", "max_tokens": 5, "stream": True, "seed": 1})
     many = httpx.post(url + "/v1/completions", json={"prompt": "A dog", "max_tokens": 3, "n": 2, "seed": 2},
                       timeout=300).json()
-    refused = httpx.post(url + "/v1/chat/completions", json={"messages": CHAT, "logit_bias": {"1": 1}}, timeout=60)
+    refused = httpx.post(url + "/v1/chat/completions", json={"messages": CHAT, "best_of": 2}, timeout=60)
     broken = httpx.post(url + "/v1/completions", content=b"{not json", headers=JSON, timeout=60)
     assert refused.status_code == broken.status_code == 400
     # A client that leaves mid-stream (the grammar forbids an early end).

@@ -187,7 +187,8 @@ def test_content_parts_are_joined(client, model):
 
 
 @pytest.mark.parametrize("options, named", [
-    ({"logit_bias": {"5": 10}}, "`logit_bias`"),
+    ({"logit_bias": {"5": 200}}, "`logit_bias` 5"),
+    ({"logit_bias": {"100000": 1}}, "`logit_bias` 100000"),
     ({"extra_body": {"best_of": 2}}, "`best_of`"),
     ({"extra_body": {"suffix": "!"}}, "`suffix`"),
     ({"stream_options": {"include_usage": True}}, "`stream_options`"),
@@ -255,3 +256,24 @@ def test_a_wrong_key_is_openais_authentication_error(server, model):
     with pytest.raises(openai.AuthenticationError) as caught:
         wrong.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
+
+
+def test_min_p_and_logit_bias_sample_as_the_reference(client, model, hf):
+    """OpenAI's logit_bias and vLLM's min_p, through openai-python, against the reference sampler."""
+    from test_sampling import reference
+
+    lm, tok = hf
+    ids = tok(PROMPT).input_ids
+    forced = tok(" dog").input_ids[0]
+    pinned = client.completions.create(model=model, prompt=ids, max_tokens=4, temperature=0,
+                                       logit_bias={str(forced): 100}, logprobs=0)
+    assert pinned.choices[0].logprobs.tokens == [tok.decode([forced])] * 4
+    bias = {tok(" fo").input_ids[0]: 2.5}
+    sampled = client.completions.create(model=model, prompt=ids, max_tokens=10, temperature=1.5, seed=5,
+                                        logit_bias={str(t): b for t, b in bias.items()}, logprobs=0,
+                                        extra_body={"min_p": 0.2})
+    expected, dropped = reference(lm, ids, 10, 5, 1.5, 0.2, bias, tok.eos_token_id)
+    assert sampled.choices[0].logprobs.tokens == [tok.decode([t]) for t in expected] and dropped == len(expected)
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=3,
+                                          temperature=0, logit_bias={str(forced): 100})
+    assert chat.choices[0].message.content == tok.decode([forced] * 3)

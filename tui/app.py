@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from .pipeline import Pipeline
-from .pool import ModelPool
+from .pool import ChatSettings, ModelPool
 from .screens.chat import ChatScreen
 from .screens.models import ModelsScreen
 from .screens.pipeline import PipelineScreen
@@ -33,12 +33,13 @@ class LmDash(App):
     ]
 
     def __init__(self, pipeline: Pipeline | None = None, input_text: str = "", pipeline_path: str | None = None,
-                 model: str = "smollm2", screen: str = "pipeline", engine: ModelPool | None = None):
+                 model: str = "smollm2", screen: str = "pipeline", engine: ModelPool | None = None,
+                 chat: ChatSettings = ChatSettings()):
         self.engine = engine or ModelPool()
         self.pipeline_screen = PipelineScreen(pipeline, input_text, pipeline_path)
         self.MODES = {
             "pipeline": lambda: self.pipeline_screen,
-            "chat": lambda: ChatScreen(self.engine, model),
+            "chat": lambda: ChatScreen(self.engine, model, chat),
             "tokens": lambda: TokensScreen(self.engine, model),
             "models": ModelsScreen,
         }

@@ -7,9 +7,10 @@ in worker threads and knows nothing of the interface: it reports through callbac
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lmpipe.chat.prompts import PromptSettings
 from lmpipe.models.loading import LoadedModel
 
 
@@ -48,6 +49,8 @@ class ChatSettings:
     temperature: float = 0.0
     max_new_tokens: int = 256
     seed: int | None = None
+    template: PromptSettings = field(default_factory=PromptSettings)  # --chat-template, --think/--no-think
+    reasoning_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,8 @@ def chat_turn(engine: ModelPool, messages: list[dict[str, Any]], settings: ChatS
               on_text: Callable[[str, int], None], cancelled: Callable[[], bool]) -> Reply:
     """Generate the assistant's reply to `messages`, reporting the text as it streams."""
     from lmpipe.backends.generate import stats
-    from lmpipe.chat.prompts import PromptSettings, prompt_ids
-    from lmpipe.chat.reasoning import split_reasoning
+    from lmpipe.chat.prompts import prompt_ids, with_template
+    from lmpipe.chat.reasoning import opens_thinking, split_reasoning
     from lmpipe.engine.events import Completion, Token
     from lmpipe.engine.generation import generate
     from lmpipe.engine.sampling import Sampling
@@ -74,12 +77,14 @@ def chat_turn(engine: ModelPool, messages: list[dict[str, Any]], settings: ChatS
     if lm.processor is not None:  # a vision-language model: the messages' image_url parts are its images
         from lmpipe.backends.vision_prompts import ImageSource, vision_prompt
 
-        images = [vision_prompt({"messages": messages}, lm.processor, PromptSettings(), ImageSource())]
+        template = with_template(settings.template, lm.processor)
+        images = [vision_prompt({"messages": messages}, lm.processor, template, ImageSource())]
         ids = images[0].ids
     else:
-        ids = prompt_ids({"messages": messages}, lm.tokenizer, PromptSettings())
+        ids = prompt_ids({"messages": messages}, lm.tokenizer, with_template(settings.template, lm.tokenizer))
     sampling = Sampling(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                        seed=settings.seed).with_seed()
+                        seed=settings.seed, reasoning_budget=settings.reasoning_budget).with_seed()
+    opened = opens_thinking(lm.tokenizer.decode(ids[-8:]))
     text, got = "", []
     for event in generate(lm.model, lm.tokenizer, [ids], sampling, device=lm.device, inputs=images,
                           processor=lm.processor):
@@ -90,9 +95,9 @@ def chat_turn(engine: ModelPool, messages: list[dict[str, Any]], settings: ChatS
             got.append(event.id)
             on_text(text, len(got))
         elif isinstance(event, Completion):
-            reasoning, answer = split_reasoning(event.text)
+            reasoning, answer = split_reasoning(event.text, opened)
             return Reply(answer, reasoning, stats(event, None, image_token_count(lm.processor, ids)), event.ids)
-    reasoning, answer = split_reasoning(text)
+    reasoning, answer = split_reasoning(text, opened)
     return Reply(answer, reasoning, {"output_tokens": len(got), "finish_reason": "cancelled"}, tuple(got))
 
 

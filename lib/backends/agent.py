@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
+from ..chat.prompts import PromptSettings
 from ..engine.sampling import Sampling
 from ..errors import LmpipeError, RecordError, UsageError
 from ..records.jsonl import Item, error_record
@@ -22,9 +23,11 @@ from .generate import GenerateSettings, GenerateTask
 
 # [run] keys lmpipe applies: the sampling settings, named as lm-generate's options are.
 RUN_KEYS: dict[str, type] = {
-    "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
-    "repetition_penalty": float, "seed": int, "stop": tuple,
+    "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int, "min_p": float,
+    "repetition_penalty": float, "seed": int, "stop": tuple, "reasoning_budget": int,
+    "think": bool,  # the chat template's enable_thinking, as --think/--no-think
 }
+PROMPT_KEYS = {"think"}  # [run] keys of the prompt's settings; the others are sampling's
 # avalan's switches for what lmpipe always does: true is accepted (and recorded), false is an error.
 ALWAYS = {
     "use_cache": "lmpipe always decodes with a KV cache",
@@ -55,6 +58,10 @@ def _checked(key: str, value: Any) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise RecordError(f"agent [run] {key} = {_shown(value)}: expected a string or a list of strings")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise RecordError(f"agent [run] {key} = {_shown(value)}: expected true or false")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise RecordError(f"agent [run] {key} = {_shown(value)}: expected {'an integer' if kind is int else 'a number'}")
     return kind(value)
@@ -95,15 +102,18 @@ def apply_agent(settings: GenerateSettings, agent: Any, given: frozenset[str]) -
             continue
         changes[key] = checked
         applied[key] = list(checked) if isinstance(checked, tuple) else checked
+    prompt_changes = {k: changes.pop(k) for k in PROMPT_KEYS & set(changes)}
     try:
         sampling = replace(settings.sampling, **changes)
     except LmpipeError as exc:  # the settings' own checks, in terms of the options
         raise RecordError(f"agent [run]: {exc}") from None
     part = {"file": agent.get("file"), "applied": applied, "overridden": overridden}
-    return AgentSettings(replace(settings, sampling=sampling), model, part)
+    return AgentSettings(replace(settings, sampling=sampling, prompt=replace(settings.prompt, **prompt_changes)),
+                         model, part)
 
 
-Key = tuple[str | None, Sampling]  # the model a record asks for (None: the running one), its sampling
+# The model a record asks for (None: the running one), its sampling and its prompt's settings.
+Key = tuple[str | None, Sampling, PromptSettings]
 
 
 class AgentTasks:
@@ -118,16 +128,16 @@ class AgentTasks:
 
     def __init__(self, base: Any, variant: Callable[[str | None, GenerateSettings], Any], given: frozenset[str]):
         self.base, self.variant, self.given = base, variant, given
-        self.tasks: dict[Key, Any] = {(None, base.settings.sampling): base}
+        self.tasks: dict[Key, Any] = {(None, base.settings.sampling, base.settings.prompt): base}
         self.failures: dict[Key, RecordError] = {}
 
     def _task(self, key: Key) -> Any:
         if key in self.failures:
             raise self.failures[key]
         if key not in self.tasks:
-            model, sampling = key
+            model, sampling, prompt = key
             try:
-                self.tasks[key] = self.variant(model, replace(self.base.settings, sampling=sampling))
+                self.tasks[key] = self.variant(model, replace(self.base.settings, sampling=sampling, prompt=prompt))
             except (LmpipeError, OSError, RuntimeError, ValueError) as exc:  # a model that will not load
                 self.failures[key] = RecordError(f"agent model {model}: {exc}" if model else f"agent: {exc}")
                 raise self.failures[key] from None
@@ -139,14 +149,14 @@ class AgentTasks:
         for item in batch:
             agent = (item.record or {}).get("agent")
             if agent is None:
-                groups.setdefault((None, self.base.settings.sampling), []).append(item)
+                groups.setdefault((None, self.base.settings.sampling, self.base.settings.prompt), []).append(item)
                 continue
             try:
                 wish = apply_agent(self.base.settings, agent, self.given)
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
                 continue
-            groups.setdefault((wish.model, wish.settings.sampling), []).append(item)
+            groups.setdefault((wish.model, wish.settings.sampling, wish.settings.prompt), []).append(item)
             parts[item.line] = wish.manifest
         for key, items in groups.items():
             try:

@@ -89,19 +89,24 @@ def _gbnf_string(s: str) -> str:
 
 def sampling_fields(kind: ServerKind, s: Any) -> dict[str, Any]:
     """Sampling settings `s` in the fields this kind of server reads, each with lmpipe's meaning
-    (llama.cpp's own defaults, top_k 40 and min_p 0.05, are turned off)."""
+    (llama.cpp's own defaults, top_k 40 and min_p 0.05, are turned off unless asked for)."""
     out: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_new_tokens,
                            "seed": s.seed, "presence_penalty": s.presence_penalty,
                            "frequency_penalty": s.frequency_penalty}
     if s.stop:
         out["stop"] = list(s.stop)
+    if s.logit_bias:  # OpenAI's own field: every kind reads it
+        out["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    if s.min_p and kind.name in ("lmpipe", "vllm"):  # off is both servers' default: sent only when on
+        out["min_p"] = s.min_p
     if kind.name == "lmpipe":
         return {**out, "top_k": s.top_k, "repetition_penalty": s.repetition_penalty}
     if kind.name == "vllm":
         return {**out, "top_k": s.top_k if s.top_k > 0 else -1, "repetition_penalty": s.repetition_penalty}
     if kind.name == "llama.cpp":
-        return {**out, "top_k": s.top_k, "min_p": 0.0, "repeat_penalty": s.repetition_penalty}
-    for name, value, off in (("top_k", s.top_k, 0), ("repetition_penalty", s.repetition_penalty, 1.0)):
+        return {**out, "top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repetition_penalty}
+    for name, value, off in (("top_k", s.top_k, 0), ("min_p", s.min_p, 0.0),
+                             ("repetition_penalty", s.repetition_penalty, 1.0)):
         if value != off:
             raise UsageError(f"--{name.replace('_', '-')} cannot be sent to {describe(kind)}: "
                              "its OpenAI API has no such field")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from ..chat.answers import Plan, answer_fields, plan_for
-from ..chat.prompts import PromptSettings, prompt_ids
+from ..chat.prompts import PromptSettings, prompt_ids, template_manifest, with_template
+from ..chat.reasoning import OPEN, opens_thinking
 from ..engine.constrain import Constraint, model_ll_tokenizer, row_constraints
 from ..engine.decoding import Decoding
 from ..engine.events import Completion, Token
@@ -67,6 +68,7 @@ def run_settings(settings: GenerateSettings) -> dict[str, Any]:
     }
     if settings.prompt.prefix:
         out["prefix"] = settings.prompt.prefix
+    out.update(template_manifest(settings.prompt))
     if settings.constraint is not None:
         out.update(settings.constraint.manifest())
     out["tool_choice"] = settings.tool_choice
@@ -111,7 +113,10 @@ class GenerateTask:
 
             check_vision_decoding(settings.decoding)
         self.lm = lm
-        self.settings = replace(settings, sampling=settings.sampling.with_seed())
+        settings.sampling.check_vocabulary(lm.model.get_output_embeddings().weight.shape[0])
+        template = lm.processor if lm.processor is not None else lm.tokenizer
+        self.settings = replace(settings, sampling=settings.sampling.with_seed(),
+                                prompt=with_template(settings.prompt, template))
         self.context = context_length(lm)
         if draft is not None:
             check_draft(lm.model, draft.model, lm.tokenizer, draft.tokenizer, self.settings.sampling)
@@ -140,7 +145,10 @@ class GenerateTask:
     def output(self, item: Item, c: Completion, plan: Plan, ids: list[int] | None = None) -> Finished:
         tokens = [token_record(t) for t in c.tokens] if self.settings.top_probs else None
         counted = image_token_count(self.lm.processor, ids) if ids is not None else None
-        return answer_record(item, self.settings, plan, c.text, c.finish_reason,
+        text = c.text
+        if ids and not plan.tools and plan.constraint is None and opens_thinking(self.lm.tokenizer.decode(ids[-8:])):
+            text = OPEN + text  # the template opened the think block: the reply starts as reasoning
+        return answer_record(item, self.settings, plan, text, c.finish_reason,
                              stats(c, self.settings.ttnt, counted), self.manifest, tokens)
 
     def process(self, batch: list[Item]) -> Iterator[Finished | Streamed]:

@@ -132,6 +132,7 @@ class StreamedAnswer:
         self.chat, self.clock = chat, clock
         self.model: str | None = None
         self.text: list[str] = []
+        self.reasoning: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
         self.finish: dict[str, Any] = {}
         self.usage: dict[str, Any] = {}
@@ -145,8 +146,11 @@ class StreamedAnswer:
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {} if self.chat else choice
             piece = (delta.get("content") if self.chat else delta.get("text")) or ""
+            thought = (delta.get("reasoning_content") or delta.get("reasoning") or "") if self.chat else ""
+            if thought:
+                self.reasoning.append(thought)
             calls = delta.get("tool_calls") or []
-            if (piece or calls) and self.first is None:
+            if (piece or calls or thought) and self.first is None:
                 self.first = self.clock()
             self.text.append(piece)
             for call in calls:
@@ -162,8 +166,17 @@ class StreamedAnswer:
             raise RecordError("server: the stream ended before the answer did")
         total = self.clock()
         calls = [{"function": c} for _, c in sorted(self.calls.items())]
-        return Answer(self.model, "".join(self.text), calls, self.finish, self.usage,
+        return Answer(self.model, with_reasoning("".join(self.reasoning), "".join(self.text)), calls, self.finish,
+                      self.usage,
                       ttft_s=round(self.first if self.first is not None else total, 6), total_s=round(total, 6))
+
+
+def with_reasoning(reasoning: str, text: str) -> str:
+    """An answer whose reasoning a server sent apart (`reasoning_content`, as vLLM names it) as
+    the model wrote it, so the record splits it as in-process (lmpipe.chat.reasoning)."""
+    from ..chat.reasoning import CLOSE, OPEN
+
+    return f"{OPEN}{reasoning}{CLOSE}{text}" if reasoning else text
 
 
 def whole_answer(data: dict[str, Any], chat: bool) -> Answer:
@@ -171,6 +184,8 @@ def whole_answer(data: dict[str, Any], chat: bool) -> Answer:
         choice = data["choices"][0]
         message = choice["message"] if chat else choice
         text = (message.get("content") if chat else message.get("text")) or ""
+        if chat:
+            text = with_reasoning(message.get("reasoning_content") or message.get("reasoning") or "", text)
     except (KeyError, IndexError, TypeError, AttributeError):
         raise RecordError(f"server: the answer has no choice: {json.dumps(data)[:200]}") from None
     return Answer(data.get("model"), text, (message.get("tool_calls") or []) if chat else [],
@@ -348,6 +363,10 @@ class RemoteGenerateTask:
             constraint_fields(self.kind, settings.constraint)
         if settings.prompt.prefix and self.kind.name != "lmpipe":
             raise UsageError(f"--prefix needs lm-serve ({describe(self.kind)} has no such field)")
+        if settings.prompt.chat_template is not None:
+            raise UsageError("--chat-template applies in-process (drop --server, or start lm-serve with it)")
+        if settings.sampling.reasoning_budget is not None:
+            raise UsageError("--reasoning-budget applies in-process (drop --server)")
         self.stream = self.kind.name != "lmpipe"  # lm-serve sends its own stats; others are timed here
 
     def payload(self, record: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
@@ -356,6 +375,8 @@ class RemoteGenerateTask:
         body.update(answer_format(record, plan, self.settings.tool_choice, self.kind))
         if self.settings.prompt.prefix:
             body["prefix"] = self.settings.prompt.prefix  # lmpipe's extension
+        if chat:
+            body.update(thinking_fields(self.settings.prompt))
         return body, chat
 
     def stats(self, a: Answer) -> dict[str, Any]:
@@ -412,6 +433,17 @@ class RemoteGenerateTask:
             futures = [pool.submit(self.one, item) for item in batch]
             for future in as_completed(futures):
                 yield future.result()
+
+
+def thinking_fields(prompt: PromptSettings) -> dict[str, Any]:
+    """--think and --reasoning-effort as vLLM (and lm-serve, llama.cpp's server) take them:
+    `chat_template_kwargs` and `reasoning_effort`."""
+    out: dict[str, Any] = {}
+    if prompt.think is not None:
+        out["chat_template_kwargs"] = {"enable_thinking": prompt.think}
+    if prompt.reasoning_effort is not None:
+        out["reasoning_effort"] = prompt.reasoning_effort
+    return out
 
 
 def answer_format(record: dict[str, Any], plan: Plan, tool_choice: str, kind: ServerKind) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..chat.prompts import PromptSettings, image_messages, messages_of, text_of
+from ..chat.prompts import PromptSettings, effective_template, image_messages, messages_of, template_variables, text_of
 from ..engine.multimodal import ImagePrompt, image_prompt
 from ..errors import RecordError
 from ..vision.images import DEFAULT_MAX_PIXELS, read_image, record_images
@@ -34,7 +34,8 @@ def vision_prompt(record: dict[str, Any], processor: Any, settings: PromptSettin
     """The record's prompt with its images, processed; a bad image or prompt is a RecordError."""
     named = [read_image(ref, source.max_pixels, source.allow_paths, "--image") for ref in source.images]
     named += record_images(record, source.field, source.max_pixels, source.allow_paths)
-    if settings.raw or getattr(processor, "chat_template", None) is None:
+    template = effective_template(processor, settings) if hasattr(processor, "chat_template") else None
+    if settings.raw or template is None:
         text = text_of(record, settings.field)  # the placeholders are the user's to write
         images = [i.image for i in named]
         return _processed(processor, (f"{settings.system}\n\n{text}" if settings.system else text) + settings.prefix,
@@ -54,7 +55,10 @@ def vision_prompt(record: dict[str, Any], processor: Any, settings: PromptSettin
     images = [i.image for i in named] + [read_image(ref, source.max_pixels, source.allow_paths, "image_url").image
                                          for ref in refs]
     try:
-        text = processor.apply_chat_template(converted, add_generation_prompt=True, tokenize=False)
+        extra = template_variables(settings, template)
+        if settings.chat_template is not None:
+            extra["chat_template"] = settings.chat_template
+        text = processor.apply_chat_template(converted, add_generation_prompt=True, tokenize=False, **extra)
     except Exception as exc:  # a template's own error (jinja2's TemplateError, raise_exception)
         raise RecordError(f"the chat template failed: {_line(exc)}") from None
     return _processed(processor, text + settings.prefix, images)

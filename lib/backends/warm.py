@@ -20,6 +20,7 @@ API key, which tools that found it this way send (a server with --api-key serves
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -37,11 +38,14 @@ from .. import paths
 CONNECT_TIMEOUT = 1.0  # seconds; a local refusal answers in microseconds, this only bounds a hung host
 
 
-def holds(model_id: str, model: Any, decoding: Any) -> dict[str, Any]:
+def holds(model_id: str, model: Any, decoding: Any, chat_template: str | None = None) -> dict[str, Any]:
     """What a server holds, as both sides compare it: the resolved model id and the settings that
-    decide its tokens (lmpipe.models.loading.ModelSettings without the name typed; Decoding)."""
+    decide its tokens (lmpipe.models.loading.ModelSettings without the name typed; Decoding; the
+    sha256 of a --chat-template, which a tool never sends: a server with one is not the model's)."""
+    template = hashlib.sha256(chat_template.encode("utf-8")).hexdigest() if chat_template is not None else None
     return {"model": model_id, "device": model.device, "dtype": model.dtype, "attention": model.attention,
-            "quantize": model.quantize, "decoding": asdict(decoding)}
+            "quantize": model.quantize, "decoding": asdict(decoding), "chat_template": template,
+            "adapters": [[str(Path(a.path).resolve()), a.scale] for a in getattr(model, "adapters", ())]}
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,17 @@ from __future__ import annotations
 OPEN, CLOSE = "<think>", "</think>"
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(reasoning, answer). Templates that open <think> in the prompt leave only the close tag."""
+def opens_thinking(prompt: str) -> bool:
+    """Whether a rendered prompt leaves a think block open for the model (DeepSeek-R1, Qwen3-Thinking)."""
+    return prompt.rstrip().endswith(OPEN)
+
+
+def split_reasoning(text: str, opened: bool = False) -> tuple[str | None, str]:
+    """(reasoning, answer). Templates that open <think> in the prompt leave only the close tag;
+    `opened` (the prompt did, opens_thinking): a reply never closed is all reasoning."""
     end = text.find(CLOSE)
+    if end < 0 and opened:
+        return text.strip(), ""
     if end < 0:
         start = text.find(OPEN)
         if start < 0:
@@ -24,8 +32,9 @@ class ReasoningStream:
     (A template that opens <think> in the prompt streams its thinking as answer: only the
     finished reply, through split_reasoning, knows.)"""
 
-    def __init__(self) -> None:
-        self.thinking = False
+    def __init__(self, thinking: bool = False) -> None:
+        """`thinking`: the prompt opened the think block (opens_thinking)."""
+        self.thinking = thinking
         self.held = ""
 
     def feed(self, text: str) -> list[tuple[bool, str]]:

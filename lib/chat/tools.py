@@ -99,8 +99,8 @@ def tool_grammar(tools: list[Tool], choice: str) -> str | None:
     return grammar
 
 
-def template_knows_tools(tokenizer: Any) -> bool:
-    template = tokenizer.chat_template or ""
+def template_knows_tools(template: Any) -> bool:
+    """Whether a chat template (its source) renders `tools` itself."""
     return isinstance(template, str) and "tools" in template
 
 

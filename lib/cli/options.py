@@ -47,7 +47,7 @@ def served_models_options(f: Callable) -> Callable:
                      help=MODEL_HELP + " Repeat to serve several; the first answers requests that name none."),
         click.option("--model-option", "model_option", nargs=2, multiple=True, metavar="MODEL KEY=VALUE",
                      help="A setting for one -m model only: quantize, cache, compile, device, dtype, attention, "
-                          "keep-alive or max-batch (e.g. --model-option ./tiny quantize=int8)."),
+                          "keep-alive, max-batch or chat-template (e.g. --model-option ./tiny quantize=int8)."),
         click.option("--max-models", type=click.IntRange(min=0), default=0, show_default=True,
                      envvar="LMPIPE_MAX_MODELS",
                      help="Models loaded at once (0: no bound); past it the least recently used idle one unloads."),
@@ -87,22 +87,54 @@ def batch_option(f: Callable) -> Callable:
 
 
 def sampling_options(f: Callable) -> Callable:
-    """--temperature, --top-p, --top-k, --repetition-penalty, --presence-penalty, --frequency-penalty,
-    --seed, --max-new-tokens, --stop."""
+    """--temperature, --top-p, --top-k, --min-p, --repetition-penalty, --presence-penalty,
+    --frequency-penalty, --logit-bias, --seed, --max-new-tokens, --stop."""
     return _stack(
         click.option("-t", "--temperature", type=float, default=0.0, show_default=True, help="0 is greedy."),
         click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass."),
         click.option("--top-k", type=int, default=0, show_default=True, help="Sample from the k likeliest (0: off)."),
+        click.option("--min-p", type=float, default=0.0, show_default=True,
+                     help="Sample only tokens at least this fraction as likely as the likeliest (0: off; "
+                          "llama.cpp's default is 0.05)."),
         click.option("--repetition-penalty", type=float, default=1.0, show_default=True),
         click.option("--presence-penalty", type=float, default=0.0, show_default=True,
                      help="OpenAI's: subtracted from every token already generated (-2 to 2)."),
         click.option("--frequency-penalty", type=float, default=0.0, show_default=True,
                      help="OpenAI's: subtracted per time a token was generated (-2 to 2)."),
+        click.option("--logit-bias", multiple=True, metavar="ID=BIAS",
+                     help="OpenAI's logit_bias: add BIAS (-100 to 100) to token ID's logit; -100 bans it, "
+                          "100 forces it (repeatable; greedy too)."),
         click.option("--seed", type=int, default=None, envvar="LMPIPE_SEED",
                      help="Random seed; recorded in the manifest (drawn at random when not given)."),
         click.option("-n", "--max-new-tokens", type=int, default=256, show_default=True),
         click.option("--stop", multiple=True, help="Stop at this string, cut from the output (repeatable)."),
     )(f)
+
+
+def template_options(f: Callable) -> Callable:
+    """--chat-template, --think/--no-think, --reasoning-effort, --reasoning-budget: how the chat
+    template renders the prompt, and how long a reasoning model may think."""
+    return _stack(
+        click.option("--chat-template", default=None, metavar="FILE|NAME", envvar="LMPIPE_CHAT_TEMPLATE",
+                     help="Render prompts with this Jinja chat template (a file) or the model's template of "
+                          "this name (e.g. tool_use), in place of the model's default; its sha256 is in the manifest."),
+        click.option("--think/--no-think", "think", default=None,
+                     help="Turn a reasoning model's thinking on or off: the template's enable_thinking (Qwen3, "
+                          "DeepSeek), reasoning_effort low for gpt-oss's --no-think  [default: the template's]"),
+        click.option("--reasoning-effort", type=click.Choice(["low", "medium", "high"]), default=None,
+                     help="The template's reasoning_effort (gpt-oss)."),
+        click.option("--reasoning-budget", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Close the think block after N thinking tokens, then let the model answer "
+                          "(as llama.cpp's; 0: no thinking)."),
+    )(f)
+
+
+def adapter_option(f: Callable) -> Callable:
+    """--adapter PATH[:SCALE], repeatable: LoRA adapters (lmpipe.models.adapters)."""
+    return click.option("--adapter", multiple=True, metavar="PATH[:SCALE]",
+                        help="A LoRA adapter in PEFT's format (a folder with adapter_config.json and "
+                             "adapter_model.safetensors), merged into the model's weights at load, times SCALE "
+                             "(default 1); repeatable. In the manifest with its sha256.")(f)
 
 
 def progress_option(f: Callable) -> Callable:

@@ -43,9 +43,11 @@ Options = dict[str, Any]
 
 def model_settings(o: Options) -> "ModelSettings":
     """What model_options (and --quantize, where a tool has it) ask for."""
+    from ..models.adapters import Adapter
     from ..models.loading import ModelSettings
 
-    return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
+    return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"),
+                         tuple(Adapter.parse(a) for a in o.get("adapter") or ()))
 
 
 def decoding(o: Options) -> "Decoding":
@@ -58,12 +60,37 @@ def decoding(o: Options) -> "Decoding":
 
 def sampling_settings(o: Options) -> "Sampling":
     """What sampling_options ask for."""
-    from ..engine.sampling import Sampling
+    from ..engine.sampling import Sampling, parse_logit_bias
 
-    return Sampling(temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"],
+    return Sampling(temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"], min_p=o["min_p"],
                     repetition_penalty=o["repetition_penalty"], presence_penalty=o["presence_penalty"],
                     frequency_penalty=o["frequency_penalty"], max_new_tokens=o["max_new_tokens"],
-                    seed=o["seed"], stop=tuple(o["stop"]))
+                    seed=o["seed"], stop=tuple(o["stop"]), logit_bias=parse_logit_bias(o["logit_bias"]),
+                    reasoning_budget=o.get("reasoning_budget"))
+
+
+def read_chat_template(value: str | None) -> str | None:
+    """--chat-template FILE|NAME: a file's text; else the name, left for the model's named
+    templates (lmpipe.chat.prompts.with_template resolves it once the model is loaded)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--chat-template {value}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    from ..chat.prompts import is_template_name
+
+    if not is_template_name(value):
+        raise UsageError(f"--chat-template {value}: no such file (nor a template name)")
+    return value
+
+
+def template_settings(o: Options) -> dict[str, Any]:
+    """What template_options ask of the prompt (PromptSettings' fields)."""
+    return {"chat_template": read_chat_template(o.get("chat_template")), "think": o.get("think"),
+            "reasoning_effort": o.get("reasoning_effort")}
 
 
 def job_settings(o: Options) -> "JobSettings":
@@ -108,7 +135,8 @@ def generate_settings(o: Options) -> "GenerateSettings":
     from ..vision.images import DEFAULT_MAX_PIXELS
 
     return GenerateSettings(
-        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or ""),
+        prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or "",
+                              **template_settings(o)),
         sampling=sampling_settings(o),
         out=o["out"],
         top_probs=o["top_probs"],
@@ -152,9 +180,11 @@ def chat_run(o: Options) -> "ChatRun":
     """lm-chat: lm-generate's model, sampling, speed and server options; the system prompt goes
     into the conversation (so /save keeps it), not into the prompt settings."""
     from ..backends.generate import GenerateSettings
+    from ..chat.prompts import PromptSettings
     from ..tasks.chat_session import ChatRun
 
-    settings = GenerateSettings(sampling=sampling_settings(o), decoding=decoding(o))
+    settings = GenerateSettings(prompt=PromptSettings(**template_settings(o)), sampling=sampling_settings(o),
+                                decoding=decoding(o))
     return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"), api_key=client_key(o),
                    no_server=bool(o.get("no_server")), system=o.get("system") or "",
                    load=o.get("load"), quiet=o["quiet"])
@@ -263,7 +293,8 @@ def bench_run(o: Options) -> "BenchRun":
 
 # --model-option KEYs, and the option each replaces for one model.
 MODEL_OPTION_KEYS = {"quantize": "quantize", "cache": "cache", "compile": "compile", "device": "device",
-                     "dtype": "dtype", "attention": "attention", "keep-alive": "keep_alive", "max-batch": "max_batch"}
+                     "dtype": "dtype", "attention": "attention", "keep-alive": "keep_alive", "max-batch": "max_batch",
+                     "chat-template": "chat_template"}
 
 
 def model_option(o: Options, model: str, pair: str) -> Options:
@@ -279,7 +310,7 @@ def model_option(o: Options, model: str, pair: str) -> Options:
                          f"{', '.join(MODEL_OPTION_KEYS)}")
     name = MODEL_OPTION_KEYS[key]
     kind: Any = {"quantize": MODES, "cache": CACHES, "device": DEVICES, "dtype": DTYPES, "attention": ATTENTIONS,
-                 "compile": bool, "keep-alive": float, "max-batch": int}[key]
+                 "compile": bool, "keep-alive": float, "max-batch": int, "chat-template": str}[key]
     if isinstance(kind, tuple):
         if value not in kind:
             raise UsageError(f"--model-option {model} {pair}: {key} must be one of {', '.join(kind)}")
@@ -294,7 +325,22 @@ def model_option(o: Options, model: str, pair: str) -> Options:
         raise UsageError(f"--model-option {model} {pair}: {key} must be a number") from None
 
 
+def parse_loras(pairs: Sequence[str], models: Sequence[str]) -> list[tuple[str, str]]:
+    """lm-serve's --lora NAME=PATH[:SCALE], repeated: names that are not a served model's."""
+    out: list[tuple[str, str]] = []
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name.strip() or not path:
+            raise UsageError(f"--lora {pair!r}: use NAME=PATH[:SCALE]")
+        if name in models or name in (n for n, _ in out):
+            raise UsageError(f"--lora {name}: the name is taken")
+        out.append((name, path))
+    return out
+
+
 def serve_run(o: Options) -> "ServeRun":
+    from dataclasses import replace
+
     from ..engine.scheduler import SchedulerSettings
     from ..serve.guard import GuardSettings, is_loopback
     from ..serve.prompts import ImagePolicy
@@ -304,7 +350,8 @@ def serve_run(o: Options) -> "ServeRun":
     def scheduler(options: Options) -> "SchedulerSettings":
         return SchedulerSettings(model=model_settings(options), decoding=decoding(options),
                                  max_batch=options["max_batch"], max_queue=options["max_queue"],
-                                 keep_alive=options["keep_alive"])
+                                 keep_alive=options["keep_alive"],
+                                 chat_template=read_chat_template(options.get("chat_template")))
 
     models = tuple(dict.fromkeys(o["models"]))
     per_model: dict[str, Options] = {m: {**o, "model": m} for m in models}
@@ -313,7 +360,9 @@ def serve_run(o: Options) -> "ServeRun":
             raise UsageError(f"--model-option {model}: not one of the -m models ({', '.join(models)})")
         per_model[model] = model_option(per_model[model], model, pair)
     on_request = None if o["listed_only"] else scheduler({**o, "model": None})
-    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models), on_request, o["max_models"],
+    loras = tuple(replace(scheduler({**per_model[models[0]], "adapter": (path,)}), name=name)
+                  for name, path in parse_loras(o.get("lora") or (), models))
+    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models) + loras, on_request, o["max_models"],
                             allow_paths=o["allow_model_paths"])
     guard = GuardSettings(api_keys=api_keys(o["api_key"], o["api_key_file"]), loopback_only=is_loopback(o["host"]),
                           allowed_origins=tuple(o["allowed_origins"]), max_body=int(o["max_body"] * 1024 * 1024),
@@ -362,7 +411,8 @@ def batch_run(o: Options) -> "BatchRun":
     from ..engine.scheduler import SchedulerSettings
     from ..serve.batch import KEY, BatchRun
 
-    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"])
+    scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
+                                  chat_template=read_chat_template(o.get("chat_template")))
     pipe = pipe_settings(o)
     return BatchRun(scheduler, replace(pipe, job=replace(pipe.job, key=KEY)), server=o.get("server"),
                     no_server=bool(o.get("no_server")), api_key=client_key(o))

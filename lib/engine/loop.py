@@ -4,7 +4,8 @@ Every front door feeds it `Request`s and reads back the typed events of lmpipe.e
 lm-generate's batches (lmpipe.engine.generation.generate), lm-serve's continuous batching
 (lmpipe.engine.scheduler), the chat and translate/summarize tasks through them, and the dashboard's chat.
 What differs between requests is a row's policies, not the loop: its sampling settings and seed,
-its stop strings and length, its grammar (logits processors that run first), the probabilities
+its stop strings and length, its grammar and thinking budget (logits processors that run first,
+lmpipe.engine.thinking), the probabilities
 it reports, and speculative decoding (a draft model that proposes tokens the model checks,
 lmpipe.engine.speculative). As in vLLM's engine and llama.cpp's server slots, one scheduler serves them
 all; a backend only runs the model:
@@ -78,7 +79,8 @@ class Request:
         """A draft applies to greedy rows that nothing else constrains (their tokens are the argmax)."""
         s = self.sampling
         return (self.draft is not None and s.greedy and not self.constraints and not self.reports and not self.echo
-                and s.repetition_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty)
+                and s.repetition_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty
+                and not s.logit_bias and s.reasoning_budget is None)
 
     @property
     def reports(self) -> bool:
@@ -321,7 +323,12 @@ class Loop:
         import torch
 
         sampling = request.sampling
-        processors = logits_processors(sampling, request.constraints, len(request.ids))
+        first = request.constraints
+        if sampling.reasoning_budget is not None:
+            from .thinking import ThinkingBudget
+
+            first = (*first, ThinkingBudget(self.tokenizer, sampling.reasoning_budget, len(request.ids)))
+        processors = logits_processors(sampling, first, len(request.ids))
         generator = None
         if not sampling.greedy:
             generator = torch.Generator(device=str(self.backend.device)).manual_seed(sampling.seed or 0)

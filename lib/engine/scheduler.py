@@ -53,6 +53,8 @@ class SchedulerSettings:
     max_batch: int = 8
     max_queue: int = 64
     keep_alive: float = 300.0  # seconds idle before the model is unloaded; 0: never
+    chat_template: str | None = None  # --chat-template: a template's source or a name of the model's (lmpipe.serve renders it)
+    name: str | None = None  # served under this name, not the model's id (lm-serve --lora NAME: its base with an adapter)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class Scheduler:
 
     @property
     def model_id(self) -> str:
-        return self.ref.id
+        return self.settings.name or self.ref.id
 
     @property
     def loaded(self) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ..errors import ModelNotFound, UsageError
 from . import gguf
+from .adapters import Adapter
 from .device import check_attention, choose_device, choose_dtype
 from .processors import is_vision_language, load_processor
 from .resolve import ModelRef, resolve
@@ -34,6 +35,7 @@ class ModelSettings:
     dtype: str = "auto"
     attention: str | None = None
     quantize: str | None = None  # weight-only "int8" or "int4" (lmpipe.models.quantize)
+    adapters: tuple[Adapter, ...] = ()  # LoRA adapters merged into the weights (lmpipe.models.adapters)
 
     def ref(self) -> ModelRef:
         return resolve(self.model)
@@ -129,7 +131,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             from .quantized_loading import load_quantized
 
             check_mode(settings.quantize, device)
-            if not attention:
+            if not attention and not settings.adapters:  # adapters merge into float weights first
                 model = load_quantized(auto, folder, config, settings.quantize, dtype, notify)
         quantized = model is not None
         if model is None:
@@ -137,9 +139,15 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, ImportError) as exc:
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+    if settings.adapters:
+        from .adapters import merge
+
+        model = merge(model, settings.adapters)
     model.to(device).eval()
     torch.set_grad_enabled(False)
     ident = identity(ref, folder)
+    if settings.adapters:
+        ident["adapters"] = [a.identity() for a in settings.adapters]
     if settings.quantize:
         if not quantized:
             from .quantize import quantize

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import orjson
 
+from ..chat.prompts import RESERVED_VARIABLES, PromptSettings, with_template
+from ..chat.reasoning import ReasoningStream, split_reasoning
 from ..engine.events import Completion, ScoredPrompt, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
@@ -79,15 +81,50 @@ def sampling_of(body: dict[str, Any], max_new_tokens: int) -> Sampling:
             temperature=float(typed(body, "temperature", (int, float), 1.0)),
             top_p=float(typed(body, "top_p", (int, float), 1.0)),
             top_k=typed(body, "top_k", (int,), 0),
+            min_p=float(typed(body, "min_p", (int, float), 0.0)),
             repetition_penalty=float(typed(body, "repetition_penalty", (int, float), 1.0)),
             presence_penalty=float(typed(body, "presence_penalty", (int, float), 0.0)),
             frequency_penalty=float(typed(body, "frequency_penalty", (int, float), 0.0)),
             max_new_tokens=max_new_tokens,
             seed=typed(body, "seed", (int,), None),
             stop=tuple(stop),
+            logit_bias=logit_bias_of(body),
         ).with_seed()
     except LmpipeError as exc:
         raise BadRequest(str(exc).replace("--", "").replace("-", "_"), "invalid_value") from None
+
+
+def logit_bias_of(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias`: a map of token ids (as strings, JSON's keys) to biases in [-100, 100]."""
+    bias = typed(body, "logit_bias", (dict,), {})
+    out = []
+    for token, value in bias.items():
+        if not token.isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadRequest("`logit_bias` maps token ids to numbers (from -100 to 100)", "invalid_type")
+        if not -100 <= value <= 100:
+            raise BadRequest(f"`logit_bias` {token}: {value} is not from -100 to 100", "invalid_value")
+        out.append((int(token), float(value)))
+    return tuple(out)
+
+
+def template_of(body: dict[str, Any], engine: Scheduler) -> PromptSettings:
+    """How a chat's template renders: the server's --chat-template for the model, and vLLM's
+    `chat_template_kwargs` (any keys, handed to the template) and `reasoning_effort`."""
+    kwargs = typed(body, "chat_template_kwargs", (dict,), {})
+    for name in kwargs:
+        if name in RESERVED_VARIABLES:
+            raise BadRequest(f"`chat_template_kwargs.{name}`: set by the request itself, not a template variable",
+                             "invalid_value")
+    effort = typed(body, "reasoning_effort", (str,), None)
+    try:
+        template = PromptSettings(chat_template=engine.settings.chat_template, reasoning_effort=effort,
+                                  template_kwargs=tuple(kwargs.items()))
+    except LmpipeError as exc:
+        raise BadRequest(str(exc).replace("--reasoning-effort", "`reasoning_effort`"), "invalid_value") from None
+    try:
+        return with_template(template, engine.tokenizer)
+    except LmpipeError as exc:  # the server's own setting: not the request's fault
+        raise BadRequest(str(exc), "invalid_chat_template", 500) from None
 
 
 def logprobs_of(body: dict[str, Any], chat: bool) -> int | None:
@@ -133,6 +170,7 @@ class PreparedRequest:
     logprobs: int | None  # alternatives per token; None: no log-probabilities
     echo: bool
     chat: bool
+    include_reasoning: bool = True  # a chat's reasoning goes in `reasoning_content` (vLLM's); False: left out
 
     def jobs(self, emit: Callable[[int, Any], None]) -> list[GenerationRequest]:
         """One row per choice, in choice order: a prompt's `n` rows follow one another, so they
@@ -170,20 +208,29 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     if chat:  # a vision-language model's chats go through its processor (images read off the event loop)
         lm = await run_in_threadpool(engine.model)
         images = ImageRules(lm.processor, request.app.state.images) if lm.processor is not None else None
-        prompts = [await run_in_threadpool(chat_prompt, engine.tokenizer, body, wanted, images)]
+        template = await run_in_threadpool(template_of, body, engine)
+        prompts = [await run_in_threadpool(chat_prompt, engine.tokenizer, body, wanted, images, template)]
     else:
         prompts = await run_in_threadpool(completion_prompts, engine.tokenizer, body, wanted)
     if len(prompts) * n > engine.settings.max_queue:  # it could never be queued whole: not a busy server's 503
         raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
                          f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
     context = await run_in_threadpool(engine.context_length)
+    if sampling.logit_bias:
+        lm = await run_in_threadpool(engine.model)
+        try:
+            sampling.check_vocabulary(lm.model.get_output_embeddings().weight.shape[0])
+        except LmpipeError as exc:
+            raise BadRequest(str(exc).replace("--logit-bias", "`logit_bias`"), "invalid_value") from None
     rows = []
     for prompt in prompts:
         if context and len(prompt.ids) >= context:
             raise BadRequest(f"prompt is {len(prompt.ids)} tokens; the model's context is {context}",
                              "context_length_exceeded")
         rows.append(replace(sampling, max_new_tokens=min(limit, context - len(prompt.ids))) if context else sampling)
-    return engine, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat)
+    include_reasoning = typed(body, "include_reasoning", (bool,), True)
+    return engine, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat,
+                                   include_reasoning)
 
 
 def usage(prepared: PreparedRequest, done: dict[int, Completion]) -> dict[str, int]:
@@ -301,7 +348,7 @@ def answered_record(engine: Scheduler, heard: Heard, prepared: PreparedRequest, 
                     done: dict[int, Completion], status: int) -> dict[str, Any]:
     """The log's record of an answer (the body was read: starlette keeps it)."""
     record = {"id": ident, **heard.head(status), **request_fields(heard.raw)}
-    texts = [answer(prepared, done[i])[0] for i in sorted(done)]
+    texts = [answer(prepared, done[i], i)[0] for i in sorted(done)]
     if status == CLIENT_CLOSED:
         record["error"] = "the client left before the answer was complete"
     if texts:
@@ -475,6 +522,8 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
             entry["expires_in_s"] = round(max(0.0, s.settings.keep_alive - (now - s.last_used)), 3)
         if s.max_model_len:
             entry["max_model_len"] = s.max_model_len
+        if s.settings.name is not None and s.settings.model.adapters:  # a LoRA adapter, as vLLM lists one
+            entry.update(root=str(s.settings.model.adapters[-1].path), parent=s.ref.id)
         out.append(entry)
     return out
 
@@ -488,10 +537,19 @@ def asked_model(heard: Heard, engine: Scheduler) -> str:
     return name if isinstance(name, str) and name else engine.model_id
 
 
-def answer(prepared: PreparedRequest, c: Completion) -> tuple[str, list[dict[str, Any]] | None, str]:
-    """The answer's text (with the prefix), its tool calls (or None) and OpenAI's finish_reason."""
-    calls = tool_calls(prepared.asked, c.text)
-    return prepared.asked.prefix + c.text, calls, "tool_calls" if calls else FINISH[c.finish_reason]
+def answer(prepared: PreparedRequest, c: Completion, index: int = 0) -> tuple[str, list[dict[str, Any]] | None, str]:
+    """The answer's text (with the prefix; a chat's without its reasoning), its tool calls (or
+    None) and OpenAI's finish_reason."""
+    text = reasoned(prepared, c, index)[1]
+    calls = tool_calls(prepared.asked, text)
+    return prepared.asked.prefix + text, calls, "tool_calls" if calls else FINISH[c.finish_reason]
+
+
+def reasoned(prepared: PreparedRequest, c: Completion, index: int) -> tuple[str | None, str]:
+    """(reasoning, answer) of choice `index`: a chat's <think> block is its reasoning, kept apart."""
+    if not prepared.chat:
+        return None, c.text
+    return split_reasoning(c.text, prepared.prompts[index // prepared.n].thinking)
 
 
 def scored(c: Completion, prompt: bool) -> list[Token]:
@@ -504,10 +562,13 @@ def whole(engine: Scheduler, done: dict[int, Completion], prepared: PreparedRequ
     chat, tok, choices = prepared.chat, engine.tokenizer, []
     for index in sorted(done):
         c = done[index]
-        text, calls, finish = answer(prepared, c)
+        text, calls, finish = answer(prepared, c, index)
         choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
         if chat:
             choice["message"] = {"role": "assistant", "content": None if calls else text}
+            reasoning = reasoned(prepared, c, index)[0]
+            if reasoning is not None and prepared.include_reasoning:
+                choice["message"]["reasoning_content"] = reasoning
             if calls:
                 choice["message"]["tool_calls"] = calls
             if prepared.logprobs is not None:
@@ -543,13 +604,16 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
     pending: dict[int, list[Token]] = {}  # per choice, tokens whose log-probabilities are not sent yet
     offsets: dict[int, int] = {}  # per choice, where its next legacy token starts in its text
     shown: dict[int, int] = {}  # per choice, how much of its text was sent
+    thinking = {i: ReasoningStream(prepared.prompts[i // prepared.n].thinking) for i in range(len(session.jobs))}
 
     def chunk(index: int, text: str | None, finish: str | None, first: bool = False,
-              calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              calls: list[dict[str, Any]] | None = None, reasoning: str | None = None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
         tokens = pending.pop(index, [])
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if reasoning is not None:
+                delta["reasoning_content"] = reasoning
             if text is not None:
                 delta["content"] = text
             if calls:
@@ -564,6 +628,18 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
             if prepared.logprobs is not None and tokens:
                 choice["logprobs"], offsets[index] = legacy(tok, tokens, offsets.get(index, 0))
         return {"id": ident, "object": kind, "created": created, "model": engine.model_id, "choices": [choice]}
+
+    def pieces(index: int, text: str, end: bool = False):
+        """A chat's text as reasoning and answer chunks (a completion's as it is)."""
+        if not chat:
+            if text:
+                yield _sse(chunk(index, text, None))
+            return
+        for is_reasoning, piece in [*thinking[index].feed(text), *(thinking[index].flush() if end else [])]:
+            if not is_reasoning:
+                yield _sse(chunk(index, piece, None))
+            elif prepared.include_reasoning:
+                yield _sse(chunk(index, None, None, reasoning=piece))
 
     done: dict[int, Completion] = {}
     finished = False
@@ -585,16 +661,19 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
                         pending.setdefault(index, []).append(event)
                     if event.text and not held:
                         shown[index] = shown.get(index, 0) + len(event.text)
-                        yield _sse(chunk(index, event.text, None))
+                        for sent in pieces(index, event.text):
+                            yield sent
                 elif isinstance(event, Completion):
                     done[index] = event
-                    text, calls, finish = answer(prepared, event)
+                    text, calls, finish = answer(prepared, event, index)
                     if event.end is not None and prepared.logprobs is not None:
                         pending.setdefault(index, []).append(event.end)
                     if held:
-                        yield _sse(chunk(index, None if calls and chat else text, None, calls=calls))
-                    elif len(event.text) > shown.get(index, 0):  # what was held back at the end (half a character)
-                        yield _sse(chunk(index, event.text[shown.get(index, 0):], None))
+                        reasoning = reasoned(prepared, event, index)[0] if prepared.include_reasoning else None
+                        yield _sse(chunk(index, None if calls and chat else text, None, calls=calls, reasoning=reasoning))
+                    else:  # what was held back at the end (half a character, half a tag)
+                        for sent in pieces(index, event.text[shown.get(index, 0):], end=True):
+                            yield sent
                     last = chunk(index, None, finish)
                     last.update(timings=timings(event), lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
                     if not prepared.include_usage:

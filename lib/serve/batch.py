@@ -43,6 +43,8 @@ class BatchRun:
     def __post_init__(self) -> None:
         if self.pipe.job.key != KEY:
             raise UsageError("lm-batch's --resume knows lines by custom_id")
+        if self.server and self.scheduler.chat_template is not None:
+            raise UsageError("--chat-template applies in this process (drop --server)")
 
 
 def problem(item: Item, code: str, message: str) -> Item:
@@ -129,7 +131,8 @@ def warm_server(r: BatchRun) -> Any:
     names no model must get the same model there as here (lmpipe.backends.warm)."""
     from ..backends import warm
 
-    return warm.find(warm.holds(r.scheduler.model.ref().id, r.scheduler.model, r.scheduler.decoding), default=True)
+    return warm.find(warm.holds(r.scheduler.model.ref().id, r.scheduler.model, r.scheduler.decoding,
+                                r.scheduler.chat_template), default=True)
 
 
 def run(r: BatchRun) -> int:

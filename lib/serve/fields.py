@@ -3,7 +3,7 @@
 Every endpoint of lm-serve (lmpipe.serve.app's, and any added beside them) reads its JSON body
 with `read_body` and passes it to `check_fields` with the names it implements, before it reads
 one of them; values are read with `typed`. A field no endpoint implements is refused by name,
-never quietly dropped (OpenAI's `logit_bias`, `suffix`, `best_of`, ...), except the true no-ops
+never quietly dropped (OpenAI's `suffix`, `best_of`, ...), except the true no-ops
 of NO_OPS, which change nothing an answer could show. A field sent as null is as absent, as
 OpenAI's API and vLLM's protocol (vllm/entrypoints/openai/protocol.py) take it.
 """
@@ -24,11 +24,12 @@ NO_OPS = {
 # Fields of both text endpoints (sampling, structured output, lmpipe's extensions).
 GENERATION = frozenset({
     "model", "stream", "stream_options", "n", "seed", "stop", "max_tokens",
-    "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
-    "logprobs", "response_format", "tools", "tool_choice",
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "logit_bias", "logprobs", "response_format", "tools", "tool_choice",
     "regex", "choice", "prefix",  # lmpipe's extensions
 })
-CHAT = GENERATION | {"messages", "max_completion_tokens", "top_logprobs"}
+CHAT = GENERATION | {"messages", "max_completion_tokens", "top_logprobs",
+                     "chat_template_kwargs", "reasoning_effort", "include_reasoning"}  # vLLM's
 COMPLETIONS = GENERATION | {"prompt", "echo"}
 EMBEDDINGS = frozenset({"model", "input", "encoding_format", "dimensions"})
 # vLLM's /tokenize (its text and chat forms) and /detokenize (vllm/entrypoints/openai/protocol.py).

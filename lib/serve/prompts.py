@@ -9,11 +9,12 @@ each, are checked before any is decoded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..chat.prompts import PromptSettings, messages_of, prompt_ids
+from ..chat.prompts import PromptSettings, effective_template, messages_of, prompt_ids
+from ..chat.reasoning import opens_thinking
 from ..errors import RecordError, UsageError
 from ..vision.images import DEFAULT_MAX_PIXELS, ref_kind
 from .fields import BadRequest
@@ -25,6 +26,7 @@ class Prompt:
     ids: list[int]
     text: str  # what `echo` gives back: the prompt as sent (token ids decoded)
     inputs: Any = None  # a vision-language model's ImagePrompt (lmpipe.engine.multimodal): its images
+    thinking: bool = False  # its chat template opened a think block: the answer starts as reasoning
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def image_urls(messages: Any) -> list[tuple[str, str]]:
     return found
 
 
-def vision_chat_prompt(rules: ImageRules, body: dict[str, Any], asked: Asked) -> Prompt:
+def vision_chat_prompt(rules: ImageRules, body: dict[str, Any], asked: Asked, template: PromptSettings) -> Prompt:
     from ..backends.vision_prompts import ImageSource, vision_prompt
 
     messages = body.get("messages")
@@ -103,7 +105,7 @@ def vision_chat_prompt(rules: ImageRules, body: dict[str, Any], asked: Asked) ->
         if kind == "path" and not policy.allows(url.strip()):
             raise BadRequest(OUTSIDE.format(where=where), "invalid_image_url")
     try:
-        image = vision_prompt({"messages": messages}, rules.processor, PromptSettings(prefix=asked.prefix),
+        image = vision_prompt({"messages": messages}, rules.processor, replace(template, prefix=asked.prefix),
                               ImageSource(max_pixels=policy.max_pixels, allow_paths=policy.local_dir is not None),
                               asked.plan.tools)
     except RecordError as exc:
@@ -141,16 +143,19 @@ def plain_messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def chat_prompt(tokenizer: Any, body: dict[str, Any], asked: Asked, images: ImageRules | None = None) -> Prompt:
-    """`images`: the model takes images (every chat prompt then goes through its processor)."""
+def chat_prompt(tokenizer: Any, body: dict[str, Any], asked: Asked, images: ImageRules | None = None,
+                template: PromptSettings = PromptSettings()) -> Prompt:
+    """`images`: the model takes images (every chat prompt then goes through its processor).
+    `template`: how the chat template renders (lm-serve's --chat-template, the request's
+    chat_template_kwargs and reasoning_effort)."""
     if images is not None:
-        return vision_chat_prompt(images, body, asked)
+        return vision_chat_prompt(images, body, asked, template)
     messages = plain_messages(body.get("messages"))
     tools = asked.plan.tools
     try:
-        if tokenizer.chat_template is not None:
-            ids = prompt_ids({"messages": messages}, tokenizer, PromptSettings(prefix=asked.prefix), tools)
-            return Prompt(ids, "")
+        if effective_template(tokenizer, template) is not None:
+            ids = prompt_ids({"messages": messages}, tokenizer, replace(template, prefix=asked.prefix), tools)
+            return Prompt(ids, "", thinking=not asked.prefix and opens_thinking(tokenizer.decode(ids[-8:])))
         # No chat template: the tools' own rule, an optional system line and one user text.
         messages_of({"messages": messages}, PromptSettings())
         roles = [m["role"] for m in messages]

@@ -60,6 +60,9 @@ class ModelRoster:
 
     def __post_init__(self) -> None:
         for settings in self.settings.models:
+            if settings.name is not None:  # a LoRA adapter on a served model, known by its own name only
+                self._add(settings)
+                continue
             ref = settings.model.ref()
             if ref.id not in self.schedulers:
                 self._add(settings)
@@ -72,7 +75,7 @@ class ModelRoster:
     def _add(self, settings: SchedulerSettings) -> Scheduler:
         scheduler = Scheduler(settings, self.notify, self._gate)
         self.schedulers[scheduler.model_id] = scheduler
-        for name in (scheduler.model_id, scheduler.ref.name):
+        for name in (scheduler.model_id,) if settings.name else (scheduler.model_id, scheduler.ref.name):
             self.names.setdefault(name, scheduler.model_id)
         return scheduler
 

@@ -91,8 +91,8 @@ def run(r: ServeRun) -> int:
     local = "127.0.0.1" if r.host in ("0.0.0.0", "") else "[::1]" if r.host == "::" else r.host
     url = f"http://{local}:{port}"
     token = warm.new_token()
-    entry = warm.register(url, [warm.holds(s.model_id, s.settings.model, s.settings.decoding) for s in roster.all()],
-                          token)
+    entry = warm.register(url, [warm.holds(s.model_id, s.settings.model, s.settings.decoding, s.settings.chat_template)
+                                for s in roster.all()], token)
     say("lm-serve", f"serving {', '.join(s.model_id for s in roster.all())} on http://{r.host}:{port}/v1 "
                     f"({threads} torch thread{'s' if threads > 1 else ''})")
 

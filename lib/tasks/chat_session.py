@@ -30,7 +30,7 @@ TOOL = "lm-chat"
 HELP = """\
 Commands:
   /system TEXT     set the system prompt for the next turns (/system alone shows it)
-  /set NAME VALUE  set a sampling setting: temperature, top_p, top_k, repetition_penalty,
+  /set NAME VALUE  set a sampling setting: temperature, top_p, top_k, min_p, repetition_penalty,
                    seed, max_new_tokens, stop (/set alone shows them)
   /save FILE       write the conversation as one JSONL record {"messages": [...]} (lm-generate reads it)
   /load FILE       continue a saved conversation (lm-chat's /save, lm-dash's Ctrl-S, an lm-generate record)
@@ -41,7 +41,7 @@ Write \"\"\" to begin and end a message of several lines. Ctrl-C stops a reply; 
 
 # What /set may change: Sampling's fields, each with the type its value is read as.
 SETTABLE: dict[str, type] = {
-    "temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float,
+    "temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float,
     "seed": int, "max_new_tokens": int, "stop": str,
 }
 
@@ -222,7 +222,10 @@ def open_session(r: ChatRun) -> ChatSession:
     if r.system:
         conversation.system = r.system
     server, key, name = (r.server if not r.no_server else None), r.api_key, r.model.model
-    if server is None and not r.no_server:  # a running lm-serve holding this model, as lm-generate finds it
+    in_process = r.settings.prompt.chat_template is not None or r.settings.sampling.reasoning_budget is not None
+    if r.model.adapters and server:
+        raise UsageError("--adapter applies in-process (drop --server, or serve it with lm-serve --lora)")
+    if server is None and not r.no_server and not in_process:  # a running lm-serve holding this model, as lm-generate finds it
         from ..backends import warm
         from ..records.pipe import say
 

@@ -34,6 +34,8 @@ class GenerateRun:
     def __post_init__(self) -> None:
         if self.stream and self.server:
             raise UsageError("--stream needs in-process generation (drop --server)")
+        if self.model.adapters and self.server:
+            raise UsageError("--adapter applies in-process (drop --server, or serve it with lm-serve --lora)")
 
 
 def stream_event(item: Item, t: Token) -> dict[str, Any]:
@@ -55,7 +57,9 @@ def warm_server(r: GenerateRun) -> WarmServer | None:
     there is none, or when the run asks for what only in-process generation does."""
     from ..backends import warm
 
-    if r.stream or r.settings.top_probs:
+    in_process_only = (r.stream, r.settings.top_probs, r.settings.prompt.chat_template is not None,
+                       r.settings.sampling.reasoning_budget is not None)
+    if any(in_process_only):
         return None
     model_id = r.model.ref().id
     found = warm.find(warm.holds(model_id, r.model, r.settings.decoding))

@@ -77,10 +77,12 @@ class ChatScreen(TypingBox, Screen):
         Binding("escape", "stop", "Stop"),
     ]
 
-    def __init__(self, engine: ModelPool, model: str = "smollm2"):
+    def __init__(self, engine: ModelPool, model: str = "smollm2", defaults: ChatSettings = ChatSettings()):
+        """`defaults`: the command line's template and thinking settings, kept for every turn."""
         super().__init__()
         self.engine = engine
         self.model = model
+        self.defaults = defaults
         self.conversation = Conversation()
         self.replying: Turn | None = None
         self.image: str | None = None  # attached by `/image PATH`, sent with the next message
@@ -119,6 +121,8 @@ class ChatScreen(TypingBox, Screen):
             system=self.query_one("#chat-system", Input).value.strip(),
             temperature=max(0.0, number("#chat-temperature", 0.0)),
             max_new_tokens=max(1, int(number("#chat-max", 256))),
+            template=self.defaults.template,
+            reasoning_budget=self.defaults.reasoning_budget,
         )
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

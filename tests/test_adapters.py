@@ -1,0 +1,146 @@
+"""LoRA adapters in PEFT's format, made by peft here: merged at load, the fast path's tokens and
+log-probabilities equal PeftModel's on transformers (float32), through lm-generate and lm-serve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+
+from conftest import jsonl, run_tool
+from lmpipe.engine.events import Completion
+from lmpipe.engine.generation import generate
+from lmpipe.engine.sampling import Sampling
+from lmpipe.errors import UsageError
+from lmpipe.models.adapters import Adapter
+from lmpipe.models.loading import ModelSettings, load
+from serve_helpers import Server
+
+PROMPT = "The quick brown fox"
+N = 8
+
+
+def make_adapter(base: Path, folder: Path, seed: int, hidden: int | None = None) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                        init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # updates large enough to change the greedy tokens of a random model
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.mul_(4.0)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llama, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return make_adapter(tiny_llama, root / "one", 1), make_adapter(tiny_llama, root / "two", 2)
+
+
+def peft_reference(base: Path, adapter: Path | None, ids: list[int], scale: float = 1.0):
+    """Greedy tokens and each one's log-probability from PeftModel on transformers (float32)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter).eval()
+        if scale != 1.0:
+            from peft.tuners.lora import LoraLayer
+
+            for module in model.modules():
+                if isinstance(module, LoraLayer):
+                    module.set_scale("default", scale)
+    out, logprobs = [], []
+    for _ in range(N):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1].float()
+        lp = torch.log_softmax(logits, dim=-1)
+        token = int(lp.argmax())
+        out.append(token)
+        logprobs.append(float(lp[token]))
+    return out, logprobs
+
+
+def lmpipe_greedy(lm, ids: list[int]) -> tuple[list[int], list[float]]:
+    done = [e for e in generate(lm.model, lm.tokenizer, [ids], Sampling(max_new_tokens=N), top_probs=1,
+                                device=lm.device) if isinstance(e, Completion)][0]
+    tokens = [*done.tokens, *((done.end,) if done.end is not None else ())]
+    return [t.id for t in tokens], [t.logprob for t in tokens]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_fast_path_equals_peft_model(tiny_llama, adapters, scale):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tiny_llama)(PROMPT).input_ids
+    lm = load(ModelSettings(str(tiny_llama), adapters=(Adapter(str(adapters[0]), scale),)))
+    expected, expected_lp = peft_reference(tiny_llama, adapters[0], ids, scale)
+    got, got_lp = lmpipe_greedy(lm, ids)
+    assert got == expected[:len(got)] and len(got) >= 1
+    for a, b in zip(got_lp, expected_lp[:len(got)]):
+        assert abs(a - b) < 1e-4
+    base = lmpipe_greedy(load(ModelSettings(str(tiny_llama))), ids)[0]
+    assert base == peft_reference(tiny_llama, None, ids)[0][:len(base)] and base != got  # the adapter changed them
+
+
+def test_lm_generate_adapter_and_manifest(tiny_llama, adapters):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    done = run_tool("lm-generate", "-m", str(tiny_llama), "--raw", "-n", str(N), "--top-probs", "1",
+                    "--adapter", f"{adapters[1]}:1.0", "--no-server", input=PROMPT + "\n")
+    assert done.returncode == 0, done.stderr.decode()
+    record = jsonl(done.stdout)[0]
+    expected = peft_reference(tiny_llama, adapters[1], tok(PROMPT).input_ids)[0]
+    assert [t["id"] for t in record["tokens"]] == expected[:len(record["tokens"])]
+    [part] = record["manifest"]["adapters"]
+    assert part["path"] == str(adapters[1].resolve()) and part["scale"] == 1.0 and len(part["sha256"]) == 64
+
+
+def test_a_missing_or_mismatched_adapter_is_one_line(tiny_llama, adapters, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = run_tool("lm-generate", "-m", str(tiny_llama), "--adapter", str(empty), input=PROMPT + "\n")
+    assert missing.returncode == 2 and missing.stdout == b""
+    assert missing.stderr.decode().strip() == (f"lm-generate: error: --adapter {empty}: no adapter_config.json there "
+                                              "(a PEFT adapter folder)")
+    wrong = tmp_path / "wrong"
+    shutil.copytree(adapters[0], wrong)
+    config = json.loads((wrong / "adapter_config.json").read_text())
+    (wrong / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["w_nowhere"]}))
+    with pytest.raises(UsageError) as caught:
+        load(ModelSettings(str(tiny_llama), adapters=(Adapter(str(wrong)),)))
+    assert str(caught.value).startswith(f"--adapter {wrong}: does not fit this model: ")
+    assert "\n" not in str(caught.value) and "w_nowhere" in str(caught.value)
+
+
+def test_lm_serve_lora_by_name(tiny_llama, adapters):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = tok(PROMPT).input_ids
+    server = Server(tiny_llama, "--lora", f"one={adapters[0]}", "--lora", f"two={adapters[1]}:2.5")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        listed = {m.id: m for m in client.models.list().data}
+        base_id = str(tiny_llama)
+        assert listed["one"].parent == base_id and listed["two"].parent == base_id
+        assert listed["one"].root == str(adapters[0])
+        for name, adapter, scale in (("one", adapters[0], 1.0), ("two", adapters[1], 2.5), (base_id, None, 1.0)):
+            answer = client.completions.create(model=name, prompt=ids, max_tokens=N, temperature=0, logprobs=0)
+            expected = peft_reference(tiny_llama, adapter, ids, scale)[0]
+            got = answer.choices[0].logprobs.tokens
+            assert got == [tok.decode([t]) for t in expected[:len(got)]] and got
+    finally:
+        server.stop()
