@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .backends.generate import stats
 from .chat.prompts import PromptSettings, prompt_ids
-from .engine.decoding import Decoding
+from .engine.decoding import Decoding, settled
 from .engine.generation import Completion, Event, Token, generate
 from .engine.sampling import Sampling
 from .errors import RecordError
@@ -38,7 +38,7 @@ class Model:
 
     def __init__(self, lm: LoadedModel, decoding: Decoding = Decoding()):
         self.lm = lm
-        self.decoding = decoding
+        self.decoding = settled(decoding, lm.model)
         self.context = context_length(lm)
 
     @property
@@ -74,7 +74,7 @@ class Model:
 
 
 def load(model: str | None = None, *, device: str = "auto", dtype: str = "auto", attention: str | None = None,
-         quantize: str | None = None, cache: str = "fast", compile: bool = False) -> Model:
+         quantize: str | None = None, cache: str = "auto", compile: bool = False) -> Model:
     """Load a model as the tools' --model, --device, --dtype, --attention, --quantize, --cache and
     --compile would (None: the embedded default, smollm2)."""
     from .models.loading import load as load_model

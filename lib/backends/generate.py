@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from ..chat.answers import Plan, answer_fields, plan_for
 from ..chat.prompts import PromptSettings, prompt_ids
 from ..engine.constrain import Constraint, model_ll_tokenizer, row_constraints
-from ..engine.decoding import Decoding
+from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token
 from ..engine.generation import generate
 from ..engine.sampling import Sampling
@@ -111,15 +111,17 @@ class GenerateTask:
 
             check_vision_decoding(settings.decoding)
         self.lm = lm
-        self.settings = replace(settings, sampling=settings.sampling.with_seed())
+        self.settings = replace(settings, sampling=settings.sampling.with_seed(),
+                                decoding=settled(settings.decoding, lm.model))
         self.context = context_length(lm)
         if draft is not None:
             check_draft(lm.model, draft.model, lm.tokenizer, draft.tokenizer, self.settings.sampling)
             self.draft: LoadedModel | None = draft
         else:
             self.draft = load_draft(settings.decoding, lm, self.settings.sampling)
-        self.manifest = manifest(lm.identity, {**run_settings(self.settings), **manifest_part(settings.decoding, self.draft)},
-                                 lm.device, lm.dtype)
+        ran = {"cache": self.settings.decoding.cache, "compile": self.settings.decoding.compile}
+        self.manifest = manifest(lm.identity, {**run_settings(self.settings), **ran,
+                                               **manifest_part(settings.decoding, self.draft)}, lm.device, lm.dtype)
         if settings.constraint is not None:
             model_ll_tokenizer(lm.model, lm.tokenizer)  # built now, so a problem shows before any record is read
 

@@ -145,9 +145,10 @@ def speed_options(f: Callable) -> Callable:
                      help="Weight-only quantization of the linear layers (CPU): int8 per channel, within "
                           "~1e-4 of float32 per layer; int4 in groups of 32 (a Q4_0/Q4_1 GGUF's own blocks) "
                           "with an int8 output head."),
-        click.option("--cache", type=click.Choice(["fast", "dynamic", "static"]), default="fast", show_default=True,
-                     envvar="LMPIPE_CACHE",
-                     help="fast: lmpipe's own forward, cache allocated once (Llama family; others use dynamic); "
+        click.option("--cache", type=click.Choice(["auto", "fast", "dynamic", "static"]), default="auto",
+                     show_default=True, envvar="LMPIPE_CACHE",
+                     help="fast: lmpipe's own forward, cache allocated once (the families the README lists); "
+                          "auto: fast where it can run, else dynamic (said on stderr); "
                           "dynamic or static: transformers' forward with a growing or preallocated cache."),
         click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
                      help="torch.compile the per-token step (fast or static cache; the first batch of each shape compiles, about a minute on a CPU)."),

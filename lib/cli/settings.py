@@ -51,7 +51,7 @@ def decoding(o: Options) -> "Decoding":
     """The Decoding the speed and draft options ask for (tools without draft options get none)."""
     from ..engine.decoding import Decoding
 
-    return Decoding(o.get("cache") or "fast", bool(o.get("compile")), o.get("draft_model"),
+    return Decoding(o.get("cache") or "auto", bool(o.get("compile")), o.get("draft_model"),
                     o.get("draft_quantize"), o.get("draft_tokens") or 4)
 
 

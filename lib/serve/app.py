@@ -216,6 +216,8 @@ def lmpipe_part(engine: Scheduler, c: Completion, sampling: Sampling) -> dict[st
         "sampling": sampling.manifest(),
         "device": lm.device if lm else None,
         "dtype": lm.dtype if lm else None,
+        "cache": engine.decoding.cache,
+        "compile": engine.decoding.compile,
         "versions": versions(),
     }
 
@@ -313,7 +315,8 @@ def answered_record(engine: Scheduler, heard: Heard, prepared: PreparedRequest, 
         record["stats"] = part["stats"]
         record["usage"] = usage(prepared, done)
         record["manifest"] = {**part["identity"], "sampling": part["sampling"], "device": part["device"],
-                              "dtype": part["dtype"], "versions": part["versions"]}
+                              "dtype": part["dtype"], "cache": part["cache"], "compile": part["compile"],
+                              "versions": part["versions"]}
     else:
         record["manifest"] = {"model": engine.model_id}
     return record
