@@ -108,3 +108,57 @@ def test_cache_auto_falls_back_and_says_so_once_and_cache_fast_is_refused(tiny_g
     refused = CliRunner().invoke(main, [*run, "--cache", "fast"], input="one\n", catch_exceptions=False)
     assert refused.exit_code == 2 and refused.stdout == ""
     assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "--cache fast: the fast path knows" in refused.stderr
+
+
+def test_rows_joining_a_running_batch_keep_transformers_tokens(family):
+    """lm-serve's engine: a row joins while the long one (past the window) decodes; both give
+    transformers' tokens."""
+    import threading
+    import time
+
+    from lmpipe.engine.events import Completion
+    from lmpipe.engine.sampling import Sampling
+    from lmpipe.engine.scheduler import GenerationRequest, Scheduler, SchedulerSettings
+    from lmpipe.models.loading import ModelSettings
+
+    _, folder = family
+    model, tokenizer = load(folder)
+    expected = [reference(model, tokenizer, [p], n)[0] for p, n in ((PROMPTS[1], 40), (PROMPTS[0], 6))]
+    engine = Scheduler(SchedulerSettings(model=ModelSettings(str(folder)), max_batch=4))
+    try:
+        runs = []
+        for prompt, n in ((PROMPTS[1], 40), (PROMPTS[0], 6)):
+            events, done = [], threading.Event()
+
+            def emit(event, events=events, done=done):
+                events.append(event)
+                if isinstance(event, (Completion, Exception)):
+                    done.set()
+
+            engine.submit(GenerationRequest(tokenizer(prompt).input_ids, Sampling(max_new_tokens=n), emit))
+            runs.append((events, done))
+            deadline = time.monotonic() + 60
+            while len(events) < 4 and not done.is_set() and time.monotonic() < deadline:  # the long one decodes
+                time.sleep(0.01)
+        got = []
+        for events, done in runs:
+            assert done.wait(120)
+            got.append(list(events[-1].ids))
+        assert engine.decoding.cache == "fast"
+    finally:
+        engine.close()
+    for row_expected, row_got in zip(expected, got, strict=True):
+        assert row_got and row_got == row_expected[: len(row_got)]
+
+
+# Each compiles its step (tens of seconds on a CPU): the families whose pieces change the compiled
+# step's attention (Granite's scale, Gemma 2's soft-cap and window, Gemma 3's per-type rope and
+# q/k norms, Phi-3's partial rotary and window).
+@pytest.mark.parametrize("name", ["granite", "gemma2", "gemma3_text", "phi3"])
+def test_compiled_step_gives_transformers_tokens(name, tmp_path):
+    folder = build_tiny_family(tmp_path, name, **FAMILIES[name])
+    model, tokenizer = load(folder)
+    expected = reference(model, tokenizer, PROMPTS, 12)
+    got = ours(model, tokenizer, PROMPTS, 12, Decoding("fast", compile=True))
+    for row_expected, row_got in zip(expected, got, strict=True):
+        assert row_got and row_got == row_expected[: len(row_got)]
