@@ -7,7 +7,8 @@ import sys
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import draft_options, model_options, sampling_options, server_option, speed_options
+from lmpipe.cli.options import (context_options, draft_options, model_options, sampling_options, server_option,
+                                speed_options)
 from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
@@ -26,6 +27,7 @@ FIELDS_WRITTEN = {
 @model_options
 @sampling_options
 @speed_options
+@context_options()
 @draft_options
 @server_option
 @click.option("-s", "--system", default=None, help="System prompt to start with (/system changes it).")

@@ -74,12 +74,13 @@ class Model:
 
 
 def load(model: str | None = None, *, device: str = "auto", dtype: str = "auto", attention: str | None = None,
-         quantize: str | None = None, cache: str = "auto", compile: bool = False) -> Model:
-    """Load a model as the tools' --model, --device, --dtype, --attention, --quantize, --cache and
-    --compile would (None: the embedded default, smollm2)."""
+         quantize: str | None = None, cache: str = "auto", compile: bool = False, ctx_size: int | None = None,
+         rope_scaling: str | None = None, rope_factor: float | None = None) -> Model:
+    """Load a model as the tools' --model, --device, --dtype, --attention, --quantize, --cache,
+    --compile, --ctx-size, --rope-scaling and --rope-factor would (None: the embedded default, smollm2)."""
     from .models.loading import load as load_model
 
-    settings = ModelSettings(model, device, dtype, attention, quantize)
+    settings = ModelSettings(model, device, dtype, attention, quantize, ctx_size, rope_scaling, rope_factor)
     return Model(load_model(settings), Decoding(cache, compile))
 
 

@@ -155,6 +155,23 @@ def speed_options(f: Callable) -> Callable:
     )(f)
 
 
+def context_options(*aliases: str) -> Callable:
+    """--ctx-size (and `aliases`: lm-serve's --max-model-len, as vLLM spells it), --rope-scaling,
+    --rope-factor: the context a sequence may hold (lmpipe.models.loading.ModelSettings)."""
+    return _stack(
+        click.option("--ctx-size", *aliases, "ctx_size", type=click.IntRange(min=2), default=None,
+                     envvar="LMPIPE_CTX_SIZE", metavar="N",
+                     help="Tokens a sequence may hold, prompt and answer (default: the model's trained context). "
+                          "A longer prompt is an error; the answer stops at the context (finish_reason length). "
+                          "Past the trained context only with --rope-scaling."),
+        click.option("--rope-scaling", type=click.Choice(["linear", "yarn", "dynamic"]), default=None,
+                     envvar="LMPIPE_ROPE_SCALING",
+                     help="Override the model's rope scaling (with --rope-factor), to stretch its context."),
+        click.option("--rope-factor", type=float, default=None, envvar="LMPIPE_ROPE_FACTOR", metavar="F",
+                     help="How many times the trained context --rope-scaling stretches the positions."),
+    )
+
+
 def draft_options(f: Callable) -> Callable:
     """--draft-model, --draft-quantize, --draft-tokens: speculative decoding (lmpipe.engine.speculative)."""
     return _stack(

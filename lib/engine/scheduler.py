@@ -139,8 +139,8 @@ class Scheduler:
 
     @property
     def max_model_len(self) -> int | None:
-        """The model's context, once it has been loaded (None before)."""
-        return self._context
+        """The model's context: --max-model-len when given, else the config's once loaded (None before)."""
+        return self.settings.model.ctx_size or self._context
 
     def context_length(self) -> int | None:
         from ..models.loading import context_length

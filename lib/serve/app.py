@@ -180,7 +180,8 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     rows = []
     for prompt in prompts:
         if context and len(prompt.ids) >= context:
-            raise BadRequest(f"prompt is {len(prompt.ids)} tokens; the model's context is {context}",
+            raise BadRequest(f"This model's maximum context length is {context} tokens. However, you requested "  # vLLM's words
+                             f"{len(prompt.ids)} tokens in the messages, Please reduce the length of the messages.",
                              "context_length_exceeded")
         rows.append(replace(sampling, max_new_tokens=min(limit, context - len(prompt.ids))) if context else sampling)
     return engine, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat)
