@@ -162,3 +162,17 @@ def test_compiled_step_gives_transformers_tokens(name, tmp_path):
     got = ours(model, tokenizer, PROMPTS, 12, Decoding("fast", compile=True))
     for row_expected, row_got in zip(expected, got, strict=True):
         assert row_got and row_got == row_expected[: len(row_got)]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_layers_give_the_tokens_of_transformers_forward_over_the_same_layers(family, mode):
+    """Quantized in memory (lmpipe.models.quantize): the fast path against transformers' own
+    forward over the same quantized layers (a quantized model promises no identity with float32)."""
+    from lmpipe.models.quantize import quantize
+
+    _, folder = family
+    model, tokenizer = load(folder)
+    quantize(model, mode)
+    expected = ours(model, tokenizer, PROMPTS, 12, Decoding("dynamic"))
+    got = ours(model, tokenizer, PROMPTS, 12, Decoding("fast"))
+    assert got == expected and all(got)
