@@ -9,7 +9,7 @@ unless `raw`) or a list of chat messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from .backends.generate import stats
@@ -60,10 +60,8 @@ class Model:
         ids = self.prompt_ids(prompt, system, raw)
         sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
                             max_new_tokens=max_new_tokens, seed=seed, stop=tuple(stop)).with_seed()
-        if self.context:
-            sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, self.context - len(ids)))
         yield from generate(self.lm.model, self.lm.tokenizer, [ids], sampling, top_probs=top_probs,
-                            device=self.lm.device, decoding=self.decoding)
+                            device=self.lm.device, decoding=self.decoding, context=self.context)
 
     def complete(self, prompt: Prompt, **settings: Any) -> Result:
         """The finished generation for `prompt`; takes generate()'s settings."""

@@ -38,6 +38,15 @@ def test_ctx_size_refuses_a_prompt_one_token_over_and_clamps_the_answer(tiny_lla
     assert record["manifest"]["ctx_size"] == n + 3
 
 
+def test_each_row_of_a_batch_is_clamped_to_its_own_room(tiny_llama_raw):
+    n = prompt_length(tiny_llama_raw)
+    result = generate(tiny_llama_raw, "--ctx-size", str(n + 3), "-b", "2", "-n", "8", text=TEXT + "\nParis")
+    assert result.exit_code == 0, result.output
+    long, short = (orjson.loads(line)["stats"] for line in result.stdout.splitlines())
+    assert (long["output_tokens"], long["finish_reason"]) == (3, "length")
+    assert short["output_tokens"] > 3  # not the long row's room
+
+
 def test_the_python_api_takes_ctx_size(tiny_llama_raw):
     from lmpipe.errors import RecordError
 

@@ -107,7 +107,8 @@ def test_cache_auto_falls_back_and_says_so_once_and_cache_fast_is_refused(tiny_g
     assert [r["manifest"]["cache"] for r in records] == ["dynamic", "dynamic"]
     refused = CliRunner().invoke(main, [*run, "--cache", "fast"], input="one\n", catch_exceptions=False)
     assert refused.exit_code == 2 and refused.stdout == ""
-    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "--cache fast: the fast path knows" in refused.stderr
+    message = refused.stderr.strip()
+    assert message.splitlines() == [message] and "--cache fast: the fast path knows" in message
 
 
 def test_rows_joining_a_running_batch_keep_transformers_tokens(family):

@@ -159,15 +159,11 @@ class GenerateTask:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
         if not ready:
             return
-        sampling = self.settings.sampling
-        if self.context:
-            room = self.context - max(len(ids) for _, ids in ready)
-            sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room))
         events = generate(
             self.lm.model,
             self.lm.tokenizer,
             [ids for _, ids in ready],
-            sampling,
+            self.settings.sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
             constraints=[row_constraints(self.lm.model, self.lm.tokenizer, p.grammar) for p in plans],
@@ -175,6 +171,7 @@ class GenerateTask:
             draft=self.draft.model if self.draft else None,
             inputs=images if self.lm.processor is not None else (),
             processor=self.lm.processor,
+            context=self.context,
         )
         finished: set[int] = set()
         try:

@@ -393,7 +393,8 @@ def _attention(fast: FastModel, mask, windowed=None) -> Callable:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=layer.scale)
         if t == 1:
             packed = q.reshape(b, heads // groups, groups, dim)
-            return F.scaled_dot_product_attention(packed, k, v, attn_mask=m, scale=layer.scale).reshape(b, heads, 1, dim)
+            out = F.scaled_dot_product_attention(packed, k, v, attn_mask=m, scale=layer.scale)
+            return out.reshape(b, heads, 1, dim)
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=layer.scale)
 
@@ -483,7 +484,8 @@ def _prefill_pass(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start
     cache.fill[rows] = end
     cache.position[rows] = start + mask.long().sum(-1)
     with torch.no_grad():
-        return fast.forward(ids, positions, cache, rows, slice(start, end), _attention(fast, attn_mask, windowed), every)
+        attend = _attention(fast, attn_mask, windowed)
+        return fast.forward(ids, positions, cache, rows, slice(start, end), attend, every)
 
 
 def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False):

@@ -180,7 +180,8 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     rows = []
     for prompt in prompts:
         if context and len(prompt.ids) >= context:
-            raise BadRequest(f"This model's maximum context length is {context} tokens. However, you requested "  # vLLM's words
+            # vLLM's words, so clients that read them (to trim and retry) read ours
+            raise BadRequest(f"This model's maximum context length is {context} tokens. However, you requested "
                              f"{len(prompt.ids)} tokens in the messages, Please reduce the length of the messages.",
                              "context_length_exceeded")
         rows.append(replace(sampling, max_new_tokens=min(limit, context - len(prompt.ids))) if context else sampling)
