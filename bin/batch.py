@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import batch_option, job_options, model_options, progress_option, server_option, speed_options
-
+from lmpipe.cli.options import (batch_option, context_options, job_options, model_options, progress_option,
+                                server_option, speed_options)
 FIELDS_READ = {
     "custom_id": "What the line is known by: in the output, and by --resume. Unique in the file.",
     "method": "POST.",
@@ -27,6 +27,7 @@ FIELDS_WRITTEN = {
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
 @speed_options
+@context_options()
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="In-process: requests decoding together, as lm-serve's --max-batch.")
 @batch_option

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import draft_options, model_options, speed_options
+from lmpipe.cli.options import context_options, draft_options, model_options, speed_options
 from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ: dict[str, str] = {}
@@ -46,6 +46,7 @@ FIELDS_WRITTEN = {
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
 @speed_options
+@context_options()
 @draft_options
 @click.option("-p", "--prompt-tokens", type=int, default=64, show_default=True, help="Prompt length in tokens.")
 @click.option("-g", "--gen-tokens", type=int, default=32, show_default=True, help="New tokens per sequence.")

@@ -7,8 +7,8 @@ import sys
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (adapter_option, draft_options, model_options, sampling_options, server_option, speed_options,
-                                template_options)
+from lmpipe.cli.options import (adapter_option, context_options, draft_options, model_options, sampling_options,
+                                server_option, speed_options, template_options)
 from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {
@@ -29,6 +29,7 @@ FIELDS_WRITTEN = {
 @sampling_options
 @template_options
 @speed_options
+@context_options()
 @draft_options
 @server_option
 @click.option("-s", "--system", default=None, help="System prompt to start with (/system changes it).")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (adapter_option, batch_option, draft_options, field_options, given_on_command_line, job_options,
-                                model_options, progress_option, remote_options, sampling_options, server_option,
-                                speed_options, template_options)
+from lmpipe.cli.options import (adapter_option, batch_option, context_options, draft_options, field_options,
+                                given_on_command_line, job_options, model_options, progress_option, remote_options,
+                                sampling_options, server_option, speed_options, template_options)
 from lmpipe.records.pipe import stdout_is_tty
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
@@ -52,6 +52,7 @@ FIELDS_WRITTEN = {
 @progress_option
 @job_options
 @speed_options
+@context_options()
 @draft_options
 @server_option
 @remote_options

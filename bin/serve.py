@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import served_models_options, speed_options
+from lmpipe.cli.options import context_options, served_models_options, speed_options
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ: dict[str, str] = {}
@@ -27,6 +27,7 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @served_models_options
 @speed_options
+@context_options("--max-model-len")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="LMPIPE_HOST",
               help="Address to listen on (127.0.0.1: this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="LMPIPE_PORT")

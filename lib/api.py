@@ -9,12 +9,12 @@ unless `raw`) or a list of chat messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from .backends.generate import stats
 from .chat.prompts import PromptSettings, prompt_ids
-from .engine.decoding import Decoding
+from .engine.decoding import Decoding, settled
 from .engine.generation import Completion, Event, Token, generate
 from .engine.sampling import Sampling
 from .errors import RecordError
@@ -38,7 +38,7 @@ class Model:
 
     def __init__(self, lm: LoadedModel, decoding: Decoding = Decoding()):
         self.lm = lm
-        self.decoding = decoding
+        self.decoding = settled(decoding, lm.model)
         self.context = context_length(lm)
 
     @property
@@ -63,10 +63,8 @@ class Model:
         sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, seed=seed,
                             stop=tuple(stop), logit_bias=tuple((logit_bias or {}).items())).with_seed()
-        if self.context:
-            sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, self.context - len(ids)))
         yield from generate(self.lm.model, self.lm.tokenizer, [ids], sampling, top_probs=top_probs,
-                            device=self.lm.device, decoding=self.decoding)
+                            device=self.lm.device, decoding=self.decoding, context=self.context)
 
     def complete(self, prompt: Prompt, **settings: Any) -> Result:
         """The finished generation for `prompt`; takes generate()'s settings."""
@@ -77,12 +75,14 @@ class Model:
 
 
 def load(model: str | None = None, *, device: str = "auto", dtype: str = "auto", attention: str | None = None,
-         quantize: str | None = None, cache: str = "fast", compile: bool = False) -> Model:
-    """Load a model as the tools' --model, --device, --dtype, --attention, --quantize, --cache and
-    --compile would (None: the embedded default, smollm2)."""
+         quantize: str | None = None, cache: str = "auto", compile: bool = False, ctx_size: int | None = None,
+         rope_scaling: str | None = None, rope_factor: float | None = None) -> Model:
+    """Load a model as the tools' --model, --device, --dtype, --attention, --quantize, --cache,
+    --compile, --ctx-size, --rope-scaling and --rope-factor would (None: the embedded default, smollm2)."""
     from .models.loading import load as load_model
 
-    settings = ModelSettings(model, device, dtype, attention, quantize)
+    settings = ModelSettings(model, device, dtype, attention, quantize, ctx_size=ctx_size, rope_scaling=rope_scaling,
+                             rope_factor=rope_factor)
     return Model(load_model(settings), Decoding(cache, compile))
 
 

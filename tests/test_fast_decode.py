@@ -67,7 +67,7 @@ def test_fast_path_is_the_default_for_llama_and_falls_back_for_others(tiny_llama
     from lmpipe.models.fastpath import unsupported
 
     model, _ = load(tiny_llama_raw)
-    assert Decoding().cache == "fast" and uses_fast_path(model, Decoding())
+    assert Decoding().cache == "auto" and uses_fast_path(model, Decoding())
     assert not uses_fast_path(model, Decoding("dynamic"))
     other = type("Other", (), {"config": type("C", (), {"model_type": "gpt2"})()})()
     assert "gpt2" in unsupported(other)

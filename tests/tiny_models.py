@@ -127,8 +127,41 @@ def build_tiny_owlvit(folder: Path, seed: int = 0) -> Path:
             if name.startswith("box_head"):
                 p.mul_(0.05)
             elif "logit_scale" not in name and "norm" not in name:
-                p.add_(torch.randn_like(p) * 0.1)
+                p.add_(torch.randn_like(p) * 0.25)
     model.save_pretrained(folder)
     image_processor = OwlViTImageProcessorPil(size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64})
     OwlViTProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+# The families of lmpipe's fast path (lmpipe.models.fastpath.FAMILIES): config class and causal-LM class.
+FAMILY_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "granite": ("GraniteConfig", "GraniteForCausalLM"), "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"), "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+}
+
+
+def build_tiny_family(folder: Path, family: str, seed: int = 0, **config) -> Path:
+    """A 2-layer model of `family` with the trained tokenizer, saved to folder. Every weight (biases
+    and norms too, which start at 0 or 1) gets noise, so each family's pieces change the numbers and
+    greedy tokens vary."""
+    import torch
+    import transformers
+
+    config_class, model_class = (getattr(transformers, name) for name in FAMILY_CLASSES[family])
+    tokenizer = train_tokenizer()
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                 pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = model_class(config_class(**{**sizes, **config}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.25)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder

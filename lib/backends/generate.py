@@ -13,7 +13,7 @@ from ..chat.answers import Plan, answer_fields, plan_for
 from ..chat.prompts import PromptSettings, prompt_ids, template_manifest, with_template
 from ..chat.reasoning import OPEN, opens_thinking
 from ..engine.constrain import Constraint, model_ll_tokenizer, row_constraints
-from ..engine.decoding import Decoding
+from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token
 from ..engine.generation import generate
 from ..engine.sampling import Sampling
@@ -116,15 +116,17 @@ class GenerateTask:
         settings.sampling.check_vocabulary(lm.model.get_output_embeddings().weight.shape[0])
         template = lm.processor if lm.processor is not None else lm.tokenizer
         self.settings = replace(settings, sampling=settings.sampling.with_seed(),
-                                prompt=with_template(settings.prompt, template))
+                                prompt=with_template(settings.prompt, template),
+                                decoding=settled(settings.decoding, lm.model))
         self.context = context_length(lm)
         if draft is not None:
             check_draft(lm.model, draft.model, lm.tokenizer, draft.tokenizer, self.settings.sampling)
             self.draft: LoadedModel | None = draft
         else:
             self.draft = load_draft(settings.decoding, lm, self.settings.sampling)
-        self.manifest = manifest(lm.identity, {**run_settings(self.settings), **manifest_part(settings.decoding, self.draft)},
-                                 lm.device, lm.dtype)
+        ran = {"cache": self.settings.decoding.cache, "compile": self.settings.decoding.compile}
+        self.manifest = manifest(lm.identity, {**run_settings(self.settings), **ran,
+                                               **manifest_part(settings.decoding, self.draft)}, lm.device, lm.dtype)
         if settings.constraint is not None:
             model_ll_tokenizer(lm.model, lm.tokenizer)  # built now, so a problem shows before any record is read
 
@@ -165,15 +167,11 @@ class GenerateTask:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
         if not ready:
             return
-        sampling = self.settings.sampling
-        if self.context:
-            room = self.context - max(len(ids) for _, ids in ready)
-            sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room))
         events = generate(
             self.lm.model,
             self.lm.tokenizer,
             [ids for _, ids in ready],
-            sampling,
+            self.settings.sampling,
             top_probs=self.settings.top_probs,
             device=self.lm.device,
             constraints=[row_constraints(self.lm.model, self.lm.tokenizer, p.grammar) for p in plans],
@@ -181,6 +179,7 @@ class GenerateTask:
             draft=self.draft.model if self.draft else None,
             inputs=images if self.lm.processor is not None else (),
             processor=self.lm.processor,
+            context=self.context,
         )
         finished: set[int] = set()
         try:

@@ -397,8 +397,9 @@ class RemoteGenerateTask:
         part = a.lmpipe or {}
         if part:
             identity = part.get("identity") or {"model": a.model or self.model, "kind": "server"}
-            return {**identity, **run_settings(self.settings), "device": part.get("device"),
-                    "dtype": part.get("dtype"), "versions": part.get("versions")}
+            return {**identity, **run_settings(self.settings), "cache": part.get("cache"),
+                    "compile": part.get("compile"), "device": part.get("device"), "dtype": part.get("dtype"),
+                    "versions": part.get("versions")}
         return {"model": a.model or self.model, "kind": "server", "server": self.client.manifest(),
                 **run_settings(self.settings), "device": None, "dtype": None, "versions": {"lmpipe": __version__}}
 

@@ -181,13 +181,31 @@ def speed_options(f: Callable) -> Callable:
                      help="Weight-only quantization of the linear layers (CPU): int8 per channel, within "
                           "~1e-4 of float32 per layer; int4 in groups of 32 (a Q4_0/Q4_1 GGUF's own blocks) "
                           "with an int8 output head."),
-        click.option("--cache", type=click.Choice(["fast", "dynamic", "static"]), default="fast", show_default=True,
-                     envvar="LMPIPE_CACHE",
-                     help="fast: lmpipe's own forward, cache allocated once (Llama family; others use dynamic); "
+        click.option("--cache", type=click.Choice(["auto", "fast", "dynamic", "static"]), default="auto",
+                     show_default=True, envvar="LMPIPE_CACHE",
+                     help="fast: lmpipe's own forward, cache allocated once (the families the README lists); "
+                          "auto: fast where it can run, else dynamic (said on stderr); "
                           "dynamic or static: transformers' forward with a growing or preallocated cache."),
         click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
                      help="torch.compile the per-token step (fast or static cache; the first batch of each shape compiles, about a minute on a CPU)."),
     )(f)
+
+
+def context_options(*aliases: str) -> Callable:
+    """--ctx-size (and `aliases`: lm-serve's --max-model-len, as vLLM spells it), --rope-scaling,
+    --rope-factor: the context a sequence may hold (lmpipe.models.loading.ModelSettings)."""
+    return _stack(
+        click.option("--ctx-size", *aliases, "ctx_size", type=click.IntRange(min=2), default=None,
+                     envvar="LMPIPE_CTX_SIZE", metavar="N",
+                     help="Tokens a sequence may hold, prompt and answer (default: the model's trained context). "
+                          "A longer prompt is an error; the answer stops at the context (finish_reason length). "
+                          "Past the trained context only with --rope-scaling."),
+        click.option("--rope-scaling", type=click.Choice(["linear", "yarn", "dynamic"]), default=None,
+                     envvar="LMPIPE_ROPE_SCALING",
+                     help="Override the model's rope scaling (with --rope-factor), to stretch its context."),
+        click.option("--rope-factor", type=float, default=None, envvar="LMPIPE_ROPE_FACTOR", metavar="F",
+                     help="How many times the trained context --rope-scaling stretches the positions."),
+    )
 
 
 def draft_options(f: Callable) -> Callable:

@@ -47,14 +47,15 @@ def model_settings(o: Options) -> "ModelSettings":
     from ..models.loading import ModelSettings
 
     return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"),
-                         tuple(Adapter.parse(a) for a in o.get("adapter") or ()))
+                         adapters=tuple(Adapter.parse(a) for a in o.get("adapter") or ()), ctx_size=o.get("ctx_size"),
+                         rope_scaling=o.get("rope_scaling"), rope_factor=o.get("rope_factor"))
 
 
 def decoding(o: Options) -> "Decoding":
     """The Decoding the speed and draft options ask for (tools without draft options get none)."""
     from ..engine.decoding import Decoding
 
-    return Decoding(o.get("cache") or "fast", bool(o.get("compile")), o.get("draft_model"),
+    return Decoding(o.get("cache") or "auto", bool(o.get("compile")), o.get("draft_model"),
                     o.get("draft_quantize"), o.get("draft_tokens") or 4)
 
 

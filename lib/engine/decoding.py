@@ -2,9 +2,9 @@
 
 lmpipe.engine.loop owns the loop (pick a token, report it, stop); this module owns the two calls a
 left-padded batch makes into the model, `prefill(ids)` and `step(chosen)`, gpt-fast style when
-asked: "fast" runs lmpipe's own forward for Llama-family models (lmpipe.models.fastpath) and falls
-back to "dynamic" for others; "dynamic" grows transformers' DynamicCache per token; "static"
-allocates a StaticCache once for prompt + new tokens so every step has the same shapes, and may
+asked: "fast" runs lmpipe's own forward for the families it knows (lmpipe.models.fastpath); "auto"
+runs it where it can and falls back to "dynamic" (said once on stderr); "dynamic" grows
+transformers' DynamicCache per token; "static" allocates a StaticCache once for prompt + new tokens so every step has the same shapes, and may
 compile that step. `StaticBatch` is the loop's backend over them: a batch admitted whole (rows
 that join and leave between steps are lmpipe.engine.batching's).
 """
@@ -12,21 +12,23 @@ that join and leave between steps are lmpipe.engine.batching's).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import UsageError
 
-CACHES = ("fast", "dynamic", "static")
+CACHES = ("auto", "fast", "dynamic", "static")
 
 
 @dataclass(frozen=True)
 class Decoding:
     """How the loop drives the model, gpt-fast style when asked.
 
-    cache "fast" is lmpipe's own forward pass with a KV cache allocated once (Llama-family
-    models; others fall back to "dynamic"); "dynamic" grows transformers' KV cache token by
+    cache "fast" is lmpipe's own forward pass with a KV cache allocated once (the families of
+    lmpipe.models.fastpath; others are refused); "auto" is "fast" where it can run, else
+    "dynamic" ("static" with `compile`); "dynamic" grows transformers' KV cache token by
     token; "static" allocates transformers' StaticCache once for prompt + max_new_tokens, so
     every decode step has the same shapes; `compile` compiles the one-token step with
     torch.compile (fast or static cache; the first step of each new shape pays the compile).
@@ -36,7 +38,7 @@ class Decoding:
     (speculative decoding, greedy).
     """
 
-    cache: str = "fast"
+    cache: str = "auto"
     compile: bool = False
     draft: str | None = None  # a draft model for speculative decoding (lmpipe.engine.speculative)
     draft_quantize: str | None = None
@@ -189,7 +191,33 @@ class ImageRows:
 def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
     from ..models.fastpath import unsupported
 
-    return decoding.cache == "fast" and unsupported(model) is None
+    return decoding.cache in ("auto", "fast") and unsupported(model) is None
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def settled(decoding: Decoding, model: Any, notify: Callable[[str], None] = _stderr) -> Decoding:
+    """The Decoding that will run `model`, its cache named ("auto" decided), for the manifest.
+
+    `--cache fast` for a model the fast path cannot run is refused with the reason; "auto" falls
+    back to transformers' forward and says so once (here, where the model is loaded).
+    """
+    from ..models.fastpath import unsupported
+
+    if decoding.cache not in ("auto", "fast"):
+        return decoding
+    why = unsupported(model)
+    if why is None:
+        return replace(decoding, cache="fast")
+    if decoding.cache == "fast":
+        raise UsageError(f"--cache fast: {why}")
+    fallback = "static" if decoding.compile else "dynamic"
+    if not getattr(model, "_lmpipe_fallback_said", False):  # once per loaded model, however many tasks use it
+        notify(f"lmpipe: {why}; running transformers' forward (--cache {fallback})")
+        model._lmpipe_fallback_said = True
+    return replace(decoding, cache=fallback)
 
 
 def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding"):

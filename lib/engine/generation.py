@@ -6,6 +6,7 @@ call `generate`; lm-serve feeds the same loop request by request (lmpipe.engine.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterator, Sequence
 
 from .decoding import Decoding, uses_fast_path
@@ -62,6 +63,7 @@ def generate(
     draft: Any = None,
     inputs: Sequence[Any] = (),
     processor: Any = None,
+    context: int | None = None,
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
 
@@ -69,7 +71,8 @@ def generate(
     grammar mask; lmpipe.engine.constrain.row_constraints). `draft`: a loaded draft model; greedy,
     unconstrained rows then decode speculatively (lmpipe.engine.speculative), others as usual.
     `inputs`: per prompt, its lmpipe.engine.multimodal.ImagePrompt, for a vision-language model
-    (`processor`: its processor).
+    (`processor`: its processor). `context`: the tokens a row may hold; each row's
+    max_new_tokens is clamped to its own room (its answer then ends with finish_reason "length").
     """
     eos = eos_ids(model, tokenizer)
     events: list[Event] = []
@@ -78,8 +81,14 @@ def generate(
         from .speculative import Draft
 
         policy = Draft(draft, decoding.draft_tokens)
+
+    def room(ids: Sequence[int]) -> Sampling:
+        if context is None or sampling.max_new_tokens <= context - len(ids):
+            return sampling
+        return replace(sampling, max_new_tokens=context - len(ids))
+
     requests = [
-        Request(list(ids), sampling, events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
+        Request(list(ids), room(ids), events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
                 top_probs=top_probs, draft=policy, inputs=inputs[r] if inputs else None)
         for r, ids in enumerate(prompts)
     ]

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..models.loading import LoadedModel, ModelSettings
 from .batching import PrefixCounts
-from .decoding import Decoding
+from .decoding import Decoding, settled
 from .events import Completion, Token
 from .sampling import Sampling
 
@@ -96,6 +96,7 @@ class Scheduler:
         self.last_used = time.monotonic()
         self.prefix_counts = PrefixCounts()  # across loads: the caches go with the model
         self._context: int | None = None  # the loaded model's, once read
+        self.decoding = settings.decoding  # the way it runs ("auto" decided) once the model is loaded
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="lmpipe-engine", daemon=True)
@@ -140,8 +141,8 @@ class Scheduler:
 
     @property
     def max_model_len(self) -> int | None:
-        """The model's context, once it has been loaded (None before)."""
-        return self._context
+        """The model's context: --max-model-len when given, else the config's once loaded (None before)."""
+        return self.settings.model.ctx_size or self._context
 
     def context_length(self) -> int | None:
         from ..models.loading import context_length
@@ -202,7 +203,8 @@ class Scheduler:
                 from .loop import Loop, eos_ids, pad_id
 
                 eos = eos_ids(lm.model, lm.tokenizer)
-                backend = backend_for(lm.model, self.settings.decoding, self.settings.max_batch, lm.device,
+                self.decoding = settled(self.settings.decoding, lm.model, self.notify)
+                backend = backend_for(lm.model, self.decoding, self.settings.max_batch, lm.device,
                                       pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts),
                                       processor=lm.processor)
                 self._context = context_length(lm)

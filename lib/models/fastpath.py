@@ -1,4 +1,4 @@
-"""lmpipe's own forward pass for Llama-family decoders, gpt-fast style.
+"""lmpipe's own forward pass for decoder-only transformers, gpt-fast style.
 
 transformers' model code is general: per layer it dispatches through attention interfaces,
 mask builders and cache objects, which on a CPU costs more per token than the matmuls of a
@@ -7,6 +7,11 @@ KV cache allocated once with a row per sequence, the model's own rotary embeddin
 quantized models q/k/v and gate/up fused into one matmul each. The operations mirror transformers' Llama code (the same
 RMSNorm arithmetic, SDPA with GQA packed for one query as transformers packs it), so greedy
 float32 output stays token-identical to transformers' (tests/test_fast_decode.py checks it).
+
+Other families are Llama with a few pieces changed, as llama.cpp's graph builders share one
+skeleton: each piece is read from the model's own modules when the FastModel is built (a bias,
+q/k norms, a layer's window or scale), and the one forward runs whichever pieces are there
+(tests/test_fast_families.py checks each family token for token).
 
 Rows of the cache are independent sequences with their own lengths, so the server can admit
 a new request into a free row while the others keep decoding (continuous batching).
@@ -21,7 +26,8 @@ from typing import Any, Callable
 from .kernels import vnni as vnni_kernels
 from .quantize import lookup
 
-FAMILIES = ("llama",)  # others join once a tiny model of theirs is tested token for token
+# Each joins once a tiny model of its own is tested token for token (tests/test_fast_families.py).
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "granite", "phi3", "smollm3", "gemma2", "gemma3_text")
 
 
 def unsupported(model: Any) -> str | None:
@@ -30,10 +36,6 @@ def unsupported(model: Any) -> str | None:
     kind = getattr(config, "model_type", None)
     if kind not in FAMILIES:
         return f"the fast path knows {', '.join(FAMILIES)} models, not {kind}"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", kind == "mistral"):
-        return "the fast path has no sliding-window attention"
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"the fast path has no {config.hidden_act} activation"
     if getattr(getattr(model, "model", None), "rotary_emb", None) is None:
         return "the model has no rotary embedding module"
     return None
@@ -89,41 +91,94 @@ def fuse(linears: list[Any]) -> Projection:
 
 
 @dataclass(frozen=True)
+class Norm:
+    """An RMSNorm as transformers computes it, operation for operation, so the numbers match:
+    Llama's casts back before the weight; Gemma's multiplies by (1 + w) in float32, then casts."""
+
+    weight: Any  # Gemma's: 1 + w, in float32
+    eps: float
+    gemma: bool = False
+
+    def __call__(self, x):
+        import torch
+
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        variance = h.pow(2).mean(-1, keepdim=True)
+        h = h * torch.rsqrt(variance + self.eps)
+        return (h * self.weight).to(dtype) if self.gemma else self.weight * h.to(dtype)
+
+
+def norm(module: Any) -> Norm | None:
+    """The fast path's Norm for one of the model's RMSNorm modules (None for none)."""
+    if module is None:
+        return None
+    eps = getattr(module, "variance_epsilon", None) or module.eps
+    if type(module).__name__.startswith("Gemma"):
+        return Norm(1.0 + module.weight.float(), eps, gemma=True)
+    return Norm(module.weight, eps)
+
+
+@dataclass(frozen=True)
 class Layer:
     qkv: Projection
     o: Projection
     gate_up: Projection
     down: Projection
-    norm_in: Any  # RMSNorm weights
-    norm_post: Any
-    eps: float
-
-
-def rms_norm(x, weight, eps: float):
-    """transformers' LlamaRMSNorm, operation for operation, so the numbers match."""
-    import torch
-
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    variance = h.pow(2).mean(-1, keepdim=True)
-    h = h * torch.rsqrt(variance + eps)
-    return weight * h.to(dtype)
+    norm_in: Norm
+    norm_post: Norm  # Llama: before the MLP; Gemma: on the attention's output (a "sandwich")
+    scale: float  # of q·k: head_dim ** -0.5, or the family's own (Gemma's query_pre_attn_scalar, Granite's)
+    rope: str | None = "rope"  # which of the model's cos/sin (Gemma 3's local and global); None: SmolLM3's NoPE layers
+    window: bool = False  # a sliding-window layer: keys within the model's window only
+    softcap: float | None = None  # Gemma 2 soft-caps attention scores
+    q_norm: Norm | None = None  # Qwen3 and Gemma 3 normalise each head's q and k
+    k_norm: Norm | None = None
+    norm_mlp_in: Norm | None = None  # Gemma: the MLP's own norms, before and after
+    norm_mlp_out: Norm | None = None
+    residual: float = 1.0  # Granite scales each block's output before adding it
 
 
 def rotate(x, cos, sin):
-    """transformers' rotary embedding (rotate_half), applied with the model's own cos and sin."""
+    """transformers' rotary embedding (rotate_half), applied with the model's own cos and sin;
+    Phi-3's partial rotary turns the first dimensions only, as transformers' does."""
     import torch
 
-    half = x.shape[-1] // 2
+    dim = cos.shape[-1]
+    if dim < x.shape[-1]:
+        return torch.cat([rotate(x[..., :dim], cos, sin), x[..., dim:]], dim=-1)
+    half = dim // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
 
+def _layer(block: Any, config: Any, rope: str, head_dim: int) -> tuple[Layer, int | None]:
+    """One decoder block's pieces, read from its modules, and its sliding window (None: none)."""
+    attn, mlp = block.self_attn, block.mlp
+    # Mistral and Phi-3 name one window for every layer; the others set it per layer type.
+    window = attn.sliding_window if hasattr(attn, "sliding_window") else getattr(config, "sliding_window", None)
+    if hasattr(attn, "qkv_proj"):  # Phi-3's checkpoint holds q/k/v and gate/up as one linear each
+        qkv, gate_up = fuse([attn.qkv_proj]), fuse([mlp.gate_up_proj])
+    else:  # float32 weights are fused only where that leaves every output number unchanged.
+        qkv, gate_up = fuse([attn.q_proj, attn.k_proj, attn.v_proj]), fuse([mlp.gate_proj, mlp.up_proj])
+    return Layer(
+        qkv=qkv, o=fuse([attn.o_proj]), gate_up=gate_up, down=fuse([mlp.down_proj]),
+        norm_in=norm(block.input_layernorm), norm_post=norm(block.post_attention_layernorm),
+        scale=getattr(attn, "scaling", None) or head_dim ** -0.5,
+        rope=rope if getattr(attn, "use_rope", True) else None,
+        window=window is not None, softcap=getattr(attn, "attn_logit_softcapping", None),
+        q_norm=norm(getattr(attn, "q_norm", None)), k_norm=norm(getattr(attn, "k_norm", None)),
+        norm_mlp_in=norm(getattr(block, "pre_feedforward_layernorm", None)),
+        norm_mlp_out=norm(getattr(block, "post_feedforward_layernorm", None)),
+        residual=getattr(block, "residual_multiplier", 1.0),
+    ), window
+
+
 class FastModel:
-    """A Llama-family model's weights arranged for the fast path, sharing the model's tensors."""
+    """A decoder's weights arranged for the fast path, sharing the model's tensors; each family's
+    pieces read from its own modules, so what transformers computes is what runs here."""
 
     def __init__(self, model: Any):
-        import torch
+        import inspect
 
         config = model.config
         inner = model.model
@@ -133,33 +188,69 @@ class FastModel:
         self.embed_scales = getattr(embedding, "scales", None)
         if self.embed is None:
             self.embed = embedding.weight
+        # Gemma scales the embedding by sqrt(hidden) (a buffer), Granite by its embedding_multiplier.
+        self.embed_scale = getattr(embedding, "embed_scale", None)
+        if self.embed_scale is None:
+            self.embed_scale = getattr(inner, "embedding_multiplier", None)
         self.rotary = inner.rotary_emb
-        self.norm = inner.norm.weight
-        self.norm_eps = inner.norm.variance_epsilon
+        # Gemma 3 turns local (sliding) layers with another base than global ones: cos/sin per layer type.
+        self.per_type_rope = "layer_type" in inspect.signature(self.rotary.forward).parameters
+        self.norm = norm(inner.norm)
         self.head = fuse([model.lm_head])
+        self.logit_softcap = getattr(config, "final_logit_softcapping", None)  # Gemma
+        self.logit_scale = getattr(config, "logits_scaling", None)  # Granite divides the logits by it
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.dtype = inner.norm.weight.dtype
         self.device = self.embed.device
-        self.layers = []
-        for block in inner.layers:
-            attn, mlp = block.self_attn, block.mlp
-            # float32 weights are fused only where that leaves every output number unchanged.
-            self.layers.append(Layer(
-                qkv=fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
-                o=fuse([attn.o_proj]),
-                gate_up=fuse([mlp.gate_proj, mlp.up_proj]),
-                down=fuse([mlp.down_proj]),
-                norm_in=block.input_layernorm.weight,
-                norm_post=block.post_attention_layernorm.weight,
-                eps=block.input_layernorm.variance_epsilon,
-            ))
-        self.intermediate = inner.layers[0].mlp.gate_proj.out_features if len(inner.layers) else 0
+        # transformers' eager attention where the model runs it (Gemma 2: SDPA cannot soft-cap)
+        self.eager = getattr(config, "_attn_implementation", None) == "eager"
+        kinds = getattr(config, "layer_types", None) or ["full_attention"] * len(inner.layers)
+        built = [_layer(block, config, kind if self.per_type_rope else "rope", self.head_dim)
+                 for block, kind in zip(inner.layers, kinds)]
+        self.layers = [layer for layer, _ in built]
+        # One window for every sliding layer (each family has one); None: no layer slides.
+        self.window = max((w for _, w in built if w is not None), default=None)
+        self.ropes = {layer.rope for layer in self.layers if layer.rope is not None}
+        first = inner.layers[0].mlp
+        self.intermediate = first.gate_up_proj.out_features // 2 if hasattr(first, "gate_up_proj") \
+            else first.gate_proj.out_features
+        self.act = getattr(first, "act_fn", None) or first.activation_fn  # the model's own (SiLU, Gemma's tanh GELU)
         self.quantized = any(layer.o.quantized is not None for layer in self.layers)
         self.q_size = self.heads * self.head_dim
         self.kv_size = self.kv_heads * self.head_dim
-        self.silu = torch.nn.functional.silu
+        # lmpipe's attention kernel computes plain attention: Llama's scale, no soft-cap, no window
+        self.plain = all(layer.scale == self.head_dim ** -0.5 and layer.softcap is None for layer in self.layers) \
+            and self.window is None
+
+    def rope(self, x, positions) -> dict[str, Any]:
+        """cos and sin [B, 1, T, rotary dims] for each kind of layer."""
+        out = {}
+        for kind in self.ropes:
+            cos, sin = self.rotary(x, positions, kind) if self.per_type_rope else self.rotary(x, positions)
+            out[kind] = cos[:, None], sin[:, None]
+        return out
+
+    def embedding(self, ids):
+        import torch
+
+        if self.embed_scales is None:
+            x = torch.nn.functional.embedding(ids, self.embed)
+        else:
+            x = lookup(ids, self.embed, self.embed_scales, self.dtype)
+        if self.embed_scale is None:
+            return x
+        scale = self.embed_scale
+        return x * (scale.to(x.dtype) if isinstance(scale, torch.Tensor) else scale)
+
+    def logits(self, x):
+        logits = self.head(self.norm(x))
+        if self.logit_scale is not None:
+            logits = logits / self.logit_scale
+        if self.logit_softcap is not None:
+            logits = (logits / self.logit_softcap).tanh() * self.logit_softcap
+        return logits.float()
 
     def cache(self, rows: int, width: int) -> "KVCache":
         return KVCache(self, rows, width)
@@ -168,33 +259,37 @@ class FastModel:
         """Run `ids` [B, T] at `positions` [B, T]; write K/V into cache rows `rows` at `columns`.
 
         `columns`: a slice (prefill: the same columns for every row) or a [B] tensor (one
-        column per row, a decode step). `attend(q, k, v)` does the attention over the cache.
+        column per row, a decode step). `attend(q, k, v, layer)` does the attention over the cache.
         Returns the last position's logits, float32 [B, vocab]; with `every`, all positions' [B, T, vocab].
         """
-        import torch
-
         b, t = ids.shape
-        if self.embed_scales is None:
-            x = torch.nn.functional.embedding(ids, self.embed)
-        else:
-            x = lookup(ids, self.embed, self.embed_scales, self.dtype)
-        cos, sin = self.rotary(x, positions)
-        cos, sin = cos[:, None], sin[:, None]
+        x = self.embedding(ids)
+        ropes = self.rope(x, positions)
         for i, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.norm_in, layer.eps)
+            h = layer.norm_in(x)
             q, k, v = layer.qkv.split(h, [self.q_size, self.kv_size, self.kv_size])
-            q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-            k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = q.view(b, t, self.heads, self.head_dim), k.view(b, t, self.kv_heads, self.head_dim)
+            if layer.q_norm is not None:
+                q, k = layer.q_norm(q), layer.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            if layer.rope is not None:
+                cos, sin = ropes[layer.rope]
+                q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             keys, values = cache.write(i, rows, columns, k, v)
-            out = attend(q, keys, values)
-            x = x + layer.o(out.transpose(1, 2).reshape(b, t, self.q_size))
-            h = rms_norm(x, layer.norm_post, layer.eps)
+            out = layer.o(attend(q, keys, values, layer).transpose(1, 2).reshape(b, t, self.q_size))
+            if layer.norm_mlp_in is not None:  # Gemma: norms after attention, and around the MLP
+                x = x + layer.norm_post(out)
+                h = layer.norm_mlp_in(x)
+            else:
+                x = x + (out * layer.residual if layer.residual != 1.0 else out)
+                h = layer.norm_post(x)
             gate, up = layer.gate_up.split(h, [self.intermediate, self.intermediate])
-            x = x + layer.down(self.silu(gate) * up)
-        last = rms_norm(x if every else x[:, -1, :], self.norm, self.norm_eps)
-        return self.head(last).float()
+            out = layer.down(self.act(gate) * up)
+            if layer.norm_mlp_out is not None:
+                out = layer.norm_mlp_out(out)
+            x = x + (out * layer.residual if layer.residual != 1.0 else out)
+        return self.logits(x if every else x[:, -1, :])
 
 
 class KVCache:
@@ -275,27 +370,60 @@ class KVCache:
             t[target] = t[source]
 
 
-def _attention(mask, groups: int) -> Callable:
-    """Attention as transformers' SDPA path computes it, choice for choice, so the numbers match.
+def _attention(fast: FastModel, mask, windowed=None) -> Callable:
+    """Attention as transformers computes it, choice for choice, so the numbers match.
 
-    No mask: SDPA's own GQA and causal flag. A mask and one query per row: the query heads
-    packed onto their key/value head. A mask and a prompt: key/value heads repeated.
+    `mask` [B, 1, T, keys] (None: causal, no padding); `windowed` the same for sliding-window
+    layers (None: as `mask`). SDPA with no mask: its own GQA and causal flag. A mask and one
+    query per row: the query heads packed onto their key/value head. A mask and a prompt:
+    key/value heads repeated. A model transformers runs eagerly (Gemma 2) runs eagerly here.
     """
     import torch.nn.functional as F
 
-    def attend(q, k, v):
+    groups = fast.heads // fast.kv_heads
+
+    def attend(q, k, v, layer: Layer):
         b, heads, t, dim = q.shape
-        if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=groups > 1)
+        m = windowed if layer.window and windowed is not None else mask
+        if fast.eager:
+            return _eager_attention(q, k, v, m, groups, layer)
+        if m is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=groups > 1, scale=layer.scale)
         if groups == 1:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=layer.scale)
         if t == 1:
             packed = q.reshape(b, heads // groups, groups, dim)
-            return F.scaled_dot_product_attention(packed, k, v, attn_mask=mask).reshape(b, heads, 1, dim)
+            out = F.scaled_dot_product_attention(packed, k, v, attn_mask=m, scale=layer.scale)
+            return out.reshape(b, heads, 1, dim)
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=layer.scale)
 
     return attend
+
+
+def _eager_attention(q, k, v, mask, groups: int, layer: Layer):
+    """transformers' eager_attention_forward: scores, Gemma 2's soft-cap, the mask, a float32 softmax."""
+    import torch
+
+    t, width = q.shape[2], k.shape[2]
+    if mask is None:  # no padding: causal over the columns before and at each query
+        mask = torch.ones((t, width), dtype=torch.bool, device=q.device).tril(diagonal=width - t)
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * layer.scale
+    if layer.softcap is not None:
+        scores = torch.tanh(scores / layer.softcap) * layer.softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
+
+
+def _near(fast: FastModel, queries, keys: int):
+    """[len(queries), keys]: which key columns lie within the sliding window of each query column
+    (transformers' sliding_window_overlay: key > query - window; a row's columns and positions
+    differ by its left padding alone, so columns measure the same distances)."""
+    import torch
+
+    columns = torch.arange(keys, device=queries.device)
+    return columns[None, :] > queries[:, None] - fast.window
 
 
 # A long prompt's tokens per forward pass, as llama.cpp's default micro-batch (n_ubatch 512).
@@ -345,14 +473,19 @@ def _prefill_pass(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start
         # A padding query sees itself, so its (unused) output stays finite: NaN keys would poison real rows.
         attn_mask = (causal[None] & mask.bool()[:, None, :]) | torch.eye(t, dtype=torch.bool, device=ids.device)
         attn_mask = attn_mask[:, None]
+    windowed = None
+    if fast.window is not None and end > fast.window:
+        causal = attn_mask if attn_mask is not None else \
+            torch.ones((t, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)[None, None]
+        windowed = causal & _near(fast, torch.arange(start, end, device=ids.device), end)
     if not start:
         cache.valid[rows] = False
     cache.valid[rows, start:end] = mask.bool()
     cache.fill[rows] = end
     cache.position[rows] = start + mask.long().sum(-1)
     with torch.no_grad():
-        return fast.forward(ids, positions, cache, rows, slice(start, end),
-                            _attention(attn_mask, fast.heads // fast.kv_heads), every)
+        attend = _attention(fast, attn_mask, windowed)
+        return fast.forward(ids, positions, cache, rows, slice(start, end), attend, every)
 
 
 def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False):
@@ -367,10 +500,12 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
     cache.valid[torch.arange(rows.start or 0, rows.stop, device=columns.device), columns] = True
     positions = cache.position[rows][:, None].clone()
     # chosen here, outside the compiled step: asking whether the kernels run would break its graph
-    kernel = fast.dtype == torch.float32 and vnni_kernels.available()
+    kernel = fast.dtype == torch.float32 and fast.plain and vnni_kernels.available()
     if compiled:
         cache.span = cache.width
-        logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, cache.valid[rows][:, None, None, :],
+        valid = cache.valid[rows]
+        windowed = None if fast.window is None else (valid & _near(fast, columns, cache.span))[:, None, None, :]
+        logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], windowed,
                                   _kernel_attention if kernel else _whole_cache_attention)
     else:
         cache.span = int(columns.max()) + 1
@@ -379,43 +514,54 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
             # A quantized model promises no bit-identity with transformers: lmpipe's attention
             # kernel, not SDPA (lm-serve's eager batches, 16 rows of SmolLM2 int8 on one thread:
             # 49.3 -> 46.1 ms a step, best of 12 taken in turn).
-            logits = _step(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], _kernel_attention)
+            logits = _step(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], None,
+                           _kernel_attention)
         else:
             mask = None if bool(valid.all()) else valid[:, None, None, :]
-            logits = _step(fast, cache, rows, chosen, positions, columns, mask)
+            windowed = None
+            if fast.window is not None and cache.span > fast.window:
+                windowed = (valid & _near(fast, columns, cache.span))[:, None, None, :]
+            logits = _step(fast, cache, rows, chosen, positions, columns, mask, windowed)
     cache.fill[rows] += 1
     cache.position[rows] += 1
     return logits
 
 
-def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask, attention=None):
+def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask, windowed, attention=None):
     import torch
 
     with torch.no_grad():
         return fast.forward(chosen[:, None], positions, cache, rows, columns,
-                            (attention or _attention)(mask, fast.heads // fast.kv_heads))
+                            (attention or _attention)(fast, mask, windowed))
 
 
-def _kernel_attention(mask, groups: int) -> Callable:
+def _kernel_attention(fast: FastModel, mask, windowed=None) -> Callable:
     """The compiled step's float32 attention where lmpipe's kernels run (lmpipe.models.kernels.vnni):
-    one call of theirs per layer, which reads only the unmasked columns of the cache."""
+    one call of theirs per layer, which reads only the unmasked columns of the cache. Plain
+    attention only (FastModel.plain): Llama's scale, no soft-cap, no window."""
 
-    def attend(q, k, v):
+    def attend(q, k, v, layer: Layer):
         return vnni_kernels.attend_one(q, k, v, mask)
 
     return attend
 
 
-def _whole_cache_attention(mask, groups: int) -> Callable:
+def _whole_cache_attention(fast: FastModel, mask, windowed=None) -> Callable:
     """The compiled step's attention of one query per row over the cache's whole masked width:
     two matmuls and a masked softmax, which inductor fuses. SDPA's CPU kernel costs more per
     call than a single query's arithmetic (30 calls a token); measured 5% of a token's time."""
+    import torch
 
-    def attend(q, k, v):
+    groups = fast.heads // fast.kv_heads
+
+    def attend(q, k, v, layer: Layer):
         b, heads, _, dim = q.shape
         packed = q.reshape(b, heads // groups, groups, dim)  # each key/value head's queries together
-        scores = (packed @ k.transpose(-1, -2)) * dim ** -0.5
-        weights = scores.float().masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)
+        scores = (packed @ k.transpose(-1, -2)) * layer.scale
+        if layer.softcap is not None:
+            scores = torch.tanh(scores / layer.softcap) * layer.softcap
+        m = windowed if layer.window and windowed is not None else mask
+        weights = scores.float().masked_fill(~m, float("-inf")).softmax(-1).to(v.dtype)
         return (weights @ v).reshape(b, heads, 1, dim)
 
     return attend

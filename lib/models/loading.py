@@ -26,9 +26,12 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+ROPE_SCALINGS = ("linear", "yarn", "dynamic")  # llama.cpp's --rope-scaling words, transformers' rope types
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """What --model, --device, --dtype and --attention ask for."""
+    """What --model, --device, --dtype, --attention and the context options ask for."""
 
     model: str | None = None
     device: str = "auto"
@@ -36,6 +39,19 @@ class ModelSettings:
     attention: str | None = None
     quantize: str | None = None  # weight-only "int8" or "int4" (lmpipe.models.quantize)
     adapters: tuple[Adapter, ...] = ()  # LoRA adapters merged into the weights (lmpipe.models.adapters)
+    ctx_size: int | None = None  # tokens a sequence holds, prompt and answer (None: the config's)
+    rope_scaling: str | None = None  # overrides the config's rope scaling, with rope_factor
+    rope_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ctx_size is not None and self.ctx_size < 2:
+            raise UsageError("--ctx-size must be at least 2")
+        if self.rope_scaling is not None and self.rope_scaling not in ROPE_SCALINGS:
+            raise UsageError(f"--rope-scaling must be one of {', '.join(ROPE_SCALINGS)}")
+        if (self.rope_scaling is None) != (self.rope_factor is None):
+            raise UsageError("--rope-scaling and --rope-factor go together")
+        if self.rope_factor is not None and self.rope_factor <= 1:
+            raise UsageError("--rope-factor must be more than 1 (it stretches the trained context)")
 
     def ref(self) -> ModelRef:
         return resolve(self.model)
@@ -50,6 +66,7 @@ class LoadedModel:
     dtype: str
     identity: dict[str, Any] = field(default_factory=dict)  # id, revision or sha256, for manifests
     processor: Any = None  # a vision-language model's processor (lmpipe.models.processors); None for text models
+    ctx_size: int | None = None  # --ctx-size, when asked: the context instead of the config's
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -57,12 +74,33 @@ class LoadedModel:
 
 
 def context_length(lm: LoadedModel) -> int | None:
-    """How many tokens the model attends to, from its config; None when it does not say."""
-    config = lm.model.config
+    """How many tokens a sequence may hold: --ctx-size, else the config's; None when neither says."""
+    return lm.ctx_size or trained_context(lm.model.config)
+
+
+def trained_context(config: Any) -> int | None:
+    """The context the model was trained for, from its config; None when it does not say."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if isinstance(value := getattr(config, name, None), int):
             return value
     return None
+
+
+def set_context(config: Any, settings: ModelSettings, name: str) -> None:
+    """Apply --rope-scaling/--rope-factor to `config` (before the model is built from it) and check
+    --ctx-size against what the model can attend to: past the trained context only with scaling."""
+    trained = trained_context(config)
+    if settings.rope_scaling:
+        params = getattr(config, "rope_parameters", None)
+        if not isinstance(params, dict):
+            raise UsageError(f"--rope-scaling: {name} has no rotary embedding to scale")
+        # Gemma 3 keeps parameters per layer type: its global layers scale, its local ones keep their window.
+        target = params["full_attention"] if isinstance(params.get("full_attention"), dict) else params
+        target.update(rope_type=settings.rope_scaling, factor=settings.rope_factor,
+                      original_max_position_embeddings=trained)
+    if settings.ctx_size and trained and settings.ctx_size > trained and not settings.rope_scaling:
+        raise UsageError(f"--ctx-size {settings.ctx_size} is past {name}'s trained context of {trained} tokens "
+                         "(stretch it with --rope-scaling yarn --rope-factor F)")
 
 
 def files_folder(ref: ModelRef, notify: Callable[[str], None] = _stderr) -> Path:
@@ -117,8 +155,9 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     folder = files_folder(ref, notify)
     try:
         config = AutoConfig.from_pretrained(folder)
+        set_context(config, settings, ref.name)
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-        kwargs: dict[str, Any] = {"dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype, "config": config}
         if attention:
             kwargs["attn_implementation"] = attention
         model, processor = None, None
@@ -159,7 +198,11 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             from .quantize import int4_kernel_name
 
             ident["int4_kernel"] = int4_kernel_name(model)
-    return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor)
+    for key in ("ctx_size", "rope_scaling", "rope_factor"):
+        if getattr(settings, key) is not None:
+            ident[key] = getattr(settings, key)
+    return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor,
+                       settings.ctx_size)
 
 
 def language_parts(model: Any) -> tuple[str, ...]:

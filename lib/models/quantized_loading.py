@@ -22,8 +22,11 @@ from typing import Any, Callable
 
 from .. import paths
 from . import gguf
-from .fastpath import FAMILIES
 from .quantize import QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight, tied_head
+
+# The families whose quantized copy is written and read here (tested on Llama); others load and
+# then quantize in memory.
+COPIED_FAMILIES = ("llama",)
 
 # The copy's layout: 1 held torch's packed int4 buffers (CPU-specific); 2 holds plain values;
 # 3: int4 copies keep the output head int8, and hold a GGUF's own Q4_0/Q4_1 blocks (lmpipe.models.gguf_blocks);
@@ -47,7 +50,7 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
                    notify: Callable[[str], None] = lambda m: None) -> Any | None:
     """The model of `folder`, its linears quantized to `mode`, or None when only the usual way works."""
     files = sorted(Path(folder).glob("*.safetensors"))
-    if getattr(config, "model_type", None) not in FAMILIES or not files:
+    if getattr(config, "model_type", None) not in COPIED_FAMILIES or not files:
         return None
     target = paths.models_dir() / copy_key(folder, mode, dtype)
     copy = target / "model.safetensors"

@@ -225,7 +225,9 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     rows = []
     for prompt in prompts:
         if context and len(prompt.ids) >= context:
-            raise BadRequest(f"prompt is {len(prompt.ids)} tokens; the model's context is {context}",
+            # vLLM's words, so clients that read them (to trim and retry) read ours
+            raise BadRequest(f"This model's maximum context length is {context} tokens. However, you requested "
+                             f"{len(prompt.ids)} tokens in the messages, Please reduce the length of the messages.",
                              "context_length_exceeded")
         rows.append(replace(sampling, max_new_tokens=min(limit, context - len(prompt.ids))) if context else sampling)
     include_reasoning = typed(body, "include_reasoning", (bool,), True)
@@ -263,6 +265,8 @@ def lmpipe_part(engine: Scheduler, c: Completion, sampling: Sampling) -> dict[st
         "sampling": sampling.manifest(),
         "device": lm.device if lm else None,
         "dtype": lm.dtype if lm else None,
+        "cache": engine.decoding.cache,
+        "compile": engine.decoding.compile,
         "versions": versions(),
     }
 
@@ -360,7 +364,8 @@ def answered_record(engine: Scheduler, heard: Heard, prepared: PreparedRequest, 
         record["stats"] = part["stats"]
         record["usage"] = usage(prepared, done)
         record["manifest"] = {**part["identity"], "sampling": part["sampling"], "device": part["device"],
-                              "dtype": part["dtype"], "versions": part["versions"]}
+                              "dtype": part["dtype"], "cache": part["cache"], "compile": part["compile"],
+                              "versions": part["versions"]}
     else:
         record["manifest"] = {"model": engine.model_id}
     return record

@@ -13,10 +13,10 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
-from ..engine.decoding import Decoding
+from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token
 from ..engine.generation import generate
 from ..engine.sampling import Sampling
@@ -291,6 +291,7 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     if settings.threads:
         torch.set_num_threads(settings.threads)
     lm = load(settings.model)
+    settings = replace(settings, decoding=settled(settings.decoding, lm.model, notify))
     info = manifest(lm.identity, {"decoding": {"cache": settings.decoding.cache, "compile": settings.decoding.compile},
                                   "threads": torch.get_num_threads()}, lm.device, lm.dtype)
     draft = load_draft(settings.decoding, lm, Sampling(), notify)
