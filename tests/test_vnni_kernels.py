@@ -130,3 +130,10 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
     x = torch.randn(2, 64)
     want = x @ reference.t()
     assert float((model[0](x) - want).norm() / want.norm()) < q.CHECK_TOLERANCE  # torch's bfloat16 kernel
+
+
+def test_packing_from_the_portable_bytes_is_packing_from_one_value_per_column():
+    torch.manual_seed(1)
+    weight = quantize_weight(torch.randn(64, 256), "int4")
+    assert torch.equal(vnni.int4_pack_pairs(weight.values, weight.scales, weight.zeros),
+                       vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros))

@@ -72,12 +72,12 @@ class QuantizedWeight:
     def in_features(self) -> int:
         return int(self.values.shape[1]) * (2 if self.mode == "int4" else 1)
 
-    def int4_values(self):
-        """int4: the values one per column, int32 [N, K], 0..15."""
+    def int4_values(self, dtype: Any = None):
+        """int4: the values one per column, [N, K], 0..15: int32 (torch's kernel takes that), or `dtype`."""
         import torch
 
-        low, high = (self.values & 0x0F).to(torch.int32), (self.values >> 4).to(torch.int32)
-        return torch.stack([low, high], dim=-1).reshape(self.out_features, self.in_features)
+        q = torch.stack([self.values & 0x0F, self.values >> 4], dim=-1).reshape(self.out_features, self.in_features)
+        return q.to(dtype or torch.int32)
 
     def dequantized(self):
         """The float32 weight these values stand for, computed as the kernels compute it."""
@@ -163,14 +163,14 @@ def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
 
     if vnni and weight.mode == "int4":
         # A slice of rows at a time: the kernel's layout is row blocks one after another, and
-        # int4_values is 4 bytes a weight, a fused gate/up's float32 size had it been made whole.
+        # the packing's temporaries for a fused gate/up, made whole, would be its size several times.
         n, k = weight.out_features, weight.in_features
         row_bytes = k // 2 + k // INT4_GROUP * 4
         packed = torch.empty(n * row_bytes, dtype=torch.uint8)
         for start in range(0, n, rows := _rows_per_slice(k)):
             part = weight.rows(slice(start, start + rows))
-            packed[start * row_bytes:(start + part.out_features) * row_bytes] = vnni_kernels.int4_pack(
-                part.int4_values(), part.scales, part.zeros)
+            packed[start * row_bytes:(start + part.out_features) * row_bytes] = vnni_kernels.int4_pack_pairs(
+                part.values, part.scales, part.zeros)
         return packed, None
     if vnni:
         return vnni_kernels.int8_pack(weight.values), weight.scales.float()
