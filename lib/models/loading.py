@@ -34,6 +34,8 @@ class ModelSettings:
     dtype: str = "auto"
     attention: str | None = None
     quantize: str | None = None  # weight-only "int8" or "int4" (lmpipe.models.quantize)
+    # A GGUF file dequantized to float32 by transformers, not run on its own tensors: lm-bench's reference.
+    dequantize: bool = False
 
     def ref(self) -> ModelRef:
         return resolve(self.model)
@@ -140,7 +142,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     try:
         # A GGUF file runs on its own tensors, quantized ones on lmpipe's kernels, as llama.cpp
         # runs it; transformers' float32 conversion only where that cannot be done.
-        read = _gguf_model(ref, settings, device, dtype, attention, notify) if ref.kind == "gguf" and device == "cpu" else None
+        read = _gguf_model(ref, settings, device, dtype, attention, notify) if ref.kind == "gguf" and device == "cpu" and not settings.dequantize else None
     except (OSError, ValueError, ImportError) as exc:
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
     if read is not None:
