@@ -9,7 +9,7 @@ import click
 from lmpipe.cli.edge import guarded
 from lmpipe.records.pipe import stdout_is_tty
 
-FIELDS_READ = {"id": "The repo to pull (org/name[@revision]) when no argument names one; also `model` or `text`."}
+FIELDS_READ = {"id": "The repo to pull (org/name[@revision][:TAG]) when no argument names one; also `model` or `text`."}
 FIELDS_WRITTEN = {
     "id": "The repo id.",
     "revision": "The commit hash now in the cache.",
@@ -19,11 +19,12 @@ FIELDS_WRITTEN = {
     "size_bytes": "Bytes of those files.",
     "downloaded_bytes": "Bytes fetched by this run (0 when everything was cached).",
     "seconds": "Wall time of the pull.",
+    "file": "The GGUF file downloaded, when a :TAG named one.",
 }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("repos", nargs=-1, metavar="[REPO[@REVISION]]...")
+@click.argument("repos", nargs=-1, metavar="[REPO[@REVISION][:TAG]]...")
 @click.option("-r", "--revision", default=None, metavar="REV", help="Branch, tag or commit hash (default: main).")
 @click.option("-i", "--include", multiple=True, metavar="GLOB", help="Only files matching this pattern (repeatable).")
 @click.option("-x", "--exclude", multiple=True, metavar="GLOB", help="Skip files matching this pattern (repeatable).")
@@ -35,11 +36,13 @@ def main(**options):
     """Download a model snapshot from the Hugging Face Hub into the cache, resuming cut transfers.
 
     The token comes from HF_TOKEN, the hub from HF_ENDPOINT; with HF_HUB_OFFLINE=1 it only checks
-    the cache. Files land under their final name only when complete.
+    the cache. Files land under their final name only when complete. A :TAG (Q4_K_M, Q8_0, ...)
+    downloads only the repo's GGUF file of that quantization type; -m org/name:TAG then runs it.
 
     \b
       lm-pull HuggingFaceTB/SmolLM2-135M-Instruct
       lm-pull org/name@v1.0 --include '*.json' --include '*.safetensors'
+      lm-pull bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M
       lm-pull org/name --progress json 2> progress.jsonl | jq .path
     """
     from lmpipe.tasks.pull import run

@@ -146,3 +146,27 @@ def test_repos_from_records_on_stdin(hub, env):
     ok, failed = jsonl(done.stdout)
     assert ok["revision"] == hub.main and ok["files"] == 1
     assert failed["line"] == 2 and "no repo acme/nothing" in failed["error"]
+
+
+GGUFS = {"Tiny-Q4_K_M.gguf": b"GGUF" + os.urandom(20_000), "Tiny-Q8_0.gguf": b"GGUF" + os.urandom(30_000),
+         "README.md": b"# tiny"}
+
+
+def test_a_tag_pulls_only_the_gguf_of_that_type(hub, env, tmp_path):
+    sha = hub.repo("acme/tiny-gguf").add_commit("g", GGUFS, ref="main")
+    done = run_tool("lm-pull", "acme/tiny-gguf:q4_k_m", "--progress", "none", env=env)
+    assert done.returncode == 0, done.stderr
+    [record] = jsonl(done.stdout)
+    folder = tmp_path / "hub" / "models--acme--tiny-gguf" / "snapshots" / sha
+    assert record["file"] == str(folder / "Tiny-Q4_K_M.gguf") and record["files"] == 1
+    assert record["downloaded_bytes"] == len(GGUFS["Tiny-Q4_K_M.gguf"])
+    assert sorted(p.name for p in folder.iterdir()) == ["Tiny-Q4_K_M.gguf"]
+
+
+def test_a_missing_tag_is_one_line_listing_the_tags_present(hub, env, tmp_path):
+    hub.repo("acme/tiny-gguf").add_commit("g", GGUFS, ref="main")
+    done = run_tool("lm-pull", "acme/tiny-gguf:Q5_K_S", "--progress", "none", env=env)
+    assert done.returncode == 2 and done.stdout == b""
+    assert done.stderr.decode() == \
+        "lm-pull: error: acme/tiny-gguf on the hub has no Q5_K_S GGUF file; its tags: Q4_K_M, Q8_0\n"
+    assert not (tmp_path / "hub" / "models--acme--tiny-gguf" / "blobs").exists()

@@ -45,3 +45,45 @@ def test_hub_id_resolves_from_the_hub_cache_layout(tiny_llama):
     ref = resolve("test/tiny")
     assert (ref.kind, ref.id, ref.revision) == ("hub", "test/tiny", commit)
     assert resolve(f"test/tiny@{commit}").path == ref.path
+
+
+def _hub_snapshot(repo_id, files, commit="89abcdef0123456789abcdef0123456789abcdef"):
+    """A repo in the hub cache layout holding `files` ({name: source path to link to})."""
+    repo = os.path.join(os.environ["HF_HUB_CACHE"], "models--" + repo_id.replace("/", "--"))
+    snap = os.path.join(repo, "snapshots", commit)
+    os.makedirs(snap)
+    os.makedirs(os.path.join(repo, "refs"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+    for name, source in files.items():
+        os.symlink(source, os.path.join(snap, name))
+    return snap
+
+
+def test_a_tag_names_the_gguf_of_that_type_in_a_cached_repo(tmp_path):
+    from tiny_gguf import write_tiny_llama_gguf
+
+    from lmpipe.models.loading import ModelSettings, load
+
+    q4 = write_tiny_llama_gguf(tmp_path / "q4.gguf", "Q4_K")
+    q8 = tmp_path / "q8.gguf"
+    q8.write_bytes(b"GGUF")
+    snap = _hub_snapshot("test/tiny-gguf", {"Tiny-Q4_K_M.gguf": q4, "tiny.q8_0.gguf": q8})
+    ref = resolve("test/tiny-gguf:q4_k_m")
+    assert (ref.kind, ref.id, str(ref.path)) == ("gguf", "test/tiny-gguf:Q4_K_M", os.path.join(snap, "Tiny-Q4_K_M.gguf"))
+    assert resolve("test/tiny-gguf:Q8_0").path.name == "tiny.q8_0.gguf"
+    with pytest.raises(ModelNotFound, match=r"^test/tiny-gguf in the Hugging Face cache has no Q6_K GGUF file; "
+                                            r"its tags: Q4_K_M, Q8_0$"):
+        resolve("test/tiny-gguf:Q6_K")
+    with pytest.raises(ModelNotFound, match=r"name one by its tag, test/tiny-gguf:TAG \(tags: Q4_K_M, Q8_0\)$"):
+        resolve("test/tiny-gguf")
+    lm = load(ModelSettings("test/tiny-gguf:Q4_K_M"))
+    assert lm.identity["model"] == "test/tiny-gguf:Q4_K_M" and lm.identity["gguf_tensors"]["Q4_K"]["int4"] == 14
+
+
+def test_a_gguf_only_repo_with_one_file_is_that_file(tmp_path):
+    gguf = tmp_path / "only.gguf"
+    gguf.write_bytes(b"GGUF")
+    _hub_snapshot("test/one-gguf", {"model-Q4_0.gguf": gguf, "README.md": gguf})
+    ref = resolve("test/one-gguf")
+    assert (ref.kind, ref.id, ref.path.name) == ("gguf", "test/one-gguf:Q4_0", "model-Q4_0.gguf")

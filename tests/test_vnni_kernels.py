@@ -157,3 +157,10 @@ def test_a_stale_torch_lock_left_by_a_killed_build_is_cleared_not_waited_on(monk
     monkeypatch.setattr(extension, "load", load)
     vnni._compile(build)
     assert seen == [(str(build), False)]
+
+
+def test_packing_from_the_portable_bytes_is_packing_from_one_value_per_column():
+    torch.manual_seed(1)
+    weight = quantize_weight(torch.randn(64, 256), "int4")
+    assert torch.equal(vnni.int4_pack_pairs(weight.values, weight.scales, weight.zeros),
+                       vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros))

@@ -27,7 +27,7 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
-MODEL_HELP = "Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision])."
+MODEL_HELP = "Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision]; org/name:Q4_K_M for its GGUF of that type)."
 
 
 def model_options(f: Callable) -> Callable:

@@ -255,8 +255,7 @@ def tokenizer_folder(ref: Any) -> Path | None:
     from . import gguf
 
     if ref.kind in ("embedded", "gguf"):
-        folder = gguf.converted_folder(ref.path)
-        return folder if gguf.conversion_info(folder) is not None else None
+        return gguf.finished_folder(ref.path)
     return Path(ref.path)
 
 

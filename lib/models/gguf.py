@@ -1,7 +1,12 @@
-"""GGUF files, converted once into lmpipe's cache as safetensors plus tokenizer.
+"""GGUF files in lmpipe's cache: their config and tokenizer, and (where needed) a float conversion.
 
-Dequantizing a GGUF takes seconds to tens of seconds; loading safetensors takes a fraction of
-one. The conversion is built once, atomically (lmpipe.models.derived.build_once).
+A GGUF's weights are read from the file itself, tensor by tensor (lmpipe.models.gguf_weights);
+what the cache keeps of it is its description: the config, the tokenizer and the generation
+settings transformers reads from its metadata (reading a tokenizer out of a GGUF takes
+seconds; its saved files a fraction of one). A GGUF whose tensors that reader cannot place
+(and the embedded model, whose float32 conversion the rest of lmpipe's tests are built on) is
+converted as before: dequantized by transformers and saved as safetensors. Each is built
+once, atomically (lmpipe.models.derived.build_once).
 """
 
 from __future__ import annotations
@@ -16,6 +21,32 @@ from .derived import MARKER, build_once, cache_key, conversion_info, sha256_file
 
 def converted_folder(gguf: Path) -> Path:
     return paths.models_dir() / f"{gguf.stem}-{cache_key(gguf)}"
+
+
+def described_folder(gguf: Path) -> Path:
+    return paths.models_dir() / f"{gguf.stem}-{cache_key(gguf)}-described"
+
+
+def ensure_described(gguf: Path, notify: Callable[[str], None] = lambda _: None) -> Path:
+    """The folder holding `gguf`'s config, tokenizer and generation settings (no weights), made first if need be."""
+    target = described_folder(gguf)
+    return build_once(target, gguf, lambda tmp: _describe(gguf, tmp),
+                      f"reading {gguf.name}'s config and tokenizer into {target.parent} (once)", notify,
+                      extra={"weights": "read from the source GGUF"})
+
+
+def finished_folder(gguf: Path) -> Path | None:
+    """Whichever of `gguf`'s cache folders is finished (its description, or its float conversion); None if neither."""
+    return next((f for f in (described_folder(gguf), converted_folder(gguf)) if conversion_info(f) is not None), None)
+
+
+def _describe(gguf: Path, out: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config.save_pretrained(out)
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
 
 
 def ensure_converted(gguf: Path, notify: Callable[[str], None] = lambda _: None) -> Path:

@@ -42,6 +42,8 @@ class ModelSettings:
     ctx_size: int | None = None  # tokens a sequence holds, prompt and answer (None: the config's)
     rope_scaling: str | None = None  # overrides the config's rope scaling, with rope_factor
     rope_factor: float | None = None
+    # A GGUF file dequantized to float32 by transformers, not run on its own tensors: lm-bench's reference.
+    dequantize: bool = False
 
     def __post_init__(self) -> None:
         if self.ctx_size is not None and self.ctx_size < 2:
@@ -103,11 +105,45 @@ def set_context(config: Any, settings: ModelSettings, name: str) -> None:
                          "(stretch it with --rope-scaling yarn --rope-factor F)")
 
 
+def context_facts(settings: ModelSettings) -> dict[str, Any]:
+    """The manifest's record of the context options that were given."""
+    return {key: getattr(settings, key) for key in ("ctx_size", "rope_scaling", "rope_factor")
+            if getattr(settings, key) is not None}
+
+
 def files_folder(ref: ModelRef, notify: Callable[[str], None] = _stderr) -> Path:
-    """The folder holding loadable files for `ref`, converting a GGUF into the cache first."""
+    """The folder holding loadable files for `ref`, converting a GGUF into the cache first
+    (a GGUF file's float conversion, only for the loaders that cannot read its tensors: see _load)."""
     if ref.kind in ("embedded", "gguf"):
         return gguf.ensure_converted(ref.path, notify)
     return ref.path
+
+
+def _gguf_model(ref: ModelRef, settings: ModelSettings, device: str, dtype: Any, attention: str | None,
+                notify: Callable[[str], None]) -> tuple[Any, Path, dict[str, Any]] | None:
+    """A GGUF file's model read from its own tensors (lmpipe.models.gguf_weights), its description's
+    folder and what its manifest says of it; None where transformers' conversion must do."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from .gguf_weights import load_gguf
+
+    if settings.adapters:  # a LoRA adapter merges into float weights: transformers' conversion
+        return None
+    folder = gguf.ensure_described(ref.path, notify)
+    config = AutoConfig.from_pretrained(folder)
+    if getattr(config, "is_encoder_decoder", False) or is_vision_language(config, folder):
+        return None
+    set_context(config, settings, ref.name)
+    if settings.quantize:
+        from .quantize import check_mode
+
+        check_mode(settings.quantize, device)
+    loaded = load_gguf(AutoModelForCausalLM, ref.path, config, dtype, settings.quantize, attention, notify)
+    if loaded is None:
+        return None
+    model, ran = loaded
+    model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model, folder, {"gguf_tensors": ran}
 
 
 def identity(ref: ModelRef, folder: Path) -> dict[str, Any]:
@@ -126,8 +162,8 @@ def load_tokenizer(ref: ModelRef):
 
     try:
         if ref.kind in ("embedded", "gguf"):
-            folder = gguf.converted_folder(ref.path)
-            if gguf.conversion_info(folder) is not None:
+            folder = gguf.finished_folder(ref.path)
+            if folder is not None:
                 return AutoTokenizer.from_pretrained(folder)
             return AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
         return AutoTokenizer.from_pretrained(ref.path)
@@ -152,6 +188,31 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.dtype, device)
     attention = check_attention(settings.attention, device)
+    try:
+        # A GGUF file runs on its own tensors, quantized ones on lmpipe's kernels, as llama.cpp
+        # runs it; transformers' float32 conversion only where that cannot be done.
+        read = _gguf_model(ref, settings, device, dtype, attention, notify) if ref.kind == "gguf" and device == "cpu" and not settings.dequantize else None
+    except (OSError, ValueError, ImportError) as exc:
+        raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+    if read is not None:
+        model, folder, facts = read
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+        torch.set_grad_enabled(False)
+        ident = {**identity(ref, folder), **facts}
+        if settings.quantize:
+            ident["quantize"] = settings.quantize
+        if any("int4" in kinds for kinds in facts["gguf_tensors"].values()):
+            from .quantize import int4_kernel_name
+
+            ident["int4_kernel"] = int4_kernel_name(model)
+        ident.update(context_facts(settings))
+        return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident,
+                           ctx_size=settings.ctx_size)
     folder = files_folder(ref, notify)
     try:
         config = AutoConfig.from_pretrained(folder)
@@ -198,9 +259,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             from .quantize import int4_kernel_name
 
             ident["int4_kernel"] = int4_kernel_name(model)
-    for key in ("ctx_size", "rope_scaling", "rope_factor"):
-        if getattr(settings, key) is not None:
-            ident[key] = getattr(settings, key)
+    ident.update(context_facts(settings))
     return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor,
                        settings.ctx_size)
 

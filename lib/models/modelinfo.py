@@ -47,8 +47,8 @@ def _config(ref: ModelRef, loaded_folder: Path | None):
     if loaded_folder is not None:
         return AutoConfig.from_pretrained(loaded_folder), loaded_folder
     if ref.kind in ("embedded", "gguf"):
-        folder = gguf.converted_folder(ref.path)
-        if gguf.conversion_info(folder) is not None:
+        folder = gguf.finished_folder(ref.path)
+        if folder is not None:
             return AutoConfig.from_pretrained(folder), folder
         return AutoConfig.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name), None
     return AutoConfig.from_pretrained(ref.path), ref.path
@@ -73,7 +73,7 @@ def model_info(name: str | None, load_weights: bool = False, device: str = "auto
     folder: Path | None = None
     if load_weights:
         loaded = load(ModelSettings(name, device, dtype))
-        folder = files_folder(loaded.ref)
+        folder = gguf.finished_folder(loaded.ref.path) if loaded.ref.kind == "gguf" else files_folder(loaded.ref)
     try:
         config, folder = _config(ref, folder)
     except (OSError, ValueError) as exc:

@@ -1,5 +1,7 @@
 """Downloading a model snapshot into the hub cache, with huggingface_hub's own snapshot_download.
 
+`org/name:Q4_K_M` downloads only the GGUF file of that type (lmpipe.models.gguf_tags).
+
 huggingface_hub writes every file to a temporary `.incomplete` name and renames it into
 `blobs/` only when complete, and resumes a connection dropped midway with a Range request;
 this module adds progress for people (a bar) and programs (JSON events) and one-line errors.
@@ -32,6 +34,7 @@ class PullSettings:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     cache_dir: Path | None = None
+    tag: str | None = None  # a GGUF quantization type: only that file
 
     def __post_init__(self) -> None:
         if not _REPO_ID.fullmatch(self.repo_id):
@@ -39,9 +42,12 @@ class PullSettings:
 
     @classmethod
     def parse(cls, name: str, revision: str | None = None, **options: Any) -> "PullSettings":
-        """`org/name` or `org/name@revision`; --revision wins over the @ suffix."""
-        repo_id, _, at = name.strip().partition("@")
-        return cls(repo_id, revision or at or None, **options)
+        """`org/name`, `org/name@revision`, either with `:TAG`; --revision wins over the @ suffix."""
+        from .gguf_tags import split
+
+        untagged, tag = split(name.strip())
+        repo_id, _, at = untagged.partition("@")
+        return cls(repo_id, revision or at or None, tag=tag, **options)
 
 
 class ByteProgress:
@@ -170,12 +176,18 @@ def pull(settings: PullSettings, progress: ByteProgress) -> dict[str, Any]:
     hf_logging.set_verbosity_error()  # resumes and retries are ours to report, not multi-line warnings
     started = time.perf_counter()
     failed = True
+    chosen = None
     try:
+        if settings.tag:
+            chosen = _tagged_file(settings)
         folder = Path(snapshot_download(
             settings.repo_id, revision=settings.revision, cache_dir=settings.cache_dir,
-            allow_patterns=list(settings.include) or None, ignore_patterns=list(settings.exclude) or None,
+            allow_patterns=[chosen] if chosen else list(settings.include) or None,
+            ignore_patterns=None if chosen else list(settings.exclude) or None,
             tqdm_class=progress.bar_class(), token=os.environ.get("HF_TOKEN") or None))
         failed = False
+    except LmpipeError:
+        raise
     except Exception as exc:
         explained = _explain(exc, settings, constants.ENDPOINT, constants.is_offline_mode())
         if explained is exc:
@@ -191,7 +203,20 @@ def pull(settings: PullSettings, progress: ByteProgress) -> dict[str, Any]:
                               "seconds": round(time.perf_counter() - started, 3)}
     if settings.revision and settings.revision != folder.name:
         record["ref"] = settings.revision
+    if chosen:
+        record["file"] = str(folder / chosen)
     return record
+
+
+def _tagged_file(settings: PullSettings) -> str:
+    """The repo's one GGUF file of the settings' tag (a one-line error listing the tags present otherwise)."""
+    from huggingface_hub import HfApi
+
+    from .gguf_tags import pick
+
+    files = HfApi().list_repo_files(settings.repo_id, revision=settings.revision,
+                                    token=os.environ.get("HF_TOKEN") or None)
+    return pick(files, settings.tag or "", settings.repo_id, "on the hub")
 
 
 def _explain(exc: Exception, settings: PullSettings, endpoint: str, offline: bool) -> Exception:

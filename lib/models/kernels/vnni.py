@@ -134,7 +134,7 @@ def _compile(build: Path) -> None:
 
 
 def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
-    """int4_mm's layout (vnni.cpp) of an int4 weight: `values` [N, K] 0..15 (int32), `scales`
+    """int4_mm's layout (vnni.cpp) of an int4 weight: `values` [N, K] 0..15 (uint8 or int32), `scales`
     and `zeros` bfloat16 [N, K/32]; one contiguous uint8 buffer. N must be a multiple of 16."""
     import torch
 
@@ -148,6 +148,35 @@ def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
         return t.view(blocks, ROWS, groups).permute(0, 2, 1).contiguous().view(torch.uint8).reshape(blocks, groups, 32)
 
     return torch.cat([nibbles, per_block(scales), per_block(zeros)], dim=-1).reshape(-1).contiguous()
+
+
+def int4_pack_pairs(values: Any, scales: Any, zeros: Any) -> Any:
+    """int4_pack's result from int4's portable bytes `values` uint8 [N, K/2] (column 2j in the low
+    nibble of byte j, 2j + 1 in the high one), never one value per byte: 32-bit words, each 8
+    columns, whose nibbles are reordered in place.
+
+    A word of columns 8p..8p+7 holds column 8p + i at bit 4i; the layout's word for them holds
+    column 8p + c at bit 8c and 8p + 4 + c at bit 8c + 4: its low and high halves spread to every
+    other nibble, the high one shifted up by one."""
+    import numpy as np
+    import torch
+
+    n, k = values.shape[0], values.shape[1] * 2
+    blocks, groups = n // ROWS, k // GROUP
+    # numpy's integer operations: one thread each, not a thread pool's wake-up per small slice.
+    w = values.contiguous().numpy().view(np.uint32)  # [N, K/8]: word 4g + p holds part p of group g
+
+    def spread(x):  # 16 bits of 4 nibbles -> those nibbles at bits 0, 8, 16, 24
+        x = (x | (x << 8)) & 0x00FF00FF
+        return (x | (x << 4)) & 0x0F0F0F0F
+
+    words = spread(w & 0xFFFF) | (spread(w >> 16) << 4)
+    out = np.empty((blocks, groups, 4 * ROWS + 16), dtype=np.uint32)
+    out[..., :4 * ROWS] = words.reshape(blocks, ROWS, groups, 4).transpose(0, 2, 3, 1).reshape(blocks, groups, -1)
+    for at, t in ((4 * ROWS, scales), (4 * ROWS + 8, zeros)):  # the 16 rows' bfloat16 scales, then zeros
+        halves = t.contiguous().view(torch.int16).numpy().reshape(blocks, ROWS, groups).transpose(0, 2, 1)
+        out[..., at:at + 8] = np.ascontiguousarray(halves).view(np.uint32)
+    return torch.from_numpy(out.reshape(-1).view(np.uint8))
 
 
 def int4_product(x: Any, packed: Any, out_features: int) -> Any:

@@ -1,0 +1,243 @@
+"""A GGUF's tensors read one at a time from its memory map into lmpipe's layers: no float32 model.
+
+llama.cpp runs a GGUF's blocks as they are. lmpipe maps each tensor type onto a format its
+kernels take (lmpipe.models.quantize.QuantizedWeight), a row chunk at a time, so a load holds
+the file's mapping and the packed layers, never the float32 model, in memory or on disk:
+
+- Q4_0, Q4_1 and Q4_K are groups of 32 weights with a scale and a minimum: int4's own groups.
+  Q4_K's super-block of 256 is eight such groups, weight = d·sc·q − dmin·m, which is int4's
+  (q − 8)·scale + zero with scale = d·sc and zero = 8·d·sc − dmin·m. The int4 format keeps
+  scale and zero in bfloat16 (the kernels read them so), so a weight is the file's within
+  bfloat16's rounding of those two (2^-8 of each, relative).
+- Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 have no int4 form: their values (gguf-py's dequantizer) are
+  int8 per output row, within half a step of max|row|/127 of the file's.
+- F32, F16 and BF16 are floats, quantized only when --quantize asks (as a float model's are).
+- Any other type (IQ*, TQ*, Q2_K, Q3_K) is dequantized alone, tensor by tensor, into floats.
+
+transformers' GGUF reader still gives the config, the tokenizer, the tensors' names and the
+order of their rows (llama.cpp's converter permutes Llama's q and k); the row order is learnt
+from a column of row numbers, as lmpipe.models.gguf_blocks learns it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from .quantize import INT4_GROUP, QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight
+
+INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
+INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+FLOAT_TYPES = ("F32", "F16", "BF16")
+CHUNK_ROWS = 256  # rows decoded at once: a wide tensor's float32 is never made whole
+Q4_K_BLOCK = 144  # bytes per 256 weights: float16 d and dmin, 12 bytes of 6-bit scales and minimums, 128 of nibbles
+
+
+def int4_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
+    """The Q4_0, Q4_1 or Q4_K tensor `data` (uint8 [rows, bytes per row]) in int4's portable
+    layout, its rows taken in `order` (transformers' row i is the file's row order[i])."""
+    import torch
+
+    rows = len(order)
+    columns = _columns(kind, data)
+    values = torch.empty(rows, columns // 2, dtype=torch.uint8)
+    scales = torch.empty(rows, columns // INT4_GROUP, dtype=torch.bfloat16)
+    zeros = torch.empty_like(scales)
+    for start in range(0, rows, CHUNK_ROWS):
+        part = _int4_rows(kind, data[order[start:start + CHUNK_ROWS]])
+        end = start + part.out_features
+        values[start:end], scales[start:end], zeros[start:end] = part.values, part.scales, part.zeros
+    return QuantizedWeight("int4", values, scales, zeros)
+
+
+def _int4_rows(kind: str, data: Any) -> QuantizedWeight:
+    import numpy as np
+    import torch
+
+    rows = data.shape[0]
+    size = {"Q4_0": 18, "Q4_1": 20, "Q4_K": Q4_K_BLOCK}[kind]
+    blocks = np.ascontiguousarray(data).reshape(rows, -1, size)
+
+    def halves(at: int) -> Any:  # a float16 field of every block, float32 [rows, blocks, 1]
+        return blocks[..., at:at + 2].copy().view(np.float16).astype(np.float32)
+
+    # numpy for the arithmetic: one thread per operation, where torch's pool wakes per small chunk.
+    d = halves(0)
+    if kind == "Q4_K":
+        from gguf.quants import Q4_K
+
+        dmin = halves(2)
+        sc, m = (a.astype(np.float32).reshape(rows, -1, 8) for a in Q4_K.get_scale_min(blocks[..., 4:16].reshape(-1, 12)))
+        scale, zero = d * sc, 8 * d * sc - dmin * m  # d·sc·q − dmin·m = (q − 8)·scale + zero
+        nibbles = blocks[..., 16:]
+    else:
+        scale = d
+        zero = np.zeros_like(d) if kind == "Q4_0" else halves(2) + 8 * d  # Q4_1: d·q + m
+        nibbles = blocks[..., 2 if kind == "Q4_0" else 4:]
+    return QuantizedWeight("int4", _regrouped(nibbles, rows, 16 if kind == "Q4_K" else 8),
+                           torch.from_numpy(scale.reshape(rows, -1)).to(torch.bfloat16),
+                           torch.from_numpy(zero.reshape(rows, -1)).to(torch.bfloat16))
+
+
+def _regrouped(nibbles: Any, rows: int, pairs_per_part: int) -> Any:
+    """int4's bytes (byte t of a group of 32: its weights 2t and 2t + 1) from GGUF's 4-bit parts of
+    32 bytes (Q4_K: byte i holds weight i of one group low, of the next group high) or 16 (Q4_0,
+    Q4_1: weight i of the block low, weight i + 16 high). In both, bytes 2t and 2t + 1 of a part
+    make byte t of its low half and byte t of its high half: read as 16-bit pairs, that is two
+    whole-array integer operations (strided byte views were 16x slower, measured)."""
+    import numpy as np
+    import torch
+
+    pairs = nibbles.view(np.uint16).reshape(rows, -1, pairs_per_part)
+    low = ((pairs & 0x0F) | ((pairs >> 4) & 0xF0)).astype(np.uint8)
+    high = (((pairs >> 4) & 0x0F) | ((pairs >> 8) & 0xF0)).astype(np.uint8)
+    return torch.from_numpy(np.stack([low, high], axis=2).reshape(rows, -1))
+
+
+def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
+    """Any type gguf-py dequantizes, as int8 per output row, a chunk of rows at a time."""
+    import torch
+
+    rows = len(order)
+    columns = _columns(kind, data)
+    values = torch.empty(rows, columns, dtype=torch.int8)
+    scales = torch.empty(rows, dtype=torch.bfloat16)
+    for start in range(0, rows, CHUNK_ROWS):
+        part = dequantized(kind, data[order[start:start + CHUNK_ROWS]])
+        weight = quantize_weight(part, "int8")
+        values[start:start + len(part)], scales[start:start + len(part)] = weight.values, weight.scales
+    return QuantizedWeight("int8", values, scales)
+
+
+def dequantized(kind: str, data: Any) -> Any:
+    """float32 torch tensor of `data` as gguf-py dequantizes it (transformers' reference values)."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType, dequantize
+
+    values = np.ascontiguousarray(dequantize(data, GGMLQuantizationType[kind]), dtype=np.float32)
+    # An F32 tensor comes back as the file's read-only mapping: the model gets memory of its own.
+    return torch.from_numpy(values if values.flags.writeable else values.copy())
+
+
+def _columns(kind: str, data: Any) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[kind]]
+    return data.shape[1] // size * block
+
+
+def _arange(n: int) -> Any:
+    import numpy as np
+
+    return np.arange(n, dtype=np.int64)
+
+
+class _Names:
+    """transformers' names for a GGUF's tensors, and the order of their rows."""
+
+    def __init__(self, reader: Any, model: Any):
+        from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+        field = reader.get_field("general.architecture")
+        architecture = bytes(field.parts[field.data[0]]).decode() if field is not None else ""
+        self.config = model.config.to_dict()
+        self.processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=self.config)
+        self.names = get_gguf_hf_weights_map(model, self.processor)
+
+    def _process(self, weights: Any, name: str) -> tuple[str | None, Any]:
+        result = self.processor.process(weights=weights, name=name, tensor_key_mapping=self.names,
+                                        parsed_parameters={"config": self.config, "tensors": {}})
+        return self.names.get(result.name), result.weights
+
+    def row_order(self, tensor: Any) -> tuple[str | None, Any]:
+        """(transformers' name, its rows' order in the file) for a 2-D tensor whose processing only
+        reorders rows; (None, None) for one it changes otherwise."""
+        import numpy as np
+
+        rows = tensor.data.shape[0]
+        name, order = self._process(_arange(rows)[:, None], tensor.name)
+        order = np.asarray(order).reshape(-1)
+        if name is None or order.shape != (rows,) or not np.array_equal(np.sort(order), _arange(rows)):
+            return None, None
+        return name, order
+
+    def floats(self, tensor: Any, kind: str) -> tuple[str | None, Any]:
+        """(transformers' name, the tensor as transformers makes it: dequantized and processed)."""
+        import numpy as np
+        import torch
+
+        name, weights = self._process(dequantized(kind, tensor.data).numpy(), tensor.name)
+        return name, torch.from_numpy(np.ascontiguousarray(weights))
+
+
+def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | None, attention: str | None,
+              notify: Callable[[str], None]) -> tuple[Any, dict[str, dict[str, int]]] | None:
+    """The model of the GGUF `path`, its quantized tensors on lmpipe's kernels, and per GGUF type how
+    many tensors ran as what ("int4", "int8", "float"); None where only transformers' loader works
+    (a tensor it names or reshapes in a way this does not follow)."""
+    import torch
+    from gguf import GGUFReader
+
+    from .quantized_loading import assign, biases, finish
+
+    reader = GGUFReader(str(path))
+    kwargs = {"attn_implementation": attention} if attention else {}
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=dtype, **kwargs)
+    names = _Names(reader, model)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    modes = layer_modes(model, linears, quantize) if quantize else {}
+    head = module_name(model, model.get_output_embeddings())
+    embedding = module_name(model, model.get_input_embeddings())
+    tied = bool(getattr(config, "tie_word_embeddings", False)) and head in linears
+    weights: dict[str, QuantizedWeight] = {}
+    ran: dict[str, Counter] = {}
+    unknown: set[str] = set()
+    for tensor in reader.tensors:
+        kind = tensor.tensor_type.name
+        quantized = kind not in FLOAT_TYPES
+        name, order = names.row_order(tensor) if quantized and tensor.data.ndim == 2 else (None, None)
+        owner = name.rpartition(".")[0] if name is not None and name.endswith(".weight") else None
+        if owner == embedding and tied:
+            owner = head  # a tied model's head: install looks the embedding up from its int8 values
+        linear = linears.get(owner) if owner is not None else None
+        mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
+                "int8" if kind in INT4_TYPES + INT8_TYPES else None)
+        if linear is not None and mode is not None and quantizable(linear, mode):
+            weights[owner] = (int4_weight if mode == "int4" else int8_weight)(kind, tensor.data, order)
+            ran.setdefault(kind, Counter())[mode] += 1
+            continue
+        if quantized and kind not in INT4_TYPES + INT8_TYPES:
+            unknown.add(kind)
+        name, value = names.floats(tensor, kind)
+        if name is None:
+            if tensor.name.endswith(".weight") and tensor.data.ndim == 2:
+                return None  # a weight transformers maps in some other way
+            continue
+        owner = name.rpartition(".")[0]
+        if tied and owner == embedding and quantize and quantizable(linears[head], modes[head]):
+            weights[head] = quantize_weight(value, modes[head])
+            ran.setdefault(kind, Counter())[modes[head]] += 1
+            continue
+        if owner in linears and quantize and name.endswith(".weight") and quantizable(linears[owner], modes[owner]):
+            weights[owner] = quantize_weight(value, modes[owner])
+            ran.setdefault(kind, Counter())[modes[owner]] += 1
+            continue
+        if not assign(model, name, value.to(dtype)):
+            return None
+        ran.setdefault(kind, Counter())["float"] += 1
+    if unknown:
+        notify(f"{path.name}: lmpipe has no kernel for {', '.join(sorted(unknown))} tensors: "
+               "those run as float32, dequantized one tensor at a time")
+    if tied and head not in weights:
+        linears[head].weight = model.get_input_embeddings().weight  # tied, as transformers ties them
+    try:
+        install(model, weights, biases(model, weights))
+    except (AttributeError, KeyError, ValueError):
+        return None
+    model = finish(model, None)
+    if model is None:
+        return None
+    return model, {kind: dict(counts) for kind, counts in sorted(ran.items())}

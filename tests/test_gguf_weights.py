@@ -1,0 +1,179 @@
+"""A GGUF's tensors on lmpipe's layers: each type against gguf-py's dequantized values, whole
+models against transformers on the dequantized file, and no float32 model at any point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmpipe.models import gguf
+from lmpipe.models.kernels import vnni
+from lmpipe.models.loading import ModelSettings, load
+from tiny_gguf import Q4_K_M, encode, write_tiny_llama_gguf
+
+INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
+INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+# Bounds, relative (Frobenius) to the product with the file's dequantized weight, of one layer's
+# product: int4 keeps the file's values but its scale and zero in bfloat16 (measured ~1.7e-3);
+# int8 types are int8 per output row (measured ~8e-3).
+INT4_PRODUCT_BOUND = 3e-3
+INT8_PRODUCT_BOUND = 1.2e-2
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ggufs")
+    made = {kind: write_tiny_llama_gguf(folder / f"tiny-{kind}.gguf", kind)
+            for kind in (*INT4_TYPES, "Q5_K", "Q6_K", "Q8_0", "F16", "TQ2_0")}
+    made["Q4_K_M"] = write_tiny_llama_gguf(folder / "tiny-Q4_K_M.gguf", "Q4_K", Q4_K_M)
+    return made
+
+
+def _reference(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+
+
+@pytest.mark.parametrize("kind", INT4_TYPES + INT8_TYPES)
+def test_each_type_gives_the_files_values_within_its_bound(kind):
+    import numpy as np
+    import torch
+
+    from lmpipe.models.gguf_weights import dequantized, int4_weight, int8_weight
+    from lmpipe.models.quantize import quantized_linear_class
+
+    rng = np.random.default_rng(0)
+    data = encode(kind, (rng.standard_normal((64, 512)) * 0.05).astype(np.float32), 1)
+    order = np.arange(64)[::-1].copy()  # rows taken in another order, as Llama's q and k are
+    reference = dequantized(kind, data)[torch.from_numpy(order)]
+    weight = (int4_weight if kind in INT4_TYPES else int8_weight)(kind, data, order)
+    assert weight.mode == ("int4" if kind in INT4_TYPES else "int8")
+    values = weight.dequantized()
+    if kind in INT4_TYPES:
+        # The file's q, d and minimum exactly; only scale and zero are rounded to bfloat16 (2^-8 relative each: 8 significant bits).
+        scale = weight.scales.float().repeat_interleave(32, dim=1)
+        zero = weight.zeros.float().repeat_interleave(32, dim=1)
+        assert torch.all((values - reference).abs() <= 2 ** -8 * (8 * scale.abs() + zero.abs()) * 1.01 + 1e-7)
+    else:
+        steps = weight.scales.float()[:, None]  # per row: max|row| / 127
+        assert torch.all((values - reference).abs() <= steps * 0.5 * 1.01 + steps * 2 ** -8 * 128)
+    x = torch.randn(3, 512, generator=torch.Generator().manual_seed(0))
+    got, want = quantized_linear_class()(weight)(x), x @ reference.t()
+    error = float((got - want).norm() / want.norm())
+    assert error < (INT4_PRODUCT_BOUND if kind in INT4_TYPES else INT8_PRODUCT_BOUND), error
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K", "F16", "Q4_K_M"])
+def test_greedy_tokens_equal_transformers_on_the_dequantized_file(files, kind):
+    import torch
+
+    lm = load(ModelSettings(str(files[kind])))
+    reference = _reference(files[kind])
+    ids = lm.tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    got = lm.model.generate(ids, max_new_tokens=12, do_sample=False)
+    want = reference.generate(ids, max_new_tokens=12, do_sample=False)
+    assert got.tolist() == want.tolist()
+    assert not any(isinstance(m, torch.nn.Linear) for m in lm.model.modules()) or kind == "F16"
+
+
+@pytest.mark.parametrize("kind", ["Q5_K", "Q6_K", "Q8_0"])
+def test_int8_types_logits_stay_near_the_dequantized_files(files, kind):
+    lm = load(ModelSettings(str(files[kind])))
+    reference = _reference(files[kind])
+    ids = lm.tokenizer("The quick brown fox jumps", return_tensors="pt").input_ids
+    got, want = lm.model(ids).logits, reference(ids).logits
+    # Every layer's bound (INT8_PRODUCT_BOUND), through two layers and the head of a random model.
+    assert float((got - want).norm() / want.norm()) < 0.05
+
+
+def test_the_manifest_counts_each_types_tensors_by_kernel(files):
+    lm = load(ModelSettings(str(files["Q4_K_M"])))
+    # Per layer q, k, o, gate, up are Q4_K; v and down Q6_K; the tied head is the Q6_K embedding; norms F32.
+    assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "Q4_K": {"int4": 10}, "Q6_K": {"int8": 5}}
+    assert lm.identity["int4_kernel"] in ("lmpipe-vnni", "torch")
+    assert "quantize" not in lm.identity
+
+
+def test_quantize_on_a_gguf_applies_to_its_float_tensors_only(files):
+    f16 = load(ModelSettings(str(files["F16"]), quantize="int8"))
+    assert f16.identity["gguf_tensors"] == {"F16": {"int8": 15}, "F32": {"float": 5}}
+    q4 = load(ModelSettings(str(files["Q4_K"]), quantize="int8"))
+    assert q4.identity["gguf_tensors"]["Q4_K"] == {"int4": 14, "int8": 1}  # the file's blocks, its tied head int8
+
+
+def test_an_unknown_type_is_dequantized_alone_and_said_once(files):
+    messages = []
+    lm = load(ModelSettings(str(files["TQ2_0"])), notify=messages.append)
+    said = [m for m in messages if "no kernel" in m]
+    assert len(said) == 1 and "TQ2_0" in said[0]
+    assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "TQ2_0": {"float": 15}}
+    reference = _reference(files["TQ2_0"])
+    ids = lm.tokenizer("The quick", return_tensors="pt").input_ids
+    assert lm.model.generate(ids, max_new_tokens=6, do_sample=False).tolist() == \
+        reference.generate(ids, max_new_tokens=6, do_sample=False).tolist()
+
+
+def test_the_cache_keeps_a_description_not_a_float_copy(files):
+    from lmpipe import paths
+
+    path = files["Q4_K"]
+    messages = []
+    load(ModelSettings(str(path)), notify=messages.append)
+    load(ModelSettings(str(path)), notify=messages.append)
+    assert len([m for m in messages if "config and tokenizer" in m]) <= 1  # described once, then read
+    folder = gguf.described_folder(path)
+    assert gguf.conversion_info(folder)["weights"] == "read from the source GGUF"
+    assert not gguf.converted_folder(path).exists()
+    assert not list(paths.models_dir().rglob(f"{path.stem}*/*.safetensors"))
+    cached = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert cached < path.stat().st_size
+
+
+PEAK_SCRIPT = """
+import sys
+from pathlib import Path
+import torch, transformers
+from lmpipe.models.loading import ModelSettings, load
+
+def kib(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
+
+load(ModelSettings(sys.argv[2]))  # the description built and the kernels compiled: not this test's concern
+import gc; gc.collect()
+before = kib("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # the peak counts from here
+lm = load(ModelSettings(sys.argv[1]))
+print((kib("VmHWM:") - before) * 1024)
+"""
+
+
+def test_loading_a_wide_q4_k_file_never_holds_its_float32_model(tmp_path):
+    """A tiny-but-wide Q4_K model: its float32 weights are over 7x its file; the load's peak stays near the file."""
+    wide = write_tiny_llama_gguf(tmp_path / "wide.gguf", "Q4_K", hidden=1024, intermediate=8192, layers=2)
+    warm = write_tiny_llama_gguf(tmp_path / "warm.gguf", "Q4_K", seed=1)
+    float32_bytes = 4 * (2 * (3 * 1024 * 8192 + 2 * 1024 * 1024 + 2 * 512 * 1024) + 400 * 1024)
+    size = wide.stat().st_size
+    assert float32_bytes > 7 * size
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(wide), str(warm)], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak = int(out.stdout.split()[-1])
+    assert peak < float32_bytes / 2, (peak, float32_bytes)
+    if vnni.available():  # torch's int4 packing (elsewhere) takes one int32 per weight of a tensor at a time
+        # The mapped file, the packed layers (about the file again) and one slice's temporaries.
+        assert peak < 3 * size + 32 * 2 ** 20, (peak, size)
+
+
+def test_dequantize_asks_for_transformers_float32_conversion_lm_benchs_reference(tmp_path):
+    import torch
+
+    path = write_tiny_llama_gguf(tmp_path / "reference.gguf", "Q4_1", seed=3)  # not a file the cache test checks
+    lm = load(ModelSettings(str(path), dequantize=True))
+    assert "gguf_tensors" not in lm.identity
+    assert all(isinstance(m, torch.nn.Linear) for m in (lm.model.model.layers[0].self_attn.q_proj, lm.model.lm_head))
+    assert gguf.conversion_info(gguf.converted_folder(path)) is not None
