@@ -49,7 +49,7 @@ def test_a_model_the_quantized_loader_does_not_know_is_quantized_after_loading(t
     import lmpipe.models.quantized_loading
 
     folder = build_tiny_llama(tmp_path / "model", chat=False)
-    monkeypatch.setattr(lmpipe.models.quantized_loading, "FAMILIES", ())
+    monkeypatch.setattr(lmpipe.models.quantized_loading, "COPIED_FAMILIES", ())
     messages: list[str] = []
     lm = load(ModelSettings(str(folder), quantize="int8"), messages.append)
     assert type(lm.model.lm_head).__name__ == "QuantizedLinear"

@@ -3,6 +3,8 @@ int8's split product, and where they cannot run, torch's kernels instead with th
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -63,7 +65,10 @@ def test_one_querys_attention_reads_only_the_unmasked_columns(groups):
     mask[2, ..., ::7] = True
     k[1, :, 200:] = float("nan")  # masked columns are never read: garbage there changes nothing
     got = vnni.attend_one(q, k, v, mask)
-    assert torch.allclose(got, _whole_cache_attention(mask, groups)(q, k.nan_to_num(), v), rtol=1e-5, atol=1e-6)
+    shapes, layer = SimpleNamespace(heads=3 * groups, kv_heads=3), SimpleNamespace(scale=40 ** -0.5, softcap=None,
+                                                                                  window=False)
+    whole = _whole_cache_attention(shapes, mask)(q, k.nan_to_num(), v, layer)
+    assert torch.allclose(got, whole, rtol=1e-5, atol=1e-6)
     assert torch.allclose(got[0, :, 0], v[0, torch.arange(3 * groups) // groups, 0], rtol=1e-6, atol=1e-7)
     # a view of a wider cache's columns in use (the eager step's), read in place
     wide_k, wide_v = torch.randn(3, 3, 300, 40), torch.randn(3, 3, 300, 40)
