@@ -44,7 +44,7 @@ def model_settings(o: Options) -> "ModelSettings":
     """What model_options (and --quantize, where a tool has it) ask for."""
     from ..models.loading import ModelSettings
 
-    return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"))
+    return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"), o.get("kernel"))
 
 
 def decoding(o: Options) -> "Decoding":

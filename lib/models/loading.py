@@ -34,6 +34,7 @@ class ModelSettings:
     dtype: str = "auto"
     attention: str | None = None
     quantize: str | None = None  # weight-only "int8" or "int4" (lmpipe.models.quantize)
+    kernel: str | None = None  # --kernel: the quantized layers' kernel for every row count (lmpipe.models.kernels.choice)
 
     def ref(self) -> ModelRef:
         return resolve(self.model)
@@ -147,6 +148,11 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
             quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())
         ident["quantize"] = settings.quantize
+        from .quantize import choose_kernels
+
+        kernels = choose_kernels(model, settings.kernel, notify)
+        if kernels:  # which kernel multiplies, per range of rows: the fastest measured here, or --kernel's
+            ident["kernels"] = kernels
         if settings.quantize == "int4":  # the two kernels round differently: say which one computed
             from .quantize import int4_kernel_name
 
