@@ -97,7 +97,7 @@ def test_kernel_forces_one_for_every_range_without_measuring(tiny_llama_raw, fak
     assert not measured and not cache.exists() and "float32" not in capfd.readouterr().err
 
 
-def test_a_kernel_this_cpu_cannot_run_is_a_usage_error(tiny_llama_raw, faked, monkeypatch):
+def test_a_kernel_this_cpu_cannot_run_is_a_usage_error(faked, monkeypatch):
     monkeypatch.setattr(choice, "candidates", lambda: ("lmpipe-avx2", "float32"))
     with pytest.raises(UsageError, match=r"^--kernel lmpipe-vnni cannot run on this CPU \(here: lmpipe-avx2, float32\)$"):
         choice.choose([object()], forced="lmpipe-vnni")

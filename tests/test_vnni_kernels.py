@@ -123,6 +123,7 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
         raise RuntimeError("error: command 'c++' failed\nno C++ compiler found")
 
     monkeypatch.setattr(vnni, "reason", vnni.reason)  # put back afterwards, as the cached answer is
+    monkeypatch.delenv(vnni.ISA_ENV, raising=False)
     monkeypatch.setattr(vnni, "_build", fails)
     monkeypatch.setattr(vnni, "_cpu_flags", lambda: set(vnni.CPU_FLAGS))
     monkeypatch.setattr(vnni, "available", vnni.available.__wrapped__)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,7 +144,9 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
         layer.kernels = chosen[key]
     if measured:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cached, indent=1, sort_keys=True) + "\n")
+        part = path.with_name(f"{path.name}.{os.getpid()}")  # whole or not at all: loads may run side by side
+        part.write_text(json.dumps(cached, indent=1, sort_keys=True) + "\n")
+        part.replace(path)
     floats = sorted({key.split()[1] for key, kernels in chosen.items() if FLOAT in kernels.values()})
     if floats and forced is None and say is not None:
         say(f"quantized kernels are slower than float32 on this CPU for some row counts of {', '.join(floats)}: "
