@@ -1,5 +1,9 @@
-"""lmpipe's int4 and int8 kernels (AVX-512 VNNI): built from source on first use, as exact as
-int8's split product, and where they cannot run, torch's kernels instead with the reason kept."""
+"""lmpipe's int4 and int8 kernels (AVX-512 VNNI and AVX2): built from source on first use, as exact
+as int8's split product, and where they cannot run, torch's kernels instead with the reason kept.
+
+Each kernel test runs once per instruction set the CPU has: on an AVX-512 machine the AVX2 path
+is tested too, and on an AVX2-only one it is what runs.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +12,38 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lmpipe.errors import UsageError
 from lmpipe.models.kernels import vnni
 from lmpipe.models.quantize import quantize_weight
 
-needs_kernel = pytest.mark.skipif(not vnni.available(), reason=f"lmpipe's int4 kernel cannot run here: {vnni.reason}")
+KERNELS = vnni.runnable() if vnni.available() else []  # the instruction sets whose kernels run here
+each_kernel = pytest.mark.parametrize("isa", KERNELS)
 
 
-@needs_kernel
-@pytest.mark.parametrize("rows", [1, 3, 4, 9])  # blocks of 4 activation rows, and the rows after them
-def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(rows):
+def test_some_lmpipe_kernel_runs_here():
+    """The suite fails where none of the kernel tests below ran (a CPU without AVX2, a failed build)."""
+    assert KERNELS, f"none of lmpipe's kernels can run on this machine: {vnni.reason}"
+    assert "avx2" in KERNELS  # every CPU with AVX-512 VNNI has AVX2 and FMA as well
+
+
+@each_kernel
+@pytest.mark.parametrize("rows", [1, 3, 4, 9, 16])  # blocks of 2 or 4 activation rows, the rows after them, a batch
+def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(rows, isa):
     torch.manual_seed(0)
     weight = quantize_weight(torch.randn(48, 128) * 0.05, "int4")
     packed = vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros)
     x = torch.randn(rows, 128) * torch.logspace(-3, 3, 128)  # outlier-heavy rows, as residual streams have
     x[0, :32] = 0  # a group of zeros has no step to scale by, and must not divide by zero
-    got = vnni.int4_product(x, packed, 48)
+    got = vnni.int4_product(x, packed, 48, isa)
     want = x.double() @ weight.dequantized().double().t()
     assert got.dtype == torch.float32 and got.shape == (rows, 48)
     # The split product's bound, far finer than bfloat16 activations (torch's kernel) could meet.
     assert float((got.double() - want).norm() / want.norm()) < 1e-4
 
 
-@needs_kernel
-@pytest.mark.parametrize("rows", [1, 3, 4, 9])
-def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_packing(rows, monkeypatch):
+@each_kernel
+@pytest.mark.parametrize("rows", [1, 3, 4, 9, 16])
+def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_packing(rows, isa, monkeypatch):
     from lmpipe.models.quantize import split_int8_product
 
     torch.manual_seed(0)
@@ -39,10 +51,10 @@ def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_pa
     packed, scales = vnni.int8_pack(weight.values), weight.scales.float()
     x = torch.randn(rows + 1, 136) * torch.logspace(-3, 3, 136)
     x[-1] = 0  # a zero row has no step to scale by
-    got = vnni.int8_product(x, packed, scales)[:rows]
+    got = vnni.int8_product(x, packed, scales, isa)[:rows]
     want = x[:rows].double() @ weight.dequantized().double().t()
     assert got.shape == (rows, 48) and float((got.double() - want).norm() / want.norm()) < 1e-4
-    assert torch.equal(vnni.int8_product(x, packed, scales)[-1], torch.zeros(48))
+    assert torch.equal(vnni.int8_product(x, packed, scales, isa)[-1], torch.zeros(48))
     # the same arithmetic as the split product, up to float rounding; its int8 sums taken exactly
     # here (oneDNN's _int_mm without VNNI saturates them: ONEDNN_MAX_CPU_ISA=AVX2 shows it)
     monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.long() @ b.long()).int())
@@ -51,9 +63,9 @@ def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_pa
     assert torch.equal(vnni.int8_rows(packed, ids), weight.values[ids].to(torch.int16))
 
 
-@needs_kernel
+@each_kernel
 @pytest.mark.parametrize("groups", [1, 3])
-def test_one_querys_attention_reads_only_the_unmasked_columns(groups):
+def test_one_querys_attention_reads_only_the_unmasked_columns(groups, isa):
     """The compiled step's attention: what its two matmuls and masked softmax give, for rows of different lengths."""
     from lmpipe.models.fastpath import _whole_cache_attention
 
@@ -64,7 +76,7 @@ def test_one_querys_attention_reads_only_the_unmasked_columns(groups):
     mask[1, ..., 30:200] = True
     mask[2, ..., ::7] = True
     k[1, :, 200:] = float("nan")  # masked columns are never read: garbage there changes nothing
-    got = vnni.attend_one(q, k, v, mask)
+    got = vnni.attend_one(q, k, v, mask, isa)
     shapes, layer = SimpleNamespace(heads=3 * groups, kv_heads=3), SimpleNamespace(scale=40 ** -0.5, softcap=None,
                                                                                   window=False)
     whole = _whole_cache_attention(shapes, mask)(q, k.nan_to_num(), v, layer)
@@ -73,11 +85,11 @@ def test_one_querys_attention_reads_only_the_unmasked_columns(groups):
     # a view of a wider cache's columns in use (the eager step's), read in place
     wide_k, wide_v = torch.randn(3, 3, 300, 40), torch.randn(3, 3, 300, 40)
     wide_k[:, :, :256], wide_v[:, :, :256] = k, v
-    assert torch.equal(vnni.attend_one(q, wide_k[:, :, :256], wide_v[:, :, :256], mask), got)
+    assert torch.equal(vnni.attend_one(q, wide_k[:, :, :256], wide_v[:, :, :256], mask, isa), got)
 
 
-@needs_kernel
-def test_each_output_row_reads_its_own_values_scale_and_zero():
+@each_kernel
+def test_each_output_row_reads_its_own_values_scale_and_zero(isa):
     """A packing that mixed rows, groups or nibbles up would move these one-hot products."""
     values = torch.zeros(32, 64, dtype=torch.int32)
     values[5, 40] = 15  # row 5, group 1, part 1, high nibble
@@ -88,23 +100,25 @@ def test_each_output_row_reads_its_own_values_scale_and_zero():
     zeros[17, 0] = 9  # weight = q - 8 + 9 over that group
     x = torch.zeros(1, 64)
     x[0, 40], x[0, 3], x[0, 4] = 1.0, 2.0, 3.0
-    got = vnni.int4_product(x, vnni.int4_pack(values, scales, zeros), 32)[0]
+    got = vnni.int4_product(x, vnni.int4_pack(values, scales, zeros), 32, isa)[0]
     want = torch.zeros(32)
     want[5] = 15 * 2
     want[17] = 2 * (1 + 1) + 3 * (0 + 1)
     assert torch.allclose(got, want, rtol=1e-4, atol=0)  # the split activations: 2 is 3/127 * (85 - 85/254)
 
 
-@needs_kernel
-def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw):
+@each_kernel
+def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw, isa, monkeypatch):
     from lmpipe.models.loading import ModelSettings, load
     from lmpipe.models.quantize import quantized_linear_class
 
+    monkeypatch.setattr(vnni, "selected", isa)  # as LMPIPE_KERNEL_ISA would have chosen
     lm = load(ModelSettings(str(tiny_llama_raw), quantize="int4"))
-    assert lm.identity["int4_kernel"] == "lmpipe-vnni"  # records' manifests say which kernel computed them
+    # records' manifests say which kernel computed them
+    assert lm.identity["int4_kernel"] == {"avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}[isa]
     model = lm.model
     layers = [m for m in model.modules() if isinstance(m, quantized_linear_class())]
-    assert all(layer.vnni for layer in layers)  # the int4 layers, and the int8 head with them
+    assert all(layer.vnni and layer.isa == isa for layer in layers)  # the int4 layers, and the int8 head with them
     assert {layer.mode for layer in layers} == {"int4", "int8"}
 
 
@@ -116,13 +130,15 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
         raise RuntimeError("error: command 'c++' failed\nno C++ compiler found")
 
     monkeypatch.setattr(vnni, "reason", vnni.reason)  # put back afterwards, as the cached answer is
+    monkeypatch.delenv(vnni.ISA_ENV, raising=False)
     monkeypatch.setattr(vnni, "_build", fails)
     monkeypatch.setattr(vnni, "_cpu_flags", lambda: set(vnni.CPU_FLAGS))
     monkeypatch.setattr(vnni, "available", vnni.available.__wrapped__)
     assert not vnni.available()
-    assert vnni.reason == "building lmpipe's VNNI kernels failed: no C++ compiler found"
-    monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx2"})
-    assert not vnni.available() and vnni.reason.startswith("the CPU lacks")
+    assert vnni.reason == "building lmpipe's kernels failed: no C++ compiler found"
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx", "sse4_2"})
+    assert not vnni.available()
+    assert vnni.reason == "the CPU lacks avx512f and avx512bw and avx512_vnni or avx2 and fma"
     monkeypatch.setattr(q, "_checked", {})
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32, bias=False)
@@ -169,3 +185,25 @@ def test_packing_from_the_portable_bytes_is_packing_from_one_value_per_column():
     weight = quantize_weight(torch.randn(64, 256), "int4")
     assert torch.equal(vnni.int4_pack_pairs(weight.values, weight.scales, weight.zeros),
                        vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros))
+
+
+def test_a_cpu_without_avx512_vnni_runs_the_avx2_kernels_and_the_choice_can_be_forced(monkeypatch):
+    monkeypatch.setattr(vnni, "reason", vnni.reason)
+    monkeypatch.setattr(vnni, "selected", vnni.selected)
+    monkeypatch.setattr(vnni, "_build", lambda: None)  # the kernels' build is not what is tested here
+    monkeypatch.setattr(vnni, "available", vnni.available.__wrapped__)
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx", "avx2", "fma", "f16c"})  # an AVX2-only CPU
+    monkeypatch.delenv(vnni.ISA_ENV, raising=False)
+    assert vnni.available() and vnni.selected == "avx2"
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"})
+    assert vnni.available() and vnni.selected == "avx512"
+    monkeypatch.setenv(vnni.ISA_ENV, "avx2")
+    assert vnni.available() and vnni.selected == "avx2"
+    monkeypatch.setenv(vnni.ISA_ENV, "none")
+    assert not vnni.available() and vnni.reason == "LMPIPE_KERNEL_ISA=none"
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setenv(vnni.ISA_ENV, "avx512")
+    assert not vnni.available() and vnni.reason == "the CPU lacks avx512f or avx512bw or avx512_vnni"
+    monkeypatch.setenv(vnni.ISA_ENV, "sse2")
+    with pytest.raises(UsageError, match="LMPIPE_KERNEL_ISA must be one of avx512, avx2, none"):
+        vnni.available()

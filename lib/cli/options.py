@@ -8,6 +8,7 @@ import click
 from click.core import ParameterSource
 
 from ..models.device import ATTENTIONS, DEVICES, DTYPES
+from ..models.kernels.choice import KERNELS
 from ..models.resolve import DEFAULT_MODEL
 
 
@@ -181,6 +182,10 @@ def speed_options(f: Callable) -> Callable:
                      help="Weight-only quantization of the linear layers (CPU): int8 per channel, within "
                           "~1e-4 of float32 per layer; int4 in groups of 32 (a Q4_0/Q4_1 GGUF's own blocks) "
                           "with an int8 output head."),
+        click.option("--kernel", type=click.Choice(KERNELS), default=None, envvar="LMPIPE_KERNEL",
+                     help="With --quantize: the kernel for every row count, instead of the fastest measured "
+                          "on this CPU at the first load (lmpipe-vnni: AVX-512 VNNI; lmpipe-avx2; float32 on "
+                          "the dequantized weights)."),
         click.option("--cache", type=click.Choice(["auto", "fast", "dynamic", "static"]), default="auto",
                      show_default=True, envvar="LMPIPE_CACHE",
                      help="fast: lmpipe's own forward, cache allocated once (the families the README lists); "

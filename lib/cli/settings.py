@@ -48,7 +48,7 @@ def model_settings(o: Options) -> "ModelSettings":
 
     return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"),
                          adapters=tuple(Adapter.parse(a) for a in o.get("adapter") or ()), ctx_size=o.get("ctx_size"),
-                         rope_scaling=o.get("rope_scaling"), rope_factor=o.get("rope_factor"))
+                         rope_scaling=o.get("rope_scaling"), rope_factor=o.get("rope_factor"), kernel=o.get("kernel"))
 
 
 def decoding(o: Options) -> "Decoding":

@@ -44,6 +44,7 @@ class ModelSettings:
     rope_factor: float | None = None
     # A GGUF file dequantized to float32 by transformers, not run on its own tensors: lm-bench's reference.
     dequantize: bool = False
+    kernel: str | None = None  # --kernel: the quantized layers' kernel for every row count (lmpipe.models.kernels.choice)
 
     def __post_init__(self) -> None:
         if self.ctx_size is not None and self.ctx_size < 2:
@@ -206,9 +207,12 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         ident = {**identity(ref, folder), **facts}
         if settings.quantize:
             ident["quantize"] = settings.quantize
-        if any("int4" in kinds for kinds in facts["gguf_tensors"].values()):
-            from .quantize import int4_kernel_name
+        from .quantize import choose_kernels, int4_kernel_name
 
+        kernels = choose_kernels(model, settings.kernel, notify)  # the file's quantized tensors, as any others
+        if kernels:
+            ident["kernels"] = kernels
+        if any("int4" in kinds for kinds in facts["gguf_tensors"].values()):
             ident["int4_kernel"] = int4_kernel_name(model)
         ident.update(context_facts(settings))
         return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident,
@@ -255,6 +259,11 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
             quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())
         ident["quantize"] = settings.quantize
+        from .quantize import choose_kernels
+
+        kernels = choose_kernels(model, settings.kernel, notify)
+        if kernels:  # which kernel multiplies, per range of rows: the fastest measured here, or --kernel's
+            ident["kernels"] = kernels
         if settings.quantize == "int4":  # the two kernels round differently: say which one computed
             from .quantize import int4_kernel_name
 

@@ -9,7 +9,7 @@ bytes per token: int8 reads a quarter of float32, int4 an eighth.
   layer is within ~1e-4 of its dequantized float32 product; torch's `_weight_int8pack_mm`
   takes and returns bfloat16, which put int8 logits 0.6-10% from the dequantized model. A
   bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
-- int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI (lmpipe.models.kernels.vnni):
+- int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI or AVX2 (lmpipe.models.kernels.vnni):
   integer dot products over activations split as int8's are, within ~1e-5 of the dequantized
   weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's `_weight_int4pack_mm_for_cpu`, as gpt-fast
   and torchao do. It is fast with bfloat16 activations and ~40x slower with float32 ones
@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .device import cpuinfo
+from .kernels import choice as kernel_choice
 from .kernels import vnni as vnni_kernels
 
 MODES = ("int8", "int4")
@@ -199,11 +200,12 @@ def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
     return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, INT4_GROUP, scales)
 
 
-def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int) -> Any:
-    """x [M, K] float times a weight packed for lmpipe's VNNI kernels: float32 [M, N]."""
+def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int, isa: str | None = None) -> Any:
+    """x [M, K] float times a weight packed for lmpipe's kernels: float32 [M, N]. `isa`: which
+    instruction set's (lmpipe.models.kernels.vnni.ISAS; None: the one selected for this CPU)."""
     if mode == "int4":
-        return vnni_kernels.int4_product(x, packed, out_features)
-    return vnni_kernels.int8_product(x, packed, scales)
+        return vnni_kernels.int4_product(x, packed, out_features, isa)
+    return vnni_kernels.int8_product(x, packed, scales, isa)
 
 
 def refined_top(y: Any, x: Any, values: Any, scales: Any) -> Any:
@@ -363,10 +365,15 @@ def _build_classes():
             self.bfloat16_rows = bfloat16_rows
             self.in_features, self.out_features = weight.in_features, weight.out_features
             # int4, and an int4 model's int8 head, go through lmpipe's own kernels where the CPU has
-            # VNNI (lmpipe.models.kernels.vnni). int8 models keep the split product: at 16 rows and
-            # more oneDNN's int8 GEMM beats the kernel, and one layout is kept, not two.
-            self.vnni = vnni_kernels.available() and (
-                weight.mode == "int4" or (bfloat16_rows and vnni_kernels.int8_fits(self.out_features, self.in_features)))
+            # them (lmpipe.models.kernels.vnni). int8 models keep the split product where oneDNN has
+            # VNNI: at 16 rows and more its int8 GEMM beats the kernel, and one layout is kept, not
+            # two. Without VNNI (lmpipe's AVX2 kernels) oneDNN's int8 sums are wrong, and torch's
+            # bfloat16 kernel is emulated: int8 models take lmpipe's kernel too.
+            self.vnni = vnni_kernels.available() and (weight.mode == "int4" or (
+                (bfloat16_rows or vnni_kernels.selected == "avx2")
+                and vnni_kernels.int8_fits(self.out_features, self.in_features)))
+            self.isa = vnni_kernels.selected if self.vnni else None  # AVX-512 VNNI or AVX2
+            self.kernels: dict[str, str] | None = None  # per range of rows, where measured (kernels.choice)
             packed, scales = pack(weight, self.vnni)
             self.split = check_kernel(weight, packed, scales, self.vnni)
             self.register_buffer("packed", packed, persistent=False)
@@ -379,8 +386,13 @@ def _build_classes():
         def forward(self, x):
             flat = x.reshape(-1, x.shape[-1])
             rows = flat.shape[0]
-            if self.vnni:
-                y = product(self.mode, flat, self.packed, self.packed_scales, self.out_features)
+            kernel = self.kernels[kernel_choice.row_range(rows)] if self.kernels else None
+            if kernel == kernel_choice.FLOAT:  # no quantized kernel beat float32 at this many rows here
+                y = flat.float() @ kernel_choice.dequantized(self.mode, self.packed, self.packed_scales,
+                                                             self.out_features).t()
+            elif self.vnni:
+                y = product(self.mode, flat, self.packed, self.packed_scales, self.out_features,
+                            kernel_choice.ISAS.get(kernel, self.isa))
             elif self.split and not ((self.bfloat16_rows or x.dtype == torch.bfloat16) and rows <= KERNEL_MAX_ROWS):
                 y = split_int8_product(flat.float(), self.packed, self.split_scales)
             elif self.mode == "int8" and rows > KERNEL_MAX_ROWS:
@@ -451,9 +463,23 @@ def lookup(ids: Any, values: Any, scales: Any, dtype: Any) -> Any:
     return rows.to(dtype) * scales[ids].to(dtype)[..., None]
 
 
+def choose_kernels(model: Any, forced: str | None = None, say: Any = None) -> dict[str, str]:
+    """Each layer on lmpipe's kernels gets its kernel per range of rows (lmpipe.models.kernels.choice):
+    `forced` (--kernel), or the fastest measured here. Returns the choice per range, for the manifest
+    ({} where no layer runs lmpipe's kernels)."""
+    layers = [m for m in model.modules() if getattr(m, "vnni", False)]
+    if not layers:
+        if forced is not None:
+            raise UsageError(f"--kernel {forced}: lmpipe's kernels cannot run here ({vnni_kernels.reason})")
+        return {}
+    return kernel_choice.choose(layers, forced, say)
+
+
 def int4_kernel_name(model: Any) -> str:
-    """Which kernel computes the model's int4 layers: "lmpipe-vnni" (lmpipe.models.kernels.vnni) or "torch"."""
-    return "lmpipe-vnni" if any(getattr(m, "vnni", False) for m in model.modules()) else "torch"
+    """Which kernel computes the model's int4 layers: "lmpipe-vnni" or "lmpipe-avx2"
+    (lmpipe.models.kernels.vnni, AVX-512 VNNI or AVX2), or "torch"."""
+    isa = next((m.isa for m in model.modules() if getattr(m, "vnni", False)), None)
+    return kernel_choice.NAMES[isa] if isa else "torch"
 
 
 def quantizable(linear: Any, mode: str) -> bool:

@@ -1,5 +1,9 @@
-// int4 and int8 weights times float32 activations with AVX-512 VNNI integer dot products, as
-// llama.cpp computes its blocks: torch.ops.lmpipe.int4_mm and int8_mm (lmpipe.models.kernels.vnni).
+// int4 and int8 weights times float32 activations with 8-bit integer dot products, as llama.cpp
+// computes its blocks: torch.ops.lmpipe.int4_mm and int8_mm (lmpipe.models.kernels.vnni) with
+// AVX-512 VNNI (vpdpbusd), and int4_mm_avx2 and int8_mm_avx2 with AVX2 (vpmaddubsw, then vpmaddwd
+// to 32 bits, llama.cpp's AVX2 dot product) on the same packed layouts. Each function is compiled
+// for its instruction set (target attributes) and each op checks the CPU, so one build serves any
+// x86-64.
 //
 // Activations are split into two int8 parts (the values in steps of max/127, then what that
 // leaves in steps 254 times finer), per group of 32 for int4 and per row for int8 (whose weight
@@ -36,6 +40,11 @@ bool supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vnni");
+}
+
+bool avx2_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 // One row of activations, per group: high and low int8 parts, the step, the float sum.
@@ -117,34 +126,77 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
   for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out + (r0 + i) * n, acc[i]);
 }
 
-at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
-  TORCH_CHECK(supported(), "lmpipe::int4_mm needs AVX-512 VNNI");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "packed: contiguous uint8");
-  const int64_t m = x.size(0), k = x.size(1), groups = k / GROUP;
-  TORCH_CHECK(k % GROUP == 0 && n % ROWS == 0, "K must be a multiple of 32 and N of 16");
-  TORCH_CHECK(packed.numel() == n / ROWS * groups * BLOCK, "packed does not hold an [N, K] weight");
-  at::Tensor out = at::empty({m, n}, x.options());
-  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m * groups),
-          std::vector<float>(m * groups)};
-  const float* xp = x.data_ptr<float>();
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      split_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, a.step.data() + r * groups,
-                a.sum.data() + r * groups);
-  });
-  const uint8_t* w = packed.data_ptr<uint8_t>();
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* wb = w + b * groups * BLOCK;
-      float* ob = o + b * ROWS;
-      int64_t r = 0;
-      for (; r + 4 <= m; r += 4) block_rows<4>(wb, a, r, k, n, ob);
-      for (; r < m; ++r) block_rows<1>(wb, a, r, k, n, ob);
+
+
+// The AVX2 path's split: split_row's arithmetic, a value at a time.
+__attribute__((target("avx2,fma"))) void split_row_avx2(
+    const float* x, int64_t k, int8_t* high, int8_t* low, float* step, float* sum) {
+  for (int64_t g = 0; g < k / GROUP; ++g) {
+    const float* xg = x + g * GROUP;
+    float amax = 0.f, total = 0.f;
+    for (int i = 0; i < GROUP; ++i) amax = std::fmax(amax, std::fabs(xg[i]));
+    const float s = amax / 127.f, inverse = s > 0.f ? 1.f / s : 0.f;
+    for (int i = 0; i < GROUP; ++i) {
+      const float u = xg[i] * inverse, h = std::nearbyint(u);
+      high[g * GROUP + i] = static_cast<int8_t>(h);
+      low[g * GROUP + i] = static_cast<int8_t>(std::nearbyint((u - h) * 254.f));
+      total += xg[i];
     }
-  });
-  return out;
+    step[g] = s;
+    sum[g] = total;
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 bfloat16s_avx2(const uint8_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+// block_rows with AVX2: 8 weight rows (half a block) to a register, so each half of the block
+// takes its own pass. vpmaddubsw multiplies the unsigned nibbles by the signed activations and
+// adds pairs into 16 bits: at most 2 x 15 x 127 per pair, so a whole group's 8 products per lane
+// (4 parts, both nibbles) stay under 32767 and go to 32 bits (vpmaddwd) once per group.
+template <int MR>
+__attribute__((target("avx2,fma"))) void block_rows_avx2(
+    const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  const int64_t groups = k / GROUP;
+  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[MR];
+    for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+    const uint8_t* wg = w;
+    for (int64_t g = 0; g < groups; ++g, wg += BLOCK) {
+      __m256i ih[MR], il[MR];
+      for (int i = 0; i < MR; ++i) ih[i] = il[i] = _mm256_setzero_si256();
+      for (int p = 0; p < 4; ++p) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + p * 64 + half * 32));
+        const __m256i lo = _mm256_and_si256(v, nibble);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+        for (int i = 0; i < MR; ++i) {
+          const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
+          const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
+          int32_t h0, h1, l0, l1;
+          std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
+          ih[i] = _mm256_add_epi16(ih[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(h0)),
+                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(h1))));
+          il[i] = _mm256_add_epi16(il[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(l0)),
+                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(l1))));
+        }
+      }
+      const __m256 scale = bfloat16s_avx2(wg + 256 + half * 16), zero = bfloat16s_avx2(wg + 288 + half * 16);
+      for (int i = 0; i < MR; ++i) {
+        const int64_t at = (r0 + i) * groups + g;
+        const __m256 high = _mm256_cvtepi32_ps(_mm256_madd_epi16(ih[i], ones));
+        const __m256 low = _mm256_cvtepi32_ps(_mm256_madd_epi16(il[i], ones));
+        const __m256 xq = _mm256_mul_ps(_mm256_fmadd_ps(low, _mm256_set1_ps(1.f / 254.f), high),
+                                        _mm256_set1_ps(a.step[at]));
+        const __m256 xs = _mm256_set1_ps(a.sum[at]);
+        acc[i] = _mm256_fmadd_ps(scale, _mm256_fnmadd_ps(_mm256_set1_ps(8.f), xs, xq), acc[i]);
+        acc[i] = _mm256_fmadd_ps(zero, xs, acc[i]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + (r0 + i) * n + half * 8, acc[i]);
+  }
 }
 
 
@@ -158,7 +210,9 @@ struct RowSplit {
   std::vector<int32_t> high_sum, low_sum;
 };
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void split_whole_row(
+// Compiled into each instruction set's function below (a function built for AVX-512 must
+// never run on an AVX2 CPU, even for its scalar code).
+__attribute__((always_inline)) inline void split_whole_row_body(
     const float* x, int64_t k, int8_t* high, int8_t* low, float* step, int32_t* high_sum, int32_t* low_sum) {
   float amax = 0.f;
   for (int64_t i = 0; i < k; ++i) amax = std::fmax(amax, std::fabs(x[i]));
@@ -174,6 +228,16 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void split_whole_row(
   *step = s;
   *high_sum = hs;
   *low_sum = ls;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void split_whole_row(
+    const float* x, int64_t k, int8_t* high, int8_t* low, float* step, int32_t* high_sum, int32_t* low_sum) {
+  split_whole_row_body(x, k, high, low, step, high_sum, low_sum);
+}
+
+__attribute__((target("avx2,fma"))) void split_whole_row_avx2(
+    const float* x, int64_t k, int8_t* high, int8_t* low, float* step, int32_t* high_sum, int32_t* low_sum) {
+  split_whole_row_body(x, k, high, low, step, high_sum, low_sum);
 }
 
 // 16 outputs (one block of weight rows) for activation rows [r0, r0 + MR). Two accumulators per
@@ -206,35 +270,38 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
   }
 }
 
-at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
-  TORCH_CHECK(supported(), "lmpipe::int8_mm needs AVX-512 VNNI");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
-  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
-                  packed.size(2) == ROWS && packed.size(3) == 4,
-              "packed: contiguous uint8 [N/16, K/4, 16, 4]");
-  const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * ROWS;
-  TORCH_CHECK(packed.size(1) * 4 == k && k % 8 == 0, "x and packed differ in K, or K is not a multiple of 8");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == n && scales.is_contiguous(), "scales: float32 [N]");
-  at::Tensor out = at::empty({m, n}, x.options());
-  RowSplit a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m),
-             std::vector<int32_t>(m), std::vector<int32_t>(m)};
-  const float* xp = x.data_ptr<float>();
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      split_whole_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, &a.step[r], &a.high_sum[r],
-                      &a.low_sum[r]);
-  });
-  const uint8_t* w = packed.data_ptr<uint8_t>();
-  const float* sc = scales.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      int64_t r = 0;
-      for (; r + 4 <= m; r += 4) int8_block<4>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
-      for (; r < m; ++r) int8_block<1>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+
+
+// int8_block with AVX2, a half block (8 weight rows) per pass. vpmaddubsw needs an unsigned
+// operand and saturates at 16 bits, so, as llama.cpp does, it multiplies each weight's magnitude
+// by the activation carrying the weight's sign (vpsignb): at most 2 x 128 x 127 per pair; the
+// stored values' +128 comes off first, so no activation sums are subtracted here.
+template <int MR>
+__attribute__((target("avx2,fma"))) void int8_block_avx2(
+    const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  for (int half = 0; half < 2; ++half) {
+    __m256i ih[MR], il[MR];
+    for (int i = 0; i < MR; ++i) ih[i] = il[i] = _mm256_setzero_si256();
+    const uint8_t* wc = w + half * 32;
+    for (int64_t c = 0; c < k; c += 4, wc += 64) {
+      const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc)), flip);
+      const __m256i magnitude = _mm256_abs_epi8(v);
+      for (int i = 0; i < MR; ++i) {
+        int32_t h0, l0;
+        std::memcpy(&h0, a.high.data() + (r0 + i) * k + c, 4), std::memcpy(&l0, a.low.data() + (r0 + i) * k + c, 4);
+        const __m256i h = _mm256_sign_epi8(_mm256_set1_epi32(h0), v), l = _mm256_sign_epi8(_mm256_set1_epi32(l0), v);
+        ih[i] = _mm256_add_epi32(ih[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, h), ones));
+        il[i] = _mm256_add_epi32(il[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, l), ones));
+      }
     }
-  });
-  return out;
+    const __m256 scale = _mm256_loadu_ps(scales + half * 8);
+    for (int i = 0; i < MR; ++i) {
+      const int64_t r = r0 + i;
+      const __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(il[i]), _mm256_set1_ps(1.f / 254.f), _mm256_cvtepi32_ps(ih[i]));
+      _mm256_storeu_ps(out + r * n + half * 8, _mm256_mul_ps(_mm256_mul_ps(sum, _mm256_set1_ps(a.step[r])), scale));
+    }
+  }
 }
 
 
@@ -261,8 +328,140 @@ __attribute__((target("avx512f"))) inline void add_scaled(float alpha, const flo
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+
+__attribute__((target("avx2,fma"))) inline float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  const __m128 four = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+  float total = _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+__attribute__((target("avx2,fma"))) inline void add_scaled_avx2(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// The instruction sets, as the ops below take them.
+struct Avx512 {
+  static constexpr const char* needs = "AVX-512 VNNI";
+  static constexpr int rows = 4;  // activation rows per pass over a block of weights
+  static bool supported() { return ::supported(); }
+  static void split_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, float* sum) {
+    ::split_row(x, k, h, l, s, sum);
+  }
+  template <int MR>
+  static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+    block_rows<MR>(w, a, r0, k, n, out);
+  }
+  static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
+    ::split_whole_row(x, k, h, l, s, hs, ls);
+  }
+  template <int MR>
+  static void int8_block(const uint8_t* w, const float* sc, const RowSplit& a, int64_t r0, int64_t k, int64_t n,
+                         float* out) {
+    ::int8_block<MR>(w, sc, a, r0, k, n, out);
+  }
+  static float dot(const float* a, const float* b, int64_t n) { return ::dot(a, b, n); }
+  static void add_scaled(float alpha, const float* x, float* y, int64_t n) { ::add_scaled(alpha, x, y, n); }
+};
+
+struct Avx2 {
+  static constexpr const char* needs = "AVX2 and FMA";
+  static constexpr int rows = 2;  // half AVX-512's: 16 registers, not 32, hold the accumulators
+  static bool supported() { return avx2_supported(); }
+  static void split_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, float* sum) {
+    split_row_avx2(x, k, h, l, s, sum);
+  }
+  template <int MR>
+  static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+    block_rows_avx2<MR>(w, a, r0, k, n, out);
+  }
+  static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
+    split_whole_row_avx2(x, k, h, l, s, hs, ls);
+  }
+  template <int MR>
+  static void int8_block(const uint8_t* w, const float* sc, const RowSplit& a, int64_t r0, int64_t k, int64_t n,
+                         float* out) {
+    int8_block_avx2<MR>(w, sc, a, r0, k, n, out);
+  }
+  static float dot(const float* a, const float* b, int64_t n) { return dot_avx2(a, b, n); }
+  static void add_scaled(float alpha, const float* x, float* y, int64_t n) { add_scaled_avx2(alpha, x, y, n); }
+};
+
+template <class Isa>
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  TORCH_CHECK(Isa::supported(), "lmpipe::int4_mm needs ", Isa::needs);
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "packed: contiguous uint8");
+  const int64_t m = x.size(0), k = x.size(1), groups = k / GROUP;
+  TORCH_CHECK(k % GROUP == 0 && n % ROWS == 0, "K must be a multiple of 32 and N of 16");
+  TORCH_CHECK(packed.numel() == n / ROWS * groups * BLOCK, "packed does not hold an [N, K] weight");
+  at::Tensor out = at::empty({m, n}, x.options());
+  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m * groups),
+          std::vector<float>(m * groups)};
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      Isa::split_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, a.step.data() + r * groups,
+                     a.sum.data() + r * groups);
+  });
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const uint8_t* wb = w + b * groups * BLOCK;
+      float* ob = o + b * ROWS;
+      int64_t r = 0;
+      for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int4_block<Isa::rows>(wb, a, r, k, n, ob);
+      for (; r < m; ++r) Isa::template int4_block<1>(wb, a, r, k, n, ob);
+    }
+  });
+  return out;
+}
+
+
+template <class Isa>
+at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
+  TORCH_CHECK(Isa::supported(), "lmpipe::int8_mm needs ", Isa::needs);
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(2) == ROWS && packed.size(3) == 4,
+              "packed: contiguous uint8 [N/16, K/4, 16, 4]");
+  const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * ROWS;
+  TORCH_CHECK(packed.size(1) * 4 == k && k % 8 == 0, "x and packed differ in K, or K is not a multiple of 8");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == n && scales.is_contiguous(), "scales: float32 [N]");
+  at::Tensor out = at::empty({m, n}, x.options());
+  RowSplit a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m),
+             std::vector<int32_t>(m), std::vector<int32_t>(m)};
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      Isa::split_whole_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, &a.step[r], &a.high_sum[r],
+                           &a.low_sum[r]);
+  });
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const float* sc = scales.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t r = 0;
+      for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int8_block<Isa::rows>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+      for (; r < m; ++r) Isa::template int8_block<1>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+    }
+  });
+  return out;
+}
+
+
+template <class Isa>
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
-  TORCH_CHECK(supported(), "lmpipe::attend_one needs AVX-512");
+  TORCH_CHECK(Isa::supported(), "lmpipe::attend_one needs ", Isa::needs);
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "float32 queries, keys and values");
   // Keys and values may be a view of a wider cache (its columns in use): any strides, but
@@ -298,11 +497,11 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
       for (int64_t g = 0; g < groups; ++g) {
         const float* query = qp + (row * heads + head * groups + g) * dim;
         float top = -INFINITY;
-        for (int32_t w : used) top = std::fmax(top, scores[w] = dot(query, keys + w * ks, dim) * scale);
+        for (int32_t w : used) top = std::fmax(top, scores[w] = Isa::dot(query, keys + w * ks, dim) * scale);
         float total = 0.f;
         for (int32_t w : used) total += scores[w] = std::exp(scores[w] - top);
         float* o = op + (row * heads + head * groups + g) * dim;
-        for (int32_t w : used) add_scaled(scores[w] / total, values + w * vs, o, dim);
+        for (int32_t w : used) Isa::add_scaled(scores[w] / total, values + w * vs, o, dim);
       }
     }
   });
@@ -315,10 +514,16 @@ TORCH_LIBRARY(lmpipe, m) {
   m.def("int4_mm(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("int8_mm(Tensor x, Tensor packed, Tensor scales) -> Tensor");
   m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
+  m.def("int4_mm_avx2(Tensor x, Tensor packed, int n) -> Tensor");
+  m.def("int8_mm_avx2(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("attend_one_avx2(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
-  m.impl("int4_mm", &int4_mm);
-  m.impl("int8_mm", &int8_mm);
-  m.impl("attend_one", &attend_one);
+  m.impl("int4_mm", &int4_mm<Avx512>);
+  m.impl("int8_mm", &int8_mm<Avx512>);
+  m.impl("attend_one", &attend_one<Avx512>);
+  m.impl("int4_mm_avx2", &int4_mm<Avx2>);
+  m.impl("int8_mm_avx2", &int8_mm<Avx2>);
+  m.impl("attend_one_avx2", &attend_one<Avx2>);
 }

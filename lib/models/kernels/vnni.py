@@ -1,28 +1,32 @@
-"""int4 and int8 weights times float32 activations with AVX-512 VNNI integer dot products (vnni.cpp).
+"""int4 and int8 weights times float32 activations with 8-bit integer dot products (vnni.cpp).
 
 torch's int4 CPU kernel (`_weight_int4pack_mm_for_cpu`) turns every weight into a float and
 multiplies in bfloat16; its int8 one (`_weight_int8pack_mm`) takes and returns bfloat16 too, and
-the exact alternative, int8's split product over `torch._int_mm`, reads the weight twice. On a
-CPU with AVX-512 VNNI one instruction does 64 multiply-adds of 8-bit numbers, which is how
-llama.cpp runs its blocks. torchao's x86 kernels of that kind are not in its PyPI wheel, so
-lmpipe carries its own: two short C++ kernels, compiled with torch's extension builder into
+the exact alternative, int8's split product over `torch._int_mm`, reads the weight twice (and
+oneDNN gives wrong int8 sums without VNNI). On a CPU with AVX-512 VNNI one instruction does 64
+multiply-adds of 8-bit numbers, which is how llama.cpp runs its blocks; with AVX2 two
+instructions do 32 (vpmaddubsw, vpmaddwd), llama.cpp's AVX2 path. torchao's x86 kernels of that
+kind are not in its PyPI wheel, so lmpipe carries its own: short C++ kernels for both
+instruction sets, on the same packed layouts, compiled with torch's extension builder into
 lmpipe's cache the first time a quantized model loads (once per source and torch version), and
-registered as torch.ops.lmpipe.int4_mm and int8_mm, so a compiled decode step calls them like
-any torch operator. The build folder is named by the source's hash and torch's version, and is
-this user's alone (build_folder); builds take a lock of lmpipe's own (_compile).
+registered as torch.ops.lmpipe.int4_mm and int8_mm (AVX-512 VNNI) and int4_mm_avx2 and
+int8_mm_avx2, so a compiled decode step calls them like any torch operator. The build folder is
+named by the source's hash and torch's version, and is this user's alone (build_folder); builds
+take a lock of lmpipe's own (_compile).
 
 The activations are split into two int8 parts (see vnni.cpp), so a product is within ~1e-5
-(int4) or ~1e-4 (int8) of the dequantized float32 weight's; torch's kernels, fed bfloat16, are
-~2e-3 from it. Measured on the 2-core AMD EPYC (Zen 4), one row of activations, a 3072x576 int4
-weight: 17.2 us against torch's 28.4; 64 rows 689 against 746.
+(int4) or ~1e-4 (int8) of the dequantized float32 weight's, on either instruction set; torch's
+kernels, fed bfloat16, are ~2e-3 from it.
 
 The same build carries the compiled decode step's attention for one query per row
 (`attend_one`): torch's two batched matmuls over the cache's whole width (rounded up to 256
 columns) cost ~10 us each per layer in dispatch alone, and it reads only the columns in use.
 
-Where the CPU lacks VNNI or no C++ compiler is found, `available()` says no (and `reason` why)
-and the layers keep torch's kernels. int4's packed layout is lmpipe's own, made from the
-portable values at load time, never saved; int8 reads the portable values as they are.
+The instruction set is the best the CPU has (`isa`); LMPIPE_KERNEL_ISA=avx2 (or avx512, or
+none) forces one, so the AVX2 path runs, and is tested, on AVX-512 machines too. Where the CPU
+has neither, or no C++ compiler is found, `available()` says no (and `reason` why) and the
+layers keep torch's kernels. int4's packed layout is lmpipe's own, made from the portable values
+at load time, never saved; int8 reads the portable values as they are.
 """
 
 from __future__ import annotations
@@ -34,14 +38,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ...errors import UsageError
 from ..device import cpuinfo
 
 GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
 SOURCE = Path(__file__).with_name("vnni.cpp")
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
+# The instruction sets the kernels are built for, best first, with the CPU flags each needs.
+ISAS = {"avx512": ("avx512f", "avx512bw", "avx512_vnni"), "avx2": ("avx2", "fma")}
+CPU_FLAGS = ISAS["avx512"]
+ISA_ENV = "LMPIPE_KERNEL_ISA"  # avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
 
 reason: str | None = None  # why the kernels are not available, once available() said so
+selected: str | None = None  # the instruction set the kernels run with, once available() said yes
 _lock = threading.Lock()  # one build and registration per process, whichever thread asks first
 _built = False
 
@@ -50,22 +59,46 @@ def _cpu_flags() -> set[str]:
     return set((cpuinfo("flags") or "").split())
 
 
-@cache
-def available() -> bool:
-    """Whether torch.ops.lmpipe's kernels can run here: built (or built now) and the CPU has VNNI."""
-    global reason
+def runnable() -> list[str]:
+    """The instruction sets of ISAS this CPU has, best first (whether the kernels build aside)."""
     import platform
 
-    if platform.machine() not in ("x86_64", "AMD64") or not set(CPU_FLAGS) <= _cpu_flags():
-        reason = f"the CPU lacks {' or '.join(CPU_FLAGS)}"
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    flags = _cpu_flags()
+    return [isa for isa, needs in ISAS.items() if set(needs) <= flags]
+
+
+def forced() -> bool:
+    """Whether LMPIPE_KERNEL_ISA names the instruction set (rather than leaving it to the CPU)."""
+    return os.environ.get(ISA_ENV, "").strip().lower() in ISAS
+
+
+@cache
+def available() -> bool:
+    """Whether torch.ops.lmpipe's kernels can run here: built (or built now) and the CPU has an
+    instruction set of ISAS (LMPIPE_KERNEL_ISA's, where set). Sets `selected`, or `reason`."""
+    global reason, selected
+    wanted = os.environ.get(ISA_ENV, "").strip().lower()
+    if wanted and wanted not in (*ISAS, "none"):
+        raise UsageError(f"{ISA_ENV} must be one of {', '.join(ISAS)}, none (got {wanted!r})")
+    if wanted == "none":
+        reason = f"{ISA_ENV}=none"
+        return False
+    have = runnable()
+    choice = wanted if wanted in have else None if wanted else next(iter(have), None)
+    if choice is None:
+        needs = ISAS[wanted] if wanted else tuple(" and ".join(n) for n in ISAS.values())
+        reason = f"the CPU lacks {' or '.join(needs)}"
         return False
     with _lock:
         try:
             _build()
         except Exception as exc:  # no compiler, no ninja, a failed build: torch's kernels instead
             lines = str(exc).strip().splitlines()
-            reason = f"building lmpipe's VNNI kernels failed: {lines[-1] if lines else type(exc).__name__}"
+            reason = f"building lmpipe's kernels failed: {lines[-1] if lines else type(exc).__name__}"
             return False
+    selected = choice
     return True
 
 
@@ -79,17 +112,18 @@ def _build() -> None:
         return
     _compile(build_folder(kernels_dir()))
 
-    @torch.library.register_fake("lmpipe::int4_mm")
-    def _(x, packed, n):
-        return x.new_empty(x.shape[0], n)
+    for suffix in ("", "_avx2"):
+        @torch.library.register_fake(f"lmpipe::int4_mm{suffix}")
+        def _(x, packed, n):
+            return x.new_empty(x.shape[0], n)
 
-    @torch.library.register_fake("lmpipe::int8_mm")
-    def _(x, packed, scales):
-        return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
+        @torch.library.register_fake(f"lmpipe::int8_mm{suffix}")
+        def _(x, packed, scales):
+            return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
 
-    @torch.library.register_fake("lmpipe::attend_one")
-    def _(q, k, v, mask):
-        return torch.empty_like(q)
+        @torch.library.register_fake(f"lmpipe::attend_one{suffix}")
+        def _(q, k, v, mask):
+            return torch.empty_like(q)
 
     _built = True
 
@@ -131,6 +165,13 @@ def _compile(build: Path) -> None:
              build_directory=str(build), verbose=False)
     finally:
         os.close(fd)
+
+
+def _op(name: str, isa: str | None) -> Any:
+    """torch.ops.lmpipe's `name` for `isa` (None: the one available() selected)."""
+    import torch
+
+    return getattr(torch.ops.lmpipe, name if (isa or selected) == "avx512" else f"{name}_avx2")
 
 
 def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
@@ -179,11 +220,9 @@ def int4_pack_pairs(values: Any, scales: Any, zeros: Any) -> Any:
     return torch.from_numpy(out.reshape(-1).view(np.uint8))
 
 
-def int4_product(x: Any, packed: Any, out_features: int) -> Any:
-    """x [M, K] times the packed int4 weight: float32 [M, N]."""
-    import torch
-
-    return torch.ops.lmpipe.int4_mm(x.float().contiguous(), packed, out_features)
+def int4_product(x: Any, packed: Any, out_features: int, isa: str | None = None) -> Any:
+    """x [M, K] times the packed int4 weight: float32 [M, N]. `isa`: one of ISAS (None: `selected`)."""
+    return _op("int4_mm", isa)(x.float().contiguous(), packed, out_features)
 
 
 def int8_fits(out_features: int, in_features: int) -> bool:
@@ -212,17 +251,13 @@ def int8_rows(packed: Any, index: Any) -> Any:
     return rows.reshape(*index.shape, -1).to(torch.int16) - 128
 
 
-def int8_product(x: Any, packed: Any, scales: Any) -> Any:
+def int8_product(x: Any, packed: Any, scales: Any, isa: str | None = None) -> Any:
     """x [M, K] times the packed int8 weight with float32 per-row `scales`: float32 [M, N]."""
-    import torch
-
-    return torch.ops.lmpipe.int8_mm(x.float().contiguous(), packed, scales)
+    return _op("int8_mm", isa)(x.float().contiguous(), packed, scales)
 
 
-def attend_one(q: Any, k: Any, v: Any, mask: Any) -> Any:
+def attend_one(q: Any, k: Any, v: Any, mask: Any, isa: str | None = None) -> Any:
     """One query per row [B, H, 1, D] over keys and values [B, KV, W, D] where `mask` [B, 1, 1, W]
     is true: softmax(q k^T / sqrt(D)) v, float32, each query head on its group's key/value head.
     Keys and values go as they are: a view of a cache's columns in use needs no copy."""
-    import torch
-
-    return torch.ops.lmpipe.attend_one(q.contiguous(), k, v, mask.contiguous())
+    return _op("attend_one", isa)(q.contiguous(), k, v, mask.contiguous())

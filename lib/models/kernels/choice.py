@@ -1,0 +1,154 @@
+"""Which kernel multiplies a quantized layer, per range of row counts: chosen by measurement, once per CPU.
+
+A layer packed for lmpipe's kernels (vnni.py) can be multiplied by each instruction set's
+kernel on the same packing, or by float32 on the weight dequantized from it (per call, so the
+packing stays the only copy). Which is fastest depends on the CPU and on the row count: one
+row of decode reads the whole weight for little arithmetic, a prompt is all arithmetic. So at
+the first load on a machine each candidate is timed on each distinct layer shape at 1, 4, 16
+and PROMPT_ROWS rows, and the fastest kept, for the row counts up to each. A quantized model
+is then never slower than float32 on its own shapes: where no quantized kernel wins, float32
+runs.
+
+The choices are cached in lmpipe's kernel folder, per torch version (as the build is), keyed
+by the CPU's flags, the shape and the candidates offered; never a weight or its layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...errors import UsageError
+from ..device import cpuinfo
+from . import vnni
+
+RANGES = (("1", 1), ("4", 4), ("16", 16), ("prompt", None))  # names and the most rows each takes
+PROMPT_ROWS = 128  # the row count a prompt's range is timed at
+FLOAT = "float32"  # the dequantize-then-float candidate
+NAMES = {"avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}  # lmpipe's kernels, by instruction set
+ISAS = {name: isa for isa, name in NAMES.items()}
+KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
+REPEATS = 3  # timings per candidate and row count; the best one counts
+
+
+def row_range(rows: int) -> str:
+    """The name of the range of RANGES that `rows` falls in."""
+    return next(name for name, most in RANGES if most is None or rows <= most)
+
+
+def candidates() -> tuple[str, ...]:
+    """The kernels a layer packed for lmpipe's kernels can run here: each runnable instruction set's
+    (only LMPIPE_KERNEL_ISA's, where it names one) and float32."""
+    if not vnni.available():
+        return (FLOAT,)
+    isas = [vnni.selected] if vnni.forced() else vnni.runnable()
+    return (*(NAMES[isa] for isa in isas), FLOAT)
+
+
+def dequantized(mode: str, packed: Any, scales: Any, out_features: int) -> Any:
+    """The float32 weight [N, K] of a layer packed for lmpipe's kernels, as QuantizedWeight.dequantized gives it."""
+    import torch
+
+    if mode == "int8":  # [N/16, K/4, 16, 4], each value plus 128
+        values = torch.bitwise_xor(packed, 0x80).view(torch.int8).permute(0, 2, 1, 3).reshape(out_features, -1)
+        return values.float() * scales[:, None]
+    blocks = out_features // vnni.ROWS
+    groups = packed.numel() // (blocks * 320)
+    whole = packed.view(blocks, groups, 320)
+    # byte 4r + c of part p: row r's column 8p + c (low nibble) and 8p + 4 + c (high nibble)
+    nibbles = whole[..., :256].reshape(blocks, groups, 4, vnni.ROWS, 4)
+    q = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=-2)  # [block, group, part, row, nibble, column]
+    q = q.permute(0, 3, 1, 2, 4, 5).reshape(blocks, vnni.ROWS, groups, vnni.GROUP).float()
+
+    def per_row(t):  # [block, group, 16 rows] bfloat16 -> [block, row, group, 1] float32
+        return t.contiguous().view(torch.bfloat16).permute(0, 2, 1)[..., None].float()
+
+    w = (q - 8) * per_row(whole[..., 256:288]) + per_row(whole[..., 288:320])
+    return w.reshape(out_features, groups * vnni.GROUP)
+
+
+def runner(name: str, mode: str, packed: Any, scales: Any, out_features: int) -> Callable[[Any], Any]:
+    """x [M, K] -> float32 [M, N] through kernel `name`."""
+    if name == FLOAT:
+        return lambda x: x.float() @ dequantized(mode, packed, scales, out_features).t()
+    if mode == "int4":
+        return lambda x: vnni.int4_product(x, packed, out_features, ISAS[name])
+    return lambda x: vnni.int8_product(x, packed, scales, ISAS[name])
+
+
+def timings(runs: dict[str, Callable[[Any], Any]], x: Any) -> dict[str, float]:
+    """Seconds each of `runs` takes on `x`: the best of REPEATS after one untimed call."""
+    out = {}
+    for name, run in runs.items():
+        run(x)
+        best = float("inf")
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            run(x)
+            best = min(best, time.perf_counter() - start)
+        out[name] = best
+    return out
+
+
+def fastest(runs: dict[str, Callable[[Any], Any]], in_features: int) -> dict[str, str]:
+    """For each range of RANGES, the name in `runs` that measured fastest on its row count."""
+    import torch
+
+    choice = {}
+    for name, most in RANGES:
+        times = timings(runs, torch.randn(most or PROMPT_ROWS, in_features, generator=torch.Generator().manual_seed(0)))
+        choice[name] = min(times, key=times.__getitem__)
+    return choice
+
+
+def _cache_file() -> Path:
+    import torch
+
+    from ...paths import kernels_dir
+
+    flags = " ".join(sorted((cpuinfo("flags") or "").split()))
+    cpu = hashlib.sha256(f"{cpuinfo('model name')}\n{flags}".encode()).hexdigest()[:16]
+    return kernels_dir() / f"torch-{torch.__version__}" / f"choices-{cpu}.json"
+
+
+def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], None] | None = None) -> dict[str, str]:
+    """Set each layer's `kernels` (range name -> kernel name): `forced` (--kernel) for every range, else
+    the measured fastest per distinct (mode, shape), cached. Returns, per range, the kernels chosen
+    ("+"-joined where layers differ), for the manifest. `say`: told once where float32 runs."""
+    offered = candidates()
+    if forced is not None and forced not in offered:
+        raise UsageError(f"--kernel {forced} cannot run on this CPU (here: {', '.join(offered)})")
+    path = _cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    chosen: dict[str, dict[str, str]] = {}
+    measured = False
+    for layer in layers:
+        key = f"{layer.mode} {layer.out_features}x{layer.in_features} {','.join(offered)}"
+        if key not in chosen:
+            if forced is not None:
+                chosen[key] = {name: forced for name, _ in RANGES}
+            elif isinstance(cached.get(key), dict) and set(cached[key].values()) <= set(offered):
+                chosen[key] = cached[key]
+            else:
+                runs = {k: runner(k, layer.mode, layer.packed, layer.packed_scales, layer.out_features) for k in offered}
+                chosen[key] = cached[key] = fastest(runs, layer.in_features)
+                measured = True
+        layer.kernels = chosen[key]
+    if measured:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"{path.name}.{os.getpid()}")  # whole or not at all: loads may run side by side
+        part.write_text(json.dumps(cached, indent=1, sort_keys=True) + "\n")
+        part.replace(path)
+    floats = sorted({key.split()[1] for key, kernels in chosen.items() if FLOAT in kernels.values()})
+    if floats and forced is None and say is not None:
+        say(f"quantized kernels are slower than float32 on this CPU for some row counts of {', '.join(floats)}: "
+            "those run float32 on the dequantized weights")
+    return {name: "+".join(sorted({kernels[name] for kernels in chosen.values()})) for name, _ in RANGES}

@@ -1,0 +1,103 @@
+"""The quantized layers' kernel per range of rows, chosen by measurement (lmpipe.models.kernels.choice):
+timings are faked here, since what is tested is what the choice does with them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmpipe.errors import UsageError
+from lmpipe.models.kernels import choice, vnni
+from lmpipe.models.quantize import quantize_weight
+
+needs_kernel = pytest.mark.skipif(not vnni.available(), reason=f"lmpipe's kernels cannot run here: {vnni.reason}")
+
+
+def test_row_counts_fall_in_ranges():
+    assert [choice.row_range(r) for r in (1, 2, 4, 5, 16, 17, 512)] == ["1", "4", "4", "16", "16", "prompt", "prompt"]
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_the_weight_dequantized_from_the_packing_is_the_portable_ones(mode):
+    torch.manual_seed(0)
+    weight = quantize_weight(torch.randn(48, 128), mode)
+    if mode == "int4":
+        packed, scales = vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros), None
+    else:
+        packed, scales = vnni.int8_pack(weight.values), weight.scales.float()
+    assert torch.equal(choice.dequantized(mode, packed, scales, 48), weight.dequantized())
+
+
+@pytest.fixture
+def faked(monkeypatch, tmp_path):
+    """choice.timings from a table {kernel: {range: seconds}}; the cache in a folder of the test's own."""
+    table: dict[str, dict[str, float]] = {}
+    measured: list[int] = []
+
+    def timings(runs, x):
+        measured.append(x.shape[0])
+        name = choice.row_range(x.shape[0])
+        return {kernel: table[kernel][name] for kernel in runs}
+
+    monkeypatch.setattr(choice, "timings", timings)
+    monkeypatch.setattr(choice, "_cache_file", lambda: tmp_path / "choices.json")
+    return table, measured, tmp_path / "choices.json"
+
+
+def _load(folder, kernel=None):
+    from lmpipe.models.loading import ModelSettings, load
+
+    return load(ModelSettings(str(folder), quantize="int4", kernel=kernel))
+
+
+@needs_kernel
+def test_where_every_quantized_kernel_is_slower_float32_runs_said_once(tiny_llama_raw, faked, capfd):
+    from lmpipe.models.quantize import quantized_linear_class
+
+    table, measured, cache = faked
+    for kernel in choice.candidates():
+        table[kernel] = dict.fromkeys(("1", "4", "16", "prompt"), 1.0 if kernel == choice.FLOAT else 2.0)
+    lm = _load(tiny_llama_raw)
+    assert lm.identity["kernels"] == dict.fromkeys(("1", "4", "16", "prompt"), "float32")  # the manifest says so
+    err = capfd.readouterr().err
+    assert err.count("slower than float32") == 1 and "those run float32 on the dequantized weights" in err
+    layers = [m for m in lm.model.modules() if isinstance(m, quantized_linear_class()) and m.vnni]
+    assert layers and all(set(m.kernels.values()) == {"float32"} for m in layers)
+    # the layer's product is float32's on the weight its packing holds
+    layer = layers[0]
+    x = torch.randn(3, layer.in_features)
+    want = x @ choice.dequantized(layer.mode, layer.packed, layer.packed_scales, layer.out_features).t()
+    assert torch.allclose(layer(x), want if layer.bias is None else want + layer.bias, rtol=1e-5, atol=1e-6)
+    # cached: the next load measures nothing, and names the same kernels
+    assert measured and all(key.endswith(",".join(choice.candidates())) for key in json.loads(cache.read_text()))
+    measured.clear()
+    assert _load(tiny_llama_raw).identity["kernels"] == lm.identity["kernels"] and not measured
+
+
+@needs_kernel
+def test_each_range_of_rows_takes_its_fastest_kernel(tiny_llama_raw, faked, capfd):
+    table, _, _ = faked
+    quantized = choice.NAMES[vnni.selected]
+    for kernel in choice.candidates():
+        table[kernel] = {"1": 3.0, "4": 3.0, "16": 3.0, "prompt": 3.0}
+    table[quantized].update({"1": 1.0, "4": 1.0, "16": 1.0})
+    table[choice.FLOAT]["prompt"] = 1.0
+    lm = _load(tiny_llama_raw)
+    assert lm.identity["kernels"] == {"1": quantized, "4": quantized, "16": quantized, "prompt": "float32"}
+    assert capfd.readouterr().err.count("slower than float32") == 1
+
+
+@needs_kernel
+def test_kernel_forces_one_for_every_range_without_measuring(tiny_llama_raw, faked, capfd):
+    _, measured, cache = faked
+    lm = _load(tiny_llama_raw, kernel="lmpipe-avx2")
+    assert lm.identity["kernels"] == dict.fromkeys(("1", "4", "16", "prompt"), "lmpipe-avx2")
+    assert not measured and not cache.exists() and "float32" not in capfd.readouterr().err
+
+
+def test_a_kernel_this_cpu_cannot_run_is_a_usage_error(faked, monkeypatch):
+    monkeypatch.setattr(choice, "candidates", lambda: ("lmpipe-avx2", "float32"))
+    with pytest.raises(UsageError, match=r"^--kernel lmpipe-vnni cannot run on this CPU \(here: lmpipe-avx2, float32\)$"):
+        choice.choose([object()], forced="lmpipe-vnni")
