@@ -191,7 +191,7 @@ def model_ll_tokenizer(model: Any, tokenizer: Any) -> Any:
     if found is None:
         from .loop import eos_ids
 
-        vocab = model.get_output_embeddings().weight.shape[0]
+        vocab = model.get_output_embeddings().out_features  # a quantized head has no .weight
         found = _LL_TOKENIZERS[model] = ll_tokenizer(tokenizer, vocab, eos_ids(model, tokenizer))
     return found
 

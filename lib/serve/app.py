@@ -219,7 +219,7 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     if sampling.logit_bias:
         lm = await run_in_threadpool(engine.model)
         try:
-            sampling.check_vocabulary(lm.model.get_output_embeddings().weight.shape[0])
+            sampling.check_vocabulary(lm.model.get_output_embeddings().out_features)
         except LmpipeError as exc:
             raise BadRequest(str(exc).replace("--logit-bias", "`logit_bias`"), "invalid_value") from None
     rows = []

@@ -34,6 +34,10 @@ NAMES = {"avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}  # lmpipe's kernels, by
 ISAS = {name: isa for isa, name in NAMES.items()}
 KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
 REPEATS = 3  # timings per candidate and row count; the best one counts
+# Weights a layer is timed on (its first output rows): every candidate's time grows with the rows
+# alike, and the float32 candidate's dequantized copy of a whole layer (a 7B model's output head:
+# 2 GB, and its temporaries more) would be the first load's peak.
+MEASURED_WEIGHTS = 2 ** 21
 
 
 def row_range(rows: int) -> str:
@@ -79,6 +83,17 @@ def runner(name: str, mode: str, packed: Any, scales: Any, out_features: int) ->
     if mode == "int4":
         return lambda x: vnni.int4_product(x, packed, out_features, ISAS[name])
     return lambda x: vnni.int8_product(x, packed, scales, ISAS[name])
+
+
+def first_rows(layer: Any) -> tuple[Any, Any, int]:
+    """The packing (packed, scales, out_features) of a quantized layer's first output rows, about
+    MEASURED_WEIGHTS weights: whole blocks of vnni.ROWS rows, which both layouts keep side by side."""
+    blocks = layer.out_features // vnni.ROWS
+    taken = min(blocks, max(1, MEASURED_WEIGHTS // (layer.in_features * vnni.ROWS)))
+    rows = taken * vnni.ROWS
+    if layer.mode == "int8":  # [N/16, K/4, 16, 4], per-row scales
+        return layer.packed[:taken], layer.packed_scales[:rows], rows
+    return layer.packed[:taken * (layer.packed.numel() // blocks)], layer.packed_scales, rows
 
 
 def timings(runs: dict[str, Callable[[Any], Any]], x: Any) -> dict[str, float]:
@@ -138,7 +153,7 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
             elif isinstance(cached.get(key), dict) and set(cached[key].values()) <= set(offered):
                 chosen[key] = cached[key]
             else:
-                runs = {k: runner(k, layer.mode, layer.packed, layer.packed_scales, layer.out_features) for k in offered}
+                runs = {k: runner(k, layer.mode, *first_rows(layer)) for k in offered}
                 chosen[key] = cached[key] = fastest(runs, layer.in_features)
                 measured = True
         layer.kernels = chosen[key]
