@@ -127,7 +127,7 @@ def build_tiny_owlvit(folder: Path, seed: int = 0) -> Path:
             if name.startswith("box_head"):
                 p.mul_(0.05)
             elif "logit_scale" not in name and "norm" not in name:
-                p.add_(torch.randn_like(p) * 0.25)
+                p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(folder)
     image_processor = OwlViTImageProcessorPil(size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64})
     OwlViTProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
