@@ -132,6 +132,7 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
     monkeypatch.setattr(vnni, "reason", vnni.reason)  # put back afterwards, as the cached answer is
     monkeypatch.delenv(vnni.ISA_ENV, raising=False)
     monkeypatch.setattr(vnni, "_build", fails)
+    monkeypatch.setattr(vnni, "_torch_isa", lambda: "AVX512")
     monkeypatch.setattr(vnni, "_cpu_flags", lambda: set(vnni.CPU_FLAGS))
     monkeypatch.setattr(vnni, "available", vnni.available.__wrapped__)
     assert not vnni.available()
@@ -195,8 +196,16 @@ def test_a_cpu_without_avx512_vnni_runs_the_avx2_kernels_and_the_choice_can_be_f
     monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx", "avx2", "fma", "f16c"})  # an AVX2-only CPU
     monkeypatch.delenv(vnni.ISA_ENV, raising=False)
     assert vnni.available() and vnni.selected == "avx2"
+    monkeypatch.setattr(vnni, "_torch_isa", lambda: "AVX512")
     monkeypatch.setattr(vnni, "_cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"})
     assert vnni.available() and vnni.selected == "avx512"
+    # torch told to run AVX2 (ATEN_CPU_CAPABILITY=avx2): inductor's code is AVX2, so are lmpipe's kernels
+    monkeypatch.setattr(vnni, "_torch_isa", lambda: "AVX2")
+    assert vnni.available() and vnni.selected == "avx2"
+    monkeypatch.setenv(vnni.ISA_ENV, "avx512")
+    assert not vnni.available() and vnni.reason == "torch itself runs at AVX2 here (ATEN_CPU_CAPABILITY), below avx512"
+    monkeypatch.delenv(vnni.ISA_ENV)
+    monkeypatch.setattr(vnni, "_torch_isa", lambda: "AVX512")
     monkeypatch.setenv(vnni.ISA_ENV, "avx2")
     assert vnni.available() and vnni.selected == "avx2"
     monkeypatch.setenv(vnni.ISA_ENV, "none")

@@ -59,14 +59,26 @@ def _cpu_flags() -> set[str]:
     return set((cpuinfo("flags") or "").split())
 
 
+def _torch_isa() -> str:
+    """The instruction set torch's own kernels dispatch to ("AVX512", "AVX2", "DEFAULT", ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability().upper()
+
+
 def runnable() -> list[str]:
-    """The instruction sets of ISAS this CPU has, best first (whether the kernels build aside)."""
+    """The instruction sets of ISAS this CPU has and torch itself runs at, best first (whether
+    the kernels build aside). Never above torch's: with ATEN_CPU_CAPABILITY=avx2 on an AVX-512
+    CPU, inductor compiles its code for AVX2, and lmpipe's AVX-512 kernels inside such a compiled
+    step gave wrong steps; a real AVX2 CPU runs the AVX2 kernels, and so does this one then."""
     import platform
 
     if platform.machine() not in ("x86_64", "AMD64"):
         return []
     flags = _cpu_flags()
-    return [isa for isa, needs in ISAS.items() if set(needs) <= flags]
+    torch_isa = _torch_isa()
+    allowed = ("avx512", "avx2") if torch_isa.startswith("AVX512") else ("avx2",) if torch_isa.startswith("AVX2") else ()
+    return [isa for isa, needs in ISAS.items() if set(needs) <= flags and isa in allowed]
 
 
 def forced() -> bool:
@@ -89,7 +101,10 @@ def available() -> bool:
     choice = wanted if wanted in have else None if wanted else next(iter(have), None)
     if choice is None:
         needs = ISAS[wanted] if wanted else tuple(" and ".join(n) for n in ISAS.values())
-        reason = f"the CPU lacks {' or '.join(needs)}"
+        if wanted and set(ISAS[wanted]) <= _cpu_flags():
+            reason = f"torch itself runs at {_torch_isa()} here (ATEN_CPU_CAPABILITY), below {wanted}"
+        else:
+            reason = f"the CPU lacks {' or '.join(needs)}"
         return False
     with _lock:
         try:
