@@ -139,12 +139,7 @@ def test_a_client_that_leaves_mid_stream_is_an_abort(server):
         for line in response.iter_lines():
             if line.startswith("data: ") and orjson.loads(line[6:])["choices"][0]["text"]:
                 break  # a token came: the row runs; leave
-    deadline = time.monotonic() + 120
-    while True:
-        after = scrape(server)
-        if value(after, "vllm:num_requests_running") == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    after = scrape_when_idle(server)
     success = "vllm:request_success_total"
     assert value(after, "vllm:request_success", success, finished_reason="abort") == 1 + value(
         before, "vllm:request_success", success, finished_reason="abort")
@@ -152,6 +147,16 @@ def test_a_client_that_leaves_mid_stream_is_an_abort(server):
         assert value(after, "vllm:request_success", success, finished_reason=reason) == value(
             before, "vllm:request_success", success, finished_reason=reason)
     assert value(after, "vllm:num_requests_running") == 0
+
+
+def scrape_when_idle(server, timeout: float = 120) -> str:
+    """/metrics once no request is running (an abandoned row freed), or at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = scrape(server)
+        if value(after, "vllm:num_requests_running") == 0 or time.monotonic() > deadline:
+            return after
+        time.sleep(0.2)
 
 
 def test_a_client_that_leaves_before_a_whole_answer_is_an_abort(server):
@@ -168,12 +173,7 @@ def test_a_client_that_leaves_before_a_whole_answer_is_an_abort(server):
         deadline = time.monotonic() + 120
         while value(scrape(server), "vllm:num_requests_running") == 0 and time.monotonic() < deadline:
             time.sleep(0.1)  # until its row decodes; then leave
-    deadline = time.monotonic() + 120
-    while True:
-        after = scrape(server)
-        if value(after, "vllm:num_requests_running") == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    after = scrape_when_idle(server)
     success = "vllm:request_success_total"
     assert value(after, "vllm:request_success", success, finished_reason="abort") == 1 + value(
         before, "vllm:request_success", success, finished_reason="abort")

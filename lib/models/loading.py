@@ -106,6 +106,20 @@ def set_context(config: Any, settings: ModelSettings, name: str) -> None:
                          "(stretch it with --rope-scaling yarn --rope-factor F)")
 
 
+def kernel_facts(model: Any, settings: ModelSettings, int4: bool, notify: Callable[[str], None]) -> dict[str, Any]:
+    """Chooses the quantized layers' kernels (--kernel's, or the fastest measured here) and says,
+    for the manifest, which one multiplies per range of rows and, where int4 layers run, which
+    int4 kernel computed them (the kernels round differently)."""
+    from .quantize import choose_kernels, int4_kernel_name
+
+    facts: dict[str, Any] = {}
+    if kernels := choose_kernels(model, settings.kernel, notify):
+        facts["kernels"] = kernels
+    if int4:
+        facts["int4_kernel"] = int4_kernel_name(model)
+    return facts
+
+
 def context_facts(settings: ModelSettings) -> dict[str, Any]:
     """The manifest's record of the context options that were given."""
     return {key: getattr(settings, key) for key in ("ctx_size", "rope_scaling", "rope_factor")
@@ -207,14 +221,9 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         ident = {**identity(ref, folder), **facts}
         if settings.quantize:
             ident["quantize"] = settings.quantize
-        from .quantize import choose_kernels, int4_kernel_name
-
-        kernels = choose_kernels(model, settings.kernel, notify)  # the file's quantized tensors, as any others
-        if kernels:
-            ident["kernels"] = kernels
-        if any("int4" in kinds for kinds in facts["gguf_tensors"].values()):
-            ident["int4_kernel"] = int4_kernel_name(model)
-        ident.update(context_facts(settings))
+        # The file's quantized tensors get their kernels as any quantized model's do.
+        int4 = any("int4" in kinds for kinds in facts["gguf_tensors"].values())
+        ident.update(kernel_facts(model, settings, int4, notify), **context_facts(settings))
         return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident,
                            ctx_size=settings.ctx_size)
     folder = files_folder(ref, notify)
@@ -259,15 +268,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
             quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())
         ident["quantize"] = settings.quantize
-        from .quantize import choose_kernels
-
-        kernels = choose_kernels(model, settings.kernel, notify)
-        if kernels:  # which kernel multiplies, per range of rows: the fastest measured here, or --kernel's
-            ident["kernels"] = kernels
-        if settings.quantize == "int4":  # the two kernels round differently: say which one computed
-            from .quantize import int4_kernel_name
-
-            ident["int4_kernel"] = int4_kernel_name(model)
+        ident.update(kernel_facts(model, settings, settings.quantize == "int4", notify))
     ident.update(context_facts(settings))
     return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor,
                        settings.ctx_size)
