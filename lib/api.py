@@ -15,9 +15,8 @@ from typing import Any, Iterator, Mapping, Sequence
 from .backends.generate import stats
 from .chat.prompts import PromptSettings, prompt_ids
 from .engine.decoding import Decoding, settled
-from .engine.generation import Completion, Event, Token, generate
+from .engine.generation import Completion, Event, Token, check_prompt, generate
 from .engine.sampling import Sampling
-from .errors import RecordError
 from .models.loading import LoadedModel, ModelSettings, context_length
 
 Prompt = str | Sequence[Mapping[str, Any]]
@@ -49,8 +48,7 @@ class Model:
         """The prompt's token ids, as lm-generate builds them for a record."""
         record = {"text": prompt} if isinstance(prompt, str) else {"messages": [dict(m) for m in prompt]}
         ids = prompt_ids(record, self.lm.tokenizer, PromptSettings(system=system, raw=raw))
-        if self.context and len(ids) >= self.context:
-            raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
+        check_prompt(ids, self.context)
         return ids
 
     def generate(self, prompt: Prompt, *, system: str | None = None, raw: bool = False, max_new_tokens: int = 256,

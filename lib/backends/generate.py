@@ -15,7 +15,7 @@ from ..chat.reasoning import OPEN, opens_thinking
 from ..engine.constrain import Constraint, model_ll_tokenizer, row_constraints
 from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token
-from ..engine.generation import generate
+from ..engine.generation import check_prompt, generate
 from ..engine.sampling import Sampling
 from ..errors import RecordError
 from ..models.loading import LoadedModel, context_length
@@ -140,8 +140,7 @@ class GenerateTask:
             ids = image.ids
         else:
             ids = prompt_ids(record, self.lm.tokenizer, self.settings.prompt, plan.tools)
-        if self.context and len(ids) >= self.context:
-            raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {self.context}")
+        check_prompt(ids, self.context)
         return ids, plan, image
 
     def output(self, item: Item, c: Completion, plan: Plan, ids: list[int] | None = None) -> Finished:

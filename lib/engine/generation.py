@@ -14,7 +14,17 @@ from .events import Completion, Event, Token, TopToken
 from .loop import Loop, Request, eos_ids, pad_id
 from .sampling import Sampling
 
-__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "backend_for", "eos_ids", "generate", "pad_id"]
+__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "backend_for", "check_prompt", "eos_ids",
+           "generate", "pad_id"]
+
+
+def check_prompt(ids: Sequence[int], context: int | None) -> None:
+    """A prompt the context cannot hold with room for one answer token is the record's error,
+    never cut (`context`: lmpipe.models.loading.context_length; None: the model does not say)."""
+    if context and len(ids) >= context:
+        from ..errors import RecordError
+
+        raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {context}")
 
 
 def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int, drafting: bool = False,
