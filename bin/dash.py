@@ -8,7 +8,7 @@ import sys
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import template_options
+from lmpipe.cli.options import context_options, template_options
 
 SCREENS = ("pipeline", "chat", "tokens", "models")
 
@@ -21,6 +21,7 @@ SCREENS = ("pipeline", "chat", "tokens", "models")
 @click.option("-m", "--model", default="smollm2", show_default=True, envvar="LMPIPE_MODEL",
               help="Model for the chat and tokens screens.")
 @template_options
+@context_options()
 def main(pipeline_file: str | None, run_file: str | None, screen: str, model: str, **chat: object):
     """Build, run and watch pipelines of lm-* tools; chat; see tokens; manage cached models.
 
@@ -43,12 +44,16 @@ def interactive(pipeline_file: str | None, screen: str, model: str, chat: dict) 
     from lmpipe.chat.prompts import PromptSettings
     from lmpipe.cli.settings import template_settings
     from lmpipe.errors import UsageError
+    from lmpipe.models.loading import ModelSettings
     from lmpipe.tui.app import create_app
     from lmpipe.tui.pipeline import Pipeline
-    from lmpipe.tui.pool import ChatSettings
+    from lmpipe.tui.pool import ChatSettings, ModelPool
 
     defaults = ChatSettings(template=PromptSettings(**template_settings(chat)),
                             reasoning_budget=chat.get("reasoning_budget"))
+    # The chat and tokens screens' models hold the context asked for (the chat's gauge shows how full it is).
+    engine = ModelPool(ModelSettings(ctx_size=chat.get("ctx_size"), rope_scaling=chat.get("rope_scaling"),
+                                     rope_factor=chat.get("rope_factor")))
 
     pipeline = Pipeline.load(pipeline_file) if pipeline_file else None
     text = ""
@@ -61,7 +66,7 @@ def interactive(pipeline_file: str | None, screen: str, model: str, chat: dict) 
         os.dup2(tty, 0)
         os.close(tty)
     app = create_app(pipeline=pipeline, input_text=text, pipeline_path=pipeline_file, model=model, screen=screen,
-                     chat=defaults)
+                     chat=defaults, engine=engine)
     app.run()
     if not sys.stdout.isatty() and app.last_output:
         sys.stdout.buffer.write(app.last_output)

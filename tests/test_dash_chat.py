@@ -8,10 +8,14 @@ from dash_helpers import burst, wait_for
 from textual import events
 
 from conftest import jsonl, run_tool
+from lmpipe.models.loading import ModelSettings
 from lmpipe.tui.app import create_app
+from lmpipe.tui.pool import ContextFill, ModelPool
 from lmpipe.tui.screens.chat import Turn
+from lmpipe.tui.widgets.context_gauge import ContextGauge
 
 MAX = "6"
+CTX = 120  # lm-dash --ctx-size: two short turns fit, a long third question does not
 
 
 def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
@@ -19,26 +23,37 @@ def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
     saved = tmp_path / "chat.jsonl"
 
     async def scenario():
-        app = create_app(model=model, screen="chat")
+        app = create_app(model=model, screen="chat", engine=ModelPool(ModelSettings(ctx_size=CTX)))
         async with app.run_test(size=(80, 24)) as pilot:
             screen = app.screen
+            gauge = screen.query_one(ContextGauge)
             screen.query_one("#chat-max").value = MAX
             screen.query_one("#chat-system").value = "You are terse."
+            fills = [gauge.fill]
             for question in ("Hello, I am Ada.", "What is my name?"):
                 screen.query_one("#chat-prompt").value = question
                 await pilot.press("enter")
                 await wait_for(pilot, lambda: screen.replying is None)
+                fills.append(gauge.fill)
+            shown = str(gauge.render())
+            # A question the context cannot hold is refused, as lm-generate refuses it; the gauge stays.
+            screen.query_one("#chat-prompt").value = "Tell me about pipes. " * 30
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: screen.replying is None)
+            fills.append(gauge.fill)
+            refused = [n.message for n in app._notifications]
             replies = [t for t in screen.query(Turn) if t.role == "assistant"]
             stats = [str(t.query_one(".turn-stats").render()) for t in replies]
             inputs = [t.stats["input_tokens"] for t in replies]
+            outputs = [t.stats["output_tokens"] for t in replies]
             await pilot.press("ctrl+s")
             await pilot.pause()
             app.screen.query_one("#path").value = str(saved)
             await pilot.press("enter")
             await pilot.pause()
-            return screen.conversation, stats, inputs
+            return screen.conversation, stats, inputs, outputs, fills, shown, refused
 
-    conversation, stats, inputs = asyncio.run(scenario())
+    conversation, stats, inputs, outputs, fills, shown, refused = asyncio.run(scenario())
     roles = [m["role"] for m in conversation.messages()]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
     assert len(stats) == 2 and all("ttft" in s and "tok/s" in s and "out" in s for s in stats)
@@ -50,7 +65,8 @@ def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
     question = {"messages": record["messages"][:-1]}
     result = run_tool("lm-generate", "-m", model, "-n", MAX, input=jsonl_line(question))
     assert result.returncode == 0, result.stderr
-    assert jsonl(result.stdout)[0]["generated"] == record["messages"][-1]["content"]
+    [generated] = jsonl(result.stdout)
+    assert generated["generated"] == record["messages"][-1]["content"]
 
     # The second prompt held the whole conversation so far: its token count is transformers' own.
     from transformers import AutoTokenizer
@@ -65,6 +81,14 @@ def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
     assert inputs == [prompt_tokens(messages[:2]), prompt_tokens(messages[:4])]
     assert inputs[1] > prompt_tokens([messages[0], messages[3]])
     assert f"{inputs[1]} in" in stats[1]
+
+    # The gauge: after each turn, that chat's prompt and answer out of --ctx-size.
+    assert generated["stats"]["output_tokens"] == outputs[1] and all(0 < n <= int(MAX) for n in outputs)
+    assert fills == [ContextFill(0, None), ContextFill(inputs[0] + outputs[0], CTX),
+                     ContextFill(inputs[1] + outputs[1], CTX), ContextFill(inputs[1] + outputs[1], CTX)]
+    assert shown.startswith(f"ctx {inputs[1] + outputs[1]}/{CTX} ")
+    [message] = refused
+    assert message.startswith("prompt is ") and message.endswith(f" tokens; the model's context is {CTX}")
 
 
 def jsonl_line(record: dict) -> bytes:

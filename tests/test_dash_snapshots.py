@@ -65,9 +65,14 @@ def test_stage_form(snap_compare, size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_chat_screen(snap_compare, size):
+    """The context gauge as a prompt of 3000 tokens leaves it (--ctx-size 8192)."""
+    from lmpipe.tui.messages import ContextFilled
+    from lmpipe.tui.pool import ContextFill
+
     async def before(pilot):
         pilot.app.screen.query_one("#chat-system").value = "You are terse."
         pilot.app.screen.query_one("#chat-prompt").value = "Hello"
+        pilot.app.screen.post_message(ContextFilled(ContextFill(3000, 8192)))
         await steady(pilot)
 
     assert snap_compare(create_app(screen="chat"), terminal_size=size, run_before=before)

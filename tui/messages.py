@@ -11,7 +11,7 @@ from typing import Any
 from textual.message import Message
 
 from .live import RunResult, StageSnapshot
-from .pool import Reply
+from .pool import ContextFill, Reply
 
 
 @dataclass
@@ -39,6 +39,13 @@ class ReplyStreaming(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, ReplyStreaming)
+
+
+@dataclass
+class ContextFilled(Message):
+    """The chat's prompt is tokenized: how much of the context it takes."""
+
+    fill: ContextFill
 
 
 @dataclass

@@ -7,27 +7,29 @@ in worker threads and knows nothing of the interface: it reports through callbac
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from lmpipe.chat.prompts import PromptSettings
-from lmpipe.models.loading import LoadedModel
+from lmpipe.models.loading import LoadedModel, ModelSettings
 
 
 class ModelPool:
-    """Loaded models and tokenizers, one of each per --model value."""
+    """Loaded models and tokenizers, one of each per --model value. `defaults`: what every model
+    loads with besides its name (lm-dash's --ctx-size and rope scaling)."""
 
-    def __init__(self) -> None:
+    def __init__(self, defaults: ModelSettings = ModelSettings()) -> None:
+        self.defaults = defaults
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
         self._tokenizers: dict[str, Any] = {}
 
     def model(self, name: str) -> LoadedModel:
-        from lmpipe.models.loading import ModelSettings, load
+        from lmpipe.models.loading import load
 
         with self._lock:
             if name not in self._models:
-                self._models[name] = load(ModelSettings(name), notify=lambda _msg: None)
+                self._models[name] = load(replace(self.defaults, model=name), notify=lambda _msg: None)
             return self._models[name]
 
     def tokenizer(self, name: str) -> Any:
@@ -61,18 +63,32 @@ class Reply:
     ids: tuple[int, ...] = ()  # the reply's tokens, as generated
 
 
+@dataclass(frozen=True)
+class ContextFill:
+    """How full a chat's context is: the tokens its sequence holds (the prompt, and the answer so
+    far) out of the model's context (lmpipe.models.loading.context_length; None: unknown)."""
+
+    used: int
+    size: int | None
+
+
 def chat_turn(engine: ModelPool, messages: list[dict[str, Any]], settings: ChatSettings,
-              on_text: Callable[[str, int], None], cancelled: Callable[[], bool]) -> Reply:
-    """Generate the assistant's reply to `messages`, reporting the text as it streams."""
+              on_text: Callable[[str, int], None], cancelled: Callable[[], bool],
+              on_prompt: Callable[[ContextFill], None] = lambda _fill: None) -> Reply:
+    """Generate the assistant's reply to `messages`, reporting the prompt's fill of the context
+    once it is tokenized, then the text as it streams. A prompt the context cannot hold is a
+    RecordError, as lm-generate's; the answer stops where the context ends (finish_reason length)."""
     from lmpipe.backends.generate import stats
     from lmpipe.chat.prompts import prompt_ids, with_template
     from lmpipe.chat.reasoning import opens_thinking, split_reasoning
     from lmpipe.engine.events import Completion, Token
-    from lmpipe.engine.generation import generate
+    from lmpipe.engine.generation import check_prompt, generate
     from lmpipe.engine.sampling import Sampling
+    from lmpipe.models.loading import context_length
     from lmpipe.models.processors import image_token_count
 
     lm = engine.model(settings.model)
+    context = context_length(lm)
     images: list[Any] = []
     if lm.processor is not None:  # a vision-language model: the messages' image_url parts are its images
         from lmpipe.backends.vision_prompts import ImageSource, vision_prompt
@@ -82,12 +98,14 @@ def chat_turn(engine: ModelPool, messages: list[dict[str, Any]], settings: ChatS
         ids = images[0].ids
     else:
         ids = prompt_ids({"messages": messages}, lm.tokenizer, with_template(settings.template, lm.tokenizer))
+    check_prompt(ids, context)
+    on_prompt(ContextFill(len(ids), context))
     sampling = Sampling(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                         seed=settings.seed, reasoning_budget=settings.reasoning_budget).with_seed()
     opened = opens_thinking(lm.tokenizer.decode(ids[-8:]))
     text, got = "", []
     for event in generate(lm.model, lm.tokenizer, [ids], sampling, device=lm.device, inputs=images,
-                          processor=lm.processor):
+                          processor=lm.processor, context=context):
         if cancelled():
             break
         if isinstance(event, Token):

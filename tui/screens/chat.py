@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.text import Text
 from textual import events, work
 from textual.app import ComposeResult
@@ -14,9 +16,10 @@ from lmpipe.chat.conversation import Conversation
 from lmpipe.records.jsonl import encode
 from lmpipe.terminal.display import stats_line
 
-from ..messages import ReplyFailed, ReplyFinished, ReplyStreaming
-from ..pool import ChatSettings, ModelPool, Reply, chat_turn
+from ..messages import ContextFilled, ReplyFailed, ReplyFinished, ReplyStreaming
+from ..pool import ChatSettings, ContextFill, ModelPool, Reply, chat_turn
 from ..typing import TypingBox
+from ..widgets.context_gauge import ContextGauge
 from .dialogs import AskPath
 
 
@@ -86,6 +89,9 @@ class ChatScreen(TypingBox, Screen):
         self.conversation = Conversation()
         self.replying: Turn | None = None
         self.image: str | None = None  # attached by `/image PATH`, sent with the next message
+        # How full the context is: after the last reply (its prompt and answer); the prompt of the one being written.
+        self.filled = ContextFill(0, None)
+        self.prompt_fill = ContextFill(0, None)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -96,6 +102,7 @@ class ChatScreen(TypingBox, Screen):
             yield Input("0", id="chat-temperature", compact=True, type="number")
             yield Label("max")
             yield Input("256", id="chat-max", compact=True, type="integer")
+            yield ContextGauge(id="chat-context")
         with Horizontal(id="chat-system-row", classes="settings"):
             yield Label("system")
             yield Input("", id="chat-system", compact=True, placeholder="system prompt (optional)")
@@ -179,20 +186,32 @@ class ChatScreen(TypingBox, Screen):
         try:
             answer = chat_turn(self.engine, messages, settings,
                                on_text=lambda text, n: self.post_message(ReplyStreaming(text, n)),
-                               cancelled=lambda: worker.is_cancelled)
+                               cancelled=lambda: worker.is_cancelled,
+                               on_prompt=lambda fill: self.post_message(ContextFilled(fill)))
         except Exception as exc:  # noqa: BLE001 - a worker reports every failure, the app stays up
             self.post_message(ReplyFailed(str(exc)))
             return
         self.post_message(ReplyFinished(answer))
 
+    def on_context_filled(self, message: ContextFilled) -> None:
+        self.prompt_fill = message.fill
+        self.query_one(ContextGauge).show(message.fill)
+
     def on_reply_streaming(self, message: ReplyStreaming) -> None:
         if self.replying is not None:
             self.replying.stream(message.text, message.tokens)
+            fill = replace(self.prompt_fill, used=self.prompt_fill.used + message.tokens)
+            self.query_one(ContextGauge).show(fill)
 
     def on_reply_finished(self, message: ReplyFinished) -> None:
         if self.replying is None:
             return
         self.replying.finish(message.reply)
+        # The sequence the next turn extends: this prompt and the whole answer, as the engine counted them.
+        stats = message.reply.stats
+        used = stats.get("input_tokens", self.prompt_fill.used) + stats.get("output_tokens", 0)
+        self.filled = replace(self.prompt_fill, used=used)
+        self.query_one(ContextGauge).show(self.filled)
         self.replying = None
         self.conversation.turns.append({"role": "assistant", "content": message.reply.text})
         self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
@@ -204,6 +223,7 @@ class ChatScreen(TypingBox, Screen):
             self.replying = None
         if self.conversation.turns and self.conversation.turns[-1]["role"] == "user":
             self.conversation.turns.pop()  # the turn without its reply is not part of the memory
+        self.query_one(ContextGauge).show(self.filled)
 
     def action_stop(self) -> None:
         self.workers.cancel_group(self, "chat")
@@ -213,6 +233,8 @@ class ChatScreen(TypingBox, Screen):
         self.conversation = Conversation()
         self.replying = None
         self.query_one("#transcript", VerticalScroll).remove_children()
+        self.filled = replace(self.filled, used=0)
+        self.query_one(ContextGauge).show(self.filled)
 
     def action_save(self) -> None:
         def save(path: str | None) -> None:
