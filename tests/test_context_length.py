@@ -101,17 +101,24 @@ def test_rope_scaling_gives_transformers_logits_for_the_same_overridden_config(s
     assert (plain - expected).abs().max() > 1e-2  # the scaling changes the numbers: the test can fail
 
 
-def test_lm_serve_max_model_len_is_reported_and_a_prompt_one_over_is_vllms_400(tiny_llama_raw):
+def test_lm_serve_max_model_len_is_reported_and_a_prompt_one_over_is_vllms_400(tiny_llama_raw, tiny_llama):
+    """--max-model-len for every model, and --model-option MODEL ctx-size=N for one (the same tokenizer:
+    the prompt is as long for both)."""
     n = prompt_length(tiny_llama_raw)
-    server = Server(tiny_llama_raw, "--max-model-len", str(n - 1))
+    sizes = {str(tiny_llama_raw): n - 1, str(tiny_llama): n - 2}
+    server = Server(tiny_llama_raw, "--max-model-len", str(n - 1), "-m", str(tiny_llama),
+                    "--model-option", str(tiny_llama), f"ctx-size={n - 2}")
     try:
         models = httpx.get(server.url + "/v1/models", timeout=30).json()["data"]
-        assert models[0]["max_model_len"] == n - 1  # before the model loads: the server was told
-        response = httpx.post(server.url + "/v1/completions", json={"prompt": TEXT, "max_tokens": 4}, timeout=120)
-        assert response.status_code == 400
-        assert response.json()["error"]["message"] == (
-            f"This model's maximum context length is {n - 1} tokens. However, you requested {n} tokens in the "
-            "messages, Please reduce the length of the messages.")
-        assert response.json()["error"]["code"] == "context_length_exceeded"
+        # Before the models load: the server was told.
+        assert {m["id"]: m["max_model_len"] for m in models} == sizes
+        for model, size in sizes.items():
+            body = {"model": model, "prompt": TEXT, "max_tokens": 4}
+            response = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+            assert response.status_code == 400
+            assert response.json()["error"]["message"] == (
+                f"This model's maximum context length is {size} tokens. However, you requested {n} tokens in the "
+                "messages, Please reduce the length of the messages.")
+            assert response.json()["error"]["code"] == "context_length_exceeded"
     finally:
         server.stop()

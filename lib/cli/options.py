@@ -48,7 +48,8 @@ def served_models_options(f: Callable) -> Callable:
                      help=MODEL_HELP + " Repeat to serve several; the first answers requests that name none."),
         click.option("--model-option", "model_option", nargs=2, multiple=True, metavar="MODEL KEY=VALUE",
                      help="A setting for one -m model only: quantize, cache, compile, device, dtype, attention, "
-                          "keep-alive, max-batch or chat-template (e.g. --model-option ./tiny quantize=int8)."),
+                          "keep-alive, max-batch, chat-template, ctx-size (or max-model-len), rope-scaling or "
+                          "rope-factor (e.g. --model-option ./tiny quantize=int8)."),
         click.option("--max-models", type=click.IntRange(min=0), default=0, show_default=True,
                      envvar="LMPIPE_MAX_MODELS",
                      help="Models loaded at once (0: no bound); past it the least recently used idle one unloads."),

@@ -292,10 +292,11 @@ def bench_run(o: Options) -> "BenchRun":
                     pipeline=o["pipeline"], concurrency=tuple(o["concurrency"]))
 
 
-# --model-option KEYs, and the option each replaces for one model.
+# --model-option KEYs, and the option each replaces for one model (max-model-len: ctx-size as vLLM spells it).
 MODEL_OPTION_KEYS = {"quantize": "quantize", "cache": "cache", "compile": "compile", "device": "device",
                      "dtype": "dtype", "attention": "attention", "keep-alive": "keep_alive", "max-batch": "max_batch",
-                     "chat-template": "chat_template"}
+                     "chat-template": "chat_template", "ctx-size": "ctx_size", "max-model-len": "ctx_size",
+                     "rope-scaling": "rope_scaling", "rope-factor": "rope_factor"}
 
 
 def model_option(o: Options, model: str, pair: str) -> Options:
@@ -303,6 +304,7 @@ def model_option(o: Options, model: str, pair: str) -> Options:
     is checked against the choices its command-line option has."""
     from ..engine.decoding import CACHES
     from ..models.device import ATTENTIONS, DEVICES, DTYPES
+    from ..models.loading import ROPE_SCALINGS
     from ..models.quantize import MODES
 
     key, sep, value = pair.partition("=")
@@ -311,7 +313,8 @@ def model_option(o: Options, model: str, pair: str) -> Options:
                          f"{', '.join(MODEL_OPTION_KEYS)}")
     name = MODEL_OPTION_KEYS[key]
     kind: Any = {"quantize": MODES, "cache": CACHES, "device": DEVICES, "dtype": DTYPES, "attention": ATTENTIONS,
-                 "compile": bool, "keep-alive": float, "max-batch": int, "chat-template": str}[key]
+                 "compile": bool, "keep-alive": float, "max-batch": int, "chat-template": str, "ctx-size": int,
+                 "max-model-len": int, "rope-scaling": ROPE_SCALINGS, "rope-factor": float}[key]
     if isinstance(kind, tuple):
         if value not in kind:
             raise UsageError(f"--model-option {model} {pair}: {key} must be one of {', '.join(kind)}")
