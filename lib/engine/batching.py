@@ -87,6 +87,7 @@ class FastRows:
     """Up to `capacity` sequences of one Llama-family model decoding together (lmpipe.engine.loop's backend)."""
 
     joins = True
+    compiled = False  # rows that join and leave change the batch's shapes: each would compile anew
 
     def __init__(self, model: Any, capacity: int, prefixes: PrefixCache | None = None, pad: int = 0):
         self.fast = fast_model(model)

@@ -261,6 +261,10 @@ class StaticBatch:
         self.run: Any = None  # the batch's decoder while it runs
         self.live: list[bool] = []
 
+    @property
+    def compiled(self) -> bool:
+        return self.decoding.compile
+
     def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False,
                 inputs: Sequence[Any] | None = None):
         if self.run is not None:

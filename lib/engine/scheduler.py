@@ -207,6 +207,10 @@ class Scheduler:
                 backend = backend_for(lm.model, self.decoding, self.settings.max_batch, lm.device,
                                       pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts),
                                       processor=lm.processor)
+                if self.decoding.compile and not backend.compiled:  # the manifest names the step that runs
+                    self.notify("lmpipe: --compile: the fast path's rows join and leave a running batch, "
+                                "so its step runs uncompiled")
+                    self.decoding = replace(self.decoding, compile=False)
                 self._context = context_length(lm)
                 self.loop = Loop(backend, lm.tokenizer, eos)
             return self.loop
