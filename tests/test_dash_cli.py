@@ -1,5 +1,6 @@
 """lm-dash's entry point on a real terminal (a pty): stdin from a pipe is the input, the keyboard
-comes from the terminal, and the last run's output goes to stdout on exit."""
+comes from the terminal, and the last run's output goes to stdout on exit; its options are checked
+before it opens."""
 
 from __future__ import annotations
 
@@ -63,3 +64,15 @@ def test_piped_stdin_is_the_input_and_the_output_goes_to_stdout(tmp_path, tiny_l
     assert os.waitstatus_to_exitcode(status) == 0
     [record] = [orjson.loads(line) for line in Path(out).read_bytes().splitlines()]
     assert record["text"] == "from the pipe" and record["count"] == len(record["ids"]) > 0
+
+
+def test_context_options_are_checked_before_the_dashboard_opens():
+    """lm-dash's --ctx-size, --rope-scaling and --rope-factor size the chat and tokens screens'
+    models (tests/test_dash_chat.py drives the chat with one): a wrong set is a usage error."""
+    from click.testing import CliRunner
+
+    from lmpipe.bin.dash import main
+
+    result = CliRunner().invoke(main, ["--ctx-size", "512", "--rope-scaling", "yarn"], catch_exceptions=False)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == "lm-dash: error: --rope-scaling and --rope-factor go together\n"
