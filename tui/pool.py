@@ -128,17 +128,21 @@ def tokenize(engine: ModelPool, model: str, text: str) -> dict[str, Any]:
 
 def generate_with_probs(engine: ModelPool, model: str, text: str, max_new_tokens: int, top: int,
                         cancelled: Callable[[], bool]) -> list[Any]:
-    """The tokens of a greedy generation for `text`, each with its probability and alternatives."""
+    """The tokens of a greedy generation for `text`, each with its probability and alternatives
+    (within the model's context, as chat_turn's)."""
     from lmpipe.chat.prompts import PromptSettings, prompt_ids
     from lmpipe.engine.events import Token
-    from lmpipe.engine.generation import generate
+    from lmpipe.engine.generation import check_prompt, generate
     from lmpipe.engine.sampling import Sampling
+    from lmpipe.models.loading import context_length
 
     lm = engine.model(model)
     ids = prompt_ids({"text": text}, lm.tokenizer, PromptSettings())
+    context = context_length(lm)
+    check_prompt(ids, context)
     tokens = []
     for event in generate(lm.model, lm.tokenizer, [ids], Sampling(max_new_tokens=max_new_tokens),
-                          top_probs=top, device=lm.device):
+                          top_probs=top, device=lm.device, context=context):
         if cancelled():
             break
         if isinstance(event, Token):
