@@ -267,3 +267,9 @@ def test_lm_generate_with_a_draft_model_records_it_and_refuses_sampling(tiny_lla
     assert record["manifest"]["draft"]["quantize"] == "int8" and record["manifest"]["draft"]["tokens"] == 4
     refused = CliRunner().invoke(main, [*args, "--temperature", "0.7"], input="hi\n")
     assert refused.exit_code == 2 and "--temperature 0" in refused.output
+    # speculative rows run the uncompiled step: --compile says so, and the manifest does not claim it
+    compiled = CliRunner().invoke(main, [*args, "--compile"], input="The quick brown fox\n", catch_exceptions=False)
+    assert compiled.exit_code == 0, compiled.output
+    again = orjson.loads(compiled.stdout.splitlines()[-1])
+    assert again["generated"] == record["generated"] and again["manifest"]["compile"] is False
+    assert "--compile: speculative rows run the fast path's uncompiled step" in compiled.stderr

@@ -6,6 +6,7 @@ summarize (lmpipe.backends.text); lmpipe.backends.remote gives the same records 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
@@ -124,6 +125,9 @@ class GenerateTask:
             self.draft: LoadedModel | None = draft
         else:
             self.draft = load_draft(settings.decoding, lm, self.settings.sampling)
+        if self.draft is not None and self.settings.decoding.compile:  # the manifest names the step that runs
+            print("lmpipe: --compile: speculative rows run the fast path's uncompiled step", file=sys.stderr)
+            self.settings = replace(self.settings, decoding=replace(self.settings.decoding, compile=False))
         ran = {"cache": self.settings.decoding.cache, "compile": self.settings.decoding.compile}
         self.manifest = manifest(lm.identity, {**run_settings(self.settings), **ran,
                                                **manifest_part(settings.decoding, self.draft)}, lm.device, lm.dtype)
