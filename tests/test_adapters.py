@@ -1,10 +1,12 @@
-"""LoRA adapters in PEFT's format, made by peft here: merged at load, the fast path's tokens and
-log-probabilities equal PeftModel's on transformers (float32), through lm-generate and lm-serve."""
+"""LoRA adapters in PEFT's format, made by peft here, run beside the base weights: the fast path's
+tokens and log-probabilities equal PeftModel's on transformers (float32), a row of each adapter and
+a row of none in one batch, through lm-generate and lm-serve; beside quantized layers too."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from conftest import jsonl, run_tool
+from lmpipe.engine.decoding import Decoding
 from lmpipe.engine.events import Completion
 from lmpipe.engine.generation import generate
 from lmpipe.engine.sampling import Sampling
@@ -73,10 +76,44 @@ def peft_reference(base: Path, adapter: Path | None, ids: list[int], scale: floa
 
 
 def lmpipe_greedy(lm, ids: list[int]) -> tuple[list[int], list[float]]:
-    done = [e for e in generate(lm.model, lm.tokenizer, [ids], Sampling(max_new_tokens=N), top_probs=1,
-                                device=lm.device) if isinstance(e, Completion)][0]
-    tokens = [*done.tokens, *((done.end,) if done.end is not None else ())]
-    return [t.id for t in tokens], [t.logprob for t in tokens]
+    return lmpipe_rows(lm, [ids])[0]
+
+
+def lmpipe_rows(lm, prompts: list[list[int]], adapters=(), decoding=Decoding()) -> list[tuple[list[int], list[float]]]:
+    """Each row's greedy tokens and their log-probabilities, the rows in one batch."""
+    done = sorted((e for e in generate(lm.model, lm.tokenizer, prompts, Sampling(max_new_tokens=N), top_probs=1,
+                                       device=lm.device, adapters=adapters, decoding=decoding)
+                   if isinstance(e, Completion)), key=lambda c: c.row)
+    out = []
+    for c in done:
+        tokens = [*c.tokens, *((c.end,) if c.end is not None else ())]
+        out.append(([t.id for t in tokens], [t.logprob for t in tokens]))
+    return out
+
+
+def same_as_peft(got: tuple[list[int], list[float]], expected: tuple[list[int], list[float]]) -> bool:
+    """The same greedy tokens (as many as lmpipe gave: it stops at end of sequence), log-probabilities within 1e-4."""
+    (ids, lps), (want, want_lps) = got, expected
+    return bool(ids) and ids == want[:len(ids)] and all(abs(a - b) < 1e-4 for a, b in zip(lps, want_lps))
+
+
+@pytest.mark.parametrize("cache", ["fast", "dynamic"])
+def test_rows_of_two_adapters_and_of_none_share_a_batch(tiny_llama, adapters, cache):
+    """vLLM's multi-LoRA: each row runs its own adapter's update (the fast path gathers each row's A
+    and B; transformers' forward through the adapters' hooks), prompts of different lengths."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    prompts = [tok(p).input_ids for p in (PROMPT, "Paris is the capital of France and", "Hello")]
+    lm = load(ModelSettings(str(tiny_llama), loras=(("one", Adapter(str(adapters[0]))),
+                                                    ("two", Adapter(str(adapters[1]), 2.5)))))
+    rows = lmpipe_rows(lm, prompts, ["one", "two", None], Decoding(cache=cache))
+    expected = [peft_reference(tiny_llama, adapters[0], prompts[0]), peft_reference(tiny_llama, adapters[1], prompts[1], 2.5),
+                peft_reference(tiny_llama, None, prompts[2])]
+    for got, want in zip(rows, expected, strict=True):
+        assert same_as_peft(got, want)
+    alone = lmpipe_rows(lm, prompts[:1], ["two"])[0]  # the adapters do change the tokens
+    assert alone[0] != rows[0][0]
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])
@@ -137,10 +174,43 @@ def test_lm_serve_lora_by_name(tiny_llama, adapters):
         base_id = str(tiny_llama)
         assert listed["one"].parent == base_id and listed["two"].parent == base_id
         assert listed["one"].root == str(adapters[0])
-        for name, adapter, scale in (("one", adapters[0], 1.0), ("two", adapters[1], 2.5), (base_id, None, 1.0)):
-            answer = client.completions.create(model=name, prompt=ids, max_tokens=N, temperature=0, logprobs=0)
+        asked = (("one", adapters[0], 1.0), ("two", adapters[1], 2.5), (base_id, None, 1.0))
+
+        def ask(name: str):
+            return client.completions.create(model=name, prompt=ids, max_tokens=N, temperature=0, logprobs=0)
+
+        with ThreadPoolExecutor(len(asked)) as pool:  # at once: their rows may share the base model's batch
+            answers = list(pool.map(ask, [name for name, _, _ in asked]))
+        for (name, adapter, scale), answer in zip(asked, answers, strict=True):
             expected = peft_reference(tiny_llama, adapter, ids, scale)[0]
             got = answer.choices[0].logprobs.tokens
+            assert answer.model == name
             assert got == [tok.decode([t]) for t in expected[:len(got)]] and got
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_an_adapter_beside_quantized_layers_is_the_dequantized_model_with_peft(tiny_llama, adapters, mode):
+    """--quantize with --adapter: the base layers quantized, each adapter's update in float32 added to
+    their output. The reference: the float32 model holding the quantized values (dequantized), under
+    PeftModel. Bound 1e-3 on the logits: lmpipe's kernels against float32 matmuls over the same values."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from lmpipe.models.fastpath import FastDecoder, fast_model
+    from test_quantize import dequantized
+
+    ids = torch.tensor([AutoTokenizer.from_pretrained(tiny_llama)(PROMPT).input_ids])
+
+    def fast_logits(settings: ModelSettings):
+        lm = load(settings)
+        return FastDecoder(fast_model(lm.model), torch.ones_like(ids), 1).prefill(ids)[0]
+
+    got = fast_logits(ModelSettings(str(tiny_llama), quantize=mode, adapters=(Adapter(str(adapters[0])),)))
+    bare = fast_logits(ModelSettings(str(tiny_llama), quantize=mode))
+    reference = PeftModel.from_pretrained(dequantized(tiny_llama, mode)[0], adapters[0]).eval()
+    with torch.no_grad():
+        want = reference(input_ids=ids).logits[0, -1].float()
+    assert float((got - want).abs().max()) < 1e-3
+    assert float((got - bare).abs().max()) > 0.05  # the adapter changed them
