@@ -21,6 +21,7 @@ from lmpipe.engine.sampling import Sampling
 from lmpipe.errors import UsageError
 from lmpipe.models.adapters import Adapter
 from lmpipe.models.loading import ModelSettings, load
+from lmpipe.models.merged import MergeSettings
 from serve_helpers import Server
 
 PROMPT = "The quick brown fox"
@@ -214,3 +215,24 @@ def test_an_adapter_beside_quantized_layers_is_the_dequantized_model_with_peft(t
         want = reference(input_ids=ids).logits[0, -1].float()
     assert float((got - want).abs().max()) < 1e-3
     assert float((got - bare).abs().max()) > 0.05  # the adapter changed them
+
+
+def test_lm_pull_merge_writes_a_model_whose_greedy_tokens_are_peft_models(tiny_llama, adapters, tmp_path):
+    from transformers import AutoTokenizer
+
+    from click.testing import CliRunner
+
+    from lmpipe.bin.pull import main
+
+    out = tmp_path / "merged"
+    done = CliRunner().invoke(main, [str(tiny_llama), "--adapter", f"{adapters[1]}:2.5", "--merge", str(out)],
+                              catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    [record] = jsonl(done.stdout_bytes)
+    assert record["path"] == str(out.resolve()) and record["adapters"][0]["scale"] == 2.5
+    assert (out / "model.safetensors").is_file() and (out / "lmpipe-merge.json").is_file()
+    ids = AutoTokenizer.from_pretrained(out)(PROMPT).input_ids
+    got = lmpipe_greedy(load(ModelSettings(str(out))), ids)
+    assert same_as_peft(got, peft_reference(tiny_llama, adapters[1], ids, 2.5))
+    with pytest.raises(UsageError, match="already there and not an empty folder"):  # never written over
+        MergeSettings(str(tiny_llama), (Adapter(str(adapters[1])),), out)
