@@ -89,6 +89,7 @@ def sampling_of(body: dict[str, Any], max_new_tokens: int) -> Sampling:
             seed=typed(body, "seed", (int,), None),
             stop=tuple(stop),
             logit_bias=logit_bias_of(body),
+            reasoning_budget=typed(body, "reasoning_budget", (int,), None),
         ).with_seed()
     except LmpipeError as exc:
         raise BadRequest(str(exc).replace("--", "").replace("-", "_"), "invalid_value") from None
