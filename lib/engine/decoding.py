@@ -310,9 +310,11 @@ class StaticBatch:
             return None
         import torch
 
+        from ..models.adapters import Lora
+
         slots = torch.tensor([stack.default if a is None else a for a in adapters], dtype=torch.long,
                              device=self.device)
-        stack.rows = slots
+        stack.rows = Lora.mask(slots, stack.count)
         return slots
 
     def reset(self) -> None:

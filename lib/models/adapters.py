@@ -94,25 +94,33 @@ def plain_lora(adapter: Adapter) -> str | None:
 @dataclass(frozen=True)
 class Lora:
     """One layer's low-rank updates, one per adapter slot (slot 0: none, zeros), rank padded with
-    zeros: delta = (x @ a[i]^T) @ b[i]^T, the adapter's scale folded into b. Float32, beside a base
-    layer of any kind (float or quantized): only its output is added to."""
+    zeros: delta = (x @ a[i]^T) @ b[:, i]^T, the adapter's scale folded into b. Float32, beside a
+    base layer of any kind (float or quantized): only its output is added to."""
 
     a: Any  # [slots, rank, in]
-    b: Any  # [slots, out, rank]
+    b: Any  # [out, slots, rank]
 
     def __call__(self, x, slots):
-        """x [B, T, in] (or [B, in]); `slots`: one slot index per row (a [B] tensor) or one for all (an int)."""
-        import torch
-
+        """x [B, T, in] (or [B, in]); `slots`: one slot for every row (an int), or each row's as a
+        one-hot mask [B, 1, slots, 1] (Lora.mask)."""
         h = x.to(self.a.dtype)
         if isinstance(slots, int):
-            delta = (h @ self.a[slots].T) @ self.b[slots].T
-        else:
-            flat = h.dim() == 2
-            h = h[:, None] if flat else h
-            delta = torch.bmm(torch.bmm(h, self.a[slots].transpose(1, 2)), self.b[slots].transpose(1, 2))
-            delta = delta[:, 0] if flat else delta
-        return delta.to(x.dtype)
+            return ((h @ self.a[slots].T) @ self.b[:, slots].T).to(x.dtype)
+        # Rows of several adapters: every slot's product at once, each row keeping its own slot's
+        # (the others times 0), then one matmul over all slots' ranks. Two matmuls of slots x rank
+        # columns, no copy of the matrices gathered per row (cheaper than bmm over gathered ones).
+        n, r = self.a.shape[0], self.a.shape[1]
+        wide = h @ self.a.view(n * r, -1).T
+        mask = slots if wide.dim() == 3 else slots[:, 0]
+        wide = (wide.unflatten(-1, (n, r)) * mask).flatten(-2)
+        return (wide @ self.b.view(-1, n * r).T).to(x.dtype)
+
+    @staticmethod
+    def mask(slots, count: int):
+        """Each row's slot (a [B] tensor of indices) as the one-hot mask [B, 1, count, 1] __call__ takes."""
+        import torch
+
+        return torch.nn.functional.one_hot(slots, count).to(torch.float32)[:, None, :, None]
 
     @staticmethod
     def joined(parts: list["Lora | None"], sizes: list[int]) -> "Lora | None":
@@ -126,12 +134,12 @@ class Lora:
         slots, inputs = known[0].a.shape[0], known[0].a.shape[2]
         ranks = [p.a.shape[1] if p is not None else 0 for p in parts]
         a = torch.zeros((slots, sum(ranks), inputs), dtype=known[0].a.dtype, device=known[0].a.device)
-        b = torch.zeros((slots, sum(sizes), sum(ranks)), dtype=known[0].b.dtype, device=known[0].b.device)
+        b = torch.zeros((sum(sizes), slots, sum(ranks)), dtype=known[0].b.dtype, device=known[0].b.device)
         row = col = 0
         for part, rank, size in zip(parts, ranks, sizes):
             if part is not None:
                 a[:, col:col + rank] = part.a
-                b[:, row:row + size, col:col + rank] = part.b
+                b[row:row + size, :, col:col + rank] = part.b
             row, col = row + size, col + rank
         return Lora(a, b)
 
@@ -146,12 +154,14 @@ class LoraStack:
     through forward hooks, with `rows` the batch's slots (None: `default` for every row).
     """
 
-    def __init__(self, layers: dict[str, Lora], names: dict[str, int], default: int, modules: dict[int, Lora]):
+    def __init__(self, layers: dict[str, Lora], names: dict[str, int], default: int, modules: dict[int, Lora],
+                 count: int):
         self.layers = layers  # by module name
         self.names = names  # lm-serve's adapter name -> slot
         self.default = default
         self.by_module = modules  # id(module) -> its Lora (the fast path finds its layers' by module)
-        self.rows: Any = None  # the batch's slots [B], set by the backend running transformers' forward
+        self.count = count  # slots, the none slot included
+        self.rows: Any = None  # the batch's slots as Lora.mask makes them, set by the backend running transformers' forward
 
     def slot(self, name: str | None) -> int:
         if name is None:
@@ -245,13 +255,14 @@ def attach(model: Any, every_row: tuple[Adapter, ...], named: tuple[tuple[str, A
         rank = max(slot[name][0].shape[0] for slot in slots if name in slot)
         shaped = next(slot[name] for slot in slots if name in slot)
         a = torch.zeros((len(slots), rank, shaped[0].shape[1]), device=device)
-        b = torch.zeros((len(slots), shaped[1].shape[0], rank), device=device)
+        b = torch.zeros((shaped[1].shape[0], len(slots), rank), device=device)
         for i, slot in enumerate(slots):
             if name in slot:
                 r = slot[name][0].shape[0]
-                a[i, :r], b[i, :, :r] = slot[name]
+                a[i, :r], b[:, i, :r] = slot[name]
         layers[name] = Lora(a, b)
-    stack = LoraStack(layers, names, 1 if every_row else 0, {id(modules[n]): lora for n, lora in layers.items()})
+    stack = LoraStack(layers, names, 1 if every_row else 0, {id(modules[n]): lora for n, lora in layers.items()},
+                      len(slots))
     for name, lora in layers.items():
         modules[name].register_forward_hook(stack.hook(lora))
     model._lmpipe_loras = stack

@@ -228,6 +228,7 @@ class FastModel:
         stack = stack_of(model)
         loras = stack.by_module if stack is not None else {}
         self.default_slot = stack.default if stack is not None else 0
+        self.slot_count = stack.count if stack is not None else 0
         built = [_layer(block, config, kind if self.per_type_rope else "rope", self.head_dim, loras)
                  for block, kind in zip(inner.layers, kinds)]
         self.layers = [layer for layer, _ in built]
@@ -282,8 +283,8 @@ class FastModel:
 
         `columns`: a slice (prefill: the same columns for every row) or a [B] tensor (one
         column per row, a decode step). `attend(q, k, v, layer)` does the attention over the cache.
-        `slots`: each row's LoRA adapter slot, a [B] tensor, or an int for every row (None: the
-        model's default_slot; 0: none).
+        `slots`: each row's LoRA adapter slot, a [B] tensor of indices, or an int for every row
+        (None: the model's default_slot; 0: none).
         Returns the last position's logits, float32 [B, vocab]; with `every`, all positions' [B, T, vocab].
         """
         b, t = ids.shape
@@ -291,6 +292,8 @@ class FastModel:
             slots = self.default_slot
         if isinstance(slots, int) and slots == 0:
             slots = None  # no adapter: the projections alone, nothing more computed
+        elif slots is not None and not isinstance(slots, int):
+            slots = Lora.mask(slots, self.slot_count)
         x = self.embedding(ids)
         ropes = self.rope(x, positions)
         for i, layer in enumerate(self.layers):
