@@ -77,7 +77,8 @@ def merge(model: Any, adapters: tuple[Adapter, ...]) -> Any:
 
 def plain_lora(adapter: Adapter) -> str | None:
     """Why lmpipe cannot run `adapter` beside the base weights (None: it can): plain LoRA on linear
-    layers only; DoRA, LoRA biases and modules saved whole change more than a low-rank update."""
+    layers only; DoRA, LoRA biases, modules saved whole and embeddings' LoRA change more than a
+    linear layer's low-rank update."""
     from peft import LoraConfig
 
     try:
@@ -88,6 +89,13 @@ def plain_lora(adapter: Adapter) -> str | None:
                     "trainable_token_indices"):
         if getattr(config, feature, None):
             return f"{feature} is set"
+    weights = Path(adapter.path) / WEIGHTS[0]
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            if any(".lora_embedding_" in key for key in f.keys()):
+                return "it adapts an embedding"
     return None
 
 
