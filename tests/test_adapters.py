@@ -109,8 +109,8 @@ def test_rows_of_two_adapters_and_of_none_share_a_batch(tiny_llama, adapters, ca
     lm = load(ModelSettings(str(tiny_llama), loras=(("one", Adapter(str(adapters[0]))),
                                                     ("two", Adapter(str(adapters[1]), 2.5)))))
     rows = lmpipe_rows(lm, prompts, ["one", "two", None], Decoding(cache=cache))
-    expected = [peft_reference(tiny_llama, adapters[0], prompts[0]), peft_reference(tiny_llama, adapters[1], prompts[1], 2.5),
-                peft_reference(tiny_llama, None, prompts[2])]
+    expected = [peft_reference(tiny_llama, adapters[0], prompts[0]),
+                peft_reference(tiny_llama, adapters[1], prompts[1], 2.5), peft_reference(tiny_llama, None, prompts[2])]
     for got, want in zip(rows, expected, strict=True):
         assert same_as_peft(got, want)
     alone = lmpipe_rows(lm, prompts[:1], ["two"])[0]  # the adapters do change the tokens

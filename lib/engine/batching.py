@@ -141,8 +141,8 @@ class FastRows:
         return slots, logits
 
     def _slots(self, rows: Sequence[Slot]) -> Any:
-        """The LoRA slots of `rows` as the fast path takes them: one int when they share one (no
-        gather), else a tensor of one per row; None where the model has no adapters."""
+        """The LoRA slots of `rows` as the fast path takes them: one int when they share one (its
+        adapter's matrices alone), else a tensor of one per row; None where the model has no adapters."""
         if not self.adapted:
             return None
         first = rows[0].adapter

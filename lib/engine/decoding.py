@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any, Callable, Sequence
 
 from ..errors import UsageError
+from ..models.adapters import Lora, stack_of
 
 CACHES = ("auto", "fast", "dynamic", "static")
 
@@ -303,14 +304,10 @@ class StaticBatch:
     def _adapt(self, adapters: Sequence[int | None] | None) -> Any:
         """The batch's LoRA slots [B] where the model has adapters and a row names one, set for
         transformers' forward (the adapters' hooks read them) and returned for the fast path's."""
-        from ..models.adapters import stack_of
-
         stack = stack_of(self.model)
         if stack is None or adapters is None:
             return None
         import torch
-
-        from ..models.adapters import Lora
 
         slots = torch.tensor([stack.default if a is None else a for a in adapters], dtype=torch.long,
                              device=self.device)
@@ -318,8 +315,6 @@ class StaticBatch:
         return slots
 
     def reset(self) -> None:
-        from ..models.adapters import stack_of
-
         self.run, self.live = None, []
         if (stack := stack_of(self.model)) is not None:
             stack.rows = None

@@ -74,7 +74,7 @@ class Request:
     draft: Any = None  # lmpipe.engine.speculative.Draft: speculative rounds, for greedy plain rows
     cancelled: Callable[[], bool] = _never  # its client went away: free the row
     inputs: Any = None  # lmpipe.engine.multimodal.ImagePrompt: its images, for the prefill's forward
-    adapter: int | None = None  # its LoRA adapter's slot (lmpipe.models.adapters.LoraStack.slot); None: the model's default
+    adapter: int | None = None  # its LoRA adapter's slot (lmpipe.models.adapters.LoraStack.slot); None: the default
 
     @property
     def speculates(self) -> bool:

@@ -169,7 +169,8 @@ class LoraStack:
         self.default = default
         self.by_module = modules  # id(module) -> its Lora (the fast path finds its layers' by module)
         self.count = count  # slots, the none slot included
-        self.rows: Any = None  # the batch's slots as Lora.mask makes them, set by the backend running transformers' forward
+        # the batch's slots as Lora.mask makes them, set by the backend running transformers' forward
+        self.rows: Any = None
 
     def slot(self, name: str | None) -> int:
         if name is None:
@@ -193,7 +194,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read(model: Any, adapter: Adapter, modules: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def _read(adapter: Adapter, modules: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """One adapter's (a, b) per module name, in float32, b times the adapter's scale: peft's own
     config and weight loading, checked against the model's layers."""
     import math
@@ -248,7 +249,7 @@ def attach(model: Any, every_row: tuple[Adapter, ...], named: tuple[tuple[str, A
     if every_row:
         together: dict[str, tuple[Any, Any]] = {}
         for adapter in every_row:  # their updates add up: ranks side by side
-            for name, (a, b) in _read(model, adapter, modules).items():
+            for name, (a, b) in _read(adapter, modules).items():
                 if name in together:
                     a, b = torch.cat([together[name][0], a]), torch.cat([together[name][1], b], dim=1)
                 together[name] = (a, b)
@@ -256,7 +257,7 @@ def attach(model: Any, every_row: tuple[Adapter, ...], named: tuple[tuple[str, A
     names = {}
     for name, adapter in named:
         names[name] = len(slots)
-        slots.append(_read(model, adapter, modules))
+        slots.append(_read(adapter, modules))
     device = next(model.parameters()).device
     layers: dict[str, Lora] = {}
     for name in sorted({n for slot in slots for n in slot}):
