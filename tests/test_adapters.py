@@ -28,14 +28,14 @@ PROMPT = "The quick brown fox"
 N = 8
 
 
-def make_adapter(base: Path, folder: Path, seed: int, hidden: int | None = None) -> Path:
+def make_adapter(base: Path, folder: Path, seed: int, **options) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"],
+                           "init_lora_weights": False, **options})
     peft_model = get_peft_model(model, config)
     with torch.no_grad():  # updates large enough to change the greedy tokens of a random model
         for name, p in peft_model.named_parameters():
@@ -130,6 +130,23 @@ def test_fast_path_equals_peft_model(tiny_llama, adapters, scale):
         assert abs(a - b) < 1e-4
     base = lmpipe_greedy(load(ModelSettings(str(tiny_llama))), ids)[0]
     assert base == peft_reference(tiny_llama, None, ids)[0][:len(base)] and base != got  # the adapter changed them
+
+
+def test_a_dora_adapter_is_merged_at_load_and_still_equals_peft_model(tiny_llama, tmp_path):
+    """More than a low-rank update (DoRA's magnitudes): peft's merge_and_unload at load, as before."""
+    from transformers import AutoTokenizer
+
+    from lmpipe.models.adapters import plain_lora, stack_of
+
+    folder = make_adapter(tiny_llama, tmp_path / "dora", 3, use_dora=True)
+    assert plain_lora(Adapter(str(folder))) == "use_dora is set"
+    ids = AutoTokenizer.from_pretrained(tiny_llama)(PROMPT).input_ids
+    lm = load(ModelSettings(str(tiny_llama), adapters=(Adapter(str(folder)),)))
+    assert stack_of(lm.model) is None  # merged: nothing beside the weights
+    assert same_as_peft(lmpipe_greedy(lm, ids), peft_reference(tiny_llama, folder, ids))
+    embedding = make_adapter(tiny_llama, tmp_path / "embedding", 4, target_modules=["embed_tokens", "q_proj"])
+    with pytest.raises(UsageError, match="it adapts the embedding, which this model's head shares"):  # never wrong
+        load(ModelSettings(str(tiny_llama), adapters=(Adapter(str(embedding)),)))
 
 
 def test_lm_generate_adapter_and_manifest(tiny_llama, adapters):

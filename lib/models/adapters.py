@@ -20,6 +20,7 @@ from ..errors import UsageError
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+EMBEDDING = "it adapts an embedding"  # plain_lora's answer for an embedding's LoRA
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ def merge(model: Any, adapters: tuple[Adapter, ...]) -> Any:
     from peft.tuners.lora import LoraLayer
 
     for adapter in adapters:
+        if getattr(model.config, "tie_word_embeddings", False) and plain_lora(adapter) == EMBEDDING:
+            # merged into the shared matrix it would change the head too, which PeftModel's keeps
+            raise UsageError(f"--adapter {adapter.path}: it adapts the embedding, which this model's head shares: "
+                             "lmpipe cannot merge it")
         try:
             wrapped = PeftModel.from_pretrained(model, adapter.path, adapter_name="lmpipe")
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
@@ -95,7 +100,7 @@ def plain_lora(adapter: Adapter) -> str | None:
 
         with safe_open(str(weights), framework="pt") as f:
             if any(".lora_embedding_" in key for key in f.keys()):
-                return "it adapts an embedding"
+                return EMBEDDING
     return None
 
 
