@@ -20,6 +20,7 @@ FIELDS_WRITTEN = {
     "downloaded_bytes": "Bytes fetched by this run (0 when everything was cached).",
     "seconds": "Wall time of the pull.",
     "file": "The GGUF file downloaded, when a :TAG named one.",
+    "adapters": "With --merge: each adapter merged (path, scale, sha256); `path` is then the merged folder.",
 }
 
 
@@ -32,6 +33,11 @@ FIELDS_WRITTEN = {
               help="The Hugging Face cache (default: $HF_HUB_CACHE, else $HF_HOME/hub).")
 @click.option("--progress", type=click.Choice(["auto", "bar", "json", "none"]), default="auto", show_default=True,
               envvar="LMPIPE_PROGRESS", help="On stderr: a bar (auto on a terminal) or JSON events (auto otherwise).")
+@click.option("--adapter", multiple=True, metavar="PATH[:SCALE]",
+              help="With --merge: a LoRA adapter in PEFT's format to merge, times SCALE (default 1); repeatable.")
+@click.option("--merge", default=None, metavar="DIR",
+              help="Write the one model named (as -m takes it) with the --adapter's merged into its weights "
+                   "(peft's merge_and_unload) to DIR, as safetensors; -m DIR then runs it.")
 def main(**options):
     """Download a model snapshot from the Hugging Face Hub into the cache, resuming cut transfers.
 
@@ -44,6 +50,7 @@ def main(**options):
       lm-pull org/name@v1.0 --include '*.json' --include '*.safetensors'
       lm-pull bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M
       lm-pull org/name --progress json 2> progress.jsonl | jq .path
+      lm-pull org/name --adapter ./my-lora --merge ./merged && lm-generate -m ./merged
     """
     from lmpipe.tasks.pull import run
 

@@ -51,7 +51,8 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
                    "in place of the model's own; per model: --model-option MODEL chat-template=FILE.")
 @click.option("--lora", multiple=True, metavar="NAME=PATH[:SCALE]",
               help="Serve the first -m model with this LoRA adapter (PEFT format) as model NAME: a request whose "
-                   "`model` is NAME gets it; /v1/models lists it with its `parent`. Repeatable.")
+                   "`model` is NAME gets it, its row sharing the base model's batches with other adapters' and "
+                   "the base's own; /v1/models lists it with its `parent`. Repeatable.")
 @click.option("--allow-local-images", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
               help="A chat's image_url may be a path (file:// or plain) to a file under DIR; else only data: URLs.")
 @click.option("--api-key", "api_key", multiple=True, envvar="LMPIPE_API_KEY", metavar="KEY",

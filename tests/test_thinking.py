@@ -192,6 +192,14 @@ def test_serve_chat_template_kwargs_and_reasoning_content(served, thinker, tok):
         client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2,
                                        extra_body={"chat_template_kwargs": {"messages": []}})
     assert "`chat_template_kwargs.messages`" in caught.value.message
+    budget = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=5, temperature=0, logprobs=True,
+                                            logit_bias=no_ending, extra_body={"reasoning_budget": 2})
+    said = [entry.token for entry in budget.choices[0].logprobs.content]
+    assert len(said) == 5 and said[2] == "</think>" and "</think>" not in said[:2] + said[3:]
+    assert budget.choices[0].message.reasoning_content and budget.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as caught:  # text completions have no think block to close
+        client.completions.create(model=model, prompt="x", max_tokens=2, extra_body={"reasoning_budget": 2})
+    assert "`reasoning_budget` is not supported by /v1/completions" in caught.value.message
 
 
 def test_lm_generate_through_the_server_keeps_reasoning_and_no_think(served, thinker, tok):

@@ -135,8 +135,9 @@ def adapter_option(f: Callable) -> Callable:
     """--adapter PATH[:SCALE], repeatable: LoRA adapters (lmpipe.models.adapters)."""
     return click.option("--adapter", multiple=True, metavar="PATH[:SCALE]",
                         help="A LoRA adapter in PEFT's format (a folder with adapter_config.json and "
-                             "adapter_model.safetensors), merged into the model's weights at load, times SCALE "
-                             "(default 1); repeatable. In the manifest with its sha256.")(f)
+                             "adapter_model.safetensors), its update added beside the model's weights (float32, "
+                             "quantized or not), times SCALE (default 1); repeatable. In the manifest with its "
+                             "sha256.")(f)
 
 
 def progress_option(f: Callable) -> Callable:

@@ -364,10 +364,15 @@ def serve_run(o: Options) -> "ServeRun":
             raise UsageError(f"--model-option {model}: not one of the -m models ({', '.join(models)})")
         per_model[model] = model_option(per_model[model], model, pair)
     on_request = None if o["listed_only"] else scheduler({**o, "model": None})
-    loras = tuple(replace(scheduler({**per_model[models[0]], "adapter": (path,)}), name=name)
-                  for name, path in parse_loras(o.get("lora") or (), models))
-    roster = RosterSettings(tuple(scheduler(per_model[m]) for m in models) + loras, on_request, o["max_models"],
-                            allow_paths=o["allow_model_paths"])
+    served = [scheduler(per_model[m]) for m in models]
+    loras = parse_loras(o.get("lora") or (), models)
+    if loras:  # the first model's rows run them, each request's by its name (lmpipe.serve.roster.ServedAdapter)
+        from ..models.adapters import Adapter
+
+        first = served[0]
+        served[0] = replace(first, model=replace(first.model, loras=tuple(
+            (name, Adapter.parse(path)) for name, path in loras)))
+    roster = RosterSettings(tuple(served), on_request, o["max_models"], allow_paths=o["allow_model_paths"])
     guard = GuardSettings(api_keys=api_keys(o["api_key"], o["api_key_file"]), loopback_only=is_loopback(o["host"]),
                           allowed_origins=tuple(o["allowed_origins"]), max_body=int(o["max_body"] * 1024 * 1024),
                           read_timeout_s=o["read_timeout"], max_requests=o["limit_concurrency"])

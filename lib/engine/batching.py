@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..models.adapters import stack_of
 from ..models.fastpath import KVCache, fast_model, prefill, rounded_width, step
 from .decoding import left_pad
 
@@ -50,12 +51,16 @@ class PrefixCache:
     def __init__(self, max_tokens: int = 4096, counts: PrefixCounts | None = None):
         self.max_tokens = max_tokens
         self.entries: OrderedDict[tuple[int, ...], tuple[list[Any], list[Any]]] = OrderedDict()
+        self.slots: dict[tuple[int, ...], int] = {}  # the LoRA adapter slot each was computed with (absent: 0)
         self.counts = counts if counts is not None else PrefixCounts()
 
-    def longest(self, ids: list[int]) -> tuple[tuple[list[Any], list[Any]] | None, int]:
-        """The stored prompt sharing the most leading tokens with `ids`, and how many (short of all)."""
+    def longest(self, ids: list[int], slot: int = 0) -> tuple[tuple[list[Any], list[Any]] | None, int]:
+        """The stored prompt sharing the most leading tokens with `ids`, and how many (short of all),
+        among those computed with the same LoRA adapter slot (its keys and values are its own)."""
         best, best_n = None, 0
         for key in self.entries:
+            if self.slots.get(key, 0) != slot:
+                continue
             n = min(shared_length(key, ids), len(ids) - 1)  # the last token is computed: it gives the logits
             if n > best_n:
                 best, best_n = key, n
@@ -64,23 +69,29 @@ class PrefixCache:
         self.entries.move_to_end(best)
         return self.entries[best], best_n
 
-    def add(self, ids: list[int], keys: list[Any], values: list[Any]) -> None:
+    def add(self, ids: list[int], keys: list[Any], values: list[Any], slot: int = 0) -> None:
         key = tuple(ids)
         if len(key) > self.max_tokens:
             return
         self.entries[key] = (keys, values)
+        self.slots.pop(key, None)
+        if slot:
+            self.slots[key] = slot
         self.entries.move_to_end(key)
         while sum(len(k) for k in self.entries) > self.max_tokens:
-            self.entries.popitem(last=False)
+            gone, _ = self.entries.popitem(last=False)
+            self.slots.pop(gone, None)
 
 
 class Slot:
-    """A request's row in the cache; `index` changes when rows are packed."""
+    """A request's row in the cache; `index` changes when rows are packed. `adapter`: its LoRA
+    adapter's slot (lmpipe.models.adapters.LoraStack), which moves with it."""
 
-    __slots__ = ("index",)
+    __slots__ = ("index", "adapter")
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, adapter: int = 0):
         self.index = index
+        self.adapter = adapter
 
 
 class FastRows:
@@ -96,6 +107,7 @@ class FastRows:
         self.pad = pad
         self.cache: KVCache | None = None
         self.order: list[Slot] = []  # order[i] holds row i of the cache
+        self.adapted = stack_of(model) is not None  # rows pick LoRA adapters: each step names their slots
 
     @property
     def device(self) -> Any:
@@ -109,39 +121,58 @@ class FastRows:
             self.cache = self.cache.grown(width)
         return self.cache
 
-    def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False):
+    def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False,
+                adapters: Sequence[int | None] | None = None):
         """With `every` (one prompt), its logits after each token [1, len, vocab]: it is computed
-        whole, not from a cached prefix."""
+        whole, not from a cached prefix. `adapters`: each prompt's LoRA adapter slot (None: the
+        model's default)."""
         row, n = len(self.order), len(prompts)
         if row + n > self.capacity:
             raise RuntimeError("no free row")
+        default = self.fast.default_slot
+        chosen = [default if a is None else a for a in adapters or [None] * n]
+        slots = [Slot(row + i, a) for i, a in enumerate(chosen)]
         if n == 1:
-            logits = self._prefill_one(row, list(prompts[0]), room, every)
+            logits = self._prefill_one(row, list(prompts[0]), room, every, chosen[0])
         else:
             ids, mask = left_pad(prompts, self.pad, self.fast.device)
             cache = self._fit(ids.shape[1] + room)
-            logits = prefill(self.fast, cache, slice(row, row + n), ids, mask)
-        slots = [Slot(row + i) for i in range(n)]
+            logits = prefill(self.fast, cache, slice(row, row + n), ids, mask, slots=self._slots(slots))
         self.order += slots
         return slots, logits
 
-    def _prefill_one(self, row: int, prompt: list[int], room: int, every: bool = False):
+    def _slots(self, rows: Sequence[Slot]) -> Any:
+        """The LoRA slots of `rows` as the fast path takes them: one int when they share one (its
+        adapter's matrices alone), else a tensor of one per row; None where the model has no adapters."""
+        if not self.adapted:
+            return None
+        first = rows[0].adapter
+        if all(r.adapter == first for r in rows):
+            return first
+        import torch
+
+        return torch.tensor([r.adapter for r in rows], dtype=torch.long, device=self.fast.device)
+
+    def _prefill_one(self, row: int, prompt: list[int], room: int, every: bool = False, adapter: int = 0):
         import torch
 
         cache = self._fit(len(prompt) + room)
         ids = torch.tensor([prompt], dtype=torch.long, device=self.fast.device)
-        stored, shared = self.prefixes.longest(prompt) if self.prefixes is not None and not every else (None, 0)
+        slots = adapter if self.adapted else None
+        stored, shared = self.prefixes.longest(prompt, adapter) if self.prefixes is not None and not every \
+            else (None, 0)
         if self.prefixes is not None and not every:
             self.prefixes.counts.queries += len(prompt)
             self.prefixes.counts.hits += shared if shared >= MIN_SHARED else 0
         if shared >= MIN_SHARED:
             cache.load_prefix(row, *stored, shared)
             rest = ids[:, shared:]
-            logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared)
+            logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared,
+                             slots=slots)
         else:
-            logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids), every=every)
+            logits = prefill(self.fast, cache, slice(row, row + 1), ids, torch.ones_like(ids), every=every, slots=slots)
         if self.prefixes is not None:
-            self.prefixes.add(prompt, *cache.prefix(row, len(prompt)))
+            self.prefixes.add(prompt, *cache.prefix(row, len(prompt)), slot=adapter)
         return logits
 
     def step(self, handles: Sequence[Slot], tokens: Sequence[int]):
@@ -153,7 +184,7 @@ class FastRows:
         rows = [h.index for h in handles]
         if rows == list(range(len(rows))):
             chosen = torch.tensor(list(tokens), dtype=torch.long, device=device)
-            return step(self.fast, self.cache, slice(0, len(rows)), chosen)
+            return step(self.fast, self.cache, slice(0, len(rows)), chosen, slots=self._slots(handles))
         order = sorted(range(len(rows)), key=rows.__getitem__)
         out: list[Any] = [None] * len(rows)
         run: list[int] = []
@@ -163,7 +194,8 @@ class FastRows:
             if last:
                 chosen = torch.tensor([tokens[p] for p in run], dtype=torch.long, device=device)
                 first = rows[run[0]]
-                logits = step(self.fast, self.cache, slice(first, first + len(run)), chosen)
+                logits = step(self.fast, self.cache, slice(first, first + len(run)), chosen,
+                              slots=self._slots([handles[p] for p in run]))
                 for j, p in enumerate(run):
                     out[p] = logits[j]
                 run = []
@@ -181,7 +213,7 @@ class FastRows:
         i = handle.index
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.fast.device)
         return prefill(self.fast, self.cache, slice(i, i + 1), ids, torch.ones_like(ids), start=self.filled(handle),
-                       every=True)[0]
+                       every=True, slots=handle.adapter if self.adapted else None)[0]
 
     def truncate(self, handle: Slot, length: int) -> None:
         """Forget the row's columns from `length` on (rejected speculative tokens)."""

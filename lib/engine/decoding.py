@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any, Callable, Sequence
 
 from ..errors import UsageError
+from ..models.adapters import Lora, stack_of
 
 CACHES = ("auto", "fast", "dynamic", "static")
 
@@ -220,11 +221,12 @@ def settled(decoding: Decoding, model: Any, notify: Callable[[str], None] = _std
     return replace(decoding, cache=fallback)
 
 
-def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding"):
+def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding", slots=None):
+    """`slots`: the rows' LoRA adapter slots, on the fast path (None: the model's default)."""
     if uses_fast_path(model, decoding):
         from ..models.fastpath import FastDecoder, fast_model
 
-        return FastDecoder(fast_model(model), mask, max_new_tokens, decoding.compile)
+        return FastDecoder(fast_model(model), mask, max_new_tokens, decoding.compile, slots)
     if decoding.cache == "static":
         return _Static(model, mask, max_new_tokens, decoding.compile)
     return _Dynamic(model, mask, max_new_tokens)
@@ -266,9 +268,11 @@ class StaticBatch:
         return self.decoding.compile
 
     def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False,
-                inputs: Sequence[Any] | None = None):
+                inputs: Sequence[Any] | None = None, adapters: Sequence[int | None] | None = None):
+        """`adapters`: each row's LoRA adapter slot (None: the model's default), held for the batch."""
         if self.run is not None:
             raise RuntimeError("a static batch admits its rows together")
+        slots = self._adapt(adapters)
         if inputs and any(x is not None for x in inputs):
             from .multimodal import batch_inputs
 
@@ -279,7 +283,7 @@ class StaticBatch:
             self.run, self.live = run, [True] * len(prompts)
             return list(range(len(prompts))), logits
         ids, mask = left_pad(prompts, self.pad, self.device)
-        run = decoder(self.model, mask, room, self.decoding)
+        run = decoder(self.model, mask, room, self.decoding, slots)
         logits = run.prefill(ids, every)
         self.run, self.live = run, [True] * len(prompts)
         return list(range(len(prompts))), logits
@@ -301,5 +305,20 @@ class StaticBatch:
         if not any(self.live):
             self.reset()
 
+    def _adapt(self, adapters: Sequence[int | None] | None) -> Any:
+        """The batch's LoRA slots [B] where the model has adapters and a row names one, set for
+        transformers' forward (the adapters' hooks read them) and returned for the fast path's."""
+        stack = stack_of(self.model)
+        if stack is None or adapters is None:
+            return None
+        import torch
+
+        slots = torch.tensor([stack.default if a is None else a for a in adapters], dtype=torch.long,
+                             device=self.device)
+        stack.rows = Lora.mask(slots, stack.count)
+        return slots
+
     def reset(self) -> None:
         self.run, self.live = None, []
+        if (stack := stack_of(self.model)) is not None:
+            stack.rows = None

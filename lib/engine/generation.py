@@ -74,6 +74,7 @@ def generate(
     inputs: Sequence[Any] = (),
     processor: Any = None,
     context: int | None = None,
+    adapters: Sequence[str | None] = (),
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
 
@@ -83,6 +84,8 @@ def generate(
     `inputs`: per prompt, its lmpipe.engine.multimodal.ImagePrompt, for a vision-language model
     (`processor`: its processor). `context`: the tokens a row may hold; each row's
     max_new_tokens is clamped to its own room (its answer then ends with finish_reason "length").
+    `adapters`: per prompt, the name of the LoRA adapter its row runs (ModelSettings.loras; None:
+    the model's --adapter ones, if any); rows of different adapters share the batch.
     """
     eos = eos_ids(model, tokenizer)
     events: list[Event] = []
@@ -97,9 +100,19 @@ def generate(
             return sampling
         return replace(sampling, max_new_tokens=context - len(ids))
 
+    slots = [None] * len(prompts)
+    if any(name is not None for name in adapters):
+        from ..models.adapters import stack_of
+
+        stack = stack_of(model)
+        if stack is None:
+            from ..errors import UsageError
+
+            raise UsageError("the model has no LoRA adapters to choose from")
+        slots = [stack.slot(name) for name in adapters]
     requests = [
         Request(list(ids), room(ids), events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
-                top_probs=top_probs, draft=policy, inputs=inputs[r] if inputs else None)
+                top_probs=top_probs, draft=policy, inputs=inputs[r] if inputs else None, adapter=slots[r])
         for r, ids in enumerate(prompts)
     ]
     backend = backend_for(model, decoding, len(requests), device, pad_id(tokenizer, eos),

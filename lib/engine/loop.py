@@ -42,7 +42,8 @@ class Backend(Protocol):
         """Admit `prompts` together, each with `room` columns to grow by: their handles, and the
         logits of each one's next token [n, vocab]; with `every` (one prompt), the logits after
         each of its tokens [1, len, vocab]. A backend that takes images (StaticBatch with a
-        processor) also takes `inputs=`: each prompt's lmpipe.engine.multimodal.ImagePrompt."""
+        processor) also takes `inputs=`: each prompt's lmpipe.engine.multimodal.ImagePrompt; and
+        `adapters=`, where a row names its LoRA adapter: each prompt's slot (None: the model's default)."""
 
     def step(self, handles: Sequence[Any], tokens: Sequence[int]) -> Any:
         """Feed each row its next token: the logits of the token after it [n, vocab], in `handles` order."""
@@ -73,6 +74,7 @@ class Request:
     draft: Any = None  # lmpipe.engine.speculative.Draft: speculative rounds, for greedy plain rows
     cancelled: Callable[[], bool] = _never  # its client went away: free the row
     inputs: Any = None  # lmpipe.engine.multimodal.ImagePrompt: its images, for the prefill's forward
+    adapter: int | None = None  # its LoRA adapter's slot (lmpipe.models.adapters.LoraStack.slot); None: the default
 
     @property
     def speculates(self) -> bool:
@@ -270,9 +272,11 @@ class Loop:
                 room = max(row.request.sampling.max_new_tokens
                            + (row.request.draft.extra if row.request.speculates else 0) for row in group)
                 echo = group[0].request.echo
-                images = {"inputs": [row.request.inputs for row in group]} if any(
+                extras: dict[str, Any] = {"inputs": [row.request.inputs for row in group]} if any(
                     row.request.inputs is not None for row in group) else {}
-                handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo, **images)
+                if any(row.request.adapter is not None for row in group):
+                    extras["adapters"] = [row.request.adapter for row in group]
+                handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo, **extras)
                 for row, handle in zip(group, handles):
                     row.clock, row.handle = clock, handle
                     if row.request.speculates:

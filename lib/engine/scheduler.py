@@ -44,6 +44,7 @@ class GenerationRequest:
     echo: bool = False  # the prompt's own tokens scored too
     generates: bool = True  # False: the prompt is only scored
     inputs: Any = None  # a vision-language model's ImagePrompt (lmpipe.engine.multimodal)
+    adapter: str | None = None  # the LoRA adapter its row runs, by its name in ModelSettings.loras (None: none)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,6 @@ class SchedulerSettings:
     max_queue: int = 64
     keep_alive: float = 300.0  # seconds idle before the model is unloaded; 0: never
     chat_template: str | None = None  # --chat-template: a template's source or a name of the model's (lmpipe.serve renders it)
-    name: str | None = None  # served under this name, not the model's id (lm-serve --lora NAME: its base with an adapter)
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Scheduler:
 
     @property
     def model_id(self) -> str:
-        return self.settings.name or self.ref.id
+        return self.ref.id
 
     @property
     def loaded(self) -> bool:
@@ -275,9 +275,14 @@ class Scheduler:
 
         lm = self.model()  # marks the model used
         constraints = row_constraints(lm.model, lm.tokenizer, job.grammar)
+        slot = None
+        if job.adapter is not None:
+            from ..models.adapters import stack_of
+
+            slot = stack_of(lm.model).slot(job.adapter)  # type: ignore[union-attr]  # loaded with its loras
         return Request(job.ids, job.sampling, job.emit, constraints=constraints, cancelled=job.cancelled.is_set,
                        top_probs=job.top_probs, logprobs=job.logprobs, echo=job.echo, generates=job.generates,
-                       inputs=job.inputs)
+                       inputs=job.inputs, adapter=slot)
 
 
 __all__ = ["Completion", "Occupancy", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]

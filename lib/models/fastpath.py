@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import cache as cache_function
 from typing import Any, Callable
 
+from .adapters import Lora, stack_of
 from .kernels import vnni as vnni_kernels
 from .quantize import lookup
 
@@ -38,6 +39,12 @@ def unsupported(model: Any) -> str | None:
         return f"the fast path knows {', '.join(FAMILIES)} models, not {kind}"
     if getattr(getattr(model, "model", None), "rotary_emb", None) is None:
         return "the model has no rotary embedding module"
+    stack = stack_of(model)
+    if stack is not None:
+        read = {id(m) for block in model.model.layers for part in (block.self_attn, block.mlp)
+                for m in part.children()}
+        if any(key not in read for key in stack.by_module):
+            return "a LoRA adapter changes a layer the fast path reads whole (it adapts the layers' projections)"
     return None
 
 
@@ -49,45 +56,54 @@ class Projection:
     bias: Any = None
     quantized: Any = None  # a QuantizedLinear (or one part of a fused one) that computes it
     parts: tuple["Projection", ...] = ()  # float projections run one by one, outputs side by side
+    lora: Lora | None = None  # LoRA adapters' updates beside it (lmpipe.models.adapters), added to its output
 
-    def __call__(self, x):
+    def __call__(self, x, slots=None):
+        """`slots`: each row's adapter slot (a [B] tensor), one for all rows (an int), or None: none."""
         import torch.nn.functional as F
 
         if self.quantized is not None:
-            return self.quantized(x)
-        return F.linear(x, self.weight, self.bias)
+            out = self.quantized.forward(x)  # not its forward hooks: the adapters' updates are added here
+        else:
+            out = F.linear(x, self.weight, self.bias)
+        if self.lora is not None and slots is not None:
+            out = out + self.lora(x, slots)
+        return out
 
-    def split(self, x, sizes: list[int]) -> list[Any]:
+    def split(self, x, sizes: list[int], slots=None) -> list[Any]:
         """The outputs of the projections this one stands for, one tensor each."""
         if self.parts:  # separate matmuls give separate, contiguous outputs: no copy to join them
-            return [part(x) for part in self.parts]
-        return list(self(x).split(sizes, dim=-1))
+            return [part(x, slots) for part in self.parts]
+        return list(self(x, slots).split(sizes, dim=-1))
 
 
-def fuse(linears: list[Any]) -> Projection:
+def fuse(linears: list[Any], loras: dict[int, Lora] | None = None) -> Projection:
     """One projection for several linears that read the same input: one matmul where exact.
 
     Quantized layers were fused when they were packed (lmpipe.models.quantize.install): the parts of
-    one fused layer, in order, are that layer. Packed buffers are never joined here.
+    one fused layer, in order, are that layer. Packed buffers are never joined here. `loras`: the
+    LoRA updates of the model's layers, by id(module) (lmpipe.models.adapters.LoraStack.by_module).
     """
     from .quantize import quantized_linear_class, quantized_part_class
 
     QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
+    loras = loras or {}
 
     if len(linears) == 1:
         only = linears[0]
         if isinstance(only, (QuantizedLinear, QuantizedPart)):
-            return Projection(None, None, only)
-        return Projection(only.weight, only.bias)
+            return Projection(None, None, only, lora=loras.get(id(only)))
+        return Projection(only.weight, only.bias, lora=loras.get(id(only)))
     fused = {id(m.fused) for m in linears if isinstance(m, QuantizedPart)}
     if len(fused) == 1 and all(isinstance(m, QuantizedPart) for m in linears):
         whole = linears[0].fused
         if linears[0].start == 0 and linears[-1].end == whole.out_features \
                 and all(a.end == b.start for a, b in zip(linears, linears[1:])):
-            return Projection(None, None, whole)
+            lora = Lora.joined([loras.get(id(m)) for m in linears], [m.end - m.start for m in linears])
+            return Projection(None, None, whole, lora=lora)
     # float weights stay apart: one fused matmul over one row of input rounds differently
     # from three (measured), and float32 output must stay token-identical to transformers'.
-    return Projection(None, None, None, tuple(fuse([m]) for m in linears))
+    return Projection(None, None, None, tuple(fuse([m], loras) for m in linears))
 
 
 @dataclass(frozen=True)
@@ -151,17 +167,18 @@ def rotate(x, cos, sin):
     return x * cos + rotated * sin
 
 
-def _layer(block: Any, config: Any, rope: str, head_dim: int) -> tuple[Layer, int | None]:
+def _layer(block: Any, config: Any, rope: str, head_dim: int, loras: dict[int, Lora]) -> tuple[Layer, int | None]:
     """One decoder block's pieces, read from its modules, and its sliding window (None: none)."""
     attn, mlp = block.self_attn, block.mlp
     # Mistral and Phi-3 name one window for every layer; the others set it per layer type.
     window = attn.sliding_window if hasattr(attn, "sliding_window") else getattr(config, "sliding_window", None)
     if hasattr(attn, "qkv_proj"):  # Phi-3's checkpoint holds q/k/v and gate/up as one linear each
-        qkv, gate_up = fuse([attn.qkv_proj]), fuse([mlp.gate_up_proj])
+        qkv, gate_up = fuse([attn.qkv_proj], loras), fuse([mlp.gate_up_proj], loras)
     else:  # float32 weights are fused only where that leaves every output number unchanged.
-        qkv, gate_up = fuse([attn.q_proj, attn.k_proj, attn.v_proj]), fuse([mlp.gate_proj, mlp.up_proj])
+        qkv = fuse([attn.q_proj, attn.k_proj, attn.v_proj], loras)
+        gate_up = fuse([mlp.gate_proj, mlp.up_proj], loras)
     return Layer(
-        qkv=qkv, o=fuse([attn.o_proj]), gate_up=gate_up, down=fuse([mlp.down_proj]),
+        qkv=qkv, o=fuse([attn.o_proj], loras), gate_up=gate_up, down=fuse([mlp.down_proj], loras),
         norm_in=norm(block.input_layernorm), norm_post=norm(block.post_attention_layernorm),
         scale=getattr(attn, "scaling", None) or head_dim ** -0.5,
         rope=rope if getattr(attn, "use_rope", True) else None,
@@ -207,7 +224,12 @@ class FastModel:
         # transformers' eager attention where the model runs it (Gemma 2: SDPA cannot soft-cap)
         self.eager = getattr(config, "_attn_implementation", None) == "eager"
         kinds = getattr(config, "layer_types", None) or ["full_attention"] * len(inner.layers)
-        built = [_layer(block, config, kind if self.per_type_rope else "rope", self.head_dim)
+        # LoRA adapters beside the weights (lmpipe.models.adapters): rows that name none run `default_slot`'s.
+        stack = stack_of(model)
+        loras = stack.by_module if stack is not None else {}
+        self.default_slot = stack.default if stack is not None else 0
+        self.slot_count = stack.count if stack is not None else 0
+        built = [_layer(block, config, kind if self.per_type_rope else "rope", self.head_dim, loras)
                  for block, kind in zip(inner.layers, kinds)]
         self.layers = [layer for layer, _ in built]
         # One window for every sliding layer (each family has one); None: no layer slides.
@@ -255,19 +277,28 @@ class FastModel:
     def cache(self, rows: int, width: int) -> "KVCache":
         return KVCache(self, rows, width)
 
-    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend, every: bool = False) -> Any:
+    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend, every: bool = False,
+                slots=None) -> Any:
         """Run `ids` [B, T] at `positions` [B, T]; write K/V into cache rows `rows` at `columns`.
 
         `columns`: a slice (prefill: the same columns for every row) or a [B] tensor (one
         column per row, a decode step). `attend(q, k, v, layer)` does the attention over the cache.
+        `slots`: each row's LoRA adapter slot, a [B] tensor of indices, or an int for every row
+        (None: the model's default_slot; 0: none).
         Returns the last position's logits, float32 [B, vocab]; with `every`, all positions' [B, T, vocab].
         """
         b, t = ids.shape
+        if slots is None:
+            slots = self.default_slot
+        if isinstance(slots, int) and slots == 0:
+            slots = None  # no adapter: the projections alone, nothing more computed
+        elif slots is not None and not isinstance(slots, int):
+            slots = Lora.mask(slots, self.slot_count)
         x = self.embedding(ids)
         ropes = self.rope(x, positions)
         for i, layer in enumerate(self.layers):
             h = layer.norm_in(x)
-            q, k, v = layer.qkv.split(h, [self.q_size, self.kv_size, self.kv_size])
+            q, k, v = layer.qkv.split(h, [self.q_size, self.kv_size, self.kv_size], slots)
             q, k = q.view(b, t, self.heads, self.head_dim), k.view(b, t, self.kv_heads, self.head_dim)
             if layer.q_norm is not None:
                 q, k = layer.q_norm(q), layer.k_norm(k)
@@ -277,15 +308,15 @@ class FastModel:
                 cos, sin = ropes[layer.rope]
                 q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             keys, values = cache.write(i, rows, columns, k, v)
-            out = layer.o(attend(q, keys, values, layer).transpose(1, 2).reshape(b, t, self.q_size))
+            out = layer.o(attend(q, keys, values, layer).transpose(1, 2).reshape(b, t, self.q_size), slots)
             if layer.norm_mlp_in is not None:  # Gemma: norms after attention, and around the MLP
                 x = x + layer.norm_post(out)
                 h = layer.norm_mlp_in(x)
             else:
                 x = x + (out * layer.residual if layer.residual != 1.0 else out)
                 h = layer.norm_post(x)
-            gate, up = layer.gate_up.split(h, [self.intermediate, self.intermediate])
-            out = layer.down(self.act(gate) * up)
+            gate, up = layer.gate_up.split(h, [self.intermediate, self.intermediate], slots)
+            out = layer.down(self.act(gate) * up, slots)
             if layer.norm_mlp_out is not None:
                 out = layer.norm_mlp_out(out)
             x = x + (out * layer.residual if layer.residual != 1.0 else out)
@@ -434,13 +465,14 @@ def _near(fast: FastModel, queries, keys: int):
 PREFILL_CHUNK = 512
 
 
-def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False):
+def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False,
+            slots=None):
     """Fill cache `rows` with left-padded prompts `ids` [B, T] (mask 1 where a token is real).
 
     `start`: the row already holds the prompt's first `start` tokens (a cached prefix, or the
     tokens before a speculative draft; one row, no padding): only the rest is computed,
     attending to those too. Returns the last position's logits [B, vocab]; with `every`, every
-    position's [B, T, vocab].
+    position's [B, T, vocab]. `slots`: the rows' LoRA adapter slots (FastModel.forward).
 
     One row without padding longer than PREFILL_CHUNK goes in passes of that many tokens, each
     attending to the ones before it in the cache (as a cached prefix is); its logits agree with
@@ -450,13 +482,15 @@ def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int 
 
     t = ids.shape[1]
     if t <= PREFILL_CHUNK or ids.shape[0] != 1 or not bool(mask.bool().all()):
-        return _prefill_pass(fast, cache, rows, ids, mask, start, every)
-    passes = [_prefill_pass(fast, cache, rows, ids[:, s:s + PREFILL_CHUNK], mask[:, s:s + PREFILL_CHUNK], start + s, every)
+        return _prefill_pass(fast, cache, rows, ids, mask, start, every, slots)
+    passes = [_prefill_pass(fast, cache, rows, ids[:, s:s + PREFILL_CHUNK], mask[:, s:s + PREFILL_CHUNK], start + s,
+                            every, slots)
               for s in range(0, t, PREFILL_CHUNK)]
     return torch.cat(passes, dim=1) if every else passes[-1]
 
 
-def _prefill_pass(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False):
+def _prefill_pass(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False,
+                  slots=None):
     """One forward pass of prefill (see prefill)."""
     import torch
 
@@ -485,11 +519,12 @@ def _prefill_pass(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start
     cache.position[rows] = start + mask.long().sum(-1)
     with torch.no_grad():
         attend = _attention(fast, attn_mask, windowed)
-        return fast.forward(ids, positions, cache, rows, slice(start, end), attend, every)
+        return fast.forward(ids, positions, cache, rows, slice(start, end), attend, every, slots)
 
 
-def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False):
+def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False, slots=None):
     """One new token [B] for each of cache `rows`, each at its own column; returns logits [B, vocab].
+    `slots`: the rows' LoRA adapter slots (FastModel.forward).
 
     `compiled`: run the step torch.compile made of it. Its shapes must not change from step to
     step, so it attends over the cache's whole width (masked) rather than the columns in use.
@@ -506,7 +541,7 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
         valid = cache.valid[rows]
         windowed = None if fast.window is None else (valid & _near(fast, columns, cache.span))[:, None, None, :]
         logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], windowed,
-                                  _kernel_attention if kernel else _whole_cache_attention)
+                                  _kernel_attention if kernel else _whole_cache_attention, slots)
     else:
         cache.span = int(columns.max()) + 1
         valid = cache.valid[rows, : cache.span]
@@ -515,24 +550,25 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = 
             # kernel, not SDPA (lm-serve's eager batches, 16 rows of SmolLM2 int8 on one thread:
             # 49.3 -> 46.1 ms a step, best of 12 taken in turn).
             logits = _step(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], None,
-                           _kernel_attention)
+                           _kernel_attention, slots)
         else:
             mask = None if bool(valid.all()) else valid[:, None, None, :]
             windowed = None
             if fast.window is not None and cache.span > fast.window:
                 windowed = (valid & _near(fast, columns, cache.span))[:, None, None, :]
-            logits = _step(fast, cache, rows, chosen, positions, columns, mask, windowed)
+            logits = _step(fast, cache, rows, chosen, positions, columns, mask, windowed, slots=slots)
     cache.fill[rows] += 1
     cache.position[rows] += 1
     return logits
 
 
-def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask, windowed, attention=None):
+def _step(fast: FastModel, cache: KVCache, rows: slice, chosen, positions, columns, mask, windowed, attention=None,
+          slots=None):
     import torch
 
     with torch.no_grad():
         return fast.forward(chosen[:, None], positions, cache, rows, columns,
-                            (attention or _attention)(fast, mask, windowed))
+                            (attention or _attention)(fast, mask, windowed), slots=slots)
 
 
 def _kernel_attention(fast: FastModel, mask, windowed=None) -> Callable:
@@ -606,18 +642,18 @@ def rounded_width(width: int) -> int:
 class FastDecoder:
     """The generation loop's `prefill`/`step` over the fast path, for one left-padded batch."""
 
-    def __init__(self, fast: FastModel, mask, max_new_tokens: int, compiled: bool = False):
-        self.fast, self.mask, self.compiled = fast, mask, compiled
+    def __init__(self, fast: FastModel, mask, max_new_tokens: int, compiled: bool = False, slots=None):
+        self.fast, self.mask, self.compiled, self.slots = fast, mask, compiled, slots
         rows, width = mask.shape
         width += max_new_tokens
         self.cache = fast.cache(rows, rounded_width(width) if compiled else width)
         self.rows = slice(0, rows)
 
     def prefill(self, ids, every: bool = False):
-        return prefill(self.fast, self.cache, self.rows, ids, self.mask, every=every)
+        return prefill(self.fast, self.cache, self.rows, ids, self.mask, every=every, slots=self.slots)
 
     def step(self, chosen):
-        return step(self.fast, self.cache, self.rows, chosen, self.compiled)
+        return step(self.fast, self.cache, self.rows, chosen, self.compiled, self.slots)
 
 
 def fast_model(model: Any) -> FastModel:

@@ -38,7 +38,8 @@ class ModelSettings:
     dtype: str = "auto"
     attention: str | None = None
     quantize: str | None = None  # weight-only "int8" or "int4" (lmpipe.models.quantize)
-    adapters: tuple[Adapter, ...] = ()  # LoRA adapters merged into the weights (lmpipe.models.adapters)
+    adapters: tuple[Adapter, ...] = ()  # LoRA adapters every row runs (lmpipe.models.adapters)
+    loras: tuple[tuple[str, Adapter], ...] = ()  # LoRA adapters a row picks by name (lm-serve --lora NAME=PATH)
     ctx_size: int | None = None  # tokens a sequence holds, prompt and answer (None: the config's)
     rope_scaling: str | None = None  # overrides the config's rope scaling, with rope_factor
     rope_factor: float | None = None
@@ -142,7 +143,7 @@ def _gguf_model(ref: ModelRef, settings: ModelSettings, device: str, dtype: Any,
 
     from .gguf_weights import load_gguf
 
-    if settings.adapters:  # a LoRA adapter merges into float weights: transformers' conversion
+    if merged_adapters(settings):  # a merged adapter changes float weights: transformers' conversion
         return None
     folder = gguf.ensure_described(ref.path, notify)
     config = AutoConfig.from_pretrained(folder)
@@ -224,6 +225,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         # The file's quantized tensors get their kernels as any quantized model's do.
         int4 = any("int4" in kinds for kinds in facts["gguf_tensors"].values())
         ident.update(kernel_facts(model, settings, int4, notify), **context_facts(settings))
+        ident.update(_adapters(model, settings))
         return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident,
                            ctx_size=settings.ctx_size)
     folder = files_folder(ref, notify)
@@ -244,7 +246,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             from .quantized_loading import load_quantized
 
             check_mode(settings.quantize, device)
-            if not attention and not settings.adapters:  # adapters merge into float weights first
+            if not attention and not merged_adapters(settings):  # a merge changes float weights first
                 model = load_quantized(auto, folder, config, settings.quantize, dtype, notify)
         quantized = model is not None
         if model is None:
@@ -252,15 +254,13 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, ImportError) as exc:
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
-    if settings.adapters:
+    if merged_adapters(settings):
         from .adapters import merge
 
         model = merge(model, settings.adapters)
     model.to(device).eval()
     torch.set_grad_enabled(False)
     ident = identity(ref, folder)
-    if settings.adapters:
-        ident["adapters"] = [a.identity() for a in settings.adapters]
     if settings.quantize:
         if not quantized:
             from .quantize import quantize
@@ -270,8 +270,37 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         ident["quantize"] = settings.quantize
         ident.update(kernel_facts(model, settings, settings.quantize == "int4", notify))
     ident.update(context_facts(settings))
+    ident.update(_adapters(model, settings))
     return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor,
                        settings.ctx_size)
+
+
+def merged_adapters(settings: ModelSettings) -> bool:
+    """The generating tools' adapters are merged into the weights (peft's merge_and_unload) only
+    where they are more than a low-rank update (lmpipe.models.adapters.plain_lora); else they run
+    beside the base weights, after any quantization, in float32."""
+    from .adapters import plain_lora
+
+    return any(plain_lora(a) is not None for a in settings.adapters)
+
+
+def _adapters(model: Any, settings: ModelSettings) -> dict[str, Any]:
+    """Stack the adapters beside the weights (lmpipe.models.adapters.attach), once the model is
+    quantized; the manifest's record of them."""
+    if not settings.adapters and not settings.loras:
+        return {}
+    from .adapters import attach, plain_lora
+
+    merged = merged_adapters(settings)
+    for name, adapter in settings.loras:
+        if (why := plain_lora(adapter)) is not None:
+            raise UsageError(f"--lora {name}: lmpipe serves plain LoRA adapters beside the base weights ({why})")
+    if settings.loras or not merged:
+        attach(model, () if merged else settings.adapters, settings.loras)
+    facts: dict[str, Any] = {}
+    if settings.adapters:
+        facts["adapters"] = [a.identity() for a in settings.adapters]
+    return facts
 
 
 def language_parts(model: Any) -> tuple[str, ...]:

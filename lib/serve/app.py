@@ -42,7 +42,7 @@ from .logprobs import chat_entries, legacy
 from .metrics import ModelMetrics, ServerMetrics
 from .requestlog import RequestLog, request_fields
 from .prompts import ImagePolicy, ImageRules, Prompt, chat_prompt, completion_prompts
-from .roster import ModelRoster
+from .roster import ModelRoster, ServedAdapter
 from .structured import Asked, FormatError, asked, tool_calls
 from .tokens import token_routes
 
@@ -89,6 +89,7 @@ def sampling_of(body: dict[str, Any], max_new_tokens: int) -> Sampling:
             seed=typed(body, "seed", (int,), None),
             stop=tuple(stop),
             logit_bias=logit_bias_of(body),
+            reasoning_budget=typed(body, "reasoning_budget", (int,), None),
         ).with_seed()
     except LmpipeError as exc:
         raise BadRequest(str(exc).replace("--", "").replace("-", "_"), "invalid_value") from None
@@ -518,7 +519,7 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
     /api/show names them ("vision": it reads images)."""
     now = time.monotonic()
     out = []
-    for s in roster.all():
+    for s in [*roster.all(), *roster.adapters.values()]:
         vision = s.ref.path.is_dir() and takes_images(s.ref.path)
         entry: dict[str, Any] = {"id": s.model_id, "object": "model", "created": 0, "owned_by": "lmpipe",
                                  "root": s.model_id, "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive,
@@ -527,8 +528,8 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
             entry["expires_in_s"] = round(max(0.0, s.settings.keep_alive - (now - s.last_used)), 3)
         if s.max_model_len:
             entry["max_model_len"] = s.max_model_len
-        if s.settings.name is not None and s.settings.model.adapters:  # a LoRA adapter, as vLLM lists one
-            entry.update(root=str(s.settings.model.adapters[-1].path), parent=s.ref.id)
+        if isinstance(s, ServedAdapter):  # a LoRA adapter, as vLLM lists one
+            entry.update(root=str(s.adapter.path), parent=s.base.model_id)
         out.append(entry)
     return out
 

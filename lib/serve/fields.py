@@ -29,7 +29,8 @@ GENERATION = frozenset({
     "regex", "choice", "prefix",  # lmpipe's extensions
 })
 CHAT = GENERATION | {"messages", "max_completion_tokens", "top_logprobs",
-                     "chat_template_kwargs", "reasoning_effort", "include_reasoning"}  # vLLM's
+                     "chat_template_kwargs", "reasoning_effort", "include_reasoning",  # vLLM's
+                     "reasoning_budget"}  # lmpipe's (llama.cpp's --reasoning-budget, per request)
 COMPLETIONS = GENERATION | {"prompt", "echo"}
 EMBEDDINGS = frozenset({"model", "input", "encoding_format", "dimensions"})
 # vLLM's /tokenize (its text and chat forms) and /detokenize (vllm/entrypoints/openai/protocol.py).

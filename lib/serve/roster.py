@@ -8,6 +8,10 @@ server's own settings, as Ollama loads what a request names. Anything else is vL
 keep-alive (lmpipe.engine.scheduler unloads it after that long idle), and with `max_models`
 at most that many are loaded at once: loading one more first has the least recently used idle
 model unloaded, or waits for one to become idle (Ollama's OLLAMA_MAX_LOADED_MODELS).
+
+A LoRA adapter (`--lora NAME=PATH`: its base model's ModelSettings.loras) is served by its own
+name through its base model's scheduler, as vLLM's multi-LoRA serves one: its requests' rows run
+the adapter in the batches they share with the base model's rows and other adapters'.
 """
 
 from __future__ import annotations
@@ -49,6 +53,21 @@ def not_found(name: str) -> BadRequest:
     return BadRequest(f"The model `{name}` does not exist.", "model_not_found", 404)
 
 
+class ServedAdapter:
+    """A LoRA adapter known by its own name: its base model's scheduler, each job's row naming the
+    adapter (lmpipe.engine.scheduler.GenerationRequest.adapter). Everything else is the base's."""
+
+    def __init__(self, base: Scheduler, name: str, adapter: Any):
+        self.base, self.model_id, self.adapter = base, name, adapter
+
+    def submit(self, job: Any) -> None:
+        job.adapter = self.model_id
+        self.base.submit(job)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
 @dataclass
 class ModelRoster:
     settings: RosterSettings
@@ -56,17 +75,17 @@ class ModelRoster:
     schedulers: dict[str, Scheduler] = field(default_factory=dict)  # by resolved model id, in the order served
     names: dict[str, str] = field(default_factory=dict)  # what a request may call a model -> its id
     others: list = field(default_factory=list)  # embedding models, counted by the gate with the schedulers
+    adapters: dict[str, ServedAdapter] = field(default_factory=dict)  # LoRA adapters by name, in the order served
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         for settings in self.settings.models:
-            if settings.name is not None:  # a LoRA adapter on a served model, known by its own name only
-                self._add(settings)
-                continue
             ref = settings.model.ref()
             if ref.id not in self.schedulers:
                 self._add(settings)
             self.names.setdefault(settings.model.model or ref.name, ref.id)
+            for name, adapter in settings.model.loras:  # known by their own names only
+                self.adapters[name] = ServedAdapter(self.schedulers[ref.id], name, adapter)
 
     @property
     def default(self) -> Scheduler:
@@ -75,7 +94,7 @@ class ModelRoster:
     def _add(self, settings: SchedulerSettings) -> Scheduler:
         scheduler = Scheduler(settings, self.notify, self._gate)
         self.schedulers[scheduler.model_id] = scheduler
-        for name in (scheduler.model_id,) if settings.name else (scheduler.model_id, scheduler.ref.name):
+        for name in (scheduler.model_id, scheduler.ref.name):
             self.names.setdefault(name, scheduler.model_id)
         return scheduler
 
@@ -88,6 +107,8 @@ class ModelRoster:
         if not isinstance(name, str) or not name.strip():
             raise BadRequest("`model` must be a model's name", "invalid_type")
         with self._lock:
+            if name in self.adapters:
+                return self.adapters[name]  # type: ignore[return-value]  # a Scheduler to its callers
             if name in self.names:
                 return self.schedulers[self.names[name]]
             ref = self.admitted(name)

@@ -41,9 +41,12 @@ class PullTtySink:
 
 
 def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], revision: str | None,
-        include: tuple[str, ...], exclude: tuple[str, ...], cache_dir: str | None, progress: str) -> int:
+        include: tuple[str, ...], exclude: tuple[str, ...], cache_dir: str | None, progress: str,
+        adapter: tuple[str, ...] = (), merge: str | None = None) -> int:
     if progress not in PROGRESS_MODES:
         raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}")
+    if merge is not None or adapter:
+        return merged(tty, repos, adapter, merge)
     mode = choose_progress(progress, stderr_tty)
     sink = PullTtySink() if tty else JsonlSink()
     options = {"include": include, "exclude": exclude, "cache_dir": Path(cache_dir).expanduser() if cache_dir else None}
@@ -65,3 +68,26 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 
     return finish(TOOL, run_items(read_items(sys.stdin.buffer), process, sink))
+
+
+def merged(tty: bool, repos: tuple[str, ...], adapters: tuple[str, ...], folder: str | None) -> int:
+    """--merge DIR: the one model named (as --model takes it; pull a hub repo first) with --adapter's
+    merged into its weights, written to DIR (lmpipe.models.merged); its record on stdout."""
+    import orjson
+
+    from ..models.adapters import Adapter
+    from ..models.merged import MergeSettings, write_merged
+
+    if folder is None:
+        raise UsageError("--adapter goes with --merge DIR (lm-pull writes a merged model there)")
+    if len(repos) != 1:
+        raise UsageError("--merge takes one model: name it as -m does (lm-pull a hub repo first)")
+    settings = MergeSettings(repos[0], tuple(Adapter.parse(a) for a in adapters), Path(folder).expanduser())
+    record = write_merged(settings, lambda message: say(TOOL, message))
+    if tty:
+        print(f"{record['id']} + {len(record['adapters'])} adapter(s): {record['files']} files in {record['path']}",
+              flush=True)
+    else:
+        sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
+        sys.stdout.flush()
+    return 0
