@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import gguf
 import pytest
 
 from lmpipe.models import packed_cache
@@ -32,7 +33,12 @@ def test_a_second_load_maps_the_packing_and_a_damaged_or_old_one_is_rebuilt(tmp_
     assert cached < 1.3 * path.stat().st_size, (cached, path.stat().st_size)
     want = _logits(first)
 
-    second = load(ModelSettings(str(path)))
+    def unread(*_):
+        raise AssertionError("the GGUF was opened")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", unread)  # a mapped load reads the packed cache alone
+        second = load(ModelSettings(str(path)))
     assert second.identity["packing"] == "mapped"
     assert torch.equal(_logits(second), want)  # the same bytes through the same kernels
 

@@ -173,14 +173,13 @@ class _Names:
 
 
 def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | None, attention: str | None,
-              notify: Callable[[str], None], cached: bool = True, reuse: bool = True) -> tuple[Any, dict[str, dict[str, int]], str] | None:
+              notify: Callable[[str], None], cached: bool = True) -> tuple[Any, dict[str, dict[str, int]], str] | None:
     """The model of the GGUF `path`, its quantized tensors on lmpipe's kernels, per GGUF type how
     many tensors ran as what ("int4", "int8", "float"), and how its layers were packed: "mapped"
-    (from lmpipe.models.packed_cache, unless not `reuse`), "packed" (and written there, where
+    (lmpipe.models.packed_cache, the GGUF not even opened), "packed" (and written there, where
     `cached`) or "none";
     None where only transformers' loader works (a tensor it names or reshapes in a way this does
-    not follow). With a packed cache, each quantized tensor's first rows alone are read here, to
-    check the cache against."""
+    not follow)."""
     import torch
     from gguf import GGUFReader
 
@@ -189,8 +188,16 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
     from .quantized_loading import assign, biases, finish
 
     target = packed_cache.folder(path, quantize, dtype) if cached and vnni.available() else None
-    packed = packed_cache.open_packed(target) if target is not None and reuse else None
-    rows = slice(0, packed_cache.SAMPLE_ROWS) if packed is not None else slice(None)
+    packed = packed_cache.open_packed(target) if target is not None else None
+    if packed is not None:
+        try:
+            mapped = packed_cache.load_mapped(auto, config, dtype, attention, packed)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            mapped = None  # an index that does not fit this model or this lmpipe
+        mapped = finish(mapped, None) if mapped is not None else None
+        if mapped is not None:
+            return mapped, packed.index["ran"], "mapped"
+        # A damaged cache, or one another lmpipe wrote: pack from the file, and write it again.
     reader = GGUFReader(str(path))
     kwargs = {"attn_implementation": attention} if attention else {}
     with torch.device("meta"):
@@ -215,7 +222,7 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
                 "int8" if kind in INT4_TYPES + INT8_TYPES else None)
         if linear is not None and mode is not None and quantizable(linear, mode):
-            weights[owner] = (int4_weight if mode == "int4" else int8_weight)(kind, tensor.data, order[rows])
+            weights[owner] = (int4_weight if mode == "int4" else int8_weight)(kind, tensor.data, order)
             ran.setdefault(kind, Counter())[mode] += 1
             continue
         if quantized and kind not in INT4_TYPES + INT8_TYPES:
@@ -227,11 +234,11 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
             continue
         owner = name.rpartition(".")[0]
         if tied and owner == embedding and quantize and quantizable(linears[head], modes[head]):
-            weights[head] = quantize_weight(value[rows], modes[head])
+            weights[head] = quantize_weight(value, modes[head])
             ran.setdefault(kind, Counter())[modes[head]] += 1
             continue
         if owner in linears and quantize and name.endswith(".weight") and quantizable(linears[owner], modes[owner]):
-            weights[owner] = quantize_weight(value[rows], modes[owner])
+            weights[owner] = quantize_weight(value, modes[owner])
             ran.setdefault(kind, Counter())[modes[owner]] += 1
             continue
         if not assign(model, name, value.to(dtype)):
@@ -243,21 +250,15 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
     if tied and head not in weights:
         linears[head].weight = model.get_input_embeddings().weight  # tied, as transformers ties them
     try:
-        found = biases(model, weights)
-        if packed is not None:
-            if set(packed_cache.names(packed)) != set(weights) or not packed_cache.install_packed(model, packed, weights,
-                                                                                                found):
-                # A damaged cache, or one another lmpipe wrote: pack from the file, and write it again.
-                return load_gguf(auto, path, config, dtype, quantize, attention, notify, cached, reuse=False)
-        else:
-            install(model, weights, found)
+        install(model, weights, biases(model, weights))
     except (AttributeError, KeyError, ValueError):
         return None
     model = finish(model, None)
     if model is None:
         return None
-    packing = "mapped" if packed is not None else "none" if not any(ran_as != "float" for c in ran.values()
-                                                                       for ran_as in c) else "packed"
+    counts = {kind: dict(c) for kind, c in sorted(ran.items())}
+    packing = "packed" if any(ran_as != "float" for c in counts.values() for ran_as in c) else "none"
     if packing == "packed" and target is not None:
-        packed_cache.save(model, target, {"source": str(path.resolve()), "quantize": quantize, "dtype": str(dtype)})
-    return model, {kind: dict(counts) for kind, counts in sorted(ran.items())}, packing
+        packed_cache.save(model, target, {"source": str(path.resolve()), "quantize": quantize, "dtype": str(dtype)},
+                          counts)
+    return model, counts, packing

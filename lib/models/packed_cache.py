@@ -81,17 +81,18 @@ def open_packed(target: Path) -> Packed | None:
     return Packed(index, data)
 
 
-def save(model: Any, target: Path, info: dict[str, Any]) -> bool:
-    """Write the packed layers of `model` (installed by lmpipe.models.quantize.install) to `target`,
-    atomically; False (and nothing written) where a layer is not on lmpipe's kernels or writing fails."""
+def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str, int]]) -> bool:
+    """Write `model`'s packed layers (installed by lmpipe.models.quantize.install), their biases and
+    every other tensor it holds (norms, float layers) to `target`, atomically, with `ran` (the
+    manifest's counts per GGUF type); False (and nothing written) where a layer is not on
+    lmpipe's kernels or writing fails."""
     from .quantize import quantized_embedding_class, quantized_linear_class, quantized_part_class
 
     QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
-    layers: dict[int, dict[str, Any]] = {}
+    layers: dict[int, dict[str, Any] | None] = {}
     buffers: list[Any] = []
     placements = []
     embedding = None
-    offset = 0
     for name, module in model.named_modules():
         if isinstance(module, QuantizedPart):
             placements.append({"name": name, "layer": _layer(module.fused, layers, buffers), "start": module.start,
@@ -102,13 +103,20 @@ def save(model: Any, target: Path, info: dict[str, Any]) -> bool:
             embedding = name
     if not layers or any(layer is None for layer in layers.values()):
         return False
+    quantized = tuple(f"{p['name']}." for p in placements)
+    floats = {}
+    for key, tensor in model.state_dict().items():
+        if not key.startswith(quantized):
+            floats[key] = len(buffers)
+            buffers.append(tensor)
     entries = []
+    offset = 0
     for tensor in buffers:
         entries.append({"offset": offset, "dtype": str(tensor.dtype).removeprefix("torch."),
                         "shape": list(tensor.shape)})
         offset += -(-tensor.nbytes // ALIGN) * ALIGN
-    index = {"layers": list(layers.values()), "placements": placements, "buffers": entries, "bytes": offset,
-             "embedding": embedding}
+    index = {"layers": list(layers.values()), "placements": placements, "floats": floats, "buffers": entries,
+             "bytes": offset, "embedding": embedding, "ran": ran}
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +124,7 @@ def save(model: Any, target: Path, info: dict[str, Any]) -> bool:
         with open(tmp / "packed.bin", "wb") as f:
             for tensor, entry in zip(buffers, entries, strict=True):
                 f.seek(entry["offset"])
-                f.write(tensor.contiguous().reshape(-1).view(_uint8()).numpy().tobytes())
+                f.write(_bytes(tensor))
             f.truncate(offset)
         (tmp / "index.json").write_text(json.dumps(index))
         (tmp / MARKER).write_text(json.dumps({**info, "format": FORMAT}, indent=2))
@@ -131,13 +139,28 @@ def save(model: Any, target: Path, info: dict[str, Any]) -> bool:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _uint8() -> Any:
+def _bytes(tensor: Any) -> bytes:
     import torch
 
-    return torch.uint8
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _layer(module: Any, layers: dict[int, dict[str, Any]], buffers: list[Any]) -> int:
+def _first_block(layer: dict[str, Any], values: Any, scales: Any) -> tuple[Any, Any, int]:
+    """The packing of a layer's first SAMPLE_ROWS rows (one block of the kernels' layout)."""
+    rows = min(SAMPLE_ROWS, layer["out"])
+    if layer["mode"] == "int8":  # [N/16, K/4, 16, 4], per-row scales
+        return values[:1], scales[:rows], rows
+    return values[:rows * (values.numel() // layer["out"])], None, rows
+
+
+def _checksum(block: tuple[Any, Any, int]) -> int:
+    import zlib
+
+    values, scales, _ = block
+    return zlib.crc32(_bytes(values) + (b"" if scales is None else _bytes(scales)))
+
+
+def _layer(module: Any, layers: dict[int, dict[str, Any] | None], buffers: list[Any]) -> int:
     """The index of `module` in `layers` (added, its buffers appended, the first time it is seen)."""
     key = id(module)
     if key not in layers:
@@ -148,78 +171,59 @@ def _layer(module: Any, layers: dict[int, dict[str, Any]], buffers: list[Any]) -
         buffers.append(module.packed)
         if module.packed_scales is not None:
             buffers.append(module.packed_scales)
-        layers[key] = {"mode": module.mode, "in": module.in_features, "out": module.out_features,
-                       "bfloat16_rows": module.bfloat16_rows, "buffers": list(range(first, len(buffers)))}
+        layer = {"mode": module.mode, "in": module.in_features, "out": module.out_features,
+                 "bfloat16_rows": module.bfloat16_rows, "buffers": list(range(first, len(buffers)))}
+        layer["checksum"] = _checksum(_first_block(layer, module.packed, module.packed_scales))
+        if module.bias is not None:
+            layer["bias"] = len(buffers)
+            buffers.append(module.bias)
+        layers[key] = layer
     return list(layers).index(key)
 
 
-def install_packed(model: Any, packed: Packed, samples: dict[str, Any], biases: dict[str, Any]) -> bool:
-    """Put the cached layers in place of the model's linears; False (the model untouched) where a
-    layer's first rows differ from `samples` (their QuantizedWeight made from the file, by the
-    name of the module whose first rows they are) or a layer is missing."""
+def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packed: Packed) -> Any | None:
+    """The model of a packed cache, without its GGUF: floats assigned from the mapping, packed layers
+    put in place, each checked on its first rows (their bytes' checksum, and the kernel's product
+    against their dequantized values); None where a check fails or a tensor does not fit."""
     import torch
 
     from .kernels import choice
     from .quantize import EXACT_TOLERANCE, _require_close, product, quantized_embedding_class, \
-        quantized_linear_class, quantized_part_class
+        quantized_linear_class, quantized_part_class, QuantizedWeight
+    from .quantized_loading import assign
 
     QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
     index = packed.index
-    firsts: dict[int, str] = {}
-    for place in index["placements"]:
-        if place.get("start", 0) == 0:
-            firsts.setdefault(place["layer"], place["name"])
-    layers = []
-    for number, layer in enumerate(index["layers"]):
+    kwargs = {"attn_implementation": attention} if attention else {}
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=dtype, **kwargs)
+    built = []
+    for layer in index["layers"]:
         tensors = [packed.tensor(index["buffers"][i]) for i in layer["buffers"]]
-        scales = tensors[1] if len(tensors) > 1 else None
-        sample = samples.get(firsts.get(number, ""))
-        if sample is None:
-            return False
-        rows = min(SAMPLE_ROWS, layer["out"])
-        if layer["mode"] == "int8":
-            head = (tensors[0][:rows // 16], scales[:rows], rows)
-        else:
-            head = (tensors[0][:rows * (tensors[0].numel() // layer["out"])], None, rows)
-        reference = sample.rows(slice(0, rows)).dequantized()
-        if not torch.equal(choice.dequantized(layer["mode"], *head), reference):
-            return False  # a damaged cache (or one of other values): pack again
+        values, scales = tensors[0], tensors[1] if len(tensors) > 1 else None
+        block = _first_block(layer, values, scales)
+        if _checksum(block) != layer["checksum"]:
+            return None  # a damaged cache: pack again
+        reference = choice.dequantized(layer["mode"], *block)
         x = torch.randn(2, layer["in"], generator=torch.Generator().manual_seed(0))
-        _require_close(sample, "lmpipe's", product(layer["mode"], x, head[0], head[1], rows), x @ reference.t(),
-                       EXACT_TOLERANCE)
-        layers.append((layer, tensors[0], scales))
-    built = [QuantizedLinear.restored(layer["mode"], layer["in"], layer["out"], values, scales, layer["bfloat16_rows"])
-             for layer, values, scales in layers]
+        # The kernel reads this CPU's way what the layout says (lmpipe.models.quantize.check_kernel's check).
+        shape = (layer["out"], layer["in"] // (2 if layer["mode"] == "int4" else 1))  # for its message
+        _require_close(QuantizedWeight(layer["mode"], torch.empty(shape, device="meta"), None), "lmpipe's",
+                       product(layer["mode"], x, block[0], block[1], block[2]), x @ reference.t(), EXACT_TOLERANCE)
+        module = QuantizedLinear.restored(layer["mode"], layer["in"], layer["out"], values, scales,
+                                          layer["bfloat16_rows"])
+        if "bias" in layer:
+            module.bias = torch.nn.Parameter(packed.tensor(index["buffers"][layer["bias"]]), requires_grad=False)
+        built.append(module)
+    for key, number in index["floats"].items():
+        if not assign(model, key, packed.tensor(index["buffers"][number])):
+            return None
     for place in index["placements"]:
         parent, _, leaf = place["name"].rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         layer = built[place["layer"]]
-        if "start" in place:
-            if layer.bias is None and place["start"] == 0:
-                layer.bias = _fused_bias(index, place["layer"], biases)
-            setattr(owner, leaf, QuantizedPart(layer, place["start"], place["end"]))
-        else:
-            layer.bias = biases.get(place["name"])
-            setattr(owner, leaf, layer)
+        setattr(owner, leaf, QuantizedPart(layer, place["start"], place["end"]) if "start" in place else layer)
     if index.get("embedding"):
-        head = model.get_output_embeddings()
-        dtype = model.get_input_embeddings().weight.dtype
-        model.set_input_embeddings(quantized_embedding_class()(head, dtype))
-    return True
-
-
-def _fused_bias(index: dict[str, Any], number: int, biases: dict[str, Any]) -> Any:
-    """A fused layer's bias: its parts' biases side by side (zeros for a part without), or None."""
-    import torch
-
-    parts = [p for p in index["placements"] if p["layer"] == number]
-    found = [biases.get(p["name"]) for p in parts]
-    if all(b is None for b in found):
-        return None
-    return torch.nn.Parameter(torch.cat([b.detach() if b is not None else torch.zeros(p["end"] - p["start"])
-                                         for b, p in zip(found, parts, strict=True)]), requires_grad=False)
-
-
-def names(packed: Packed) -> list[str]:
-    """The names of the model's linears the cache puts in place."""
-    return [p["name"] for p in packed.index["placements"]]
+        embedding = model.get_input_embeddings()
+        model.set_input_embeddings(quantized_embedding_class()(model.get_output_embeddings(), embedding.weight.dtype))
+    return model
