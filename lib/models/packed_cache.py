@@ -8,16 +8,20 @@ The layout is lmpipe's own and documented, never a library's: `packed.bin` holds
 buffers one after another, each at a multiple of ALIGN bytes (the kernels' aligned loads),
 as lmpipe.models.kernels.vnni lays them out (int4_pack: blocks of 16 rows, each group's
 nibbles then its 16 bfloat16 scales and zeros; int8_pack: [N/16, K/4, 16, 4] bytes, each
-value plus 128, with float32 scales per row). `index.json` names, for each packed layer, its
-mode, shape, buffers (offset, dtype, shape) and where it goes in the model (q/k/v and gate/up
-fused as lmpipe.models.quantize.install fuses them). A model with any layer on torch's kernels
-(whose packing is torch's private, CPU-specific layout) gets no such file.
+value plus 128, with float32 scales per row), then the layers' biases and every other tensor
+of the model (norms, float layers). `index.json` names, for each packed layer, its mode,
+shape, buffers (offset, dtype, shape), its first block's checksum and where it goes in the
+model (q/k/v and gate/up fused as lmpipe.models.quantize.install fuses them), and the
+manifest's counts per GGUF type. A model with any layer on torch's kernels (whose packing is
+torch's private, CPU-specific layout) gets no such file.
 
-The folder is named by what decides the packing: the GGUF file (lmpipe.models.derived.cache_key),
---quantize, the dtype and FORMAT, the layout's version; a changed layout bumps FORMAT and is
-never misread. A load checks each layer's first 16 rows against the file's own values (the
-dequantized packing must equal them, and the kernel's product on them agree) and rebuilds the
-cache where one differs or the file is short.
+The folder is named by what decides the packing: the GGUF file (its content fingerprint,
+lmpipe.models.derived.cache_key, and its modification time), --quantize, the dtype and
+FORMAT, the layout's version; a changed layout bumps FORMAT and is never misread. A mapped
+load never opens the GGUF. It checks each layer's first block of 16 rows: its bytes against
+the checksum, and the kernel's product on it against its dequantized values (the load-time
+kernel check, on a sample of rows); a cache that fails, or is short, is packed again from the
+file. Damage past a layer's first block is not looked for: that would read every page.
 """
 
 from __future__ import annotations
