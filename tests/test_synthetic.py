@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from lmpipe.errors import UsageError
 from lmpipe.models import synthetic
+from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
 
 
@@ -43,16 +44,12 @@ def test_unknown_names_and_types_are_one_line_errors():
         synthetic.synthetic_path("tiny-llama:Q3_K")
 
 
-def test_the_embedded_vocabulary_is_copied_field_by_field(tmp_path):
-    from gguf import GGUFReader
-
+def test_the_embedded_vocabulary_is_smollm2s_fields():
     vocabulary = synthetic.embedded_vocabulary()
     assert vocabulary.size == 49152  # SmolLM2's
-    shape = synthetic.Shape("llama", 64, 1, 2, 1, 64)
-    path = synthetic.write_gguf(tmp_path / "vocab.gguf", shape, "F16", vocabulary)
-    fields = GGUFReader(str(path)).fields
-    for key, value, _, _ in vocabulary.fields:
-        assert fields[key].contents() == value, key
+    fields = {key: value for key, value, _, _ in vocabulary.fields}
+    assert fields["tokenizer.ggml.model"] == "gpt2" and len(fields["tokenizer.ggml.merges"]) > 40000
+    assert all(key.startswith("tokenizer.") for key in fields)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +96,23 @@ def test_lm_bench_synthetic_measures_the_written_file(written, monkeypatch):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         f"lm-bench: error: --synthetic: no shape 'llama-9' (known: {', '.join(synthetic.SHAPES)})"]
+
+
+def test_a_qwen2_shape_with_biases_runs_mapped_as_packed(tmp_path):
+    """Qwen2's q, k and v biases: written, loaded, and put back beside the fused layer from the packed cache."""
+    import torch
+    from tiny_models import CHATML, train_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    shape = synthetic.Shape("qwen2", 256, 2, 4, 2, 512, context=256)
+    vocabulary = synthetic.vocabulary_of_tokenizer(train_tokenizer(), CHATML)
+    path = synthetic.write_gguf(tmp_path / "qwen2-Q4_0.gguf", shape, "Q4_0", vocabulary)
+    first = load(ModelSettings(str(path)))
+    assert first.identity["gguf_tensors"] == {"F32": {"float": 11}, "Q4_0": {"int4": 14, "int8": 1}}
+    ids = first.tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+    assert first.model.generate(ids, max_new_tokens=8, do_sample=False).tolist() == \
+        reference.generate(ids, max_new_tokens=8, do_sample=False).tolist()
+    second = load(ModelSettings(str(path)))
+    assert second.identity["packing"] == ("mapped" if vnni.available() else "packed")
+    assert torch.equal(second.model(ids).logits, first.model(ids).logits)
