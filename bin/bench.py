@@ -66,6 +66,10 @@ FIELDS_WRITTEN = {
               help="With --server: also send 2C streamed greedy chats of --gen-tokens tokens, C at a time, and "
                    "report the server's aggregate tokens/s (any OpenAI-compatible server; repeatable).")
 @click.option("--skip-generate", is_flag=True, help="Only the whole-process cases (--cold, --server, --pipeline).")
+@click.option("--synthetic", default=None, metavar="NAME[:TYPE]",
+              help="Measure a random-weight GGUF of a real model's shape instead of -m: llama-3.2-1b, qwen2.5-1.5b, "
+                   "gemma-2-2b, llama-2-7b (or tiny-llama); TYPE Q4_K_M (default), Q4_0 or F16. Written once, a "
+                   "tensor at a time, into $LMPIPE_HOME/synthetic.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LMPIPE_THREADS",
               help="torch CPU threads (default: torch's choice).")
 def main(**options):
@@ -77,6 +81,7 @@ def main(**options):
     \b
       lm-bench --baseline transformers
       lm-bench --quantize int4 --compile --baseline transformers --perplexity -b 1
+      lm-bench --synthetic llama-3.2-1b:Q4_K_M --compile --baseline llama-cpp -b 1
       lm-bench --cold -b 1 | jq .
       lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
       lm-bench --skip-generate --server http://127.0.0.1:8000 -c 1 -c 16 -g 64

@@ -24,6 +24,11 @@ def kernels_dir() -> Path:
     return home() / "kernels"
 
 
+def synthetic_dir() -> Path:
+    """Random-weight GGUF files of real models' shapes (lm-bench --synthetic, lmpipe.models.synthetic)."""
+    return home() / "synthetic"
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache, as huggingface_hub computes it (HF_HOME, HF_HUB_CACHE)."""
     from huggingface_hub import constants

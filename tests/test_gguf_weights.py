@@ -22,6 +22,8 @@ INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
 # int8 types are int8 per output row (measured ~8e-3).
 INT4_PRODUCT_BOUND = 3e-3
 INT8_PRODUCT_BOUND = 1.2e-2
+EXACT_KINDS = ("Q4_0", "Q4_1", "F16")  # the file's values exactly: the same greedy tokens
+NEAR_TIE = 0.03  # of a step's largest logit: the int8 layers' bound (INT8_PRODUCT_BOUND) through two layers
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,17 @@ def test_greedy_tokens_equal_transformers_on_the_dequantized_file(files, kind):
     reference = _reference(files[kind])
     ids = lm.tokenizer("The quick brown fox", return_tensors="pt").input_ids
     got = lm.model.generate(ids, max_new_tokens=12, do_sample=False)
-    want = reference.generate(ids, max_new_tokens=12, do_sample=False)
-    assert got.tolist() == want.tolist()
+    if kind in EXACT_KINDS:
+        assert got.tolist() == reference.generate(ids, max_new_tokens=12, do_sample=False).tolist()
+    else:
+        # Q4_K's scale and zero are bfloat16 and a mix's Q6_K layers int8, so a near tie may go the
+        # other way: each of lmpipe's tokens is the reference's best on the same prefix, or within
+        # NEAR_TIE of it (relative to that step's largest logit).
+        logits = reference(got).logits[0, ids.shape[1] - 1:-1]
+        chosen = logits.gather(1, got[0, ids.shape[1]:, None])[:, 0]
+        gaps = (logits.max(dim=1).values - chosen) / logits.abs().amax(dim=1)
+        assert float(gaps.max()) <= NEAR_TIE, gaps.tolist()
+        assert int((gaps == 0).sum()) >= len(gaps) - 2, gaps.tolist()
     assert not any(isinstance(m, torch.nn.Linear) for m in lm.model.modules()) or kind == "F16"
 
 

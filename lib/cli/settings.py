@@ -289,7 +289,7 @@ def bench_run(o: Options) -> "BenchRun":
         threads=o["threads"],
     )
     return BenchRun(settings, skip_generate=o["skip_generate"], cold=o["cold"], server=o["server"],
-                    pipeline=o["pipeline"], concurrency=tuple(o["concurrency"]))
+                    pipeline=o["pipeline"], concurrency=tuple(o["concurrency"]), synthetic=o["synthetic"])
 
 
 # --model-option KEYs, and the option each replaces for one model (max-model-len: ctx-size as vLLM spells it).

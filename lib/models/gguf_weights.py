@@ -173,15 +173,31 @@ class _Names:
 
 
 def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | None, attention: str | None,
-              notify: Callable[[str], None]) -> tuple[Any, dict[str, dict[str, int]]] | None:
-    """The model of the GGUF `path`, its quantized tensors on lmpipe's kernels, and per GGUF type how
-    many tensors ran as what ("int4", "int8", "float"); None where only transformers' loader works
-    (a tensor it names or reshapes in a way this does not follow)."""
+              notify: Callable[[str], None], cached: bool = True) -> tuple[Any, dict[str, dict[str, int]], str] | None:
+    """The model of the GGUF `path`, its quantized tensors on lmpipe's kernels, per GGUF type how
+    many tensors ran as what ("int4", "int8", "float"), and how its layers were packed: "mapped"
+    (lmpipe.models.packed_cache, the GGUF not even opened), "packed" (and written there, where
+    `cached`) or "none";
+    None where only transformers' loader works (a tensor it names or reshapes in a way this does
+    not follow)."""
     import torch
     from gguf import GGUFReader
 
+    from . import packed_cache
+    from .kernels import vnni
     from .quantized_loading import assign, biases, finish
 
+    target = packed_cache.folder(path, quantize, dtype) if cached and vnni.available() else None
+    packed = packed_cache.open_packed(target) if target is not None else None
+    if packed is not None:
+        try:
+            mapped = packed_cache.load_mapped(auto, config, dtype, attention, packed)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            mapped = None  # an index that does not fit this model or this lmpipe
+        mapped = finish(mapped, None) if mapped is not None else None
+        if mapped is not None:
+            return mapped, packed.index["ran"], "mapped"
+        # A damaged cache, or one another lmpipe wrote: pack from the file, and write it again.
     reader = GGUFReader(str(path))
     kwargs = {"attn_implementation": attention} if attention else {}
     with torch.device("meta"):
@@ -240,4 +256,9 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
     model = finish(model, None)
     if model is None:
         return None
-    return model, {kind: dict(counts) for kind, counts in sorted(ran.items())}
+    counts = {kind: dict(c) for kind, c in sorted(ran.items())}
+    packing = "packed" if any(ran_as != "float" for c in counts.values() for ran_as in c) else "none"
+    if packing == "packed" and target is not None:
+        packed_cache.save(model, target, {"source": str(path.resolve()), "quantize": quantize, "dtype": str(dtype)},
+                          counts)
+    return model, counts, packing

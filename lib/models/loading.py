@@ -157,9 +157,9 @@ def _gguf_model(ref: ModelRef, settings: ModelSettings, device: str, dtype: Any,
     loaded = load_gguf(AutoModelForCausalLM, ref.path, config, dtype, settings.quantize, attention, notify)
     if loaded is None:
         return None
-    model, ran = loaded
+    model, ran, packing = loaded
     model.generation_config = GenerationConfig.from_pretrained(folder)
-    return model, folder, {"gguf_tensors": ran}
+    return model, folder, {"gguf_tensors": ran, "packing": packing}
 
 
 def identity(ref: ModelRef, folder: Path) -> dict[str, Any]:

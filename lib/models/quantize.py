@@ -383,6 +383,23 @@ def _build_classes():
             self.bias = bias
             self._memo: tuple[Any, int, Any] | None = None
 
+        @classmethod
+        def restored(cls, mode: str, in_features: int, out_features: int, packed: Any, scales: Any,
+                     bfloat16_rows: bool) -> "QuantizedLinear":
+            """A layer of buffers packed for lmpipe's kernels before (lmpipe.models.packed_cache), taken
+            as they are: no packing, and the caller checks them against the file's values."""
+            self = cls.__new__(cls)
+            nn.Module.__init__(self)
+            self.mode, self.bfloat16_rows = mode, bfloat16_rows
+            self.in_features, self.out_features = in_features, out_features
+            self.vnni, self.isa, self.kernels, self.split = True, vnni_kernels.selected, None, False
+            self.register_buffer("packed", packed, persistent=False)
+            self.register_buffer("packed_scales", scales, persistent=False)
+            self.register_buffer("split_scales", None, persistent=False)
+            self.bias = None
+            self._memo = None
+            return self
+
         def forward(self, x):
             flat = x.reshape(-1, x.shape[-1])
             rows = flat.shape[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import UsageError
@@ -20,6 +20,7 @@ class BenchRun:
     server: str | None = None  # the first token through this server
     pipeline: int | None = None  # a three-stage pipeline of this many records
     concurrency: tuple[int, ...] = ()  # the server's throughput with this many chats at a time (lmpipe.tasks.bench_load)
+    synthetic: str | None = None  # NAME[:TYPE]: a random-weight GGUF of a real shape as the model (lmpipe.models.synthetic)
 
     def __post_init__(self) -> None:
         if self.concurrency and not self.server:
@@ -58,6 +59,11 @@ def run(r: BenchRun, tty: bool) -> int:
     from ..records.pipe import say
 
     settings = r.settings
+    if r.synthetic:
+        from ..models.synthetic import ensure_synthetic
+
+        path = ensure_synthetic(r.synthetic, lambda m: say("lm-bench", m))
+        settings = replace(settings, model=replace(settings.model, model=str(path)))
     settings.model.ref()  # an unknown model fails before anything is loaded
     records: list[dict[str, Any]] = []
     writer = None if tty else RecordWriter(sys.stdout.buffer)
