@@ -5,8 +5,16 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (batch_option, context_options, job_options, model_options, progress_option,
-                                server_option, speed_options)
+from lmpipe.cli.options import (
+    batch_option,
+    context_options,
+    job_options,
+    model_options,
+    progress_option,
+    server_option,
+    speed_options,
+)
+
 FIELDS_READ = {
     "custom_id": "What the line is known by: in the output, and by --resume. Unique in the file.",
     "method": "POST.",

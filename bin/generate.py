@@ -5,9 +5,22 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (adapter_option, batch_option, context_options, draft_options, field_options,
-                                given_on_command_line, job_options, model_options, progress_option, remote_options,
-                                sampling_options, server_option, speed_options, template_options)
+from lmpipe.cli.options import (
+    adapter_option,
+    batch_option,
+    context_options,
+    draft_options,
+    field_options,
+    given_on_command_line,
+    job_options,
+    model_options,
+    progress_option,
+    remote_options,
+    sampling_options,
+    server_option,
+    speed_options,
+    template_options,
+)
 from lmpipe.records.pipe import stdout_is_tty
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 

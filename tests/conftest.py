@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_models import build_tiny_detr, build_tiny_llama, build_tiny_owlvit
 
 BIN = Path(sys.executable).parent

@@ -111,9 +111,9 @@ def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_ll
     """lm-bench -c: any OpenAI-compatible server; here a real lm-serve, whose /metrics counts the same tokens."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
+    from serve_helpers import Server
 
     from lmpipe.engine.timing import per_second
-    from serve_helpers import Server
 
     def generated(server) -> float:
         page = httpx.get(server.url + "/metrics").text

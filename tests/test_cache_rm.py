@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import hub_cache
 import orjson
 import pytest
-
-import hub_cache
 from conftest import jsonl, run_tool
 from hub_cache import SHARED, TINY_DEV, TINY_MAIN, disk_bytes
 

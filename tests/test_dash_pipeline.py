@@ -8,9 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from dash_helpers import add_stage, alive, burst, shell, stable, wait_for
-
 from conftest import jsonl
+from dash_helpers import add_stage, alive, burst, shell, stable, wait_for
 from textual import events
 
 from lmpipe.tui.app import create_app

@@ -12,6 +12,7 @@ from test_dash_models import fake_tools  # noqa: F401 (fixture)
 from lmpipe.tui.app import create_app
 from lmpipe.tui.pipeline import Pipeline, Stage
 
+
 async def steady(pilot) -> None:
     """No text cursor (it blinks): a snapshot must not depend on when it is taken."""
     from textual.widgets import Input, TextArea

@@ -1,6 +1,5 @@
 """lm-generate end to end: the record contract, exit codes, streaming, pipes and signals."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -37,7 +36,6 @@ def test_records_pass_through_with_text_stats_and_manifest(tiny):
 
 
 def test_cli_greedy_equals_transformers_and_batching_changes_nothing(embedded):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     prompts = ["What is the capital of France?", "Name a fruit.", "What is 2+2?"]

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_gguf import Q4_K_M, encode, write_tiny_llama_gguf
 
 from lmpipe.models import gguf
 from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
-from tiny_gguf import Q4_K_M, encode, write_tiny_llama_gguf
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")

@@ -7,7 +7,6 @@ import socket
 
 import orjson
 import pytest
-
 from conftest import jsonl, run_tool
 from hub_server import TestHub
 

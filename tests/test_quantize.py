@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import build_tiny_llama
 
 from lmpipe import paths
+from lmpipe.engine.generation import Completion, Decoding, generate
+from lmpipe.engine.sampling import Sampling
+from lmpipe.errors import UsageError
 from lmpipe.models import gguf
 from lmpipe.models.kernels import vnni
-from lmpipe.errors import UsageError
-from lmpipe.engine.generation import Completion, Decoding, generate
 from lmpipe.models.loading import ModelSettings, load
-from lmpipe.engine.sampling import Sampling
-
-from tiny_models import build_tiny_llama
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):\n    return"]
 

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import jsonl, run_tool
 from replay_server import Fault, ReplayServer
 

@@ -10,8 +10,8 @@ from collections import Counter
 
 import orjson
 import pytest
-
 from conftest import BIN, jsonl, run_tool
+
 from lmpipe.errors import UsageError
 from lmpipe.records.jsonl import Item
 from lmpipe.records.resume import KEY_FIELD, FileSink, done_keys, item_key, prepare_output, repair

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import JSON, Server, free_port
 

@@ -6,7 +6,6 @@ import socket
 
 import httpx
 import pytest
-
 from serve_helpers import JSON, Server
 
 KEY, FILED = "sk-first-key", "sk-from-the-file"

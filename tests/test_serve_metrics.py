@@ -10,7 +10,6 @@ import time
 import httpx
 import orjson
 import pytest
-
 from serve_helpers import Server
 
 TYPES = {

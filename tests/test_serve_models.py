@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import run_tool
 from serve_helpers import Server
 

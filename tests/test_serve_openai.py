@@ -8,7 +8,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import Server
 
@@ -107,7 +106,7 @@ def test_completion_logprobs_in_the_legacy_format(client, model, hf):
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
     for i, top in enumerate(lp.top_logprobs):
         values, best = table[len(ids) + i - 1].topk(2)
-        assert {tok.decode([t]): pytest.approx(v, abs=1e-4) for t, v in zip(best.tolist(), values.tolist())}.items() <= top.items()
+        assert {tok.decode([t]): pytest.approx(v, abs=1e-4) for t, v in zip(best.tolist(), values.tolist(), strict=True)}.items() <= top.items()
         assert top[lp.tokens[i]] == lp.token_logprobs[i]  # the chosen token is always there
     streamed = client.completions.create(model=model, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2,
                                          stream=True)

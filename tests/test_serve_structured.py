@@ -13,7 +13,6 @@ import re
 import jsonschema
 import openai
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import Server
 from test_constrain import SCHEMA

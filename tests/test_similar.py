@@ -7,7 +7,6 @@ import base64
 import numpy as np
 import orjson
 from click.testing import CliRunner
-
 from conftest import jsonl
 
 from lmpipe.filters.similar import main

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 from click.testing import CliRunner
-
 from conftest import jsonl, run_tool
 
 from lmpipe.filters.template import main

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import Server
 from tiny_models import CHATML, train_tokenizer

@@ -1,7 +1,6 @@
 """lm-tokenize: ids equal transformers' AutoTokenizer, round trips, added tokens that persist."""
 
 import orjson
-import pytest
 from click.testing import CliRunner
 from conftest import jsonl
 
@@ -31,7 +30,7 @@ def test_ids_equal_autotokenizer_and_decode_round_trips(embedded):
     result = invoke(input=lines(SAMPLES))
     assert result.exit_code == 0 and result.stderr == ""
     records = jsonl(result.stdout_bytes)
-    for text, rec in zip(SAMPLES, records):
+    for text, rec in zip(SAMPLES, records, strict=True):
         assert rec["ids"] == tok(text)["input_ids"]
         assert rec["count"] == len(rec["ids"]) == len(rec["tokens"]) == len(rec["offsets"])
         assert rec["tokens"] == tok.convert_ids_to_tokens(rec["ids"])

@@ -7,8 +7,8 @@ import json
 import jsonschema
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl
+
 from lmpipe.bin.generate import main
 from lmpipe.chat.prompts import PromptSettings, prompt_ids
 from lmpipe.chat.tools import parse_call, parse_tools

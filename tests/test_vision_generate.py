@@ -31,9 +31,7 @@ def reference(folder, rows, batched):
     """transformers' own: the processor (its chat template, padding=True on the left) and generate."""
     import torch
     from PIL import Image
-    from transformers import AutoModelForImageTextToText
-
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from lmpipe.models.processors import load_processor
 
@@ -108,7 +106,15 @@ def test_images_for_a_text_model_are_refused(tiny_llama, photos):
 
 def test_bad_images_are_error_records_and_the_others_come_out_in_order(tiny_llava, photos, tmp_path):
     """Acceptance 3, through the installed command: no traceback, exit 1."""
-    from tiny_images import save_16bit, save_bomb, save_cmyk, save_corrupt, save_exif_rotated, save_palette, save_truncated
+    from tiny_images import (
+        save_16bit,
+        save_bomb,
+        save_cmyk,
+        save_corrupt,
+        save_exif_rotated,
+        save_palette,
+        save_truncated,
+    )
 
     (tmp_path / "notes.txt").write_text("not an image at all\n")
     bad = {
@@ -137,7 +143,7 @@ def test_bad_images_are_error_records_and_the_others_come_out_in_order(tiny_llav
     assert b"Traceback" not in result.stderr
     out = jsonl(result.stdout)
     assert [r["id"] for r in out] == [r["id"] for r in rows]
-    for r, line in zip(out, range(1, len(rows) + 1)):
+    for r, line in zip(out, range(1, len(rows) + 1), strict=True):
         if r["id"] in good:
             assert "error" not in r and isinstance(r["generated"], str) and r["stats"]["image_tokens"] == 16
         else:

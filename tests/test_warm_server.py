@@ -12,7 +12,6 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import BIN, jsonl, run_tool
 from serve_helpers import Server
 from test_fast_start import probe
@@ -119,7 +118,7 @@ def test_lm_chat_finds_the_running_server_too(home, tiny_llama):
         server.stop()
 
 
-def plant(home, name: str, url: str, pid: int, mode: int = 0o600) -> "os.PathLike":
+def plant(home, name: str, url: str, pid: int, mode: int = 0o600) -> os.PathLike:
     folder = home / "servers"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / name

@@ -22,8 +22,9 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Callable
+from typing import IO
 
 import orjson
 
@@ -152,7 +153,7 @@ class PipelineRun:
 
     def start(self) -> None:
         strip: list[bool] = []
-        for meter, stage in zip(self.meters, self.pipeline.stages):
+        for meter, stage in zip(self.meters, self.pipeline.stages, strict=True):
             args, stripping = watch_args(stage.tool, stage.args)
             strip.append(stripping)
             try:
@@ -315,7 +316,7 @@ class PipelineRun:
     def _finish(self) -> None:
         for t in list(self.threads):
             t.join()
-        for meter, proc in zip(self.meters, self.procs):
+        for meter, proc in zip(self.meters, self.procs, strict=False):  # a stage that failed to start has no process
             meter.exit_code = proc.wait()
             self._report(meter)
         self.done.set()

@@ -7,8 +7,9 @@ in worker threads and knows nothing of the interface: it reports through callbac
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from lmpipe.chat.prompts import PromptSettings
 from lmpipe.models.loading import LoadedModel, ModelSettings

@@ -11,8 +11,9 @@ true); any other key, or a value of the wrong type, is this record's error, neve
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..chat.prompts import PromptSettings
 from ..engine.sampling import Sampling

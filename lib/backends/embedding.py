@@ -11,8 +11,9 @@ is cut into windows whose vectors are averaged (weighted by their tokens).
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import RecordError, UsageError
 from ..models.loading import LOAD_LOCK, ModelSettings, files_folder, identity

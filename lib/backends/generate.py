@@ -7,8 +7,9 @@ summarize (lmpipe.backends.text); lmpipe.backends.remote gives the same records 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any
 
 from ..chat.answers import Plan, answer_fields, plan_for
 from ..chat.prompts import PromptSettings, prompt_ids, template_manifest, with_template

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
@@ -30,8 +31,17 @@ from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from ..version import __version__
 from ..vision.images import data_url, read_image, record_images
-from .dialects import (KINDS, ServerKind, constraint_fields, describe, detect, finish_reason, output_tokens,
-                       sampling_fields, streams_tools)
+from .dialects import (
+    KINDS,
+    ServerKind,
+    constraint_fields,
+    describe,
+    detect,
+    finish_reason,
+    output_tokens,
+    sampling_fields,
+    streams_tools,
+)
 from .vision_prompts import ImageSource
 
 

@@ -14,9 +14,10 @@ variables. This module does the same; tests/test_chat_template.py compares real 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import RecordError
 

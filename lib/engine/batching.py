@@ -16,8 +16,9 @@ only the rest, as llama.cpp's prompt cache and vLLM's prefix caching do.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..models.adapters import stack_of
 from ..models.fastpath import KVCache, fast_model, prefill, rounded_width, step
@@ -28,7 +29,7 @@ MIN_SHARED = 8  # fewer shared tokens than this are cheaper to compute again tha
 
 def shared_length(a: tuple[int, ...], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # a common prefix: the two may differ in length
         if x != y:
             break
         n += 1

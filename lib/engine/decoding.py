@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import UsageError
 from ..models.adapters import Lora, stack_of
@@ -189,7 +190,7 @@ class ImageRows:
         return forward(self.model, chosen[:, None], self.mask, self.positions, self.cache, True, extras=step)
 
 
-def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
+def uses_fast_path(model: Any, decoding: Decoding) -> bool:
     from ..models.fastpath import unsupported
 
     return decoding.cache in ("auto", "fast") and unsupported(model) is None
@@ -221,7 +222,7 @@ def settled(decoding: Decoding, model: Any, notify: Callable[[str], None] = _std
     return replace(decoding, cache=fallback)
 
 
-def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding", slots=None):
+def decoder(model: Any, mask, max_new_tokens: int, decoding: Decoding, slots=None):
     """`slots`: the rows' LoRA adapter slots, on the fast path (None: the model's default)."""
     if uses_fast_path(model, decoding):
         from ..models.fastpath import FastDecoder, fast_model

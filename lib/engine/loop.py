@@ -22,8 +22,9 @@ token-identical to it, and it reports every token as it comes with its time (lmp
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from . import timing
 from .events import Completion, Event, ScoredPrompt, Token, TopToken
@@ -129,7 +130,7 @@ def top_tokens(logits, tokenizer: Any, n: int) -> Probs:
     logprobs = torch.log_softmax(logits[0].float(), dim=-1)
     values, indices = logprobs.topk(n, dim=-1)
     top = tuple(TopToken(i, tokenizer.decode([i]), round(math.exp(v), 6), v)
-                for v, i in zip(values.tolist(), indices.tolist()))
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True))
     return Probs(logprobs, top)
 
 
@@ -277,7 +278,7 @@ class Loop:
                 if any(row.request.adapter is not None for row in group):
                     extras["adapters"] = [row.request.adapter for row in group]
                 handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo, **extras)
-                for row, handle in zip(group, handles):
+                for row, handle in zip(group, handles, strict=True):
                     row.clock, row.handle = clock, handle
                     if row.request.speculates:
                         row.drafting = row.request.draft.start(row.request.ids, room)
@@ -359,7 +360,7 @@ class Loop:
                 generators = [row.generator] if row.generator is not None else None
                 tokens.append(int(pick(scores, row.request.sampling.greedy, generators)[0]))
         times: dict[int, float] = {}  # one reading of each clock per step: rows admitted together share it
-        for row, token, p in zip(rows, tokens, probs):
+        for row, token, p in zip(rows, tokens, probs, strict=True):
             if id(row.clock) not in times:
                 times[id(row.clock)] = row.clock()
             self._take(row, [token], times[id(row.clock)], p)

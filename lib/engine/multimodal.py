@@ -18,8 +18,9 @@ lmpipe.engine.decoding.ImageRows runs those forwards; this module makes their in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 PER_TOKEN = ("token_type_ids", "mm_token_type_ids")  # one value per prompt token: they grow at each step
 

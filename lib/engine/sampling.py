@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
 
 from ..errors import UsageError
 
@@ -56,7 +56,7 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def with_seed(self) -> "Sampling":
+    def with_seed(self) -> Sampling:
         """A copy with a concrete seed, drawn now if none was given, so the manifest can replay it."""
         if self.seed is not None:
             return self

@@ -20,8 +20,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from ..models.loading import LoadedModel, ModelSettings
 from .batching import PrefixCounts
@@ -76,7 +77,7 @@ def batch_key(sampling: Sampling) -> Sampling:
 
 class Scheduler:
     def __init__(self, settings: SchedulerSettings, notify: Callable[[str], None] = lambda m: None,
-                 gate: Callable[["Scheduler"], None] = lambda s: None):
+                 gate: Callable[[Scheduler], None] = lambda s: None):
         from ..models.loading import load_tokenizer
 
         self.settings = settings

@@ -11,8 +11,9 @@ second (lm-bench's rates, the dashboard's live meter) is `per_second` too.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
 
 class Clock:
@@ -63,4 +64,4 @@ def combined_rate(pieces: Sequence[tuple[int, float, float]]) -> float:
 def gaps(token_seconds: Sequence[float]) -> list[float]:
     """The time between each token and the one before it (end of sequence included): the
     inter-token latencies vLLM's metrics observe, one fewer than the tokens."""
-    return [b - a for a, b in zip(token_seconds, token_seconds[1:])]
+    return [b - a for a, b in pairwise(token_seconds)]

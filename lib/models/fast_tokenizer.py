@@ -15,8 +15,9 @@ transformers and says so.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ModelNotFound
 
@@ -222,7 +223,7 @@ class SlowTokenizer:
     def __len__(self) -> int:
         return len(self.hf)
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> "SlowEncoding":
+    def encode(self, text: str, add_special_tokens: bool = True) -> SlowEncoding:
         enc = self.hf(text, add_special_tokens=add_special_tokens, return_offsets_mapping=self.is_fast)
         offsets = [tuple(o) for o in enc["offset_mapping"]] if self.is_fast else None
         return SlowEncoding(list(enc["input_ids"]), offsets)

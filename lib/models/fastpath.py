@@ -19,9 +19,11 @@ a new request into a free row while the others keep decoding (continuous batchin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache as cache_function
-from typing import Any, Callable
+from itertools import pairwise
+from typing import Any
 
 from .adapters import Lora, stack_of
 from .kernels import vnni as vnni_kernels
@@ -55,7 +57,7 @@ class Projection:
     weight: Any
     bias: Any = None
     quantized: Any = None  # a QuantizedLinear (or one part of a fused one) that computes it
-    parts: tuple["Projection", ...] = ()  # float projections run one by one, outputs side by side
+    parts: tuple[Projection, ...] = ()  # float projections run one by one, outputs side by side
     lora: Lora | None = None  # LoRA adapters' updates beside it (lmpipe.models.adapters), added to its output
 
     def __call__(self, x, slots=None):
@@ -98,7 +100,7 @@ def fuse(linears: list[Any], loras: dict[int, Lora] | None = None) -> Projection
     if len(fused) == 1 and all(isinstance(m, QuantizedPart) for m in linears):
         whole = linears[0].fused
         if linears[0].start == 0 and linears[-1].end == whole.out_features \
-                and all(a.end == b.start for a, b in zip(linears, linears[1:])):
+                and all(a.end == b.start for a, b in pairwise(linears)):
             lora = Lora.joined([loras.get(id(m)) for m in linears], [m.end - m.start for m in linears])
             return Projection(None, None, whole, lora=lora)
     # float weights stay apart: one fused matmul over one row of input rounds differently
@@ -230,7 +232,7 @@ class FastModel:
         self.default_slot = stack.default if stack is not None else 0
         self.slot_count = stack.count if stack is not None else 0
         built = [_layer(block, config, kind if self.per_type_rope else "rope", self.head_dim, loras)
-                 for block, kind in zip(inner.layers, kinds)]
+                 for block, kind in zip(inner.layers, kinds, strict=True)]
         self.layers = [layer for layer, _ in built]
         # One window for every sliding layer (each family has one); None: no layer slides.
         self.window = max((w for _, w in built if w is not None), default=None)
@@ -274,10 +276,10 @@ class FastModel:
             logits = (logits / self.logit_softcap).tanh() * self.logit_softcap
         return logits.float()
 
-    def cache(self, rows: int, width: int) -> "KVCache":
+    def cache(self, rows: int, width: int) -> KVCache:
         return KVCache(self, rows, width)
 
-    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend, every: bool = False,
+    def forward(self, ids, positions, cache: KVCache, rows: slice, columns, attend, every: bool = False,
                 slots=None) -> Any:
         """Run `ids` [B, T] at `positions` [B, T]; write K/V into cache rows `rows` at `columns`.
 
@@ -355,7 +357,7 @@ class KVCache:
         values[index, :, columns] = v[:, :, 0]
         return keys[rows, :, : self.span], values[rows, :, : self.span]
 
-    def grown(self, width: int) -> "KVCache":
+    def grown(self, width: int) -> KVCache:
         """A wider cache holding this one's rows (the server's rows outgrew it)."""
         import torch
 
@@ -379,7 +381,7 @@ class KVCache:
     def load_prefix(self, row: int, keys: list[Any], values: list[Any], length: int) -> None:
         """Start row `row` with a stored prefix's first `length` columns."""
         for cache, stored in ((self.keys, keys), (self.values, values)):
-            for t, part in zip(cache, stored):
+            for t, part in zip(cache, stored, strict=True):
                 t[row, :, :length] = part[:, :length]
         self.valid[row] = False
         self.valid[row, :length] = True

@@ -12,8 +12,8 @@ once, atomically (lmpipe.models.derived.build_once).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import paths
 from .derived import MARKER, build_once, cache_key, conversion_info, sha256_file  # noqa: F401 (gguf.X for callers)

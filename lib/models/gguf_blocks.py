@@ -76,8 +76,7 @@ def int4_blocks(gguf: Path, model: Any) -> dict[str, Int4Blocks]:
     """
     import numpy as np
     from gguf import GGUFReader
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map)
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
     reader = GGUFReader(str(gguf))
     field = reader.get_field("general.architecture")

@@ -22,8 +22,9 @@ from a column of row numbers, as lmpipe.models.gguf_blocks learns it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .quantize import INT4_GROUP, QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight
 

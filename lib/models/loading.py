@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ModelNotFound, UsageError
 from . import gguf
@@ -14,7 +15,6 @@ from .adapters import Adapter
 from .device import check_attention, choose_device, choose_dtype
 from .processors import is_vision_language, load_processor
 from .resolve import ModelRef, resolve
-
 
 # One model loads at a time in a process (lm-serve loads its generation and embedding models on
 # request threads): transformers builds a model's layers on the meta device under a switch that two

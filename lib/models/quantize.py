@@ -89,7 +89,7 @@ class QuantizedWeight:
         w = (q - 8) * self.scales.float()[..., None] + self.zeros.float()[..., None]
         return w.reshape(self.out_features, self.in_features)
 
-    def rows(self, index: Any) -> "QuantizedWeight":
+    def rows(self, index: Any) -> QuantizedWeight:
         """The output rows `index` of this weight (plain values index freely; packed ones never do)."""
         return QuantizedWeight(self.mode, self.values[index], self.scales[index],
                                None if self.zeros is None else self.zeros[index])
@@ -102,7 +102,7 @@ class QuantizedWeight:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Any], prefix: str) -> "QuantizedWeight":
+    def from_tensors(cls, tensors: dict[str, Any], prefix: str) -> QuantizedWeight:
         """The weight saved under `prefix`; its values' dtype says its mode (int8, or uint8 for int4's pairs)."""
         import torch
 
@@ -111,7 +111,7 @@ class QuantizedWeight:
         return cls(mode, values, tensors[f"{prefix}.qscales"], tensors.get(f"{prefix}.qzeros"))
 
     @classmethod
-    def join(cls, parts: list["QuantizedWeight"]) -> "QuantizedWeight":
+    def join(cls, parts: list[QuantizedWeight]) -> QuantizedWeight:
         """Several weights' rows stacked: one layer computing them all, outputs side by side."""
         import torch
 
@@ -573,7 +573,7 @@ def _joined_bias(biases: list[Any], parts: list[QuantizedWeight]) -> Any:
         return None
     return torch.nn.Parameter(torch.cat([
         b.detach() if b is not None else torch.zeros(p.out_features, dtype=torch.float32)
-        for b, p in zip(biases, parts)]), requires_grad=False)
+        for b, p in zip(biases, parts, strict=True)]), requires_grad=False)
 
 
 HEAD_MODES = {"int4": "int8"}  # the output head's own mode, where it differs from the layers'

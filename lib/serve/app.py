@@ -22,10 +22,11 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -40,8 +41,8 @@ from .embeddings import embeddings_route
 from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
 from .logprobs import chat_entries, legacy
 from .metrics import ModelMetrics, ServerMetrics
-from .requestlog import RequestLog, request_fields
 from .prompts import ImagePolicy, ImageRules, Prompt, chat_prompt, completion_prompts
+from .requestlog import RequestLog, request_fields
 from .roster import ModelRoster, ServedAdapter
 from .structured import Asked, FormatError, asked, tool_calls
 from .tokens import token_routes
@@ -177,7 +178,7 @@ class PreparedRequest:
         """One row per choice, in choice order: a prompt's `n` rows follow one another, so they
         are admitted into the same batch and share its prompt cache; sampled ones differ by seed."""
         out = []
-        for p, (prompt, sampling) in enumerate(zip(self.prompts, self.sampling)):
+        for p, (prompt, sampling) in enumerate(zip(self.prompts, self.sampling, strict=True)):
             for j in range(self.n):
                 own = replace(sampling, seed=(sampling.seed + j) % 2 ** 31) if j else sampling
                 out.append(GenerationRequest(
@@ -330,7 +331,7 @@ class Heard:
 
     request: Any
     endpoint: str
-    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
                       .replace("+00:00", "Z"))
     raw: bytes = b""  # the body as sent
 

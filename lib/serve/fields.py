@@ -10,7 +10,8 @@ OpenAI's API and vLLM's protocol (vllm/entrypoints/openai/protocol.py) take it.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 

@@ -10,7 +10,8 @@ distribution (before temperature and the other sampling settings), as vLLM repor
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..engine.events import Token
 

@@ -70,7 +70,7 @@ class OccupancyCollector:
         for scheduler in self.roster.all():
             now = scheduler.occupancy()
             values = (now.running, now.waiting, now.kv_cache_usage, now.prefix_queries, now.prefix_hits)
-            for family, value in zip(families, values):
+            for family, value in zip(families, values, strict=True):
                 family.add_metric((scheduler.model_id, "0"), value)
         yield from families
 

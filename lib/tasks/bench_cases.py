@@ -13,8 +13,9 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token

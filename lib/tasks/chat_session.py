@@ -13,9 +13,10 @@ of the reply shown so far does not.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 from ..backends.generate import GenerateSettings
 from ..chat.conversation import Conversation

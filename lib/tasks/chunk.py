@@ -7,9 +7,10 @@ without one falls back to transformers' own tokenizer loader, and says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError

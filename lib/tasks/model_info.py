@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import LmpipeError, RecordError
 from ..models.modelinfo import model_info
 from ..models.resolve import DEFAULT_MODEL
 from ..records.jsonl import Item, error_record, read_items
 from ..records.pipe import JsonlSink, each_name, finish
-from ..records.runner import Finished, run as run_items
+from ..records.runner import Finished
+from ..records.runner import run as run_items
 
 TOOL = "lm-model-info"
 

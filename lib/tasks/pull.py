@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import LmpipeError, RecordError, UsageError
 from ..models.pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
 from ..records.jsonl import Item, error_record, failure_text, read_items
 from ..records.pipe import JsonlSink, each_name, finish, say
-from ..records.runner import Finished, run as run_items
+from ..records.runner import Finished
+from ..records.runner import run as run_items
 
 TOOL = "lm-pull"
 

@@ -8,8 +8,9 @@ the two nearest values, as numpy's default does.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 from ..records.jsonl import Item
 

@@ -8,8 +8,10 @@ rounds. Chunks of all records in a batch go to the model together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as default
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as default
+from typing import Any
 
 from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
 from ..backends.text import ChatBackend, Output, Seq2SeqBackend, TextBackend, chat_task, check, combine, run_pieces

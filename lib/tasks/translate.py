@@ -7,8 +7,9 @@ are joined in order with the whitespace that separated the source pieces. Nothin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as default
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as default
 
 from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
 from ..backends.text import ChatBackend, Seq2SeqBackend, TextBackend, chat_task, check, combine, run_pieces
@@ -47,7 +48,7 @@ def join(pieces: list[str], translations: list[str]) -> str:
         return translations[0]
     last = len(pieces) - 1
     parts = []
-    for i, (piece, text) in enumerate(zip(pieces, translations)):
+    for i, (piece, text) in enumerate(zip(pieces, translations, strict=True)):
         gap = piece[len(piece.rstrip()):] if i < last else ""
         parts.append(text.strip() + gap)
     return "".join(parts)

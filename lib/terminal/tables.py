@@ -6,7 +6,8 @@ program reads cannot disagree. Sizes are decimal (kB, MB, GB), as the Hugging Fa
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def human_size(n: int | None) -> str:

@@ -9,8 +9,9 @@ A family's own code (`spa_Latn`, `es_XX`) is accepted as it is. Nothing here loa
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import UsageError
 

@@ -6,8 +6,9 @@ tag sits in its top-left corner, cut to the box. Pixels outside every box keep t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import UsageError
 from .detection import Detection

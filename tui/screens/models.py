@@ -15,7 +15,6 @@ from ..messages import ModelInfoReady, ModelsFailed, ModelsListed, ServedListed
 from ..served import served_models
 from .dialogs import Confirm
 
-
 SERVED_REFRESH_S = 5.0  # the served models' states (loaded, unloading in ...) change on their own
 
 
