@@ -130,9 +130,9 @@ class PipelineRun:
     """One run of a pipeline on some input bytes. start(), then cancel() or let it finish."""
 
     def __init__(self, pipeline: Pipeline, data: bytes,
-                 on_update: Callable[[StageSnapshot], None],
-                 on_output: Callable[[bytes], None],
-                 on_finished: Callable[[RunResult], None]):
+                 on_update: Callable[[StageSnapshot], object],
+                 on_output: Callable[[bytes], object],
+                 on_finished: Callable[[RunResult], object]):
         if not pipeline.stages:
             raise ValueError("a pipeline needs at least one stage")
         self.pipeline = pipeline
@@ -224,7 +224,6 @@ class PipelineRun:
         source = self.procs[i].stdout
         target = self.procs[i + 1].stdin if i + 1 < len(self.procs) else None
         downstream = self.meters[i + 1] if target is not None else None
-        last = target is None
         assert source is not None
         try:
             for line in iter(source.readline, b""):
@@ -235,7 +234,7 @@ class PipelineRun:
                         continue
                 else:
                     self._record(meter, line)
-                if not last:
+                if downstream is not None:  # not the last stage
                     target = self._forward(target, downstream, line)
                 else:
                     with self._lock:

@@ -89,7 +89,7 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-        kwargs = {"model_kwargs": {"dtype": dtype}, "local_files_only": True}
+        kwargs: dict[str, Any] = {"model_kwargs": {"dtype": dtype}, "local_files_only": True}
         try:
             if (folder / "modules.json").is_file():
                 model = SentenceTransformer(str(folder), device=device, **kwargs)

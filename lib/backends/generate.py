@@ -191,7 +191,7 @@ class GenerateTask:
                 item = ready[event.row][0]
                 if isinstance(event, Token):
                     yield Streamed(item, event)
-                else:
+                elif isinstance(event, Completion):  # no echo asked: no ScoredPrompt comes
                     finished.add(event.row)
                     yield self.output(item, event, plans[event.row], ready[event.row][1])
         except (RuntimeError, ValueError, IndexError) as exc:

@@ -345,7 +345,7 @@ def request_for(record: dict[str, Any], prompt: PromptSettings, images: ImageSou
 class RemoteGenerateTask:
     """GenerateTask's twin for a server: the same `process` contract, the same records."""
 
-    def __init__(self, client: ServerClient, model: str, settings: Any, by_name: bool = False):
+    def __init__(self, client: ServerClient, model: str | None, settings: Any, by_name: bool = False):
         """`by_name`: send `model` as it is (a record's agent named it); otherwise a server that
         serves one model under another name is sent that name."""
         from dataclasses import replace
@@ -394,9 +394,8 @@ class RemoteGenerateTask:
             return a.lmpipe["stats"]
         finish = finish_reason(self.kind, a.finish, bool(self.settings.sampling.stop))
         out = output_tokens(self.kind, a.usage.get("completion_tokens"), finish)
-        timed = out is not None and a.ttft_s is not None and a.total_s is not None
         rate = None  # a whole answer has no decode time
-        if timed:  # one token has no time after the first: rated over the whole, as in-process
+        if out is not None and a.ttft_s is not None and a.total_s is not None:  # one token has no time after the first: rated over the whole, as in-process
             rate = combined_rate([(out, a.ttft_s, a.total_s)]) if out > 1 else per_second(out, a.total_s)
         return {"input_tokens": a.usage.get("prompt_tokens"), "output_tokens": out, "ttft_s": a.ttft_s,
                 "tokens_per_s": rate, "total_s": a.total_s, "finish_reason": finish}

@@ -23,7 +23,7 @@ class Conversation:
     """The system prompt and the turns so far: what goes to the model each turn."""
 
     system: str = ""
-    turns: list[dict[str, str]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)  # content: text, or OpenAI's parts with images
 
     def messages(self) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system}] if self.system else []

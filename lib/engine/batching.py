@@ -165,7 +165,7 @@ class FastRows:
         if self.prefixes is not None and not every:
             self.prefixes.counts.queries += len(prompt)
             self.prefixes.counts.hits += shared if shared >= MIN_SHARED else 0
-        if shared >= MIN_SHARED:
+        if shared >= MIN_SHARED and stored is not None:  # a stored prefix shares them
             cache.load_prefix(row, *stored, shared)
             rest = ids[:, shared:]
             logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared,
@@ -185,7 +185,7 @@ class FastRows:
         rows = [h.index for h in handles]
         if rows == list(range(len(rows))):
             chosen = torch.tensor(list(tokens), dtype=torch.long, device=device)
-            return step(self.fast, self.cache, slice(0, len(rows)), chosen, slots=self._slots(handles))
+            return step(self.fast, self._kv, slice(0, len(rows)), chosen, slots=self._slots(handles))
         order = sorted(range(len(rows)), key=rows.__getitem__)
         out: list[Any] = [None] * len(rows)
         run: list[int] = []
@@ -195,16 +195,22 @@ class FastRows:
             if last:
                 chosen = torch.tensor([tokens[p] for p in run], dtype=torch.long, device=device)
                 first = rows[run[0]]
-                logits = step(self.fast, self.cache, slice(first, first + len(run)), chosen,
+                logits = step(self.fast, self._kv, slice(first, first + len(run)), chosen,
                               slots=self._slots([handles[p] for p in run]))
                 for j, p in enumerate(run):
                     out[p] = logits[j]
                 run = []
         return torch.stack(out)
 
+    @property
+    def _kv(self) -> KVCache:
+        """The cache, once the first prefill has allocated it (every other call follows one)."""
+        assert self.cache is not None, "no row was prefilled"
+        return self.cache
+
     def filled(self, handle: Slot) -> int:
         """Columns the row holds."""
-        return int(self.cache.fill[handle.index])
+        return int(self._kv.fill[handle.index])
 
     def extend(self, handle: Slot, tokens: Sequence[int]):
         """Feed the row several tokens in one pass: the logits after each [len(tokens), vocab].
@@ -213,17 +219,17 @@ class FastRows:
 
         i = handle.index
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.fast.device)
-        return prefill(self.fast, self.cache, slice(i, i + 1), ids, torch.ones_like(ids), start=self.filled(handle),
+        return prefill(self.fast, self._kv, slice(i, i + 1), ids, torch.ones_like(ids), start=self.filled(handle),
                        every=True, slots=handle.adapter if self.adapted else None)[0]
 
     def truncate(self, handle: Slot, length: int) -> None:
         """Forget the row's columns from `length` on (rejected speculative tokens)."""
-        self.cache.truncate(handle.index, length)
+        self._kv.truncate(handle.index, length)
 
     def release(self, handle: Slot) -> None:
         i, last = handle.index, len(self.order) - 1
         if i != last:
-            self.cache.move(last, i)
+            self._kv.move(last, i)
             moved = self.order[last]
             moved.index = i
             self.order[i] = moved

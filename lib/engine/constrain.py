@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RecordError, UsageError
 
 # Compact JSON: flexible whitespace lets a small model pad forever with newlines.
-JSON_OPTIONS = {"whitespace_flexible": False}
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
-def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Sequence[int]):
+def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Collection[int]):
     """llguidance's view of a transformers tokenizer (about a second to build: cache it)."""
     import llguidance.hf
 

@@ -70,7 +70,7 @@ def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=N
     kwargs.update(extras or {})
     import torch
 
-    kwargs[cache_keyword(type(model))] = cache
+    kwargs[cache_keyword(model.__class__)] = cache
     # no_grad, not inference_mode: a static cache allocated outside it is updated in place here.
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
@@ -78,7 +78,7 @@ def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=N
 
 
 @cache
-def cache_keyword(model_class: type) -> str:
+def cache_keyword(model_class: Any) -> str:
     """transformers 5.24 renames `past_key_values` to `cache`, model by model (the old name warns)."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 

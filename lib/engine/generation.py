@@ -101,7 +101,7 @@ def generate(
             return sampling
         return replace(sampling, max_new_tokens=context - len(ids))
 
-    slots = [None] * len(prompts)
+    slots: list[int | None] = [None] * len(prompts)
     if any(name is not None for name in adapters):
         from ..models.adapters import stack_of
 

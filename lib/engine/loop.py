@@ -232,7 +232,7 @@ class _Row:
     processors: Any  # None: greedy with nothing to apply, the argmax
     generator: Any
     history: list[int]
-    clock: timing.Clock | None = None
+    clock: timing.Clock = field(default_factory=timing.Clock)  # restarted at admission
     handle: Any = None
     drafting: Any = None  # the row's draft model state while it decodes speculatively
     next: int = -1  # chosen, not yet fed to the model

@@ -135,18 +135,19 @@ class JsonTokenizer:
         return _content(self.named.get(name))
 
     @property
-    def special_tokens_map(self) -> dict[str, str]:
+    def special_tokens_map(self) -> dict[str, str | None]:
         """The named special tokens, as a chat template sees them (bos_token, eos_token, ...)."""
         return {k: _content(v) for k, v in self.named.items()}
 
     @property
-    def all_special_tokens(self) -> list[str]:
+    def all_special_tokens(self) -> list[str | None]:
         return list(dict.fromkeys([*self.special_tokens_map.values(), *map(_content, self.extra)]))
 
     @property
-    def all_special_ids(self) -> list[int]:
+    def all_special_ids(self) -> list[int | None]:
         unk = self.backend.token_to_id(self.token("unk_token") or "") if self.token("unk_token") else None
-        return [i if (i := self.backend.token_to_id(t)) is not None else unk for t in self.all_special_tokens]
+        return [i if t is not None and (i := self.backend.token_to_id(t)) is not None else unk
+                for t in self.all_special_tokens]
 
     def get_added_vocab(self) -> dict[str, int]:
         return {t.content: i for i, t in sorted(self.backend.get_added_tokens_decoder().items())}

@@ -179,9 +179,11 @@ def _layer(block: Any, config: Any, rope: str, head_dim: int, loras: dict[int, L
     else:  # float32 weights are fused only where that leaves every output number unchanged.
         qkv = fuse([attn.q_proj, attn.k_proj, attn.v_proj], loras)
         gate_up = fuse([mlp.gate_proj, mlp.up_proj], loras)
+    norm_in, norm_post = norm(block.input_layernorm), norm(block.post_attention_layernorm)
+    assert norm_in is not None and norm_post is not None  # every decoder block has both
     return Layer(
         qkv=qkv, o=fuse([attn.o_proj], loras), gate_up=gate_up, down=fuse([mlp.down_proj], loras),
-        norm_in=norm(block.input_layernorm), norm_post=norm(block.post_attention_layernorm),
+        norm_in=norm_in, norm_post=norm_post,
         scale=getattr(attn, "scaling", None) or head_dim ** -0.5,
         rope=rope if getattr(attn, "use_rope", True) else None,
         window=window is not None, softcap=getattr(attn, "attn_logit_softcapping", None),
@@ -302,7 +304,7 @@ class FastModel:
             h = layer.norm_in(x)
             q, k, v = layer.qkv.split(h, [self.q_size, self.kv_size, self.kv_size], slots)
             q, k = q.view(b, t, self.heads, self.head_dim), k.view(b, t, self.kv_heads, self.head_dim)
-            if layer.q_norm is not None:
+            if layer.q_norm is not None and layer.k_norm is not None:  # a family has both or neither
                 q, k = layer.q_norm(q), layer.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)

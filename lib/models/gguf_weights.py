@@ -206,7 +206,7 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         linear = linears.get(owner) if owner is not None else None
         mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
                 "int8" if kind in INT4_TYPES + INT8_TYPES else None)
-        if linear is not None and mode is not None and quantizable(linear, mode):
+        if owner is not None and linear is not None and mode is not None and quantizable(linear, mode):
             weights[owner] = (int4_weight if mode == "int4" else int8_weight)(kind, tensor.data, order)
             ran.setdefault(kind, Counter())[mode] += 1
             continue
@@ -218,7 +218,7 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
                 return None  # a weight transformers maps in some other way
             continue
         owner = name.rpartition(".")[0]
-        if tied and owner == embedding and quantize and quantizable(linears[head], modes[head]):
+        if tied and head is not None and owner == embedding and quantize and quantizable(linears[head], modes[head]):
             weights[head] = quantize_weight(value, modes[head])
             ran.setdefault(kind, Counter())[modes[head]] += 1
             continue

@@ -232,7 +232,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     try:
         config = AutoConfig.from_pretrained(folder)
         set_context(config, settings, ref.name)
-        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        auto: Any = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
         kwargs: dict[str, Any] = {"dtype": dtype, "config": config}
         if attention:
             kwargs["attn_implementation"] = attention

@@ -248,7 +248,7 @@ def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
     return torch.add(high_sums.float(), low_sums, alpha=1 / 254) * step * scales
 
 
-_checked: dict[tuple[str, int, int], bool] = {}
+_checked: dict[tuple[str, int, int, bool], bool] = {}
 
 
 def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool = False) -> bool:
@@ -356,6 +356,9 @@ def _build_classes():
         The packed buffers are not saved with the module (they are not portable): the quantized
         copy on disk holds the QuantizedWeight it was packed from.
         """
+
+        packed: torch.Tensor  # buffers, registered in __init__
+        packed_scales: torch.Tensor
 
         def __init__(self, weight: QuantizedWeight, bias: Any = None, bfloat16_rows: bool = False):
             """`bfloat16_rows`: an int8 layer of an int4 model (its output head): on lmpipe's kernels it
@@ -544,8 +547,9 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
         for owner_name, owner in list(model.named_modules()):
             for group in FUSED_GROUPS:
                 names = [f"{owner_name}.{leaf}" if owner_name else leaf for leaf in group]
-                parts = [weights.get(n) for n in names]
-                if any(p is None for p in parts) or len({(p.mode, p.in_features) for p in parts}) != 1:
+                found = [weights.get(n) for n in names]
+                parts = [p for p in found if p is not None]
+                if len(parts) != len(found) or len({(p.mode, p.in_features) for p in parts}) != 1:
                     continue
                 for n in names:
                     del weights[n]

@@ -59,7 +59,7 @@ def batch_size_for(requested: int | None, tty: bool) -> int:
 class JsonlSink:
     """Writes finished records as JSONL; streamed events too when asked (`--stream`)."""
 
-    def __init__(self, stream_events: bool = False, encode_event: Callable[[Item, Any], dict] | None = None):
+    def __init__(self, stream_events: bool = False, encode_event: Callable[[Item, Any], dict[str, Any]] | None = None):
         self.writer = RecordWriter(sys.stdout.buffer)
         self.stream_events = stream_events
         self.encode_event = encode_event

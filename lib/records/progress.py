@@ -15,9 +15,12 @@ import os
 import stat
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MODES = ("auto", "bar", "json", "none")
 
@@ -97,7 +100,7 @@ class Progress:
             self._bar = None
 
 
-def _console(stream: IO[str]):
+def _console(stream: IO[str]) -> Console:
     from rich.console import Console
 
     return Console(file=stream)

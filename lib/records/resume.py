@@ -47,7 +47,7 @@ def output_key(record: dict[str, Any], key: str = "id") -> str | None:
     if record.get(key) is not None:
         return f"{key}:" + orjson.dumps(record[key], option=orjson.OPT_SORT_KEYS).decode()
     if isinstance(record.get(KEY_FIELD), str):
-        return "sha256:" + record[KEY_FIELD]
+        return "sha256:" + str(record[KEY_FIELD])
     return None
 
 

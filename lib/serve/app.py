@@ -179,6 +179,7 @@ class PreparedRequest:
         are admitted into the same batch and share its prompt cache; sampled ones differ by seed."""
         out = []
         for p, (prompt, sampling) in enumerate(zip(self.prompts, self.sampling, strict=True)):
+            assert sampling.seed is not None  # drawn when the request was read (with_seed)
             for j in range(self.n):
                 own = replace(sampling, seed=(sampling.seed + j) % 2 ** 31) if j else sampling
                 out.append(GenerationRequest(
@@ -468,7 +469,8 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, images: Image
         cut short (its task is being cancelled then, so it is not awaited)."""
         status = 200 if whole_answer else CLIENT_CLOSED
         record = answered_record(engine, heard, prepared, ident, done, status)
-        asyncio.get_running_loop().run_in_executor(None, log.write, record)
+        if log is not None:  # only with --log (see `ended`)
+            asyncio.get_running_loop().run_in_executor(None, log.write, record)
 
     routes = [
         Route("/v1/models", models),
@@ -520,7 +522,8 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
     /api/show names them ("vision": it reads images)."""
     now = time.monotonic()
     out = []
-    for s in [*roster.all(), *roster.adapters.values()]:
+    served: list[Scheduler | ServedAdapter] = [*roster.all(), *roster.adapters.values()]
+    for s in served:
         vision = s.ref.path.is_dir() and takes_images(s.ref.path)
         entry: dict[str, Any] = {"id": s.model_id, "object": "model", "created": 0, "owned_by": "lmpipe",
                                  "root": s.model_id, "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive,

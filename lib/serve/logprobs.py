@@ -18,7 +18,8 @@ from ..engine.events import Token
 FLOOR = -9999.0
 
 
-def _finite(logprob: float) -> float:
+def _finite(logprob: float | None) -> float:
+    assert logprob is not None  # reported tokens carry their log-probability
     return max(logprob, FLOOR)
 
 

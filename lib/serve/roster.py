@@ -115,6 +115,7 @@ class ModelRoster:
             ref = self.admitted(name)
             if ref.id not in self.schedulers:
                 base = self.settings.on_request
+                assert base is not None  # admitted() takes no new name without it
                 self._add(replace(base, model=replace(base.model, model=name)))
             self.names[name] = ref.id
             return self.schedulers[ref.id]

@@ -73,7 +73,7 @@ def detokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     """The response body for a /detokenize request body, or BadRequest."""
     check_fields(body, DETOKENIZE, "/detokenize")
     ids = body.get("tokens")
-    if not _ids(ids):
+    if ids is None or not _ids(ids):
         raise BadRequest("`tokens` must be a list of token ids", "invalid_type")
     if any(i < 0 or i >= len(engine.tokenizer) for i in ids):
         raise BadRequest(f"`tokens` must be in [0, {len(engine.tokenizer)})", "invalid_value")

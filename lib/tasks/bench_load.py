@@ -42,6 +42,7 @@ def server_load(url: str, concurrency: int, gen_tokens: int, model: str) -> dict
         tokens = answer.usage.get("completion_tokens")
         if not isinstance(tokens, int):
             raise UsageError(f"--concurrency: {client.base} sent no usage (stream_options.include_usage)")
+        assert answer.ttft_s is not None  # a streamed answer is timed
         return answer.ttft_s, tokens
 
     one(requests[0] | {"max_tokens": 2})  # warms the server (it may load the model), off the clock

@@ -143,7 +143,7 @@ def run(tty: bool, stdin_tty: bool, ids: tuple[str, ...], revision: tuple[str, .
     if not (dry_run or yes or interactive):
         raise UsageError("in a pipe lm-cache-rm deletes only with --yes (--dry-run shows what it would free)")
     if ids:
-        targets, errors = targets_from_args(ids, revision), []
+        targets, errors = targets_from_args(ids, revision), list[dict[str, Any]]()
     elif stdin_tty:
         raise UsageError("name the models to delete, or pipe lm-cache-ls records in")
     else:

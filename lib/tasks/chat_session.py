@@ -13,7 +13,7 @@ of the reply shown so far does not.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
@@ -135,7 +135,7 @@ class ChatSession:
     def settings(self) -> GenerateSettings:
         return self.task.settings  # with the seed drawn, when none was given
 
-    def reply(self, text: str, line: int = 0) -> Iterator[Token | Finished]:
+    def reply(self, text: str, line: int = 0) -> Generator[Token | Finished, None, None]:
         """Ask `text`: the question joins the conversation, the reply's tokens stream, and the
         record lm-generate writes for the conversation so far comes last. A finished reply joins
         the conversation; a failed one takes its question back out (a prompt too long for the

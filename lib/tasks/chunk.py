@@ -60,7 +60,7 @@ def offsets_encoder(model: str | None, tokenizer: str | None) -> Callable[[str],
     model_tok = load_any(resolve(model), lambda message: say("lm-chunk", message))
     if model_tok.encode("x", add_special_tokens=False).offsets is None:
         raise UsageError(f"{model}: lm-chunk needs a fast tokenizer (tokenizer.json); this one has none")
-    return lambda text: model_tok.encode(text, add_special_tokens=False).offsets
+    return lambda text: model_tok.encode(text, add_special_tokens=False).offsets or []  # checked above
 
 
 class ChunkTask:

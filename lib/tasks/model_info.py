@@ -63,8 +63,10 @@ def run(tty: bool, stdin_tty: bool, models: tuple[str, ...], load: bool, device:
 
     def process(batch: list[Item]) -> Iterable[Finished]:
         for item in batch:
+            record = item.record
+            assert record is not None  # run_items hands over only the lines that were records
             try:
-                yield Finished(item, {**item.record, **one(model_of(item.record))})
+                yield Finished(item, {**record, **one(model_of(record))})
             except LmpipeError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 

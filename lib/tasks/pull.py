@@ -64,8 +64,10 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
 
     def process(batch: list[Item]) -> Iterable[Finished]:
         for item in batch:
+            record = item.record
+            assert record is not None  # run_items hands over only the lines that were records
             try:
-                yield Finished(item, {**item.record, **one(repo_of(item.record))})
+                yield Finished(item, {**record, **one(repo_of(record))})
             except LmpipeError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 
