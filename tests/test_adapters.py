@@ -95,7 +95,8 @@ def lmpipe_rows(lm, prompts: list[list[int]], adapters=(), decoding=Decoding()) 
 def same_as_peft(got: tuple[list[int], list[float]], expected: tuple[list[int], list[float]]) -> bool:
     """The same greedy tokens (as many as lmpipe gave: it stops at end of sequence), log-probabilities within 1e-4."""
     (ids, lps), (want, want_lps) = got, expected
-    return bool(ids) and ids == want[:len(ids)] and all(abs(a - b) < 1e-4 for a, b in zip(lps, want_lps[:len(lps)], strict=True))
+    return bool(ids) and ids == want[:len(ids)] and all(abs(a - b) < 1e-4
+                                                        for a, b in zip(lps, want_lps[:len(lps)], strict=True))
 
 
 @pytest.mark.parametrize("cache", ["fast", "dynamic"])

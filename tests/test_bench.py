@@ -136,7 +136,8 @@ def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_ll
         _, again = bench("--skip-generate", "--server", s.url, "-c", "2", "-g", "5", "-r", "1", "-m", str(tiny_llama))
         load = again[-1]
         ttft_and_warmups = generated(s) - before - load["tokens"]
-        assert 0 < ttft_and_warmups <= 2 * 8 + 2  # ttft: a warm-up and a timed request of 8 tokens; the load's warm-up: 2
+        # ttft: a warm-up and a timed request of 8 tokens; the load's warm-up: 2
+        assert 0 < ttft_and_warmups <= 2 * 8 + 2
     finally:
         s.stop()
     result, records = bench("--skip-generate", "-c", "4", "-m", str(tiny_llama))

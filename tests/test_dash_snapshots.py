@@ -23,7 +23,8 @@ async def steady(pilot) -> None:
 
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
-PIPELINE = Pipeline((Stage("lm-tokenize", ("--no-special",)), Stage("lm-generate", ("--max-new-tokens", "8", "--seed", "1"))))
+PIPELINE = Pipeline((Stage("lm-tokenize", ("--no-special",)),
+                     Stage("lm-generate", ("--max-new-tokens", "8", "--seed", "1"))))
 INPUT = 'What is a pipe?\n{"text": "Name a color", "id": 2}\n'
 
 

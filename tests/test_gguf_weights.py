@@ -55,7 +55,8 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
     assert weight.mode == ("int4" if kind in INT4_TYPES else "int8")
     values = weight.dequantized()
     if kind in INT4_TYPES:
-        # The file's q, d and minimum exactly; only scale and zero are rounded to bfloat16 (2^-8 relative each: 8 significant bits).
+        # The file's q, d and minimum exactly; only scale and zero are rounded to bfloat16 (2^-8 relative each: 8
+        # significant bits).
         scale = weight.scales.float().repeat_interleave(32, dim=1)
         zero = weight.zeros.float().repeat_interleave(32, dim=1)
         assert torch.all((values - reference).abs() <= 2 ** -8 * (8 * scale.abs() + zero.abs()) * 1.01 + 1e-7)

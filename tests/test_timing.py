@@ -201,7 +201,8 @@ def test_tokens_per_s_is_only_copied_outside_timing():
         for node in ast.walk(ast.parse(source)):
             values = []
             if isinstance(node, ast.Dict):
-                values = [v for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant) and k.value == name]
+                values = [v for k, v in zip(node.keys, node.values, strict=True)
+                          if isinstance(k, ast.Constant) and k.value == name]
             elif isinstance(node, ast.keyword) and node.arg == name:
                 values = [node.value]
             elif isinstance(node, ast.Assign):

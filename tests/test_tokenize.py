@@ -34,7 +34,8 @@ def test_ids_equal_autotokenizer_and_decode_round_trips(embedded):
         assert rec["ids"] == tok(text)["input_ids"]
         assert rec["count"] == len(rec["ids"]) == len(rec["tokens"]) == len(rec["offsets"])
         assert rec["tokens"] == tok.convert_ids_to_tokens(rec["ids"])
-    back = jsonl(invoke("--decode", input=b"".join(orjson.dumps({"ids": r["ids"]}) + b"\n" for r in records)).stdout_bytes)
+    ids = b"".join(orjson.dumps({"ids": r["ids"]}) + b"\n" for r in records)
+    back = jsonl(invoke("--decode", input=ids).stdout_bytes)
     assert [r["text"] for r in back] == SAMPLES
 
 

@@ -98,7 +98,8 @@ def test_image_options_fields_and_parts_name_the_same_image(tiny_llava, photos):
 def test_images_for_a_text_model_are_refused(tiny_llama, photos):
     result = invoke("-m", str(tiny_llama), "--image", str(photos["wide"]), "Describe this.")
     assert result.exit_code == 2 and "--image needs a vision-language model" in result.stderr
-    part = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(photos["wide"])}}]}]}
+    image = {"type": "image_url", "image_url": {"url": str(photos["wide"])}}
+    part = {"messages": [{"role": "user", "content": [image]}]}
     result = invoke("-m", str(tiny_llama), "-n", "2", input=orjson.dumps(part) + b"\n")
     assert result.exit_code == 1
     assert "this model takes no images" in jsonl(result.stdout_bytes)[0]["error"]

@@ -14,7 +14,8 @@ from pathlib import Path
 from tiny_models import CHATML, train_tokenizer
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 256, 512, 2, 4, 2  # K-quant rows are 256 weights
-SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q2_K": (80, 82), "TQ2_0": (64,)}  # float16 fields per block
+# float16 fields per block
+SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q2_K": (80, 82), "TQ2_0": (64,)}
 
 # Q4_K_M as llama.cpp's quantizer mixes it: Q6_K for the value and down projections (llama.cpp:
 # of half the layers) and for the embedding a tied model's output shares, Q4_K elsewhere.

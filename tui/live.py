@@ -95,7 +95,8 @@ class _Meter:
             age = int(now - t)
             if 0 <= age < SPARK_SECONDS:
                 spark[SPARK_SECONDS - 1 - age] += 1
-        rate = self.progress.get("rate") if self.progress and isinstance(self.progress.get("rate"), (int, float)) else None
+        given = self.progress.get("rate") if self.progress else None
+        rate = given if isinstance(given, (int, float)) else None
         tps = per_second(self.tokens - 1, now - self.first_token) if self.first_token and self.tokens > 1 else 0.0
         return StageSnapshot(
             self.index, self.tool, self.records_in, self.records_out, self.errors, self.tokens,

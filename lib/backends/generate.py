@@ -115,7 +115,8 @@ class GenerateTask:
 
             check_vision_decoding(settings.decoding)
         self.lm = lm
-        settings.sampling.check_vocabulary(lm.model.get_output_embeddings().out_features)  # a quantized head has no .weight
+        # a quantized head has no .weight
+        settings.sampling.check_vocabulary(lm.model.get_output_embeddings().out_features)
         template = lm.processor if lm.processor is not None else lm.tokenizer
         self.settings = replace(settings, sampling=settings.sampling.with_seed(),
                                 prompt=with_template(settings.prompt, template),

@@ -272,7 +272,8 @@ class ServerClient:
                         raise RecordError(error_message(response.status_code, response.read()))
                     return read(response)
             except httpx.TimeoutException as exc:
-                raise RecordError(f"server: no answer within {self.settings.timeout:g} s ({type(exc).__name__})") from None
+                raise RecordError(f"server: no answer within {self.settings.timeout:g} s ({type(exc).__name__})") \
+                    from None
             except (httpx.TransportError, httpx.StreamError) as exc:  # refused, reset, cut mid-stream
                 if last:
                     raise RecordError(f"server: connection lost ({type(exc).__name__}: {exc}), "
@@ -395,7 +396,8 @@ class RemoteGenerateTask:
         finish = finish_reason(self.kind, a.finish, bool(self.settings.sampling.stop))
         out = output_tokens(self.kind, a.usage.get("completion_tokens"), finish)
         rate = None  # a whole answer has no decode time
-        if out is not None and a.ttft_s is not None and a.total_s is not None:  # one token has no time after the first: rated over the whole, as in-process
+        # one token has no time after the first: rated over the whole, as in-process
+        if out is not None and a.ttft_s is not None and a.total_s is not None:
             rate = combined_rate([(out, a.ttft_s, a.total_s)]) if out > 1 else per_second(out, a.total_s)
         return {"input_tokens": a.usage.get("prompt_tokens"), "output_tokens": out, "ttft_s": a.ttft_s,
                 "tokens_per_s": rate, "total_s": a.total_s, "finish_reason": finish}

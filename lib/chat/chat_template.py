@@ -116,7 +116,8 @@ def choose(template: str | Mapping[str, str] | None, tools: Any) -> str:
             return template["tool_use"]
         if "default" in template:
             return template["default"]
-        raise RecordError(f"the model has several chat templates and none named default ({', '.join(sorted(template))})")
+        names = ", ".join(sorted(template))
+        raise RecordError(f"the model has several chat templates and none named default ({names})")
     if template is None:
         raise RecordError("the model has no chat template")
     return template

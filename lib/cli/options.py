@@ -28,7 +28,8 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
-MODEL_HELP = "Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision]; org/name:Q4_K_M for its GGUF of that type)."
+MODEL_HELP = ("Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision]; "
+              "org/name:Q4_K_M for its GGUF of that type).")
 
 
 def model_options(f: Callable) -> Callable:
@@ -79,7 +80,8 @@ def field_options(default_out: str) -> Callable:
     """--field (read) and --out (write)."""
     return _stack(
         click.option("-f", "--field", default="text", show_default=True, help="Record field holding the input text."),
-        click.option("-o", "--out", default=default_out, show_default=True, help="Record field to write the result to."),
+        click.option("-o", "--out", default=default_out, show_default=True,
+                     help="Record field to write the result to."),
     )
 
 
@@ -194,7 +196,8 @@ def speed_options(f: Callable) -> Callable:
                           "auto: fast where it can run, else dynamic (said on stderr); "
                           "dynamic or static: transformers' forward with a growing or preallocated cache."),
         click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
-                     help="torch.compile the per-token step (fast or static cache; the first batch of each shape compiles, about a minute on a CPU)."),
+                     help="torch.compile the per-token step (fast or static cache; the first batch of each shape "
+                          "compiles, about a minute on a CPU)."),
     )(f)
 
 
@@ -253,7 +256,8 @@ def remote_options(f: Callable) -> Callable:
                      help="What the server is (lm-serve, vLLM, llama.cpp, Ollama, another), for the fields it reads "
                           "and how it counts  [default: asked of the server]"),
         click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-                     envvar="LMPIPE_CONCURRENCY", help="Requests in flight at once to a server (output keeps input order)."),
+                     envvar="LMPIPE_CONCURRENCY",
+                     help="Requests in flight at once to a server (output keeps input order)."),
         click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, envvar="LMPIPE_RETRIES",
                      help="More tries for a request that got 429, 503 or a lost connection, with backoff."),
     )(f)

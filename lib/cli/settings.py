@@ -81,7 +81,8 @@ def read_chat_template(value: str | None) -> str | None:
         try:
             return path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--chat-template {value}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+            why = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"--chat-template {value}: cannot read it: {why}") from None
     from ..chat.prompts import is_template_name
 
     if not is_template_name(value):
@@ -115,7 +116,8 @@ def constraint_from_options(json_schema: str | None = None, regex: str | None = 
     """The constraint asked for on the command line, compiled and checked, or None."""
     from ..engine.constrain import choice_constraint, json_constraint, load_schema, regex_constraint
 
-    given = [name for name, value in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice)) if value]
+    options = (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice))
+    given = [name for name, value in options if value]
     if len(given) > 1:
         raise UsageError(f"{' and '.join(given)} cannot be combined; choose one")
     if json_schema:

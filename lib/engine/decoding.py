@@ -4,7 +4,8 @@ lmpipe.engine.loop owns the loop (pick a token, report it, stop); this module ow
 left-padded batch makes into the model, `prefill(ids)` and `step(chosen)`, gpt-fast style when
 asked: "fast" runs lmpipe's own forward for the families it knows (lmpipe.models.fastpath); "auto"
 runs it where it can and falls back to "dynamic" (said once on stderr); "dynamic" grows
-transformers' DynamicCache per token; "static" allocates a StaticCache once for prompt + new tokens so every step has the same shapes, and may
+transformers' DynamicCache per token; "static" allocates a StaticCache once for prompt + new tokens so every step has
+the same shapes, and may
 compile that step. `StaticBatch` is the loop's backend over them: a batch admitted whole (rows
 that join and leave between steps are lmpipe.engine.batching's).
 """

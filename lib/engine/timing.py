@@ -3,7 +3,8 @@
 Every loop reads its token times from a `Clock` and every Completion's `ttft_s`, `total_s` and
 `tokens_per_s` come from `rates` (lm-generate, lm-serve, speculative decoding, the seq2seq
 tasks, the dashboard); a record made of several model calls combines its pieces with
-`combined_rate`; lm-serve's inter-token latencies are `gaps`. "tokens_per_s" means one thing everywhere: decode speed, as llama.cpp and
+`combined_rate`; lm-serve's inter-token latencies are `gaps`. "tokens_per_s" means one thing everywhere: decode speed,
+as llama.cpp and
 Ollama report it, tokens after the first over the time after the first. Any other count per
 second (lm-bench's rates, the dashboard's live meter) is `per_second` too.
 """

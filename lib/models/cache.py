@@ -237,7 +237,8 @@ def plan(cache: Cache, entry: Entry, revisions: set[str] | None) -> Deletion:
         removed = tuple(sorted({*strategy.repos, *strategy.snapshots, *strategy.refs, *strategy.blobs}))
     for p in removed:
         if not inside(p, cache.roots):
-            raise UsageError(f"refusing to delete {p}: it is outside the cache folders {cache.hub_dir} and {cache.models_dir}")
+            raise UsageError(f"refusing to delete {p}: it is outside the cache folders {cache.hub_dir} and "
+                             f"{cache.models_dir}")
     freed = sum(s.st_size for s in regular_files(removed).values())
     return Deletion(entry, tuple(sorted(chosen)), whole, removed, freed, strategy)
 

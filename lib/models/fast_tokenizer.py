@@ -269,7 +269,8 @@ def load_any(ref: Any, notify: Callable[[str], None]) -> JsonTokenizer | SlowTok
         try:
             return JsonTokenizer(folder)
         except Exception as exc:  # tokenizers reports a malformed file as a plain Exception
-            raise ModelNotFound(f"cannot load a tokenizer from {ref.name}: {str(exc).strip() or type(exc).__name__}") from None
+            why = str(exc).strip() or type(exc).__name__
+            raise ModelNotFound(f"cannot load a tokenizer from {ref.name}: {why}") from None
     from .loading import load_tokenizer
 
     why = f"{ref.name} is a GGUF not converted yet" if folder is None else f"{folder} has no {TOKENIZER_FILE}"

@@ -59,7 +59,8 @@ class Int4Blocks:
         return w.reshape(rows, -1)
 
     def weight(self) -> QuantizedWeight:
-        """The same values in lmpipe's portable int4 layout (scales and zeros rounded to bfloat16, as the kernel takes them)."""
+        """The same values in lmpipe's portable int4 layout (scales and zeros rounded to bfloat16, as the
+    kernel takes them)."""
         import torch
 
         q, scales, minimums = self._parts()

@@ -69,7 +69,8 @@ def _int4_rows(kind: str, data: Any) -> QuantizedWeight:
         from gguf.quants import Q4_K
 
         dmin = halves(2)
-        sc, m = (a.astype(np.float32).reshape(rows, -1, 8) for a in Q4_K.get_scale_min(blocks[..., 4:16].reshape(-1, 12)))
+        scales_mins = Q4_K.get_scale_min(blocks[..., 4:16].reshape(-1, 12))
+        sc, m = (a.astype(np.float32).reshape(rows, -1, 8) for a in scales_mins)
         scale, zero = d * sc, 8 * d * sc - dmin * m  # d·sc·q − dmin·m = (q − 8)·scale + zero
         nibbles = blocks[..., 16:]
     else:

@@ -45,7 +45,8 @@ class ModelSettings:
     rope_factor: float | None = None
     # A GGUF file dequantized to float32 by transformers, not run on its own tensors: lm-bench's reference.
     dequantize: bool = False
-    kernel: str | None = None  # --kernel: the quantized layers' kernel for every row count (lmpipe.models.kernels.choice)
+    # --kernel: the quantized layers' kernel for every row count (lmpipe.models.kernels.choice)
+    kernel: str | None = None
 
     def __post_init__(self) -> None:
         if self.ctx_size is not None and self.ctx_size < 2:
@@ -207,7 +208,8 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     try:
         # A GGUF file runs on its own tensors, quantized ones on lmpipe's kernels, as llama.cpp
         # runs it; transformers' float32 conversion only where that cannot be done.
-        read = _gguf_model(ref, settings, device, dtype, attention, notify) if ref.kind == "gguf" and device == "cpu" and not settings.dequantize else None
+        own_gguf = ref.kind == "gguf" and device == "cpu" and not settings.dequantize
+        read = _gguf_model(ref, settings, device, dtype, attention, notify) if own_gguf else None
     except (OSError, ValueError, ImportError) as exc:
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
     if read is not None:

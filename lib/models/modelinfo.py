@@ -67,7 +67,8 @@ def special_tokens(tokenizer: Any) -> dict[str, str]:
     return out
 
 
-def model_info(name: str | None, load_weights: bool = False, device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
+def model_info(name: str | None, load_weights: bool = False, device: str = "auto",
+               dtype: str = "auto") -> dict[str, Any]:
     ref = resolve(name)
     loaded = None
     folder: Path | None = None

@@ -246,7 +246,8 @@ def _explain(exc: Exception, settings: PullSettings, endpoint: str, offline: boo
     if isinstance(exc, LocalEntryNotFoundError):
         cause = exc.__cause__ or exc
         return LmpipeError(f"cannot reach {endpoint} for {name}: {_first_line(cause)}")
-    if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):  # network errors past huggingface_hub's retries, consistency checks, disk
+    # network errors past huggingface_hub's retries, consistency checks, disk
+    if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
         return LmpipeError(f"download of {name} failed: {_first_line(exc)}")
     return exc  # a bug: guarded() reports it
 

@@ -11,7 +11,8 @@ bytes per token: int8 reads a quarter of float32, int4 an eighth.
   bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
 - int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI or AVX2 (lmpipe.models.kernels.vnni):
   integer dot products over activations split as int8's are, within ~1e-5 of the dequantized
-  weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's `_weight_int4pack_mm_for_cpu`, as gpt-fast
+  weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's
+  `_weight_int4pack_mm_for_cpu`, as gpt-fast
   and torchao do. It is fast with bfloat16 activations and ~40x slower with float32 ones
   (measured), so activations enter it as bfloat16 and leave as float32 again.
 
@@ -240,7 +241,8 @@ def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
     low = torch.round((u - high) * 254).to(torch.int8)
     high = high.to(torch.int8)
     values_t = values.t()
-    if x.shape[0] == 1:  # one row: two calls take torch's matrix-vector path, ~3x faster than one of two rows (measured)
+    # one row: two calls take torch's matrix-vector path, faster than one of two rows (measured)
+    if x.shape[0] == 1:
         high_sums, low_sums = torch._int_mm(high, values_t), torch._int_mm(low, values_t)
     else:
         sums = torch._int_mm(torch.cat([high, low]), values_t)
@@ -265,7 +267,8 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
     key = (weight.mode, weight.out_features, weight.in_features, vnni)
     if key in _checked:
         return _checked[key]
-    x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))  # 5 rows: a full block and a tail
+    # 5 rows: a full block and a tail
+    x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))
     # The product runs over the whole weight; it is compared on its first and last output rows
     # (a wrong packing scrambles every block), since a float32 copy of a whole output head would
     # be 113 MB more at peak.
@@ -553,9 +556,9 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
                     continue
                 for n in names:
                     del weights[n]
-                fused = QuantizedLinear(QuantizedWeight.join(parts), _joined_bias([biases.get(n) for n in names], parts),
-                                        bfloat16_rows)
-                del parts
+                bias = _joined_bias([biases.get(n) for n in names], parts)
+                fused = QuantizedLinear(QuantizedWeight.join(parts), bias, bfloat16_rows)
+                del parts, found
                 start = 0
                 for leaf in group:
                     size = getattr(owner, leaf).out_features

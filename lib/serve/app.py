@@ -680,12 +680,14 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
                         pending.setdefault(index, []).append(event.end)
                     if held:
                         reasoning = reasoned(prepared, event, index)[0] if prepared.include_reasoning else None
-                        yield _sse(chunk(index, None if calls and chat else text, None, calls=calls, reasoning=reasoning))
+                        shown_text = None if calls and chat else text
+                        yield _sse(chunk(index, shown_text, None, calls=calls, reasoning=reasoning))
                     else:  # what was held back at the end (half a character, half a tag)
                         for sent in pieces(index, event.text[shown.get(index, 0):], end=True):
                             yield sent
                     last = chunk(index, None, finish)
-                    last.update(timings=timings(event), lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
+                    last.update(timings=timings(event),
+                                lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
                     if not prepared.include_usage:
                         last["usage"] = choice_usage(event)
                     yield _sse(last)

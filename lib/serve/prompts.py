@@ -169,7 +169,8 @@ def chat_prompt(tokenizer: Any, body: dict[str, Any], asked: Asked, images: Imag
 
 
 def _token_ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                          for i in value)
 
 
 def completion_prompts(tokenizer: Any, body: dict[str, Any], asked: Asked) -> list[Prompt]:

@@ -19,7 +19,8 @@ class BenchRun:
     cold: bool = False  # whole processes, beside Python's own start-up (lmpipe.tasks.bench_cold)
     server: str | None = None  # the first token through this server
     pipeline: int | None = None  # a three-stage pipeline of this many records
-    concurrency: tuple[int, ...] = ()  # the server's throughput with this many chats at a time (lmpipe.tasks.bench_load)
+    # the server's throughput with this many chats at a time (lmpipe.tasks.bench_load)
+    concurrency: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.concurrency and not self.server:
@@ -50,7 +51,8 @@ def table(records: list[dict[str, Any]]) -> None:
     for r in records:
         if r.get("case") not in ("generate",):
             shown = {k: v for k, v in r.items() if k not in ("manifest", "case", "impl")}
-            console.print(f"[bold]{r['case']}[/bold] ({r['impl']}): " + ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()))
+            cells = ", ".join(f"{k} {_cell(v)}" for k, v in shown.items())
+            console.print(f"[bold]{r['case']}[/bold] ({r['impl']}): " + cells)
 
 
 def run(r: BenchRun, tty: bool) -> int:

@@ -111,7 +111,8 @@ def memory_probe(impl: str, model: ModelSettings, tokens: int = 8) -> dict[str, 
     import sys
     from dataclasses import asdict
 
-    code = "import sys, json; from lmpipe.tasks.bench_cases import _probe; _probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))"
+    code = ("import sys, json; from lmpipe.tasks.bench_cases import _probe; "
+            "_probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))")
     done = subprocess.run([sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(tokens)],
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:

@@ -20,7 +20,8 @@ TOPICS = ("the sea", "a lighthouse", "winter", "a library", "the moon", "a marke
 
 
 def load_requests(concurrency: int, gen_tokens: int, model: str) -> list[dict[str, Any]]:
-    """Twice `concurrency` chat requests, each with its own prompt (a server's prompt cache shares only the template)."""
+    """Twice `concurrency` chat requests, each with its own prompt (a server's prompt cache shares only
+    the template)."""
     return [{"model": model, "max_tokens": gen_tokens, "temperature": 0,
              "messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]} "
                                                       f"(number {i + 1})."}]}

@@ -226,7 +226,8 @@ def open_session(r: ChatRun) -> ChatSession:
     in_process = r.settings.prompt.chat_template is not None or r.settings.sampling.reasoning_budget is not None
     if r.model.adapters and server:
         raise UsageError("--adapter applies in-process (drop --server, or serve it with lm-serve --lora)")
-    if server is None and not r.no_server and not in_process:  # a running lm-serve holding this model, as lm-generate finds it
+    # a running lm-serve holding this model, as lm-generate finds it
+    if server is None and not r.no_server and not in_process:
         from ..backends import warm
         from ..records.pipe import say
 

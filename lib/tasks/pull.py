@@ -28,7 +28,8 @@ def done_line(record: dict[str, Any]) -> str:
     from ..terminal.tables import human_size
 
     return (f"{record['id']}@{record['revision'][:12]}: {record['files']} files, "
-            f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) in {record['path']}")
+            f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) "
+            f"in {record['path']}")
 
 
 class PullTtySink:

@@ -1,7 +1,8 @@
 """lm-stats: count, errors and p50/p95/max of ttft, tokens/s and total time, per model, from any lmpipe output.
 
 Records are grouped by `manifest.model`; a record without a manifest (most error records: they
-pass their input through) counts under model null. `--by` groups by another field instead. Percentiles interpolate linearly between
+pass their input through) counts under model null. `--by` groups by another field instead. Percentiles interpolate
+linearly between
 the two nearest values, as numpy's default does.
 """
 

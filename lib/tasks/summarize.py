@@ -61,7 +61,8 @@ class SummarizeTask:
         if not lm.is_encoder_decoder:
             generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
                                  settings.generation.num_beams, settings.generation.min_length)
-            self.engine: TextBackend = ChatBackend(generate, lambda text: INSTRUCTION.replace("{text}", text), settings.window)
+            self.engine: TextBackend = ChatBackend(generate, lambda text: INSTRUCTION.replace("{text}", text),
+                                                   settings.window)
             task_settings |= {"instruction": INSTRUCTION, "sampling": generate.settings.sampling.manifest()}
         else:
             prefix = t5_prefix(lm.model.config) if getattr(lm.model.config, "model_type", "") in ("t5", "mt5") else ""

@@ -69,7 +69,8 @@ def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
     from ..chat.chat_template import apply_chat_template
     from ..chat.prompts import PromptSettings, messages_of, text_messages
 
-    return apply_chat_template(tokenizer, text_messages(messages_of(record, PromptSettings())), add_generation_prompt=True)
+    messages = text_messages(messages_of(record, PromptSettings()))
+    return apply_chat_template(tokenizer, messages, add_generation_prompt=True)
 
 
 def decode(tokenizer: Any, record: dict[str, Any]) -> str:

@@ -164,7 +164,8 @@ def detect(detector: LoadedDetector, requests: list[DetectionRequest], threshold
         try:
             outputs, seconds = _forward(detector, group)
             queries = len(owners[group[0][0]][1] or ()) if per_image else 0
-            passes: list[tuple[int | None, list[dict[str, Any]]]] = [(q, _post_process(detector, outputs, sizes, threshold, q)) for q in range(queries)] or [
+            passes: list[tuple[int | None, list[dict[str, Any]]]] = [
+                (q, _post_process(detector, outputs, sizes, threshold, q)) for q in range(queries)] or [
                 (None, _post_process(detector, outputs, sizes, threshold))]
         except FAILURES as exc:  # out of memory, a model bug: every image of this forward pass says so
             for n, _ in group:

@@ -117,7 +117,8 @@ class ModelsScreen(Screen):
         text = Text()
         for key, value in message.info.items():
             if isinstance(value, (dict, list)):
-                value = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else ", ".join(map(str, value))
+                parts = (f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else map(str, value)
+                value = ", ".join(parts)
             text.append(f"{key}: ", style="bold")
             text.append(f"{value}\n")
         self.query_one("#model-info", Static).update(text)
