@@ -55,7 +55,7 @@ class ToolSpec:
 
 
 def ours(ep: Any) -> bool:
-    return ep.value.split(":")[0].split(".")[0] == "lmpipe"
+    return str(ep.value).split(":")[0].split(".")[0] == "lmpipe"
 
 
 @lru_cache(maxsize=1)
