@@ -22,17 +22,21 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+
 from ..chat.prompts import RESERVED_VARIABLES, PromptSettings, with_template
 from ..chat.reasoning import ReasoningStream, split_reasoning
-from ..engine.events import Completion, ScoredPrompt, Token
+from ..engine.events import Completion, Event, ScoredPrompt, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError
@@ -53,7 +57,7 @@ DEFAULT_MAX_TOKENS = 256
 MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
 
-def _json(data: Any, status: int = 200):
+def _json(data: Any, status: int = 200) -> Response:
     from starlette.responses import Response
 
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
@@ -132,6 +136,7 @@ def template_of(body: dict[str, Any], engine: Scheduler) -> PromptSettings:
 def logprobs_of(body: dict[str, Any], chat: bool) -> int | None:
     """How many alternatives each token's log-probability comes with; None: no log-probabilities.
     Chat: `logprobs: true` with `top_logprobs: k`; completions: `logprobs: k`."""
+    top: int | None
     if chat:
         top = typed(body, "top_logprobs", (int,), None)
         if not typed(body, "logprobs", (bool,), False):
@@ -315,7 +320,7 @@ class Session:
                 self.metrics.aborted(len(self.jobs) - self.finished)
             self.closed = True
 
-    async def __aiter__(self):
+    async def __aiter__(self) -> AsyncIterator[tuple[int, Event]]:
         left = len(self.jobs)
         while left:
             index, event = await self.events.get()
@@ -386,7 +391,7 @@ def _sse(data: Any) -> bytes:
 
 
 def create_app(roster: ModelRoster, log: RequestLog | None = None, images: ImagePolicy = ImagePolicy(),
-               max_n: int = 16):
+               max_n: int = 16) -> Starlette:
     """The app over the models of `roster`; with `log`, every generation request and its answer or
     error is a record there; `images`: where a chat's images may come from, how many and how
     large; `max_n`: the most choices a request may ask for."""
@@ -398,25 +403,25 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, images: Image
 
     metrics = ServerMetrics(roster)
 
-    async def metrics_page(request: Request):
+    async def metrics_page(request: Request) -> Response:
         from starlette.responses import Response
 
         page, kind = metrics.exposition()
         return Response(page, media_type=kind)
 
-    async def models(request: Request):
+    async def models(request: Request) -> Response:
         return _json({"object": "list", "data": await run_in_threadpool(model_list, roster)})
 
-    async def health(request: Request):
+    async def health(request: Request) -> Response:
         engine = roster.default
         return _json({"status": "ok", "model": engine.model_id, "loaded": engine.loaded,
                       "queued": sum(s.jobs.qsize() for s in roster.all()),
                       "models": [{"id": s.model_id, "loaded": s.loaded} for s in roster.all()]})
 
-    def handler(chat: bool):
+    def handler(chat: bool) -> Callable[[Request], Awaitable[Response]]:
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
 
-        async def serve(request: Request):
+        async def serve(request: Request) -> Response:
             heard = Heard(request, endpoint)
             engine = roster.default  # until the request names its model
             try:
@@ -600,7 +605,7 @@ def whole(engine: Scheduler, done: dict[int, Completion], prepared: PreparedRequ
 
 
 async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str,
-                 ended: Callable[[dict[int, Completion], bool], None] | None = None):
+                 ended: Callable[[dict[int, Completion], bool], None] | None = None) -> AsyncIterator[bytes]:
     """Server-sent events, OpenAI's chunk format, each chunk one choice's; [DONE] last. A client
     that leaves cancels its rows. `ended` hears what finished, and whether the stream got to its end.
 
@@ -639,7 +644,7 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
                 choice["logprobs"], offsets[index] = legacy(tok, tokens, offsets.get(index, 0))
         return {"id": ident, "object": kind, "created": created, "model": engine.model_id, "choices": [choice]}
 
-    def pieces(index: int, text: str, end: bool = False):
+    def pieces(index: int, text: str, end: bool = False) -> Iterator[bytes]:
         """A chat's text as reasoning and answer chunks (a completion's as it is)."""
         if not chat:
             if text:

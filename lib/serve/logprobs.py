@@ -25,7 +25,8 @@ def _finite(logprob: float | None) -> float:
 
 def token_text(tokenizer: Any, token: Token) -> str:
     """The token's own text (a generated Token's `text` is what became printable at it)."""
-    return tokenizer.decode([token.id])
+    text: str = tokenizer.decode([token.id])
+    return text
 
 
 def chat_entries(tokenizer: Any, tokens: Sequence[Token], top: int) -> list[dict[str, Any]]:

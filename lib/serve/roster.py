@@ -75,7 +75,7 @@ class ModelRoster:
     notify: Callable[[str], None] = lambda m: None
     schedulers: dict[str, Scheduler] = field(default_factory=dict)  # by resolved model id, in the order served
     names: dict[str, str] = field(default_factory=dict)  # what a request may call a model -> its id
-    others: list = field(default_factory=list)  # embedding models, counted by the gate with the schedulers
+    others: list[Any] = field(default_factory=list)  # embedding models, counted by the gate with the schedulers
     adapters: dict[str, ServedAdapter] = field(default_factory=dict)  # LoRA adapters by name, in the order served
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
