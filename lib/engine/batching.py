@@ -18,11 +18,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models.adapters import stack_of
 from ..models.fastpath import KVCache, fast_model, prefill, rounded_width, step
 from .decoding import left_pad
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 MIN_SHARED = 8  # fewer shared tokens than this are cheaper to compute again than to copy
 
@@ -123,7 +126,7 @@ class FastRows:
         return self.cache
 
     def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False,
-                adapters: Sequence[int | None] | None = None):
+                adapters: Sequence[int | None] | None = None) -> tuple[list[Slot], Tensor]:
         """With `every` (one prompt), its logits after each token [1, len, vocab]: it is computed
         whole, not from a cached prefix. `adapters`: each prompt's LoRA adapter slot (None: the
         model's default)."""
@@ -154,7 +157,8 @@ class FastRows:
 
         return torch.tensor([r.adapter for r in rows], dtype=torch.long, device=self.fast.device)
 
-    def _prefill_one(self, row: int, prompt: list[int], room: int, every: bool = False, adapter: int = 0):
+    def _prefill_one(self, row: int, prompt: list[int], room: int, every: bool = False,
+                     adapter: int = 0) -> Tensor:
         import torch
 
         cache = self._fit(len(prompt) + room)
@@ -176,7 +180,7 @@ class FastRows:
             self.prefixes.add(prompt, *cache.prefix(row, len(prompt)), slot=adapter)
         return logits
 
-    def step(self, handles: Sequence[Slot], tokens: Sequence[int]):
+    def step(self, handles: Sequence[Slot], tokens: Sequence[int]) -> Tensor:
         """One decode step for `handles`' rows; contiguous runs of rows step together (all of
         them at once, unless rows decoding speculatively sit between them)."""
         import torch
@@ -212,7 +216,7 @@ class FastRows:
         """Columns the row holds."""
         return int(self._kv.fill[handle.index])
 
-    def extend(self, handle: Slot, tokens: Sequence[int]):
+    def extend(self, handle: Slot, tokens: Sequence[int]) -> Tensor:
         """Feed the row several tokens in one pass: the logits after each [len(tokens), vocab].
         The row must hold no padding (it was prefilled alone)."""
         import torch

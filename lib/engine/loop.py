@@ -24,12 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import timing
 from .events import Completion, Event, ScoredPrompt, Token, TopToken
 from .sampling import Sampling, logits_processors
 from .stops import find_stop, safe_length
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Backend(Protocol):
@@ -121,7 +124,7 @@ class Probs:
         return round(math.exp(logprob), 6), logprob
 
 
-def top_tokens(logits, tokenizer: Any, n: int) -> Probs:
+def top_tokens(logits: Tensor, tokenizer: Any, n: int) -> Probs:
     """For logits [1, vocab]."""
     import math
 
@@ -134,7 +137,7 @@ def top_tokens(logits, tokenizer: Any, n: int) -> Probs:
     return Probs(logprobs, top)
 
 
-def prompt_scores(ids: Sequence[int], logits, tokenizer: Any, n: int) -> list[Token]:
+def prompt_scores(ids: Sequence[int], logits: Tensor, tokenizer: Any, n: int) -> list[Token]:
     """The prompt's own tokens, each scored by the logits before it [len, vocab] (the first by
     nothing), with the `n` likeliest there, as vLLM's echo reports them."""
     scores = [Token(0, ids[0], tokenizer.decode([ids[0]]), 0.0)] if ids else []
@@ -145,7 +148,7 @@ def prompt_scores(ids: Sequence[int], logits, tokenizer: Any, n: int) -> list[To
     return scores
 
 
-def pick(scores, greedy: bool, generators: list[Any] | None):
+def pick(scores: Tensor, greedy: bool, generators: list[Any] | None) -> Tensor:
     import torch
 
     if greedy:
@@ -167,7 +170,7 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def pad_id(tokenizer: Any, eos: set[int]) -> int:
     if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
+        return int(tokenizer.pad_token_id)
     return min(eos) if eos else 0
 
 
@@ -315,7 +318,7 @@ class Loop:
         self.live = []
         self.backend.reset()
 
-    def _score_prompt(self, row: _Row, logits) -> None:
+    def _score_prompt(self, row: _Row, logits: Tensor) -> None:
         """The prompt's tokens scored from its prefill's logits; a row that only scores ends here."""
         request = row.request
         row.state.prompt_scores = prompt_scores(request.ids, logits, self.tokenizer, request.top_probs)
@@ -340,7 +343,7 @@ class Loop:
         plain = sampling.greedy and not processors
         return _Row(request, RowState(len(request.ids)), None if plain else processors, generator, list(request.ids))
 
-    def _choose(self, rows: list[_Row], logits) -> None:
+    def _choose(self, rows: list[_Row], logits: Tensor) -> None:
         """Each row's next token from its logits, under its own policies; report them."""
         import torch
 

@@ -35,7 +35,8 @@ class ImagePrompt:
 
     @property
     def ids(self) -> list[int]:
-        return self.alone["input_ids"][0].tolist()
+        ids: list[int] = self.alone["input_ids"][0].tolist()
+        return ids
 
 
 def image_prompt(processor: Any, text: str, images: Sequence[Any]) -> ImagePrompt:

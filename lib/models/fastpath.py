@@ -23,11 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache as cache_function
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adapters import Lora, stack_of
 from .kernels import vnni as vnni_kernels
 from .quantize import lookup
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Each joins once a tiny model of its own is tested token for token (tests/test_fast_families.py).
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "granite", "phi3", "smollm3", "gemma2", "gemma3_text")
@@ -469,8 +472,8 @@ def _near(fast: FastModel, queries, keys: int):
 PREFILL_CHUNK = 512
 
 
-def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False,
-            slots=None):
+def prefill(fast: FastModel, cache: KVCache, rows: slice, ids: Tensor, mask: Tensor, start: int = 0,
+            every: bool = False, slots: Tensor | int | None = None) -> Tensor:
     """Fill cache `rows` with left-padded prompts `ids` [B, T] (mask 1 where a token is real).
 
     `start`: the row already holds the prompt's first `start` tokens (a cached prefix, or the
@@ -526,7 +529,8 @@ def _prefill_pass(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start
         return fast.forward(ids, positions, cache, rows, slice(start, end), attend, every, slots)
 
 
-def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False, slots=None):
+def step(fast: FastModel, cache: KVCache, rows: slice, chosen: Tensor, compiled: bool = False,
+         slots: Tensor | int | None = None) -> Tensor:
     """One new token [B] for each of cache `rows`, each at its own column; returns logits [B, vocab].
     `slots`: the rows' LoRA adapter slots (FastModel.forward).
 
