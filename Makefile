@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 QUESTION ?= What is the capital of France? Answer in one sentence.
 
-.PHONY: setup demo test man clean
+.PHONY: setup demo test lint man clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff, mypy and import-linter's contracts. mypy and lint-imports read the package laid out as
+# installed (lib/ as lmpipe/, bin/, tui/ and filters/ inside it): tests/layout.py builds it in build/lint.
+lint: setup
+	$(BIN)/ruff check lib bin tui filters tests
+	$(BIN)/python tests/layout.py build/lint
+	cd build/lint && $(abspath $(BIN))/mypy -p lmpipe --config-file $(CURDIR)/pyproject.toml \
+		--cache-dir $(CURDIR)/build/mypy-cache --python-executable $(abspath $(BIN))/python
+	cd build/lint && $(abspath $(BIN))/lint-imports --config $(CURDIR)/pyproject.toml --no-cache
 
 # Regenerate man/<tool>.1 from every lm-* tool's click definitions (commit the result).
 man: setup

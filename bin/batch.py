@@ -5,8 +5,16 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (batch_option, context_options, job_options, model_options, progress_option,
-                                server_option, speed_options)
+from lmpipe.cli.options import (
+    batch_option,
+    context_options,
+    job_options,
+    model_options,
+    progress_option,
+    server_option,
+    speed_options,
+)
+
 FIELDS_READ = {
     "custom_id": "What the line is known by: in the output, and by --resume. Unique in the file.",
     "method": "POST.",
@@ -43,7 +51,8 @@ def main(**options):
     In-process, each body goes to lm-serve's own app (the same validation, status codes and
     bodies as lm-serve); with --server, to that server over HTTP (lm-serve, vLLM, llama-server,
     Ollama); without --server, an lm-serve running here whose default model is this one, with the
-    same settings, is posted to instead (--no-server: never). Output lines are OpenAI's batch output. --resume knows lines by custom_id; --shard
+    same settings, is posted to instead (--no-server: never). Output lines are OpenAI's batch output.
+    --resume knows lines by custom_id; --shard
     splits the file across workers. Embeddings use the body's `model` (default all-MiniLM-L6-v2).
 
     \b

@@ -11,7 +11,8 @@ from lmpipe.records.pipe import stdout_is_tty
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {
     "impl": "who was measured: lmpipe, transformers, llama-cpp, or ratio",
-    "case": "generate, memory, ratio, perplexity, cold, cold-ratio, server-ttft, server-load, pipeline or pipeline-server",
+    "case": "generate, memory, ratio, perplexity, cold, cold-ratio, server-ttft, server-load, pipeline or "
+            "pipeline-server",
     "batch": "sequences per call (generate)",
     "prompt_tokens": "prompt length in tokens (generate)",
     "gen_tokens": "new tokens asked for per sequence (generate)",

@@ -7,8 +7,16 @@ import sys
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (adapter_option, context_options, draft_options, model_options, sampling_options,
-                                server_option, speed_options, template_options)
+from lmpipe.cli.options import (
+    adapter_option,
+    context_options,
+    draft_options,
+    model_options,
+    sampling_options,
+    server_option,
+    speed_options,
+    template_options,
+)
 from lmpipe.records.pipe import stdout_is_tty
 
 FIELDS_READ = {

@@ -20,7 +20,8 @@ FIELDS_WRITTEN = {
     "width": "image width in pixels, as shown",
     "height": "image height in pixels, as shown",
     "annotated": "path of the copy with boxes drawn (with --annotate)",
-    "stats": "{detections, load_s, inference_s, total_s, rows (model rows: one per label when open-vocabulary), batch (rows in its forward pass)}",
+    "stats": "{detections, load_s, inference_s, total_s, rows (model rows: one per label when open-vocabulary), "
+             "batch (rows in its forward pass)}",
     "manifest": "{model, kind, revision, task, threshold, top, labels, device, dtype, versions}",
     "error": "why the record failed (missing, corrupt or oversized image...), with `line`",
 }
@@ -32,7 +33,8 @@ FIELDS_WRITTEN = {
               "Closed-set models: keep only these labels.")
 @click.option("-t", "--threshold", type=float, default=None,
               help="Minimum score (default: 0.5, or 0.1 for open-vocabulary models).")
-@click.option("--top", type=click.IntRange(min=1), default=None, metavar="N", help="Keep the N best detections per image.")
+@click.option("--top", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Keep the N best detections per image.")
 @click.option("-f", "--field", default="image", show_default=True, help="Record field holding the image path.")
 @click.option("--annotate", default=None, metavar="DIR", help="Write a PNG copy of each image with its boxes drawn.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,

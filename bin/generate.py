@@ -5,9 +5,22 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.options import (adapter_option, batch_option, context_options, draft_options, field_options,
-                                given_on_command_line, job_options, model_options, progress_option, remote_options,
-                                sampling_options, server_option, speed_options, template_options)
+from lmpipe.cli.options import (
+    adapter_option,
+    batch_option,
+    context_options,
+    draft_options,
+    field_options,
+    given_on_command_line,
+    job_options,
+    model_options,
+    progress_option,
+    remote_options,
+    sampling_options,
+    server_option,
+    speed_options,
+    template_options,
+)
 from lmpipe.records.pipe import stdout_is_tty
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
@@ -19,7 +32,8 @@ FIELDS_READ = {
     "image": "For a vision-language model: an image path or data: URL (or a list of them), put before the prompt.",
     "images": "For a vision-language model: a list of image paths or data: URLs.",
     "image_b64": "For a vision-language model: an image as base64 (or a list of them).",
-    "tools": "Tools the model may call, in OpenAI's form [{\"type\": \"function\", \"function\": {name, description, parameters}}].",
+    "tools": "Tools the model may call, in OpenAI's form "
+             "[{\"type\": \"function\", \"function\": {name, description, parameters}}].",
     "tool_choice": "This record's --tool-choice: auto, required, none, a tool name or {\"function\": {\"name\": ...}}.",
     "id": "With --output --resume: what the record is known by (else the SHA-256 of the whole record).",
     "agent": "From lm-template --agent: {file, model, run}: generate with that model and those [run] settings "
@@ -60,8 +74,10 @@ FIELDS_WRITTEN = {
 @click.option("--raw", is_flag=True, help="Plain completion: no chat template.")
 @click.option("--stream", is_flag=True, help="In a pipe, write token events before each record.")
 @click.option("-q", "--quiet", is_flag=True, help="On a terminal, print only the text (no stats line).")
-@click.option("--top-probs", type=click.IntRange(min=0), default=0, help="Add each token's probability and its N likeliest alternatives.")
-@click.option("--display-pause", type=click.IntRange(min=0), default=0, metavar="MS", help="On a terminal with --top-probs, pause between tokens.")
+@click.option("--top-probs", type=click.IntRange(min=0), default=0,
+              help="Add each token's probability and its N likeliest alternatives.")
+@click.option("--display-pause", type=click.IntRange(min=0), default=0, metavar="MS",
+              help="On a terminal with --top-probs, pause between tokens.")
 @click.option("--json-schema", default=None, metavar="FILE|JSON",
               help="Answer with JSON that validates against this schema (a file or inline); parsed into `json`. "
                    "Strict: an object without additionalProperties gets only its listed properties.")
@@ -69,8 +85,10 @@ FIELDS_WRITTEN = {
 @click.option("--choice", multiple=True, help="Answer with exactly one of these (repeatable).")
 @click.option("--prefix", default=None, metavar="TEXT", help="Start the answer with TEXT; the model continues it.")
 @click.option("--tool-choice", default="auto", show_default=True, metavar="auto|required|none|NAME",
-              help="For records with `tools`: may call (auto), must call (required), must not (none), or must call NAME.")
-@click.option("--ttnt", type=click.IntRange(min=1), default=None, metavar="N", help="Also report the time to the N-th token.")
+              help="For records with `tools`: may call (auto), must call (required), must not (none), "
+                   "or must call NAME.")
+@click.option("--ttnt", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Also report the time to the N-th token.")
 @click.option("--image", "images", multiple=True, metavar="PATH",
               help="An image for a vision-language model, given with every record (repeatable; a path or a data: URL).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,

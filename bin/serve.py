@@ -39,8 +39,10 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests that may wait; past it the server answers 503 with Retry-After.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LMPIPE_THREADS",
-              help="torch CPU threads for the models (default: one fewer than torch's own, leaving a core to stream the answers).")
-@click.option("--preload", is_flag=True, help="Load the -m models now (up to --max-models) rather than at their first request.")
+              help="torch CPU threads for the models (default: one fewer than torch's own, leaving a core to stream "
+                   "the answers).")
+@click.option("--preload", is_flag=True,
+              help="Load the -m models now (up to --max-models) rather than at their first request.")
 @click.option("--log", default=None, metavar="FILE",
               help="Append every request and its answer (or error) to FILE as a JSONL record, fsync'd; "
                    "lm-stats < FILE summarises them per model.")
@@ -58,7 +60,8 @@ FIELDS_WRITTEN: dict[str, str] = {  # the --log file's records, one per generati
 @click.option("--api-key", "api_key", multiple=True, envvar="LMPIPE_API_KEY", metavar="KEY",
               help="Require `Authorization: Bearer KEY` on every route but /health (401 without it); repeat for "
                    "several keys (LMPIPE_API_KEY: space-separated).")
-@click.option("--api-key-file", default=None, metavar="FILE", help="Keys accepted, one a line (with or besides --api-key).")
+@click.option("--api-key-file", default=None, metavar="FILE",
+              help="Keys accepted, one a line (with or besides --api-key).")
 @click.option("--allowed-origins", "allowed_origins", multiple=True, envvar="LMPIPE_ALLOWED_ORIGINS", metavar="ORIGIN",
               help="A browser origin (https://app.example) served, with CORS; repeat for several, * for any. "
                    "Requests from other origins get 403.")

@@ -35,7 +35,8 @@ FIELDS_WRITTEN = {
               help="Model whose tokenizer to use (alias, folder, .gguf, or hub id).")
 @click.option("--tokenizer", default=None, metavar="DIR", help="Load a tokenizer saved with --save instead.")
 @click.option("-f", "--field", default="text", show_default=True, help="Record field holding the text.")
-@click.option("-o", "--out", default=None, help="Put the results under this field (default: top level; `text` with --decode).")
+@click.option("-o", "--out", default=None,
+              help="Put the results under this field (default: top level; `text` with --decode).")
 @click.option("-d", "--decode", is_flag=True, help="Turn each record's `ids` back into text.")
 @click.option("--no-special", is_flag=True, help="Do not add the tokenizer's special tokens (BOS, ...).")
 @click.option("--add-token", multiple=True, help="Add a token to the vocabulary (repeatable).")

@@ -24,7 +24,8 @@ FIELDS_WRITTEN = {
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL",
               help="Model whose tokenizer counts the tokens (alias, folder, .gguf, or hub id).")
-@click.option("--tokenizer", default=None, metavar="PATH", help="A tokenizer.json file (or a folder holding one) instead.")
+@click.option("--tokenizer", default=None, metavar="PATH",
+              help="A tokenizer.json file (or a folder holding one) instead.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Most tokens per chunk.")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,

@@ -20,7 +20,8 @@ FIELDS_WRITTEN = {
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("template", required=False)
 @click.option("-F", "--file", default=None, metavar="PATH", help="Read the template from a file.")
-@click.option("-a", "--agent", default=None, metavar="TOML", help="An agent file: [agent], [template], [engine], [run].")
+@click.option("-a", "--agent", default=None, metavar="TOML",
+              help="An agent file: [agent], [template], [engine], [run].")
 @click.option("-s", "--system", default=None, help="A system prompt template: write `messages` instead of text.")
 @click.option("-f", "--field", default="text", show_default=True, help="The agent's user turn when it has no template.")
 @click.option("-o", "--out", default="text", show_default=True, help="Field for a rendered plain prompt.")

@@ -17,12 +17,17 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .api import Completion, Event, Model, Result, Token
+    # `as` marks them as re-exports: __getattr__ gives them at run time, these give them to type checkers.
+    from .api import Completion as Completion
+    from .api import Event as Event
+    from .api import Model as Model
+    from .api import Result as Result
+    from .api import Token as Token
 
 _API = ("Completion", "Event", "Model", "Result", "Token")
 
 
-def load(model: str | None = None, **settings: Any) -> "Model":
+def load(model: str | None = None, **settings: Any) -> Model:
     """Load a model for generation (see lmpipe.api.load for the settings)."""
     from .api import load as load_model
 

@@ -9,8 +9,9 @@ unless `raw`) or a list of chat messages.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from .backends.generate import stats
 from .chat.prompts import PromptSettings, prompt_ids

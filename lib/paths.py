@@ -20,7 +20,8 @@ def models_dir() -> Path:
 
 
 def kernels_dir() -> Path:
-    """lmpipe's own compiled kernels (lmpipe.models.kernels), built on first use, one folder per source and torch version."""
+    """lmpipe's own compiled kernels (lmpipe.models.kernels), built on first use, one folder per source
+    and torch version."""
     return home() / "kernels"
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_models import build_tiny_detr, build_tiny_llama, build_tiny_owlvit
 
 BIN = Path(sys.executable).parent
@@ -170,5 +169,6 @@ def photos(tmp_path_factory) -> dict[str, Path]:
     from tiny_images import save_rgb
 
     folder = tmp_path_factory.mktemp("photos")
-    return {"wide": save_rgb(folder / "wide.png", 40, 30, seed=1), "tall": save_rgb(folder / "tall.jpg", 20, 60, seed=2),
+    return {"wide": save_rgb(folder / "wide.png", 40, 30, seed=1),
+            "tall": save_rgb(folder / "tall.jpg", 20, 60, seed=2),
             "square": save_rgb(folder / "square.png", 64, 64, seed=3)}

@@ -7,7 +7,6 @@ import os
 import subprocess
 from typing import Any
 
-
 STABLE_STATS = ("input_tokens", "output_tokens", "finish_reason")
 
 

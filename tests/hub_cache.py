@@ -42,7 +42,8 @@ def build(root: Path) -> Caches:
     converted = root / "home" / "models" / "tiny.Q4_0-0123456789abcdef"
     converted.mkdir(parents=True)
     (converted / "model.safetensors").write_bytes(os.urandom(20_000))
-    (converted / "lmpipe-conversion.json").write_text(json.dumps({"source": "/somewhere/tiny.Q4_0.gguf", "sha256": "ab" * 32}))
+    info = {"source": "/somewhere/tiny.Q4_0.gguf", "sha256": "ab" * 32}
+    (converted / "lmpipe-conversion.json").write_text(json.dumps(info))
     (root / "home" / "models" / "half-done").mkdir()  # no marker: not a model
     (root / "home" / "models" / "half-done" / "model.safetensors").write_bytes(b"x" * 10)
     return Caches(root / "hub", root / "home", main, dev)

@@ -67,7 +67,7 @@ class TestHub:
     def repo(self, repo_id: str) -> Repo:
         return self.repos.setdefault(repo_id, Repo())
 
-    def __enter__(self) -> "TestHub":
+    def __enter__(self) -> TestHub:
         self._thread.start()
         return self
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-
 from conftest import jsonl, run_tool
+from serve_helpers import Server
+
 from lmpipe.engine.decoding import Decoding
 from lmpipe.engine.events import Completion
 from lmpipe.engine.generation import generate
@@ -22,7 +23,6 @@ from lmpipe.errors import UsageError
 from lmpipe.models.adapters import Adapter
 from lmpipe.models.loading import ModelSettings, load
 from lmpipe.models.merged import MergeSettings
-from serve_helpers import Server
 
 PROMPT = "The quick brown fox"
 N = 8
@@ -95,7 +95,8 @@ def lmpipe_rows(lm, prompts: list[list[int]], adapters=(), decoding=Decoding()) 
 def same_as_peft(got: tuple[list[int], list[float]], expected: tuple[list[int], list[float]]) -> bool:
     """The same greedy tokens (as many as lmpipe gave: it stops at end of sequence), log-probabilities within 1e-4."""
     (ids, lps), (want, want_lps) = got, expected
-    return bool(ids) and ids == want[:len(ids)] and all(abs(a - b) < 1e-4 for a, b in zip(lps, want_lps))
+    return bool(ids) and ids == want[:len(ids)] and all(abs(a - b) < 1e-4
+                                                        for a, b in zip(lps, want_lps[:len(lps)], strict=True))
 
 
 @pytest.mark.parametrize("cache", ["fast", "dynamic"])
@@ -126,7 +127,7 @@ def test_fast_path_equals_peft_model(tiny_llama, adapters, scale):
     expected, expected_lp = peft_reference(tiny_llama, adapters[0], ids, scale)
     got, got_lp = lmpipe_greedy(lm, ids)
     assert got == expected[:len(got)] and len(got) >= 1
-    for a, b in zip(got_lp, expected_lp[:len(got)]):
+    for a, b in zip(got_lp, expected_lp[:len(got)], strict=True):
         assert abs(a - b) < 1e-4
     base = lmpipe_greedy(load(ModelSettings(str(tiny_llama))), ids)[0]
     assert base == peft_reference(tiny_llama, None, ids)[0][:len(base)] and base != got  # the adapter changed them
@@ -214,10 +215,10 @@ def test_an_adapter_beside_quantized_layers_is_the_dequantized_model_with_peft(t
     their output. The reference: the float32 model holding the quantized values (dequantized), under
     PeftModel. Bound 1e-3 on the logits: lmpipe's kernels against float32 matmuls over the same values."""
     from peft import PeftModel
+    from test_quantize import dequantized
     from transformers import AutoTokenizer
 
     from lmpipe.models.fastpath import FastDecoder, fast_model
-    from test_quantize import dequantized
 
     ids = torch.tensor([AutoTokenizer.from_pretrained(tiny_llama)(PROMPT).input_ids])
 
@@ -235,9 +236,8 @@ def test_an_adapter_beside_quantized_layers_is_the_dequantized_model_with_peft(t
 
 
 def test_lm_pull_merge_writes_a_model_whose_greedy_tokens_are_peft_models(tiny_llama, adapters, tmp_path):
-    from transformers import AutoTokenizer
-
     from click.testing import CliRunner
+    from transformers import AutoTokenizer
 
     from lmpipe.bin.pull import main
 

@@ -14,7 +14,8 @@ BASE = GenerateSettings(sampling=Sampling(max_new_tokens=256, seed=1))
 
 def test_run_settings_and_model_apply_and_the_manifest_says_so():
     agent = {"file": "translator.toml", "model": "org/name",
-             "run": {"max_new_tokens": 5, "temperature": 0, "stop": "\n", "use_cache": True, "skip_special_tokens": True}}
+             "run": {"max_new_tokens": 5, "temperature": 0, "stop": "\n", "use_cache": True,
+                     "skip_special_tokens": True}}
     got = apply_agent(BASE, agent, frozenset())
     assert got.model == "org/name"
     assert got.settings.sampling == Sampling(max_new_tokens=5, temperature=0.0, stop=("\n",), seed=1)

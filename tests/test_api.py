@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import jsonl, run_tool
 
 import lmpipe
-from conftest import jsonl, run_tool
 from lmpipe.errors import UsageError
 
 README = Path(__file__).resolve().parent.parent / "README.md"

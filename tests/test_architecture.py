@@ -10,27 +10,18 @@ inside it) and run lint-imports on that copy, in a process of its own.
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from layout import installed_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "pyproject.toml"
 FOUNDATION = {"errors", "paths", "version", "data"}  # at the top of lmpipe, for every layer
 CLICK_ALLOWED = {"cli", "bin", "filters"}
-
-
-def installed_layout(into: Path) -> Path:
-    """A copy of the package as it is installed: lmpipe/ with bin/, tui/ and filters/ inside."""
-    package = into / "lmpipe"
-    shutil.copytree(ROOT / "lib", package, ignore=shutil.ignore_patterns("__pycache__"))
-    for sub in ("bin", "tui", "filters"):
-        shutil.copytree(ROOT / sub, package / sub, ignore=shutil.ignore_patterns("__pycache__"))
-    return package
 
 
 def lint_imports(where: Path, config: Path = CONFIG) -> subprocess.CompletedProcess:

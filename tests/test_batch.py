@@ -11,7 +11,6 @@ from collections import Counter
 import orjson
 import pytest
 from click.testing import CliRunner
-
 from conftest import BIN, jsonl
 from serve_helpers import Server
 
@@ -32,7 +31,7 @@ def batch_lines() -> list[dict]:
     lines += [{"custom_id": f"emb-{n}", "method": "POST", "url": "/v1/embeddings",
                "body": {"model": "all-minilm-l6-v2", "input": p if n % 2 else [p, p.upper()]}}
               for n, p in enumerate(PROMPTS[:8])]
-    mixed = [x for triple in zip(lines[:8], lines[11:19], lines[19:27]) for x in triple] + lines[8:11]
+    mixed = [x for triple in zip(lines[:8], lines[11:19], lines[19:27], strict=True) for x in triple] + lines[8:11]
     mixed.insert(5, {"custom_id": "malformed", "method": "POST", "url": "/v1/chat/completions", "body": "oops"})
     mixed.insert(17, {**mixed[3], "body": {"messages": [{"role": "user", "content": "again"}]}})  # chat-1 twice
     mixed.insert(23, {"custom_id": "images", "method": "POST", "url": "/v1/images/generations", "body": {}})
@@ -87,7 +86,6 @@ def test_every_line_answered_once_errors_in_openais_shape(full_run):
 
 
 def test_parses_with_the_openai_packages_types(full_run):
-    from typing import Optional
 
     from openai import BaseModel
     from openai.types import BatchError, Completion, CreateEmbeddingResponse
@@ -102,13 +100,13 @@ def test_parses_with_the_openai_packages_types(full_run):
 
     class BatchOutputLine(BaseModel):
         id: str
-        custom_id: Optional[str]
-        response: Optional[BatchResponse]
-        error: Optional[BatchError]
+        custom_id: str | None
+        response: BatchResponse | None
+        error: BatchError | None
 
     kinds = {"/v1/chat/completions": ChatCompletion, "/v1/completions": Completion,
              "/v1/embeddings": CreateEmbeddingResponse}
-    for line, data in zip(batch_lines(), full_run):
+    for line, data in zip(batch_lines(), full_run, strict=True):
         parsed = BatchOutputLine.model_validate(data, strict=True)
         if parsed.response and parsed.response.status_code == 200:
             body = kinds[line["url"]].model_validate(parsed.response.body, strict=True)

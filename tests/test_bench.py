@@ -111,9 +111,9 @@ def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_ll
     """lm-bench -c: any OpenAI-compatible server; here a real lm-serve, whose /metrics counts the same tokens."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
+    from serve_helpers import Server
 
     from lmpipe.engine.timing import per_second
-    from serve_helpers import Server
 
     def generated(server) -> float:
         page = httpx.get(server.url + "/metrics").text
@@ -136,7 +136,8 @@ def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_ll
         _, again = bench("--skip-generate", "--server", s.url, "-c", "2", "-g", "5", "-r", "1", "-m", str(tiny_llama))
         load = again[-1]
         ttft_and_warmups = generated(s) - before - load["tokens"]
-        assert 0 < ttft_and_warmups <= 2 * 8 + 2  # ttft: a warm-up and a timed request of 8 tokens; the load's warm-up: 2
+        # ttft: a warm-up and a timed request of 8 tokens; the load's warm-up: 2
+        assert 0 < ttft_and_warmups <= 2 * 8 + 2
     finally:
         s.stop()
     result, records = bench("--skip-generate", "-c", "4", "-m", str(tiny_llama))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import hub_cache
 import pytest
 from click.testing import CliRunner
-
-import hub_cache
 from conftest import jsonl, run_tool
 from hub_cache import OTHER, SHARED, TINY_DEV, TINY_MAIN, disk_bytes
+
 from lmpipe.terminal.tables import human_size
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import hub_cache
 import orjson
 import pytest
-
-import hub_cache
 from conftest import jsonl, run_tool
 from hub_cache import SHARED, TINY_DEV, TINY_MAIN, disk_bytes
 
@@ -85,7 +84,8 @@ def test_a_converted_model_is_deleted_by_id_and_a_half_done_folder_is_not_a_mode
     assert done.returncode == 1
     assert not folder.exists() and (caches.home / "models" / "half-done").is_dir()
     ok, failed = jsonl(done.stdout)
-    assert ok["kind"] == "converted" and ok["freed_bytes"] == 20_000 + len(b'{"source": "/somewhere/tiny.Q4_0.gguf", "sha256": "' + b"ab" * 32 + b'"}')
+    info = b'{"source": "/somewhere/tiny.Q4_0.gguf", "sha256": "' + b"ab" * 32 + b'"}'
+    assert ok["kind"] == "converted" and ok["freed_bytes"] == 20_000 + len(info)
     assert failed["error"] == "half-done is not in the cache"
 
 
@@ -112,7 +112,8 @@ def test_in_a_pipe_it_deletes_only_with_yes(caches):
     before = everything(caches)
     done = run_tool("lm-cache-rm", "acme/tiny", env=caches.env)
     assert done.returncode == 2 and done.stdout == b""
-    assert done.stderr == b"lm-cache-rm: error: in a pipe lm-cache-rm deletes only with --yes (--dry-run shows what it would free)\n"
+    assert done.stderr == (b"lm-cache-rm: error: in a pipe lm-cache-rm deletes only with --yes "
+                           b"(--dry-run shows what it would free)\n")
     assert everything(caches) == before
 
 

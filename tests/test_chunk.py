@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import orjson
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl, run_tool
 
 from lmpipe.filters.chunk import main
@@ -38,7 +39,7 @@ def test_chunks_reassemble_exactly_and_stay_under_the_limit(tiny_llama, max_toke
         assert r["tokens"] == len(tok.encode(r["text"], add_special_tokens=False).ids) <= max_tokens
     if max_tokens < 100:
         assert len(mine) > 3
-        for before, after in zip(mine, mine[1:]):  # overlapping (or touching) spans, moving forward
+        for before, after in pairwise(mine):  # overlapping (or touching) spans, moving forward
             assert before["start"] < after["start"] <= before["end"]
     assert out[-1]["source"] == 2 and out[-1]["text"] == "short" and out[-1]["chunks"] == 1
 

@@ -12,8 +12,8 @@ import re
 import jsonschema
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl
+
 from lmpipe.bin.generate import main
 from lmpipe.cli.settings import constraint_from_options
 from lmpipe.errors import UsageError

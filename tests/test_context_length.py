@@ -7,9 +7,9 @@ import orjson
 import pytest
 import torch
 from click.testing import CliRunner
+from serve_helpers import Server
 
 import lmpipe
-from serve_helpers import Server
 
 TEXT = "Paris is the capital of France. Madrid is the capital of Spain."
 

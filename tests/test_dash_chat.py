@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from conftest import jsonl, run_tool
 from dash_helpers import burst, wait_for
 from textual import events
 
-from conftest import jsonl, run_tool
 from lmpipe.models.loading import ModelSettings
 from lmpipe.tui.app import create_app
 from lmpipe.tui.pool import ContextFill, ModelPool

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import orjson
-
 from conftest import BIN
+
 from lmpipe.tui.pipeline import Pipeline, Stage
 
 

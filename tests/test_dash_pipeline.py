@@ -8,9 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from dash_helpers import add_stage, alive, burst, shell, stable, wait_for
-
 from conftest import jsonl
+from dash_helpers import add_stage, alive, burst, shell, stable, wait_for
 from textual import events
 
 from lmpipe.tui.app import create_app
@@ -171,7 +170,8 @@ def test_saved_pipeline_reloads_identical_and_runs_headless(tmp_path, tiny_llama
     data = "a pipe\n{\"text\": \"two pipes\"}\n"
     headless = run_tool("lm-dash", "--run", str(saved), input=data)
     assert headless.returncode == 0, headless.stderr
-    assert [(r["text"], r["back"]) for r in jsonl(headless.stdout)] == [("a pipe", "a pipe"), ("two pipes", "two pipes")]
+    expected = [("a pipe", "a pipe"), ("two pipes", "two pipes")]
+    assert [(r["text"], r["back"]) for r in jsonl(headless.stdout)] == expected
     by_shell = shell(built.shell(), data.encode())
     assert by_shell.stdout == headless.stdout
 

@@ -12,6 +12,7 @@ from test_dash_models import fake_tools  # noqa: F401 (fixture)
 from lmpipe.tui.app import create_app
 from lmpipe.tui.pipeline import Pipeline, Stage
 
+
 async def steady(pilot) -> None:
     """No text cursor (it blinks): a snapshot must not depend on when it is taken."""
     from textual.widgets import Input, TextArea
@@ -22,7 +23,8 @@ async def steady(pilot) -> None:
 
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
-PIPELINE = Pipeline((Stage("lm-tokenize", ("--no-special",)), Stage("lm-generate", ("--max-new-tokens", "8", "--seed", "1"))))
+PIPELINE = Pipeline((Stage("lm-tokenize", ("--no-special",)),
+                     Stage("lm-generate", ("--max-new-tokens", "8", "--seed", "1"))))
 INPUT = 'What is a pipe?\n{"text": "Name a color", "id": 2}\n'
 
 

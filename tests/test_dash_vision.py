@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from click.testing import CliRunner
+from conftest import jsonl
 from dash_helpers import wait_for
 
-from conftest import jsonl
 from lmpipe.bin.generate import main as generate
 from lmpipe.tui.app import create_app
 from lmpipe.tui.screens.chat import Turn

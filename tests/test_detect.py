@@ -8,11 +8,20 @@ import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
 from conftest import jsonl, run_tool
-from tiny_images import (noise, save_16bit, save_bomb, save_cmyk, save_corrupt, save_exif_rotated, save_palette,
-                         save_rgb, save_truncated, sixteen_bit)
+from PIL import Image
+from tiny_images import (
+    noise,
+    save_16bit,
+    save_bomb,
+    save_cmyk,
+    save_corrupt,
+    save_exif_rotated,
+    save_palette,
+    save_rgb,
+    save_truncated,
+    sixteen_bit,
+)
 from tiny_models import DETR_LABELS
 
 LABELS = ["cat", "remote control"]
@@ -154,7 +163,7 @@ def test_boxes_in_original_pixels_for_mixed_sizes(detr, tmp_path):
     paths = [save_rgb(tmp_path / f"{w}x{h}.png", w, h, seed=w) for w, h in ((64, 32), (20, 70), (90, 60), (33, 33))]
     records, _ = detect("-m", str(detr), "--threshold", "0", "-b", "4", input=lines(*map(str, paths)))
     detector = pipe("object-detection", detr)
-    for record, path in zip(records, paths):
+    for record, path in zip(records, paths, strict=True):
         width, height = Image.open(path).size
         assert (record["width"], record["height"]) == (width, height)
         for d in record["detections"]:

@@ -6,10 +6,10 @@ from dataclasses import astuple
 
 import pytest
 from PIL import Image
+from tiny_images import noise
 
 from lmpipe.vision.detection import Box, DetectionRequest, detect, multi_query, pixel_box
 from lmpipe.vision.loading import VisionSettings, load_detector
-from tiny_images import noise
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def flat(results):
 def assert_same(a, b):
     a, b = flat(a), flat(b)
     assert [len(x) for x in a] == [len(x) for x in b]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert [d[:2] for d in x] == [d[:2] for d in y]
         assert [d[2] for d in x] == pytest.approx([d[2] for d in y], abs=1e-5)
 

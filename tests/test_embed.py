@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-
 from click.testing import CliRunner
-
 from conftest import jsonl
 
 from lmpipe.backends.embedding import Embedder, EmbedSettings, decoded

@@ -114,7 +114,8 @@ def test_a_request_joins_a_running_batch_and_leaves_it_before_the_long_one_ends(
 def test_rows_keep_their_own_sampling_and_seed(engine):
     engine.model()
     sampled = Sampling(temperature=0.9, top_k=20, seed=7, max_new_tokens=12)
-    runs = [submit(engine, "Once upon a time", sampled), submit(engine, "The quick brown fox", Sampling(max_new_tokens=12))]
+    runs = [submit(engine, "Once upon a time", sampled),
+            submit(engine, "The quick brown fox", Sampling(max_new_tokens=12))]
     got = [wait_for(events, done) for _, events, done in runs]
     assert got[0].ids == solo(engine, runs[0][0].ids, sampled).ids
     assert got[1].ids == solo(engine, runs[1][0].ids, Sampling(max_new_tokens=12)).ids
@@ -124,7 +125,8 @@ def test_a_cancelled_request_frees_its_row_at_once(tiny_llama):
     e = Scheduler(SchedulerSettings(model=ModelSettings(str(tiny_llama)), max_batch=1, max_queue=4))
     try:
         e.model()
-        stuck, stuck_events, stuck_done = submit(e, "Once upon a time", Sampling(max_new_tokens=10_000, stop=("x" * 50,)))
+        never = Sampling(max_new_tokens=10_000, stop=("x" * 50,))
+        stuck, stuck_events, stuck_done = submit(e, "Once upon a time", never)
         deadline = time.monotonic() + 60
         while not stuck_events and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -169,7 +171,8 @@ def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(eng
     assert first.output_tokens
     job, events, done = submit(engine, base + " what is a dog?", Sampling(max_new_tokens=10))
     second = wait_for(events, done)
-    shared = lmpipe.engine.batching.shared_length(tuple(engine.tokenizer(base + " what is a fox?")["input_ids"]), job.ids)
+    asked = tuple(engine.tokenizer(base + " what is a fox?")["input_ids"])
+    shared = lmpipe.engine.batching.shared_length(asked, job.ids)
     assert starts == [0, shared] and shared >= 8  # the second prompt computed only what it does not share
     assert second.ids == solo(engine, job.ids, Sampling(max_new_tokens=10)).ids
 

@@ -21,7 +21,8 @@ def load(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_grad_enabled(False)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def reference(model, tokenizer, prompts, n):
@@ -114,7 +115,8 @@ def test_quantized_fast_path_fuses_projections_and_matches_the_unfused_model(tin
     attn = model.model.layers[0].self_attn
     # The parts hold no weights of their own (no packed buffer is ever sliced): they are the fused layer's columns.
     assert attn.k_proj.fused is fast.layers[0].qkv.quantized and not list(attn.k_proj.buffers(recurse=False))
-    assert (attn.k_proj.start, attn.k_proj.end) == (attn.q_proj.out_features, attn.q_proj.out_features + attn.k_proj.out_features)
+    q, k = attn.q_proj.out_features, attn.k_proj.out_features
+    assert (attn.k_proj.start, attn.k_proj.end) == (q, q + k)
     assert torch.allclose(model(input_ids=ids).logits[:, -1], before)  # the model itself is unchanged
     from lmpipe.models.fastpath import FastDecoder
 

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from test_fast_decode import load, ours, reference, same_tokens
+from tiny_models import build_tiny_family
 
 from lmpipe.engine.decoding import Decoding
 from lmpipe.models.fastpath import FAMILIES as KNOWN
-from tiny_models import build_tiny_family
-from test_fast_decode import load, ours, reference, same_tokens
 
 # A prompt longer than the sliding windows below (8 tokens), and short ones beside it in a batch.
 PROMPTS = ["The quick brown fox", "Paris is the capital of France. Madrid is the capital of", "def add"]
@@ -79,9 +79,8 @@ def test_lm_generate_manifest_says_the_fast_path_ran(family):
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     """A family the fast path does not know."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from tiny_models import train_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path_factory.mktemp("gpt2")
     tokenizer = train_tokenizer()

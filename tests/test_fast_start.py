@@ -14,7 +14,6 @@ import sys
 
 import orjson
 import pytest
-
 from conftest import jsonl
 from serve_helpers import Server
 

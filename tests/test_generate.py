@@ -1,6 +1,5 @@
 """lm-generate end to end: the record contract, exit codes, streaming, pipes and signals."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -37,7 +36,6 @@ def test_records_pass_through_with_text_stats_and_manifest(tiny):
 
 
 def test_cli_greedy_equals_transformers_and_batching_changes_nothing(embedded):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     prompts = ["What is the capital of France?", "Name a fruit.", "What is 2+2?"]
@@ -146,7 +144,8 @@ def test_stream_writes_token_events_then_the_record(tiny):
 
 
 def test_top_probs_and_time_to_nth_token(tiny):
-    rec = jsonl(invoke(*tiny, "--top-probs", "3", "--ttnt", "2", "--stop", "zzzz", input=b"The quick\n").stdout_bytes)[0]
+    result = invoke(*tiny, "--top-probs", "3", "--ttnt", "2", "--stop", "zzzz", input=b"The quick\n")
+    rec = jsonl(result.stdout_bytes)[0]
     assert len(rec["tokens"]) == rec["stats"]["output_tokens"]
     for t in rec["tokens"]:
         assert set(t) == {"id", "token", "p", "top"} and len(t["top"]) == 3
@@ -259,7 +258,8 @@ def test_an_agent_file_runs_as_written(tmp_path, tiny_llama, embedded):
 
 
 def test_options_typed_on_the_command_line_win_over_the_agent(tiny):
-    agent = {"file": "a.toml", "model": "smollm2", "run": {"max_new_tokens": 5, "seed": 3, "top_k": 2, "temperature": 0.7}}
+    agent = {"file": "a.toml", "model": "smollm2",
+             "run": {"max_new_tokens": 5, "seed": 3, "top_k": 2, "temperature": 0.7}}
     result = CliRunner().invoke(main, tiny, input=orjson.dumps({"text": "The quick", "agent": agent}),
                                 env={"LMPIPE_SEED": "7"}, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr

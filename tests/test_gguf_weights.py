@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_gguf import Q4_K_M, encode, write_tiny_llama_gguf
 
 from lmpipe.models import gguf
 from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
-from tiny_gguf import Q4_K_M, encode, write_tiny_llama_gguf
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
@@ -57,7 +57,8 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
     assert weight.mode == ("int4" if kind in INT4_TYPES else "int8")
     values = weight.dequantized()
     if kind in INT4_TYPES:
-        # The file's q, d and minimum exactly; only scale and zero are rounded to bfloat16 (2^-8 relative each: 8 significant bits).
+        # The file's q, d and minimum exactly; only scale and zero are rounded to bfloat16 (2^-8 relative each: 8
+        # significant bits).
         scale = weight.scales.float().repeat_interleave(32, dim=1)
         zero = weight.zeros.float().repeat_interleave(32, dim=1)
         assert torch.all((values - reference).abs() <= 2 ** -8 * (8 * scale.abs() + zero.abs()) * 1.01 + 1e-7)

@@ -7,11 +7,21 @@ import base64
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_images import (
+    noise,
+    save_16bit,
+    save_bomb,
+    save_cmyk,
+    save_corrupt,
+    save_exif_rotated,
+    save_palette,
+    save_rgb,
+    save_truncated,
+    sixteen_bit,
+)
 
 from lmpipe.errors import RecordError
 from lmpipe.vision.images import ImageSettings, load_image, source_of
-from tiny_images import (noise, save_16bit, save_bomb, save_cmyk, save_corrupt, save_exif_rotated, save_palette,
-                         save_rgb, save_truncated, sixteen_bit)
 
 
 def pixels(loaded) -> np.ndarray:

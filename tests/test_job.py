@@ -7,8 +7,8 @@ import json
 
 import orjson
 from click.testing import CliRunner
-
 from conftest import jsonl
+
 from lmpipe.bin.tokenize import main as tokenize_main
 
 

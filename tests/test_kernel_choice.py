@@ -99,5 +99,6 @@ def test_kernel_forces_one_for_every_range_without_measuring(tiny_llama_raw, fak
 
 def test_a_kernel_this_cpu_cannot_run_is_a_usage_error(faked, monkeypatch):
     monkeypatch.setattr(choice, "candidates", lambda: ("lmpipe-avx2", "float32"))
-    with pytest.raises(UsageError, match=r"^--kernel lmpipe-vnni cannot run on this CPU \(here: lmpipe-avx2, float32\)$"):
+    refused = r"^--kernel lmpipe-vnni cannot run on this CPU \(here: lmpipe-avx2, float32\)$"
+    with pytest.raises(UsageError, match=refused):
         choice.choose([object()], forced="lmpipe-vnni")

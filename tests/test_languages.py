@@ -57,8 +57,6 @@ def test_m2m100_codes():
 def test_marian_one_pair_and_many_targets(tiny_marian, tmp_path):
     from transformers import AutoTokenizer
 
-    from tiny_seq2seq import build_marian
-
     tok = AutoTokenizer.from_pretrained(tiny_marian)
     assert family_of("marian", True, tok) == "marian"
     lang = resolve("marian", tok, "x", "en", "es")

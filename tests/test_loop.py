@@ -71,7 +71,8 @@ class Served:
 
 def test_the_same_greedy_request_gives_the_same_token_events_through_every_front_door(tiny_llama, monkeypatch):
     import lmpipe.engine.batching
-    from lmpipe.tui.pool import ChatSettings, ModelPool as Pool, chat_turn
+    from lmpipe.tui.pool import ChatSettings, chat_turn
+    from lmpipe.tui.pool import ModelPool as Pool
 
     lm = load(ModelSettings(str(tiny_llama)))
     ids = prompt_ids({"messages": MESSAGES}, lm.tokenizer, PromptSettings())
@@ -201,7 +202,7 @@ def test_a_static_batch_admits_its_rows_together_and_ends_with_its_last_row(tiny
     done = completions(events)
     assert [c.row for c in done] == [0, 1]
     # Each row keeps its own length, and its tokens are its own (the fast path's, alone).
-    for c, prompt, sampling in zip(done, prompts, (short, long)):
+    for c, prompt, sampling in zip(done, prompts, (short, long), strict=True):
         assert c.ids == completions(generate(model, tokenizer, [prompt], sampling))[0].ids
 
 

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from click.testing import CliRunner
-
 from conftest import jsonl, run_tool
+
 from lmpipe.bin import model_info as tool
 
 

@@ -6,12 +6,12 @@ import json
 
 import gguf
 import pytest
+from tiny_gguf import Q4_K_M, write_tiny_llama_gguf
 
 from lmpipe.models import packed_cache
 from lmpipe.models.derived import MARKER
 from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
-from tiny_gguf import Q4_K_M, write_tiny_llama_gguf
 
 pytestmark = pytest.mark.skipif(not vnni.available(), reason="the cache holds lmpipe's kernels' packing only")
 

@@ -7,7 +7,6 @@ import socket
 
 import orjson
 import pytest
-
 from conftest import jsonl, run_tool
 from hub_server import TestHub
 
@@ -95,7 +94,8 @@ def test_a_failed_download_leaves_no_partial_file(hub, env, tmp_path):
     assert done.stderr.decode().startswith("lm-pull: error: download of acme/tiny failed: ")
     assert len(done.stderr.splitlines()) == 1
     blobs = tmp_path / "hub" / "models--acme--tiny" / "blobs"
-    assert sorted(p.stat().st_size for p in blobs.iterdir()) == sorted(len(FILES[f]) for f in FILES if f != "model.safetensors")
+    expected = sorted(len(FILES[f]) for f in FILES if f != "model.safetensors")
+    assert sorted(p.stat().st_size for p in blobs.iterdir()) == expected
     assert no_partial_files(tmp_path / "hub")
 
 
@@ -121,7 +121,8 @@ def test_token_comes_from_hf_token(hub, env):
 def test_offline_is_a_one_line_error(env):
     done = run_tool("lm-pull", "acme/tiny", "--progress", "none", env={**env, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 1 and done.stdout == b""
-    assert done.stderr.decode() == "lm-pull: error: offline (HF_HUB_OFFLINE is set) and acme/tiny is not complete in the cache\n"
+    assert done.stderr.decode() == ("lm-pull: error: offline (HF_HUB_OFFLINE is set) and acme/tiny is not complete "
+                                    "in the cache\n")
 
 
 def test_unreachable_hub_and_unknown_repo(env):

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import build_tiny_llama
 
 from lmpipe import paths
+from lmpipe.engine.generation import Completion, Decoding, generate
+from lmpipe.engine.sampling import Sampling
+from lmpipe.errors import UsageError
 from lmpipe.models import gguf
 from lmpipe.models.kernels import vnni
-from lmpipe.errors import UsageError
-from lmpipe.engine.generation import Completion, Decoding, generate
 from lmpipe.models.loading import ModelSettings, load
-from lmpipe.engine.sampling import Sampling
-
-from tiny_models import build_tiny_llama
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):\n    return"]
 
@@ -29,7 +28,8 @@ def plain_model(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_grad_enabled(False)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def dequantized(folder, mode):
@@ -40,7 +40,8 @@ def dequantized(folder, mode):
     modes = layer_modes(model, [name for name, _ in model.named_modules()], mode)  # an int4 model's head is int8
     for name, module in list(model.named_modules()):
         if isinstance(module, torch.nn.Linear) and quantizable(module, modes[name]):
-            module.weight = torch.nn.Parameter(quantize_weight(module.weight, modes[name]).dequantized(), requires_grad=False)
+            rounded = quantize_weight(module.weight, modes[name]).dequantized()
+            module.weight = torch.nn.Parameter(rounded, requires_grad=False)
     if model.config.tie_word_embeddings:  # the quantized model looks its embedding up from the int8 head
         model.get_input_embeddings().weight = model.get_output_embeddings().weight
     return model, tokenizer
@@ -204,7 +205,8 @@ def test_int4_of_the_q4_1_gguf_runs_its_own_blocks_within_one_percent_of_its_per
     base = perplexity(model, tokenizer, text)  # as lm-bench --perplexity measures it
     quantized = load(ModelSettings(str(embedded), quantize="int4"))
     copy = paths.models_dir() / quantized_loading.copy_key(embedded, "int4", torch.float32)
-    assert gguf.conversion_info(copy)["gguf_blocks"] == 7 * model.config.num_hidden_layers  # every layer's q, k, v, o, gate, up, down
+    # every layer's q, k, v, o, gate, up, down
+    assert gguf.conversion_info(copy)["gguf_blocks"] == 7 * model.config.num_hidden_layers
     assert quantized.model.lm_head.mode == "int8"
     # The blocks, in transformers' names and row order (Llama's q and k rows are permuted in the
     # file), are bit for bit the float weights transformers made of the same file.
@@ -233,7 +235,8 @@ def test_an_int4_head_is_int8_in_memory_too_and_exact_through_lmpipes_kernel(tin
 
 
 def test_an_int4_head_is_int8_in_memory_too(tiny_llama_raw, monkeypatch):
-    """Without lmpipe's kernels (a CPU without VNNI): torch's bfloat16 kernel for few rows, its best logits made exact."""
+    """Without lmpipe's kernels (a CPU without VNNI): torch's bfloat16 kernel for few rows, its best logits
+    made exact."""
     from lmpipe.models.quantize import quantize
 
     monkeypatch.setattr(vnni, "available", lambda: False)
@@ -271,7 +274,8 @@ def test_the_copy_on_disk_holds_plain_values_and_every_load_packs_them_for_this_
     assert gguf.conversion_info(copy)["format"] == 4
     saved = load_file(str(copy / "model.safetensors"))
     assert "model.embed_tokens.weight" not in saved  # tied: the embedding is the int8 head's values
-    # Nothing packed or CPU-specific: each linear is its quantized values, scales and zeros, as quantize_weight makes them.
+    # Nothing packed or CPU-specific: each linear is its quantized values, scales and zeros, as quantize_weight makes
+    # them.
     assert not [k for k in saved if k.endswith((".weight", ".qweight")) and "proj" in k]
     source, _ = plain_model(folder)
     name = "model.layers.0.self_attn.k_proj"
@@ -404,7 +408,8 @@ def test_int4_values_are_two_to_a_byte_in_row_order():
                     reason="torch.compile on a CPU builds C++ kernels")
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_the_compiled_quantized_step_has_no_graph_break_and_matches_eager(tiny_llama_raw, mode):
-    """--quantize with --compile: the eager path's alignment check (and int4's refined head) must not split the compiled step."""
+    """--quantize with --compile: the eager path's alignment check (and int4's refined head) must not split
+    the compiled step."""
     from torch._dynamo.utils import counters
 
     from lmpipe.models.fastpath import FastDecoder, fast_model

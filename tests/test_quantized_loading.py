@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import build_tiny_llama
 
 from lmpipe import paths
 from lmpipe.models import gguf
 from lmpipe.models.loading import ModelSettings, load
 from lmpipe.models.quantize import quantize
-
-from tiny_models import build_tiny_llama
 
 
 def logits(model, ids):

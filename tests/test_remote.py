@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import jsonl, run_tool
 from replay_server import Fault, ReplayServer
 
 RECORDED = Path(__file__).parent / "data" / "replay"
 PROMPTS = (RECORDED / "prompts.jsonl").read_text()
 TOOLS = (RECORDED / "tools.jsonl").read_text()
-SCHEMA = '{"type":"object","properties":{"animal":{"type":"string"},"legs":{"type":"integer"}},"required":["animal","legs"]}'
+SCHEMA = ('{"type":"object","properties":{"animal":{"type":"string"},"legs":{"type":"integer"}},'
+          '"required":["animal","legs"]}')
 KINDS = ["llama.cpp", "vllm"]  # Ollama: see tests/data/replay/README.md
 
 # What a server cannot give exactly as in-process (README, "Scaling out"): times are the client's,

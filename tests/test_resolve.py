@@ -70,7 +70,8 @@ def test_a_tag_names_the_gguf_of_that_type_in_a_cached_repo(tmp_path):
     q8.write_bytes(b"GGUF")
     snap = _hub_snapshot("test/tiny-gguf", {"Tiny-Q4_K_M.gguf": q4, "tiny.q8_0.gguf": q8})
     ref = resolve("test/tiny-gguf:q4_k_m")
-    assert (ref.kind, ref.id, str(ref.path)) == ("gguf", "test/tiny-gguf:Q4_K_M", os.path.join(snap, "Tiny-Q4_K_M.gguf"))
+    expected = ("gguf", "test/tiny-gguf:Q4_K_M", os.path.join(snap, "Tiny-Q4_K_M.gguf"))
+    assert (ref.kind, ref.id, str(ref.path)) == expected
     assert resolve("test/tiny-gguf:Q8_0").path.name == "tiny.q8_0.gguf"
     with pytest.raises(ModelNotFound, match=r"^test/tiny-gguf in the Hugging Face cache has no Q6_K GGUF file; "
                                             r"its tags: Q4_K_M, Q8_0$"):

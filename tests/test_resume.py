@@ -10,8 +10,8 @@ from collections import Counter
 
 import orjson
 import pytest
-
 from conftest import BIN, jsonl, run_tool
+
 from lmpipe.errors import UsageError
 from lmpipe.records.jsonl import Item
 from lmpipe.records.resume import KEY_FIELD, FileSink, done_keys, item_key, prepare_output, repair
@@ -104,7 +104,8 @@ def test_cli_refuses_to_overwrite_before_loading(tmp_path):
     out.write_bytes(b'{"id": 1}\n')
     r = run_tool("lm-generate", "--model", str(tmp_path / "no-such-model"), "--output", str(out), input="hi\n")
     assert r.returncode == 2
-    assert r.stderr.decode().strip() == f"lm-generate: error: --output {out} exists; add --resume to continue it, or remove it"
+    assert r.stderr.decode().strip() == (f"lm-generate: error: --output {out} exists; add --resume to continue it, "
+                                         "or remove it")
     assert out.read_bytes() == b'{"id": 1}\n'
     r = run_tool("lm-generate", "--resume", input="hi\n")
     assert r.returncode == 2 and "--resume needs --output" in r.stderr.decode()
@@ -158,7 +159,8 @@ def test_sigkill_at_several_points_then_resume_gives_every_record_once(tiny_llam
     assert texts == Counter({"The quick brown fox": 2, "no id here": 1})
     # Resumed output is what one uninterrupted run gives (greedy, batch size 1).
     full = _generate(["--model", str(tiny_llama), "-n", "24", "-b", "1"], source.read_bytes())
-    expected = {orjson.dumps({k: r[k] for k in ("id", "text") if k in r}): r["generated"] for r in jsonl(full.stdout_bytes)}
+    expected = {orjson.dumps({k: r[k] for k in ("id", "text") if k in r}): r["generated"]
+                for r in jsonl(full.stdout_bytes)}
     got = {orjson.dumps({k: r[k] for k in ("id", "text") if k in r}): r["generated"] for r in written}
     assert got == expected
     # A rerun finds nothing left to do and writes nothing.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import jsonl, run_tool
+
 from lmpipe.engine.events import Completion
 from lmpipe.engine.generation import generate
 from lmpipe.engine.sampling import Sampling, parse_logit_bias

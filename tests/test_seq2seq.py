@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from seq2seq_reference import _load
 
 from lmpipe.backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings, window
@@ -20,7 +19,7 @@ def test_completions_are_generates_tokens(tiny_bart):
     texts = ["Rain is expected tomorrow.", "Hola mundo."]
     completions = eng.run(texts)
     reference = model.generate(**tokenizer(texts, return_tensors="pt", padding=True), max_length=10).tolist()
-    for c, row in zip(completions, reference):
+    for c, row in zip(completions, reference, strict=True):
         generated = row[1:]
         eos = generated.index(2) if 2 in generated else None
         assert list(c.ids) == generated[:eos]

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import JSON, Server, free_port
 
@@ -40,7 +39,8 @@ def expected(tiny_llama):
 
     def answer(prompt: str, n: int = 12, chat: bool = True) -> str:
         if chat:
-            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           tokenize=False)
             ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
         else:
             ids = tok(prompt, return_tensors="pt").input_ids
@@ -87,7 +87,8 @@ def test_64_concurrent_requests_all_answered_correctly(server, tiny_llama, expec
 
     async def main():
         client = AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
-        calls = [client.chat.completions.create(model=str(tiny_llama), messages=[{"role": "user", "content": PROMPTS[i % 4]}],
+        calls = [client.chat.completions.create(model=str(tiny_llama),
+                                                messages=[{"role": "user", "content": PROMPTS[i % 4]}],
                                                 max_tokens=8, temperature=0) for i in range(64)]
         return await asyncio.gather(*calls)
 

@@ -6,7 +6,6 @@ import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl
 from serve_helpers import JSON, Server
 

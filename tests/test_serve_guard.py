@@ -6,7 +6,6 @@ import socket
 
 import httpx
 import pytest
-
 from serve_helpers import JSON, Server
 
 KEY, FILED = "sk-first-key", "sk-from-the-file"
@@ -54,7 +53,8 @@ def test_a_rebound_host_name_is_refused(server):
                         timeout=30)
     assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
     for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "[::1]"):
-        assert httpx.get(server.url + "/v1/models", headers={**bearer(KEY), "Host": host}, timeout=30).status_code == 200
+        response = httpx.get(server.url + "/v1/models", headers={**bearer(KEY), "Host": host}, timeout=30)
+        assert response.status_code == 200
 
 
 def test_only_listed_origins_are_served_and_get_cors(server):

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from serve_helpers import Server
 
 LLM = Path(sys.executable).parent / "llm"

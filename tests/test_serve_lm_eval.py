@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from serve_helpers import Server
 
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),

@@ -8,7 +8,6 @@ import time
 import httpx
 import orjson
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import JSON, Server
 

@@ -10,7 +10,6 @@ import time
 import httpx
 import orjson
 import pytest
-
 from serve_helpers import Server
 
 TYPES = {
@@ -85,21 +84,24 @@ def test_counters_and_histograms_equal_what_was_answered(server):
     assert all(dict(key[1])["model_name"] == served and dict(key[1])["engine"] == "0"
                for name in TYPES for key in before[name]["samples"])
     assert value(before, "vllm:request_success", "vllm:request_success_total") == 0
-    assert {dict(k[1])["finished_reason"] for k in before["vllm:request_success"]["samples"]} == {"stop", "length", "abort"}
+    reasons = {dict(k[1])["finished_reason"] for k in before["vllm:request_success"]["samples"]}
+    assert reasons == {"stop", "length", "abort"}
 
     answered = [ask(server, path, body) for path, body in REQUESTS]
     after = scrape(server)
     n = len(REQUESTS)
     stats = [s for _, choices in answered for s in choices]
     assert len(stats) == n
-    assert value(after, "vllm:prompt_tokens", "vllm:prompt_tokens_total") == sum(u["prompt_tokens"] for u, _ in answered)
+    prompt_tokens = sum(u["prompt_tokens"] for u, _ in answered)
+    assert value(after, "vllm:prompt_tokens", "vllm:prompt_tokens_total") == prompt_tokens
     assert value(after, "vllm:generation_tokens", "vllm:generation_tokens_total") == sum(
         u["completion_tokens"] for u, _ in answered)
     for reason in ("stop", "length"):
         assert value(after, "vllm:request_success", "vllm:request_success_total", finished_reason=reason) == sum(
             FINISH[s["finish_reason"]] == reason for s in stats)
     assert value(after, "vllm:request_success", "vllm:request_success_total", finished_reason="abort") == 0
-    for name, field in (("vllm:time_to_first_token_seconds", "ttft_s"), ("vllm:e2e_request_latency_seconds", "total_s")):
+    timed = (("vllm:time_to_first_token_seconds", "ttft_s"), ("vllm:e2e_request_latency_seconds", "total_s"))
+    for name, field in timed:
         assert value(after, name, name + "_count") == n
         assert value(after, name, name + "_bucket", le="+Inf") == n
         assert value(after, name, name + "_sum") == pytest.approx(sum(s[field] for s in stats), abs=1e-5)

@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import run_tool
 from serve_helpers import Server
 
@@ -147,9 +146,12 @@ def test_a_model_only_a_request_names_loads_unless_listed_only(tiny_llama, long_
 
 @pytest.mark.parametrize("args, message", [
     (("--model-option", "other", "quantize=int8"), "lm-serve: error: --model-option other: not one of the -m models"),
-    (("--model-option", "MODEL", "speed=fast"), "lm-serve: error: --model-option MODEL speed=fast: expected KEY=VALUE with KEY one of"),
-    (("--model-option", "MODEL", "quantize=int3"), "lm-serve: error: --model-option MODEL quantize=int3: quantize must be one of int8, int4"),
-    (("--model-option", "MODEL", "keep-alive=soon"), "lm-serve: error: --model-option MODEL keep-alive=soon: keep-alive must be a number"),
+    (("--model-option", "MODEL", "speed=fast"),
+     "lm-serve: error: --model-option MODEL speed=fast: expected KEY=VALUE with KEY one of"),
+    (("--model-option", "MODEL", "quantize=int3"),
+     "lm-serve: error: --model-option MODEL quantize=int3: quantize must be one of int8, int4"),
+    (("--model-option", "MODEL", "keep-alive=soon"),
+     "lm-serve: error: --model-option MODEL keep-alive=soon: keep-alive must be a number"),
 ])
 def test_a_bad_model_option_is_a_usage_error(tiny_llama, args, message):
     args = tuple(str(tiny_llama) if a == "MODEL" else a for a in args)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import Server
 
@@ -107,7 +106,9 @@ def test_completion_logprobs_in_the_legacy_format(client, model, hf):
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
     for i, top in enumerate(lp.top_logprobs):
         values, best = table[len(ids) + i - 1].topk(2)
-        assert {tok.decode([t]): pytest.approx(v, abs=1e-4) for t, v in zip(best.tolist(), values.tolist())}.items() <= top.items()
+        near = {tok.decode([t]): pytest.approx(v, abs=1e-4)
+                for t, v in zip(best.tolist(), values.tolist(), strict=True)}
+        assert near.items() <= top.items()
         assert top[lp.tokens[i]] == lp.token_logprobs[i]  # the chosen token is always there
     streamed = client.completions.create(model=model, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2,
                                          stream=True)
@@ -206,7 +207,8 @@ def test_what_is_not_supported_is_a_400_naming_it(client, model, options, named)
 
 def test_no_ops_are_accepted(client, model):
     answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=4,
-                                            temperature=0, user="someone", metadata={"k": "v"}, parallel_tool_calls=True)
+                                            temperature=0, user="someone", metadata={"k": "v"},
+                                            parallel_tool_calls=True)
     plain = client.chat.completions.create(model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=4,
                                            temperature=0)
     # Accepted and without effect: the same answer as the plain request.
@@ -237,7 +239,8 @@ def test_penalties_are_applied_to_the_generated_tokens(client, model, hf, tiny_l
                      "--presence-penalty", "1.5", input=PROMPT + "\n")
     record = jsonl(local.stdout)[0]
     assert record["generated"] == answer.choices[0].text
-    assert (record["manifest"]["sampling"]["presence_penalty"], record["manifest"]["sampling"]["frequency_penalty"]) == (
+    sampling = record["manifest"]["sampling"]
+    assert (sampling["presence_penalty"], sampling["frequency_penalty"]) == (
         1.5, 0.5)
 
 
@@ -248,7 +251,8 @@ def test_streamed_completions_carry_usage(server, client, model):
     assert chunks[-1].usage.prompt_tokens > 0
     response = httpx.post(server.url + "/v1/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
                           json={"prompt": PROMPT, "stream": True, "stream_options": {"continuous_usage_stats": True}})
-    assert response.status_code == 400 and "stream_options.continuous_usage_stats" in response.json()["error"]["message"]
+    assert response.status_code == 400
+    assert "stream_options.continuous_usage_stats" in response.json()["error"]["message"]
 
 
 def test_a_wrong_key_is_openais_authentication_error(server, model):

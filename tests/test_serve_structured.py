@@ -13,7 +13,6 @@ import re
 import jsonschema
 import openai
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import Server
 from test_constrain import SCHEMA
@@ -25,7 +24,8 @@ WEATHER = {"type": "object",
 ADD = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
                                         "b": {"type": "integer", "minimum": 0, "maximum": 99}},
        "required": ["a", "b"]}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER}},
+TOOLS = [{"type": "function",
+          "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER}},
          {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": ADD}}]
 PARAMETERS = {"get_weather": WEATHER, "add": ADD}
 
@@ -126,7 +126,8 @@ def test_tools_give_tool_calls_that_validate_and_none_gives_text(client, model):
     assert call.type == "function" and call.id.startswith("call_")
     jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
 
-    named = ask(client, model, "Add 2 and 3.", tools=TOOLS, tool_choice={"type": "function", "function": {"name": "add"}})
+    add = {"type": "function", "function": {"name": "add"}}
+    named = ask(client, model, "Add 2 and 3.", tools=TOOLS, tool_choice=add)
     (call,) = named.choices[0].message.tool_calls
     assert call.function.name == "add"
     jsonschema.validate(json.loads(call.function.arguments), ADD)

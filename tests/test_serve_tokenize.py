@@ -9,7 +9,6 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl
 from serve_helpers import JSON, Server
 
@@ -45,9 +44,10 @@ def post(server, path: str, body: dict) -> httpx.Response:
 
 def test_text_ids_equal_lm_tokenize_and_round_trip(server):
     expected = lm_tokenize([{"text": t} for t in SAMPLES])
-    for text, want in zip(SAMPLES, expected):
+    for text, want in zip(SAMPLES, expected, strict=True):
         got = post(server, "/tokenize", {"model": "smollm2", "prompt": text, "return_token_strs": True}).json()
-        assert got == {"count": want["count"], "max_model_len": 8192, "tokens": want["ids"], "token_strs": want["tokens"]}
+        assert got == {"count": want["count"], "max_model_len": 8192, "tokens": want["ids"],
+                       "token_strs": want["tokens"]}
         assert post(server, "/detokenize", {"model": "smollm2", "tokens": got["tokens"]}).json() == {"prompt": text}
     plain = post(server, "/tokenize", {"prompt": SAMPLES[0]}).json()  # no `model`: the server's
     assert set(plain) == {"count", "max_model_len", "tokens"} and plain["tokens"] == expected[0]["ids"]

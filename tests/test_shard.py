@@ -6,8 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl
+
 from lmpipe.bin.generate import main as generate_main
 from lmpipe.errors import UsageError
 from lmpipe.records.jsonl import Item

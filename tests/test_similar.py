@@ -7,7 +7,6 @@ import base64
 import numpy as np
 import orjson
 from click.testing import CliRunner
-
 from conftest import jsonl
 
 from lmpipe.filters.similar import main
@@ -66,7 +65,8 @@ def test_text_query_uses_the_records_model():
 
 
 def test_bad_vectors_are_error_records_and_queries_are_checked():
-    data = b'{"id": 1, "embedding": [1, 0]}\n{"id": 2, "embedding": [1, 0, 0]}\n{"id": 3}\n{"id": 4, "embedding": [0, 1]}\n'
+    data = (b'{"id": 1, "embedding": [1, 0]}\n{"id": 2, "embedding": [1, 0, 0]}\n{"id": 3}\n'
+            b'{"id": 4, "embedding": [0, 1]}\n')
     code, out, err = similar("--vector", "[1, 0]", input=data)
     assert code == 1 and "2 records had no usable vector" in err
     errors = [r for r in out if "error" in r]

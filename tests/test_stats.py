@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl
 
 from lmpipe.filters.stats import main

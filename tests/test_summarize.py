@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl
 from seq2seq_reference import reference, unbatched
 from tiny_seq2seq import TEXTS

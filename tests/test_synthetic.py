@@ -3,8 +3,6 @@ and a written file that loads in lmpipe as transformers loads it."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from click.testing import CliRunner
 

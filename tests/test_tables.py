@@ -29,7 +29,8 @@ def test_human_sizes_are_decimal():
 def test_wide_terminal_shows_everything_and_the_total(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     lines = render(cache_table(RECORDS), 200)
-    assert lines[1].split() == ["org/big-model", "hub", "2.5", "GB", "2", "9", "2026-11-22", "18:00", RECORDS[0]["path"]]
+    assert lines[1].split() == ["org/big-model", "hub", "2.5", "GB", "2", "9", "2026-11-22", "18:00",
+                               RECORDS[0]["path"]]
     assert lines[-1].split() == ["2", "models", "2.5", "GB"]
 
 

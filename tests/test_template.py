@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 from click.testing import CliRunner
-
 from conftest import jsonl, run_tool
 
 from lmpipe.filters.template import main
@@ -70,7 +69,8 @@ def test_var_defaults_lose_to_record_fields():
 
 def test_system_template_makes_messages():
     _, out = template("--system", "Answer in {{ lang }}.", "{{ text }}?", lines=['{"text": "Why", "lang": "Dutch"}'])
-    assert out[0]["messages"] == [{"role": "system", "content": "Answer in Dutch."}, {"role": "user", "content": "Why?"}]
+    assert out[0]["messages"] == [{"role": "system", "content": "Answer in Dutch."},
+                                  {"role": "user", "content": "Why?"}]
 
 
 def test_agent_file_gives_the_expected_messages(tmp_path):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from conftest import jsonl, run_tool
 from serve_helpers import Server
 from tiny_models import CHATML, train_tokenizer
@@ -174,7 +173,8 @@ def test_serve_chat_template_kwargs_and_reasoning_content(served, thinker, tok):
     banned = no_end(tok)
     no_ending = {banned[i + 1].split("=")[0]: -100 for i in range(0, len(banned), 2)}
     off = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=3, temperature=0,
-                                         logit_bias=no_ending, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+                                         logit_bias=no_ending,
+                                         extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert off.usage.prompt_tokens == len(expected_ids(tok, enable_thinking=False))
     assert getattr(off.choices[0].message, "reasoning_content", None) is None and off.choices[0].message.content
     on = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=3, temperature=0,
@@ -207,7 +207,8 @@ def test_lm_generate_through_the_server_keeps_reasoning_and_no_think(served, thi
     args = ["-m", str(thinker), "-n", "3", *no_end(tok)]
     for extra in ([], ["--no-think"]):
         local = jsonl(run_tool("lm-generate", *args, *extra, "--no-server", input=jsonl_line(QUESTION)).stdout)[0]
-        remote = jsonl(run_tool("lm-generate", *args, *extra, "--server", server.url, input=jsonl_line(QUESTION)).stdout)[0]
+        answered = run_tool("lm-generate", *args, *extra, "--server", server.url, input=jsonl_line(QUESTION))
+        remote = jsonl(answered.stdout)[0]
         assert (remote.get("reasoning"), remote["generated"], remote["stats"]["input_tokens"]) == (
             local.get("reasoning"), local["generated"], local["stats"]["input_tokens"])
 

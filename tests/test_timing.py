@@ -75,11 +75,12 @@ def served(model: str, ids: list[int], sampling: Sampling) -> Completion:
 
 def test_the_same_token_times_give_the_same_stats_in_every_loop(tiny_llama, tiny_marian, tiny_bart, monkeypatch):
     """Every loop reads its token times from the one Clock; given the same times, the same stats."""
+    from seq2seq_reference import _load
+
     from lmpipe.backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
     from lmpipe.engine.decoding import Decoding
     from lmpipe.engine.generation import generate
     from lmpipe.models.loading import ModelSettings, load
-    from seq2seq_reference import _load
 
     Scripted.install(monkeypatch)
     lm = load(ModelSettings(str(tiny_llama)))
@@ -127,7 +128,8 @@ def test_every_front_door_takes_its_stats_from_the_one_function(tiny_llama, tiny
     from lmpipe.bin.translate import main as lm_translate
     from lmpipe.engine.generation import generate
     from lmpipe.models.loading import ModelSettings, load
-    from lmpipe.tui.pool import ChatSettings, ModelPool as Pool, chat_turn
+    from lmpipe.tui.pool import ChatSettings, chat_turn
+    from lmpipe.tui.pool import ModelPool as Pool
 
     monkeypatch.setattr(timing, "rates", lambda times: MARK)
     model = str(tiny_llama)
@@ -199,7 +201,8 @@ def test_tokens_per_s_is_only_copied_outside_timing():
         for node in ast.walk(ast.parse(source)):
             values = []
             if isinstance(node, ast.Dict):
-                values = [v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant) and k.value == name]
+                values = [v for k, v in zip(node.keys, node.values, strict=True)
+                          if isinstance(k, ast.Constant) and k.value == name]
             elif isinstance(node, ast.keyword) and node.arg == name:
                 values = [node.value]
             elif isinstance(node, ast.Assign):

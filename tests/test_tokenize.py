@@ -1,7 +1,6 @@
 """lm-tokenize: ids equal transformers' AutoTokenizer, round trips, added tokens that persist."""
 
 import orjson
-import pytest
 from click.testing import CliRunner
 from conftest import jsonl
 
@@ -31,11 +30,12 @@ def test_ids_equal_autotokenizer_and_decode_round_trips(embedded):
     result = invoke(input=lines(SAMPLES))
     assert result.exit_code == 0 and result.stderr == ""
     records = jsonl(result.stdout_bytes)
-    for text, rec in zip(SAMPLES, records):
+    for text, rec in zip(SAMPLES, records, strict=True):
         assert rec["ids"] == tok(text)["input_ids"]
         assert rec["count"] == len(rec["ids"]) == len(rec["tokens"]) == len(rec["offsets"])
         assert rec["tokens"] == tok.convert_ids_to_tokens(rec["ids"])
-    back = jsonl(invoke("--decode", input=b"".join(orjson.dumps({"ids": r["ids"]}) + b"\n" for r in records)).stdout_bytes)
+    ids = b"".join(orjson.dumps({"ids": r["ids"]}) + b"\n" for r in records)
+    back = jsonl(invoke("--decode", input=ids).stdout_bytes)
     assert [r["text"] for r in back] == SAMPLES
 
 

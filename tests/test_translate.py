@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 from click.testing import CliRunner
-
 from conftest import jsonl, run_tool
 from seq2seq_reference import reference, unbatched
 from tiny_seq2seq import TEXTS
@@ -16,7 +15,8 @@ SHORT = ["The river runs through the old town.", "Rain is expected tomorrow.", "
 
 
 def translate(*args: str, texts=SHORT, records=None):
-    lines = records if records is not None else [orjson.dumps({"text": t, "n": i}).decode() for i, t in enumerate(texts)]
+    lines = records if records is not None else [orjson.dumps({"text": t, "n": i}).decode()
+                                                 for i, t in enumerate(texts)]
     result = CliRunner().invoke(main, list(args), input="\n".join(lines) + "\n", catch_exceptions=False)
     return result, jsonl(result.stdout_bytes)
 
@@ -34,7 +34,8 @@ def test_marian_is_transformers_generate(tiny_marian, batch):
     assert any(expected), "the tiny model says nothing: the comparison would prove nothing"
     assert [r["n"] for r in out] == [0, 1, 2]  # input order, fields passed through
     for r in out:
-        assert set(r["stats"]) == {"input_tokens", "output_tokens", "ttft_s", "tokens_per_s", "total_s", "finish_reason"}
+        assert set(r["stats"]) == {"input_tokens", "output_tokens", "ttft_s", "tokens_per_s", "total_s",
+                                   "finish_reason"}
         assert r["chunks"] == 1
         assert r["manifest"]["codes"] == {"from": "en", "to": "es"}
         assert r["manifest"]["generation"] == {"num_beams": 1, "max_length": 12, "min_length": 0}

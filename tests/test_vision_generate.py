@@ -31,9 +31,7 @@ def reference(folder, rows, batched):
     """transformers' own: the processor (its chat template, padding=True on the left) and generate."""
     import torch
     from PIL import Image
-    from transformers import AutoModelForImageTextToText
-
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from lmpipe.models.processors import load_processor
 
@@ -100,7 +98,8 @@ def test_image_options_fields_and_parts_name_the_same_image(tiny_llava, photos):
 def test_images_for_a_text_model_are_refused(tiny_llama, photos):
     result = invoke("-m", str(tiny_llama), "--image", str(photos["wide"]), "Describe this.")
     assert result.exit_code == 2 and "--image needs a vision-language model" in result.stderr
-    part = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(photos["wide"])}}]}]}
+    image = {"type": "image_url", "image_url": {"url": str(photos["wide"])}}
+    part = {"messages": [{"role": "user", "content": [image]}]}
     result = invoke("-m", str(tiny_llama), "-n", "2", input=orjson.dumps(part) + b"\n")
     assert result.exit_code == 1
     assert "this model takes no images" in jsonl(result.stdout_bytes)[0]["error"]
@@ -108,7 +107,15 @@ def test_images_for_a_text_model_are_refused(tiny_llama, photos):
 
 def test_bad_images_are_error_records_and_the_others_come_out_in_order(tiny_llava, photos, tmp_path):
     """Acceptance 3, through the installed command: no traceback, exit 1."""
-    from tiny_images import save_16bit, save_bomb, save_cmyk, save_corrupt, save_exif_rotated, save_palette, save_truncated
+    from tiny_images import (
+        save_16bit,
+        save_bomb,
+        save_cmyk,
+        save_corrupt,
+        save_exif_rotated,
+        save_palette,
+        save_truncated,
+    )
 
     (tmp_path / "notes.txt").write_text("not an image at all\n")
     bad = {
@@ -137,7 +144,7 @@ def test_bad_images_are_error_records_and_the_others_come_out_in_order(tiny_llav
     assert b"Traceback" not in result.stderr
     out = jsonl(result.stdout)
     assert [r["id"] for r in out] == [r["id"] for r in rows]
-    for r, line in zip(out, range(1, len(rows) + 1)):
+    for r, line in zip(out, range(1, len(rows) + 1), strict=True):
         if r["id"] in good:
             assert "error" not in r and isinstance(r["generated"], str) and r["stats"]["image_tokens"] == 16
         else:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import BIN, jsonl, run_tool
 from serve_helpers import Server
 from test_fast_start import probe
@@ -119,7 +118,7 @@ def test_lm_chat_finds_the_running_server_too(home, tiny_llama):
         server.stop()
 
 
-def plant(home, name: str, url: str, pid: int, mode: int = 0o600) -> "os.PathLike":
+def plant(home, name: str, url: str, pid: int, mode: int = 0o600) -> os.PathLike:
     folder = home / "servers"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / name
@@ -171,10 +170,12 @@ def test_a_server_with_an_api_key_serves_the_tools_that_found_it(home, tiny_llam
         proc, heavy = probe("lm-generate", *args(tiny_llama), input=b"hi\n")
         assert proc.returncode == 0 and heavy == ""  # answered there, with the entry's token
         assert len(jsonl(proc.stdout)) == 1 and "error" not in jsonl(proc.stdout)[0]
-        given = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "--api-key", "sk-secret", "-n", "2", input=b"hi\n")
+        given = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "--api-key", "sk-secret",
+                         "-n", "2", input=b"hi\n")
         assert given.returncode == 0 and "error" not in jsonl(given.stdout)[0]
         env = {"LMPIPE_API_KEY": "", "OPENAI_API_KEY": "sk-secret"}
-        from_openai = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "-n", "2", input=b"hi\n", env=env)
+        from_openai = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "-n", "2", input=b"hi\n",
+                               env=env)
         assert from_openai.returncode == 0 and "error" not in jsonl(from_openai.stdout)[0]
         refused = run_tool("lm-generate", "--server", server.url, "-m", str(tiny_llama), "-n", "2", input=b"hi\n",
                            env={"LMPIPE_API_KEY": "", "OPENAI_API_KEY": ""})

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tiny_models import CHATML, train_tokenizer
 
-from lmpipe.models.synthetic import Shape, encode as encode_random, vocabulary_of_tokenizer, write_gguf
+from lmpipe.models.synthetic import Shape, vocabulary_of_tokenizer, write_gguf
+from lmpipe.models.synthetic import encode as encode_random
 
 RANDOM_TYPES = {"Q4_K", "Q5_K", "Q6_K", "Q2_K", "TQ2_0"}  # types of random blocks (gguf-py quantizes none of them)
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 256, 512, 2, 4, 2  # K-quant rows are 256 weights

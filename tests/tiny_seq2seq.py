@@ -51,7 +51,8 @@ def _sentencepiece(folder: Path, vocab_size: int = 150) -> Path:
     return path
 
 
-def build_marian(folder: Path, targets: tuple[str, ...] = (), pair: tuple[str, str] = ("en", "es"), seed: int = 0) -> Path:
+def build_marian(folder: Path, targets: tuple[str, ...] = (), pair: tuple[str, str] = ("en", "es"),
+                 seed: int = 0) -> Path:
     """opus-mt style: sentencepiece source/target models, a shared vocab.json, a known pair."""
     import sentencepiece as spm
     import torch
@@ -158,7 +159,8 @@ def build_nllb(folder: Path, seed: int = 4) -> Path:
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    tok.train_from_iterator(CORPUS, trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tokenizer = NllbTokenizer(vocab=model["vocab"], merges=merges, src_lang="eng_Latn", tgt_lang="spa_Latn")
@@ -192,7 +194,8 @@ def build_m2m100(folder: Path, seed: int = 0) -> Path:
     assert tokenizer.get_lang_id("es") != tokenizer.get_lang_id("en")
     size = len(tokenizer)
     assert size == len(vocab) == 151, size  # the pieces; 100 language ids and 8 made-up words follow them
-    assert tokenizer.get_lang_id("af") == size and tokenizer.convert_tokens_to_ids("__es__") == tokenizer.get_lang_id("es")
+    assert tokenizer.get_lang_id("af") == size
+    assert tokenizer.convert_tokens_to_ids("__es__") == tokenizer.get_lang_id("es")
     tokenizer.model_max_length = WINDOW
     config = M2M100Config(vocab_size=size + 100 + 8, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                           decoder_start_token_id=2, **M2M_SIZES)

@@ -44,8 +44,14 @@ def _save(model, processor, folder: Path, seed: int) -> Path:
 def build_tiny_llava(folder: Path, seed: int = 0) -> Path:
     """LLaVA-1.5's shape: a CLIP vision tower (32 px, 8 px patches: 16 image tokens), a projector, a Llama."""
     import torch
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer = train_tokenizer(specials=SPECIALS + ["<image>"])
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -67,8 +73,14 @@ def build_tiny_llava(folder: Path, seed: int = 0) -> Path:
 def build_tiny_idefics3(folder: Path, seed: int = 0) -> Path:
     """Idefics3 (SmolVLM's architecture): a SigLIP tower on 32 px tiles, images split into tiles by size."""
     import torch
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
-                              Idefics3Processor, Idefics3VisionConfig, LlamaConfig)
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+    )
 
     grid = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     tokenizer = train_tokenizer(specials=SPECIALS + ["<fake_token_around_image>", "<image>", "<end_of_utterance>",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
-from typing import Iterable
 
 from textual import events
 from textual.app import App, SystemCommand
@@ -37,7 +37,8 @@ class LmDash(App):
                  chat: ChatSettings = ChatSettings()):
         self.engine = engine or ModelPool()
         self.pipeline_screen = PipelineScreen(pipeline, input_text, pipeline_path)
-        self.MODES = {
+        # textual reads MODES per app; these screens hold this app's own state, so they are built here.
+        self.MODES = {  # type: ignore[misc]
             "pipeline": lambda: self.pipeline_screen,
             "chat": lambda: ChatScreen(self.engine, model, chat),
             "tokens": lambda: TokensScreen(self.engine, model),

@@ -22,8 +22,9 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Callable
+from typing import IO
 
 import orjson
 
@@ -94,7 +95,8 @@ class _Meter:
             age = int(now - t)
             if 0 <= age < SPARK_SECONDS:
                 spark[SPARK_SECONDS - 1 - age] += 1
-        rate = self.progress.get("rate") if self.progress and isinstance(self.progress.get("rate"), (int, float)) else None
+        given = self.progress.get("rate") if self.progress else None
+        rate = given if isinstance(given, (int, float)) else None
         tps = per_second(self.tokens - 1, now - self.first_token) if self.first_token and self.tokens > 1 else 0.0
         return StageSnapshot(
             self.index, self.tool, self.records_in, self.records_out, self.errors, self.tokens,
@@ -129,9 +131,9 @@ class PipelineRun:
     """One run of a pipeline on some input bytes. start(), then cancel() or let it finish."""
 
     def __init__(self, pipeline: Pipeline, data: bytes,
-                 on_update: Callable[[StageSnapshot], None],
-                 on_output: Callable[[bytes], None],
-                 on_finished: Callable[[RunResult], None]):
+                 on_update: Callable[[StageSnapshot], object],
+                 on_output: Callable[[bytes], object],
+                 on_finished: Callable[[RunResult], object]):
         if not pipeline.stages:
             raise ValueError("a pipeline needs at least one stage")
         self.pipeline = pipeline
@@ -152,7 +154,7 @@ class PipelineRun:
 
     def start(self) -> None:
         strip: list[bool] = []
-        for meter, stage in zip(self.meters, self.pipeline.stages):
+        for meter, stage in zip(self.meters, self.pipeline.stages, strict=True):
             args, stripping = watch_args(stage.tool, stage.args)
             strip.append(stripping)
             try:
@@ -223,7 +225,6 @@ class PipelineRun:
         source = self.procs[i].stdout
         target = self.procs[i + 1].stdin if i + 1 < len(self.procs) else None
         downstream = self.meters[i + 1] if target is not None else None
-        last = target is None
         assert source is not None
         try:
             for line in iter(source.readline, b""):
@@ -234,7 +235,7 @@ class PipelineRun:
                         continue
                 else:
                     self._record(meter, line)
-                if not last:
+                if downstream is not None:  # not the last stage
                     target = self._forward(target, downstream, line)
                 else:
                     with self._lock:
@@ -315,7 +316,7 @@ class PipelineRun:
     def _finish(self) -> None:
         for t in list(self.threads):
             t.join()
-        for meter, proc in zip(self.meters, self.procs):
+        for meter, proc in zip(self.meters, self.procs, strict=False):  # a stage that failed to start has no process
             meter.exit_code = proc.wait()
             self._report(meter)
         self.done.set()

@@ -7,8 +7,9 @@ in worker threads and knows nothing of the interface: it reports through callbac
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from lmpipe.chat.prompts import PromptSettings
 from lmpipe.models.loading import LoadedModel, ModelSettings
@@ -73,8 +74,8 @@ class ContextFill:
 
 
 def chat_turn(engine: ModelPool, messages: list[dict[str, Any]], settings: ChatSettings,
-              on_text: Callable[[str, int], None], cancelled: Callable[[], bool],
-              on_prompt: Callable[[ContextFill], None] = lambda _fill: None) -> Reply:
+              on_text: Callable[[str, int], object], cancelled: Callable[[], bool],
+              on_prompt: Callable[[ContextFill], object] = lambda _fill: None) -> Reply:
     """Generate the assistant's reply to `messages`, reporting the prompt's fill of the context
     once it is tokenized, then the text as it streams. A prompt the context cannot hold is a
     RecordError, as lm-generate's; the answer stops where the context ends (finish_reason length)."""

@@ -11,8 +11,9 @@ true); any other key, or a value of the wrong type, is this record's error, neve
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..chat.prompts import PromptSettings
 from ..engine.sampling import Sampling
@@ -63,7 +64,8 @@ def _checked(key: str, value: Any) -> Any:
             raise RecordError(f"agent [run] {key} = {_shown(value)}: expected true or false")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise RecordError(f"agent [run] {key} = {_shown(value)}: expected {'an integer' if kind is int else 'a number'}")
+        expected = "an integer" if kind is int else "a number"
+        raise RecordError(f"agent [run] {key} = {_shown(value)}: expected {expected}")
     return kind(value)
 
 

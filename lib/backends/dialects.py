@@ -9,8 +9,9 @@ is the record lmpipe would have written in-process, or a one-line reason why it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UsageError
 

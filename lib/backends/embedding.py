@@ -11,8 +11,9 @@ is cut into windows whose vectors are averaged (weighted by their tokens).
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import RecordError, UsageError
 from ..models.loading import LOAD_LOCK, ModelSettings, files_folder, identity
@@ -88,7 +89,7 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-        kwargs = {"model_kwargs": {"dtype": dtype}, "local_files_only": True}
+        kwargs: dict[str, Any] = {"model_kwargs": {"dtype": dtype}, "local_files_only": True}
         try:
             if (folder / "modules.json").is_file():
                 model = SentenceTransformer(str(folder), device=device, **kwargs)

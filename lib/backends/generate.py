@@ -7,8 +7,9 @@ summarize (lmpipe.backends.text); lmpipe.backends.remote gives the same records 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any
 
 from ..chat.answers import Plan, answer_fields, plan_for
 from ..chat.prompts import PromptSettings, prompt_ids, template_manifest, with_template
@@ -114,7 +115,8 @@ class GenerateTask:
 
             check_vision_decoding(settings.decoding)
         self.lm = lm
-        settings.sampling.check_vocabulary(lm.model.get_output_embeddings().out_features)  # a quantized head has no .weight
+        # a quantized head has no .weight
+        settings.sampling.check_vocabulary(lm.model.get_output_embeddings().out_features)
         template = lm.processor if lm.processor is not None else lm.tokenizer
         self.settings = replace(settings, sampling=settings.sampling.with_seed(),
                                 prompt=with_template(settings.prompt, template),
@@ -190,7 +192,7 @@ class GenerateTask:
                 item = ready[event.row][0]
                 if isinstance(event, Token):
                     yield Streamed(item, event)
-                else:
+                elif isinstance(event, Completion):  # no echo asked: no ScoredPrompt comes
                     finished.add(event.row)
                     yield self.output(item, event, plans[event.row], ready[event.row][1])
         except (RuntimeError, ValueError, IndexError) as exc:

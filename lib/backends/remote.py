@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
@@ -30,8 +31,17 @@ from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from ..version import __version__
 from ..vision.images import data_url, read_image, record_images
-from .dialects import (KINDS, ServerKind, constraint_fields, describe, detect, finish_reason, output_tokens,
-                       sampling_fields, streams_tools)
+from .dialects import (
+    KINDS,
+    ServerKind,
+    constraint_fields,
+    describe,
+    detect,
+    finish_reason,
+    output_tokens,
+    sampling_fields,
+    streams_tools,
+)
 from .vision_prompts import ImageSource
 
 
@@ -262,7 +272,8 @@ class ServerClient:
                         raise RecordError(error_message(response.status_code, response.read()))
                     return read(response)
             except httpx.TimeoutException as exc:
-                raise RecordError(f"server: no answer within {self.settings.timeout:g} s ({type(exc).__name__})") from None
+                raise RecordError(f"server: no answer within {self.settings.timeout:g} s ({type(exc).__name__})") \
+                    from None
             except (httpx.TransportError, httpx.StreamError) as exc:  # refused, reset, cut mid-stream
                 if last:
                     raise RecordError(f"server: connection lost ({type(exc).__name__}: {exc}), "
@@ -335,7 +346,7 @@ def request_for(record: dict[str, Any], prompt: PromptSettings, images: ImageSou
 class RemoteGenerateTask:
     """GenerateTask's twin for a server: the same `process` contract, the same records."""
 
-    def __init__(self, client: ServerClient, model: str, settings: Any, by_name: bool = False):
+    def __init__(self, client: ServerClient, model: str | None, settings: Any, by_name: bool = False):
         """`by_name`: send `model` as it is (a record's agent named it); otherwise a server that
         serves one model under another name is sent that name."""
         from dataclasses import replace
@@ -384,9 +395,9 @@ class RemoteGenerateTask:
             return a.lmpipe["stats"]
         finish = finish_reason(self.kind, a.finish, bool(self.settings.sampling.stop))
         out = output_tokens(self.kind, a.usage.get("completion_tokens"), finish)
-        timed = out is not None and a.ttft_s is not None and a.total_s is not None
         rate = None  # a whole answer has no decode time
-        if timed:  # one token has no time after the first: rated over the whole, as in-process
+        # one token has no time after the first: rated over the whole, as in-process
+        if out is not None and a.ttft_s is not None and a.total_s is not None:
             rate = combined_rate([(out, a.ttft_s, a.total_s)]) if out > 1 else per_second(out, a.total_s)
         return {"input_tokens": a.usage.get("prompt_tokens"), "output_tokens": out, "ttft_s": a.ttft_s,
                 "tokens_per_s": rate, "total_s": a.total_s, "finish_reason": finish}

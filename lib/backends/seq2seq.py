@@ -10,8 +10,9 @@ Completion events, the same stats from lmpipe.engine.timing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 from ..engine.events import Completion
 from ..engine.loop import RowState, complete

@@ -9,8 +9,9 @@ many fit (`limit`), so translation and summarization split and batch the same wa
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from ..engine.timing import combined_rate
 from ..errors import RecordError

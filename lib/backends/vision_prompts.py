@@ -10,8 +10,9 @@ template writes the prompt, its processor expands each image's placeholder token
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..chat.prompts import PromptSettings, effective_template, image_messages, messages_of, template_variables, text_of
 from ..engine.multimodal import ImagePrompt, image_prompt

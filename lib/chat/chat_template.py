@@ -14,9 +14,10 @@ variables. This module does the same; tests/test_chat_template.py compares real 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import RecordError
 
@@ -115,13 +116,14 @@ def choose(template: str | Mapping[str, str] | None, tools: Any) -> str:
             return template["tool_use"]
         if "default" in template:
             return template["default"]
-        raise RecordError(f"the model has several chat templates and none named default ({', '.join(sorted(template))})")
+        names = ", ".join(sorted(template))
+        raise RecordError(f"the model has several chat templates and none named default ({names})")
     if template is None:
         raise RecordError("the model has no chat template")
     return template
 
 
-def render_chat(template: str | Mapping[str, str] | None, messages: list[Mapping[str, Any]], *,
+def render_chat(template: str | Mapping[str, str] | None, messages: Sequence[Mapping[str, Any]], *,
                 special_tokens: Mapping[str, str] | None = None, tools: list[Any] | None = None,
                 documents: list[Any] | None = None, add_generation_prompt: bool = False, **variables: Any) -> str:
     """The chat as text, as transformers' apply_chat_template(..., tokenize=False) renders it.
@@ -140,6 +142,6 @@ def render_chat(template: str | Mapping[str, str] | None, messages: list[Mapping
         raise RecordError(f"chat template: {exc.message or exc}") from None
 
 
-def apply_chat_template(tokenizer: Any, messages: list[Mapping[str, Any]], **kwargs: Any) -> str:
+def apply_chat_template(tokenizer: Any, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
     """render_chat with a tokenizer's template and named special tokens (JsonTokenizer or transformers')."""
     return render_chat(tokenizer.chat_template, messages, special_tokens=tokenizer.special_tokens_map, **kwargs)

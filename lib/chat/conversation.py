@@ -23,7 +23,7 @@ class Conversation:
     """The system prompt and the turns so far: what goes to the model each turn."""
 
     system: str = ""
-    turns: list[dict[str, str]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)  # content: text, or OpenAI's parts with images
 
     def messages(self) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -34,7 +34,7 @@ class Conversation:
         return {"messages": self.messages()}
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "Conversation":
+    def from_record(cls, record: dict[str, Any]) -> Conversation:
         """The conversation a record holds: its `messages` (checked as lm-generate checks them),
         plus its `generated` reply when it has one."""
         if "messages" not in record:
@@ -55,7 +55,7 @@ class Conversation:
             raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "Conversation":
+    def load(cls, path: str | Path) -> Conversation:
         """The conversation of the last record of a JSONL file (lm-chat's /save, the dashboard's Ctrl-S)."""
         try:
             lines = Path(path).expanduser().read_bytes().splitlines()

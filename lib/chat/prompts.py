@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import RecordError, UsageError
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 EFFORTS = ("low", "medium", "high")
 # What a template is handed by the renderer itself: never a caller's template variable.
-RESERVED_VARIABLES = frozenset({"messages", "conversation", "tools", "documents", "chat_template", "add_generation_prompt",
+RESERVED_VARIABLES = frozenset({"messages", "conversation", "tools", "documents", "chat_template",
+                                "add_generation_prompt",
                                 "continue_final_message", "tokenize", "sanitize_control_tokens", "padding",
                                 "truncation", "max_length", "return_tensors", "return_dict",
                                 "return_assistant_tokens_mask", "tokenizer_kwargs"})
@@ -57,7 +59,8 @@ def template_variables(settings: PromptSettings, template: Any) -> dict[str, Any
 
 
 def is_template_name(value: str) -> bool:
-    """A --chat-template value that names one of a model's templates (tool_use, default, ...), not a template's source."""
+    """A --chat-template value that names one of a model's templates (tool_use, default, ...), not a
+    template's source."""
     return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", value))
 
 
@@ -175,7 +178,8 @@ def text_of(record: dict[str, Any], field: str) -> str:
     return value
 
 
-def prompt_ids(record: dict[str, Any], tokenizer: Any, settings: PromptSettings, tools: Sequence[Any] = ()) -> list[int]:
+def prompt_ids(record: dict[str, Any], tokenizer: Any, settings: PromptSettings,
+               tools: Sequence[Any] = ()) -> list[int]:
     """Token ids of the prompt for one record; `tools` (lmpipe.chat.tools.Tool) are offered to the model."""
     from .tools import template_knows_tools, with_instructions
 

@@ -123,4 +123,5 @@ def load_agent(path: str | Path) -> Agent:
     if rules:
         parts.append(part("Rules:\n" + "\n".join(f"- {_tidy(r)}" for r in rules), "rules"))
     user = part(agent["user"], "user") if agent.get("user") else None
-    return Agent(str(path), parts, user, dict(data.get("template", {})), dict(data.get("engine", {})), dict(data.get("run", {})))
+    return Agent(str(path), parts, user, dict(data.get("template", {})), dict(data.get("engine", {})),
+                 dict(data.get("run", {})))

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ class ToolSpec:
 
 
 def ours(ep: Any) -> bool:
-    return ep.value.split(":")[0].split(".")[0] == "lmpipe"
+    return str(ep.value).split(":")[0].split(".")[0] == "lmpipe"
 
 
 @lru_cache(maxsize=1)
@@ -67,7 +67,7 @@ def tool_names() -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-@lru_cache(maxsize=None)
+@cache
 def command(tool: str) -> click.Command:
     for ep in entry_points(group="console_scripts", name=tool):
         if not ours(ep):
@@ -102,7 +102,7 @@ def _option_spec(param: click.Parameter) -> OptionSpec | None:
     return OptionSpec(param.name or "", flag, "text", default, help_text)
 
 
-@lru_cache(maxsize=None)
+@cache
 def spec(tool: str) -> ToolSpec:
     cmd = command(tool)
     options = tuple(o for p in cmd.params if (o := _option_spec(p)) is not None)

@@ -20,8 +20,8 @@ from typing import Any
 
 import click
 
-from ..version import __version__
 from ..records.pipe import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ..version import __version__
 
 EXIT_CODES = (
     (EXIT_OK, "Every record succeeded."),

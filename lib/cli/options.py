@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
 
 import click
 from click.core import ParameterSource
@@ -10,6 +11,8 @@ from click.core import ParameterSource
 from ..models.device import ATTENTIONS, DEVICES, DTYPES
 from ..models.kernels.choice import KERNELS
 from ..models.resolve import DEFAULT_MODEL
+
+F = TypeVar("F", bound=Callable[..., Any])  # a click command, with the options added
 
 
 def given_on_command_line() -> frozenset[str]:
@@ -19,8 +22,8 @@ def given_on_command_line() -> frozenset[str]:
     return frozenset(name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE)
 
 
-def _stack(*decorators: Callable) -> Callable:
-    def apply(f: Callable) -> Callable:
+def _stack(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    def apply(f: F) -> F:
         for d in reversed(decorators):
             f = d(f)
         return f
@@ -28,10 +31,11 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
-MODEL_HELP = "Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision]; org/name:Q4_K_M for its GGUF of that type)."
+MODEL_HELP = ("Alias (smollm2), local folder, .gguf file, or hub repo id (org/name[@revision]; "
+              "org/name:Q4_K_M for its GGUF of that type).")
 
 
-def model_options(f: Callable) -> Callable:
+def model_options(f: F) -> F:
     """--model, --device, --dtype, --attention."""
     return _stack(
         click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, envvar="LMPIPE_MODEL", help=MODEL_HELP),
@@ -39,7 +43,7 @@ def model_options(f: Callable) -> Callable:
     )(f)
 
 
-def served_models_options(f: Callable) -> Callable:
+def served_models_options(f: F) -> F:
     """lm-serve's --model (repeatable), --model-option, --max-models, --listed-only, --allow-model-paths, then
     --device, --dtype, --attention."""
     return _stack(
@@ -63,7 +67,7 @@ def served_models_options(f: Callable) -> Callable:
     )(f)
 
 
-def device_options(f: Callable) -> Callable:
+def device_options(f: F) -> F:
     """--device, --dtype, --attention."""
     return _stack(
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="LMPIPE_DEVICE",
@@ -75,20 +79,21 @@ def device_options(f: Callable) -> Callable:
     )(f)
 
 
-def field_options(default_out: str) -> Callable:
+def field_options(default_out: str) -> Callable[[F], F]:
     """--field (read) and --out (write)."""
     return _stack(
         click.option("-f", "--field", default="text", show_default=True, help="Record field holding the input text."),
-        click.option("-o", "--out", default=default_out, show_default=True, help="Record field to write the result to."),
+        click.option("-o", "--out", default=default_out, show_default=True,
+                     help="Record field to write the result to."),
     )
 
 
-def batch_option(f: Callable) -> Callable:
+def batch_option(f: F) -> F:
     return click.option("-b", "--batch-size", type=click.IntRange(min=1), default=None, envvar="LMPIPE_BATCH_SIZE",
                         help="Records per batch (default: 1 on a terminal, 8 in a pipe).")(f)
 
 
-def sampling_options(f: Callable) -> Callable:
+def sampling_options(f: F) -> F:
     """--temperature, --top-p, --top-k, --min-p, --repetition-penalty, --presence-penalty,
     --frequency-penalty, --logit-bias, --seed, --max-new-tokens, --stop."""
     return _stack(
@@ -113,7 +118,7 @@ def sampling_options(f: Callable) -> Callable:
     )(f)
 
 
-def template_options(f: Callable) -> Callable:
+def template_options(f: F) -> F:
     """--chat-template, --think/--no-think, --reasoning-effort, --reasoning-budget: how the chat
     template renders the prompt, and how long a reasoning model may think."""
     return _stack(
@@ -131,7 +136,7 @@ def template_options(f: Callable) -> Callable:
     )(f)
 
 
-def adapter_option(f: Callable) -> Callable:
+def adapter_option(f: F) -> F:
     """--adapter PATH[:SCALE], repeatable: LoRA adapters (lmpipe.models.adapters)."""
     return click.option("--adapter", multiple=True, metavar="PATH[:SCALE]",
                         help="A LoRA adapter in PEFT's format (a folder with adapter_config.json and "
@@ -140,7 +145,7 @@ def adapter_option(f: Callable) -> Callable:
                              "sha256.")(f)
 
 
-def progress_option(f: Callable) -> Callable:
+def progress_option(f: F) -> F:
     from ..records.progress import MODES
 
     return click.option("--progress", type=click.Choice(MODES), default="auto", show_default=True,
@@ -149,7 +154,11 @@ def progress_option(f: Callable) -> Callable:
                              "JSON events, or none.")(f)
 
 
-def job_options(f: Callable | None = None, *, key: str = "id") -> Callable:
+@overload
+def job_options(f: F, *, key: str = "id") -> F: ...
+@overload
+def job_options(f: None = None, *, key: str = "id") -> Callable[[F], F]: ...
+def job_options(f: F | None = None, *, key: str = "id") -> F | Callable[[F], F]:
     """--output FILE, --resume, --shard I/N: batch jobs that survive being killed and split across workers.
     `key`: the field --resume knows records by (`@job_options(key="custom_id")`)."""
     if f is None:
@@ -165,7 +174,7 @@ def job_options(f: Callable | None = None, *, key: str = "id") -> Callable:
     )(f)
 
 
-def vision_model_options(envvar: str) -> Callable:
+def vision_model_options(envvar: str) -> Callable[[F], F]:
     """--model (no default: there is no embedded vision model), --device, --dtype."""
     return _stack(
         click.option("-m", "--model", default=None, envvar=envvar,
@@ -177,7 +186,7 @@ def vision_model_options(envvar: str) -> Callable:
     )
 
 
-def speed_options(f: Callable) -> Callable:
+def speed_options(f: F) -> F:
     """--quantize, --cache, --compile: the fast decode path (lmpipe.engine.generation.Decoding)."""
     return _stack(
         click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None, envvar="LMPIPE_QUANTIZE",
@@ -194,11 +203,12 @@ def speed_options(f: Callable) -> Callable:
                           "auto: fast where it can run, else dynamic (said on stderr); "
                           "dynamic or static: transformers' forward with a growing or preallocated cache."),
         click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
-                     help="torch.compile the per-token step (fast or static cache; the first batch of each shape compiles, about a minute on a CPU)."),
+                     help="torch.compile the per-token step (fast or static cache; the first batch of each shape "
+                          "compiles, about a minute on a CPU)."),
     )(f)
 
 
-def context_options(*aliases: str) -> Callable:
+def context_options(*aliases: str) -> Callable[[F], F]:
     """--ctx-size (and `aliases`: lm-serve's --max-model-len, as vLLM spells it), --rope-scaling,
     --rope-factor: the context a sequence may hold (lmpipe.models.loading.ModelSettings)."""
     return _stack(
@@ -215,7 +225,7 @@ def context_options(*aliases: str) -> Callable:
     )
 
 
-def draft_options(f: Callable) -> Callable:
+def draft_options(f: F) -> F:
     """--draft-model, --draft-quantize, --draft-tokens: speculative decoding (lmpipe.engine.speculative)."""
     return _stack(
         click.option("--draft-model", default=None, envvar="LMPIPE_DRAFT_MODEL", metavar="MODEL",
@@ -228,7 +238,7 @@ def draft_options(f: Callable) -> Callable:
     )(f)
 
 
-def server_option(f: Callable) -> Callable:
+def server_option(f: F) -> F:
     """--server URL, --no-server and --api-key: without --server or --no-server, a running lm-serve
     that holds the same model with the same settings (recorded in lmpipe's home) answers instead
     of loading the model here."""
@@ -244,7 +254,7 @@ def server_option(f: Callable) -> Callable:
     )(f)
 
 
-def remote_options(f: Callable) -> Callable:
+def remote_options(f: F) -> F:
     """How to talk to a server: --server-kind, --concurrency, --retries (lmpipe.backends.remote)."""
     from ..backends.dialects import KINDS
 
@@ -253,7 +263,8 @@ def remote_options(f: Callable) -> Callable:
                      help="What the server is (lm-serve, vLLM, llama.cpp, Ollama, another), for the fields it reads "
                           "and how it counts  [default: asked of the server]"),
         click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-                     envvar="LMPIPE_CONCURRENCY", help="Requests in flight at once to a server (output keeps input order)."),
+                     envvar="LMPIPE_CONCURRENCY",
+                     help="Requests in flight at once to a server (output keeps input order)."),
         click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, envvar="LMPIPE_RETRIES",
                      help="More tries for a request that got 429, 503 or a lost connection, with backoff."),
     )(f)

@@ -8,8 +8,9 @@ the dict. Imports happen inside the functions, so that a tool's --help stays tor
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RecordError, UsageError
 
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
     from ..tasks.chunk import ChunkRun
     from ..tasks.detect import DetectRun
     from ..tasks.embed import EmbedRun
-    from ..tasks.similar import SimilarRun
     from ..tasks.generate import GenerateRun
+    from ..tasks.similar import SimilarRun
     from ..tasks.summarize import SummarizeRun
     from ..tasks.template import TemplateRun
     from ..tasks.tokenize import TokenizeRun
@@ -41,7 +42,7 @@ Options = dict[str, Any]
 
 # The option bundles of lmpipe.cli.options, each to its settings.
 
-def model_settings(o: Options) -> "ModelSettings":
+def model_settings(o: Options) -> ModelSettings:
     """What model_options (and --quantize, where a tool has it) ask for."""
     from ..models.adapters import Adapter
     from ..models.loading import ModelSettings
@@ -51,7 +52,7 @@ def model_settings(o: Options) -> "ModelSettings":
                          rope_scaling=o.get("rope_scaling"), rope_factor=o.get("rope_factor"), kernel=o.get("kernel"))
 
 
-def decoding(o: Options) -> "Decoding":
+def decoding(o: Options) -> Decoding:
     """The Decoding the speed and draft options ask for (tools without draft options get none)."""
     from ..engine.decoding import Decoding
 
@@ -59,7 +60,7 @@ def decoding(o: Options) -> "Decoding":
                     o.get("draft_quantize"), o.get("draft_tokens") or 4)
 
 
-def sampling_settings(o: Options) -> "Sampling":
+def sampling_settings(o: Options) -> Sampling:
     """What sampling_options ask for."""
     from ..engine.sampling import Sampling, parse_logit_bias
 
@@ -80,7 +81,8 @@ def read_chat_template(value: str | None) -> str | None:
         try:
             return path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--chat-template {value}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+            why = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"--chat-template {value}: cannot read it: {why}") from None
     from ..chat.prompts import is_template_name
 
     if not is_template_name(value):
@@ -94,7 +96,7 @@ def template_settings(o: Options) -> dict[str, Any]:
             "reasoning_effort": o.get("reasoning_effort")}
 
 
-def job_settings(o: Options) -> "JobSettings":
+def job_settings(o: Options) -> JobSettings:
     """--output FILE, --resume, --shard I/N (job_options)."""
     from ..records.job import JobSettings
     from ..records.shard import Shard
@@ -102,7 +104,7 @@ def job_settings(o: Options) -> "JobSettings":
     return JobSettings(output=o.get("output"), resume=bool(o.get("resume")), shard=Shard.parse(o.get("shard")))
 
 
-def pipe_settings(o: Options) -> "PipeSettings":
+def pipe_settings(o: Options) -> PipeSettings:
     """--batch-size, --progress and the job options, where a tool has them."""
     from ..records.pipe import PipeSettings
 
@@ -110,11 +112,12 @@ def pipe_settings(o: Options) -> "PipeSettings":
 
 
 def constraint_from_options(json_schema: str | None = None, regex: str | None = None,
-                            choice: Sequence[str] = ()) -> "Constraint | None":
+                            choice: Sequence[str] = ()) -> Constraint | None:
     """The constraint asked for on the command line, compiled and checked, or None."""
     from ..engine.constrain import choice_constraint, json_constraint, load_schema, regex_constraint
 
-    given = [name for name, value in (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice)) if value]
+    options = (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice))
+    given = [name for name, value in options if value]
     if len(given) > 1:
         raise UsageError(f"{' and '.join(given)} cannot be combined; choose one")
     if json_schema:
@@ -128,7 +131,7 @@ def constraint_from_options(json_schema: str | None = None, regex: str | None = 
 
 # One function per tool: its options to what its task's run() takes.
 
-def generate_settings(o: Options) -> "GenerateSettings":
+def generate_settings(o: Options) -> GenerateSettings:
     from ..backends.generate import GenerateSettings
     from ..backends.vision_prompts import ImageSource
     from ..chat.prompts import PromptSettings
@@ -149,7 +152,7 @@ def generate_settings(o: Options) -> "GenerateSettings":
     )
 
 
-def server_settings(o: Options) -> "ServerSettings | None":
+def server_settings(o: Options) -> ServerSettings | None:
     from ..backends.remote import ServerSettings
 
     if not o.get("server"):
@@ -166,7 +169,7 @@ def client_key(o: Options) -> str | None:
     return o.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
 
 
-def generate_run(o: Options, given: frozenset[str] = frozenset()) -> "GenerateRun":
+def generate_run(o: Options, given: frozenset[str] = frozenset()) -> GenerateRun:
     """`given`: the options typed on the command line (given_on_command_line), which a record's
     agent may not change."""
     from ..tasks.generate import GenerateRun
@@ -177,7 +180,7 @@ def generate_run(o: Options, given: frozenset[str] = frozenset()) -> "GenerateRu
                        display_pause=o["display_pause"], given=given)
 
 
-def chat_run(o: Options) -> "ChatRun":
+def chat_run(o: Options) -> ChatRun:
     """lm-chat: lm-generate's model, sampling, speed and server options; the system prompt goes
     into the conversation (so /save keeps it), not into the prompt settings."""
     from ..backends.generate import GenerateSettings
@@ -191,7 +194,7 @@ def chat_run(o: Options) -> "ChatRun":
                    load=o.get("load"), quiet=o["quiet"])
 
 
-def detect_run(o: Options) -> "DetectRun":
+def detect_run(o: Options) -> DetectRun:
     from ..tasks.detect import DetectRun, DetectSettings, parse_labels
     from ..vision.images import ImageSettings
     from ..vision.loading import VisionSettings
@@ -205,7 +208,7 @@ def detect_run(o: Options) -> "DetectRun":
     return DetectRun(settings, VisionSettings(o["model"], o["device"], o["dtype"]), pipe_settings(o))
 
 
-def translate_run(o: Options) -> "TranslateRun":
+def translate_run(o: Options) -> TranslateRun:
     from ..backends.seq2seq import Seq2SeqSettings
     from ..tasks.translate import TranslateRun, TranslateSettings
 
@@ -216,7 +219,7 @@ def translate_run(o: Options) -> "TranslateRun":
     return TranslateRun(settings, model_settings(o), pipe_settings(o))
 
 
-def summarize_run(o: Options) -> "SummarizeRun":
+def summarize_run(o: Options) -> SummarizeRun:
     from ..backends.seq2seq import Seq2SeqSettings
     from ..tasks.summarize import SummarizeRun, SummarizeSettings
 
@@ -250,7 +253,7 @@ def read_template(template: str | None, file: str | None) -> str | None:
         raise UsageError(f"cannot read template {file}: {exc.strerror or exc}") from None
 
 
-def template_run(o: Options) -> "TemplateRun":
+def template_run(o: Options) -> TemplateRun:
     from ..tasks.template import TemplateRun, TemplateSettings
 
     settings = TemplateSettings(read_template(o["template"], o["file"]), o["system"], o["agent"], o["field"],
@@ -258,7 +261,7 @@ def template_run(o: Options) -> "TemplateRun":
     return TemplateRun(settings, pipe_settings(o))
 
 
-def tokenize_run(o: Options) -> "TokenizeRun":
+def tokenize_run(o: Options) -> TokenizeRun:
     from ..tasks.tokenize import TokenizeRun, TokenizeSettings
 
     settings = TokenizeSettings(field=o["field"], decode=o["decode"], special=not o["no_special"], out=o["out"])
@@ -266,14 +269,14 @@ def tokenize_run(o: Options) -> "TokenizeRun":
                        add_special_tokens=o["add_special_token"], save=o["save"], pipe=pipe_settings(o))
 
 
-def chunk_run(o: Options) -> "ChunkRun":
+def chunk_run(o: Options) -> ChunkRun:
     from ..tasks.chunk import ChunkRun, ChunkSettings
 
     settings = ChunkSettings(o["max_tokens"], o["overlap"], o["field"], o["id_field"])
     return ChunkRun(settings, model=o["model"], tokenizer=o["tokenizer"], pipe=pipe_settings(o))
 
 
-def bench_run(o: Options) -> "BenchRun":
+def bench_run(o: Options) -> BenchRun:
     from ..tasks.bench import BenchRun
     from ..tasks.bench_cases import BenchSettings
 
@@ -342,7 +345,7 @@ def parse_loras(pairs: Sequence[str], models: Sequence[str]) -> list[tuple[str, 
     return out
 
 
-def serve_run(o: Options) -> "ServeRun":
+def serve_run(o: Options) -> ServeRun:
     from dataclasses import replace
 
     from ..engine.scheduler import SchedulerSettings
@@ -351,7 +354,7 @@ def serve_run(o: Options) -> "ServeRun":
     from ..serve.roster import RosterSettings
     from ..serve.run import ServeRun
 
-    def scheduler(options: Options) -> "SchedulerSettings":
+    def scheduler(options: Options) -> SchedulerSettings:
         return SchedulerSettings(model=model_settings(options), decoding=decoding(options),
                                  max_batch=options["max_batch"], max_queue=options["max_queue"],
                                  keep_alive=options["keep_alive"],
@@ -396,25 +399,24 @@ def api_keys(given: tuple[str, ...], file: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
-def embed_run(o: Options) -> "EmbedRun":
+def embed_run(o: Options) -> EmbedRun:
     from ..backends.embedding import EmbedSettings
     from ..models.loading import ModelSettings
     from ..tasks.embed import EmbedRun
-    from ..tasks.similar import SimilarRun
 
     return EmbedRun(EmbedSettings(normalize=o["normalize"], chunk=o["chunk"]),
                     ModelSettings(o["model"], o["device"], o["dtype"]), pipe_settings(o),
                     field=o["field"], out=o["out"], encoding=o["encoding"])
 
 
-def similar_run(o: Options) -> "SimilarRun":
+def similar_run(o: Options) -> SimilarRun:
     from ..tasks.similar import SimilarRun
 
     return SimilarRun(text=o["query"], vector=o["vector"], record=o["record"], top=o["top"], field=o["field"],
                       model=o["model"])
 
 
-def batch_run(o: Options) -> "BatchRun":
+def batch_run(o: Options) -> BatchRun:
     from dataclasses import replace
 
     from ..engine.scheduler import SchedulerSettings

@@ -16,19 +16,23 @@ only the rest, as llama.cpp's prompt cache and vLLM's prefix caching do.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..models.adapters import stack_of
 from ..models.fastpath import KVCache, fast_model, prefill, rounded_width, step
 from .decoding import left_pad
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 MIN_SHARED = 8  # fewer shared tokens than this are cheaper to compute again than to copy
 
 
 def shared_length(a: tuple[int, ...], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # a common prefix: the two may differ in length
         if x != y:
             break
         n += 1
@@ -122,7 +126,7 @@ class FastRows:
         return self.cache
 
     def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False,
-                adapters: Sequence[int | None] | None = None):
+                adapters: Sequence[int | None] | None = None) -> tuple[list[Slot], Tensor]:
         """With `every` (one prompt), its logits after each token [1, len, vocab]: it is computed
         whole, not from a cached prefix. `adapters`: each prompt's LoRA adapter slot (None: the
         model's default)."""
@@ -153,7 +157,8 @@ class FastRows:
 
         return torch.tensor([r.adapter for r in rows], dtype=torch.long, device=self.fast.device)
 
-    def _prefill_one(self, row: int, prompt: list[int], room: int, every: bool = False, adapter: int = 0):
+    def _prefill_one(self, row: int, prompt: list[int], room: int, every: bool = False,
+                     adapter: int = 0) -> Tensor:
         import torch
 
         cache = self._fit(len(prompt) + room)
@@ -164,7 +169,7 @@ class FastRows:
         if self.prefixes is not None and not every:
             self.prefixes.counts.queries += len(prompt)
             self.prefixes.counts.hits += shared if shared >= MIN_SHARED else 0
-        if shared >= MIN_SHARED:
+        if shared >= MIN_SHARED and stored is not None:  # a stored prefix shares them
             cache.load_prefix(row, *stored, shared)
             rest = ids[:, shared:]
             logits = prefill(self.fast, cache, slice(row, row + 1), rest, torch.ones_like(rest), start=shared,
@@ -175,7 +180,7 @@ class FastRows:
             self.prefixes.add(prompt, *cache.prefix(row, len(prompt)), slot=adapter)
         return logits
 
-    def step(self, handles: Sequence[Slot], tokens: Sequence[int]):
+    def step(self, handles: Sequence[Slot], tokens: Sequence[int]) -> Tensor:
         """One decode step for `handles`' rows; contiguous runs of rows step together (all of
         them at once, unless rows decoding speculatively sit between them)."""
         import torch
@@ -184,7 +189,7 @@ class FastRows:
         rows = [h.index for h in handles]
         if rows == list(range(len(rows))):
             chosen = torch.tensor(list(tokens), dtype=torch.long, device=device)
-            return step(self.fast, self.cache, slice(0, len(rows)), chosen, slots=self._slots(handles))
+            return step(self.fast, self._kv, slice(0, len(rows)), chosen, slots=self._slots(handles))
         order = sorted(range(len(rows)), key=rows.__getitem__)
         out: list[Any] = [None] * len(rows)
         run: list[int] = []
@@ -194,35 +199,41 @@ class FastRows:
             if last:
                 chosen = torch.tensor([tokens[p] for p in run], dtype=torch.long, device=device)
                 first = rows[run[0]]
-                logits = step(self.fast, self.cache, slice(first, first + len(run)), chosen,
+                logits = step(self.fast, self._kv, slice(first, first + len(run)), chosen,
                               slots=self._slots([handles[p] for p in run]))
                 for j, p in enumerate(run):
                     out[p] = logits[j]
                 run = []
         return torch.stack(out)
 
+    @property
+    def _kv(self) -> KVCache:
+        """The cache, once the first prefill has allocated it (every other call follows one)."""
+        assert self.cache is not None, "no row was prefilled"
+        return self.cache
+
     def filled(self, handle: Slot) -> int:
         """Columns the row holds."""
-        return int(self.cache.fill[handle.index])
+        return int(self._kv.fill[handle.index])
 
-    def extend(self, handle: Slot, tokens: Sequence[int]):
+    def extend(self, handle: Slot, tokens: Sequence[int]) -> Tensor:
         """Feed the row several tokens in one pass: the logits after each [len(tokens), vocab].
         The row must hold no padding (it was prefilled alone)."""
         import torch
 
         i = handle.index
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.fast.device)
-        return prefill(self.fast, self.cache, slice(i, i + 1), ids, torch.ones_like(ids), start=self.filled(handle),
+        return prefill(self.fast, self._kv, slice(i, i + 1), ids, torch.ones_like(ids), start=self.filled(handle),
                        every=True, slots=handle.adapter if self.adapted else None)[0]
 
     def truncate(self, handle: Slot, length: int) -> None:
         """Forget the row's columns from `length` on (rejected speculative tokens)."""
-        self.cache.truncate(handle.index, length)
+        self._kv.truncate(handle.index, length)
 
     def release(self, handle: Slot) -> None:
         i, last = handle.index, len(self.order) - 1
         if i != last:
-            self.cache.move(last, i)
+            self._kv.move(last, i)
             moved = self.order[last]
             moved.index = i
             self.order[i] = moved

@@ -11,14 +11,20 @@ from __future__ import annotations
 import json
 import re
 import weakref
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RecordError, UsageError
 
 # Compact JSON: flexible whitespace lets a small model pad forever with newlines.
-JSON_OPTIONS = {"whitespace_flexible": False}
+if TYPE_CHECKING:
+    from llguidance import LLTokenizer
+    from llguidance._lib import JsonCompileOptions
+    from torch import Tensor
+
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ def load_schema(text: str) -> dict[str, Any]:
             raise UsageError(f"--json-schema {text}: no such file (or give the schema inline as JSON)")
         stripped = path.read_text()
     try:
-        schema = json.loads(stripped)
+        schema: dict[str, Any] = json.loads(stripped)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--json-schema is not valid JSON: {exc}") from None
     return schema
@@ -172,7 +178,7 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
-def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Sequence[int]):
+def ll_tokenizer(tokenizer: Any, vocab_size: int, eos: Collection[int]) -> LLTokenizer:
     """llguidance's view of a transformers tokenizer (about a second to build: cache it)."""
     import llguidance.hf
 
@@ -218,7 +224,7 @@ class GrammarProcessor:
         self.seen: int | None = None  # history columns already fed to the matchers (first call: the prompts)
         self.done = [m is None for m in self.matchers]
 
-    def __call__(self, history, scores):
+    def __call__(self, history: Tensor, scores: Tensor) -> Tensor:
         import numpy as np
         import torch
 
@@ -229,7 +235,7 @@ class GrammarProcessor:
         bitmask = np.zeros((len(self.matchers), words), dtype=np.int32)
         for r, m in enumerate(self.matchers):
             for token in new[r]:
-                if self.done[r]:
+                if self.done[r] or m is None:  # a row without a matcher is done from the start
                     break
                 if m.is_stopped() or not m.consume_token(token):
                     self.done[r] = True  # EOS taken (or the row ended): later tokens are padding

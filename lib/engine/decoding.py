@@ -4,7 +4,8 @@ lmpipe.engine.loop owns the loop (pick a token, report it, stop); this module ow
 left-padded batch makes into the model, `prefill(ids)` and `step(chosen)`, gpt-fast style when
 asked: "fast" runs lmpipe's own forward for the families it knows (lmpipe.models.fastpath); "auto"
 runs it where it can and falls back to "dynamic" (said once on stderr); "dynamic" grows
-transformers' DynamicCache per token; "static" allocates a StaticCache once for prompt + new tokens so every step has the same shapes, and may
+transformers' DynamicCache per token; "static" allocates a StaticCache once for prompt + new tokens so every step has
+the same shapes, and may
 compile that step. `StaticBatch` is the loop's backend over them: a batch admitted whole (rows
 that join and leave between steps are lmpipe.engine.batching's).
 """
@@ -13,12 +14,18 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..models.adapters import Lora, stack_of
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..models.fastpath import FastDecoder
 
 CACHES = ("auto", "fast", "dynamic", "static")
 
@@ -54,13 +61,13 @@ class Decoding:
             raise UsageError("--compile needs --cache fast or static (fixed shapes)")
 
 
-def positions(mask):
+def positions(mask: Tensor) -> Tensor:
     pos = mask.long().cumsum(-1) - 1
     return pos.masked_fill(mask == 0, 1)
 
 
-def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=None, every: bool = False,
-            extras: dict[str, Any] | None = None):
+def forward(model: Any, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any, keep_last: bool,
+            cache_position: Tensor | None = None, every: bool = False, extras: dict[str, Any] | None = None) -> Tensor:
     """The last position's logits [B, vocab]; with `every`, every position's [B, T, vocab].
     `extras`: more model inputs (a vision-language model's pixels, lmpipe.engine.multimodal)."""
     kwargs: dict[str, Any] = {"logits_to_keep": 1} if keep_last and not every else {}
@@ -69,15 +76,16 @@ def forward(model: Any, ids, mask, pos, cache, keep_last: bool, cache_position=N
     kwargs.update(extras or {})
     import torch
 
-    kwargs[cache_keyword(type(model))] = cache
+    kwargs[cache_keyword(model.__class__)] = cache
     # no_grad, not inference_mode: a static cache allocated outside it is updated in place here.
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
-    return out.logits.float() if every else out.logits[:, -1, :].float()
+    logits: Tensor = out.logits.float() if every else out.logits[:, -1, :].float()
+    return logits
 
 
 @cache
-def cache_keyword(model_class: type) -> str:
+def cache_keyword(model_class: Any) -> str:
     """transformers 5.24 renames `past_key_values` to `cache`, model by model (the old name warns)."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
@@ -85,17 +93,17 @@ def cache_keyword(model_class: type) -> str:
 class _Dynamic:
     """The KV cache grows by one column per token; the mask grows with it."""
 
-    def __init__(self, model: Any, mask, max_new_tokens: int):
+    def __init__(self, model: Any, mask: Tensor, max_new_tokens: int):
         from transformers import DynamicCache
 
         self.model, self.mask = model, mask
         self.cache = DynamicCache(config=model.config)
         self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def prefill(self, ids, every: bool = False):
+    def prefill(self, ids: Tensor, every: bool = False) -> Tensor:
         return forward(self.model, ids, self.mask, positions(self.mask), self.cache, self.keep, every=every)
 
-    def step(self, chosen):
+    def step(self, chosen: Tensor) -> Tensor:
         self.mask = torch_cat_ones(self.mask)
         return forward(self.model, chosen[:, None], self.mask, positions(self.mask)[:, -1:], self.cache, self.keep)
 
@@ -107,7 +115,7 @@ class _Static:
     causal mask, built from `cache_position`, hides the columns not written yet.
     """
 
-    def __init__(self, model: Any, mask, max_new_tokens: int, compiled: bool = False):
+    def __init__(self, model: Any, mask: Tensor, max_new_tokens: int, compiled: bool = False):
         import torch
         from transformers import StaticCache
 
@@ -120,33 +128,33 @@ class _Static:
         self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.decode = _compiled_step() if compiled else decode_one
 
-    def prefill(self, ids, every: bool = False):
+    def prefill(self, ids: Tensor, every: bool = False) -> Tensor:
         import torch
 
         mask = self.mask[:, : self.width]
         position = torch.arange(self.width, device=ids.device)
         return forward(self.model, ids, mask, positions(mask), self.cache, self.keep, position, every)
 
-    def step(self, chosen):
+    def step(self, chosen: Tensor) -> Tensor:
         logits = self.decode(self.model, chosen[:, None], self.mask, self.next_pos, self.cache, self.cursor)
         self.next_pos += 1
         self.cursor += 1
         return logits
 
 
-def decode_one(model: Any, ids, mask, pos, cache, cursor):
+def decode_one(model: Any, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any, cursor: Tensor) -> Tensor:
     """One token through the model with a static cache; the step torch.compile may compile."""
     return forward(model, ids, mask, pos, cache, True, cursor)
 
 
 @cache
-def _compiled_step():
+def _compiled_step() -> Callable[..., Tensor]:
     import torch
 
     return torch.compile(decode_one, fullgraph=False, dynamic=False)
 
 
-def torch_cat_ones(mask):
+def torch_cat_ones(mask: Tensor) -> Tensor:
     import torch
 
     return torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
@@ -169,11 +177,11 @@ class ImageRows:
         self.positions = model._prepare_position_ids_for_generation(
             self.ids, {"attention_mask": self.mask, "cache": self.cache, **moved})
 
-    def prefill(self, ids, every: bool = False):
+    def prefill(self, ids: Tensor | None, every: bool = False) -> Tensor:
         return forward(self.model, self.ids, self.mask, self.positions, self.cache, True, every=every,
                        extras=self.extras)
 
-    def step(self, chosen):
+    def step(self, chosen: Tensor) -> Tensor:
         import torch
 
         from .multimodal import PER_TOKEN
@@ -189,7 +197,7 @@ class ImageRows:
         return forward(self.model, chosen[:, None], self.mask, self.positions, self.cache, True, extras=step)
 
 
-def uses_fast_path(model: Any, decoding: "Decoding") -> bool:
+def uses_fast_path(model: Any, decoding: Decoding) -> bool:
     from ..models.fastpath import unsupported
 
     return decoding.cache in ("auto", "fast") and unsupported(model) is None
@@ -221,7 +229,8 @@ def settled(decoding: Decoding, model: Any, notify: Callable[[str], None] = _std
     return replace(decoding, cache=fallback)
 
 
-def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding", slots=None):
+def decoder(model: Any, mask: Tensor, max_new_tokens: int, decoding: Decoding,
+            slots: Tensor | int | None = None) -> _Dynamic | _Static | FastDecoder:
     """`slots`: the rows' LoRA adapter slots, on the fast path (None: the model's default)."""
     if uses_fast_path(model, decoding):
         from ..models.fastpath import FastDecoder, fast_model
@@ -232,7 +241,7 @@ def decoder(model: Any, mask, max_new_tokens: int, decoding: "Decoding", slots=N
     return _Dynamic(model, mask, max_new_tokens)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: Any):
+def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[Tensor, Tensor]:
     """A batch of prompts as transformers pads it for decoder-only models: on the left, with its mask."""
     import torch
 
@@ -268,7 +277,8 @@ class StaticBatch:
         return self.decoding.compile
 
     def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False,
-                inputs: Sequence[Any] | None = None, adapters: Sequence[int | None] | None = None):
+                inputs: Sequence[Any] | None = None,
+                adapters: Sequence[int | None] | None = None) -> tuple[list[int], Tensor]:
         """`adapters`: each row's LoRA adapter slot (None: the model's default), held for the batch."""
         if self.run is not None:
             raise RuntimeError("a static batch admits its rows together")
@@ -288,7 +298,7 @@ class StaticBatch:
         self.run, self.live = run, [True] * len(prompts)
         return list(range(len(prompts))), logits
 
-    def step(self, handles: Sequence[int], tokens: Sequence[int]):
+    def step(self, handles: Sequence[int], tokens: Sequence[int]) -> Tensor:
         import torch
 
         everyone = list(handles) == list(range(len(self.live)))
@@ -297,7 +307,7 @@ class StaticBatch:
         else:
             chosen = torch.full((len(self.live),), self.pad, dtype=torch.long, device=self.device)
             chosen[list(handles)] = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
-        logits = self.run.step(chosen)
+        logits: Tensor = self.run.step(chosen)
         return logits if everyone else logits[list(handles)]
 
     def release(self, handle: int) -> None:

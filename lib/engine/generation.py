@@ -6,8 +6,9 @@ call `generate`; lm-serve feeds the same loop request by request (lmpipe.engine.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .decoding import Decoding, uses_fast_path
 from .events import Completion, Event, Token, TopToken
@@ -100,7 +101,7 @@ def generate(
             return sampling
         return replace(sampling, max_new_tokens=context - len(ids))
 
-    slots = [None] * len(prompts)
+    slots: list[int | None] = [None] * len(prompts)
     if any(name is not None for name in adapters):
         from ..models.adapters import stack_of
 

@@ -22,13 +22,17 @@ token-identical to it, and it reports every token as it comes with its time (lmp
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import timing
 from .events import Completion, Event, ScoredPrompt, Token, TopToken
 from .sampling import Sampling, logits_processors
 from .stops import find_stop, safe_length
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Backend(Protocol):
@@ -120,7 +124,7 @@ class Probs:
         return round(math.exp(logprob), 6), logprob
 
 
-def top_tokens(logits, tokenizer: Any, n: int) -> Probs:
+def top_tokens(logits: Tensor, tokenizer: Any, n: int) -> Probs:
     """For logits [1, vocab]."""
     import math
 
@@ -129,11 +133,11 @@ def top_tokens(logits, tokenizer: Any, n: int) -> Probs:
     logprobs = torch.log_softmax(logits[0].float(), dim=-1)
     values, indices = logprobs.topk(n, dim=-1)
     top = tuple(TopToken(i, tokenizer.decode([i]), round(math.exp(v), 6), v)
-                for v, i in zip(values.tolist(), indices.tolist()))
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True))
     return Probs(logprobs, top)
 
 
-def prompt_scores(ids: Sequence[int], logits, tokenizer: Any, n: int) -> list[Token]:
+def prompt_scores(ids: Sequence[int], logits: Tensor, tokenizer: Any, n: int) -> list[Token]:
     """The prompt's own tokens, each scored by the logits before it [len, vocab] (the first by
     nothing), with the `n` likeliest there, as vLLM's echo reports them."""
     scores = [Token(0, ids[0], tokenizer.decode([ids[0]]), 0.0)] if ids else []
@@ -144,7 +148,7 @@ def prompt_scores(ids: Sequence[int], logits, tokenizer: Any, n: int) -> list[To
     return scores
 
 
-def pick(scores, greedy: bool, generators: list[Any] | None):
+def pick(scores: Tensor, greedy: bool, generators: list[Any] | None) -> Tensor:
     import torch
 
     if greedy:
@@ -166,7 +170,7 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def pad_id(tokenizer: Any, eos: set[int]) -> int:
     if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
+        return int(tokenizer.pad_token_id)
     return min(eos) if eos else 0
 
 
@@ -231,7 +235,7 @@ class _Row:
     processors: Any  # None: greedy with nothing to apply, the argmax
     generator: Any
     history: list[int]
-    clock: timing.Clock | None = None
+    clock: timing.Clock = field(default_factory=timing.Clock)  # restarted at admission
     handle: Any = None
     drafting: Any = None  # the row's draft model state while it decodes speculatively
     next: int = -1  # chosen, not yet fed to the model
@@ -277,7 +281,7 @@ class Loop:
                 if any(row.request.adapter is not None for row in group):
                     extras["adapters"] = [row.request.adapter for row in group]
                 handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo, **extras)
-                for row, handle in zip(group, handles):
+                for row, handle in zip(group, handles, strict=True):
                     row.clock, row.handle = clock, handle
                     if row.request.speculates:
                         row.drafting = row.request.draft.start(row.request.ids, room)
@@ -314,7 +318,7 @@ class Loop:
         self.live = []
         self.backend.reset()
 
-    def _score_prompt(self, row: _Row, logits) -> None:
+    def _score_prompt(self, row: _Row, logits: Tensor) -> None:
         """The prompt's tokens scored from its prefill's logits; a row that only scores ends here."""
         request = row.request
         row.state.prompt_scores = prompt_scores(request.ids, logits, self.tokenizer, request.top_probs)
@@ -339,7 +343,7 @@ class Loop:
         plain = sampling.greedy and not processors
         return _Row(request, RowState(len(request.ids)), None if plain else processors, generator, list(request.ids))
 
-    def _choose(self, rows: list[_Row], logits) -> None:
+    def _choose(self, rows: list[_Row], logits: Tensor) -> None:
         """Each row's next token from its logits, under its own policies; report them."""
         import torch
 
@@ -359,7 +363,7 @@ class Loop:
                 generators = [row.generator] if row.generator is not None else None
                 tokens.append(int(pick(scores, row.request.sampling.greedy, generators)[0]))
         times: dict[int, float] = {}  # one reading of each clock per step: rows admitted together share it
-        for row, token, p in zip(rows, tokens, probs):
+        for row, token, p in zip(rows, tokens, probs, strict=True):
             if id(row.clock) not in times:
                 times[id(row.clock)] = row.clock()
             self._take(row, [token], times[id(row.clock)], p)

@@ -18,8 +18,9 @@ lmpipe.engine.decoding.ImageRows runs those forwards; this module makes their in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 PER_TOKEN = ("token_type_ids", "mm_token_type_ids")  # one value per prompt token: they grow at each step
 
@@ -34,7 +35,8 @@ class ImagePrompt:
 
     @property
     def ids(self) -> list[int]:
-        return self.alone["input_ids"][0].tolist()
+        ids: list[int] = self.alone["input_ids"][0].tolist()
+        return ids
 
 
 def image_prompt(processor: Any, text: str, images: Sequence[Any]) -> ImagePrompt:

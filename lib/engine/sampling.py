@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from transformers import LogitsProcessorList
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,13 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def with_seed(self) -> "Sampling":
+    def with_seed(self) -> Sampling:
         """A copy with a concrete seed, drawn now if none was given, so the manifest can replay it."""
         if self.seed is not None:
             return self
         return replace(self, seed=secrets.randbits(31))
 
-    def manifest(self) -> dict:
+    def manifest(self) -> dict[str, Any]:
         """As JSON: logit_bias as OpenAI's map of token ids (as strings) to biases."""
         return {**asdict(self), "stop": list(self.stop),
                 "logit_bias": {str(token): bias for token, bias in self.logit_bias}}
@@ -96,7 +101,7 @@ class LogitBias:
         self.ids = [token for token, _ in bias]
         self.values = [value for _, value in bias]
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         import torch
 
         ids = torch.tensor(self.ids, dtype=torch.long, device=scores.device)
@@ -112,7 +117,7 @@ class OutputPenalty:
     def __init__(self, presence: float, frequency: float, prompt_len: int):
         self.presence, self.frequency, self.prompt_len = presence, frequency, prompt_len
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         import torch
 
         out = input_ids[:, self.prompt_len:]
@@ -120,7 +125,8 @@ class OutputPenalty:
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
-def logits_processors(sampling: Sampling, first: Sequence[Callable] = (), prompt_len: int = 0):
+def logits_processors(sampling: Sampling, first: Sequence[Callable[[Tensor, Tensor], Tensor]] = (),
+                      prompt_len: int = 0) -> LogitsProcessorList:
     """The same processors, in the same order, that transformers' generate builds (logit bias,
     repetition penalty, temperature, top-k, top-p, min-p), with OpenAI's presence and frequency
     penalties (counted after `prompt_len`) after its repetition penalty.

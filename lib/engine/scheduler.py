@@ -20,8 +20,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from ..models.loading import LoadedModel, ModelSettings
 from .batching import PrefixCounts
@@ -54,7 +55,8 @@ class SchedulerSettings:
     max_batch: int = 8
     max_queue: int = 64
     keep_alive: float = 300.0  # seconds idle before the model is unloaded; 0: never
-    chat_template: str | None = None  # --chat-template: a template's source or a name of the model's (lmpipe.serve renders it)
+    # --chat-template: a template's source or a name of the model's (lmpipe.serve renders it)
+    chat_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def batch_key(sampling: Sampling) -> Sampling:
 
 class Scheduler:
     def __init__(self, settings: SchedulerSettings, notify: Callable[[str], None] = lambda m: None,
-                 gate: Callable[["Scheduler"], None] = lambda s: None):
+                 gate: Callable[[Scheduler], None] = lambda s: None):
         from ..models.loading import load_tokenizer
 
         self.settings = settings
@@ -92,7 +94,8 @@ class Scheduler:
         self.jobs: queue.Queue[GenerationRequest] = queue.Queue(maxsize=settings.max_queue)
         self.lm: LoadedModel | None = None
         self.loop: Any = None  # lmpipe.engine.loop.Loop over the loaded model's rows
-        self.held: list[GenerationRequest] = []  # taken from the queue, waiting for a batch of their own (static batches)
+        # taken from the queue, waiting for a batch of their own (static batches)
+        self.held: list[GenerationRequest] = []
         self.last_used = time.monotonic()
         self.prefix_counts = PrefixCounts()  # across loads: the caches go with the model
         self._context: int | None = None  # the loaded model's, once read
@@ -174,7 +177,8 @@ class Scheduler:
         if self.lm is not None and (why or expired):
             with self._lock:
                 self._drop()
-            self.notify(f"unloaded {self.ref.name} ({why})" if why else f"unloaded {self.ref.name} after {keep:g} s idle")
+            self.notify(f"unloaded {self.ref.name} ({why})" if why else
+                        f"unloaded {self.ref.name} after {keep:g} s idle")
         self.eviction = None
 
     def _take(self, limit: int, wait: bool = True) -> list[GenerationRequest]:
@@ -244,7 +248,8 @@ class Scheduler:
                 job.emit(exc)
             return
         joins = loop.backend.joins
-        if not joins:  # one batch: the same sampling, with images or not; a row that scores its prompt is prefilled alone
+        # one batch: the same sampling, with images or not; a row that scores its prompt is prefilled alone
+        if not joins:
             def key_of(job: GenerationRequest) -> tuple[Any, ...]:
                 return batch_key(job.sampling), job.echo, job.inputs is None
 

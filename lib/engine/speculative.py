@@ -17,8 +17,9 @@ is prefilled alone into lmpipe.engine.batching's rows, and each step of the loop
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import UsageError
 from ..models.fastpath import FastModel, KVCache, fast_model, prefill, step, unsupported
@@ -65,7 +66,7 @@ class Draft:
         """Columns a round may write into the model's row beyond the tokens it keeps."""
         return self.tokens + 1
 
-    def start(self, prompt: Sequence[int], room: int) -> "Drafting":
+    def start(self, prompt: Sequence[int], room: int) -> Drafting:
         """The draft's own cache for one row, holding the prompt."""
         import torch
 

@@ -9,7 +9,10 @@ the block at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -36,7 +39,7 @@ class ThinkingBudget:
         elif self.thinking and generated:
             self.thought += 1
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         history = input_ids[0, self.seen:].tolist()
         for i, token in enumerate(history):
             self._read(token, self.seen + i >= self.prompt_len)

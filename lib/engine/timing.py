@@ -3,7 +3,8 @@
 Every loop reads its token times from a `Clock` and every Completion's `ttft_s`, `total_s` and
 `tokens_per_s` come from `rates` (lm-generate, lm-serve, speculative decoding, the seq2seq
 tasks, the dashboard); a record made of several model calls combines its pieces with
-`combined_rate`; lm-serve's inter-token latencies are `gaps`. "tokens_per_s" means one thing everywhere: decode speed, as llama.cpp and
+`combined_rate`; lm-serve's inter-token latencies are `gaps`. "tokens_per_s" means one thing everywhere: decode speed,
+as llama.cpp and
 Ollama report it, tokens after the first over the time after the first. Any other count per
 second (lm-bench's rates, the dashboard's live meter) is `per_second` too.
 """
@@ -11,8 +12,9 @@ second (lm-bench's rates, the dashboard's live meter) is `per_second` too.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
 
 class Clock:
@@ -63,4 +65,4 @@ def combined_rate(pieces: Sequence[tuple[int, float, float]]) -> float:
 def gaps(token_seconds: Sequence[float]) -> list[float]:
     """The time between each token and the one before it (end of sequence included): the
     inter-token latencies vLLM's metrics observe, one fewer than the tokens."""
-    return [b - a for a, b in zip(token_seconds, token_seconds[1:])]
+    return [b - a for a, b in pairwise(token_seconds)]

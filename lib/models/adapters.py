@@ -12,9 +12,10 @@ merged model once (lm-pull --merge), and runs adapters that are more than a low-
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UsageError
 
@@ -29,7 +30,7 @@ class Adapter:
     scale: float = 1.0
 
     @classmethod
-    def parse(cls, text: str) -> "Adapter":
+    def parse(cls, text: str) -> Adapter:
         """--adapter PATH[:SCALE] (a path that itself ends in `:NUMBER` needs the scale written)."""
         path, sep, scale = text.rpartition(":")
         if sep:
@@ -39,7 +40,7 @@ class Adapter:
                 pass
         return cls(text).checked()
 
-    def checked(self) -> "Adapter":
+    def checked(self) -> Adapter:
         folder = Path(self.path)
         if not (folder / CONFIG).is_file():
             raise UsageError(f"--adapter {self.path}: no {CONFIG} there (a PEFT adapter folder)")
@@ -136,7 +137,7 @@ class Lora:
         return torch.nn.functional.one_hot(slots, count).to(torch.float32)[:, None, :, None]
 
     @staticmethod
-    def joined(parts: list["Lora | None"], sizes: list[int]) -> "Lora | None":
+    def joined(parts: list[Lora | None], sizes: list[int]) -> Lora | None:
         """The updates of layers fused into one (q/k/v packed as one quantized matmul): ranks side
         by side, each part's b in its own outputs' rows."""
         import torch
@@ -149,7 +150,7 @@ class Lora:
         a = torch.zeros((slots, sum(ranks), inputs), dtype=known[0].a.dtype, device=known[0].a.device)
         b = torch.zeros((sum(sizes), slots, sum(ranks)), dtype=known[0].b.dtype, device=known[0].b.device)
         row = col = 0
-        for part, rank, size in zip(parts, ranks, sizes):
+        for part, rank, size in zip(parts, ranks, sizes, strict=True):
             if part is not None:
                 a[:, col:col + rank] = part.a
                 b[row:row + size, :, col:col + rank] = part.b

@@ -31,10 +31,10 @@ DECODING_THRESHOLD = 32 * 1024 * 1024  # glibc's ceiling for its dynamic thresho
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None)  # the C library the interpreter already runs on
-        libc.gnu_get_libc_version  # glibc only: mallopt's parameter numbers differ elsewhere
-        return libc
-    except (OSError, AttributeError):
+    except OSError:
         return None
+    # glibc only: mallopt's parameter numbers differ elsewhere
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
 @contextlib.contextmanager

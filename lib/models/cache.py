@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .. import paths
 from ..errors import ModelNotFound, UsageError
@@ -22,7 +23,7 @@ from .resolve import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, embedded_gguf
 
 
 def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def plan(cache: Cache, entry: Entry, revisions: set[str] | None) -> Deletion:
         removed = tuple(sorted({*strategy.repos, *strategy.snapshots, *strategy.refs, *strategy.blobs}))
     for p in removed:
         if not inside(p, cache.roots):
-            raise UsageError(f"refusing to delete {p}: it is outside the cache folders {cache.hub_dir} and {cache.models_dir}")
+            raise UsageError(f"refusing to delete {p}: it is outside the cache folders {cache.hub_dir} and "
+                             f"{cache.models_dir}")
     freed = sum(s.st_size for s in regular_files(removed).values())
     return Deletion(entry, tuple(sorted(chosen)), whole, removed, freed, strategy)
 

@@ -15,8 +15,9 @@ transformers and says so.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ModelNotFound
 
@@ -134,18 +135,19 @@ class JsonTokenizer:
         return _content(self.named.get(name))
 
     @property
-    def special_tokens_map(self) -> dict[str, str]:
+    def special_tokens_map(self) -> dict[str, str | None]:
         """The named special tokens, as a chat template sees them (bos_token, eos_token, ...)."""
         return {k: _content(v) for k, v in self.named.items()}
 
     @property
-    def all_special_tokens(self) -> list[str]:
+    def all_special_tokens(self) -> list[str | None]:
         return list(dict.fromkeys([*self.special_tokens_map.values(), *map(_content, self.extra)]))
 
     @property
-    def all_special_ids(self) -> list[int]:
+    def all_special_ids(self) -> list[int | None]:
         unk = self.backend.token_to_id(self.token("unk_token") or "") if self.token("unk_token") else None
-        return [i if (i := self.backend.token_to_id(t)) is not None else unk for t in self.all_special_tokens]
+        return [i if t is not None and (i := self.backend.token_to_id(t)) is not None else unk
+                for t in self.all_special_tokens]
 
     def get_added_vocab(self) -> dict[str, int]:
         return {t.content: i for i, t in sorted(self.backend.get_added_tokens_decoder().items())}
@@ -222,7 +224,7 @@ class SlowTokenizer:
     def __len__(self) -> int:
         return len(self.hf)
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> "SlowEncoding":
+    def encode(self, text: str, add_special_tokens: bool = True) -> SlowEncoding:
         enc = self.hf(text, add_special_tokens=add_special_tokens, return_offsets_mapping=self.is_fast)
         offsets = [tuple(o) for o in enc["offset_mapping"]] if self.is_fast else None
         return SlowEncoding(list(enc["input_ids"]), offsets)
@@ -267,7 +269,8 @@ def load_any(ref: Any, notify: Callable[[str], None]) -> JsonTokenizer | SlowTok
         try:
             return JsonTokenizer(folder)
         except Exception as exc:  # tokenizers reports a malformed file as a plain Exception
-            raise ModelNotFound(f"cannot load a tokenizer from {ref.name}: {str(exc).strip() or type(exc).__name__}") from None
+            why = str(exc).strip() or type(exc).__name__
+            raise ModelNotFound(f"cannot load a tokenizer from {ref.name}: {why}") from None
     from .loading import load_tokenizer
 
     why = f"{ref.name} is a GGUF not converted yet" if folder is None else f"{folder} has no {TOKENIZER_FILE}"

@@ -19,13 +19,18 @@ a new request into a free row while the others keep decoding (continuous batchin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache as cache_function
-from typing import Any, Callable
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
 from .adapters import Lora, stack_of
 from .kernels import vnni as vnni_kernels
 from .quantize import lookup
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Each joins once a tiny model of its own is tested token for token (tests/test_fast_families.py).
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "granite", "phi3", "smollm3", "gemma2", "gemma3_text")
@@ -55,7 +60,7 @@ class Projection:
     weight: Any
     bias: Any = None
     quantized: Any = None  # a QuantizedLinear (or one part of a fused one) that computes it
-    parts: tuple["Projection", ...] = ()  # float projections run one by one, outputs side by side
+    parts: tuple[Projection, ...] = ()  # float projections run one by one, outputs side by side
     lora: Lora | None = None  # LoRA adapters' updates beside it (lmpipe.models.adapters), added to its output
 
     def __call__(self, x, slots=None):
@@ -98,7 +103,7 @@ def fuse(linears: list[Any], loras: dict[int, Lora] | None = None) -> Projection
     if len(fused) == 1 and all(isinstance(m, QuantizedPart) for m in linears):
         whole = linears[0].fused
         if linears[0].start == 0 and linears[-1].end == whole.out_features \
-                and all(a.end == b.start for a, b in zip(linears, linears[1:])):
+                and all(a.end == b.start for a, b in pairwise(linears)):
             lora = Lora.joined([loras.get(id(m)) for m in linears], [m.end - m.start for m in linears])
             return Projection(None, None, whole, lora=lora)
     # float weights stay apart: one fused matmul over one row of input rounds differently
@@ -177,9 +182,11 @@ def _layer(block: Any, config: Any, rope: str, head_dim: int, loras: dict[int, L
     else:  # float32 weights are fused only where that leaves every output number unchanged.
         qkv = fuse([attn.q_proj, attn.k_proj, attn.v_proj], loras)
         gate_up = fuse([mlp.gate_proj, mlp.up_proj], loras)
+    norm_in, norm_post = norm(block.input_layernorm), norm(block.post_attention_layernorm)
+    assert norm_in is not None and norm_post is not None  # every decoder block has both
     return Layer(
         qkv=qkv, o=fuse([attn.o_proj], loras), gate_up=gate_up, down=fuse([mlp.down_proj], loras),
-        norm_in=norm(block.input_layernorm), norm_post=norm(block.post_attention_layernorm),
+        norm_in=norm_in, norm_post=norm_post,
         scale=getattr(attn, "scaling", None) or head_dim ** -0.5,
         rope=rope if getattr(attn, "use_rope", True) else None,
         window=window is not None, softcap=getattr(attn, "attn_logit_softcapping", None),
@@ -230,7 +237,7 @@ class FastModel:
         self.default_slot = stack.default if stack is not None else 0
         self.slot_count = stack.count if stack is not None else 0
         built = [_layer(block, config, kind if self.per_type_rope else "rope", self.head_dim, loras)
-                 for block, kind in zip(inner.layers, kinds)]
+                 for block, kind in zip(inner.layers, kinds, strict=True)]
         self.layers = [layer for layer, _ in built]
         # One window for every sliding layer (each family has one); None: no layer slides.
         self.window = max((w for _, w in built if w is not None), default=None)
@@ -274,10 +281,10 @@ class FastModel:
             logits = (logits / self.logit_softcap).tanh() * self.logit_softcap
         return logits.float()
 
-    def cache(self, rows: int, width: int) -> "KVCache":
+    def cache(self, rows: int, width: int) -> KVCache:
         return KVCache(self, rows, width)
 
-    def forward(self, ids, positions, cache: "KVCache", rows: slice, columns, attend, every: bool = False,
+    def forward(self, ids, positions, cache: KVCache, rows: slice, columns, attend, every: bool = False,
                 slots=None) -> Any:
         """Run `ids` [B, T] at `positions` [B, T]; write K/V into cache rows `rows` at `columns`.
 
@@ -300,7 +307,7 @@ class FastModel:
             h = layer.norm_in(x)
             q, k, v = layer.qkv.split(h, [self.q_size, self.kv_size, self.kv_size], slots)
             q, k = q.view(b, t, self.heads, self.head_dim), k.view(b, t, self.kv_heads, self.head_dim)
-            if layer.q_norm is not None:
+            if layer.q_norm is not None and layer.k_norm is not None:  # a family has both or neither
                 q, k = layer.q_norm(q), layer.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -355,7 +362,7 @@ class KVCache:
         values[index, :, columns] = v[:, :, 0]
         return keys[rows, :, : self.span], values[rows, :, : self.span]
 
-    def grown(self, width: int) -> "KVCache":
+    def grown(self, width: int) -> KVCache:
         """A wider cache holding this one's rows (the server's rows outgrew it)."""
         import torch
 
@@ -379,7 +386,7 @@ class KVCache:
     def load_prefix(self, row: int, keys: list[Any], values: list[Any], length: int) -> None:
         """Start row `row` with a stored prefix's first `length` columns."""
         for cache, stored in ((self.keys, keys), (self.values, values)):
-            for t, part in zip(cache, stored):
+            for t, part in zip(cache, stored, strict=True):
                 t[row, :, :length] = part[:, :length]
         self.valid[row] = False
         self.valid[row, :length] = True
@@ -465,8 +472,8 @@ def _near(fast: FastModel, queries, keys: int):
 PREFILL_CHUNK = 512
 
 
-def prefill(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start: int = 0, every: bool = False,
-            slots=None):
+def prefill(fast: FastModel, cache: KVCache, rows: slice, ids: Tensor, mask: Tensor, start: int = 0,
+            every: bool = False, slots: Tensor | int | None = None) -> Tensor:
     """Fill cache `rows` with left-padded prompts `ids` [B, T] (mask 1 where a token is real).
 
     `start`: the row already holds the prompt's first `start` tokens (a cached prefix, or the
@@ -522,7 +529,8 @@ def _prefill_pass(fast: FastModel, cache: KVCache, rows: slice, ids, mask, start
         return fast.forward(ids, positions, cache, rows, slice(start, end), attend, every, slots)
 
 
-def step(fast: FastModel, cache: KVCache, rows: slice, chosen, compiled: bool = False, slots=None):
+def step(fast: FastModel, cache: KVCache, rows: slice, chosen: Tensor, compiled: bool = False,
+         slots: Tensor | int | None = None) -> Tensor:
     """One new token [B] for each of cache `rows`, each at its own column; returns logits [B, vocab].
     `slots`: the rows' LoRA adapter slots (FastModel.forward).
 

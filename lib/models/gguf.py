@@ -12,8 +12,9 @@ once, atomically (lmpipe.models.derived.build_once).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from .. import paths
 from .derived import MARKER, build_once, cache_key, conversion_info, sha256_file  # noqa: F401 (gguf.X for callers)
@@ -68,7 +69,7 @@ def _convert(gguf: Path, out: Path) -> None:
 
         reader.tqdm = lambda iterable, **_: iterable
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are dequantized in memory; drop the GGUF quantizer so they save as plain tensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -59,7 +59,8 @@ class Int4Blocks:
         return w.reshape(rows, -1)
 
     def weight(self) -> QuantizedWeight:
-        """The same values in lmpipe's portable int4 layout (scales and zeros rounded to bfloat16, as the kernel takes them)."""
+        """The same values in lmpipe's portable int4 layout (scales and zeros rounded to bfloat16, as the
+    kernel takes them)."""
         import torch
 
         q, scales, minimums = self._parts()
@@ -76,8 +77,7 @@ def int4_blocks(gguf: Path, model: Any) -> dict[str, Int4Blocks]:
     """
     import numpy as np
     from gguf import GGUFReader
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map)
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
     reader = GGUFReader(str(gguf))
     field = reader.get_field("general.architecture")

@@ -9,7 +9,7 @@ that file, case aside. lm-pull downloads only it; --model finds it in the hub ca
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import ModelNotFound
 

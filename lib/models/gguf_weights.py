@@ -22,8 +22,9 @@ from a column of row numbers, as lmpipe.models.gguf_blocks learns it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .quantize import INT4_GROUP, QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight
 
@@ -68,7 +69,8 @@ def _int4_rows(kind: str, data: Any) -> QuantizedWeight:
         from gguf.quants import Q4_K
 
         dmin = halves(2)
-        sc, m = (a.astype(np.float32).reshape(rows, -1, 8) for a in Q4_K.get_scale_min(blocks[..., 4:16].reshape(-1, 12)))
+        scales_mins = Q4_K.get_scale_min(blocks[..., 4:16].reshape(-1, 12))
+        sc, m = (a.astype(np.float32).reshape(rows, -1, 8) for a in scales_mins)
         scale, zero = d * sc, 8 * d * sc - dmin * m  # d·sc·q − dmin·m = (q − 8)·scale + zero
         nibbles = blocks[..., 16:]
     else:
@@ -221,7 +223,7 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         linear = linears.get(owner) if owner is not None else None
         mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
                 "int8" if kind in INT4_TYPES + INT8_TYPES else None)
-        if linear is not None and mode is not None and quantizable(linear, mode):
+        if owner is not None and linear is not None and mode is not None and quantizable(linear, mode):
             weights[owner] = (int4_weight if mode == "int4" else int8_weight)(kind, tensor.data, order)
             ran.setdefault(kind, Counter())[mode] += 1
             continue
@@ -233,7 +235,7 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
                 return None  # a weight transformers maps in some other way
             continue
         owner = name.rpartition(".")[0]
-        if tied and owner == embedding and quantize and quantizable(linears[head], modes[head]):
+        if tied and head is not None and owner == embedding and quantize and quantizable(linears[head], modes[head]):
             weights[head] = quantize_weight(value, modes[head])
             ran.setdefault(kind, Counter())[modes[head]] += 1
             continue

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ModelNotFound, UsageError
 from . import gguf
@@ -14,7 +15,6 @@ from .adapters import Adapter
 from .device import check_attention, choose_device, choose_dtype
 from .processors import is_vision_language, load_processor
 from .resolve import ModelRef, resolve
-
 
 # One model loads at a time in a process (lm-serve loads its generation and embedding models on
 # request threads): transformers builds a model's layers on the meta device under a switch that two
@@ -45,7 +45,8 @@ class ModelSettings:
     rope_factor: float | None = None
     # A GGUF file dequantized to float32 by transformers, not run on its own tensors: lm-bench's reference.
     dequantize: bool = False
-    kernel: str | None = None  # --kernel: the quantized layers' kernel for every row count (lmpipe.models.kernels.choice)
+    # --kernel: the quantized layers' kernel for every row count (lmpipe.models.kernels.choice)
+    kernel: str | None = None
 
     def __post_init__(self) -> None:
         if self.ctx_size is not None and self.ctx_size < 2:
@@ -207,7 +208,8 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     try:
         # A GGUF file runs on its own tensors, quantized ones on lmpipe's kernels, as llama.cpp
         # runs it; transformers' float32 conversion only where that cannot be done.
-        read = _gguf_model(ref, settings, device, dtype, attention, notify) if ref.kind == "gguf" and device == "cpu" and not settings.dequantize else None
+        own_gguf = ref.kind == "gguf" and device == "cpu" and not settings.dequantize
+        read = _gguf_model(ref, settings, device, dtype, attention, notify) if own_gguf else None
     except (OSError, ValueError, ImportError) as exc:
         raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
     if read is not None:
@@ -232,7 +234,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     try:
         config = AutoConfig.from_pretrained(folder)
         set_context(config, settings, ref.name)
-        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        auto: Any = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
         kwargs: dict[str, Any] = {"dtype": dtype, "config": config}
         if attention:
             kwargs["attn_implementation"] = attention

@@ -9,9 +9,10 @@ lmpipe-merge.json: the base model and each adapter (path, scale, sha256) it was 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UsageError
 from .adapters import Adapter

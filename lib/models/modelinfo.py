@@ -67,7 +67,8 @@ def special_tokens(tokenizer: Any) -> dict[str, str]:
     return out
 
 
-def model_info(name: str | None, load_weights: bool = False, device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
+def model_info(name: str | None, load_weights: bool = False, device: str = "auto",
+               dtype: str = "auto") -> dict[str, Any]:
     ref = resolve(name)
     loaded = None
     folder: Path | None = None
@@ -83,7 +84,7 @@ def model_info(name: str | None, load_weights: bool = False, device: str = "auto
     heads = getattr(text, "num_attention_heads", None)
     if loaded is not None:
         parameters: int | None = sum(p.numel() for p in loaded.model.parameters())
-        counted = "loaded"
+        counted: str | None = "loaded"
     else:
         parameters = safetensors_parameters(folder) if folder is not None else None
         counted = "safetensors" if parameters is not None else None

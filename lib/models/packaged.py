@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import paths
 from ..errors import ModelNotFound

@@ -48,7 +48,8 @@ def folder(gguf: Path, quantize: str | None, dtype: Any) -> Path:
     import hashlib
 
     stamp = hashlib.sha256(f"{cache_key(gguf)}|{gguf.stat().st_mtime_ns}".encode()).hexdigest()[:16]
-    return paths.models_dir() / f"{gguf.stem}-{stamp}-packed-{quantize or 'file'}-{str(dtype).removeprefix('torch.')}-v{FORMAT}"
+    dtype_name = str(dtype).removeprefix("torch.")
+    return paths.models_dir() / f"{gguf.stem}-{stamp}-packed-{quantize or 'file'}-{dtype_name}-v{FORMAT}"
 
 
 @dataclass
@@ -113,7 +114,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
         if not key.startswith(quantized):
             floats[key] = len(buffers)
             buffers.append(tensor)
-    entries = []
+    entries: list[dict[str, Any]] = []
     offset = 0
     for tensor in buffers:
         entries.append({"offset": offset, "dtype": str(tensor.dtype).removeprefix("torch."),
@@ -192,8 +193,15 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
     import torch
 
     from .kernels import choice
-    from .quantize import EXACT_TOLERANCE, _require_close, product, quantized_embedding_class, \
-        quantized_linear_class, quantized_part_class, QuantizedWeight
+    from .quantize import (
+        EXACT_TOLERANCE,
+        QuantizedWeight,
+        _require_close,
+        product,
+        quantized_embedding_class,
+        quantized_linear_class,
+        quantized_part_class,
+    )
     from .quantized_loading import assign
 
     QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()

@@ -52,7 +52,7 @@ def _images_only(folder: Path, config: Any) -> Any:
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     name = _processor_class(folder) or PROCESSOR_MAPPING_NAMES.get(config.model_type)
-    cls = getattr(transformers, name or "", None)
+    cls: Any = getattr(transformers, name or "", None)  # a processor class, named at run time
     if cls is None:
         raise ImportError(f"the processor of a {config.model_type} model needs torchvision (pip install torchvision)")
 

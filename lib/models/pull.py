@@ -41,7 +41,7 @@ class PullSettings:
             raise UsageError(f"{self.repo_id!r} is not a hub repo id (org/name)")
 
     @classmethod
-    def parse(cls, name: str, revision: str | None = None, **options: Any) -> "PullSettings":
+    def parse(cls, name: str, revision: str | None = None, **options: Any) -> PullSettings:
         """`org/name`, `org/name@revision`, either with `:TAG`; --revision wins over the @ suffix."""
         from .gguf_tags import split
 
@@ -71,8 +71,14 @@ class ByteProgress:
             self._emit({"event": "started", "tool": tool, "id": repo_id, "unit": "bytes", "total": None})
         elif mode == "bar":
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self._bar = Progress(TextColumn(repo_id), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                                  TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
@@ -142,7 +148,7 @@ class ByteProgress:
             def format_dict(self) -> dict[str, Any]:
                 return {"rate": None, "n": self.n, "total": self.total}
 
-            def __enter__(self) -> "Bar":
+            def __enter__(self) -> Bar:
                 return self
 
             def __exit__(self, *exc: Any) -> None:
@@ -221,8 +227,12 @@ def _tagged_file(settings: PullSettings) -> str:
 
 def _explain(exc: Exception, settings: PullSettings, endpoint: str, offline: bool) -> Exception:
     """huggingface_hub's exceptions as one line that says what to do."""
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     name = settings.repo_id
     if isinstance(exc, GatedRepoError):
@@ -236,7 +246,8 @@ def _explain(exc: Exception, settings: PullSettings, endpoint: str, offline: boo
     if isinstance(exc, LocalEntryNotFoundError):
         cause = exc.__cause__ or exc
         return LmpipeError(f"cannot reach {endpoint} for {name}: {_first_line(cause)}")
-    if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):  # network errors past huggingface_hub's retries, consistency checks, disk
+    # network errors past huggingface_hub's retries, consistency checks, disk
+    if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
         return LmpipeError(f"download of {name} failed: {_first_line(exc)}")
     return exc  # a bug: guarded() reports it
 

@@ -11,7 +11,8 @@ bytes per token: int8 reads a quarter of float32, int4 an eighth.
   bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
 - int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI or AVX2 (lmpipe.models.kernels.vnni):
   integer dot products over activations split as int8's are, within ~1e-5 of the dequantized
-  weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's `_weight_int4pack_mm_for_cpu`, as gpt-fast
+  weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's
+  `_weight_int4pack_mm_for_cpu`, as gpt-fast
   and torchao do. It is fast with bfloat16 activations and ~40x slower with float32 ones
   (measured), so activations enter it as bfloat16 and leave as float32 again.
 
@@ -89,7 +90,7 @@ class QuantizedWeight:
         w = (q - 8) * self.scales.float()[..., None] + self.zeros.float()[..., None]
         return w.reshape(self.out_features, self.in_features)
 
-    def rows(self, index: Any) -> "QuantizedWeight":
+    def rows(self, index: Any) -> QuantizedWeight:
         """The output rows `index` of this weight (plain values index freely; packed ones never do)."""
         return QuantizedWeight(self.mode, self.values[index], self.scales[index],
                                None if self.zeros is None else self.zeros[index])
@@ -102,7 +103,7 @@ class QuantizedWeight:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Any], prefix: str) -> "QuantizedWeight":
+    def from_tensors(cls, tensors: dict[str, Any], prefix: str) -> QuantizedWeight:
         """The weight saved under `prefix`; its values' dtype says its mode (int8, or uint8 for int4's pairs)."""
         import torch
 
@@ -111,7 +112,7 @@ class QuantizedWeight:
         return cls(mode, values, tensors[f"{prefix}.qscales"], tensors.get(f"{prefix}.qzeros"))
 
     @classmethod
-    def join(cls, parts: list["QuantizedWeight"]) -> "QuantizedWeight":
+    def join(cls, parts: list[QuantizedWeight]) -> QuantizedWeight:
         """Several weights' rows stacked: one layer computing them all, outputs side by side."""
         import torch
 
@@ -240,7 +241,8 @@ def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
     low = torch.round((u - high) * 254).to(torch.int8)
     high = high.to(torch.int8)
     values_t = values.t()
-    if x.shape[0] == 1:  # one row: two calls take torch's matrix-vector path, ~3x faster than one of two rows (measured)
+    # one row: two calls take torch's matrix-vector path, faster than one of two rows (measured)
+    if x.shape[0] == 1:
         high_sums, low_sums = torch._int_mm(high, values_t), torch._int_mm(low, values_t)
     else:
         sums = torch._int_mm(torch.cat([high, low]), values_t)
@@ -248,7 +250,7 @@ def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
     return torch.add(high_sums.float(), low_sums, alpha=1 / 254) * step * scales
 
 
-_checked: dict[tuple[str, int, int], bool] = {}
+_checked: dict[tuple[str, int, int, bool], bool] = {}
 
 
 def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool = False) -> bool:
@@ -265,7 +267,8 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
     key = (weight.mode, weight.out_features, weight.in_features, vnni)
     if key in _checked:
         return _checked[key]
-    x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))  # 5 rows: a full block and a tail
+    # 5 rows: a full block and a tail
+    x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))
     # The product runs over the whole weight; it is compared on its first and last output rows
     # (a wrong packing scrambles every block), since a float32 copy of a whole output head would
     # be 113 MB more at peak.
@@ -357,6 +360,9 @@ def _build_classes():
         copy on disk holds the QuantizedWeight it was packed from.
         """
 
+        packed: torch.Tensor  # buffers, registered in __init__
+        packed_scales: torch.Tensor
+
         def __init__(self, weight: QuantizedWeight, bias: Any = None, bfloat16_rows: bool = False):
             """`bfloat16_rows`: an int8 layer of an int4 model (its output head): on lmpipe's kernels it
             takes their int8 one like the int4 layers, elsewhere the bfloat16 kernel for few rows (see install)."""
@@ -385,7 +391,7 @@ def _build_classes():
 
         @classmethod
         def restored(cls, mode: str, in_features: int, out_features: int, packed: Any, scales: Any,
-                     bfloat16_rows: bool) -> "QuantizedLinear":
+                     bfloat16_rows: bool) -> QuantizedLinear:
             """A layer of buffers packed for lmpipe's kernels before (lmpipe.models.packed_cache), taken
             as they are: no packing, and the caller checks them against the file's values."""
             self = cls.__new__(cls)
@@ -561,14 +567,15 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
         for owner_name, owner in list(model.named_modules()):
             for group in FUSED_GROUPS:
                 names = [f"{owner_name}.{leaf}" if owner_name else leaf for leaf in group]
-                parts = [weights.get(n) for n in names]
-                if any(p is None for p in parts) or len({(p.mode, p.in_features) for p in parts}) != 1:
+                found = [weights.get(n) for n in names]
+                parts = [p for p in found if p is not None]
+                if len(parts) != len(found) or len({(p.mode, p.in_features) for p in parts}) != 1:
                     continue
                 for n in names:
                     del weights[n]
-                fused = QuantizedLinear(QuantizedWeight.join(parts), _joined_bias([biases.get(n) for n in names], parts),
-                                        bfloat16_rows)
-                del parts
+                bias = _joined_bias([biases.get(n) for n in names], parts)
+                fused = QuantizedLinear(QuantizedWeight.join(parts), bias, bfloat16_rows)
+                del parts, found
                 start = 0
                 for leaf in group:
                     size = getattr(owner, leaf).out_features
@@ -590,7 +597,7 @@ def _joined_bias(biases: list[Any], parts: list[QuantizedWeight]) -> Any:
         return None
     return torch.nn.Parameter(torch.cat([
         b.detach() if b is not None else torch.zeros(p.out_features, dtype=torch.float32)
-        for b, p in zip(biases, parts)]), requires_grad=False)
+        for b, p in zip(biases, parts, strict=True)]), requires_grad=False)
 
 
 HEAD_MODES = {"int4": "int8"}  # the output head's own mode, where it differs from the layers'

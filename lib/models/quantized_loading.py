@@ -17,8 +17,9 @@ the usual way and quantizes after.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import paths
 from . import gguf

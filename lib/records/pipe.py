@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 from ..errors import LmpipeError, UsageError
 from .job import JobSettings
@@ -58,7 +59,7 @@ def batch_size_for(requested: int | None, tty: bool) -> int:
 class JsonlSink:
     """Writes finished records as JSONL; streamed events too when asked (`--stream`)."""
 
-    def __init__(self, stream_events: bool = False, encode_event: Callable[[Item, Any], dict] | None = None):
+    def __init__(self, stream_events: bool = False, encode_event: Callable[[Item, Any], dict[str, Any]] | None = None):
         self.writer = RecordWriter(sys.stdout.buffer)
         self.stream_events = stream_events
         self.encode_event = encode_event

@@ -15,9 +15,12 @@ import os
 import stat
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MODES = ("auto", "bar", "json", "none")
 
@@ -61,7 +64,8 @@ class Progress:
                 started["skipped"] = skipped
             self._emit(started)
         elif mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
             self._bar = Bar(TextColumn(tool), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                             TimeRemainingColumn(), transient=True, console=_console(self.stream))
@@ -96,7 +100,7 @@ class Progress:
             self._bar = None
 
 
-def _console(stream: IO[str]):
+def _console(stream: IO[str]) -> Console:
     from rich.console import Console
 
     return Console(file=stream)

@@ -3,7 +3,8 @@
 Every record is written whole and fsync'd before the next one is written, so a run killed at any
 moment leaves at most one partial last line; --resume cuts that line off, reads which records the
 file holds, and the rerun processes only the others. A record is known by its `id` when it has one
-(a tool may name another key field: lm-batch's `custom_id`), otherwise by the SHA-256 of its input (canonical JSON), which the written record carries in
+(a tool may name another key field: lm-batch's `custom_id`), otherwise by the SHA-256 of its input (canonical JSON),
+which the written record carries in
 `input_sha256`. Identical inputs are counted, so a file with the same record twice stays right.
 Records cut short by Ctrl-C ("interrupted") are not written: the rerun does them.
 Without --resume an existing non-empty FILE is an error, never overwritten.
@@ -14,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 
@@ -46,7 +48,7 @@ def output_key(record: dict[str, Any], key: str = "id") -> str | None:
     if record.get(key) is not None:
         return f"{key}:" + orjson.dumps(record[key], option=orjson.OPT_SORT_KEYS).decode()
     if isinstance(record.get(KEY_FIELD), str):
-        return "sha256:" + record[KEY_FIELD]
+        return "sha256:" + str(record[KEY_FIELD])
     return None
 
 

@@ -8,9 +8,10 @@ writes finished records in input order, and on Ctrl-C writes what it has plus an
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from .jsonl import Item, error_record, failure_text
 

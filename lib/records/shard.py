@@ -6,8 +6,8 @@ file split it exactly: every line falls in one shard, and the union of the shard
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from ..errors import UsageError
 from .jsonl import Item
@@ -23,7 +23,7 @@ class Shard:
             raise UsageError(f"--shard {self.index}/{self.count}: need I/N with N >= 1 and 0 <= I < N")
 
     @classmethod
-    def parse(cls, text: str | None) -> "Shard":
+    def parse(cls, text: str | None) -> Shard:
         if not text:
             return cls()
         index, sep, count = text.partition("/")

@@ -22,16 +22,21 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+
 from ..chat.prompts import RESERVED_VARIABLES, PromptSettings, with_template
 from ..chat.reasoning import ReasoningStream, split_reasoning
-from ..engine.events import Completion, ScoredPrompt, Token
+from ..engine.events import Completion, Event, ScoredPrompt, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import GenerationRequest, Scheduler
 from ..errors import LmpipeError
@@ -40,8 +45,8 @@ from .embeddings import embeddings_route
 from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
 from .logprobs import chat_entries, legacy
 from .metrics import ModelMetrics, ServerMetrics
-from .requestlog import RequestLog, request_fields
 from .prompts import ImagePolicy, ImageRules, Prompt, chat_prompt, completion_prompts
+from .requestlog import RequestLog, request_fields
 from .roster import ModelRoster, ServedAdapter
 from .structured import Asked, FormatError, asked, tool_calls
 from .tokens import token_routes
@@ -52,7 +57,7 @@ DEFAULT_MAX_TOKENS = 256
 MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
 
-def _json(data: Any, status: int = 200):
+def _json(data: Any, status: int = 200) -> Response:
     from starlette.responses import Response
 
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
@@ -131,6 +136,7 @@ def template_of(body: dict[str, Any], engine: Scheduler) -> PromptSettings:
 def logprobs_of(body: dict[str, Any], chat: bool) -> int | None:
     """How many alternatives each token's log-probability comes with; None: no log-probabilities.
     Chat: `logprobs: true` with `top_logprobs: k`; completions: `logprobs: k`."""
+    top: int | None
     if chat:
         top = typed(body, "top_logprobs", (int,), None)
         if not typed(body, "logprobs", (bool,), False):
@@ -177,7 +183,8 @@ class PreparedRequest:
         """One row per choice, in choice order: a prompt's `n` rows follow one another, so they
         are admitted into the same batch and share its prompt cache; sampled ones differ by seed."""
         out = []
-        for p, (prompt, sampling) in enumerate(zip(self.prompts, self.sampling)):
+        for p, (prompt, sampling) in enumerate(zip(self.prompts, self.sampling, strict=True)):
+            assert sampling.seed is not None  # drawn when the request was read (with_seed)
             for j in range(self.n):
                 own = replace(sampling, seed=(sampling.seed + j) % 2 ** 31) if j else sampling
                 out.append(GenerationRequest(
@@ -313,7 +320,7 @@ class Session:
                 self.metrics.aborted(len(self.jobs) - self.finished)
             self.closed = True
 
-    async def __aiter__(self):
+    async def __aiter__(self) -> AsyncIterator[tuple[int, Event]]:
         left = len(self.jobs)
         while left:
             index, event = await self.events.get()
@@ -330,7 +337,7 @@ class Heard:
 
     request: Any
     endpoint: str
-    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
                       .replace("+00:00", "Z"))
     raw: bytes = b""  # the body as sent
 
@@ -384,7 +391,7 @@ def _sse(data: Any) -> bytes:
 
 
 def create_app(roster: ModelRoster, log: RequestLog | None = None, images: ImagePolicy = ImagePolicy(),
-               max_n: int = 16):
+               max_n: int = 16) -> Starlette:
     """The app over the models of `roster`; with `log`, every generation request and its answer or
     error is a record there; `images`: where a chat's images may come from, how many and how
     large; `max_n`: the most choices a request may ask for."""
@@ -396,25 +403,25 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, images: Image
 
     metrics = ServerMetrics(roster)
 
-    async def metrics_page(request: Request):
+    async def metrics_page(request: Request) -> Response:
         from starlette.responses import Response
 
         page, kind = metrics.exposition()
         return Response(page, media_type=kind)
 
-    async def models(request: Request):
+    async def models(request: Request) -> Response:
         return _json({"object": "list", "data": await run_in_threadpool(model_list, roster)})
 
-    async def health(request: Request):
+    async def health(request: Request) -> Response:
         engine = roster.default
         return _json({"status": "ok", "model": engine.model_id, "loaded": engine.loaded,
                       "queued": sum(s.jobs.qsize() for s in roster.all()),
                       "models": [{"id": s.model_id, "loaded": s.loaded} for s in roster.all()]})
 
-    def handler(chat: bool):
+    def handler(chat: bool) -> Callable[[Request], Awaitable[Response]]:
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
 
-        async def serve(request: Request):
+        async def serve(request: Request) -> Response:
             heard = Heard(request, endpoint)
             engine = roster.default  # until the request names its model
             try:
@@ -467,7 +474,8 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, images: Image
         cut short (its task is being cancelled then, so it is not awaited)."""
         status = 200 if whole_answer else CLIENT_CLOSED
         record = answered_record(engine, heard, prepared, ident, done, status)
-        asyncio.get_running_loop().run_in_executor(None, log.write, record)
+        if log is not None:  # only with --log (see `ended`)
+            asyncio.get_running_loop().run_in_executor(None, log.write, record)
 
     routes = [
         Route("/v1/models", models),
@@ -519,7 +527,8 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
     /api/show names them ("vision": it reads images)."""
     now = time.monotonic()
     out = []
-    for s in [*roster.all(), *roster.adapters.values()]:
+    served: list[Scheduler | ServedAdapter] = [*roster.all(), *roster.adapters.values()]
+    for s in served:
         vision = s.ref.path.is_dir() and takes_images(s.ref.path)
         entry: dict[str, Any] = {"id": s.model_id, "object": "model", "created": 0, "owned_by": "lmpipe",
                                  "root": s.model_id, "loaded": s.loaded, "keep_alive_s": s.settings.keep_alive,
@@ -596,7 +605,7 @@ def whole(engine: Scheduler, done: dict[int, Completion], prepared: PreparedRequ
 
 
 async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str,
-                 ended: Callable[[dict[int, Completion], bool], None] | None = None):
+                 ended: Callable[[dict[int, Completion], bool], None] | None = None) -> AsyncIterator[bytes]:
     """Server-sent events, OpenAI's chunk format, each chunk one choice's; [DONE] last. A client
     that leaves cancels its rows. `ended` hears what finished, and whether the stream got to its end.
 
@@ -635,7 +644,7 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
                 choice["logprobs"], offsets[index] = legacy(tok, tokens, offsets.get(index, 0))
         return {"id": ident, "object": kind, "created": created, "model": engine.model_id, "choices": [choice]}
 
-    def pieces(index: int, text: str, end: bool = False):
+    def pieces(index: int, text: str, end: bool = False) -> Iterator[bytes]:
         """A chat's text as reasoning and answer chunks (a completion's as it is)."""
         if not chat:
             if text:
@@ -676,12 +685,14 @@ async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest,
                         pending.setdefault(index, []).append(event.end)
                     if held:
                         reasoning = reasoned(prepared, event, index)[0] if prepared.include_reasoning else None
-                        yield _sse(chunk(index, None if calls and chat else text, None, calls=calls, reasoning=reasoning))
+                        shown_text = None if calls and chat else text
+                        yield _sse(chunk(index, shown_text, None, calls=calls, reasoning=reasoning))
                     else:  # what was held back at the end (half a character, half a tag)
                         for sent in pieces(index, event.text[shown.get(index, 0):], end=True):
                             yield sent
                     last = chunk(index, None, finish)
-                    last.update(timings=timings(event), lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
+                    last.update(timings=timings(event),
+                                lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
                     if not prepared.include_usage:
                         last["usage"] = choice_usage(event)
                     yield _sse(last)

@@ -16,10 +16,16 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
 from ..backends.embedding import ENCODINGS, Embedder, EmbedSettings, encoded
 from ..errors import LmpipeError, RecordError, UsageError
@@ -171,7 +177,7 @@ def answer(models: EmbeddingModels, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def embeddings_route(roster: Any):
+def embeddings_route(roster: Any) -> Route:
     """The route; embedding models load on their first request, on the device and dtype of the
     roster's default model, as far as its rules let requests name models."""
     from starlette.concurrency import run_in_threadpool
@@ -181,7 +187,7 @@ def embeddings_route(roster: Any):
     settings = roster.default.settings.model
     models = EmbeddingModels(settings.device, settings.dtype, roster)
 
-    async def embeddings(request):
+    async def embeddings(request: Request) -> Response:
         try:
             body = await read_body(request)
             check_fields(body, EMBEDDINGS, "/v1/embeddings")

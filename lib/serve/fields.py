@@ -10,9 +10,13 @@ OpenAI's API and vLLM's protocol (vllm/entrypoints/openai/protocol.py) take it.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
 
 # Accepted and ignored: nothing in an answer could differ if they were implemented.
 NO_OPS = {
@@ -48,7 +52,7 @@ class BadRequest(Exception):
         self.code, self.status = code, status
 
 
-def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None):
+def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
     """OpenAI's error body `{"error": {"message", "type", "code"}}` with its status code."""
     from starlette.responses import Response
 

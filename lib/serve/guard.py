@@ -95,21 +95,25 @@ class Guard:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self.refusal(scope, headers)
         if refusal is not None:
-            return await error_response(*refusal)(scope, receive, send)
+            await error_response(*refusal)(scope, receive, send)
+            return
         if self.inflight >= self.settings.max_requests and scope["path"] not in OPEN_PATHS:
-            return await error_response(503, f"the server is busy: {self.inflight} requests at once "
-                                             "(lm-serve --limit-concurrency)", "server_busy",
-                                        {"Retry-After": "1"})(scope, receive, send)
+            await error_response(503, f"the server is busy: {self.inflight} requests at once "
+                                      "(lm-serve --limit-concurrency)", "server_busy",
+                                 {"Retry-After": "1"})(scope, receive, send)
+            return
         self.inflight += 1
         try:
             if scope["method"] == "POST":
                 body = await self.body(headers, receive)
                 if isinstance(body, tuple):
-                    return await error_response(*body, {"Connection": "close"})(scope, receive, send)
+                    await error_response(*body, {"Connection": "close"})(scope, receive, send)
+                    return
                 if body is None:  # the client left while sending
                     return
                 receive = replayed(body, receive)
@@ -175,7 +179,8 @@ def replayed(body: bytes, receive: Any) -> Any:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        message: dict[str, Any] = await receive()
+        return message
 
     return again
 

@@ -10,20 +10,23 @@ distribution (before temperature and the other sampling settings), as vLLM repor
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..engine.events import Token
 
 FLOOR = -9999.0
 
 
-def _finite(logprob: float) -> float:
+def _finite(logprob: float | None) -> float:
+    assert logprob is not None  # reported tokens carry their log-probability
     return max(logprob, FLOOR)
 
 
 def token_text(tokenizer: Any, token: Token) -> str:
     """The token's own text (a generated Token's `text` is what became printable at it)."""
-    return tokenizer.decode([token.id])
+    text: str = tokenizer.decode([token.id])
+    return text
 
 
 def chat_entries(tokenizer: Any, tokens: Sequence[Token], top: int) -> list[dict[str, Any]]:

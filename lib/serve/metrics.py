@@ -17,12 +17,16 @@ KV-cache use is the running rows' tokens over max_batch × the model's context.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..engine.events import Completion
 from ..engine.scheduler import Scheduler
 from ..engine.timing import gaps
 from .roster import ModelRoster
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 LABELS = ("model_name", "engine")
 FINISHED_REASONS = ("stop", "length", "abort")
@@ -60,17 +64,17 @@ class OccupancyCollector:
     def __init__(self, roster: ModelRoster):
         self.roster = roster
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        families = []
+        families: list[GaugeMetricFamily | CounterMetricFamily] = []
         for name in self.NAMES:
             kind, text = METRICS[name]
             families.append((GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, text, labels=LABELS))
         for scheduler in self.roster.all():
             now = scheduler.occupancy()
             values = (now.running, now.waiting, now.kv_cache_usage, now.prefix_queries, now.prefix_hits)
-            for family, value in zip(families, values):
+            for family, value in zip(families, values, strict=True):
                 family.add_metric((scheduler.model_id, "0"), value)
         yield from families
 
@@ -115,7 +119,8 @@ class ServerMetrics:
     def __init__(self, roster: ModelRoster):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-        disable_created_metrics()  # no `_created` series, as vLLM serves none
+        # no `_created` series, as vLLM serves none (prometheus_client leaves this one unannotated)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         kinds = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
         buckets = {"vllm:time_to_first_token_seconds": TTFT_BUCKETS, "vllm:inter_token_latency_seconds": TOKEN_BUCKETS,

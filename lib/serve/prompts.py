@@ -169,12 +169,14 @@ def chat_prompt(tokenizer: Any, body: dict[str, Any], asked: Asked, images: Imag
 
 
 def _token_ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                          for i in value)
 
 
 def completion_prompts(tokenizer: Any, body: dict[str, Any], asked: Asked) -> list[Prompt]:
     """Every prompt of the request, in order: choices come back in this order."""
     prompt = body.get("prompt")
+    prompts: list[Any]
     if isinstance(prompt, str) or _token_ids(prompt):
         prompts = [prompt]
     elif isinstance(prompt, list) and prompt and (all(isinstance(p, str) for p in prompt)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ..engine.scheduler import Scheduler, SchedulerSettings
 from ..errors import LmpipeError, UsageError
@@ -74,7 +75,7 @@ class ModelRoster:
     notify: Callable[[str], None] = lambda m: None
     schedulers: dict[str, Scheduler] = field(default_factory=dict)  # by resolved model id, in the order served
     names: dict[str, str] = field(default_factory=dict)  # what a request may call a model -> its id
-    others: list = field(default_factory=list)  # embedding models, counted by the gate with the schedulers
+    others: list[Any] = field(default_factory=list)  # embedding models, counted by the gate with the schedulers
     adapters: dict[str, ServedAdapter] = field(default_factory=dict)  # LoRA adapters by name, in the order served
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,6 +115,7 @@ class ModelRoster:
             ref = self.admitted(name)
             if ref.id not in self.schedulers:
                 base = self.settings.on_request
+                assert base is not None  # admitted() takes no new name without it
                 self._add(replace(base, model=replace(base.model, model=name)))
             self.names[name] = ref.id
             return self.schedulers[ref.id]

@@ -53,6 +53,7 @@ def run(r: ServeRun) -> int:
     import signal
     import socket
 
+    import torch
     import uvicorn
 
     from ..backends import warm
@@ -61,8 +62,6 @@ def run(r: ServeRun) -> int:
     from .app import create_app
     from .guard import guarded, header_deadline
     from .roster import ModelRoster
-
-    import torch
 
     threads = engine_threads(r.threads)
     torch.set_num_threads(threads)

@@ -49,7 +49,8 @@ def response_format(body: dict[str, Any]) -> Constraint | None:
         return json_constraint({"type": "object"}, "response_format")
     inner = spec.get("json_schema")
     if not isinstance(inner, dict) or not isinstance(inner.get("schema"), dict):
-        raise FormatError("`response_format.json_schema.schema` must be a JSON Schema object", "invalid_response_format")
+        raise FormatError("`response_format.json_schema.schema` must be a JSON Schema object",
+                          "invalid_response_format")
     # Strict whether or not `strict` is set, as vLLM: additionalProperties: true opens an object.
     return json_constraint(inner["schema"], "response_format.json_schema")
 

@@ -13,9 +13,14 @@ than the model's context is tokenized all the same: counting a document's tokens
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 from ..chat.prompts import PromptSettings, messages_of
 from ..engine.scheduler import Scheduler
@@ -42,8 +47,9 @@ def chat_text(tokenizer: Any, body: dict[str, Any]) -> str:
     messages = plain_messages(body.get("messages"))
     try:
         messages_of({"messages": messages}, PromptSettings())  # the roles and contents lm-generate accepts
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation,
-                                             continue_final_message=continues, tokenize=False)
+        text: str = tokenizer.apply_chat_template(messages, add_generation_prompt=generation,
+                                                  continue_final_message=continues, tokenize=False)
+        return text
     except RecordError as exc:
         raise BadRequest(str(exc), "invalid_messages") from None
     except ValueError as exc:  # transformers: a final message that cannot be continued
@@ -73,7 +79,7 @@ def detokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     """The response body for a /detokenize request body, or BadRequest."""
     check_fields(body, DETOKENIZE, "/detokenize")
     ids = body.get("tokens")
-    if not _ids(ids):
+    if ids is None or not _ids(ids):
         raise BadRequest("`tokens` must be a list of token ids", "invalid_type")
     if any(i < 0 or i >= len(engine.tokenizer) for i in ids):
         raise BadRequest(f"`tokens` must be in [0, {len(engine.tokenizer)})", "invalid_value")
@@ -87,8 +93,9 @@ def token_routes(roster: ModelRoster) -> list[Any]:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    def endpoint(work):
-        async def serve(request):
+    def endpoint(work: Callable[[Scheduler, dict[str, Any]], dict[str, Any]],
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        async def serve(request: Request) -> Response:
             try:
                 body = await read_body(request)
                 def answer() -> dict[str, Any]:

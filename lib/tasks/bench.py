@@ -19,8 +19,10 @@ class BenchRun:
     cold: bool = False  # whole processes, beside Python's own start-up (lmpipe.tasks.bench_cold)
     server: str | None = None  # the first token through this server
     pipeline: int | None = None  # a three-stage pipeline of this many records
-    concurrency: tuple[int, ...] = ()  # the server's throughput with this many chats at a time (lmpipe.tasks.bench_load)
-    synthetic: str | None = None  # NAME[:TYPE]: a random-weight GGUF of a real shape as the model (lmpipe.models.synthetic)
+    # the server's throughput with this many chats at a time (lmpipe.tasks.bench_load)
+    concurrency: tuple[int, ...] = ()
+    # NAME[:TYPE]: a random-weight GGUF of a real shape as the model (lmpipe.models.synthetic)
+    synthetic: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency and not self.server:
@@ -51,7 +53,8 @@ def table(records: list[dict[str, Any]]) -> None:
     for r in records:
         if r.get("case") not in ("generate",):
             shown = {k: v for k, v in r.items() if k not in ("manifest", "case", "impl")}
-            console.print(f"[bold]{r['case']}[/bold] ({r['impl']}): " + ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()))
+            cells = ", ".join(f"{k} {_cell(v)}" for k, v in shown.items())
+            console.print(f"[bold]{r['case']}[/bold] ({r['impl']}): " + cells)
 
 
 def run(r: BenchRun, tty: bool) -> int:

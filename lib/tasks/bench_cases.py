@@ -13,8 +13,9 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token
@@ -110,7 +111,8 @@ def memory_probe(impl: str, model: ModelSettings, tokens: int = 8) -> dict[str, 
     import sys
     from dataclasses import asdict
 
-    code = "import sys, json; from lmpipe.tasks.bench_cases import _probe; _probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))"
+    code = ("import sys, json; from lmpipe.tasks.bench_cases import _probe; "
+            "_probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))")
     done = subprocess.run([sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(tokens)],
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
@@ -326,11 +328,11 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
         from ..models.perplexity import perplexity, sample_text
 
         notify("perplexity on the shipped text")
-        ours = perplexity(lm.model, lm.tokenizer, sample_text())
-        record: dict[str, Any] = {"impl": "lmpipe", "case": "perplexity", "perplexity": round(ours, 4)}
+        own = perplexity(lm.model, lm.tokenizer, sample_text())
+        record: dict[str, Any] = {"impl": "lmpipe", "case": "perplexity", "perplexity": round(own, 4)}
         if base_model is not None and base_model is not lm.model:
-            base = perplexity(base_model, lm.tokenizer, sample_text())
-            record.update(baseline_perplexity=round(base, 4), change=round(ours / base - 1, 4))
+            baseline = perplexity(base_model, lm.tokenizer, sample_text())
+            record.update(baseline_perplexity=round(baseline, 4), change=round(own / baseline - 1, 4))
         yield record
 
 
@@ -342,7 +344,8 @@ def server_ttft(url: str, repetitions: int) -> dict[str, Any]:
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
     # Each answer is read to its end, so the next request finds the server idle rather than finishing this one;
     # the first one warms the server (it may load the model).
-    times = [client.complete(body, chat=True, stream=True).ttft_s for _ in range(repetitions + 1)][1:]
+    answers = [client.complete(body, chat=True, stream=True) for _ in range(repetitions + 1)][1:]
+    times = [a.ttft_s for a in answers if a.ttft_s is not None]  # a streamed answer is always timed
     return {"impl": "lmpipe", "case": "server-ttft", "server": client.base, "seconds": summary(times),
             "repetitions": repetitions}
 

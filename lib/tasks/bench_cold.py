@@ -12,9 +12,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .bench_cases import summary
 
@@ -91,7 +92,8 @@ def cold_records(commands: Sequence[ColdCommand], repetitions: int,
             seconds, fine = run(command)
             times[command.shown].append(seconds)
             ok[command.shown] &= fine
-    records = [{"impl": c.impl, "case": "cold", "command": c.shown, "seconds": summary(times[c.shown]),
+    records: list[dict[str, Any]] = [{"impl": c.impl, "case": "cold", "command": c.shown,
+                                      "seconds": summary(times[c.shown]),
                 "repetitions": repetitions, "ok": ok[c.shown]} for c in commands]
     base = next((r for r in records if r["command"] == 'python -c "import tokenizers"'), None)
     if base and base["seconds"]["median"] > 0:

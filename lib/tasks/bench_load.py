@@ -20,7 +20,8 @@ TOPICS = ("the sea", "a lighthouse", "winter", "a library", "the moon", "a marke
 
 
 def load_requests(concurrency: int, gen_tokens: int, model: str) -> list[dict[str, Any]]:
-    """Twice `concurrency` chat requests, each with its own prompt (a server's prompt cache shares only the template)."""
+    """Twice `concurrency` chat requests, each with its own prompt (a server's prompt cache shares only
+    the template)."""
     return [{"model": model, "max_tokens": gen_tokens, "temperature": 0,
              "messages": [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]} "
                                                       f"(number {i + 1})."}]}
@@ -42,6 +43,7 @@ def server_load(url: str, concurrency: int, gen_tokens: int, model: str) -> dict
         tokens = answer.usage.get("completion_tokens")
         if not isinstance(tokens, int):
             raise UsageError(f"--concurrency: {client.base} sent no usage (stream_options.include_usage)")
+        assert answer.ttft_s is not None  # a streamed answer is timed
         return answer.ttft_s, tokens
 
     one(requests[0] | {"max_tokens": 2})  # warms the server (it may load the model), off the clock

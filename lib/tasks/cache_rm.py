@@ -61,7 +61,8 @@ def find(cache: Cache, target: Target) -> tuple[Entry, set[str] | None]:
     """The cached model a target names, and the commits to delete (None: all of them)."""
     if target.path is not None:
         if not inside(target.path, cache.roots):
-            raise UsageError(f"refusing {target.path}: it is outside the cache folders {cache.hub_dir} and {cache.models_dir}")
+            raise UsageError(f"refusing {target.path}: it is outside the cache folders {cache.hub_dir} and "
+                             f"{cache.models_dir}")
         real = Path(os.path.realpath(target.path))
         for entry in cache.entries:
             if Path(os.path.realpath(entry.path)) == real:
@@ -143,7 +144,7 @@ def run(tty: bool, stdin_tty: bool, ids: tuple[str, ...], revision: tuple[str, .
     if not (dry_run or yes or interactive):
         raise UsageError("in a pipe lm-cache-rm deletes only with --yes (--dry-run shows what it would free)")
     if ids:
-        targets, errors = targets_from_args(ids, revision), []
+        targets, errors = targets_from_args(ids, revision), list[dict[str, Any]]()
     elif stdin_tty:
         raise UsageError("name the models to delete, or pipe lm-cache-ls records in")
     else:

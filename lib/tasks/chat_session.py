@@ -13,9 +13,10 @@ of the reply shown so far does not.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 from ..backends.generate import GenerateSettings
 from ..chat.conversation import Conversation
@@ -134,7 +135,7 @@ class ChatSession:
     def settings(self) -> GenerateSettings:
         return self.task.settings  # with the seed drawn, when none was given
 
-    def reply(self, text: str, line: int = 0) -> Iterator[Token | Finished]:
+    def reply(self, text: str, line: int = 0) -> Generator[Token | Finished, None, None]:
         """Ask `text`: the question joins the conversation, the reply's tokens stream, and the
         record lm-generate writes for the conversation so far comes last. A finished reply joins
         the conversation; a failed one takes its question back out (a prompt too long for the
@@ -225,7 +226,8 @@ def open_session(r: ChatRun) -> ChatSession:
     in_process = r.settings.prompt.chat_template is not None or r.settings.sampling.reasoning_budget is not None
     if r.model.adapters and server:
         raise UsageError("--adapter applies in-process (drop --server, or serve it with lm-serve --lora)")
-    if server is None and not r.no_server and not in_process:  # a running lm-serve holding this model, as lm-generate finds it
+    # a running lm-serve holding this model, as lm-generate finds it
+    if server is None and not r.no_server and not in_process:
         from ..backends import warm
         from ..records.pipe import say
 

@@ -7,9 +7,10 @@ without one falls back to transformers' own tokenizer loader, and says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
@@ -59,7 +60,7 @@ def offsets_encoder(model: str | None, tokenizer: str | None) -> Callable[[str],
     model_tok = load_any(resolve(model), lambda message: say("lm-chunk", message))
     if model_tok.encode("x", add_special_tokens=False).offsets is None:
         raise UsageError(f"{model}: lm-chunk needs a fast tokenizer (tokenizer.json); this one has none")
-    return lambda text: model_tok.encode(text, add_special_tokens=False).offsets
+    return lambda text: model_tok.encode(text, add_special_tokens=False).offsets or []  # checked above
 
 
 class ChunkTask:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
@@ -119,7 +120,7 @@ class DetectTask:
         if not ready:
             return
         requests = [DetectionRequest(p.image.image, p.labels if self.detector.open_vocabulary else ()) for p in ready]
-        for p, result in zip(ready, detect(self.detector, requests, self.threshold, self.batch_size)):
+        for p, result in zip(ready, detect(self.detector, requests, self.threshold, self.batch_size), strict=True):
             if result.error is not None:
                 yield Finished(p.item, error_record(p.item, result.error), failed=True)
                 continue

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ..backends.embedding import ENCODINGS, Embedder, EmbedSettings, encoded
 from ..chat.prompts import text_of
@@ -50,7 +51,7 @@ class EmbedTask:
         except RecordError:  # some text is too long: embed one at a time, so only that record fails
             yield from (self._one(item, ids) for item, ids in good)
             return
-        for (item, _), vector in zip(good, vectors):
+        for (item, _), vector in zip(good, vectors, strict=True):
             yield Finished(item, self.record(item, vector))
 
     def _one(self, item: Item, ids: list[int]) -> Finished:

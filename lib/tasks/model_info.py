@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import LmpipeError, RecordError
 from ..models.modelinfo import model_info
 from ..models.resolve import DEFAULT_MODEL
 from ..records.jsonl import Item, error_record, read_items
 from ..records.pipe import JsonlSink, each_name, finish
-from ..records.runner import Finished, run as run_items
+from ..records.runner import Finished
+from ..records.runner import run as run_items
 
 TOOL = "lm-model-info"
 
@@ -61,8 +63,10 @@ def run(tty: bool, stdin_tty: bool, models: tuple[str, ...], load: bool, device:
 
     def process(batch: list[Item]) -> Iterable[Finished]:
         for item in batch:
+            record = item.record
+            assert record is not None  # run_items hands over only the lines that were records
             try:
-                yield Finished(item, {**item.record, **one(model_of(item.record))})
+                yield Finished(item, {**record, **one(model_of(record))})
             except LmpipeError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import LmpipeError, RecordError, UsageError
 from ..models.pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
 from ..records.jsonl import Item, error_record, failure_text, read_items
 from ..records.pipe import JsonlSink, each_name, finish, say
-from ..records.runner import Finished, run as run_items
+from ..records.runner import Finished
+from ..records.runner import run as run_items
 
 TOOL = "lm-pull"
 
@@ -26,7 +28,8 @@ def done_line(record: dict[str, Any]) -> str:
     from ..terminal.tables import human_size
 
     return (f"{record['id']}@{record['revision'][:12]}: {record['files']} files, "
-            f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) in {record['path']}")
+            f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) "
+            f"in {record['path']}")
 
 
 class PullTtySink:
@@ -62,8 +65,10 @@ def run(tty: bool, stdin_tty: bool, stderr_tty: bool, repos: tuple[str, ...], re
 
     def process(batch: list[Item]) -> Iterable[Finished]:
         for item in batch:
+            record = item.record
+            assert record is not None  # run_items hands over only the lines that were records
             try:
-                yield Finished(item, {**item.record, **one(repo_of(item.record))})
+                yield Finished(item, {**record, **one(repo_of(record))})
             except LmpipeError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
 

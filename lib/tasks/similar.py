@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import heapq
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from ..errors import RecordError, UsageError
-from ..records.jsonl import Item, error_record, read_items
+from ..records.jsonl import error_record, read_items
 
 SCORE_FIELD = "score"
 

@@ -1,15 +1,17 @@
 """lm-stats: count, errors and p50/p95/max of ttft, tokens/s and total time, per model, from any lmpipe output.
 
 Records are grouped by `manifest.model`; a record without a manifest (most error records: they
-pass their input through) counts under model null. `--by` groups by another field instead. Percentiles interpolate linearly between
+pass their input through) counts under model null. `--by` groups by another field instead. Percentiles interpolate
+linearly between
 the two nearest values, as numpy's default does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 from ..records.jsonl import Item
 

@@ -8,8 +8,10 @@ rounds. Chunks of all records in a batch go to the model together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as default
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as default
+from typing import Any
 
 from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
 from ..backends.text import ChatBackend, Output, Seq2SeqBackend, TextBackend, chat_task, check, combine, run_pieces
@@ -59,7 +61,8 @@ class SummarizeTask:
         if not lm.is_encoder_decoder:
             generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
                                  settings.generation.num_beams, settings.generation.min_length)
-            self.engine: TextBackend = ChatBackend(generate, lambda text: INSTRUCTION.replace("{text}", text), settings.window)
+            self.engine: TextBackend = ChatBackend(generate, lambda text: INSTRUCTION.replace("{text}", text),
+                                                   settings.window)
             task_settings |= {"instruction": INSTRUCTION, "sampling": generate.settings.sampling.manifest()}
         else:
             prefix = t5_prefix(lm.model.config) if getattr(lm.model.config, "model_type", "") in ("t5", "mt5") else ""

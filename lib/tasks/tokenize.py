@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
@@ -68,7 +69,8 @@ def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
     from ..chat.chat_template import apply_chat_template
     from ..chat.prompts import PromptSettings, messages_of, text_messages
 
-    return apply_chat_template(tokenizer, text_messages(messages_of(record, PromptSettings())), add_generation_prompt=True)
+    messages = text_messages(messages_of(record, PromptSettings()))
+    return apply_chat_template(tokenizer, messages, add_generation_prompt=True)
 
 
 def decode(tokenizer: Any, record: dict[str, Any]) -> str:

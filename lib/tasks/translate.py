@@ -7,8 +7,9 @@ are joined in order with the whitespace that separated the source pieces. Nothin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as default
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as default
 
 from ..backends.seq2seq import Seq2SeqGenerator, Seq2SeqSettings
 from ..backends.text import ChatBackend, Seq2SeqBackend, TextBackend, chat_task, check, combine, run_pieces
@@ -47,7 +48,7 @@ def join(pieces: list[str], translations: list[str]) -> str:
         return translations[0]
     last = len(pieces) - 1
     parts = []
-    for i, (piece, text) in enumerate(zip(pieces, translations)):
+    for i, (piece, text) in enumerate(zip(pieces, translations, strict=True)):
         gap = piece[len(piece.rstrip()):] if i < last else ""
         parts.append(text.strip() + gap)
     return "".join(parts)
@@ -58,7 +59,8 @@ class TranslateTask:
         self.lm, self.settings, self.batch_size = lm, settings, batch_size
         model_type = getattr(lm.model.config, "model_type", "")
         family = family_of(model_type, lm.is_encoder_decoder, lm.tokenizer)
-        prefixes = {k: v.get("prefix", "") for k, v in (getattr(lm.model.config, "task_specific_params", None) or {}).items()
+        specific = getattr(lm.model.config, "task_specific_params", None) or {}
+        prefixes = {k: v.get("prefix", "") for k, v in specific.items()
                     if isinstance(v, dict)}
         self.languages = resolve(family, lm.tokenizer, lm.ref.id, settings.source, settings.target, prefixes)
         task_settings = {"task": "translate", **self.languages.manifest()}
@@ -66,7 +68,8 @@ class TranslateTask:
             template = instruction(self.languages)
             generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
                                  settings.generation.num_beams)
-            self.engine: TextBackend = ChatBackend(generate, lambda text: template.replace("{text}", text), settings.window)
+            self.engine: TextBackend = ChatBackend(generate, lambda text: template.replace("{text}", text),
+                                                   settings.window)
             task_settings |= {"instruction": template, "sampling": generate.settings.sampling.manifest()}
         else:
             seq2seq = Seq2SeqGenerator(lm.model, lm.tokenizer, lm.device, settings.generation, self.languages)

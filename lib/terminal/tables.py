@@ -6,7 +6,8 @@ program reads cannot disagree. Sizes are decimal (kB, MB, GB), as the Hugging Fa
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def human_size(n: int | None) -> str:
@@ -20,7 +21,8 @@ def _table(columns: list[str], rows: list[list[str]], footers: dict[int, str], r
     from rich.console import Console
     from rich.table import Table
 
-    widths = [max([len(name), len(footers.get(i, ""))] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
+    widths = [max([len(name), len(footers.get(i, ""))] + [len(row[i]) for row in rows])
+              for i, name in enumerate(columns)]
     if "PATH" in columns:
         at = columns.index("PATH")
         room = Console().width - sum(w for i, w in enumerate(widths) if i != at) - 2 * (len(columns) - 1)

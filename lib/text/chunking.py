@@ -10,8 +10,8 @@ text = chunk[0] + chunk[1][end[0] - start[1]:] + chunk[2][end[1] - start[2]:] + 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ A family's own code (`spa_Latn`, `es_XX`) is accepted as it is. Nothing here loa
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import UsageError
 
@@ -199,7 +200,8 @@ def _marian(tokenizer: Any, model_id: str, source: str | None, target: str | Non
             raise UsageError(f"--to is needed; this Marian model has targets {', '.join(sorted(targets))}")
         code = target if target in targets else LANGUAGES.get(target, ("", ""))[1].split("_")[0]
         if code not in targets:
-            raise UsageError(f"this Marian model cannot translate into {target!r} (targets: {', '.join(sorted(targets))})")
+            known = ", ".join(sorted(targets))
+            raise UsageError(f"this Marian model cannot translate into {target!r} (targets: {known})")
         return Languages("marian", source or pair_src, target, source or pair_src, code, prefix=f"{targets[code]} ")
     if target and pair_tgt and not same_language(target, pair_tgt) and pair_tgt.islower():
         raise UsageError(f"this Marian model translates {pair_src}->{pair_tgt}; it cannot translate into {target!r}")

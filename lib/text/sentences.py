@@ -9,7 +9,7 @@ is cut between words, and a word too long between characters. Nothing is dropped
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 # End of a sentence: . ! ? … and CJK full stops, with closing quotes or brackets, then space;
 # or a blank line. The whitespace stays with the sentence before it.

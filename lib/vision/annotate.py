@@ -6,8 +6,9 @@ tag sits in its top-left corner, cut to the box. Pixels outside every box keep t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import UsageError
 from .detection import Detection
@@ -41,7 +42,7 @@ def draw(image: Any, detections: Sequence[Detection]) -> Any:
         pen.rectangle([b.xmin, b.ymin, right, bottom], outline=color, width=w)
         text = f"{d.label} {d.score:.2f}"
         x0, y0, x1, y1 = pen.textbbox((0, 0), text, font=font)
-        tag = Image.new("RGB", (x1 - x0 + 4, y1 - y0 + 4), color)
+        tag = Image.new("RGB", (round(x1 - x0) + 4, round(y1 - y0) + 4), color)
         ImageDraw.Draw(tag).text((2 - x0, 2 - y0), text, fill=(0, 0, 0) if sum(color) > 380 else (255, 255, 255),
                                  font=font)
         room_w, room_h = right - w - (b.xmin + w) + 1, bottom - w - (b.ymin + w) + 1

@@ -15,9 +15,10 @@ result the same whatever else is in its batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 from ..models.loading import _first_line
 from .loading import LoadedDetector
@@ -163,13 +164,14 @@ def detect(detector: LoadedDetector, requests: list[DetectionRequest], threshold
         try:
             outputs, seconds = _forward(detector, group)
             queries = len(owners[group[0][0]][1] or ()) if per_image else 0
-            passes = [(q, _post_process(detector, outputs, sizes, threshold, q)) for q in range(queries)] or [
+            passes: list[tuple[int | None, list[dict[str, Any]]]] = [
+                (q, _post_process(detector, outputs, sizes, threshold, q)) for q in range(queries)] or [
                 (None, _post_process(detector, outputs, sizes, threshold))]
         except FAILURES as exc:  # out of memory, a model bug: every image of this forward pass says so
             for n, _ in group:
                 results[owners[n][0]].error = f"detection failed: {_first_line(exc)}"
             continue
-        for row, ((n, _), (height, width)) in enumerate(zip(group, sizes)):
+        for row, ((n, _), (height, width)) in enumerate(zip(group, sizes, strict=True)):
             i, labels = owners[n]
             result = results[i]
             result.inference_s += seconds / len(group)
@@ -182,7 +184,7 @@ def detect(detector: LoadedDetector, requests: list[DetectionRequest], threshold
                     names = [id2label.get(index, str(index)) for index in out["labels"].tolist()]
                 else:  # open vocabulary: the label this query (or this row) asked about
                     names = [labels[q if q is not None else 0]] * len(scores)
-                for score, box, name in zip(scores, out["boxes"], names):
+                for score, box, name in zip(scores, out["boxes"], names, strict=True):
                     if score <= 0.0:  # as the zero-shot pipeline: an exact zero is no detection
                         continue
                     result.detections.append(Detection(name, score, pixel_box(box, width, height)))

@@ -203,8 +203,7 @@ def _decoded(source: Any, name: str, max_pixels: int) -> tuple[Any, str]:
                 )
             image.load()
             mode = image.mode
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image), mode
+            return to_rgb(ImageOps.exif_transpose(image)), mode
     except RecordError:
         raise
     except UnidentifiedImageError:

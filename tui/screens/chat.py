@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from rich.text import Text
 from textual import events, work
@@ -148,7 +149,7 @@ class ChatScreen(TypingBox, Screen):
         event.input.value = ""
         settings = self.settings()
         self.conversation.system = settings.system
-        content: str | list = text
+        content: str | list[dict[str, Any]] = text
         shown = text
         if self.image is not None:  # OpenAI's parts, as lm-generate and lm-serve read them
             content = [{"type": "image_url", "image_url": {"url": self.image}}, {"type": "text", "text": text}]

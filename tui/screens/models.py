@@ -15,7 +15,6 @@ from ..messages import ModelInfoReady, ModelsFailed, ModelsListed, ServedListed
 from ..served import served_models
 from .dialogs import Confirm
 
-
 SERVED_REFRESH_S = 5.0  # the served models' states (loaded, unloading in ...) change on their own
 
 
@@ -118,7 +117,8 @@ class ModelsScreen(Screen):
         text = Text()
         for key, value in message.info.items():
             if isinstance(value, (dict, list)):
-                value = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else ", ".join(map(str, value))
+                parts = (f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else map(str, value)
+                value = ", ".join(parts)
             text.append(f"{key}: ", style="bold")
             text.append(f"{value}\n")
         self.query_one("#model-info", Static).update(text)

@@ -121,7 +121,8 @@ class PipelineScreen(TypingBox, Screen):
         def added(tool: str | None) -> None:
             if tool:
                 at = (self.selected + 1) if self.selected is not None else None
-                self.set_pipeline(self.pipeline.add(Stage(tool), at), at if at is not None else len(self.pipeline.stages))
+                added_at = at if at is not None else len(self.pipeline.stages)
+                self.set_pipeline(self.pipeline.add(Stage(tool), at), added_at)
 
         self.app.push_screen(PickTool(), added)
 

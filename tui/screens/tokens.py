@@ -117,7 +117,7 @@ class TokensScreen(Screen):
         self.tokens, self.texts = message.tokens, message.texts
         table = self.query_one("#tok-table", DataTable)
         table.clear()
-        for i, (token, text) in enumerate(zip(self.tokens, self.texts)):
+        for i, (token, text) in enumerate(zip(self.tokens, self.texts, strict=True)):
             table.add_row(str(i + 1), token_box(text, probability_style(token.p)), f"{token.p:.3f}")
         if self.tokens:
             table.move_cursor(row=0)

@@ -50,7 +50,7 @@ def candidates() -> tuple[str, ...]:
     (only LMPIPE_KERNEL_ISA's, where it names one) and float32."""
     if not vnni.available():
         return (FLOAT,)
-    isas = [vnni.selected] if vnni.forced() else vnni.runnable()
+    isas = [vnni.selected] if vnni.forced() and vnni.selected is not None else vnni.runnable()
     return (*(NAMES[isa] for isa in isas), FLOAT)
 
 

@@ -77,7 +77,8 @@ def runnable() -> list[str]:
         return []
     flags = _cpu_flags()
     torch_isa = _torch_isa()
-    allowed = ("avx512", "avx2") if torch_isa.startswith("AVX512") else ("avx2",) if torch_isa.startswith("AVX2") else ()
+    allowed: tuple[str, ...] = ("avx512", "avx2") if torch_isa.startswith("AVX512") else \
+        ("avx2",) if torch_isa.startswith("AVX2") else ()
     return [isa for isa, needs in ISAS.items() if set(needs) <= flags and isa in allowed]
 
 
