@@ -52,7 +52,8 @@ def from_the_clock(c: Completion) -> bool:
 
 
 def served(model: str, ids: list[int], sampling: Sampling) -> Completion:
-    from lmpipe.engine.scheduler import GenerationRequest, Scheduler, SchedulerSettings
+    from lmpipe.engine.loop import Request
+    from lmpipe.engine.scheduler import Scheduler, SchedulerSettings
     from lmpipe.models.loading import ModelSettings
 
     engine = Scheduler(SchedulerSettings(model=ModelSettings(model)))
@@ -65,7 +66,7 @@ def served(model: str, ids: list[int], sampling: Sampling) -> Completion:
             done.set()
 
     try:
-        engine.submit(GenerationRequest(list(ids), sampling, emit))
+        engine.submit(Request(list(ids), sampling, emit))
         assert done.wait(120)
     finally:
         engine.close()

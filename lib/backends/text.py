@@ -64,7 +64,7 @@ class ChatBackend:
     def __init__(self, task: Any, instruction: Callable[[str], str], limit: int | None = None):
         self.task = task  # a lmpipe.backends.generate.GenerateTask
         self.instruction = instruction
-        context = task.context or 2048
+        context = task.preparation.context or 2048
         room = context - task.settings.sampling.max_new_tokens - self.OVERHEAD
         if room < 16:
             from ..errors import UsageError

@@ -7,7 +7,6 @@ call `generate`; lm-serve feeds the same loop request by request (lmpipe.engine.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 from .decoding import Decoding, uses_fast_path
@@ -15,17 +14,7 @@ from .events import Completion, Event, Token, TopToken
 from .loop import Loop, Request, eos_ids, pad_id
 from .sampling import Sampling
 
-__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "backend_for", "check_prompt", "eos_ids",
-           "generate", "pad_id"]
-
-
-def check_prompt(ids: Sequence[int], context: int | None) -> None:
-    """A prompt the context cannot hold with room for one answer token is the record's error,
-    never cut (`context`: lmpipe.models.loading.context_length; None: the model does not say)."""
-    if context and len(ids) >= context:
-        from ..errors import RecordError
-
-        raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {context}")
+__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "backend_for", "eos_ids", "generate", "pad_id"]
 
 
 def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int, drafting: bool = False,
@@ -66,7 +55,7 @@ def generate(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
-    sampling: Sampling,
+    sampling: Sampling | Sequence[Sampling],
     top_probs: int = 0,
     device: str = "cpu",
     constraints: Sequence[Sequence[Any]] = (),
@@ -74,19 +63,20 @@ def generate(
     draft: Any = None,
     inputs: Sequence[Any] = (),
     processor: Any = None,
-    context: int | None = None,
     adapters: Sequence[str | None] = (),
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
+
+    `sampling`: every row's, or one per prompt (lmpipe.engine.preparation.Preparation.row clamps
+    each to the room its context leaves).
 
     `constraints`: per prompt, logits processors of its row alone that run before sampling's (a
     grammar mask; lmpipe.engine.constrain.row_constraints). `draft`: a loaded draft model; greedy,
     unconstrained rows then decode speculatively (lmpipe.engine.speculative), others as usual.
     `inputs`: per prompt, its lmpipe.engine.multimodal.ImagePrompt, for a vision-language model
-    (`processor`: its processor). `context`: the tokens a row may hold; each row's
-    max_new_tokens is clamped to its own room (its answer then ends with finish_reason "length").
-    `adapters`: per prompt, the name of the LoRA adapter its row runs (ModelSettings.loras; None:
-    the model's --adapter ones, if any); rows of different adapters share the batch.
+    (`processor`: its processor). `adapters`: per prompt, the name of the LoRA adapter its row
+    runs (ModelSettings.loras; None: the model's --adapter ones, if any); rows of different
+    adapters share the batch.
     """
     eos = eos_ids(model, tokenizer)
     events: list[Event] = []
@@ -96,11 +86,7 @@ def generate(
 
         policy = Draft(draft, decoding.draft_tokens)
 
-    def room(ids: Sequence[int]) -> Sampling:
-        if context is None or sampling.max_new_tokens <= context - len(ids):
-            return sampling
-        return replace(sampling, max_new_tokens=context - len(ids))
-
+    rows = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
     slots: list[int | None] = [None] * len(prompts)
     if any(name is not None for name in adapters):
         from ..models.adapters import stack_of
@@ -112,7 +98,7 @@ def generate(
             raise UsageError("the model has no LoRA adapters to choose from")
         slots = [stack.slot(name) for name in adapters]
     requests = [
-        Request(list(ids), room(ids), events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
+        Request(list(ids), rows[r], events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
                 top_probs=top_probs, draft=policy, inputs=inputs[r] if inputs else None, adapter=slots[r])
         for r, ids in enumerate(prompts)
     ]

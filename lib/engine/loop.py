@@ -22,6 +22,8 @@ token-identical to it, and it reports every token as it comes with its time (lmp
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -58,13 +60,11 @@ class Backend(Protocol):
         """Forget every row (a step failed)."""
 
 
-def _never() -> bool:
-    return False
-
-
 @dataclass
 class Request:
-    """One sequence to generate, the policies of its row, and where its events go."""
+    """One sequence to generate, the policies of its row, and where its events go. lm-serve's
+    scheduler (lmpipe.engine.scheduler) queues it as it comes, naming its `grammar` and `lora`,
+    and makes them the row's `constraints` and adapter slot when it admits it."""
 
     ids: Sequence[int]
     sampling: Sampling
@@ -76,9 +76,11 @@ class Request:
     echo: bool = False  # score the prompt's own tokens too, in its prefill's one pass (Completion.prompt_tokens)
     generates: bool = True  # False: score the prompt only (echo), no new token
     draft: Any = None  # lmpipe.engine.speculative.Draft: speculative rounds, for greedy plain rows
-    cancelled: Callable[[], bool] = _never  # its client went away: free the row
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set: its client went away, free the row
     inputs: Any = None  # lmpipe.engine.multimodal.ImagePrompt: its images, for the prefill's forward
     adapter: int | None = None  # its LoRA adapter's slot (lmpipe.models.adapters.LoraStack.slot); None: the default
+    grammar: str | None = None  # llguidance's grammar the answer must follow (lmpipe.engine.constrain); None: free
+    lora: str | None = None  # lm-serve: its LoRA adapter by its name in ModelSettings.loras (None: none)
 
     @property
     def speculates(self) -> bool:
@@ -118,16 +120,12 @@ class Probs:
 
     def of(self, token_id: int) -> tuple[float, float]:
         """The token's probability (rounded, as records show it) and log-probability."""
-        import math
-
         logprob = float(self.logprobs[token_id])
         return round(math.exp(logprob), 6), logprob
 
 
 def top_tokens(logits: Tensor, tokenizer: Any, n: int) -> Probs:
     """For logits [1, vocab]."""
-    import math
-
     import torch
 
     logprobs = torch.log_softmax(logits[0].float(), dim=-1)
@@ -384,14 +382,14 @@ class Loop:
         self._sweep()
         events, self._events = self._events, []
         for request, event in events:
-            if not request.cancelled():
+            if not request.cancelled.is_set():
                 request.emit(event)
 
     def _sweep(self) -> None:
         """Free the rows of finished and abandoned requests."""
         kept = []
         for row in self.live:
-            if row.state.finish or row.request.cancelled():
+            if row.state.finish or row.request.cancelled.is_set():
                 self.backend.release(row.handle)
             else:
                 kept.append(row)

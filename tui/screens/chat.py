@@ -81,10 +81,10 @@ class ChatScreen(TypingBox, Screen):
         Binding("escape", "stop", "Stop"),
     ]
 
-    def __init__(self, engine: ModelPool, model: str = "smollm2", defaults: ChatSettings = ChatSettings()):
+    def __init__(self, pool: ModelPool, model: str = "smollm2", defaults: ChatSettings = ChatSettings()):
         """`defaults`: the command line's template and thinking settings, kept for every turn."""
         super().__init__()
-        self.engine = engine
+        self.pool = pool
         self.model = model
         self.defaults = defaults
         self.conversation = Conversation()
@@ -185,7 +185,7 @@ class ChatScreen(TypingBox, Screen):
 
         worker = get_current_worker()
         try:
-            answer = chat_turn(self.engine, messages, settings,
+            answer = chat_turn(self.pool, messages, settings,
                                on_text=lambda text, n: self.post_message(ReplyStreaming(text, n)),
                                cancelled=lambda: worker.is_cancelled,
                                on_prompt=lambda fill: self.post_message(ContextFilled(fill)))
@@ -208,7 +208,7 @@ class ChatScreen(TypingBox, Screen):
         if self.replying is None:
             return
         self.replying.finish(message.reply)
-        # The sequence the next turn extends: this prompt and the whole answer, as the engine counted them.
+        # The sequence the next turn extends: this prompt and the whole answer, as the loop counted them.
         stats = message.reply.stats
         used = stats.get("input_tokens", self.prompt_fill.used) + stats.get("output_tokens", 0)
         self.filled = replace(self.prompt_fill, used=used)
