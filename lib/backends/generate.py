@@ -20,7 +20,7 @@ from ..engine.events import Completion, Token
 from ..engine.generation import check_vision_decoding, generate
 from ..engine.preparation import Preparation
 from ..engine.sampling import Sampling
-from ..errors import RecordError
+from ..errors import RecordError, UsageError
 from ..models.loading import LoadedModel
 from ..models.processors import image_token_count
 from ..records.jsonl import Item, error_record
@@ -105,7 +105,6 @@ class GenerateTask:
         """`draft`: the draft model another task already loaded (checked again for this model and
         these settings); without it, the one `settings.decoding` names is loaded."""
         from ..engine.speculative import check_draft, load_draft, manifest_part
-        from ..errors import UsageError
 
         if settings.images.images and lm.processor is None:
             raise UsageError(f"--image needs a vision-language model; {lm.ref.name} reads text only")

@@ -20,13 +20,13 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
 from ..engine.timing import Clock, combined_rate, per_second
-from ..errors import LmpipeError, RecordError
+from ..errors import LmpipeError, RecordError, UsageError
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from ..version import __version__
@@ -59,8 +59,6 @@ class ServerSettings:
     api_key: str | None = None  # sent as `Authorization: Bearer KEY`
 
     def __post_init__(self) -> None:
-        from ..errors import UsageError
-
         if self.kind is not None and self.kind not in KINDS:
             raise UsageError(f"--server-kind must be one of {', '.join(KINDS)}")
         if self.concurrency < 1:
@@ -349,10 +347,6 @@ class RemoteGenerateTask:
     def __init__(self, client: ServerClient, model: str | None, settings: Any, by_name: bool = False):
         """`by_name`: send `model` as it is (a record's agent named it); otherwise a server that
         serves one model under another name is sent that name."""
-        from dataclasses import replace
-
-        from ..errors import UsageError
-
         self.client, self.model = client, model
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         if settings.top_probs:

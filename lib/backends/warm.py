@@ -29,7 +29,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -191,8 +191,6 @@ def agent_variants(base: Any, model_settings: Any, served_id: str):
     """AgentTasks' variants for a warm server found on the tool's behalf: records for the served
     model go to it; a record whose agent names another model loads that one here, as it would
     have without the server (through an explicit --server it is sent by name instead)."""
-    from dataclasses import replace
-
     from ..models.loading import load
     from ..models.resolve import resolve
     from .agent import through_server

@@ -9,25 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .decoding import Decoding, uses_fast_path
+from .decoding import Decoding, StaticBatch, uses_fast_path
 from .events import Completion, Event, Token, TopToken
 from .loop import Loop, Request, eos_ids, pad_id
 from .sampling import Sampling
 
-__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "backend_for", "eos_ids", "generate", "pad_id"]
+__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "eos_ids", "generate", "pad_id", "runner_for"]
 
 
-def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int, drafting: bool = False,
-                prefixes: Any = None, processor: Any = None) -> Any:
-    """The loop's backend for `rows` rows: the fast path's rows (lmpipe.engine.batching) for models it
+def runner_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int, drafting: bool = False,
+               prefixes: Any = None, processor: Any = None) -> Any:
+    """The loop's model runner for `rows` rows: the fast path's rows (lmpipe.engine.batching) for models it
     knows and for speculative rows; else one left-padded batch over transformers' forward, or over
     the compiled fast step, whose shapes must not change (lmpipe.engine.decoding). lm-serve's rows, with
     a prompt cache (`prefixes`), join and leave a running batch, so they never compile (each
     batch size would compile anew). A vision-language model (its `processor` given) runs
     transformers' forward over a batch, its images in the prefill (lmpipe.engine.multimodal)."""
     if processor is not None:
-        from .decoding import StaticBatch
-
         check_vision_decoding(decoding)
         return StaticBatch(model, decoding, rows, device, pad, processor)
     fast = uses_fast_path(model, decoding)
@@ -35,8 +33,6 @@ def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int
         from .batching import FastRows
 
         return FastRows(model, rows, prefixes, pad)
-    from .decoding import StaticBatch
-
     return StaticBatch(model, decoding, rows, device, pad)
 
 
@@ -102,9 +98,9 @@ def generate(
                 top_probs=top_probs, draft=policy, inputs=inputs[r] if inputs else None, adapter=slots[r])
         for r, ids in enumerate(prompts)
     ]
-    backend = backend_for(model, decoding, len(requests), device, pad_id(tokenizer, eos),
-                          drafting=any(r.speculates for r in requests), processor=processor)
-    loop = Loop(backend, tokenizer, eos)
+    runner = runner_for(model, decoding, len(requests), device, pad_id(tokenizer, eos),
+                        drafting=any(r.speculates for r in requests), processor=processor)
+    loop = Loop(runner, tokenizer, eos)
     loop.admit(requests)
     yield from _drain(events)
     while loop.live:

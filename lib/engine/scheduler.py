@@ -5,7 +5,7 @@ them through lmpipe.engine.loop's generation loop, each request a row with its o
 strings and grammar. For models the fast path knows (lmpipe.models.fastpath), batching is continuous
 (lmpipe.engine.batching's rows): between two decode steps, waiting requests join the running batch up
 to `max_batch` rows, and finished or abandoned ones leave it at once; recent prompts' keys and
-values are kept for the next prompt that shares their start. For other models the backend is a
+values are kept for the next prompt that shares their start. For other models the model runner is a
 left-padded batch (lmpipe.engine.decoding): the worker admits what is waiting, up to `max_batch`
 requests with the same sampling settings, and steps them together to the end; an abandoned
 request's row leaves it, and a batch whose clients all went away stops at the next token.
@@ -31,7 +31,7 @@ from .batching import PrefixCache, PrefixCounts
 from .constrain import row_constraints
 from .decoding import Decoding, settled
 from .events import Completion, Token
-from .generation import backend_for
+from .generation import runner_for
 from .loop import Loop, Request, eos_ids, pad_id
 from .preparation import Preparation
 from .sampling import Sampling
@@ -188,15 +188,15 @@ class Scheduler:
             if self.loop is None:
                 eos = eos_ids(lm.model, lm.tokenizer)
                 self.decoding = settled(self.settings.decoding, lm.model, self.notify)
-                backend = backend_for(lm.model, self.decoding, self.settings.max_batch, lm.device,
-                                      pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts),
-                                      processor=lm.processor)
-                if self.decoding.compile and not backend.compiled:  # the manifest names the step that runs
+                runner = runner_for(lm.model, self.decoding, self.settings.max_batch, lm.device,
+                                    pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts),
+                                    processor=lm.processor)
+                if self.decoding.compile and not runner.compiled:  # the manifest names the step that runs
                     self.notify("lmpipe: --compile: the fast path's rows join and leave a running batch, "
                                 "so its step runs uncompiled")
                     self.decoding = replace(self.decoding, compile=False)
                 self._context = context_length(lm)
-                self.loop = Loop(backend, lm.tokenizer, eos)
+                self.loop = Loop(runner, lm.tokenizer, eos)
             return self.loop
 
     def _work(self) -> None:
@@ -227,7 +227,7 @@ class Scheduler:
             for job in waiting:
                 job.emit(exc)
             return
-        joins = loop.backend.joins
+        joins = loop.runner.joins
         # one batch: the same sampling, with images or not; a row that scores its prompt is prefilled alone
         if not joins:
             def key_of(job: Request) -> tuple[Any, ...]:

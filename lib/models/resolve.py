@@ -100,7 +100,7 @@ def _from_hub_cache(name: str) -> ModelRef:
         tag = gguf_tags.tag_of(ggufs[0])
         chosen = ggufs[0]
     elif tag is not None:
-        chosen = gguf_tags.pick(ggufs, tag, repo_id, "in the Hugging Face cache")
+        chosen = gguf_tags.pick_file(ggufs, tag, repo_id, "in the Hugging Face cache")
     else:
         return ModelRef(name, repo_id, "hub", folder_path, revision=folder_path.name)
     # The snapshot's own path (a link to its blob), so the file keeps its .gguf name.

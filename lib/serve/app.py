@@ -38,6 +38,7 @@ from ..chat.prompts import RESERVED_VARIABLES, PromptSettings, with_template
 from ..chat.reasoning import ReasoningStream, split_reasoning
 from ..engine.events import Completion, Event, ScoredPrompt, Token
 from ..engine.loop import Request
+from ..engine.loop import Request as LoopRequest  # starlette's Request is the HTTP one
 from ..engine.preparation import ContextExceeded
 from ..engine.sampling import Sampling
 from ..engine.scheduler import Scheduler
@@ -181,7 +182,7 @@ class PreparedRequest:
     chat: bool
     include_reasoning: bool = True  # a chat's reasoning goes in `reasoning_content` (vLLM's); False: left out
 
-    def jobs(self, emit: Callable[[int, Any], None]) -> list[Request]:
+    def jobs(self, emit: Callable[[int, Any], None]) -> list[LoopRequest]:
         """One row per choice, in choice order: a prompt's `n` rows follow one another, so they
         are admitted into the same batch and share its prompt cache; sampled ones differ by seed."""
         out = []
@@ -189,7 +190,7 @@ class PreparedRequest:
             assert sampling.seed is not None  # drawn when the request was read (with_seed)
             for j in range(self.n):
                 own = replace(sampling, seed=(sampling.seed + j) % 2 ** 31) if j else sampling
-                out.append(Request(
+                out.append(LoopRequest(
                     prompt.ids, own, partial(emit, p * self.n + j), grammar=self.asked.plan.grammar,
                     logprobs=self.logprobs is not None, top_probs=self.logprobs or 0,
                     echo=self.echo and self.logprobs is not None, generates=self.generates, inputs=prompt.inputs))

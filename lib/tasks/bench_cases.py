@@ -14,7 +14,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..engine.decoding import Decoding, settled
@@ -23,7 +23,7 @@ from ..engine.generation import generate
 from ..engine.sampling import Sampling
 from ..engine.timing import per_second
 from ..errors import UsageError
-from ..models.loading import LoadedModel, ModelSettings
+from ..models.loading import LoadedModel, ModelSettings, load
 
 BASELINES = ("transformers", "llama-cpp")
 
@@ -109,7 +109,6 @@ def memory_probe(impl: str, model: ModelSettings, tokens: int = 8) -> dict[str, 
     import json
     import subprocess
     import sys
-    from dataclasses import asdict
 
     code = ("import sys, json; from lmpipe.tasks.bench_cases import _probe; "
             "_probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))")
@@ -125,8 +124,6 @@ def _probe(impl: str, settings: dict[str, Any], tokens: int) -> None:
 
     import torch  # noqa: F401  (imported before the first reading: it is not the model's)
     import transformers  # noqa: F401
-
-    from ..models.loading import load
 
     imported = peak_rss_mb()
     lm = load(ModelSettings(**settings), lambda m: None)
@@ -287,7 +284,6 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     import torch
 
     from ..engine.speculative import load_draft, manifest_part
-    from ..models.loading import load
     from ..records.manifest import manifest
 
     if settings.threads:

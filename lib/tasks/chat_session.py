@@ -18,13 +18,13 @@ from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from ..backends.generate import GenerateSettings
+from ..backends.generate import GenerateSettings, GenerateTask
 from ..chat.conversation import Conversation
 from ..engine.events import Token
 from ..errors import LmpipeError, RecordError, UsageError
-from ..models.loading import ModelSettings
-from ..records.jsonl import Item
-from ..records.runner import Finished, Streamed
+from ..models.loading import ModelSettings, load
+from ..records.jsonl import Item, RecordWriter, error_record, failure_text, parse_line
+from ..records.runner import Finished, Streamed, Summary
 
 TOOL = "lm-chat"
 
@@ -241,9 +241,6 @@ def open_session(r: ChatRun) -> ChatSession:
 
         client = ServerClient(ServerSettings(server, api_key=key))
         return ChatSession(lambda s, _old: RemoteGenerateTask(client, name, s), r.settings, conversation)
-    from ..backends.generate import GenerateTask
-    from ..models.loading import load
-
     lm = load(r.model)
     return ChatSession(lambda s, old: GenerateTask(lm, s, draft=old.draft if old else None), r.settings,
                        conversation)
@@ -325,9 +322,7 @@ def transcribe(session: ChatSession, source: IO[bytes], out: IO[bytes]) -> int:
     import sys
 
     from ..chat.prompts import text_of
-    from ..records.jsonl import RecordWriter, error_record, failure_text, parse_line
     from ..records.pipe import finish
-    from ..records.runner import Summary
 
     writer, summary, lines = RecordWriter(out), Summary(), InputAssembler()
 

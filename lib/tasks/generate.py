@@ -7,12 +7,12 @@ from typing import Any
 
 from ..backends.agent import AgentTasks, in_process, through_server
 from ..backends.generate import GenerateSettings, GenerateTask
-from ..backends.remote import ServerSettings
+from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
 from ..engine.generation import Token
 from ..errors import UsageError
-from ..models.loading import ModelSettings
+from ..models.loading import ModelSettings, load
 from ..records.jsonl import Item
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, batch_size_for, run_records, say
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,6 @@ def run(r: GenerateRun, tty: bool) -> int:
     import io
     import sys
 
-    from ..models.loading import load
-    from ..records.pipe import JsonlSink, batch_size_for, run_records, say
     from ..terminal.display import GenerateTtySink
 
     job = r.pipe.job.open()  # an existing --output without --resume fails here
@@ -80,13 +78,10 @@ def run(r: GenerateRun, tty: bool) -> int:
     warm = None if r.server or r.no_server else warm_server(r)
     batch_size = batch_size_for(r.pipe.batch_size, tty)
     if r.server and not r.no_server:
-        from ..backends.remote import RemoteGenerateTask, ServerClient
-
         base: Any = RemoteGenerateTask(ServerClient(r.server), r.model.model, r.settings)
         task = AgentTasks(base, through_server(base), r.given)
         batch_size = r.pipe.batch_size or r.server.concurrency  # a batch's requests are in flight at once
     elif warm:
-        from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
         from ..backends.warm import agent_variants
 
         client = ServerClient(ServerSettings(warm.url, api_key=warm.token))

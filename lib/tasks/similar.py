@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ..errors import RecordError, UsageError
-from ..records.jsonl import error_record, read_items
+from ..records.jsonl import RecordWriter, error_record, read_items
 
 SCORE_FIELD = "score"
 
@@ -145,7 +145,6 @@ def embed_query(settings: SimilarRun) -> Callable[[str, str], Any]:
 
 
 def run(r: SimilarRun, source: IO[bytes] | None = None) -> int:
-    from ..records.jsonl import RecordWriter
     from ..records.pipe import EXIT_FAILED, EXIT_OK, say
 
     writer = RecordWriter(sys.stdout.buffer)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ..records.jsonl import Item
+from ..records.jsonl import Item, read_items
 
 METRICS = ("ttft_s", "tokens_per_s", "total_s")
 
@@ -97,8 +97,6 @@ def run(tty: bool, source: IO[bytes], by: str = "manifest.model", as_json: bool 
     import sys
 
     import orjson
-
-    from ..records.jsonl import read_items
 
     report = collect(read_items(source), by)
     if tty and not as_json:

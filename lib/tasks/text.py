@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..terminal.display import RecordTtySink
+from ..terminal.display import RecordTtySink, stats_line
 
 if TYPE_CHECKING:
     from ..models.loading import ModelSettings
@@ -20,8 +20,6 @@ class TextTtySink(RecordTtySink):
         self.field = field
 
     def show(self, record: dict[str, Any]) -> None:
-        from ..terminal.display import stats_line
-
         self.out.print(record.get(self.field, ""), markup=False)
         chunks = record.get("chunks", 1)
         extra = f" · {chunks} chunks" if chunks > 1 else ""

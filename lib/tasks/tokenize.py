@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..chat.prompts import text_of
+from ..chat.prompts import PromptSettings, messages_of, text_messages, text_of
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, run_records, say
 from ..records.runner import Finished
 
 
@@ -27,7 +27,6 @@ def load(model: str | None, tokenizer_dir: str | None) -> Any:
     on stderr, only for a model without that file."""
     from ..models.fast_tokenizer import load_any
     from ..models.resolve import resolve
-    from ..records.pipe import say
 
     if tokenizer_dir:
         path = Path(tokenizer_dir)
@@ -67,7 +66,6 @@ def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
     """A record's `messages` as the model's chat template renders them for generation (with jinja2,
     as transformers does: lmpipe.chat.chat_template)."""
     from ..chat.chat_template import apply_chat_template
-    from ..chat.prompts import PromptSettings, messages_of, text_messages
 
     messages = text_messages(messages_of(record, PromptSettings()))
     return apply_chat_template(tokenizer, messages, add_generation_prompt=True)
@@ -125,7 +123,6 @@ class TokenizeRun:
 
 
 def run(r: TokenizeRun, tty: bool, stdin_tty: bool) -> int:
-    from ..records.pipe import JsonlSink, run_records, say
     from ..terminal.display import TokenizeTtySink
 
     job = r.pipe.job.open()
