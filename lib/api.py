@@ -51,7 +51,8 @@ class Model:
     settings go through the engine's one request preparation (lmpipe.engine.preparation), as
     lm-generate's and lm-serve's do."""
 
-    def __init__(self, lm: LoadedModel, decoding: Decoding = Decoding(), notify: Callable[[str], None] | None = None):
+    def __init__(self, lm: LoadedModel, decoding: Decoding = Decoding(),
+                 notify: Callable[[str], None] | None = None) -> None:
         """`notify`: where a word on the way it decodes goes (a fallback to transformers' forward); None: stderr."""
         self.lm = lm
         self.decoding = settled(decoding, lm.model, notify) if notify is not None else settled(decoding, lm.model)

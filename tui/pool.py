@@ -118,7 +118,7 @@ def generate_with_probs(pool: ModelPool, model: str, text: str, max_new_tokens: 
                         cancelled: Callable[[], bool]) -> list[Token]:
     """The tokens of a greedy generation for `text`, each with its probability and alternatives
     (within the model's context, as chat_turn's)."""
-    tokens = []
+    tokens: list[Token] = []
     for event in pool.model(model).generate(text, max_new_tokens=max_new_tokens, top_probs=top):
         if cancelled():
             break
