@@ -20,6 +20,7 @@ from ..engine.events import Completion, Token
 from ..engine.generation import check_vision_decoding, generate
 from ..engine.preparation import Preparation
 from ..engine.sampling import Sampling
+from ..engine.speculative import check_draft, load_draft, manifest_part
 from ..errors import RecordError, UsageError
 from ..models.loading import LoadedModel
 from ..models.processors import image_token_count
@@ -104,8 +105,6 @@ class GenerateTask:
     def __init__(self, lm: LoadedModel, settings: GenerateSettings, draft: LoadedModel | None = None):
         """`draft`: the draft model another task already loaded (checked again for this model and
         these settings); without it, the one `settings.decoding` names is loaded."""
-        from ..engine.speculative import check_draft, load_draft, manifest_part
-
         if settings.images.images and lm.processor is None:
             raise UsageError(f"--image needs a vision-language model; {lm.ref.name} reads text only")
         if lm.processor is not None and (draft is not None or settings.decoding.draft):

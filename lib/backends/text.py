@@ -13,9 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..chat.prompts import prompt_ids
+from ..engine.sampling import Sampling
 from ..engine.timing import combined_rate
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item
+from .generate import GenerateSettings, GenerateTask, stats
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,6 @@ class Seq2SeqBackend:
         return self.generator.count(text)
 
     def run(self, texts: Sequence[str]) -> list[Output]:
-        from .generate import stats
-
         return [Output(c.text, stats(c, None)) for c in self.generator.run(texts)]
 
 
@@ -75,8 +76,6 @@ class ChatBackend:
         return Item(line, {self.task.settings.prompt.field: self.instruction(text)})
 
     def count(self, text: str) -> int:
-        from ..chat.prompts import prompt_ids
-
         item = self._item(0, text)
         return len(prompt_ids(item.record or {}, self.task.lm.tokenizer, self.task.settings.prompt))
 
@@ -143,7 +142,4 @@ def chat_task(lm: Any, max_new_tokens: int, num_beams: int | None = None, min_le
         raise UsageError("--num-beams needs a seq2seq model; chat models decode greedily here")
     if min_length:
         raise UsageError("--min-length needs a seq2seq model")
-    from ..engine.sampling import Sampling
-    from .generate import GenerateSettings, GenerateTask
-
     return GenerateTask(lm, GenerateSettings(sampling=Sampling(max_new_tokens=max_new_tokens, seed=0)))

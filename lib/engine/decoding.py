@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..models.adapters import Lora, stack_of
+from ..models.fastpath import unsupported
 from ..models.loading import to_stderr
+from .multimodal import PER_TOKEN
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -184,8 +186,6 @@ class ImageRows:
     def step(self, chosen: Tensor) -> Tensor:
         import torch
 
-        from .multimodal import PER_TOKEN
-
         self.mask = torch_cat_ones(self.mask)
         self.positions = self.positions[..., -1:] + 1
         step: dict[str, Any] = {}
@@ -198,8 +198,6 @@ class ImageRows:
 
 
 def uses_fast_path(model: Any, decoding: Decoding) -> bool:
-    from ..models.fastpath import unsupported
-
     return decoding.cache in ("auto", "fast") and unsupported(model) is None
 
 
@@ -209,8 +207,6 @@ def settled(decoding: Decoding, model: Any, notify: Callable[[str], None] = to_s
     `--cache fast` for a model the fast path cannot run is refused with the reason; "auto" falls
     back to transformers' forward and says so once (here, where the model is loaded).
     """
-    from ..models.fastpath import unsupported
-
     if decoding.cache not in ("auto", "fast"):
         return decoding
     why = unsupported(model)

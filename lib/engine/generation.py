@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..errors import UsageError
 from .decoding import Decoding, StaticBatch, uses_fast_path
 from .events import Completion, Event, Token, TopToken
 from .loop import Loop, Request, eos_ids, pad_id
@@ -40,8 +41,6 @@ def check_vision_decoding(decoding: Decoding) -> None:
     """A vision-language model decodes with transformers' dynamic cache: what asks for another way
     is refused, never quietly run the usual way (`--cache fast`, the default, falls back to
     dynamic for every model the fast path does not know)."""
-    from ..errors import UsageError
-
     if decoding.cache == "static" or decoding.compile:
         raise UsageError("a vision-language model decodes with transformers' dynamic cache: drop "
                          + ("--compile" if decoding.compile else "--cache static"))

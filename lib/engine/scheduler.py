@@ -89,7 +89,7 @@ class Scheduler:
         self.decoding = settings.decoding  # the way it runs ("auto" decided) once the model is loaded
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="lmpipe-engine", daemon=True)
+        self._worker = threading.Thread(target=self._work, name="lmpipe-scheduler", daemon=True)
         self._worker.start()
 
     @property

@@ -12,6 +12,7 @@ merged model once (lm-pull --merge), and runs adapters that are more than a low-
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,8 +200,6 @@ class LoraStack:
 def _read(adapter: Adapter, modules: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """One adapter's (a, b) per module name, in float32, b times the adapter's scale: peft's own
     config and weight loading, checked against the model's layers."""
-    import math
-
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
     from peft.utils import load_peft_weights

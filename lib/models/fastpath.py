@@ -19,6 +19,7 @@ a new request into a free row while the others keep decoding (continuous batchin
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache as cache_function
@@ -202,8 +203,6 @@ class FastModel:
     pieces read from its own modules, so what transformers computes is what runs here."""
 
     def __init__(self, model: Any):
-        import inspect
-
         config = model.config
         inner = model.model
         # A quantized tied model's embedding is the int8 head's values and scales (QuantizedEmbedding).

@@ -12,8 +12,11 @@ from typing import Any
 from ..errors import ModelNotFound, UsageError, first_line
 from . import gguf
 from .adapters import Adapter, attach, merge, plain_lora
+from .allocator import returning_freed_memory
 from .device import check_attention, choose_device, choose_dtype
+from .gguf_weights import load_gguf
 from .processors import is_vision_language, load_processor
+from .quantize import choose_kernels, int4_kernel_name
 from .resolve import ModelRef, resolve
 
 # One model loads at a time in a process (lm-serve loads its generation and embedding models on
@@ -113,8 +116,6 @@ def kernel_facts(model: Any, settings: ModelSettings, int4: bool, notify: Callab
     """Chooses the quantized layers' kernels (--kernel's, or the fastest measured here) and says,
     for the manifest, which one multiplies per range of rows and, where int4 layers run, which
     int4 kernel computed them (the kernels round differently)."""
-    from .quantize import choose_kernels, int4_kernel_name
-
     facts: dict[str, Any] = {}
     if kernels := choose_kernels(model, settings.kernel, notify):
         facts["kernels"] = kernels
@@ -142,8 +143,6 @@ def _gguf_model(ref: ModelRef, settings: ModelSettings, device: str, dtype: Any,
     """A GGUF file's model read from its own tensors (lmpipe.models.gguf_weights), its description's
     folder and what its manifest says of it; None where transformers' conversion must do."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    from .gguf_weights import load_gguf
 
     if merged_adapters(settings):  # a merged adapter changes float weights: transformers' conversion
         return None
@@ -190,8 +189,6 @@ def load_tokenizer(ref: ModelRef):
 
 
 def load(settings: ModelSettings, notify: Callable[[str], None] = to_stderr) -> LoadedModel:
-    from .allocator import returning_freed_memory
-
     with LOAD_LOCK, returning_freed_memory():
         return _load(settings, notify)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from ..errors import UsageError, first_line
 from .adapters import Adapter, merge
+from .loading import LOAD_LOCK, files_folder, identity
+from .resolve import resolve
 
 RECORD = "lmpipe-merge.json"
 
@@ -35,9 +37,6 @@ class MergeSettings:
 
 def write_merged(settings: MergeSettings, notify: Callable[[str], None]) -> dict[str, Any]:
     """Load the base model in float32, merge the adapters, write the folder; its record."""
-    from .loading import LOAD_LOCK, files_folder, identity
-    from .resolve import resolve
-
     ref = resolve(settings.model)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

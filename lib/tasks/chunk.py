@@ -14,6 +14,8 @@ from typing import Any
 
 from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
+from ..models.fast_tokenizer import load_any
+from ..models.resolve import resolve
 from ..records.jsonl import Item, error_record
 from ..records.pipe import JsonlSink, PipeSettings, run_records, say
 from ..records.runner import Finished
@@ -53,9 +55,6 @@ def offsets_encoder(model: str | None, tokenizer: str | None) -> Callable[[str],
 
         tok = Tokenizer.from_file(str(tokenizer_file(tokenizer)))
         return lambda text: tok.encode(text, add_special_tokens=False).offsets
-    from ..models.fast_tokenizer import load_any
-    from ..models.resolve import resolve
-
     model_tok = load_any(resolve(model), lambda message: say("lm-chunk", message))
     if model_tok.encode("x", add_special_tokens=False).offsets is None:
         raise UsageError(f"{model}: lm-chunk needs a fast tokenizer (tokenizer.json); this one has none")

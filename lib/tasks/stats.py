@@ -9,6 +9,7 @@ the two nearest values, as numpy's default does.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -94,8 +95,6 @@ def table(report: dict[str, Any]):
 
 
 def run(tty: bool, source: IO[bytes], by: str = "manifest.model", as_json: bool = False) -> int:
-    import sys
-
     import orjson
 
     report = collect(read_items(source), by)

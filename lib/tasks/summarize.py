@@ -23,6 +23,7 @@ from ..records.manifest import manifest
 from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 from ..text.sentences import pack
+from .text import run_task
 
 CHAT_MAX_NEW_TOKENS = 256
 INSTRUCTION = "Summarize the following text in a few sentences. Reply with the summary only.\n\n{text}"
@@ -134,7 +135,5 @@ class SummarizeRun:
 
 def run(r: SummarizeRun, tty: bool) -> int:
     """lm-summarize: the model first (fail fast), then stdin to stdout."""
-    from .text import run_task
-
     return run_task("lm-summarize", tty, r.model, r.pipe, r.settings.out,
                     lambda lm, batch: SummarizeTask(lm, r.settings, batch))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..models.loading import load
+from ..records.pipe import JsonlSink, batch_size_for, run_records
 from ..terminal.display import RecordTtySink, stats_line
 
 if TYPE_CHECKING:
@@ -29,11 +32,6 @@ class TextTtySink(RecordTtySink):
 def run_task(tool: str, tty: bool, model: ModelSettings, pipe: PipeSettings, out: str,
              build: Callable[[Any, int], Any]) -> int:
     """Load the model (an unknown one fails before stdin is read), build the task, run stdin through it."""
-    import warnings
-
-    from ..models.loading import load
-    from ..records.pipe import JsonlSink, batch_size_for, run_records
-
     # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
     warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
 

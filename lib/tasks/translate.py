@@ -22,6 +22,7 @@ from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 from ..text.languages import Languages, family_of, name_of, resolve
 from ..text.sentences import pack
+from .text import run_task
 
 CHAT_MAX_NEW_TOKENS = 512
 
@@ -114,7 +115,5 @@ class TranslateRun:
 
 def run(r: TranslateRun, tty: bool) -> int:
     """lm-translate: the model and languages first (fail fast), then stdin to stdout."""
-    from .text import run_task
-
     return run_task("lm-translate", tty, r.model, r.pipe, r.settings.out,
                     lambda lm, batch: TranslateTask(lm, r.settings, batch))

@@ -14,8 +14,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
 from lmpipe.chat.conversation import Conversation
+from lmpipe.errors import RecordError
 from lmpipe.records.jsonl import encode
 from lmpipe.terminal.display import stats_line
+from lmpipe.vision.images import read_image
 
 from ..messages import ContextFilled, ReplyFailed, ReplyFinished, ReplyStreaming
 from ..pool import ChatSettings, ContextFill, ModelPool, Reply, chat_turn
@@ -165,9 +167,6 @@ class ChatScreen(TypingBox, Screen):
 
     def attach(self, path: str) -> None:
         """`/image PATH`: read now (a bad image is said at once), sent with the next message."""
-        from lmpipe.errors import RecordError
-        from lmpipe.vision.images import read_image
-
         if not path:
             self.notify("/image PATH: name an image file", severity="warning")
             return
