@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..models.adapters import Lora, stack_of
-from ..models.fastpath import unsupported
+from ..models.fastpath import FastDecoder, fast_model, unsupported
 from ..models.loading import to_stderr
-from .multimodal import PER_TOKEN
+from .multimodal import PER_TOKEN, batch_inputs
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -225,8 +225,6 @@ def decoder(model: Any, mask: Tensor, max_new_tokens: int, decoding: Decoding,
             slots: Tensor | int | None = None) -> _Dynamic | _Static | FastDecoder:
     """`slots`: the rows' LoRA adapter slots, on the fast path (None: the model's default)."""
     if uses_fast_path(model, decoding):
-        from ..models.fastpath import FastDecoder, fast_model
-
         return FastDecoder(fast_model(model), mask, max_new_tokens, decoding.compile, slots)
     if decoding.cache == "static":
         return _Static(model, mask, max_new_tokens, decoding.compile)
@@ -276,8 +274,6 @@ class StaticBatch:
             raise RuntimeError("a static batch admits its rows together")
         slots = self._adapt(adapters)
         if inputs and any(x is not None for x in inputs):
-            from .multimodal import batch_inputs
-
             if self.processor is None or any(x is None for x in inputs):
                 raise RuntimeError("rows with images need the model's processor, and every row of the batch its inputs")
             run: Any = ImageRows(self.model, batch_inputs(self.processor, inputs), self.device)

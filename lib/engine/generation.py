@@ -88,8 +88,6 @@ def generate(
 
         stack = stack_of(model)
         if stack is None:
-            from ..errors import UsageError
-
             raise UsageError("the model has no LoRA adapters to choose from")
         slots = [stack.slot(name) for name in adapters]
     requests = [

@@ -32,7 +32,7 @@ from ..engine.speculative import load_draft, manifest_part
 from ..engine.timing import per_second
 from ..errors import UsageError
 from ..models.loading import LoadedModel, ModelSettings, load
-from ..models.perplexity import sample_text
+from ..models.perplexity import perplexity, sample_text
 from ..records.manifest import manifest
 
 BASELINES = ("transformers", "llama-cpp")
@@ -320,8 +320,6 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     if settings.baseline:
         yield {**ratios(rows, settings.baseline), "case": "ratio"}
     if settings.perplexity:
-        from ..models.perplexity import perplexity, sample_text
-
         notify("perplexity on the shipped text")
         own = perplexity(lm.model, lm.tokenizer, sample_text())
         record: dict[str, Any] = {"impl": "lmpipe", "case": "perplexity", "perplexity": round(own, 4)}

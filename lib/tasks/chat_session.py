@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from ..backends.generate import GenerateSettings, GenerateTask
-from ..backends.remote import RemoteGenerateTask
+from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
 from ..chat.conversation import Conversation
 from ..chat.prompts import text_of
 from ..chat.reasoning import ReasoningStream
@@ -28,7 +28,7 @@ from ..engine.events import Token
 from ..errors import LmpipeError, RecordError, UsageError
 from ..models.loading import ModelSettings, load
 from ..records.jsonl import Item, RecordWriter, error_record, failure_text, parse_line
-from ..records.pipe import EXIT_OK, finish
+from ..records.pipe import EXIT_OK, finish, say
 from ..records.runner import Finished, Streamed, Summary
 
 TOOL = "lm-chat"
@@ -232,7 +232,6 @@ def open_session(r: ChatRun) -> ChatSession:
     # a running lm-serve holding this model, as lm-generate finds it
     if server is None and not r.no_server and not in_process:
         from ..backends import warm
-        from ..records.pipe import say
 
         name = r.model.ref().id  # asked for by id: the server may serve several
         found = warm.find(warm.holds(name, r.model, r.settings.decoding))
@@ -240,8 +239,6 @@ def open_session(r: ChatRun) -> ChatSession:
             server, key = found.url, found.token
             say("lm-chat", f"answering through the lm-serve running at {server} (--no-server: load the model here)")
     if server:
-        from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
-
         client = ServerClient(ServerSettings(server, api_key=key))
         return ChatSession(lambda s, _old: RemoteGenerateTask(client, name, s), r.settings, conversation)
     lm = load(r.model)
