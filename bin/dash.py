@@ -52,7 +52,7 @@ def interactive(pipeline_file: str | None, screen: str, model: str, chat: dict) 
     defaults = ChatSettings(template=PromptSettings(**template_settings(chat)),
                             reasoning_budget=chat.get("reasoning_budget"))
     # The chat and tokens screens' models hold the context asked for (the chat's gauge shows how full it is).
-    engine = ModelPool(ModelSettings(ctx_size=chat.get("ctx_size"), rope_scaling=chat.get("rope_scaling"),
+    pool = ModelPool(ModelSettings(ctx_size=chat.get("ctx_size"), rope_scaling=chat.get("rope_scaling"),
                                      rope_factor=chat.get("rope_factor")))
 
     pipeline = Pipeline.load(pipeline_file) if pipeline_file else None
@@ -66,7 +66,7 @@ def interactive(pipeline_file: str | None, screen: str, model: str, chat: dict) 
         os.dup2(tty, 0)
         os.close(tty)
     app = create_app(pipeline=pipeline, input_text=text, pipeline_path=pipeline_file, model=model, screen=screen,
-                     chat=defaults, engine=engine)
+                     chat=defaults, pool=pool)
     app.run()
     if not sys.stdout.isatty() and app.last_output:
         sys.stdout.buffer.write(app.last_output)

@@ -1,6 +1,12 @@
 """Domain errors. The library raises these; the command-line edge turns them into one line."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-blank line (its type's name if it has none): a one-line message's tail."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
+
+
 class LmpipeError(Exception):
     """Base for every error lmpipe reports to a person."""
 

@@ -122,3 +122,51 @@ def test_lm_serve_max_model_len_is_reported_and_a_prompt_one_over_is_vllms_400(t
             assert response.json()["error"]["code"] == "context_length_exceeded"
     finally:
         server.stop()
+
+
+def test_one_over_long_prompt_is_the_same_one_error_at_every_front_door(tiny_llama):
+    """One request preparation (lmpipe.engine.preparation): the same chat, one token over the
+    context, through the Python API, lm-generate, the dashboard's pool and lm-serve."""
+    from starlette.testclient import TestClient
+
+    from lmpipe.engine.preparation import ContextExceeded
+    from lmpipe.engine.scheduler import SchedulerSettings
+    from lmpipe.models.loading import ModelSettings
+    from lmpipe.serve.app import create_app
+    from lmpipe.serve.roster import ModelRoster, RosterSettings
+    from lmpipe.tui.pool import ChatSettings, ModelPool, chat_turn
+
+    messages = [{"role": "user", "content": TEXT}]
+    n = len(lmpipe.load(str(tiny_llama)).prompt_ids(messages))
+    size = n - 1
+    expected = f"prompt is {n} tokens; the model's context is {size}"
+
+    with pytest.raises(ContextExceeded) as api:
+        lmpipe.load(str(tiny_llama), ctx_size=size).complete(messages)
+    assert str(api.value) == expected
+
+    from lmpipe.bin.generate import main
+
+    tool = CliRunner().invoke(main, ["-m", str(tiny_llama), "--ctx-size", str(size)],
+                              input=orjson.dumps({"messages": messages}) + b"\n", catch_exceptions=False)
+    assert tool.exit_code == 1
+    record = orjson.loads(tool.stdout)
+    assert (record["error"], record["line"]) == (expected, 1)
+
+    pool = ModelPool(ModelSettings(ctx_size=size))
+    with pytest.raises(ContextExceeded) as dash:
+        chat_turn(pool, messages, ChatSettings(model=str(tiny_llama)), lambda _text, _n: None, lambda: False)
+    assert str(dash.value) == expected
+
+    roster = ModelRoster(RosterSettings((SchedulerSettings(model=ModelSettings(str(tiny_llama), ctx_size=size)),)))
+    try:
+        with TestClient(create_app(roster)) as client:
+            response = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 4})
+    finally:
+        for scheduler in roster.all():
+            scheduler.close()
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": f"This model's maximum context length is {size} tokens. However, you requested {n} tokens in "
+                   "the messages, Please reduce the length of the messages.",
+        "type": "invalid_request_error", "code": "context_length_exceeded"}

@@ -23,7 +23,7 @@ def test_two_turns_with_memory_and_stats(tiny_llama, tmp_path):
     saved = tmp_path / "chat.jsonl"
 
     async def scenario():
-        app = create_app(model=model, screen="chat", engine=ModelPool(ModelSettings(ctx_size=CTX)))
+        app = create_app(model=model, screen="chat", pool=ModelPool(ModelSettings(ctx_size=CTX)))
         async with app.run_test(size=(80, 24)) as pilot:
             screen = app.screen
             gauge = screen.query_one(ContextGauge)

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from lmpipe.engine.generation import Completion
+from lmpipe.engine.loop import Request
 from lmpipe.engine.sampling import Sampling
-from lmpipe.engine.scheduler import GenerationRequest, Scheduler, SchedulerSettings, batch_key
+from lmpipe.engine.scheduler import Scheduler, SchedulerSettings, batch_key
 from lmpipe.models.loading import ModelSettings
 
 
@@ -48,7 +49,7 @@ def collector():
 def job(engine: Scheduler, n: int = 6):
     events, done, emit = collector()
     ids = list(engine.tokenizer("The quick brown fox")["input_ids"])
-    return GenerationRequest(ids, Sampling(max_new_tokens=n), emit), events, done
+    return Request(ids, Sampling(max_new_tokens=n), emit), events, done
 
 
 def test_answers_then_unloads_after_keep_alive_and_reloads(engine):
@@ -89,7 +90,7 @@ def solo(engine: Scheduler, ids: list[int], sampling: Sampling) -> Completion:
 def submit(engine: Scheduler, prompt: str, sampling: Sampling, grammar: str | None = None):
     events, done, emit = collector()
     ids = list(engine.tokenizer(prompt)["input_ids"])
-    j = GenerationRequest(ids, sampling, emit, grammar=grammar)
+    j = Request(ids, sampling, emit, grammar=grammar)
     engine.submit(j)
     return j, events, done
 

@@ -119,8 +119,9 @@ def test_rows_joining_a_running_batch_keep_transformers_tokens(family):
     import time
 
     from lmpipe.engine.events import Completion
+    from lmpipe.engine.loop import Request
     from lmpipe.engine.sampling import Sampling
-    from lmpipe.engine.scheduler import GenerationRequest, Scheduler, SchedulerSettings
+    from lmpipe.engine.scheduler import Scheduler, SchedulerSettings
     from lmpipe.models.loading import ModelSettings
 
     _, folder = family
@@ -139,7 +140,7 @@ def test_rows_joining_a_running_batch_keep_transformers_tokens(family):
                 if isinstance(event, (Completion, Exception)):
                     done.set()
 
-            engine.submit(GenerationRequest(tokenizer(prompt).input_ids, Sampling(max_new_tokens=n), emit))
+            engine.submit(Request(tokenizer(prompt).input_ids, Sampling(max_new_tokens=n), emit))
             runs.append((events, done))
             deadline = time.monotonic() + 60
             while len(events) < 4 and not done.is_set() and time.monotonic() < deadline:  # the long one decodes

@@ -46,13 +46,13 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
     import numpy as np
     import torch
 
-    from lmpipe.models.gguf_weights import dequantized, int4_weight, int8_weight
+    from lmpipe.models.gguf_weights import gguf_dequantized, int4_weight, int8_weight
     from lmpipe.models.quantize import quantized_linear_class
 
     rng = np.random.default_rng(0)
     data = encode(kind, (rng.standard_normal((64, 512)) * 0.05).astype(np.float32), 1)
     order = np.arange(64)[::-1].copy()  # rows taken in another order, as Llama's q and k are
-    reference = dequantized(kind, data)[torch.from_numpy(order)]
+    reference = gguf_dequantized(kind, data)[torch.from_numpy(order)]
     weight = (int4_weight if kind in INT4_TYPES else int8_weight)(kind, data, order)
     assert weight.mode == ("int4" if kind in INT4_TYPES else "int8")
     values = weight.dequantized()

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from lmpipe.chat.prompts import PromptSettings, prompt_ids
-from lmpipe.engine.decoding import Decoding
+from lmpipe.engine.batching import FastRows
+from lmpipe.engine.decoding import Decoding, StaticBatch
 from lmpipe.engine.events import Completion, Token
-from lmpipe.engine.generation import generate
-from lmpipe.engine.loop import Loop
+from lmpipe.engine.generation import generate, runner_for
+from lmpipe.engine.loop import Loop, Request, eos_ids, pad_id
 from lmpipe.engine.sampling import Sampling
 from lmpipe.models.loading import ModelSettings, load
 
@@ -42,8 +43,6 @@ class Served:
         self.done: dict[str, threading.Event] = {}
 
     def submit(self, name: str, ids: list[int], sampling: Sampling) -> None:
-        from lmpipe.engine.scheduler import GenerationRequest
-
         done = self.done[name] = threading.Event()
 
         def emit(event):
@@ -51,7 +50,7 @@ class Served:
             if isinstance(event, (Completion, Exception)):
                 done.set()
 
-        self.engine.submit(GenerationRequest(list(ids), sampling, emit))
+        self.engine.submit(Request(list(ids), sampling, emit))
 
     def events(self, name: str) -> list:
         return [e for n, e in self.log if n == name]
@@ -157,7 +156,6 @@ def test_rows_with_their_own_policies_share_one_loop(tiny_llama_raw):
 
 
 def test_fast_rows_step_any_subset_of_rows_and_pack_on_release(tiny_llama_raw):
-    from lmpipe.engine.batching import FastRows
 
     model, tokenizer = load_raw(tiny_llama_raw)
     prompts = [tokenizer(p).input_ids for p in ("The quick brown fox", "Pipes", "def add(a, b):\n    return")]
@@ -185,12 +183,9 @@ def test_fast_rows_step_any_subset_of_rows_and_pack_on_release(tiny_llama_raw):
 
 
 def test_a_static_batch_admits_its_rows_together_and_ends_with_its_last_row(tiny_llama_raw):
-    from lmpipe.engine.decoding import StaticBatch
-    from lmpipe.engine.loop import Request, eos_ids
-
     model, tokenizer = load_raw(tiny_llama_raw)
-    backend = StaticBatch(model, Decoding("dynamic"), 4, "cpu", tokenizer.pad_token_id)
-    loop = Loop(backend, tokenizer, eos_ids(model, tokenizer))
+    runner = StaticBatch(model, Decoding("dynamic"), 4, "cpu", tokenizer.pad_token_id)
+    loop = Loop(runner, tokenizer, eos_ids(model, tokenizer))
     events: list = []
     short, long = Sampling(max_new_tokens=2), Sampling(max_new_tokens=6, stop=("never appears",))
     prompts = [tokenizer("The quick").input_ids, tokenizer("Paris is").input_ids]
@@ -198,7 +193,7 @@ def test_a_static_batch_admits_its_rows_together_and_ends_with_its_last_row(tiny
     assert loop.free == 0  # no row joins a running static batch
     while loop.live:
         loop.step()
-    assert loop.free == 4 and backend.run is None  # the next batch may come
+    assert loop.free == 4 and runner.run is None  # the next batch may come
     done = completions(events)
     assert [c.row for c in done] == [0, 1]
     # Each row keeps its own length, and its tokens are its own (the fast path's, alone).
@@ -208,9 +203,6 @@ def test_a_static_batch_admits_its_rows_together_and_ends_with_its_last_row(tiny
 
 def test_a_row_is_freed_before_its_completion_is_reported(tiny_llama_raw):
     """Whoever gets a Completion (lm-serve's client) may count on the row being back already."""
-    from lmpipe.engine.batching import FastRows
-    from lmpipe.engine.loop import Request, eos_ids
-
     model, tokenizer = load_raw(tiny_llama_raw)
     loop = Loop(FastRows(model, 2), tokenizer, eos_ids(model, tokenizer))
     seen: list[tuple[str, int]] = []
@@ -230,9 +222,6 @@ def test_echo_scores_the_prompt_in_its_prefill_on_every_backend(tiny_llama):
     """A row that scores its prompt (lm-serve's echo) gets transformers' own log-probabilities for
     each prompt token, from the fast path's rows and from a left-padded batch over transformers' forward."""
     from lmpipe.engine.events import ScoredPrompt
-    from lmpipe.engine.generation import backend_for
-    from lmpipe.engine.loop import Request, eos_ids, pad_id
-
     lm = load(ModelSettings(str(tiny_llama)))
     ids = prompt_ids({"messages": MESSAGES}, lm.tokenizer, PromptSettings())
     with torch.no_grad():
@@ -240,8 +229,8 @@ def test_echo_scores_the_prompt_in_its_prefill_on_every_backend(tiny_llama):
     eos = eos_ids(lm.model, lm.tokenizer)
     for cache in ("fast", "dynamic"):
         events: list = []
-        backend = backend_for(lm.model, Decoding(cache=cache), 2, lm.device, pad_id(lm.tokenizer, eos))
-        loop = Loop(backend, lm.tokenizer, eos)
+        runner = runner_for(lm.model, Decoding(cache=cache), 2, lm.device, pad_id(lm.tokenizer, eos))
+        loop = Loop(runner, lm.tokenizer, eos)
         loop.admit([Request(ids, Sampling(max_new_tokens=4), events.append, top_probs=2, echo=True, generates=False)])
         if cache == "fast":  # rows join: a plain row decodes beside it
             loop.admit([Request(ids, Sampling(max_new_tokens=4), events.append, row=1)])

@@ -52,7 +52,8 @@ def from_the_clock(c: Completion) -> bool:
 
 
 def served(model: str, ids: list[int], sampling: Sampling) -> Completion:
-    from lmpipe.engine.scheduler import GenerationRequest, Scheduler, SchedulerSettings
+    from lmpipe.engine.loop import Request
+    from lmpipe.engine.scheduler import Scheduler, SchedulerSettings
     from lmpipe.models.loading import ModelSettings
 
     engine = Scheduler(SchedulerSettings(model=ModelSettings(model)))
@@ -65,7 +66,7 @@ def served(model: str, ids: list[int], sampling: Sampling) -> Completion:
             done.set()
 
     try:
-        engine.submit(GenerationRequest(list(ids), sampling, emit))
+        engine.submit(Request(list(ids), sampling, emit))
         assert done.wait(120)
     finally:
         engine.close()
@@ -103,7 +104,7 @@ def test_the_same_token_times_give_the_same_stats_in_every_loop(tiny_llama, tiny
     marian_tokenizer, marian = _load(str(tiny_marian))
     steps = Seq2SeqGenerator(marian, marian_tokenizer, "cpu", Seq2SeqSettings(max_length=10)).run(texts)
 
-    # One reading per step of one row: the same times in-process, on either backend, and through lm-serve.
+    # One reading per step of one row: the same times in-process, on either model runner, and through lm-serve.
     assert fast.token_seconds == static.token_seconds == server.token_seconds
     assert fast.token_seconds == tuple(0.25 * (k + 1) for k in range(len(fast.token_seconds)))
     assert astuple(fast)[6:9] == astuple(static)[6:9] == astuple(server)[6:9]

@@ -33,15 +33,15 @@ class LmDash(App):
     ]
 
     def __init__(self, pipeline: Pipeline | None = None, input_text: str = "", pipeline_path: str | None = None,
-                 model: str = "smollm2", screen: str = "pipeline", engine: ModelPool | None = None,
+                 model: str = "smollm2", screen: str = "pipeline", pool: ModelPool | None = None,
                  chat: ChatSettings = ChatSettings()):
-        self.engine = engine or ModelPool()
+        self.pool = pool or ModelPool()
         self.pipeline_screen = PipelineScreen(pipeline, input_text, pipeline_path)
         # textual reads MODES per app; these screens hold this app's own state, so they are built here.
         self.MODES = {  # type: ignore[misc]
             "pipeline": lambda: self.pipeline_screen,
-            "chat": lambda: ChatScreen(self.engine, model, chat),
-            "tokens": lambda: TokensScreen(self.engine, model),
+            "chat": lambda: ChatScreen(self.pool, model, chat),
+            "tokens": lambda: TokensScreen(self.pool, model),
             "models": ModelsScreen,
         }
         super().__init__()

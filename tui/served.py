@@ -9,6 +9,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from lmpipe.backends import warm
+from lmpipe.backends.remote import api_base
+
 PROBE_TIMEOUT = 2.0  # seconds; these are local servers
 
 
@@ -34,9 +37,6 @@ def servers() -> dict[str, str | None]:
     """The API bases to ask (lmpipe.backends.remote.api_base, as --server takes a URL), each with
     the key to send: LMPIPE_SERVER first (LMPIPE_API_KEY's), then the servers running here (the
     token of their entry in lmpipe's home)."""
-    from lmpipe.backends import warm
-    from lmpipe.backends.remote import api_base
-
     found: dict[str, str | None] = {}
     if os.environ.get("LMPIPE_SERVER"):
         found[api_base(os.environ["LMPIPE_SERVER"])] = os.environ.get("LMPIPE_API_KEY") or None

@@ -18,9 +18,12 @@ from typing import Any
 from ..chat.prompts import PromptSettings
 from ..engine.sampling import Sampling
 from ..errors import LmpipeError, RecordError, UsageError
+from ..models.loading import load
+from ..models.resolve import resolve
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from .generate import GenerateSettings, GenerateTask
+from .remote import RemoteGenerateTask
 
 # [run] keys lmpipe applies: the sampling settings, named as lm-generate's options are.
 RUN_KEYS: dict[str, type] = {
@@ -177,9 +180,6 @@ class AgentTasks:
 
 def in_process(base: GenerateTask, model_settings: Any) -> Callable[[str | None, GenerateSettings], GenerateTask]:
     """Tasks on the running model (and draft) or on a model a record names, loaded once, kept."""
-    from ..models.loading import load
-    from ..models.resolve import resolve
-
     def same(ref: Any) -> tuple[str, str, str | None]:
         return ref.id, ref.kind, ref.revision
 
@@ -199,8 +199,6 @@ def in_process(base: GenerateTask, model_settings: Any) -> Callable[[str | None,
 
 def through_server(base: Any) -> Callable[[str | None, GenerateSettings], Any]:
     """Tasks on the server: a model a record names is sent by that name."""
-    from .remote import RemoteGenerateTask
-
     def variant(model: str | None, settings: GenerateSettings) -> Any:
         return RemoteGenerateTask(base.client, model or base.model, settings, by_name=True)
 

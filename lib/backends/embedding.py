@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RecordError, UsageError
+from ..models.device import choose_device, choose_dtype
 from ..models.loading import LOAD_LOCK, ModelSettings, files_folder, identity
+from ..records.manifest import manifest
 
 ENCODINGS = ("float", "base64")
 
@@ -63,8 +65,6 @@ class Embedder:
         ref = settings.ref()  # first: an unknown model fails before torch loads
         from sentence_transformers.sentence_transformer.modules import Normalize
         from transformers.utils import logging as hf_logging
-
-        from ..models.device import choose_device, choose_dtype
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
@@ -200,6 +200,4 @@ class Embedder:
         return vectors
 
     def manifest(self, settings: EmbedSettings) -> dict[str, Any]:
-        from ..records.manifest import manifest
-
         return manifest(self.identity, settings.manifest(), self.device, self.dtype)

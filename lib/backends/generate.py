@@ -17,10 +17,12 @@ from ..chat.reasoning import OPEN, opens_thinking
 from ..engine.constrain import Constraint, model_ll_tokenizer, row_constraints
 from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token
-from ..engine.generation import check_prompt, generate
+from ..engine.generation import check_vision_decoding, generate
+from ..engine.preparation import Preparation
 from ..engine.sampling import Sampling
-from ..errors import RecordError
-from ..models.loading import LoadedModel, context_length
+from ..engine.speculative import check_draft, load_draft, manifest_part
+from ..errors import RecordError, UsageError
+from ..models.loading import LoadedModel
 from ..models.processors import image_token_count
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
@@ -103,25 +105,18 @@ class GenerateTask:
     def __init__(self, lm: LoadedModel, settings: GenerateSettings, draft: LoadedModel | None = None):
         """`draft`: the draft model another task already loaded (checked again for this model and
         these settings); without it, the one `settings.decoding` names is loaded."""
-        from ..engine.speculative import check_draft, load_draft, manifest_part
-        from ..errors import UsageError
-
         if settings.images.images and lm.processor is None:
             raise UsageError(f"--image needs a vision-language model; {lm.ref.name} reads text only")
         if lm.processor is not None and (draft is not None or settings.decoding.draft):
             raise UsageError("a vision-language model decodes without a draft model (drop --draft-model)")
         if lm.processor is not None:
-            from ..engine.generation import check_vision_decoding
-
             check_vision_decoding(settings.decoding)
         self.lm = lm
-        # a quantized head has no .weight
-        settings.sampling.check_vocabulary(lm.model.get_output_embeddings().out_features)
+        self.preparation = Preparation.of(lm)
         template = lm.processor if lm.processor is not None else lm.tokenizer
-        self.settings = replace(settings, sampling=settings.sampling.with_seed(),
+        self.settings = replace(settings, sampling=self.preparation.sampling(settings.sampling),
                                 prompt=with_template(settings.prompt, template),
                                 decoding=settled(settings.decoding, lm.model))
-        self.context = context_length(lm)
         if draft is not None:
             check_draft(lm.model, draft.model, lm.tokenizer, draft.tokenizer, self.settings.sampling)
             self.draft: LoadedModel | None = draft
@@ -146,7 +141,7 @@ class GenerateTask:
             ids = image.ids
         else:
             ids = prompt_ids(record, self.lm.tokenizer, self.settings.prompt, plan.tools)
-        check_prompt(ids, self.context)
+        self.preparation.check(ids)
         return ids, plan, image
 
     def output(self, item: Item, c: Completion, plan: Plan, ids: list[int] | None = None) -> Finished:
@@ -176,7 +171,7 @@ class GenerateTask:
             self.lm.model,
             self.lm.tokenizer,
             [ids for _, ids in ready],
-            self.settings.sampling,
+            [self.preparation.row(ids, self.settings.sampling) for _, ids in ready],
             top_probs=self.settings.top_probs,
             device=self.lm.device,
             constraints=[row_constraints(self.lm.model, self.lm.tokenizer, p.grammar) for p in plans],
@@ -184,7 +179,6 @@ class GenerateTask:
             draft=self.draft.model if self.draft else None,
             inputs=images if self.lm.processor is not None else (),
             processor=self.lm.processor,
-            context=self.context,
         )
         finished: set[int] = set()
         try:

@@ -20,13 +20,15 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..chat.answers import Plan, plan_for
 from ..chat.prompts import PromptSettings, messages_of, text_of
+from ..chat.reasoning import CLOSE, OPEN
+from ..chat.tools import CHOICES, record_choice
 from ..engine.timing import Clock, combined_rate, per_second
-from ..errors import LmpipeError, RecordError
+from ..errors import LmpipeError, RecordError, UsageError
 from ..records.jsonl import Item, error_record
 from ..records.runner import Finished, Streamed
 from ..version import __version__
@@ -42,6 +44,7 @@ from .dialects import (
     sampling_fields,
     streams_tools,
 )
+from .generate import answer_record, run_settings
 from .vision_prompts import ImageSource
 
 
@@ -59,8 +62,6 @@ class ServerSettings:
     api_key: str | None = None  # sent as `Authorization: Bearer KEY`
 
     def __post_init__(self) -> None:
-        from ..errors import UsageError
-
         if self.kind is not None and self.kind not in KINDS:
             raise UsageError(f"--server-kind must be one of {', '.join(KINDS)}")
         if self.concurrency < 1:
@@ -184,8 +185,6 @@ class StreamedAnswer:
 def with_reasoning(reasoning: str, text: str) -> str:
     """An answer whose reasoning a server sent apart (`reasoning_content`, as vLLM names it) as
     the model wrote it, so the record splits it as in-process (lmpipe.chat.reasoning)."""
-    from ..chat.reasoning import CLOSE, OPEN
-
     return f"{OPEN}{reasoning}{CLOSE}{text}" if reasoning else text
 
 
@@ -349,10 +348,6 @@ class RemoteGenerateTask:
     def __init__(self, client: ServerClient, model: str | None, settings: Any, by_name: bool = False):
         """`by_name`: send `model` as it is (a record's agent named it); otherwise a server that
         serves one model under another name is sent that name."""
-        from dataclasses import replace
-
-        from ..errors import UsageError
-
         self.client, self.model = client, model
         self.settings = replace(settings, sampling=settings.sampling.with_seed())
         if settings.top_probs:
@@ -403,8 +398,6 @@ class RemoteGenerateTask:
                 "tokens_per_s": rate, "total_s": a.total_s, "finish_reason": finish}
 
     def manifest(self, a: Answer) -> dict[str, Any]:
-        from .generate import run_settings
-
         part = a.lmpipe or {}
         if part:
             identity = part.get("identity") or {"model": a.model or self.model, "kind": "server"}
@@ -415,8 +408,6 @@ class RemoteGenerateTask:
                 **run_settings(self.settings), "device": None, "dtype": None, "versions": {"lmpipe": __version__}}
 
     def output(self, item: Item, a: Answer, chat: bool, plan: Plan) -> Finished:
-        from .generate import answer_record
-
         stats = self.stats(a)
         text = generated_text(a, chat, self.settings.prompt.prefix)
         if plan.constraint is not None and plan.constraint.kind == "json_schema" and not a.lmpipe:
@@ -460,8 +451,6 @@ def thinking_fields(prompt: PromptSettings) -> dict[str, Any]:
 
 def answer_format(record: dict[str, Any], plan: Plan, tool_choice: str, kind: ServerKind) -> dict[str, Any]:
     """The request fields for the record's plan: its tools and tool choice, and the format asked for."""
-    from ..chat.tools import CHOICES, record_choice
-
     out: dict[str, Any] = {}
     if "tools" in record:
         choice: Any = record_choice(record, tool_choice)

@@ -13,9 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..chat.prompts import prompt_ids
+from ..engine.sampling import Sampling
 from ..engine.timing import combined_rate
-from ..errors import RecordError
+from ..errors import RecordError, UsageError
 from ..records.jsonl import Item
+from .generate import GenerateSettings, GenerateTask, stats
 
 
 @dataclass(frozen=True)
@@ -39,21 +42,17 @@ class TextBackend(Protocol):
 class Seq2SeqBackend:
     """lmpipe.backends.seq2seq.Seq2SeqGenerator as a TextBackend."""
 
-    def __init__(self, engine: Any, limit: int | None = None):
-        self.engine = engine
-        self.limit = min(limit, engine.window) if limit else engine.window
-        if engine.count("") >= self.limit:
-            from ..errors import UsageError
-
+    def __init__(self, generator: Any, limit: int | None = None):
+        self.generator = generator
+        self.limit = min(limit, generator.window) if limit else generator.window
+        if generator.count("") >= self.limit:
             raise UsageError(f"a window of {self.limit} tokens leaves no room for text after the model's prefix")
 
     def count(self, text: str) -> int:
-        return self.engine.count(text)
+        return self.generator.count(text)
 
     def run(self, texts: Sequence[str]) -> list[Output]:
-        from .generate import stats
-
-        return [Output(c.text, stats(c, None)) for c in self.engine.run(texts)]
+        return [Output(c.text, stats(c, None)) for c in self.generator.run(texts)]
 
 
 class ChatBackend:
@@ -64,25 +63,19 @@ class ChatBackend:
     def __init__(self, task: Any, instruction: Callable[[str], str], limit: int | None = None):
         self.task = task  # a lmpipe.backends.generate.GenerateTask
         self.instruction = instruction
-        context = task.context or 2048
+        context = task.preparation.context or 2048
         room = context - task.settings.sampling.max_new_tokens - self.OVERHEAD
         if room < 16:
-            from ..errors import UsageError
-
             raise UsageError(f"--max-length {task.settings.sampling.max_new_tokens} leaves no room in the "
                              f"model's context of {context} tokens")
         self.limit = min(limit, room) if limit else room
         if self.count("") >= self.limit:
-            from ..errors import UsageError
-
             raise UsageError(f"a window of {self.limit} tokens leaves no room for text after the instruction")
 
     def _item(self, line: int, text: str) -> Item:
         return Item(line, {self.task.settings.prompt.field: self.instruction(text)})
 
     def count(self, text: str) -> int:
-        from ..chat.prompts import prompt_ids
-
         item = self._item(0, text)
         return len(prompt_ids(item.record or {}, self.task.lm.tokenizer, self.task.settings.prompt))
 
@@ -101,14 +94,14 @@ class ChatBackend:
 _calls = itertools.count()  # numbers every model call in the process, so rounds never share one
 
 
-def run_pieces(engine: TextBackend, pieces: Sequence[str], batch_size: int) -> list[Output]:
-    """Every piece through the engine, `batch_size` at a time, in order; a failed call fails its pieces."""
+def run_pieces(backend: TextBackend, pieces: Sequence[str], batch_size: int) -> list[Output]:
+    """Every piece through the backend, `batch_size` at a time, in order; a failed call fails its pieces."""
     outputs: list[Output] = []
     for start in range(0, len(pieces), max(1, batch_size)):
         call = next(_calls)
         batch = pieces[start:start + batch_size]
         try:
-            got = engine.run(batch)
+            got = backend.run(batch)
         except (RuntimeError, ValueError, IndexError) as exc:  # out of memory, a model bug
             got = [Output(error=f"generation failed: {exc}")] * len(batch)
         outputs.extend(Output(o.text, o.stats, o.error, call) for o in got)
@@ -145,13 +138,8 @@ def combine(outputs: Sequence[Output]) -> dict[str, Any]:
 
 def chat_task(lm: Any, max_new_tokens: int, num_beams: int | None = None, min_length: int | None = None) -> Any:
     """lm-generate's task, greedy, for a chat model that works by instruction."""
-    from ..errors import UsageError
-
     if num_beams and num_beams > 1:
         raise UsageError("--num-beams needs a seq2seq model; chat models decode greedily here")
     if min_length:
         raise UsageError("--min-length needs a seq2seq model")
-    from ..engine.sampling import Sampling
-    from .generate import GenerateSettings, GenerateTask
-
     return GenerateTask(lm, GenerateSettings(sampling=Sampling(max_new_tokens=max_new_tokens, seed=0)))

@@ -29,12 +29,16 @@ import socket
 import stat
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .. import paths
+from ..models.loading import load
+from ..models.resolve import resolve
+from .agent import through_server
+from .generate import GenerateTask
 
 CONNECT_TIMEOUT = 1.0  # seconds; a local refusal answers in microseconds, this only bounds a hung host
 
@@ -191,13 +195,6 @@ def agent_variants(base: Any, model_settings: Any, served_id: str):
     """AgentTasks' variants for a warm server found on the tool's behalf: records for the served
     model go to it; a record whose agent names another model loads that one here, as it would
     have without the server (through an explicit --server it is sent by name instead)."""
-    from dataclasses import replace
-
-    from ..models.loading import load
-    from ..models.resolve import resolve
-    from .agent import through_server
-    from .generate import GenerateTask
-
     remote = through_server(base)
     loaded: dict[str, Any] = {}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import RecordError, UsageError
+from .tools import template_knows_tools, with_instructions
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 EFFORTS = ("low", "medium", "high")
@@ -181,8 +182,6 @@ def text_of(record: dict[str, Any], field: str) -> str:
 def prompt_ids(record: dict[str, Any], tokenizer: Any, settings: PromptSettings,
                tools: Sequence[Any] = ()) -> list[int]:
     """Token ids of the prompt for one record; `tools` (lmpipe.chat.tools.Tool) are offered to the model."""
-    from .tools import template_knows_tools, with_instructions
-
     template = effective_template(tokenizer, settings)
     if settings.raw or template is None:
         if "messages" in record and settings.field not in record:

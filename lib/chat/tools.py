@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.constrain import closed
+from ..engine.constrain import JSON_OPTIONS, closed
 from ..errors import RecordError, UsageError
 
 CHOICES = ("auto", "required", "none")
@@ -77,8 +77,6 @@ def call_schema(tools: list[Tool]) -> dict[str, Any]:
 def tool_grammar(tools: list[Tool], choice: str) -> str | None:
     """The grammar the answer must follow (None: free text)."""
     from llguidance import LLMatcher
-
-    from ..engine.constrain import JSON_OPTIONS
 
     if choice == "none" or not tools:
         return None

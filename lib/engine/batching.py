@@ -1,6 +1,6 @@
 """The fast path's rows: sequences join and leave the running batch between decode steps.
 
-lmpipe.engine.loop's backend over lmpipe.models.fastpath's KV cache, which has a row per sequence, each with
+lmpipe.engine.loop's model runner over lmpipe.models.fastpath's KV cache, which has a row per sequence, each with
 its own length. A new request is prefilled into the first free row and decodes with the others
 from the next step on; a finished or abandoned one frees its row at once (the last live row
 moves into the hole, so live rows stay packed at the front and each step reads only them).
@@ -99,7 +99,7 @@ class Slot:
 
 
 class FastRows:
-    """Up to `capacity` sequences of one Llama-family model decoding together (lmpipe.engine.loop's backend)."""
+    """Up to `capacity` sequences of one Llama-family model decoding together (lmpipe.engine.loop's model runner)."""
 
     joins = True
     compiled = False  # rows that join and leave change the batch's shapes: each would compile anew

@@ -1,6 +1,6 @@
 """Structured output: a JSON schema, a regex or a fixed set of choices, enforced while decoding.
 
-The grammar engine is llguidance (the one llama.cpp and vLLM use). `Constraint` is compiled and
+The grammar library is llguidance (the one llama.cpp and vLLM use). `Constraint` is compiled and
 checked once, before any record is read; `GrammarProcessor` is a logits processor for the
 generation loop: each step it feeds a row's last token to that row's matcher and masks the
 tokens the grammar does not allow, so it works with any sampling, a policy of its row.

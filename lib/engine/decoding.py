@@ -6,14 +6,13 @@ asked: "fast" runs lmpipe's own forward for the families it knows (lmpipe.models
 runs it where it can and falls back to "dynamic" (said once on stderr); "dynamic" grows
 transformers' DynamicCache per token; "static" allocates a StaticCache once for prompt + new tokens so every step has
 the same shapes, and may
-compile that step. `StaticBatch` is the loop's backend over them: a batch admitted whole (rows
+compile that step. `StaticBatch` is the loop's model runner over them: a batch admitted whole (rows
 that join and leave between steps are lmpipe.engine.batching's).
 """
 
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -21,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..models.adapters import Lora, stack_of
+from ..models.fastpath import FastDecoder, fast_model, unsupported
+from ..models.loading import to_stderr
+from .multimodal import PER_TOKEN, batch_inputs
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -126,7 +128,7 @@ class _Static:
         self.next_pos = mask.long().sum(-1, keepdim=True)  # each row's next position id
         self.cursor = torch.tensor([self.width], device=mask.device)
         self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.decode = _compiled_step() if compiled else decode_one
+        self.decode = _compiled_static_step() if compiled else decode_one
 
     def prefill(self, ids: Tensor, every: bool = False) -> Tensor:
         import torch
@@ -148,7 +150,7 @@ def decode_one(model: Any, ids: Tensor, mask: Tensor, pos: Tensor, cache: Any, c
 
 
 @cache
-def _compiled_step() -> Callable[..., Tensor]:
+def _compiled_static_step() -> Callable[..., Tensor]:
     import torch
 
     return torch.compile(decode_one, fullgraph=False, dynamic=False)
@@ -184,8 +186,6 @@ class ImageRows:
     def step(self, chosen: Tensor) -> Tensor:
         import torch
 
-        from .multimodal import PER_TOKEN
-
         self.mask = torch_cat_ones(self.mask)
         self.positions = self.positions[..., -1:] + 1
         step: dict[str, Any] = {}
@@ -198,23 +198,15 @@ class ImageRows:
 
 
 def uses_fast_path(model: Any, decoding: Decoding) -> bool:
-    from ..models.fastpath import unsupported
-
     return decoding.cache in ("auto", "fast") and unsupported(model) is None
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def settled(decoding: Decoding, model: Any, notify: Callable[[str], None] = _stderr) -> Decoding:
+def settled(decoding: Decoding, model: Any, notify: Callable[[str], None] = to_stderr) -> Decoding:
     """The Decoding that will run `model`, its cache named ("auto" decided), for the manifest.
 
     `--cache fast` for a model the fast path cannot run is refused with the reason; "auto" falls
     back to transformers' forward and says so once (here, where the model is loaded).
     """
-    from ..models.fastpath import unsupported
-
     if decoding.cache not in ("auto", "fast"):
         return decoding
     why = unsupported(model)
@@ -233,8 +225,6 @@ def decoder(model: Any, mask: Tensor, max_new_tokens: int, decoding: Decoding,
             slots: Tensor | int | None = None) -> _Dynamic | _Static | FastDecoder:
     """`slots`: the rows' LoRA adapter slots, on the fast path (None: the model's default)."""
     if uses_fast_path(model, decoding):
-        from ..models.fastpath import FastDecoder, fast_model
-
         return FastDecoder(fast_model(model), mask, max_new_tokens, decoding.compile, slots)
     if decoding.cache == "static":
         return _Static(model, mask, max_new_tokens, decoding.compile)
@@ -256,7 +246,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[T
 
 
 class StaticBatch:
-    """The loop's backend over one left-padded batch (transformers' own forward with a dynamic or
+    """The loop's model runner over one left-padded batch (transformers' own forward with a dynamic or
     static cache, or the compiled fast step, whose shapes must not change).
 
     Its rows are admitted together and cannot join later; a finished row is fed padding until
@@ -284,8 +274,6 @@ class StaticBatch:
             raise RuntimeError("a static batch admits its rows together")
         slots = self._adapt(adapters)
         if inputs and any(x is not None for x in inputs):
-            from .multimodal import batch_inputs
-
             if self.processor is None or any(x is None for x in inputs):
                 raise RuntimeError("rows with images need the model's processor, and every row of the batch its inputs")
             run: Any = ImageRows(self.model, batch_inputs(self.processor, inputs), self.device)

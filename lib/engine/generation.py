@@ -7,38 +7,26 @@ call `generate`; lm-serve feeds the same loop request by request (lmpipe.engine.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
-from .decoding import Decoding, uses_fast_path
+from ..errors import UsageError
+from .decoding import Decoding, StaticBatch, uses_fast_path
 from .events import Completion, Event, Token, TopToken
 from .loop import Loop, Request, eos_ids, pad_id
 from .sampling import Sampling
 
-__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "backend_for", "check_prompt", "eos_ids",
-           "generate", "pad_id"]
+__all__ = ["Completion", "Decoding", "Event", "Token", "TopToken", "eos_ids", "generate", "pad_id", "runner_for"]
 
 
-def check_prompt(ids: Sequence[int], context: int | None) -> None:
-    """A prompt the context cannot hold with room for one answer token is the record's error,
-    never cut (`context`: lmpipe.models.loading.context_length; None: the model does not say)."""
-    if context and len(ids) >= context:
-        from ..errors import RecordError
-
-        raise RecordError(f"prompt is {len(ids)} tokens; the model's context is {context}")
-
-
-def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int, drafting: bool = False,
-                prefixes: Any = None, processor: Any = None) -> Any:
-    """The loop's backend for `rows` rows: the fast path's rows (lmpipe.engine.batching) for models it
+def runner_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int, drafting: bool = False,
+               prefixes: Any = None, processor: Any = None) -> Any:
+    """The loop's model runner for `rows` rows: the fast path's rows (lmpipe.engine.batching) for models it
     knows and for speculative rows; else one left-padded batch over transformers' forward, or over
     the compiled fast step, whose shapes must not change (lmpipe.engine.decoding). lm-serve's rows, with
     a prompt cache (`prefixes`), join and leave a running batch, so they never compile (each
     batch size would compile anew). A vision-language model (its `processor` given) runs
     transformers' forward over a batch, its images in the prefill (lmpipe.engine.multimodal)."""
     if processor is not None:
-        from .decoding import StaticBatch
-
         check_vision_decoding(decoding)
         return StaticBatch(model, decoding, rows, device, pad, processor)
     fast = uses_fast_path(model, decoding)
@@ -46,8 +34,6 @@ def backend_for(model: Any, decoding: Decoding, rows: int, device: Any, pad: int
         from .batching import FastRows
 
         return FastRows(model, rows, prefixes, pad)
-    from .decoding import StaticBatch
-
     return StaticBatch(model, decoding, rows, device, pad)
 
 
@@ -55,8 +41,6 @@ def check_vision_decoding(decoding: Decoding) -> None:
     """A vision-language model decodes with transformers' dynamic cache: what asks for another way
     is refused, never quietly run the usual way (`--cache fast`, the default, falls back to
     dynamic for every model the fast path does not know)."""
-    from ..errors import UsageError
-
     if decoding.cache == "static" or decoding.compile:
         raise UsageError("a vision-language model decodes with transformers' dynamic cache: drop "
                          + ("--compile" if decoding.compile else "--cache static"))
@@ -66,7 +50,7 @@ def generate(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
-    sampling: Sampling,
+    sampling: Sampling | Sequence[Sampling],
     top_probs: int = 0,
     device: str = "cpu",
     constraints: Sequence[Sequence[Any]] = (),
@@ -74,19 +58,20 @@ def generate(
     draft: Any = None,
     inputs: Sequence[Any] = (),
     processor: Any = None,
-    context: int | None = None,
     adapters: Sequence[str | None] = (),
 ) -> Iterator[Event]:
     """Generate for every prompt (token ids) at once; yield Token events and one Completion per row.
+
+    `sampling`: every row's, or one per prompt (lmpipe.engine.preparation.Preparation.row clamps
+    each to the room its context leaves).
 
     `constraints`: per prompt, logits processors of its row alone that run before sampling's (a
     grammar mask; lmpipe.engine.constrain.row_constraints). `draft`: a loaded draft model; greedy,
     unconstrained rows then decode speculatively (lmpipe.engine.speculative), others as usual.
     `inputs`: per prompt, its lmpipe.engine.multimodal.ImagePrompt, for a vision-language model
-    (`processor`: its processor). `context`: the tokens a row may hold; each row's
-    max_new_tokens is clamped to its own room (its answer then ends with finish_reason "length").
-    `adapters`: per prompt, the name of the LoRA adapter its row runs (ModelSettings.loras; None:
-    the model's --adapter ones, if any); rows of different adapters share the batch.
+    (`processor`: its processor). `adapters`: per prompt, the name of the LoRA adapter its row
+    runs (ModelSettings.loras; None: the model's --adapter ones, if any); rows of different
+    adapters share the batch.
     """
     eos = eos_ids(model, tokenizer)
     events: list[Event] = []
@@ -96,29 +81,23 @@ def generate(
 
         policy = Draft(draft, decoding.draft_tokens)
 
-    def room(ids: Sequence[int]) -> Sampling:
-        if context is None or sampling.max_new_tokens <= context - len(ids):
-            return sampling
-        return replace(sampling, max_new_tokens=context - len(ids))
-
+    rows = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
     slots: list[int | None] = [None] * len(prompts)
     if any(name is not None for name in adapters):
         from ..models.adapters import stack_of
 
         stack = stack_of(model)
         if stack is None:
-            from ..errors import UsageError
-
             raise UsageError("the model has no LoRA adapters to choose from")
         slots = [stack.slot(name) for name in adapters]
     requests = [
-        Request(list(ids), room(ids), events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
+        Request(list(ids), rows[r], events.append, row=r, constraints=tuple(constraints[r]) if constraints else (),
                 top_probs=top_probs, draft=policy, inputs=inputs[r] if inputs else None, adapter=slots[r])
         for r, ids in enumerate(prompts)
     ]
-    backend = backend_for(model, decoding, len(requests), device, pad_id(tokenizer, eos),
-                          drafting=any(r.speculates for r in requests), processor=processor)
-    loop = Loop(backend, tokenizer, eos)
+    runner = runner_for(model, decoding, len(requests), device, pad_id(tokenizer, eos),
+                        drafting=any(r.speculates for r in requests), processor=processor)
+    loop = Loop(runner, tokenizer, eos)
     loop.admit(requests)
     yield from _drain(events)
     while loop.live:

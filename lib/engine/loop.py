@@ -1,4 +1,4 @@
-"""The one generation loop: rows are prefilled, stepped, joined and released over a backend.
+"""The one generation loop: rows are prefilled, stepped, joined and released over a model runner.
 
 Every front door feeds it `Request`s and reads back the typed events of lmpipe.engine.events:
 lm-generate's batches (lmpipe.engine.generation.generate), lm-serve's continuous batching
@@ -8,7 +8,7 @@ its stop strings and length, its grammar and thinking budget (logits processors 
 lmpipe.engine.thinking), the probabilities
 it reports, and speculative decoding (a draft model that proposes tokens the model checks,
 lmpipe.engine.speculative). As in vLLM's engine and llama.cpp's server slots, one scheduler serves them
-all; a backend only runs the model:
+all; a model runner only runs the model:
 
 - lmpipe.engine.batching.FastRows: lmpipe's fast path, a KV cache with a row per sequence; rows join
   and leave between steps (continuous batching, prompt cache, speculative rows).
@@ -22,6 +22,8 @@ token-identical to it, and it reports every token as it comes with its time (lmp
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
-class Backend(Protocol):
+class ModelRunner(Protocol):
     """How the loop runs the model: rows of a KV cache, each addressed by the handle it was given."""
 
     joins: bool  # rows may be admitted while others decode (else a batch is admitted whole)
@@ -45,7 +47,7 @@ class Backend(Protocol):
     def prefill(self, prompts: Sequence[Sequence[int]], room: int, every: bool = False) -> tuple[list[Any], Any]:
         """Admit `prompts` together, each with `room` columns to grow by: their handles, and the
         logits of each one's next token [n, vocab]; with `every` (one prompt), the logits after
-        each of its tokens [1, len, vocab]. A backend that takes images (StaticBatch with a
+        each of its tokens [1, len, vocab]. A model runner that takes images (StaticBatch with a
         processor) also takes `inputs=`: each prompt's lmpipe.engine.multimodal.ImagePrompt; and
         `adapters=`, where a row names its LoRA adapter: each prompt's slot (None: the model's default)."""
 
@@ -58,13 +60,11 @@ class Backend(Protocol):
         """Forget every row (a step failed)."""
 
 
-def _never() -> bool:
-    return False
-
-
 @dataclass
 class Request:
-    """One sequence to generate, the policies of its row, and where its events go."""
+    """One sequence to generate, the policies of its row, and where its events go. lm-serve's
+    scheduler (lmpipe.engine.scheduler) queues it as it comes, naming its `grammar` and `lora`,
+    and makes them the row's `constraints` and adapter slot when it admits it."""
 
     ids: Sequence[int]
     sampling: Sampling
@@ -76,9 +76,11 @@ class Request:
     echo: bool = False  # score the prompt's own tokens too, in its prefill's one pass (Completion.prompt_tokens)
     generates: bool = True  # False: score the prompt only (echo), no new token
     draft: Any = None  # lmpipe.engine.speculative.Draft: speculative rounds, for greedy plain rows
-    cancelled: Callable[[], bool] = _never  # its client went away: free the row
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set: its client went away, free the row
     inputs: Any = None  # lmpipe.engine.multimodal.ImagePrompt: its images, for the prefill's forward
     adapter: int | None = None  # its LoRA adapter's slot (lmpipe.models.adapters.LoraStack.slot); None: the default
+    grammar: str | None = None  # llguidance's grammar the answer must follow (lmpipe.engine.constrain); None: free
+    lora: str | None = None  # lm-serve: its LoRA adapter by its name in ModelSettings.loras (None: none)
 
     @property
     def speculates(self) -> bool:
@@ -118,16 +120,12 @@ class Probs:
 
     def of(self, token_id: int) -> tuple[float, float]:
         """The token's probability (rounded, as records show it) and log-probability."""
-        import math
-
         logprob = float(self.logprobs[token_id])
         return round(math.exp(logprob), 6), logprob
 
 
 def top_tokens(logits: Tensor, tokenizer: Any, n: int) -> Probs:
     """For logits [1, vocab]."""
-    import math
-
     import torch
 
     logprobs = torch.log_softmax(logits[0].float(), dim=-1)
@@ -242,19 +240,19 @@ class _Row:
 
 
 class Loop:
-    """Rows decoding together over one backend; each request's row keeps its own policies."""
+    """Rows decoding together over one model runner; each request's row keeps its own policies."""
 
-    def __init__(self, backend: Backend, tokenizer: Any, eos: set[int]):
-        self.backend, self.tokenizer, self.eos = backend, tokenizer, eos
+    def __init__(self, runner: ModelRunner, tokenizer: Any, eos: set[int]):
+        self.runner, self.tokenizer, self.eos = runner, tokenizer, eos
         self.live: list[_Row] = []
         self._events: list[tuple[Request, Event]] = []  # this step's, reported once finished rows are freed
 
     @property
     def free(self) -> int:
         """How many requests may be admitted now."""
-        if self.live and not self.backend.joins:
+        if self.live and not self.runner.joins:
             return 0
-        return self.backend.capacity - len(self.live)
+        return self.runner.capacity - len(self.live)
 
     def admit(self, requests: Sequence[Request]) -> None:
         """Prefill `requests` into free rows and report each one's first token.
@@ -269,8 +267,8 @@ class Loop:
         alone = [row for row in rows if row.request.speculates or row.request.echo]
         together = [row for row in rows if row not in alone]
         groups = ([together] if together else []) + [[row] for row in alone]
-        if len(groups) > 1 and not self.backend.joins:
-            raise RuntimeError("rows prefilled alone (speculative, echo) need a backend whose rows join")
+        if len(groups) > 1 and not self.runner.joins:
+            raise RuntimeError("rows prefilled alone (speculative, echo) need a model runner whose rows join")
         try:
             for group in groups:
                 room = max(row.request.sampling.max_new_tokens
@@ -280,7 +278,7 @@ class Loop:
                     row.request.inputs is not None for row in group) else {}
                 if any(row.request.adapter is not None for row in group):
                     extras["adapters"] = [row.request.adapter for row in group]
-                handles, logits = self.backend.prefill([row.request.ids for row in group], room, every=echo, **extras)
+                handles, logits = self.runner.prefill([row.request.ids for row in group], room, every=echo, **extras)
                 for row, handle in zip(group, handles, strict=True):
                     row.clock, row.handle = clock, handle
                     if row.request.speculates:
@@ -302,11 +300,11 @@ class Loop:
         try:
             plain = [row for row in self.live if row.drafting is None]
             if plain:
-                self._choose(plain, self.backend.step([row.handle for row in plain], [row.next for row in plain]))
+                self._choose(plain, self.runner.step([row.handle for row in plain], [row.next for row in plain]))
             for row in self.live:
                 if row.drafting is not None and not row.state.finish:
                     left = row.request.sampling.max_new_tokens - len(row.state.times)
-                    tokens = row.drafting.round(self.backend, row.handle, row.next, left)
+                    tokens = row.drafting.round(self.runner, row.handle, row.next, left)
                     self._take(row, tokens, row.clock())
         finally:
             self._report()
@@ -316,7 +314,7 @@ class Loop:
         for row in self.live:
             row.request.emit(exc)
         self.live = []
-        self.backend.reset()
+        self.runner.reset()
 
     def _score_prompt(self, row: _Row, logits: Tensor) -> None:
         """The prompt's tokens scored from its prefill's logits; a row that only scores ends here."""
@@ -339,7 +337,7 @@ class Loop:
         processors = logits_processors(sampling, first, len(request.ids))
         generator = None
         if not sampling.greedy:
-            generator = torch.Generator(device=str(self.backend.device)).manual_seed(sampling.seed or 0)
+            generator = torch.Generator(device=str(self.runner.device)).manual_seed(sampling.seed or 0)
         plain = sampling.greedy and not processors
         return _Row(request, RowState(len(request.ids)), None if plain else processors, generator, list(request.ids))
 
@@ -384,15 +382,15 @@ class Loop:
         self._sweep()
         events, self._events = self._events, []
         for request, event in events:
-            if not request.cancelled():
+            if not request.cancelled.is_set():
                 request.emit(event)
 
     def _sweep(self) -> None:
         """Free the rows of finished and abandoned requests."""
         kept = []
         for row in self.live:
-            if row.state.finish or row.request.cancelled():
-                self.backend.release(row.handle)
+            if row.state.finish or row.request.cancelled.is_set():
+                self.runner.release(row.handle)
             else:
                 kept.append(row)
         self.live = kept

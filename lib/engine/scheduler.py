@@ -5,7 +5,7 @@ them through lmpipe.engine.loop's generation loop, each request a row with its o
 strings and grammar. For models the fast path knows (lmpipe.models.fastpath), batching is continuous
 (lmpipe.engine.batching's rows): between two decode steps, waiting requests join the running batch up
 to `max_batch` rows, and finished or abandoned ones leave it at once; recent prompts' keys and
-values are kept for the next prompt that shares their start. For other models the backend is a
+values are kept for the next prompt that shares their start. For other models the model runner is a
 left-padded batch (lmpipe.engine.decoding): the worker admits what is waiting, up to `max_batch`
 requests with the same sampling settings, and steps them together to the end; an abandoned
 request's row leaves it, and a batch whose clients all went away stops at the next token.
@@ -17,6 +17,7 @@ its worker does it at its next idle moment) to keep the number loaded within bou
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
@@ -24,28 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..models.loading import LoadedModel, ModelSettings
-from .batching import PrefixCounts
+from ..models.adapters import stack_of
+from ..models.loading import LoadedModel, ModelSettings, context_length, load, load_tokenizer
+from .batching import PrefixCache, PrefixCounts
+from .constrain import row_constraints
 from .decoding import Decoding, settled
 from .events import Completion, Token
+from .generation import runner_for
+from .loop import Loop, Request, eos_ids, pad_id
+from .preparation import Preparation
 from .sampling import Sampling
-
-Emit = Callable[[Any], None]  # a Token, a Completion, or an Exception; called on the worker thread
-
-
-@dataclass
-class GenerationRequest:
-    ids: list[int]
-    sampling: Sampling
-    emit: Emit
-    grammar: str | None = None  # llguidance's grammar the answer must follow (lmpipe.engine.constrain); None: free
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    logprobs: bool = False  # as lmpipe.engine.loop.Request's: tokens carry their log-probabilities,
-    top_probs: int = 0  # with the `top_probs` likeliest alternatives
-    echo: bool = False  # the prompt's own tokens scored too
-    generates: bool = True  # False: the prompt is only scored
-    inputs: Any = None  # a vision-language model's ImagePrompt (lmpipe.engine.multimodal)
-    adapter: str | None = None  # the LoRA adapter its row runs, by its name in ModelSettings.loras (None: none)
 
 
 @dataclass(frozen=True)
@@ -79,8 +68,6 @@ def batch_key(sampling: Sampling) -> Sampling:
 class Scheduler:
     def __init__(self, settings: SchedulerSettings, notify: Callable[[str], None] = lambda m: None,
                  gate: Callable[[Scheduler], None] = lambda s: None):
-        from ..models.loading import load_tokenizer
-
         self.settings = settings
         self.notify = notify
         self.gate = gate  # called before each load, holding this scheduler's lock (lmpipe.serve.roster)
@@ -91,18 +78,18 @@ class Scheduler:
         self.eviction: str | None = None
         self.ref = settings.model.ref()
         self.tokenizer = load_tokenizer(self.ref)  # prompts are checked before they queue
-        self.jobs: queue.Queue[GenerationRequest] = queue.Queue(maxsize=settings.max_queue)
+        self.jobs: queue.Queue[Request] = queue.Queue(maxsize=settings.max_queue)
         self.lm: LoadedModel | None = None
-        self.loop: Any = None  # lmpipe.engine.loop.Loop over the loaded model's rows
+        self.loop: Loop | None = None  # the one loop over the loaded model's rows
         # taken from the queue, waiting for a batch of their own (static batches)
-        self.held: list[GenerationRequest] = []
+        self.held: list[Request] = []
         self.last_used = time.monotonic()
         self.prefix_counts = PrefixCounts()  # across loads: the caches go with the model
         self._context: int | None = None  # the loaded model's, once read
         self.decoding = settings.decoding  # the way it runs ("auto" decided) once the model is loaded
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="lmpipe-engine", daemon=True)
+        self._worker = threading.Thread(target=self._work, name="lmpipe-scheduler", daemon=True)
         self._worker.start()
 
     @property
@@ -116,8 +103,6 @@ class Scheduler:
     def model(self) -> LoadedModel:
         with self._lock:
             if self.lm is None:
-                from ..models.loading import load
-
                 self.gate(self)
                 self.loading = True
                 try:
@@ -136,8 +121,6 @@ class Scheduler:
 
     def _drop(self) -> None:
         """Let the model go (the caller holds the lock); its memory returns once nothing holds it."""
-        import gc
-
         self.lm = None
         self.loop = None
         gc.collect()
@@ -148,9 +131,11 @@ class Scheduler:
         return self.settings.model.ctx_size or self._context
 
     def context_length(self) -> int | None:
-        from ..models.loading import context_length
-
         return context_length(self.model())
+
+    def preparation(self) -> Preparation:
+        """What the loaded model checks requests against (lmpipe.engine.preparation); loads it if it is not."""
+        return Preparation.of(self.model())
 
     def occupancy(self) -> Occupancy:
         """Read from any thread: the live rows are copied before they are counted."""
@@ -162,7 +147,7 @@ class Scheduler:
         return Occupancy(len(rows), self.jobs.qsize() + len(self.held), min(usage, 1.0),
                          self.prefix_counts.queries, self.prefix_counts.hits)
 
-    def submit(self, job: GenerationRequest) -> None:
+    def submit(self, job: Request) -> None:
         """Queue a job; raises queue.Full when the queue is at its bound."""
         self.last_used = time.monotonic()
         self.jobs.put_nowait(job)
@@ -181,8 +166,8 @@ class Scheduler:
                         f"unloaded {self.ref.name} after {keep:g} s idle")
         self.eviction = None
 
-    def _take(self, limit: int, wait: bool = True) -> list[GenerationRequest]:
-        batch: list[GenerationRequest] = self.held[:limit]
+    def _take(self, limit: int, wait: bool = True) -> list[Request]:
+        batch: list[Request] = self.held[:limit]
         del self.held[:limit]
         if wait and not batch:
             try:
@@ -196,27 +181,22 @@ class Scheduler:
                 break
         return [job for job in batch if not job.cancelled.is_set()]
 
-    def _rows(self) -> Any:
+    def _rows(self) -> Loop:
         """The generation loop over the loaded model (loaded now if it is not)."""
         lm = self.model()
         with self._lock:
             if self.loop is None:
-                from ..models.loading import context_length
-                from .batching import PrefixCache
-                from .generation import backend_for
-                from .loop import Loop, eos_ids, pad_id
-
                 eos = eos_ids(lm.model, lm.tokenizer)
                 self.decoding = settled(self.settings.decoding, lm.model, self.notify)
-                backend = backend_for(lm.model, self.decoding, self.settings.max_batch, lm.device,
-                                      pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts),
-                                      processor=lm.processor)
-                if self.decoding.compile and not backend.compiled:  # the manifest names the step that runs
+                runner = runner_for(lm.model, self.decoding, self.settings.max_batch, lm.device,
+                                    pad_id(lm.tokenizer, eos), prefixes=PrefixCache(counts=self.prefix_counts),
+                                    processor=lm.processor)
+                if self.decoding.compile and not runner.compiled:  # the manifest names the step that runs
                     self.notify("lmpipe: --compile: the fast path's rows join and leave a running batch, "
                                 "so its step runs uncompiled")
                     self.decoding = replace(self.decoding, compile=False)
                 self._context = context_length(lm)
-                self.loop = Loop(backend, lm.tokenizer, eos)
+                self.loop = Loop(runner, lm.tokenizer, eos)
             return self.loop
 
     def _work(self) -> None:
@@ -238,7 +218,7 @@ class Scheduler:
                     loop.fail(exc)
             self.last_used = time.monotonic()
 
-    def _admit(self, waiting: list[GenerationRequest]) -> None:
+    def _admit(self, waiting: list[Request]) -> None:
         """Waiting jobs into the loop: one by one where rows join a running batch (one request's
         failure is its own), else those sharing the first one's sampling settings as one batch."""
         try:
@@ -247,17 +227,17 @@ class Scheduler:
             for job in waiting:
                 job.emit(exc)
             return
-        joins = loop.backend.joins
+        joins = loop.runner.joins
         # one batch: the same sampling, with images or not; a row that scores its prompt is prefilled alone
         if not joins:
-            def key_of(job: GenerationRequest) -> tuple[Any, ...]:
+            def key_of(job: Request) -> tuple[Any, ...]:
                 return batch_key(job.sampling), job.echo, job.inputs is None
 
             key = key_of(waiting[0])
             same = [job for job in waiting if key_of(job) == key][: 1 if key[1] else None]
             self.held[:0] = [job for job in waiting if all(job is not kept for kept in same)]
             waiting = same
-        batch: list[tuple[GenerationRequest, Any]] = []
+        batch: list[tuple[Request, Request]] = []
         for job in waiting:
             try:
                 request = self._request(job)
@@ -274,20 +254,14 @@ class Scheduler:
                 for job, _ in batch:
                     job.emit(exc)
 
-    def _request(self, job: GenerationRequest) -> Any:
-        from .constrain import row_constraints
-        from .loop import Request
-
+    def _request(self, job: Request) -> Request:
+        """The queued job as a row: its grammar made its constraints, its LoRA adapter's name its slot."""
         lm = self.model()  # marks the model used
-        constraints = row_constraints(lm.model, lm.tokenizer, job.grammar)
+        constraints = tuple(row_constraints(lm.model, lm.tokenizer, job.grammar))
         slot = None
-        if job.adapter is not None:
-            from ..models.adapters import stack_of
-
-            slot = stack_of(lm.model).slot(job.adapter)  # type: ignore[union-attr]  # loaded with its loras
-        return Request(job.ids, job.sampling, job.emit, constraints=constraints, cancelled=job.cancelled.is_set,
-                       top_probs=job.top_probs, logprobs=job.logprobs, echo=job.echo, generates=job.generates,
-                       inputs=job.inputs, adapter=slot)
+        if job.lora is not None:
+            slot = stack_of(lm.model).slot(job.lora)  # type: ignore[union-attr]  # loaded with its loras
+        return replace(job, constraints=constraints, adapter=slot)
 
 
-__all__ = ["Completion", "Occupancy", "Scheduler", "SchedulerSettings", "GenerationRequest", "Token"]
+__all__ = ["Completion", "Occupancy", "Request", "Scheduler", "SchedulerSettings", "Token"]

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models.fastpath import FastModel, KVCache, fast_model, prefill, step, unsupported
+from ..models.loading import ModelSettings, load
 from .sampling import Sampling
 
 
@@ -30,8 +31,6 @@ def load_draft(decoding: Any, lm: Any, sampling: Sampling, notify: Any = lambda 
     """The draft model `decoding` names, loaded beside `lm` and checked, or None without one."""
     if not decoding.draft:
         return None
-    from ..models.loading import ModelSettings, load
-
     draft = load(ModelSettings(decoding.draft, lm.device, lm.dtype, quantize=decoding.draft_quantize), notify)
     check_draft(lm.model, draft.model, lm.tokenizer, draft.tokenizer, sampling)
     return draft

@@ -12,12 +12,13 @@ merged model once (lm-pull --merge), and runs adapters that are more than a low-
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -72,7 +73,7 @@ def merge(model: Any, adapters: tuple[Adapter, ...]) -> Any:
         try:
             wrapped = PeftModel.from_pretrained(model, adapter.path, adapter_name="lmpipe")
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
-            raise UsageError(f"--adapter {adapter.path}: does not fit this model: {_first_line(exc)}") from None
+            raise UsageError(f"--adapter {adapter.path}: does not fit this model: {first_line(exc)}") from None
         if adapter.scale != 1.0:
             for module in wrapped.modules():
                 if isinstance(module, LoraLayer):
@@ -90,7 +91,7 @@ def plain_lora(adapter: Adapter) -> str | None:
     try:
         config = LoraConfig.from_pretrained(adapter.path)
     except (ValueError, TypeError, OSError) as exc:
-        raise UsageError(f"--adapter {adapter.path}: {_first_line(exc)}") from None
+        raise UsageError(f"--adapter {adapter.path}: {first_line(exc)}") from None
     for feature in ("use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication",
                     "trainable_token_indices"):
         if getattr(config, feature, None):
@@ -195,16 +196,10 @@ class LoraStack:
         return add
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
 
 def _read(adapter: Adapter, modules: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """One adapter's (a, b) per module name, in float32, b times the adapter's scale: peft's own
     config and weight loading, checked against the model's layers."""
-    import math
-
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
     from peft.utils import load_peft_weights
@@ -217,7 +212,7 @@ def _read(adapter: Adapter, modules: dict[str, Any]) -> dict[str, tuple[Any, Any
         config = LoraConfig.from_pretrained(adapter.path)
         weights = load_peft_weights(adapter.path, device="cpu")
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
-        raise unfit(_first_line(exc)) from None
+        raise unfit(first_line(exc)) from None
     parts: dict[str, dict[str, Any]] = {}
     for key, tensor in weights.items():
         name, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")

@@ -19,6 +19,7 @@ from typing import Any
 from .. import paths
 from ..errors import ModelNotFound, UsageError
 from . import gguf
+from .packaged import packaged_zip, unzipped_folder
 from .resolve import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL, embedded_gguf
 
 
@@ -146,8 +147,6 @@ def _scan_converted(models_dir: Path) -> list[Entry]:
 
 def _alias_by_folder_name() -> dict[str, str]:
     """The names the embedded models' folders have (content keys, read from the GGUF and the zip), to their aliases."""
-    from .packaged import packaged_zip, unzipped_folder
-
     found = {}
     for alias, folder in ((DEFAULT_MODEL, lambda: gguf.converted_folder(embedded_gguf())),
                           (DEFAULT_EMBEDDING_MODEL, lambda: unzipped_folder(packaged_zip()))):

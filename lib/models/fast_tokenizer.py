@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFound
+from . import gguf
+from .loading import load_tokenizer
 
 NAMED = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 TOKENIZER_FILE = "tokenizer.json"
@@ -254,8 +256,6 @@ class SlowEncoding:
 
 def tokenizer_folder(ref: Any) -> Path | None:
     """The folder holding `ref`'s tokenizer files; None for a GGUF not converted yet."""
-    from . import gguf
-
     if ref.kind in ("embedded", "gguf"):
         return gguf.finished_folder(ref.path)
     return Path(ref.path)
@@ -271,8 +271,6 @@ def load_any(ref: Any, notify: Callable[[str], None]) -> JsonTokenizer | SlowTok
         except Exception as exc:  # tokenizers reports a malformed file as a plain Exception
             why = str(exc).strip() or type(exc).__name__
             raise ModelNotFound(f"cannot load a tokenizer from {ref.name}: {why}") from None
-    from .loading import load_tokenizer
-
     why = f"{ref.name} is a GGUF not converted yet" if folder is None else f"{folder} has no {TOKENIZER_FILE}"
     notify(f"{why}: loading the slow tokenizer through transformers")
     return SlowTokenizer(load_tokenizer(ref))

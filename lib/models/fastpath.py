@@ -19,6 +19,7 @@ a new request into a free row while the others keep decoding (continuous batchin
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache as cache_function
@@ -202,8 +203,6 @@ class FastModel:
     pieces read from its own modules, so what transformers computes is what runs here."""
 
     def __init__(self, model: Any):
-        import inspect
-
         config = model.config
         inner = model.model
         # A quantized tied model's embedding is the int8 head's values and scales (QuantizedEmbedding).
@@ -548,8 +547,8 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen: Tensor, compiled:
         cache.span = cache.width
         valid = cache.valid[rows]
         windowed = None if fast.window is None else (valid & _near(fast, columns, cache.span))[:, None, None, :]
-        logits = _compiled_step()(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], windowed,
-                                  _kernel_attention if kernel else _whole_cache_attention, slots)
+        logits = _compiled_fast_step()(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :],
+                                       windowed, _kernel_attention if kernel else _whole_cache_attention, slots)
     else:
         cache.span = int(columns.max()) + 1
         valid = cache.valid[rows, : cache.span]
@@ -630,7 +629,7 @@ def _step_guards(entries: list[Any]) -> list[bool]:
 
 
 @cache_function
-def _compiled_step():
+def _compiled_fast_step():
     import torch
 
     # size_asserts off: inductor's wrapper otherwise checks every input's sizes and strides at

@@ -34,7 +34,7 @@ def tag_of(filename: str) -> str | None:
     return found[1].upper() if found else None
 
 
-def pick(files: Iterable[str], tag: str, repo: str, where: str) -> str:
+def pick_file(files: Iterable[str], tag: str, repo: str, where: str) -> str:
     """The one GGUF of `files` with `tag`: a one-line ModelNotFound listing the tags present otherwise."""
     files = list(files)
     matches = sorted(f for f in files if tag_of(f) == tag)

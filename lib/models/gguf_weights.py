@@ -106,13 +106,13 @@ def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     values = torch.empty(rows, columns, dtype=torch.int8)
     scales = torch.empty(rows, dtype=torch.bfloat16)
     for start in range(0, rows, CHUNK_ROWS):
-        part = dequantized(kind, data[order[start:start + CHUNK_ROWS]])
+        part = gguf_dequantized(kind, data[order[start:start + CHUNK_ROWS]])
         weight = quantize_weight(part, "int8")
         values[start:start + len(part)], scales[start:start + len(part)] = weight.values, weight.scales
     return QuantizedWeight("int8", values, scales)
 
 
-def dequantized(kind: str, data: Any) -> Any:
+def gguf_dequantized(kind: str, data: Any) -> Any:
     """float32 torch tensor of `data` as gguf-py dequantizes it (transformers' reference values)."""
     import numpy as np
     import torch
@@ -170,7 +170,7 @@ class _Names:
         import numpy as np
         import torch
 
-        name, weights = self._process(dequantized(kind, tensor.data).numpy(), tensor.name)
+        name, weights = self._process(gguf_dequantized(kind, tensor.data).numpy(), tensor.name)
         return name, torch.from_numpy(np.ascontiguousarray(weights))
 
 

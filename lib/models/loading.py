@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFound, UsageError
+from ..errors import ModelNotFound, UsageError, first_line
 from . import gguf
-from .adapters import Adapter
+from .adapters import Adapter, attach, merge, plain_lora
+from .allocator import returning_freed_memory
 from .device import check_attention, choose_device, choose_dtype
+from .gguf_weights import load_gguf
 from .processors import is_vision_language, load_processor
+from .quantize import choose_kernels, int4_kernel_name
 from .resolve import ModelRef, resolve
 
 # One model loads at a time in a process (lm-serve loads its generation and embedding models on
@@ -22,7 +25,8 @@ from .resolve import ModelRef, resolve
 LOAD_LOCK = threading.RLock()
 
 
-def _stderr(message: str) -> None:
+def to_stderr(message: str) -> None:
+    """The default `notify`: a line for people, on stderr."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -112,8 +116,6 @@ def kernel_facts(model: Any, settings: ModelSettings, int4: bool, notify: Callab
     """Chooses the quantized layers' kernels (--kernel's, or the fastest measured here) and says,
     for the manifest, which one multiplies per range of rows and, where int4 layers run, which
     int4 kernel computed them (the kernels round differently)."""
-    from .quantize import choose_kernels, int4_kernel_name
-
     facts: dict[str, Any] = {}
     if kernels := choose_kernels(model, settings.kernel, notify):
         facts["kernels"] = kernels
@@ -128,7 +130,7 @@ def context_facts(settings: ModelSettings) -> dict[str, Any]:
             if getattr(settings, key) is not None}
 
 
-def files_folder(ref: ModelRef, notify: Callable[[str], None] = _stderr) -> Path:
+def files_folder(ref: ModelRef, notify: Callable[[str], None] = to_stderr) -> Path:
     """The folder holding loadable files for `ref`, converting a GGUF into the cache first
     (a GGUF file's float conversion, only for the loaders that cannot read its tensors: see _load)."""
     if ref.kind in ("embedded", "gguf"):
@@ -141,8 +143,6 @@ def _gguf_model(ref: ModelRef, settings: ModelSettings, device: str, dtype: Any,
     """A GGUF file's model read from its own tensors (lmpipe.models.gguf_weights), its description's
     folder and what its manifest says of it; None where transformers' conversion must do."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    from .gguf_weights import load_gguf
 
     if merged_adapters(settings):  # a merged adapter changes float weights: transformers' conversion
         return None
@@ -185,12 +185,10 @@ def load_tokenizer(ref: ModelRef):
             return AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
         return AutoTokenizer.from_pretrained(ref.path)
     except (OSError, ValueError) as exc:
-        raise ModelNotFound(f"cannot load a tokenizer from {ref.name}: {_first_line(exc)}") from None
+        raise ModelNotFound(f"cannot load a tokenizer from {ref.name}: {first_line(exc)}") from None
 
 
-def load(settings: ModelSettings, notify: Callable[[str], None] = _stderr) -> LoadedModel:
-    from .allocator import returning_freed_memory
-
+def load(settings: ModelSettings, notify: Callable[[str], None] = to_stderr) -> LoadedModel:
     with LOAD_LOCK, returning_freed_memory():
         return _load(settings, notify)
 
@@ -211,7 +209,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         own_gguf = ref.kind == "gguf" and device == "cpu" and not settings.dequantize
         read = _gguf_model(ref, settings, device, dtype, attention, notify) if own_gguf else None
     except (OSError, ValueError, ImportError) as exc:
-        raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot load {ref.name}: {first_line(exc)}") from None
     if read is not None:
         model, folder, facts = read
         from transformers import AutoTokenizer
@@ -219,7 +217,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+            raise UsageError(f"cannot load {ref.name}: {first_line(exc)}") from None
         torch.set_grad_enabled(False)
         ident = {**identity(ref, folder), **facts}
         if settings.quantize:
@@ -255,10 +253,8 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             model = auto.from_pretrained(folder, **kwargs)
         tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, ImportError) as exc:
-        raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot load {ref.name}: {first_line(exc)}") from None
     if merged_adapters(settings):
-        from .adapters import merge
-
         model = merge(model, settings.adapters)
     model.to(device).eval()
     torch.set_grad_enabled(False)
@@ -281,8 +277,6 @@ def merged_adapters(settings: ModelSettings) -> bool:
     """The generating tools' adapters are merged into the weights (peft's merge_and_unload) only
     where they are more than a low-rank update (lmpipe.models.adapters.plain_lora); else they run
     beside the base weights, after any quantization, in float32."""
-    from .adapters import plain_lora
-
     return any(plain_lora(a) is not None for a in settings.adapters)
 
 
@@ -291,8 +285,6 @@ def _adapters(model: Any, settings: ModelSettings) -> dict[str, Any]:
     quantized; the manifest's record of them."""
     if not settings.adapters and not settings.loras:
         return {}
-    from .adapters import attach, plain_lora
-
     merged = merged_adapters(settings)
     for name, adapter in settings.loras:
         if (why := plain_lora(adapter)) is not None:
@@ -310,8 +302,3 @@ def language_parts(model: Any) -> tuple[str, ...]:
     decoder = model.get_decoder()
     names = tuple(name for name, module in model.named_modules() if module is decoder and name)
     return names[:1] + (("lm_head",) if getattr(model, "lm_head", None) is not None else ())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from .adapters import Adapter
+from ..errors import UsageError, first_line
+from .adapters import Adapter, merge
+from .loading import LOAD_LOCK, files_folder, identity
+from .resolve import resolve
 
 RECORD = "lmpipe-merge.json"
 
@@ -35,14 +37,9 @@ class MergeSettings:
 
 def write_merged(settings: MergeSettings, notify: Callable[[str], None]) -> dict[str, Any]:
     """Load the base model in float32, merge the adapters, write the folder; its record."""
-    from .loading import LOAD_LOCK, _first_line, files_folder, identity
-    from .resolve import resolve
-
     ref = resolve(settings.model)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .adapters import merge
 
     folder = files_folder(ref, notify)
     try:
@@ -51,7 +48,7 @@ def write_merged(settings: MergeSettings, notify: Callable[[str], None]) -> dict
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, ImportError) as exc:
-        raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot load {ref.name}: {first_line(exc)}") from None
     notify(f"merging {len(settings.adapters)} adapter(s) into {ref.name}")
     model = merge(model, settings.adapters)
     # Merged in float32, written in the checkpoint's own precision (a bfloat16 model stays half the size).

@@ -100,10 +100,10 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
     embedding = None
     for name, module in model.named_modules():
         if isinstance(module, QuantizedPart):
-            placements.append({"name": name, "layer": _layer(module.fused, layers, buffers), "start": module.start,
-                               "end": module.end})
+            placements.append({"name": name, "layer": _layer_index(module.fused, layers, buffers),
+                               "start": module.start, "end": module.end})
         elif isinstance(module, QuantizedLinear) and not name.endswith(".fused"):
-            placements.append({"name": name, "layer": _layer(module, layers, buffers)})
+            placements.append({"name": name, "layer": _layer_index(module, layers, buffers)})
         elif isinstance(module, quantized_embedding_class()):
             embedding = name
     if not layers or any(layer is None for layer in layers.values()):
@@ -165,7 +165,7 @@ def _checksum(block: tuple[Any, Any, int]) -> int:
     return zlib.crc32(_bytes(values) + (b"" if scales is None else _bytes(scales)))
 
 
-def _layer(module: Any, layers: dict[int, dict[str, Any] | None], buffers: list[Any]) -> int:
+def _layer_index(module: Any, layers: dict[int, dict[str, Any] | None], buffers: list[Any]) -> int:
     """The index of `module` in `layers` (added, its buffers appended, the first time it is seen)."""
     key = id(module)
     if key not in layers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -20,8 +21,6 @@ def is_vision_language(config: Any, folder: Path) -> bool:
 def takes_images(folder: Path) -> bool:
     """is_vision_language for a model folder, from its config.json alone (no transformers config
     object is built): what lm-serve tells clients before the model is loaded."""
-    from types import SimpleNamespace
-
     try:
         model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):

@@ -20,7 +20,8 @@ from typing import IO, Any
 
 import orjson
 
-from ..errors import LmpipeError, UsageError
+from ..errors import LmpipeError, UsageError, first_line
+from .gguf_tags import pick_file, split
 
 PROGRESS_MODES = ("auto", "bar", "json", "none")
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -43,8 +44,6 @@ class PullSettings:
     @classmethod
     def parse(cls, name: str, revision: str | None = None, **options: Any) -> PullSettings:
         """`org/name`, `org/name@revision`, either with `:TAG`; --revision wins over the @ suffix."""
-        from .gguf_tags import split
-
         untagged, tag = split(name.strip())
         repo_id, _, at = untagged.partition("@")
         return cls(repo_id, revision or at or None, tag=tag, **options)
@@ -218,11 +217,9 @@ def _tagged_file(settings: PullSettings) -> str:
     """The repo's one GGUF file of the settings' tag (a one-line error listing the tags present otherwise)."""
     from huggingface_hub import HfApi
 
-    from .gguf_tags import pick
-
     files = HfApi().list_repo_files(settings.repo_id, revision=settings.revision,
                                     token=os.environ.get("HF_TOKEN") or None)
-    return pick(files, settings.tag or "", settings.repo_id, "on the hub")
+    return pick_file(files, settings.tag or "", settings.repo_id, "on the hub")
 
 
 def _explain(exc: Exception, settings: PullSettings, endpoint: str, offline: bool) -> Exception:
@@ -245,13 +242,8 @@ def _explain(exc: Exception, settings: PullSettings, endpoint: str, offline: boo
         return LmpipeError(f"offline (HF_HUB_OFFLINE is set) and {name} is not complete in the cache")
     if isinstance(exc, LocalEntryNotFoundError):
         cause = exc.__cause__ or exc
-        return LmpipeError(f"cannot reach {endpoint} for {name}: {_first_line(cause)}")
+        return LmpipeError(f"cannot reach {endpoint} for {name}: {first_line(cause)}")
     # network errors past huggingface_hub's retries, consistency checks, disk
     if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
-        return LmpipeError(f"download of {name} failed: {_first_line(exc)}")
+        return LmpipeError(f"download of {name} failed: {first_line(exc)}")
     return exc  # a bug: guarded() reports it
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0].strip() if lines else type(exc).__name__

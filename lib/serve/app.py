@@ -37,8 +37,11 @@ if TYPE_CHECKING:
 from ..chat.prompts import RESERVED_VARIABLES, PromptSettings, with_template
 from ..chat.reasoning import ReasoningStream, split_reasoning
 from ..engine.events import Completion, Event, ScoredPrompt, Token
+from ..engine.loop import Request
+from ..engine.loop import Request as LoopRequest  # starlette's Request is the HTTP one
+from ..engine.preparation import ContextExceeded
 from ..engine.sampling import Sampling
-from ..engine.scheduler import GenerationRequest, Scheduler
+from ..engine.scheduler import Scheduler
 from ..errors import LmpipeError
 from ..models.processors import takes_images
 from .embeddings import embeddings_route
@@ -95,7 +98,7 @@ def sampling_of(body: dict[str, Any], max_new_tokens: int) -> Sampling:
             stop=tuple(stop),
             logit_bias=logit_bias_of(body),
             reasoning_budget=typed(body, "reasoning_budget", (int,), None),
-        ).with_seed()
+        )  # its seed is drawn by the engine's preparation
     except LmpipeError as exc:
         raise BadRequest(str(exc).replace("--", "").replace("-", "_"), "invalid_value") from None
 
@@ -179,7 +182,7 @@ class PreparedRequest:
     chat: bool
     include_reasoning: bool = True  # a chat's reasoning goes in `reasoning_content` (vLLM's); False: left out
 
-    def jobs(self, emit: Callable[[int, Any], None]) -> list[GenerationRequest]:
+    def jobs(self, emit: Callable[[int, Any], None]) -> list[LoopRequest]:
         """One row per choice, in choice order: a prompt's `n` rows follow one another, so they
         are admitted into the same batch and share its prompt cache; sampled ones differ by seed."""
         out = []
@@ -187,8 +190,8 @@ class PreparedRequest:
             assert sampling.seed is not None  # drawn when the request was read (with_seed)
             for j in range(self.n):
                 own = replace(sampling, seed=(sampling.seed + j) % 2 ** 31) if j else sampling
-                out.append(GenerationRequest(
-                    prompt.ids, own, partial(emit, p * self.n + j), self.asked.plan.grammar,
+                out.append(LoopRequest(
+                    prompt.ids, own, partial(emit, p * self.n + j), grammar=self.asked.plan.grammar,
                     logprobs=self.logprobs is not None, top_probs=self.logprobs or 0,
                     echo=self.echo and self.logprobs is not None, generates=self.generates, inputs=prompt.inputs))
         return out
@@ -223,21 +226,17 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     if len(prompts) * n > engine.settings.max_queue:  # it could never be queued whole: not a busy server's 503
         raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
                          f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
-    context = await run_in_threadpool(engine.context_length)
-    if sampling.logit_bias:
-        lm = await run_in_threadpool(engine.model)
-        try:
-            sampling.check_vocabulary(lm.model.get_output_embeddings().out_features)
-        except LmpipeError as exc:
-            raise BadRequest(str(exc).replace("--logit-bias", "`logit_bias`"), "invalid_value") from None
-    rows = []
-    for prompt in prompts:
-        if context and len(prompt.ids) >= context:
-            # vLLM's words, so clients that read them (to trim and retry) read ours
-            raise BadRequest(f"This model's maximum context length is {context} tokens. However, you requested "
-                             f"{len(prompt.ids)} tokens in the messages, Please reduce the length of the messages.",
-                             "context_length_exceeded")
-        rows.append(replace(sampling, max_new_tokens=min(limit, context - len(prompt.ids))) if context else sampling)
+    preparation = await run_in_threadpool(engine.preparation)
+    try:
+        sampling = preparation.sampling(sampling)
+    except LmpipeError as exc:
+        raise BadRequest(str(exc).replace("--logit-bias", "`logit_bias`"), "invalid_value") from None
+    try:
+        rows = [preparation.row(prompt.ids, sampling) for prompt in prompts]
+    except ContextExceeded as exc:  # vLLM's words, so clients that read them (to trim and retry) read ours
+        raise BadRequest(f"This model's maximum context length is {exc.context} tokens. However, you requested "
+                         f"{exc.tokens} tokens in the messages, Please reduce the length of the messages.",
+                         "context_length_exceeded") from None
     include_reasoning = typed(body, "include_reasoning", (bool,), True)
     return engine, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat,
                                    include_reasoning)
@@ -397,7 +396,6 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, images: Image
     large; `max_n`: the most choices a request may ask for."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ import orjson
 from ..engine.scheduler import SchedulerSettings
 from ..errors import UsageError
 from ..records.jsonl import Item
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, run_records, say
 from ..records.runner import Finished
 
 URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -137,9 +137,6 @@ def warm_server(r: BatchRun) -> Any:
 
 
 def run(r: BatchRun) -> int:
-    from dataclasses import replace
-
-    from ..records.pipe import JsonlSink, run_records, say
     from .roster import ModelRoster, RosterSettings
 
     job = r.pipe.job.open()  # an existing --output without --resume fails here, before the model loads

@@ -56,13 +56,13 @@ def not_found(name: str) -> BadRequest:
 
 class ServedAdapter:
     """A LoRA adapter known by its own name: its base model's scheduler, each job's row naming the
-    adapter (lmpipe.engine.scheduler.GenerationRequest.adapter). Everything else is the base's."""
+    adapter (lmpipe.engine.loop.Request.lora). Everything else is the base's."""
 
     def __init__(self, base: Scheduler, name: str, adapter: Any):
         self.base, self.model_id, self.adapter = base, name, adapter
 
     def submit(self, job: Any) -> None:
-        job.adapter = self.model_id
+        job.lora = self.model_id
         self.base.submit(job)
 
     def __getattr__(self, name: str) -> Any:

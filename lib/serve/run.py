@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .guard import GuardSettings
+from .guard import GuardSettings, guarded, header_deadline
 from .prompts import ImagePolicy
-from .roster import RosterSettings
+from .roster import ModelRoster, RosterSettings
 
 MAX_N = 16  # choices per request unless --max-n says otherwise (one request cannot fill the queue)
 CONNECTIONS_PER_REQUEST = 4  # uvicorn's bound on connections, over the guard's on requests
@@ -60,8 +60,6 @@ def run(r: ServeRun) -> int:
     from ..errors import UsageError
     from ..records.pipe import say
     from .app import create_app
-    from .guard import guarded, header_deadline
-    from .roster import ModelRoster
 
     threads = engine_threads(r.threads)
     torch.set_num_threads(threads)

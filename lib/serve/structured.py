@@ -73,7 +73,7 @@ def constraint_of(body: dict[str, Any]) -> Constraint | None:
                 raise FormatError("`choice` must be a non-empty list of strings", "invalid_type")
             return choice_constraint(body["choice"], "choice")
         return constraint
-    except UsageError as exc:  # a schema, regex or choice the grammar engine cannot compile
+    except UsageError as exc:  # a schema, regex or choice llguidance cannot compile
         raise FormatError(str(exc), "invalid_schema") from None
 
 

@@ -56,12 +56,12 @@ def chat_text(tokenizer: Any, body: dict[str, Any]) -> str:
         raise BadRequest(str(exc), "invalid_messages") from None
 
 
-def tokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
+def tokenized(scheduler: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     """The response body for a /tokenize request body, or BadRequest. Loads the model for its
     context length: call it off the event loop."""
     chat = "messages" in body and body["messages"] is not None
     check_fields(body, TOKENIZE_CHAT if chat else TOKENIZE_TEXT, "/tokenize")
-    tok = engine.tokenizer
+    tok = scheduler.tokenizer
     if chat:
         text, special = chat_text(tok, body), typed(body, "add_special_tokens", (bool,), False)
     else:
@@ -69,21 +69,21 @@ def tokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest("`prompt` must be a string (or send `messages`)", "invalid_type")
         text, special = body["prompt"], typed(body, "add_special_tokens", (bool,), True)
     ids = list(tok(text, add_special_tokens=special)["input_ids"])
-    out: dict[str, Any] = {"count": len(ids), "max_model_len": engine.context_length(), "tokens": ids}
+    out: dict[str, Any] = {"count": len(ids), "max_model_len": scheduler.context_length(), "tokens": ids}
     if typed(body, "return_token_strs", (bool,), False):
         out["token_strs"] = tok.convert_ids_to_tokens(ids)
     return out
 
 
-def detokenized(engine: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
+def detokenized(scheduler: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     """The response body for a /detokenize request body, or BadRequest."""
     check_fields(body, DETOKENIZE, "/detokenize")
     ids = body.get("tokens")
     if ids is None or not _ids(ids):
         raise BadRequest("`tokens` must be a list of token ids", "invalid_type")
-    if any(i < 0 or i >= len(engine.tokenizer) for i in ids):
-        raise BadRequest(f"`tokens` must be in [0, {len(engine.tokenizer)})", "invalid_value")
-    return {"prompt": engine.tokenizer.decode(ids)}
+    if any(i < 0 or i >= len(scheduler.tokenizer) for i in ids):
+        raise BadRequest(f"`tokens` must be in [0, {len(scheduler.tokenizer)})", "invalid_value")
+    return {"prompt": scheduler.tokenizer.decode(ids)}
 
 
 def token_routes(roster: ModelRoster) -> list[Any]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import UsageError
+from ..records.jsonl import RecordWriter
+from ..records.pipe import say
 from .bench_cases import BenchSettings, pipeline_seconds, run_bench, server_ttft
 
 
@@ -58,9 +60,6 @@ def table(records: list[dict[str, Any]]) -> None:
 
 
 def run(r: BenchRun, tty: bool) -> int:
-    from ..records.jsonl import RecordWriter
-    from ..records.pipe import say
-
     settings = r.settings
     if r.synthetic:
         from ..models.synthetic import ensure_synthetic

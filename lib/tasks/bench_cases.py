@@ -10,20 +10,30 @@ runs happen before any clock is read; every case is repeated and reported as min
 
 from __future__ import annotations
 
+import json
 import resource
+import shlex
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from ..backends.remote import ServerClient, ServerSettings
 from ..engine.decoding import Decoding, settled
 from ..engine.events import Completion, Token
 from ..engine.generation import generate
 from ..engine.sampling import Sampling
+from ..engine.speculative import load_draft, manifest_part
 from ..engine.timing import per_second
 from ..errors import UsageError
-from ..models.loading import LoadedModel, ModelSettings
+from ..models.loading import LoadedModel, ModelSettings, load
+from ..models.perplexity import perplexity, sample_text
+from ..records.manifest import manifest
 
 BASELINES = ("transformers", "llama-cpp")
 
@@ -106,11 +116,6 @@ def memory_probe(impl: str, model: ModelSettings, tokens: int = 8) -> dict[str, 
     is that process after importing torch and transformers; `model_peak_mb` is the rest of
     its peak, the part the model is responsible for.
     """
-    import json
-    import subprocess
-    import sys
-    from dataclasses import asdict
-
     code = ("import sys, json; from lmpipe.tasks.bench_cases import _probe; "
             "_probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))")
     done = subprocess.run([sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(tokens)],
@@ -121,12 +126,8 @@ def memory_probe(impl: str, model: ModelSettings, tokens: int = 8) -> dict[str, 
 
 
 def _probe(impl: str, settings: dict[str, Any], tokens: int) -> None:
-    import json
-
     import torch  # noqa: F401  (imported before the first reading: it is not the model's)
     import transformers  # noqa: F401
-
-    from ..models.loading import load
 
     imported = peak_rss_mb()
     lm = load(ModelSettings(**settings), lambda m: None)
@@ -145,8 +146,6 @@ def model_mb(model: Any) -> float:
 
 def bench_prompt(tokenizer: Any, n: int) -> list[int]:
     """`n` tokens of the shipped public-domain text (repeated if it is too short)."""
-    from ..models.perplexity import sample_text
-
     ids = list(tokenizer(sample_text(), add_special_tokens=False)["input_ids"])
     while len(ids) < n:
         ids += ids
@@ -286,10 +285,6 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     """Every record lm-bench writes, as it is measured."""
     import torch
 
-    from ..engine.speculative import load_draft, manifest_part
-    from ..models.loading import load
-    from ..records.manifest import manifest
-
     if settings.threads:
         torch.set_num_threads(settings.threads)
     lm = load(settings.model)
@@ -325,8 +320,6 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     if settings.baseline:
         yield {**ratios(rows, settings.baseline), "case": "ratio"}
     if settings.perplexity:
-        from ..models.perplexity import perplexity, sample_text
-
         notify("perplexity on the shipped text")
         own = perplexity(lm.model, lm.tokenizer, sample_text())
         record: dict[str, Any] = {"impl": "lmpipe", "case": "perplexity", "perplexity": round(own, 4)}
@@ -338,8 +331,6 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
 
 def server_ttft(url: str, repetitions: int) -> dict[str, Any]:
     """Time to the first streamed text of a short chat request to a running, otherwise idle server."""
-    from ..backends.remote import ServerClient, ServerSettings
-
     client = ServerClient(ServerSettings(url, retries=0))
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
     # Each answer is read to its end, so the next request finds the server idle rather than finishing this one;
@@ -354,12 +345,6 @@ def pipeline_seconds(records: int, server: str | None, model: str | None = None,
                      found: bool = False) -> dict[str, Any]:
     """A three-stage shell pipeline of `records` records, each stage its own lm-generate process:
     in-process, or through `server` (`found`: the warm server each stage finds with no flags)."""
-    import shlex
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     tool = shlex.quote(shutil.which("lm-generate") or str(Path(sys.executable).parent / "lm-generate"))
     if server and found:
         extra, how = "", " (each finding the warm server)"

@@ -9,6 +9,7 @@ on all of them alike.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..backends import warm
+from ..backends.remote import api_base
+from ..engine.decoding import Decoding
+from ..models.loading import ModelSettings
+from ..models.resolve import DEFAULT_MODEL
 from .bench_cases import summary
 
 
@@ -30,8 +36,6 @@ class ColdCommand:
 
 def tool(name: str) -> str:
     """The console script beside this Python (the venv's), else the one on PATH."""
-    import shutil
-
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else (shutil.which(name) or name)
 
@@ -39,8 +43,6 @@ def tool(name: str) -> str:
 def cold_commands(model: str | None, server: str | None) -> list[ColdCommand]:
     """The commands --cold times. With a server: lm-generate with no flags when that server is the
     warm one this model would find (lmpipe.backends.warm), else sent there with --server."""
-    from ..models.resolve import DEFAULT_MODEL
-
     model = None if model == DEFAULT_MODEL else model  # the tools' own default: typed as people type them
     m = ("-m", model) if model else ()
     shown_m = f" -m {model}" if model else ""
@@ -60,11 +62,6 @@ def cold_commands(model: str | None, server: str | None) -> list[ColdCommand]:
 
 def found_warm(model: str | None, server: str) -> bool:
     """Whether a plain lm-generate for `model` (default settings) would find `server` by itself."""
-    from ..backends import warm
-    from ..backends.remote import api_base
-    from ..engine.decoding import Decoding
-    from ..models.loading import ModelSettings
-
     settings = ModelSettings(model)
     found = warm.find(warm.holds(settings.ref().id, settings, Decoding()))
     return found is not None and api_base(found.url) == api_base(server)

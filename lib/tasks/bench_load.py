@@ -13,7 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..backends.remote import ServerClient, ServerSettings
+from ..engine.timing import per_second
 from ..errors import UsageError
+from .bench_cases import summary
 
 TOPICS = ("the sea", "a lighthouse", "winter", "a library", "the moon", "a market", "a storm", "trains",
           "bees", "a garden", "mountains", "a violin", "bread", "rivers", "a clock", "the desert")
@@ -29,10 +32,6 @@ def load_requests(concurrency: int, gen_tokens: int, model: str) -> list[dict[st
 
 
 def server_load(url: str, concurrency: int, gen_tokens: int, model: str) -> dict[str, Any]:
-    from ..backends.remote import ServerClient, ServerSettings
-    from ..engine.timing import per_second
-    from .bench_cases import summary
-
     # lmpipe's own client streams each request with its usage and times its first token; no
     # retries, so a refused request fails the load rather than hiding in its time.
     client = ServerClient(ServerSettings(url, concurrency=concurrency, retries=0))

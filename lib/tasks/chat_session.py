@@ -13,18 +13,23 @@ of the reply shown so far does not.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from ..backends.generate import GenerateSettings
+from ..backends.generate import GenerateSettings, GenerateTask
+from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
 from ..chat.conversation import Conversation
+from ..chat.prompts import text_of
+from ..chat.reasoning import ReasoningStream
 from ..engine.events import Token
 from ..errors import LmpipeError, RecordError, UsageError
-from ..models.loading import ModelSettings
-from ..records.jsonl import Item
-from ..records.runner import Finished, Streamed
+from ..models.loading import ModelSettings, load
+from ..records.jsonl import Item, RecordWriter, error_record, failure_text, parse_line
+from ..records.pipe import EXIT_OK, finish, say
+from ..records.runner import Finished, Streamed, Summary
 
 TOOL = "lm-chat"
 
@@ -154,8 +159,6 @@ class ChatSession:
             yield out
 
     def _answer(self, item: Item) -> Iterator[Finished | Streamed]:
-        from ..backends.remote import RemoteGenerateTask
-
         if isinstance(self.task, RemoteGenerateTask):
             # One request in this thread (process() would run it in a pool, whose exit waits
             # for the server's whole answer after a Ctrl-C).
@@ -229,7 +232,6 @@ def open_session(r: ChatRun) -> ChatSession:
     # a running lm-serve holding this model, as lm-generate finds it
     if server is None and not r.no_server and not in_process:
         from ..backends import warm
-        from ..records.pipe import say
 
         name = r.model.ref().id  # asked for by id: the server may serve several
         found = warm.find(warm.holds(name, r.model, r.settings.decoding))
@@ -237,13 +239,8 @@ def open_session(r: ChatRun) -> ChatSession:
             server, key = found.url, found.token
             say("lm-chat", f"answering through the lm-serve running at {server} (--no-server: load the model here)")
     if server:
-        from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
-
         client = ServerClient(ServerSettings(server, api_key=key))
         return ChatSession(lambda s, _old: RemoteGenerateTask(client, name, s), r.settings, conversation)
-    from ..backends.generate import GenerateTask
-    from ..models.loading import load
-
     lm = load(r.model)
     return ChatSession(lambda s, old: GenerateTask(lm, s, draft=old.draft if old else None), r.settings,
                        conversation)
@@ -251,8 +248,6 @@ def open_session(r: ChatRun) -> ChatSession:
 
 def run(r: ChatRun, tty: bool) -> int:
     """lm-chat: at a terminal, a conversation; in a pipe, one message a line in, the transcript out."""
-    import sys
-
     session = open_session(r)
     if tty:
         import signal
@@ -271,9 +266,6 @@ def run(r: ChatRun, tty: bool) -> int:
 
 def converse(session: ChatSession, console: Any) -> int:
     """The conversation at a terminal, until Ctrl-D or /bye (exit 0)."""
-    from ..chat.reasoning import ReasoningStream
-    from ..records.pipe import EXIT_OK
-
     lines = InputAssembler()
     number = 0
     while True:
@@ -322,13 +314,6 @@ def transcribe(session: ChatSession, source: IO[bytes], out: IO[bytes]) -> int:
     """In a pipe: each line a message (or a command, or a \"\"\" block), each reply written as the
     record lm-generate writes for the conversation so far; failures are error records with their
     line. Command output goes to stderr, so stdout stays JSONL."""
-    import sys
-
-    from ..chat.prompts import text_of
-    from ..records.jsonl import RecordWriter, error_record, failure_text, parse_line
-    from ..records.pipe import finish
-    from ..records.runner import Summary
-
     writer, summary, lines = RecordWriter(out), Summary(), InputAssembler()
 
     def failed(record: dict[str, Any]) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 from ..chat.prompts import text_of
 from ..errors import RecordError, UsageError
+from ..models.fast_tokenizer import load_any
+from ..models.resolve import resolve
 from ..records.jsonl import Item, error_record
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, run_records, say
 from ..records.runner import Finished
 from ..text.chunking import chunk
 
@@ -53,10 +55,6 @@ def offsets_encoder(model: str | None, tokenizer: str | None) -> Callable[[str],
 
         tok = Tokenizer.from_file(str(tokenizer_file(tokenizer)))
         return lambda text: tok.encode(text, add_special_tokens=False).offsets
-    from ..models.fast_tokenizer import load_any
-    from ..models.resolve import resolve
-    from ..records.pipe import say
-
     model_tok = load_any(resolve(model), lambda message: say("lm-chunk", message))
     if model_tok.encode("x", add_special_tokens=False).offsets is None:
         raise UsageError(f"{model}: lm-chunk needs a fast tokenizer (tokenizer.json); this one has none")
@@ -114,8 +112,6 @@ class ChunkRun:
 
 
 def run(r: ChunkRun) -> int:
-    from ..records.pipe import JsonlSink, run_records
-
     task = ChunkTask(offsets_encoder(r.model, r.tokenizer), r.settings)
     return run_records("lm-chunk", task.process, ChunkSink(JsonlSink()), batch_size=r.pipe.batch_size or 16,
                        progress=r.pipe.progress)

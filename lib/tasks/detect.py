@@ -10,11 +10,13 @@ from typing import Any
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
 from ..records.manifest import manifest
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, batch_size_for, run_records
 from ..records.runner import Finished
+from ..terminal.display import DetectTtySink
+from ..vision.annotate import Annotator
 from ..vision.detection import Detection, DetectionRequest, DetectionResult, detect
 from ..vision.images import ImageSettings, LoadedImage, load_image
-from ..vision.loading import LoadedDetector, VisionSettings
+from ..vision.loading import LoadedDetector, VisionSettings, load_detector
 
 DEFAULT_THRESHOLD = {False: 0.5, True: 0.1}  # the pipelines' defaults: closed set, open vocabulary
 
@@ -58,8 +60,6 @@ class PreparedImage:
 
 class DetectTask:
     def __init__(self, detector: LoadedDetector, settings: DetectSettings, batch_size: int = 8):
-        from ..vision.annotate import Annotator
-
         self.detector, self.settings, self.batch_size = detector, settings, batch_size
         self.threshold = settings.threshold if settings.threshold is not None else DEFAULT_THRESHOLD[
             detector.open_vocabulary]
@@ -141,10 +141,6 @@ class DetectRun:
 
 def run(r: DetectRun, tty: bool) -> int:
     """lm-detect: settings and model first (fail fast), then stdin to stdout."""
-    from ..records.pipe import JsonlSink, batch_size_for, run_records
-    from ..terminal.display import DetectTtySink
-    from ..vision.loading import load_detector
-
     job = r.pipe.job.open()
     tty = tty and not job.to_file
     detector = load_detector(r.model)

@@ -12,7 +12,7 @@ from ..errors import RecordError, UsageError
 from ..models.loading import ModelSettings
 from ..models.resolve import DEFAULT_EMBEDDING_MODEL
 from ..records.jsonl import Item, error_record
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, run_records
 from ..records.runner import Finished
 
 
@@ -66,8 +66,6 @@ class EmbedTask:
 
 
 def run(r: EmbedRun) -> int:
-    from ..records.pipe import JsonlSink, run_records
-
     job = r.pipe.job.open()  # an existing --output without --resume fails here, before the model loads
     task = EmbedTask(Embedder(r.model), r)
     return run_records("lm-embed", task.process, JsonlSink(), r.pipe.batch_size or 32, r.pipe.progress,

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends import warm
 from ..backends.agent import AgentTasks, in_process, through_server
 from ..backends.generate import GenerateSettings, GenerateTask
-from ..backends.remote import ServerSettings
+from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
 from ..engine.generation import Token
 from ..errors import UsageError
-from ..models.loading import ModelSettings
+from ..models.loading import ModelSettings, load
 from ..records.jsonl import Item
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, batch_size_for, run_records, say
+from ..terminal.display import GenerateTtySink
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,6 @@ class WarmServer:
 def warm_server(r: GenerateRun) -> WarmServer | None:
     """A running lm-serve holding the model this run would load, with the same settings; None when
     there is none, or when the run asks for what only in-process generation does."""
-    from ..backends import warm
-
     in_process_only = (r.stream, r.settings.top_probs, r.settings.prompt.chat_template is not None,
                        r.settings.sampling.reasoning_budget is not None)
     if any(in_process_only):
@@ -68,25 +70,15 @@ def warm_server(r: GenerateRun) -> WarmServer | None:
 
 def run(r: GenerateRun, tty: bool) -> int:
     """lm-generate: settings and model first (fail fast), then stdin (or PROMPT) to stdout."""
-    import io
-    import sys
-
-    from ..models.loading import load
-    from ..records.pipe import JsonlSink, batch_size_for, run_records, say
-    from ..terminal.display import GenerateTtySink
-
     job = r.pipe.job.open()  # an existing --output without --resume fails here
     tty = tty and not job.to_file
     warm = None if r.server or r.no_server else warm_server(r)
     batch_size = batch_size_for(r.pipe.batch_size, tty)
     if r.server and not r.no_server:
-        from ..backends.remote import RemoteGenerateTask, ServerClient
-
         base: Any = RemoteGenerateTask(ServerClient(r.server), r.model.model, r.settings)
         task = AgentTasks(base, through_server(base), r.given)
         batch_size = r.pipe.batch_size or r.server.concurrency  # a batch's requests are in flight at once
     elif warm:
-        from ..backends.remote import RemoteGenerateTask, ServerClient, ServerSettings
         from ..backends.warm import agent_variants
 
         client = ServerClient(ServerSettings(warm.url, api_key=warm.token))

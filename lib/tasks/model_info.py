@@ -14,6 +14,8 @@ from ..records.jsonl import Item, error_record, read_items
 from ..records.pipe import JsonlSink, each_name, finish
 from ..records.runner import Finished
 from ..records.runner import run as run_items
+from ..terminal.display import show_failure
+from ..terminal.tables import model_panel, print_out
 
 TOOL = "lm-model-info"
 
@@ -37,9 +39,6 @@ class ModelInfoTtySink:
         self.err = Console(file=sys.stderr, highlight=False)
 
     def finished(self, record: dict[str, Any], failed: bool) -> None:
-        from ..terminal.display import show_failure
-        from ..terminal.tables import model_panel, print_out
-
         if failed:
             show_failure(self.err, record)
         else:

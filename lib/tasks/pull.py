@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LmpipeError, RecordError, UsageError
+from ..models.adapters import Adapter
+from ..models.merged import MergeSettings, write_merged
 from ..models.pull import PROGRESS_MODES, ByteProgress, PullSettings, choose_progress, pull
 from ..records.jsonl import Item, error_record, failure_text, read_items
 from ..records.pipe import JsonlSink, each_name, finish, say
 from ..records.runner import Finished
 from ..records.runner import run as run_items
+from ..terminal.tables import human_size
 
 TOOL = "lm-pull"
 
@@ -25,8 +28,6 @@ def repo_of(record: dict[str, Any]) -> str:
 
 
 def done_line(record: dict[str, Any]) -> str:
-    from ..terminal.tables import human_size
-
     return (f"{record['id']}@{record['revision'][:12]}: {record['files']} files, "
             f"{human_size(record['size_bytes'])} ({human_size(record['downloaded_bytes'])} downloaded) "
             f"in {record['path']}")
@@ -79,9 +80,6 @@ def merged(tty: bool, repos: tuple[str, ...], adapters: tuple[str, ...], folder:
     """--merge DIR: the one model named (as --model takes it; pull a hub repo first) with --adapter's
     merged into its weights, written to DIR (lmpipe.models.merged); its record on stdout."""
     import orjson
-
-    from ..models.adapters import Adapter
-    from ..models.merged import MergeSettings, write_merged
 
     if folder is None:
         raise UsageError("--adapter goes with --merge DIR (lm-pull writes a merged model there)")

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..backends.embedding import Embedder, EmbedSettings, decoded
 from ..errors import RecordError, UsageError
-from ..records.jsonl import error_record, read_items
+from ..models.loading import ModelSettings
+from ..records.jsonl import RecordWriter, error_record, read_items
+from ..records.pipe import EXIT_FAILED, EXIT_OK, say
 
 SCORE_FIELD = "score"
 
@@ -43,8 +46,6 @@ class SimilarRun:
 def vector_of(value: Any, what: str):
     """A vector as a float64 array: a list of numbers, or base64 float32."""
     import numpy as np
-
-    from ..backends.embedding import decoded
 
     try:
         if isinstance(value, str) or (isinstance(value, list) and value
@@ -136,18 +137,12 @@ def nearest(items, query: Query, top: int, field: str, on_error: Callable[[dict[
 
 def embed_query(settings: SimilarRun) -> Callable[[str, str], Any]:
     def embed(model: str, text: str):
-        from ..backends.embedding import Embedder, EmbedSettings
-        from ..models.loading import ModelSettings
-
         return Embedder(ModelSettings(model)).embed_texts([text], EmbedSettings(chunk=True))[0].astype("float64")
 
     return embed
 
 
 def run(r: SimilarRun, source: IO[bytes] | None = None) -> int:
-    from ..records.jsonl import RecordWriter
-    from ..records.pipe import EXIT_FAILED, EXIT_OK, say
-
     writer = RecordWriter(sys.stdout.buffer)
     failed: list[dict[str, Any]] = []
 

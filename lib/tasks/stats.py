@@ -9,11 +9,12 @@ the two nearest values, as numpy's default does.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ..records.jsonl import Item
+from ..records.jsonl import Item, read_items
 
 METRICS = ("ttft_s", "tokens_per_s", "total_s")
 
@@ -94,11 +95,7 @@ def table(report: dict[str, Any]):
 
 
 def run(tty: bool, source: IO[bytes], by: str = "manifest.model", as_json: bool = False) -> int:
-    import sys
-
     import orjson
-
-    from ..records.jsonl import read_items
 
     report = collect(read_items(source), by)
     if tty and not as_json:

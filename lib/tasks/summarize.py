@@ -23,6 +23,7 @@ from ..records.manifest import manifest
 from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 from ..text.sentences import pack
+from .text import run_task
 
 CHAT_MAX_NEW_TOKENS = 256
 INSTRUCTION = "Summarize the following text in a few sentences. Reply with the summary only.\n\n{text}"
@@ -61,32 +62,32 @@ class SummarizeTask:
         if not lm.is_encoder_decoder:
             generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
                                  settings.generation.num_beams, settings.generation.min_length)
-            self.engine: TextBackend = ChatBackend(generate, lambda text: INSTRUCTION.replace("{text}", text),
-                                                   settings.window)
+            self.backend: TextBackend = ChatBackend(generate, lambda text: INSTRUCTION.replace("{text}", text),
+                                                    settings.window)
             task_settings |= {"instruction": INSTRUCTION, "sampling": generate.settings.sampling.manifest()}
         else:
             prefix = t5_prefix(lm.model.config) if getattr(lm.model.config, "model_type", "") in ("t5", "mt5") else ""
             seq2seq = Seq2SeqGenerator(lm.model, lm.tokenizer, lm.device, settings.generation, prefix=prefix)
-            self.engine = Seq2SeqBackend(seq2seq, settings.window)
+            self.backend = Seq2SeqBackend(seq2seq, settings.window)
             task_settings |= {"prefix": prefix, "generation": seq2seq.effective()}
-        task_settings["window"] = self.engine.limit
+        task_settings["window"] = self.backend.limit
         self.manifest = manifest(lm.identity, task_settings, lm.device, lm.dtype)
 
     def start(self, item: Item) -> _Doc:
         text = text_of(item.record or {}, self.settings.field)
-        pieces = pack(text, self.engine.count, self.engine.limit)
-        return _Doc(item, pieces, len(pieces), self.engine.count(text))
+        pieces = pack(text, self.backend.count, self.backend.limit)
+        return _Doc(item, pieces, len(pieces), self.backend.count(text))
 
     def reduce(self, doc: _Doc, summaries: list[str]) -> None:
         """The next round's pieces: the joined summaries, packed again."""
         joined = "\n".join(s.strip() for s in summaries)
-        tokens = self.engine.count(joined)
+        tokens = self.backend.count(joined)
         doc.rounds += 1
         if tokens >= doc.tokens or doc.rounds >= MAX_ROUNDS:
             raise RecordError(
                 f"map-reduce does not converge: the {len(summaries)} summaries take {tokens} tokens, the text they "
                 f"summarize {doc.tokens}; lower --max-length (or raise --window)")
-        doc.pieces, doc.tokens = pack(joined, self.engine.count, self.engine.limit), tokens
+        doc.pieces, doc.tokens = pack(joined, self.backend.count, self.backend.limit), tokens
 
     def process(self, batch: list[Item]) -> Iterator[Finished]:
         docs: list[_Doc] = []
@@ -96,7 +97,7 @@ class SummarizeTask:
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
         while docs:
-            outputs = run_pieces(self.engine, [p for d in docs for p in d.pieces], self.batch_size)
+            outputs = run_pieces(self.backend, [p for d in docs for p in d.pieces], self.batch_size)
             still: list[_Doc] = []
             start = 0
             for doc in docs:
@@ -134,7 +135,5 @@ class SummarizeRun:
 
 def run(r: SummarizeRun, tty: bool) -> int:
     """lm-summarize: the model first (fail fast), then stdin to stdout."""
-    from .text import run_task
-
     return run_task("lm-summarize", tty, r.model, r.pipe, r.settings.out,
                     lambda lm, batch: SummarizeTask(lm, r.settings, batch))

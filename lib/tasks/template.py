@@ -10,7 +10,7 @@ from ..chat.prompts import text_of
 from ..chat.templates import Agent, compile_template, load_agent, render
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item, error_record
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, run_records
 from ..records.runner import Finished
 
 
@@ -68,8 +68,6 @@ class TemplateRun:
 
 
 def run(r: TemplateRun) -> int:
-    from ..records.pipe import JsonlSink, run_records
-
     task = TemplateTask(r.settings)
     job = r.pipe.job.open()
     return run_records("lm-template", task.process, JsonlSink(), batch_size=r.pipe.batch_size or 64,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..terminal.display import RecordTtySink
+from ..models.loading import load
+from ..records.pipe import JsonlSink, batch_size_for, run_records
+from ..terminal.display import RecordTtySink, stats_line
 
 if TYPE_CHECKING:
     from ..models.loading import ModelSettings
@@ -20,8 +23,6 @@ class TextTtySink(RecordTtySink):
         self.field = field
 
     def show(self, record: dict[str, Any]) -> None:
-        from ..terminal.display import stats_line
-
         self.out.print(record.get(self.field, ""), markup=False)
         chunks = record.get("chunks", 1)
         extra = f" · {chunks} chunks" if chunks > 1 else ""
@@ -31,11 +32,6 @@ class TextTtySink(RecordTtySink):
 def run_task(tool: str, tty: bool, model: ModelSettings, pipe: PipeSettings, out: str,
              build: Callable[[Any, int], Any]) -> int:
     """Load the model (an unknown one fails before stdin is read), build the task, run stdin through it."""
-    import warnings
-
-    from ..models.loading import load
-    from ..records.pipe import JsonlSink, batch_size_for, run_records
-
     # Marian's tokenizer asks for sacremoses on every load; lmpipe does not use its normalizer.
     warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
 

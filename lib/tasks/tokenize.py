@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..chat.prompts import text_of
+from ..chat.chat_template import apply_chat_template
+from ..chat.prompts import PromptSettings, messages_of, text_messages, text_of
 from ..errors import RecordError, UsageError
+from ..models.fast_tokenizer import load_any
+from ..models.resolve import resolve
 from ..records.jsonl import Item, error_record
-from ..records.pipe import PipeSettings
+from ..records.pipe import JsonlSink, PipeSettings, run_records, say
 from ..records.runner import Finished
+from ..terminal.display import TokenizeTtySink
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,6 @@ class TokenizeSettings:
 def load(model: str | None, tokenizer_dir: str | None) -> Any:
     """The tokenizer from tokenizer.json (no torch, no transformers); transformers' slow one, said
     on stderr, only for a model without that file."""
-    from ..models.fast_tokenizer import load_any
-    from ..models.resolve import resolve
-    from ..records.pipe import say
-
     if tokenizer_dir:
         path = Path(tokenizer_dir)
         if not path.is_dir():
@@ -66,9 +66,6 @@ def encode(tokenizer: Any, text: str, special: bool) -> dict[str, Any]:
 def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
     """A record's `messages` as the model's chat template renders them for generation (with jinja2,
     as transformers does: lmpipe.chat.chat_template)."""
-    from ..chat.chat_template import apply_chat_template
-    from ..chat.prompts import PromptSettings, messages_of, text_messages
-
     messages = text_messages(messages_of(record, PromptSettings()))
     return apply_chat_template(tokenizer, messages, add_generation_prompt=True)
 
@@ -125,9 +122,6 @@ class TokenizeRun:
 
 
 def run(r: TokenizeRun, tty: bool, stdin_tty: bool) -> int:
-    from ..records.pipe import JsonlSink, run_records, say
-    from ..terminal.display import TokenizeTtySink
-
     job = r.pipe.job.open()
     tty = tty and not job.to_file
     tok = load(r.model, r.tokenizer)

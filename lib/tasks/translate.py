@@ -22,6 +22,7 @@ from ..records.pipe import PipeSettings
 from ..records.runner import Finished
 from ..text.languages import Languages, family_of, name_of, resolve
 from ..text.sentences import pack
+from .text import run_task
 
 CHAT_MAX_NEW_TOKENS = 512
 
@@ -68,14 +69,14 @@ class TranslateTask:
             template = instruction(self.languages)
             generate = chat_task(lm, settings.generation.max_length or CHAT_MAX_NEW_TOKENS,
                                  settings.generation.num_beams)
-            self.engine: TextBackend = ChatBackend(generate, lambda text: template.replace("{text}", text),
-                                                   settings.window)
+            self.backend: TextBackend = ChatBackend(generate, lambda text: template.replace("{text}", text),
+                                                    settings.window)
             task_settings |= {"instruction": template, "sampling": generate.settings.sampling.manifest()}
         else:
             seq2seq = Seq2SeqGenerator(lm.model, lm.tokenizer, lm.device, settings.generation, self.languages)
-            self.engine = Seq2SeqBackend(seq2seq, settings.window)
+            self.backend = Seq2SeqBackend(seq2seq, settings.window)
             task_settings |= {"generation": seq2seq.effective()}
-        task_settings["window"] = self.engine.limit
+        task_settings["window"] = self.backend.limit
         self.manifest = manifest(lm.identity, task_settings, lm.device, lm.dtype)
 
     def process(self, batch: list[Item]) -> Iterator[Finished]:
@@ -83,10 +84,10 @@ class TranslateTask:
         for item in batch:
             try:
                 text = text_of(item.record or {}, self.settings.field)
-                ready.append((item, pack(text, self.engine.count, self.engine.limit)))
+                ready.append((item, pack(text, self.backend.count, self.backend.limit)))
             except RecordError as exc:
                 yield Finished(item, error_record(item, str(exc)), failed=True)
-        outputs = run_pieces(self.engine, [p for _, pieces in ready for p in pieces], self.batch_size)
+        outputs = run_pieces(self.backend, [p for _, pieces in ready for p in pieces], self.batch_size)
         start = 0
         for item, pieces in ready:
             mine, start = outputs[start:start + len(pieces)], start + len(pieces)
@@ -114,7 +115,5 @@ class TranslateRun:
 
 def run(r: TranslateRun, tty: bool) -> int:
     """lm-translate: the model and languages first (fail fast), then stdin to stdout."""
-    from .text import run_task
-
     return run_task("lm-translate", tty, r.model, r.pipe, r.settings.out,
                     lambda lm, batch: TranslateTask(lm, r.settings, batch))

@@ -6,6 +6,7 @@ program reads cannot disagree. Sizes are decimal (kB, MB, GB), as the Hugging Fa
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -101,8 +102,6 @@ def model_panel(record: dict[str, Any]):
 
 def print_out(renderable: Any) -> None:
     """Print to stdout for a person."""
-    import sys
-
     from rich.console import Console
 
     Console(file=sys.stdout, highlight=False).print(renderable)

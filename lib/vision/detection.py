@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from ..models.loading import _first_line
+from ..errors import first_line
 from .loading import LoadedDetector
 
 MULTI_QUERY = ("owlvit", "owlv2")  # models that score many text queries against one image in one row
@@ -133,7 +133,7 @@ def _rows(detector: LoadedDetector, requests: list[DetectionRequest], results: l
         except FAILURES as exc:
             width, height = request.image.size
             results[i].error = (f"the model's image processor cannot take this {width}x{height} image: "
-                                f"{_first_line(exc)}")
+                                f"{first_line(exc)}")
             continue
         if not detector.open_vocabulary:
             queries: list[tuple[str, ...] | None] = [None]
@@ -169,7 +169,7 @@ def detect(detector: LoadedDetector, requests: list[DetectionRequest], threshold
                 (None, _post_process(detector, outputs, sizes, threshold))]
         except FAILURES as exc:  # out of memory, a model bug: every image of this forward pass says so
             for n, _ in group:
-                results[owners[n][0]].error = f"detection failed: {_first_line(exc)}"
+                results[owners[n][0]].error = f"detection failed: {first_line(exc)}"
             continue
         for row, ((n, _), (height, width)) in enumerate(zip(group, sizes, strict=True)):
             i, labels = owners[n]

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModelNotFound, UsageError
+from ..errors import ModelNotFound, UsageError, first_line
 from ..models.device import choose_device, choose_dtype
-from ..models.loading import _first_line, _stderr, files_folder, identity
+from ..models.loading import files_folder, identity, to_stderr
 from ..models.resolve import resolve
 
 DETECTION = "object-detection"
@@ -62,7 +62,7 @@ def detection_task(model_type: str) -> str | None:
     return None
 
 
-def load_detector(settings: VisionSettings, notify: Callable[[str], None] = _stderr) -> LoadedDetector:
+def load_detector(settings: VisionSettings, notify: Callable[[str], None] = to_stderr) -> LoadedDetector:
     import torch
     from transformers import (
         AutoConfig,
@@ -90,7 +90,7 @@ def load_detector(settings: VisionSettings, notify: Callable[[str], None] = _std
         image_processor = AutoImageProcessor.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder) if task == ZERO_SHOT else None
     except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"cannot load {ref.name}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot load {ref.name}: {first_line(exc)}") from None
     model.to(device).eval()
     torch.set_grad_enabled(False)
     return LoadedDetector(ref, model, image_processor, tokenizer, task, device,

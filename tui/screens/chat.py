@@ -14,8 +14,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
 from lmpipe.chat.conversation import Conversation
+from lmpipe.errors import RecordError
 from lmpipe.records.jsonl import encode
 from lmpipe.terminal.display import stats_line
+from lmpipe.vision.images import read_image
 
 from ..messages import ContextFilled, ReplyFailed, ReplyFinished, ReplyStreaming
 from ..pool import ChatSettings, ContextFill, ModelPool, Reply, chat_turn
@@ -81,10 +83,10 @@ class ChatScreen(TypingBox, Screen):
         Binding("escape", "stop", "Stop"),
     ]
 
-    def __init__(self, engine: ModelPool, model: str = "smollm2", defaults: ChatSettings = ChatSettings()):
+    def __init__(self, pool: ModelPool, model: str = "smollm2", defaults: ChatSettings = ChatSettings()):
         """`defaults`: the command line's template and thinking settings, kept for every turn."""
         super().__init__()
-        self.engine = engine
+        self.pool = pool
         self.model = model
         self.defaults = defaults
         self.conversation = Conversation()
@@ -165,9 +167,6 @@ class ChatScreen(TypingBox, Screen):
 
     def attach(self, path: str) -> None:
         """`/image PATH`: read now (a bad image is said at once), sent with the next message."""
-        from lmpipe.errors import RecordError
-        from lmpipe.vision.images import read_image
-
         if not path:
             self.notify("/image PATH: name an image file", severity="warning")
             return
@@ -185,7 +184,7 @@ class ChatScreen(TypingBox, Screen):
 
         worker = get_current_worker()
         try:
-            answer = chat_turn(self.engine, messages, settings,
+            answer = chat_turn(self.pool, messages, settings,
                                on_text=lambda text, n: self.post_message(ReplyStreaming(text, n)),
                                cancelled=lambda: worker.is_cancelled,
                                on_prompt=lambda fill: self.post_message(ContextFilled(fill)))
@@ -208,7 +207,7 @@ class ChatScreen(TypingBox, Screen):
         if self.replying is None:
             return
         self.replying.finish(message.reply)
-        # The sequence the next turn extends: this prompt and the whole answer, as the engine counted them.
+        # The sequence the next turn extends: this prompt and the whole answer, as the loop counted them.
         stats = message.reply.stats
         used = stats.get("input_tokens", self.prompt_fill.used) + stats.get("output_tokens", 0)
         self.filled = replace(self.prompt_fill, used=used)

@@ -35,9 +35,9 @@ class TokensScreen(Screen):
         Binding("ctrl+g", "generate", "Probabilities"),
     ]
 
-    def __init__(self, engine: ModelPool, model: str = "smollm2"):
+    def __init__(self, pool: ModelPool, model: str = "smollm2"):
         super().__init__()
-        self.engine, self.model = engine, model
+        self.pool, self.model = pool, model
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -76,7 +76,7 @@ class TokensScreen(Screen):
     @work(thread=True, exclusive=True, group="tokenize")
     def run_tokenize(self, model: str, text: str) -> None:
         try:
-            encoding = tokenize(self.engine, model, text)
+            encoding = tokenize(self.pool, model, text)
         except Exception as exc:  # noqa: BLE001 - a worker reports every failure, the app stays up
             self.post_message(TokensFailed(str(exc)))
             return
@@ -105,8 +105,8 @@ class TokensScreen(Screen):
 
         worker = get_current_worker()
         try:
-            tokens = generate_with_probs(self.engine, model, text, limit, TOP, lambda: worker.is_cancelled)
-            tokenizer = self.engine.tokenizer(model)
+            tokens = generate_with_probs(self.pool, model, text, limit, TOP, lambda: worker.is_cancelled)
+            tokenizer = self.pool.tokenizer(model)
             texts = [tokenizer.decode([t.id]) for t in tokens]
         except Exception as exc:  # noqa: BLE001 - a worker reports every failure, the app stays up
             self.post_message(TokensFailed(str(exc)))
