@@ -62,9 +62,9 @@ def last_logits(model, ids, path):
 
 
 def packed_layers(model):
-    from lmpipe.models.quantize import quantized_linear_class
+    from lmpipe.models.quantized_layers import QuantizedLinear
 
-    return [m for m in model.modules() if isinstance(m, quantized_linear_class())]
+    return [m for m in model.modules() if isinstance(m, QuantizedLinear)]
 
 
 # int8 splits float32 activations into two exact int8 products: each layer is within ~1e-4 of
@@ -133,6 +133,7 @@ def test_the_split_int8_product_is_float32s_within_its_bound_for_every_row_count
 
 def test_a_bfloat16_model_takes_the_bfloat16_kernel_for_few_rows_and_the_split_for_many(tiny_llama_raw, monkeypatch):
     import lmpipe.models.quantize as q
+    import lmpipe.models.quantized_layers as layers
 
     monkeypatch.setattr(vnni, "available", lambda: False)  # torch's kernels (lmpipe's AVX2 ones take int8 too)
     model, _ = plain_model(tiny_llama_raw)
@@ -142,8 +143,8 @@ def test_a_bfloat16_model_takes_the_bfloat16_kernel_for_few_rows_and_the_split_f
     layer = model.model.layers[0].mlp.down_proj
     ran: list[str] = []
     for name in ("kernel_product", "split_int8_product"):
-        real = getattr(q, name)
-        monkeypatch.setattr(q, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
+        real = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
     # Many rows: the split product where this CPU's int8 sums are exact, else a float matmul over
     # the dequantized weight; never the bfloat16 kernel.
     for rows, kernel in ((1, ["kernel_product"]), (9, ["split_int8_product"] if layer.split else [])):
@@ -365,13 +366,14 @@ def test_kernel_operands_own_aligned_memory_when_read_from_a_copy(tmp_path, mode
 @pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: lmpipe's own kernel where the CPU has VNNI, else torch's
 def test_a_kernel_that_disagrees_with_the_dequantized_weight_is_a_one_line_error(monkeypatch, mode):
     import lmpipe.models.quantize as q
+    import lmpipe.models.quantized_layers as layers
 
     def scrambled(weight, vnni=False):  # a packing the kernel reads differently: rows in another order
         packed, scales = original(weight, vnni)
         return packed.flip(0).contiguous(), scales
 
-    original = q.pack
-    monkeypatch.setattr(q, "pack", scrambled)
+    original = layers.pack
+    monkeypatch.setattr(layers, "pack", scrambled)  # where the layers pack
     monkeypatch.setattr(q, "_checked", set())
     model = torch.nn.Sequential(torch.nn.Linear(64, 48))
     with pytest.raises(UsageError) as caught:

@@ -91,9 +91,8 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
     every other tensor it holds (norms, float layers) to `target`, atomically, with `ran` (the
     manifest's counts per GGUF type); False (and nothing written) where a layer is not on
     lmpipe's kernels or writing fails."""
-    from .quantize import quantized_embedding_class, quantized_linear_class, quantized_part_class
+    from .quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedPart
 
-    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
     layers: dict[int, dict[str, Any] | None] = {}
     buffers: list[Any] = []
     placements = []
@@ -104,7 +103,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
                                "start": module.start, "end": module.end})
         elif isinstance(module, QuantizedLinear) and not name.endswith(".fused"):
             placements.append({"name": name, "layer": _layer_index(module, layers, buffers)})
-        elif isinstance(module, quantized_embedding_class()):
+        elif isinstance(module, QuantizedEmbedding):
             embedding = name
     if not layers or any(layer is None for layer in layers.values()):
         return False
@@ -193,18 +192,10 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
     import torch
 
     from .kernels import choice
-    from .quantize import (
-        EXACT_TOLERANCE,
-        QuantizedWeight,
-        _require_close,
-        product,
-        quantized_embedding_class,
-        quantized_linear_class,
-        quantized_part_class,
-    )
+    from .quantize import EXACT_TOLERANCE, QuantizedWeight, _require_close, product
+    from .quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedPart
     from .quantized_loading import assign
 
-    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
     index = packed.index
     kwargs = {"attn_implementation": attention} if attention else {}
     with torch.device("meta"):
@@ -237,5 +228,5 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
         setattr(owner, leaf, QuantizedPart(layer, place["start"], place["end"]) if "start" in place else layer)
     if index.get("embedding"):
         embedding = model.get_input_embeddings()
-        model.set_input_embeddings(quantized_embedding_class()(model.get_output_embeddings(), embedding.weight.dtype))
+        model.set_input_embeddings(QuantizedEmbedding(model.get_output_embeddings(), embedding.weight.dtype))
     return model

@@ -326,157 +326,6 @@ def cpu_name() -> str:
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
-def quantized_linear_class():
-    """The QuantizedLinear module class (built on first use, so importing this module stays torch-free)."""
-    global _classes
-    if _classes is None:
-        _classes = _build_classes()
-    return _classes[0]
-
-
-def quantized_part_class():
-    """The QuantizedPart module class: one part of a fused QuantizedLinear."""
-    quantized_linear_class()
-    return _classes[1]
-
-
-def quantized_embedding_class():
-    """The QuantizedEmbedding module class: a tied embedding read from the int8 head."""
-    quantized_linear_class()
-    return _classes[2]
-
-
-_classes: Any = None
-
-
-def _build_classes():
-    import torch
-    from torch import nn
-
-    class QuantizedLinear(nn.Module):
-        """A Linear whose weight is int8 (per channel) or int4 (per group), packed for this CPU.
-
-        The packed buffers are not saved with the module (they are not portable): the quantized
-        copy on disk holds the QuantizedWeight it was packed from.
-        """
-
-        packed: torch.Tensor  # buffers, registered in __init__
-        packed_scales: torch.Tensor
-
-        def __init__(self, weight: QuantizedWeight, bias: Any = None, bfloat16_rows: bool = False):
-            """`bfloat16_rows`: an int8 layer of an int4 model (its output head): on lmpipe's kernels it
-            takes their int8 one like the int4 layers, elsewhere the bfloat16 kernel for few rows (see install)."""
-            super().__init__()
-            self.mode = weight.mode
-            self.bfloat16_rows = bfloat16_rows
-            self.in_features, self.out_features = weight.in_features, weight.out_features
-            # int4, and an int4 model's int8 head, go through lmpipe's own kernels where the CPU has
-            # them (lmpipe.models.kernels.vnni). int8 models keep the split product where oneDNN has
-            # VNNI: at 16 rows and more its int8 GEMM beats the kernel, and one layout is kept, not
-            # two. Without VNNI (lmpipe's AVX2 kernels) oneDNN's int8 sums are wrong, and torch's
-            # bfloat16 kernel is emulated: int8 models take lmpipe's kernel too.
-            self.vnni = vnni_kernels.available() and (weight.mode == "int4" or (
-                (bfloat16_rows or vnni_kernels.selected == "avx2")
-                and vnni_kernels.int8_fits(self.out_features, self.in_features)))
-            self.isa = vnni_kernels.selected if self.vnni else None  # AVX-512 VNNI or AVX2
-            self.kernels: dict[str, str] | None = None  # per range of rows, where measured (kernels.choice)
-            packed, scales = pack(weight, self.vnni)
-            self.split = check_kernel(weight, packed, scales, self.vnni)
-            self.register_buffer("packed", packed, persistent=False)
-            self.register_buffer("packed_scales", scales, persistent=False)
-            # The split product's scales: the same bfloat16 values, exact in float32, its own dtype.
-            self.register_buffer("split_scales", scales.float() if self.split else None, persistent=False)
-            self.bias = bias
-            self._memo: tuple[Any, int, Any] | None = None
-
-        @classmethod
-        def restored(cls, mode: str, in_features: int, out_features: int, packed: Any, scales: Any,
-                     bfloat16_rows: bool) -> QuantizedLinear:
-            """A layer of buffers packed for lmpipe's kernels before (lmpipe.models.packed_cache), taken
-            as they are: no packing, and the caller checks them against the file's values."""
-            self = cls.__new__(cls)
-            nn.Module.__init__(self)
-            self.mode, self.bfloat16_rows = mode, bfloat16_rows
-            self.in_features, self.out_features = in_features, out_features
-            self.vnni, self.isa, self.kernels, self.split = True, vnni_kernels.selected, None, False
-            self.register_buffer("packed", packed, persistent=False)
-            self.register_buffer("packed_scales", scales, persistent=False)
-            self.register_buffer("split_scales", None, persistent=False)
-            self.bias = None
-            self._memo = None
-            return self
-
-        def forward(self, x):
-            flat = x.reshape(-1, x.shape[-1])
-            rows = flat.shape[0]
-            kernel = self.kernels[kernel_choice.row_range(rows)] if self.kernels else None
-            if kernel == kernel_choice.FLOAT:  # no quantized kernel beat float32 at this many rows here
-                y = flat.float() @ kernel_choice.dequantized(self.mode, self.packed, self.packed_scales,
-                                                             self.out_features).t()
-            elif self.vnni:
-                y = product(self.mode, flat, self.packed, self.packed_scales, self.out_features,
-                            kernel_choice.ISAS.get(kernel, self.isa))
-            elif self.split and not ((self.bfloat16_rows or x.dtype == torch.bfloat16) and rows <= KERNEL_MAX_ROWS):
-                y = split_int8_product(flat.float(), self.packed, self.split_scales)
-            elif self.mode == "int8" and rows > KERNEL_MAX_ROWS:
-                # A CPU without exact int8 sums, many rows: a float matmul over the dequantized weight beats the kernel.
-                y = (flat @ self.packed.t().to(flat.dtype)) * self.packed_scales.to(flat.dtype)
-            else:
-                y = kernel_product(self.mode, flat, self.packed, self.packed_scales)
-                if self.bfloat16_rows and self.mode == "int8" and x.dtype != torch.bfloat16:
-                    y = refined_top(y, flat, self.packed, self.packed_scales)
-            y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias
-
-        def shared_forward(self, x):
-            """forward(x), computed once for the parts that all read the same `x` (q, k and v)."""
-            memo = self._memo
-            if memo is not None and memo[0] is x and memo[1] == x._version:
-                return memo[2]
-            y = self(x)
-            self._memo = (x, x._version, y)
-            return y
-
-    class QuantizedPart(nn.Module):
-        """One of the layers fused into `fused` (q_proj of q/k/v): its columns of the fused output.
-
-        It holds no weights: fusing joined the portable values and packed them once, so the
-        part's own would be a second copy. transformers' forward calls q, k and v on the same
-        input one after another; the fused product is computed once for the three.
-        """
-
-        def __init__(self, fused: QuantizedLinear, start: int, end: int):
-            super().__init__()
-            self.fused = fused
-            self.start, self.end = start, end
-            self.mode, self.in_features, self.out_features = fused.mode, fused.in_features, end - start
-
-        def forward(self, x):
-            return self.fused.shared_forward(x)[..., self.start:self.end]
-
-    class QuantizedEmbedding(nn.Module):
-        """A tied model's input embedding, looked up from its int8 output head's values.
-
-        A tied head and embedding are one matrix; once the head is int8, a float copy kept for
-        the lookup alone is the largest tensor of a small model (SmolLM2: 113 MiB of its 360).
-        Each row looked up is the head's row dequantized: what the quantized model's head
-        computes with, so the two stay one matrix.
-        """
-
-        def __init__(self, head: QuantizedLinear, dtype: Any):
-            super().__init__()
-            self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
-            self.dtype = dtype
-            # The head's own buffers, not copies (an int8 pack is the plain values); not saved.
-            self.register_buffer("values", head.packed, persistent=False)
-            self.register_buffer("scales", head.packed_scales, persistent=False)
-
-        def forward(self, ids):
-            return lookup(ids, self.values, self.scales, self.dtype)
-
-    return QuantizedLinear, QuantizedPart, QuantizedEmbedding
-
-
 def lookup(ids: Any, values: Any, scales: Any, dtype: Any) -> Any:
     """Rows `ids` of an int8 matrix with per-row scales, dequantized as QuantizedWeight.dequantized does;
     `values` plain [N, K] int8, or packed for the VNNI kernel (uint8)."""
@@ -560,7 +409,8 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
     With `share_embedding`, a tied model's input embedding is then looked up from the int8
     head's values (QuantizedEmbedding) and its float copy let go.
     """
-    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
+    from .quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedPart
+
     shared = tied_head(model, weights) if share_embedding else None
     bfloat16_rows = any(w.mode == "int4" for w in weights.values())
     if fuse:
@@ -587,7 +437,7 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
                 QuantizedLinear(weights.pop(name), biases.get(name), bfloat16_rows))
     if shared is not None:
         dtype = model.get_input_embeddings().weight.dtype
-        model.set_input_embeddings(quantized_embedding_class()(model.get_submodule(shared), dtype))
+        model.set_input_embeddings(QuantizedEmbedding(model.get_submodule(shared), dtype))
 
 
 def _joined_bias(biases: list[Any], parts: list[QuantizedWeight]) -> Any:
