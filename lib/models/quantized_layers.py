@@ -41,7 +41,7 @@ class QuantizedLinear(nn.Module):
     """
 
     packed: torch.Tensor  # buffers, registered in __init__
-    packed_scales: torch.Tensor
+    packed_scales: torch.Tensor | None  # None for int4 on lmpipe's kernels: their blocks hold the scales
     split_scales: torch.Tensor | None
 
     def __init__(self, weight: QuantizedWeight, bias: Any = None, bfloat16_rows: bool = False):
@@ -73,7 +73,7 @@ class QuantizedLinear(nn.Module):
 
     @classmethod
     def restored(cls, mode: str, in_features: int, out_features: int, packed: torch.Tensor,
-                 scales: torch.Tensor, bfloat16_rows: bool) -> QuantizedLinear:
+                 scales: torch.Tensor | None, bfloat16_rows: bool) -> QuantizedLinear:
         """A layer of buffers packed for lmpipe's kernels before (lmpipe.models.packed_cache), taken
         as they are: no packing, and the caller checks them against the file's values."""
         self = cls.__new__(cls)
@@ -135,7 +135,9 @@ class QuantizedLinear(nn.Module):
 
     def _int8_without_exact_sums(self, flat: torch.Tensor) -> torch.Tensor:
         if flat.shape[0] > KERNEL_MAX_ROWS:  # many rows: a float matmul over the dequantized weight beats the kernel
-            return (flat @ self.packed.t().to(flat.dtype)) * self.packed_scales.to(flat.dtype)
+            scales = self.packed_scales
+            assert scales is not None  # int8 keeps its per-row scales beside the values
+            return (flat @ self.packed.t().to(flat.dtype)) * scales.to(flat.dtype)
         return self._bfloat16_kernel(flat)
 
     def _bfloat16_kernel(self, flat: torch.Tensor) -> torch.Tensor:
