@@ -86,7 +86,7 @@ class Projection:
 def fuse(linears: list[Any], loras: dict[int, Lora] | None = None) -> Projection:
     """One projection for several linears that read the same input: one matmul where exact.
 
-    Quantized layers were fused when they were packed (lmpipe.models.quantize.install): the parts of
+    Quantized layers were fused when they were packed (lmpipe.models.quantized_layers.install): the parts of
     one fused layer, in order, are that layer. Packed buffers are never joined here. `loras`: the
     LoRA updates of the model's layers, by id(module) (lmpipe.models.adapters.LoraStack.by_module).
     """

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .quantize import INT4_GROUP, QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight
+from .quantize import INT4_GROUP, QuantizedWeight, layer_modes, module_name, quantizable, quantize_weight
+from .quantized_layers import install
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")

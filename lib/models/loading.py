@@ -261,7 +261,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     ident = identity(ref, folder)
     if settings.quantize:
         if not quantized:
-            from .quantize import quantize
+            from .quantized_layers import quantize
 
             # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
             quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())

@@ -11,7 +11,7 @@ nibbles then its 16 bfloat16 scales and zeros; int8_pack: [N/16, K/4, 16, 4] byt
 value plus 128, with float32 scales per row), then the layers' biases and every other tensor
 of the model (norms, float layers). `index.json` names, for each packed layer, its mode,
 shape, buffers (offset, dtype, shape), its first block's checksum and where it goes in the
-model (q/k/v and gate/up fused as lmpipe.models.quantize.install fuses them), and the
+model (q/k/v and gate/up fused as lmpipe.models.quantized_layers.install fuses them), and the
 manifest's counts per GGUF type. A model with any layer on torch's kernels (whose packing is
 torch's private, CPU-specific layout) gets no such file.
 
@@ -87,7 +87,7 @@ def open_packed(target: Path) -> Packed | None:
 
 
 def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str, int]]) -> bool:
-    """Write `model`'s packed layers (installed by lmpipe.models.quantize.install), their biases and
+    """Write `model`'s packed layers (installed by lmpipe.models.quantized_layers.install), their biases and
     every other tensor it holds (norms, float layers) to `target`, atomically, with `ran` (the
     manifest's counts per GGUF type); False (and nothing written) where a layer is not on
     lmpipe's kernels or writing fails."""

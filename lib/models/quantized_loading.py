@@ -23,7 +23,8 @@ from typing import Any
 
 from .. import paths
 from . import gguf
-from .quantize import QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight, tied_head
+from .quantize import QuantizedWeight, layer_modes, module_name, quantizable, quantize_weight, tied_head
+from .quantized_layers import install
 
 # The families whose quantized copy is written and read here (tested on Llama); others load and
 # then quantize in memory.
