@@ -12,7 +12,7 @@ from lmpipe.engine.generation import Completion, Decoding, generate
 from lmpipe.engine.sampling import Sampling
 from lmpipe.errors import UsageError
 from lmpipe.models.perplexity import perplexity, sample_text
-from lmpipe.models.quantize import quantize
+from lmpipe.models.quantized_layers import quantize
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):\n    return"]
 

@@ -176,7 +176,7 @@ def test_compiled_step_gives_transformers_tokens(name, tmp_path):
 def test_quantized_layers_give_the_tokens_of_transformers_forward_over_the_same_layers(family, mode):
     """Quantized in memory (lmpipe.models.quantize): the fast path against transformers' own
     forward over the same quantized layers (a quantized model promises no identity with float32)."""
-    from lmpipe.models.quantize import quantize
+    from lmpipe.models.quantized_layers import quantize
 
     _, folder = family
     model, tokenizer = load(folder)

@@ -47,7 +47,7 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
     import torch
 
     from lmpipe.models.gguf_weights import gguf_dequantized, int4_weight, int8_weight
-    from lmpipe.models.quantize import quantized_linear_class
+    from lmpipe.models.quantized_layers import QuantizedLinear
 
     rng = np.random.default_rng(0)
     data = encode(kind, (rng.standard_normal((64, 512)) * 0.05).astype(np.float32), 1)
@@ -66,7 +66,7 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
         steps = weight.scales.float()[:, None]  # per row: max|row| / 127
         assert torch.all((values - reference).abs() <= steps * 0.5 * 1.01 + steps * 2 ** -8 * 128)
     x = torch.randn(3, 512, generator=torch.Generator().manual_seed(0))
-    got, want = quantized_linear_class()(weight)(x), x @ reference.t()
+    got, want = QuantizedLinear(weight)(x), x @ reference.t()
     error = float((got - want).norm() / want.norm())
     assert error < (INT4_PRODUCT_BOUND if kind in INT4_TYPES else INT8_PRODUCT_BOUND), error
 

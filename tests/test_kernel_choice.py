@@ -54,7 +54,7 @@ def _load(folder, kernel=None):
 
 @needs_kernel
 def test_where_every_quantized_kernel_is_slower_float32_runs_said_once(tiny_llama_raw, faked, capfd):
-    from lmpipe.models.quantize import quantized_linear_class
+    from lmpipe.models.quantized_layers import QuantizedLinear
 
     table, measured, cache = faked
     for kernel in choice.candidates():
@@ -63,7 +63,7 @@ def test_where_every_quantized_kernel_is_slower_float32_runs_said_once(tiny_llam
     assert lm.identity["kernels"] == dict.fromkeys(("1", "4", "16", "prompt"), "float32")  # the manifest says so
     err = capfd.readouterr().err
     assert err.count("slower than float32") == 1 and "those run float32 on the dequantized weights" in err
-    layers = [m for m in lm.model.modules() if isinstance(m, quantized_linear_class()) and m.vnni]
+    layers = [m for m in lm.model.modules() if isinstance(m, QuantizedLinear) and m.vnni]
     assert layers and all(set(m.kernels.values()) == {"float32"} for m in layers)
     # the layer's product is float32's on the weight its packing holds
     layer = layers[0]

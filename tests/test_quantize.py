@@ -62,9 +62,9 @@ def last_logits(model, ids, path):
 
 
 def packed_layers(model):
-    from lmpipe.models.quantize import quantized_linear_class
+    from lmpipe.models.quantized_layers import QuantizedLinear
 
-    return [m for m in model.modules() if isinstance(m, quantized_linear_class())]
+    return [m for m in model.modules() if isinstance(m, QuantizedLinear)]
 
 
 # int8 splits float32 activations into two exact int8 products: each layer is within ~1e-4 of
@@ -85,7 +85,7 @@ def exact_int8_sums() -> bool:
 @pytest.mark.parametrize("mode, tolerance", [("int8", 0.02), ("int4", 0.02 if vnni.available() else 0.08)])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 def test_the_embedded_model_quantized_computes_what_its_dequantized_weights_do(embedded, mode, tolerance, fuse):
-    from lmpipe.models.quantize import quantize
+    from lmpipe.models.quantized_layers import quantize
 
     if mode == "int8" and not exact_int8_sums() and not vnni.available():
         pytest.skip("this CPU's int8 sums are not exact and lmpipe's kernels cannot run: int8 takes torch's "
@@ -132,18 +132,18 @@ def test_the_split_int8_product_is_float32s_within_its_bound_for_every_row_count
 
 
 def test_a_bfloat16_model_takes_the_bfloat16_kernel_for_few_rows_and_the_split_for_many(tiny_llama_raw, monkeypatch):
-    import lmpipe.models.quantize as q
+    import lmpipe.models.quantized_layers as layers
 
     monkeypatch.setattr(vnni, "available", lambda: False)  # torch's kernels (lmpipe's AVX2 ones take int8 too)
     model, _ = plain_model(tiny_llama_raw)
     model = model.to(torch.bfloat16)
     reference = model.model.layers[0].mlp.down_proj.weight.float().clone()
-    q.quantize(model, "int8", fuse=False)
+    layers.quantize(model, "int8", fuse=False)
     layer = model.model.layers[0].mlp.down_proj
     ran: list[str] = []
     for name in ("kernel_product", "split_int8_product"):
-        real = getattr(q, name)
-        monkeypatch.setattr(q, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
+        real = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
     # Many rows: the split product where this CPU's int8 sums are exact, else a float matmul over
     # the dequantized weight; never the bfloat16 kernel.
     for rows, kernel in ((1, ["kernel_product"]), (9, ["split_int8_product"] if layer.split else [])):
@@ -158,6 +158,7 @@ def test_a_bfloat16_model_takes_the_bfloat16_kernel_for_few_rows_and_the_split_f
 def test_a_cpu_whose_int8_sums_are_wrong_falls_back_to_the_bfloat16_kernel(monkeypatch):
     """oneDNN without VNNI gives wrong sums for large int8 values (ONEDNN_MAX_CPU_ISA=AVX2 shows it)."""
     import lmpipe.models.quantize as q
+    from lmpipe.models.quantized_layers import quantize
 
     real = torch._int_mm
 
@@ -170,7 +171,7 @@ def test_a_cpu_whose_int8_sums_are_wrong_falls_back_to_the_bfloat16_kernel(monke
     linear = torch.nn.Linear(64, 48)
     model = torch.nn.Sequential(linear)
     expected = linear(x := torch.randn(3, 64))
-    assert q.quantize(model, "int8") == 1
+    assert quantize(model, "int8") == 1
     assert not model[0].split and model[0].split_scales is None
     assert float((model(x) - expected).norm() / expected.norm()) < 0.03
 
@@ -179,7 +180,7 @@ def test_under_onednns_avx2_kernels_the_int8_product_used_is_an_exact_one():
     """The real case, in a process whose oneDNN is kept to AVX2: the split is used only where its sums are exact."""
     script = (
         "import torch\n"
-        "from lmpipe.models.quantize import quantize\n"
+        "from lmpipe.models.quantized_layers import quantize\n"
         "a = torch.full((1, 64), 127, dtype=torch.int8); b = torch.full((16, 64), -128, dtype=torch.int8)\n"
         "exact = torch.equal(torch._int_mm(a, b.t()), a.long() @ b.long().t())\n"
         "torch.manual_seed(0)\n"
@@ -219,7 +220,7 @@ def test_int4_of_the_q4_1_gguf_runs_its_own_blocks_within_one_percent_of_its_per
 
 
 def test_an_int4_head_is_int8_in_memory_too_and_exact_through_lmpipes_kernel(tiny_llama_raw):
-    from lmpipe.models.quantize import quantize
+    from lmpipe.models.quantized_layers import quantize
 
     if not vnni.available():
         pytest.skip(f"lmpipe's VNNI kernels cannot run here: {vnni.reason}")
@@ -237,7 +238,7 @@ def test_an_int4_head_is_int8_in_memory_too_and_exact_through_lmpipes_kernel(tin
 def test_an_int4_head_is_int8_in_memory_too(tiny_llama_raw, monkeypatch):
     """Without lmpipe's kernels (a CPU without VNNI): torch's bfloat16 kernel for few rows, its best logits
     made exact."""
-    from lmpipe.models.quantize import quantize
+    from lmpipe.models.quantized_layers import quantize
 
     monkeypatch.setattr(vnni, "available", lambda: False)
     model, _ = plain_model(tiny_llama_raw)
@@ -365,24 +366,26 @@ def test_kernel_operands_own_aligned_memory_when_read_from_a_copy(tmp_path, mode
 @pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: lmpipe's own kernel where the CPU has VNNI, else torch's
 def test_a_kernel_that_disagrees_with_the_dequantized_weight_is_a_one_line_error(monkeypatch, mode):
     import lmpipe.models.quantize as q
+    import lmpipe.models.quantized_layers as layers
 
     def scrambled(weight, vnni=False):  # a packing the kernel reads differently: rows in another order
         packed, scales = original(weight, vnni)
         return packed.flip(0).contiguous(), scales
 
-    original = q.pack
-    monkeypatch.setattr(q, "pack", scrambled)
+    original = layers.pack
+    monkeypatch.setattr(layers, "pack", scrambled)  # where the layers pack
     monkeypatch.setattr(q, "_checked", set())
     model = torch.nn.Sequential(torch.nn.Linear(64, 48))
     with pytest.raises(UsageError) as caught:
-        q.quantize(model, mode)
+        layers.quantize(model, mode)
     message = str(caught.value)
     assert "\n" not in message and "this CPU" in message and "no --quantize" in message
     assert torch.backends.cpu.get_cpu_capability() in message
 
 
 def test_only_shapes_the_kernels_take_are_quantized():
-    from lmpipe.models.quantize import quantizable, quantize
+    from lmpipe.models.quantize import quantizable
+    from lmpipe.models.quantized_layers import quantize
 
     assert not quantizable(torch.nn.Linear(24, 32), "int8")  # the AVX-512 int8 kernel steps K by 16
     assert not quantizable(torch.nn.Linear(64, 24), "int4")  # the int4 kernel's output blocks are multiples of 16
@@ -413,7 +416,7 @@ def test_the_compiled_quantized_step_has_no_graph_break_and_matches_eager(tiny_l
     from torch._dynamo.utils import counters
 
     from lmpipe.models.fastpath import FastDecoder, fast_model
-    from lmpipe.models.quantize import quantize
+    from lmpipe.models.quantized_layers import quantize
 
     model, _ = plain_model(tiny_llama_raw)
     quantize(model, mode)

@@ -9,7 +9,7 @@ from tiny_models import build_tiny_llama
 from lmpipe import paths
 from lmpipe.models import gguf
 from lmpipe.models.loading import ModelSettings, load
-from lmpipe.models.quantize import quantize
+from lmpipe.models.quantized_layers import quantize
 
 
 def logits(model, ids):

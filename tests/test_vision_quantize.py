@@ -42,10 +42,10 @@ def dequantized(folder, mode):
 
 @pytest.mark.parametrize("mode, tolerance", [("int8", 0.12), ("int4", 0.08)])
 def test_llava_quantized_computes_what_its_dequantized_language_model_does(tiny_llava, photos, mode, tolerance):
-    from lmpipe.models.quantize import quantized_linear_class, quantized_part_class
+    from lmpipe.models.quantized_layers import QuantizedLinear, QuantizedPart
 
     lm = load(ModelSettings(str(tiny_llava), quantize=mode))
-    packed = (quantized_linear_class(), quantized_part_class())
+    packed = (QuantizedLinear, QuantizedPart)
     names = [n for n, m in lm.model.named_modules() if isinstance(m, packed)]
     assert names and all(n.startswith(("model.language_model.", "lm_head")) for n in names)
     assert not any(isinstance(m, packed) for m in lm.model.model.vision_tower.modules())

@@ -110,14 +110,14 @@ def test_each_output_row_reads_its_own_values_scale_and_zero(isa):
 @each_kernel
 def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw, isa, monkeypatch):
     from lmpipe.models.loading import ModelSettings, load
-    from lmpipe.models.quantize import quantized_linear_class
+    from lmpipe.models.quantized_layers import QuantizedLinear
 
     monkeypatch.setattr(vnni, "selected", isa)  # as LMPIPE_KERNEL_ISA would have chosen
     lm = load(ModelSettings(str(tiny_llama_raw), quantize="int4"))
     # records' manifests say which kernel computed them
     assert lm.identity["int4_kernel"] == {"avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}[isa]
     model = lm.model
-    layers = [m for m in model.modules() if isinstance(m, quantized_linear_class())]
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert all(layer.vnni and layer.isa == isa for layer in layers)  # the int4 layers, and the int8 head with them
     assert {layer.mode for layer in layers} == {"int4", "int8"}
 
@@ -125,6 +125,7 @@ def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw, isa, monkeypat
 def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path):
     """No compiler (or a failed build): int4 still works, on torch's kernel, and the reason is kept."""
     import lmpipe.models.quantize as q
+    from lmpipe.models.quantized_layers import quantize
 
     def fails():
         raise RuntimeError("error: command 'c++' failed\nno C++ compiler found")
@@ -145,7 +146,7 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
     linear = torch.nn.Linear(64, 32, bias=False)
     reference = quantize_weight(linear.weight, "int4").dequantized()
     model = torch.nn.Sequential(linear)
-    assert q.quantize(model, "int4") == 1
+    assert quantize(model, "int4") == 1
     assert not model[0].vnni and model[0].packed_scales is not None and q.int4_kernel_name(model) == "torch"
     x = torch.randn(2, 64)
     want = x @ reference.t()

@@ -86,13 +86,12 @@ class Projection:
 def fuse(linears: list[Any], loras: dict[int, Lora] | None = None) -> Projection:
     """One projection for several linears that read the same input: one matmul where exact.
 
-    Quantized layers were fused when they were packed (lmpipe.models.quantize.install): the parts of
+    Quantized layers were fused when they were packed (lmpipe.models.quantized_layers.install): the parts of
     one fused layer, in order, are that layer. Packed buffers are never joined here. `loras`: the
     LoRA updates of the model's layers, by id(module) (lmpipe.models.adapters.LoraStack.by_module).
     """
-    from .quantize import quantized_linear_class, quantized_part_class
+    from .quantized_layers import QuantizedLinear, QuantizedPart
 
-    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
     loras = loras or {}
 
     if len(linears) == 1:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .quantize import INT4_GROUP, QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight
+from .quantize import INT4_GROUP, QuantizedWeight, layer_modes, module_name, quantizable, quantize_weight
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
@@ -252,6 +252,8 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
     if tied and head not in weights:
         linears[head].weight = model.get_input_embeddings().weight  # tied, as transformers ties them
     try:
+        from .quantized_layers import install  # torch: not at the top, which torch-free tools import
+
         install(model, weights, biases(model, weights))
     except (AttributeError, KeyError, ValueError):
         return None

@@ -16,7 +16,7 @@ from .allocator import returning_freed_memory
 from .device import check_attention, choose_device, choose_dtype
 from .gguf_weights import load_gguf
 from .processors import is_vision_language, load_processor
-from .quantize import choose_kernels, int4_kernel_name
+from .quantize import check_mode, choose_kernels, int4_kernel_name
 from .resolve import ModelRef, resolve
 
 # One model loads at a time in a process (lm-serve loads its generation and embedding models on
@@ -152,8 +152,6 @@ def _gguf_model(ref: ModelRef, settings: ModelSettings, device: str, dtype: Any,
         return None
     set_context(config, settings, ref.name)
     if settings.quantize:
-        from .quantize import check_mode
-
         check_mode(settings.quantize, device)
     loaded = load_gguf(AutoModelForCausalLM, ref.path, config, dtype, settings.quantize, attention, notify)
     if loaded is None:
@@ -242,7 +240,6 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
 
             auto, processor = AutoModelForImageTextToText, load_processor(folder, config)
         elif settings.quantize:
-            from .quantize import check_mode
             from .quantized_loading import load_quantized
 
             check_mode(settings.quantize, device)
@@ -261,7 +258,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
     ident = identity(ref, folder)
     if settings.quantize:
         if not quantized:
-            from .quantize import quantize
+            from .quantized_layers import quantize
 
             # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
             quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())

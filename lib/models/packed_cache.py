@@ -11,7 +11,7 @@ nibbles then its 16 bfloat16 scales and zeros; int8_pack: [N/16, K/4, 16, 4] byt
 value plus 128, with float32 scales per row), then the layers' biases and every other tensor
 of the model (norms, float layers). `index.json` names, for each packed layer, its mode,
 shape, buffers (offset, dtype, shape), its first block's checksum and where it goes in the
-model (q/k/v and gate/up fused as lmpipe.models.quantize.install fuses them), and the
+model (q/k/v and gate/up fused as lmpipe.models.quantized_layers.install fuses them), and the
 manifest's counts per GGUF type. A model with any layer on torch's kernels (whose packing is
 torch's private, CPU-specific layout) gets no such file.
 
@@ -87,13 +87,12 @@ def open_packed(target: Path) -> Packed | None:
 
 
 def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str, int]]) -> bool:
-    """Write `model`'s packed layers (installed by lmpipe.models.quantize.install), their biases and
+    """Write `model`'s packed layers (installed by lmpipe.models.quantized_layers.install), their biases and
     every other tensor it holds (norms, float layers) to `target`, atomically, with `ran` (the
     manifest's counts per GGUF type); False (and nothing written) where a layer is not on
     lmpipe's kernels or writing fails."""
-    from .quantize import quantized_embedding_class, quantized_linear_class, quantized_part_class
+    from .quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedPart
 
-    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
     layers: dict[int, dict[str, Any] | None] = {}
     buffers: list[Any] = []
     placements = []
@@ -104,7 +103,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
                                "start": module.start, "end": module.end})
         elif isinstance(module, QuantizedLinear) and not name.endswith(".fused"):
             placements.append({"name": name, "layer": _layer_index(module, layers, buffers)})
-        elif isinstance(module, quantized_embedding_class()):
+        elif isinstance(module, QuantizedEmbedding):
             embedding = name
     if not layers or any(layer is None for layer in layers.values()):
         return False
@@ -193,18 +192,10 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
     import torch
 
     from .kernels import choice
-    from .quantize import (
-        EXACT_TOLERANCE,
-        QuantizedWeight,
-        _require_close,
-        product,
-        quantized_embedding_class,
-        quantized_linear_class,
-        quantized_part_class,
-    )
+    from .quantize import EXACT_TOLERANCE, QuantizedWeight, _require_close, product
+    from .quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedPart
     from .quantized_loading import assign
 
-    QuantizedLinear, QuantizedPart = quantized_linear_class(), quantized_part_class()
     index = packed.index
     kwargs = {"attn_implementation": attention} if attention else {}
     with torch.device("meta"):
@@ -237,5 +228,5 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
         setattr(owner, leaf, QuantizedPart(layer, place["start"], place["end"]) if "start" in place else layer)
     if index.get("embedding"):
         embedding = model.get_input_embeddings()
-        model.set_input_embeddings(quantized_embedding_class()(model.get_output_embeddings(), embedding.weight.dtype))
+        model.set_input_embeddings(QuantizedEmbedding(model.get_output_embeddings(), embedding.weight.dtype))
     return model

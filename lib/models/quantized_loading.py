@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import paths
 from . import gguf
-from .quantize import QuantizedWeight, install, layer_modes, module_name, quantizable, quantize_weight, tied_head
+from .quantize import QuantizedWeight, layer_modes, module_name, quantizable, quantize_weight, tied_head
 
 # The families whose quantized copy is written and read here (tested on Llama); others load and
 # then quantize in memory.
@@ -76,6 +76,8 @@ def load_quantized(auto: Any, folder: Path, config: Any, mode: str, dtype: Any,
     if blocks:
         info["gguf_blocks"] = len(taken)  # layers running the file's own blocks
     _save(model, weights, target, info)
+    from .quantized_layers import install  # torch: not at the top, which torch-free tools import
+
     install(model, weights, biases(model, weights))  # consumes `weights`
     return finish(model, folder)
 
@@ -119,6 +121,8 @@ def _read_copy(auto: Any, config: Any, dtype: Any, copy: Path) -> Any | None:
     weights = {name: QuantizedWeight.from_tensors(tensors, name) for name, tensors in quantized.items()}
     del quantized
     try:
+        from .quantized_layers import install  # torch: not at the top, which torch-free tools import
+
         install(model, weights, biases(model, weights))
     except (AttributeError, KeyError):
         return None  # a copy that does not fit this model's layers: make it again

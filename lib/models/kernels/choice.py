@@ -156,7 +156,7 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
                 runs = {k: runner(k, layer.mode, *first_rows(layer)) for k in offered}
                 chosen[key] = cached[key] = fastest(runs, layer.in_features)
                 measured = True
-        layer.kernels = chosen[key]
+        layer.use_kernels(chosen[key])
     if measured:
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f"{path.name}.{os.getpid()}")  # whole or not at all: loads may run side by side
