@@ -18,6 +18,7 @@ from ..engine.sampling import Sampling
 from ..engine.timing import combined_rate
 from ..errors import RecordError, UsageError
 from ..records.jsonl import Item
+from ..records.runner import Finished
 from .generate import GenerateSettings, GenerateTask, stats
 
 
@@ -82,7 +83,7 @@ class ChatBackend:
     def run(self, texts: Sequence[str]) -> list[Output]:
         got: dict[int, Output] = {}
         for out in self.task.process([self._item(i + 1, t) for i, t in enumerate(texts)]):
-            if not hasattr(out, "record"):
+            if not isinstance(out, Finished):
                 continue  # token events: nobody streams a piece of a record
             if out.failed:
                 got[out.item.line] = Output(error=str(out.record.get("error")))
