@@ -136,7 +136,7 @@ class Renderer(ABC):
         return done[index], self.lmpipe_part(index, done[index])
 
     def lmpipe_part(self, index: int, c: Completion) -> Json:
-        """lmpipe's own part of a choice: its stats and the manifest's parts (with its own sampling)."""
+        """lmpipe's own part of a choice: its stats and the manifest's parts (its prompt's sampling)."""
         from ..backends.generate import stats
         from ..records.manifest import versions
 
@@ -158,8 +158,8 @@ class Renderer(ABC):
         """The answer once every choice finished."""
         first, part = self.first(done)
         return WholeResponse(self.ident, self.whole_object, int(time.time()), self.engine.model_id,
-                        [self.choice(index, done[index]) for index in sorted(done)], usage(self.request, done),
-                        timings(first), part)
+                             [self.choice(index, done[index]) for index in sorted(done)], usage(self.request, done),
+                             timings(first), part)
 
     @abstractmethod
     def choice(self, index: int, c: Completion) -> Choice: ...
@@ -196,14 +196,15 @@ class Renderer(ABC):
             else:  # what was held back at the end (half a character, half a tag)
                 yield from map(self.chunk, self.pieces(index, event.text[self.shown.get(index, 0):], end=True))
             last = self.piece(index, None, finish)
-            yield StreamChunk(self.ident, self.chunk_object, self.created, self.engine.model_id, [last], timings(event),
-                        self.lmpipe_part(index, event), None if self.request.include_usage else choice_usage(event))
+            yield StreamChunk(self.ident, self.chunk_object, self.created, self.engine.model_id, [last],
+                              timings(event), self.lmpipe_part(index, event),
+                              None if self.request.include_usage else choice_usage(event))
 
     def end(self, done: Mapping[int, Completion]) -> Iterator[StreamChunk]:
         """With `stream_options.include_usage`, a last chunk with the usage of every choice."""
         if self.request.include_usage:
             yield StreamChunk(self.ident, self.chunk_object, self.created, self.engine.model_id, [],
-                        usage=usage(self.request, done))
+                              usage=usage(self.request, done))
 
     def chunk(self, piece: ChunkChoice) -> StreamChunk:
         return StreamChunk(self.ident, self.chunk_object, self.created, self.engine.model_id, [piece])
