@@ -317,7 +317,6 @@ class Heard:
 
 def answered_record(heard: Heard, renderer: Renderer, done: dict[int, Completion], status: int) -> dict[str, Any]:
     """The log's record of an answer (the body was read: starlette keeps it)."""
-    engine = renderer.engine
     record = {"id": renderer.ident, **heard.head(status), **request_fields(heard.raw)}
     texts = [renderer.answer(i, done[i])[0] for i in sorted(done)]
     if status == CLIENT_CLOSED:
@@ -333,7 +332,7 @@ def answered_record(heard: Heard, renderer: Renderer, done: dict[int, Completion
                               "dtype": part["dtype"], "cache": part["cache"], "compile": part["compile"],
                               "versions": part["versions"]}
     else:
-        record["manifest"] = {"model": engine.model_id}
+        record["manifest"] = {"model": renderer.scheduler.model_id}
     return record
 
 

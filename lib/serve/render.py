@@ -100,9 +100,9 @@ class Renderer(ABC):
     whole_object: ClassVar[str]
     chunk_object: ClassVar[str]
 
-    def __init__(self, engine: Scheduler, request: RenderedRequest) -> None:
-        self.engine, self.request = engine, request
-        self.tokenizer: Any = engine.tokenizer
+    def __init__(self, scheduler: Scheduler, request: RenderedRequest) -> None:
+        self.scheduler, self.request = scheduler, request
+        self.tokenizer: Any = scheduler.tokenizer
         self.ident = self.id_prefix + uuid.uuid4().hex[:24]
         self.created = 0  # a stream's, from its start
         self.held = bool(request.asked.plan.tools)
@@ -140,15 +140,15 @@ class Renderer(ABC):
         from ..backends.generate import stats
         from ..records.manifest import versions
 
-        lm = self.engine.lm
+        lm = self.scheduler.lm
         return {
             "stats": stats(c, None),
             "identity": lm.identity if lm else {},
             "sampling": self.request.sampling[index // self.request.n].manifest(),
             "device": lm.device if lm else None,
             "dtype": lm.dtype if lm else None,
-            "cache": self.engine.decoding.cache,
-            "compile": self.engine.decoding.compile,
+            "cache": self.scheduler.decoding.cache,
+            "compile": self.scheduler.decoding.compile,
             "versions": versions(),
         }
 
@@ -157,7 +157,7 @@ class Renderer(ABC):
     def whole(self, done: Mapping[int, Completion]) -> WholeResponse:
         """The answer once every choice finished."""
         first, part = self.first(done)
-        return WholeResponse(self.ident, self.whole_object, int(time.time()), self.engine.model_id,
+        return WholeResponse(self.ident, self.whole_object, int(time.time()), self.scheduler.model_id,
                              [self.choice(index, done[index]) for index in sorted(done)], usage(self.request, done),
                              timings(first), part)
 
@@ -196,18 +196,18 @@ class Renderer(ABC):
             else:  # what was held back at the end (half a character, half a tag)
                 yield from map(self.chunk, self.pieces(index, event.text[self.shown.get(index, 0):], end=True))
             last = self.piece(index, None, finish)
-            yield StreamChunk(self.ident, self.chunk_object, self.created, self.engine.model_id, [last],
+            yield StreamChunk(self.ident, self.chunk_object, self.created, self.scheduler.model_id, [last],
                               timings(event), self.lmpipe_part(index, event),
                               None if self.request.include_usage else choice_usage(event))
 
     def end(self, done: Mapping[int, Completion]) -> Iterator[StreamChunk]:
         """With `stream_options.include_usage`, a last chunk with the usage of every choice."""
         if self.request.include_usage:
-            yield StreamChunk(self.ident, self.chunk_object, self.created, self.engine.model_id, [],
+            yield StreamChunk(self.ident, self.chunk_object, self.created, self.scheduler.model_id, [],
                               usage=usage(self.request, done))
 
     def chunk(self, piece: ChunkChoice) -> StreamChunk:
-        return StreamChunk(self.ident, self.chunk_object, self.created, self.engine.model_id, [piece])
+        return StreamChunk(self.ident, self.chunk_object, self.created, self.scheduler.model_id, [piece])
 
     @abstractmethod
     def opening(self, index: int) -> Iterator[ChunkChoice]:
@@ -231,8 +231,8 @@ class ChatRenderer(Renderer):
     whole_object = "chat.completion"
     chunk_object = "chat.completion.chunk"
 
-    def __init__(self, engine: Scheduler, request: RenderedRequest) -> None:
-        super().__init__(engine, request)
+    def __init__(self, scheduler: Scheduler, request: RenderedRequest) -> None:
+        super().__init__(scheduler, request)
         self.thinking = [ReasoningStream(self.prompt(i).thinking) for i in range(self.choices)]
 
     def reasoned(self, index: int, c: Completion) -> tuple[str | None, str]:
@@ -276,8 +276,8 @@ class CompletionRenderer(Renderer):
     whole_object = "text_completion"
     chunk_object = "text_completion"
 
-    def __init__(self, engine: Scheduler, request: RenderedRequest) -> None:
-        super().__init__(engine, request)
+    def __init__(self, scheduler: Scheduler, request: RenderedRequest) -> None:
+        super().__init__(scheduler, request)
         self.offsets: dict[int, int] = {}  # per choice, where its next legacy token starts in its text
 
     def choice(self, index: int, c: Completion) -> CompletionChoice:
@@ -306,8 +306,8 @@ class CompletionRenderer(Renderer):
         return CompletionChoice(index, finish, logprobs, text or "", calls or None)
 
 
-def renderer_for(engine: Scheduler, request: RenderedRequest, chat: bool) -> Renderer:
-    return ChatRenderer(engine, request) if chat else CompletionRenderer(engine, request)
+def renderer_for(scheduler: Scheduler, request: RenderedRequest, chat: bool) -> Renderer:
+    return ChatRenderer(scheduler, request) if chat else CompletionRenderer(scheduler, request)
 
 
 class EmbeddingRenderer:
