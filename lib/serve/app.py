@@ -12,7 +12,9 @@ lmpipe.serve.structured. Every response to a request that cannot be served is JS
 `{"error": {"message", "type", "code"}}`: 400 for a malformed request, 503 with Retry-After
 when the queue is full, 500 if generation itself failed. Besides OpenAI's `usage`, responses
 carry llama.cpp-style `timings` and an `lmpipe` object (stats and manifest parts) from which
-the tools rebuild the very records they write in-process.
+the tools rebuild the very records they write in-process. The answers, whole or streamed, are
+rendered by lmpipe.serve.render (one renderer per endpoint); the handlers here are module-level
+functions handed the app's ServeState.
 """
 
 from __future__ import annotations
@@ -21,49 +23,45 @@ import asyncio
 import queue
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-
-if TYPE_CHECKING:
-    from starlette.applications import Starlette
-    from starlette.responses import Response
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from ..chat.prompts import RESERVED_VARIABLES, PromptSettings, with_template
-from ..chat.reasoning import ReasoningStream, split_reasoning
-from ..engine.events import Completion, Event, ScoredPrompt, Token
-from ..engine.loop import Request
+from ..engine.events import Completion, Event
 from ..engine.loop import Request as LoopRequest  # starlette's Request is the HTTP one
 from ..engine.preparation import ContextExceeded
 from ..engine.sampling import Sampling
 from ..engine.scheduler import Scheduler
 from ..errors import LmpipeError
 from ..models.processors import takes_images
-from .embeddings import embeddings_route
+from .embeddings import embedding_models, embeddings_route
 from .fields import CHAT, COMPLETIONS, BadRequest, check_fields, error_response, read_body, typed, unsupported
-from .logprobs import chat_entries, legacy
 from .metrics import ModelMetrics, ServerMetrics
 from .prompts import ImagePolicy, ImageRules, Prompt, chat_prompt, completion_prompts
+from .protocol import dumps
+from .render import FINISH, Renderer, renderer_for, usage
 from .requestlog import RequestLog, request_fields
 from .roster import ModelRoster, ServedAdapter
-from .structured import Asked, FormatError, asked, tool_calls
+from .structured import Asked, FormatError, asked
 from .tokens import token_routes
 
-FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 CLIENT_CLOSED = 499  # an answer its client left before the end, streamed or not (nginx's status)
 DEFAULT_MAX_TOKENS = 256
 MAX_LOGPROBS = 20  # alternatives per token, as vLLM's default max_logprobs
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    from starlette.responses import Response
-
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+    return Response(dumps(data), status_code=status, media_type="application/json")
 
 
 def max_tokens_of(body: dict[str, Any], chat: bool, echo: bool) -> tuple[int, bool]:
@@ -197,19 +195,17 @@ class PreparedRequest:
         return out
 
 
-async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Scheduler, PreparedRequest]:
+async def prepare(state: ServeState, request: Request, chat: bool) -> tuple[Scheduler, PreparedRequest]:
     """The request's model (its scheduler) and the request read, or BadRequest."""
-    from starlette.concurrency import run_in_threadpool
-
     body = await read_body(request)
     check_fields(body, CHAT if chat else COMPLETIONS, "/v1/chat/completions" if chat else "/v1/completions")
-    engine = await run_in_threadpool(roster.get, body.get("model"))
+    engine = await run_in_threadpool(state.roster.get, body.get("model"))
     echo = typed(body, "echo", (bool,), False)
     limit, generates = max_tokens_of(body, chat, echo)
     sampling = sampling_of(body, limit)
     n = typed(body, "n", (int,), 1)
-    if not 1 <= n <= request.app.state.max_n:
-        raise BadRequest(f"`n` must be from 1 to {request.app.state.max_n} (lm-serve --max-n)", "invalid_value")
+    if not 1 <= n <= state.max_n:
+        raise BadRequest(f"`n` must be from 1 to {state.max_n} (lm-serve --max-n)", "invalid_value")
     logprobs = logprobs_of(body, chat)
     stream, include_usage = streaming_of(body)
     try:  # a schema becomes a grammar here: off the event loop, as tokenizing is
@@ -218,7 +214,7 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
         raise BadRequest(str(exc), exc.code) from None
     if chat:  # a vision-language model's chats go through its processor (images read off the event loop)
         lm = await run_in_threadpool(engine.model)
-        images = ImageRules(lm.processor, request.app.state.images) if lm.processor is not None else None
+        images = ImageRules(lm.processor, state.images) if lm.processor is not None else None
         template = await run_in_threadpool(template_of, body, engine)
         prompts = [await run_in_threadpool(chat_prompt, engine.tokenizer, body, wanted, images, template)]
     else:
@@ -240,42 +236,6 @@ async def prepare(roster: ModelRoster, request: Any, chat: bool) -> tuple[Schedu
     include_reasoning = typed(body, "include_reasoning", (bool,), True)
     return engine, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat,
                                    include_reasoning)
-
-
-def usage(prepared: PreparedRequest, done: dict[int, Completion]) -> dict[str, int]:
-    """Every prompt's tokens once (a prompt's `n` choices share it), every choice's tokens."""
-    prompt = sum(len(p.ids) for p in prepared.prompts)
-    out = sum(c.output_tokens for c in done.values())
-    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
-
-
-def choice_usage(c: Completion) -> dict[str, int]:
-    """One choice's own: its prompt's tokens and its answer's."""
-    return {"prompt_tokens": c.input_tokens, "completion_tokens": c.output_tokens,
-            "total_tokens": c.input_tokens + c.output_tokens}
-
-
-def timings(c: Completion) -> dict[str, Any]:
-    """llama.cpp server's names, so tools written for it read them too."""
-    return {"prompt_n": c.input_tokens, "prompt_ms": round(c.ttft_s * 1000, 3), "predicted_n": c.output_tokens,
-            "predicted_ms": round((c.total_s - c.ttft_s) * 1000, 3), "predicted_per_second": c.tokens_per_s}
-
-
-def lmpipe_part(engine: Scheduler, c: Completion, sampling: Sampling) -> dict[str, Any]:
-    from ..backends.generate import stats
-    from ..records.manifest import versions
-
-    lm = engine.lm
-    return {
-        "stats": stats(c, None),
-        "identity": lm.identity if lm else {},
-        "sampling": sampling.manifest(),
-        "device": lm.device if lm else None,
-        "dtype": lm.dtype if lm else None,
-        "cache": engine.decoding.cache,
-        "compile": engine.decoding.compile,
-        "versions": versions(),
-    }
 
 
 class Session:
@@ -355,26 +315,24 @@ class Heard:
         return {"time": self.time, "client": self.client, "endpoint": self.endpoint, "status": status}
 
 
-def answered_record(engine: Scheduler, heard: Heard, prepared: PreparedRequest, ident: str,
-                    done: dict[int, Completion], status: int) -> dict[str, Any]:
+def answered_record(heard: Heard, renderer: Renderer, done: dict[int, Completion], status: int) -> dict[str, Any]:
     """The log's record of an answer (the body was read: starlette keeps it)."""
-    record = {"id": ident, **heard.head(status), **request_fields(heard.raw)}
-    texts = [answer(prepared, done[i], i)[0] for i in sorted(done)]
+    record = {"id": renderer.ident, **heard.head(status), **request_fields(heard.raw)}
+    texts = [renderer.answer(i, done[i])[0] for i in sorted(done)]
     if status == CLIENT_CLOSED:
         record["error"] = "the client left before the answer was complete"
     if texts:
         record["generated"] = texts[0]
-        if prepared.n * len(prepared.prompts) > 1:
+        if renderer.choices > 1:
             record["choices"] = texts
-        first = done[min(done)]
-        part = lmpipe_part(engine, first, event_sampling(prepared, min(done)))
+        part = renderer.first(done)[1]
         record["stats"] = part["stats"]
-        record["usage"] = usage(prepared, done)
+        record["usage"] = usage(renderer.request, done).as_json()
         record["manifest"] = {**part["identity"], "sampling": part["sampling"], "device": part["device"],
                               "dtype": part["dtype"], "cache": part["cache"], "compile": part["compile"],
                               "versions": part["versions"]}
     else:
-        record["manifest"] = {"model": engine.model_id}
+        record["manifest"] = {"model": renderer.scheduler.model_id}
     return record
 
 
@@ -386,7 +344,24 @@ def failed_record(model_id: str, heard: Heard, status: int, message: str, code: 
 
 
 def _sse(data: Any) -> bytes:
-    return b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
+    return b"data: " + (data if isinstance(data, bytes) else dumps(data)) + b"\n\n"
+
+
+@dataclass
+class ServeState:
+    """What the handlers share, handed to each: the models, their metrics, the request log (None:
+    none kept), where a chat's images may come from, and the most choices a request may ask for."""
+
+    roster: ModelRoster
+    metrics: ServerMetrics
+    log: RequestLog | None = None
+    images: ImagePolicy = ImagePolicy()
+    max_n: int = 16
+
+    async def write(self, record: dict[str, Any]) -> None:
+        """On disk before the client has its answer."""
+        if self.log is not None:
+            await run_in_threadpool(self.log.write, record)
 
 
 def create_app(roster: ModelRoster, log: RequestLog | None = None, images: ImagePolicy = ImagePolicy(),
@@ -394,100 +369,111 @@ def create_app(roster: ModelRoster, log: RequestLog | None = None, images: Image
     """The app over the models of `roster`; with `log`, every generation request and its answer or
     error is a record there; `images`: where a chat's images may come from, how many and how
     large; `max_n`: the most choices a request may ask for."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import StreamingResponse
-    from starlette.routing import Route
-
-    metrics = ServerMetrics(roster)
-
-    async def metrics_page(request: Request) -> Response:
-        from starlette.responses import Response
-
-        page, kind = metrics.exposition()
-        return Response(page, media_type=kind)
-
-    async def models(request: Request) -> Response:
-        return _json({"object": "list", "data": await run_in_threadpool(model_list, roster)})
-
-    async def health(request: Request) -> Response:
-        engine = roster.default
-        return _json({"status": "ok", "model": engine.model_id, "loaded": engine.loaded,
-                      "queued": sum(s.jobs.qsize() for s in roster.all()),
-                      "models": [{"id": s.model_id, "loaded": s.loaded} for s in roster.all()]})
-
-    def handler(chat: bool) -> Callable[[Request], Awaitable[Response]]:
-        endpoint = "/v1/chat/completions" if chat else "/v1/completions"
-
-        async def serve(request: Request) -> Response:
-            heard = Heard(request, endpoint)
-            engine = roster.default  # until the request names its model
-            try:
-                if log is not None:
-                    await heard.read()
-                engine, prepared = await prepare(roster, request, chat)
-                session = Session(prepared, metrics.of(engine))
-                try:
-                    session.submit(engine)
-                except queue.Full:
-                    raise BadRequest("the server is busy: its queue is full", "queue_full", 503) from None
-                ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-                if prepared.stream:
-                    ended = partial(logged_stream, engine, heard, prepared, ident) if log else None
-                    return StreamingResponse(stream(engine, session, prepared, ident, ended),
-                                             media_type="text/event-stream")
-                done: dict[int, Completion] = {}
-                try:
-                    whole_answer = await until_client_leaves(request, collect(session, done))
-                finally:
-                    session.cancel()  # a client that left has its rows aborted (and counted so)
-                if not whole_answer:
-                    if log is not None:
-                        await write(answered_record(engine, heard, prepared, ident, done, CLIENT_CLOSED))
-                    return error_response(CLIENT_CLOSED, "the client left before the answer was complete",
-                                          "client_closed")
-                data = whole(engine, done, prepared, ident)
-                if log is not None:
-                    await write(answered_record(engine, heard, prepared, ident, done, 200))
-                return _json(data)
-            except BadRequest as exc:
-                await write(failed_record(asked_model(heard, engine), heard, exc.status, str(exc), exc.code))
-                headers = {"Retry-After": "1"} if exc.status == 503 else None
-                return error_response(exc.status, str(exc), exc.code, headers)
-            except Exception as exc:  # the server answers and carries on
-                message = f"{type(exc).__name__}: {exc}"
-                await write(failed_record(engine.model_id, heard, 500, message, "generation_failed"))
-                return error_response(500, message, "generation_failed")
-
-        return serve
-
-    async def write(record: dict[str, Any]) -> None:
-        """On disk before the client has its answer."""
-        if log is not None:
-            await run_in_threadpool(log.write, record)
-
-    def logged_stream(engine: Scheduler, heard: Heard, prepared: PreparedRequest, ident: str,
-                      done: dict[int, Completion], whole_answer: bool) -> None:
-        """A stream's record, once it ended: written off the event loop, even when the stream was
-        cut short (its task is being cancelled then, so it is not awaited)."""
-        status = 200 if whole_answer else CLIENT_CLOSED
-        record = answered_record(engine, heard, prepared, ident, done, status)
-        if log is not None:  # only with --log (see `ended`)
-            asyncio.get_running_loop().run_in_executor(None, log.write, record)
-
+    state = ServeState(roster, ServerMetrics(roster), log, images, max_n)
     routes = [
-        Route("/v1/models", models),
-        Route("/health", health),
-        Route("/metrics", metrics_page),
-        Route("/v1/chat/completions", handler(True), methods=["POST"]),
-        Route("/v1/completions", handler(False), methods=["POST"]),
-        embeddings_route(roster),
+        Route("/v1/models", partial(models, state)),
+        Route("/health", partial(health, state)),
+        Route("/metrics", partial(metrics_page, state)),
+        Route("/v1/chat/completions", partial(generation, state, True), methods=["POST"]),
+        Route("/v1/completions", partial(generation, state, False), methods=["POST"]),
+        embeddings_route(embedding_models(roster)),
         *token_routes(roster),
     ]
-    app = Starlette(routes=routes)
-    app.state.images = images
-    app.state.max_n = max_n
-    return app
+    return Starlette(routes=routes)
+
+
+async def metrics_page(state: ServeState, request: Request) -> Response:
+    page, kind = state.metrics.exposition()
+    return Response(page, media_type=kind)
+
+
+async def models(state: ServeState, request: Request) -> Response:
+    return _json({"object": "list", "data": await run_in_threadpool(model_list, state.roster)})
+
+
+async def health(state: ServeState, request: Request) -> Response:
+    engine = state.roster.default
+    return _json({"status": "ok", "model": engine.model_id, "loaded": engine.loaded,
+                  "queued": sum(s.jobs.qsize() for s in state.roster.all()),
+                  "models": [{"id": s.model_id, "loaded": s.loaded} for s in state.roster.all()]})
+
+
+async def generation(state: ServeState, chat: bool, request: Request) -> Response:
+    """/v1/chat/completions (`chat`) and /v1/completions: the request read, its rows queued, and
+    its answer rendered whole or streamed; every request and its answer or error logged."""
+    heard = Heard(request, "/v1/chat/completions" if chat else "/v1/completions")
+    engine = state.roster.default  # until the request names its model
+    try:
+        if state.log is not None:
+            await heard.read()
+        engine, prepared = await prepare(state, request, chat)
+        session = Session(prepared, state.metrics.of(engine))
+        try:
+            session.submit(engine)
+        except queue.Full:
+            raise BadRequest("the server is busy: its queue is full", "queue_full", 503) from None
+        renderer = renderer_for(engine, prepared, chat)
+        if prepared.stream:
+            ended = partial(logged_stream, state, heard, renderer) if state.log is not None else None
+            return StreamingResponse(stream(session, renderer, ended), media_type="text/event-stream")
+        done: dict[int, Completion] = {}
+        try:
+            whole_answer = await until_client_leaves(request, collect(session, done))
+        finally:
+            session.cancel()  # a client that left has its rows aborted (and counted so)
+        if not whole_answer:
+            if state.log is not None:
+                await state.write(answered_record(heard, renderer, done, CLIENT_CLOSED))
+            return error_response(CLIENT_CLOSED, "the client left before the answer was complete", "client_closed")
+        data = renderer.whole(done)
+        if state.log is not None:
+            await state.write(answered_record(heard, renderer, done, 200))
+        return _json(data)
+    except BadRequest as exc:
+        await state.write(failed_record(asked_model(heard, engine), heard, exc.status, str(exc), exc.code))
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return error_response(exc.status, str(exc), exc.code, headers)
+    except Exception as exc:  # the server answers and carries on
+        message = f"{type(exc).__name__}: {exc}"
+        await state.write(failed_record(engine.model_id, heard, 500, message, "generation_failed"))
+        return error_response(500, message, "generation_failed")
+
+
+def logged_stream(state: ServeState, heard: Heard, renderer: Renderer, done: dict[int, Completion],
+                  whole_answer: bool) -> None:
+    """A stream's record, once it ended: written off the event loop, even when the stream was
+    cut short (its task is being cancelled then, so it is not awaited)."""
+    if state.log is not None:
+        record = answered_record(heard, renderer, done, 200 if whole_answer else CLIENT_CLOSED)
+        asyncio.get_running_loop().run_in_executor(None, state.log.write, record)
+
+
+async def stream(session: Session, renderer: Renderer,
+                 ended: Callable[[dict[int, Completion], bool], None] | None = None) -> AsyncIterator[bytes]:
+    """Server-sent events, OpenAI's chunk format, each chunk one choice's; [DONE] last. A client
+    that leaves cancels its rows. `ended` hears what finished, and whether the stream got to its end."""
+    done: dict[int, Completion] = {}
+    finished = False
+    try:
+        for chunk in renderer.start():
+            yield _sse(chunk)
+        try:
+            async for index, event in session:
+                if isinstance(event, Completion):
+                    done[index] = event
+                for chunk in renderer.delta(index, event):
+                    yield _sse(chunk)
+            for chunk in renderer.end(done):
+                yield _sse(chunk)
+        except Exception as exc:
+            yield _sse({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error",
+                                  "code": "generation_failed"}})
+        yield b"data: [DONE]\n\n"
+        finished = True
+    finally:
+        session.cancel()
+        if ended is not None:
+            ended(done, finished)
 
 
 async def collect(session: Session, done: dict[int, Completion]) -> None:
@@ -548,165 +534,3 @@ def asked_model(heard: Heard, engine: Scheduler) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         name = None
     return name if isinstance(name, str) and name else engine.model_id
-
-
-def answer(prepared: PreparedRequest, c: Completion, index: int = 0) -> tuple[str, list[dict[str, Any]] | None, str]:
-    """The answer's text (with the prefix; a chat's without its reasoning), its tool calls (or
-    None) and OpenAI's finish_reason."""
-    text = reasoned(prepared, c, index)[1]
-    calls = tool_calls(prepared.asked, text)
-    return prepared.asked.prefix + text, calls, "tool_calls" if calls else FINISH[c.finish_reason]
-
-
-def reasoned(prepared: PreparedRequest, c: Completion, index: int) -> tuple[str | None, str]:
-    """(reasoning, answer) of choice `index`: a chat's <think> block is its reasoning, kept apart."""
-    if not prepared.chat:
-        return None, c.text
-    return split_reasoning(c.text, prepared.prompts[index // prepared.n].thinking)
-
-
-def scored(c: Completion, prompt: bool) -> list[Token]:
-    """The tokens whose log-probabilities a choice reports: the prompt's (echo), the answer's,
-    and the end-of-sequence token that ended it, as vLLM reports them."""
-    return [*(c.prompt_tokens if prompt else ()), *c.tokens, *((c.end,) if c.end is not None else ())]
-
-
-def whole(engine: Scheduler, done: dict[int, Completion], prepared: PreparedRequest, ident: str) -> dict[str, Any]:
-    chat, tok, choices = prepared.chat, engine.tokenizer, []
-    for index in sorted(done):
-        c = done[index]
-        text, calls, finish = answer(prepared, c, index)
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": None if calls else text}
-            reasoning = reasoned(prepared, c, index)[0]
-            if reasoning is not None and prepared.include_reasoning:
-                choice["message"]["reasoning_content"] = reasoning
-            if calls:
-                choice["message"]["tool_calls"] = calls
-            if prepared.logprobs is not None:
-                choice["logprobs"] = {"content": chat_entries(tok, scored(c, False), prepared.logprobs)}
-        else:  # lmpipe's extension: the call's text stays in `text`
-            echoed = prepared.prompts[index // prepared.n].text if prepared.echo else ""
-            choice["text"] = echoed + (text if prepared.generates else "")
-            if calls:
-                choice["tool_calls"] = calls
-            if prepared.logprobs is not None:
-                choice["logprobs"] = legacy(tok, scored(c, prepared.echo))[0]
-        choices.append(choice)
-    first = done[0]
-    return {
-        "id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-        "model": engine.model_id, "choices": choices, "usage": usage(prepared, done), "timings": timings(first),
-        "lmpipe": lmpipe_part(engine, first, prepared.sampling[0]),
-    }
-
-
-async def stream(engine: Scheduler, session: Session, prepared: PreparedRequest, ident: str,
-                 ended: Callable[[dict[int, Completion], bool], None] | None = None) -> AsyncIterator[bytes]:
-    """Server-sent events, OpenAI's chunk format, each chunk one choice's; [DONE] last. A client
-    that leaves cancels its rows. `ended` hears what finished, and whether the stream got to its end.
-
-    With tools the answer is held back and sent whole at the end, as text or as one tool_calls
-    delta. A token's log-probabilities go with the chunk that shows its text (or the next one,
-    while its text is held back)."""
-    chat, tok = prepared.chat, engine.tokenizer
-    kind = "chat.completion.chunk" if chat else "text_completion"
-    created = int(time.time())
-    held = bool(prepared.asked.plan.tools)
-    pending: dict[int, list[Token]] = {}  # per choice, tokens whose log-probabilities are not sent yet
-    offsets: dict[int, int] = {}  # per choice, where its next legacy token starts in its text
-    shown: dict[int, int] = {}  # per choice, how much of its text was sent
-    thinking = {i: ReasoningStream(prepared.prompts[i // prepared.n].thinking) for i in range(len(session.jobs))}
-
-    def chunk(index: int, text: str | None, finish: str | None, first: bool = False,
-              calls: list[dict[str, Any]] | None = None, reasoning: str | None = None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
-        tokens = pending.pop(index, [])
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant"} if first else {}
-            if reasoning is not None:
-                delta["reasoning_content"] = reasoning
-            if text is not None:
-                delta["content"] = text
-            if calls:
-                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
-            choice["delta"] = delta
-            if prepared.logprobs is not None and tokens:
-                choice["logprobs"] = {"content": chat_entries(tok, tokens, prepared.logprobs)}
-        else:
-            choice["text"] = text or ""
-            if calls:
-                choice["tool_calls"] = calls
-            if prepared.logprobs is not None and tokens:
-                choice["logprobs"], offsets[index] = legacy(tok, tokens, offsets.get(index, 0))
-        return {"id": ident, "object": kind, "created": created, "model": engine.model_id, "choices": [choice]}
-
-    def pieces(index: int, text: str, end: bool = False) -> Iterator[bytes]:
-        """A chat's text as reasoning and answer chunks (a completion's as it is)."""
-        if not chat:
-            if text:
-                yield _sse(chunk(index, text, None))
-            return
-        for is_reasoning, piece in [*thinking[index].feed(text), *(thinking[index].flush() if end else [])]:
-            if not is_reasoning:
-                yield _sse(chunk(index, piece, None))
-            elif prepared.include_reasoning:
-                yield _sse(chunk(index, None, None, reasoning=piece))
-
-    done: dict[int, Completion] = {}
-    finished = False
-    try:
-        for index in range(len(session.jobs)):
-            if chat:
-                yield _sse(chunk(index, "", None, first=True))
-            elif prepared.echo and prepared.logprobs is None:
-                yield _sse(chunk(index, prepared.prompts[index // prepared.n].text, None))
-            if prepared.asked.prefix and not held:
-                yield _sse(chunk(index, prepared.asked.prefix, None))
-        try:
-            async for index, event in session:
-                if isinstance(event, ScoredPrompt):  # echo with log-probabilities: the prompt, scored
-                    pending[index] = list(event.tokens)
-                    yield _sse(chunk(index, prepared.prompts[index // prepared.n].text, None))
-                elif isinstance(event, Token):
-                    if prepared.logprobs is not None:
-                        pending.setdefault(index, []).append(event)
-                    if event.text and not held:
-                        shown[index] = shown.get(index, 0) + len(event.text)
-                        for sent in pieces(index, event.text):
-                            yield sent
-                elif isinstance(event, Completion):
-                    done[index] = event
-                    text, calls, finish = answer(prepared, event, index)
-                    if event.end is not None and prepared.logprobs is not None:
-                        pending.setdefault(index, []).append(event.end)
-                    if held:
-                        reasoning = reasoned(prepared, event, index)[0] if prepared.include_reasoning else None
-                        shown_text = None if calls and chat else text
-                        yield _sse(chunk(index, shown_text, None, calls=calls, reasoning=reasoning))
-                    else:  # what was held back at the end (half a character, half a tag)
-                        for sent in pieces(index, event.text[shown.get(index, 0):], end=True):
-                            yield sent
-                    last = chunk(index, None, finish)
-                    last.update(timings=timings(event),
-                                lmpipe=lmpipe_part(engine, event, event_sampling(prepared, index)))
-                    if not prepared.include_usage:
-                        last["usage"] = choice_usage(event)
-                    yield _sse(last)
-            if prepared.include_usage:
-                yield _sse({"id": ident, "object": kind, "created": created, "model": engine.model_id,
-                            "choices": [], "usage": usage(prepared, done)})
-        except Exception as exc:
-            yield _sse({"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error",
-                                  "code": "generation_failed"}})
-        yield b"data: [DONE]\n\n"
-        finished = True
-    finally:
-        session.cancel()
-        if ended is not None:
-            ended(done, finished)
-
-
-def event_sampling(prepared: PreparedRequest, index: int) -> Sampling:
-    return prepared.sampling[index // prepared.n]

@@ -18,20 +18,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
-import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-from ..backends.embedding import ENCODINGS, Embedder, EmbedSettings, encoded
+from ..backends.embedding import ENCODINGS, Embedder, EmbedSettings
 from ..errors import LmpipeError, RecordError, UsageError
 from ..models.loading import ModelSettings
 from ..models.resolve import DEFAULT_EMBEDDING_MODEL
 from .fields import EMBEDDINGS, BadRequest, check_fields, error_response, read_body
+from .protocol import EmbeddingResponse, dumps
+from .render import EmbeddingRenderer
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 WATCH_S = 0.1  # between two looks at whether an embedding model should unload
@@ -145,7 +146,7 @@ def inputs_of(value: Any) -> list[str | list[int]]:
     return value
 
 
-def answer(models: EmbeddingModels, body: dict[str, Any]) -> dict[str, Any]:
+def answer(models: EmbeddingModels, body: dict[str, Any]) -> EmbeddingResponse:
     """The response body for a request body, or BadRequest. Runs the model: call it off the event loop."""
     inputs = inputs_of(body.get("input"))
     encoding = body.get("encoding_format") or "float"
@@ -168,36 +169,29 @@ def answer(models: EmbeddingModels, body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest(str(exc).replace(" (--chunk averages windows)", ""), "context_length_exceeded") from None
         except UsageError as exc:
             raise BadRequest(str(exc), "invalid_value") from None
-    tokens = sum(len(v) for v in ids)
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": n, "embedding": encoded(v, encoding)} for n, v in enumerate(vectors)],
-        "model": embedder.ref.id,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return EmbeddingRenderer(embedder.ref.id, encoding).whole(vectors, sum(len(v) for v in ids))
 
 
-def embeddings_route(roster: Any) -> Route:
-    """The route; embedding models load on their first request, on the device and dtype of the
-    roster's default model, as far as its rules let requests name models."""
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import Response
-    from starlette.routing import Route
-
+def embedding_models(roster: Any) -> EmbeddingModels:
+    """Embedding models load on their first request, on the device and dtype of the roster's
+    default model, as far as its rules let requests name models."""
     settings = roster.default.settings.model
-    models = EmbeddingModels(settings.device, settings.dtype, roster)
+    return EmbeddingModels(settings.device, settings.dtype, roster)
 
-    async def embeddings(request: Request) -> Response:
-        try:
-            body = await read_body(request)
-            check_fields(body, EMBEDDINGS, "/v1/embeddings")
-            data = await run_in_threadpool(answer, models, body)
-            return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-        except BadRequest as exc:
-            return error_response(exc.status, str(exc), exc.code)
-        except LmpipeError as exc:
-            return error_response(500, str(exc), "embedding_failed")
-        except Exception as exc:  # the server answers and carries on
-            return error_response(500, f"{type(exc).__name__}: {exc}", "embedding_failed")
 
-    return Route("/v1/embeddings", embeddings, methods=["POST"])
+async def embeddings(models: EmbeddingModels, request: Request) -> Response:
+    try:
+        body = await read_body(request)
+        check_fields(body, EMBEDDINGS, "/v1/embeddings")
+        data = await run_in_threadpool(answer, models, body)
+        return Response(dumps(data), media_type="application/json")
+    except BadRequest as exc:
+        return error_response(exc.status, str(exc), exc.code)
+    except LmpipeError as exc:
+        return error_response(500, str(exc), "embedding_failed")
+    except Exception as exc:  # the server answers and carries on
+        return error_response(500, f"{type(exc).__name__}: {exc}", "embedding_failed")
+
+
+def embeddings_route(models: EmbeddingModels) -> Route:
+    return Route("/v1/embeddings", partial(embeddings, models), methods=["POST"])

@@ -13,14 +13,15 @@ than the model's context is tokenized all the same: counting a document's tokens
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import orjson
-
-if TYPE_CHECKING:
-    from starlette.requests import Request
-    from starlette.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ..chat.prompts import PromptSettings, messages_of
 from ..engine.scheduler import Scheduler
@@ -86,28 +87,23 @@ def detokenized(scheduler: Scheduler, body: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": scheduler.tokenizer.decode(ids)}
 
 
-def token_routes(roster: ModelRoster) -> list[Any]:
-    """The two routes, each with the tokenizer of the request's `model` (lmpipe.serve.roster),
-    answering errors as every endpoint does (lmpipe.serve.fields)."""
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import Response
-    from starlette.routing import Route
+async def tokenization(roster: ModelRoster, work: Callable[[Scheduler, dict[str, Any]], dict[str, Any]],
+                       request: Request) -> Response:
+    """`work` (tokenized or detokenized) with the tokenizer of the request's `model`
+    (lmpipe.serve.roster), answering errors as every endpoint does (lmpipe.serve.fields)."""
+    try:
+        body = await read_body(request)
 
-    def endpoint(work: Callable[[Scheduler, dict[str, Any]], dict[str, Any]],
-                 ) -> Callable[[Request], Awaitable[Response]]:
-        async def serve(request: Request) -> Response:
-            try:
-                body = await read_body(request)
-                def answer() -> dict[str, Any]:
-                    return work(roster.get(body.get("model")), body)
+        def answer() -> dict[str, Any]:
+            return work(roster.get(body.get("model")), body)
 
-                return Response(orjson.dumps(await run_in_threadpool(answer)), media_type="application/json")
-            except BadRequest as exc:
-                return error_response(exc.status, str(exc), exc.code)
-            except Exception as exc:  # the server answers and carries on
-                return error_response(500, f"{type(exc).__name__}: {exc}", "tokenization_failed")
+        return Response(orjson.dumps(await run_in_threadpool(answer)), media_type="application/json")
+    except BadRequest as exc:
+        return error_response(exc.status, str(exc), exc.code)
+    except Exception as exc:  # the server answers and carries on
+        return error_response(500, f"{type(exc).__name__}: {exc}", "tokenization_failed")
 
-        return serve
 
-    return [Route("/tokenize", endpoint(tokenized), methods=["POST"]),
-            Route("/detokenize", endpoint(detokenized), methods=["POST"])]
+def token_routes(roster: ModelRoster) -> list[Route]:
+    return [Route("/tokenize", partial(tokenization, roster, tokenized), methods=["POST"]),
+            Route("/detokenize", partial(tokenization, roster, detokenized), methods=["POST"])]
