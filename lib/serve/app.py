@@ -114,7 +114,7 @@ def logit_bias_of(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
-def template_of(body: dict[str, Any], engine: Scheduler) -> PromptSettings:
+def template_of(body: dict[str, Any], scheduler: Scheduler) -> PromptSettings:
     """How a chat's template renders: the server's --chat-template for the model, and vLLM's
     `chat_template_kwargs` (any keys, handed to the template) and `reasoning_effort`."""
     kwargs = typed(body, "chat_template_kwargs", (dict,), {})
@@ -124,12 +124,12 @@ def template_of(body: dict[str, Any], engine: Scheduler) -> PromptSettings:
                              "invalid_value")
     effort = typed(body, "reasoning_effort", (str,), None)
     try:
-        template = PromptSettings(chat_template=engine.settings.chat_template, reasoning_effort=effort,
+        template = PromptSettings(chat_template=scheduler.settings.chat_template, reasoning_effort=effort,
                                   template_kwargs=tuple(kwargs.items()))
     except LmpipeError as exc:
         raise BadRequest(str(exc).replace("--reasoning-effort", "`reasoning_effort`"), "invalid_value") from None
     try:
-        return with_template(template, engine.tokenizer)
+        return with_template(template, scheduler.tokenizer)
     except LmpipeError as exc:  # the server's own setting: not the request's fault
         raise BadRequest(str(exc), "invalid_chat_template", 500) from None
 
@@ -199,7 +199,7 @@ async def prepare(state: ServeState, request: Request, chat: bool) -> tuple[Sche
     """The request's model (its scheduler) and the request read, or BadRequest."""
     body = await read_body(request)
     check_fields(body, CHAT if chat else COMPLETIONS, "/v1/chat/completions" if chat else "/v1/completions")
-    engine = await run_in_threadpool(state.roster.get, body.get("model"))
+    scheduler = await run_in_threadpool(state.roster.get, body.get("model"))
     echo = typed(body, "echo", (bool,), False)
     limit, generates = max_tokens_of(body, chat, echo)
     sampling = sampling_of(body, limit)
@@ -213,16 +213,16 @@ async def prepare(state: ServeState, request: Request, chat: bool) -> tuple[Sche
     except FormatError as exc:
         raise BadRequest(str(exc), exc.code) from None
     if chat:  # a vision-language model's chats go through its processor (images read off the event loop)
-        lm = await run_in_threadpool(engine.model)
+        lm = await run_in_threadpool(scheduler.model)
         images = ImageRules(lm.processor, state.images) if lm.processor is not None else None
-        template = await run_in_threadpool(template_of, body, engine)
-        prompts = [await run_in_threadpool(chat_prompt, engine.tokenizer, body, wanted, images, template)]
+        template = await run_in_threadpool(template_of, body, scheduler)
+        prompts = [await run_in_threadpool(chat_prompt, scheduler.tokenizer, body, wanted, images, template)]
     else:
-        prompts = await run_in_threadpool(completion_prompts, engine.tokenizer, body, wanted)
-    if len(prompts) * n > engine.settings.max_queue:  # it could never be queued whole: not a busy server's 503
+        prompts = await run_in_threadpool(completion_prompts, scheduler.tokenizer, body, wanted)
+    if len(prompts) * n > scheduler.settings.max_queue:  # it could never be queued whole: not a busy server's 503
         raise BadRequest(f"{len(prompts)} prompt(s) × `n` {n} is more rows than this server queues "
-                         f"({engine.settings.max_queue}, its --max-queue)", "invalid_value")
-    preparation = await run_in_threadpool(engine.preparation)
+                         f"({scheduler.settings.max_queue}, its --max-queue)", "invalid_value")
+    preparation = await run_in_threadpool(scheduler.preparation)
     try:
         sampling = preparation.sampling(sampling)
     except LmpipeError as exc:
@@ -234,7 +234,7 @@ async def prepare(state: ServeState, request: Request, chat: bool) -> tuple[Sche
                          f"{exc.tokens} tokens in the messages, Please reduce the length of the messages.",
                          "context_length_exceeded") from None
     include_reasoning = typed(body, "include_reasoning", (bool,), True)
-    return engine, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat,
+    return scheduler, PreparedRequest(prompts, n, rows, generates, stream, include_usage, wanted, logprobs, echo, chat,
                                    include_reasoning)
 
 
@@ -260,11 +260,11 @@ class Session:
                     self.metrics.finished(event, FINISH[event.finish_reason])
         self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
 
-    def submit(self, engine: Scheduler) -> None:
+    def submit(self, scheduler: Scheduler) -> None:
         """Queue every choice's row, or none (queue.Full)."""
         try:
             for job in self.jobs:
-                engine.submit(job)
+                scheduler.submit(job)
         except queue.Full:
             self.cancel()
             raise
@@ -392,8 +392,8 @@ async def models(state: ServeState, request: Request) -> Response:
 
 
 async def health(state: ServeState, request: Request) -> Response:
-    engine = state.roster.default
-    return _json({"status": "ok", "model": engine.model_id, "loaded": engine.loaded,
+    scheduler = state.roster.default
+    return _json({"status": "ok", "model": scheduler.model_id, "loaded": scheduler.loaded,
                   "queued": sum(s.jobs.qsize() for s in state.roster.all()),
                   "models": [{"id": s.model_id, "loaded": s.loaded} for s in state.roster.all()]})
 
@@ -402,17 +402,17 @@ async def generation(state: ServeState, chat: bool, request: Request) -> Respons
     """/v1/chat/completions (`chat`) and /v1/completions: the request read, its rows queued, and
     its answer rendered whole or streamed; every request and its answer or error logged."""
     heard = Heard(request, "/v1/chat/completions" if chat else "/v1/completions")
-    engine = state.roster.default  # until the request names its model
+    scheduler = state.roster.default  # until the request names its model
     try:
         if state.log is not None:
             await heard.read()
-        engine, prepared = await prepare(state, request, chat)
-        session = Session(prepared, state.metrics.of(engine))
+        scheduler, prepared = await prepare(state, request, chat)
+        session = Session(prepared, state.metrics.of(scheduler))
         try:
-            session.submit(engine)
+            session.submit(scheduler)
         except queue.Full:
             raise BadRequest("the server is busy: its queue is full", "queue_full", 503) from None
-        renderer = renderer_for(engine, prepared, chat)
+        renderer = renderer_for(scheduler, prepared, chat)
         if prepared.stream:
             ended = partial(logged_stream, state, heard, renderer) if state.log is not None else None
             return StreamingResponse(stream(session, renderer, ended), media_type="text/event-stream")
@@ -430,12 +430,12 @@ async def generation(state: ServeState, chat: bool, request: Request) -> Respons
             await state.write(answered_record(heard, renderer, done, 200))
         return _json(data)
     except BadRequest as exc:
-        await state.write(failed_record(asked_model(heard, engine), heard, exc.status, str(exc), exc.code))
+        await state.write(failed_record(asked_model(heard, scheduler), heard, exc.status, str(exc), exc.code))
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         return error_response(exc.status, str(exc), exc.code, headers)
     except Exception as exc:  # the server answers and carries on
         message = f"{type(exc).__name__}: {exc}"
-        await state.write(failed_record(engine.model_id, heard, 500, message, "generation_failed"))
+        await state.write(failed_record(scheduler.model_id, heard, 500, message, "generation_failed"))
         return error_response(500, message, "generation_failed")
 
 
@@ -527,10 +527,10 @@ def model_list(roster: ModelRoster) -> list[dict[str, Any]]:
     return out
 
 
-def asked_model(heard: Heard, engine: Scheduler) -> str:
+def asked_model(heard: Heard, scheduler: Scheduler) -> str:
     """The model a refused request named, as far as it could be read; else the one it went to."""
     try:
         name = orjson.loads(heard.raw).get("model") if heard.raw else None
     except (orjson.JSONDecodeError, AttributeError):
         name = None
-    return name if isinstance(name, str) and name else engine.model_id
+    return name if isinstance(name, str) and name else scheduler.model_id
