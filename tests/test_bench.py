@@ -62,6 +62,28 @@ def test_the_decode_rate_is_timed_inside_the_call_that_generates():
     assert rows[0]["decode_tok_s"] == {"min": 20.0, "median": 20.0}
 
 
+def test_llama_cpp_gets_the_context_lmpipe_runs_with(monkeypatch):
+    """llama.cpp's n_ctx was fixed at 2048, so an 8k-token prompt could not be compared at --ctx-size 8192."""
+    import sys
+    import types
+
+    from lmpipe.models.loading import ModelSettings
+    from lmpipe.tasks.bench_cases import BenchSettings, llama_cpp_call, llama_cpp_context
+
+    seen = {}
+
+    class Llama:
+        def __init__(self, model_path, n_ctx, n_threads, verbose):
+            seen.update(path=model_path, n_ctx=n_ctx)
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
+    asked = BenchSettings(model=ModelSettings(ctx_size=8192), prompt_tokens=8000, gen_tokens=4)
+    llama_cpp_call("m.gguf", None, llama_cpp_context(asked))
+    assert seen == {"path": "m.gguf", "n_ctx": 8192}
+    assert llama_cpp_context(BenchSettings(prompt_tokens=4000, gen_tokens=32)) == 4032
+    assert llama_cpp_context(BenchSettings()) == 2048
+
+
 def test_each_implementation_times_its_own_first_token(tiny_llama_raw):
     import time
 

@@ -202,12 +202,17 @@ def transformers_call(model: Any, tokenizer: Any) -> Call:
     return call
 
 
-def llama_cpp_call(path: str, threads: int | None) -> Call:
+def llama_cpp_context(settings: BenchSettings) -> int:
+    """llama.cpp's n_ctx: the --ctx-size lmpipe runs with, else room for the bench's prompt and answer."""
+    return settings.model.ctx_size or max(2048, settings.prompt_tokens + settings.gen_tokens)
+
+
+def llama_cpp_call(path: str, threads: int | None, n_ctx: int) -> Call:
     try:
         from llama_cpp import Llama
     except ImportError as exc:  # not installed, or one of its own dependencies missing
         raise UsageError(f"--baseline llama-cpp needs llama-cpp-python (pip install llama-cpp-python): {exc}") from None
-    llm = Llama(model_path=path, n_ctx=2048, n_threads=threads or None, verbose=False)
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads or None, verbose=False)
 
     def call(prompts: list[list[int]], new: int) -> Timed:
         counts, decode_s = [], 0.0
@@ -311,7 +316,7 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     elif settings.baseline == "llama-cpp":
         if lm.ref.kind not in ("embedded", "gguf"):
             raise UsageError("--baseline llama-cpp needs a GGUF model (the embedded one or a .gguf file)")
-        calls["llama-cpp"] = llama_cpp_call(str(lm.ref.path), settings.threads)
+        calls["llama-cpp"] = llama_cpp_call(str(lm.ref.path), settings.threads, llama_cpp_context(settings))
     notify(f"measuring {', '.join(calls)} ({settings.decoding.cache} cache, {settings.model.quantize or lm.dtype})")
     rows: list[dict[str, Any]] = []
     for row in measure(calls, prompt, settings):
