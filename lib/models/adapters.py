@@ -11,7 +11,6 @@ merged model once (lm-pull --merge), and runs adapters that are more than a low-
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, first_line
+from .derived import sha256_file
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -52,11 +52,7 @@ class Adapter:
     def identity(self) -> dict[str, Any]:
         """The manifest's: where, how strongly, and the weights' sha256."""
         weights = next(Path(self.path) / name for name in WEIGHTS if (Path(self.path) / name).is_file())
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return {"path": str(Path(self.path).resolve()), "scale": self.scale, "sha256": digest.hexdigest()}
+        return {"path": str(Path(self.path).resolve()), "scale": self.scale, "sha256": sha256_file(weights)}
 
 
 def merge(model: Any, adapters: tuple[Adapter, ...]) -> Any:
