@@ -226,8 +226,9 @@ def _read(adapter: Adapter, modules: dict[str, Any]) -> dict[str, tuple[Any, Any
             and b.shape[0] == getattr(module, "out_features", b.shape[0])
         if not fits:
             raise unfit(f"{name}'s LoRA weights do not match the layer's shape")
-        r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), name), config.r)
-        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), name), config.lora_alpha)
+        ranks, alphas = config.rank_pattern or {}, config.alpha_pattern or {}  # None in some peft releases
+        r = ranks.get(get_pattern_key(list(ranks), name), config.r)
+        alpha = alphas.get(get_pattern_key(list(alphas), name), config.lora_alpha)
         scaling = adapter.scale * alpha / (math.sqrt(r) if config.use_rslora else r)  # peft's set_scale
         out[name] = (a, b * scaling)
     if not out:
