@@ -97,16 +97,17 @@ def first_rows(layer: Any) -> tuple[Any, Any, int]:
 
 
 def timings(runs: dict[str, Callable[[Any], Any]], x: Any) -> dict[str, float]:
-    """Seconds each of `runs` takes on `x`: the best of REPEATS after one untimed call."""
-    out = {}
-    for name, run in runs.items():
+    """Seconds each of `runs` takes on `x`: the best of REPEATS after one untimed call. The
+    candidates take turns, so a burst of other work on a shared machine slows each of them once
+    rather than all of one candidate's repeats: the choice is cached for good."""
+    for run in runs.values():
         run(x)
-        best = float("inf")
-        for _ in range(REPEATS):
+    out = dict.fromkeys(runs, float("inf"))
+    for _ in range(REPEATS):
+        for name, run in runs.items():
             start = time.perf_counter()
             run(x)
-            best = min(best, time.perf_counter() - start)
-        out[name] = best
+            out[name] = min(out[name], time.perf_counter() - start)
     return out
 
 
