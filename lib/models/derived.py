@@ -13,7 +13,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +51,35 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def written_whole(target: Path, replace: bool = False) -> Iterator[Path]:
+    """A new folder beside `target` to write into, renamed to `target` when the block ends without
+    an error: a reader finds the whole folder or none. The folder holds MARKER once finished. An
+    existing `target` is replaced where `replace` or where it is unfinished; else, where another
+    process finished first, theirs is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists() and (replace or conversion_info(target) is None):
+            shutil.rmtree(target)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if conversion_info(target) is None:  # not another process's finished folder
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_once(target: Path, source: Path, build: Callable[[Path], None], message: str,
                notify: Callable[[str], None] = lambda _: None, extra: dict[str, Any] | None = None) -> Path:
     """`target`, built from `source` by `build(tmp_folder)` first if the cache has no finished one."""
     if conversion_info(target) is not None:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     notify(message)
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with written_whole(target) as tmp:
         build(tmp)
         info = {
             "source": str(source.resolve()),
@@ -69,14 +89,4 @@ def build_once(target: Path, source: Path, build: Callable[[Path], None], messag
             **(extra or {}),
         }
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
-        if target.exists() and conversion_info(target) is None:
-            shutil.rmtree(target)  # left by something other than a finished build
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished first (the target exists and is not empty): use theirs.
-            if conversion_info(target) is None:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

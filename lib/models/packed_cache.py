@@ -27,14 +27,12 @@ file. Damage past a layer's first block is not looked for: that would read every
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import paths
-from .derived import MARKER, cache_key, conversion_info
+from .derived import MARKER, cache_key, conversion_info, written_whole
 
 FORMAT = 1  # the layout of packed.bin and index.json; bump on any change to either or to vnni's packing
 ALIGN = 64
@@ -121,26 +119,18 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
         offset += -(-tensor.nbytes // ALIGN) * ALIGN
     index = {"layers": list(layers.values()), "placements": placements, "floats": floats, "buffers": entries,
              "bytes": offset, "embedding": embedding, "ran": ran}
-    tmp = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        with open(tmp / "packed.bin", "wb") as f:
-            for tensor, entry in zip(buffers, entries, strict=True):
-                f.seek(entry["offset"])
-                f.write(_bytes(tensor))
-            f.truncate(offset)
-        (tmp / "index.json").write_text(json.dumps(index))
-        (tmp / MARKER).write_text(json.dumps({**info, "format": FORMAT}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)  # one of a different layout, or a damaged one
-        tmp.rename(target)
+        with written_whole(target, replace=True) as tmp:  # replaces one of a different layout, or a damaged one
+            with open(tmp / "packed.bin", "wb") as f:
+                for tensor, entry in zip(buffers, entries, strict=True):
+                    f.seek(entry["offset"])
+                    f.write(_bytes(tensor))
+                f.truncate(offset)
+            (tmp / "index.json").write_text(json.dumps(index))
+            (tmp / MARKER).write_text(json.dumps({**info, "format": FORMAT}, indent=2))
         return True
     except OSError:
         return False  # a read-only cache, a full disk, a race: the model in memory is still good
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bytes(tensor: Any) -> bytes:
