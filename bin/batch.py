@@ -14,8 +14,6 @@ from lmpipe.cli.options import (
     server_option,
     speed_options,
 )
-from lmpipe.cli.settings import batch_run
-from lmpipe.serve.batch import run
 
 FIELDS_READ = {
     "custom_id": "What the line is known by: in the output, and by --resume. Unique in the file.",
@@ -63,6 +61,9 @@ def main(**options):
       lm-batch --shard 1/4 --output part1.jsonl < requests.jsonl
       lm-batch --server http://127.0.0.1:8080 < requests.jsonl
     """
+    from lmpipe.cli.settings import batch_run
+    from lmpipe.serve.batch import run
+
     guarded("lm-batch", lambda: run(batch_run(options)))
 
 

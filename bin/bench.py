@@ -6,9 +6,7 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import context_options, draft_options, model_options, speed_options
-from lmpipe.cli.settings import bench_run
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.bench import run
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {
@@ -89,6 +87,9 @@ def main(**options):
       lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
       lm-bench --skip-generate --server http://127.0.0.1:8000 -c 1 -c 16 -g 64
     """
+    from lmpipe.cli.settings import bench_run
+    from lmpipe.tasks.bench import run
+
     guarded("lm-bench", lambda: run(bench_run(options), tty=stdout_is_tty()))
 
 

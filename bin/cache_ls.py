@@ -6,7 +6,6 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.cache_ls import run
 
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {
@@ -42,6 +41,8 @@ def main(**options):
       lm-cache-ls --model HuggingFaceTB/SmolLM2-135M-Instruct
       lm-cache-ls | jq 'select(.size_bytes > 1e9)' | lm-cache-rm --dry-run
     """
+    from lmpipe.tasks.cache_ls import run
+
     guarded("lm-cache-ls", lambda: run(tty=stdout_is_tty(), **options))
 
 

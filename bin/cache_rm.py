@@ -8,7 +8,6 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.cache_rm import run
 
 FIELDS_READ = {
     "id": "The model to delete (lm-cache-ls records; a plain line is an id too).",
@@ -47,6 +46,8 @@ def main(**options):
       lm-cache-ls | jq 'select(.size_bytes > 1e9)' | lm-cache-rm --yes
       lm-cache-ls --model org/name | jq 'select(.refs == [])' | lm-cache-rm --yes
     """
+    from lmpipe.tasks.cache_rm import run
+
     guarded("lm-cache-rm", lambda: run(tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty(), **options))
 
 

@@ -17,9 +17,7 @@ from lmpipe.cli.options import (
     speed_options,
     template_options,
 )
-from lmpipe.cli.settings import chat_run
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.chat_session import run
 
 FIELDS_READ = {
     "text": "In a pipe, a line that is a JSON object gives its message here; any other line is the message itself.",
@@ -67,6 +65,9 @@ def main(**options):
       printf 'Remember the word banana.\\nWhat word did I ask you to remember?\\n' | lm-chat --seed 1
       lm-chat --load chat.jsonl
     """
+    from lmpipe.cli.settings import chat_run
+    from lmpipe.tasks.chat_session import run
+
     guarded("lm-chat", lambda: run(chat_run(options), tty=sys.stdin.isatty() and stdout_is_tty()))
 
 

@@ -7,14 +7,8 @@ import sys
 
 import click
 
-from lmpipe.chat.prompts import PromptSettings
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import context_options, template_options
-from lmpipe.cli.settings import template_settings
-from lmpipe.errors import UsageError
-from lmpipe.models.loading import ModelSettings
-from lmpipe.tui.pipeline import Pipeline, run_headless
-from lmpipe.tui.pool import ChatSettings, ModelPool
 
 SCREENS = ("pipeline", "chat", "tokens", "models")
 
@@ -39,14 +33,21 @@ def main(pipeline_file: str | None, run_file: str | None, screen: str, model: st
       cat questions.jsonl | lm-dash my-pipeline.json > answers.jsonl
       lm-dash --run my-pipeline.json < questions.jsonl > answers.jsonl
     """
+    from lmpipe.tui.pipeline import Pipeline, run_headless
+
     if run_file:
         guarded("lm-dash", lambda: run_headless(Pipeline.load(run_file)))
     guarded("lm-dash", lambda: interactive(pipeline_file, screen, model, chat))
 
 
 def interactive(pipeline_file: str | None, screen: str, model: str, chat: dict) -> int:
-    # textual (and rich) only once the app opens: lm-dash --help and --run do without them.
+    from lmpipe.chat.prompts import PromptSettings
+    from lmpipe.cli.settings import template_settings
+    from lmpipe.errors import UsageError
+    from lmpipe.models.loading import ModelSettings
     from lmpipe.tui.app import create_app
+    from lmpipe.tui.pipeline import Pipeline
+    from lmpipe.tui.pool import ChatSettings, ModelPool
 
     defaults = ChatSettings(template=PromptSettings(**template_settings(chat)),
                             reasoning_budget=chat.get("reasoning_budget"))

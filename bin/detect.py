@@ -6,9 +6,7 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import batch_option, job_options, progress_option, vision_model_options
-from lmpipe.cli.settings import detect_run
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.detect import run
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ = {
@@ -56,6 +54,9 @@ def main(**options):
       echo '{"image": "cat.jpg"}' | lm-detect -m google/owlvit-base-patch32 --labels "cat,remote control"
       ls *.png | lm-detect -m ./my-detr --threshold 0.7 --annotate boxes/
     """
+    from lmpipe.cli.settings import detect_run
+    from lmpipe.tasks.detect import run
+
     guarded("lm-detect", lambda: run(detect_run(options), tty=stdout_is_tty()))
 
 

@@ -6,10 +6,8 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import job_options, progress_option
-from lmpipe.cli.settings import embed_run
 from lmpipe.models.device import DEVICES, DTYPES
 from lmpipe.models.resolve import DEFAULT_EMBEDDING_MODEL
-from lmpipe.tasks.embed import run
 
 FIELDS_READ = {
     "text": "The text to embed (or the field named by --field).",
@@ -57,6 +55,9 @@ def main(**options):
       lm-chunk -n 200 < book.jsonl | lm-embed --output vectors.jsonl --resume
       lm-embed < docs.jsonl | lm-similar "a cat on a mat" --top 3
     """
+    from lmpipe.cli.settings import embed_run
+    from lmpipe.tasks.embed import run
+
     guarded("lm-embed", lambda: run(embed_run(options)))
 
 

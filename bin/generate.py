@@ -21,9 +21,7 @@ from lmpipe.cli.options import (
     speed_options,
     template_options,
 )
-from lmpipe.cli.settings import generate_run
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.generate import run
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ = {
@@ -111,6 +109,9 @@ def main(**options):
       lm-template --agent translator.toml < texts.jsonl | lm-generate
       lm-generate -m HuggingFaceTB/SmolVLM-256M-Instruct --image cat.jpg "Describe this image"
     """
+    from lmpipe.cli.settings import generate_run
+    from lmpipe.tasks.generate import run
+
     guarded("lm-generate", lambda: run(generate_run(options, given_on_command_line()), tty=stdout_is_tty()))
 
 

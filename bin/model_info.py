@@ -9,7 +9,6 @@ import click
 from lmpipe.cli.edge import guarded
 from lmpipe.models.device import DEVICES, DTYPES
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.model_info import run
 
 FIELDS_READ = {"model": "The model, when no argument names one; also an lm-cache-ls record's `id` (or `path`)."}
 FIELDS_WRITTEN = {
@@ -58,6 +57,8 @@ def main(**options):
       lm-model-info HuggingFaceTB/SmolLM2-135M-Instruct --load
       lm-cache-ls | lm-model-info | jq '{id, parameters, context_length}'
     """
+    from lmpipe.tasks.model_info import run
+
     guarded("lm-model-info", lambda: run(tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty(), **options))
 
 

@@ -8,7 +8,6 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.pull import run
 
 FIELDS_READ = {"id": "The repo to pull (org/name[@revision][:TAG]) when no argument names one; also `model` or `text`."}
 FIELDS_WRITTEN = {
@@ -53,6 +52,8 @@ def main(**options):
       lm-pull org/name --progress json 2> progress.jsonl | jq .path
       lm-pull org/name --adapter ./my-lora --merge ./merged && lm-generate -m ./merged
     """
+    from lmpipe.tasks.pull import run
+
     guarded("lm-pull", lambda: run(tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty(),
                                    stderr_tty=sys.stderr.isatty(), **options))
 

@@ -6,8 +6,6 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import context_options, served_models_options, speed_options
-from lmpipe.cli.settings import serve_run
-from lmpipe.serve.run import run
 from lmpipe.vision.images import DEFAULT_MAX_PIXELS
 
 FIELDS_READ: dict[str, str] = {}
@@ -138,6 +136,9 @@ def main(**options):
       curl -s 127.0.0.1:8080/metrics | grep vllm:time_to_first_token_seconds_count
       lm-serve --log serve.log & ... ; lm-stats < serve.log
     """
+    from lmpipe.cli.settings import serve_run
+    from lmpipe.serve.run import run
+
     guarded("lm-serve", lambda: run(serve_run(options)))
 
 

@@ -6,9 +6,7 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import batch_option, field_options, job_options, model_options, progress_option
-from lmpipe.cli.settings import summarize_run
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.summarize import run
 
 FIELDS_READ = {"text": "The text to summarize (choose another field with --field)."}
 FIELDS_WRITTEN = {
@@ -46,6 +44,9 @@ def main(**options):
       lm-summarize < articles.jsonl
       lm-summarize -m facebook/bart-large-cnn --num-beams 4 --max-length 142 < news.jsonl
     """
+    from lmpipe.cli.settings import summarize_run
+    from lmpipe.tasks.summarize import run
+
     guarded("lm-summarize", lambda: run(summarize_run(options), tty=stdout_is_tty()))
 
 

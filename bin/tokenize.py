@@ -8,10 +8,8 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import job_options, progress_option
-from lmpipe.cli.settings import tokenize_run
 from lmpipe.models.resolve import DEFAULT_MODEL
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.tokenize import run
 
 FIELDS_READ = {
     "text": "The text to tokenize (or the field named by --field).",
@@ -54,6 +52,9 @@ def main(**options):
       lm-tokenize --add-token "<tool>" --save my-tok < /dev/null
       echo '{"ids": [19556, 28]}' | lm-tokenize --decode
     """
+    from lmpipe.cli.settings import tokenize_run
+    from lmpipe.tasks.tokenize import run
+
     guarded("lm-tokenize", lambda: run(tokenize_run(options), tty=stdout_is_tty(), stdin_tty=sys.stdin.isatty()))
 
 

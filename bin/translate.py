@@ -6,9 +6,7 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import batch_option, field_options, job_options, model_options, progress_option
-from lmpipe.cli.settings import translate_run
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.translate import run
 
 FIELDS_READ = {"text": "The text to translate (choose another field with --field)."}
 FIELDS_WRITTEN = {
@@ -48,6 +46,9 @@ def main(**options):
       lm-translate -m Helsinki-NLP/opus-mt-en-de < notes.jsonl
       lm-translate -m facebook/nllb-200-distilled-600M --from en --to fr --num-beams 4 < docs.jsonl
     """
+    from lmpipe.cli.settings import translate_run
+    from lmpipe.tasks.translate import run
+
     guarded("lm-translate", lambda: run(translate_run(options), tty=stdout_is_tty()))
 
 

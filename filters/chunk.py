@@ -6,9 +6,7 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import progress_option
-from lmpipe.cli.settings import chunk_run
 from lmpipe.models.resolve import DEFAULT_MODEL
-from lmpipe.tasks.chunk import run
 
 FIELDS_READ = {"text": "The text to split (--field).", "id": "The source id carried by every chunk (--id-field)."}
 FIELDS_WRITTEN = {
@@ -45,6 +43,9 @@ def main(**options):
       lm-chunk --max-tokens 256 --overlap 32 < book.jsonl | lm-summarize
       lm-chunk --tokenizer my-tok/tokenizer.json -n 128 < docs.jsonl
     """
+    from lmpipe.cli.settings import chunk_run
+    from lmpipe.tasks.chunk import run
+
     guarded("lm-chunk", lambda: run(chunk_run(options)))
 
 

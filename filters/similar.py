@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from lmpipe.cli.edge import guarded
-from lmpipe.cli.settings import similar_run
-from lmpipe.tasks.similar import run
 
 FIELDS_READ = {
     "embedding": "The record's vector (or the field named by --field): floats, or base64 float32.",
@@ -41,6 +39,9 @@ def main(**options):
       lm-similar --record "$(head -1 vectors.jsonl)" < vectors.jsonl
       lm-similar --vector '[0.1, 0.2, 0.3]' < my-vectors.jsonl
     """
+    from lmpipe.cli.settings import similar_run
+    from lmpipe.tasks.similar import run
+
     guarded("lm-similar", lambda: run(similar_run(options)))
 
 

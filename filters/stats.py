@@ -8,7 +8,6 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.records.pipe import stdout_is_tty
-from lmpipe.tasks.stats import run
 
 FIELDS_READ = {
     "manifest.model": "Groups the records (null for records without a manifest; --by picks another field).",
@@ -37,6 +36,8 @@ def main(by: str, as_json: bool):
       lm-stats < out.jsonl | jq '.models[] | {model, ttft_p95: .ttft_s.p95}'
       lm-stats --by manifest.device < out.jsonl
     """
+    from lmpipe.tasks.stats import run
+
     guarded("lm-stats", lambda: run(stdout_is_tty(), sys.stdin.buffer, by, as_json))
 
 

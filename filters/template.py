@@ -6,8 +6,6 @@ import click
 
 from lmpipe.cli.edge import guarded
 from lmpipe.cli.options import job_options, progress_option
-from lmpipe.cli.settings import template_run
-from lmpipe.tasks.template import run
 
 FIELDS_READ = {"*": "Every field of the record is a template variable ({{ text }}, {{ title }}, ...).",
                "text": "An agent's user turn when it has no `user` template and no TEMPLATE is given (--field)."}
@@ -40,6 +38,9 @@ def main(**options):
       lm-template --system 'You answer in {{ lang }}.' '{{ text }}' < questions.jsonl
       lm-template --agent translator.toml < docs.jsonl | lm-generate
     """
+    from lmpipe.cli.settings import template_run
+    from lmpipe.tasks.template import run
+
     guarded("lm-template", lambda: run(template_run(options)))
 
 
