@@ -2,8 +2,8 @@
 
 Each tool's options (the dict click hands its command) become the library's settings
 dataclasses here, which check themselves and raise UsageError; nothing below the CLI layer sees
-the dict. Every import here is at the top: none of these modules imports torch or transformers
-when imported, so a tool's --help stays torch-free (tests/test_fast_start.py).
+the dict. Each builder imports its own tool's modules inside it: a tool loads only what it
+runs, and its --help none of them (lmpipe.bin).
 """
 
 from __future__ import annotations
@@ -14,47 +14,30 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends.embedding import EmbedSettings
-from ..backends.generate import GenerateSettings
-from ..backends.remote import ServerSettings
-from ..backends.seq2seq import Seq2SeqSettings
-from ..backends.vision_prompts import ImageSource
-from ..chat.prompts import PromptSettings, is_template_name
-from ..chat.tools import check_choice
-from ..engine.constrain import choice_constraint, json_constraint, load_schema, regex_constraint
-from ..engine.decoding import CACHES, Decoding
-from ..engine.sampling import Sampling, parse_logit_bias
-from ..engine.scheduler import SchedulerSettings
 from ..errors import RecordError, UsageError
-from ..models.adapters import Adapter
-from ..models.device import ATTENTIONS, DEVICES, DTYPES
-from ..models.loading import ROPE_SCALINGS, ModelSettings
-from ..models.quantize import MODES
-from ..records.job import JobSettings
-from ..records.pipe import PipeSettings
-from ..records.shard import Shard
-from ..serve.batch import KEY, BatchRun
-from ..serve.guard import GuardSettings, is_loopback
-from ..serve.prompts import ImagePolicy
-from ..serve.roster import RosterSettings
-from ..serve.run import ServeRun
-from ..tasks.bench import BenchRun
-from ..tasks.bench_cases import BenchSettings
-from ..tasks.chat_session import ChatRun
-from ..tasks.chunk import ChunkRun, ChunkSettings
-from ..tasks.detect import DetectRun, DetectSettings, parse_labels
-from ..tasks.embed import EmbedRun
-from ..tasks.generate import GenerateRun
-from ..tasks.similar import SimilarRun
-from ..tasks.summarize import SummarizeRun, SummarizeSettings
-from ..tasks.template import TemplateRun, TemplateSettings
-from ..tasks.tokenize import TokenizeRun, TokenizeSettings
-from ..tasks.translate import TranslateRun, TranslateSettings
-from ..vision.images import DEFAULT_MAX_PIXELS, ImageSettings
-from ..vision.loading import VisionSettings
 
 if TYPE_CHECKING:
+    from ..backends.generate import GenerateSettings
+    from ..backends.remote import ServerSettings
     from ..engine.constrain import Constraint
+    from ..engine.decoding import Decoding
+    from ..engine.sampling import Sampling
+    from ..models.loading import ModelSettings
+    from ..records.job import JobSettings
+    from ..records.pipe import PipeSettings
+    from ..serve.batch import BatchRun
+    from ..serve.run import ServeRun
+    from ..tasks.bench import BenchRun
+    from ..tasks.chat_session import ChatRun
+    from ..tasks.chunk import ChunkRun
+    from ..tasks.detect import DetectRun
+    from ..tasks.embed import EmbedRun
+    from ..tasks.generate import GenerateRun
+    from ..tasks.similar import SimilarRun
+    from ..tasks.summarize import SummarizeRun
+    from ..tasks.template import TemplateRun
+    from ..tasks.tokenize import TokenizeRun
+    from ..tasks.translate import TranslateRun
 
 Options = dict[str, Any]
 
@@ -63,6 +46,9 @@ Options = dict[str, Any]
 
 def model_settings(o: Options) -> ModelSettings:
     """What model_options (and --quantize, where a tool has it) ask for."""
+    from ..models.adapters import Adapter
+    from ..models.loading import ModelSettings
+
     return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"),
                          adapters=tuple(Adapter.parse(a) for a in o.get("adapter") or ()), ctx_size=o.get("ctx_size"),
                          rope_scaling=o.get("rope_scaling"), rope_factor=o.get("rope_factor"), kernel=o.get("kernel"))
@@ -70,12 +56,16 @@ def model_settings(o: Options) -> ModelSettings:
 
 def decoding(o: Options) -> Decoding:
     """The Decoding the speed and draft options ask for (tools without draft options get none)."""
+    from ..engine.decoding import Decoding
+
     return Decoding(o.get("cache") or "auto", bool(o.get("compile")), o.get("draft_model"),
                     o.get("draft_quantize"), o.get("draft_tokens") or 4)
 
 
 def sampling_settings(o: Options) -> Sampling:
     """What sampling_options ask for."""
+    from ..engine.sampling import Sampling, parse_logit_bias
+
     return Sampling(temperature=o["temperature"], top_p=o["top_p"], top_k=o["top_k"], min_p=o["min_p"],
                     repetition_penalty=o["repetition_penalty"], presence_penalty=o["presence_penalty"],
                     frequency_penalty=o["frequency_penalty"], max_new_tokens=o["max_new_tokens"],
@@ -95,6 +85,7 @@ def read_chat_template(value: str | None) -> str | None:
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or exc
             raise UsageError(f"--chat-template {value}: cannot read it: {why}") from None
+    from ..chat.prompts import is_template_name
 
     if not is_template_name(value):
         raise UsageError(f"--chat-template {value}: no such file (nor a template name)")
@@ -109,17 +100,24 @@ def template_settings(o: Options) -> dict[str, Any]:
 
 def job_settings(o: Options) -> JobSettings:
     """--output FILE, --resume, --shard I/N (job_options)."""
+    from ..records.job import JobSettings
+    from ..records.shard import Shard
+
     return JobSettings(output=o.get("output"), resume=bool(o.get("resume")), shard=Shard.parse(o.get("shard")))
 
 
 def pipe_settings(o: Options) -> PipeSettings:
     """--batch-size, --progress and the job options, where a tool has them."""
+    from ..records.pipe import PipeSettings
+
     return PipeSettings(batch_size=o.get("batch_size"), progress=o.get("progress") or "auto", job=job_settings(o))
 
 
 def constraint_from_options(json_schema: str | None = None, regex: str | None = None,
                             choice: Sequence[str] = ()) -> Constraint | None:
     """The constraint asked for on the command line, compiled and checked, or None."""
+    from ..engine.constrain import choice_constraint, json_constraint, load_schema, regex_constraint
+
     options = (("--json-schema", json_schema), ("--regex", regex), ("--choice", choice))
     given = [name for name, value in options if value]
     if len(given) > 1:
@@ -136,6 +134,12 @@ def constraint_from_options(json_schema: str | None = None, regex: str | None = 
 # One function per tool: its options to what its task's run() takes.
 
 def generate_settings(o: Options) -> GenerateSettings:
+    from ..backends.generate import GenerateSettings
+    from ..backends.vision_prompts import ImageSource
+    from ..chat.prompts import PromptSettings
+    from ..chat.tools import check_choice
+    from ..vision.images import DEFAULT_MAX_PIXELS
+
     return GenerateSettings(
         prompt=PromptSettings(field=o["field"], system=o["system"], raw=o["raw"], prefix=o.get("prefix") or "",
                               **template_settings(o)),
@@ -151,6 +155,8 @@ def generate_settings(o: Options) -> GenerateSettings:
 
 
 def server_settings(o: Options) -> ServerSettings | None:
+    from ..backends.remote import ServerSettings
+
     if not o.get("server"):
         return None
     return ServerSettings(o["server"], kind=o.get("server_kind"), concurrency=o.get("concurrency") or 8,
@@ -168,6 +174,8 @@ def client_key(o: Options) -> str | None:
 def generate_run(o: Options, given: frozenset[str] = frozenset()) -> GenerateRun:
     """`given`: the options typed on the command line (given_on_command_line), which a record's
     agent may not change."""
+    from ..tasks.generate import GenerateRun
+
     return GenerateRun(settings=generate_settings(o), model=model_settings(o), pipe=pipe_settings(o),
                        prompt=o.get("prompt"), server=server_settings(o), no_server=bool(o.get("no_server")),
                        stream=o["stream"], quiet=o["quiet"],
@@ -177,6 +185,10 @@ def generate_run(o: Options, given: frozenset[str] = frozenset()) -> GenerateRun
 def chat_run(o: Options) -> ChatRun:
     """lm-chat: lm-generate's model, sampling, speed and server options; the system prompt goes
     into the conversation (so /save keeps it), not into the prompt settings."""
+    from ..backends.generate import GenerateSettings
+    from ..chat.prompts import PromptSettings
+    from ..tasks.chat_session import ChatRun
+
     settings = GenerateSettings(prompt=PromptSettings(**template_settings(o)), sampling=sampling_settings(o),
                                 decoding=decoding(o))
     return ChatRun(settings=settings, model=model_settings(o), server=o.get("server"), api_key=client_key(o),
@@ -185,6 +197,10 @@ def chat_run(o: Options) -> ChatRun:
 
 
 def detect_run(o: Options) -> DetectRun:
+    from ..tasks.detect import DetectRun, DetectSettings, parse_labels
+    from ..vision.images import ImageSettings
+    from ..vision.loading import VisionSettings
+
     try:
         labels = parse_labels(o["labels"]) if o.get("labels") else ()
     except RecordError as exc:
@@ -195,6 +211,9 @@ def detect_run(o: Options) -> DetectRun:
 
 
 def translate_run(o: Options) -> TranslateRun:
+    from ..backends.seq2seq import Seq2SeqSettings
+    from ..tasks.translate import TranslateRun, TranslateSettings
+
     settings = TranslateSettings(
         source=o["source"], target=o["target"], field=o["field"], out=o["out"],
         generation=Seq2SeqSettings(o["num_beams"], o["max_length"], None), window=o["window"],
@@ -203,6 +222,9 @@ def translate_run(o: Options) -> TranslateRun:
 
 
 def summarize_run(o: Options) -> SummarizeRun:
+    from ..backends.seq2seq import Seq2SeqSettings
+    from ..tasks.summarize import SummarizeRun, SummarizeSettings
+
     settings = SummarizeSettings(
         field=o["field"], out=o["out"], window=o["window"],
         generation=Seq2SeqSettings(o["num_beams"], o["max_length"], o["min_length"]),
@@ -234,23 +256,32 @@ def read_template(template: str | None, file: str | None) -> str | None:
 
 
 def template_run(o: Options) -> TemplateRun:
+    from ..tasks.template import TemplateRun, TemplateSettings
+
     settings = TemplateSettings(read_template(o["template"], o["file"]), o["system"], o["agent"], o["field"],
                                 o["out"], parse_vars(o["var"]))
     return TemplateRun(settings, pipe_settings(o))
 
 
 def tokenize_run(o: Options) -> TokenizeRun:
+    from ..tasks.tokenize import TokenizeRun, TokenizeSettings
+
     settings = TokenizeSettings(field=o["field"], decode=o["decode"], special=not o["no_special"], out=o["out"])
     return TokenizeRun(settings, model=o["model"], tokenizer=o["tokenizer"], add_tokens=o["add_token"],
                        add_special_tokens=o["add_special_token"], save=o["save"], pipe=pipe_settings(o))
 
 
 def chunk_run(o: Options) -> ChunkRun:
+    from ..tasks.chunk import ChunkRun, ChunkSettings
+
     settings = ChunkSettings(o["max_tokens"], o["overlap"], o["field"], o["id_field"])
     return ChunkRun(settings, model=o["model"], tokenizer=o["tokenizer"], pipe=pipe_settings(o))
 
 
 def bench_run(o: Options) -> BenchRun:
+    from ..tasks.bench import BenchRun
+    from ..tasks.bench_cases import BenchSettings
+
     settings = BenchSettings(
         model=model_settings(o),
         decoding=decoding(o),
@@ -276,6 +307,11 @@ MODEL_OPTION_KEYS = {"quantize": "quantize", "cache": "cache", "compile": "compi
 def model_option(o: Options, model: str, pair: str) -> Options:
     """`o` with one --model-option KEY=VALUE applied (a UsageError names what is wrong); a value
     is checked against the choices its command-line option has."""
+    from ..engine.decoding import CACHES
+    from ..models.device import ATTENTIONS, DEVICES, DTYPES
+    from ..models.loading import ROPE_SCALINGS
+    from ..models.quantize import MODES
+
     key, sep, value = pair.partition("=")
     if not sep or key not in MODEL_OPTION_KEYS:
         raise UsageError(f"--model-option {model} {pair}: expected KEY=VALUE with KEY one of "
@@ -312,6 +348,12 @@ def parse_loras(pairs: Sequence[str], models: Sequence[str]) -> list[tuple[str, 
 
 
 def serve_run(o: Options) -> ServeRun:
+    from ..engine.scheduler import SchedulerSettings
+    from ..serve.guard import GuardSettings, is_loopback
+    from ..serve.prompts import ImagePolicy
+    from ..serve.roster import RosterSettings
+    from ..serve.run import ServeRun
+
     def scheduler(options: Options) -> SchedulerSettings:
         return SchedulerSettings(model=model_settings(options), decoding=decoding(options),
                                  max_batch=options["max_batch"], max_queue=options["max_queue"],
@@ -328,6 +370,8 @@ def serve_run(o: Options) -> ServeRun:
     served = [scheduler(per_model[m]) for m in models]
     loras = parse_loras(o.get("lora") or (), models)
     if loras:  # the first model's rows run them, each request's by its name (lmpipe.serve.roster.ServedAdapter)
+        from ..models.adapters import Adapter
+
         first = served[0]
         served[0] = replace(first, model=replace(first.model, loras=tuple(
             (name, Adapter.parse(path)) for name, path in loras)))
@@ -356,17 +400,26 @@ def api_keys(given: tuple[str, ...], file: str | None) -> tuple[str, ...]:
 
 
 def embed_run(o: Options) -> EmbedRun:
+    from ..backends.embedding import EmbedSettings
+    from ..models.loading import ModelSettings
+    from ..tasks.embed import EmbedRun
+
     return EmbedRun(EmbedSettings(normalize=o["normalize"], chunk=o["chunk"]),
                     ModelSettings(o["model"], o["device"], o["dtype"]), pipe_settings(o),
                     field=o["field"], out=o["out"], encoding=o["encoding"])
 
 
 def similar_run(o: Options) -> SimilarRun:
+    from ..tasks.similar import SimilarRun
+
     return SimilarRun(text=o["query"], vector=o["vector"], record=o["record"], top=o["top"], field=o["field"],
                       model=o["model"])
 
 
 def batch_run(o: Options) -> BatchRun:
+    from ..engine.scheduler import SchedulerSettings
+    from ..serve.batch import KEY, BatchRun
+
     scheduler = SchedulerSettings(model=model_settings(o), decoding=decoding(o), max_batch=o["max_batch"],
                                   chat_template=read_chat_template(o.get("chat_template")))
     pipe = pipe_settings(o)

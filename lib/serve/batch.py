@@ -116,8 +116,8 @@ class BatchTask:
 
 
 def client_for(r: BatchRun, roster: Any) -> Any:
-    # httpx and the app (starlette) inside the functions: every tool's settings import this module,
-    # and their --help imports neither.
+    # httpx and the app (starlette) inside the functions: lm-batch's option checks import this
+    # module, and a usage error answers without either.
     import httpx
 
     timeout = httpx.Timeout(None, connect=30)

@@ -47,8 +47,8 @@ def engine_threads(requested: int | None) -> int:
     cores, one thread against two: one stream 46.8 against 30.9 tok/s, 16 at a time 226 against
     168 (int8, measured with lm-bench -c). vLLM's CPU guide leaves cores to its server likewise.
     """
-    # torch, uvicorn and the app (starlette) inside the functions: every tool's settings import this
-    # module, and their --help imports none of them.
+    # torch, uvicorn and the app (starlette) inside the functions: lm-serve's option checks import
+    # this module, and a usage error answers without any of them.
     import torch
 
     if requested:
