@@ -1,4 +1,4 @@
-"""The server's engine: batches, cancellation, the bounded queue, keep-alive unloading."""
+"""The server's scheduler: batches, cancellation, the bounded queue, keep-alive unloading."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def wait_for(job_events: list, done: threading.Event, timeout: float = 120) -> C
 
 
 @pytest.fixture
-def engine(tiny_llama):
+def scheduler(tiny_llama):
     e = Scheduler(SchedulerSettings(model=ModelSettings(str(tiny_llama)), max_batch=4, max_queue=2, keep_alive=0.5))
     yield e
     e.close()
@@ -46,80 +46,80 @@ def collector():
     return events, done, emit
 
 
-def job(engine: Scheduler, n: int = 6):
+def job(scheduler: Scheduler, n: int = 6):
     events, done, emit = collector()
-    ids = list(engine.tokenizer("The quick brown fox")["input_ids"])
+    ids = list(scheduler.tokenizer("The quick brown fox")["input_ids"])
     return Request(ids, Sampling(max_new_tokens=n), emit), events, done
 
 
-def test_answers_then_unloads_after_keep_alive_and_reloads(engine):
-    first, events, done = job(engine)
-    engine.submit(first)
+def test_answers_then_unloads_after_keep_alive_and_reloads(scheduler):
+    first, events, done = job(scheduler)
+    scheduler.submit(first)
     c = wait_for(events, done)
     assert isinstance(c, Completion) and c.output_tokens >= 1
     deadline = time.monotonic() + 30
-    while engine.loaded and time.monotonic() < deadline:
+    while scheduler.loaded and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not engine.loaded
-    again, events2, done2 = job(engine)
-    engine.submit(again)
+    assert not scheduler.loaded
+    again, events2, done2 = job(scheduler)
+    scheduler.submit(again)
     assert wait_for(events2, done2).ids == c.ids
 
 
-def test_the_queue_is_bounded(engine):
-    engine.model()
-    with engine._lock:  # hold the worker at the model so the queue fills
-        jobs = [job(engine)[0] for _ in range(4)]
+def test_the_queue_is_bounded(scheduler):
+    scheduler.model()
+    with scheduler._lock:  # hold the worker at the model so the queue fills
+        jobs = [job(scheduler)[0] for _ in range(4)]
         accepted = 0
         with pytest.raises(queue.Full):
             for j in jobs:
-                engine.submit(j)
+                scheduler.submit(j)
                 accepted += 1
         for j in jobs:
             j.cancelled.set()
     assert accepted in (2, 3)  # the worker may have taken one before it blocked
 
 
-def solo(engine: Scheduler, ids: list[int], sampling: Sampling) -> Completion:
+def solo(scheduler: Scheduler, ids: list[int], sampling: Sampling) -> Completion:
     from lmpipe.engine.generation import generate
 
-    lm = engine.model()
+    lm = scheduler.model()
     return [e for e in generate(lm.model, lm.tokenizer, [ids], sampling) if isinstance(e, Completion)][0]
 
 
-def submit(engine: Scheduler, prompt: str, sampling: Sampling, grammar: str | None = None):
+def submit(scheduler: Scheduler, prompt: str, sampling: Sampling, grammar: str | None = None):
     events, done, emit = collector()
-    ids = list(engine.tokenizer(prompt)["input_ids"])
+    ids = list(scheduler.tokenizer(prompt)["input_ids"])
     j = Request(ids, sampling, emit, grammar=grammar)
-    engine.submit(j)
+    scheduler.submit(j)
     return j, events, done
 
 
-def test_a_request_joins_a_running_batch_and_leaves_it_before_the_long_one_ends(engine):
-    engine.model()
+def test_a_request_joins_a_running_batch_and_leaves_it_before_the_long_one_ends(scheduler):
+    scheduler.model()
     long_sampling = Sampling(max_new_tokens=60, stop=("never appears",))
-    long_job, long_events, long_done = submit(engine, "Once upon a time", long_sampling)
+    long_job, long_events, long_done = submit(scheduler, "Once upon a time", long_sampling)
     deadline = time.monotonic() + 60
     while len(long_events) < 5 and time.monotonic() < deadline:  # the long one is decoding
         time.sleep(0.01)
-    short_job, short_events, short_done = submit(engine, "The quick brown fox", Sampling(max_new_tokens=4))
+    short_job, short_events, short_done = submit(scheduler, "The quick brown fox", Sampling(max_new_tokens=4))
     short = wait_for(short_events, short_done)
     assert not long_done.is_set()  # continuous: the short request did not wait for the long one
     long = wait_for(long_events, long_done)
-    assert engine.loop is not None and not engine.loop.live  # every row freed
+    assert scheduler.loop is not None and not scheduler.loop.live  # every row freed
     # Joining and leaving a batch changes no tokens: each equals its own run alone.
-    assert short.ids == solo(engine, short_job.ids, Sampling(max_new_tokens=4)).ids
-    assert long.ids == solo(engine, long_job.ids, long_sampling).ids
+    assert short.ids == solo(scheduler, short_job.ids, Sampling(max_new_tokens=4)).ids
+    assert long.ids == solo(scheduler, long_job.ids, long_sampling).ids
 
 
-def test_rows_keep_their_own_sampling_and_seed(engine):
-    engine.model()
+def test_rows_keep_their_own_sampling_and_seed(scheduler):
+    scheduler.model()
     sampled = Sampling(temperature=0.9, top_k=20, seed=7, max_new_tokens=12)
-    runs = [submit(engine, "Once upon a time", sampled),
-            submit(engine, "The quick brown fox", Sampling(max_new_tokens=12))]
+    runs = [submit(scheduler, "Once upon a time", sampled),
+            submit(scheduler, "The quick brown fox", Sampling(max_new_tokens=12))]
     got = [wait_for(events, done) for _, events, done in runs]
-    assert got[0].ids == solo(engine, runs[0][0].ids, sampled).ids
-    assert got[1].ids == solo(engine, runs[1][0].ids, Sampling(max_new_tokens=12)).ids
+    assert got[0].ids == solo(scheduler, runs[0][0].ids, sampled).ids
+    assert got[1].ids == solo(scheduler, runs[1][0].ids, Sampling(max_new_tokens=12)).ids
 
 
 def test_a_cancelled_request_frees_its_row_at_once(tiny_llama):
@@ -141,21 +141,21 @@ def test_a_cancelled_request_frees_its_row_at_once(tiny_llama):
         e.close()
 
 
-def test_a_constrained_request_joins_a_free_one_in_the_running_batch(engine):
+def test_a_constrained_request_joins_a_free_one_in_the_running_batch(scheduler):
     from lmpipe.engine.constrain import choice_constraint
 
-    engine.model()
-    free_job, free_events, free_done = submit(engine, "Once upon a time", Sampling(max_new_tokens=30))
+    scheduler.model()
+    free_job, free_events, free_done = submit(scheduler, "Once upon a time", Sampling(max_new_tokens=30))
     while not free_events:
         time.sleep(0.01)
     grammar = choice_constraint(["yes", "no"]).grammar
-    _, events, done = submit(engine, "Answer:", Sampling(max_new_tokens=8), grammar)
+    _, events, done = submit(scheduler, "Answer:", Sampling(max_new_tokens=8), grammar)
     answer = wait_for(events, done)
     assert isinstance(answer, Completion) and answer.text in ("yes", "no")
-    assert wait_for(free_events, free_done).ids == solo(engine, free_job.ids, Sampling(max_new_tokens=30)).ids
+    assert wait_for(free_events, free_done).ids == solo(scheduler, free_job.ids, Sampling(max_new_tokens=30)).ids
 
 
-def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(engine, monkeypatch):
+def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(scheduler, monkeypatch):
     import lmpipe.engine.batching
 
     starts: list[int] = []
@@ -166,16 +166,16 @@ def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(eng
         return real(*args, start=start, **kwargs)
 
     monkeypatch.setattr(lmpipe.engine.batching, "prefill", recording)
-    engine.model()
+    scheduler.model()
     base = "You are a careful assistant who answers briefly and well. Question:"
-    first = wait_for(*submit(engine, base + " what is a fox?", Sampling(max_new_tokens=10))[1:])
+    first = wait_for(*submit(scheduler, base + " what is a fox?", Sampling(max_new_tokens=10))[1:])
     assert first.output_tokens
-    job, events, done = submit(engine, base + " what is a dog?", Sampling(max_new_tokens=10))
+    job, events, done = submit(scheduler, base + " what is a dog?", Sampling(max_new_tokens=10))
     second = wait_for(events, done)
-    asked = tuple(engine.tokenizer(base + " what is a fox?")["input_ids"])
+    asked = tuple(scheduler.tokenizer(base + " what is a fox?")["input_ids"])
     shared = lmpipe.engine.batching.shared_length(asked, job.ids)
     assert starts == [0, shared] and shared >= 8  # the second prompt computed only what it does not share
-    assert second.ids == solo(engine, job.ids, Sampling(max_new_tokens=10)).ids
+    assert second.ids == solo(scheduler, job.ids, Sampling(max_new_tokens=10)).ids
 
 
 def test_a_prompt_from_the_prefix_cache_scores_within_the_readmes_bound(tiny_llama):

@@ -112,7 +112,7 @@ def test_cache_auto_falls_back_and_says_so_once_and_cache_fast_is_refused(tiny_g
 
 
 def test_rows_joining_a_running_batch_keep_transformers_tokens(family):
-    """lm-serve's engine: a row joins while the long one (past the window) decodes; both give
+    """lm-serve's scheduler: a row joins while the long one (past the window) decodes; both give
     transformers' tokens. Asked to compile (lm-serve --compile), its rows still join and leave,
     which a compiled step's fixed shapes do not allow: they run uncompiled, and it says so."""
     import threading
@@ -128,7 +128,7 @@ def test_rows_joining_a_running_batch_keep_transformers_tokens(family):
     model, tokenizer = load(folder)
     expected = [reference(model, tokenizer, [p], n)[0] for p, n in ((PROMPTS[1], 40), (PROMPTS[0], 6))]
     said: list[str] = []
-    engine = Scheduler(SchedulerSettings(model=ModelSettings(str(folder)), decoding=Decoding(compile=True),
+    scheduler = Scheduler(SchedulerSettings(model=ModelSettings(str(folder)), decoding=Decoding(compile=True),
                                          max_batch=4), said.append)
     try:
         runs = []
@@ -140,7 +140,7 @@ def test_rows_joining_a_running_batch_keep_transformers_tokens(family):
                 if isinstance(event, (Completion, Exception)):
                     done.set()
 
-            engine.submit(Request(tokenizer(prompt).input_ids, Sampling(max_new_tokens=n), emit))
+            scheduler.submit(Request(tokenizer(prompt).input_ids, Sampling(max_new_tokens=n), emit))
             runs.append((events, done))
             deadline = time.monotonic() + 60
             while len(events) < 4 and not done.is_set() and time.monotonic() < deadline:  # the long one decodes
@@ -149,11 +149,11 @@ def test_rows_joining_a_running_batch_keep_transformers_tokens(family):
         for events, done in runs:
             assert done.wait(120)
             got.append(list(events[-1].ids))
-        assert (engine.decoding.cache, engine.decoding.compile) == ("fast", False)  # what the manifest says
+        assert (scheduler.decoding.cache, scheduler.decoding.compile) == ("fast", False)  # what the manifest says
         assert [m for m in said if "--compile" in m] == [
             "lmpipe: --compile: the fast path's rows join and leave a running batch, so its step runs uncompiled"]
     finally:
-        engine.close()
+        scheduler.close()
     same_tokens(expected, got, tokenizer)
 
 

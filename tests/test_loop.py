@@ -38,7 +38,7 @@ class Served:
             real(loop)
 
         monkeypatch.setattr(Loop, "step", paced)
-        self.engine = Scheduler(SchedulerSettings(model=ModelSettings(str(tiny_llama)), max_batch=4))
+        self.scheduler = Scheduler(SchedulerSettings(model=ModelSettings(str(tiny_llama)), max_batch=4))
         self.log: list[tuple[str, object]] = []  # appended on the worker thread only: one order for all jobs
         self.done: dict[str, threading.Event] = {}
 
@@ -50,7 +50,7 @@ class Served:
             if isinstance(event, (Completion, Exception)):
                 done.set()
 
-        self.engine.submit(Request(list(ids), sampling, emit))
+        self.scheduler.submit(Request(list(ids), sampling, emit))
 
     def events(self, name: str) -> list:
         return [e for n, e in self.log if n == name]
@@ -101,7 +101,7 @@ def test_the_same_greedy_request_gives_the_same_token_events_through_every_front
         for name in ("short", "ours", "long"):
             assert served.done[name].wait(120)
     finally:
-        served.engine.close()
+        served.scheduler.close()
     assert token_events(served.events("ours")) == alone
     assert served.first("long") < served.first("ours") < served.last("long")  # it joined a running batch
     assert served.first("ours") < served.first("short")  # another joined while it decoded,

@@ -83,12 +83,12 @@ def test_add_special_tokens_as_lm_tokenize_no_special():
     from lmpipe.serve.tokens import tokenized
 
     ref = resolve("all-minilm-l6-v2")
-    engine = SimpleNamespace(tokenizer=load_tokenizer(ref), model_id=ref.id, ref=ref, context_length=lambda: 512)
+    scheduler = SimpleNamespace(tokenizer=load_tokenizer(ref), model_id=ref.id, ref=ref, context_length=lambda: 512)
     with_special = lm_tokenize([{"text": "a cat"}], "-m", "all-minilm-l6-v2")[0]["ids"]
     without = lm_tokenize([{"text": "a cat"}], "-m", "all-minilm-l6-v2", "--no-special")[0]["ids"]
     assert with_special[1:-1] == without and len(with_special) == len(without) + 2
-    assert tokenized(engine, {"prompt": "a cat"})["tokens"] == with_special
-    assert tokenized(engine, {"prompt": "a cat", "add_special_tokens": False})["tokens"] == without
+    assert tokenized(scheduler, {"prompt": "a cat"})["tokens"] == with_special
+    assert tokenized(scheduler, {"prompt": "a cat", "add_special_tokens": False})["tokens"] == without
 
 
 @pytest.mark.parametrize(("path", "body", "code"), [

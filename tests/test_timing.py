@@ -56,7 +56,7 @@ def served(model: str, ids: list[int], sampling: Sampling) -> Completion:
     from lmpipe.engine.scheduler import Scheduler, SchedulerSettings
     from lmpipe.models.loading import ModelSettings
 
-    engine = Scheduler(SchedulerSettings(model=ModelSettings(model)))
+    scheduler = Scheduler(SchedulerSettings(model=ModelSettings(model)))
     got: list = []
     done = threading.Event()
 
@@ -66,10 +66,10 @@ def served(model: str, ids: list[int], sampling: Sampling) -> Completion:
             done.set()
 
     try:
-        engine.submit(Request(list(ids), sampling, emit))
+        scheduler.submit(Request(list(ids), sampling, emit))
         assert done.wait(120)
     finally:
-        engine.close()
+        scheduler.close()
     assert isinstance(got[-1], Completion), got[-1]
     return got[-1]
 

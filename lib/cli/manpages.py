@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,8 +34,6 @@ EXIT_CODES = (
 
 def tools() -> dict[str, Any]:
     """The lm-* console scripts of the installed lmpipe, by name: {name: entry point}."""
-    from importlib.metadata import entry_points
-
     found = {}
     for ep in entry_points(group="console_scripts"):
         if ep.name.startswith("lm-") and ep.value.startswith("lmpipe."):

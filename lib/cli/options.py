@@ -8,9 +8,11 @@ from typing import Any, TypeVar, overload
 import click
 from click.core import ParameterSource
 
+from ..backends.dialects import KINDS
 from ..models.device import ATTENTIONS, DEVICES, DTYPES
 from ..models.kernels.choice import KERNELS
 from ..models.resolve import DEFAULT_MODEL
+from ..records.progress import MODES
 
 F = TypeVar("F", bound=Callable[..., Any])  # a click command, with the options added
 
@@ -146,8 +148,6 @@ def adapter_option(f: F) -> F:
 
 
 def progress_option(f: F) -> F:
-    from ..records.progress import MODES
-
     return click.option("--progress", type=click.Choice(MODES), default="auto", show_default=True,
                         envvar="LMPIPE_PROGRESS",
                         help="Progress on stderr: a bar (auto: when stderr is a terminal and stdout is not), "
@@ -256,8 +256,6 @@ def server_option(f: F) -> F:
 
 def remote_options(f: F) -> F:
     """How to talk to a server: --server-kind, --concurrency, --retries (lmpipe.backends.remote)."""
-    from ..backends.dialects import KINDS
-
     return _stack(
         click.option("--server-kind", type=click.Choice(KINDS), default=None, envvar="LMPIPE_SERVER_KIND",
                      help="What the server is (lm-serve, vLLM, llama.cpp, Ollama, another), for the fields it reads "

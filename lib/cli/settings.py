@@ -2,13 +2,15 @@
 
 Each tool's options (the dict click hands its command) become the library's settings
 dataclasses here, which check themselves and raise UsageError; nothing below the CLI layer sees
-the dict. Imports happen inside the functions, so that a tool's --help stays torch-free.
+the dict. Each builder imports its own tool's modules inside it: a tool loads only what it
+runs, and its --help none of them (lmpipe.bin).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -346,8 +348,6 @@ def parse_loras(pairs: Sequence[str], models: Sequence[str]) -> list[tuple[str, 
 
 
 def serve_run(o: Options) -> ServeRun:
-    from dataclasses import replace
-
     from ..engine.scheduler import SchedulerSettings
     from ..serve.guard import GuardSettings, is_loopback
     from ..serve.prompts import ImagePolicy
@@ -417,8 +417,6 @@ def similar_run(o: Options) -> SimilarRun:
 
 
 def batch_run(o: Options) -> BatchRun:
-    from dataclasses import replace
-
     from ..engine.scheduler import SchedulerSettings
     from ..serve.batch import KEY, BatchRun
 

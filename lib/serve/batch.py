@@ -20,11 +20,13 @@ from typing import Any
 
 import orjson
 
+from ..backends import warm
 from ..engine.scheduler import SchedulerSettings
 from ..errors import UsageError
 from ..records.jsonl import Item
 from ..records.pipe import JsonlSink, PipeSettings, run_records, say
 from ..records.runner import Finished
+from .roster import ModelRoster, RosterSettings
 
 URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 KEY = "custom_id"
@@ -114,6 +116,8 @@ class BatchTask:
 
 
 def client_for(r: BatchRun, roster: Any) -> Any:
+    # httpx and the app (starlette) inside the functions: lm-batch's option checks import this
+    # module, and a usage error answers without either.
     import httpx
 
     timeout = httpx.Timeout(None, connect=30)
@@ -130,15 +134,11 @@ def client_for(r: BatchRun, roster: Any) -> Any:
 def warm_server(r: BatchRun) -> Any:
     """A running lm-serve whose default model is this run's, with the same settings: a line that
     names no model must get the same model there as here (lmpipe.backends.warm)."""
-    from ..backends import warm
-
     return warm.find(warm.holds(r.scheduler.model.ref().id, r.scheduler.model, r.scheduler.decoding,
                                 r.scheduler.chat_template), default=True)
 
 
 def run(r: BatchRun) -> int:
-    from .roster import ModelRoster, RosterSettings
-
     job = r.pipe.job.open()  # an existing --output without --resume fails here, before the model loads
     if r.server is None and not r.no_server and (found := warm_server(r)):
         r = replace(r, server=found.url, api_key=found.token)

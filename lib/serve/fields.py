@@ -54,6 +54,8 @@ class BadRequest(Exception):
 
 def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
     """OpenAI's error body `{"error": {"message", "type", "code"}}` with its status code."""
+    # starlette here, not at the top: lm-serve's and lm-batch's option checks reach this module
+    # (through lmpipe.serve.roster), and a usage error answers without starlette.
     from starlette.responses import Response
 
     kind = "server_error" if status >= 500 else "invalid_request_error"

@@ -188,6 +188,8 @@ def replayed(body: bytes, receive: Any) -> Any:
 def guarded(app: Any, settings: GuardSettings, token: str | None = None) -> Any:
     """`app` behind the guard; with allowed origins, CORS between the two."""
     if settings.allowed_origins:
+        # starlette and uvicorn inside the functions: lm-serve's option checks import this module,
+        # and a usage error answers without either.
         from starlette.middleware.cors import CORSMiddleware
 
         app = CORSMiddleware(app, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],

@@ -20,6 +20,17 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from ..engine.events import Completion
 from ..engine.scheduler import Scheduler
 from ..engine.timing import gaps
@@ -65,8 +76,6 @@ class OccupancyCollector:
         self.roster = roster
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         families: list[GaugeMetricFamily | CounterMetricFamily] = []
         for name in self.NAMES:
             kind, text = METRICS[name]
@@ -117,8 +126,6 @@ class ServerMetrics:
     the start for the models served from it), `exposition` is the page."""
 
     def __init__(self, roster: ModelRoster):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-
         # no `_created` series, as vLLM serves none (prometheus_client leaves this one unannotated)
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
@@ -145,6 +152,4 @@ class ServerMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The page and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

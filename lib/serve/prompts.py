@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
+from ..backends.vision_prompts import ImageSource, vision_prompt
 from ..chat.prompts import PromptSettings, effective_template, messages_of, prompt_ids
 from ..chat.reasoning import opens_thinking
 from ..errors import RecordError, UsageError
@@ -48,8 +50,6 @@ class ImagePolicy:
         if self.local_dir is None:
             return False
         if path.partition(":")[0].lower() == "file":
-            from urllib.parse import unquote, urlparse
-
             path = unquote(urlparse(path).path)
         return Path(path).expanduser().resolve().is_relative_to(Path(self.local_dir).resolve())
 
@@ -86,8 +86,6 @@ def image_urls(messages: Any) -> list[tuple[str, str]]:
 
 
 def vision_chat_prompt(rules: ImageRules, body: dict[str, Any], asked: Asked, template: PromptSettings) -> Prompt:
-    from ..backends.vision_prompts import ImageSource, vision_prompt
-
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty list", "invalid_type")

@@ -20,10 +20,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from ..backends.embedding import encoded
+from ..backends.generate import stats
 from ..chat.reasoning import ReasoningStream, split_reasoning
 from ..engine.events import Completion, ScoredPrompt, Token
 from ..engine.sampling import Sampling
 from ..engine.scheduler import Scheduler
+from ..records.manifest import versions
 from .logprobs import chat_entries, legacy
 from .prompts import Prompt
 from .protocol import (
@@ -137,9 +139,6 @@ class Renderer(ABC):
 
     def lmpipe_part(self, index: int, c: Completion) -> Json:
         """lmpipe's own part of a choice: its stats and the manifest's parts (its prompt's sampling)."""
-        from ..backends.generate import stats
-        from ..records.manifest import versions
-
         lm = self.scheduler.lm
         return {
             "stats": stats(c, None),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +39,6 @@ class _SyncedFile(logging.handlers.RotatingFileHandler):
             os.fsync(self.stream.fileno())
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        import sys
-
         self.failed(f"cannot write the request log {self.baseFilename}: {sys.exc_info()[1]}")
 
 

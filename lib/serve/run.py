@@ -7,10 +7,16 @@ picks a free one), and the record is removed when it stops.
 
 from __future__ import annotations
 
+import signal
+import socket
 from dataclasses import dataclass, field
 
+from ..backends import warm
+from ..errors import UsageError
+from ..records.pipe import say
 from .guard import GuardSettings, guarded, header_deadline
 from .prompts import ImagePolicy
+from .requestlog import RequestLog
 from .roster import ModelRoster, RosterSettings
 
 MAX_N = 16  # choices per request unless --max-n says otherwise (one request cannot fill the queue)
@@ -41,6 +47,8 @@ def engine_threads(requested: int | None) -> int:
     cores, one thread against two: one stream 46.8 against 30.9 tok/s, 16 at a time 226 against
     168 (int8, measured with lm-bench -c). vLLM's CPU guide leaves cores to its server likewise.
     """
+    # torch, uvicorn and the app (starlette) inside the functions: lm-serve's option checks import
+    # this module, and a usage error answers without any of them.
     import torch
 
     if requested:
@@ -50,15 +58,9 @@ def engine_threads(requested: int | None) -> int:
 
 
 def run(r: ServeRun) -> int:
-    import signal
-    import socket
-
     import torch
     import uvicorn
 
-    from ..backends import warm
-    from ..errors import UsageError
-    from ..records.pipe import say
     from .app import create_app
 
     threads = engine_threads(r.threads)
@@ -66,8 +68,6 @@ def run(r: ServeRun) -> int:
     roster = ModelRoster(r.models, lambda m: say("lm-serve", m))
     log = None
     if r.log:
-        from .requestlog import RequestLog
-
         try:
             log = RequestLog(r.log, r.log_max_bytes, failed=lambda m: say("lm-serve", m))
         except OSError as exc:
