@@ -109,29 +109,31 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def memory_probe(impl: str, model: ModelSettings, tokens: int = 8) -> dict[str, Any]:
-    """Peak memory of a fresh process that loads the model and generates `tokens` tokens.
+def memory_probe(impl: str, model: ModelSettings, prompt_tokens: int, tokens: int = 8) -> dict[str, Any]:
+    """Peak memory of a fresh process that loads the model, reads a prompt of `prompt_tokens` (the
+    timed cases' length, so a long prompt's KV cache and activations count) and generates `tokens`.
 
     One process per implementation, so neither's peak hides inside the other's. `import_rss_mb`
     is that process after importing torch and transformers; `model_peak_mb` is the rest of
     its peak, the part the model is responsible for.
     """
     code = ("import sys, json; from lmpipe.tasks.bench_cases import _probe; "
-            "_probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))")
-    done = subprocess.run([sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(tokens)],
+            "_probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))")
+    done = subprocess.run([sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(prompt_tokens),
+                           str(tokens)],
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"the memory probe failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _probe(impl: str, settings: dict[str, Any], tokens: int) -> None:
+def _probe(impl: str, settings: dict[str, Any], prompt_tokens: int, tokens: int) -> None:
     import torch  # noqa: F401  (imported before the first reading: it is not the model's)
     import transformers  # noqa: F401
 
     imported = peak_rss_mb()
     lm = load(ModelSettings(**settings), lambda m: None)
-    prompt = bench_prompt(lm.tokenizer, 16)
+    prompt = bench_prompt(lm.tokenizer, prompt_tokens)
     call = lmpipe_call(lm, Decoding()) if impl == "lmpipe" else transformers_call(lm.model, lm.tokenizer)
     call([prompt], tokens)
     peak = peak_rss_mb()
@@ -300,7 +302,7 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
     info.update(manifest_part(settings.decoding, draft))
     prompt = bench_prompt(lm.tokenizer, settings.prompt_tokens)
     notify("peak memory, one fresh process each")
-    ours = memory_probe("lmpipe", settings.model)
+    ours = memory_probe("lmpipe", settings.model, settings.prompt_tokens)
     yield {"impl": "lmpipe", "case": "memory", "model_mb": model_mb(lm.model), **ours, "manifest": info}
     calls: dict[str, Call] = {"lmpipe": lmpipe_call(lm, settings.decoding, draft.model if draft else None)}
     base_model = None
@@ -308,7 +310,7 @@ def run_bench(settings: BenchSettings, notify: Callable[[str], None]) -> Iterato
         # A GGUF file's reference is the file dequantized to float32, as transformers loads it.
         plain = ModelSettings(settings.model.model, settings.model.device, settings.model.dtype, dequantize=True)
         base_model = lm.model if not settings.model.quantize and lm.ref.kind != "gguf" else load(plain).model
-        theirs = memory_probe("transformers", plain)
+        theirs = memory_probe("transformers", plain, settings.prompt_tokens)
         yield {"impl": "transformers", "case": "memory", "model_mb": model_mb(base_model), **theirs,
                "model_peak_ratio": round(ours["model_peak_mb"] / theirs["model_peak_mb"], 2)
                if theirs["model_peak_mb"] > 0 else None}
