@@ -32,6 +32,9 @@ def files(tmp_path_factory):
     made = {kind: write_tiny_llama_gguf(folder / f"tiny-{kind}.gguf", kind)
             for kind in (*INT4_TYPES, "Q5_K", "Q6_K", "Q8_0", "F16", "TQ2_0")}
     made["Q4_K_M"] = write_tiny_llama_gguf(folder / "tiny-Q4_K_M.gguf", "Q4_K", Q4_K_M)
+    # Untied, as Llama 3 8B and Llama 2 are: its own Q6_K output, a Q4_K token embedding.
+    made["Q4_K_M-untied"] = write_tiny_llama_gguf(folder / "tiny-Q4_K_M-untied.gguf", "Q4_K",
+                                                  {**Q4_K_M, "token_embd": "Q4_K", "output": "Q6_K"}, tied=False)
     return made
 
 
@@ -91,6 +94,34 @@ def test_greedy_tokens_equal_transformers_on_the_dequantized_file(files, kind):
         assert float(gaps.max()) <= NEAR_TIE, gaps.tolist()
         assert int((gaps == 0).sum()) >= len(gaps) - 2, gaps.tolist()
     assert not any(isinstance(m, torch.nn.Linear) for m in lm.model.modules()) or kind == "F16"
+
+
+def test_an_untied_q4_k_embedding_stays_the_files_blocks_and_is_looked_up_from_them(files):
+    import torch
+
+    from lmpipe.models.quantized_layers import PortableEmbedding
+
+    lm = load(ModelSettings(str(files["Q4_K_M-untied"])))
+    reference = _reference(files["Q4_K_M-untied"])
+    table = lm.model.get_input_embeddings()
+    assert isinstance(table, PortableEmbedding) and table.mode == "int4"
+    vocab, hidden = table.num_embeddings, table.embedding_dim
+    # No float copy of the table anywhere in the model: the file's blocks only.
+    assert not any(t.is_floating_point() and tuple(t.shape) == (vocab, hidden)
+                   for t in [*lm.model.parameters(), *lm.model.buffers()])
+    assert lm.identity["gguf_tensors"]["Q4_K"]["int4"] >= 1
+    every = torch.arange(vocab)
+    got, want = table(every), reference.get_input_embeddings()(every)
+    assert float((got - want).norm() / want.norm()) < INT4_PRODUCT_BOUND  # bfloat16 scale and zero, as a layer's
+    ids = lm.tokenizer("The quick brown fox jumps", return_tensors="pt").input_ids
+    logits, wanted = lm.model(ids).logits, reference(ids).logits
+    assert float((logits - wanted).norm() / wanted.norm()) < 0.05  # as the int8 types' (a Q6_K head, Q6_K layers)
+    # The next load maps the packed copy, the table in it as the same blocks.
+    again = load(ModelSettings(str(files["Q4_K_M-untied"])))
+    if vnni.available():
+        assert again.identity.get("packing") == "mapped"
+    assert isinstance(again.model.get_input_embeddings(), PortableEmbedding)
+    assert torch.equal(again.model.get_input_embeddings()(every), got)
 
 
 @pytest.mark.parametrize("kind", ["Q5_K", "Q6_K", "Q8_0"])

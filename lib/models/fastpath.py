@@ -208,8 +208,10 @@ class FastModel:
         embedding = inner.embed_tokens
         self.embed = getattr(embedding, "values", None)
         self.embed_scales = getattr(embedding, "scales", None)
+        # An untied GGUF model's embedding kept as the file's blocks (PortableEmbedding): looked up by its own forward.
+        self.embed_rows = embedding if hasattr(embedding, "qvalues") else None
         if self.embed is None:
-            self.embed = embedding.weight
+            self.embed = embedding.qvalues if self.embed_rows is not None else embedding.weight
         # Gemma scales the embedding by sqrt(hidden) (a buffer), Granite by its embedding_multiplier.
         self.embed_scale = getattr(embedding, "embed_scale", None)
         if self.embed_scale is None:
@@ -262,7 +264,9 @@ class FastModel:
     def embedding(self, ids):
         import torch
 
-        if self.embed_scales is None:
+        if self.embed_rows is not None:
+            x = self.embed_rows(ids)
+        elif self.embed_scales is None:
             x = torch.nn.functional.embedding(ids, self.embed)
         else:
             x = lookup(ids, self.embed, self.embed_scales, self.dtype)

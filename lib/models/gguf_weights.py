@@ -11,6 +11,8 @@ the file's mapping and the packed layers, never the float32 model, in memory or 
   bfloat16's rounding of those two (2^-8 of each, relative).
 - Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 have no int4 form: their values (gguf-py's dequantizer) are
   int8 per output row, within half a step of max|row|/127 of the file's.
+- An untied model's token embedding of those types stays in their form too (PortableEmbedding):
+  each row is dequantized as it is looked up, and no float32 table is made.
 - F32, F16 and BF16 are floats, quantized only when --quantize asks (as a float model's are).
 - Any other type (IQ*, TQ*, Q2_K, Q3_K) is dequantized alone, tensor by tensor, into floats.
 
@@ -210,7 +212,10 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
     head = module_name(model, model.get_output_embeddings())
     embedding = module_name(model, model.get_input_embeddings())
     tied = bool(getattr(config, "tie_word_embeddings", False)) and head in linears
+    # An untied embedding of a type the kernels take stays as the file's blocks (not Gemma's scaled one).
+    keeps_table = not tied and type(model.get_input_embeddings()) is torch.nn.Embedding
     weights: dict[str, QuantizedWeight] = {}
+    table: QuantizedWeight | None = None  # an untied embedding's rows, kept as the file's blocks (PortableEmbedding)
     ran: dict[str, Counter] = {}
     unknown: set[str] = set()
     for tensor in reader.tensors:
@@ -220,6 +225,10 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         owner = name.rpartition(".")[0] if name is not None and name.endswith(".weight") else None
         if owner == embedding and tied:
             owner = head  # a tied model's head: install looks the embedding up from its int8 values
+        if owner == embedding and keeps_table and order is not None and kind in INT4_TYPES + INT8_TYPES:
+            table = (int4_weight if kind in INT4_TYPES else int8_weight)(kind, tensor.data, order)
+            ran.setdefault(kind, Counter())[table.mode] += 1
+            continue
         linear = linears.get(owner) if owner is not None else None
         mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
                 "int8" if kind in INT4_TYPES + INT8_TYPES else None)
@@ -252,9 +261,11 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
     if tied and head not in weights:
         linears[head].weight = model.get_input_embeddings().weight  # tied, as transformers ties them
     try:
-        from .quantized_layers import install  # torch: not at the top, which torch-free tools import
+        from .quantized_layers import PortableEmbedding, install  # torch: not at the top, which torch-free tools import
 
         install(model, weights, biases(model, weights))
+        if table is not None:
+            model.set_input_embeddings(PortableEmbedding(table, dtype))
     except (AttributeError, KeyError, ValueError):
         return None
     model = finish(model, None)

@@ -89,12 +89,12 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
     every other tensor it holds (norms, float layers) to `target`, atomically, with `ran` (the
     manifest's counts per GGUF type); False (and nothing written) where a layer is not on
     lmpipe's kernels or writing fails."""
-    from .quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedPart
+    from .quantized_layers import PortableEmbedding, QuantizedEmbedding, QuantizedLinear, QuantizedPart
 
     layers: dict[int, dict[str, Any] | None] = {}
     buffers: list[Any] = []
     placements = []
-    embedding = None
+    embedding = portable = None
     for name, module in model.named_modules():
         if isinstance(module, QuantizedPart):
             placements.append({"name": name, "layer": _layer_index(module.fused, layers, buffers),
@@ -103,6 +103,8 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
             placements.append({"name": name, "layer": _layer_index(module, layers, buffers)})
         elif isinstance(module, QuantizedEmbedding):
             embedding = name
+        elif isinstance(module, PortableEmbedding):
+            portable = {"name": name, "mode": module.mode}  # its buffers are saved with the floats
     if not layers or any(layer is None for layer in layers.values()):
         return False
     quantized = tuple(f"{p['name']}." for p in placements)
@@ -118,7 +120,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
                         "shape": list(tensor.shape)})
         offset += -(-tensor.nbytes // ALIGN) * ALIGN
     index = {"layers": list(layers.values()), "placements": placements, "floats": floats, "buffers": entries,
-             "bytes": offset, "embedding": embedding, "ran": ran}
+             "bytes": offset, "embedding": embedding, "portable_embedding": portable, "ran": ran}
     try:
         with written_whole(target, replace=True) as tmp:  # replaces one of a different layout, or a damaged one
             with open(tmp / "packed.bin", "wb") as f:
@@ -183,7 +185,7 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
 
     from .kernels import choice
     from .quantize import EXACT_TOLERANCE, QuantizedWeight, _require_close, product
-    from .quantized_layers import QuantizedEmbedding, QuantizedLinear, QuantizedPart
+    from .quantized_layers import PortableEmbedding, QuantizedEmbedding, QuantizedLinear, QuantizedPart
     from .quantized_loading import assign
 
     index = packed.index
@@ -208,7 +210,14 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
         if "bias" in layer:
             module.bias = torch.nn.Parameter(packed.tensor(index["buffers"][layer["bias"]]), requires_grad=False)
         built.append(module)
-    for key, number in index["floats"].items():
+    floats = dict(index["floats"])
+    portable = index.get("portable_embedding")
+    table = None
+    if portable:
+        rows = {leaf: packed.tensor(index["buffers"][floats.pop(f"{portable['name']}.{leaf}")])
+                for leaf in ("qvalues", "qscales", "qzeros") if f"{portable['name']}.{leaf}" in floats}
+        table = QuantizedWeight(portable["mode"], rows["qvalues"], rows["qscales"], rows.get("qzeros"))
+    for key, number in floats.items():
         if not assign(model, key, packed.tensor(index["buffers"][number])):
             return None
     for place in index["placements"]:
@@ -219,4 +228,6 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
     if index.get("embedding"):
         embedding = model.get_input_embeddings()
         model.set_input_embeddings(QuantizedEmbedding(model.get_output_embeddings(), embedding.weight.dtype))
+    if table is not None:
+        model.set_input_embeddings(PortableEmbedding(table, dtype))
     return model

@@ -206,6 +206,26 @@ class QuantizedEmbedding(nn.Module):
         return lookup(ids, self.values, self.scales, self.dtype)
 
 
+class PortableEmbedding(nn.Module):
+    """An untied model's input embedding kept in QuantizedWeight's portable layout (a GGUF's Q4_K
+    token_embd as int4, its Q6_K as int8): each row looked up is dequantized as the weight defines
+    it. For a large vocabulary (Llama 3's 128k rows), a float32 copy would be the model's largest
+    tensor."""
+
+    def __init__(self, weight: QuantizedWeight, dtype: torch.dtype):
+        super().__init__()
+        self.mode, self.dtype = weight.mode, dtype
+        self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
+        self.register_buffer("qvalues", weight.values)
+        self.register_buffer("qscales", weight.scales)
+        self.register_buffer("qzeros", weight.zeros)  # None for int8: not a buffer then
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = QuantizedWeight(self.mode, self.qvalues, self.qscales, self.qzeros)
+        rows = weight.rows(ids.reshape(-1)).dequantized()
+        return rows.to(self.dtype).reshape(*ids.shape, self.embedding_dim)
+
+
 def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, Any], fuse: bool = True,
             share_embedding: bool = True) -> None:
     """Put packed layers in place of the model's linears named in `weights`, consuming it.
