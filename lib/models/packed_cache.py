@@ -34,7 +34,7 @@ from typing import Any
 from .. import paths
 from .derived import MARKER, cache_key, conversion_info, written_whole
 
-FORMAT = 1  # the layout of packed.bin and index.json; bump on any change to either or to vnni's packing
+FORMAT = 2  # the layout of packed.bin and index.json; bump on any change to either or to vnni's packing
 ALIGN = 64
 SAMPLE_ROWS = 16  # one block of the kernels' layout: the rows each layer is checked on at load
 
