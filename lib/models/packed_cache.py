@@ -104,7 +104,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
         elif isinstance(module, QuantizedEmbedding):
             embedding = name
         elif isinstance(module, PortableEmbedding):
-            portable = {"name": name, "mode": module.mode}  # its buffers are saved with the floats
+            portable = name  # its buffers (QuantizedWeight.tensors' names) are saved with the floats
     if not layers or any(layer is None for layer in layers.values()):
         return False
     quantized = tuple(f"{p['name']}." for p in placements)
@@ -211,12 +211,11 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
             module.bias = torch.nn.Parameter(packed.tensor(index["buffers"][layer["bias"]]), requires_grad=False)
         built.append(module)
     floats = dict(index["floats"])
-    portable = index.get("portable_embedding")
     table = None
-    if portable:
-        rows = {leaf: packed.tensor(index["buffers"][floats.pop(f"{portable['name']}.{leaf}")])
-                for leaf in ("qvalues", "qscales", "qzeros") if f"{portable['name']}.{leaf}" in floats}
-        table = QuantizedWeight(portable["mode"], rows["qvalues"], rows["qscales"], rows.get("qzeros"))
+    if (portable := index.get("portable_embedding")) is not None:
+        saved = {key: packed.tensor(index["buffers"][floats.pop(key)]) for key in list(floats)
+                 if key.startswith(f"{portable}.")}
+        table = QuantizedWeight.from_tensors(saved, portable)
     for key, number in floats.items():
         if not assign(model, key, packed.tensor(index["buffers"][number])):
             return None

@@ -216,6 +216,7 @@ class PortableEmbedding(nn.Module):
         super().__init__()
         self.mode, self.dtype = weight.mode, dtype
         self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
+        # QuantizedWeight.tensors' names, so a saved one is read back by QuantizedWeight.from_tensors
         self.register_buffer("qvalues", weight.values)
         self.register_buffer("qscales", weight.scales)
         self.register_buffer("qzeros", weight.zeros)  # None for int8: not a buffer then
