@@ -25,7 +25,8 @@ FIELDS_WRITTEN = {
     "tokens": "server-load: completion tokens of all requests, from each stream's usage",
     "total_s": "the whole call with gen_tokens new tokens {min, median}",
     "model_mb": "bytes held by the model's weights and buffers, in MiB (memory)",
-    "peak_rss_mb": "peak resident memory of a fresh process that loads the model and generates 8 tokens, MiB (memory)",
+    "peak_rss_mb": "peak resident memory of a fresh process that loads the model, reads a prompt of --prompt-tokens "
+                   "and generates 8 tokens, MiB (memory)",
     "import_rss_mb": "that process after importing torch and transformers, before the model, MiB (memory)",
     "model_peak_mb": "peak_rss_mb less import_rss_mb: the model's share of the peak, MiB (memory)",
     "model_peak_ratio": "lmpipe's model_peak_mb over the baseline's (memory, transformers baseline)",
