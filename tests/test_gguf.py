@@ -50,3 +50,38 @@ def test_the_key_follows_content_not_path(tmp_path):
     shutil.copy(a, b)
     c = fake_gguf(tmp_path, "c.gguf", data=b"GGUF" + b"y" * 5000)
     assert gguf.cache_key(a) == gguf.cache_key(b) != gguf.cache_key(c)
+
+
+def test_a_gguf_is_parsed_once_per_load_and_as_gguf_py_parses_it(tmp_path, monkeypatch):
+    """The plain-view reader (lmpipe.models.gguf_reader) reads the fields and tensors gguf-py's own
+    reader does, and a first load (description and weights) parses the file once."""
+    import gguf as gguf_py
+    import numpy as np
+    from gguf.gguf_reader import GGUFReader
+    from tiny_gguf import write_tiny_llama_gguf
+
+    from lmpipe.models import gguf_reader
+    from lmpipe.models.loading import ModelSettings, load
+
+    path = write_tiny_llama_gguf(tmp_path / "tiny-Q4_K.gguf", "Q4_K")
+    ours, theirs = gguf_reader.reader(path), GGUFReader(str(path))
+    assert list(ours.fields) == list(theirs.fields)
+    for key, field in theirs.fields.items():
+        assert ours.fields[key].types == field.types and ours.fields[key].contents() == field.contents(), key
+    assert [(t.name, t.tensor_type, t.shape.tolist()) for t in ours.tensors] == \
+        [(t.name, t.tensor_type, t.shape.tolist()) for t in theirs.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(ours.tensors, theirs.tensors, strict=True))
+
+    parses = []
+    plain = gguf_reader._reader_class()
+
+    class Counted(plain):
+        def __init__(self, *args, **kwargs):
+            parses.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_reader, "_reader_class", lambda: Counted)
+    loaded = load(ModelSettings(str(path)))
+    assert loaded.identity["gguf_tensors"]  # read from the file's own tensors, not a conversion
+    assert parses == [str(path)]
+    assert gguf_py.GGUFReader is GGUFReader  # transformers' name for the reader, restored

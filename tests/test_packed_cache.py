@@ -8,7 +8,7 @@ import gguf
 import pytest
 from tiny_gguf import Q4_K_M, write_tiny_llama_gguf
 
-from lmpipe.models import packed_cache
+from lmpipe.models import gguf_reader, packed_cache
 from lmpipe.models.derived import MARKER
 from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
@@ -38,6 +38,7 @@ def test_a_second_load_maps_the_packing_and_a_damaged_or_old_one_is_rebuilt(tmp_
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gguf, "GGUFReader", unread)  # a mapped load reads the packed cache alone
+        patch.setattr(gguf_reader, "reader", unread)
         second = load(ModelSettings(str(path)))
     assert second.identity["packing"] == "mapped"
     assert torch.equal(_logits(second), want)  # the same bytes through the same kernels

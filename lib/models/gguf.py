@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
+from . import gguf_reader
 from .derived import MARKER, build_once, cache_key, conversion_info, sha256_file  # noqa: F401 (gguf.X for callers)
 
 
@@ -44,10 +45,12 @@ def finished_folder(gguf: Path) -> Path | None:
 def _describe(gguf: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with gguf_reader.parsed_once():  # transformers reads the file for each; one parse serves both
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config.save_pretrained(out)
     GenerationConfig.from_model_config(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def ensure_converted(gguf: Path, notify: Callable[[str], None] = lambda _: None) -> Path:
@@ -68,8 +71,9 @@ def _convert(gguf: Path, out: Path) -> None:
         from transformers import modeling_gguf_pytorch_utils as reader
 
         reader.tqdm = lambda iterable, **_: iterable
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with gguf_reader.parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are dequantized in memory; drop the GGUF quantizer so they save as plain tensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import gguf_reader
 from .quantize import INT4_GROUP, QuantizedWeight
 
 KINDS = {"Q4_0": 18, "Q4_1": 20}  # bytes per block of 32: float16 scale (and minimum), then 16 bytes of nibbles
@@ -76,10 +77,9 @@ def int4_blocks(gguf: Path, model: Any) -> dict[str, Int4Blocks]:
     names come from transformers' map of GGUF names. Tensors of other kinds are left out.
     """
     import numpy as np
-    from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-    reader = GGUFReader(str(gguf))
+    reader = gguf_reader.reader(gguf)
     field = reader.get_field("general.architecture")
     architecture = bytes(field.parts[field.data[0]]).decode() if field is not None else ""
     config = model.config.to_dict()

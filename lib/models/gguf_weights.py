@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import gguf_reader
 from .quantize import INT4_GROUP, QuantizedWeight, layer_modes, module_name, quantizable, quantize_weight
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
@@ -185,7 +186,6 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
     None where only transformers' loader works (a tensor it names or reshapes in a way this does
     not follow)."""
     import torch
-    from gguf import GGUFReader
 
     from . import packed_cache
     from .kernels import vnni
@@ -202,7 +202,7 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         if mapped is not None:
             return mapped, packed.index["ran"], "mapped"
         # A damaged cache, or one another lmpipe wrote: pack from the file, and write it again.
-    reader = GGUFReader(str(path))
+    reader = gguf_reader.reader(path)
     kwargs = {"attn_implementation": attention} if attention else {}
     with torch.device("meta"):
         model = auto.from_config(config, dtype=dtype, **kwargs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFound, UsageError, first_line
-from . import gguf
+from . import gguf, gguf_reader
 from .adapters import Adapter, attach, merge, plain_lora
 from .allocator import returning_freed_memory
 from .device import check_attention, choose_device, choose_dtype
@@ -146,14 +146,15 @@ def _gguf_model(ref: ModelRef, settings: ModelSettings, device: str, dtype: Any,
 
     if merged_adapters(settings):  # a merged adapter changes float weights: transformers' conversion
         return None
-    folder = gguf.ensure_described(ref.path, notify)
-    config = AutoConfig.from_pretrained(folder)
-    if getattr(config, "is_encoder_decoder", False) or is_vision_language(config, folder):
-        return None
-    set_context(config, settings, ref.name)
-    if settings.quantize:
-        check_mode(settings.quantize, device)
-    loaded = load_gguf(AutoModelForCausalLM, ref.path, config, dtype, settings.quantize, attention, notify)
+    with gguf_reader.parsed_once():  # the description and the weights read one parse of the file
+        folder = gguf.ensure_described(ref.path, notify)
+        config = AutoConfig.from_pretrained(folder)
+        if getattr(config, "is_encoder_decoder", False) or is_vision_language(config, folder):
+            return None
+        set_context(config, settings, ref.name)
+        if settings.quantize:
+            check_mode(settings.quantize, device)
+        loaded = load_gguf(AutoModelForCausalLM, ref.path, config, dtype, settings.quantize, attention, notify)
     if loaded is None:
         return None
     model, ran, packing = loaded

@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import paths
 from ..errors import UsageError
+from . import gguf_reader
 
 TYPES = ("Q4_K_M", "Q4_0", "F16")  # the file types written; the first is the default of NAME without :TYPE
 WEIGHT_STD = 0.02  # the random weights' standard deviation, as models are initialised
@@ -80,9 +81,9 @@ class Vocabulary:
 
 def vocabulary_of_gguf(path: Path) -> Vocabulary:
     """Every tokenizer.* field of the GGUF file `path`, as the file types them."""
-    from gguf import GGUFReader, GGUFValueType
+    from gguf import GGUFValueType
 
-    reader = GGUFReader(str(path))
+    reader = gguf_reader.reader(path)
     out = []
     for key, f in reader.fields.items():
         if key.startswith("tokenizer."):
