@@ -21,7 +21,7 @@ from .engine.generation import Completion, Event, Token, generate
 from .engine.multimodal import ImagePrompt
 from .engine.preparation import Preparation
 from .engine.sampling import Sampling
-from .models.loading import LoadedModel, ModelSettings
+from .models.loading import LoadedModel, ModelSettings, to_stderr
 from .models.loading import load as load_model
 
 Prompt = str | Sequence[Mapping[str, Any]]
@@ -52,10 +52,10 @@ class Model:
     lm-generate's and lm-serve's do."""
 
     def __init__(self, lm: LoadedModel, decoding: Decoding = Decoding(),
-                 notify: Callable[[str], None] | None = None) -> None:
-        """`notify`: where a word on the way it decodes goes (a fallback to transformers' forward); None: stderr."""
+                 notify: Callable[[str], None] = to_stderr) -> None:
+        """`notify`: where a word on the way it decodes goes (a fallback to transformers' forward)."""
         self.lm = lm
-        self.decoding = settled(decoding, lm.model, notify) if notify is not None else settled(decoding, lm.model)
+        self.decoding = settled(decoding, lm.model, notify)
         self.preparation = Preparation.of(lm)
 
     @property

@@ -91,7 +91,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
     lmpipe's kernels or writing fails."""
     from .quantized_layers import PortableEmbedding, QuantizedEmbedding, QuantizedLinear, QuantizedPart
 
-    layers: dict[int, dict[str, Any] | None] = {}
+    layers: dict[int, tuple[int, dict[str, Any] | None]] = {}  # id(module) -> (its index, its entry)
     buffers: list[Any] = []
     placements = []
     embedding = portable = None
@@ -105,7 +105,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
             embedding = name
         elif isinstance(module, PortableEmbedding):
             portable = name  # its buffers (QuantizedWeight.tensors' names) are saved with the floats
-    if not layers or any(layer is None for layer in layers.values()):
+    if not layers or any(layer is None for _, layer in layers.values()):
         return False
     quantized = tuple(f"{p['name']}." for p in placements)
     floats = {}
@@ -119,8 +119,8 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
         entries.append({"offset": offset, "dtype": str(tensor.dtype).removeprefix("torch."),
                         "shape": list(tensor.shape)})
         offset += -(-tensor.nbytes // ALIGN) * ALIGN
-    index = {"layers": list(layers.values()), "placements": placements, "floats": floats, "buffers": entries,
-             "bytes": offset, "embedding": embedding, "portable_embedding": portable, "ran": ran}
+    index = {"layers": [layer for _, layer in layers.values()], "placements": placements, "floats": floats,
+             "buffers": entries, "bytes": offset, "embedding": embedding, "portable_embedding": portable, "ran": ran}
     try:
         with written_whole(target, replace=True) as tmp:  # replaces one of a different layout, or a damaged one
             with open(tmp / "packed.bin", "wb") as f:
@@ -156,12 +156,12 @@ def _checksum(block: tuple[Any, Any, int]) -> int:
     return zlib.crc32(_bytes(values) + (b"" if scales is None else _bytes(scales)))
 
 
-def _layer_index(module: Any, layers: dict[int, dict[str, Any] | None], buffers: list[Any]) -> int:
+def _layer_index(module: Any, layers: dict[int, tuple[int, dict[str, Any] | None]], buffers: list[Any]) -> int:
     """The index of `module` in `layers` (added, its buffers appended, the first time it is seen)."""
     key = id(module)
     if key not in layers:
         if not module.vnni:
-            layers[key] = None  # torch's packing: never written
+            layers[key] = (-1, None)  # torch's packing: never written
             return -1
         first = len(buffers)
         buffers.append(module.packed)
@@ -173,8 +173,8 @@ def _layer_index(module: Any, layers: dict[int, dict[str, Any] | None], buffers:
         if module.bias is not None:
             layer["bias"] = len(buffers)
             buffers.append(module.bias)
-        layers[key] = layer
-    return list(layers).index(key)
+        layers[key] = (len(layers), layer)
+    return layers[key][0]
 
 
 def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packed: Packed) -> Any | None:
