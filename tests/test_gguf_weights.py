@@ -35,6 +35,9 @@ def files(tmp_path_factory):
     # Untied, as Llama 3 8B and Llama 2 are: its own Q6_K output, a Q4_K token embedding.
     made["Q4_K_M-untied"] = write_tiny_llama_gguf(folder / "tiny-Q4_K_M-untied.gguf", "Q4_K",
                                                   {**Q4_K_M, "token_embd": "Q4_K", "output": "Q6_K"}, tied=False)
+    # Its embedding as Q6_K, the int8 form (Q4_K_M's mix gives some files' embeddings more bits).
+    made["Q6_K-untied"] = write_tiny_llama_gguf(folder / "tiny-Q6_K-untied.gguf", "Q4_K",
+                                                {**Q4_K_M, "token_embd": "Q6_K", "output": "Q6_K"}, tied=False)
     return made
 
 
@@ -96,28 +99,30 @@ def test_greedy_tokens_equal_transformers_on_the_dequantized_file(files, kind):
     assert not any(isinstance(m, torch.nn.Linear) for m in lm.model.modules()) or kind == "F16"
 
 
-def test_an_untied_q4_k_embedding_stays_the_files_blocks_and_is_looked_up_from_them(files):
+@pytest.mark.parametrize(("file", "kind", "mode", "bound"), [("Q4_K_M-untied", "Q4_K", "int4", INT4_PRODUCT_BOUND),
+                                                             ("Q6_K-untied", "Q6_K", "int8", INT8_PRODUCT_BOUND)])
+def test_an_untied_embedding_stays_the_files_blocks_and_is_looked_up_from_them(files, file, kind, mode, bound):
     import torch
 
     from lmpipe.models.quantized_layers import PortableEmbedding
 
-    lm = load(ModelSettings(str(files["Q4_K_M-untied"])))
-    reference = _reference(files["Q4_K_M-untied"])
+    lm = load(ModelSettings(str(files[file])))
+    reference = _reference(files[file])
     table = lm.model.get_input_embeddings()
-    assert isinstance(table, PortableEmbedding) and table.mode == "int4"
+    assert isinstance(table, PortableEmbedding) and table.mode == mode
     vocab, hidden = table.num_embeddings, table.embedding_dim
     # No float copy of the table anywhere in the model: the file's blocks only.
     assert not any(t.is_floating_point() and tuple(t.shape) == (vocab, hidden)
                    for t in [*lm.model.parameters(), *lm.model.buffers()])
-    assert lm.identity["gguf_tensors"]["Q4_K"]["int4"] >= 1
+    assert lm.identity["gguf_tensors"][kind][mode] >= 1
     every = torch.arange(vocab)
     got, want = table(every), reference.get_input_embeddings()(every)
-    assert float((got - want).norm() / want.norm()) < INT4_PRODUCT_BOUND  # bfloat16 scale and zero, as a layer's
+    assert float((got - want).norm() / want.norm()) < bound  # as a layer's of its form
     ids = lm.tokenizer("The quick brown fox jumps", return_tensors="pt").input_ids
     logits, wanted = lm.model(ids).logits, reference(ids).logits
     assert float((logits - wanted).norm() / wanted.norm()) < 0.05  # as the int8 types' (a Q6_K head, Q6_K layers)
     # The next load maps the packed copy, the table in it as the same blocks.
-    again = load(ModelSettings(str(files["Q4_K_M-untied"])))
+    again = load(ModelSettings(str(files[file])))
     if vnni.available():
         assert again.identity.get("packing") == "mapped"
     assert isinstance(again.model.get_input_embeddings(), PortableEmbedding)
