@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import gguf_reader
-from .quantize import INT4_GROUP, QuantizedWeight, layer_modes, module_name, quantizable, quantize_weight
+from .quantize import INT4_GROUP, QuantizedWeight, int8_rows, layer_modes, module_name, quantizable, quantize_weight
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
@@ -102,17 +102,18 @@ def _regrouped(nibbles: Any, rows: int, pairs_per_part: int) -> Any:
 
 def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     """Any type gguf-py dequantizes, as int8 per output row, a chunk of rows at a time."""
+    import numpy as np
     import torch
+    from gguf import GGMLQuantizationType, dequantize
 
     rows = len(order)
-    columns = _columns(kind, data)
-    values = torch.empty(rows, columns, dtype=torch.int8)
-    scales = torch.empty(rows, dtype=torch.bfloat16)
+    values = np.empty((rows, _columns(kind, data)), dtype=np.int8)
+    scales = np.empty(rows, dtype=np.float32)
     for start in range(0, rows, CHUNK_ROWS):
-        part = gguf_dequantized(kind, data[order[start:start + CHUNK_ROWS]])
-        weight = quantize_weight(part, "int8")
-        values[start:start + len(part)], scales[start:start + len(part)] = weight.values, weight.scales
-    return QuantizedWeight("int8", values, scales)
+        part = dequantize(data[order[start:start + CHUNK_ROWS]], GGMLQuantizationType[kind])
+        end = start + len(part)
+        values[start:end], scales[start:end] = int8_rows(part.astype(np.float32, copy=False))
+    return QuantizedWeight("int8", torch.from_numpy(values), torch.from_numpy(scales).to(torch.bfloat16))
 
 
 def gguf_dequantized(kind: str, data: Any) -> Any:

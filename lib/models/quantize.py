@@ -120,15 +120,25 @@ class QuantizedWeight:
         return cls(parts[0].mode, torch.cat([p.values for p in parts]), torch.cat([p.scales for p in parts]), zeros)
 
 
+def int8_rows(w: Any) -> tuple[Any, Any]:
+    """float32 numpy [N, K] as int8 symmetric per row: (int8 values [N, K], float32 scales [N]),
+    value = round(w / scale), scale = max|row| / 127. numpy, one thread: torch's pool, woken for
+    each slice of a load's many small tensors, stalls whenever the other cores are busy."""
+    import numpy as np
+
+    scales = np.maximum(np.abs(w).max(axis=1) / np.float32(127), np.float32(1e-10))
+    q = np.rint(w / scales[:, None])  # to nearest even, as torch.round
+    return np.clip(q, -128, 127, out=q).astype(np.int8), scales
+
+
 def quantize_weight(weight: Any, mode: str) -> QuantizedWeight:
     """`weight` [N, K] quantized: int8 symmetric per output channel, int4 asymmetric per group of 32."""
     import torch
 
     w = weight.detach().float()
     if mode == "int8":
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
-        q = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8)
-        return QuantizedWeight(mode, q, scale.to(torch.bfloat16))
+        values, scales = int8_rows(w.contiguous().numpy())
+        return QuantizedWeight(mode, torch.from_numpy(values), torch.from_numpy(scales).to(torch.bfloat16))
     out_features, in_features = w.shape
     w = w.reshape(out_features, in_features // INT4_GROUP, INT4_GROUP)
     low, high = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
