@@ -41,23 +41,25 @@ Q4_K_BLOCK = 144  # bytes per 256 weights: float16 d and dmin, 12 bytes of 6-bit
 def int4_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     """The Q4_0, Q4_1 or Q4_K tensor `data` (uint8 [rows, bytes per row]) in int4's portable
     layout, its rows taken in `order` (transformers' row i is the file's row order[i])."""
+    import numpy as np
     import torch
 
     rows = len(order)
     columns = _columns(kind, data)
-    values = torch.empty(rows, columns // 2, dtype=torch.uint8)
-    scales = torch.empty(rows, columns // INT4_GROUP, dtype=torch.bfloat16)
-    zeros = torch.empty_like(scales)
+    # numpy, one thread: torch's pool, woken for each chunk's copy, stalls whenever the other cores are busy.
+    values = np.empty((rows, columns // 2), dtype=np.uint8)
+    scales = np.empty((rows, columns // INT4_GROUP), dtype=np.float32)
+    zeros = np.empty_like(scales)
     for start in range(0, rows, CHUNK_ROWS):
-        part = _int4_rows(kind, data[order[start:start + CHUNK_ROWS]])
-        end = start + part.out_features
-        values[start:end], scales[start:end], zeros[start:end] = part.values, part.scales, part.zeros
-    return QuantizedWeight("int4", values, scales, zeros)
+        end = min(start + CHUNK_ROWS, rows)
+        values[start:end], scales[start:end], zeros[start:end] = _int4_rows(kind, data[order[start:end]])
+    return QuantizedWeight("int4", torch.from_numpy(values), torch.from_numpy(scales).to(torch.bfloat16),
+                           torch.from_numpy(zeros).to(torch.bfloat16))
 
 
-def _int4_rows(kind: str, data: Any) -> QuantizedWeight:
+def _int4_rows(kind: str, data: Any) -> tuple[Any, Any, Any]:
+    """int4's portable bytes, float32 scales and float32 zeros (numpy) of these rows of blocks."""
     import numpy as np
-    import torch
 
     rows = data.shape[0]
     size = {"Q4_0": 18, "Q4_1": 20, "Q4_K": Q4_K_BLOCK}[kind]
@@ -66,7 +68,6 @@ def _int4_rows(kind: str, data: Any) -> QuantizedWeight:
     def halves(at: int) -> Any:  # a float16 field of every block, float32 [rows, blocks, 1]
         return blocks[..., at:at + 2].copy().view(np.float16).astype(np.float32)
 
-    # numpy for the arithmetic: one thread per operation, where torch's pool wakes per small chunk.
     d = halves(0)
     if kind == "Q4_K":
         from gguf.quants import Q4_K
@@ -80,9 +81,7 @@ def _int4_rows(kind: str, data: Any) -> QuantizedWeight:
         scale = d
         zero = np.zeros_like(d) if kind == "Q4_0" else halves(2) + 8 * d  # Q4_1: d·q + m
         nibbles = blocks[..., 2 if kind == "Q4_0" else 4:]
-    return QuantizedWeight("int4", _regrouped(nibbles, rows, 16 if kind == "Q4_K" else 8),
-                           torch.from_numpy(scale.reshape(rows, -1)).to(torch.bfloat16),
-                           torch.from_numpy(zero.reshape(rows, -1)).to(torch.bfloat16))
+    return _regrouped(nibbles, rows, 16 if kind == "Q4_K" else 8), scale.reshape(rows, -1), zero.reshape(rows, -1)
 
 
 def _regrouped(nibbles: Any, rows: int, pairs_per_part: int) -> Any:
@@ -92,12 +91,11 @@ def _regrouped(nibbles: Any, rows: int, pairs_per_part: int) -> Any:
     make byte t of its low half and byte t of its high half: read as 16-bit pairs, that is two
     whole-array integer operations (strided byte views were 16x slower, measured)."""
     import numpy as np
-    import torch
 
     pairs = nibbles.view(np.uint16).reshape(rows, -1, pairs_per_part)
     low = ((pairs & 0x0F) | ((pairs >> 4) & 0xF0)).astype(np.uint8)
     high = (((pairs >> 4) & 0x0F) | ((pairs >> 8) & 0xF0)).astype(np.uint8)
-    return torch.from_numpy(np.stack([low, high], axis=2).reshape(rows, -1))
+    return np.stack([low, high], axis=2).reshape(rows, -1)
 
 
 def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:

@@ -179,10 +179,11 @@ def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
         n, k = weight.out_features, weight.in_features
         row_bytes = k // 2 + k // INT4_GROUP * 4
         packed = torch.empty(n * row_bytes, dtype=torch.uint8)
+        into = packed.numpy()  # numpy's copies: one thread, not torch's pool woken per slice
         for start in range(0, n, rows := _rows_per_slice(k)):
             part = weight.rows(slice(start, start + rows))
-            packed[start * row_bytes:(start + part.out_features) * row_bytes] = vnni_kernels.int4_pack_pairs(
-                part.values, part.scales, part.zeros)
+            into[start * row_bytes:(start + part.out_features) * row_bytes] = vnni_kernels.int4_pack_pairs(
+                part.values, part.scales, part.zeros).numpy()
         return packed, None
     if vnni:
         return vnni_kernels.int8_pack(weight.values), weight.scales.float()
