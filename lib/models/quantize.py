@@ -318,7 +318,7 @@ def _split_is_exact(values: Any, scales: Any, x: Any, expected: Any, sample: Any
 
 
 def cpu_name() -> str:
-    """The CPU's model name and the instruction set torch's kernels dispatch to, for messages and the README."""
+    """The CPU's model name and the instruction set torch's kernels dispatch to, for messages and benchmarks."""
     import platform
 
     import torch
