@@ -172,23 +172,25 @@ def reference(name: str, command: click.Command, module: ModuleType) -> str:
     out += [f"| `{flags}` | {cell(help_text)} |" for flags, help_text in options(command, ctx)]
     read, written = getattr(module, "FIELDS_READ", None), getattr(module, "FIELDS_WRITTEN", None)
     if read is not None or written is not None:
-        out += ["", "### Fields", "", "A record that fails carries `error` and `line` instead.", ""]
+        out += ["", "### Fields", "", "A record that fails carries `error` and `line`.", ""]
         out += _field_table("Read", read) + _field_table("Written", written)
     out += ["", "### Exit status", "", "| code | meaning |", "|---|---|"]
     out += [f"| {code} | {cell(meaning)} |" for code, meaning in EXIT_CODES]
     return "\n".join(out) + "\n"
 
 
+def loaded(entry_point: Any) -> tuple[click.Command, ModuleType]:
+    """A tool's click command and the module that defines it (its docstring and FIELDS_*)."""
+    return entry_point.load(), importlib.import_module(entry_point.module)
+
+
 def tool_reference(name: str) -> str:
     """`reference` for the installed tool NAME."""
-    entry_point = tools()[name]
-    return reference(name, entry_point.load(), importlib.import_module(entry_point.module))
+    return reference(name, *loaded(tools()[name]))
 
 
 def page(name: str, entry_point: Any, all_names: list[str]) -> str:
-    command = entry_point.load()
-    module = importlib.import_module(entry_point.module)
-    return render(name, command, module, [n for n in all_names if n != name])
+    return render(name, *loaded(entry_point), [n for n in all_names if n != name])
 
 
 def write_all(folder: Path) -> list[Path]:
