@@ -11,7 +11,7 @@ from conftest import jsonl, run_tool
 import lmpipe
 from lmpipe.errors import UsageError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,10 @@ def test_import_is_cheap():
     assert probe.returncode == 0, probe.stderr
 
 
-def test_readme_example_runs(embedded, capsys):
-    """The Python example in the README's Architecture section, as written, on the embedded model."""
-    section = README.read_text().split("## Architecture", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+def test_the_documented_example_runs(embedded, capsys):
+    """The Python example of the docs' Python API page, as written, on the embedded model."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
     assert len(blocks) == 1
-    exec(compile(blocks[0], str(README), "exec"), {"__name__": "readme"})
+    exec(compile(blocks[0], str(PAGE), "exec"), {"__name__": "docs"})
     out = capsys.readouterr().out
     assert re.search(r"\(\d+ tokens, (eos|stop|length)\)", out) and out.strip()

@@ -179,7 +179,7 @@ def test_a_prompt_sharing_a_prefix_reuses_its_keys_and_gives_the_same_tokens(sch
 
 
 def test_a_prompt_from_the_prefix_cache_scores_within_the_readmes_bound(tiny_llama):
-    """README, "Replaying a record": keys and values reused from the prompt cache leave only the
+    """docs/records.md, "Replaying a record": keys and values reused from the prompt cache leave only the
     last tokens to compute, over fewer rows; their logits stay within 1e-4 of a cold prefill's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -19,7 +19,7 @@ SCHEMA = ('{"type":"object","properties":{"animal":{"type":"string"},"legs":{"ty
           '"required":["animal","legs"]}')
 KINDS = ["llama.cpp", "vllm"]  # Ollama: see tests/data/replay/README.md
 
-# What a server cannot give exactly as in-process (README, "Scaling out"): times are the client's,
+# What a server cannot give exactly as in-process (docs/scaling-out.md): times are the client's,
 # the manifest names the server instead of the weights, their device and the way it ran them.
 SERVER_STATS = ("ttft_s", "tokens_per_s", "total_s")
 SERVER_MANIFEST = ("model", "kind", "sha256", "revision", "server", "device", "dtype", "versions", "cache", "compile")

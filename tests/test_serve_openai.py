@@ -12,7 +12,7 @@ from conftest import jsonl, run_tool
 from serve_helpers import Server
 
 PROMPT = "The quick brown fox"
-CACHED_BOUND = 1e-4  # README, "Replaying a record": a prompt served from the prompt cache
+CACHED_BOUND = 1e-4  # docs/records.md, "Replaying a record": a prompt served from the prompt cache
 KEY = "sk-lmpipe-test"  # the server wants it, as a server on a network should
 
 
@@ -85,7 +85,7 @@ def test_chat_logprobs_are_transformers_log_softmax(client, model, hf):
                                               max_tokens=6, temperature=0, logprobs=True, top_logprobs=3, stream=True)
     pieces = [e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     # Served from the prompt cache (the same prompt again): its first token's logits come from a
-    # product over fewer rows, within the README's bound of the whole answer's ("Replaying a record").
+    # product over fewer rows, within the docs' bound of the whole answer's (docs/records.md, "Replaying a record").
     assert [e.token for e in pieces] == [e.token for e in entries]
     assert [e.logprob for e in pieces] == pytest.approx([e.logprob for e in entries], abs=CACHED_BOUND)
     for piece, entry in zip(pieces, entries, strict=True):
@@ -114,7 +114,7 @@ def test_completion_logprobs_in_the_legacy_format(client, model, hf):
                                          stream=True)
     chunks = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
     assert sum((c.tokens for c in chunks), []) == lp.tokens
-    # The same prompt again, possibly served from the prompt cache: the README's bound.
+    # The same prompt again, possibly served from the prompt cache: the docs' bound.
     assert sum((c.token_logprobs for c in chunks), []) == pytest.approx(lp.token_logprobs, abs=CACHED_BOUND)
     assert sum((c.text_offset for c in chunks), []) == lp.text_offset
 

@@ -6,6 +6,10 @@ the module docstring (NAME), the usage line (SYNOPSIS), the command's help befor
 module's FIELDS_READ / FIELDS_WRITTEN (FIELDS), lmpipe.records.pipe's exit codes (EXIT STATUS), the help
 after `\\b` (EXAMPLES) and the other tools (SEE ALSO). `make man` writes them to man/.
 
+The docs site's reference sections (synopsis, options, fields, exit status) are rendered here too,
+in Markdown (`reference`), from the same definitions: docs/_hooks/reference.py puts one where a
+page says `<!-- reference: lm-NAME -->`, so no option table is written by hand.
+
     python -m lmpipe.cli.manpages man      # write man/<tool>.1 for every tool
 """
 
@@ -84,6 +88,23 @@ def _fields(title: str, fields: dict[str, str] | None) -> list[str]:
     return out
 
 
+def options(command: click.Command, ctx: click.Context) -> list[tuple[str, str]]:
+    """Every option --help shows: its flags, and its help with its environment variable."""
+    rows = []
+    for param in command.get_params(ctx):
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        record = param.get_help_record(ctx)
+        if record is None:
+            continue
+        flags, help_text = record
+        env = param.envvar if isinstance(param.envvar, str) else None
+        if env and "env var:" not in help_text:
+            help_text = f"{help_text} [env: {env}]".strip()
+        rows.append((flags, help_text or ""))
+    return rows
+
+
 def render(name: str, command: click.Command, module: ModuleType, others: list[str]) -> str:
     ctx = click.Context(command, info_name=name, **command.context_settings)
     description, examples = split_help(command.help or "")
@@ -99,17 +120,8 @@ def render(name: str, command: click.Command, module: ModuleType, others: list[s
     for i, paragraph in enumerate(p for p in re.split(r"\n\s*\n", description) if p.strip()):
         out += ([".PP"] if i else []) + [inline(" ".join(paragraph.split()))]
     out.append(".SH OPTIONS")
-    for param in command.get_params(ctx):
-        if not isinstance(param, click.Option) or param.hidden:
-            continue
-        record = param.get_help_record(ctx)
-        if record is None:
-            continue
-        flags, help_text = record
-        env = param.envvar if isinstance(param.envvar, str) else None
-        if env and "env var:" not in help_text:
-            help_text = f"{help_text} [env: {env}]".strip()
-        out += [".TP", f"\\fB{escape(flags)}\\fR", inline(help_text or "")]
+    for flags, help_text in options(command, ctx):
+        out += [".TP", f"\\fB{escape(flags)}\\fR", inline(help_text)]
     read, written = getattr(module, "FIELDS_READ", None), getattr(module, "FIELDS_WRITTEN", None)
     if read is not None or written is not None:
         out += [".SH FIELDS", "Records are JSON objects, one a line. \\fBRead\\fR: the fields taken from "
@@ -132,10 +144,53 @@ def render(name: str, command: click.Command, module: ModuleType, others: list[s
     return "\n".join(out) + "\n"
 
 
+def cell(text: str) -> str:
+    """Text safe in a Markdown table cell: `code` spans kept as they are, and outside them the
+    characters Markdown would read as a cell's end, HTML, emphasis or a link escaped."""
+    parts = re.split(r"(`[^`]+`)", " ".join(text.split()))
+    return "".join(part if part.startswith("`") else
+                   part.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+                   .replace("*", "\\*").replace("[", "\\[").replace("]", "\\]")
+                   for part in parts)
+
+
+def _field_table(title: str, fields: dict[str, str] | None) -> list[str]:
+    if fields is None:
+        return []
+    if not fields:
+        return [f"**{title}**: none.", ""]
+    rows = [f"| `{name}` | {cell(description)} |" for name, description in fields.items()]
+    return [f"**{title}**", "", "| field | meaning |", "|---|---|", *rows, ""]
+
+
+def reference(name: str, command: click.Command, module: ModuleType) -> str:
+    """The man page's synopsis, options, fields and exit status, as Markdown for the docs site."""
+    ctx = click.Context(command, info_name=name, **command.context_settings)
+    out = ["### Synopsis", "", "```text", f"{name} {' '.join(command.collect_usage_pieces(ctx))}", "```", "",
+           f"`man {name}` shows the same reference, with examples.", "", "### Options", "",
+           "| option | meaning |", "|---|---|"]
+    out += [f"| `{flags}` | {cell(help_text)} |" for flags, help_text in options(command, ctx)]
+    read, written = getattr(module, "FIELDS_READ", None), getattr(module, "FIELDS_WRITTEN", None)
+    if read is not None or written is not None:
+        out += ["", "### Fields", "", "A record that fails carries `error` and `line`.", ""]
+        out += _field_table("Read", read) + _field_table("Written", written)
+    out += ["", "### Exit status", "", "| code | meaning |", "|---|---|"]
+    out += [f"| {code} | {cell(meaning)} |" for code, meaning in EXIT_CODES]
+    return "\n".join(out) + "\n"
+
+
+def loaded(entry_point: Any) -> tuple[click.Command, ModuleType]:
+    """A tool's click command and the module that defines it (its docstring and FIELDS_*)."""
+    return entry_point.load(), importlib.import_module(entry_point.module)
+
+
+def tool_reference(name: str) -> str:
+    """`reference` for the installed tool NAME."""
+    return reference(name, *loaded(tools()[name]))
+
+
 def page(name: str, entry_point: Any, all_names: list[str]) -> str:
-    command = entry_point.load()
-    module = importlib.import_module(entry_point.module)
-    return render(name, command, module, [n for n in all_names if n != name])
+    return render(name, *loaded(entry_point), [n for n in all_names if n != name])
 
 
 def write_all(folder: Path) -> list[Path]:

@@ -199,8 +199,8 @@ def speed_options(f: F) -> F:
                           "the dequantized weights)."),
         click.option("--cache", type=click.Choice(["auto", "fast", "dynamic", "static"]), default="auto",
                      show_default=True, envvar="LMPIPE_CACHE",
-                     help="fast: lmpipe's own forward, cache allocated once (the families the README lists); "
-                          "auto: fast where it can run, else dynamic (said on stderr); "
+                     help="fast: lmpipe's own forward, cache allocated once (the families the docs' Fast "
+                          "decoding page lists); auto: fast where it can run, else dynamic (said on stderr); "
                           "dynamic or static: transformers' forward with a growing or preallocated cache."),
         click.option("--compile", is_flag=True, envvar="LMPIPE_COMPILE",
                      help="torch.compile the per-token step (fast or static cache; the first batch of each shape "

@@ -2,14 +2,14 @@
 
 Loading allocates and frees many large temporaries (a quantized layer is unpacked to int32,
 packed, copied into aligned memory; transformers' own loading casts and copies). glibc serves
-blocks over its mmap threshold (128 KiB at start) with mmap and returns them on free, but
-every such free raises the threshold to that block's size, up to 32 MiB. After the first few
-layers the temporaries come from the heap, where the packed weights kept between them pin it:
-an int4 SmolLM2 (90 MiB) left 40 to 180 MiB of freed heap resident, differing from run to
-run (peak 591.6 to 727.9 MiB in four runs, 549 with the threshold fixed). So while a model
-loads the threshold stays at 128 KiB, and afterwards it is set where glibc's own adjustment
-would end (32 MiB), so decode steps keep reusing heap memory rather than mapping fresh
-zeroed pages each time, and what the load freed is trimmed.
+blocks over its mmap threshold (LOADING_THRESHOLD at start) with mmap and returns them on free,
+but every such free raises the threshold to that block's size, up to DECODING_THRESHOLD. After
+the first few layers the temporaries come from the heap, where the packed weights kept between
+them pin it: freed heap stays resident, up to the quantized model's own size and more, and a
+different amount in every run, so a load's peak is neither small nor repeatable. So while a
+model loads the threshold stays at glibc's initial value, and afterwards it is set where
+glibc's own adjustment would end, so decode steps keep reusing heap memory rather than mapping
+fresh zeroed pages each time, and what the load freed is trimmed.
 
 The setting is process-wide: in lm-serve, other models' steps run with it while one loads.
 Other C libraries (macOS, musl) have their own policies: there this does nothing.
@@ -40,7 +40,7 @@ def _glibc() -> ctypes.CDLL | None:
 @contextlib.contextmanager
 def returning_freed_memory() -> Iterator[None]:
     """Inside: large blocks are mapped and unmapped, never kept in the heap. After: the heap
-    serves blocks up to 32 MiB again, and its free pages are returned."""
+    serves blocks up to DECODING_THRESHOLD again, and its free pages are returned."""
     libc = _glibc()
     if libc is None:
         yield

@@ -25,7 +25,7 @@ MARKER = "lmpipe-conversion.json"  # written last, inside the temporary folder, 
 
 def cache_key(source: Path) -> str:
     """A content fingerprint: size plus the first and last MiB. It finds the same derived model
-    wherever the source file is installed, without reading 100 MB or more on every start."""
+    wherever the source file is installed, without reading a whole model file on every start."""
     size = source.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with source.open("rb") as f:

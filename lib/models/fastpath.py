@@ -467,10 +467,8 @@ def _near(fast: FastModel, queries, keys: int):
 
 
 # A long prompt's tokens per forward pass, as llama.cpp's default micro-batch (n_ubatch 512).
-# One pass holds every token's activations at once. A 4,096-token prompt, one pass against
-# passes of 512, two runs each (the EPYC, 2 threads): the peak always lower (int8 1,292-1,347
-# -> 847-851 MiB, int4 993-1,022 -> 779-799, float32 1,333-1,372 -> 1,197-1,204), int8 faster
-# (291-360 -> 470-520 tok/s), int4 and float32 the same within noise. Shorter prompts: one pass.
+# One pass holds every token's activations at once: passes of this size bound a long prompt's
+# peak memory, and cost no speed (int8's prefill gains; docs/benchmarks.md). Shorter prompts: one pass.
 PREFILL_CHUNK = 512
 
 
@@ -557,8 +555,7 @@ def step(fast: FastModel, cache: KVCache, rows: slice, chosen: Tensor, compiled:
         valid = cache.valid[rows, : cache.span]
         if kernel and fast.quantized:
             # A quantized model promises no bit-identity with transformers: lmpipe's attention
-            # kernel, not SDPA (lm-serve's eager batches, 16 rows of SmolLM2 int8 on one thread:
-            # 49.3 -> 46.1 ms a step, best of 12 taken in turn).
+            # kernel, not SDPA, which reads only the columns in use (lm-serve's eager batches).
             logits = _step(fast, cache, rows, chosen, positions, columns, valid[:, None, None, :], None,
                            _kernel_attention, slots)
         else:
@@ -595,7 +592,7 @@ def _kernel_attention(fast: FastModel, mask, windowed=None) -> Callable:
 def _whole_cache_attention(fast: FastModel, mask, windowed=None) -> Callable:
     """The compiled step's attention of one query per row over the cache's whole masked width:
     two matmuls and a masked softmax, which inductor fuses. SDPA's CPU kernel costs more per
-    call than a single query's arithmetic (30 calls a token); measured 5% of a token's time."""
+    call than a single query's arithmetic, and it is called once a layer for every token."""
     import torch
 
     groups = fast.heads // fast.kv_heads
@@ -618,8 +615,8 @@ def _step_guards(entries: list[Any]) -> list[bool]:
     `guard_filter_fn`).
 
     Dynamo guards everything the step read: on a 30-layer model about 3,500 checks of the
-    FastModel's layers (their types, module hook dicts, each weight's tensor metadata), which
-    cost about 1 ms a token here, an eighth of it. A FastModel's arrangement never changes once
+    FastModel's layers (their types, module hook dicts, each weight's tensor metadata), a
+    sizeable share of a small model's token. A FastModel's arrangement never changes once
     built, and the step takes its weights as inputs read at each call, never as constants. So
     of the guards on `fast` only those on its values stay: sizes, counts, eps, quantization
     modes (constant, equality and length checks) and the embedding's shape. A model differing
@@ -636,8 +633,8 @@ def _compiled_fast_step():
     import torch
 
     # size_asserts off: inductor's wrapper otherwise checks every input's sizes and strides at
-    # each call, ~370 checks (0.4 ms) a token on SmolLM2, all of them weights whose shapes the
-    # kept guards on the model's sizes already fix. Decode 6.11 -> 5.73 ms a token (best of 8).
+    # each call, hundreds of checks a token, all of them weights whose shapes the kept guards on
+    # the model's sizes already fix.
     return torch.compile(_step, dynamic=False, options={"guard_filter_fn": _step_guards, "size_asserts": False})
 
 

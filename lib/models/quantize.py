@@ -7,14 +7,14 @@ bytes per token: int8 reads a quarter of float32, int4 an eighth.
   row's values in steps of max/127, then what that leaves in steps 254 times finer) and both
   go through torch's exact int8 matmul (`torch._int_mm`, oneDNN's VNNI or AMX kernels), so a
   layer is within ~1e-4 of its dequantized float32 product; torch's `_weight_int8pack_mm`
-  takes and returns bfloat16, which put int8 logits 0.6-10% from the dequantized model. A
+  takes and returns bfloat16, which put int8 logits percents from the dequantized model's. A
   bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
 - int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI or AVX2 (lmpipe.models.kernels.vnni):
   integer dot products over activations split as int8's are, within ~1e-5 of the dequantized
   weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's
   `_weight_int4pack_mm_for_cpu`, as gpt-fast
-  and torchao do. It is fast with bfloat16 activations and ~40x slower with float32 ones
-  (measured), so activations enter it as bfloat16 and leave as float32 again.
+  and torchao do. It is fast with bfloat16 activations and many times slower with float32
+  ones, so activations enter it as bfloat16 and leave as float32 again.
 
 Two representations, kept strictly apart:
 - `QuantizedWeight` is portable: plain int8 values, or int4 values two to a byte in row
@@ -245,7 +245,7 @@ def split_int8_product(x: Any, values: Any, scales: Any) -> Any:
     """
     import torch
 
-    # abs().amax() rather than vector_norm(x, inf): the same values, 8-15x faster for 16-64 rows (measured).
+    # abs().amax() rather than vector_norm(x, inf): the same values, and much faster over many rows.
     step = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / 127
     u = x / step
     high = torch.round(u)
@@ -282,7 +282,7 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
     x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))
     # The product runs over the whole weight; it is compared on its first and last output rows
     # (a wrong packing scrambles every block), since a float32 copy of a whole output head would
-    # be 113 MB more at peak.
+    # be the largest tensor of the load's peak.
     first = min(CHECK_ROWS, _rows_per_slice(weight.in_features), weight.out_features)
     sample = torch.cat([torch.arange(first), torch.arange(max(first, weight.out_features - 64), weight.out_features)])
     reference = weight.rows(sample).dequantized().t()
@@ -314,7 +314,8 @@ def _split_is_exact(values: Any, scales: Any, x: Any, expected: Any, sample: Any
 
     extreme = torch.full((2, values.shape[1]), 127, dtype=torch.int8)
     extreme[1] = -127
-    # What rows of +-127 give, a slice at a time: an int32 copy of a whole output head would be 113 MB.
+    # What rows of +-127 give, a slice at a time: an int32 copy of a whole output head would be
+    # four times the head's int8 size.
     sums = torch.cat([part.sum(dim=1, dtype=torch.int32) for part in values.split(1024)]) * 127
     expected_sums = torch.stack([sums, -sums])
     for rows in (1, 2):  # one row and several take different paths
@@ -328,7 +329,7 @@ def _split_is_exact(values: Any, scales: Any, x: Any, expected: Any, sample: Any
 
 
 def cpu_name() -> str:
-    """The CPU's model name and the instruction set torch's kernels dispatch to, for messages and the README."""
+    """The CPU's model name and the instruction set torch's kernels dispatch to, for messages and benchmarks."""
     import platform
 
     import torch
@@ -407,8 +408,9 @@ def layer_modes(model: Any, names: Any, mode: str) -> dict[str, str]:
     """The mode each named linear is quantized to: `mode`, except an int4 model's output head, which is int8.
 
     The head turns the last hidden state into every token's score, and each weight of it is
-    one token's: SmolLM2's int4 head alone cost +9.3% perplexity of int4's +9.75%, int8 +0.25%
-    (measured). llama.cpp's 4-bit files keep their output tensors at 6 or 8 bits for the same reason.
+    one token's: on SmolLM2 an int4 head alone cost almost all of int4's perplexity loss, an
+    int8 head little of it. llama.cpp's 4-bit files keep their output tensors at 6 or 8 bits for
+    the same reason.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_name = module_name(model, head)

@@ -113,7 +113,7 @@ def _read_copy(auto: Any, config: Any, dtype: Any, copy: Path) -> Any | None:
         if leaf in ("qvalues", "qscales", "qzeros"):
             # Left in its mapping: packing (lmpipe.models.quantize.pack, or the join before it)
             # makes the kernel's memory, and the mapping goes with the portable value once that is
-            # done. A copy here as well held both at once: 43 MB more at peak for the int8 SmolLM2.
+            # done. A copy here as well held both at once: a second quantized model at the peak.
             quantized.setdefault(owner, {})[key] = tensor
         elif not assign(model, key, tensor):
             return None

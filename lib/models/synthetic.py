@@ -2,8 +2,8 @@
 
 A random-weight model has no values to keep, so its tensors are made here and written straight
 into GGUF files with gguf-py's writer, one tensor at a time (the writer is told every tensor's
-shape first, then given each tensor's bytes in turn): a 7B model's float32 weights (28 GB) are
-never held, only one tensor's. The types llama.cpp's users download:
+shape first, then given each tensor's bytes in turn): a 7B model's float32 weights (four bytes
+a weight) are never held, only one tensor's. The types llama.cpp's users download:
 
 - F16: normal random weights (standard deviation WEIGHT_STD) as float16.
 - Q4_0: the same weights quantized by gguf-py's own quantizer.

@@ -43,9 +43,9 @@ def engine_threads(requested: int | None) -> int:
     """torch's CPU threads under lm-serve: one fewer than torch's own default unless told, at least one.
 
     The event loop streaming the answers needs a core of its own: when torch's threads took
-    every core, each decode step waited on whichever of them the loop had pushed aside. On 2
-    cores, one thread against two: one stream 46.8 against 30.9 tok/s, 16 at a time 226 against
-    168 (int8, measured with lm-bench -c). vLLM's CPU guide leaves cores to its server likewise.
+    every core, each decode step waited on whichever of them the loop had pushed aside, one
+    stream and a full batch alike (lm-bench -c shows it; docs/benchmarks.md). vLLM's CPU guide
+    leaves cores to its server likewise.
     """
     # torch, uvicorn and the app (starlette) inside the functions: lm-serve's option checks import
     # this module, and a usage error answers without any of them.
