@@ -89,7 +89,7 @@ def _regrouped(nibbles: Any, rows: int, pairs_per_part: int) -> Any:
     32 bytes (Q4_K: byte i holds weight i of one group low, of the next group high) or 16 (Q4_0,
     Q4_1: weight i of the block low, weight i + 16 high). In both, bytes 2t and 2t + 1 of a part
     make byte t of its low half and byte t of its high half: read as 16-bit pairs, that is two
-    whole-array integer operations (strided byte views were 16x slower, measured)."""
+    whole-array integer operations, where strided byte views touch every byte on its own."""
     import numpy as np
 
     pairs = nibbles.view(np.uint16).reshape(rows, -1, pairs_per_part)

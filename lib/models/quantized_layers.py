@@ -239,8 +239,8 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
     A model with int4 layers runs its int8 layers (the output head) on lmpipe's int8 kernel
     where its int4 ones run on lmpipe's (one pass over the weight, exact). Elsewhere the int4
     layers compute from bfloat16 activations, and the int8 ones take the bfloat16 kernel for
-    few rows too, one pass over the weight instead of the split product's two: int4 decode
-    110 -> 127 tok/s, perplexity the same (measured on SmolLM2). Their largest outputs are
+    few rows too, one pass over the weight instead of the split product's two, at the same
+    perplexity (lm-bench --perplexity shows both). Their largest outputs are
     then made exact (refined_top), so the head's bfloat16 resolution never decides between
     two near-tied tokens.
 
