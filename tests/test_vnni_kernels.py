@@ -19,7 +19,8 @@ from lmpipe.models.quantize import quantize_weight
 
 KERNELS = vnni.runnable() if vnni.available() else []  # the instruction sets whose kernels run here
 each_kernel = pytest.mark.parametrize("isa", KERNELS)
-needs_amx = pytest.mark.skipif("amx" not in KERNELS, reason=f"no AMX-INT8 here ({vnni.reason or 'this CPU or Linux lacks it'})")
+needs_amx = pytest.mark.skipif("amx" not in KERNELS,
+                               reason="lmpipe's AMX ops cannot run here (the CPU, Linux or the build lacks AMX-INT8)")
 
 
 def test_some_lmpipe_kernel_runs_here():

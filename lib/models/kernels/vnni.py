@@ -55,7 +55,8 @@ ISAS = {"amx": ("amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512_vnni"),
         "avx512": ("avx512f", "avx512bw", "avx512_vnni"), "avx2": ("avx2", "fma")}
 CPU_FLAGS = ISAS["avx512"]
 OP_SUFFIX = {"amx": "_amx", "avx512": "", "avx2": "_avx2"}  # torch.ops.lmpipe's names per instruction set
-ISA_ENV = "LMPIPE_KERNEL_ISA"  # amx, avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
+# amx, avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
+ISA_ENV = "LMPIPE_KERNEL_ISA"
 
 reason: str | None = None  # why the kernels are not available, once available() said so
 selected: str | None = None  # the instruction set the kernels run with, once available() said yes
