@@ -118,10 +118,12 @@ def _outlier_rows(rows: int, k: int, generator: torch.Generator) -> torch.Tensor
     return x
 
 
-# Whole blocks of 16 rows go through AMX's tiles and the rows after them through the VNNI code, on
-# the same integer sums and the same float steps in the same order: so the same floats, and the
-# measured choice can switch between the two at any row count without changing a result.
-AMX_ROWS = [1, 5, 16, 17, 40, 128]
+# Whole blocks of 16 rows go through AMX's tiles, and a last, partial one too where it holds enough
+# rows (padded with zero rows), else the VNNI code: on the same integer sums and the same float
+# steps in the same order, so the same floats, and the measured choice can switch between the two
+# at any row count without changing a result. 12 and 30 end in a padded tile for int4 as for
+# int8, 5 and 40 for int8 only.
+AMX_ROWS = [1, 5, 12, 16, 17, 30, 40, 128]
 
 
 @needs_amx

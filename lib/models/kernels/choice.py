@@ -32,8 +32,9 @@ PROMPT_ROWS = 128  # the row count a prompt's range is timed at
 FLOAT = "float32"  # the dequantize-then-float candidate
 NAMES = {"amx": "lmpipe-amx", "avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}  # lmpipe's kernels, by instruction set
 ISAS = {name: isa for isa, name in NAMES.items()}
-# Below a tile's 16 rows lmpipe-amx runs lmpipe-vnni's code, row for row: where both are offered
-# it is not timed there, so the choice never turns on noise between two runs of the same code.
+# Below a tile's 16 rows lmpipe-amx runs lmpipe-vnni's code, or one tile padded with zero rows that
+# gains little on it: where both are offered it is not timed there, so the choice of the ranges of
+# 1 and 4 rows never turns on noise between two runs of the same code.
 SAME_BELOW = {"lmpipe-amx": ("lmpipe-vnni", 16)}
 KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
 REPEATS = 3  # timings per candidate and row count; the best one counts

@@ -27,6 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -447,7 +448,8 @@ AMX_TARGET __attribute__((always_inline)) inline void int4_group_epilogue(const 
   }
 }
 
-// Rows [0, tiled) (whole blocks of 16) of weight blocks [begin, end).
+// Rows [0, tiled) of weight blocks [begin, end), in blocks of 16 (the last one's rows past `tiled`
+// are zeros in a.tiles, a.step and a.sum).
 AMX_TARGET void int4_tiles_amx(const uint8_t* w, const Split& a, int64_t begin, int64_t end, int64_t tiled, int64_t k,
                                int64_t n, float* o) {
   const int64_t groups = k / GROUP;
@@ -480,7 +482,7 @@ AMX_TARGET void int4_tiles_amx(const uint8_t* w, const Split& a, int64_t begin, 
         int4_group_epilogue(wb + (g - 1) * BLOCK, a, r0, g - 1, groups, sums[(g - 1) & 1], acc);
       }
       int4_group_epilogue(wb + (groups - 1) * BLOCK, a, r0, groups - 1, groups, sums[(groups - 1) & 1], acc);
-      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(o + (r0 + i) * n + b * ROWS, acc[i]);
+      for (int i = 0; i < 16 && r0 + i < tiled; ++i) _mm512_storeu_ps(o + (r0 + i) * n + b * ROWS, acc[i]);
     }
   }
   _tile_release();
@@ -493,9 +495,9 @@ AMX_TARGET void int4_tiles_amx(const uint8_t* w, const Split& a, int64_t begin, 
 // weight tile is copied with zeros after its columns, so whatever the activation tile reads past
 // a row's end (the next row's values, or the buffer's slack) adds nothing.
 AMX_TARGET void int8_epilogue(const int32_t* high_sums, const int32_t* low_sums, const float* scales,
-                              const RowSplit& a, int64_t r0, int64_t n, float* out) {
+                              const RowSplit& a, int64_t r0, int64_t rows, int64_t n, float* out) {
   const __m512 scale = _mm512_loadu_ps(scales);
-  for (int i = 0; i < 16; ++i) {
+  for (int i = 0; i < rows; ++i) {
     const int64_t r = r0 + i;
     const __m512i high = _mm512_sub_epi32(_mm512_load_si512(high_sums + 16 * i), _mm512_set1_epi32(128 * a.high_sum[r]));
     const __m512i low = _mm512_sub_epi32(_mm512_load_si512(low_sums + 16 * i), _mm512_set1_epi32(128 * a.low_sum[r]));
@@ -504,6 +506,8 @@ AMX_TARGET void int8_epilogue(const int32_t* high_sums, const int32_t* low_sums,
   }
 }
 
+// Rows [0, tiled) of weight blocks [begin, end), in blocks of 16 (the last one's rows past `tiled`
+// are zeros in a's buffers).
 AMX_TARGET void int8_tiles_amx(const uint8_t* w, const float* scales, const RowSplit& a, int64_t begin, int64_t end,
                                int64_t tiled, int64_t k, int64_t n, float* o) {
   const int64_t whole = k / 64 * 64;
@@ -544,8 +548,9 @@ AMX_TARGET void int8_tiles_amx(const uint8_t* w, const float* scales, const RowS
       _tile_stored(1, sums[1], 64);
       _tile_stored(6, sums[2], 64);
       _tile_stored(7, sums[3], 64);
-      int8_epilogue(sums[0], sums[1], scales + b * ROWS, a, r0, n, o + b * ROWS);
-      if (b1 != b) int8_epilogue(sums[2], sums[3], scales + b1 * ROWS, a, r0, n, o + b1 * ROWS);
+      const int64_t rows = std::min<int64_t>(16, tiled - r0);
+      int8_epilogue(sums[0], sums[1], scales + b * ROWS, a, r0, rows, n, o + b * ROWS);
+      if (b1 != b) int8_epilogue(sums[2], sums[3], scales + b1 * ROWS, a, r0, rows, n, o + b1 * ROWS);
     }
   }
   _tile_release();
@@ -579,19 +584,25 @@ struct Avx512 {
   }
   static float dot(const float* a, const float* b, int64_t n) { return ::dot(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { ::add_scaled(alpha, x, y, n); }
-  static constexpr bool tiled = false;  // no rows in AMX's tiles
+  static int64_t int4_tiled(int64_t) { return 0; }  // rows multiplied in AMX's tiles: none
+  static int64_t int8_tiled(int64_t) { return 0; }
   static void int4_tiles(const uint8_t*, const Split&, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
   static void int8_tiles(const uint8_t*, const float*, const RowSplit&, int64_t, int64_t, int64_t, int64_t, int64_t,
                          float*) {}
 };
 
-// AVX-512 VNNI's kernels, with AMX's tiles for every whole block of 16 activation rows (the rows
-// after them take the VNNI code), so one op serves any row count and gives VNNI's results.
+// AVX-512 VNNI's kernels, with AMX's tiles for every whole block of 16 activation rows and a last,
+// partial one long enough (other rows take the VNNI code), so one op serves any row count and
+// gives VNNI's results.
 struct Amx : Avx512 {
   static constexpr const char* needs =
       "AMX-INT8 and AVX-512 VNNI, and Linux's leave to use AMX tiles (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+)";
   static bool supported() { return amx_supported(); }
-  static constexpr bool tiled = true;  // rows [0, M / 16 * 16) in tiles, the rest as Avx512
+  // The rows multiplied in tiles: each whole block of 16, and a last, partial one padded with zero
+  // rows where it holds at least a few (below that the VNNI code's cost, which grows with the rows,
+  // stays under a whole tile's): int8's tiles cost less against its VNNI code than int4's.
+  static int64_t int4_tiled(int64_t m) { return m % 16 >= 12 ? m : m / 16 * 16; }
+  static int64_t int8_tiled(int64_t m) { return m % 16 >= 2 ? m : m / 16 * 16; }
   static void int4_tiles(const uint8_t* w, const Split& a, int64_t begin, int64_t end, int64_t tiled, int64_t k,
                          int64_t n, float* o) {
     int4_tiles_amx(w, a, begin, end, tiled, k, n, o);
@@ -623,7 +634,8 @@ struct Avx2 {
   }
   static float dot(const float* a, const float* b, int64_t n) { return dot_avx2(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { add_scaled_avx2(alpha, x, y, n); }
-  static constexpr bool tiled = false;  // no rows in AMX's tiles
+  static int64_t int4_tiled(int64_t) { return 0; }  // rows multiplied in AMX's tiles: none
+  static int64_t int8_tiled(int64_t) { return 0; }
   static void int4_tiles(const uint8_t*, const Split&, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
   static void int8_tiles(const uint8_t*, const float*, const RowSplit&, int64_t, int64_t, int64_t, int64_t, int64_t,
                          float*) {}
@@ -638,9 +650,10 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
   TORCH_CHECK(k % GROUP == 0 && n % ROWS == 0, "K must be a multiple of 32 and N of 16");
   TORCH_CHECK(packed.numel() == n / ROWS * groups * BLOCK, "packed does not hold an [N, K] weight");
   at::Tensor out = at::empty({m, n}, x.options());
-  const int64_t tiled = Isa::tiled ? m / 16 * 16 : 0;  // rows multiplied in AMX's tiles
-  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m * groups),
-          std::vector<float>(m * groups), std::vector<int8_t>(tiled * k * 2)};
+  // rows multiplied in AMX's tiles, and those with the zero rows that fill their last tile
+  const int64_t tiled = Isa::int4_tiled(m), padded = std::max(m, (tiled + 15) / 16 * 16);
+  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(padded * groups),
+          std::vector<float>(padded * groups), std::vector<int8_t>((tiled + 15) / 16 * 16 * k * 2)};
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -675,11 +688,12 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * ROWS;
   TORCH_CHECK(packed.size(1) * 4 == k && k % 8 == 0, "x and packed differ in K, or K is not a multiple of 8");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == n && scales.is_contiguous(), "scales: float32 [N]");
-  const int64_t tiled = Isa::tiled ? m / 16 * 16 : 0;  // rows multiplied in AMX's tiles
+  // rows multiplied in AMX's tiles, and those with the zero rows that fill their last tile
+  const int64_t tiled = Isa::int8_tiled(m), padded = std::max(m, (tiled + 15) / 16 * 16);
   at::Tensor out = at::empty({m, n}, x.options());
   // 64 bytes of slack: AMX's tiles read whole 64-byte rows, past the last row where K is not a multiple of 64
-  RowSplit a{std::vector<int8_t>(m * k + 64), std::vector<int8_t>(m * k + 64), std::vector<float>(m),
-             std::vector<int32_t>(m), std::vector<int32_t>(m)};
+  RowSplit a{std::vector<int8_t>(padded * k + 64), std::vector<int8_t>(padded * k + 64), std::vector<float>(padded),
+             std::vector<int32_t>(padded), std::vector<int32_t>(padded)};
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)

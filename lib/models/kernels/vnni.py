@@ -12,9 +12,9 @@ lmpipe's cache the first time a quantized model loads (once per source and torch
 registered as torch.ops.lmpipe.int4_mm and int8_mm (AVX-512 VNNI) and int4_mm_avx2 and
 int8_mm_avx2, so a compiled decode step calls them like any torch operator. With AMX-INT8
 (Sapphire Rapids and later), int4_mm_amx and int8_mm_amx multiply each whole block of 16
-activation rows in AMX's tiles (one instruction: 16 rows by 16 outputs by 64 bytes) and the rows
-after them with the VNNI code: the same integer sums and the same float steps, so the same
-results as int4_mm and int8_mm, bit for bit. The build folder is
+activation rows in AMX's tiles (one instruction: 16 rows by 16 outputs by 64 bytes), and a last,
+partial block padded with zero rows where it holds enough rows, else with the VNNI code: the
+same integer sums and the same float steps, so the same results as int4_mm and int8_mm, bit for bit. The build folder is
 named by the source's hash and torch's version, and is this user's alone (build_folder); builds
 take a lock of lmpipe's own (_compile).
 
