@@ -141,3 +141,13 @@ def test_a_forced_amx_kernel_on_a_cpu_without_it_is_a_one_line_usage_error(faked
     with pytest.raises(UsageError) as refused:
         choice.choose([object()], forced="lmpipe-amx")
     assert str(refused.value) == "--kernel lmpipe-amx cannot run on this CPU (here: lmpipe-vnni, lmpipe-avx2, float32)"
+
+
+def test_each_timed_call_follows_an_untimed_one_of_the_same_kernel():
+    """Timed right after another candidate, a kernel would read its weight from memory where that one
+    pushed it out of the caches, and the kernel after it would find its own there: the choice at few
+    rows would follow the order the candidates are offered in."""
+    calls: list[str] = []
+    runs = {name: (lambda x, name=name: calls.append(name)) for name in ("lmpipe-vnni", "lmpipe-avx2", "float32")}
+    assert set(choice.timings(runs, None)) == set(runs)
+    assert calls == [name for _ in range(choice.REPEATS) for name in runs for _ in ("untimed", "timed")]

@@ -9,8 +9,9 @@ and PROMPT_ROWS rows, and the fastest kept, for the row counts up to each. A qua
 is then never slower than float32 on its own shapes: where no quantized kernel wins, float32
 runs.
 
-The choices are cached in lmpipe's kernel folder, per torch version (as the build is), keyed
-by the CPU's flags, the shape and the candidates offered; never a weight or its layout.
+The choices are cached in lmpipe's kernel folder, per torch version (as the build is) and way of
+timing (TIMING), keyed by the CPU's flags, the shape and the candidates offered; never a weight
+or its layout.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ ISAS = {name: isa for isa, name in NAMES.items()}
 SAME_BELOW = {"lmpipe-amx": ("lmpipe-vnni", 16)}
 KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
 REPEATS = 3  # timings per candidate and row count; the best one counts
+# In the cache's name: a new way of timing the candidates measures afresh rather than keep what the
+# old way chose (2: each timed call right after an untimed one of its own, see timings).
+TIMING = 2
 # Weights a layer is timed on (its first output rows): every candidate's time grows with the rows
 # alike, and the float32 candidate's dequantized copy of a whole layer (a 7B model's output head:
 # 2 GB, and its temporaries more) would be the first load's peak.
@@ -101,14 +105,16 @@ def first_rows(layer: Any) -> tuple[Any, Any, int]:
 
 
 def timings(runs: dict[str, Callable[[Any], Any]], x: Any) -> dict[str, float]:
-    """Seconds each of `runs` takes on `x`: the best of REPEATS after one untimed call. The
-    candidates take turns, so a burst of other work on a shared machine slows each of them once
-    rather than all of one candidate's repeats: the choice is cached for good."""
-    for run in runs.values():
-        run(x)
+    """Seconds each of `runs` takes on `x`: the best of REPEATS, each timed call right after an
+    untimed one of its own. Timed after another candidate, a kernel would read a weight that one
+    pushed out of the caches (float32's dequantized copy is several times the packed weight), and
+    the candidate after it would find its weight in them, and win the few-row ranges for its
+    place in line. The candidates take turns, so a burst of other work on a shared machine slows each
+    of them once rather than all of one candidate's repeats: the choice is cached for good."""
     out = dict.fromkeys(runs, float("inf"))
     for _ in range(REPEATS):
         for name, run in runs.items():
+            run(x)
             start = time.perf_counter()
             run(x)
             out[name] = min(out[name], time.perf_counter() - start)
@@ -136,7 +142,7 @@ def _cache_file() -> Path:
 
     flags = " ".join(sorted((cpuinfo("flags") or "").split()))
     cpu = hashlib.sha256(f"{cpuinfo('model name')}\n{flags}".encode()).hexdigest()[:16]
-    return kernels_dir() / f"torch-{torch.__version__}" / f"choices-{cpu}.json"
+    return kernels_dir() / f"torch-{torch.__version__}" / f"choices-{TIMING}-{cpu}.json"
 
 
 def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], None] | None = None) -> dict[str, str]:
