@@ -40,7 +40,8 @@ SAME_BELOW = {"lmpipe-amx": ("lmpipe-vnni", 16)}
 KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
 REPEATS = 3  # timings per candidate and row count; the best one counts
 # In the cache's name: a new way of timing the candidates measures afresh rather than keep what the
-# old way chose (2: each timed call right after an untimed one of its own, see timings).
+# old way chose (2: each timed call right after an untimed one of its own, float32 after the
+# others; see timings).
 TIMING = 2
 # Weights a layer is timed on (its first output rows): every candidate's time grows with the rows
 # alike, and the float32 candidate's dequantized copy of a whole layer (a 7B model's output head:
@@ -105,19 +106,27 @@ def first_rows(layer: Any) -> tuple[Any, Any, int]:
 
 
 def timings(runs: dict[str, Callable[[Any], Any]], x: Any) -> dict[str, float]:
-    """Seconds each of `runs` takes on `x`: the best of REPEATS, each timed call right after an
-    untimed one of its own. Timed after another candidate, a kernel would read a weight that one
-    pushed out of the caches (float32's dequantized copy is several times the packed weight), and
-    the candidate after it would find its weight in them, and win the few-row ranges for its
-    place in line. The candidates take turns, so a burst of other work on a shared machine slows each
-    of them once rather than all of one candidate's repeats: the choice is cached for good."""
+    """Seconds each of `runs` takes on `x`: the best of REPEATS. lmpipe's kernels take turns, so a
+    burst of other work on a shared machine slows each of them once rather than all of one
+    kernel's repeats (the choice is cached for good), each timed call right after an untimed one
+    of its own: timed right after another, a kernel would find the caches holding that one's
+    data rather than its own. float32 then takes its repeats after one untimed call: a kernel
+    timed after it would read its weight from memory, where float32's dequantized copy (several
+    times the packed weight) pushed it. Either way the choice at few rows would follow the order
+    the candidates are offered in."""
+    def seconds(run: Callable[[Any], Any]) -> float:
+        start = time.perf_counter()
+        run(x)
+        return time.perf_counter() - start
+
     out = dict.fromkeys(runs, float("inf"))
     for _ in range(REPEATS):
-        for name, run in runs.items():
-            run(x)
-            start = time.perf_counter()
-            run(x)
-            out[name] = min(out[name], time.perf_counter() - start)
+        for name in (name for name in runs if name != FLOAT):
+            runs[name](x)
+            out[name] = min(out[name], seconds(runs[name]))
+    if FLOAT in runs:
+        runs[FLOAT](x)
+        out[FLOAT] = min(seconds(runs[FLOAT]) for _ in range(REPEATS))
     return out
 
 
