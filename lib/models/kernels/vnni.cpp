@@ -1,9 +1,10 @@
 // int4 and int8 weights times float32 activations with 8-bit integer dot products, as llama.cpp
 // computes its blocks: torch.ops.lmpipe.int4_mm and int8_mm (lmpipe.models.kernels.vnni) with
 // AVX-512 VNNI (vpdpbusd), and int4_mm_avx2 and int8_mm_avx2 with AVX2 (vpmaddubsw, then vpmaddwd
-// to 32 bits, llama.cpp's AVX2 dot product) on the same packed layouts. Each function is compiled
-// for its instruction set (target attributes) and each op checks the CPU, so one build serves any
-// x86-64.
+// to 32 bits, llama.cpp's AVX2 dot product) on the same packed layouts; int4_mm_amx and
+// int8_mm_amx are int4_mm and int8_mm with AMX's tiles for blocks of 16 activation rows (see
+// "AMX-INT8" below), their results to the bit. Each function is compiled for its instruction set
+// (target attributes) and each op checks the CPU, so one build serves any x86-64.
 //
 // Activations are split into two int8 parts (the values in steps of max/127, then what that
 // leaves in steps 254 times finer), per group of 32 for int4 and per row for int8 (whose weight
@@ -416,7 +417,7 @@ AMX_TARGET void load_tiles(TileConfig& config) {
 //
 // A tile's sums reach the vector registers through memory. Each group's are read one group
 // later, while the tiles compute the next group's into the other buffer: the epilogue then never
-// waits on the tiles' latest (a tile product takes tens of cycles to come out).
+// waits on the product the tiles have just begun.
 AMX_TARGET __attribute__((always_inline)) inline void int4_group_tiles(const uint8_t* unpacked, const int8_t* tiles,
                                                                        int32_t* sums) {
   _tile_loadd(4, unpacked, 64);

@@ -14,9 +14,9 @@ int8_mm_avx2, so a compiled decode step calls them like any torch operator. With
 (Sapphire Rapids and later), int4_mm_amx and int8_mm_amx multiply each whole block of 16
 activation rows in AMX's tiles (one instruction: 16 rows by 16 outputs by 64 bytes), and a last,
 partial block padded with zero rows where it holds enough rows, else with the VNNI code: the
-same integer sums and the same float steps, so the same results as int4_mm and int8_mm, bit for bit. The build folder is
-named by the source's hash and torch's version, and is this user's alone (build_folder); builds
-take a lock of lmpipe's own (_compile).
+same integer sums and the same float steps, so the same results as int4_mm and int8_mm, bit for
+bit. The build folder is named by the source's hash and torch's version, and is this user's
+alone (build_folder); builds take a lock of lmpipe's own (_compile).
 
 The activations are split into two int8 parts (see vnni.cpp), so a product is within ~1e-5
 (int4) or ~1e-4 (int8) of the dequantized float32 weight's, on either instruction set; torch's
@@ -50,7 +50,7 @@ GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
 SOURCE = Path(__file__).with_name("vnni.cpp")
 # The instruction sets the kernels are built for, best first, with the CPU flags each needs.
-# amx's ops are avx512's with AMX tiles for every whole block of 16 rows.
+# amx's ops are avx512's with AMX tiles for blocks of 16 rows.
 ISAS = {"amx": ("amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512_vnni"),
         "avx512": ("avx512f", "avx512bw", "avx512_vnni"), "avx2": ("avx2", "fma")}
 CPU_FLAGS = ISAS["avx512"]
