@@ -143,7 +143,7 @@ def test_the_manifest_counts_each_types_tensors_by_kernel(files):
     lm = load(ModelSettings(str(files["Q4_K_M"])))
     # Per layer q, k, o, gate, up are Q4_K; v and down Q6_K; the tied head is the Q6_K embedding; norms F32.
     assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "Q4_K": {"int4": 10}, "Q6_K": {"int8": 5}}
-    assert lm.identity["int4_kernel"] in ("lmpipe-vnni", "lmpipe-avx2", "torch")
+    assert lm.identity["int4_kernel"] in ("lmpipe-amx", "lmpipe-vnni", "lmpipe-avx2", "torch")
     assert set(lm.identity.get("kernels", {})) <= {"1", "4", "16", "prompt"}  # the choice per range, where measured
     assert "quantize" not in lm.identity
 

@@ -79,7 +79,7 @@ def test_where_every_quantized_kernel_is_slower_float32_runs_said_once(tiny_llam
 @needs_kernel
 def test_each_range_of_rows_takes_its_fastest_kernel(tiny_llama_raw, faked, capfd):
     table, _, _ = faked
-    quantized = choice.NAMES[vnni.selected]
+    quantized = next(k for k in choice.candidates() if k not in choice.SAME_BELOW)  # timed at every row count
     for kernel in choice.candidates():
         table[kernel] = {"1": 3.0, "4": 3.0, "16": 3.0, "prompt": 3.0}
     table[quantized].update({"1": 1.0, "4": 1.0, "16": 1.0})
@@ -102,3 +102,53 @@ def test_a_kernel_this_cpu_cannot_run_is_a_usage_error(faked, monkeypatch):
     refused = r"^--kernel lmpipe-vnni cannot run on this CPU \(here: lmpipe-avx2, float32\)$"
     with pytest.raises(UsageError, match=refused):
         choice.choose([object()], forced="lmpipe-vnni")
+
+
+def test_the_candidates_are_the_runnable_instruction_sets_kernels_and_float32():
+    """lmpipe-amx where this CPU and Linux let AMX run (the choice then measures it), never elsewhere."""
+    if not vnni.available():
+        assert choice.candidates() == (choice.FLOAT,)
+    elif vnni.forced():
+        assert choice.candidates() == (choice.NAMES[vnni.selected], choice.FLOAT)
+    else:
+        assert choice.candidates() == (*(choice.NAMES[isa] for isa in vnni.runnable()), choice.FLOAT)
+        assert ("lmpipe-amx" in choice.candidates()) == ("amx" in vnni.runnable())
+
+
+def test_amx_is_timed_only_where_it_runs_its_tiles(monkeypatch):
+    """Below 16 rows lmpipe-amx runs lmpipe-vnni's code: with both offered it is timed from 16 rows
+    on, and takes the ranges where it is fastest; offered alone (LMPIPE_KERNEL_ISA=amx), everywhere."""
+    timed: dict[int, tuple[str, ...]] = {}
+    seconds = {"lmpipe-amx": 1.0, "lmpipe-vnni": 2.0, "float32": 3.0}
+
+    def timings(runs, x):
+        timed[x.shape[0]] = tuple(runs)
+        return {kernel: seconds[kernel] for kernel in runs}
+
+    monkeypatch.setattr(choice, "timings", timings)
+    runs = dict.fromkeys(seconds, lambda x: x)
+    assert choice.fastest(runs, 8) == {"1": "lmpipe-vnni", "4": "lmpipe-vnni", "16": "lmpipe-amx",
+                                       "prompt": "lmpipe-amx"}
+    assert timed == {1: ("lmpipe-vnni", "float32"), 4: ("lmpipe-vnni", "float32"),
+                     16: ("lmpipe-amx", "lmpipe-vnni", "float32"),
+                     choice.PROMPT_ROWS: ("lmpipe-amx", "lmpipe-vnni", "float32")}
+    del runs["lmpipe-vnni"]
+    assert choice.fastest(runs, 8) == dict.fromkeys(("1", "4", "16", "prompt"), "lmpipe-amx")
+
+
+def test_a_forced_amx_kernel_on_a_cpu_without_it_is_a_one_line_usage_error(faked, monkeypatch):
+    monkeypatch.setattr(choice, "candidates", lambda: ("lmpipe-vnni", "lmpipe-avx2", "float32"))
+    with pytest.raises(UsageError) as refused:
+        choice.choose([object()], forced="lmpipe-amx")
+    assert str(refused.value) == "--kernel lmpipe-amx cannot run on this CPU (here: lmpipe-vnni, lmpipe-avx2, float32)"
+
+
+def test_each_timed_call_follows_an_untimed_one_of_the_same_kernel_and_float32_goes_last():
+    """Timed right after float32, a kernel would read its weight from memory where float32's dequantized
+    copy pushed it out of the caches, and one timed right after another kernel would find its own
+    there: the choice at few rows would follow the order the candidates are offered in."""
+    calls: list[str] = []
+    runs = {name: (lambda x, name=name: calls.append(name)) for name in ("float32", "lmpipe-vnni", "lmpipe-avx2")}
+    assert set(choice.timings(runs, None)) == set(runs)
+    turns = [[name, name] for _ in range(choice.REPEATS) for name in ("lmpipe-vnni", "lmpipe-avx2")]
+    assert calls == sum(turns, []) + ["float32"] * (1 + choice.REPEATS)

@@ -1,8 +1,9 @@
-"""lmpipe's int4 and int8 kernels (AVX-512 VNNI and AVX2): built from source on first use, as exact
-as int8's split product, and where they cannot run, torch's kernels instead with the reason kept.
+"""lmpipe's int4 and int8 kernels (AMX, AVX-512 VNNI and AVX2): built from source on first use, as
+exact as int8's split product, and where they cannot run, torch's kernels instead with the reason kept.
 
 Each kernel test runs once per instruction set the CPU has: on an AVX-512 machine the AVX2 path
-is tested too, and on an AVX2-only one it is what runs.
+is tested too, and on an AVX2-only one it is what runs. AMX's ops are held to AVX-512 VNNI's
+results bit for bit, where the CPU has AMX.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from lmpipe.models.quantize import quantize_weight
 
 KERNELS = vnni.runnable() if vnni.available() else []  # the instruction sets whose kernels run here
 each_kernel = pytest.mark.parametrize("isa", KERNELS)
+needs_amx = pytest.mark.skipif("amx" not in KERNELS,
+                               reason="lmpipe's AMX ops cannot run here (the CPU, Linux or the build lacks AMX-INT8)")
 
 
 def test_some_lmpipe_kernel_runs_here():
@@ -27,7 +30,8 @@ def test_some_lmpipe_kernel_runs_here():
 
 
 @each_kernel
-@pytest.mark.parametrize("rows", [1, 3, 4, 9, 16])  # blocks of 2 or 4 activation rows, the rows after them, a batch
+# blocks of 2 or 4 activation rows, the rows after them, a batch; AMX's tiles of 16 rows and the rows after them
+@pytest.mark.parametrize("rows", [1, 3, 4, 9, 16, 17, 40])
 def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(rows, isa):
     torch.manual_seed(0)
     weight = quantize_weight(torch.randn(48, 128) * 0.05, "int4")
@@ -42,7 +46,7 @@ def test_the_product_is_the_dequantized_weights_within_the_split_products_bound(
 
 
 @each_kernel
-@pytest.mark.parametrize("rows", [1, 3, 4, 9, 16])
+@pytest.mark.parametrize("rows", [1, 3, 4, 9, 15, 16, 17, 40])  # 15: the zero row last in a tile of 16
 def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_packing(rows, isa, monkeypatch):
     from lmpipe.models.quantize import split_int8_product
 
@@ -107,6 +111,55 @@ def test_each_output_row_reads_its_own_values_scale_and_zero(isa):
     assert torch.allclose(got, want, rtol=1e-4, atol=0)  # the split activations: 2 is 3/127 * (85 - 85/254)
 
 
+def _outlier_rows(rows: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    x = torch.randn(rows, k, generator=generator) * torch.logspace(-3, 3, k)
+    x[0, :32] = 0  # a group (and for int8, with the row below, a whole row) with no step to scale by
+    x[rows // 2] = 0
+    return x
+
+
+# Whole blocks of 16 rows go through AMX's tiles, and a last, partial one too where it holds enough
+# rows (padded with zero rows), else the VNNI code: on the same integer sums and the same float
+# steps in the same order, so the same floats, and the measured choice can switch between the two
+# at any row count without changing a result. 12 and 30 end in a padded tile for int4 as for
+# int8, 5 and 40 for int8 only.
+AMX_ROWS = [1, 5, 12, 16, 17, 30, 40, 128]
+
+
+@needs_amx
+@pytest.mark.parametrize("k, n", [(32, 16), (96, 48), (256, 160)])  # 160: 10 blocks of 16, over threads
+@pytest.mark.parametrize("rows", AMX_ROWS)
+def test_amxs_int4_products_are_avx512_vnnis_bit_for_bit(rows, k, n):
+    g = torch.Generator().manual_seed(rows * 1000 + k + n)
+    values = torch.randint(0, 16, (n, k), generator=g, dtype=torch.int32)
+    scales = (torch.rand(n, k // 32, generator=g) * 0.02 + 1e-3).to(torch.bfloat16)
+    zeros = (torch.randn(n, k // 32, generator=g) * 0.02).to(torch.bfloat16)
+    packed = vnni.int4_pack(values, scales, zeros)
+    x = _outlier_rows(rows, k, g)
+    assert torch.equal(vnni.int4_product(x, packed, n, "amx"), vnni.int4_product(x, packed, n, "avx512"))
+
+
+@needs_amx
+# K: all of it past the last whole 64 columns (8), some of it (136, 200: 8 columns past), none (256);
+# 48 and 80: 3 and 5 blocks of 16, one without a second to share the activation tiles with
+@pytest.mark.parametrize("k, n", [(8, 16), (136, 48), (200, 160), (256, 80)])
+@pytest.mark.parametrize("rows", AMX_ROWS)
+def test_amxs_int8_products_are_avx512_vnnis_bit_for_bit(rows, k, n):
+    g = torch.Generator().manual_seed(rows * 1000 + k + n)
+    values = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    packed, scales = vnni.int8_pack(values), torch.rand(n, generator=g) * 0.01 + 1e-4
+    x = _outlier_rows(rows, k, g)
+    assert torch.equal(vnni.int8_product(x, packed, scales, "amx"), vnni.int8_product(x, packed, scales, "avx512"))
+
+
+@pytest.mark.skipif(not KERNELS or "amx" in KERNELS, reason="on a CPU with AMX, its ops run")
+def test_amxs_ops_refuse_a_cpu_without_amx_in_one_line():
+    x, packed = torch.zeros(16, 32), torch.zeros(16 * 320 // 16, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match=r"^lmpipe::int4_mm needs AMX-INT8 and AVX-512 VNNI, and Linux's leave") as e:
+        torch.ops.lmpipe.int4_mm_amx(x, packed, 16)
+    assert "\n" not in str(e.value).strip()
+
+
 @each_kernel
 def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw, isa, monkeypatch):
     from lmpipe.models.loading import ModelSettings, load
@@ -115,7 +168,7 @@ def test_an_int4_model_runs_its_layers_through_it(tiny_llama_raw, isa, monkeypat
     monkeypatch.setattr(vnni, "selected", isa)  # as LMPIPE_KERNEL_ISA would have chosen
     lm = load(ModelSettings(str(tiny_llama_raw), quantize="int4"))
     # records' manifests say which kernel computed them
-    assert lm.identity["int4_kernel"] == {"avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}[isa]
+    assert lm.identity["int4_kernel"] == {"amx": "lmpipe-amx", "avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}[isa]
     model = lm.model
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert all(layer.vnni and layer.isa == isa for layer in layers)  # the int4 layers, and the int8 head with them
@@ -215,5 +268,40 @@ def test_a_cpu_without_avx512_vnni_runs_the_avx2_kernels_and_the_choice_can_be_f
     monkeypatch.setenv(vnni.ISA_ENV, "avx512")
     assert not vnni.available() and vnni.reason == "the CPU lacks avx512f or avx512bw or avx512_vnni"
     monkeypatch.setenv(vnni.ISA_ENV, "sse2")
-    with pytest.raises(UsageError, match="LMPIPE_KERNEL_ISA must be one of avx512, avx2, none"):
+    with pytest.raises(UsageError, match="LMPIPE_KERNEL_ISA must be one of amx, avx512, avx2, none"):
         vnni.available()
+
+
+def test_amx_needs_its_cpu_flags_linuxs_leave_and_a_build_with_it(monkeypatch):
+    monkeypatch.setattr(vnni, "reason", vnni.reason)
+    monkeypatch.setattr(vnni, "selected", vnni.selected)
+    monkeypatch.setattr(vnni, "_build", lambda: None)  # the kernels' build is not what is tested here
+    monkeypatch.setattr(vnni, "available", vnni.available.__wrapped__)
+    monkeypatch.setattr(vnni, "_torch_isa", lambda: "AVX512")
+    monkeypatch.setattr(vnni, "amx_permitted", lambda: True)
+    avx512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"}
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: avx512 | {"amx_tile", "amx_int8", "amx_bf16"})
+    monkeypatch.delenv(vnni.ISA_ENV, raising=False)
+    assert vnni.runnable() == ["amx", "avx512", "avx2"] and vnni.available() and vnni.selected == "amx"
+    # forced on a CPU without it: refused, with the reason in one line
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: avx512)
+    assert vnni.available() and vnni.selected == "avx512"
+    monkeypatch.setenv(vnni.ISA_ENV, "amx")
+    assert not vnni.available()
+    assert vnni.reason == "the CPU lacks amx_tile or amx_int8 or avx512f or avx512bw or avx512_vnni"
+    # the CPU has it, but Linux keeps the tiles' state from this process (before 5.16, or refused)
+    monkeypatch.setattr(vnni, "_cpu_flags", lambda: avx512 | {"amx_tile", "amx_int8"})
+    monkeypatch.setattr(vnni, "amx_permitted", lambda: False)
+    assert vnni.runnable() == ["avx512", "avx2"] and not vnni.available()
+    assert vnni.reason == "Linux refused this process AMX's tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
+    # a compiler without AMX's intrinsics built the kernels: the others run
+    monkeypatch.setattr(vnni, "amx_permitted", lambda: True)
+    monkeypatch.setattr(vnni, "_amx_built", False)
+    assert not vnni.available()
+    assert vnni.reason == "lmpipe's kernels were built without AMX (by a compiler older than gcc 11 or clang 12)"
+    monkeypatch.delenv(vnni.ISA_ENV)
+    assert vnni.available() and vnni.selected == "avx512"
+    # torch told to run AVX2 (ATEN_CPU_CAPABILITY=avx2): AMX's ops hold AVX-512 code
+    monkeypatch.setattr(vnni, "_amx_built", True)
+    monkeypatch.setattr(vnni, "_torch_isa", lambda: "AVX2")
+    assert vnni.runnable() == ["avx2"]

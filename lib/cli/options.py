@@ -195,8 +195,9 @@ def speed_options(f: F) -> F:
                           "with an int8 output head."),
         click.option("--kernel", type=click.Choice(KERNELS), default=None, envvar="LMPIPE_KERNEL",
                      help="With --quantize: the kernel for every row count, instead of the fastest measured "
-                          "on this CPU at the first load (lmpipe-vnni: AVX-512 VNNI; lmpipe-avx2; float32 on "
-                          "the dequantized weights)."),
+                          "on this CPU at the first load (lmpipe-amx: AMX tiles for each 16 rows, AVX-512 VNNI "
+                          "for the rest; lmpipe-vnni: AVX-512 VNNI; lmpipe-avx2; float32 on the dequantized "
+                          "weights)."),
         click.option("--cache", type=click.Choice(["auto", "fast", "dynamic", "static"]), default="auto",
                      show_default=True, envvar="LMPIPE_CACHE",
                      help="fast: lmpipe's own forward, cache allocated once (the families the docs' Fast "

@@ -360,8 +360,8 @@ def choose_kernels(model: Any, forced: str | None = None, say: Any = None) -> di
 
 
 def int4_kernel_name(model: Any) -> str:
-    """Which kernel computes the model's int4 layers: "lmpipe-vnni" or "lmpipe-avx2"
-    (lmpipe.models.kernels.vnni, AVX-512 VNNI or AVX2), or "torch"."""
+    """Which kernel computes the model's int4 layers: "lmpipe-amx", "lmpipe-vnni" or "lmpipe-avx2"
+    (lmpipe.models.kernels.vnni, AMX, AVX-512 VNNI or AVX2), or "torch"."""
     isa = next((m.isa for m in model.modules() if getattr(m, "vnni", False)), None)
     return kernel_choice.NAMES[isa] if isa else "torch"
 

@@ -67,7 +67,7 @@ class QuantizedLinear(nn.Module):
         self.vnni = vnni_kernels.available() and (weight.mode == "int4" or (
             (bfloat16_rows or vnni_kernels.selected == "avx2")
             and vnni_kernels.int8_fits(self.out_features, self.in_features)))
-        self.isa = vnni_kernels.selected if self.vnni else None  # AVX-512 VNNI or AVX2
+        self.isa = vnni_kernels.selected if self.vnni else None  # AMX, AVX-512 VNNI or AVX2
         packed, scales = pack(weight, self.vnni)
         self.split = check_kernel(weight, packed, scales, self.vnni)
         self.register_buffer("packed", packed, persistent=False)

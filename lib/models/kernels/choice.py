@@ -9,8 +9,9 @@ and PROMPT_ROWS rows, and the fastest kept, for the row counts up to each. A qua
 is then never slower than float32 on its own shapes: where no quantized kernel wins, float32
 runs.
 
-The choices are cached in lmpipe's kernel folder, per torch version (as the build is), keyed
-by the CPU's flags, the shape and the candidates offered; never a weight or its layout.
+The choices are cached in lmpipe's kernel folder, per torch version (as the build is) and way of
+timing (TIMING), keyed by the CPU's flags, the shape and the candidates offered; never a weight
+or its layout.
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ from . import vnni
 RANGES = (("1", 1), ("4", 4), ("16", 16), ("prompt", None))  # names and the most rows each takes
 PROMPT_ROWS = 128  # the row count a prompt's range is timed at
 FLOAT = "float32"  # the dequantize-then-float candidate
-NAMES = {"avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}  # lmpipe's kernels, by instruction set
+NAMES = {"amx": "lmpipe-amx", "avx512": "lmpipe-vnni", "avx2": "lmpipe-avx2"}  # lmpipe's kernels, by instruction set
 ISAS = {name: isa for isa, name in NAMES.items()}
+# Below a tile's 16 rows lmpipe-amx runs lmpipe-vnni's code, or one tile padded with zero rows that
+# gains little on it: where both are offered it is not timed there, so the choice of the ranges of
+# 1 and 4 rows never turns on noise between two runs of the same code.
+SAME_BELOW = {"lmpipe-amx": ("lmpipe-vnni", 16)}
 KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
 REPEATS = 3  # timings per candidate and row count; the best one counts
+# In the cache's name: a new way of timing the candidates measures afresh rather than keep what the
+# old way chose (2: each timed call right after an untimed one of its own, float32 after the
+# others; see timings).
+TIMING = 2
 # Weights a layer is timed on (its first output rows): every candidate's time grows with the rows
 # alike, and the float32 candidate's dequantized copy of a whole layer (a 7B model's output head:
 # 2 GB, and its temporaries more) would be the first load's peak.
@@ -97,17 +106,27 @@ def first_rows(layer: Any) -> tuple[Any, Any, int]:
 
 
 def timings(runs: dict[str, Callable[[Any], Any]], x: Any) -> dict[str, float]:
-    """Seconds each of `runs` takes on `x`: the best of REPEATS after one untimed call. The
-    candidates take turns, so a burst of other work on a shared machine slows each of them once
-    rather than all of one candidate's repeats: the choice is cached for good."""
-    for run in runs.values():
+    """Seconds each of `runs` takes on `x`: the best of REPEATS. lmpipe's kernels take turns, so a
+    burst of other work on a shared machine slows each of them once rather than all of one
+    kernel's repeats (the choice is cached for good), each timed call right after an untimed one
+    of its own: timed right after another, a kernel would find the caches holding that one's
+    data rather than its own. float32 then takes its repeats after one untimed call: a kernel
+    timed after it would read its weight from memory, where float32's dequantized copy (several
+    times the packed weight) pushed it. Either way the choice at few rows would follow the order
+    the candidates are offered in."""
+    def seconds(run: Callable[[Any], Any]) -> float:
+        start = time.perf_counter()
         run(x)
+        return time.perf_counter() - start
+
     out = dict.fromkeys(runs, float("inf"))
     for _ in range(REPEATS):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run(x)
-            out[name] = min(out[name], time.perf_counter() - start)
+        for name in (name for name in runs if name != FLOAT):
+            runs[name](x)
+            out[name] = min(out[name], seconds(runs[name]))
+    if FLOAT in runs:
+        runs[FLOAT](x)
+        out[FLOAT] = min(seconds(runs[FLOAT]) for _ in range(REPEATS))
     return out
 
 
@@ -117,7 +136,10 @@ def fastest(runs: dict[str, Callable[[Any], Any]], in_features: int) -> dict[str
 
     choice = {}
     for name, most in RANGES:
-        times = timings(runs, torch.randn(most or PROMPT_ROWS, in_features, generator=torch.Generator().manual_seed(0)))
+        rows = most or PROMPT_ROWS
+        timed = {kernel: run for kernel, run in runs.items()
+                 if not (kernel in SAME_BELOW and SAME_BELOW[kernel][0] in runs and rows < SAME_BELOW[kernel][1])}
+        times = timings(timed, torch.randn(rows, in_features, generator=torch.Generator().manual_seed(0)))
         choice[name] = min(times, key=times.__getitem__)
     return choice
 
@@ -129,7 +151,7 @@ def _cache_file() -> Path:
 
     flags = " ".join(sorted((cpuinfo("flags") or "").split()))
     cpu = hashlib.sha256(f"{cpuinfo('model name')}\n{flags}".encode()).hexdigest()[:16]
-    return kernels_dir() / f"torch-{torch.__version__}" / f"choices-{cpu}.json"
+    return kernels_dir() / f"torch-{torch.__version__}" / f"choices-{TIMING}-{cpu}.json"
 
 
 def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], None] | None = None) -> dict[str, str]:

@@ -1,9 +1,10 @@
 // int4 and int8 weights times float32 activations with 8-bit integer dot products, as llama.cpp
 // computes its blocks: torch.ops.lmpipe.int4_mm and int8_mm (lmpipe.models.kernels.vnni) with
 // AVX-512 VNNI (vpdpbusd), and int4_mm_avx2 and int8_mm_avx2 with AVX2 (vpmaddubsw, then vpmaddwd
-// to 32 bits, llama.cpp's AVX2 dot product) on the same packed layouts. Each function is compiled
-// for its instruction set (target attributes) and each op checks the CPU, so one build serves any
-// x86-64.
+// to 32 bits, llama.cpp's AVX2 dot product) on the same packed layouts; int4_mm_amx and
+// int8_mm_amx are int4_mm and int8_mm with AMX's tiles for blocks of 16 activation rows (see
+// "AMX-INT8" below), their results to the bit. Each function is compiled for its instruction set
+// (target attributes) and each op checks the CPU, so one build serves any x86-64.
 //
 // Activations are split into two int8 parts (the values in steps of max/127, then what that
 // leaves in steps 254 times finer), per group of 32 for int4 and per row for int8 (whose weight
@@ -24,7 +25,10 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -79,7 +83,21 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline __m512 bfloat16s(c
 struct Split {  // the activations of all rows, split (split_row), row-major
   std::vector<int8_t> high, low;
   std::vector<float> step, sum;
+  // For AMX, each whole block of 16 rows again, per group, as its two tiles read them: the 16
+  // rows' 32 high values, then their low ones (1024 bytes); read in place, a tile's rows would
+  // be half a cache line each, in 16 lines.
+  std::vector<int8_t> tiles;
 };
+
+// Row r's groups into their places in a.tiles.
+void tile_row(Split& a, int64_t r, int64_t k) {
+  const int64_t groups = k / GROUP;
+  for (int64_t g = 0; g < groups; ++g) {
+    int8_t* tile = a.tiles.data() + (r / 16 * groups + g) * 2 * 16 * GROUP + r % 16 * GROUP;
+    std::memcpy(tile, a.high.data() + r * k + g * GROUP, GROUP);
+    std::memcpy(tile + 16 * GROUP, a.low.data() + r * k + g * GROUP, GROUP);
+  }
+}
 
 // Outputs of one block of 16 weight rows for activation rows [r0, r0 + MR): each 64 bytes of
 // values are unpacked once and used by every row. Separate accumulators for the low and high
@@ -347,6 +365,204 @@ __attribute__((target("avx2,fma"))) inline void add_scaled_avx2(float alpha, con
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// AMX-INT8: tiles of 16 rows of up to 64 bytes, one tdpbsud multiplying a tile of 16 activation
+// rows (signed bytes, K of them to a row) by one of the weight (unsigned bytes, 4 K values of 16
+// outputs to a row: VNNI's operand layout, which both packings above already are) into 16 x 16
+// int32 sums. The integer sums are the VNNI kernels' exactly, and each epilogue below does
+// block_rows' and int8_block's float operations in their order, so the results are theirs.
+#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
+#define LMPIPE_AMX 1
+#else
+#define LMPIPE_AMX 0  // a compiler without AMX's intrinsics: the AMX ops say they cannot run
+#endif
+
+#if LMPIPE_AMX
+#define AMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni")))
+
+// Linux gives a process AMX's tile state (8 KB more to save per thread) only when asked, once
+// for all its threads; a tile instruction before that is an illegal instruction.
+bool amx_permitted() {
+  constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+  static const bool permitted = syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+  return permitted;
+}
+
+bool amx_supported() {
+  __builtin_cpu_init();
+  return supported() && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") && amx_permitted();
+}
+
+struct TileConfig {  // ldtilecfg's 64 bytes, palette 1
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes[16] = {};  // per row
+  uint8_t rows[16] = {};
+  void tile(int t, int r, int b) { rows[t] = static_cast<uint8_t>(r), bytes[t] = static_cast<uint16_t>(b); }
+};
+
+// gcc's tile loads and ldtilecfg do not tell the compiler that they read memory: this keeps the
+// stores that fill a buffer ahead of the tile instruction that reads it.
+inline void compiler_barrier() { asm volatile("" ::: "memory"); }
+
+// The configuration is per thread: each parallel_for chunk loads its own and releases it.
+AMX_TARGET void load_tiles(TileConfig& config) {
+  compiler_barrier();
+  _tile_loadconfig(&config);
+}
+
+// int4: for weight blocks [begin, end), every whole block of 16 activation rows, group by group:
+// the block's 4 x 64 bytes of a group are 8 rows of a weight tile (part p's low nibbles are the
+// row for columns 8p..8p+3, its high ones for 8p+4..8p+7), unpacked once per weight block; the
+// high and low activation parts' 16 rows x 32 columns are two tiles; their two products are the
+// group's integer sums, which block_rows' epilogue turns into the 16 x 16 outputs' floats.
+//
+// A tile's sums reach the vector registers through memory. Each group's are read one group
+// later, while the tiles compute the next group's into the other buffer: the epilogue then never
+// waits on the product the tiles have just begun.
+AMX_TARGET __attribute__((always_inline)) inline void int4_group_tiles(const uint8_t* unpacked, const int8_t* tiles,
+                                                                       int32_t* sums) {
+  _tile_loadd(4, unpacked, 64);
+  _tile_loadd(2, tiles, GROUP);
+  _tile_loadd(3, tiles + 16 * GROUP, GROUP);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_dpbsud(0, 2, 4);
+  _tile_dpbsud(1, 3, 4);
+  _tile_stored(0, sums, 64);
+  _tile_stored(1, sums + 256, 64);
+}
+
+// block_rows' epilogue for one group of 16 rows, from the tiles' high and low sums (sums, sums + 256).
+AMX_TARGET __attribute__((always_inline)) inline void int4_group_epilogue(const uint8_t* wg, const Split& a,
+                                                                          int64_t r0, int64_t g, int64_t groups,
+                                                                          const int32_t* sums, __m512 (&acc)[16]) {
+  const __m512 scale = bfloat16s(wg + 256), zero = bfloat16s(wg + 288);
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) {
+    const int64_t at = (r0 + i) * groups + g;
+    const __m512 high = _mm512_cvtepi32_ps(_mm512_load_si512(sums + 16 * i));
+    const __m512 low = _mm512_cvtepi32_ps(_mm512_load_si512(sums + 256 + 16 * i));
+    const __m512 xq = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high),
+                                    _mm512_set1_ps(a.step[at]));
+    const __m512 xs = _mm512_set1_ps(a.sum[at]);
+    acc[i] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(_mm512_set1_ps(8.f), xs, xq), acc[i]);
+    acc[i] = _mm512_fmadd_ps(zero, xs, acc[i]);
+  }
+}
+
+// Rows [0, tiled) of weight blocks [begin, end), in blocks of 16 (the last one's rows past `tiled`
+// are zeros in a.tiles, a.step and a.sum).
+AMX_TARGET void int4_tiles_amx(const uint8_t* w, const Split& a, int64_t begin, int64_t end, int64_t tiled, int64_t k,
+                               int64_t n, float* o) {
+  const int64_t groups = k / GROUP;
+  TileConfig config;
+  config.tile(0, 16, 64), config.tile(1, 16, 64);  // sums of the high part, of the low part
+  config.tile(2, 16, GROUP), config.tile(3, 16, GROUP);  // activations: high part, low part
+  config.tile(4, GROUP / 4, 64);  // a group of the weight block
+  load_tiles(config);
+  std::vector<uint8_t> unpacked(groups * GROUP * ROWS);
+  alignas(64) int32_t sums[2][2 * 16 * 16];  // a group's high and low sums, odd and even groups
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  for (int64_t b = begin; b < end; ++b) {
+    const uint8_t* wb = w + b * groups * BLOCK;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int p = 0; p < 4; ++p) {
+        const __m512i v = _mm512_loadu_si512(wb + g * BLOCK + p * 64);
+        uint8_t* row = unpacked.data() + g * GROUP * ROWS + p * 128;
+        _mm512_storeu_si512(row, _mm512_and_si512(v, nibble));
+        _mm512_storeu_si512(row + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
+      }
+    }
+    compiler_barrier();
+    for (int64_t r0 = 0; r0 < tiled; r0 += 16) {
+      __m512 acc[16];
+      for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+      const int8_t* tiles = a.tiles.data() + r0 / 16 * groups * 2 * 16 * GROUP;  // a group's two: 1024 bytes
+      int4_group_tiles(unpacked.data(), tiles, sums[0]);
+      for (int64_t g = 1; g < groups; ++g) {
+        int4_group_tiles(unpacked.data() + g * GROUP * ROWS, tiles + g * 2 * 16 * GROUP, sums[g & 1]);
+        int4_group_epilogue(wb + (g - 1) * BLOCK, a, r0, g - 1, groups, sums[(g - 1) & 1], acc);
+      }
+      int4_group_epilogue(wb + (groups - 1) * BLOCK, a, r0, groups - 1, groups, sums[(groups - 1) & 1], acc);
+      for (int i = 0; i < 16 && r0 + i < tiled; ++i) _mm512_storeu_ps(o + (r0 + i) * n + b * ROWS, acc[i]);
+    }
+  }
+  _tile_release();
+}
+
+// int8: a weight block's 64 bytes per 4 columns are a tile's rows as stored, 16 of them (64
+// columns) to a tile, read in place. The integer sums run over all of K in the tiles (one scale
+// per output row), two weight blocks at a time so each activation tile serves both, and
+// int8_block's epilogue runs once per 16 x 16 outputs. Where K is not a multiple of 64, the last
+// weight tile is copied with zeros after its columns, so whatever the activation tile reads past
+// a row's end (the next row's values, or the buffer's slack) adds nothing.
+AMX_TARGET void int8_epilogue(const int32_t* high_sums, const int32_t* low_sums, const float* scales,
+                              const RowSplit& a, int64_t r0, int64_t rows, int64_t n, float* out) {
+  const __m512 scale = _mm512_loadu_ps(scales);
+  for (int i = 0; i < rows; ++i) {
+    const int64_t r = r0 + i;
+    const __m512i high = _mm512_sub_epi32(_mm512_load_si512(high_sums + 16 * i), _mm512_set1_epi32(128 * a.high_sum[r]));
+    const __m512i low = _mm512_sub_epi32(_mm512_load_si512(low_sums + 16 * i), _mm512_set1_epi32(128 * a.low_sum[r]));
+    const __m512 sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), _mm512_set1_ps(1.f / 254.f), _mm512_cvtepi32_ps(high));
+    _mm512_storeu_ps(out + r * n, _mm512_mul_ps(_mm512_mul_ps(sum, _mm512_set1_ps(a.step[r])), scale));
+  }
+}
+
+// Rows [0, tiled) of weight blocks [begin, end), in blocks of 16 (the last one's rows past `tiled`
+// are zeros in a's buffers).
+AMX_TARGET void int8_tiles_amx(const uint8_t* w, const float* scales, const RowSplit& a, int64_t begin, int64_t end,
+                               int64_t tiled, int64_t k, int64_t n, float* o) {
+  const int64_t whole = k / 64 * 64;
+  TileConfig config;
+  config.tile(0, 16, 64), config.tile(1, 16, 64);  // first weight block's sums: high part, low part
+  config.tile(2, 16, 64), config.tile(3, 16, 64);  // activations: high part, low part
+  config.tile(4, 16, 64), config.tile(5, 16, 64);  // 64 columns of the first and second weight blocks
+  config.tile(6, 16, 64), config.tile(7, 16, 64);  // second weight block's sums
+  load_tiles(config);
+  alignas(64) uint8_t tail[2][16 * 64] = {};
+  alignas(64) int32_t sums[4][16 * 16];
+  for (int64_t b = begin; b < end; b += 2) {
+    // an odd block out pairs with itself; its second results are not stored
+    const int64_t b1 = b + 1 < end ? b + 1 : b;
+    const uint8_t *w0 = w + b * k * ROWS, *w1 = w + b1 * k * ROWS;
+    if (whole < k) {
+      std::memcpy(tail[0], w0 + whole * ROWS, (k - whole) * ROWS);
+      std::memcpy(tail[1], w1 + whole * ROWS, (k - whole) * ROWS);
+      compiler_barrier();
+    }
+    for (int64_t r0 = 0; r0 < tiled; r0 += 16) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(6);
+      _tile_zero(7);
+      for (int64_t c = 0; c < k; c += 64) {
+        const bool last = c == whole;
+        _tile_loadd(2, a.high.data() + r0 * k + c, k);
+        _tile_loadd(3, a.low.data() + r0 * k + c, k);
+        _tile_loadd(4, last ? tail[0] : w0 + c * ROWS, 64);
+        _tile_loadd(5, last ? tail[1] : w1 + c * ROWS, 64);
+        _tile_dpbsud(0, 2, 4);
+        _tile_dpbsud(1, 3, 4);
+        _tile_dpbsud(6, 2, 5);
+        _tile_dpbsud(7, 3, 5);
+      }
+      _tile_stored(0, sums[0], 64);
+      _tile_stored(1, sums[1], 64);
+      _tile_stored(6, sums[2], 64);
+      _tile_stored(7, sums[3], 64);
+      const int64_t rows = std::min<int64_t>(16, tiled - r0);
+      int8_epilogue(sums[0], sums[1], scales + b * ROWS, a, r0, rows, n, o + b * ROWS);
+      if (b1 != b) int8_epilogue(sums[2], sums[3], scales + b1 * ROWS, a, r0, rows, n, o + b1 * ROWS);
+    }
+  }
+  _tile_release();
+}
+#else
+bool amx_supported() { return false; }
+void int4_tiles_amx(const uint8_t*, const Split&, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+void int8_tiles_amx(const uint8_t*, const float*, const RowSplit&, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    float*) {}
+#endif
+
 // The instruction sets, as the ops below take them.
 struct Avx512 {
   static constexpr const char* needs = "AVX-512 VNNI";
@@ -369,6 +585,33 @@ struct Avx512 {
   }
   static float dot(const float* a, const float* b, int64_t n) { return ::dot(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { ::add_scaled(alpha, x, y, n); }
+  static int64_t int4_tiled(int64_t) { return 0; }  // rows multiplied in AMX's tiles: none
+  static int64_t int8_tiled(int64_t) { return 0; }
+  static void int4_tiles(const uint8_t*, const Split&, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+  static void int8_tiles(const uint8_t*, const float*, const RowSplit&, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         float*) {}
+};
+
+// AVX-512 VNNI's kernels, with AMX's tiles for every whole block of 16 activation rows and a last,
+// partial one long enough (other rows take the VNNI code), so one op serves any row count and
+// gives VNNI's results.
+struct Amx : Avx512 {
+  static constexpr const char* needs =
+      "AMX-INT8 and AVX-512 VNNI, and Linux's leave to use AMX tiles (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+)";
+  static bool supported() { return amx_supported(); }
+  // The rows multiplied in tiles: each whole block of 16, and a last, partial one padded with zero
+  // rows where it holds at least a few (below that the VNNI code's cost, which grows with the rows,
+  // stays under a whole tile's): int8's tiles cost less against its VNNI code than int4's.
+  static int64_t int4_tiled(int64_t m) { return m % 16 >= 12 ? m : m / 16 * 16; }
+  static int64_t int8_tiled(int64_t m) { return m % 16 >= 2 ? m : m / 16 * 16; }
+  static void int4_tiles(const uint8_t* w, const Split& a, int64_t begin, int64_t end, int64_t tiled, int64_t k,
+                         int64_t n, float* o) {
+    int4_tiles_amx(w, a, begin, end, tiled, k, n, o);
+  }
+  static void int8_tiles(const uint8_t* w, const float* sc, const RowSplit& a, int64_t begin, int64_t end,
+                         int64_t tiled, int64_t k, int64_t n, float* o) {
+    int8_tiles_amx(w, sc, a, begin, end, tiled, k, n, o);
+  }
 };
 
 struct Avx2 {
@@ -392,6 +635,11 @@ struct Avx2 {
   }
   static float dot(const float* a, const float* b, int64_t n) { return dot_avx2(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { add_scaled_avx2(alpha, x, y, n); }
+  static int64_t int4_tiled(int64_t) { return 0; }  // rows multiplied in AMX's tiles: none
+  static int64_t int8_tiled(int64_t) { return 0; }
+  static void int4_tiles(const uint8_t*, const Split&, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+  static void int8_tiles(const uint8_t*, const float*, const RowSplit&, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         float*) {}
 };
 
 template <class Isa>
@@ -403,21 +651,26 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
   TORCH_CHECK(k % GROUP == 0 && n % ROWS == 0, "K must be a multiple of 32 and N of 16");
   TORCH_CHECK(packed.numel() == n / ROWS * groups * BLOCK, "packed does not hold an [N, K] weight");
   at::Tensor out = at::empty({m, n}, x.options());
-  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m * groups),
-          std::vector<float>(m * groups)};
+  // rows multiplied in AMX's tiles, and those with the zero rows that fill their last tile
+  const int64_t tiled = Isa::int4_tiled(m), padded = std::max(m, (tiled + 15) / 16 * 16);
+  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(padded * groups),
+          std::vector<float>(padded * groups), std::vector<int8_t>((tiled + 15) / 16 * 16 * k * 2)};
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
+    for (int64_t r = begin; r < end; ++r) {
       Isa::split_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, a.step.data() + r * groups,
                      a.sum.data() + r * groups);
+      if (r < tiled) tile_row(a, r, k);
+    }
   });
   const uint8_t* w = packed.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
   at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    if (tiled) Isa::int4_tiles(w, a, begin, end, tiled, k, n, o);
     for (int64_t b = begin; b < end; ++b) {
       const uint8_t* wb = w + b * groups * BLOCK;
       float* ob = o + b * ROWS;
-      int64_t r = 0;
+      int64_t r = tiled;
       for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int4_block<Isa::rows>(wb, a, r, k, n, ob);
       for (; r < m; ++r) Isa::template int4_block<1>(wb, a, r, k, n, ob);
     }
@@ -436,9 +689,12 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * ROWS;
   TORCH_CHECK(packed.size(1) * 4 == k && k % 8 == 0, "x and packed differ in K, or K is not a multiple of 8");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == n && scales.is_contiguous(), "scales: float32 [N]");
+  // rows multiplied in AMX's tiles, and those with the zero rows that fill their last tile
+  const int64_t tiled = Isa::int8_tiled(m), padded = std::max(m, (tiled + 15) / 16 * 16);
   at::Tensor out = at::empty({m, n}, x.options());
-  RowSplit a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m),
-             std::vector<int32_t>(m), std::vector<int32_t>(m)};
+  // 64 bytes of slack: AMX's tiles read whole 64-byte rows, past the last row where K is not a multiple of 64
+  RowSplit a{std::vector<int8_t>(padded * k + 64), std::vector<int8_t>(padded * k + 64), std::vector<float>(padded),
+             std::vector<int32_t>(padded), std::vector<int32_t>(padded)};
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
@@ -449,8 +705,9 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const float* sc = scales.data_ptr<float>();
   float* o = out.data_ptr<float>();
   at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    if (tiled) Isa::int8_tiles(w, sc, a, begin, end, tiled, k, n, o);
     for (int64_t b = begin; b < end; ++b) {
-      int64_t r = 0;
+      int64_t r = tiled;
       for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int8_block<Isa::rows>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
       for (; r < m; ++r) Isa::template int8_block<1>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
     }
@@ -517,6 +774,9 @@ TORCH_LIBRARY(lmpipe, m) {
   m.def("int4_mm_avx2(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("int8_mm_avx2(Tensor x, Tensor packed, Tensor scales) -> Tensor");
   m.def("attend_one_avx2(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
+  m.def("int4_mm_amx(Tensor x, Tensor packed, int n) -> Tensor");
+  m.def("int8_mm_amx(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("amx_built() -> bool");  // whether the compiler built the AMX ops (lmpipe.models.kernels.vnni)
 }
 
 TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
@@ -526,4 +786,10 @@ TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
   m.impl("int4_mm_avx2", &int4_mm<Avx2>);
   m.impl("int8_mm_avx2", &int8_mm<Avx2>);
   m.impl("attend_one_avx2", &attend_one<Avx2>);
+  m.impl("int4_mm_amx", &int4_mm<Amx>);
+  m.impl("int8_mm_amx", &int8_mm<Amx>);
+}
+
+TORCH_LIBRARY_IMPL(lmpipe, CompositeExplicitAutograd, m) {
+  m.impl("amx_built", []() { return static_cast<bool>(LMPIPE_AMX); });
 }

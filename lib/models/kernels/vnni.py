@@ -10,9 +10,13 @@ kind are not in its PyPI wheel, so lmpipe carries its own: short C++ kernels for
 instruction sets, on the same packed layouts, compiled with torch's extension builder into
 lmpipe's cache the first time a quantized model loads (once per source and torch version), and
 registered as torch.ops.lmpipe.int4_mm and int8_mm (AVX-512 VNNI) and int4_mm_avx2 and
-int8_mm_avx2, so a compiled decode step calls them like any torch operator. The build folder is
-named by the source's hash and torch's version, and is this user's alone (build_folder); builds
-take a lock of lmpipe's own (_compile).
+int8_mm_avx2, so a compiled decode step calls them like any torch operator. With AMX-INT8
+(Sapphire Rapids and later), int4_mm_amx and int8_mm_amx multiply each whole block of 16
+activation rows in AMX's tiles (one instruction: 16 rows by 16 outputs by 64 bytes), and a last,
+partial block padded with zero rows where it holds enough rows, else with the VNNI code: the
+same integer sums and the same float steps, so the same results as int4_mm and int8_mm, bit for
+bit. The build folder is named by the source's hash and torch's version, and is this user's
+alone (build_folder); builds take a lock of lmpipe's own (_compile).
 
 The activations are split into two int8 parts (see vnni.cpp), so a product is within ~1e-5
 (int4) or ~1e-4 (int8) of the dequantized float32 weight's, on either instruction set; torch's
@@ -22,8 +26,9 @@ The same build carries the compiled decode step's attention for one query per ro
 (`attend_one`): torch's two batched matmuls over the cache's whole width (rounded up to 256
 columns) cost ~10 us each per layer in dispatch alone, and it reads only the columns in use.
 
-The instruction set is the best the CPU has (`isa`); LMPIPE_KERNEL_ISA=avx2 (or avx512, or
-none) forces one, so the AVX2 path runs, and is tested, on AVX-512 machines too. Where the CPU
+The instruction set is the best the CPU has (`isa`); LMPIPE_KERNEL_ISA=avx2 (or avx512, amx, or
+none) forces one, so the AVX2 path runs, and is tested, on AVX-512 machines too. Which one
+multiplies each range of row counts is then measured (lmpipe.models.kernels.choice). Where the CPU
 has neither, or no C++ compiler is found, `available()` says no (and `reason` why) and the
 layers keep torch's kernels. int4's packed layout is lmpipe's own, made from the portable values
 at load time, never saved; int8 reads the portable values as they are.
@@ -45,14 +50,19 @@ GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
 SOURCE = Path(__file__).with_name("vnni.cpp")
 # The instruction sets the kernels are built for, best first, with the CPU flags each needs.
-ISAS = {"avx512": ("avx512f", "avx512bw", "avx512_vnni"), "avx2": ("avx2", "fma")}
+# amx's ops are avx512's with AMX tiles for blocks of 16 rows.
+ISAS = {"amx": ("amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512_vnni"),
+        "avx512": ("avx512f", "avx512bw", "avx512_vnni"), "avx2": ("avx2", "fma")}
 CPU_FLAGS = ISAS["avx512"]
-ISA_ENV = "LMPIPE_KERNEL_ISA"  # avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
+OP_SUFFIX = {"amx": "_amx", "avx512": "", "avx2": "_avx2"}  # torch.ops.lmpipe's names per instruction set
+# amx, avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
+ISA_ENV = "LMPIPE_KERNEL_ISA"
 
 reason: str | None = None  # why the kernels are not available, once available() said so
 selected: str | None = None  # the instruction set the kernels run with, once available() said yes
 _lock = threading.Lock()  # one build and registration per process, whichever thread asks first
 _built = False
+_amx_built = True  # False once the build turns out to lack AMX's ops (a compiler before gcc 11 or clang 12)
 
 
 def _cpu_flags() -> set[str]:
@@ -77,9 +87,34 @@ def runnable() -> list[str]:
         return []
     flags = _cpu_flags()
     torch_isa = _torch_isa()
-    allowed: tuple[str, ...] = ("avx512", "avx2") if torch_isa.startswith("AVX512") else \
+    allowed: tuple[str, ...] = ("amx", "avx512", "avx2") if torch_isa.startswith("AVX512") else \
         ("avx2",) if torch_isa.startswith("AVX2") else ()
-    return [isa for isa, needs in ISAS.items() if set(needs) <= flags and isa in allowed]
+    return [isa for isa, needs in ISAS.items()
+            if set(needs) <= flags and isa in allowed and (isa != "amx" or _amx_missing() is None)]
+
+
+def _amx_missing() -> str | None:
+    """Why AMX's ops cannot run on a CPU that has AMX, or None where they can."""
+    if not _amx_built:
+        return "lmpipe's kernels were built without AMX (by a compiler older than gcc 11 or clang 12)"
+    if not amx_permitted():
+        return "Linux refused this process AMX's tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
+    return None
+
+
+@cache
+def amx_permitted() -> bool:
+    """Whether Linux lets this process use AMX's tiles: it hands their state out only to a process
+    that asks (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16 and later), and the kernels' first AMX
+    op would ask anyway; asked here, a refusal leaves AMX out of `runnable` rather than failing there."""
+    import ctypes
+    import sys
+
+    if sys.platform != "linux":
+        return False
+    sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18  # x86-64's numbers
+    args = (ctypes.c_long(sys_arch_prctl), ctypes.c_long(arch_req_xcomp_perm), ctypes.c_long(xfeature_xtiledata))
+    return ctypes.CDLL(None, use_errno=True).syscall(*args) == 0
 
 
 def forced() -> bool:
@@ -101,8 +136,11 @@ def available() -> bool:
     have = runnable()
     choice = wanted if wanted in have else None if wanted else next(iter(have), None)
     if choice is None:
-        needs = ISAS[wanted] if wanted else tuple(" and ".join(n) for n in ISAS.values())
-        if wanted and set(ISAS[wanted]) <= _cpu_flags():
+        # amx needs what avx512 does and more: a CPU without an ISA of the others lacks it too
+        needs = ISAS[wanted] if wanted else tuple(" and ".join(n) for isa, n in ISAS.items() if isa != "amx")
+        if wanted == "amx" and set(ISAS[wanted]) <= _cpu_flags() and _torch_isa().startswith("AVX512"):
+            reason = _amx_missing()
+        elif wanted and set(ISAS[wanted]) <= _cpu_flags():
             reason = f"torch itself runs at {_torch_isa()} here (ATEN_CPU_CAPABILITY), below {wanted}"
         else:
             reason = f"the CPU lacks {' or '.join(needs)}"
@@ -114,12 +152,17 @@ def available() -> bool:
             lines = str(exc).strip().splitlines()
             reason = f"building lmpipe's kernels failed: {lines[-1] if lines else type(exc).__name__}"
             return False
+    if choice == "amx" and (missing := _amx_missing()):  # this build's compiler left AMX's ops out
+        if wanted:
+            reason = missing
+            return False
+        choice = runnable()[0]  # AVX-512 VNNI's, which the CPU has with AMX
     selected = choice
     return True
 
 
 def _build() -> None:
-    global _built
+    global _built, _amx_built
     import torch
 
     from ...paths import kernels_dir
@@ -127,8 +170,9 @@ def _build() -> None:
     if _built:
         return
     _compile(build_folder(kernels_dir()))
+    _amx_built = bool(torch.ops.lmpipe.amx_built())
 
-    for suffix in ("", "_avx2"):
+    for suffix in OP_SUFFIX.values():
         @torch.library.register_fake(f"lmpipe::int4_mm{suffix}")
         def _(x, packed, n):
             return x.new_empty(x.shape[0], n)
@@ -137,9 +181,10 @@ def _build() -> None:
         def _(x, packed, scales):
             return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
 
-        @torch.library.register_fake(f"lmpipe::attend_one{suffix}")
-        def _(q, k, v, mask):
-            return torch.empty_like(q)
+        if suffix != "_amx":  # attention has no AMX op: amx runs avx512's (_op)
+            @torch.library.register_fake(f"lmpipe::attend_one{suffix}")
+            def _(q, k, v, mask):
+                return torch.empty_like(q)
 
     _built = True
 
@@ -187,7 +232,10 @@ def _op(name: str, isa: str | None) -> Any:
     """torch.ops.lmpipe's `name` for `isa` (None: the one available() selected)."""
     import torch
 
-    return getattr(torch.ops.lmpipe, name if (isa or selected) == "avx512" else f"{name}_avx2")
+    isa = isa or selected or "avx2"
+    if name == "attend_one" and isa == "amx":  # one query per row: nothing for tiles to do
+        isa = "avx512"
+    return getattr(torch.ops.lmpipe, name + OP_SUFFIX[isa])
 
 
 def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
