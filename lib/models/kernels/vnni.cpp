@@ -326,7 +326,7 @@ __attribute__((target("avx2,fma"))) void int8_block_avx2(
 // One query per row attending over a KV cache, the compiled decode step's attention: for each row
 // and key/value head, its `groups` query heads' scores over the unmasked columns only, a softmax
 // and the weighted sum of values. Two batched matmuls over the cache's whole width (rounded up
-// to 256 columns) cost ~10 us each per layer in dispatch alone; this reads only the columns in use.
+// to 256 columns) pay two dispatches per layer and read every column; this reads only those in use.
 
 __attribute__((target("avx512f"))) inline float dot(const float* a, const float* b, int64_t n) {
   __m512 acc = _mm512_setzero_ps();

@@ -24,7 +24,7 @@ kernels, fed bfloat16, are ~2e-3 from it.
 
 The same build carries the compiled decode step's attention for one query per row
 (`attend_one`): torch's two batched matmuls over the cache's whole width (rounded up to 256
-columns) cost ~10 us each per layer in dispatch alone, and it reads only the columns in use.
+columns) pay two dispatches per layer and read every column; it reads only the columns in use.
 
 The instruction set is the best the CPU has (`isa`); LMPIPE_KERNEL_ISA=avx2 (or avx512, amx, or
 none) forces one, so the AVX2 path runs, and is tested, on AVX-512 machines too. Which one
