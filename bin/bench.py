@@ -11,7 +11,7 @@ from lmpipe.records.pipe import stdout_is_tty
 FIELDS_READ: dict[str, str] = {}
 FIELDS_WRITTEN = {
     "impl": "who was measured: lmpipe, transformers, llama-cpp, or ratio",
-    "case": "generate, memory, ratio, perplexity, cold, cold-ratio, server-ttft, server-load, pipeline or "
+    "case": "generate, memory, ratio, perplexity, load, cold, cold-ratio, server-ttft, server-load, pipeline or "
             "pipeline-server",
     "batch": "sequences per call (generate)",
     "prompt_tokens": "prompt length in tokens (generate)",
@@ -33,8 +33,13 @@ FIELDS_WRITTEN = {
     "decode_b1": "ratio: lmpipe's single-stream decode over the baseline's",
     "aggregate_bN_vs_baseline_b1_decode": "ratio: lmpipe's aggregate rate at batch N over the baseline's single stream",
     "perplexity": "lmpipe's model on the shipped text (perplexity); baseline_perplexity and change beside it",
-    "seconds": "cold and server-ttft: {min, median}; pipeline and pipeline-server: wall time of the pipeline; "
-               "server-load: wall time of the load",
+    "first_s": "load: seconds of lmpipe's first load of the model, into an empty cache, in a fresh process",
+    "second_s": "load: seconds of its next load, from what the first left in the cache",
+    "cache_mb": "load: what a GGUF's first load wrote into lmpipe's cache (its packed layers), MiB",
+    "cache_ratio": "load: cache_mb over the GGUF file's size",
+    "first_load": "ratio (load): lmpipe's first load over llama.cpp's load of the same file",
+    "seconds": "load: llama.cpp's load of the file; cold and server-ttft: {min, median}; pipeline and "
+               "pipeline-server: wall time of the pipeline; server-load: wall time of the load",
     "requests": "server-load: chat requests sent",
     "server": "server-ttft and server-load: the server's API base",
     "command": "cold: the command timed, as typed in a shell (python -c ... baselines beside lmpipe's tools)",
@@ -60,6 +65,10 @@ FIELDS_WRITTEN = {
 @click.option("--cold", is_flag=True,
               help="Also time fresh processes: echo hi | lm-tokenize, echo hi | lm-generate -n 1 (in-process, and "
                    "through --server when given), beside python -c \"import click\" and \"import tokenizers\".")
+@click.option("--loads", is_flag=True,
+              help="Also time the model's first load (into an empty lmpipe cache) and its second (from what the "
+                   "first wrote), each in a fresh process, and the cache's size; llama.cpp's load with "
+                   "--baseline llama-cpp.")
 @click.option("--server", default=None, metavar="URL",
               help="Also time the first token through this running lm-serve (and --pipeline with it).")
 @click.option("--pipeline", type=click.IntRange(min=1), default=None, metavar="N",
@@ -67,7 +76,8 @@ FIELDS_WRITTEN = {
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), multiple=True, metavar="C",
               help="With --server: also send 2C streamed greedy chats of --gen-tokens tokens, C at a time, and "
                    "report the server's aggregate tokens/s (any OpenAI-compatible server; repeatable).")
-@click.option("--skip-generate", is_flag=True, help="Only the whole-process cases (--cold, --server, --pipeline).")
+@click.option("--skip-generate", is_flag=True,
+              help="Only the whole-process cases (--loads, --cold, --server, --pipeline).")
 @click.option("--synthetic", default=None, metavar="NAME[:TYPE]",
               help="Measure a random-weight GGUF of a real model's shape instead of -m: llama-3.2-1b, qwen2.5-1.5b, "
                    "gemma-2-2b, llama-2-7b (or tiny-llama); TYPE Q4_K_M (default), Q4_0 or F16. Written once, a "
@@ -85,6 +95,7 @@ def main(**options):
       lm-bench --quantize int4 --compile --baseline transformers --perplexity -b 1
       lm-bench --synthetic llama-3.2-1b:Q4_K_M --compile --baseline llama-cpp -b 1
       lm-bench --cold -b 1 | jq .
+      lm-bench --synthetic llama-3.2-1b:Q4_K_M --skip-generate --loads --baseline llama-cpp
       lm-bench --skip-generate --server http://127.0.0.1:8080 --pipeline 50
       lm-bench --skip-generate --server http://127.0.0.1:8000 -c 1 -c 16 -g 64
     """

@@ -164,3 +164,24 @@ def test_concurrency_loads_a_running_server_and_counts_what_it_generated(tiny_ll
         s.stop()
     result, records = bench("--skip-generate", "-c", "4", "-m", str(tiny_llama))
     assert result.exit_code == 2 and "--concurrency" in result.stderr and records == []
+
+
+def test_loads_time_a_first_load_into_an_empty_cache_and_a_second_from_it(tmp_path):
+    """--loads: both loads in fresh processes and a fresh lmpipe home, whose packed cache is
+    measured against the file; the user's own cache is left as it was."""
+    from tiny_gguf import write_tiny_llama_gguf
+
+    from lmpipe import paths
+
+    path = write_tiny_llama_gguf(tmp_path / "tiny-Q4_K.gguf", "Q4_K")
+    before = sorted(p.name for p in paths.models_dir().glob("*")) if paths.models_dir().exists() else []
+    result, records = bench("-m", str(path), "--skip-generate", "--loads")
+    assert result.exit_code == 0, result.output
+    assert [(r["impl"], r["case"]) for r in records] == [("lmpipe", "load")]
+    (record,) = records
+    assert set(record) == {"impl", "case", "first_s", "second_s", "cache_mb", "cache_ratio"}
+    assert record["first_s"] > 0 and record["second_s"] > 0
+    # the packed layers, about the file's size (Q4_K as int4 with its bfloat16 scales, Q6_K as int8)
+    assert 0.5 < record["cache_ratio"] < 1.5, record
+    after = sorted(p.name for p in paths.models_dir().glob("*")) if paths.models_dir().exists() else []
+    assert after == before

@@ -293,7 +293,7 @@ def bench_run(o: Options) -> BenchRun:
         perplexity=o["perplexity"],
         threads=o["threads"],
     )
-    return BenchRun(settings, skip_generate=o["skip_generate"], cold=o["cold"], server=o["server"],
+    return BenchRun(settings, skip_generate=o["skip_generate"], cold=o["cold"], loads=o["loads"], server=o["server"],
                     pipeline=o["pipeline"], concurrency=tuple(o["concurrency"]), synthetic=o["synthetic"])
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from ..errors import UsageError
 from ..records.jsonl import RecordWriter
 from ..records.pipe import say
-from .bench_cases import BenchSettings, pipeline_seconds, run_bench, server_ttft
+from .bench_cases import BenchSettings, llama_cpp_context, pipeline_seconds, run_bench, server_ttft
+from .bench_loads import load_records
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class BenchRun:
     settings: BenchSettings = field(default_factory=BenchSettings)
     skip_generate: bool = False
     cold: bool = False  # whole processes, beside Python's own start-up (lmpipe.tasks.bench_cold)
+    loads: bool = False  # the model's first and second load, each a fresh process (lmpipe.tasks.bench_loads)
     server: str | None = None  # the first token through this server
     pipeline: int | None = None  # a three-stage pipeline of this many records
     # the server's throughput with this many chats at a time (lmpipe.tasks.bench_load)
@@ -77,6 +79,11 @@ def run(r: BenchRun, tty: bool) -> int:
 
     if not r.skip_generate:
         for record in run_bench(settings, lambda m: say("lm-bench", m)):
+            emit(record)
+    if r.loads:
+        say("lm-bench", "timing the model's first load into an empty cache and its second, each a fresh process")
+        baseline = llama_cpp_context(settings) if settings.baseline == "llama-cpp" else None
+        for record in load_records(settings.model, baseline):
             emit(record)
     if r.cold:
         from .bench_cold import cold_commands, cold_records
