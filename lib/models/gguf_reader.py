@@ -40,11 +40,12 @@ def _reader_class() -> type:
     return PlainViewReader
 
 
-def reader(path: str | Path) -> Any:
-    """A parsed GGUFReader of `path`: within parsed_once, the same one for every call on an unchanged file."""
+def reader(path: str | Path, mode: str = "r") -> Any:
+    """A parsed GGUFReader of `path` (GGUFReader's arguments): within parsed_once, the same one for
+    every read-only call on an unchanged file."""
     kept: dict[tuple[str, int, int], Any] | None = getattr(_kept, "readers", None)
-    if kept is None:
-        return _reader_class()(str(path))
+    if kept is None or mode != "r":
+        return _reader_class()(str(path), mode)
     stat = Path(path).stat()
     key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in kept:
