@@ -11,10 +11,10 @@ bytes per token: int8 reads a quarter of float32, int4 an eighth.
   bfloat16 model's few-row products keep that kernel: bfloat16 is what they compute in.
 - int4 uses lmpipe's own kernel where the CPU has AVX-512 VNNI or AVX2, and AMX's tiles for many
   rows where it has those (lmpipe.models.kernels.vnni): integer dot products over activations
-  split as int8's are, within ~1e-5 of the dequantized weight's product, and faster; its int8 output head then runs on lmpipe's int8 kernel. Elsewhere torch's
-  `_weight_int4pack_mm_for_cpu`, as gpt-fast
-  and torchao do. It is fast with bfloat16 activations and many times slower with float32
-  ones, so activations enter it as bfloat16 and leave as float32 again.
+  split as int8's are, within ~1e-5 of the dequantized weight's product, and faster; its int8
+  output head then runs on lmpipe's int8 kernel. Elsewhere torch's `_weight_int4pack_mm_for_cpu`,
+  as gpt-fast and torchao do. It is fast with bfloat16 activations and many times slower with
+  float32 ones, so activations enter it as bfloat16 and leave as float32 again.
 
 Two representations, kept strictly apart:
 - `QuantizedWeight` is portable: plain int8 values, or int4 values two to a byte in row
