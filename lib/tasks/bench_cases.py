@@ -119,12 +119,16 @@ def memory_probe(impl: str, model: ModelSettings, prompt_tokens: int, tokens: in
     """
     code = ("import sys, json; from lmpipe.tasks.bench_cases import _probe; "
             "_probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))")
-    done = subprocess.run([sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(prompt_tokens),
-                           str(tokens)],
-                          capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-c", code, impl, json.dumps(asdict(model)), str(prompt_tokens), str(tokens)]
+    return json.loads(probe_output(command, "the memory probe"))
+
+
+def probe_output(command: list[str], what: str, env: dict[str, str] | None = None, timeout: int = 900) -> str:
+    """The last line a fresh process measuring something printed; `what` failed, in one line, if it did."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"the memory probe failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def _probe(impl: str, settings: dict[str, Any], prompt_tokens: int, tokens: int) -> None:

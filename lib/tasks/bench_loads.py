@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
@@ -21,6 +20,7 @@ from typing import Any
 
 from .. import paths
 from ..models.loading import ModelSettings
+from .bench_cases import probe_output
 
 PROBE = ("import sys, json, time; import torch, transformers; "
          "from lmpipe.models.loading import ModelSettings, load; "
@@ -32,10 +32,7 @@ LLAMA_CPP_PROBE = ("import sys, time; from llama_cpp import Llama; start = time.
 
 
 def _seconds(command: list[str], env: dict[str, str] | None = None) -> float:
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"the load probe failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(probe_output(command, "the load probe", env, timeout=3600))
 
 
 def _bytes_under(folder: Path, part: str) -> int:
