@@ -77,6 +77,25 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
     assert error < (INT4_PRODUCT_BOUND if kind in INT4_TYPES else INT8_PRODUCT_BOUND), error
 
 
+@pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
+@pytest.mark.parametrize("kind", ("Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q8_0"))
+def test_the_builds_conversion_gives_numpys_values_bit_for_bit(kind):
+    import numpy as np
+    import torch
+
+    from lmpipe.models import gguf_weights as weights
+
+    rng = np.random.default_rng(3)
+    data = encode(kind, (rng.standard_normal((48, 512)) * 0.05).astype(np.float32), 4)
+    data = np.concatenate([data, data[:16]])  # 64 rows: rows repeated, then taken in a shuffled order
+    order = rng.permutation(64)
+    native = (weights.int4_weight if kind in INT4_TYPES else weights.int8_weight)(kind, data, order)
+    numpy = (weights.int4_weight_numpy if kind in INT4_TYPES else weights.int8_weight_numpy)(kind, data, order)
+    assert native.mode == numpy.mode
+    for got, want in zip(native.tensors("w").values(), numpy.tensors("w").values(), strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K", "F16", "Q4_K_M"])
 def test_greedy_tokens_equal_transformers_on_the_dequantized_file(files, kind):
     import torch

@@ -209,11 +209,11 @@ def test_without_the_kernel_int4_keeps_torchs_and_says_why(monkeypatch, tmp_path
     assert float((model[0](x) - want).norm() / want.norm()) < q.CHECK_TOLERANCE  # torch's bfloat16 kernel
 
 
-def test_the_build_folder_is_named_by_the_source_and_torch_and_is_this_users_alone(tmp_path):
+def test_the_build_folder_is_named_by_the_sources_and_torch_and_is_this_users_alone(tmp_path):
     import hashlib
     import stat
 
-    digest = hashlib.sha256(vnni.SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in vnni.SOURCES)).hexdigest()[:16]
     planted = tmp_path / f"vnni-{digest}-torch-{torch.__version__}"
     planted.mkdir(mode=0o777)
     planted.chmod(0o777)  # made by a lax umask, or by someone hoping to write a library into it
@@ -241,8 +241,18 @@ def test_a_stale_torch_lock_left_by_a_killed_build_is_cleared_not_waited_on(monk
 def test_packing_from_the_portable_bytes_is_packing_from_one_value_per_column():
     torch.manual_seed(1)
     weight = quantize_weight(torch.randn(64, 256), "int4")
-    assert torch.equal(vnni.int4_pack_pairs(weight.values, weight.scales, weight.zeros),
-                       vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros))
+    want = vnni.int4_pack(weight.int4_values(), weight.scales, weight.zeros)
+    assert torch.equal(vnni.int4_pack_pairs_numpy(weight.values, weight.scales, weight.zeros), want)
+    if vnni.available():  # the build's op (gguf_blocks.cpp), which a load uses
+        assert torch.equal(vnni.int4_pack_pairs(weight.values, weight.scales, weight.zeros), want)
+
+
+@pytest.mark.skipif(not KERNELS, reason="lmpipe's kernels do not run here")
+def test_the_builds_int8_packing_gives_torchs_bytes(monkeypatch):
+    values = torch.randint(-128, 128, (48, 96), dtype=torch.int8, generator=torch.Generator().manual_seed(2))
+    built = vnni.int8_pack(values)
+    monkeypatch.setattr(vnni, "_built", False)  # torch's permute and xor
+    assert built.shape == (3, 24, 16, 4) and torch.equal(built, vnni.int8_pack(values))
 
 
 def test_a_cpu_without_avx512_vnni_runs_the_avx2_kernels_and_the_choice_can_be_forced(monkeypatch):

@@ -33,6 +33,7 @@ from .quantize import INT4_GROUP, QuantizedWeight, int8_rows, layer_modes, modul
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+NATIVE_INT8_TYPES = ("Q6_K", "Q8_0")  # converted by the kernels' build; the others by gguf-py's dequantizer
 FLOAT_TYPES = ("F32", "F16", "BF16")
 CHUNK_ROWS = 256  # rows decoded at once: a wide tensor's float32 is never made whole
 Q4_K_BLOCK = 144  # bytes per 256 weights: float16 d and dmin, 12 bytes of 6-bit scales and minimums, 128 of nibbles
@@ -40,7 +41,18 @@ Q4_K_BLOCK = 144  # bytes per 256 weights: float16 d and dmin, 12 bytes of 6-bit
 
 def int4_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     """The Q4_0, Q4_1 or Q4_K tensor `data` (uint8 [rows, bytes per row]) in int4's portable
-    layout, its rows taken in `order` (transformers' row i is the file's row order[i])."""
+    layout, its rows taken in `order` (transformers' row i is the file's row order[i]): by the
+    kernels' build (gguf_blocks.cpp) where it is built, else by numpy; the same values."""
+    import torch
+
+    if _built():
+        values, scales, zeros = torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order), kind)
+        return QuantizedWeight("int4", values, scales.to(torch.bfloat16), zeros.to(torch.bfloat16))
+    return int4_weight_numpy(kind, data, order)
+
+
+def int4_weight_numpy(kind: str, data: Any, order: Any) -> QuantizedWeight:
+    """int4_weight in numpy, a chunk of rows at a time."""
     import numpy as np
     import torch
 
@@ -99,7 +111,18 @@ def _regrouped(nibbles: Any, rows: int, pairs_per_part: int) -> Any:
 
 
 def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
-    """Any type gguf-py dequantizes, as int8 per output row, a chunk of rows at a time."""
+    """Any type gguf-py dequantizes, as int8 per output row: Q6_K and Q8_0 by the kernels' build
+    (gguf_blocks.cpp) where it is built, the rest (and those elsewhere) by numpy; the same values."""
+    import torch
+
+    if kind in NATIVE_INT8_TYPES and _built():
+        values, scales = torch.ops.lmpipe.gguf_int8(_tensor(data), _tensor(order), kind)
+        return QuantizedWeight("int8", values, scales.to(torch.bfloat16))
+    return int8_weight_numpy(kind, data, order)
+
+
+def int8_weight_numpy(kind: str, data: Any, order: Any) -> QuantizedWeight:
+    """int8_weight through gguf-py's dequantizer, a chunk of rows at a time."""
     import numpy as np
     import torch
     from gguf import GGMLQuantizationType, dequantize
@@ -112,6 +135,28 @@ def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
         end = start + len(part)
         values[start:end], scales[start:end] = int8_rows(part.astype(np.float32, copy=False))
     return QuantizedWeight("int8", torch.from_numpy(values), torch.from_numpy(scales).to(torch.bfloat16))
+
+
+def _built() -> bool:
+    """Whether the kernels' build (which holds the conversions) runs here."""
+    from .kernels import vnni
+
+    return vnni.available()
+
+
+def _tensor(array: Any) -> Any:
+    """A torch view of numpy `array` (the file's read-only mapping: the ops only read it)."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        array = np.ascontiguousarray(array, dtype=np.int64)  # a row order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": nothing writes through it
+        return torch.from_numpy(array)
 
 
 def gguf_dequantized(kind: str, data: Any) -> Any:
@@ -138,11 +183,27 @@ def _arange(n: int) -> Any:
     return np.arange(n, dtype=np.int64)
 
 
+def _name_maps_built_once() -> None:
+    """gguf-py's get_tensor_name_map, remembered: transformers' get_gguf_hf_weights_map asks for
+    it again for every module of the model (over 200 times for a 16-layer Llama), and each
+    answer is built afresh from every architecture's tables: seconds of a load. The map is
+    a pure function of its arguments and is only read."""
+    import functools
+
+    import gguf
+
+    if not hasattr(gguf.get_tensor_name_map, "cache_info"):
+        # transformers imports the name from the package inside the function, at each call
+        setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))  # noqa: B010
+
+
 class _Names:
     """transformers' names for a GGUF's tensors, and the order of their rows."""
 
     def __init__(self, reader: Any, model: Any):
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+        _name_maps_built_once()
 
         field = reader.get_field("general.architecture")
         architecture = bytes(field.parts[field.data[0]]).decode() if field is not None else ""

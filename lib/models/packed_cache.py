@@ -126,7 +126,7 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
             with open(tmp / "packed.bin", "wb") as f:
                 for tensor, entry in zip(buffers, entries, strict=True):
                     f.seek(entry["offset"])
-                    f.write(_bytes(tensor))
+                    f.write(_raw(tensor))
                 f.truncate(offset)
             (tmp / "index.json").write_text(json.dumps(index))
             (tmp / MARKER).write_text(json.dumps({**info, "format": FORMAT}, indent=2))
@@ -135,10 +135,15 @@ def save(model: Any, target: Path, info: dict[str, Any], ran: dict[str, dict[str
         return False  # a read-only cache, a full disk, a race: the model in memory is still good
 
 
-def _bytes(tensor: Any) -> bytes:
+def _raw(tensor: Any) -> Any:
+    """`tensor`'s bytes as a numpy view (written as it is: no copy of a layer's hundreds of MB)."""
     import torch
 
-    return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _bytes(tensor: Any) -> bytes:
+    return _raw(tensor).tobytes()
 
 
 def _first_block(layer: dict[str, Any], values: Any, scales: Any) -> tuple[Any, Any, int]:

@@ -49,6 +49,8 @@ from ..device import cpuinfo
 GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
 SOURCE = Path(__file__).with_name("vnni.cpp")
+# built with it: a GGUF's blocks into lmpipe's formats, and int4's packing (torch.ops.lmpipe.gguf_int4, ...)
+SOURCES = (SOURCE, Path(__file__).with_name("gguf_blocks.cpp"))
 # The instruction sets the kernels are built for, best first, with the CPU flags each needs.
 # amx's ops are avx512's with AMX tiles for blocks of 16 rows.
 ISAS = {"amx": ("amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512_vnni"),
@@ -197,7 +199,7 @@ def build_folder(kernels: Path) -> Path:
 
     import torch
 
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:16]
     build = kernels / f"vnni-{digest}-torch-{torch.__version__}"
     build.mkdir(mode=0o700, parents=True, exist_ok=True)
     facts = build.lstat()
@@ -222,8 +224,8 @@ def _compile(build: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another process's build: wait for it, then load what it built
         (build / "lock").unlink(missing_ok=True)
         # The CPU's instruction set is chosen per function (target attributes), so one build serves any x86-64.
-        load(name="lmpipe_vnni", sources=[str(SOURCE)], extra_cflags=["-O3"], is_python_module=False,
-             build_directory=str(build), verbose=False)
+        load(name="lmpipe_vnni", sources=[str(source) for source in SOURCES], extra_cflags=["-O3"],
+             is_python_module=False, build_directory=str(build), verbose=False)
     finally:
         os.close(fd)
 
@@ -257,8 +259,18 @@ def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
 
 def int4_pack_pairs(values: Any, scales: Any, zeros: Any) -> Any:
     """int4_pack's result from int4's portable bytes `values` uint8 [N, K/2] (column 2j in the low
-    nibble of byte j, 2j + 1 in the high one), never one value per byte: 32-bit words, each 8
-    columns, whose nibbles are reordered in place.
+    nibble of byte j, 2j + 1 in the high one): the build's op (gguf_blocks.cpp) once the kernels
+    are built, numpy's otherwise; the same bytes."""
+    import torch
+
+    if _built:
+        return torch.ops.lmpipe.int4_pack_pairs(values.contiguous(), scales.contiguous(), zeros.contiguous())
+    return int4_pack_pairs_numpy(values, scales, zeros)
+
+
+def int4_pack_pairs_numpy(values: Any, scales: Any, zeros: Any) -> Any:
+    """int4_pack_pairs in numpy, never one value per byte: 32-bit words, each 8 columns, whose
+    nibbles are reordered in place.
 
     A word of columns 8p..8p+7 holds column 8p + i at bit 4i; the layout's word for them holds
     column 8p + c at bit 8c and 8p + 4 + c at bit 8c + 4: its low and high halves spread to every
@@ -298,6 +310,8 @@ def int8_pack(values: Any) -> Any:
     128. N must be a multiple of 16 and K of 8."""
     import torch
 
+    if _built and values.shape[1] % 4 == 0:  # the build's op: the same bytes, both cores, no strided copy
+        return torch.ops.lmpipe.int8_pack(values.contiguous())
     n, k = values.shape
     # An int8 value plus 128, as a byte, is the byte with its top bit flipped. Written straight
     # into the result: a wider temporary would be twice an output head's size at load's peak.

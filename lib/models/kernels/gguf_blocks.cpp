@@ -1,0 +1,314 @@
+// A GGUF's blocks turned into lmpipe's formats at load time (lmpipe.models.gguf_weights), and
+// int4's portable values packed for int4_mm (lmpipe.models.quantize.pack): the same values
+// as the numpy code beside them, bit for bit, written straight into the result. numpy's
+// version makes several whole-tensor temporaries per step and runs on one thread; for a 1B
+// model it was most of a first load.
+//
+// Plain scalar C++ for any x86-64 (the compiler vectorizes it): nothing here needs an
+// instruction set of its own, and without FMA in the target no product-and-sum is fused, so
+// every float is rounded where numpy rounds it.
+//
+// torch.ops.lmpipe.gguf_int4(blocks, order, kind): Q4_0, Q4_1 or Q4_K rows (uint8 [rows, bytes],
+//   row i of the result being the file's row order[i]) as int4's portable layout: values uint8
+//   [rows, K/2] (column 2j low, 2j + 1 high), float32 scales and zeros [rows, K/32], with
+//   weight = (q − 8)·scale + zero. Q4_K: scale = d·sc, zero = 8·d·sc − dmin·m; Q4_1: scale = d,
+//   zero = m + 8·d; Q4_0: scale = d, zero = 0.
+// torch.ops.lmpipe.gguf_int8(blocks, order, kind): Q6_K or Q8_0 rows dequantized as gguf-py does
+//   (Q6_K: (d·scale)·(q − 32); Q8_0: q·d), then int8 per row: scale = max(max|w| / 127, 1e-10),
+//   value = w / scale rounded to nearest even; values int8 [rows, K], scales float32 [rows].
+// torch.ops.lmpipe.int4_pack_pairs(values, scales, zeros): int4_mm's packed layout (vnni.cpp)
+//   from the portable values and bfloat16 scales and zeros.
+// torch.ops.lmpipe.int8_pack(values): int8_mm's layout, uint8 [N/16, K/4, 16, 4], each value plus 128.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+constexpr int64_t GROUP = 32;  // int4 columns per scale and zero
+constexpr int64_t ROWS = 16;   // int4_mm's packed rows per block
+constexpr int64_t SUPER = 256;  // weights per K-quant super-block
+
+float half_at(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+struct Int4Kind {
+  int64_t block_bytes, block_weights;
+};
+
+Int4Kind int4_kind(const std::string& kind) {
+  if (kind == "Q4_0") return {18, 32};
+  if (kind == "Q4_1") return {20, 32};
+  if (kind == "Q4_K") return {144, SUPER};
+  TORCH_CHECK(false, "gguf_int4: no int4 form for ", kind);
+}
+
+// Q4_K's 6-bit scale and minimum of group j (llama.cpp's get_scale_min_k4).
+void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// One row of Q4_K blocks into portable bytes (16 per group of 32) and float scales and zeros.
+void q4_k_row(const uint8_t* src, int64_t blocks, uint8_t* values, float* scales, float* zeros) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = src + b * 144;
+    const float d = half_at(blk), dmin = half_at(blk + 2);
+    for (int g = 0; g < 8; ++g) {
+      int sc, m;
+      scale_min_k4(g, blk + 4, sc, m);
+      scales[b * 8 + g] = d * static_cast<float>(sc);
+      // numpy's order: (8·d)·sc − dmin·m, each product rounded
+      zeros[b * 8 + g] = (8.0f * d) * static_cast<float>(sc) - dmin * static_cast<float>(m);
+    }
+    // groups 2c and 2c + 1: the low and the high nibbles of the 32 bytes of part c
+    for (int c = 0; c < 4; ++c) {
+      const uint8_t* part = blk + 16 + 32 * c;
+      uint8_t* low = values + (b * 8 + 2 * c) * 16;
+      uint8_t* high = low + 16;
+      for (int t = 0; t < 16; ++t) {
+        const uint8_t a = part[2 * t], e = part[2 * t + 1];
+        low[t] = static_cast<uint8_t>((a & 0xF) | (e << 4));
+        high[t] = static_cast<uint8_t>((a >> 4) | (e & 0xF0));
+      }
+    }
+  }
+}
+
+// One row of Q4_0 or Q4_1 blocks, likewise: a block is one group.
+template <bool Q4_1>
+void q4_row(const uint8_t* src, int64_t blocks, uint8_t* values, float* scales, float* zeros) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = src + b * (Q4_1 ? 20 : 18);
+    const float d = half_at(blk);
+    scales[b] = d;
+    zeros[b] = Q4_1 ? half_at(blk + 2) + 8.0f * d : 0.0f;
+    // weight i < 16: the low nibble of byte i; weight i + 16: its high nibble
+    const uint8_t* qs = blk + (Q4_1 ? 4 : 2);
+    uint8_t* out = values + b * 16;
+    for (int t = 0; t < 8; ++t) {
+      out[t] = static_cast<uint8_t>((qs[2 * t] & 0xF) | (qs[2 * t + 1] << 4));
+      out[t + 8] = static_cast<uint8_t>((qs[2 * t] >> 4) | (qs[2 * t + 1] & 0xF0));
+    }
+  }
+}
+
+using Int4Row = void (*)(const uint8_t*, int64_t, uint8_t*, float*, float*);
+
+const uint8_t* row_of(const at::Tensor& blocks, const int64_t* order, int64_t i) {
+  return blocks.data_ptr<uint8_t>() + order[i] * blocks.stride(0);
+}
+
+void check_rows(const at::Tensor& blocks, const at::Tensor& order, const char* op) {
+  TORCH_CHECK(blocks.dim() == 2 && blocks.scalar_type() == at::kByte && blocks.stride(1) == 1,
+              op, ": blocks must be uint8 [rows, bytes], rows contiguous");
+  TORCH_CHECK(order.dim() == 1 && order.scalar_type() == at::kLong && order.is_contiguous(), op,
+              ": order must be contiguous int64 [rows]");
+  const int64_t* o = order.data_ptr<int64_t>();
+  for (int64_t i = 0; i < order.numel(); ++i)
+    TORCH_CHECK(o[i] >= 0 && o[i] < blocks.size(0), op, ": order names a row the blocks do not have");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gguf_int4(const at::Tensor& blocks, const at::Tensor& order,
+                                                         std::string kind) {
+  check_rows(blocks, order, "gguf_int4");
+  const Int4Kind info = int4_kind(kind);
+  TORCH_CHECK(blocks.size(1) % info.block_bytes == 0, "gguf_int4: a row is not whole ", kind, " blocks");
+  const int64_t rows = order.numel(), per_row = blocks.size(1) / info.block_bytes, k = per_row * info.block_weights;
+  at::Tensor values = at::empty({rows, k / 2}, blocks.options());
+  at::Tensor scales = at::empty({rows, k / GROUP}, blocks.options().dtype(at::kFloat));
+  at::Tensor zeros = at::empty({rows, k / GROUP}, blocks.options().dtype(at::kFloat));
+  const int64_t* o = order.data_ptr<int64_t>();
+  const Int4Row convert = kind == "Q4_K" ? q4_k_row : kind == "Q4_1" ? q4_row<true> : q4_row<false>;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      convert(row_of(blocks, o, i), per_row, values.data_ptr<uint8_t>() + i * (k / 2),
+               scales.data_ptr<float>() + i * (k / GROUP), zeros.data_ptr<float>() + i * (k / GROUP));
+  });
+  return {values, scales, zeros};
+}
+
+// One row of Q6_K blocks dequantized into `w` [K] as gguf-py computes it (llama.cpp's loop).
+__attribute__((target("avx2"))) void q6_k_row(const uint8_t* src, int64_t blocks, float* w) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = src + b * 210;
+    const float d = half_at(blk + 208);
+    float* y = w + b * SUPER;
+    for (int h = 0; h < 2; ++h) {  // halves of 128: 64 bytes of low bits, 32 of high bits, 8 scales
+      const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192) + 8 * h;
+      float scale[8];
+      for (int i = 0; i < 8; ++i) scale[i] = d * static_cast<float>(sc[i]);
+      for (int l = 0; l < 32; ++l) {
+        const int is = l / 16;
+        const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        y[128 * h + l] = scale[is] * static_cast<float>(q1);
+        y[128 * h + l + 32] = scale[is + 2] * static_cast<float>(q2);
+        y[128 * h + l + 64] = scale[is + 4] * static_cast<float>(q3);
+        y[128 * h + l + 96] = scale[is + 6] * static_cast<float>(q4);
+      }
+    }
+  }
+}
+
+// One row of Q8_0 blocks dequantized into `w` [K].
+__attribute__((target("avx2"))) void q8_0_row(const uint8_t* src, int64_t blocks, float* w) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = src + b * 34;
+    const float d = half_at(blk);
+    const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2);
+    for (int i = 0; i < 32; ++i) w[b * 32 + i] = static_cast<float>(qs[i]) * d;
+  }
+}
+
+// x rounded to the nearest integer, ties to even, for |x| < 2^22: adding 1.5·2^23 leaves no bits
+// below the unit, and the FPU rounds to nearest even (np.rint's result, and it vectorizes).
+inline float nearest(float x) {
+  constexpr float magic = 12582912.0f;
+  return (x + magic) - magic;
+}
+
+// `w` [k] as int8 into `out`; its scale, max(max|w| / 127, 1e-10). AVX2 (without FMA: nothing is
+// fused) for the vector loops: the conversions run only where lmpipe's kernels do, which need it.
+__attribute__((target("avx2"))) float int8_row(const float* w, int64_t k, int8_t* out) {
+  // max|w| over the bits: non-negative floats order as their bit patterns do, and an integer
+  // maximum vectorizes where a float one (NaN's rules) does not
+  uint32_t top = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, w + j, 4);
+    top = std::max(top, bits & 0x7FFFFFFFu);
+  }
+  float largest;
+  std::memcpy(&largest, &top, 4);
+  const float scale = std::max(largest / 127.0f, 1e-10f);
+  // |w / scale| <= 127 up to rounding: within nearest's range
+  for (int64_t j = 0; j < k; ++j) {
+    const float q = nearest(w[j] / scale);
+    out[j] = static_cast<int8_t>(q < -128.0f ? -128.0f : q > 127.0f ? 127.0f : q);
+  }
+  return scale;
+}
+
+std::tuple<at::Tensor, at::Tensor> gguf_int8(const at::Tensor& blocks, const at::Tensor& order, std::string kind) {
+  check_rows(blocks, order, "gguf_int8");
+  TORCH_CHECK(kind == "Q6_K" || kind == "Q8_0", "gguf_int8: no int8 conversion for ", kind);
+  __builtin_cpu_init();
+  TORCH_CHECK(__builtin_cpu_supports("avx2"), "gguf_int8 needs AVX2");
+  const bool q6_k = kind == "Q6_K";
+  const int64_t block_bytes = q6_k ? 210 : 34, block_weights = q6_k ? SUPER : 32;
+  TORCH_CHECK(blocks.size(1) % block_bytes == 0, "gguf_int8: a row is not whole ", kind, " blocks");
+  const int64_t rows = order.numel(), per_row = blocks.size(1) / block_bytes, k = per_row * block_weights;
+  at::Tensor values = at::empty({rows, k}, blocks.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({rows}, blocks.options().dtype(at::kFloat));
+  const int64_t* o = order.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> w(k);
+    for (int64_t i = begin; i < end; ++i) {
+      (q6_k ? q6_k_row : q8_0_row)(row_of(blocks, o, i), per_row, w.data());
+      scales.data_ptr<float>()[i] = int8_row(w.data(), k, values.data_ptr<int8_t>() + i * k);
+    }
+  });
+  return {values, scales};
+}
+
+// 16 bits of 4 nibbles -> those nibbles at bits 0, 8, 16, 24
+uint32_t spread(uint32_t x) {
+  x = (x | (x << 8)) & 0x00FF00FFu;
+  return (x | (x << 4)) & 0x0F0F0F0Fu;
+}
+
+at::Tensor int4_pack_pairs(const at::Tensor& values, const at::Tensor& scales, const at::Tensor& zeros) {
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kByte && values.is_contiguous(),
+              "int4_pack_pairs: values must be contiguous uint8 [N, K/2]");
+  const int64_t n = values.size(0), k = values.size(1) * 2, groups = k / GROUP;
+  TORCH_CHECK(n % ROWS == 0 && k % GROUP == 0, "int4_pack_pairs: N must be a multiple of 16 and K of 32");
+  for (const at::Tensor* t : {&scales, &zeros})
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->numel() == n * groups,
+                "int4_pack_pairs: scales and zeros must be contiguous bfloat16 [N, K/32]");
+  // per block of 16 rows and group: 64 words of nibbles (part p, row r at word 16p + r), then
+  // the 16 rows' bfloat16 scales and their zeros (8 words each)
+  constexpr int64_t WORDS = 4 * ROWS + 16;
+  at::Tensor out = at::empty({n / ROWS * groups * WORDS * 4}, values.options());
+  const uint8_t* v = values.data_ptr<uint8_t>();
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
+  const uint16_t* z = reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::BFloat16>());
+  uint32_t* o = reinterpret_cast<uint32_t*>(out.data_ptr<uint8_t>());
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t g = 0; g < groups; ++g) {
+        uint32_t* word = o + (b * groups + g) * WORDS;
+        uint16_t* halves = reinterpret_cast<uint16_t*>(word + 4 * ROWS);
+        for (int64_t r = 0; r < ROWS; ++r) {
+          const int64_t row = b * ROWS + r;
+          for (int p = 0; p < 4; ++p) {
+            uint32_t w;
+            std::memcpy(&w, v + row * (k / 2) + g * 16 + p * 4, 4);
+            word[p * ROWS + r] = spread(w & 0xFFFF) | (spread(w >> 16) << 4);
+          }
+          halves[r] = s[row * groups + g];
+          halves[ROWS + r] = z[row * groups + g];
+        }
+      }
+  });
+  return out;
+}
+
+at::Tensor int8_pack(const at::Tensor& values) {
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kChar && values.is_contiguous(),
+              "int8_pack: values must be contiguous int8 [N, K]");
+  const int64_t n = values.size(0), k = values.size(1);
+  TORCH_CHECK(n % ROWS == 0 && k % 4 == 0, "int8_pack: N must be a multiple of 16 and K of 4");
+  at::Tensor out = at::empty({n / ROWS, k / 4, ROWS, 4}, values.options().dtype(at::kByte));
+  const uint8_t* v = reinterpret_cast<const uint8_t*>(values.data_ptr<int8_t>());
+  uint32_t* o = reinterpret_cast<uint32_t*>(out.data_ptr<uint8_t>());
+  at::parallel_for(0, n / ROWS, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t r = 0; r < ROWS; ++r)
+        for (int64_t c = 0; c < k / 4; ++c) {  // 4 values of a row: a word, each value plus 128
+          uint32_t w;
+          std::memcpy(&w, v + (b * ROWS + r) * k + 4 * c, 4);
+          o[(b * (k / 4) + c) * ROWS + r] = w ^ 0x80808080u;
+        }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lmpipe, m) {
+  m.def("gguf_int4(Tensor blocks, Tensor order, str kind) -> (Tensor, Tensor, Tensor)");
+  m.def("gguf_int8(Tensor blocks, Tensor order, str kind) -> (Tensor, Tensor)");
+  m.def("int4_pack_pairs(Tensor values, Tensor scales, Tensor zeros) -> Tensor");
+  m.def("int8_pack(Tensor values) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
+  m.impl("gguf_int4", &gguf_int4);
+  m.impl("gguf_int8", &gguf_int8);
+  m.impl("int4_pack_pairs", &int4_pack_pairs);
+  m.impl("int8_pack", &int8_pack);
+}
