@@ -33,7 +33,6 @@ from .quantize import INT4_GROUP, QuantizedWeight, int8_rows, layer_modes, modul
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
-NATIVE_INT8_TYPES = ("Q6_K", "Q8_0")  # converted by the kernels' build; the others by gguf-py's dequantizer
 FLOAT_TYPES = ("F32", "F16", "BF16")
 CHUNK_ROWS = 256  # rows decoded at once: a wide tensor's float32 is never made whole
 Q4_K_BLOCK = 144  # bytes per 256 weights: float16 d and dmin, 12 bytes of 6-bit scales and minimums, 128 of nibbles
@@ -111,11 +110,11 @@ def _regrouped(nibbles: Any, rows: int, pairs_per_part: int) -> Any:
 
 
 def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
-    """Any type gguf-py dequantizes, as int8 per output row: Q6_K and Q8_0 by the kernels' build
-    (gguf_blocks.cpp) where it is built, the rest (and those elsewhere) by numpy; the same values."""
+    """A tensor of INT4_TYPES or INT8_TYPES as int8 per output row: by the kernels' build
+    (gguf_blocks.cpp) where it is built, else through gguf-py's dequantizer; the same values."""
     import torch
 
-    if kind in NATIVE_INT8_TYPES and _built():
+    if kind in INT4_TYPES + INT8_TYPES and _built():
         values, scales = torch.ops.lmpipe.gguf_int8(_tensor(data), _tensor(order), kind)
         return QuantizedWeight("int8", values, scales.to(torch.bfloat16))
     return int8_weight_numpy(kind, data, order)

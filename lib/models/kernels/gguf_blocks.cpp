@@ -13,9 +13,10 @@
 //   [rows, K/2] (column 2j low, 2j + 1 high), float32 scales and zeros [rows, K/32], with
 //   weight = (q − 8)·scale + zero. Q4_K: scale = d·sc, zero = 8·d·sc − dmin·m; Q4_1: scale = d,
 //   zero = m + 8·d; Q4_0: scale = d, zero = 0.
-// torch.ops.lmpipe.gguf_int8(blocks, order, kind): Q6_K or Q8_0 rows dequantized as gguf-py does
-//   (Q6_K: (d·scale)·(q − 32); Q8_0: q·d), then int8 per row: scale = max(max|w| / 127, 1e-10),
-//   value = w / scale rounded to nearest even; values int8 [rows, K], scales float32 [rows].
+// torch.ops.lmpipe.gguf_int8(blocks, order, kind): Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K or Q8_0 rows
+//   dequantized as gguf-py does (each type's products and sums in its order), then int8 per row:
+//   scale = max(max|w| / 127, 1e-10), value = w / scale rounded to nearest even; values int8
+//   [rows, K], scales float32 [rows].
 // torch.ops.lmpipe.int4_pack_pairs(values, scales, zeros): int4_mm's packed layout (vnni.cpp)
 //   from the portable values and bfloat16 scales and zeros.
 // torch.ops.lmpipe.int8_pack(values): int8_mm's layout, uint8 [N/16, K/4, 16, 4], each value plus 128.
@@ -184,6 +185,84 @@ __attribute__((target("avx2"))) void q8_0_row(const uint8_t* src, int64_t blocks
   }
 }
 
+// Q4_0 (d·(q − 8)) and Q4_1 (d·q + m): weight i < 16 in the low nibble of byte i, i + 16 in its high one.
+template <bool Q4_1>
+__attribute__((target("avx2"))) void q4_dequantized_row(const uint8_t* src, int64_t blocks, float* w) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = src + b * (Q4_1 ? 20 : 18);
+    const float d = half_at(blk), m = Q4_1 ? half_at(blk + 2) : 0.0f;
+    const uint8_t* qs = blk + (Q4_1 ? 4 : 2);
+    float* y = w + b * 32;
+    for (int i = 0; i < 16; ++i) {
+      if (Q4_1) {
+        y[i] = d * static_cast<float>(qs[i] & 0xF) + m;
+        y[i + 16] = d * static_cast<float>(qs[i] >> 4) + m;
+      } else {
+        y[i] = d * static_cast<float>((qs[i] & 0xF) - 8);
+        y[i + 16] = d * static_cast<float>((qs[i] >> 4) - 8);
+      }
+    }
+  }
+}
+
+// Q5_0 (d·(q − 16)) and Q5_1 (d·q + m): Q4's nibbles, and bit i of the 32-bit qh as weight i's fifth bit.
+template <bool Q5_1>
+__attribute__((target("avx2"))) void q5_dequantized_row(const uint8_t* src, int64_t blocks, float* w) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = src + b * (Q5_1 ? 24 : 22);
+    const float d = half_at(blk), m = Q5_1 ? half_at(blk + 2) : 0.0f;
+    uint32_t qh;
+    std::memcpy(&qh, blk + (Q5_1 ? 4 : 2), 4);
+    const uint8_t* qs = blk + (Q5_1 ? 8 : 6);
+    float* y = w + b * 32;
+    for (int i = 0; i < 32; ++i) {
+      const int q = (i < 16 ? qs[i] & 0xF : qs[i - 16] >> 4) | (((qh >> i) & 1) << 4);
+      y[i] = Q5_1 ? d * static_cast<float>(q) + m : d * static_cast<float>(q - 16);
+    }
+  }
+}
+
+// Q4_K and Q5_K: (d·sc)·q − dmin·m per group of 32, q's low bits as gguf_int4 reads Q4_K's nibbles;
+// Q5_K's bit g of qh[i] is the fifth bit of group g's weight i.
+template <bool Q5>
+__attribute__((target("avx2"))) void k_dequantized_row(const uint8_t* src, int64_t blocks, float* w) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = src + b * (Q5 ? 176 : 144);
+    const float d = half_at(blk), dmin = half_at(blk + 2);
+    const uint8_t *qh = blk + 16, *qs = blk + (Q5 ? 48 : 16);
+    for (int g = 0; g < 8; ++g) {
+      int sc, m;
+      scale_min_k4(g, blk + 4, sc, m);
+      const float scale = d * static_cast<float>(sc), low = dmin * static_cast<float>(m);
+      const uint8_t* part = qs + 32 * (g / 2);
+      float* y = w + b * SUPER + g * 32;
+      for (int i = 0; i < 32; ++i) {
+        const int q = ((part[i] >> (4 * (g % 2))) & 0xF) | (Q5 ? ((qh[i] >> g) & 1) << 4 : 0);
+        y[i] = scale * static_cast<float>(q) - low;
+      }
+    }
+  }
+}
+
+using DequantizedRow = void (*)(const uint8_t*, int64_t, float*);
+
+struct Int8Kind {
+  int64_t block_bytes, block_weights;
+  DequantizedRow row;
+};
+
+Int8Kind int8_kind(const std::string& kind) {
+  if (kind == "Q4_0") return {18, 32, q4_dequantized_row<false>};
+  if (kind == "Q4_1") return {20, 32, q4_dequantized_row<true>};
+  if (kind == "Q5_0") return {22, 32, q5_dequantized_row<false>};
+  if (kind == "Q5_1") return {24, 32, q5_dequantized_row<true>};
+  if (kind == "Q4_K") return {144, SUPER, k_dequantized_row<false>};
+  if (kind == "Q5_K") return {176, SUPER, k_dequantized_row<true>};
+  if (kind == "Q6_K") return {210, SUPER, q6_k_row};
+  if (kind == "Q8_0") return {34, 32, q8_0_row};
+  TORCH_CHECK(false, "gguf_int8: no int8 conversion for ", kind);
+}
+
 // x rounded to the nearest integer, ties to even, for |x| < 2^22: adding 1.5·2^23 leaves no bits
 // below the unit, and the FPU rounds to nearest even (np.rint's result, and it vectorizes).
 inline float nearest(float x) {
@@ -215,20 +294,18 @@ __attribute__((target("avx2"))) float int8_row(const float* w, int64_t k, int8_t
 
 std::tuple<at::Tensor, at::Tensor> gguf_int8(const at::Tensor& blocks, const at::Tensor& order, std::string kind) {
   check_rows(blocks, order, "gguf_int8");
-  TORCH_CHECK(kind == "Q6_K" || kind == "Q8_0", "gguf_int8: no int8 conversion for ", kind);
+  const Int8Kind info = int8_kind(kind);
   __builtin_cpu_init();
   TORCH_CHECK(__builtin_cpu_supports("avx2"), "gguf_int8 needs AVX2");
-  const bool q6_k = kind == "Q6_K";
-  const int64_t block_bytes = q6_k ? 210 : 34, block_weights = q6_k ? SUPER : 32;
-  TORCH_CHECK(blocks.size(1) % block_bytes == 0, "gguf_int8: a row is not whole ", kind, " blocks");
-  const int64_t rows = order.numel(), per_row = blocks.size(1) / block_bytes, k = per_row * block_weights;
+  TORCH_CHECK(blocks.size(1) % info.block_bytes == 0, "gguf_int8: a row is not whole ", kind, " blocks");
+  const int64_t rows = order.numel(), per_row = blocks.size(1) / info.block_bytes, k = per_row * info.block_weights;
   at::Tensor values = at::empty({rows, k}, blocks.options().dtype(at::kChar));
   at::Tensor scales = at::empty({rows}, blocks.options().dtype(at::kFloat));
   const int64_t* o = order.data_ptr<int64_t>();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> w(k);
     for (int64_t i = begin; i < end; ++i) {
-      (q6_k ? q6_k_row : q8_0_row)(row_of(blocks, o, i), per_row, w.data());
+      info.row(row_of(blocks, o, i), per_row, w.data());
       scales.data_ptr<float>()[i] = int8_row(w.data(), k, values.data_ptr<int8_t>() + i * k);
     }
   });
