@@ -45,8 +45,7 @@ def int4_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     import torch
 
     if _built():
-        values, scales, zeros = torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order), kind)
-        return QuantizedWeight("int4", values, scales.to(torch.bfloat16), zeros.to(torch.bfloat16))
+        return QuantizedWeight("int4", *torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order), kind))
     return int4_weight_numpy(kind, data, order)
 
 

@@ -45,7 +45,7 @@ ALIGN = 64  # bytes: the kernels' widest aligned load is 32; allocations give 64
 CHECK_TOLERANCE = 0.03  # relative error of a kernel product against the dequantized weight (bf16 activations: ~0.5%)
 EXACT_TOLERANCE = 1e-3  # the same for the split int8 product (measured: ~1e-4)
 CHECK_ROWS = 1024  # output rows the load check compares at most (its first ones, and the last 64)
-SLICE_WEIGHTS = 1 << 20  # weights packed, or checked, at once: their int32 or float32 temporaries stay a few MiB
+SLICE_WEIGHTS = 1 << 20  # weights checked at once: their float32 temporaries stay a few MiB
 REFINED = 8  # an int4 model's head: its largest outputs per row, recomputed in float32
 
 # Fused together before packing: layers that read the same input, outputs side by side.
@@ -173,18 +173,8 @@ def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
     """
     import torch
 
-    if vnni and weight.mode == "int4":
-        # A slice of rows at a time: the kernel's layout is row blocks one after another, and
-        # the packing's temporaries for a fused gate/up, made whole, would be its size several times.
-        n, k = weight.out_features, weight.in_features
-        row_bytes = k // 2 + k // INT4_GROUP * 4
-        packed = torch.empty(n * row_bytes, dtype=torch.uint8)
-        into = packed.numpy()  # numpy's copies: one thread, not torch's pool woken per slice
-        for start in range(0, n, rows := _rows_per_slice(k)):
-            part = weight.rows(slice(start, start + rows))
-            into[start * row_bytes:(start + part.out_features) * row_bytes] = vnni_kernels.int4_pack_pairs(
-                part.values, part.scales, part.zeros).numpy()
-        return packed, None
+    if vnni and weight.mode == "int4":  # the build's op writes the layout straight: no temporaries
+        return vnni_kernels.int4_pack_pairs(weight.values, weight.scales, weight.zeros), None
     if vnni:
         return vnni_kernels.int8_pack(weight.values), weight.scales.float()
     if weight.mode == "int8":

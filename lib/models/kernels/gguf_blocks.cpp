@@ -10,9 +10,9 @@
 //
 // torch.ops.lmpipe.gguf_int4(blocks, order, kind): Q4_0, Q4_1 or Q4_K rows (uint8 [rows, bytes],
 //   row i of the result being the file's row order[i]) as int4's portable layout: values uint8
-//   [rows, K/2] (column 2j low, 2j + 1 high), float32 scales and zeros [rows, K/32], with
-//   weight = (q − 8)·scale + zero. Q4_K: scale = d·sc, zero = 8·d·sc − dmin·m; Q4_1: scale = d,
-//   zero = m + 8·d; Q4_0: scale = d, zero = 0.
+//   [rows, K/2] (column 2j low, 2j + 1 high), bfloat16 scales and zeros [rows, K/32] (computed in
+//   float32, then rounded to nearest even), with weight = (q − 8)·scale + zero. Q4_K: scale = d·sc,
+//   zero = 8·d·sc − dmin·m; Q4_1: scale = d, zero = m + 8·d; Q4_0: scale = d, zero = 0.
 // torch.ops.lmpipe.gguf_int8(blocks, order, kind): Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K or Q8_0 rows
 //   dequantized as gguf-py does (each type's products and sums in its order), then int8 per row:
 //   scale = max(max|w| / 127, 1e-10), value = w / scale rounded to nearest even; values int8
@@ -71,16 +71,16 @@ void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
 }
 
 // One row of Q4_K blocks into portable bytes (16 per group of 32) and float scales and zeros.
-void q4_k_row(const uint8_t* src, int64_t blocks, uint8_t* values, float* scales, float* zeros) {
+void q4_k_row(const uint8_t* src, int64_t blocks, uint8_t* values, at::BFloat16* scales, at::BFloat16* zeros) {
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* blk = src + b * 144;
     const float d = half_at(blk), dmin = half_at(blk + 2);
     for (int g = 0; g < 8; ++g) {
       int sc, m;
       scale_min_k4(g, blk + 4, sc, m);
-      scales[b * 8 + g] = d * static_cast<float>(sc);
+      scales[b * 8 + g] = at::BFloat16(d * static_cast<float>(sc));  // float32, then to nearest even
       // numpy's order: (8·d)·sc − dmin·m, each product rounded
-      zeros[b * 8 + g] = (8.0f * d) * static_cast<float>(sc) - dmin * static_cast<float>(m);
+      zeros[b * 8 + g] = at::BFloat16((8.0f * d) * static_cast<float>(sc) - dmin * static_cast<float>(m));
     }
     // groups 2c and 2c + 1: the low and the high nibbles of the 32 bytes of part c
     for (int c = 0; c < 4; ++c) {
@@ -98,12 +98,12 @@ void q4_k_row(const uint8_t* src, int64_t blocks, uint8_t* values, float* scales
 
 // One row of Q4_0 or Q4_1 blocks, likewise: a block is one group.
 template <bool Q4_1>
-void q4_row(const uint8_t* src, int64_t blocks, uint8_t* values, float* scales, float* zeros) {
+void q4_row(const uint8_t* src, int64_t blocks, uint8_t* values, at::BFloat16* scales, at::BFloat16* zeros) {
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* blk = src + b * (Q4_1 ? 20 : 18);
     const float d = half_at(blk);
-    scales[b] = d;
-    zeros[b] = Q4_1 ? half_at(blk + 2) + 8.0f * d : 0.0f;
+    scales[b] = at::BFloat16(d);
+    zeros[b] = at::BFloat16(Q4_1 ? half_at(blk + 2) + 8.0f * d : 0.0f);
     // weight i < 16: the low nibble of byte i; weight i + 16: its high nibble
     const uint8_t* qs = blk + (Q4_1 ? 4 : 2);
     uint8_t* out = values + b * 16;
@@ -114,7 +114,7 @@ void q4_row(const uint8_t* src, int64_t blocks, uint8_t* values, float* scales, 
   }
 }
 
-using Int4Row = void (*)(const uint8_t*, int64_t, uint8_t*, float*, float*);
+using Int4Row = void (*)(const uint8_t*, int64_t, uint8_t*, at::BFloat16*, at::BFloat16*);
 
 const uint8_t* row_of(const at::Tensor& blocks, const int64_t* order, int64_t i) {
   return blocks.data_ptr<uint8_t>() + order[i] * blocks.stride(0);
@@ -137,14 +137,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gguf_int4(const at::Tensor& block
   TORCH_CHECK(blocks.size(1) % info.block_bytes == 0, "gguf_int4: a row is not whole ", kind, " blocks");
   const int64_t rows = order.numel(), per_row = blocks.size(1) / info.block_bytes, k = per_row * info.block_weights;
   at::Tensor values = at::empty({rows, k / 2}, blocks.options());
-  at::Tensor scales = at::empty({rows, k / GROUP}, blocks.options().dtype(at::kFloat));
-  at::Tensor zeros = at::empty({rows, k / GROUP}, blocks.options().dtype(at::kFloat));
+  at::Tensor scales = at::empty({rows, k / GROUP}, blocks.options().dtype(at::kBFloat16));
+  at::Tensor zeros = at::empty({rows, k / GROUP}, blocks.options().dtype(at::kBFloat16));
   const int64_t* o = order.data_ptr<int64_t>();
   const Int4Row convert = kind == "Q4_K" ? q4_k_row : kind == "Q4_1" ? q4_row<true> : q4_row<false>;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
       convert(row_of(blocks, o, i), per_row, values.data_ptr<uint8_t>() + i * (k / 2),
-               scales.data_ptr<float>() + i * (k / GROUP), zeros.data_ptr<float>() + i * (k / GROUP));
+               scales.data_ptr<at::BFloat16>() + i * (k / GROUP), zeros.data_ptr<at::BFloat16>() + i * (k / GROUP));
   });
   return {values, scales, zeros};
 }

@@ -30,8 +30,9 @@ The instruction set is the best the CPU has (`isa`); LMPIPE_KERNEL_ISA=avx2 (or 
 none) forces one, so the AVX2 path runs, and is tested, on AVX-512 machines too. Which one
 multiplies each range of row counts is then measured (lmpipe.models.kernels.choice). Where the CPU
 has neither, or no C++ compiler is found, `available()` says no (and `reason` why) and the
-layers keep torch's kernels. int4's packed layout is lmpipe's own, made from the portable values
-at load time, never saved; int8 reads the portable values as they are.
+layers keep torch's kernels. Both packed layouts are lmpipe's own, made from the portable values
+at load time by the same build (gguf_blocks.cpp, which also turns a GGUF's blocks into those
+values); only lmpipe.models.packed_cache keeps them, in a file of its own documented format.
 """
 
 from __future__ import annotations
@@ -259,41 +260,11 @@ def int4_pack(values: Any, scales: Any, zeros: Any) -> Any:
 
 def int4_pack_pairs(values: Any, scales: Any, zeros: Any) -> Any:
     """int4_pack's result from int4's portable bytes `values` uint8 [N, K/2] (column 2j in the low
-    nibble of byte j, 2j + 1 in the high one): the build's op (gguf_blocks.cpp) once the kernels
-    are built, numpy's otherwise; the same bytes."""
+    nibble of byte j, 2j + 1 in the high one), by the build's op (gguf_blocks.cpp): each 32-bit
+    word of 8 columns has its nibbles reordered in place, never one value per byte."""
     import torch
 
-    if _built:
-        return torch.ops.lmpipe.int4_pack_pairs(values.contiguous(), scales.contiguous(), zeros.contiguous())
-    return int4_pack_pairs_numpy(values, scales, zeros)
-
-
-def int4_pack_pairs_numpy(values: Any, scales: Any, zeros: Any) -> Any:
-    """int4_pack_pairs in numpy, never one value per byte: 32-bit words, each 8 columns, whose
-    nibbles are reordered in place.
-
-    A word of columns 8p..8p+7 holds column 8p + i at bit 4i; the layout's word for them holds
-    column 8p + c at bit 8c and 8p + 4 + c at bit 8c + 4: its low and high halves spread to every
-    other nibble, the high one shifted up by one."""
-    import numpy as np
-    import torch
-
-    n, k = values.shape[0], values.shape[1] * 2
-    blocks, groups = n // ROWS, k // GROUP
-    # numpy's integer operations: one thread each, not a thread pool's wake-up per small slice.
-    w = values.contiguous().numpy().view(np.uint32)  # [N, K/8]: word 4g + p holds part p of group g
-
-    def spread(x):  # 16 bits of 4 nibbles -> those nibbles at bits 0, 8, 16, 24
-        x = (x | (x << 8)) & 0x00FF00FF
-        return (x | (x << 4)) & 0x0F0F0F0F
-
-    words = spread(w & 0xFFFF) | (spread(w >> 16) << 4)
-    out = np.empty((blocks, groups, 4 * ROWS + 16), dtype=np.uint32)
-    out[..., :4 * ROWS] = words.reshape(blocks, ROWS, groups, 4).transpose(0, 2, 3, 1).reshape(blocks, groups, -1)
-    for at, t in ((4 * ROWS, scales), (4 * ROWS + 8, zeros)):  # the 16 rows' bfloat16 scales, then zeros
-        halves = t.contiguous().view(torch.int16).numpy().reshape(blocks, ROWS, groups).transpose(0, 2, 1)
-        out[..., at:at + 8] = np.ascontiguousarray(halves).view(np.uint32)
-    return torch.from_numpy(out.reshape(-1).view(np.uint8))
+    return torch.ops.lmpipe.int4_pack_pairs(values.contiguous(), scales.contiguous(), zeros.contiguous())
 
 
 def int4_product(x: Any, packed: Any, out_features: int, isa: str | None = None) -> Any:
