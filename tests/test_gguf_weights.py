@@ -17,6 +17,7 @@ from lmpipe.models.loading import ModelSettings, load
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
+Q4_K_MODE = "q4k" if vnni.available() else "int4"  # on its own scales where lmpipe's kernels run
 # Bounds, relative (Frobenius) to the product with the file's dequantized weight, of one layer's
 # product: int4 keeps the file's values but its scale and zero in bfloat16 (measured ~1.7e-3);
 # int8 types are int8 per output row (measured ~8e-3).
@@ -75,6 +76,32 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
     got, want = QuantizedLinear(weight)(x), x @ reference.t()
     error = float((got - want).norm() / want.norm())
     assert error < (INT4_PRODUCT_BOUND if kind in INT4_TYPES else INT8_PRODUCT_BOUND), error
+
+
+@pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
+def test_q4_k_on_its_own_scales_is_the_files_values_exactly(rows):
+    import numpy as np
+    import torch
+
+    from lmpipe.models import gguf_weights as weights
+    from lmpipe.models.kernels import choice
+    from lmpipe.models.quantize import EXACT_TOLERANCE, pack
+
+    rng = np.random.default_rng(5)
+    data = encode("Q4_K", (rng.standard_normal((48, 768)) * 0.05).astype(np.float32), 6)
+    order = rng.permutation(48)
+    reference = weights.gguf_dequantized("Q4_K", data)[torch.from_numpy(order)]
+    weight = weights.q4k_weight(data, order)
+    assert weight.mode == "q4k" and torch.equal(weight.dequantized(), reference)  # gguf-py's floats, bit for bit
+    packed, scales = pack(weight, vnni=True)
+    assert scales is None and packed.numel() * 8 == 48 * 768 * 4.625  # Q4_K's 4.5 bits, and its d and dmin per row
+    assert torch.equal(choice.dequantized("q4k", packed, None, 48), reference)
+    x = torch.randn(rows, 768, generator=torch.Generator().manual_seed(rows))
+    want = x.double() @ reference.double().t()
+    for isa in vnni.runnable():  # amx runs avx512's code
+        got = vnni.q4k_product(x, packed, 48, isa).double()
+        assert float((got - want).norm() / want.norm()) < EXACT_TOLERANCE / 10, isa
 
 
 @pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
@@ -163,7 +190,7 @@ def test_int8_types_logits_stay_near_the_dequantized_files(files, kind):
 def test_the_manifest_counts_each_types_tensors_by_kernel(files):
     lm = load(ModelSettings(str(files["Q4_K_M"])))
     # Per layer q, k, o, gate, up are Q4_K; v and down Q6_K; the tied head is the Q6_K embedding; norms F32.
-    assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "Q4_K": {"int4": 10}, "Q6_K": {"int8": 5}}
+    assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "Q4_K": {Q4_K_MODE: 10}, "Q6_K": {"int8": 5}}
     assert lm.identity["int4_kernel"] in ("lmpipe-amx", "lmpipe-vnni", "lmpipe-avx2", "torch")
     assert set(lm.identity.get("kernels", {})) <= {"1", "4", "16", "prompt"}  # the choice per range, where measured
     assert "quantize" not in lm.identity
@@ -173,7 +200,7 @@ def test_quantize_on_a_gguf_applies_to_its_float_tensors_only(files):
     f16 = load(ModelSettings(str(files["F16"]), quantize="int8"))
     assert f16.identity["gguf_tensors"] == {"F16": {"int8": 15}, "F32": {"float": 5}}
     q4 = load(ModelSettings(str(files["Q4_K"]), quantize="int8"))
-    assert q4.identity["gguf_tensors"]["Q4_K"] == {"int4": 14, "int8": 1}  # the file's blocks, its tied head int8
+    assert q4.identity["gguf_tensors"]["Q4_K"] == {Q4_K_MODE: 14, "int8": 1}  # the file's blocks, its tied head int8
 
 
 def test_an_unknown_type_is_dequantized_alone_and_said_once(files):

@@ -4,11 +4,15 @@ llama.cpp runs a GGUF's blocks as they are. lmpipe maps each tensor type onto a 
 kernels take (lmpipe.models.quantize.QuantizedWeight), a row chunk at a time, so a load holds
 the file's mapping and the packed layers, never the float32 model, in memory or on disk:
 
-- Q4_0, Q4_1 and Q4_K are groups of 32 weights with a scale and a minimum: int4's own groups.
-  Q4_K's super-block of 256 is eight such groups, weight = d·sc·q − dmin·m, which is int4's
-  (q − 8)·scale + zero with scale = d·sc and zero = 8·d·sc − dmin·m. The int4 format keeps
-  scale and zero in bfloat16 (the kernels read them so), so a weight is the file's within
-  bfloat16's rounding of those two (2^-8 of each, relative).
+- Q4_K runs on its own scales where lmpipe's kernels run (QuantizedWeight's q4k, q4k_mm): the
+  file's float16 d and dmin and 6-bit scales and minimums, weight = (d·sc)·q − dmin·m, so a
+  weight is the file's exactly, at 4.625 bits (Q4_K's 4.5 and 16 row-major bytes a block).
+- Q4_0, Q4_1 (and Q4_K elsewhere, and as an untied embedding) are groups of 32 weights with a
+  scale and a minimum: int4's own groups. Q4_K's super-block of 256 is eight such groups,
+  weight = d·sc·q − dmin·m, which is int4's (q − 8)·scale + zero with scale = d·sc and
+  zero = 8·d·sc − dmin·m. The int4 format keeps scale and zero in bfloat16 (the kernels read
+  them so), so a weight is the file's within bfloat16's rounding of those two (2^-8 of each,
+  relative).
 - Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 have no int4 form: their values (gguf-py's dequantizer) are
   int8 per output row, within half a step of max|row|/127 of the file's.
 - An untied model's token embedding of those types stays in their form too (PortableEmbedding):
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,14 @@ def int4_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     if _built():
         return QuantizedWeight("int4", *torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order), kind))
     return int4_weight_numpy(kind, data, order)
+
+
+def q4k_weight(data: Any, order: Any) -> QuantizedWeight:
+    """The Q4_K tensor `data` as it is (QuantizedWeight's q4k: the file's d, dmin, scales and
+    minimums), its rows taken in `order`; by the kernels' build, which q4k runs on."""
+    import torch
+
+    return QuantizedWeight("q4k", *torch.ops.lmpipe.gguf_q4k(_tensor(data), _tensor(order)))
 
 
 def int4_weight_numpy(kind: str, data: Any, order: Any) -> QuantizedWeight:
@@ -290,8 +303,11 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         linear = linears.get(owner) if owner is not None else None
         mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
                 "int8" if kind in INT4_TYPES + INT8_TYPES else None)
+        if mode == "int4" and kind == "Q4_K" and linear is not None and quantizable(linear, "q4k") and _built():
+            mode = "q4k"  # on its own scales: the file's values, and its size
         if owner is not None and linear is not None and mode is not None and quantizable(linear, mode):
-            weights[owner] = (int4_weight if mode == "int4" else int8_weight)(kind, tensor.data, order)
+            convert = {"int4": partial(int4_weight, kind), "q4k": q4k_weight, "int8": partial(int8_weight, kind)}
+            weights[owner] = convert[mode](tensor.data, order)
             ran.setdefault(kind, Counter())[mode] += 1
             continue
         if quantized and kind not in INT4_TYPES + INT8_TYPES:

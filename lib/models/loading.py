@@ -222,7 +222,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         if settings.quantize:
             ident["quantize"] = settings.quantize
         # The file's quantized tensors get their kernels as any quantized model's do.
-        int4 = any("int4" in kinds for kinds in facts["gguf_tensors"].values())
+        int4 = any(mode in kinds for kinds in facts["gguf_tensors"].values() for mode in ("int4", "q4k"))
         ident.update(kernel_facts(model, settings, int4, notify), **context_facts(settings))
         ident.update(_adapters(model, settings))
         return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident,

@@ -34,7 +34,7 @@ from typing import Any
 from .. import paths
 from .derived import MARKER, cache_key, conversion_info, written_whole
 
-FORMAT = 2  # the layout of packed.bin and index.json; bump on any change to either or to vnni's packing
+FORMAT = 3  # the layout of packed.bin and index.json; bump on any change to either or to vnni's packing (3: q4k)
 ALIGN = 64
 SAMPLE_ROWS = 16  # one block of the kernels' layout: the rows each layer is checked on at load
 
@@ -189,7 +189,7 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
     import torch
 
     from .kernels import choice
-    from .quantize import EXACT_TOLERANCE, QuantizedWeight, _require_close, product
+    from .quantize import EXACT_TOLERANCE, INT4_MODES, QuantizedWeight, _require_close, product
     from .quantized_layers import PortableEmbedding, QuantizedEmbedding, QuantizedLinear, QuantizedPart
     from .quantized_loading import assign
 
@@ -207,7 +207,7 @@ def load_mapped(auto: Any, config: Any, dtype: Any, attention: str | None, packe
         reference = choice.dequantized(layer["mode"], *block)
         x = torch.randn(2, layer["in"], generator=torch.Generator().manual_seed(0))
         # The kernel reads this CPU's way what the layout says (lmpipe.models.quantize.check_kernel's check).
-        shape = (layer["out"], layer["in"] // (2 if layer["mode"] == "int4" else 1))  # for its message
+        shape = (layer["out"], layer["in"] // (2 if layer["mode"] in INT4_MODES else 1))  # for its message
         _require_close(QuantizedWeight(layer["mode"], torch.empty(shape, device="meta"), None), "lmpipe's",
                        product(layer["mode"], x, block[0], block[1], block[2]), x @ reference.t(), EXACT_TOLERANCE)
         module = QuantizedLinear.restored(layer["mode"], layer["in"], layer["out"], values, scales,

@@ -39,6 +39,10 @@ from .kernels import choice as kernel_choice
 from .kernels import vnni as vnni_kernels
 
 MODES = ("int8", "int4")
+# Modes of 4-bit values, two to a byte in int4's portable order: int4, and q4k, a GGUF's Q4_K
+# tensor on its own scales (lmpipe.models.gguf_weights; never a --quantize choice)
+INT4_MODES = ("int4", "q4k")
+Q4K_SUPER = 256  # q4k's columns per super-block: one float16 d and dmin per row
 INT4_GROUP = 32
 KERNEL_MAX_ROWS = 8  # bfloat16 int8 kernel: past this many rows the split int8 product is faster (measured)
 ALIGN = 64  # bytes: the kernels' widest aligned load is 32; allocations give 64
@@ -59,6 +63,9 @@ class QuantizedWeight:
     int8: `values` int8 [N, K], `scales` bfloat16 [N]; weight ≈ values * scales[:, None].
     int4: `values` uint8 [N, K/2], column 2j in the low nibble of byte j and 2j+1 in the high
     one; `scales`, `zeros` bfloat16 [N, K/32]; weight ≈ (q - 8) * scale + zero per group of 32.
+    q4k (a GGUF's Q4_K as it is): `values` as int4's; `scales` float16 [N, K/256, 2], each
+    super-block's d and dmin; `zeros` uint8 [N, K/32, 2], each group's 6-bit scale sc and minimum
+    m; weight = (d·sc)·q − dmin·m, the file's own values.
     """
 
     mode: str
@@ -72,7 +79,7 @@ class QuantizedWeight:
 
     @property
     def in_features(self) -> int:
-        return int(self.values.shape[1]) * (2 if self.mode == "int4" else 1)
+        return int(self.values.shape[1]) * (2 if self.mode in INT4_MODES else 1)
 
     def int4_values(self, dtype: Any = None):
         """int4: the values one per column, [N, K], 0..15: int32 (torch's kernel takes that), or `dtype`."""
@@ -85,6 +92,12 @@ class QuantizedWeight:
         """The float32 weight these values stand for, computed as the kernels compute it."""
         if self.mode == "int8":
             return self.values.float() * self.scales.float()[:, None]
+        if self.mode == "q4k":  # the file's dequantizer's float32 products, in its order
+            q = self.int4_values().float().reshape(self.out_features, -1, INT4_GROUP)
+            groups_per_super = Q4K_SUPER // INT4_GROUP
+            d, dmin = (self.scales[..., i].float().repeat_interleave(groups_per_super, dim=1) for i in (0, 1))
+            scale, low = d * self.zeros[..., 0].float(), dmin * self.zeros[..., 1].float()
+            return (scale[..., None] * q - low[..., None]).reshape(self.out_features, self.in_features)
         groups = self.scales.shape[1]
         q = self.int4_values().float().reshape(self.out_features, groups, -1)
         w = (q - 8) * self.scales.float()[..., None] + self.zeros.float()[..., None]
@@ -107,9 +120,9 @@ class QuantizedWeight:
         """The weight saved under `prefix`; its values' dtype says its mode (int8, or uint8 for int4's pairs)."""
         import torch
 
-        values = tensors[f"{prefix}.qvalues"]
-        mode = "int8" if values.dtype == torch.int8 else "int4"
-        return cls(mode, values, tensors[f"{prefix}.qscales"], tensors.get(f"{prefix}.qzeros"))
+        values, scales = tensors[f"{prefix}.qvalues"], tensors[f"{prefix}.qscales"]
+        mode = "int8" if values.dtype == torch.int8 else "q4k" if scales.dtype == torch.float16 else "int4"
+        return cls(mode, values, scales, tensors.get(f"{prefix}.qzeros"))
 
     @classmethod
     def join(cls, parts: list[QuantizedWeight]) -> QuantizedWeight:
@@ -175,6 +188,10 @@ def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
 
     if vnni and weight.mode == "int4":  # the build's op writes the layout straight: no temporaries
         return vnni_kernels.int4_pack_pairs(weight.values, weight.scales, weight.zeros), None
+    if weight.mode == "q4k":  # made only where lmpipe's kernels run (lmpipe.models.gguf_weights)
+        if not vnni:
+            raise ValueError("a q4k weight runs on lmpipe's kernels only")
+        return vnni_kernels.q4k_pack(weight.values, weight.scales, weight.zeros), None
     if vnni:
         return vnni_kernels.int8_pack(weight.values), weight.scales.float()
     if weight.mode == "int8":
@@ -207,6 +224,8 @@ def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int, isa:
     instruction set's (lmpipe.models.kernels.vnni.ISAS; None: the one selected for this CPU)."""
     if mode == "int4":
         return vnni_kernels.int4_product(x, packed, out_features, isa)
+    if mode == "q4k":
+        return vnni_kernels.q4k_product(x, packed, out_features, isa)
     return vnni_kernels.int8_product(x, packed, scales, isa)
 
 
@@ -360,6 +379,8 @@ def quantizable(linear: Any, mode: str) -> bool:
     """Whether torch's kernel takes this shape: its AVX-512 paths step K by 16 (int8) and N by 16 (int4)."""
     if mode == "int4":
         return linear.in_features % INT4_GROUP == 0 and linear.out_features % 16 == 0
+    if mode == "q4k":
+        return linear.in_features % Q4K_SUPER == 0 and linear.out_features % 16 == 0
     return linear.in_features % 16 == 0
 
 

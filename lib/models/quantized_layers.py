@@ -20,6 +20,7 @@ from .kernels import choice as kernel_choice
 from .kernels import vnni as vnni_kernels
 from .quantize import (
     FUSED_GROUPS,
+    INT4_MODES,
     KERNEL_MAX_ROWS,
     QuantizedWeight,
     check_kernel,
@@ -64,7 +65,7 @@ class QuantizedLinear(nn.Module):
         # VNNI: at 16 rows and more its int8 GEMM beats the kernel, and one layout is kept, not
         # two. Without VNNI (lmpipe's AVX2 kernels) oneDNN's int8 sums are wrong, and torch's
         # bfloat16 kernel is emulated: int8 models take lmpipe's kernel too.
-        self.vnni = vnni_kernels.available() and (weight.mode == "int4" or (
+        self.vnni = vnni_kernels.available() and (weight.mode in INT4_MODES or (
             (bfloat16_rows or vnni_kernels.selected == "avx2")
             and vnni_kernels.int8_fits(self.out_features, self.in_features)))
         self.isa = vnni_kernels.selected if self.vnni else None  # AMX, AVX-512 VNNI or AVX2
@@ -248,7 +249,7 @@ def install(model: Any, weights: dict[str, QuantizedWeight], biases: dict[str, A
     head's values (QuantizedEmbedding) and its float copy let go.
     """
     shared = tied_head(model, weights) if share_embedding else None
-    bfloat16_rows = any(w.mode == "int4" for w in weights.values())
+    bfloat16_rows = any(w.mode in INT4_MODES for w in weights.values())
     if fuse:
         for owner_name, owner in list(model.named_modules()):
             for group in FUSED_GROUPS:

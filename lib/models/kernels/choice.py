@@ -70,6 +70,8 @@ def dequantized(mode: str, packed: Any, scales: Any, out_features: int) -> Any:
     if mode == "int8":  # [N/16, K/4, 16, 4], each value plus 128
         values = torch.bitwise_xor(packed, 0x80).view(torch.int8).permute(0, 2, 1, 3).reshape(out_features, -1)
         return values.float() * scales[:, None]
+    if mode == "q4k":
+        return _q4k_dequantized(packed, out_features)
     blocks = out_features // vnni.ROWS
     groups = packed.numel() // (blocks * 320)
     whole = packed.view(blocks, groups, 320)
@@ -85,12 +87,33 @@ def dequantized(mode: str, packed: Any, scales: Any, out_features: int) -> Any:
     return w.reshape(out_features, groups * vnni.GROUP)
 
 
+def _q4k_dequantized(packed: Any, out_features: int) -> Any:
+    """dequantized's q4k: per block of 16 rows and super-block of 256 columns (vnni.cpp's Q4K_BLOCK),
+    8 groups' nibbles as int4's, the rows' float16 d then dmin, then each group's rows' sc then m."""
+    import torch
+
+    blocks = out_features // vnni.ROWS
+    supers = packed.numel() // (blocks * vnni.Q4K_BLOCK)
+    whole = packed.view(blocks, supers, vnni.Q4K_BLOCK)
+    nibbles = whole[..., :2048].reshape(blocks, supers, 8, 4, vnni.ROWS, 4)  # [block, super, group, part, row, column]
+    q = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=-2)  # [..., part, row, nibble, column]
+    q = q.permute(0, 4, 1, 2, 3, 5, 6).reshape(blocks, vnni.ROWS, supers, 8, vnni.GROUP).float()
+    halves = whole[..., 2048:2112].contiguous().view(torch.float16).reshape(blocks, supers, 2, vnni.ROWS).float()
+    d, dmin = (halves[:, :, i].permute(0, 2, 1)[..., None] for i in (0, 1))  # [block, row, super, 1]
+    small = whole[..., 2112:].reshape(blocks, supers, 8, 2, vnni.ROWS).float()  # [block, super, group, (sc, m), row]
+    sc, m = (small[:, :, :, i].permute(0, 3, 1, 2) for i in (0, 1))  # [block, row, super, group]
+    w = (d * sc)[..., None] * q - (dmin * m)[..., None]
+    return w.reshape(out_features, supers * 8 * vnni.GROUP)
+
+
 def runner(name: str, mode: str, packed: Any, scales: Any, out_features: int) -> Callable[[Any], Any]:
     """x [M, K] -> float32 [M, N] through kernel `name`."""
     if name == FLOAT:
         return lambda x: x.float() @ dequantized(mode, packed, scales, out_features).t()
     if mode == "int4":
         return lambda x: vnni.int4_product(x, packed, out_features, ISAS[name])
+    if mode == "q4k":
+        return lambda x: vnni.q4k_product(x, packed, out_features, ISAS[name])
     return lambda x: vnni.int8_product(x, packed, scales, ISAS[name])
 
 
@@ -169,14 +192,16 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
     chosen: dict[str, dict[str, str]] = {}
     measured = False
     for layer in layers:
-        key = f"{layer.mode} {layer.out_features}x{layer.in_features} {','.join(offered)}"
+        # q4k has no AMX code: lmpipe-amx would time lmpipe-vnni's again
+        here = [k for k in offered if not (layer.mode == "q4k" and k == NAMES["amx"] and NAMES["avx512"] in offered)]
+        key = f"{layer.mode} {layer.out_features}x{layer.in_features} {','.join(here)}"
         if key not in chosen:
             if forced is not None:
                 chosen[key] = {name: forced for name, _ in RANGES}
-            elif isinstance(cached.get(key), dict) and set(cached[key].values()) <= set(offered):
+            elif isinstance(cached.get(key), dict) and set(cached[key].values()) <= set(here):
                 chosen[key] = cached[key]
             else:
-                runs = {k: runner(k, layer.mode, *first_rows(layer)) for k in offered}
+                runs = {k: runner(k, layer.mode, *first_rows(layer)) for k in here}
                 chosen[key] = cached[key] = fastest(runs, layer.in_features)
                 measured = True
         layer.use_kernels(chosen[key])

@@ -20,6 +20,8 @@
 // torch.ops.lmpipe.int4_pack_pairs(values, scales, zeros): int4_mm's packed layout (vnni.cpp)
 //   from the portable values and bfloat16 scales and zeros.
 // torch.ops.lmpipe.int8_pack(values): int8_mm's layout, uint8 [N/16, K/4, 16, 4], each value plus 128.
+// torch.ops.lmpipe.gguf_q4k(blocks, order): Q4_K rows as they are, for q4k_mm (QuantizedWeight's
+//   "q4k" mode); q4k_pack(values, dm, scm) lays them out as q4k_mm reads them.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -354,6 +356,80 @@ at::Tensor int4_pack_pairs(const at::Tensor& values, const at::Tensor& scales, c
   return out;
 }
 
+// Q4_K rows as they are: the portable nibbles (as gguf_int4's), float16 (d, dmin) per super-block
+// [rows, K/256, 2] and (sc, m) per group [rows, K/32, 2], each the file's own value.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gguf_q4k(const at::Tensor& blocks, const at::Tensor& order) {
+  check_rows(blocks, order, "gguf_q4k");
+  TORCH_CHECK(blocks.size(1) % 144 == 0, "gguf_q4k: a row is not whole Q4_K blocks");
+  const int64_t rows = order.numel(), supers = blocks.size(1) / 144, k = supers * SUPER;
+  at::Tensor values = at::empty({rows, k / 2}, blocks.options());
+  at::Tensor dm = at::empty({rows, supers, 2}, blocks.options().dtype(at::kHalf));
+  at::Tensor scm = at::empty({rows, k / GROUP, 2}, blocks.options());
+  const int64_t* o = order.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<at::BFloat16> scales(k / GROUP), zeros(k / GROUP);  // q4_k_row's, not kept
+    for (int64_t i = begin; i < end; ++i) {
+      const uint8_t* src = row_of(blocks, o, i);
+      q4_k_row(src, supers, values.data_ptr<uint8_t>() + i * (k / 2), scales.data(), zeros.data());
+      uint8_t* halves = reinterpret_cast<uint8_t*>(dm.data_ptr<at::Half>() + i * supers * 2);
+      uint8_t* sm = scm.data_ptr<uint8_t>() + i * (k / GROUP) * 2;
+      for (int64_t b = 0; b < supers; ++b) {
+        std::memcpy(halves + b * 4, src + b * 144, 4);  // d, dmin
+        for (int g = 0; g < 8; ++g) {
+          int sc, m;
+          scale_min_k4(g, src + b * 144 + 4, sc, m);
+          sm[(b * 8 + g) * 2] = static_cast<uint8_t>(sc);
+          sm[(b * 8 + g) * 2 + 1] = static_cast<uint8_t>(m);
+        }
+      }
+    }
+  });
+  return {values, dm, scm};
+}
+
+// q4k_mm's layout (vnni.cpp's Q4K_BLOCK) from gguf_q4k's three tensors.
+at::Tensor q4k_pack(const at::Tensor& values, const at::Tensor& dm, const at::Tensor& scm) {
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kByte && values.is_contiguous(),
+              "q4k_pack: values must be contiguous uint8 [N, K/2]");
+  const int64_t n = values.size(0), k = values.size(1) * 2, groups = k / GROUP, supers = k / SUPER;
+  TORCH_CHECK(n % ROWS == 0 && k % SUPER == 0, "q4k_pack: N must be a multiple of 16 and K of 256");
+  TORCH_CHECK(dm.scalar_type() == at::kHalf && dm.is_contiguous() && dm.numel() == n * supers * 2,
+              "q4k_pack: dm must be contiguous float16 [N, K/256, 2]");
+  TORCH_CHECK(scm.scalar_type() == at::kByte && scm.is_contiguous() && scm.numel() == n * groups * 2,
+              "q4k_pack: scm must be contiguous uint8 [N, K/32, 2]");
+  constexpr int64_t BYTES = 8 * 256 + 64 + 8 * 32;  // vnni.cpp's Q4K_BLOCK
+  at::Tensor out = at::empty({n / ROWS * supers * BYTES}, values.options());
+  const uint8_t* v = values.data_ptr<uint8_t>();
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(dm.data_ptr<at::Half>());
+  const uint8_t* sm = scm.data_ptr<uint8_t>();
+  uint8_t* o = out.data_ptr<uint8_t>();
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t s = 0; s < supers; ++s) {
+        uint8_t* block = o + (b * supers + s) * BYTES;
+        uint16_t* halves = reinterpret_cast<uint16_t*>(block + 8 * 256);
+        uint8_t* bytes = block + 8 * 256 + 64;
+        for (int64_t r = 0; r < ROWS; ++r) {
+          const int64_t row = b * ROWS + r;
+          halves[r] = h[(row * supers + s) * 2];
+          halves[ROWS + r] = h[(row * supers + s) * 2 + 1];
+          for (int64_t j = 0; j < 8; ++j) {
+            const int64_t g = s * 8 + j;
+            uint32_t* word = reinterpret_cast<uint32_t*>(block + j * 256);
+            for (int p = 0; p < 4; ++p) {  // int4_pack_pairs' words
+              uint32_t w;
+              std::memcpy(&w, v + row * (k / 2) + g * 16 + p * 4, 4);
+              word[p * ROWS + r] = spread(w & 0xFFFF) | (spread(w >> 16) << 4);
+            }
+            bytes[j * 32 + r] = sm[(row * groups + g) * 2];
+            bytes[j * 32 + ROWS + r] = sm[(row * groups + g) * 2 + 1];
+          }
+        }
+      }
+  });
+  return out;
+}
+
 at::Tensor int8_pack(const at::Tensor& values) {
   TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kChar && values.is_contiguous(),
               "int8_pack: values must be contiguous int8 [N, K]");
@@ -381,6 +457,8 @@ TORCH_LIBRARY_FRAGMENT(lmpipe, m) {
   m.def("gguf_int8(Tensor blocks, Tensor order, str kind) -> (Tensor, Tensor)");
   m.def("int4_pack_pairs(Tensor values, Tensor scales, Tensor zeros) -> Tensor");
   m.def("int8_pack(Tensor values) -> Tensor");
+  m.def("gguf_q4k(Tensor blocks, Tensor order) -> (Tensor, Tensor, Tensor)");
+  m.def("q4k_pack(Tensor values, Tensor dm, Tensor scm) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
@@ -388,4 +466,6 @@ TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
   m.impl("gguf_int8", &gguf_int8);
   m.impl("int4_pack_pairs", &int4_pack_pairs);
   m.impl("int8_pack", &int8_pack);
+  m.impl("gguf_q4k", &gguf_q4k);
+  m.impl("q4k_pack", &q4k_pack);
 }

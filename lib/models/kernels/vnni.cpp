@@ -12,6 +12,9 @@
 // or ~1e-4 (int8) of the dequantized float32 weight's: lmpipe.models.quantize.split_int8_product's
 // arithmetic, with the weight read once instead of once per part.
 //
+// q4k_mm and q4k_mm_avx2 multiply a GGUF's Q4_K tensors on a layout of their own (Q4K_BLOCK below),
+// with the file's float16 d and dmin and 6-bit scales and minimums as they are.
+//
 // int4's packed layout, built by lmpipe from its portable int4 values at load time: for each block of
 // 16 output rows and each group of 32 columns, 320 bytes: 4 x 64 bytes of values (byte 4r + c
 // of part p holds row r's column 8p + c in its low nibble and column 8p + 4 + c in its high
@@ -39,6 +42,13 @@ namespace {
 constexpr int64_t GROUP = 32;
 constexpr int64_t ROWS = 16;
 constexpr int64_t BLOCK = 320;
+// Q4_K's layout (q4k_mm): for each block of 16 output rows and each super-block of 256 columns,
+// its 8 groups' 4 x 64 bytes of values as int4's (256 bytes each), then the 16 rows' float16 d
+// and their float16 dmin (32 bytes each), then for each group the 16 rows' 6-bit scales and
+// their 6-bit minimums (a byte each, 32 bytes a group): 2368 bytes, 4.625 bits a weight. A
+// weight is (d·sc)·q − dmin·m, the GGUF file's own form and values.
+constexpr int64_t SUPER_GROUPS = 8;
+constexpr int64_t Q4K_BLOCK = SUPER_GROUPS * 256 + 64 + SUPER_GROUPS * 32;
 
 bool supported() {
   __builtin_cpu_init();
@@ -46,9 +56,9 @@ bool supported() {
          __builtin_cpu_supports("avx512vnni");
 }
 
-bool avx2_supported() {
+bool avx2_supported() {  // F16C: Q4_K's float16 d (every AVX2 CPU has it)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
 // One row of activations, per group: high and low int8 parts, the step, the float sum.
@@ -146,6 +156,59 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
 
 
 
+// block_rows on Q4_K's layout: the same integer sums per group; the epilogue takes each group's
+// scale d·sc and minimum dmin·m (float32 products, as the file's dequantizer makes them).
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_block_rows(
+    const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  const int64_t groups = k / GROUP;
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t s = 0; s < groups / SUPER_GROUPS; ++s, w += Q4K_BLOCK) {
+    const uint8_t* meta = w + SUPER_GROUPS * 256;
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(meta)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(meta + 32)));
+    for (int64_t j = 0; j < SUPER_GROUPS; ++j) {
+      const int64_t g = s * SUPER_GROUPS + j;
+      const uint8_t* wg = w + j * 256;
+      __m512i ih[MR][2], il[MR][2];
+      for (int i = 0; i < MR; ++i) ih[i][0] = ih[i][1] = il[i][0] = il[i][1] = _mm512_setzero_si512();
+      for (int p = 0; p < 4; ++p) {
+        const __m512i v = _mm512_loadu_si512(wg + p * 64);
+        const __m512i lo = _mm512_and_si512(v, nibble);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+        for (int i = 0; i < MR; ++i) {
+          const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
+          const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
+          int32_t h0, h1, l0, l1;
+          std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
+          ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], lo, _mm512_set1_epi32(h0));
+          ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], hi, _mm512_set1_epi32(h1));
+          il[i][0] = _mm512_dpbusd_epi32(il[i][0], lo, _mm512_set1_epi32(l0));
+          il[i][1] = _mm512_dpbusd_epi32(il[i][1], hi, _mm512_set1_epi32(l1));
+        }
+      }
+      const uint8_t* sm = meta + 64 + j * 32;
+      const __m512 scale = _mm512_mul_ps(
+          d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sm)))));
+      const __m512 minimum = _mm512_mul_ps(
+          dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sm + 16)))));
+      for (int i = 0; i < MR; ++i) {
+        const int64_t at = (r0 + i) * groups + g;
+        const __m512 high = _mm512_cvtepi32_ps(_mm512_add_epi32(ih[i][0], ih[i][1]));
+        const __m512 low = _mm512_cvtepi32_ps(_mm512_add_epi32(il[i][0], il[i][1]));
+        const __m512 xq = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high),
+                                        _mm512_set1_ps(a.step[at]));
+        // sum of x * ((d·sc)·q − dmin·m) = (d·sc) * xq − (dmin·m) * xs
+        acc[i] = _mm512_fmadd_ps(scale, xq, acc[i]);
+        acc[i] = _mm512_fnmadd_ps(minimum, _mm512_set1_ps(a.sum[at]), acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out + (r0 + i) * n, acc[i]);
+}
+
 // The AVX2 path's split: split_row's arithmetic, a value at a time.
 __attribute__((target("avx2,fma"))) void split_row_avx2(
     const float* x, int64_t k, int8_t* high, int8_t* low, float* step, float* sum) {
@@ -211,6 +274,61 @@ __attribute__((target("avx2,fma"))) void block_rows_avx2(
         const __m256 xs = _mm256_set1_ps(a.sum[at]);
         acc[i] = _mm256_fmadd_ps(scale, _mm256_fnmadd_ps(_mm256_set1_ps(8.f), xs, xq), acc[i]);
         acc[i] = _mm256_fmadd_ps(zero, xs, acc[i]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + (r0 + i) * n + half * 8, acc[i]);
+  }
+}
+
+
+// q4k_block_rows with AVX2, a half block (8 weight rows) per pass, as block_rows_avx2 (F16C for d).
+template <int MR>
+__attribute__((target("avx2,fma,f16c"))) void q4k_block_rows_avx2(
+    const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  const int64_t groups = k / GROUP;
+  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[MR];
+    for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+    const uint8_t* ws = w;
+    for (int64_t s = 0; s < groups / SUPER_GROUPS; ++s, ws += Q4K_BLOCK) {
+      const uint8_t* meta = ws + SUPER_GROUPS * 256;
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + half * 16)));
+      const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + 32 + half * 16)));
+      for (int64_t j = 0; j < SUPER_GROUPS; ++j) {
+        const int64_t g = s * SUPER_GROUPS + j;
+        const uint8_t* wg = ws + j * 256;
+        __m256i ih[MR], il[MR];
+        for (int i = 0; i < MR; ++i) ih[i] = il[i] = _mm256_setzero_si256();
+        for (int p = 0; p < 4; ++p) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + p * 64 + half * 32));
+          const __m256i lo = _mm256_and_si256(v, nibble);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+          for (int i = 0; i < MR; ++i) {
+            const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
+            const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
+            int32_t h0, h1, l0, l1;
+            std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
+            ih[i] = _mm256_add_epi16(ih[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(h0)),
+                                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(h1))));
+            il[i] = _mm256_add_epi16(il[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(l0)),
+                                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(l1))));
+          }
+        }
+        const uint8_t* sm = ws + SUPER_GROUPS * 256 + 64 + j * 32 + half * 8;
+        const __m256 scale = _mm256_mul_ps(
+            d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm)))));
+        const __m256 minimum = _mm256_mul_ps(
+            dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 16)))));
+        for (int i = 0; i < MR; ++i) {
+          const int64_t at = (r0 + i) * groups + g;
+          const __m256 high = _mm256_cvtepi32_ps(_mm256_madd_epi16(ih[i], ones));
+          const __m256 low = _mm256_cvtepi32_ps(_mm256_madd_epi16(il[i], ones));
+          const __m256 xq = _mm256_mul_ps(_mm256_fmadd_ps(low, _mm256_set1_ps(1.f / 254.f), high),
+                                          _mm256_set1_ps(a.step[at]));
+          acc[i] = _mm256_fmadd_ps(scale, xq, acc[i]);
+          acc[i] = _mm256_fnmadd_ps(minimum, _mm256_set1_ps(a.sum[at]), acc[i]);
+        }
       }
     }
     for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + (r0 + i) * n + half * 8, acc[i]);
@@ -575,6 +693,10 @@ struct Avx512 {
   static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
     block_rows<MR>(w, a, r0, k, n, out);
   }
+  template <int MR>
+  static void q4k_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+    q4k_block_rows<MR>(w, a, r0, k, n, out);
+  }
   static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
     ::split_whole_row(x, k, h, l, s, hs, ls);
   }
@@ -615,7 +737,7 @@ struct Amx : Avx512 {
 };
 
 struct Avx2 {
-  static constexpr const char* needs = "AVX2 and FMA";
+  static constexpr const char* needs = "AVX2, FMA and F16C";
   static constexpr int rows = 2;  // half AVX-512's: 16 registers, not 32, hold the accumulators
   static bool supported() { return avx2_supported(); }
   static void split_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, float* sum) {
@@ -624,6 +746,10 @@ struct Avx2 {
   template <int MR>
   static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
     block_rows_avx2<MR>(w, a, r0, k, n, out);
+  }
+  template <int MR>
+  static void q4k_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
+    q4k_block_rows_avx2<MR>(w, a, r0, k, n, out);
   }
   static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
     split_whole_row_avx2(x, k, h, l, s, hs, ls);
@@ -673,6 +799,40 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
       int64_t r = tiled;
       for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int4_block<Isa::rows>(wb, a, r, k, n, ob);
       for (; r < m; ++r) Isa::template int4_block<1>(wb, a, r, k, n, ob);
+    }
+  });
+  return out;
+}
+
+
+// x [M, K] times a weight in Q4_K's layout (SUPER_GROUPS, Q4K_BLOCK): no AMX tiles (an AMX CPU
+// runs the AVX-512 op).
+template <class Isa>
+at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  TORCH_CHECK(Isa::supported(), "lmpipe::q4k_mm needs ", Isa::needs);
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "packed: contiguous uint8");
+  const int64_t m = x.size(0), k = x.size(1), groups = k / GROUP;
+  TORCH_CHECK(k % (GROUP * SUPER_GROUPS) == 0 && n % ROWS == 0, "K must be a multiple of 256 and N of 16");
+  TORCH_CHECK(packed.numel() == n / ROWS * (groups / SUPER_GROUPS) * Q4K_BLOCK, "packed does not hold an [N, K] weight");
+  at::Tensor out = at::empty({m, n}, x.options());
+  Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(m * groups),
+          std::vector<float>(m * groups), {}};
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      Isa::split_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, a.step.data() + r * groups,
+                     a.sum.data() + r * groups);
+  });
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const uint8_t* wb = w + b * (groups / SUPER_GROUPS) * Q4K_BLOCK;
+      float* ob = o + b * ROWS;
+      int64_t r = 0;
+      for (; r + Isa::rows <= m; r += Isa::rows) Isa::template q4k_block<Isa::rows>(wb, a, r, k, n, ob);
+      for (; r < m; ++r) Isa::template q4k_block<1>(wb, a, r, k, n, ob);
     }
   });
   return out;
@@ -776,6 +936,8 @@ TORCH_LIBRARY(lmpipe, m) {
   m.def("attend_one_avx2(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
   m.def("int4_mm_amx(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("int8_mm_amx(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("q4k_mm(Tensor x, Tensor packed, int n) -> Tensor");
+  m.def("q4k_mm_avx2(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("amx_built() -> bool");  // whether the compiler built the AMX ops (lmpipe.models.kernels.vnni)
 }
 
@@ -788,6 +950,8 @@ TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
   m.impl("attend_one_avx2", &attend_one<Avx2>);
   m.impl("int4_mm_amx", &int4_mm<Amx>);
   m.impl("int8_mm_amx", &int8_mm<Amx>);
+  m.impl("q4k_mm", &q4k_mm<Avx512>);
+  m.impl("q4k_mm_avx2", &q4k_mm<Avx2>);
 }
 
 TORCH_LIBRARY_IMPL(lmpipe, CompositeExplicitAutograd, m) {

@@ -49,6 +49,7 @@ from ..device import cpuinfo
 
 GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
+Q4K_BLOCK = 8 * 256 + 64 + 8 * 32  # bytes per 16 rows and 256 columns of Q4_K's layout (vnni.cpp)
 SOURCE = Path(__file__).with_name("vnni.cpp")
 # built with it: a GGUF's blocks into lmpipe's formats, and int4's packing (torch.ops.lmpipe.gguf_int4, ...)
 SOURCES = (SOURCE, Path(__file__).with_name("gguf_blocks.cpp"))
@@ -58,6 +59,9 @@ ISAS = {"amx": ("amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512_vnni"),
         "avx512": ("avx512f", "avx512bw", "avx512_vnni"), "avx2": ("avx2", "fma")}
 CPU_FLAGS = ISAS["avx512"]
 OP_SUFFIX = {"amx": "_amx", "avx512": "", "avx2": "_avx2"}  # torch.ops.lmpipe's names per instruction set
+# ops an AMX CPU runs as AVX-512's: attention's one query per row leaves tiles nothing to do, and
+# Q4_K's layout has no tile code (yet)
+NO_AMX_OP = ("attend_one", "q4k_mm")
 # amx, avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
 ISA_ENV = "LMPIPE_KERNEL_ISA"
 
@@ -184,10 +188,14 @@ def _build() -> None:
         def _(x, packed, scales):
             return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
 
-        if suffix != "_amx":  # attention has no AMX op: amx runs avx512's (_op)
+        if suffix != "_amx":  # attention and Q4_K have no AMX op: amx runs avx512's (_op)
             @torch.library.register_fake(f"lmpipe::attend_one{suffix}")
             def _(q, k, v, mask):
                 return torch.empty_like(q)
+
+            @torch.library.register_fake(f"lmpipe::q4k_mm{suffix}")
+            def _(x, packed, n):
+                return x.new_empty(x.shape[0], n)
 
     _built = True
 
@@ -236,7 +244,7 @@ def _op(name: str, isa: str | None) -> Any:
     import torch
 
     isa = isa or selected or "avx2"
-    if name == "attend_one" and isa == "amx":  # one query per row: nothing for tiles to do
+    if name in NO_AMX_OP and isa == "amx":
         isa = "avx512"
     return getattr(torch.ops.lmpipe, name + OP_SUFFIX[isa])
 
@@ -265,6 +273,19 @@ def int4_pack_pairs(values: Any, scales: Any, zeros: Any) -> Any:
     import torch
 
     return torch.ops.lmpipe.int4_pack_pairs(values.contiguous(), scales.contiguous(), zeros.contiguous())
+
+
+def q4k_pack(values: Any, dm: Any, scm: Any) -> Any:
+    """q4k_mm's layout (vnni.cpp's Q4K_BLOCK) of a q4k weight (lmpipe.models.quantize.QuantizedWeight):
+    its portable bytes, float16 (d, dmin) per super-block and (sc, m) per group."""
+    import torch
+
+    return torch.ops.lmpipe.q4k_pack(values.contiguous(), dm.contiguous(), scm.contiguous())
+
+
+def q4k_product(x: Any, packed: Any, out_features: int, isa: str | None = None) -> Any:
+    """x [M, K] times a weight packed by q4k_pack: float32 [M, N]."""
+    return _op("q4k_mm", isa)(x.float().contiguous(), packed, out_features)
 
 
 def int4_product(x: Any, packed: Any, out_features: int, isa: str | None = None) -> Any:
