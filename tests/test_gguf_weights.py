@@ -12,12 +12,13 @@ import pytest
 from tiny_gguf import Q4_K_M, encode, write_tiny_llama_gguf
 
 from lmpipe.models import gguf
+from lmpipe.models.gguf_weights import q4k_runs
 from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
-Q4_K_MODE = "q4k" if vnni.available() else "int4"  # on its own scales where lmpipe's kernels run
+Q4_K_MODE = "q4k" if q4k_runs() else "int4"  # on its own scales where lmpipe's kernels run (without AMX)
 # Bounds, relative (Frobenius) to the product with the file's dequantized weight, of one layer's
 # product: int4 keeps the file's values but its scale and zero in bfloat16 (measured ~1.7e-3);
 # int8 types are int8 per output row (measured ~8e-3).

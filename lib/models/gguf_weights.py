@@ -4,9 +4,9 @@ llama.cpp runs a GGUF's blocks as they are. lmpipe maps each tensor type onto a 
 kernels take (lmpipe.models.quantize.QuantizedWeight), a row chunk at a time, so a load holds
 the file's mapping and the packed layers, never the float32 model, in memory or on disk:
 
-- Q4_K runs on its own scales where lmpipe's kernels run (QuantizedWeight's q4k, q4k_mm): the
-  file's float16 d and dmin and 6-bit scales and minimums, weight = (d·sc)·q − dmin·m, so a
-  weight is the file's exactly, at 4.625 bits (Q4_K's 4.5 and 16 row-major bytes a block).
+- Q4_K runs on its own scales where lmpipe's kernels run without AMX (q4k_runs; QuantizedWeight's
+  q4k, q4k_mm): the file's float16 d and dmin and 6-bit scales and minimums, weight =
+  (d·sc)·q − dmin·m, so a weight is the file's exactly, at 4.625 bits (Q4_K's 4.5).
 - Q4_0, Q4_1 (and Q4_K elsewhere, and as an untied embedding) are groups of 32 weights with a
   scale and a minimum: int4's own groups. Q4_K's super-block of 256 is eight such groups,
   weight = d·sc·q − dmin·m, which is int4's (q − 8)·scale + zero with scale = d·sc and
@@ -153,6 +153,15 @@ def _built() -> bool:
     from .kernels import vnni
 
     return vnni.available()
+
+
+def q4k_runs() -> bool:
+    """Whether a GGUF's Q4_K tensors run on their own scales (q4k) here: where lmpipe's kernels run,
+    except on a CPU with AMX, whose tiles carry int4's prompts and batches (1.5x its VNNI code)
+    and have no q4k code yet; there Q4_K runs as int4, as on a CPU without lmpipe's kernels."""
+    from .kernels import vnni
+
+    return vnni.available() and vnni.selected != "amx"
 
 
 def _tensor(array: Any) -> Any:
@@ -303,10 +312,11 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         linear = linears.get(owner) if owner is not None else None
         mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
                 "int8" if kind in INT4_TYPES + INT8_TYPES else None)
-        if mode == "int4" and kind == "Q4_K" and linear is not None and quantizable(linear, "q4k") and _built():
+        if mode == "int4" and kind == "Q4_K" and linear is not None and quantizable(linear, "q4k") and q4k_runs():
             mode = "q4k"  # on its own scales: the file's values, and its size
         if owner is not None and linear is not None and mode is not None and quantizable(linear, mode):
-            convert = {"int4": partial(int4_weight, kind), "q4k": q4k_weight, "int8": partial(int8_weight, kind)}
+            convert: dict[str, Callable[[Any, Any], QuantizedWeight]] = {
+                "int4": partial(int4_weight, kind), "q4k": q4k_weight, "int8": partial(int8_weight, kind)}
             weights[owner] = convert[mode](tensor.data, order)
             ran.setdefault(kind, Counter())[mode] += 1
             continue

@@ -7,7 +7,9 @@ file of lmpipe's own, and later loads map that file instead of packing again.
 The layout is lmpipe's own and documented, never a library's: `packed.bin` holds each layer's
 buffers one after another, each at a multiple of ALIGN bytes (the kernels' aligned loads),
 as lmpipe.models.kernels.vnni lays them out (int4_pack: blocks of 16 rows, each group's
-nibbles then its 16 bfloat16 scales and zeros; int8_pack: [N/16, K/4, 16, 4] bytes, each
+nibbles then its 16 bfloat16 scales and zeros; q4k_pack: blocks of 16 rows and 256 columns,
+8 groups' nibbles, the rows' float16 d and dmin, each group's 6-bit scales and minimums as
+bytes; int8_pack: [N/16, K/4, 16, 4] bytes, each
 value plus 128, with float32 scales per row), then the layers' biases and every other tensor
 of the model (norms, float layers). `index.json` names, for each packed layer, its mode,
 shape, buffers (offset, dtype, shape), its first block's checksum and where it goes in the
