@@ -183,4 +183,11 @@ def test_quantized_layers_give_the_tokens_of_transformers_forward_over_the_same_
     quantize(model, mode)
     expected = ours(model, tokenizer, PROMPTS, 12, Decoding("dynamic"))
     got = ours(model, tokenizer, PROMPTS, 12, Decoding("fast"))
-    assert got == expected and all(got)
+    assert all(got) and [len(row) for row in got] == [len(row) for row in expected]
+    for prompt, want, have in zip(PROMPTS, expected, got, strict=True):
+        if have != want:  # only where two tokens tie within float order: the rest of the row may then differ
+            at = next(i for i, (a, b) in enumerate(zip(want, have, strict=True)) if a != b)
+            logits = model(torch.tensor([tokenizer(prompt).input_ids + want[:at]])).logits[0, -1].float()
+            gap = abs(float(logits[want[at]] - logits[have[at]]))
+            # seen: smollm3 int8 on an AMD EPYC, 6.08917 against 6.08933 at the 12th token
+            assert gap < 1e-4 * float(logits.abs().max()), (prompt, at, want[at], have[at], gap)

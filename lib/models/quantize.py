@@ -117,7 +117,8 @@ class QuantizedWeight:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Any], prefix: str) -> QuantizedWeight:
-        """The weight saved under `prefix`; its values' dtype says its mode (int8, or uint8 for int4's pairs)."""
+        """The weight saved under `prefix`; its dtypes say its mode (int8 values; uint8 pairs with float16
+        scales for q4k, with bfloat16 ones for int4)."""
         import torch
 
         values, scales = tensors[f"{prefix}.qvalues"], tensors[f"{prefix}.qscales"]

@@ -10,7 +10,8 @@ kind are not in its PyPI wheel, so lmpipe carries its own: short C++ kernels for
 instruction sets, on the same packed layouts, compiled with torch's extension builder into
 lmpipe's cache the first time a quantized model loads (once per source and torch version), and
 registered as torch.ops.lmpipe.int4_mm and int8_mm (AVX-512 VNNI) and int4_mm_avx2 and
-int8_mm_avx2, so a compiled decode step calls them like any torch operator. With AMX-INT8
+int8_mm_avx2 (and q4k_mm, q4k_mm_avx2 for a GGUF's Q4_K on its own scales), so a compiled
+decode step calls them like any torch operator. With AMX-INT8
 (Sapphire Rapids and later), int4_mm_amx and int8_mm_amx multiply each whole block of 16
 activation rows in AMX's tiles (one instruction: 16 rows by 16 outputs by 64 bytes), and a last,
 partial block padded with zero rows where it holds enough rows, else with the VNNI code: the
@@ -30,9 +31,10 @@ The instruction set is the best the CPU has (`isa`); LMPIPE_KERNEL_ISA=avx2 (or 
 none) forces one, so the AVX2 path runs, and is tested, on AVX-512 machines too. Which one
 multiplies each range of row counts is then measured (lmpipe.models.kernels.choice). Where the CPU
 has neither, or no C++ compiler is found, `available()` says no (and `reason` why) and the
-layers keep torch's kernels. Both packed layouts are lmpipe's own, made from the portable values
-at load time by the same build (gguf_blocks.cpp, which also turns a GGUF's blocks into those
-values); only lmpipe.models.packed_cache keeps them, in a file of its own documented format.
+layers keep torch's kernels. The packed layouts (int4's, q4k's, int8's) are lmpipe's own, made
+from the portable values at load time by the same build (gguf_blocks.cpp, which also turns a
+GGUF's blocks into those values); only lmpipe.models.packed_cache keeps them, in a file of its
+own documented format.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
 Q4K_BLOCK = 8 * 256 + 64 + 8 * 32  # bytes per 16 rows and 256 columns of Q4_K's layout (vnni.cpp)
 SOURCE = Path(__file__).with_name("vnni.cpp")
-# built with it: a GGUF's blocks into lmpipe's formats, and int4's packing (torch.ops.lmpipe.gguf_int4, ...)
+# built with it: a GGUF's blocks into lmpipe's formats, and every packing (torch.ops.lmpipe.gguf_int4, ...)
 SOURCES = (SOURCE, Path(__file__).with_name("gguf_blocks.cpp"))
 # The instruction sets the kernels are built for, best first, with the CPU flags each needs.
 # amx's ops are avx512's with AMX tiles for blocks of 16 rows.
