@@ -1,12 +1,12 @@
 // A GGUF's blocks turned into lmpipe's formats at load time (lmpipe.models.gguf_weights), and
-// int4's portable values packed for int4_mm (lmpipe.models.quantize.pack): the same values
-// as the numpy code beside them, bit for bit, written straight into the result. numpy's
-// version makes several whole-tensor temporaries per step and runs on one thread; for a 1B
-// model it was most of a first load.
+// the portable values packed for vnni.cpp's ops (lmpipe.models.quantize.pack): the same values
+// as the numpy code they replace, bit for bit, written straight into the result. numpy's
+// version made several whole-tensor temporaries per step on one thread; for a 1B model it
+// was most of a first load.
 //
-// Plain scalar C++ for any x86-64 (the compiler vectorizes it): nothing here needs an
-// instruction set of its own, and without FMA in the target no product-and-sum is fused, so
-// every float is rounded where numpy rounds it.
+// Plain scalar C++ (the compiler vectorizes it), for any x86-64 except the int8 conversion's
+// loops, compiled for AVX2 (which every CPU lmpipe's kernels run on has). No target includes
+// FMA, so no product-and-sum is fused: every float is rounded where numpy rounds it.
 //
 // torch.ops.lmpipe.gguf_int4(blocks, order, kind): Q4_0, Q4_1 or Q4_K rows (uint8 [rows, bytes],
 //   row i of the result being the file's row order[i]) as int4's portable layout: values uint8
