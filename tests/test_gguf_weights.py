@@ -148,7 +148,7 @@ def test_greedy_tokens_equal_transformers_on_the_dequantized_file(files, kind):
     assert not any(isinstance(m, torch.nn.Linear) for m in lm.model.modules()) or kind == "F16"
 
 
-@pytest.mark.parametrize(("file", "kind", "mode", "bound"), [("Q4_K_M-untied", "Q4_K", "int4", INT4_PRODUCT_BOUND),
+@pytest.mark.parametrize(("file", "kind", "mode", "bound"), [("Q4_K_M-untied", "Q4_K", Q4_K_MODE, INT4_PRODUCT_BOUND),
                                                              ("Q6_K-untied", "Q6_K", "int8", INT8_PRODUCT_BOUND)])
 def test_an_untied_embedding_stays_the_files_blocks_and_is_looked_up_from_them(files, file, kind, mode, bound):
     import torch

@@ -7,7 +7,7 @@ the file's mapping and the packed layers, never the float32 model, in memory or 
 - Q4_K runs on its own scales where lmpipe's kernels run without AMX (q4k_runs; QuantizedWeight's
   q4k, q4k_mm): the file's float16 d and dmin and 6-bit scales and minimums, weight =
   (d·sc)·q − dmin·m, so a weight is the file's exactly, at 4.625 bits (Q4_K's 4.5).
-- Q4_0, Q4_1 (and Q4_K elsewhere, and as an untied embedding) are groups of 32 weights with a
+- Q4_0, Q4_1 (and Q4_K elsewhere) are groups of 32 weights with a
   scale and a minimum: int4's own groups. Q4_K's super-block of 256 is eight such groups,
   weight = d·sc·q − dmin·m, which is int4's (q − 8)·scale + zero with scale = d·sc and
   zero = 8·d·sc − dmin·m. The int4 format keeps scale and zero in bfloat16 (the kernels read
@@ -306,7 +306,8 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         if owner == embedding and tied:
             owner = head  # a tied model's head: install looks the embedding up from its int8 values
         if owner == embedding and keeps_table and order is not None and kind in INT4_TYPES + INT8_TYPES:
-            table = (int4_weight if kind in INT4_TYPES else int8_weight)(kind, tensor.data, order)
+            table = (q4k_weight(tensor.data, order) if kind == "Q4_K" and q4k_runs() else
+                     (int4_weight if kind in INT4_TYPES else int8_weight)(kind, tensor.data, order))
             ran.setdefault(kind, Counter())[table.mode] += 1
             continue
         linear = linears.get(owner) if owner is not None else None

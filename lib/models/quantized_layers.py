@@ -209,7 +209,7 @@ class QuantizedEmbedding(nn.Module):
 
 class PortableEmbedding(nn.Module):
     """An untied model's input embedding kept in QuantizedWeight's portable layout (a GGUF's Q4_K
-    token_embd as int4, its Q6_K as int8): each row looked up is dequantized as the weight defines
+    token_embd as q4k or int4, its Q6_K as int8): each row looked up is dequantized as the weight defines
     it. For a large vocabulary (Llama 3's 128k rows), a float32 copy would be the model's largest
     tensor."""
 
