@@ -106,6 +106,27 @@ def test_q4_k_on_its_own_scales_is_the_files_values_exactly(rows):
 
 
 @pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
+def test_a_q4k_kernel_that_reads_its_layout_wrong_is_refused_in_one_line(monkeypatch):
+    import numpy as np
+    import torch
+
+    from lmpipe.errors import UsageError
+    from lmpipe.models import gguf_weights as weights
+    from lmpipe.models import quantize
+
+    rng = np.random.default_rng(7)
+    weight = weights.q4k_weight(encode("Q4_K", (rng.standard_normal((32, 1280)) * 0.05).astype(np.float32), 8),
+                                np.arange(32))
+    packed, scales = quantize.pack(weight, vnni=True)
+    monkeypatch.setattr(vnni, "q4k_product", lambda x, packed, n, isa=None: torch.zeros(x.shape[0], n))
+    monkeypatch.setattr(quantize, "_checked", {})
+    with pytest.raises(UsageError, match=r"^a GGUF's q4k tensors: lmpipe's kernel gives wrong products on this CPU "
+                                         r"\(.*; relative error 1 for a 32x1280 weight\); "
+                                         r"LMPIPE_KERNEL_ISA=none runs torch's kernels instead$"):
+        quantize.check_kernel(weight, packed, scales, vnni=True)
+
+
+@pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
 @pytest.mark.parametrize(("kind", "mode"), [*((kind, "int4") for kind in INT4_TYPES),
                                             *((kind, "int8") for kind in INT4_TYPES + INT8_TYPES)])
 def test_the_builds_conversion_gives_numpys_values_bit_for_bit(kind, mode):

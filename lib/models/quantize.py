@@ -312,6 +312,11 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
 def _require_close(weight: QuantizedWeight, whose: str, got: Any, expected: Any, tolerance: float) -> None:
     """A kernel's product against the dequantized weight's: a one-line UsageError naming the CPU when it is off."""
     error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
+    if not error < tolerance and weight.mode not in MODES:  # a GGUF's own format (q4k), not --quantize's
+        raise UsageError(
+            f"a GGUF's {weight.mode} tensors: {whose} kernel gives wrong products on this CPU ({cpu_name()}; "
+            f"relative error {error:.2g} for a {weight.out_features}x{weight.in_features} weight); "
+            f"LMPIPE_KERNEL_ISA=none runs torch's kernels instead")
     if not error < tolerance:
         raise UsageError(
             f"--quantize {weight.mode}: {whose} {weight.mode} kernel gives wrong products on this CPU "
