@@ -50,7 +50,7 @@ def int4_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     import torch
 
     if _built():
-        return QuantizedWeight("int4", *torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order), kind))
+        return QuantizedWeight("int4", *torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order, "int64"), kind))
     return int4_weight_numpy(kind, data, order)
 
 
@@ -59,7 +59,7 @@ def q4k_weight(data: Any, order: Any) -> QuantizedWeight:
     minimums), its rows taken in `order`; by the kernels' build, which q4k runs on."""
     import torch
 
-    return QuantizedWeight("q4k", *torch.ops.lmpipe.gguf_q4k(_tensor(data), _tensor(order)))
+    return QuantizedWeight("q4k", *torch.ops.lmpipe.gguf_q4k(_tensor(data), _tensor(order, "int64")))
 
 
 def int4_weight_numpy(kind: str, data: Any, order: Any) -> QuantizedWeight:
@@ -127,7 +127,7 @@ def int8_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     import torch
 
     if kind in INT4_TYPES + INT8_TYPES and _built():
-        values, scales = torch.ops.lmpipe.gguf_int8(_tensor(data), _tensor(order), kind)
+        values, scales = torch.ops.lmpipe.gguf_int8(_tensor(data), _tensor(order, "int64"), kind)
         return QuantizedWeight("int8", values, scales.to(torch.bfloat16))
     return int8_weight_numpy(kind, data, order)
 
@@ -164,16 +164,15 @@ def q4k_runs() -> bool:
     return vnni.available() and vnni.selected != "amx"
 
 
-def _tensor(array: Any) -> Any:
-    """A torch view of numpy `array` (the file's read-only mapping: the ops only read it)."""
+def _tensor(array: Any, dtype: Any = None) -> Any:
+    """A torch view of numpy `array` (the file's read-only mapping: the ops only read it), or of
+    a contiguous copy of it as `dtype` (a row order, as int64)."""
     import warnings
 
     import numpy as np
     import torch
 
-    array = np.asarray(array)
-    if array.dtype != np.uint8:
-        array = np.ascontiguousarray(array, dtype=np.int64)  # a row order
+    array = np.asarray(array) if dtype is None else np.ascontiguousarray(array, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "not writable": nothing writes through it
         return torch.from_numpy(array)
