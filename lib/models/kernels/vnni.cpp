@@ -109,60 +109,66 @@ void tile_row(Split& a, int64_t r, int64_t k) {
   }
 }
 
-// Outputs of one block of 16 weight rows for activation rows [r0, r0 + MR): each 64 bytes of
-// values are unpacked once and used by every row. Separate accumulators for the low and high
-// nibbles keep the integer dot products' dependency chains short.
+// For one group of 32 columns of a block of 16 weight rows (its 4 x 64 bytes of nibbles at wg)
+// and activation rows [r0, r0 + MR): each row's 16 sums of x·q, from the exact integer sums of
+// both activation parts. Each 64 bytes are unpacked once and used by every row; separate
+// accumulators for the low and high nibbles keep the dot products' dependency chains short.
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void group_products(
+    const uint8_t* wg, const Split& a, int64_t r0, int64_t k, int64_t g, __m512 (&xq)[MR]) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512i ih[MR][2], il[MR][2];
+  for (int i = 0; i < MR; ++i) ih[i][0] = ih[i][1] = il[i][0] = il[i][1] = _mm512_setzero_si512();
+  for (int p = 0; p < 4; ++p) {
+    const __m512i v = _mm512_loadu_si512(wg + p * 64);
+    const __m512i lo = _mm512_and_si512(v, nibble);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+    for (int i = 0; i < MR; ++i) {
+      const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
+      const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
+      int32_t h0, h1, l0, l1;
+      std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
+      ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], lo, _mm512_set1_epi32(h0));
+      ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], hi, _mm512_set1_epi32(h1));
+      il[i][0] = _mm512_dpbusd_epi32(il[i][0], lo, _mm512_set1_epi32(l0));
+      il[i][1] = _mm512_dpbusd_epi32(il[i][1], hi, _mm512_set1_epi32(l1));
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    const __m512 high = _mm512_cvtepi32_ps(_mm512_add_epi32(ih[i][0], ih[i][1]));
+    const __m512 low = _mm512_cvtepi32_ps(_mm512_add_epi32(il[i][0], il[i][1]));
+    xq[i] = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high),
+                          _mm512_set1_ps(a.step[(r0 + i) * (k / GROUP) + g]));
+  }
+}
+
+// Outputs of one block of 16 weight rows for activation rows [r0, r0 + MR).
 template <int MR>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g, w += BLOCK) {
-    __m512i ih[MR][2], il[MR][2];
-    for (int i = 0; i < MR; ++i) ih[i][0] = ih[i][1] = il[i][0] = il[i][1] = _mm512_setzero_si512();
-    for (int p = 0; p < 4; ++p) {
-      const __m512i v = _mm512_loadu_si512(w + p * 64);
-      const __m512i lo = _mm512_and_si512(v, nibble);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-      for (int i = 0; i < MR; ++i) {
-        const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
-        const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
-        int32_t h0, h1, l0, l1;
-        std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
-        ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], lo, _mm512_set1_epi32(h0));
-        ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], hi, _mm512_set1_epi32(h1));
-        il[i][0] = _mm512_dpbusd_epi32(il[i][0], lo, _mm512_set1_epi32(l0));
-        il[i][1] = _mm512_dpbusd_epi32(il[i][1], hi, _mm512_set1_epi32(l1));
-      }
-    }
+    __m512 xq[MR];
+    group_products<MR>(w, a, r0, k, g, xq);
     const __m512 scale = bfloat16s(w + 256), zero = bfloat16s(w + 288);
     for (int i = 0; i < MR; ++i) {
-      const int64_t at = (r0 + i) * groups + g;
-      // sum over the group of x * q, from the exact integer sums of both parts
-      const __m512 high = _mm512_cvtepi32_ps(_mm512_add_epi32(ih[i][0], ih[i][1]));
-      const __m512 low = _mm512_cvtepi32_ps(_mm512_add_epi32(il[i][0], il[i][1]));
-      const __m512 xq = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high),
-                                      _mm512_set1_ps(a.step[at]));
-      const __m512 xs = _mm512_set1_ps(a.sum[at]);
+      const __m512 xs = _mm512_set1_ps(a.sum[(r0 + i) * groups + g]);
       // sum of x * ((q - 8) * scale + zero) = scale * (xq - 8 * xs) + zero * xs
-      acc[i] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(_mm512_set1_ps(8.f), xs, xq), acc[i]);
+      acc[i] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(_mm512_set1_ps(8.f), xs, xq[i]), acc[i]);
       acc[i] = _mm512_fmadd_ps(zero, xs, acc[i]);
     }
   }
   for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out + (r0 + i) * n, acc[i]);
 }
 
-
-
-// block_rows on Q4_K's layout: the same integer sums per group; the epilogue takes each group's
-// scale d·sc and minimum dmin·m (float32 products, as the file's dequantizer makes them).
+// block_rows on Q4_K's layout: the same sums per group; the epilogue takes each group's scale
+// d·sc and minimum dmin·m (float32 products, as the file's dequantizer makes them).
 template <int MR>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_block_rows(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t s = 0; s < groups / SUPER_GROUPS; ++s, w += Q4K_BLOCK) {
@@ -171,38 +177,17 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_block_rows(
     const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(meta + 32)));
     for (int64_t j = 0; j < SUPER_GROUPS; ++j) {
       const int64_t g = s * SUPER_GROUPS + j;
-      const uint8_t* wg = w + j * 256;
-      __m512i ih[MR][2], il[MR][2];
-      for (int i = 0; i < MR; ++i) ih[i][0] = ih[i][1] = il[i][0] = il[i][1] = _mm512_setzero_si512();
-      for (int p = 0; p < 4; ++p) {
-        const __m512i v = _mm512_loadu_si512(wg + p * 64);
-        const __m512i lo = _mm512_and_si512(v, nibble);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-        for (int i = 0; i < MR; ++i) {
-          const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
-          const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
-          int32_t h0, h1, l0, l1;
-          std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
-          ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], lo, _mm512_set1_epi32(h0));
-          ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], hi, _mm512_set1_epi32(h1));
-          il[i][0] = _mm512_dpbusd_epi32(il[i][0], lo, _mm512_set1_epi32(l0));
-          il[i][1] = _mm512_dpbusd_epi32(il[i][1], hi, _mm512_set1_epi32(l1));
-        }
-      }
+      __m512 xq[MR];
+      group_products<MR>(w + j * 256, a, r0, k, g, xq);
       const uint8_t* sm = meta + 64 + j * 32;
       const __m512 scale = _mm512_mul_ps(
           d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sm)))));
       const __m512 minimum = _mm512_mul_ps(
           dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sm + 16)))));
       for (int i = 0; i < MR; ++i) {
-        const int64_t at = (r0 + i) * groups + g;
-        const __m512 high = _mm512_cvtepi32_ps(_mm512_add_epi32(ih[i][0], ih[i][1]));
-        const __m512 low = _mm512_cvtepi32_ps(_mm512_add_epi32(il[i][0], il[i][1]));
-        const __m512 xq = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high),
-                                        _mm512_set1_ps(a.step[at]));
         // sum of x * ((d·sc)·q − dmin·m) = (d·sc) * xq − (dmin·m) * xs
-        acc[i] = _mm512_fmadd_ps(scale, xq, acc[i]);
-        acc[i] = _mm512_fnmadd_ps(minimum, _mm512_set1_ps(a.sum[at]), acc[i]);
+        acc[i] = _mm512_fmadd_ps(scale, xq[i], acc[i]);
+        acc[i] = _mm512_fnmadd_ps(minimum, _mm512_set1_ps(a.sum[(r0 + i) * groups + g]), acc[i]);
       }
     }
   }
@@ -233,46 +218,56 @@ __attribute__((target("avx2,fma"))) inline __m256 bfloat16s_avx2(const uint8_t* 
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
+// group_products with AVX2, for half a block (8 weight rows, `half` 0 or 1). vpmaddubsw multiplies
+// the unsigned nibbles by the signed activations and adds pairs into 16 bits: at most 2 x 15 x
+// 127 per pair, so a whole group's 8 products per lane (4 parts, both nibbles) stay under 32767
+// and go to 32 bits (vpmaddwd) once per group.
+template <int MR>
+__attribute__((target("avx2,fma"), always_inline)) inline void group_products_avx2(
+    const uint8_t* wg, int half, const Split& a, int64_t r0, int64_t k, int64_t g, __m256 (&xq)[MR]) {
+  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256i ih[MR], il[MR];
+  for (int i = 0; i < MR; ++i) ih[i] = il[i] = _mm256_setzero_si256();
+  for (int p = 0; p < 4; ++p) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + p * 64 + half * 32));
+    const __m256i lo = _mm256_and_si256(v, nibble);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+    for (int i = 0; i < MR; ++i) {
+      const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
+      const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
+      int32_t h0, h1, l0, l1;
+      std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
+      ih[i] = _mm256_add_epi16(ih[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(h0)),
+                                                       _mm256_maddubs_epi16(hi, _mm256_set1_epi32(h1))));
+      il[i] = _mm256_add_epi16(il[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(l0)),
+                                                       _mm256_maddubs_epi16(hi, _mm256_set1_epi32(l1))));
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    const __m256 high = _mm256_cvtepi32_ps(_mm256_madd_epi16(ih[i], ones));
+    const __m256 low = _mm256_cvtepi32_ps(_mm256_madd_epi16(il[i], ones));
+    xq[i] = _mm256_mul_ps(_mm256_fmadd_ps(low, _mm256_set1_ps(1.f / 254.f), high),
+                          _mm256_set1_ps(a.step[(r0 + i) * (k / GROUP) + g]));
+  }
+}
+
 // block_rows with AVX2: 8 weight rows (half a block) to a register, so each half of the block
-// takes its own pass. vpmaddubsw multiplies the unsigned nibbles by the signed activations and
-// adds pairs into 16 bits: at most 2 x 15 x 127 per pair, so a whole group's 8 products per lane
-// (4 parts, both nibbles) stay under 32767 and go to 32 bits (vpmaddwd) once per group.
+// takes its own pass.
 template <int MR>
 __attribute__((target("avx2,fma"))) void block_rows_avx2(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
-  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   for (int half = 0; half < 2; ++half) {
     __m256 acc[MR];
     for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
     const uint8_t* wg = w;
     for (int64_t g = 0; g < groups; ++g, wg += BLOCK) {
-      __m256i ih[MR], il[MR];
-      for (int i = 0; i < MR; ++i) ih[i] = il[i] = _mm256_setzero_si256();
-      for (int p = 0; p < 4; ++p) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + p * 64 + half * 32));
-        const __m256i lo = _mm256_and_si256(v, nibble);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-        for (int i = 0; i < MR; ++i) {
-          const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
-          const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
-          int32_t h0, h1, l0, l1;
-          std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
-          ih[i] = _mm256_add_epi16(ih[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(h0)),
-                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(h1))));
-          il[i] = _mm256_add_epi16(il[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(l0)),
-                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(l1))));
-        }
-      }
+      __m256 xq[MR];
+      group_products_avx2<MR>(wg, half, a, r0, k, g, xq);
       const __m256 scale = bfloat16s_avx2(wg + 256 + half * 16), zero = bfloat16s_avx2(wg + 288 + half * 16);
       for (int i = 0; i < MR; ++i) {
-        const int64_t at = (r0 + i) * groups + g;
-        const __m256 high = _mm256_cvtepi32_ps(_mm256_madd_epi16(ih[i], ones));
-        const __m256 low = _mm256_cvtepi32_ps(_mm256_madd_epi16(il[i], ones));
-        const __m256 xq = _mm256_mul_ps(_mm256_fmadd_ps(low, _mm256_set1_ps(1.f / 254.f), high),
-                                        _mm256_set1_ps(a.step[at]));
-        const __m256 xs = _mm256_set1_ps(a.sum[at]);
-        acc[i] = _mm256_fmadd_ps(scale, _mm256_fnmadd_ps(_mm256_set1_ps(8.f), xs, xq), acc[i]);
+        const __m256 xs = _mm256_set1_ps(a.sum[(r0 + i) * groups + g]);
+        acc[i] = _mm256_fmadd_ps(scale, _mm256_fnmadd_ps(_mm256_set1_ps(8.f), xs, xq[i]), acc[i]);
         acc[i] = _mm256_fmadd_ps(zero, xs, acc[i]);
       }
     }
@@ -280,13 +275,11 @@ __attribute__((target("avx2,fma"))) void block_rows_avx2(
   }
 }
 
-
 // q4k_block_rows with AVX2, a half block (8 weight rows) per pass, as block_rows_avx2 (F16C for d).
 template <int MR>
 __attribute__((target("avx2,fma,f16c"))) void q4k_block_rows_avx2(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
-  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   for (int half = 0; half < 2; ++half) {
     __m256 acc[MR];
     for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
@@ -297,37 +290,16 @@ __attribute__((target("avx2,fma,f16c"))) void q4k_block_rows_avx2(
       const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + 32 + half * 16)));
       for (int64_t j = 0; j < SUPER_GROUPS; ++j) {
         const int64_t g = s * SUPER_GROUPS + j;
-        const uint8_t* wg = ws + j * 256;
-        __m256i ih[MR], il[MR];
-        for (int i = 0; i < MR; ++i) ih[i] = il[i] = _mm256_setzero_si256();
-        for (int p = 0; p < 4; ++p) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + p * 64 + half * 32));
-          const __m256i lo = _mm256_and_si256(v, nibble);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-          for (int i = 0; i < MR; ++i) {
-            const int8_t* h = a.high.data() + (r0 + i) * k + g * GROUP + p * 8;
-            const int8_t* l = a.low.data() + (r0 + i) * k + g * GROUP + p * 8;
-            int32_t h0, h1, l0, l1;
-            std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
-            ih[i] = _mm256_add_epi16(ih[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(h0)),
-                                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(h1))));
-            il[i] = _mm256_add_epi16(il[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(l0)),
-                                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(l1))));
-          }
-        }
-        const uint8_t* sm = ws + SUPER_GROUPS * 256 + 64 + j * 32 + half * 8;
+        __m256 xq[MR];
+        group_products_avx2<MR>(ws + j * 256, half, a, r0, k, g, xq);
+        const uint8_t* sm = meta + 64 + j * 32 + half * 8;
         const __m256 scale = _mm256_mul_ps(
             d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm)))));
         const __m256 minimum = _mm256_mul_ps(
             dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 16)))));
         for (int i = 0; i < MR; ++i) {
-          const int64_t at = (r0 + i) * groups + g;
-          const __m256 high = _mm256_cvtepi32_ps(_mm256_madd_epi16(ih[i], ones));
-          const __m256 low = _mm256_cvtepi32_ps(_mm256_madd_epi16(il[i], ones));
-          const __m256 xq = _mm256_mul_ps(_mm256_fmadd_ps(low, _mm256_set1_ps(1.f / 254.f), high),
-                                          _mm256_set1_ps(a.step[at]));
-          acc[i] = _mm256_fmadd_ps(scale, xq, acc[i]);
-          acc[i] = _mm256_fnmadd_ps(minimum, _mm256_set1_ps(a.sum[at]), acc[i]);
+          acc[i] = _mm256_fmadd_ps(scale, xq[i], acc[i]);
+          acc[i] = _mm256_fnmadd_ps(minimum, _mm256_set1_ps(a.sum[(r0 + i) * groups + g]), acc[i]);
         }
       }
     }
