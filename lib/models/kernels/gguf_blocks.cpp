@@ -72,6 +72,21 @@ void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
   }
 }
 
+// A Q4_K block's 128 bytes of nibbles as int4's portable bytes (16 per group of 32) at `out`:
+// groups 2c and 2c + 1 are the low and the high nibbles of the 32 bytes of part c.
+void q4_k_nibbles(const uint8_t* blk, uint8_t* out) {
+  for (int c = 0; c < 4; ++c) {
+    const uint8_t* part = blk + 16 + 32 * c;
+    uint8_t* low = out + 2 * c * 16;
+    uint8_t* high = low + 16;
+    for (int t = 0; t < 16; ++t) {
+      const uint8_t a = part[2 * t], e = part[2 * t + 1];
+      low[t] = static_cast<uint8_t>((a & 0xF) | (e << 4));
+      high[t] = static_cast<uint8_t>((a >> 4) | (e & 0xF0));
+    }
+  }
+}
+
 // One row of Q4_K blocks into portable bytes (16 per group of 32) and float scales and zeros.
 void q4_k_row(const uint8_t* src, int64_t blocks, uint8_t* values, at::BFloat16* scales, at::BFloat16* zeros) {
   for (int64_t b = 0; b < blocks; ++b) {
@@ -84,17 +99,7 @@ void q4_k_row(const uint8_t* src, int64_t blocks, uint8_t* values, at::BFloat16*
       // numpy's order: (8·d)·sc − dmin·m, each product rounded
       zeros[b * 8 + g] = at::BFloat16((8.0f * d) * static_cast<float>(sc) - dmin * static_cast<float>(m));
     }
-    // groups 2c and 2c + 1: the low and the high nibbles of the 32 bytes of part c
-    for (int c = 0; c < 4; ++c) {
-      const uint8_t* part = blk + 16 + 32 * c;
-      uint8_t* low = values + (b * 8 + 2 * c) * 16;
-      uint8_t* high = low + 16;
-      for (int t = 0; t < 16; ++t) {
-        const uint8_t a = part[2 * t], e = part[2 * t + 1];
-        low[t] = static_cast<uint8_t>((a & 0xF) | (e << 4));
-        high[t] = static_cast<uint8_t>((a >> 4) | (e & 0xF0));
-      }
-    }
+    q4_k_nibbles(blk, values + b * 8 * 16);
   }
 }
 
@@ -367,13 +372,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gguf_q4k(const at::Tensor& blocks
   at::Tensor scm = at::empty({rows, k / GROUP, 2}, blocks.options());
   const int64_t* o = order.data_ptr<int64_t>();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<at::BFloat16> scales(k / GROUP), zeros(k / GROUP);  // q4_k_row's, not kept
     for (int64_t i = begin; i < end; ++i) {
       const uint8_t* src = row_of(blocks, o, i);
-      q4_k_row(src, supers, values.data_ptr<uint8_t>() + i * (k / 2), scales.data(), zeros.data());
+      uint8_t* row_values = values.data_ptr<uint8_t>() + i * (k / 2);
       uint8_t* halves = reinterpret_cast<uint8_t*>(dm.data_ptr<at::Half>() + i * supers * 2);
       uint8_t* sm = scm.data_ptr<uint8_t>() + i * (k / GROUP) * 2;
       for (int64_t b = 0; b < supers; ++b) {
+        q4_k_nibbles(src + b * 144, row_values + b * 8 * 16);
         std::memcpy(halves + b * 4, src + b * 144, 4);  // d, dmin
         for (int g = 0; g < 8; ++g) {
           int sc, m;
