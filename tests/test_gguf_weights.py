@@ -118,7 +118,7 @@ def test_a_q4k_kernel_that_reads_its_layout_wrong_is_refused_in_one_line(monkeyp
     weight = weights.q4k_weight(encode("Q4_K", (rng.standard_normal((32, 1280)) * 0.05).astype(np.float32), 8),
                                 np.arange(32))
     packed, scales = quantize.pack(weight, vnni=True)
-    monkeypatch.setattr(vnni, "q4k_product", lambda x, packed, n, isa=None: torch.zeros(x.shape[0], n))
+    monkeypatch.setattr(vnni, "q4k_product", lambda x, packed, n, isa=None, parts=2: torch.zeros(x.shape[0], n))
     monkeypatch.setattr(quantize, "_checked", {})
     with pytest.raises(UsageError, match=r"^a GGUF's q4k tensors: lmpipe's kernel gives wrong products on this CPU "
                                          r"\(.*; relative error 1 for a 32x1280 weight\); "

@@ -46,10 +46,10 @@ def faked(monkeypatch, tmp_path):
     return table, measured, tmp_path / "choices.json"
 
 
-def _load(folder, kernel=None):
+def _load(folder, kernel=None, activations="exact"):
     from lmpipe.models.loading import ModelSettings, load
 
-    return load(ModelSettings(str(folder), quantize="int4", kernel=kernel))
+    return load(ModelSettings(str(folder), quantize="int4", kernel=kernel, activations=activations))
 
 
 @needs_kernel
@@ -95,6 +95,43 @@ def test_kernel_forces_one_for_every_range_without_measuring(tiny_llama_raw, fak
     lm = _load(tiny_llama_raw, kernel="lmpipe-avx2")
     assert lm.identity["kernels"] == dict.fromkeys(("1", "4", "16", "prompt"), "lmpipe-avx2")
     assert not measured and not cache.exists() and "float32" not in capfd.readouterr().err
+
+
+@needs_kernel
+def test_int8_activations_run_every_layer_on_one_part_measured_apart_and_the_manifest_says_so(tiny_llama_raw, faked):
+    from lmpipe.models.quantized_layers import QuantizedLinear
+
+    table, measured, cache = faked
+    for kernel in (*choice.candidates(), *choice.NAMES.values()):
+        table[kernel] = dict.fromkeys(("1", "4", "16", "prompt"), 1.0 if kernel == "lmpipe-amx" else 2.0)
+    exact = _load(tiny_llama_raw)
+    lm = _load(tiny_llama_raw, activations="int8")
+    assert lm.identity["activations"] == "int8" and "activations" not in exact.identity
+    assert "lmpipe-amx" not in json.dumps(lm.identity["kernels"])  # AMX's tiles take two parts
+    keys = json.loads(cache.read_text())
+    assert sum(key.endswith(" activations=int8") for key in keys) == len(keys) // 2 > 0  # each measured apart
+    layers = [m for m in lm.model.modules() if isinstance(m, QuantizedLinear) and m.vnni]
+    assert layers and all(m.parts == 1 for m in layers)
+    layer, twin = layers[0], next(m for m in exact.model.modules() if isinstance(m, QuantizedLinear) and m.vnni)
+    assert twin.parts == 2 and torch.equal(layer.packed, twin.packed)
+    x = torch.randn(5, layer.in_features)
+    difference = float((layer(x) - twin(x)).norm() / twin(x).norm())
+    assert 1e-4 < difference < 3e-2  # 8-bit activations: close to, and not, the exact product
+
+
+def test_int8_activations_without_lmpipes_kernels_are_a_usage_error(tiny_llama_raw):
+    from lmpipe.models.loading import ModelSettings, load
+
+    with pytest.raises(UsageError, match=r"^--activations int8 is for quantized layers on lmpipe's kernels"):
+        load(ModelSettings(str(tiny_llama_raw), activations="int8"))  # float32: no quantized layer
+    with pytest.raises(UsageError, match=r"^--activations must be one of exact, int8$"):
+        ModelSettings(str(tiny_llama_raw), activations="int4")
+
+
+def test_amxs_kernel_forced_with_int8_activations_is_refused_in_one_line(faked, monkeypatch):
+    monkeypatch.setattr(choice, "candidates", lambda: ("lmpipe-amx", "lmpipe-vnni", "float32"))
+    with pytest.raises(UsageError, match=r"^--kernel lmpipe-amx takes exact activations, not --activations int8$"):
+        choice.choose([object()], forced="lmpipe-amx", activations="int8")
 
 
 def test_a_kernel_this_cpu_cannot_run_is_a_usage_error(faked, monkeypatch):

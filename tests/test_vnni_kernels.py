@@ -70,6 +70,59 @@ def test_the_int8_product_is_the_split_products_and_rows_come_back_out_of_the_pa
     assert torch.equal(vnni.int8_rows(packed, ids), weight.values[ids].to(torch.int16))
 
 
+def _weights(mode: str):
+    """A quantized weight of `mode` and its packing for lmpipe's kernels: (weight, packed, scales)."""
+    from lmpipe.models.quantize import pack
+
+    torch.manual_seed(0)
+    if mode == "q4k":
+        import numpy as np
+        from tiny_gguf import encode
+
+        from lmpipe.models import gguf_weights
+
+        rows = (np.random.default_rng(0).standard_normal((48, 512)) * 0.05).astype(np.float32)
+        weight = gguf_weights.q4k_weight(encode("Q4_K", rows, 8), np.arange(48))
+    else:
+        weight = quantize_weight(torch.randn(48, 512) * 0.05, mode)
+    packed, scales = pack(weight, vnni=True)
+    return weight, packed, scales
+
+
+def _eight_bit(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x with each group of `group` values in steps of its largest magnitude / 127, as the kernels'
+    one part (rounding to nearest even, as theirs)."""
+    g = x.reshape(x.shape[0], -1, group)
+    step = g.abs().amax(dim=-1, keepdim=True) / 127
+    inverse = torch.where(step > 0, 1 / step, torch.zeros_like(step))
+    return (torch.round(g * inverse) * step).reshape(x.shape)
+
+
+@each_kernel
+@pytest.mark.parametrize("mode", ["int4", "q4k", "int8"])
+@pytest.mark.parametrize("rows", [1, 3, 9, 17])  # below and past each instruction set's rows per pass
+def test_with_int8_activations_the_product_is_the_eight_bit_activations_product(rows, mode, isa):
+    """--activations int8: each group of 32 activations (int8 weights: each row) in 8 bits, as llama.cpp's
+    Q8 blocks; the weight's scales and offsets as exact as before. The weight's offset part (int4's
+    zero, Q4_K's minimum) meets the activations' float sum, as in the exact kernels."""
+    from lmpipe.models.quantize import QuantizedWeight, product
+
+    if isa == "amx":
+        pytest.skip("one part runs AVX-512 VNNI's code: AMX's tiles take two")
+    weight, packed, scales = _weights(mode)
+    x = torch.randn(rows, 512) * torch.logspace(-2, 2, 512)
+    x[0, :32] = 0  # a group of zeros has no step to scale by
+    offset = QuantizedWeight(mode, torch.zeros_like(weight.values), weight.scales, weight.zeros).dequantized()
+    w = weight.dequantized()
+    x8 = _eight_bit(x, 512 if mode == "int8" else 32)
+    want = x8.double() @ (w - offset).double().t() + x.double() @ offset.double().t()
+    exact = x.double() @ w.double().t()
+    got = product(mode, x, packed, scales, 48, isa, parts=1).double()
+    assert float((got - want).norm() / want.norm()) < 1e-5
+    # and it is not the exact product: 8 bits cost ~1e-2 here, where two parts cost ~1e-5
+    assert 1e-3 < float((got - exact).norm() / exact.norm()) < 3e-2
+
+
 @each_kernel
 @pytest.mark.parametrize("groups", [1, 3])
 def test_one_querys_attention_reads_only_the_unmasked_columns(groups, isa):

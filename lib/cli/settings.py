@@ -51,7 +51,8 @@ def model_settings(o: Options) -> ModelSettings:
 
     return ModelSettings(o["model"], o["device"], o["dtype"], o["attention"], o.get("quantize"),
                          adapters=tuple(Adapter.parse(a) for a in o.get("adapter") or ()), ctx_size=o.get("ctx_size"),
-                         rope_scaling=o.get("rope_scaling"), rope_factor=o.get("rope_factor"), kernel=o.get("kernel"))
+                         rope_scaling=o.get("rope_scaling"), rope_factor=o.get("rope_factor"), kernel=o.get("kernel"),
+                         activations=o.get("activations") or "exact")
 
 
 def decoding(o: Options) -> Decoding:

@@ -15,6 +15,7 @@ from .adapters import Adapter, attach, merge, plain_lora
 from .allocator import returning_freed_memory
 from .device import check_attention, choose_device, choose_dtype
 from .gguf_weights import load_gguf
+from .kernels.choice import ACTIVATIONS, EXACT
 from .processors import is_vision_language, load_processor
 from .quantize import check_mode, choose_kernels, int4_kernel_name
 from .resolve import ModelRef, resolve
@@ -51,6 +52,8 @@ class ModelSettings:
     dequantize: bool = False
     # --kernel: the quantized layers' kernel for every row count (lmpipe.models.kernels.choice)
     kernel: str | None = None
+    # --activations: how lmpipe's quantized kernels take a layer's input (kernels.choice.ACTIVATIONS)
+    activations: str = EXACT
 
     def __post_init__(self) -> None:
         if self.ctx_size is not None and self.ctx_size < 2:
@@ -59,6 +62,8 @@ class ModelSettings:
             raise UsageError(f"--rope-scaling must be one of {', '.join(ROPE_SCALINGS)}")
         if (self.rope_scaling is None) != (self.rope_factor is None):
             raise UsageError("--rope-scaling and --rope-factor go together")
+        if self.activations not in ACTIVATIONS:
+            raise UsageError(f"--activations must be one of {', '.join(ACTIVATIONS)}")
         if self.rope_factor is not None and self.rope_factor <= 1:
             raise UsageError("--rope-factor must be more than 1 (it stretches the trained context)")
 
@@ -117,8 +122,10 @@ def kernel_facts(model: Any, settings: ModelSettings, int4: bool, notify: Callab
     for the manifest, which one multiplies per range of rows and, where int4 layers run, which
     int4 kernel computed them (the kernels round differently)."""
     facts: dict[str, Any] = {}
-    if kernels := choose_kernels(model, settings.kernel, notify):
+    if kernels := choose_kernels(model, settings.kernel, notify, settings.activations):
         facts["kernels"] = kernels
+        if settings.activations != EXACT:  # results differ from exact activations' by ~5e-3 a product
+            facts["activations"] = settings.activations
     if int4:
         facts["int4_kernel"] = int4_kernel_name(model)
     return facts
@@ -264,7 +271,8 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
             # A vision-language model's language model only (LLaVA's Llama, as lolama quantizes it).
             quantize(model, settings.quantize, device, under=language_parts(model) if processor is not None else ())
         ident["quantize"] = settings.quantize
-        ident.update(kernel_facts(model, settings, settings.quantize == "int4", notify))
+    # without quantized layers too: --kernel and --activations are then refused, never ignored
+    ident.update(kernel_facts(model, settings, settings.quantize == "int4", notify))
     ident.update(context_facts(settings))
     ident.update(_adapters(model, settings))
     return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident, processor,

@@ -220,14 +220,16 @@ def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
     return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, INT4_GROUP, scales)
 
 
-def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int, isa: str | None = None) -> Any:
+def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int, isa: str | None = None,
+            parts: int = 2) -> Any:
     """x [M, K] float times a weight packed for lmpipe's kernels: float32 [M, N]. `isa`: which
-    instruction set's (lmpipe.models.kernels.vnni.ISAS; None: the one selected for this CPU)."""
+    instruction set's (lmpipe.models.kernels.vnni.ISAS; None: the one selected for this CPU).
+    `parts`: 2, activations to float32's accuracy; 1, 8-bit activations (--activations int8)."""
     if mode == "int4":
-        return vnni_kernels.int4_product(x, packed, out_features, isa)
+        return vnni_kernels.int4_product(x, packed, out_features, isa, parts)
     if mode == "q4k":
-        return vnni_kernels.q4k_product(x, packed, out_features, isa)
-    return vnni_kernels.int8_product(x, packed, scales, isa)
+        return vnni_kernels.q4k_product(x, packed, out_features, isa, parts)
+    return vnni_kernels.int8_product(x, packed, scales, isa, parts)
 
 
 def refined_top(y: Any, x: Any, values: Any, scales: Any) -> Any:
@@ -362,16 +364,21 @@ def lookup(ids: Any, values: Any, scales: Any, dtype: Any) -> Any:
     return rows.to(dtype) * scales[ids].to(dtype)[..., None]
 
 
-def choose_kernels(model: Any, forced: str | None = None, say: Any = None) -> dict[str, str]:
+def choose_kernels(model: Any, forced: str | None = None, say: Any = None,
+                   activations: str = kernel_choice.EXACT) -> dict[str, str]:
     """Each layer on lmpipe's kernels gets its kernel per range of rows (lmpipe.models.kernels.choice):
-    `forced` (--kernel), or the fastest measured here. Returns the choice per range, for the manifest
-    ({} where no layer runs lmpipe's kernels)."""
+    `forced` (--kernel), or the fastest measured here, taking `activations` as --activations says.
+    Returns the choice per range, for the manifest ({} where no layer runs lmpipe's kernels)."""
     layers = [m for m in model.modules() if getattr(m, "vnni", False)]
     if not layers:
+        why = vnni_kernels.reason or "this model has no layer quantized for them"
         if forced is not None:
-            raise UsageError(f"--kernel {forced}: lmpipe's kernels cannot run here ({vnni_kernels.reason})")
+            raise UsageError(f"--kernel {forced}: lmpipe's kernels cannot run here ({why})")
+        if activations != kernel_choice.EXACT:
+            raise UsageError(f"--activations {activations} is for quantized layers on lmpipe's kernels, "
+                             f"and none run here ({why})")
         return {}
-    return kernel_choice.choose(layers, forced, say)
+    return kernel_choice.choose(layers, forced, say, activations)
 
 
 def int4_kernel_name(model: Any) -> str:

@@ -77,6 +77,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("split_scales", scales.float() if self.split else None, persistent=False)
         self.bias = bias
         self._memo: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self.parts = 2
         self.use_kernels(None)
 
     @classmethod
@@ -94,13 +95,15 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("split_scales", None, persistent=False)
         self.bias = None
         self._memo = None
+        self.parts = 2
         self.use_kernels(None)
         return self
 
-    def use_kernels(self, kernels: dict[str, str] | None) -> None:
+    def use_kernels(self, kernels: dict[str, str] | None, parts: int = 2) -> None:
         """Compute with `kernels` (range of rows -> kernel name, lmpipe.models.kernels.choice) from
-        now on; None: the one instruction set selected for this CPU at every row count."""
-        self.kernels = kernels
+        now on; None: the one instruction set selected for this CPU at every row count. `parts`:
+        lmpipe's kernels' activations, 2 int8 parts (float32's accuracy) or 1 (--activations int8)."""
+        self.kernels, self.parts = kernels, parts
         self.product = self._chosen_product()
 
     def _chosen_product(self) -> Product:
@@ -125,7 +128,7 @@ class QuantizedLinear(nn.Module):
         return partial(self._lmpipe_kernel, isa)
 
     def _lmpipe_kernel(self, isa: str | None, flat: torch.Tensor) -> torch.Tensor:
-        return product(self.mode, flat, self.packed, self.packed_scales, self.out_features, isa)
+        return product(self.mode, flat, self.packed, self.packed_scales, self.out_features, isa, self.parts)
 
     @staticmethod
     def _by_rows(by_range: dict[str, Product], flat: torch.Tensor) -> torch.Tensor:

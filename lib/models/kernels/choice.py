@@ -38,6 +38,14 @@ ISAS = {name: isa for isa, name in NAMES.items()}
 # 1 and 4 rows never turns on noise between two runs of the same code.
 SAME_BELOW = {"lmpipe-amx": ("lmpipe-vnni", 16)}
 KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
+# --activations: how lmpipe's kernels take a layer's input. exact: each value as two int8 parts,
+# float32's accuracy (~1e-5 of a product); int8: one 8-bit part per group of 32 (per row for int8
+# weights), llama.cpp's arithmetic: half the integer work, which is most of a prompt's time on a
+# CPU without AMX, for ~5e-3 of a product.
+EXACT = "exact"
+ACTIVATIONS = (EXACT, "int8")
+PARTS = {EXACT: 2, "int8": 1}
+SUFFIX = {EXACT: "", "int8": " activations=int8"}  # in the cache's keys: measured apart
 REPEATS = 3  # timings per candidate and row count; the best one counts
 # In the cache's name: a new way of timing the candidates measures afresh rather than keep what the
 # old way chose (2: each timed call right after an untimed one of its own, float32 after the
@@ -106,15 +114,15 @@ def _q4k_dequantized(packed: Any, out_features: int) -> Any:
     return w.reshape(out_features, supers * 8 * vnni.GROUP)
 
 
-def runner(name: str, mode: str, packed: Any, scales: Any, out_features: int) -> Callable[[Any], Any]:
-    """x [M, K] -> float32 [M, N] through kernel `name`."""
+def runner(name: str, mode: str, packed: Any, scales: Any, out_features: int, parts: int = 2) -> Callable[[Any], Any]:
+    """x [M, K] -> float32 [M, N] through kernel `name`, its activations in `parts` int8 parts."""
     if name == FLOAT:
         return lambda x: x.float() @ dequantized(mode, packed, scales, out_features).t()
     if mode == "int4":
-        return lambda x: vnni.int4_product(x, packed, out_features, ISAS[name])
+        return lambda x: vnni.int4_product(x, packed, out_features, ISAS[name], parts)
     if mode == "q4k":
-        return lambda x: vnni.q4k_product(x, packed, out_features, ISAS[name])
-    return lambda x: vnni.int8_product(x, packed, scales, ISAS[name])
+        return lambda x: vnni.q4k_product(x, packed, out_features, ISAS[name], parts)
+    return lambda x: vnni.int8_product(x, packed, scales, ISAS[name], parts)
 
 
 def first_rows(layer: Any) -> tuple[Any, Any, int]:
@@ -177,13 +185,20 @@ def _cache_file() -> Path:
     return kernels_dir() / f"torch-{torch.__version__}" / f"choices-{TIMING}-{cpu}.json"
 
 
-def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], None] | None = None) -> dict[str, str]:
+def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], None] | None = None,
+           activations: str = EXACT) -> dict[str, str]:
     """Set each layer's `kernels` (range name -> kernel name): `forced` (--kernel) for every range, else
     the measured fastest per distinct (mode, shape), cached. Returns, per range, the kernels chosen
-    ("+"-joined where layers differ), for the manifest. `say`: told once where float32 runs."""
+    ("+"-joined where layers differ), for the manifest. `say`: told once where float32 runs.
+    `activations` (ACTIVATIONS): how lmpipe's kernels take the activations."""
+    parts = PARTS[activations]
     offered = candidates()
+    if parts == 1:  # AMX's tiles take two parts: with one, an AMX CPU runs its AVX-512 VNNI code
+        offered = tuple(k for k in offered if k != NAMES["amx"])
     if forced is not None and forced not in offered:
-        raise UsageError(f"--kernel {forced} cannot run on this CPU (here: {', '.join(offered)})")
+        raise UsageError(f"--kernel {forced} cannot run on this CPU (here: {', '.join(offered)})"
+                         if parts == 2 or forced != NAMES["amx"] else
+                         f"--kernel {forced} takes exact activations, not --activations {activations}")
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
@@ -194,17 +209,17 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
     for layer in layers:
         # q4k has no AMX code: lmpipe-amx would time lmpipe-vnni's again
         here = [k for k in offered if not (layer.mode == "q4k" and k == NAMES["amx"] and NAMES["avx512"] in offered)]
-        key = f"{layer.mode} {layer.out_features}x{layer.in_features} {','.join(here)}"
+        key = f"{layer.mode} {layer.out_features}x{layer.in_features} {','.join(here)}" + SUFFIX[activations]
         if key not in chosen:
             if forced is not None:
                 chosen[key] = {name: forced for name, _ in RANGES}
             elif isinstance(cached.get(key), dict) and set(cached[key].values()) <= set(here):
                 chosen[key] = cached[key]
             else:
-                runs = {k: runner(k, layer.mode, *first_rows(layer)) for k in here}
+                runs = {k: runner(k, layer.mode, *first_rows(layer), parts) for k in here}
                 chosen[key] = cached[key] = fastest(runs, layer.in_features)
                 measured = True
-        layer.use_kernels(chosen[key])
+        layer.use_kernels(chosen[key], parts)
     if measured:
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f"{path.name}.{os.getpid()}")  # whole or not at all: loads may run side by side

@@ -113,7 +113,7 @@ void tile_row(Split& a, int64_t r, int64_t k) {
 // and activation rows [r0, r0 + MR): each row's 16 sums of x·q, from the exact integer sums of
 // both activation parts. Each 64 bytes are unpacked once and used by every row; separate
 // accumulators for the low and high nibbles keep the dot products' dependency chains short.
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void group_products(
     const uint8_t* wg, const Split& a, int64_t r0, int64_t k, int64_t g, __m512 (&xq)[MR]) {
   const __m512i nibble = _mm512_set1_epi8(0x0F);
@@ -130,20 +130,26 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline voi
       std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
       ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], lo, _mm512_set1_epi32(h0));
       ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], hi, _mm512_set1_epi32(h1));
-      il[i][0] = _mm512_dpbusd_epi32(il[i][0], lo, _mm512_set1_epi32(l0));
-      il[i][1] = _mm512_dpbusd_epi32(il[i][1], hi, _mm512_set1_epi32(l1));
+      if constexpr (PARTS == 2) {
+        il[i][0] = _mm512_dpbusd_epi32(il[i][0], lo, _mm512_set1_epi32(l0));
+        il[i][1] = _mm512_dpbusd_epi32(il[i][1], hi, _mm512_set1_epi32(l1));
+      }
     }
   }
   for (int i = 0; i < MR; ++i) {
     const __m512 high = _mm512_cvtepi32_ps(_mm512_add_epi32(ih[i][0], ih[i][1]));
-    const __m512 low = _mm512_cvtepi32_ps(_mm512_add_epi32(il[i][0], il[i][1]));
-    xq[i] = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high),
-                          _mm512_set1_ps(a.step[(r0 + i) * (k / GROUP) + g]));
+    const __m512 step = _mm512_set1_ps(a.step[(r0 + i) * (k / GROUP) + g]);
+    if constexpr (PARTS == 2) {
+      const __m512 low = _mm512_cvtepi32_ps(_mm512_add_epi32(il[i][0], il[i][1]));
+      xq[i] = _mm512_mul_ps(_mm512_fmadd_ps(low, _mm512_set1_ps(1.f / 254.f), high), step);
+    } else {
+      xq[i] = _mm512_mul_ps(high, step);
+    }
   }
 }
 
 // Outputs of one block of 16 weight rows for activation rows [r0, r0 + MR).
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
@@ -151,7 +157,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g, w += BLOCK) {
     __m512 xq[MR];
-    group_products<MR>(w, a, r0, k, g, xq);
+    group_products<MR, PARTS>(w, a, r0, k, g, xq);
     const __m512 scale = bfloat16s(w + 256), zero = bfloat16s(w + 288);
     for (int i = 0; i < MR; ++i) {
       const __m512 xs = _mm512_set1_ps(a.sum[(r0 + i) * groups + g]);
@@ -165,7 +171,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
 
 // block_rows on Q4_K's layout: the same sums per group; the epilogue takes each group's scale
 // d·sc and minimum dmin·m (float32 products, as the file's dequantizer makes them).
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_block_rows(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
@@ -178,7 +184,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_block_rows(
     for (int64_t j = 0; j < SUPER_GROUPS; ++j) {
       const int64_t g = s * SUPER_GROUPS + j;
       __m512 xq[MR];
-      group_products<MR>(w + j * 256, a, r0, k, g, xq);
+      group_products<MR, PARTS>(w + j * 256, a, r0, k, g, xq);
       const uint8_t* sm = meta + 64 + j * 32;
       const __m512 scale = _mm512_mul_ps(
           d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sm)))));
@@ -222,7 +228,7 @@ __attribute__((target("avx2,fma"))) inline __m256 bfloat16s_avx2(const uint8_t* 
 // the unsigned nibbles by the signed activations and adds pairs into 16 bits: at most 2 x 15 x
 // 127 per pair, so a whole group's 8 products per lane (4 parts, both nibbles) stay under 32767
 // and go to 32 bits (vpmaddwd) once per group.
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx2,fma"), always_inline)) inline void group_products_avx2(
     const uint8_t* wg, int half, const Split& a, int64_t r0, int64_t k, int64_t g, __m256 (&xq)[MR]) {
   const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -239,21 +245,26 @@ __attribute__((target("avx2,fma"), always_inline)) inline void group_products_av
       std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
       ih[i] = _mm256_add_epi16(ih[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(h0)),
                                                        _mm256_maddubs_epi16(hi, _mm256_set1_epi32(h1))));
-      il[i] = _mm256_add_epi16(il[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(l0)),
-                                                       _mm256_maddubs_epi16(hi, _mm256_set1_epi32(l1))));
+      if constexpr (PARTS == 2)
+        il[i] = _mm256_add_epi16(il[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(l0)),
+                                                         _mm256_maddubs_epi16(hi, _mm256_set1_epi32(l1))));
     }
   }
   for (int i = 0; i < MR; ++i) {
     const __m256 high = _mm256_cvtepi32_ps(_mm256_madd_epi16(ih[i], ones));
-    const __m256 low = _mm256_cvtepi32_ps(_mm256_madd_epi16(il[i], ones));
-    xq[i] = _mm256_mul_ps(_mm256_fmadd_ps(low, _mm256_set1_ps(1.f / 254.f), high),
-                          _mm256_set1_ps(a.step[(r0 + i) * (k / GROUP) + g]));
+    const __m256 step = _mm256_set1_ps(a.step[(r0 + i) * (k / GROUP) + g]);
+    if constexpr (PARTS == 2) {
+      const __m256 low = _mm256_cvtepi32_ps(_mm256_madd_epi16(il[i], ones));
+      xq[i] = _mm256_mul_ps(_mm256_fmadd_ps(low, _mm256_set1_ps(1.f / 254.f), high), step);
+    } else {
+      xq[i] = _mm256_mul_ps(high, step);
+    }
   }
 }
 
 // block_rows with AVX2: 8 weight rows (half a block) to a register, so each half of the block
 // takes its own pass.
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx2,fma"))) void block_rows_avx2(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
@@ -263,7 +274,7 @@ __attribute__((target("avx2,fma"))) void block_rows_avx2(
     const uint8_t* wg = w;
     for (int64_t g = 0; g < groups; ++g, wg += BLOCK) {
       __m256 xq[MR];
-      group_products_avx2<MR>(wg, half, a, r0, k, g, xq);
+      group_products_avx2<MR, PARTS>(wg, half, a, r0, k, g, xq);
       const __m256 scale = bfloat16s_avx2(wg + 256 + half * 16), zero = bfloat16s_avx2(wg + 288 + half * 16);
       for (int i = 0; i < MR; ++i) {
         const __m256 xs = _mm256_set1_ps(a.sum[(r0 + i) * groups + g]);
@@ -276,7 +287,7 @@ __attribute__((target("avx2,fma"))) void block_rows_avx2(
 }
 
 // q4k_block_rows with AVX2, a half block (8 weight rows) per pass, as block_rows_avx2 (F16C for d).
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx2,fma,f16c"))) void q4k_block_rows_avx2(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
@@ -291,7 +302,7 @@ __attribute__((target("avx2,fma,f16c"))) void q4k_block_rows_avx2(
       for (int64_t j = 0; j < SUPER_GROUPS; ++j) {
         const int64_t g = s * SUPER_GROUPS + j;
         __m256 xq[MR];
-        group_products_avx2<MR>(ws + j * 256, half, a, r0, k, g, xq);
+        group_products_avx2<MR, PARTS>(ws + j * 256, half, a, r0, k, g, xq);
         const uint8_t* sm = meta + 64 + j * 32 + half * 8;
         const __m256 scale = _mm256_mul_ps(
             d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm)))));
@@ -350,7 +361,7 @@ __attribute__((target("avx2,fma"))) void split_whole_row_avx2(
 
 // 16 outputs (one block of weight rows) for activation rows [r0, r0 + MR). Two accumulators per
 // part (even and odd groups of 4 columns) keep the dot products' dependency chains short.
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
     const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
   __m512i ih[MR][2], il[MR][2];
@@ -364,16 +375,21 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
       std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
       ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], v0, _mm512_set1_epi32(h0));
       ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], v1, _mm512_set1_epi32(h1));
-      il[i][0] = _mm512_dpbusd_epi32(il[i][0], v0, _mm512_set1_epi32(l0));
-      il[i][1] = _mm512_dpbusd_epi32(il[i][1], v1, _mm512_set1_epi32(l1));
+      if constexpr (PARTS == 2) {
+        il[i][0] = _mm512_dpbusd_epi32(il[i][0], v0, _mm512_set1_epi32(l0));
+        il[i][1] = _mm512_dpbusd_epi32(il[i][1], v1, _mm512_set1_epi32(l1));
+      }
     }
   }
   const __m512 scale = _mm512_loadu_ps(scales);
   for (int i = 0; i < MR; ++i) {
     const int64_t r = r0 + i;
     const __m512i high = _mm512_sub_epi32(_mm512_add_epi32(ih[i][0], ih[i][1]), _mm512_set1_epi32(128 * a.high_sum[r]));
-    const __m512i low = _mm512_sub_epi32(_mm512_add_epi32(il[i][0], il[i][1]), _mm512_set1_epi32(128 * a.low_sum[r]));
-    const __m512 sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), _mm512_set1_ps(1.f / 254.f), _mm512_cvtepi32_ps(high));
+    __m512 sum = _mm512_cvtepi32_ps(high);
+    if constexpr (PARTS == 2) {
+      const __m512i low = _mm512_sub_epi32(_mm512_add_epi32(il[i][0], il[i][1]), _mm512_set1_epi32(128 * a.low_sum[r]));
+      sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), _mm512_set1_ps(1.f / 254.f), sum);
+    }
     _mm512_storeu_ps(out + r * n, _mm512_mul_ps(_mm512_mul_ps(sum, _mm512_set1_ps(a.step[r])), scale));
   }
 }
@@ -384,7 +400,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
 // operand and saturates at 16 bits, so, as llama.cpp does, it multiplies each weight's magnitude
 // by the activation carrying the weight's sign (vpsignb): at most 2 x 128 x 127 per pair; the
 // stored values' +128 comes off first, so no activation sums are subtracted here.
-template <int MR>
+template <int MR, int PARTS>
 __attribute__((target("avx2,fma"))) void int8_block_avx2(
     const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
@@ -398,15 +414,19 @@ __attribute__((target("avx2,fma"))) void int8_block_avx2(
       for (int i = 0; i < MR; ++i) {
         int32_t h0, l0;
         std::memcpy(&h0, a.high.data() + (r0 + i) * k + c, 4), std::memcpy(&l0, a.low.data() + (r0 + i) * k + c, 4);
-        const __m256i h = _mm256_sign_epi8(_mm256_set1_epi32(h0), v), l = _mm256_sign_epi8(_mm256_set1_epi32(l0), v);
+        const __m256i h = _mm256_sign_epi8(_mm256_set1_epi32(h0), v);
         ih[i] = _mm256_add_epi32(ih[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, h), ones));
-        il[i] = _mm256_add_epi32(il[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, l), ones));
+        if constexpr (PARTS == 2) {
+          const __m256i l = _mm256_sign_epi8(_mm256_set1_epi32(l0), v);
+          il[i] = _mm256_add_epi32(il[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, l), ones));
+        }
       }
     }
     const __m256 scale = _mm256_loadu_ps(scales + half * 8);
     for (int i = 0; i < MR; ++i) {
       const int64_t r = r0 + i;
-      const __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(il[i]), _mm256_set1_ps(1.f / 254.f), _mm256_cvtepi32_ps(ih[i]));
+      __m256 sum = _mm256_cvtepi32_ps(ih[i]);
+      if constexpr (PARTS == 2) sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(il[i]), _mm256_set1_ps(1.f / 254.f), sum);
       _mm256_storeu_ps(out + r * n + half * 8, _mm256_mul_ps(_mm256_mul_ps(sum, _mm256_set1_ps(a.step[r])), scale));
     }
   }
@@ -657,25 +677,26 @@ void int8_tiles_amx(const uint8_t*, const float*, const RowSplit&, int64_t, int6
 struct Avx512 {
   static constexpr const char* needs = "AVX-512 VNNI";
   static constexpr int rows = 4;  // activation rows per pass over a block of weights
+  static constexpr int rows_one = 8;  // the same with one part: half the accumulators
   static bool supported() { return ::supported(); }
   static void split_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, float* sum) {
     ::split_row(x, k, h, l, s, sum);
   }
-  template <int MR>
+  template <int MR, int PARTS>
   static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
-    block_rows<MR>(w, a, r0, k, n, out);
+    block_rows<MR, PARTS>(w, a, r0, k, n, out);
   }
-  template <int MR>
+  template <int MR, int PARTS>
   static void q4k_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
-    q4k_block_rows<MR>(w, a, r0, k, n, out);
+    q4k_block_rows<MR, PARTS>(w, a, r0, k, n, out);
   }
   static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
     ::split_whole_row(x, k, h, l, s, hs, ls);
   }
-  template <int MR>
+  template <int MR, int PARTS>
   static void int8_block(const uint8_t* w, const float* sc, const RowSplit& a, int64_t r0, int64_t k, int64_t n,
                          float* out) {
-    ::int8_block<MR>(w, sc, a, r0, k, n, out);
+    ::int8_block<MR, PARTS>(w, sc, a, r0, k, n, out);
   }
   static float dot(const float* a, const float* b, int64_t n) { return ::dot(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { ::add_scaled(alpha, x, y, n); }
@@ -711,25 +732,26 @@ struct Amx : Avx512 {
 struct Avx2 {
   static constexpr const char* needs = "AVX2, FMA and F16C";
   static constexpr int rows = 2;  // half AVX-512's: 16 registers, not 32, hold the accumulators
+  static constexpr int rows_one = 4;
   static bool supported() { return avx2_supported(); }
   static void split_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, float* sum) {
     split_row_avx2(x, k, h, l, s, sum);
   }
-  template <int MR>
+  template <int MR, int PARTS>
   static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
-    block_rows_avx2<MR>(w, a, r0, k, n, out);
+    block_rows_avx2<MR, PARTS>(w, a, r0, k, n, out);
   }
-  template <int MR>
+  template <int MR, int PARTS>
   static void q4k_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
-    q4k_block_rows_avx2<MR>(w, a, r0, k, n, out);
+    q4k_block_rows_avx2<MR, PARTS>(w, a, r0, k, n, out);
   }
   static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
     split_whole_row_avx2(x, k, h, l, s, hs, ls);
   }
-  template <int MR>
+  template <int MR, int PARTS>
   static void int8_block(const uint8_t* w, const float* sc, const RowSplit& a, int64_t r0, int64_t k, int64_t n,
                          float* out) {
-    int8_block_avx2<MR>(w, sc, a, r0, k, n, out);
+    int8_block_avx2<MR, PARTS>(w, sc, a, r0, k, n, out);
   }
   static float dot(const float* a, const float* b, int64_t n) { return dot_avx2(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { add_scaled_avx2(alpha, x, y, n); }
@@ -740,17 +762,20 @@ struct Avx2 {
                          float*) {}
 };
 
+// `parts`: 2, the activations split in two int8 parts (float32's accuracy); 1, only the first
+// (8-bit activations per group of 32, as llama.cpp's Q8_0 blocks: half the integer work).
 template <class Isa>
-at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t parts) {
   TORCH_CHECK(Isa::supported(), "lmpipe::int4_mm needs ", Isa::needs);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "packed: contiguous uint8");
+  TORCH_CHECK(parts == 1 || parts == 2, "parts: 1 or 2");
   const int64_t m = x.size(0), k = x.size(1), groups = k / GROUP;
   TORCH_CHECK(k % GROUP == 0 && n % ROWS == 0, "K must be a multiple of 32 and N of 16");
   TORCH_CHECK(packed.numel() == n / ROWS * groups * BLOCK, "packed does not hold an [N, K] weight");
   at::Tensor out = at::empty({m, n}, x.options());
-  // rows multiplied in AMX's tiles, and those with the zero rows that fill their last tile
-  const int64_t tiled = Isa::int4_tiled(m), padded = std::max(m, (tiled + 15) / 16 * 16);
+  // rows multiplied in AMX's tiles (two parts only), and those with the zero rows that fill their last tile
+  const int64_t tiled = parts == 2 ? Isa::int4_tiled(m) : 0, padded = std::max(m, (tiled + 15) / 16 * 16);
   Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(padded * groups),
           std::vector<float>(padded * groups), std::vector<int8_t>((tiled + 15) / 16 * 16 * k * 2)};
   const float* xp = x.data_ptr<float>();
@@ -769,8 +794,13 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
       const uint8_t* wb = w + b * groups * BLOCK;
       float* ob = o + b * ROWS;
       int64_t r = tiled;
-      for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int4_block<Isa::rows>(wb, a, r, k, n, ob);
-      for (; r < m; ++r) Isa::template int4_block<1>(wb, a, r, k, n, ob);
+      if (parts == 1) {
+        for (; r + Isa::rows_one <= m; r += Isa::rows_one) Isa::template int4_block<Isa::rows_one, 1>(wb, a, r, k, n, ob);
+        for (; r < m; ++r) Isa::template int4_block<1, 1>(wb, a, r, k, n, ob);
+      } else {
+        for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int4_block<Isa::rows, 2>(wb, a, r, k, n, ob);
+        for (; r < m; ++r) Isa::template int4_block<1, 2>(wb, a, r, k, n, ob);
+      }
     }
   });
   return out;
@@ -780,10 +810,11 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
 // x [M, K] times a weight in Q4_K's layout (SUPER_GROUPS, Q4K_BLOCK): no AMX tiles (an AMX CPU
 // runs the AVX-512 op).
 template <class Isa>
-at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t parts) {
   TORCH_CHECK(Isa::supported(), "lmpipe::q4k_mm needs ", Isa::needs);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "packed: contiguous uint8");
+  TORCH_CHECK(parts == 1 || parts == 2, "parts: 1 or 2");
   const int64_t m = x.size(0), k = x.size(1), groups = k / GROUP;
   TORCH_CHECK(k % (GROUP * SUPER_GROUPS) == 0 && n % ROWS == 0, "K must be a multiple of 256 and N of 16");
   TORCH_CHECK(packed.numel() == n / ROWS * (groups / SUPER_GROUPS) * Q4K_BLOCK, "packed does not hold an [N, K] weight");
@@ -803,8 +834,13 @@ at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
       const uint8_t* wb = w + b * (groups / SUPER_GROUPS) * Q4K_BLOCK;
       float* ob = o + b * ROWS;
       int64_t r = 0;
-      for (; r + Isa::rows <= m; r += Isa::rows) Isa::template q4k_block<Isa::rows>(wb, a, r, k, n, ob);
-      for (; r < m; ++r) Isa::template q4k_block<1>(wb, a, r, k, n, ob);
+      if (parts == 1) {
+        for (; r + Isa::rows_one <= m; r += Isa::rows_one) Isa::template q4k_block<Isa::rows_one, 1>(wb, a, r, k, n, ob);
+        for (; r < m; ++r) Isa::template q4k_block<1, 1>(wb, a, r, k, n, ob);
+      } else {
+        for (; r + Isa::rows <= m; r += Isa::rows) Isa::template q4k_block<Isa::rows, 2>(wb, a, r, k, n, ob);
+        for (; r < m; ++r) Isa::template q4k_block<1, 2>(wb, a, r, k, n, ob);
+      }
     }
   });
   return out;
@@ -812,17 +848,18 @@ at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
 
 
 template <class Isa>
-at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
+at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t parts) {
   TORCH_CHECK(Isa::supported(), "lmpipe::int8_mm needs ", Isa::needs);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
   TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
                   packed.size(2) == ROWS && packed.size(3) == 4,
               "packed: contiguous uint8 [N/16, K/4, 16, 4]");
+  TORCH_CHECK(parts == 1 || parts == 2, "parts: 1 or 2");
   const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * ROWS;
   TORCH_CHECK(packed.size(1) * 4 == k && k % 8 == 0, "x and packed differ in K, or K is not a multiple of 8");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == n && scales.is_contiguous(), "scales: float32 [N]");
   // rows multiplied in AMX's tiles, and those with the zero rows that fill their last tile
-  const int64_t tiled = Isa::int8_tiled(m), padded = std::max(m, (tiled + 15) / 16 * 16);
+  const int64_t tiled = parts == 2 ? Isa::int8_tiled(m) : 0, padded = std::max(m, (tiled + 15) / 16 * 16);
   at::Tensor out = at::empty({m, n}, x.options());
   // 64 bytes of slack: AMX's tiles read whole 64-byte rows, past the last row where K is not a multiple of 64
   RowSplit a{std::vector<int8_t>(padded * k + 64), std::vector<int8_t>(padded * k + 64), std::vector<float>(padded),
@@ -839,9 +876,15 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
     if (tiled) Isa::int8_tiles(w, sc, a, begin, end, tiled, k, n, o);
     for (int64_t b = begin; b < end; ++b) {
+      const uint8_t* wb = w + b * k * ROWS;
       int64_t r = tiled;
-      for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int8_block<Isa::rows>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
-      for (; r < m; ++r) Isa::template int8_block<1>(w + b * k * ROWS, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+      if (parts == 1) {
+        for (; r + Isa::rows_one <= m; r += Isa::rows_one) Isa::template int8_block<Isa::rows_one, 1>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+        for (; r < m; ++r) Isa::template int8_block<1, 1>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+      } else {
+        for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int8_block<Isa::rows, 2>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+        for (; r < m; ++r) Isa::template int8_block<1, 2>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+      }
     }
   });
   return out;
@@ -900,16 +943,16 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY(lmpipe, m) {
-  m.def("int4_mm(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("int8_mm(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("int4_mm(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
+  m.def("int8_mm(Tensor x, Tensor packed, Tensor scales, int parts=2) -> Tensor");
   m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
-  m.def("int4_mm_avx2(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("int8_mm_avx2(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("int4_mm_avx2(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
+  m.def("int8_mm_avx2(Tensor x, Tensor packed, Tensor scales, int parts=2) -> Tensor");
   m.def("attend_one_avx2(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
-  m.def("int4_mm_amx(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("int8_mm_amx(Tensor x, Tensor packed, Tensor scales) -> Tensor");
-  m.def("q4k_mm(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("q4k_mm_avx2(Tensor x, Tensor packed, int n) -> Tensor");
+  m.def("int4_mm_amx(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
+  m.def("int8_mm_amx(Tensor x, Tensor packed, Tensor scales, int parts=2) -> Tensor");
+  m.def("q4k_mm(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
+  m.def("q4k_mm_avx2(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
   m.def("amx_built() -> bool");  // whether the compiler built the AMX ops (lmpipe.models.kernels.vnni)
 }
 

@@ -183,11 +183,11 @@ def _build() -> None:
 
     for suffix in OP_SUFFIX.values():
         @torch.library.register_fake(f"lmpipe::int4_mm{suffix}")
-        def _(x, packed, n):
+        def _(x, packed, n, parts=2):
             return x.new_empty(x.shape[0], n)
 
         @torch.library.register_fake(f"lmpipe::int8_mm{suffix}")
-        def _(x, packed, scales):
+        def _(x, packed, scales, parts=2):
             return x.new_empty(x.shape[0], packed.shape[0] * ROWS)
 
         if suffix != "_amx":  # attention and Q4_K have no AMX op: amx runs avx512's (_op)
@@ -196,7 +196,7 @@ def _build() -> None:
                 return torch.empty_like(q)
 
             @torch.library.register_fake(f"lmpipe::q4k_mm{suffix}")
-            def _(x, packed, n):
+            def _(x, packed, n, parts=2):
                 return x.new_empty(x.shape[0], n)
 
     _built = True
@@ -285,14 +285,15 @@ def q4k_pack(values: Any, dm: Any, scm: Any) -> Any:
     return torch.ops.lmpipe.q4k_pack(values.contiguous(), dm.contiguous(), scm.contiguous())
 
 
-def q4k_product(x: Any, packed: Any, out_features: int, isa: str | None = None) -> Any:
+def q4k_product(x: Any, packed: Any, out_features: int, isa: str | None = None, parts: int = 2) -> Any:
     """x [M, K] times a weight packed by q4k_pack: float32 [M, N]."""
-    return _op("q4k_mm", isa)(x.float().contiguous(), packed, out_features)
+    return _op("q4k_mm", isa)(x.float().contiguous(), packed, out_features, parts)
 
 
-def int4_product(x: Any, packed: Any, out_features: int, isa: str | None = None) -> Any:
-    """x [M, K] times the packed int4 weight: float32 [M, N]. `isa`: one of ISAS (None: `selected`)."""
-    return _op("int4_mm", isa)(x.float().contiguous(), packed, out_features)
+def int4_product(x: Any, packed: Any, out_features: int, isa: str | None = None, parts: int = 2) -> Any:
+    """x [M, K] times the packed int4 weight: float32 [M, N]. `isa`: one of ISAS (None: `selected`).
+    `parts`: the activations as two int8 parts (float32's accuracy) or one (8-bit, per group of 32)."""
+    return _op("int4_mm", isa)(x.float().contiguous(), packed, out_features, parts)
 
 
 def int8_fits(out_features: int, in_features: int) -> bool:
@@ -323,9 +324,10 @@ def int8_rows(packed: Any, index: Any) -> Any:
     return rows.reshape(*index.shape, -1).to(torch.int16) - 128
 
 
-def int8_product(x: Any, packed: Any, scales: Any, isa: str | None = None) -> Any:
-    """x [M, K] times the packed int8 weight with float32 per-row `scales`: float32 [M, N]."""
-    return _op("int8_mm", isa)(x.float().contiguous(), packed, scales)
+def int8_product(x: Any, packed: Any, scales: Any, isa: str | None = None, parts: int = 2) -> Any:
+    """x [M, K] times the packed int8 weight with float32 per-row `scales`: float32 [M, N]. `parts`:
+    as int4_product's, one part being 8 bits per activation row."""
+    return _op("int8_mm", isa)(x.float().contiguous(), packed, scales, parts)
 
 
 def attend_one(q: Any, k: Any, v: Any, mask: Any, isa: str | None = None) -> Any:
