@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -762,8 +763,21 @@ struct Avx2 {
                          float*) {}
 };
 
-// `parts`: 2, the activations split in two int8 parts (float32's accuracy); 1, only the first
-// (8-bit activations per group of 32, as llama.cpp's Q8_0 blocks: half the integer work).
+// Activation rows [r, m) against one block of weight rows: block(MR, PARTS, first row) for as many
+// rows at a time as the instruction set takes with `parts`, then one at a time. `parts`: 2, the
+// activations split in two int8 parts (float32's accuracy); 1, only the first (8-bit activations,
+// as llama.cpp's Q8 blocks: half the integer work, and half the accumulators, so twice the rows).
+template <class Isa, class Block>
+inline void each_pass(int64_t parts, int64_t r, int64_t m, Block&& block) {
+  auto rows = [&](auto p) {
+    constexpr int step = p.value == 1 ? Isa::rows_one : Isa::rows;
+    for (; r + step <= m; r += step) block(std::integral_constant<int, step>{}, p, r);
+    for (; r < m; ++r) block(std::integral_constant<int, 1>{}, p, r);
+  };
+  if (parts == 1) rows(std::integral_constant<int, 1>{});
+  else rows(std::integral_constant<int, 2>{});
+}
+
 template <class Isa>
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t parts) {
   TORCH_CHECK(Isa::supported(), "lmpipe::int4_mm needs ", Isa::needs);
@@ -793,14 +807,9 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int
     for (int64_t b = begin; b < end; ++b) {
       const uint8_t* wb = w + b * groups * BLOCK;
       float* ob = o + b * ROWS;
-      int64_t r = tiled;
-      if (parts == 1) {
-        for (; r + Isa::rows_one <= m; r += Isa::rows_one) Isa::template int4_block<Isa::rows_one, 1>(wb, a, r, k, n, ob);
-        for (; r < m; ++r) Isa::template int4_block<1, 1>(wb, a, r, k, n, ob);
-      } else {
-        for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int4_block<Isa::rows, 2>(wb, a, r, k, n, ob);
-        for (; r < m; ++r) Isa::template int4_block<1, 2>(wb, a, r, k, n, ob);
-      }
+      each_pass<Isa>(parts, tiled, m, [&](auto mr, auto p, int64_t r) {
+        Isa::template int4_block<mr.value, p.value>(wb, a, r, k, n, ob);
+      });
     }
   });
   return out;
@@ -833,14 +842,9 @@ at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int6
     for (int64_t b = begin; b < end; ++b) {
       const uint8_t* wb = w + b * (groups / SUPER_GROUPS) * Q4K_BLOCK;
       float* ob = o + b * ROWS;
-      int64_t r = 0;
-      if (parts == 1) {
-        for (; r + Isa::rows_one <= m; r += Isa::rows_one) Isa::template q4k_block<Isa::rows_one, 1>(wb, a, r, k, n, ob);
-        for (; r < m; ++r) Isa::template q4k_block<1, 1>(wb, a, r, k, n, ob);
-      } else {
-        for (; r + Isa::rows <= m; r += Isa::rows) Isa::template q4k_block<Isa::rows, 2>(wb, a, r, k, n, ob);
-        for (; r < m; ++r) Isa::template q4k_block<1, 2>(wb, a, r, k, n, ob);
-      }
+      each_pass<Isa>(parts, 0, m, [&](auto mr, auto p, int64_t r) {
+        Isa::template q4k_block<mr.value, p.value>(wb, a, r, k, n, ob);
+      });
     }
   });
   return out;
@@ -877,14 +881,9 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
     if (tiled) Isa::int8_tiles(w, sc, a, begin, end, tiled, k, n, o);
     for (int64_t b = begin; b < end; ++b) {
       const uint8_t* wb = w + b * k * ROWS;
-      int64_t r = tiled;
-      if (parts == 1) {
-        for (; r + Isa::rows_one <= m; r += Isa::rows_one) Isa::template int8_block<Isa::rows_one, 1>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
-        for (; r < m; ++r) Isa::template int8_block<1, 1>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
-      } else {
-        for (; r + Isa::rows <= m; r += Isa::rows) Isa::template int8_block<Isa::rows, 2>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
-        for (; r < m; ++r) Isa::template int8_block<1, 2>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
-      }
+      each_pass<Isa>(parts, tiled, m, [&](auto mr, auto p, int64_t r) {
+        Isa::template int8_block<mr.value, p.value>(wb, sc + b * ROWS, a, r, k, n, o + b * ROWS);
+      });
     }
   });
   return out;
