@@ -116,11 +116,13 @@ class Model:
 
 def load(model: str | None = None, *, device: str = "auto", dtype: str = "auto", attention: str | None = None,
          quantize: str | None = None, cache: str = "auto", compile: bool = False, ctx_size: int | None = None,
-         rope_scaling: str | None = None, rope_factor: float | None = None) -> Model:
+         rope_scaling: str | None = None, rope_factor: float | None = None, kernel: str | None = None,
+         activations: str = "exact") -> Model:
     """Load a model as the tools' --model, --device, --dtype, --attention, --quantize, --cache,
-    --compile, --ctx-size, --rope-scaling and --rope-factor would (None: the embedded default, smollm2)."""
+    --compile, --ctx-size, --rope-scaling, --rope-factor, --kernel and --activations would (None:
+    the embedded default, smollm2)."""
     settings = ModelSettings(model, device, dtype, attention, quantize, ctx_size=ctx_size, rope_scaling=rope_scaling,
-                             rope_factor=rope_factor)
+                             rope_factor=rope_factor, kernel=kernel, activations=activations)
     return Model(load_model(settings), Decoding(cache, compile))
 
 
