@@ -12,13 +12,13 @@ import pytest
 from tiny_gguf import Q4_K_M, encode, write_tiny_llama_gguf
 
 from lmpipe.models import gguf
-from lmpipe.models.gguf_weights import q4k_runs
+from lmpipe.models.gguf_weights import own_scales_run
 from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
 
 INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 INT8_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
-Q4_K_MODE = "q4k" if q4k_runs() else "int4"  # on its own scales where lmpipe's kernels run (without AMX)
+Q4_K_MODE = "q4k" if own_scales_run() else "int4"  # on its own scales where lmpipe's kernels run (without AMX)
 # Bounds, relative (Frobenius) to the product with the file's dequantized weight, of one layer's
 # product: int4 keeps the file's values but its scale and zero in bfloat16 (measured ~1.7e-3);
 # int8 types are int8 per output row (measured ~8e-3).
@@ -102,6 +102,35 @@ def test_q4_k_on_its_own_scales_is_the_files_values_exactly(rows):
     want = x.double() @ reference.double().t()
     for isa in vnni.runnable():  # amx runs avx512's code
         got = vnni.q4k_product(x, packed, 48, isa).double()
+        assert float((got - want).norm() / want.norm()) < EXACT_TOLERANCE / 10, isa
+
+
+@pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
+def test_q4_0_on_its_own_scale_is_the_files_values_exactly_in_its_size(rows):
+    import numpy as np
+    import torch
+
+    from lmpipe.models import gguf_weights as weights
+    from lmpipe.models.kernels import choice
+    from lmpipe.models.quantize import EXACT_TOLERANCE, QuantizedWeight, pack
+
+    rng = np.random.default_rng(6)
+    data = encode("Q4_0", (rng.standard_normal((48, 96)) * 0.05).astype(np.float32), 6)
+    order = rng.permutation(48)
+    reference = weights.gguf_dequantized("Q4_0", data)[torch.from_numpy(order)]
+    weight = weights.q4_0_weight(data, order)
+    assert weight.mode == "q4_0" and torch.equal(weight.dequantized(), reference)  # gguf-py's floats, bit for bit
+    assert weight.scales.dtype == torch.float16 and weight.zeros is None
+    saved = QuantizedWeight.from_tensors(weight.tensors("w"), "w")  # a saved q4_0 is told from q4k by its zeros
+    assert saved.mode == "q4_0" and torch.equal(saved.dequantized(), reference)
+    packed, scales = pack(weight, vnni=True)
+    assert scales is None and packed.numel() * 8 == 48 * 96 * 4.5  # the file's 4.5 bits: its float16 d per 32
+    assert torch.equal(choice.dequantized("q4_0", packed, None, 48), reference)
+    x = torch.randn(rows, 96, generator=torch.Generator().manual_seed(rows))
+    want = x.double() @ reference.double().t()
+    for isa in vnni.runnable():  # amx runs avx512's code
+        got = vnni.q4_0_product(x, packed, 48, isa).double()
         assert float((got - want).norm() / want.norm()) < EXACT_TOLERANCE / 10, isa
 
 

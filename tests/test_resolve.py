@@ -79,9 +79,9 @@ def test_a_tag_names_the_gguf_of_that_type_in_a_cached_repo(tmp_path):
     with pytest.raises(ModelNotFound, match=r"name one by its tag, test/tiny-gguf:TAG \(tags: Q4_K_M, Q8_0\)$"):
         resolve("test/tiny-gguf")
     lm = load(ModelSettings("test/tiny-gguf:Q4_K_M"))
-    from lmpipe.models.gguf_weights import q4k_runs
+    from lmpipe.models.gguf_weights import own_scales_run
 
-    q4_k = "q4k" if q4k_runs() else "int4"  # on its own scales where lmpipe's kernels run (without AMX)
+    q4_k = "q4k" if own_scales_run() else "int4"  # on its own scales where lmpipe's kernels run (without AMX)
     assert lm.identity["model"] == "test/tiny-gguf:Q4_K_M" and lm.identity["gguf_tensors"]["Q4_K"][q4_k] == 14
 
 

@@ -8,9 +8,11 @@ from click.testing import CliRunner
 
 from lmpipe.errors import UsageError
 from lmpipe.models import synthetic
-from lmpipe.models.gguf_weights import q4k_runs
+from lmpipe.models.gguf_weights import own_scales_run
 from lmpipe.models.kernels import vnni
 from lmpipe.models.loading import ModelSettings, load
+
+Q4_0_MODE = "q4_0" if own_scales_run() else "int4"  # on its own scale where lmpipe's kernels run (without AMX)
 
 
 def test_q4_k_blocks_are_valid_and_centred():
@@ -69,7 +71,7 @@ def test_a_written_q4_0_file_gives_transformers_greedy_tokens(written):
     path = written["Q4_0"]
     assert path.parent.name == "synthetic" and synthetic.ensure_synthetic("tiny-llama:Q4_0") == path  # once
     lm = load(ModelSettings(str(path)))
-    assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "Q4_0": {"int4": 14, "int8": 1}}
+    assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "Q4_0": {Q4_0_MODE: 14, "int8": 1}}
     reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
     ids = lm.tokenizer("The quick brown fox", return_tensors="pt").input_ids
     assert lm.model.generate(ids, max_new_tokens=8, do_sample=False).tolist() == \
@@ -79,7 +81,7 @@ def test_a_written_q4_0_file_gives_transformers_greedy_tokens(written):
 def test_a_written_q4_k_m_file_runs_its_mix(written):
     lm = load(ModelSettings(str(written["Q4_K_M"])))
     # 2 layers: layer 1's v and down, and the tied embedding, are Q6_K (llama.cpp's use_more_bits).
-    q4_k = "q4k" if q4k_runs() else "int4"  # on its own scales where lmpipe's kernels run (without AMX)
+    q4_k = "q4k" if own_scales_run() else "int4"  # on its own scales where lmpipe's kernels run (without AMX)
     assert lm.identity["gguf_tensors"] == {"F32": {"float": 5}, "Q4_K": {q4_k: 12}, "Q6_K": {"int8": 3}}
 
 
@@ -108,7 +110,7 @@ def test_a_qwen2_shape_with_biases_runs_mapped_as_packed(tmp_path):
     vocabulary = synthetic.vocabulary_of_tokenizer(train_tokenizer(), CHATML)
     path = synthetic.write_gguf(tmp_path / "qwen2-Q4_0.gguf", shape, "Q4_0", vocabulary)
     first = load(ModelSettings(str(path)))
-    assert first.identity["gguf_tensors"] == {"F32": {"float": 11}, "Q4_0": {"int4": 14, "int8": 1}}
+    assert first.identity["gguf_tensors"] == {"F32": {"float": 11}, "Q4_0": {Q4_0_MODE: 14, "int8": 1}}
     ids = first.tokenizer("The quick brown fox", return_tensors="pt").input_ids
     reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
     assert first.model.generate(ids, max_new_tokens=8, do_sample=False).tolist() == \

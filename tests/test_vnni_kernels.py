@@ -75,14 +75,15 @@ def _weights(mode: str):
     from lmpipe.models.quantize import pack
 
     torch.manual_seed(0)
-    if mode == "q4k":
+    if mode in ("q4k", "q4_0"):
         import numpy as np
         from tiny_gguf import encode
 
         from lmpipe.models import gguf_weights
 
         rows = (np.random.default_rng(0).standard_normal((48, 512)) * 0.05).astype(np.float32)
-        weight = gguf_weights.q4k_weight(encode("Q4_K", rows, 8), np.arange(48))
+        blocks = encode("Q4_K" if mode == "q4k" else "Q4_0", rows, 8)
+        weight = (gguf_weights.q4k_weight if mode == "q4k" else gguf_weights.q4_0_weight)(blocks, np.arange(48))
     else:
         weight = quantize_weight(torch.randn(48, 512) * 0.05, mode)
     packed, scales = pack(weight, vnni=True)
@@ -99,7 +100,7 @@ def _eight_bit(x: torch.Tensor, group: int) -> torch.Tensor:
 
 
 @each_kernel
-@pytest.mark.parametrize("mode", ["int4", "q4k", "int8"])
+@pytest.mark.parametrize("mode", ["int4", "q4k", "q4_0", "int8"])
 @pytest.mark.parametrize("rows", [1, 3, 9, 17])  # below and past each instruction set's rows per pass
 def test_with_int8_activations_the_product_is_the_eight_bit_activations_product(rows, mode, isa):
     """--activations int8: each group of 32 activations (int8 weights: each row) in 8 bits, as llama.cpp's

@@ -4,10 +4,11 @@ llama.cpp runs a GGUF's blocks as they are. lmpipe maps each tensor type onto a 
 kernels take (lmpipe.models.quantize.QuantizedWeight), a row chunk at a time, so a load holds
 the file's mapping and the packed layers, never the float32 model, in memory or on disk:
 
-- Q4_K runs on its own scales where lmpipe's kernels run without AMX (q4k_runs; QuantizedWeight's
-  q4k, q4k_mm): the file's float16 d and dmin and 6-bit scales and minimums, weight =
-  (d·sc)·q − dmin·m, so a weight is the file's exactly, at 4.625 bits (Q4_K's 4.5).
-- Q4_0, Q4_1 (and Q4_K elsewhere) are groups of 32 weights with a
+- Q4_K and Q4_0 run on their own scales where lmpipe's kernels run without AMX (own_scales_run;
+  QuantizedWeight's q4k and q4_0, q4k_mm and q4_0_mm): Q4_K's float16 d and dmin and 6-bit
+  scales and minimums, weight = (d·sc)·q − dmin·m, at 4.625 bits (Q4_K's 4.5); Q4_0's float16
+  d, weight = d·(q − 8), at Q4_0's 4.5 bits. A weight is the file's exactly.
+- Q4_1 (and Q4_0 and Q4_K elsewhere) are groups of 32 weights with a
   scale and a minimum: int4's own groups. Q4_K's super-block of 256 is eight such groups,
   weight = d·sc·q − dmin·m, which is int4's (q − 8)·scale + zero with scale = d·sc and
   zero = 8·d·sc − dmin·m. The int4 format keeps scale and zero in bfloat16 (the kernels read
@@ -52,6 +53,17 @@ def int4_weight(kind: str, data: Any, order: Any) -> QuantizedWeight:
     if _built():
         return QuantizedWeight("int4", *torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order, "int64"), kind))
     return int4_weight_numpy(kind, data, order)
+
+
+def q4_0_weight(data: Any, order: Any) -> QuantizedWeight:
+    """The Q4_0 tensor `data` as it is (QuantizedWeight's q4_0: int4's nibbles and the file's float16
+    d per block of 32), its rows taken in `order`; by the kernels' build, which q4_0 runs on."""
+    import numpy as np
+    import torch
+
+    values, _, _ = torch.ops.lmpipe.gguf_int4(_tensor(data), _tensor(order, "int64"), "Q4_0")
+    d = np.ascontiguousarray(data.reshape(data.shape[0], -1, 18)[order, :, :2]).view(np.float16)
+    return QuantizedWeight("q4_0", values, torch.from_numpy(d.reshape(len(order), -1)))
 
 
 def q4k_weight(data: Any, order: Any) -> QuantizedWeight:
@@ -155,10 +167,21 @@ def _built() -> bool:
     return vnni.available()
 
 
-def q4k_runs() -> bool:
-    """Whether a GGUF's Q4_K tensors run on their own scales (q4k) here: where lmpipe's kernels run,
-    except on a CPU with AMX, whose tiles carry int4's prompts and batches (1.5x its VNNI code)
-    and have no q4k code yet; there Q4_K runs as int4, as on a CPU without lmpipe's kernels."""
+OWN_MODES = {"Q4_K": "q4k", "Q4_0": "q4_0"}  # types run on their own scales where own_scales_run()
+
+
+def _converter(mode: str, kind: str) -> Callable[[Any, Any], QuantizedWeight]:
+    """What turns a `kind` tensor's blocks and row order into a weight of `mode`."""
+    converters: dict[str, Callable[[Any, Any], QuantizedWeight]] = {
+        "int4": partial(int4_weight, kind), "q4k": q4k_weight, "q4_0": q4_0_weight, "int8": partial(int8_weight, kind)}
+    return converters[mode]
+
+
+def own_scales_run() -> bool:
+    """Whether a GGUF's Q4_K and Q4_0 tensors run on their own scales (q4k, q4_0) here: where lmpipe's
+    kernels run, except on a CPU with AMX, whose tiles carry int4's prompts and batches (1.5x its
+    VNNI code) and have no code for those yet; there they run as int4, as on a CPU without
+    lmpipe's kernels."""
     from .kernels import vnni
 
     return vnni.available() and vnni.selected != "amx"
@@ -305,19 +328,19 @@ def load_gguf(auto: Any, path: Path, config: Any, dtype: Any, quantize: str | No
         if owner == embedding and tied:
             owner = head  # a tied model's head: install looks the embedding up from its int8 values
         if owner == embedding and keeps_table and order is not None and kind in INT4_TYPES + INT8_TYPES:
-            table = (q4k_weight(tensor.data, order) if kind == "Q4_K" and q4k_runs() else
-                     (int4_weight if kind in INT4_TYPES else int8_weight)(kind, tensor.data, order))
+            table_mode = (OWN_MODES[kind] if kind in OWN_MODES and own_scales_run() else
+                          "int4" if kind in INT4_TYPES else "int8")
+            table = _converter(table_mode, kind)(tensor.data, order)
             ran.setdefault(kind, Counter())[table.mode] += 1
             continue
         linear = linears.get(owner) if owner is not None else None
         mode = ("int4" if kind in INT4_TYPES and (owner != head or not tied) else
                 "int8" if kind in INT4_TYPES + INT8_TYPES else None)
-        if mode == "int4" and kind == "Q4_K" and linear is not None and quantizable(linear, "q4k") and q4k_runs():
-            mode = "q4k"  # on its own scales: the file's values, and its size
+        own = OWN_MODES.get(kind)
+        if mode == "int4" and own and linear is not None and quantizable(linear, own) and own_scales_run():
+            mode = own  # on its own scales: the file's values, and its size
         if owner is not None and linear is not None and mode is not None and quantizable(linear, mode):
-            convert: dict[str, Callable[[Any, Any], QuantizedWeight]] = {
-                "int4": partial(int4_weight, kind), "q4k": q4k_weight, "int8": partial(int8_weight, kind)}
-            weights[owner] = convert[mode](tensor.data, order)
+            weights[owner] = _converter(mode, kind)(tensor.data, order)
             ran.setdefault(kind, Counter())[mode] += 1
             continue
         if quantized and kind not in INT4_TYPES + INT8_TYPES:

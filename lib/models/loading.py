@@ -17,7 +17,7 @@ from .device import check_attention, choose_device, choose_dtype
 from .gguf_weights import load_gguf
 from .kernels.choice import ACTIVATIONS, EXACT
 from .processors import is_vision_language, load_processor
-from .quantize import check_mode, choose_kernels, int4_kernel_name
+from .quantize import INT4_MODES, check_mode, choose_kernels, int4_kernel_name
 from .resolve import ModelRef, resolve
 
 # One model loads at a time in a process (lm-serve loads its generation and embedding models on
@@ -229,7 +229,7 @@ def _load(settings: ModelSettings, notify: Callable[[str], None]) -> LoadedModel
         if settings.quantize:
             ident["quantize"] = settings.quantize
         # The file's quantized tensors get their kernels as any quantized model's do.
-        int4 = any(mode in kinds for kinds in facts["gguf_tensors"].values() for mode in ("int4", "q4k"))
+        int4 = any(mode in kinds for kinds in facts["gguf_tensors"].values() for mode in INT4_MODES)
         ident.update(kernel_facts(model, settings, int4, notify), **context_facts(settings))
         ident.update(_adapters(model, settings))
         return LoadedModel(ref, model, tokenizer, device, str(dtype).removeprefix("torch."), ident,

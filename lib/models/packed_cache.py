@@ -9,7 +9,8 @@ buffers one after another, each at a multiple of ALIGN bytes (the kernels' align
 as lmpipe.models.kernels.vnni lays them out (int4_pack: blocks of 16 rows, each group's
 nibbles then its 16 bfloat16 scales and zeros; q4k_pack: blocks of 16 rows and 256 columns,
 8 groups' nibbles, the rows' float16 d and dmin, each group's 6-bit scales and minimums as
-bytes; int8_pack: [N/16, K/4, 16, 4] bytes, each
+bytes; q4_0_pack: int4's blocks with the rows' float16 d in place of scales and zeros;
+int8_pack: [N/16, K/4, 16, 4] bytes, each
 value plus 128, with float32 scales per row), then the layers' biases and every other tensor
 of the model (norms, float layers). `index.json` names, for each packed layer, its mode,
 shape, buffers (offset, dtype, shape), its first block's checksum and where it goes in the
@@ -36,7 +37,7 @@ from typing import Any
 from .. import paths
 from .derived import MARKER, cache_key, conversion_info, written_whole
 
-FORMAT = 3  # the layout of packed.bin and index.json; bump on any change to either or to vnni's packing (3: q4k)
+FORMAT = 4  # the layout of packed.bin and index.json; bump on any change to either or to vnni's packing (4: q4_0)
 ALIGN = 64
 SAMPLE_ROWS = 16  # one block of the kernels' layout: the rows each layer is checked on at load
 

@@ -39,9 +39,10 @@ from .kernels import choice as kernel_choice
 from .kernels import vnni as vnni_kernels
 
 MODES = ("int8", "int4")
-# Modes of 4-bit values, two to a byte in int4's portable order: int4, and q4k, a GGUF's Q4_K
-# tensor on its own scales (lmpipe.models.gguf_weights; never a --quantize choice)
-INT4_MODES = ("int4", "q4k")
+# Modes of 4-bit values, two to a byte in int4's portable order: int4, and q4k and q4_0, a GGUF's
+# Q4_K and Q4_0 tensors on their own scales (lmpipe.models.gguf_weights; never a --quantize choice)
+INT4_MODES = ("int4", "q4k", "q4_0")
+OWN_SCALES = ("q4k", "q4_0")  # a GGUF's own formats: only lmpipe's kernels take them
 Q4K_SUPER = 256  # q4k's columns per super-block: one float16 d and dmin per row
 INT4_GROUP = 32
 KERNEL_MAX_ROWS = 8  # bfloat16 int8 kernel: past this many rows the split int8 product is faster (measured)
@@ -66,6 +67,8 @@ class QuantizedWeight:
     q4k (a GGUF's Q4_K as it is): `values` as int4's; `scales` float16 [N, K/256, 2], each
     super-block's d and dmin; `zeros` uint8 [N, K/32, 2], each group's 6-bit scale sc and minimum
     m; weight = (d·sc)·q − dmin·m, the file's own values.
+    q4_0 (a GGUF's Q4_0 as it is): `values` as int4's; `scales` float16 [N, K/32], each group's d;
+    weight = d·(q − 8), the file's own values.
     """
 
     mode: str
@@ -98,6 +101,9 @@ class QuantizedWeight:
             d, dmin = (self.scales[..., i].float().repeat_interleave(groups_per_super, dim=1) for i in (0, 1))
             scale, low = d * self.zeros[..., 0].float(), dmin * self.zeros[..., 1].float()
             return (scale[..., None] * q - low[..., None]).reshape(self.out_features, self.in_features)
+        if self.mode == "q4_0":  # the file's dequantizer's float32 products
+            q = self.int4_values().float().reshape(self.out_features, -1, INT4_GROUP)
+            return ((q - 8) * self.scales.float()[..., None]).reshape(self.out_features, self.in_features)
         groups = self.scales.shape[1]
         q = self.int4_values().float().reshape(self.out_features, groups, -1)
         w = (q - 8) * self.scales.float()[..., None] + self.zeros.float()[..., None]
@@ -118,12 +124,14 @@ class QuantizedWeight:
     @classmethod
     def from_tensors(cls, tensors: dict[str, Any], prefix: str) -> QuantizedWeight:
         """The weight saved under `prefix`; its dtypes say its mode (int8 values; uint8 pairs with float16
-        scales for q4k, with bfloat16 ones for int4)."""
+        scales for q4k, and q4_0 which has no zeros, with bfloat16 ones for int4)."""
         import torch
 
         values, scales = tensors[f"{prefix}.qvalues"], tensors[f"{prefix}.qscales"]
-        mode = "int8" if values.dtype == torch.int8 else "q4k" if scales.dtype == torch.float16 else "int4"
-        return cls(mode, values, scales, tensors.get(f"{prefix}.qzeros"))
+        zeros = tensors.get(f"{prefix}.qzeros")
+        mode = ("int8" if values.dtype == torch.int8 else "int4" if scales.dtype != torch.float16 else
+                "q4_0" if zeros is None else "q4k")
+        return cls(mode, values, scales, zeros)
 
     @classmethod
     def join(cls, parts: list[QuantizedWeight]) -> QuantizedWeight:
@@ -189,9 +197,11 @@ def pack(weight: QuantizedWeight, vnni: bool = False) -> tuple[Any, Any]:
 
     if vnni and weight.mode == "int4":  # the build's op writes the layout straight: no temporaries
         return vnni_kernels.int4_pack_pairs(weight.values, weight.scales, weight.zeros), None
-    if weight.mode == "q4k":  # made only where lmpipe's kernels run (lmpipe.models.gguf_weights)
+    if weight.mode in OWN_SCALES:  # made only where lmpipe's kernels run (lmpipe.models.gguf_weights)
         if not vnni:
-            raise ValueError("a q4k weight runs on lmpipe's kernels only")
+            raise ValueError(f"a {weight.mode} weight runs on lmpipe's kernels only")
+        if weight.mode == "q4_0":
+            return vnni_kernels.q4_0_pack(weight.values, weight.scales), None
         return vnni_kernels.q4k_pack(weight.values, weight.scales, weight.zeros), None
     if vnni:
         return vnni_kernels.int8_pack(weight.values), weight.scales.float()
@@ -229,6 +239,8 @@ def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int, isa:
         return vnni_kernels.int4_product(x, packed, out_features, isa, parts)
     if mode == "q4k":
         return vnni_kernels.q4k_product(x, packed, out_features, isa, parts)
+    if mode == "q4_0":
+        return vnni_kernels.q4_0_product(x, packed, out_features, isa, parts)
     return vnni_kernels.int8_product(x, packed, scales, isa, parts)
 
 
@@ -314,7 +326,7 @@ def check_kernel(weight: QuantizedWeight, packed: Any, scales: Any, vnni: bool =
 def _require_close(weight: QuantizedWeight, whose: str, got: Any, expected: Any, tolerance: float) -> None:
     """A kernel's product against the dequantized weight's: a one-line UsageError naming the CPU when it is off."""
     error = float((got - expected).norm() / expected.norm().clamp(min=1e-12))
-    if not error < tolerance and weight.mode not in MODES:  # a GGUF's own format (q4k), not --quantize's
+    if not error < tolerance and weight.mode not in MODES:  # a GGUF's own format (q4k, q4_0), not --quantize's
         raise UsageError(
             f"a GGUF's {weight.mode} tensors: {whose} kernel gives wrong products on this CPU ({cpu_name()}; "
             f"relative error {error:.2g} for a {weight.out_features}x{weight.in_features} weight); "
@@ -390,7 +402,7 @@ def int4_kernel_name(model: Any) -> str:
 
 def quantizable(linear: Any, mode: str) -> bool:
     """Whether torch's kernel takes this shape: its AVX-512 paths step K by 16 (int8) and N by 16 (int4)."""
-    if mode == "int4":
+    if mode in ("int4", "q4_0"):
         return linear.in_features % INT4_GROUP == 0 and linear.out_features % 16 == 0
     if mode == "q4k":
         return linear.in_features % Q4K_SUPER == 0 and linear.out_features % 16 == 0

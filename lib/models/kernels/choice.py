@@ -80,17 +80,20 @@ def dequantized(mode: str, packed: Any, scales: Any, out_features: int) -> Any:
         return values.float() * scales[:, None]
     if mode == "q4k":
         return _q4k_dequantized(packed, out_features)
+    size = vnni.Q4_0_BLOCK if mode == "q4_0" else 320
     blocks = out_features // vnni.ROWS
-    groups = packed.numel() // (blocks * 320)
-    whole = packed.view(blocks, groups, 320)
+    groups = packed.numel() // (blocks * size)
+    whole = packed.view(blocks, groups, size)
     # byte 4r + c of part p: row r's column 8p + c (low nibble) and 8p + 4 + c (high nibble)
     nibbles = whole[..., :256].reshape(blocks, groups, 4, vnni.ROWS, 4)
     q = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=-2)  # [block, group, part, row, nibble, column]
     q = q.permute(0, 3, 1, 2, 4, 5).reshape(blocks, vnni.ROWS, groups, vnni.GROUP).float()
 
-    def per_row(t):  # [block, group, 16 rows] bfloat16 -> [block, row, group, 1] float32
-        return t.contiguous().view(torch.bfloat16).permute(0, 2, 1)[..., None].float()
+    def per_row(t, dtype=torch.bfloat16):  # [block, group, 16 rows] -> [block, row, group, 1] float32
+        return t.contiguous().view(dtype).permute(0, 2, 1)[..., None].float()
 
+    if mode == "q4_0":  # the 16 rows' float16 d, and no zero
+        return ((q - 8) * per_row(whole[..., 256:288], torch.float16)).reshape(out_features, groups * vnni.GROUP)
     w = (q - 8) * per_row(whole[..., 256:288]) + per_row(whole[..., 288:320])
     return w.reshape(out_features, groups * vnni.GROUP)
 
@@ -122,6 +125,8 @@ def runner(name: str, mode: str, packed: Any, scales: Any, out_features: int, pa
         return lambda x: vnni.int4_product(x, packed, out_features, ISAS[name], parts)
     if mode == "q4k":
         return lambda x: vnni.q4k_product(x, packed, out_features, ISAS[name], parts)
+    if mode == "q4_0":
+        return lambda x: vnni.q4_0_product(x, packed, out_features, ISAS[name], parts)
     return lambda x: vnni.int8_product(x, packed, scales, ISAS[name], parts)
 
 
@@ -207,8 +212,9 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
     chosen: dict[str, dict[str, str]] = {}
     measured = False
     for layer in layers:
-        # q4k has no AMX code: lmpipe-amx would time lmpipe-vnni's again
-        here = [k for k in offered if not (layer.mode == "q4k" and k == NAMES["amx"] and NAMES["avx512"] in offered)]
+        # q4k and q4_0 have no AMX code: lmpipe-amx would time lmpipe-vnni's again
+        here = [k for k in offered
+                if not (layer.mode in ("q4k", "q4_0") and k == NAMES["amx"] and NAMES["avx512"] in offered)]
         key = f"{layer.mode} {layer.out_features}x{layer.in_features} {','.join(here)}" + SUFFIX[activations]
         if key not in chosen:
             if forced is not None:

@@ -22,6 +22,8 @@
 // torch.ops.lmpipe.int8_pack(values): int8_mm's layout, uint8 [N/16, K/4, 16, 4], each value plus 128.
 // torch.ops.lmpipe.gguf_q4k(blocks, order): Q4_K rows as they are, for q4k_mm (QuantizedWeight's
 //   "q4k" mode); q4k_pack(values, dm, scm) lays them out as q4k_mm reads them.
+// torch.ops.lmpipe.q4_0_pack(values, d): a Q4_0 tensor as it is (gguf_int4's values, the file's
+//   float16 d) laid out as q4_0_mm reads it (QuantizedWeight's "q4_0" mode).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -325,6 +327,16 @@ uint32_t spread(uint32_t x) {
   return (x | (x << 4)) & 0x0F0F0F0Fu;
 }
 
+// Row `row`'s group g of portable int4 bytes `v` (K columns) as the kernels' 4 words of nibbles: word
+// p * ROWS + r of `word` for the row's place r in its block of 16.
+void nibble_words(const uint8_t* v, int64_t row, int64_t k, int64_t g, int64_t r, uint32_t* word) {
+  for (int p = 0; p < 4; ++p) {
+    uint32_t w;
+    std::memcpy(&w, v + row * (k / 2) + g * 16 + p * 4, 4);
+    word[p * ROWS + r] = spread(w & 0xFFFF) | (spread(w >> 16) << 4);
+  }
+}
+
 at::Tensor int4_pack_pairs(const at::Tensor& values, const at::Tensor& scales, const at::Tensor& zeros) {
   TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kByte && values.is_contiguous(),
               "int4_pack_pairs: values must be contiguous uint8 [N, K/2]");
@@ -348,11 +360,7 @@ at::Tensor int4_pack_pairs(const at::Tensor& values, const at::Tensor& scales, c
         uint16_t* halves = reinterpret_cast<uint16_t*>(word + 4 * ROWS);
         for (int64_t r = 0; r < ROWS; ++r) {
           const int64_t row = b * ROWS + r;
-          for (int p = 0; p < 4; ++p) {
-            uint32_t w;
-            std::memcpy(&w, v + row * (k / 2) + g * 16 + p * 4, 4);
-            word[p * ROWS + r] = spread(w & 0xFFFF) | (spread(w >> 16) << 4);
-          }
+          nibble_words(v, row, k, g, r, word);
           halves[r] = s[row * groups + g];
           halves[ROWS + r] = z[row * groups + g];
         }
@@ -420,15 +428,38 @@ at::Tensor q4k_pack(const at::Tensor& values, const at::Tensor& dm, const at::Te
           halves[ROWS + r] = h[(row * supers + s) * 2 + 1];
           for (int64_t j = 0; j < 8; ++j) {
             const int64_t g = s * 8 + j;
-            uint32_t* word = reinterpret_cast<uint32_t*>(block + j * 256);
-            for (int p = 0; p < 4; ++p) {  // int4_pack_pairs' words
-              uint32_t w;
-              std::memcpy(&w, v + row * (k / 2) + g * 16 + p * 4, 4);
-              word[p * ROWS + r] = spread(w & 0xFFFF) | (spread(w >> 16) << 4);
-            }
+            nibble_words(v, row, k, g, r, reinterpret_cast<uint32_t*>(block + j * 256));
             bytes[j * 32 + r] = sm[(row * groups + g) * 2];
             bytes[j * 32 + ROWS + r] = sm[(row * groups + g) * 2 + 1];
           }
+        }
+      }
+  });
+  return out;
+}
+
+// q4_0_mm's layout (vnni.cpp's Q4_0_BLOCK) from a Q4_0 tensor's portable nibbles and float16 d
+// [N, K/32]: per block of 16 rows and group, int4_pack_pairs' words of nibbles, then the 16 d.
+at::Tensor q4_0_pack(const at::Tensor& values, const at::Tensor& d) {
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kByte && values.is_contiguous(),
+              "q4_0_pack: values must be contiguous uint8 [N, K/2]");
+  const int64_t n = values.size(0), k = values.size(1) * 2, groups = k / GROUP;
+  TORCH_CHECK(n % ROWS == 0 && k % GROUP == 0, "q4_0_pack: N must be a multiple of 16 and K of 32");
+  TORCH_CHECK(d.scalar_type() == at::kHalf && d.is_contiguous() && d.numel() == n * groups,
+              "q4_0_pack: d must be contiguous float16 [N, K/32]");
+  constexpr int64_t BYTES = 256 + 32;  // vnni.cpp's Q4_0_BLOCK
+  at::Tensor out = at::empty({n / ROWS * groups * BYTES}, values.options());
+  const uint8_t* v = values.data_ptr<uint8_t>();
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(d.data_ptr<at::Half>());
+  uint8_t* o = out.data_ptr<uint8_t>();
+  at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t g = 0; g < groups; ++g) {
+        uint8_t* block = o + (b * groups + g) * BYTES;
+        uint16_t* halves = reinterpret_cast<uint16_t*>(block + 256);
+        for (int64_t r = 0; r < ROWS; ++r) {
+          nibble_words(v, b * ROWS + r, k, g, r, reinterpret_cast<uint32_t*>(block));
+          halves[r] = h[(b * ROWS + r) * groups + g];
         }
       }
   });
@@ -464,6 +495,7 @@ TORCH_LIBRARY_FRAGMENT(lmpipe, m) {
   m.def("int8_pack(Tensor values) -> Tensor");
   m.def("gguf_q4k(Tensor blocks, Tensor order) -> (Tensor, Tensor, Tensor)");
   m.def("q4k_pack(Tensor values, Tensor dm, Tensor scm) -> Tensor");
+  m.def("q4_0_pack(Tensor values, Tensor d) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
@@ -473,4 +505,5 @@ TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
   m.impl("int8_pack", &int8_pack);
   m.impl("gguf_q4k", &gguf_q4k);
   m.impl("q4k_pack", &q4k_pack);
+  m.impl("q4_0_pack", &q4_0_pack);
 }

@@ -13,7 +13,8 @@
 // arithmetic, with the weight read once instead of once per part.
 //
 // q4k_mm and q4k_mm_avx2 multiply a GGUF's Q4_K tensors on a layout of their own (Q4K_BLOCK below),
-// with the file's float16 d and dmin and 6-bit scales and minimums as they are.
+// with the file's float16 d and dmin and 6-bit scales and minimums as they are; q4_0_mm and
+// q4_0_mm_avx2 its Q4_0 tensors (Q4_0_BLOCK), with the file's float16 d.
 //
 // int4's packed layout, built by lmpipe from its portable int4 values at load time: for each block of
 // 16 output rows and each group of 32 columns, 320 bytes: 4 x 64 bytes of values (byte 4r + c
@@ -49,6 +50,9 @@ constexpr int64_t BLOCK = 320;
 // their 6-bit minimums (a byte each, 32 bytes a group): 2368 bytes, 4.625 bits a weight. A
 // weight is (d·sc)·q − dmin·m, the GGUF file's own form and values.
 constexpr int64_t SUPER_GROUPS = 8;
+// Q4_0's layout (q4_0_mm): int4's with only the 16 rows' float16 d after each group's nibbles
+// (288 bytes, 4.5 bits a weight, the file's own); a weight is d·(q − 8), the file's form and value.
+constexpr int64_t Q4_0_BLOCK = 256 + 32;
 constexpr int64_t Q4K_BLOCK = SUPER_GROUPS * 256 + 64 + SUPER_GROUPS * 32;
 
 bool supported() {
@@ -149,22 +153,24 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline voi
   }
 }
 
-// Outputs of one block of 16 weight rows for activation rows [r0, r0 + MR).
-template <int MR, int PARTS>
+// Outputs of one block of 16 weight rows for activation rows [r0, r0 + MR). Q4_0: Q4_0's layout,
+// the scale a float16 d and no zero.
+template <int MR, int PARTS, bool Q4_0>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_rows(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
   __m512 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g, w += BLOCK) {
+  for (int64_t g = 0; g < groups; ++g, w += Q4_0 ? Q4_0_BLOCK : BLOCK) {
     __m512 xq[MR];
     group_products<MR, PARTS>(w, a, r0, k, g, xq);
-    const __m512 scale = bfloat16s(w + 256), zero = bfloat16s(w + 288);
+    const __m512 scale = Q4_0 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 256)))
+                              : bfloat16s(w + 256);
     for (int i = 0; i < MR; ++i) {
       const __m512 xs = _mm512_set1_ps(a.sum[(r0 + i) * groups + g]);
       // sum of x * ((q - 8) * scale + zero) = scale * (xq - 8 * xs) + zero * xs
       acc[i] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(_mm512_set1_ps(8.f), xs, xq[i]), acc[i]);
-      acc[i] = _mm512_fmadd_ps(zero, xs, acc[i]);
+      if constexpr (!Q4_0) acc[i] = _mm512_fmadd_ps(bfloat16s(w + 288), xs, acc[i]);
     }
   }
   for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out + (r0 + i) * n, acc[i]);
@@ -265,22 +271,23 @@ __attribute__((target("avx2,fma"), always_inline)) inline void group_products_av
 
 // block_rows with AVX2: 8 weight rows (half a block) to a register, so each half of the block
 // takes its own pass.
-template <int MR, int PARTS>
-__attribute__((target("avx2,fma"))) void block_rows_avx2(
+template <int MR, int PARTS, bool Q4_0>
+__attribute__((target("avx2,fma,f16c"))) void block_rows_avx2(
     const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const int64_t groups = k / GROUP;
   for (int half = 0; half < 2; ++half) {
     __m256 acc[MR];
     for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
     const uint8_t* wg = w;
-    for (int64_t g = 0; g < groups; ++g, wg += BLOCK) {
+    for (int64_t g = 0; g < groups; ++g, wg += Q4_0 ? Q4_0_BLOCK : BLOCK) {
       __m256 xq[MR];
       group_products_avx2<MR, PARTS>(wg, half, a, r0, k, g, xq);
-      const __m256 scale = bfloat16s_avx2(wg + 256 + half * 16), zero = bfloat16s_avx2(wg + 288 + half * 16);
+      const __m256 scale = Q4_0 ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wg + 256 + half * 16)))
+                                : bfloat16s_avx2(wg + 256 + half * 16);
       for (int i = 0; i < MR; ++i) {
         const __m256 xs = _mm256_set1_ps(a.sum[(r0 + i) * groups + g]);
         acc[i] = _mm256_fmadd_ps(scale, _mm256_fnmadd_ps(_mm256_set1_ps(8.f), xs, xq[i]), acc[i]);
-        acc[i] = _mm256_fmadd_ps(zero, xs, acc[i]);
+        if constexpr (!Q4_0) acc[i] = _mm256_fmadd_ps(bfloat16s_avx2(wg + 288 + half * 16), xs, acc[i]);
       }
     }
     for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + (r0 + i) * n + half * 8, acc[i]);
@@ -683,9 +690,9 @@ struct Avx512 {
   static void split_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, float* sum) {
     ::split_row(x, k, h, l, s, sum);
   }
-  template <int MR, int PARTS>
+  template <int MR, int PARTS, bool Q4_0>
   static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
-    block_rows<MR, PARTS>(w, a, r0, k, n, out);
+    block_rows<MR, PARTS, Q4_0>(w, a, r0, k, n, out);
   }
   template <int MR, int PARTS>
   static void q4k_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
@@ -738,9 +745,9 @@ struct Avx2 {
   static void split_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, float* sum) {
     split_row_avx2(x, k, h, l, s, sum);
   }
-  template <int MR, int PARTS>
+  template <int MR, int PARTS, bool Q4_0>
   static void int4_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
-    block_rows_avx2<MR, PARTS>(w, a, r0, k, n, out);
+    block_rows_avx2<MR, PARTS, Q4_0>(w, a, r0, k, n, out);
   }
   template <int MR, int PARTS>
   static void q4k_block(const uint8_t* w, const Split& a, int64_t r0, int64_t k, int64_t n, float* out) {
@@ -778,18 +785,20 @@ inline void each_pass(int64_t parts, int64_t r, int64_t m, Block&& block) {
   else rows(std::integral_constant<int, 2>{});
 }
 
-template <class Isa>
+// x [M, K] times a weight in int4's layout, or (Q4_0) in Q4_0's (Q4_0_BLOCK, no AMX tiles: an AMX CPU
+// runs the AVX-512 op).
+template <class Isa, bool Q4_0 = false>
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t parts) {
-  TORCH_CHECK(Isa::supported(), "lmpipe::int4_mm needs ", Isa::needs);
+  TORCH_CHECK(Isa::supported(), "lmpipe::", Q4_0 ? "q4_0_mm" : "int4_mm", " needs ", Isa::needs);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(), "packed: contiguous uint8");
   TORCH_CHECK(parts == 1 || parts == 2, "parts: 1 or 2");
   const int64_t m = x.size(0), k = x.size(1), groups = k / GROUP;
   TORCH_CHECK(k % GROUP == 0 && n % ROWS == 0, "K must be a multiple of 32 and N of 16");
-  TORCH_CHECK(packed.numel() == n / ROWS * groups * BLOCK, "packed does not hold an [N, K] weight");
+  TORCH_CHECK(packed.numel() == n / ROWS * groups * (Q4_0 ? Q4_0_BLOCK : BLOCK), "packed does not hold an [N, K] weight");
   at::Tensor out = at::empty({m, n}, x.options());
-  // rows multiplied in AMX's tiles (two parts only), and those with the zero rows that fill their last tile
-  const int64_t tiled = parts == 2 ? Isa::int4_tiled(m) : 0, padded = std::max(m, (tiled + 15) / 16 * 16);
+  // rows multiplied in AMX's tiles (int4's two parts only), and those with the zero rows that fill their last tile
+  const int64_t tiled = parts == 2 && !Q4_0 ? Isa::int4_tiled(m) : 0, padded = std::max(m, (tiled + 15) / 16 * 16);
   Split a{std::vector<int8_t>(m * k), std::vector<int8_t>(m * k), std::vector<float>(padded * groups),
           std::vector<float>(padded * groups), std::vector<int8_t>((tiled + 15) / 16 * 16 * k * 2)};
   const float* xp = x.data_ptr<float>();
@@ -805,10 +814,10 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int
   at::parallel_for(0, n / ROWS, 4, [&](int64_t begin, int64_t end) {
     if (tiled) Isa::int4_tiles(w, a, begin, end, tiled, k, n, o);
     for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* wb = w + b * groups * BLOCK;
+      const uint8_t* wb = w + b * groups * (Q4_0 ? Q4_0_BLOCK : BLOCK);
       float* ob = o + b * ROWS;
       each_pass<Isa>(parts, tiled, m, [&](auto mr, auto p, int64_t r) {
-        Isa::template int4_block<mr.value, p.value>(wb, a, r, k, n, ob);
+        Isa::template int4_block<mr.value, p.value, Q4_0>(wb, a, r, k, n, ob);
       });
     }
   });
@@ -952,6 +961,8 @@ TORCH_LIBRARY(lmpipe, m) {
   m.def("int8_mm_amx(Tensor x, Tensor packed, Tensor scales, int parts=2) -> Tensor");
   m.def("q4k_mm(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
   m.def("q4k_mm_avx2(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
+  m.def("q4_0_mm(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
+  m.def("q4_0_mm_avx2(Tensor x, Tensor packed, int n, int parts=2) -> Tensor");
   m.def("amx_built() -> bool");  // whether the compiler built the AMX ops (lmpipe.models.kernels.vnni)
 }
 
@@ -966,6 +977,8 @@ TORCH_LIBRARY_IMPL(lmpipe, CPU, m) {
   m.impl("int8_mm_amx", &int8_mm<Amx>);
   m.impl("q4k_mm", &q4k_mm<Avx512>);
   m.impl("q4k_mm_avx2", &q4k_mm<Avx2>);
+  m.impl("q4_0_mm", &int4_mm<Avx512, true>);
+  m.impl("q4_0_mm_avx2", &int4_mm<Avx2, true>);
 }
 
 TORCH_LIBRARY_IMPL(lmpipe, CompositeExplicitAutograd, m) {

@@ -52,6 +52,7 @@ from ..device import cpuinfo
 GROUP = 32  # int4 columns per scale and zero: lmpipe.models.quantize.INT4_GROUP
 ROWS = 16  # int4 output rows per block of the packed layout
 Q4K_BLOCK = 8 * 256 + 64 + 8 * 32  # bytes per 16 rows and 256 columns of Q4_K's layout (vnni.cpp)
+Q4_0_BLOCK = 256 + 32  # bytes per 16 rows and 32 columns of Q4_0's layout (vnni.cpp)
 SOURCE = Path(__file__).with_name("vnni.cpp")
 # built with it: a GGUF's blocks into lmpipe's formats, and every packing (torch.ops.lmpipe.gguf_int4, ...)
 SOURCES = (SOURCE, Path(__file__).with_name("gguf_blocks.cpp"))
@@ -63,7 +64,7 @@ CPU_FLAGS = ISAS["avx512"]
 OP_SUFFIX = {"amx": "_amx", "avx512": "", "avx2": "_avx2"}  # torch.ops.lmpipe's names per instruction set
 # ops an AMX CPU runs as AVX-512's: attention's one query per row leaves tiles nothing to do, and
 # Q4_K's layout has no tile code (yet)
-NO_AMX_OP = ("attend_one", "q4k_mm")
+NO_AMX_OP = ("attend_one", "q4k_mm", "q4_0_mm")
 # amx, avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
 ISA_ENV = "LMPIPE_KERNEL_ISA"
 
@@ -199,6 +200,10 @@ def _build() -> None:
             def _(x, packed, n, parts=2):
                 return x.new_empty(x.shape[0], n)
 
+            @torch.library.register_fake(f"lmpipe::q4_0_mm{suffix}")
+            def _(x, packed, n, parts=2):
+                return x.new_empty(x.shape[0], n)
+
     _built = True
 
 
@@ -283,6 +288,19 @@ def q4k_pack(values: Any, dm: Any, scm: Any) -> Any:
     import torch
 
     return torch.ops.lmpipe.q4k_pack(values.contiguous(), dm.contiguous(), scm.contiguous())
+
+
+def q4_0_pack(values: Any, d: Any) -> Any:
+    """q4_0_mm's layout (vnni.cpp's Q4_0_BLOCK) of a q4_0 weight (lmpipe.models.quantize.QuantizedWeight):
+    its portable bytes and float16 d [N, K/32]."""
+    import torch
+
+    return torch.ops.lmpipe.q4_0_pack(values.contiguous(), d.contiguous())
+
+
+def q4_0_product(x: Any, packed: Any, out_features: int, isa: str | None = None, parts: int = 2) -> Any:
+    """x [M, K] times a weight packed by q4_0_pack: float32 [M, N]."""
+    return _op("q4_0_mm", isa)(x.float().contiguous(), packed, out_features, parts)
 
 
 def q4k_product(x: Any, packed: Any, out_features: int, isa: str | None = None, parts: int = 2) -> Any:
