@@ -103,8 +103,8 @@ def _eight_bit(x: torch.Tensor, group: int) -> torch.Tensor:
 @pytest.mark.parametrize("mode", ["int4", "q4k", "q4_0", "int8"])
 @pytest.mark.parametrize("rows", [1, 3, 9, 17])  # below and past each instruction set's rows per pass
 def test_with_int8_activations_the_product_is_the_eight_bit_activations_product(rows, mode, isa):
-    """--activations int8: each group of 32 activations (int8 weights: each row) in 8 bits, as llama.cpp's
-    Q8 blocks; the weight's scales and offsets as exact as before. The weight's offset part (int4's
+    """--activations int8: each group of 32 activations in 8 bits, as llama.cpp's Q8 blocks; the weight's
+    scales and offsets as exact as before. The weight's offset part (int4's
     zero, Q4_K's minimum) meets the activations' float sum, as in the exact kernels."""
     from lmpipe.models.quantize import QuantizedWeight, product
 
@@ -115,13 +115,24 @@ def test_with_int8_activations_the_product_is_the_eight_bit_activations_product(
     x[0, :32] = 0  # a group of zeros has no step to scale by
     offset = QuantizedWeight(mode, torch.zeros_like(weight.values), weight.scales, weight.zeros).dequantized()
     w = weight.dequantized()
-    x8 = _eight_bit(x, 512 if mode == "int8" else 32)
+    x8 = _eight_bit(x, 32)
     want = x8.double() @ (w - offset).double().t() + x.double() @ offset.double().t()
     exact = x.double() @ w.double().t()
     got = product(mode, x, packed, scales, 48, isa, parts=1).double()
     assert float((got - want).norm() / want.norm()) < 1e-5
     # and it is not the exact product: 8 bits cost ~1e-2 here, where two parts cost ~1e-5
     assert 1e-3 < float((got - exact).norm() / exact.norm()) < 3e-2
+
+
+@each_kernel
+def test_an_int8_layer_whose_width_is_not_groups_of_32_keeps_exact_activations(isa):
+    if isa == "amx":
+        pytest.skip("one part runs AVX-512 VNNI's code")
+    torch.manual_seed(0)
+    weight = quantize_weight(torch.randn(48, 136), "int8")  # K = 136: 17 groups of 8 columns, not of 32
+    packed, scales = vnni.int8_pack(weight.values), weight.scales.float()
+    x = torch.randn(5, 136)
+    assert torch.equal(vnni.int8_product(x, packed, scales, isa, parts=1), vnni.int8_product(x, packed, scales, isa))
 
 
 @each_kernel

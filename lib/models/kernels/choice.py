@@ -39,9 +39,9 @@ ISAS = {name: isa for isa, name in NAMES.items()}
 SAME_BELOW = {"lmpipe-amx": ("lmpipe-vnni", 16)}
 KERNELS = (*NAMES.values(), FLOAT)  # what --kernel takes
 # --activations: how lmpipe's kernels take a layer's input. exact: each value as two int8 parts,
-# float32's accuracy (~1e-5 of a product); int8: one 8-bit part per group of 32 (per row for int8
-# weights), llama.cpp's arithmetic: half the integer work, which is most of a prompt's time on a
-# CPU without AMX, for ~5e-3 of a product.
+# float32's accuracy (~1e-5 of a product); int8: one 8-bit part per group of 32 (an int8 layer
+# whose width is not whole groups keeps two), llama.cpp's arithmetic: half the integer work,
+# which is most of a prompt's time on a CPU without AMX, for ~5e-3 of a product.
 EXACT = "exact"
 ACTIVATIONS = (EXACT, "int8")
 PARTS = {EXACT: 2, "int8": 1}

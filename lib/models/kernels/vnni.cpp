@@ -335,6 +335,10 @@ struct RowSplit {
   std::vector<int8_t> high, low;
   std::vector<float> step;
   std::vector<int32_t> high_sum, low_sum;
+  // One part (--activations int8): `high` in steps per group of 32, as int4's, each group's step
+  // and the sum of its values, per row (row-major).
+  std::vector<float> group_step;
+  std::vector<int32_t> group_sum;
 };
 
 // Compiled into each instruction set's function below (a function built for AVX-512 must
@@ -357,6 +361,31 @@ __attribute__((always_inline)) inline void split_whole_row_body(
   *low_sum = ls;
 }
 
+// One part per group of 32 (the int8 kernels' --activations int8): split_row's values and steps.
+__attribute__((always_inline)) inline void split_groups_body(const float* x, int64_t k, int8_t* high, float* step,
+                                                            int32_t* sum) {
+  for (int64_t g = 0; g < k / GROUP; ++g) {
+    const float* xg = x + g * GROUP;
+    float amax = 0.f;
+    for (int i = 0; i < GROUP; ++i) amax = std::fmax(amax, std::fabs(xg[i]));
+    const float s = amax / 127.f, inverse = s > 0.f ? 1.f / s : 0.f;
+    int32_t total = 0;
+    for (int i = 0; i < GROUP; ++i) total += high[g * GROUP + i] = static_cast<int8_t>(std::nearbyint(xg[i] * inverse));
+    step[g] = s;
+    sum[g] = total;
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void split_groups(const float* x, int64_t k, int8_t* high,
+                                                                           float* step, int32_t* sum) {
+  split_groups_body(x, k, high, step, sum);
+}
+
+__attribute__((target("avx2,fma"))) void split_groups_avx2(const float* x, int64_t k, int8_t* high, float* step,
+                                                            int32_t* sum) {
+  split_groups_body(x, k, high, step, sum);
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void split_whole_row(
     const float* x, int64_t k, int8_t* high, int8_t* low, float* step, int32_t* high_sum, int32_t* low_sum) {
   split_whole_row_body(x, k, high, low, step, high_sum, low_sum);
@@ -369,7 +398,7 @@ __attribute__((target("avx2,fma"))) void split_whole_row_avx2(
 
 // 16 outputs (one block of weight rows) for activation rows [r0, r0 + MR). Two accumulators per
 // part (even and odd groups of 4 columns) keep the dot products' dependency chains short.
-template <int MR, int PARTS>
+template <int MR>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
     const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
   __m512i ih[MR][2], il[MR][2];
@@ -383,32 +412,88 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block(
       std::memcpy(&h0, h, 4), std::memcpy(&h1, h + 4, 4), std::memcpy(&l0, l, 4), std::memcpy(&l1, l + 4, 4);
       ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], v0, _mm512_set1_epi32(h0));
       ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], v1, _mm512_set1_epi32(h1));
-      if constexpr (PARTS == 2) {
-        il[i][0] = _mm512_dpbusd_epi32(il[i][0], v0, _mm512_set1_epi32(l0));
-        il[i][1] = _mm512_dpbusd_epi32(il[i][1], v1, _mm512_set1_epi32(l1));
-      }
+      il[i][0] = _mm512_dpbusd_epi32(il[i][0], v0, _mm512_set1_epi32(l0));
+      il[i][1] = _mm512_dpbusd_epi32(il[i][1], v1, _mm512_set1_epi32(l1));
     }
   }
   const __m512 scale = _mm512_loadu_ps(scales);
   for (int i = 0; i < MR; ++i) {
     const int64_t r = r0 + i;
     const __m512i high = _mm512_sub_epi32(_mm512_add_epi32(ih[i][0], ih[i][1]), _mm512_set1_epi32(128 * a.high_sum[r]));
-    __m512 sum = _mm512_cvtepi32_ps(high);
-    if constexpr (PARTS == 2) {
-      const __m512i low = _mm512_sub_epi32(_mm512_add_epi32(il[i][0], il[i][1]), _mm512_set1_epi32(128 * a.low_sum[r]));
-      sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), _mm512_set1_ps(1.f / 254.f), sum);
-    }
+    const __m512i low = _mm512_sub_epi32(_mm512_add_epi32(il[i][0], il[i][1]), _mm512_set1_epi32(128 * a.low_sum[r]));
+    const __m512 sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), _mm512_set1_ps(1.f / 254.f), _mm512_cvtepi32_ps(high));
     _mm512_storeu_ps(out + r * n, _mm512_mul_ps(_mm512_mul_ps(sum, _mm512_set1_ps(a.step[r])), scale));
   }
 }
 
 
 
+// int8_block with one part per group of 32 activations: each group's integer sums turn into floats
+// with its step, as int4's groups do.
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void int8_block_groups(
+    const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  const int64_t groups = k / GROUP;
+  __m512 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i ih[MR][2];
+    for (int i = 0; i < MR; ++i) ih[i][0] = ih[i][1] = _mm512_setzero_si512();
+    for (int64_t c = g * GROUP; c < (g + 1) * GROUP; c += 8, w += 128) {
+      const __m512i v0 = _mm512_loadu_si512(w), v1 = _mm512_loadu_si512(w + 64);
+      for (int i = 0; i < MR; ++i) {
+        int32_t h0, h1;
+        std::memcpy(&h0, a.high.data() + (r0 + i) * k + c, 4), std::memcpy(&h1, a.high.data() + (r0 + i) * k + c + 4, 4);
+        ih[i][0] = _mm512_dpbusd_epi32(ih[i][0], v0, _mm512_set1_epi32(h0));
+        ih[i][1] = _mm512_dpbusd_epi32(ih[i][1], v1, _mm512_set1_epi32(h1));
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      const int64_t rg = (r0 + i) * groups + g;
+      const __m512i sums = _mm512_sub_epi32(_mm512_add_epi32(ih[i][0], ih[i][1]), _mm512_set1_epi32(128 * a.group_sum[rg]));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(a.group_step[rg]), acc[i]);
+    }
+  }
+  const __m512 scale = _mm512_loadu_ps(scales);
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out + (r0 + i) * n, _mm512_mul_ps(acc[i], scale));
+}
+
+// int8_block_groups with AVX2, as int8_block_avx2.
+template <int MR>
+__attribute__((target("avx2,fma"))) void int8_block_groups_avx2(
+    const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  const int64_t groups = k / GROUP;
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[MR];
+    for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+    const uint8_t* wc = w + half * 32;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256i ih[MR];
+      for (int i = 0; i < MR; ++i) ih[i] = _mm256_setzero_si256();
+      for (int64_t c = g * GROUP; c < (g + 1) * GROUP; c += 4, wc += 64) {
+        const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc)), flip);
+        const __m256i magnitude = _mm256_abs_epi8(v);
+        for (int i = 0; i < MR; ++i) {
+          int32_t h0;
+          std::memcpy(&h0, a.high.data() + (r0 + i) * k + c, 4);
+          const __m256i h = _mm256_sign_epi8(_mm256_set1_epi32(h0), v);
+          ih[i] = _mm256_add_epi32(ih[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, h), ones));
+        }
+      }
+      for (int i = 0; i < MR; ++i)
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ih[i]), _mm256_set1_ps(a.group_step[(r0 + i) * groups + g]), acc[i]);
+    }
+    const __m256 scale = _mm256_loadu_ps(scales + half * 8);
+    for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + (r0 + i) * n + half * 8, _mm256_mul_ps(acc[i], scale));
+  }
+}
+
 // int8_block with AVX2, a half block (8 weight rows) per pass. vpmaddubsw needs an unsigned
 // operand and saturates at 16 bits, so, as llama.cpp does, it multiplies each weight's magnitude
 // by the activation carrying the weight's sign (vpsignb): at most 2 x 128 x 127 per pair; the
 // stored values' +128 comes off first, so no activation sums are subtracted here.
-template <int MR, int PARTS>
+template <int MR>
 __attribute__((target("avx2,fma"))) void int8_block_avx2(
     const uint8_t* w, const float* scales, const RowSplit& a, int64_t r0, int64_t k, int64_t n, float* out) {
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
@@ -422,19 +507,15 @@ __attribute__((target("avx2,fma"))) void int8_block_avx2(
       for (int i = 0; i < MR; ++i) {
         int32_t h0, l0;
         std::memcpy(&h0, a.high.data() + (r0 + i) * k + c, 4), std::memcpy(&l0, a.low.data() + (r0 + i) * k + c, 4);
-        const __m256i h = _mm256_sign_epi8(_mm256_set1_epi32(h0), v);
+        const __m256i h = _mm256_sign_epi8(_mm256_set1_epi32(h0), v), l = _mm256_sign_epi8(_mm256_set1_epi32(l0), v);
         ih[i] = _mm256_add_epi32(ih[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, h), ones));
-        if constexpr (PARTS == 2) {
-          const __m256i l = _mm256_sign_epi8(_mm256_set1_epi32(l0), v);
-          il[i] = _mm256_add_epi32(il[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, l), ones));
-        }
+        il[i] = _mm256_add_epi32(il[i], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, l), ones));
       }
     }
     const __m256 scale = _mm256_loadu_ps(scales + half * 8);
     for (int i = 0; i < MR; ++i) {
       const int64_t r = r0 + i;
-      __m256 sum = _mm256_cvtepi32_ps(ih[i]);
-      if constexpr (PARTS == 2) sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(il[i]), _mm256_set1_ps(1.f / 254.f), sum);
+      const __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(il[i]), _mm256_set1_ps(1.f / 254.f), _mm256_cvtepi32_ps(ih[i]));
       _mm256_storeu_ps(out + r * n + half * 8, _mm256_mul_ps(_mm256_mul_ps(sum, _mm256_set1_ps(a.step[r])), scale));
     }
   }
@@ -701,10 +782,14 @@ struct Avx512 {
   static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
     ::split_whole_row(x, k, h, l, s, hs, ls);
   }
+  static void split_groups(const float* x, int64_t k, int8_t* h, float* s, int32_t* sum) {
+    ::split_groups(x, k, h, s, sum);
+  }
   template <int MR, int PARTS>
   static void int8_block(const uint8_t* w, const float* sc, const RowSplit& a, int64_t r0, int64_t k, int64_t n,
                          float* out) {
-    ::int8_block<MR, PARTS>(w, sc, a, r0, k, n, out);
+    if constexpr (PARTS == 1) int8_block_groups<MR>(w, sc, a, r0, k, n, out);
+    else ::int8_block<MR>(w, sc, a, r0, k, n, out);
   }
   static float dot(const float* a, const float* b, int64_t n) { return ::dot(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { ::add_scaled(alpha, x, y, n); }
@@ -756,10 +841,14 @@ struct Avx2 {
   static void split_whole_row(const float* x, int64_t k, int8_t* h, int8_t* l, float* s, int32_t* hs, int32_t* ls) {
     split_whole_row_avx2(x, k, h, l, s, hs, ls);
   }
+  static void split_groups(const float* x, int64_t k, int8_t* h, float* s, int32_t* sum) {
+    split_groups_avx2(x, k, h, s, sum);
+  }
   template <int MR, int PARTS>
   static void int8_block(const uint8_t* w, const float* sc, const RowSplit& a, int64_t r0, int64_t k, int64_t n,
                          float* out) {
-    int8_block_avx2<MR, PARTS>(w, sc, a, r0, k, n, out);
+    if constexpr (PARTS == 1) int8_block_groups_avx2<MR>(w, sc, a, r0, k, n, out);
+    else int8_block_avx2<MR>(w, sc, a, r0, k, n, out);
   }
   static float dot(const float* a, const float* b, int64_t n) { return dot_avx2(a, b, n); }
   static void add_scaled(float alpha, const float* x, float* y, int64_t n) { add_scaled_avx2(alpha, x, y, n); }
@@ -871,17 +960,29 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * ROWS;
   TORCH_CHECK(packed.size(1) * 4 == k && k % 8 == 0, "x and packed differ in K, or K is not a multiple of 8");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == n && scales.is_contiguous(), "scales: float32 [N]");
+  if (k % GROUP) parts = 2;  // one part is per group of 32 columns: a narrower layer keeps two
   // rows multiplied in AMX's tiles, and those with the zero rows that fill their last tile
   const int64_t tiled = parts == 2 ? Isa::int8_tiled(m) : 0, padded = std::max(m, (tiled + 15) / 16 * 16);
   at::Tensor out = at::empty({m, n}, x.options());
   // 64 bytes of slack: AMX's tiles read whole 64-byte rows, past the last row where K is not a multiple of 64
-  RowSplit a{std::vector<int8_t>(padded * k + 64), std::vector<int8_t>(padded * k + 64), std::vector<float>(padded),
-             std::vector<int32_t>(padded), std::vector<int32_t>(padded)};
+  const int64_t groups = k / GROUP;
+  RowSplit a;
+  a.high.resize(padded * k + 64);
+  if (parts == 2) {
+    a.low.resize(padded * k + 64), a.step.resize(padded), a.high_sum.resize(padded), a.low_sum.resize(padded);
+  } else {
+    a.group_step.resize(m * groups), a.group_sum.resize(m * groups);
+  }
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      Isa::split_whole_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, &a.step[r], &a.high_sum[r],
-                           &a.low_sum[r]);
+    for (int64_t r = begin; r < end; ++r) {
+      if (parts == 1)
+        Isa::split_groups(xp + r * k, k, a.high.data() + r * k, a.group_step.data() + r * groups,
+                          a.group_sum.data() + r * groups);
+      else
+        Isa::split_whole_row(xp + r * k, k, a.high.data() + r * k, a.low.data() + r * k, &a.step[r], &a.high_sum[r],
+                             &a.low_sum[r]);
+    }
   });
   const uint8_t* w = packed.data_ptr<uint8_t>();
   const float* sc = scales.data_ptr<float>();
