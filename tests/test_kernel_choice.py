@@ -189,3 +189,19 @@ def test_each_timed_call_follows_an_untimed_one_of_the_same_kernel_and_float32_g
     assert set(choice.timings(runs, None)) == set(runs)
     turns = [[name, name] for _ in range(choice.REPEATS) for name in ("lmpipe-vnni", "lmpipe-avx2")]
     assert calls == sum(turns, []) + ["float32"] * (1 + choice.REPEATS)
+
+
+def test_lm_generate_refuses_int8_activations_for_a_float_model_in_one_line(tiny_llama_raw):
+    import re
+
+    from click.testing import CliRunner
+
+    from lmpipe.bin.generate import main
+
+    result = CliRunner().invoke(main, ["-m", str(tiny_llama_raw), "--activations", "int8", "-n", "2"],
+                                input='{"text": "hi"}\n')
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"lm-generate: error: --activations int8 is for quantized layers on lmpipe's kernels, and none run here \(.+\)",
+        lines[0]), lines
