@@ -191,6 +191,12 @@ def test_each_timed_call_follows_an_untimed_one_of_the_same_kernel_and_float32_g
     assert calls == sum(turns, []) + ["float32"] * (1 + choice.REPEATS)
 
 
+def test_int8_activations_with_only_amxs_kernel_forced_are_refused_in_one_line(faked, monkeypatch):
+    monkeypatch.setattr(choice, "candidates", lambda: ("lmpipe-amx", "float32"))  # LMPIPE_KERNEL_ISA=amx
+    with pytest.raises(UsageError, match=r"^--activations int8: AMX's tiles \(LMPIPE_KERNEL_ISA=amx\) take exact "):
+        choice.choose([object()], activations="int8")
+
+
 def test_lm_generate_refuses_int8_activations_for_a_float_model_in_one_line(tiny_llama_raw):
     import re
 

@@ -198,8 +198,11 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
     `activations` (ACTIVATIONS): how lmpipe's kernels take the activations."""
     parts = PARTS[activations]
     offered = candidates()
-    if parts == 1:  # AMX's tiles take two parts: with one, an AMX CPU runs its AVX-512 VNNI code
+    if parts == 1 and NAMES["amx"] in offered:  # AMX's tiles take two parts: with one, its AVX-512 VNNI code runs
         offered = tuple(k for k in offered if k != NAMES["amx"])
+        if offered == (FLOAT,):  # LMPIPE_KERNEL_ISA=amx left nothing else
+            raise UsageError(f"--activations {activations}: AMX's tiles (LMPIPE_KERNEL_ISA=amx) take exact "
+                             "activations; leave LMPIPE_KERNEL_ISA unset or set it to avx512")
     if forced is not None and forced not in offered:
         raise UsageError(f"--kernel {forced} cannot run on this CPU (here: {', '.join(offered)})"
                          if parts == 2 or forced != NAMES["amx"] else
