@@ -10,7 +10,9 @@
 // leaves in steps 254 times finer), per group of 32 for int4 and per row for int8 (whose weight
 // has one scale per row), so the sums are exact integers and a product is within ~1e-5 (int4)
 // or ~1e-4 (int8) of the dequantized float32 weight's: lmpipe.models.quantize.split_int8_product's
-// arithmetic, with the weight read once instead of once per part.
+// arithmetic, with the weight read once instead of once per part. With `parts` 1 (--activations
+// int8) each group of 32 takes the first part only, in every layout: llama.cpp's arithmetic
+// (its Q8 blocks), half the integer work, ~5e-3 of a product.
 //
 // q4k_mm and q4k_mm_avx2 multiply a GGUF's Q4_K tensors on a layout of their own (Q4K_BLOCK below),
 // with the file's float16 d and dmin and 6-bit scales and minimums as they are; q4_0_mm and
