@@ -122,10 +122,26 @@ def test_int8_activations_run_every_layer_on_one_part_measured_apart_and_the_man
 def test_int8_activations_without_lmpipes_kernels_are_a_usage_error(tiny_llama_raw):
     from lmpipe.models.loading import ModelSettings, load
 
-    with pytest.raises(UsageError, match=r"^--activations int8 is for quantized layers on lmpipe's kernels"):
+    why = r"this model has no quantized layer" if vnni.available() else r".+"  # else: why the kernels cannot run
+    with pytest.raises(UsageError, match=rf"^--activations int8 is for quantized layers on lmpipe's kernels, and "
+                                         rf"none run here \({why}\)$"):
         load(ModelSettings(str(tiny_llama_raw), activations="int8"))  # float32: no quantized layer
     with pytest.raises(UsageError, match=r"^--activations must be one of exact, int8$"):
         ModelSettings(str(tiny_llama_raw), activations="int4")
+
+
+@needs_kernel
+def test_int8_weights_on_torchs_kernels_refuse_int8_activations_and_on_lmpipes_take_them(tiny_llama_raw):
+    """--quantize int8 keeps oneDNN's exact split product where the CPU has VNNI (lmpipe's int8 kernel
+    elsewhere): there --activations int8 has nothing to change, and says so."""
+    from lmpipe.models.loading import ModelSettings, load
+
+    settings = ModelSettings(str(tiny_llama_raw), quantize="int8", activations="int8")
+    if vnni.selected == "avx2":
+        assert load(settings).identity["activations"] == "int8"
+    else:
+        with pytest.raises(UsageError, match=r"\(its quantized layers run torch's kernels here\)$"):
+            load(settings)
 
 
 def test_amxs_kernel_forced_with_int8_activations_is_refused_in_one_line(faked, monkeypatch):

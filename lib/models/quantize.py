@@ -383,7 +383,9 @@ def choose_kernels(model: Any, forced: str | None = None, say: Any = None,
     Returns the choice per range, for the manifest ({} where no layer runs lmpipe's kernels)."""
     layers = [m for m in model.modules() if getattr(m, "vnni", False)]
     if not layers:
-        why = vnni_kernels.reason or "this model has no layer quantized for them"
+        quantized = any(hasattr(m, "vnni") for m in model.modules())
+        why = vnni_kernels.reason or ("its quantized layers run torch's kernels here" if quantized else
+                                      "this model has no quantized layer")
         if forced is not None:
             raise UsageError(f"--kernel {forced}: lmpipe's kernels cannot run here ({why})")
         if activations != kernel_choice.EXACT:
