@@ -80,57 +80,32 @@ def test_each_type_gives_the_files_values_within_its_bound(kind):
 
 
 @pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
+# Q4_K: d and dmin per row and 256 columns, 6-bit scales and minimums; Q4_0: a float16 d per 32
+@pytest.mark.parametrize(("kind", "mode", "width", "bits"), [("Q4_K", "q4k", 768, 4.625), ("Q4_0", "q4_0", 96, 4.5)])
 @pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
-def test_q4_k_on_its_own_scales_is_the_files_values_exactly(rows):
+def test_a_4_bit_type_on_its_own_scales_is_the_files_values_exactly_in_its_size(rows, kind, mode, width, bits):
     import numpy as np
     import torch
 
     from lmpipe.models import gguf_weights as weights
     from lmpipe.models.kernels import choice
-    from lmpipe.models.quantize import EXACT_TOLERANCE, pack
+    from lmpipe.models.quantize import EXACT_TOLERANCE, QuantizedWeight, pack, product
 
     rng = np.random.default_rng(5)
-    data = encode("Q4_K", (rng.standard_normal((48, 768)) * 0.05).astype(np.float32), 6)
+    data = encode(kind, (rng.standard_normal((48, width)) * 0.05).astype(np.float32), 6)
     order = rng.permutation(48)
-    reference = weights.gguf_dequantized("Q4_K", data)[torch.from_numpy(order)]
-    weight = weights.q4k_weight(data, order)
-    assert weight.mode == "q4k" and torch.equal(weight.dequantized(), reference)  # gguf-py's floats, bit for bit
+    reference = weights.gguf_dequantized(kind, data)[torch.from_numpy(order)]
+    weight = weights.q4k_weight(data, order) if mode == "q4k" else weights.q4_0_weight(data, order)
+    assert weight.mode == mode and torch.equal(weight.dequantized(), reference)  # gguf-py's floats, bit for bit
+    saved = QuantizedWeight.from_tensors(weight.tensors("w"), "w")  # both float16-scaled: told apart by q4k's zeros
+    assert saved.mode == mode and torch.equal(saved.dequantized(), reference)
     packed, scales = pack(weight, vnni=True)
-    assert scales is None and packed.numel() * 8 == 48 * 768 * 4.625  # Q4_K's 4.5 bits, and its d and dmin per row
-    assert torch.equal(choice.dequantized("q4k", packed, None, 48), reference)
-    x = torch.randn(rows, 768, generator=torch.Generator().manual_seed(rows))
+    assert scales is None and packed.numel() * 8 == 48 * width * bits
+    assert torch.equal(choice.dequantized(mode, packed, None, 48), reference)
+    x = torch.randn(rows, width, generator=torch.Generator().manual_seed(rows))
     want = x.double() @ reference.double().t()
     for isa in vnni.runnable():  # amx runs avx512's code
-        got = vnni.q4k_product(x, packed, 48, isa).double()
-        assert float((got - want).norm() / want.norm()) < EXACT_TOLERANCE / 10, isa
-
-
-@pytest.mark.skipif(not vnni.available(), reason="lmpipe's kernels (and their build's conversions) do not run here")
-@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
-def test_q4_0_on_its_own_scale_is_the_files_values_exactly_in_its_size(rows):
-    import numpy as np
-    import torch
-
-    from lmpipe.models import gguf_weights as weights
-    from lmpipe.models.kernels import choice
-    from lmpipe.models.quantize import EXACT_TOLERANCE, QuantizedWeight, pack
-
-    rng = np.random.default_rng(6)
-    data = encode("Q4_0", (rng.standard_normal((48, 96)) * 0.05).astype(np.float32), 6)
-    order = rng.permutation(48)
-    reference = weights.gguf_dequantized("Q4_0", data)[torch.from_numpy(order)]
-    weight = weights.q4_0_weight(data, order)
-    assert weight.mode == "q4_0" and torch.equal(weight.dequantized(), reference)  # gguf-py's floats, bit for bit
-    assert weight.scales.dtype == torch.float16 and weight.zeros is None
-    saved = QuantizedWeight.from_tensors(weight.tensors("w"), "w")  # a saved q4_0 is told from q4k by its zeros
-    assert saved.mode == "q4_0" and torch.equal(saved.dequantized(), reference)
-    packed, scales = pack(weight, vnni=True)
-    assert scales is None and packed.numel() * 8 == 48 * 96 * 4.5  # the file's 4.5 bits: its float16 d per 32
-    assert torch.equal(choice.dequantized("q4_0", packed, None, 48), reference)
-    x = torch.randn(rows, 96, generator=torch.Generator().manual_seed(rows))
-    want = x.double() @ reference.double().t()
-    for isa in vnni.runnable():  # amx runs avx512's code
-        got = vnni.q4_0_product(x, packed, 48, isa).double()
+        got = product(mode, x, packed, None, 48, isa).double()
         assert float((got - want).norm() / want.norm()) < EXACT_TOLERANCE / 10, isa
 
 
