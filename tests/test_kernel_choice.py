@@ -131,17 +131,27 @@ def test_int8_activations_without_lmpipes_kernels_are_a_usage_error(tiny_llama_r
 
 
 @needs_kernel
-def test_int8_weights_on_torchs_kernels_refuse_int8_activations_and_on_lmpipes_take_them(tiny_llama_raw):
-    """--quantize int8 keeps oneDNN's exact split product where the CPU has VNNI (lmpipe's int8 kernel
-    elsewhere): there --activations int8 has nothing to change, and says so."""
+def test_int8_weights_on_torchs_kernels_move_onto_lmpipes_for_int8_activations(tiny_llama_raw):
+    """--quantize int8 keeps oneDNN's exact split product where the CPU has VNNI; its products take
+    exact activations only, so --activations int8 moves each int8 layer onto lmpipe's int8 kernel,
+    and the tied embedding with its head."""
     from lmpipe.models.loading import ModelSettings, load
+    from lmpipe.models.quantized_layers import QuantizedEmbedding, QuantizedLinear
 
-    settings = ModelSettings(str(tiny_llama_raw), quantize="int8", activations="int8")
-    if vnni.selected == "avx2":
-        assert load(settings).identity["activations"] == "int8"
-    else:
-        with pytest.raises(UsageError, match=r"\(its quantized layers run torch's kernels here\)$"):
-            load(settings)
+    exact = load(ModelSettings(str(tiny_llama_raw), quantize="int8"))
+    lm = load(ModelSettings(str(tiny_llama_raw), quantize="int8", activations="int8"))
+    assert lm.identity["activations"] == "int8"
+    layers = [m for m in lm.model.modules() if isinstance(m, QuantizedLinear)]
+    assert layers and all(m.vnni and m.parts == 1 and m.packed.dtype == torch.uint8 for m in layers)
+    head = lm.model.get_output_embeddings()
+    embedding = lm.model.get_input_embeddings()
+    # tied: its rows are the repacked head's, not a stale copy
+    assert isinstance(embedding, QuantizedEmbedding) and embedding.values is head.packed
+    assert embedding.scales is head.packed_scales
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    assert torch.equal(embedding(ids), exact.model.get_input_embeddings()(ids))  # the same values, looked up
+    got, want = lm.model(ids).logits, exact.model(ids).logits
+    assert 1e-5 < float((got - want).norm() / want.norm()) < 5e-2  # 8-bit activations: close, and not exact
 
 
 def test_amxs_kernel_forced_with_int8_activations_is_refused_in_one_line(faked, monkeypatch):

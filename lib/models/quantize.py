@@ -381,6 +381,8 @@ def choose_kernels(model: Any, forced: str | None = None, say: Any = None,
     """Each layer on lmpipe's kernels gets its kernel per range of rows (lmpipe.models.kernels.choice):
     `forced` (--kernel), or the fastest measured here, taking `activations` as --activations says.
     Returns the choice per range, for the manifest ({} where no layer runs lmpipe's kernels)."""
+    if activations != kernel_choice.EXACT and vnni_kernels.available():
+        _int8_onto_lmpipe_kernels(model)
     layers = [m for m in model.modules() if getattr(m, "vnni", False)]
     if not layers:
         quantized = any(hasattr(m, "vnni") for m in model.modules())
@@ -393,6 +395,23 @@ def choose_kernels(model: Any, forced: str | None = None, say: Any = None,
                              f"and none run here ({why})")
         return {}
     return kernel_choice.choose(layers, forced, say, activations)
+
+
+def _int8_onto_lmpipe_kernels(model: Any) -> None:
+    """Each int8 layer on torch's kernels that lmpipe's int8 kernel takes moves onto it (torch's
+    products take exact activations only), and a tied embedding looking its rows up from such a
+    head follows it to the repacked values (lmpipe.models.quantized_layers.QuantizedEmbedding)."""
+    moved = {}
+    for module in model.modules():
+        if (getattr(module, "vnni", None) is False and module.mode == "int8"
+                and vnni_kernels.int8_fits(module.out_features, module.in_features)):
+            old = module.packed
+            module.onto_lmpipe_kernel()
+            moved[id(old)] = module
+    for module in model.modules():
+        head = moved.get(id(getattr(module, "values", None)))
+        if head is not None:
+            module.values, module.scales = head.packed, head.packed_scales
 
 
 def int4_kernel_name(model: Any) -> str:

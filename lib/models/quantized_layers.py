@@ -99,6 +99,17 @@ class QuantizedLinear(nn.Module):
         self.use_kernels(None)
         return self
 
+    def onto_lmpipe_kernel(self) -> None:
+        """An int8 layer on torch's kernels (oneDNN's exact split product, or the bfloat16 kernel) moved
+        onto lmpipe's int8 kernel, its values repacked: --activations int8, which torch's products
+        do not take. Its plain values are int8_pack's input as they are."""
+        scales = self.packed_scales
+        assert scales is not None  # int8 keeps its per-row scales beside the values
+        self.packed, self.packed_scales = vnni_kernels.int8_pack(self.packed), scales.float()
+        self.split_scales = None
+        self.vnni, self.isa, self.split = True, vnni_kernels.selected, False
+        self.use_kernels(None)
+
     def use_kernels(self, kernels: dict[str, str] | None, parts: int = 2) -> None:
         """Compute with `kernels` (range of rows -> kernel name, lmpipe.models.kernels.choice) from
         now on; None: the one instruction set selected for this CPU at every row count. `parts`:
