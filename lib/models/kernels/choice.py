@@ -197,16 +197,16 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
     ("+"-joined where layers differ), for the manifest. `say`: told once where float32 runs.
     `activations` (ACTIVATIONS): how lmpipe's kernels take the activations."""
     parts = PARTS[activations]
-    offered = candidates()
+    runnable = offered = candidates()
     if parts == 1 and NAMES["amx"] in offered:  # AMX's tiles take two parts: with one, its AVX-512 VNNI code runs
         offered = tuple(k for k in offered if k != NAMES["amx"])
         if offered == (FLOAT,):  # LMPIPE_KERNEL_ISA=amx left nothing else
             raise UsageError(f"--activations {activations}: AMX's tiles (LMPIPE_KERNEL_ISA=amx) take exact "
                              "activations; leave LMPIPE_KERNEL_ISA unset or set it to avx512")
     if forced is not None and forced not in offered:
-        raise UsageError(f"--kernel {forced} cannot run on this CPU (here: {', '.join(offered)})"
-                         if parts == 2 or forced != NAMES["amx"] else
-                         f"--kernel {forced} takes exact activations, not --activations {activations}")
+        raise UsageError(f"--kernel {forced} takes exact activations, not --activations {activations}"
+                         if forced in runnable else
+                         f"--kernel {forced} cannot run on this CPU (here: {', '.join(runnable)})")
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
