@@ -10,8 +10,8 @@ kind are not in its PyPI wheel, so lmpipe carries its own: short C++ kernels for
 instruction sets, on the same packed layouts, compiled with torch's extension builder into
 lmpipe's cache the first time a quantized model loads (once per source and torch version), and
 registered as torch.ops.lmpipe.int4_mm and int8_mm (AVX-512 VNNI) and int4_mm_avx2 and
-int8_mm_avx2 (and q4k_mm, q4k_mm_avx2 for a GGUF's Q4_K on its own scales), so a compiled
-decode step calls them like any torch operator. With AMX-INT8
+int8_mm_avx2 (and q4k_mm, q4_0_mm and their AVX2 twins for a GGUF's Q4_K and Q4_0 on their own
+scales), so a compiled decode step calls them like any torch operator. With AMX-INT8
 (Sapphire Rapids and later), int4_mm_amx and int8_mm_amx multiply each whole block of 16
 activation rows in AMX's tiles (one instruction: 16 rows by 16 outputs by 64 bytes), and a last,
 partial block padded with zero rows where it holds enough rows, else with the VNNI code: the
@@ -344,7 +344,7 @@ def int8_rows(packed: Any, index: Any) -> Any:
 
 def int8_product(x: Any, packed: Any, scales: Any, isa: str | None = None, parts: int = 2) -> Any:
     """x [M, K] times the packed int8 weight with float32 per-row `scales`: float32 [M, N]. `parts`:
-    as int4_product's, one part being 8 bits per activation row."""
+    as int4_product's (a K that is not whole groups of 32 takes two)."""
     return _op("int8_mm", isa)(x.float().contiguous(), packed, scales, parts)
 
 
