@@ -42,7 +42,9 @@ MODES = ("int8", "int4")
 # Modes of 4-bit values, two to a byte in int4's portable order: int4, and q4k and q4_0, a GGUF's
 # Q4_K and Q4_0 tensors on their own scales (lmpipe.models.gguf_weights; never a --quantize choice)
 INT4_MODES = ("int4", "q4k", "q4_0")
-OWN_SCALES = ("q4k", "q4_0")  # a GGUF's own formats: only lmpipe's kernels take them
+OWN_SCALES = vnni_kernels.OWN_SCALES  # a GGUF's own formats: only lmpipe's kernels take them
+# x [M, K] times a weight packed for lmpipe's kernels: one dispatch on the mode, the kernels' own
+product = vnni_kernels.product
 Q4K_SUPER = 256  # q4k's columns per super-block: one float16 d and dmin per row
 INT4_GROUP = 32
 KERNEL_MAX_ROWS = 8  # bfloat16 int8 kernel: past this many rows the split int8 product is faster (measured)
@@ -228,20 +230,6 @@ def kernel_product(mode: str, x: Any, packed: Any, scales: Any) -> Any:
     if mode == "int8":
         return torch.ops.aten._weight_int8pack_mm(a, packed, scales)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(a, packed, INT4_GROUP, scales)
-
-
-def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int, isa: str | None = None,
-            parts: int = 2) -> Any:
-    """x [M, K] float times a weight packed for lmpipe's kernels: float32 [M, N]. `isa`: which
-    instruction set's (lmpipe.models.kernels.vnni.ISAS; None: the one selected for this CPU).
-    `parts`: 2, activations to float32's accuracy; 1, 8-bit activations (--activations int8)."""
-    if mode == "int4":
-        return vnni_kernels.int4_product(x, packed, out_features, isa, parts)
-    if mode == "q4k":
-        return vnni_kernels.q4k_product(x, packed, out_features, isa, parts)
-    if mode == "q4_0":
-        return vnni_kernels.q4_0_product(x, packed, out_features, isa, parts)
-    return vnni_kernels.int8_product(x, packed, scales, isa, parts)
 
 
 def refined_top(y: Any, x: Any, values: Any, scales: Any) -> Any:

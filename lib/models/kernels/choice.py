@@ -121,13 +121,7 @@ def runner(name: str, mode: str, packed: Any, scales: Any, out_features: int, pa
     """x [M, K] -> float32 [M, N] through kernel `name`, its activations in `parts` int8 parts."""
     if name == FLOAT:
         return lambda x: x.float() @ dequantized(mode, packed, scales, out_features).t()
-    if mode == "int4":
-        return lambda x: vnni.int4_product(x, packed, out_features, ISAS[name], parts)
-    if mode == "q4k":
-        return lambda x: vnni.q4k_product(x, packed, out_features, ISAS[name], parts)
-    if mode == "q4_0":
-        return lambda x: vnni.q4_0_product(x, packed, out_features, ISAS[name], parts)
-    return lambda x: vnni.int8_product(x, packed, scales, ISAS[name], parts)
+    return lambda x: vnni.product(mode, x, packed, scales, out_features, ISAS[name], parts)
 
 
 def first_rows(layer: Any) -> tuple[Any, Any, int]:
@@ -217,7 +211,7 @@ def choose(layers: list[Any], forced: str | None = None, say: Callable[[str], No
     for layer in layers:
         # q4k and q4_0 have no AMX code: lmpipe-amx would time lmpipe-vnni's again
         here = [k for k in offered
-                if not (layer.mode in ("q4k", "q4_0") and k == NAMES["amx"] and NAMES["avx512"] in offered)]
+                if not (layer.mode in vnni.OWN_SCALES and k == NAMES["amx"] and NAMES["avx512"] in offered)]
         key = f"{layer.mode} {layer.out_features}x{layer.in_features} {','.join(here)}" + SUFFIX[activations]
         if key not in chosen:
             if forced is not None:

@@ -62,9 +62,12 @@ ISAS = {"amx": ("amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512_vnni"),
         "avx512": ("avx512f", "avx512bw", "avx512_vnni"), "avx2": ("avx2", "fma")}
 CPU_FLAGS = ISAS["avx512"]
 OP_SUFFIX = {"amx": "_amx", "avx512": "", "avx2": "_avx2"}  # torch.ops.lmpipe's names per instruction set
+# A GGUF's Q4_K and Q4_0 on their own scales (lmpipe.models.quantize.QuantizedWeight's modes): only
+# lmpipe's kernels take them, and those have no AMX tile code.
+OWN_SCALES = ("q4k", "q4_0")
 # ops an AMX CPU runs as AVX-512's: attention's one query per row leaves tiles nothing to do, and
-# Q4_K's layout has no tile code (yet)
-NO_AMX_OP = ("attend_one", "q4k_mm", "q4_0_mm")
+# the GGUF's own layouts have no tile code (yet)
+NO_AMX_OP = ("attend_one", *(f"{mode}_mm" for mode in OWN_SCALES))
 # amx, avx512, avx2 or none: which of lmpipe's kernels run (default: the best the CPU has)
 ISA_ENV = "LMPIPE_KERNEL_ISA"
 
@@ -312,6 +315,20 @@ def int4_product(x: Any, packed: Any, out_features: int, isa: str | None = None,
     """x [M, K] times the packed int4 weight: float32 [M, N]. `isa`: one of ISAS (None: `selected`).
     `parts`: the activations as two int8 parts (float32's accuracy) or one (8-bit, per group of 32)."""
     return _op("int4_mm", isa)(x.float().contiguous(), packed, out_features, parts)
+
+
+def product(mode: str, x: Any, packed: Any, scales: Any, out_features: int, isa: str | None = None,
+            parts: int = 2) -> Any:
+    """x [M, K] float times a weight of `mode` packed for these kernels: float32 [M, N]. `isa`: which
+    instruction set's (None: `selected`). `parts`: 2, activations to float32's accuracy; 1, 8-bit
+    activations (--activations int8)."""
+    if mode == "int4":
+        return int4_product(x, packed, out_features, isa, parts)
+    if mode == "q4k":
+        return q4k_product(x, packed, out_features, isa, parts)
+    if mode == "q4_0":
+        return q4_0_product(x, packed, out_features, isa, parts)
+    return int8_product(x, packed, scales, isa, parts)
 
 
 def int8_fits(out_features: int, in_features: int) -> bool:
