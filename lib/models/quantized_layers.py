@@ -101,13 +101,14 @@ class QuantizedLinear(nn.Module):
 
     def onto_lmpipe_kernel(self) -> None:
         """An int8 layer on torch's kernels (oneDNN's exact split product, or the bfloat16 kernel) moved
-        onto lmpipe's int8 kernel, its values repacked: --activations int8, which torch's products
-        do not take. Its plain values are int8_pack's input as they are."""
-        scales = self.packed_scales
-        assert scales is not None  # int8 keeps its per-row scales beside the values
-        self.packed, self.packed_scales = vnni_kernels.int8_pack(self.packed), scales.float()
+        onto lmpipe's int8 kernel, packed and checked as a layer made for it is: --activations int8,
+        which torch's products do not take. Its plain values and bfloat16 scales are the portable
+        weight's, as torch's packing keeps them."""
+        weight = QuantizedWeight("int8", self.packed, self.packed_scales)
+        self.packed, self.packed_scales = pack(weight, vnni=True)
+        self.split = check_kernel(weight, self.packed, self.packed_scales, vnni=True)
         self.split_scales = None
-        self.vnni, self.isa, self.split = True, vnni_kernels.selected, False
+        self.vnni, self.isa = True, vnni_kernels.selected
         self.use_kernels(None)
 
     def use_kernels(self, kernels: dict[str, str] | None, parts: int = 2) -> None:
